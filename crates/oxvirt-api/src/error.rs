@@ -1,0 +1,89 @@
+//! API errors: every refusal is a 4xx with `{"error": {...}}` naming the field and the rule.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use oxvirt_controller::ControlError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// A stable word for programs: `invalid`, `not-found`, `exists`, `conflict`, `internal`.
+    pub code: &'static str,
+    pub field: Option<String>,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        let (field, rule) = (field.into(), rule.into());
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid",
+            message: format!("{field}: {rule}"),
+            field: Some(field),
+            rule: Some(rule),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::NOT_FOUND, code: "not-found", field: None, rule: None, message: message.into() }
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let message = e.to_string();
+        match e {
+            ControlError::Invalid(v) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid",
+                field: Some(v.field),
+                rule: Some(v.rule),
+                message,
+            },
+            ControlError::Exists(v) => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "exists",
+                field: Some(v.field),
+                rule: Some(v.rule),
+                message,
+            },
+            ControlError::NotFound { .. } => ApiError::not_found(message),
+            ControlError::Conflict(_) => {
+                ApiError { status: StatusCode::CONFLICT, code: "conflict", field: None, rule: None, message }
+            }
+            ControlError::Store(_) | ControlError::Hypervisor(_) => {
+                tracing::error!("internal error: {message}");
+                ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal",
+                    field: None,
+                    rule: None,
+                    message,
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "status": self.status.as_u16(), "code": self.code, "message": self.message });
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        if let Some(r) = self.rule {
+            body["rule"] = json!(r);
+        }
+        (self.status, Json(json!({ "error": body }))).into_response()
+    }
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such API path: {}", uri.path()))
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,36 @@
+//! oxvirt's REST API, version 1 (`/api/v1/...`).
+//!
+//! One module per resource (as Firecracker's API server has): each parses and validates its
+//! requests and hands them to the [`Controller`]; the API never talks to a hypervisor itself.
+//! [`error`] maps every refusal to a status and a JSON body that names the field and the rule;
+//! [`openapi`] is the OpenAPI 3 document; a test checks that it and the router list the same routes.
+
+mod body;
+pub mod error;
+mod events;
+mod host;
+pub mod openapi;
+mod tasks;
+mod vms;
+
+use axum::Router;
+use oxvirt_controller::Controller;
+
+pub use error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The whole API.
+pub fn router(ctrl: Controller) -> Router {
+    Router::new()
+        .route("/api/v1", axum::routing::get(host::root))
+        .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
+        .merge(host::routes())
+        .merge(vms::routes())
+        .merge(tasks::routes())
+        .merge(events::routes())
+        .fallback(error::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctrl)
+}

@@ -1,0 +1,218 @@
+//! The OpenAPI 3 document of `/api/v1`, served at `/api/v1/openapi.json`.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+/// One documented operation.
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub id: &'static str,
+    pub summary: &'static str,
+    /// Schema of the JSON request body, if any.
+    pub request: Option<&'static str>,
+    /// The status of success.
+    pub status: u16,
+    /// Schema of the JSON success body, if any.
+    pub response: Option<&'static str>,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    id: &'static str,
+    summary: &'static str,
+    request: Option<&'static str>,
+    status: u16,
+    response: Option<&'static str>,
+) -> Operation {
+    Operation { method, path, id, summary, request, status, response }
+}
+
+/// Every operation. An end-to-end test checks that each of these is routed.
+pub const OPERATIONS: &[Operation] = &[
+    op("get", "/api/v1", "apiInfo", "API version", None, 200, None),
+    op("get", "/api/v1/openapi.json", "openapi", "This document", None, 200, None),
+    op("get", "/api/v1/host", "hostShow", "The host: CPUs, memory, accelerator and why", None, 200, Some("HostInfo")),
+    op("get", "/api/v1/vms", "vmList", "All VMs", None, 200, Some("VmList")),
+    op(
+        "post",
+        "/api/v1/vms",
+        "vmCreate",
+        "Create a VM (and start it with ?start=true)",
+        Some("VmSpec"),
+        201,
+        Some("VmCreated"),
+    ),
+    op("get", "/api/v1/vms/{name}", "vmShow", "One VM: spec, desired state, observed status", None, 200, Some("Vm")),
+    op("patch", "/api/v1/vms/{name}", "vmUpdate", "Change a stopped VM", Some("VmUpdate"), 200, Some("Vm")),
+    op("delete", "/api/v1/vms/{name}", "vmDelete", "Delete a stopped VM", None, 204, None),
+    op(
+        "post",
+        "/api/v1/vms/{name}/actions/{action}",
+        "vmAction",
+        "start, stop, reboot, reset, pause, resume or kill: returns a task",
+        None,
+        202,
+        Some("Task"),
+    ),
+    op(
+        "get",
+        "/api/v1/vms/{name}/console-log",
+        "vmConsoleLog",
+        "The end of the serial console output",
+        None,
+        200,
+        None,
+    ),
+    op("get", "/api/v1/tasks", "taskList", "All tasks, newest first", None, 200, Some("TaskList")),
+    op("get", "/api/v1/tasks/{id}", "taskShow", "One task", None, 200, Some("Task")),
+    op("delete", "/api/v1/tasks/{id}", "taskCancel", "Ask a running task to stop", None, 200, Some("Task")),
+    op(
+        "get",
+        "/api/v1/tasks/{id}/wait",
+        "taskWait",
+        "Wait until a task ends (or ?timeout=seconds passes)",
+        None,
+        200,
+        Some("Task"),
+    ),
+    op(
+        "get",
+        "/api/v1/events",
+        "events",
+        "Server-sent events: VM state changes, lifecycle, guest events, task progress",
+        None,
+        200,
+        None,
+    ),
+];
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn parameters(path: &str, op: &str) -> Vec<Value> {
+    let mut p = Vec::new();
+    for seg in path.split('/') {
+        if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let schema = match name {
+                "action" => json!({ "type": "string", "enum": oxvirt_model::VM_ACTIONS }),
+                "name" => json!({ "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" }),
+                _ => json!({ "type": "string" }),
+            };
+            p.push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
+        }
+    }
+    match op {
+        "vmCreate" => p.push(json!({ "name": "start", "in": "query", "schema": { "type": "boolean" } })),
+        "vmConsoleLog" => p.push(json!({ "name": "bytes", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 16777216 } })),
+        "taskWait" => p.push(json!({ "name": "timeout", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 600 } })),
+        _ => {}
+    }
+    p
+}
+
+fn error_responses() -> Value {
+    let e = json!({ "description": "refused: the body names the field and the rule", "content": { "application/json": { "schema": schema_ref("Error") } } });
+    json!({ "400": e, "404": e, "409": e, "500": e })
+}
+
+fn schemas() -> Value {
+    let size = json!({ "oneOf": [ { "type": "integer", "minimum": 0 }, { "type": "string", "pattern": "^[0-9.]+ ?(B|K|KiB|M|MiB|G|GiB|T|TiB|kB|KB|MB|GB|TB)?$" } ] });
+    let kernel = json!({ "type": "object", "additionalProperties": false, "required": ["kernel"], "properties": {
+        "kernel": { "type": "string" }, "initrd": { "type": "string" }, "cmdline": { "type": "string" } } });
+    let disk = json!({ "type": "object", "additionalProperties": false, "required": ["path"], "properties": {
+        "path": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] },
+        "bus": { "type": "string", "enum": ["virtio-blk", "virtio-scsi"] }, "readonly": { "type": "boolean" } } });
+    let nic = json!({ "type": "object", "additionalProperties": false, "properties": {
+        "mode": { "type": "string", "enum": ["isolated"] }, "mac": { "type": "string" }, "queues": { "type": "integer", "minimum": 0, "maximum": 16 } } });
+    let policy = json!({ "type": "string", "enum": ["never", "on-failure", "always"] });
+    let accel = json!({ "type": "string", "enum": ["auto", "kvm", "tcg"] });
+    let state =
+        json!({ "type": "string", "enum": ["stopped", "starting", "running", "paused", "stopping", "crashed"] });
+    json!({
+        "VmSpec": { "type": "object", "additionalProperties": false, "required": ["name", "cpus", "memory"], "properties": {
+            "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
+            "cpus": { "type": "integer", "minimum": 1, "maximum": oxvirt_model::MAX_CPUS },
+            "memory": size, "machine": { "type": "string", "enum": ["q35", "microvm"] },
+            "kernel": kernel, "disks": { "type": "array", "items": disk, "maxItems": 16 },
+            "nics": { "type": "array", "items": nic, "maxItems": 8 },
+            "restart_policy": policy, "accel": accel, "rng": { "type": "boolean" }, "balloon": { "type": "boolean" } } },
+        "VmUpdate": { "type": "object", "additionalProperties": false, "properties": {
+            "cpus": { "type": "integer", "minimum": 1 }, "memory": size, "kernel": kernel,
+            "disks": { "type": "array", "items": disk }, "nics": { "type": "array", "items": nic },
+            "restart_policy": policy, "accel": accel } },
+        "VmStatus": { "type": "object", "properties": {
+            "state": state, "pid": { "type": "integer" }, "accel": { "type": "string" }, "started_at": { "type": "integer" },
+            "reason": { "type": "string" }, "changed_at": { "type": "integer" } } },
+        "Vm": { "type": "object", "properties": {
+            "id": { "type": "string" }, "spec": schema_ref("VmSpec"), "desired": { "type": "string", "enum": ["stopped", "running", "paused"] },
+            "status": schema_ref("VmStatus"), "created_at": { "type": "integer" } } },
+        "VmList": { "type": "array", "items": schema_ref("Vm") },
+        "VmCreated": { "type": "object", "properties": { "vm": schema_ref("Vm"), "task": { "oneOf": [schema_ref("Task"), { "type": "null" }] } } },
+        "Task": { "type": "object", "properties": {
+            "id": { "type": "string" }, "kind": { "type": "string" }, "target": { "type": "string" },
+            "state": { "type": "string", "enum": ["running", "succeeded", "failed", "cancelled"] },
+            "progress": { "type": "integer", "minimum": 0, "maximum": 100 }, "message": { "type": "string" },
+            "error": { "type": ["string", "null"] }, "created_at": { "type": "integer" }, "finished_at": { "type": ["integer", "null"] } } },
+        "TaskList": { "type": "array", "items": schema_ref("Task") },
+        "HostInfo": { "type": "object", "properties": {
+            "hostname": { "type": "string" }, "cpus": { "type": "integer" }, "memory_bytes": { "type": "integer" },
+            "memory_available_bytes": { "type": "integer" }, "kernel": { "type": "string" },
+            "accelerator": { "type": "string", "enum": ["kvm", "tcg"] }, "accelerator_reason": { "type": "string" },
+            "hypervisor": { "type": "string" }, "hypervisor_version": { "type": "string" }, "oxvirt_version": { "type": "string" },
+            "vms_total": { "type": "integer" }, "vms_running": { "type": "integer" } } },
+        "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "properties": {
+            "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "internal"] },
+            "message": { "type": "string" }, "field": { "type": "string" }, "rule": { "type": "string" } } } } }
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for Operation { method, path, id, summary, request, status, response } in OPERATIONS {
+        let mut op = json!({ "operationId": id, "summary": summary, "parameters": parameters(path, id) });
+        if let Some(req) = request {
+            op["requestBody"] =
+                json!({ "required": true, "content": { "application/json": { "schema": schema_ref(req) } } });
+        }
+        let mut responses = error_responses();
+        let ok = match (response, *id) {
+            (Some(r), _) => {
+                json!({ "description": "success", "content": { "application/json": { "schema": schema_ref(r) } } })
+            }
+            (None, "vmConsoleLog") => {
+                json!({ "description": "console output", "content": { "text/plain": { "schema": { "type": "string" } } } })
+            }
+            (None, "events") => {
+                json!({ "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } })
+            }
+            (None, _) if *status == 204 => json!({ "description": "done" }),
+            (None, _) => {
+                json!({ "description": "success", "content": { "application/json": { "schema": { "type": "object" } } } })
+            }
+        };
+        responses[status.to_string()] = ok;
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = json!({ "responses": responses });
+        if let Value::Object(o) = op {
+            for (k, v) in o {
+                entry[*method][k] = v;
+            }
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "oxvirt API", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Manage VMs, tasks and events of an oxvirt host." },
+        "servers": [ { "url": "/" } ],
+        "paths": paths,
+        "components": { "schemas": schemas() }
+    })
+}
+
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}

@@ -1,0 +1,105 @@
+//! `/api/v1/vms`: VM records and their actions.
+
+use crate::body::parse;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oxvirt_controller::Controller;
+use oxvirt_model::{validate_name, Task, Vm, VmAction, VmSpec, VmUpdate, VM_ACTIONS};
+use serde::Deserialize;
+
+pub fn routes() -> Router<Controller> {
+    Router::new()
+        .route("/api/v1/vms", get(list).post(create))
+        .route("/api/v1/vms/{name}", get(show).patch(update).delete(delete))
+        .route("/api/v1/vms/{name}/actions/{action}", post(action))
+        .route("/api/v1/vms/{name}/console-log", get(console_log))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQuery {
+    #[serde(default)]
+    start: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Created {
+    vm: Vm,
+    task: Option<Task>,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    // A name that could never exist is simply not found (and is never used in a path).
+    validate_name("name", name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))
+}
+
+async fn list(State(c): State<Controller>) -> ApiResult<Json<Vec<Vm>>> {
+    Ok(Json(c.list_vms()?))
+}
+
+async fn create(
+    State(c): State<Controller>,
+    q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let spec: VmSpec = parse(&body)?;
+    let vm = c.create_vm(spec)?;
+    let task = if q.start { Some(c.vm_action(&vm.spec.name, VmAction::Start)?) } else { None };
+    Ok((StatusCode::CREATED, Json(Created { vm, task })))
+}
+
+async fn show(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
+    check_name(&name)?;
+    Ok(Json(c.get_vm(&name)?))
+}
+
+async fn update(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
+    check_name(&name)?;
+    let update: VmUpdate = parse(&body)?;
+    Ok(Json(c.update_vm(&name, &update)?))
+}
+
+async fn delete(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    check_name(&name)?;
+    c.delete_vm(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn action(
+    State(c): State<Controller>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    check_name(&name)?;
+    let Some(action) = VmAction::parse(&action) else {
+        return Err(ApiError::invalid("action", format!("must be one of {}", VM_ACTIONS.join(", "))));
+    };
+    Ok((StatusCode::ACCEPTED, Json(c.vm_action(&name, action)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// How many bytes from the end (default 64 KiB, at most 16 MiB).
+    bytes: Option<u64>,
+}
+
+async fn console_log(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    check_name(&name)?;
+    let Query(q) = q.map_err(|e| ApiError::invalid("bytes", e.body_text()))?;
+    let max = q.bytes.unwrap_or(64 * 1024);
+    if max > 16 * 1024 * 1024 {
+        return Err(ApiError::invalid("bytes", "must be at most 16777216"));
+    }
+    let log = c.console_log(&name, max)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log))
+}

@@ -1,0 +1,317 @@
+//! `oxvirt`: the command-line client of oxvirtd.
+
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use output::{print_host, print_task, print_tasks, print_vm, print_vms, Output};
+use oxvirt_client::{Client, ClientError};
+use oxvirt_model::{Task, TaskState};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "oxvirt", version, about = "Drive oxvirt: VMs, tasks and the host")]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "OXVIRT_SOCKET", default_value = "/var/lib/oxvirt/oxvirtd.sock")]
+    socket: PathBuf,
+    /// How to print results.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Long operations.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// This host.
+    #[command(subcommand)]
+    Host(HostCmd),
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Define a VM (and start it with --start).
+    Create(CreateArgs),
+    /// List VMs.
+    List,
+    /// Show one VM.
+    Show { name: String },
+    /// Start a VM.
+    Start(ActionArgs),
+    /// Shut a VM down gracefully (ACPI power button; forced off after the daemon's stop timeout).
+    Stop(ActionArgs),
+    /// Shut down and start again.
+    Reboot(ActionArgs),
+    /// Hard reset (like the reset button).
+    Reset(ActionArgs),
+    /// Pause the vCPUs.
+    Pause(ActionArgs),
+    /// Resume a paused VM.
+    Resume(ActionArgs),
+    /// Force a VM off at once.
+    Kill(ActionArgs),
+    /// Delete a stopped VM (its disk images stay).
+    Delete { name: String },
+    /// Print the VM's serial console output.
+    ConsoleLog {
+        name: String,
+        /// Bytes from the end to print.
+        #[arg(long, default_value_t = 65536)]
+        bytes: u64,
+        /// Keep printing new output until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Args)]
+struct ActionArgs {
+    name: String,
+    /// Return at once with the task instead of waiting for it.
+    #[arg(long)]
+    no_wait: bool,
+    /// Seconds to wait for the task.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    name: String,
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Memory, e.g. 512MiB or 2GiB.
+    #[arg(long, default_value = "512MiB")]
+    memory: String,
+    /// q35 or microvm.
+    #[arg(long, default_value = "q35")]
+    machine: String,
+    /// Kernel image for direct kernel boot.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    #[arg(long, requires = "kernel", default_value = "")]
+    cmdline: String,
+    /// A disk image: PATH, or PATH:FORMAT (qcow2, raw); the first boots when there is no kernel.
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// Add a NIC on an isolated network (repeat for more).
+    #[arg(long = "nic", action = clap::ArgAction::Count)]
+    nics: u8,
+    /// never, on-failure or always.
+    #[arg(long, default_value = "never")]
+    restart_policy: String,
+    /// auto, kvm or tcg.
+    #[arg(long, default_value = "auto")]
+    accel: String,
+    /// Start it at once (and wait until QEMU runs).
+    #[arg(long)]
+    start: bool,
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// List tasks, newest first.
+    List,
+    /// Show one task.
+    Show { id: String },
+    /// Wait for a task to end, with a progress bar.
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Ask a running task to stop.
+    Cancel { id: String },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    /// Show the host: CPUs, memory, accelerator and why.
+    Show,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    let client = Client::new(&cli.socket);
+    if let Err(e) = run(&client, cli.output, cli.command).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn absolute(p: &Path) -> Result<String, ClientError> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| ClientError::Http(e.to_string()))?.join(p)
+    };
+    Ok(abs.to_string_lossy().into_owned())
+}
+
+fn create_spec(a: &CreateArgs) -> Result<Value, ClientError> {
+    let mut spec = json!({
+        "name": a.name, "cpus": a.cpus, "memory": a.memory, "machine": a.machine,
+        "restart_policy": a.restart_policy, "accel": a.accel,
+    });
+    if let Some(k) = &a.kernel {
+        let mut kernel = json!({ "kernel": absolute(k)?, "cmdline": a.cmdline });
+        if let Some(i) = &a.initrd {
+            kernel["initrd"] = json!(absolute(i)?);
+        }
+        spec["kernel"] = kernel;
+    }
+    let mut disks = Vec::new();
+    for d in &a.disks {
+        let (path, format) = match d.rsplit_once(':') {
+            Some((p, f)) if ["qcow2", "raw"].contains(&f) => (p, f),
+            _ => (d.as_str(), if d.ends_with(".qcow2") { "qcow2" } else { "raw" }),
+        };
+        disks.push(json!({ "path": absolute(Path::new(path))?, "format": format }));
+    }
+    spec["disks"] = json!(disks);
+    spec["nics"] = json!((0..a.nics).map(|_| json!({})).collect::<Vec<_>>());
+    Ok(spec)
+}
+
+async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientError> {
+    match cmd {
+        Command::Vm(VmCmd::Create(a)) => {
+            let created = client.create_vm(&create_spec(&a)?, a.start).await?;
+            if let Some(task) = created.task {
+                follow_task(client, &task, Duration::from_secs(300), out).await?;
+            }
+            print_vm(&client.get_vm(&created.vm.spec.name).await?, out);
+        }
+        Command::Vm(VmCmd::List) => print_vms(&client.list_vms().await?, out),
+        Command::Vm(VmCmd::Show { name }) => print_vm(&client.get_vm(&name).await?, out),
+        Command::Vm(VmCmd::Delete { name }) => {
+            client.delete_vm(&name).await?;
+            if out == Output::Json {
+                println!("{}", json!({ "deleted": name }));
+            } else {
+                println!("VM {name} deleted");
+            }
+        }
+        Command::Vm(VmCmd::ConsoleLog { name, bytes, follow }) => console_log(client, &name, bytes, follow).await?,
+        Command::Vm(action) => {
+            let (verb, a) = match action {
+                VmCmd::Start(a) => ("start", a),
+                VmCmd::Stop(a) => ("stop", a),
+                VmCmd::Reboot(a) => ("reboot", a),
+                VmCmd::Reset(a) => ("reset", a),
+                VmCmd::Pause(a) => ("pause", a),
+                VmCmd::Resume(a) => ("resume", a),
+                VmCmd::Kill(a) => ("kill", a),
+                _ => unreachable!("handled above"),
+            };
+            let task = client.vm_action(&a.name, verb).await?;
+            if a.no_wait {
+                print_task(&task, out);
+            } else {
+                follow_task(client, &task, Duration::from_secs(a.timeout), out).await?;
+                print_vm(&client.get_vm(&a.name).await?, out);
+            }
+        }
+        Command::Task(TaskCmd::List) => print_tasks(&client.list_tasks().await?, out),
+        Command::Task(TaskCmd::Show { id }) => print_task(&client.get_task(&id).await?, out),
+        Command::Task(TaskCmd::Cancel { id }) => print_task(&client.cancel_task(&id).await?, out),
+        Command::Task(TaskCmd::Wait { id, timeout }) => {
+            let t = client.get_task(&id).await?;
+            let t = follow_task(client, &t, Duration::from_secs(timeout), out).await?;
+            print_task(&t, out);
+        }
+        Command::Host(HostCmd::Show) => print_host(&client.host().await?, out),
+    }
+    Ok(())
+}
+
+/// Follows a task to its end with a progress bar (on a terminal); a failed task is an error.
+async fn follow_task(client: &Client, task: &Task, timeout: Duration, out: Output) -> Result<Task, ClientError> {
+    let bar = if out == Output::Table { indicatif::ProgressBar::new(100) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos:>3}% {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {}", task.kind, task.target));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut t = task.clone();
+    while !t.state.is_final() && tokio::time::Instant::now() < deadline {
+        bar.set_position(t.progress as u64);
+        bar.set_message(t.message.clone());
+        let wait = client.wait_task(&t.id, Duration::from_millis(500)).await;
+        t = match wait {
+            Ok(t) => t,
+            Err(e) => {
+                bar.abandon();
+                return Err(e);
+            }
+        };
+        if !t.state.is_final() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            t = client.get_task(&t.id).await?;
+        }
+    }
+    bar.set_position(t.progress as u64);
+    bar.finish_with_message(format!("{:?}", t.state).to_lowercase());
+    match t.state {
+        TaskState::Succeeded => Ok(t),
+        TaskState::Running => Err(ClientError::Http(format!(
+            "task {} still running after {timeout:?}; follow it with `oxvirt task wait {}`",
+            t.id, t.id
+        ))),
+        _ => Err(ClientError::Http(format!(
+            "{} {} {}: {}",
+            t.kind,
+            t.target,
+            format!("{:?}", t.state).to_lowercase(),
+            t.error.unwrap_or_default()
+        ))),
+    }
+}
+
+async fn console_log(client: &Client, name: &str, bytes: u64, follow: bool) -> Result<(), ClientError> {
+    use std::io::Write;
+    let log = client.console_log(name, bytes).await?;
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(&log);
+    let _ = stdout.flush();
+    if !follow {
+        return Ok(());
+    }
+    // Follow by asking for the end again and printing what is new.
+    let mut seen = log;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = client.console_log(name, 1 << 20).await?;
+        let new = new_suffix(&seen, &now);
+        if !new.is_empty() {
+            let _ = stdout.write_all(new);
+            let _ = stdout.flush();
+        }
+        seen = now;
+    }
+}
+
+/// What `now` has after the end of `seen` (the log only grows, or is rotated).
+fn new_suffix<'a>(seen: &[u8], now: &'a [u8]) -> &'a [u8] {
+    let tail = &seen[seen.len().saturating_sub(256)..];
+    if tail.is_empty() {
+        return now;
+    }
+    match now.windows(tail.len()).rposition(|w| w == tail) {
+        Some(pos) => &now[pos + tail.len()..],
+        None => now,
+    }
+}

@@ -1,0 +1,129 @@
+//! Human tables and `--output json`.
+
+use oxvirt_model::{ByteSize, HostInfo, Task, Vm};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+fn json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub fn print_vms(vms: &[Vm], out: Output) {
+    if out == Output::Json {
+        return json(&vms);
+    }
+    let rows = vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.spec.name.clone(),
+                v.status.state.as_str().to_string(),
+                v.spec.cpus.to_string(),
+                v.spec.memory.to_string(),
+                v.spec.machine.as_str().to_string(),
+                v.status.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATE", "CPUS", "MEMORY", "MACHINE", "PID"], rows);
+}
+
+pub fn print_vm(v: &Vm, out: Output) {
+    if out == Output::Json {
+        return json(v);
+    }
+    let s = &v.spec;
+    println!("name:        {}", s.name);
+    println!("id:          {}", v.id);
+    println!("state:       {} ({})", v.status.state.as_str(), v.status.reason);
+    println!("desired:     {:?}", v.desired);
+    println!("cpus:        {}", s.cpus);
+    println!("memory:      {}", s.memory);
+    println!("machine:     {}", s.machine.as_str());
+    if let Some(a) = &v.status.accel {
+        println!("accelerator: {a}");
+    }
+    if let Some(p) = v.status.pid {
+        println!("pid:         {p}");
+    }
+    if let Some(k) = &s.kernel {
+        println!("kernel:      {} {}", k.kernel, k.initrd.as_deref().unwrap_or(""));
+        println!("cmdline:     {}", k.cmdline);
+    }
+    for (i, d) in s.disks.iter().enumerate() {
+        println!("disk{i}:       {} ({})", d.path, d.format.as_str());
+    }
+    for (i, n) in s.nics.iter().enumerate() {
+        println!("nic{i}:        {:?} {}", n.mode, n.mac.as_deref().unwrap_or(""));
+    }
+    println!("restart:     {:?}", s.restart_policy);
+}
+
+pub fn print_task(t: &Task, out: Output) {
+    if out == Output::Json {
+        return json(t);
+    }
+    println!("id:       {}", t.id);
+    println!("kind:     {}", t.kind);
+    println!("target:   {}", t.target);
+    println!("state:    {:?}", t.state);
+    println!("progress: {}% {}", t.progress, t.message);
+    if let Some(e) = &t.error {
+        println!("error:    {e}");
+    }
+}
+
+pub fn print_tasks(tasks: &[Task], out: Output) {
+    if out == Output::Json {
+        return json(&tasks);
+    }
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.kind.clone(),
+                t.target.clone(),
+                format!("{:?}", t.state).to_lowercase(),
+                format!("{}%", t.progress),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["ID", "KIND", "TARGET", "STATE", "PROGRESS", "ERROR"], rows);
+}
+
+pub fn print_host(h: &HostInfo, out: Output) {
+    if out == Output::Json {
+        return json(h);
+    }
+    println!("hostname:    {}", h.hostname);
+    println!("cpus:        {}", h.cpus);
+    println!("memory:      {} ({} available)", ByteSize(h.memory_bytes), ByteSize(h.memory_available_bytes));
+    println!("kernel:      {}", h.kernel);
+    println!("hypervisor:  {} {}", h.hypervisor, h.hypervisor_version);
+    println!("accelerator: {}: {}", h.accelerator, h.accelerator_reason);
+    println!("vms:         {} ({} running)", h.vms_total, h.vms_running);
+    println!("oxvirt:      {}", h.oxvirt_version);
+}

@@ -1,0 +1,99 @@
+//! Serial console logs. QEMU appends the guest's serial output to `console.log` itself, so
+//! nothing is lost while the daemon is away; the daemon caps it by copy-and-truncate rotation
+//! (QEMU opened it with O_APPEND, so it keeps writing at the new end).
+
+use crate::{ControlError, Controller};
+use oxvirt_model::Vm;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".1");
+    PathBuf::from(p)
+}
+
+/// The last `max` bytes of a file, or all of it.
+fn tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len > max {
+        f.seek(SeekFrom::Start(len - max))?;
+    }
+    let mut buf = Vec::with_capacity(len.min(max) as usize);
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+impl Controller {
+    /// The end of a VM's console output (older rotated output first), at most `max` bytes.
+    pub fn console_log(&self, name: &str, max: u64) -> Result<Vec<u8>, ControlError> {
+        let vm = self.get_vm(name)?;
+        let path = self.inner.paths(&vm.id).console_log();
+        let io = |e: std::io::Error| {
+            ControlError::Hypervisor(oxvirt_hypervisor::HvError::io(format!("read {}", path.display()), e))
+        };
+        let current = tail(&path, max).map_err(io)?;
+        if (current.len() as u64) < max {
+            let mut older = tail(&rotated(&path), max - current.len() as u64).map_err(io)?;
+            older.extend_from_slice(&current);
+            return Ok(older);
+        }
+        Ok(current)
+    }
+
+    /// The path of the serial console's socket, for an interactive console.
+    pub fn console_socket(&self, name: &str) -> Result<PathBuf, ControlError> {
+        let vm = self.get_vm(name)?;
+        Ok(self.inner.paths(&vm.id).console_socket())
+    }
+
+    pub(crate) fn rotate_console_log(&self, vm: &Vm) {
+        let path = self.inner.paths(&vm.id).console_log();
+        let max = self.inner.config.console_log_max;
+        if let Err(e) = rotate_if_larger(&path, max) {
+            tracing::warn!(vm = %vm.spec.name, "console log rotation: {e}");
+        }
+    }
+}
+
+/// Moves the content of `path` to `path.1` when it is larger than `max`, keeping the file itself
+/// (and QEMU's open descriptor on it).
+pub(crate) fn rotate_if_larger(path: &Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    std::fs::copy(path, rotated(path))?;
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn rotation_keeps_the_writer_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut w = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        w.write_all(&[b'a'; 100]).unwrap();
+        assert!(!rotate_if_larger(&path, 200).unwrap());
+        assert!(rotate_if_larger(&path, 50).unwrap());
+        w.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read(rotated(&path)).unwrap().len(), 100);
+        assert_eq!(tail(&path, 2).unwrap(), b"ew");
+        assert_eq!(tail(&dir.path().join("none"), 2).unwrap(), b"");
+    }
+}

@@ -1,0 +1,31 @@
+use oxvirt_model::ValidationError;
+
+/// Why the controller refused or failed a request. The API maps each kind to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The request breaks a rule (400).
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    /// No such resource (404).
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    /// The resource exists already (409).
+    #[error("{0}")]
+    Exists(ValidationError),
+    /// The resource is not in a state that allows this, or another operation holds it (409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store: {0}")]
+    Store(#[from] oxvirt_store::StoreError),
+    #[error("hypervisor: {0}")]
+    Hypervisor(#[from] oxvirt_hypervisor::HvError),
+}
+
+impl ControlError {
+    pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        ControlError::Invalid(ValidationError::new(field, rule))
+    }
+    pub fn vm_not_found(name: &str) -> Self {
+        ControlError::NotFound { kind: "VM", name: name.to_string() }
+    }
+}

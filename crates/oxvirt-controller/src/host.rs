@@ -1,0 +1,51 @@
+//! What this host has, for admission checks and `GET /host`.
+
+use crate::{ControlError, Controller};
+use oxvirt_model::{HostInfo, Vm, VmState};
+use oxvirt_store::StoreExt;
+
+#[derive(Debug, Clone)]
+pub(crate) struct HostLimits {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+impl HostLimits {
+    pub fn detect() -> Self {
+        HostLimits {
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            memory_bytes: meminfo("MemTotal:").unwrap_or(0),
+        }
+    }
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+impl Controller {
+    pub fn host_info(&self) -> Result<HostInfo, ControlError> {
+        let vms = self.inner.store.list_records::<Vm>()?;
+        let hv = &self.inner.hv;
+        Ok(HostInfo {
+            hostname: read_trim("/proc/sys/kernel/hostname"),
+            cpus: self.inner.host.cpus,
+            memory_bytes: self.inner.host.memory_bytes,
+            memory_available_bytes: meminfo("MemAvailable:").unwrap_or(0),
+            kernel: read_trim("/proc/sys/kernel/osrelease"),
+            accelerator: hv.accel().accel.to_string(),
+            accelerator_reason: hv.accel().reason.clone(),
+            hypervisor: hv.name().to_string(),
+            hypervisor_version: hv.version(),
+            oxvirt_version: env!("CARGO_PKG_VERSION").to_string(),
+            vms_total: vms.len(),
+            vms_running: vms.iter().filter(|(v, _)| v.status.state == VmState::Running).count(),
+        })
+    }
+}

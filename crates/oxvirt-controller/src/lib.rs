@@ -1,0 +1,129 @@
+//! The controller makes the host match the store.
+//!
+//! The API hands it requests; it validates them against the host, records desired state in the
+//! store, runs long operations as tasks and drives the hypervisor. A reconciler re-adopts guests
+//! after a daemon restart and notices guests that stopped on their own. Every change of state is
+//! written to the store first and announced on the event bus.
+
+mod console;
+mod error;
+mod host;
+mod lifecycle;
+mod reconcile;
+mod tasks;
+mod vms;
+
+pub use error::ControlError;
+pub use tasks::TaskRegistry;
+
+use oxvirt_hypervisor::{Hypervisor, Instance, RuntimePaths};
+use oxvirt_model::Event;
+use oxvirt_store::Store;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Settings of the controller (from the daemon's config file).
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub data_dir: PathBuf,
+    /// How long a graceful stop waits for the guest before forcing it off.
+    pub stop_timeout: Duration,
+    /// Console logs are rotated past this size (one older file is kept).
+    pub console_log_max: u64,
+    /// How often the reconciler looks at every VM.
+    pub reconcile_interval: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ControllerConfig {
+            data_dir: data_dir.into(),
+            stop_timeout: Duration::from_secs(30),
+            console_log_max: 1024 * 1024,
+            reconcile_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The runtime side of one VM: the lock that serialises its operations and its running guest.
+#[derive(Default)]
+pub(crate) struct VmSlot {
+    pub op: Arc<tokio::sync::Mutex<()>>,
+    pub instance: Mutex<Option<Arc<dyn Instance>>>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn Store>,
+    pub hv: Arc<dyn Hypervisor>,
+    pub config: ControllerConfig,
+    pub events: broadcast::Sender<Event>,
+    pub tasks: TaskRegistry,
+    pub slots: Mutex<HashMap<String, Arc<VmSlot>>>,
+    pub host: host::HostLimits,
+}
+
+/// Cheap to clone: every clone is the same controller.
+#[derive(Clone)]
+pub struct Controller {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Controller {
+    pub fn new(store: Arc<dyn Store>, hv: Arc<dyn Hypervisor>, config: ControllerConfig) -> Result<Self, ControlError> {
+        let (events, _) = broadcast::channel(1024);
+        let tasks = TaskRegistry::new(store.clone(), events.clone())?;
+        let inner =
+            Inner { store, hv, config, events, tasks, slots: Mutex::default(), host: host::HostLimits::detect() };
+        Ok(Controller { inner: Arc::new(inner) })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn tasks(&self) -> &TaskRegistry {
+        &self.inner.tasks
+    }
+
+    pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {
+        &self.inner.hv
+    }
+
+    /// Adopts the guests that run, then keeps reconciling in the background.
+    pub async fn start_background(&self) {
+        self.reconcile_all().await;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(me.inner.config.reconcile_interval).await;
+                me.reconcile_all().await;
+            }
+        });
+    }
+}
+
+impl Inner {
+    pub fn slot(&self, name: &str) -> Arc<VmSlot> {
+        lock(&self.slots).entry(name.to_string()).or_default().clone()
+    }
+
+    pub fn paths(&self, id: &str) -> RuntimePaths {
+        // Named by id, not name: short (socket paths are limited) and never reused.
+        RuntimePaths::new(self.config.data_dir.join("run").join(&id[..id.len().min(13)]))
+    }
+
+    pub fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

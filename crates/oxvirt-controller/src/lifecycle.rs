@@ -1,0 +1,291 @@
+//! The VM lifecycle: actions as tasks, and the watcher that follows each running guest.
+
+use crate::tasks::TaskHandle;
+use crate::vms::busy;
+use crate::{lock, now_millis, ControlError, Controller};
+use oxvirt_hypervisor::{Instance, InstanceEvent};
+use oxvirt_model::{DesiredState, Event, RestartPolicy, Task, Vm, VmAction, VmState};
+use oxvirt_store::StoreExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+impl Controller {
+    /// Starts an action on a VM as a task. Refused at once (409) when the VM's state does not
+    /// allow it or another operation on the VM is in progress.
+    pub fn vm_action(&self, name: &str, action: VmAction) -> Result<Task, ControlError> {
+        let slot = self.inner.slot(name);
+        let guard = slot.op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        let vm = self.get_vm(name)?;
+        action.check_from(vm.status.state).map_err(ControlError::Conflict)?;
+        let task = self.inner.tasks.create(&format!("vm.{}", action.as_str()), &format!("vms/{name}"))?;
+        let snapshot = task.snapshot();
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let result = me.run_action(&name, action, &task).await.map_err(|e| e.to_string());
+            drop(guard);
+            if let Err(e) = &result {
+                tracing::warn!(vm = %name, action = action.as_str(), "failed: {e}");
+            }
+            task.finish(result);
+        });
+        Ok(snapshot)
+    }
+
+    async fn run_action(&self, name: &str, action: VmAction, task: &TaskHandle) -> Result<(), ControlError> {
+        self.set_desired(name, action.desired_after())?;
+        match action {
+            VmAction::Start => self.do_start(name, task).await,
+            VmAction::Stop => self.do_stop(name, task, false).await,
+            VmAction::Kill => self.do_stop(name, task, true).await,
+            VmAction::Reboot => {
+                self.do_stop(name, task, false).await?;
+                self.set_desired(name, DesiredState::Running)?;
+                self.do_start(name, task).await
+            }
+            VmAction::Reset => {
+                self.instance(name)?.reset().await?;
+                self.emit_guest(name, "reset");
+                Ok(())
+            }
+            VmAction::Pause => {
+                self.instance(name)?.pause().await?;
+                self.set_state(name, VmState::Paused, "paused by request");
+                Ok(())
+            }
+            VmAction::Resume => {
+                self.instance(name)?.resume().await?;
+                self.set_state(name, VmState::Running, "resumed by request");
+                Ok(())
+            }
+        }
+    }
+
+    fn instance(&self, name: &str) -> Result<Arc<dyn Instance>, ControlError> {
+        lock(&self.inner.slot(name).instance)
+            .clone()
+            .filter(|i| !i.has_exited())
+            .ok_or_else(|| ControlError::Conflict(format!("VM {name} has no running QEMU")))
+    }
+
+    pub(crate) async fn do_start(&self, name: &str, task: &TaskHandle) -> Result<(), ControlError> {
+        let vm = self.get_vm(name)?;
+        if task.is_cancelled() {
+            return Err(ControlError::Conflict("cancelled before QEMU started".into()));
+        }
+        task.progress(10, "starting QEMU");
+        self.set_state(name, VmState::Starting, "starting");
+        let paths = self.inner.paths(&vm.id);
+        match self.inner.hv.start(&vm.id, &vm.spec, &paths).await {
+            Ok(instance) => {
+                task.progress(80, "QEMU running");
+                self.attach(name, instance);
+                Ok(())
+            }
+            Err(e) => {
+                self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));
+                let _ = self.set_desired(name, DesiredState::Stopped);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Graceful (power button, then forced after the stop timeout) or forced stop.
+    pub(crate) async fn do_stop(&self, name: &str, task: &TaskHandle, force: bool) -> Result<(), ControlError> {
+        let Ok(instance) = self.instance(name) else {
+            self.set_state(name, VmState::Stopped, "stopped");
+            return Ok(());
+        };
+        self.set_state(name, VmState::Stopping, if force { "killing" } else { "shutting down" });
+        if !force {
+            task.progress(10, "ACPI power button pressed");
+            // A paused guest cannot react to the power button.
+            if let Err(e) = instance.power_button().await {
+                tracing::info!(vm = %name, "power button: {e}");
+            }
+            let timeout = self.inner.config.stop_timeout;
+            if instance.wait_exit(timeout).await {
+                self.mark_stopped(name, "shut down by request");
+                return Ok(());
+            }
+            task.progress(70, "guest did not shut down in time: forcing off");
+        }
+        instance.kill().await?;
+        self.mark_stopped(name, if force { "killed by request" } else { "forced off after the stop timeout" });
+        Ok(())
+    }
+
+    /// Takes charge of a running guest: remembers it and follows its events.
+    pub(crate) fn attach(&self, name: &str, instance: Arc<dyn Instance>) {
+        let mut events = instance.subscribe();
+        *lock(&self.inner.slot(name).instance) = Some(instance.clone());
+        self.update_vm_record(name, |vm| {
+            vm.status.pid = Some(instance.pid());
+            vm.status.accel = Some(instance.accel().to_string());
+            if vm.status.started_at.is_none() || vm.status.state == VmState::Starting {
+                vm.status.started_at = Some(now_millis());
+            }
+        });
+        self.set_state(name, VmState::Running, "running");
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut last_shutdown: Option<(bool, String)> = None;
+            // A guest that exits between attach and subscribe is caught here.
+            if instance.has_exited() {
+                me.on_exit(&name, &instance, None).await;
+                return;
+            }
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => InstanceEvent::Exited,
+                };
+                match ev {
+                    InstanceEvent::Shutdown { guest, reason } => last_shutdown = Some((guest, reason)),
+                    InstanceEvent::Paused => me.observe(&name, VmState::Paused, "paused"),
+                    InstanceEvent::Resumed => me.observe(&name, VmState::Running, "running"),
+                    InstanceEvent::Panicked => me.on_panic(&name, &instance).await,
+                    InstanceEvent::Reset { guest } => me.emit_guest(&name, if guest { "guest reset" } else { "reset" }),
+                    InstanceEvent::BlockIoError { device, reason } => {
+                        me.emit_guest(&name, &format!("I/O error on {device}: {reason}"))
+                    }
+                    InstanceEvent::Exited => {
+                        me.on_exit(&name, &instance, last_shutdown.take()).await;
+                        return;
+                    }
+                    InstanceEvent::BalloonChange { .. }
+                    | InstanceEvent::Migration { .. }
+                    | InstanceEvent::Other { .. } => {}
+                }
+            }
+        });
+    }
+
+    /// A state change QEMU reported on its own (not during one of our operations).
+    fn observe(&self, name: &str, state: VmState, reason: &str) {
+        let Ok(vm) = self.get_vm(name) else { return };
+        if matches!(vm.status.state, VmState::Running | VmState::Paused) && vm.status.state != state {
+            self.set_state(name, state, reason);
+            let desired = if state == VmState::Paused { DesiredState::Paused } else { DesiredState::Running };
+            let _ = self.set_desired(name, desired);
+        }
+    }
+
+    async fn on_panic(&self, name: &str, instance: &Arc<dyn Instance>) {
+        self.emit_guest(name, "guest kernel panicked");
+        self.set_state(name, VmState::Crashed, "guest kernel panicked");
+        let Ok(vm) = self.get_vm(name) else { return };
+        if vm.spec.restart_policy != RestartPolicy::Never && vm.desired == DesiredState::Running {
+            // The exit that follows restarts it (see on_exit).
+            let _ = instance.kill().await;
+        }
+    }
+
+    async fn on_exit(&self, name: &str, instance: &Arc<dyn Instance>, shutdown: Option<(bool, String)>) {
+        {
+            let slot = self.inner.slot(name);
+            let mut current = lock(&slot.instance);
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance)) {
+                *current = None;
+            }
+        }
+        let Ok(vm) = self.get_vm(name) else { return };
+        let crashed = vm.status.state == VmState::Crashed;
+        let by_user = vm.desired == DesiredState::Stopped;
+        let reason = match (&shutdown, by_user, crashed) {
+            (_, true, _) => "stopped by request".to_string(),
+            (_, _, true) => "guest kernel panicked".to_string(),
+            (Some((true, why)), _, _) => format!("guest shut down ({why})"),
+            (Some((false, why)), _, _) => format!("QEMU shut down ({why})"),
+            (None, _, _) => "QEMU exited unexpectedly".to_string(),
+        };
+        if vm.status.state != VmState::Stopping || !by_user {
+            self.mark_stopped(name, &reason);
+        }
+        if by_user {
+            return;
+        }
+        let clean = matches!(shutdown, Some((true, _))) && !crashed;
+        let restart = match vm.spec.restart_policy {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => !clean,
+            RestartPolicy::Always => true,
+        };
+        if restart {
+            self.restart_in_background(name, &reason);
+        } else {
+            let _ = self.set_desired(name, DesiredState::Stopped);
+        }
+    }
+
+    /// Starts a VM again after it stopped on its own, as its restart policy asks.
+    pub(crate) fn restart_in_background(&self, name: &str, why: &str) {
+        let me = self.clone();
+        let name = name.to_string();
+        let why = why.to_string();
+        tokio::spawn(async move {
+            // Give an operation that is ending a moment, then take the VM's lock.
+            let slot = me.inner.slot(&name);
+            let Ok(_guard) = tokio::time::timeout(Duration::from_secs(30), slot.op.clone().lock_owned()).await else {
+                return;
+            };
+            let Ok(vm) = me.get_vm(&name) else { return };
+            if vm.status.state != VmState::Stopped || vm.desired != DesiredState::Running {
+                return;
+            }
+            let Ok(task) = me.inner.tasks.create("vm.restart", &format!("vms/{name}")) else { return };
+            task.progress(5, &format!("restarting by policy: {why}"));
+            let r = me.do_start(&name, &task).await.map_err(|e| e.to_string());
+            task.finish(r);
+        });
+    }
+
+    pub(crate) fn mark_stopped(&self, name: &str, reason: &str) {
+        self.update_vm_record(name, |vm| {
+            vm.status.pid = None;
+            vm.status.accel = None;
+            vm.status.started_at = None;
+        });
+        self.set_state(name, VmState::Stopped, reason);
+    }
+
+    pub(crate) fn set_desired(&self, name: &str, desired: DesiredState) -> Result<(), ControlError> {
+        let found = self.inner.store.update_record::<Vm>(name, |vm| vm.desired = desired)?;
+        found.map(|_| ()).ok_or_else(|| ControlError::vm_not_found(name))
+    }
+
+    /// Records an observed state and announces it when it changed.
+    pub(crate) fn set_state(&self, name: &str, state: VmState, reason: &str) {
+        let mut changed = false;
+        self.update_vm_record(name, |vm| {
+            changed = vm.status.state != state || vm.status.reason != reason;
+            if changed {
+                vm.status.state = state;
+                vm.status.reason = reason.to_string();
+                vm.status.changed_at = now_millis();
+            }
+        });
+        if changed {
+            tracing::info!(vm = %name, state = state.as_str(), "{reason}");
+            self.inner.emit(Event::VmState {
+                vm: name.to_string(),
+                state,
+                reason: reason.to_string(),
+                time: now_millis(),
+            });
+        }
+    }
+
+    fn update_vm_record(&self, name: &str, f: impl FnMut(&mut Vm)) {
+        if let Err(e) = self.inner.store.update_record::<Vm>(name, f) {
+            tracing::error!(vm = %name, "could not record VM status: {e}");
+        }
+    }
+
+    fn emit_guest(&self, name: &str, what: &str) {
+        self.inner.emit(Event::VmGuest { vm: name.to_string(), what: what.to_string(), time: now_millis() });
+    }
+}

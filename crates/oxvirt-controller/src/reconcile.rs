@@ -1,0 +1,61 @@
+//! The reconciler: makes what runs on the host match the store.
+//!
+//! At daemon start it finds every guest it owns and re-attaches to it through its QMP socket; a
+//! guest whose QEMU died while the daemon was away is marked stopped and restarted where its
+//! policy says so. Afterwards it runs every few seconds to catch anything missed.
+
+use crate::{lock, Controller};
+use oxvirt_hypervisor::RunState;
+use oxvirt_model::{DesiredState, RestartPolicy, Vm, VmState};
+
+impl Controller {
+    pub async fn reconcile_all(&self) {
+        let vms = match self.list_vms() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("reconcile: cannot list VMs: {e}");
+                return;
+            }
+        };
+        for vm in vms {
+            self.reconcile_vm(&vm).await;
+            self.rotate_console_log(&vm);
+        }
+        self.inner.tasks.prune();
+    }
+
+    async fn reconcile_vm(&self, vm: &Vm) {
+        let name = vm.spec.name.as_str();
+        let slot = self.inner.slot(name);
+        // An operation in progress owns the VM; look again next round.
+        let Ok(_guard) = slot.op.clone().try_lock_owned() else { return };
+        if lock(&slot.instance).is_some() {
+            return;
+        }
+        let paths = self.inner.paths(&vm.id);
+        match self.inner.hv.adopt(&vm.id, &paths).await {
+            Ok(Some(instance)) => {
+                let state = instance.run_state().await;
+                tracing::info!(vm = %name, pid = instance.pid(), "re-adopted running guest");
+                self.attach(name, instance);
+                match state {
+                    Ok(RunState::Paused) => self.set_state(name, VmState::Paused, "paused"),
+                    Ok(RunState::Panicked) => self.set_state(name, VmState::Crashed, "guest kernel panicked"),
+                    _ => {}
+                }
+            }
+            Ok(None) => {
+                if vm.status.state.has_process() {
+                    self.mark_stopped(name, "QEMU was gone when oxvirtd looked (it exited while oxvirtd was away)");
+                    if vm.desired == DesiredState::Running && vm.spec.restart_policy != RestartPolicy::Never {
+                        drop(_guard);
+                        self.restart_in_background(name, "QEMU exited while oxvirtd was away");
+                    } else {
+                        let _ = self.set_desired(name, DesiredState::Stopped);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(vm = %name, "cannot re-adopt guest: {e}"),
+        }
+    }
+}

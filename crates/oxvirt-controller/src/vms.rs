@@ -1,0 +1,139 @@
+//! VM records: create, change, delete, read. Validation against the host happens here; the
+//! rules a spec follows on its own are in the model.
+
+use crate::{now_millis, ControlError, Controller};
+use oxvirt_hypervisor::qemu::cmdline::default_mac;
+use oxvirt_model::{ByteSize, DesiredState, Event, ValidationError, Vm, VmSpec, VmState, VmStatus, VmUpdate};
+use oxvirt_store::{Expect, StoreError, StoreExt};
+use std::path::Path;
+
+impl Controller {
+    /// The host's rules: files exist, the VM fits the host.
+    fn check_against_host(&self, spec: &VmSpec) -> Result<(), ControlError> {
+        let host = &self.inner.host;
+        if spec.cpus > host.cpus {
+            return Err(ControlError::invalid("cpus", format!("must be at most the host's {} CPUs", host.cpus)));
+        }
+        if host.memory_bytes > 0 && spec.memory.0 > host.memory_bytes {
+            return Err(ControlError::invalid(
+                "memory",
+                format!("must be at most the host's memory ({})", ByteSize(host.memory_bytes)),
+            ));
+        }
+        let mut files: Vec<(String, &str)> = Vec::new();
+        if let Some(k) = &spec.kernel {
+            files.push(("kernel.kernel".into(), &k.kernel));
+            if let Some(i) = &k.initrd {
+                files.push(("kernel.initrd".into(), i));
+            }
+        }
+        for (i, d) in spec.disks.iter().enumerate() {
+            files.push((format!("disks[{i}].path"), &d.path));
+        }
+        for (field, path) in files {
+            match std::fs::metadata(Path::new(path)) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return Err(ControlError::invalid(field, format!("{path} is not a regular file"))),
+                Err(_) => return Err(ControlError::invalid(field, format!("file {path} does not exist"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a VM record (stopped). Nothing is changed when any rule fails.
+    pub fn create_vm(&self, mut spec: VmSpec) -> Result<Vm, ControlError> {
+        spec.validate()?;
+        self.check_against_host(&spec)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        for (i, nic) in spec.nics.iter_mut().enumerate() {
+            if nic.mac.is_none() {
+                nic.mac = Some(default_mac(&id, i));
+            }
+        }
+        let now = now_millis();
+        let vm = Vm {
+            id,
+            spec,
+            desired: DesiredState::Stopped,
+            status: VmStatus {
+                state: VmState::Stopped,
+                changed_at: now,
+                reason: "created".into(),
+                ..Default::default()
+            },
+            created_at: now,
+        };
+        match self.inner.store.put_record(&vm.spec.name, &vm, Expect::Absent) {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(ControlError::Exists(ValidationError::new(
+                    "name",
+                    format!("a VM named {:?} already exists", vm.spec.name),
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.inner.emit(Event::VmLifecycle { vm: vm.spec.name.clone(), action: "created".into(), time: now });
+        Ok(vm)
+    }
+
+    pub fn get_vm(&self, name: &str) -> Result<Vm, ControlError> {
+        self.inner.store.get_record::<Vm>(name)?.map(|(v, _)| v).ok_or_else(|| ControlError::vm_not_found(name))
+    }
+
+    pub fn list_vms(&self) -> Result<Vec<Vm>, ControlError> {
+        Ok(self.inner.store.list_records::<Vm>()?.into_iter().map(|(v, _)| v).collect())
+    }
+
+    /// Changes a stopped VM's definition.
+    pub fn update_vm(&self, name: &str, update: &VmUpdate) -> Result<Vm, ControlError> {
+        let slot = self.inner.slot(name);
+        let _op = slot.op.try_lock().map_err(|_| busy(name))?;
+        let (vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        if vm.status.state != VmState::Stopped {
+            return Err(ControlError::Conflict(format!(
+                "VM {name} is {}: stop it before changing its definition",
+                vm.status.state.as_str()
+            )));
+        }
+        let mut spec = update.apply(&vm.spec);
+        spec.validate()?;
+        self.check_against_host(&spec)?;
+        for (i, nic) in spec.nics.iter_mut().enumerate() {
+            if nic.mac.is_none() {
+                nic.mac = Some(default_mac(&vm.id, i));
+            }
+        }
+        let new = Vm { spec, ..vm };
+        self.inner.store.put_record(name, &new, Expect::Revision(rev)).map_err(|e| match e {
+            StoreError::Conflict { .. } => busy(name),
+            e => e.into(),
+        })?;
+        Ok(new)
+    }
+
+    /// Deletes a stopped VM: its record and its runtime files. Its disks are the user's and stay.
+    pub fn delete_vm(&self, name: &str) -> Result<(), ControlError> {
+        let slot = self.inner.slot(name);
+        let _op = slot.op.try_lock().map_err(|_| busy(name))?;
+        let (vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        if vm.status.state != VmState::Stopped {
+            return Err(ControlError::Conflict(format!(
+                "VM {name} is {}: stop it before deleting it",
+                vm.status.state.as_str()
+            )));
+        }
+        self.inner.store.delete_record::<Vm>(name, Expect::Revision(rev)).map_err(|e| match e {
+            StoreError::Conflict { .. } => busy(name),
+            e => e.into(),
+        })?;
+        let _ = std::fs::remove_dir_all(self.inner.paths(&vm.id).dir());
+        crate::lock(&self.inner.slots).remove(name);
+        self.inner.emit(Event::VmLifecycle { vm: name.to_string(), action: "deleted".into(), time: now_millis() });
+        Ok(())
+    }
+}
+
+pub(crate) fn busy(name: &str) -> ControlError {
+    ControlError::Conflict(format!("another operation is in progress on VM {name}; try again when it ends"))
+}

@@ -1,0 +1,184 @@
+//! `make bench`: oxvirt's benchmarks, printed as figures and as ratios against a baseline
+//! measured in the same run. Nothing here asserts: speed targets are read, not tested.
+//!
+//! 1. Start overhead (hypervisor layer): time from `start` to the guest's READY marker through
+//!    oxvirt, against the very same QEMU command line launched directly. 5 rounds each.
+//! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
+//!    a no-op API request rate), time to list all of them, and the daemon's RSS.
+
+use oxvirt_e2e::*;
+use oxvirt_hypervisor::qemu::QemuDriver;
+use oxvirt_hypervisor::{AccelDecision, RuntimePaths};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn wait_file_marker(path: &std::path::Path, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if std::fs::read(path).map(|b| b.windows(READY.len()).any(|w| w == READY.as_bytes())).unwrap_or(false) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "no marker in {}", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill_pidfile(p: &std::path::Path) {
+    if let Ok(s) = std::fs::read_to_string(p) {
+        if let Ok(pid) = s.trim().parse::<i32>() {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            while process_alive(pid as u32) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+async fn start_overhead() {
+    println!("== start overhead: start -> {READY}, {ROUNDS} rounds each (median)");
+    let d = Daemon::start();
+    let spec_json = kernel_spec("bench", "");
+    d.client.create_vm(&spec_json, false).await.expect("create");
+    let vm = d.client.get_vm("bench").await.expect("get");
+
+    // The same command line oxvirt builds, launched by hand.
+    let driver = QemuDriver::new(
+        "qemu-system-x86_64",
+        AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() },
+    );
+    let dir = tempfile::Builder::new().prefix("oxb").tempdir_in("/tmp").expect("tmp");
+    let paths = RuntimePaths::new(dir.path().join("direct"));
+    std::fs::create_dir_all(paths.dir()).expect("dir");
+    let args = driver.args(&vm.id, &vm.spec, &paths);
+
+    let mut direct = Vec::new();
+    let mut oxvirt = Vec::new();
+    for round in 0..ROUNDS {
+        // Direct.
+        let _ = std::fs::remove_file(paths.console_log());
+        let t0 = Instant::now();
+        let st = std::process::Command::new(driver.program()).args(&args).status().expect("qemu");
+        assert!(st.success());
+        let _ = wait_file_marker(&paths.console_log(), BOOT_TIMEOUT);
+        direct.push(t0.elapsed());
+        kill_pidfile(&paths.pidfile());
+
+        // Through oxvirt: the API call, the task, QEMU, the guest; marker read through the API.
+        let base = d.client.console_log("bench", 1 << 22).await.expect("log").len();
+        let t0 = Instant::now();
+        d.client.vm_action("bench", "start").await.expect("start");
+        loop {
+            let log = d.client.console_log("bench", 1 << 22).await.expect("log");
+            if log.len() > base && log[base.min(log.len())..].windows(READY.len()).any(|w| w == READY.as_bytes()) {
+                break;
+            }
+            if log.len() < base && log.windows(READY.len()).any(|w| w == READY.as_bytes()) {
+                break;
+            }
+            assert!(t0.elapsed() < BOOT_TIMEOUT, "oxvirt start: no marker");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        oxvirt.push(t0.elapsed());
+        d.client.vm_action_wait("bench", "kill", Duration::from_secs(30)).await.expect("kill");
+        println!("   round {}: direct {:?}, oxvirt {:?}", round + 1, direct[round], oxvirt[round]);
+    }
+    let (md, mo) = (median(direct), median(oxvirt));
+    println!("   direct QEMU (baseline): {md:?}");
+    println!("   through oxvirt:         {mo:?}");
+    println!("   ratio oxvirt/direct:    {:.3} (target <= 1.02)", mo.as_secs_f64() / md.as_secs_f64());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn control_plane_scale() {
+    const N: usize = 10_000;
+    const CONCURRENCY: usize = 8;
+    println!("== control plane: {N} VM definitions through the API ({CONCURRENCY} clients)");
+    let d = Daemon::start();
+    let pid = d.child.as_ref().map(|c| c.id()).unwrap_or(0);
+    let rss_idle = rss_kib(pid);
+
+    // Baseline: the same number of no-op API requests.
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..CONCURRENCY {
+        let c = d.client.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in (w..N).step_by(CONCURRENCY) {
+                c.raw(hyper::Method::GET, "/api/v1", None).await.expect("noop");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("join");
+    }
+    let noop_rate = N as f64 / t0.elapsed().as_secs_f64();
+
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..CONCURRENCY {
+        let c = d.client.clone();
+        handles.push(tokio::spawn(async move {
+            for i in (w..N).step_by(CONCURRENCY) {
+                c.create_vm(&kernel_spec(&format!("vm-{i}"), ""), false).await.expect("create");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("join");
+    }
+    let create_rate = N as f64 / t0.elapsed().as_secs_f64();
+
+    let mut lists = Vec::new();
+    for _ in 0..ROUNDS {
+        let t0 = Instant::now();
+        let (status, body) = d.client.raw(hyper::Method::GET, "/api/v1/vms", None).await.expect("list");
+        lists.push(t0.elapsed());
+        assert_eq!(status, 200);
+        assert!(body.len() > N * 100);
+    }
+    let list = median(lists);
+    let t0 = Instant::now();
+    d.client.raw(hyper::Method::GET, "/api/v1/host", None).await.expect("host");
+    let rss = rss_kib(pid);
+    let _ = t0;
+    println!("   no-op requests (baseline): {noop_rate:.0}/s");
+    println!(
+        "   creates:                   {create_rate:.0}/s  (ratio to no-op {:.2}; target >= 2000/s)",
+        create_rate / noop_rate
+    );
+    println!("   list all {N}:            {:.1} ms (target <= 50 ms)", list.as_secs_f64() * 1000.0);
+    println!(
+        "   daemon RSS:                {} MiB with {N} VMs, {} MiB idle (ratio {:.2}; target <= 50 MiB)",
+        rss / 1024,
+        rss_idle / 1024,
+        rss as f64 / rss_idle.max(1) as f64
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::var("OXVIRT_PROFILE").is_err() {
+        std::env::set_var("OXVIRT_PROFILE", "release");
+    }
+    let only = std::env::args().nth(1).unwrap_or_default();
+    if only.is_empty() || only == "start" {
+        start_overhead().await;
+    }
+    if only.is_empty() || only == "scale" {
+        control_plane_scale().await;
+    }
+}

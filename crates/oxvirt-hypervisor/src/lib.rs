@@ -1,0 +1,146 @@
+//! The hypervisor layer: turns a VM spec into a running guest and keeps it under control.
+//!
+//! [`Hypervisor`] starts and re-adopts guests; [`Instance`] is one running guest. The traits are
+//! narrow on purpose (as Cloud Hypervisor's `hypervisor` crate is) so that another engine can be a
+//! driver beside [`qemu`]. The accelerator choice (KVM or TCG) is in [`accel`].
+
+pub mod accel;
+pub mod qemu;
+
+use oxvirt_model::VmSpec;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+pub use accel::{Accel, AccelDecision};
+
+/// Where one VM's runtime files live: sockets, pidfile, console log. One directory per VM.
+#[derive(Debug, Clone)]
+pub struct RuntimePaths {
+    pub dir: PathBuf,
+}
+
+impl RuntimePaths {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RuntimePaths { dir: dir.into() }
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn console_socket(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// What a guest's hypervisor reported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstanceEvent {
+    /// The guest shut down (`guest` = it did so itself, e.g. `poweroff`).
+    Shutdown {
+        guest: bool,
+        reason: String,
+    },
+    Reset {
+        guest: bool,
+    },
+    Paused,
+    Resumed,
+    /// The guest kernel panicked.
+    Panicked,
+    BlockIoError {
+        device: String,
+        reason: String,
+    },
+    BalloonChange {
+        actual: u64,
+    },
+    Migration {
+        status: String,
+    },
+    /// Any other event, by name.
+    Other {
+        name: String,
+    },
+    /// The hypervisor process is gone.
+    Exited,
+}
+
+/// The run state the hypervisor reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    Panicked,
+    ShuttingDown,
+    /// Anything else QEMU reports (e.g. `prelaunch`, `inmigrate`).
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("QEMU refused to start: {0}")]
+    StartFailed(String),
+    #[error(transparent)]
+    Qmp(#[from] qemu::qmp::QmpError),
+    #[error("invalid VM definition for the hypervisor: {0}")]
+    Invalid(String),
+    #[error("the accelerator {0} is not usable on this host: {1}")]
+    AccelUnavailable(&'static str, String),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+impl HvError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        HvError::Io { what: what.into(), source }
+    }
+}
+
+/// A hypervisor engine on this host.
+#[async_trait::async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// The engine's name, e.g. `qemu`.
+    fn name(&self) -> &'static str;
+    fn version(&self) -> String;
+    /// The accelerator a VM asking for `auto` gets, and why.
+    fn accel(&self) -> &AccelDecision;
+    /// Starts a guest. The guest outlives this process: it runs in its own session.
+    async fn start(&self, id: &str, spec: &VmSpec, paths: &RuntimePaths) -> Result<Arc<dyn Instance>, HvError>;
+    /// Finds a guest started earlier (by this or an earlier daemon) and takes control of it again.
+    /// `Ok(None)`: no such guest runs any more.
+    async fn adopt(&self, id: &str, paths: &RuntimePaths) -> Result<Option<Arc<dyn Instance>>, HvError>;
+}
+
+/// One running guest.
+#[async_trait::async_trait]
+pub trait Instance: Send + Sync {
+    fn pid(&self) -> u32;
+    fn accel(&self) -> Accel;
+    /// Events from now on. [`InstanceEvent::Exited`] is the last one.
+    fn subscribe(&self) -> broadcast::Receiver<InstanceEvent>;
+    fn has_exited(&self) -> bool;
+    async fn run_state(&self) -> Result<RunState, HvError>;
+    /// Presses the ACPI power button: a polite request to shut down.
+    async fn power_button(&self) -> Result<(), HvError>;
+    async fn reset(&self) -> Result<(), HvError>;
+    async fn pause(&self) -> Result<(), HvError>;
+    async fn resume(&self) -> Result<(), HvError>;
+    /// Ends the guest at once and waits until its process is gone.
+    async fn kill(&self) -> Result<(), HvError>;
+    /// Waits until the process is gone; false when `timeout` passed first.
+    async fn wait_exit(&self, timeout: Duration) -> bool;
+    /// A raw hypervisor command, for features that have no method yet.
+    async fn command(&self, name: &str, args: serde_json::Value) -> Result<serde_json::Value, HvError>;
+}

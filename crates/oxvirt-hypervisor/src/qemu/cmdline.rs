@@ -1,0 +1,323 @@
+//! From a VM spec to QEMU's argument vector. No shell is ever involved: each argument is one
+//! vector element. Values inside QEMU's `key=value,...` option syntax are escaped (`,` doubled);
+//! devices and block nodes use QEMU's JSON syntax, where no value can add an option.
+
+use crate::{Accel, RuntimePaths};
+use oxvirt_model::{DiskBus, MachineType, VmSpec, MIB};
+use serde_json::json;
+
+/// Host facts the command line depends on.
+#[derive(Debug, Clone)]
+pub struct CmdlineHost {
+    /// The host CPU's clock in kHz: microvm under TCG needs `tsc_early_khz`, or the guest hangs
+    /// calibrating its TSC.
+    pub tsc_khz: Option<u64>,
+}
+
+impl CmdlineHost {
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let mhz = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("cpu MHz"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        CmdlineHost { tsc_khz: mhz.map(|m| (m * 1000.0).round() as u64) }
+    }
+}
+
+/// Escapes a value for QEMU's option syntax: a `,` is written `,,`.
+pub fn escape_opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// MAC address of NIC `index` of VM `id` when the spec gives none: stable per VM and NIC.
+pub fn default_mac(id: &str, index: usize) -> String {
+    // FNV-1a over the id and index: stable, spread, no extra dependency.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in id.bytes().chain(std::iter::once(index as u8)) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", (h >> 16) as u8, (h >> 8) as u8, h as u8)
+}
+
+/// The full argument vector (without the program) for one VM.
+pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: &CmdlineHost) -> Vec<String> {
+    let mut a: Vec<String> = Vec::with_capacity(64);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    let microvm = spec.machine == MachineType::Microvm;
+    let bus_suffix = if microvm { "device" } else { "pci" };
+
+    push(&["-name", &format!("guest={},debug-threads=on", escape_opt(&spec.name))]);
+    push(&["-uuid", id]);
+    match spec.machine {
+        MachineType::Q35 => push(&["-machine", "q35"]),
+        MachineType::Microvm => push(&["-machine", "microvm,rtc=on"]),
+    }
+    push(&["-accel", accel.as_str()]);
+    push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
+    push(&["-smp", &spec.cpus.to_string()]);
+    push(&["-m", &format!("{}M", spec.memory.0 / MIB)]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+
+    let qmp = escape_opt(&paths.qmp_socket().to_string_lossy());
+    push(&["-chardev", &format!("socket,id=qmp,path={qmp},server=on,wait=off")]);
+    push(&["-mon", "chardev=qmp,mode=control"]);
+    let console = escape_opt(&paths.console_socket().to_string_lossy());
+    let log = escape_opt(&paths.console_log().to_string_lossy());
+    push(&["-chardev", &format!("socket,id=console0,path={console},server=on,wait=off,logfile={log},logappend=on")]);
+    push(&["-serial", "chardev:console0"]);
+
+    if let Some(k) = &spec.kernel {
+        push(&["-kernel", &k.kernel]);
+        if let Some(initrd) = &k.initrd {
+            push(&["-initrd", initrd]);
+        }
+        let mut cmdline = k.cmdline.clone();
+        if microvm && accel == Accel::Tcg && !cmdline.contains("tsc_early_khz=") {
+            if let Some(khz) = host.tsc_khz {
+                cmdline = format!("{cmdline} tsc_early_khz={khz}").trim().to_string();
+            }
+        }
+        if !cmdline.is_empty() {
+            push(&["-append", &cmdline]);
+        }
+    }
+
+    let mut scsi_added = false;
+    for (i, d) in spec.disks.iter().enumerate() {
+        let file =
+            json!({ "driver": "file", "filename": d.path, "node-name": format!("file{i}"), "read-only": d.readonly });
+        let fmt = json!({ "driver": d.format.as_str(), "file": format!("file{i}"), "node-name": format!("disk{i}"), "read-only": d.readonly });
+        push(&["-blockdev", &file.to_string()]);
+        push(&["-blockdev", &fmt.to_string()]);
+        let mut dev = match d.bus {
+            DiskBus::VirtioBlk => {
+                json!({ "driver": format!("virtio-blk-{bus_suffix}"), "drive": format!("disk{i}"), "id": format!("disk{i}") })
+            }
+            DiskBus::VirtioScsi => {
+                if !scsi_added {
+                    push(&["-device", &json!({ "driver": "virtio-scsi-pci", "id": "scsi0" }).to_string()]);
+                    scsi_added = true;
+                }
+                json!({ "driver": "scsi-hd", "bus": "scsi0.0", "drive": format!("disk{i}"), "id": format!("disk{i}") })
+            }
+        };
+        if spec.kernel.is_none() && i == 0 {
+            dev["bootindex"] = json!(0);
+        }
+        push(&["-device", &dev.to_string()]);
+    }
+
+    for (i, n) in spec.nics.iter().enumerate() {
+        let mac = n.mac.clone().unwrap_or_else(|| default_mac(id, i));
+        push(&["-netdev", &format!("user,id=net{i},restrict=on")]);
+        let dev = json!({ "driver": format!("virtio-net-{bus_suffix}"), "netdev": format!("net{i}"), "mac": mac, "id": format!("nic{i}") });
+        push(&["-device", &dev.to_string()]);
+    }
+
+    if spec.rng {
+        push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
+        push(&["-device", &format!("virtio-rng-{bus_suffix},rng=rng0,id=rng0dev")]);
+    }
+    if spec.balloon {
+        push(&["-device", &format!("virtio-balloon-{bus_suffix},id=balloon0")]);
+    }
+    if !microvm {
+        // Lets the guest report a kernel panic; QEMU then pauses it for inspection.
+        push(&["-device", "pvpanic"]);
+    }
+    push(&["-action", "panic=pause"]);
+
+    let pid = escape_opt(&paths.pidfile().to_string_lossy());
+    push(&["-pidfile", &pid, "-daemonize"]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxvirt_model::{ByteSize, DiskFormat, DiskSpec, KernelBoot, NicMode, NicSpec};
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "web".into(),
+            cpus: 2,
+            memory: ByteSize::mib(512),
+            machine: MachineType::Q35,
+            kernel: Some(KernelBoot {
+                kernel: "/k".into(),
+                initrd: Some("/i".into()),
+                cmdline: "console=ttyS0".into(),
+            }),
+            disks: vec![],
+            nics: vec![],
+            restart_policy: Default::default(),
+            accel: Default::default(),
+            rng: true,
+            balloon: true,
+        }
+    }
+
+    fn host() -> CmdlineHost {
+        CmdlineHost { tsc_khz: Some(2_600_000) }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn basic_q35_kernel_boot() {
+        let a = build("id-1", &spec(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        assert_eq!(after(&a, "-machine"), ["q35"]);
+        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(after(&a, "-cpu"), ["max"]);
+        assert_eq!(after(&a, "-smp"), ["2"]);
+        assert_eq!(after(&a, "-m"), ["512M"]);
+        assert_eq!(after(&a, "-kernel"), ["/k"]);
+        assert_eq!(after(&a, "-initrd"), ["/i"]);
+        assert_eq!(after(&a, "-append"), ["console=ttyS0"]);
+        assert!(a.contains(&"-daemonize".to_string()));
+        assert!(after(&a, "-device").contains(&"virtio-balloon-pci,id=balloon0"));
+        assert!(after(&a, "-device").contains(&"virtio-rng-pci,rng=rng0,id=rng0dev"));
+    }
+
+    #[test]
+    fn microvm_gets_mmio_devices_and_tsc_khz_under_tcg() {
+        let mut s = spec();
+        s.machine = MachineType::Microvm;
+        s.disks.push(DiskSpec {
+            path: "/d.img".into(),
+            format: DiskFormat::Raw,
+            bus: DiskBus::VirtioBlk,
+            readonly: false,
+        });
+        let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
+        assert!(after(&a, "-device").iter().any(|d| d.contains("virtio-blk-device")));
+        assert!(!after(&a, "-device").contains(&"pvpanic"));
+        let kvm = build("id", &s, &RuntimePaths::new("/r"), Accel::Kvm, &host());
+        assert_eq!(after(&kvm, "-append"), ["console=ttyS0"]);
+        assert_eq!(after(&kvm, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn disk_boot_sets_bootindex_and_scsi_controller() {
+        let mut s = spec();
+        s.kernel = None;
+        s.disks.push(DiskSpec {
+            path: "/a.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            bus: DiskBus::VirtioBlk,
+            readonly: false,
+        });
+        s.disks.push(DiskSpec {
+            path: "/b.raw".into(),
+            format: DiskFormat::Raw,
+            bus: DiskBus::VirtioScsi,
+            readonly: true,
+        });
+        let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        let devs: Vec<serde_json::Value> = after(&a, "-device")
+            .iter()
+            .filter(|d| d.starts_with('{'))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(devs[0]["driver"], "virtio-blk-pci");
+        assert_eq!(devs[0]["bootindex"], 0);
+        assert_eq!(devs[1]["driver"], "virtio-scsi-pci");
+        assert_eq!(devs[2]["driver"], "scsi-hd");
+        let nodes: Vec<serde_json::Value> =
+            after(&a, "-blockdev").iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        assert_eq!(nodes[3]["driver"], "raw");
+        assert_eq!(nodes[3]["read-only"], true);
+    }
+
+    /// Splits a QEMU option string the way QEMU does (`,,` is a literal comma).
+    fn qemu_split(opt: &str) -> Vec<String> {
+        let mut parts = vec![String::new()];
+        let mut chars = opt.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    parts.last_mut().unwrap().push(',');
+                } else {
+                    parts.push(String::new());
+                }
+            } else {
+                parts.last_mut().unwrap().push(c);
+            }
+        }
+        parts
+    }
+
+    #[test]
+    fn hostile_paths_never_add_options() {
+        let evil = "/tmp/a,b=c,server=off\"'x y/../=;$(rm)";
+        let mut s = spec();
+        s.kernel = Some(KernelBoot { kernel: evil.into(), initrd: Some(evil.into()), cmdline: "a,b=c".into() });
+        s.disks.push(DiskSpec { path: evil.into(), format: DiskFormat::Raw, bus: DiskBus::VirtioBlk, readonly: false });
+        s.nics.push(NicSpec { mode: NicMode::Isolated, mac: None, queues: 0 });
+        let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
+        // Every chardev keeps exactly its own keys, and the path comes back whole.
+        for c in after(&a, "-chardev") {
+            let parts = qemu_split(c);
+            let keys: Vec<&str> = parts.iter().skip(1).map(|p| p.split('=').next().unwrap()).collect();
+            assert!(
+                keys.iter().all(|k| ["id", "path", "server", "wait", "logfile", "logappend"].contains(k)),
+                "{keys:?}"
+            );
+            let path = parts.iter().find(|p| p.starts_with("path=")).unwrap();
+            assert!(path.starts_with(&format!("path={evil}/run/")), "{path}");
+        }
+        assert_eq!(after(&a, "-kernel"), [evil]);
+        let file: serde_json::Value = serde_json::from_str(after(&a, "-blockdev")[0]).unwrap();
+        assert_eq!(file["filename"], evil);
+        let pidfile = qemu_split(after(&a, "-pidfile")[0]);
+        assert_eq!(pidfile.len(), 1);
+        // No argument that is not one of ours appears.
+        let flags: Vec<&String> = a.iter().filter(|x| x.starts_with('-') && !x.starts_with("-/")).collect();
+        for f in flags {
+            assert!(
+                [
+                    "-name",
+                    "-uuid",
+                    "-machine",
+                    "-accel",
+                    "-cpu",
+                    "-smp",
+                    "-m",
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-display",
+                    "-chardev",
+                    "-mon",
+                    "-serial",
+                    "-kernel",
+                    "-initrd",
+                    "-append",
+                    "-blockdev",
+                    "-device",
+                    "-netdev",
+                    "-object",
+                    "-action",
+                    "-pidfile",
+                    "-daemonize"
+                ]
+                .contains(&f.as_str()),
+                "unexpected flag {f}"
+            );
+        }
+    }
+
+    #[test]
+    fn macs_are_stable_and_distinct() {
+        assert_eq!(default_mac("a", 0), default_mac("a", 0));
+        assert_ne!(default_mac("a", 0), default_mac("a", 1));
+        assert_ne!(default_mac("a", 0), default_mac("b", 0));
+        assert!(oxvirt_model::validate_mac("m", &default_mac("x", 3)).is_ok());
+    }
+}

@@ -1,0 +1,261 @@
+//! The QEMU driver: QEMU processes controlled over QMP.
+
+pub mod cmdline;
+pub mod process;
+pub mod qmp;
+
+use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, RunState, RuntimePaths};
+use cmdline::CmdlineHost;
+use oxvirt_model::VmSpec;
+use process::Pidfd;
+use qmp::{Qmp, QmpEvent};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct QemuDriver {
+    program: String,
+    version: String,
+    accel: AccelDecision,
+    host: CmdlineHost,
+}
+
+impl QemuDriver {
+    /// A driver for the QEMU binary `program`, with the host's accelerator decision.
+    pub fn new(program: impl Into<String>, accel: AccelDecision) -> Self {
+        let program = program.into();
+        let version = std::process::Command::new(&program)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("QEMU emulator version ").to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        QemuDriver { program, version, accel, host: CmdlineHost::detect() }
+    }
+
+    /// The argument vector this driver would run for a VM (for `oxvirt vm show --qemu-args` and
+    /// the start-overhead benchmark).
+    pub fn args(&self, id: &str, spec: &VmSpec, paths: &RuntimePaths) -> Vec<String> {
+        cmdline::build(id, spec, paths, crate::accel::resolve(spec.accel, &self.accel), &self.host)
+    }
+
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+}
+
+fn prepare_run_dir(paths: &RuntimePaths) -> Result<(), HvError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(paths.dir())
+        .map_err(|e| HvError::io(format!("create {}", paths.dir().display()), e))?;
+    for p in [paths.qmp_socket(), paths.console_socket()] {
+        let len = p.as_os_str().len();
+        if len >= 108 {
+            return Err(HvError::Invalid(format!(
+                "socket path {} is {len} bytes; Unix sockets allow 107: use a shorter data dir",
+                p.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&p);
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    fn accel(&self) -> &AccelDecision {
+        &self.accel
+    }
+
+    async fn start(&self, id: &str, spec: &VmSpec, paths: &RuntimePaths) -> Result<Arc<dyn Instance>, HvError> {
+        let accel = crate::accel::resolve(spec.accel, &self.accel);
+        if accel == Accel::Kvm && !std::path::Path::new("/dev/kvm").exists() {
+            return Err(HvError::AccelUnavailable("kvm", "/dev/kvm does not exist".into()));
+        }
+        prepare_run_dir(paths)?;
+        let args = cmdline::build(id, spec, paths, accel, &self.host);
+        let pid = process::spawn_daemonized(&self.program, &args, &paths.pidfile()).await?;
+        let pidfd = Pidfd::open(pid)?;
+        match Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await {
+            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd)),
+            Err(e) => {
+                // A QEMU we cannot control must not be left behind.
+                let _ = pidfd.signal(libc::SIGKILL);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn adopt(&self, id: &str, paths: &RuntimePaths) -> Result<Option<Arc<dyn Instance>>, HvError> {
+        let Some(pid) = process::read_pidfile(&paths.pidfile())? else { return Ok(None) };
+        if !process::is_our_qemu(pid, id) {
+            return Ok(None);
+        }
+        let pidfd = Pidfd::open(pid)?;
+        // Checked again with the pidfd held: the pid now cannot be reused under us.
+        if !process::is_our_qemu(pid, id) {
+            return Ok(None);
+        }
+        let qmp = Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await?;
+        let accel = cmdline_accel(pid).unwrap_or(self.accel.accel);
+        Ok(Some(QemuInstance::spawn(pid, accel, qmp, pidfd)))
+    }
+}
+
+fn cmdline_accel(pid: u32) -> Option<Accel> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2).find(|w| w[0] == b"-accel").map(|w| if w[1] == b"kvm" { Accel::Kvm } else { Accel::Tcg })
+}
+
+pub struct QemuInstance {
+    pid: u32,
+    accel: Accel,
+    qmp: Arc<Qmp>,
+    pidfd: Arc<Pidfd>,
+    events: broadcast::Sender<InstanceEvent>,
+    exited: Arc<AtomicBool>,
+    exit_watch: watch::Receiver<bool>,
+}
+
+impl QemuInstance {
+    fn spawn(pid: u32, accel: Accel, qmp: Arc<Qmp>, pidfd: Pidfd) -> Arc<dyn Instance> {
+        let (events, _) = broadcast::channel(256);
+        let exited = Arc::new(AtomicBool::new(false));
+        let (exit_tx, exit_watch) = watch::channel(false);
+        let pidfd = Arc::new(pidfd);
+        let mut qmp_events = qmp.subscribe();
+        let tx = events.clone();
+        tokio::spawn(async move {
+            loop {
+                match qmp_events.recv().await {
+                    Ok(e) => {
+                        let _ = tx.send(map_event(&e));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        let (tx, flag, fd) = (events.clone(), exited.clone(), pidfd.clone());
+        tokio::spawn(async move {
+            fd.exited().await;
+            flag.store(true, Ordering::SeqCst);
+            let _ = exit_tx.send(true);
+            let _ = tx.send(InstanceEvent::Exited);
+        });
+        Arc::new(QemuInstance { pid, accel, qmp, pidfd, events, exited, exit_watch })
+    }
+
+    async fn simple(&self, command: &str) -> Result<(), HvError> {
+        self.qmp.execute(command, Value::Null).await?;
+        Ok(())
+    }
+}
+
+fn map_event(e: &QmpEvent) -> InstanceEvent {
+    let s = |k: &str| e.data.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let guest = e.data.get("guest").and_then(Value::as_bool).unwrap_or(false);
+    match e.name.as_str() {
+        "SHUTDOWN" => InstanceEvent::Shutdown { guest, reason: s("reason") },
+        "RESET" => InstanceEvent::Reset { guest },
+        "STOP" => InstanceEvent::Paused,
+        "RESUME" => InstanceEvent::Resumed,
+        "GUEST_PANICKED" => InstanceEvent::Panicked,
+        "BLOCK_IO_ERROR" => InstanceEvent::BlockIoError { device: s("device"), reason: s("reason") },
+        "BALLOON_CHANGE" => {
+            InstanceEvent::BalloonChange { actual: e.data.get("actual").and_then(Value::as_u64).unwrap_or(0) }
+        }
+        "MIGRATION" => InstanceEvent::Migration { status: s("status") },
+        other => InstanceEvent::Other { name: other.to_string() },
+    }
+}
+
+#[async_trait::async_trait]
+impl Instance for QemuInstance {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<InstanceEvent> {
+        self.events.subscribe()
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::SeqCst)
+    }
+
+    async fn run_state(&self) -> Result<RunState, HvError> {
+        let st = self.qmp.execute("query-status", Value::Null).await?;
+        Ok(match st.get("status").and_then(Value::as_str).unwrap_or("") {
+            "running" => RunState::Running,
+            "paused" | "suspended" => RunState::Paused,
+            "guest-panicked" | "internal-error" => RunState::Panicked,
+            "shutdown" => RunState::ShuttingDown,
+            _ => RunState::Other,
+        })
+    }
+
+    async fn power_button(&self) -> Result<(), HvError> {
+        self.simple("system_powerdown").await
+    }
+
+    async fn reset(&self) -> Result<(), HvError> {
+        self.simple("system_reset").await
+    }
+
+    async fn pause(&self) -> Result<(), HvError> {
+        self.simple("stop").await
+    }
+
+    async fn resume(&self) -> Result<(), HvError> {
+        self.simple("cont").await
+    }
+
+    async fn kill(&self) -> Result<(), HvError> {
+        if self.has_exited() {
+            return Ok(());
+        }
+        // `quit` lets QEMU close its files; SIGKILL when it does not go.
+        let _ = self.qmp.execute_with_timeout("quit", Value::Null, Duration::from_secs(3)).await;
+        if self.wait_exit(Duration::from_secs(5)).await {
+            return Ok(());
+        }
+        self.pidfd.signal(libc::SIGKILL)?;
+        if self.wait_exit(Duration::from_secs(10)).await {
+            Ok(())
+        } else {
+            Err(HvError::Timeout(Duration::from_secs(10), format!("QEMU {} to exit after SIGKILL", self.pid)))
+        }
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> bool {
+        let mut w = self.exit_watch.clone();
+        let done = tokio::time::timeout(timeout, async move { w.wait_for(|e| *e).await.is_ok() }).await;
+        matches!(done, Ok(true))
+    }
+
+    async fn command(&self, name: &str, args: Value) -> Result<Value, HvError> {
+        Ok(self.qmp.execute(name, if args.is_null() { json!(null) } else { args }).await?)
+    }
+}

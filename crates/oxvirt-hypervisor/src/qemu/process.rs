@@ -1,0 +1,143 @@
+//! QEMU processes: started daemonized in their own session, found again by pidfile and
+//! `/proc/PID/cmdline`, watched and signalled through a pidfd (no PID-reuse races).
+
+use crate::HvError;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+
+/// How long QEMU may take to initialise before `-daemonize` hands back.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts QEMU with `-daemonize` in the args: returns once QEMU has initialised (its sockets
+/// exist) or failed (with its error message). The QEMU process is not our child: it lives in
+/// its own session and outlives the daemon.
+pub async fn spawn_daemonized(program: &str, args: &[String], pidfile: &Path) -> Result<u32, HvError> {
+    let _ = std::fs::remove_file(pidfile);
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    // Its own process group from the start: a Ctrl-C meant for the daemon's terminal never
+    // reaches QEMU, even before QEMU's own setsid().
+    cmd.process_group(0);
+    let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| HvError::Timeout(START_TIMEOUT, "QEMU to initialise".into()))?
+        .map_err(|e| HvError::io(format!("run {program}"), e))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(HvError::StartFailed(if msg.is_empty() { format!("exit status {}", out.status) } else { msg }));
+    }
+    read_pidfile(pidfile)?
+        .ok_or_else(|| HvError::StartFailed(format!("QEMU wrote no pidfile at {}", pidfile.display())))
+}
+
+pub fn read_pidfile(path: &Path) -> Result<Option<u32>, HvError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().parse().ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(HvError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// Whether `pid` is a live (not zombie) QEMU started for VM `id`.
+pub fn is_our_qemu(pid: u32, id: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args.windows(2).any(|w| w[0] == b"-uuid" && w[1] == id.as_bytes());
+    ours && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// A handle on a process that stays valid even if the PID is reused.
+pub struct Pidfd {
+    fd: AsyncFd<OwnedFd>,
+    pid: u32,
+}
+
+impl Pidfd {
+    pub fn open(pid: u32) -> Result<Self, HvError> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(HvError::io(format!("pidfd_open({pid})"), std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the pidfd is owned by the AsyncFd and closed only when it is dropped.
+        let fd = unsafe { AsyncFd::register(owned) }.map_err(|e| HvError::io("register pidfd", e.into()))?;
+        Ok(Pidfd { fd, pid })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves when the process has exited. Reaps it when it is our child.
+    pub async fn exited(&self) {
+        loop {
+            match self.fd.readable().await {
+                Ok(mut guard) => {
+                    guard.retain_ready();
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        // A daemonized QEMU is normally not our child; when it is (we are its subreaper), reap it.
+        let mut status = 0;
+        // SAFETY: waitpid on one pid with WNOHANG only reaps that pid if it is our child.
+        unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    }
+
+    pub fn signal(&self, sig: i32) -> Result<(), HvError> {
+        // SAFETY: pidfd_send_signal(pidfd, sig, NULL, 0).
+        let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.fd.get_ref().as_raw_fd(), sig, 0usize, 0u32) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(HvError::io(format!("signal {sig} to QEMU {}", self.pid), e));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pidfd_sees_exit_and_signals() {
+        #[allow(clippy::zombie_processes)] // reaped by Pidfd::exited, which the test checks
+        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pfd = Pidfd::open(child.id()).unwrap();
+        assert!(!is_zombie(child.id()));
+        pfd.signal(libc::SIGKILL).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), pfd.exited()).await.unwrap();
+        // Reaped by exited(): the pid is gone.
+        assert!(!Path::new(&format!("/proc/{}", child.id())).exists());
+    }
+
+    #[test]
+    fn foreign_processes_are_not_ours() {
+        assert!(!is_our_qemu(std::process::id(), "some-id"));
+        assert!(!is_our_qemu(u32::MAX - 1, "some-id"));
+    }
+
+    #[tokio::test]
+    async fn start_failure_carries_qemu_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = spawn_daemonized("sh", &["-c".into(), "echo 'bad option' >&2; exit 1".into()], &dir.path().join("p"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("bad option"), "{err}");
+    }
+}

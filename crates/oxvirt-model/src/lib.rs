@@ -1,0 +1,27 @@
+//! oxvirt's resource types and their validation.
+//!
+//! Everything here is plain data: no I/O, no clocks, no processes. The API parses requests into
+//! these types, the store keeps them as JSON, and the controller acts on them.
+
+mod error;
+mod event;
+mod host;
+mod name;
+mod size;
+mod task;
+mod vm;
+
+pub use error::ValidationError;
+pub use event::Event;
+pub use host::HostInfo;
+pub use name::validate_name;
+pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
+pub use task::{Task, TaskState};
+pub use vm::{
+    validate_host_path, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec, KernelBoot,
+    MachineType, NicMode, NicSpec, RestartPolicy, Vm, VmAction, VmSpec, VmState, VmStatus, VmUpdate, MAX_CPUS,
+    MIN_MEMORY, VM_ACTIONS,
+};
+
+/// Milliseconds since the Unix epoch: the one time format of records and events.
+pub type Millis = u64;

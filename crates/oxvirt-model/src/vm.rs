@@ -1,0 +1,543 @@
+use crate::size::MIB;
+use crate::{validate_name, ByteSize, Millis, ValidationError};
+
+/// Most vCPUs one VM may have (QEMU's q35 limit).
+pub const MAX_CPUS: u32 = 288;
+/// Least memory a VM may have.
+pub const MIN_MEMORY: u64 = 32 * MIB;
+
+/// What a VM should be: the part of a VM that the user writes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    pub cpus: u32,
+    pub memory: ByteSize,
+    #[serde(default)]
+    pub machine: MachineType,
+    /// Direct kernel boot. Without it the VM boots through its firmware from its first disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelBoot>,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    #[serde(default)]
+    pub nics: Vec<NicSpec>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub accel: AccelChoice,
+    /// A virtio-rng device fed from the host's /dev/urandom.
+    #[serde(default = "yes")]
+    pub rng: bool,
+    /// A virtio-balloon device.
+    #[serde(default = "yes")]
+    pub balloon: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    /// A modern PC (PCIe, SeaBIOS firmware): boots from disks or a kernel.
+    #[default]
+    Q35,
+    /// QEMU's minimal machine (virtio-mmio, no PCI, no firmware boot): boots a kernel fast.
+    Microvm,
+}
+
+impl MachineType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineType::Q35 => "q35",
+            MachineType::Microvm => "microvm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// An image file on the host. (Storage pools and volumes come with the storage layer.)
+    pub path: String,
+    #[serde(default)]
+    pub format: DiskFormat,
+    #[serde(default)]
+    pub bus: DiskBus,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskBus {
+    #[default]
+    VirtioBlk,
+    VirtioScsi,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    #[serde(default)]
+    pub mode: NicMode,
+    /// Given at creation when left out: `52:54:00` and three random bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Number of queue pairs (multi-queue virtio-net); 0 means one per vCPU.
+    #[serde(default)]
+    pub queues: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicMode {
+    /// QEMU's user-mode network, restricted: the guest gets an address by DHCP and reaches
+    /// nothing beyond QEMU. Real networks (bridges, NAT, overlays) come with the network layer.
+    #[default]
+    Isolated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// A VM that stops by itself stays stopped.
+    #[default]
+    Never,
+    /// A VM whose QEMU died or whose guest panicked is started again.
+    OnFailure,
+    /// A VM that stops for any reason but a user's request is started again.
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM where the host really runs guests natively, TCG otherwise.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The fields of a VM that `PATCH /api/v1/vms/{name}` may change (only while it is stopped).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmUpdate {
+    pub cpus: Option<u32>,
+    pub memory: Option<ByteSize>,
+    pub kernel: Option<KernelBoot>,
+    pub disks: Option<Vec<DiskSpec>>,
+    pub nics: Option<Vec<NicSpec>>,
+    pub restart_policy: Option<RestartPolicy>,
+    pub accel: Option<AccelChoice>,
+}
+
+impl VmUpdate {
+    /// The spec with this update applied. Validate the result before storing it.
+    pub fn apply(&self, spec: &VmSpec) -> VmSpec {
+        let mut s = spec.clone();
+        if let Some(v) = self.cpus {
+            s.cpus = v;
+        }
+        if let Some(v) = self.memory {
+            s.memory = v;
+        }
+        if let Some(v) = &self.kernel {
+            s.kernel = Some(v.clone());
+        }
+        if let Some(v) = &self.disks {
+            s.disks = v.clone();
+        }
+        if let Some(v) = &self.nics {
+            s.nics = v.clone();
+        }
+        if let Some(v) = self.restart_policy {
+            s.restart_policy = v;
+        }
+        if let Some(v) = self.accel {
+            s.accel = v;
+        }
+        s
+    }
+}
+
+impl VmSpec {
+    /// The rules a spec must follow on its own. Rules that need the host (memory it has, files
+    /// that exist) are checked by the controller.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        if self.cpus == 0 {
+            return Err(ValidationError::new("cpus", "must be at least 1"));
+        }
+        if self.cpus > MAX_CPUS {
+            return Err(ValidationError::new("cpus", format!("must be at most {MAX_CPUS}")));
+        }
+        if self.memory.0 < MIN_MEMORY {
+            return Err(ValidationError::new("memory", "must be at least 32MiB"));
+        }
+        if !self.memory.0.is_multiple_of(MIB) {
+            return Err(ValidationError::new("memory", "must be a whole number of MiB"));
+        }
+        if let Some(k) = &self.kernel {
+            validate_host_path("kernel.kernel", &k.kernel)?;
+            if let Some(initrd) = &k.initrd {
+                validate_host_path("kernel.initrd", initrd)?;
+            }
+            if k.cmdline.len() > 4096 {
+                return Err(ValidationError::new("kernel.cmdline", "must be at most 4096 bytes"));
+            }
+            if k.cmdline.contains(['\n', '\0']) {
+                return Err(ValidationError::new("kernel.cmdline", "must be one line"));
+            }
+        }
+        if self.kernel.is_none() && self.disks.is_empty() {
+            return Err(ValidationError::new(
+                "kernel",
+                "a VM needs a kernel or a disk to boot from: give kernel.kernel or disks[0]",
+            ));
+        }
+        if self.machine == MachineType::Microvm && self.kernel.is_none() {
+            return Err(ValidationError::new("kernel", "a microvm VM boots only a kernel: give kernel.kernel"));
+        }
+        if self.disks.len() > 16 {
+            return Err(ValidationError::new("disks", "at most 16 disks"));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            validate_host_path(&format!("disks[{i}].path"), &d.path)?;
+            if self.machine == MachineType::Microvm && d.bus != DiskBus::VirtioBlk {
+                return Err(ValidationError::new(
+                    format!("disks[{i}].bus"),
+                    "a microvm VM takes only virtio-blk disks",
+                ));
+            }
+        }
+        if self.nics.len() > 8 {
+            return Err(ValidationError::new("nics", "at most 8 NICs"));
+        }
+        for (i, n) in self.nics.iter().enumerate() {
+            if let Some(mac) = &n.mac {
+                validate_mac(&format!("nics[{i}].mac"), mac)?;
+            }
+            if n.queues > 16 {
+                return Err(ValidationError::new(format!("nics[{i}].queues"), "must be at most 16"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path on the host that will reach QEMU: absolute, one line, no `..` step.
+pub fn validate_host_path(field: &str, path: &str) -> Result<(), ValidationError> {
+    if !path.starts_with('/') {
+        return Err(ValidationError::new(field, "must be an absolute path"));
+    }
+    if path.contains(['\0', '\n', '\r']) {
+        return Err(ValidationError::new(field, "must not hold NUL or line breaks"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(ValidationError::new(field, "must not hold a '..' step"));
+    }
+    if path.len() > 4096 {
+        return Err(ValidationError::new(field, "must be at most 4096 bytes"));
+    }
+    Ok(())
+}
+
+/// A unicast MAC address written as six pairs of hex digits joined by `:`.
+pub fn validate_mac(field: &str, mac: &str) -> Result<(), ValidationError> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let hex_ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if !hex_ok {
+        return Err(ValidationError::new(field, "must be six hex pairs joined by ':', e.g. 52:54:00:12:34:56"));
+    }
+    let first = u8::from_str_radix(parts[0], 16).unwrap_or(1);
+    if first & 1 == 1 {
+        return Err(ValidationError::new(field, "must be a unicast address (first byte even)"));
+    }
+    Ok(())
+}
+
+/// The state oxvirt observed a VM in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    #[default]
+    Stopped,
+    Starting,
+    Running,
+    Paused,
+    Stopping,
+    /// The guest panicked; QEMU is kept paused so that it can be inspected.
+    Crashed,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::Crashed => "crashed",
+        }
+    }
+
+    /// Whether a QEMU process belongs to a VM in this state.
+    pub fn has_process(self) -> bool {
+        !matches!(self, VmState::Stopped)
+    }
+}
+
+/// What a user asks a VM to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmAction {
+    Start,
+    /// Graceful: ACPI power button, then forced off after the timeout.
+    Stop,
+    Reboot,
+    Reset,
+    Pause,
+    Resume,
+    /// Forced off at once.
+    Kill,
+}
+
+pub const VM_ACTIONS: &[&str] = &["start", "stop", "reboot", "reset", "pause", "resume", "kill"];
+
+impl VmAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "start" => VmAction::Start,
+            "stop" => VmAction::Stop,
+            "reboot" => VmAction::Reboot,
+            "reset" => VmAction::Reset,
+            "pause" => VmAction::Pause,
+            "resume" => VmAction::Resume,
+            "kill" => VmAction::Kill,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Stop => "stop",
+            VmAction::Reboot => "reboot",
+            VmAction::Reset => "reset",
+            VmAction::Pause => "pause",
+            VmAction::Resume => "resume",
+            VmAction::Kill => "kill",
+        }
+    }
+
+    /// The lifecycle's state machine: whether this action may be taken from `state`, and if not,
+    /// the rule that forbids it.
+    pub fn check_from(self, state: VmState) -> Result<(), String> {
+        use VmState::*;
+        let ok = match self {
+            VmAction::Start => matches!(state, Stopped),
+            VmAction::Stop => matches!(state, Running | Paused | Starting | Crashed),
+            VmAction::Reboot | VmAction::Reset => matches!(state, Running),
+            VmAction::Pause => matches!(state, Running),
+            VmAction::Resume => matches!(state, Paused),
+            VmAction::Kill => state.has_process(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("cannot {} a VM that is {}", self.as_str(), state.as_str()))
+        }
+    }
+
+    /// The state a VM should settle in once this action is done.
+    pub fn desired_after(self) -> DesiredState {
+        match self {
+            VmAction::Start | VmAction::Reboot | VmAction::Reset | VmAction::Resume => DesiredState::Running,
+            VmAction::Stop | VmAction::Kill => DesiredState::Stopped,
+            VmAction::Pause => DesiredState::Paused,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    #[default]
+    Stopped,
+    Running,
+    Paused,
+}
+
+/// What oxvirt observed of a VM on its host.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VmStatus {
+    pub state: VmState,
+    /// The QEMU process, while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `kvm` or `tcg`, while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    /// Why the VM last stopped, or what went wrong.
+    #[serde(default)]
+    pub reason: String,
+    pub changed_at: Millis,
+}
+
+/// A VM as the store keeps it: what the user asked for and what oxvirt observed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Vm {
+    pub id: String,
+    pub spec: VmSpec,
+    pub desired: DesiredState,
+    pub status: VmStatus,
+    pub created_at: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        serde_json::from_str(r#"{"name":"web-1","cpus":1,"memory":"256MiB","kernel":{"kernel":"/k"}}"#).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_what_an_operator_expects() {
+        let s = spec();
+        assert_eq!(s.machine, MachineType::Q35);
+        assert!(s.rng && s.balloon);
+        assert_eq!(s.restart_policy, RestartPolicy::Never);
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        type Mutation = Box<dyn Fn(&mut VmSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|s| s.cpus = 0), "cpus"),
+            (Box::new(|s| s.cpus = 1000), "cpus"),
+            (Box::new(|s| s.memory = ByteSize(1024)), "memory"),
+            (Box::new(|s| s.memory = ByteSize(MIB * 64 + 1)), "memory"),
+            (Box::new(|s| s.name = "a,b".into()), "name"),
+            (Box::new(|s| s.kernel = None), "kernel"),
+            (Box::new(|s| s.kernel.as_mut().unwrap().kernel = "rel/path".into()), "kernel.kernel"),
+            (Box::new(|s| s.kernel.as_mut().unwrap().initrd = Some("/a/../b".into())), "kernel.initrd"),
+            (Box::new(|s| s.kernel.as_mut().unwrap().cmdline = "a\nb".into()), "kernel.cmdline"),
+            (
+                Box::new(|s| {
+                    s.disks.push(DiskSpec {
+                        path: "x".into(),
+                        format: DiskFormat::Raw,
+                        bus: DiskBus::VirtioBlk,
+                        readonly: false,
+                    })
+                }),
+                "disks[0].path",
+            ),
+            (
+                Box::new(|s| {
+                    s.nics.push(NicSpec { mode: NicMode::Isolated, mac: Some("01:00:00:00:00:00".into()), queues: 0 })
+                }),
+                "nics[0].mac",
+            ),
+            (
+                Box::new(|s| s.nics.push(NicSpec { mode: NicMode::Isolated, mac: Some("zz".into()), queues: 0 })),
+                "nics[0].mac",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(s.validate().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn microvm_needs_a_kernel_and_virtio_blk() {
+        let mut s = spec();
+        s.machine = MachineType::Microvm;
+        assert_eq!(s.validate(), Ok(()));
+        s.disks.push(DiskSpec {
+            path: "/d".into(),
+            format: DiskFormat::Raw,
+            bus: DiskBus::VirtioScsi,
+            readonly: false,
+        });
+        assert_eq!(s.validate().unwrap_err().field, "disks[0].bus");
+        s.disks.clear();
+        s.kernel = None;
+        s.disks.push(DiskSpec { path: "/d".into(), format: DiskFormat::Raw, bus: DiskBus::VirtioBlk, readonly: false });
+        assert_eq!(s.validate().unwrap_err().field, "kernel");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err =
+            serde_json::from_str::<VmSpec>(r#"{"name":"a","cpus":1,"memory":"1GiB","colour":"red"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn state_machine() {
+        use VmAction::*;
+        use VmState::*;
+        assert!(Start.check_from(Stopped).is_ok());
+        assert_eq!(Start.check_from(Running).unwrap_err(), "cannot start a VM that is running");
+        assert!(Pause.check_from(Running).is_ok());
+        assert!(Pause.check_from(Paused).is_err());
+        assert!(Resume.check_from(Paused).is_ok());
+        assert!(Resume.check_from(Running).is_err());
+        assert!(Stop.check_from(Paused).is_ok());
+        assert!(Stop.check_from(Stopped).is_err());
+        assert!(Kill.check_from(Crashed).is_ok());
+        assert!(Kill.check_from(Stopped).is_err());
+        assert!(Reboot.check_from(Paused).is_err());
+        for a in VM_ACTIONS {
+            assert_eq!(VmAction::parse(a).unwrap().as_str(), *a);
+        }
+    }
+
+    #[test]
+    fn update_applies_only_given_fields() {
+        let s = spec();
+        let u: VmUpdate = serde_json::from_str(r#"{"cpus":4}"#).unwrap();
+        let t = u.apply(&s);
+        assert_eq!(t.cpus, 4);
+        assert_eq!(t.memory, s.memory);
+    }
+}

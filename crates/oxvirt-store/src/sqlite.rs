@@ -1,0 +1,300 @@
+//! The embedded store: one SQLite file in WAL mode.
+
+use crate::{Entry, Expect, Op, Store, StoreError, WatchEvent};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// Schema migrations, in order. `PRAGMA user_version` holds how many have been applied; each runs
+/// in its own transaction, so a crash leaves the schema at one version or the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: the key/value table and the store revision.
+    "CREATE TABLE kv (
+        key TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL,
+        create_revision INTEGER NOT NULL,
+        mod_revision INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+     INSERT INTO meta (name, value) VALUES ('revision', 0);",
+];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        Self::with_connection(conn)
+    }
+
+    /// A store in memory, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn with_connection(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        // NORMAL in WAL mode: a power cut may lose the last commits, never consistency.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        migrate(&mut conn)?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(SqliteStore { conn: Mutex::new(conn), events })
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let conn = self.lock()?;
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).map_err(backend)? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the store has schema version {current}, newer than this oxvirt knows ({}): upgrade oxvirt",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Backend(format!("migration {}: {e}", i + 1)))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn prefix_end(prefix: &str) -> Option<String> {
+    // The smallest string greater than every string with this prefix.
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
+}
+
+impl Store for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let conn = self.lock()?;
+        conn.prepare_cached("SELECT value, mod_revision FROM kv WHERE key = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![key], |r| {
+                    Ok(Entry { key: key.to_string(), value: r.get(0)?, revision: r.get::<_, i64>(1)? as u64 })
+                })
+                .optional()
+            })
+            .map_err(backend)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let conn = self.lock()?;
+        let map = |r: &rusqlite::Row| -> rusqlite::Result<Entry> {
+            Ok(Entry { key: r.get(0)?, value: r.get(1)?, revision: r.get::<_, i64>(2)? as u64 })
+        };
+        let rows = match prefix_end(prefix) {
+            Some(end) => {
+                let mut st = conn
+                    .prepare_cached("SELECT key, value, mod_revision FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")
+                    .map_err(backend)?;
+                let rows = st.query_map(params![prefix, end], map).map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>()
+            }
+            None => {
+                let mut st = conn
+                    .prepare_cached("SELECT key, value, mod_revision FROM kv WHERE key >= ?1 ORDER BY key")
+                    .map_err(backend)?;
+                let rows = st.query_map(params![prefix], map).map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>()
+            }
+        };
+        rows.map_err(backend)
+    }
+
+    fn txn(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let revision: i64 =
+            tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0)).map_err(backend)?;
+        let revision = revision + 1;
+        let mut changes = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (key, expect) = match &op {
+                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key.clone(), *expect),
+            };
+            let current: Option<i64> = tx
+                .prepare_cached("SELECT mod_revision FROM kv WHERE key = ?1")
+                .and_then(|mut st| st.query_row(params![key], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            let holds = match expect {
+                Expect::Any => true,
+                Expect::Absent => current.is_none(),
+                Expect::Revision(r) => current == Some(r as i64),
+            };
+            if !holds {
+                return Err(StoreError::Conflict { key, expected: expect });
+            }
+            match op {
+                Op::Put { key, value, .. } => {
+                    tx.prepare_cached(
+                        "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?1, ?2, ?3, ?3)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, mod_revision = excluded.mod_revision",
+                    )
+                    .and_then(|mut st| st.execute(params![key, value, revision]))
+                    .map_err(backend)?;
+                    changes.push(WatchEvent::Put(Entry { key, value, revision: revision as u64 }));
+                }
+                Op::Delete { key, .. } => {
+                    if current.is_some() {
+                        tx.prepare_cached("DELETE FROM kv WHERE key = ?1")
+                            .and_then(|mut st| st.execute(params![key]))
+                            .map_err(backend)?;
+                        changes.push(WatchEvent::Delete { key, revision: revision as u64 });
+                    }
+                }
+            }
+        }
+        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", params![revision]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        drop(conn);
+        for c in changes {
+            // No watcher is not an error.
+            let _ = self.events.send(c);
+        }
+        Ok(revision as u64)
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        let conn = self.lock()?;
+        conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(backend)
+    }
+
+    fn watch(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreExt;
+
+    #[test]
+    fn put_get_list_delete_with_revisions() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.revision().unwrap(), 0);
+        let r1 = s.put("vms/a", b"1".to_vec(), Expect::Absent).unwrap();
+        let r2 = s.put("vms/b", b"2".to_vec(), Expect::Absent).unwrap();
+        s.put("vmsx", b"x".to_vec(), Expect::Any).unwrap();
+        assert!(r2 > r1);
+        assert_eq!(s.get("vms/a").unwrap().unwrap().revision, r1);
+        let keys: Vec<_> = s.list("vms/").unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["vms/a", "vms/b"]);
+        s.delete("vms/a", Expect::Revision(r1)).unwrap();
+        assert!(s.get("vms/a").unwrap().is_none());
+    }
+
+    #[test]
+    fn expectations_are_compare_and_swap() {
+        let s = SqliteStore::in_memory().unwrap();
+        let r1 = s.put("k", b"1".to_vec(), Expect::Absent).unwrap();
+        assert!(matches!(s.put("k", b"2".to_vec(), Expect::Absent), Err(StoreError::Conflict { .. })));
+        let r2 = s.put("k", b"2".to_vec(), Expect::Revision(r1)).unwrap();
+        assert!(matches!(s.put("k", b"3".to_vec(), Expect::Revision(r1)), Err(StoreError::Conflict { .. })));
+        assert_eq!(s.get("k").unwrap().unwrap().value, b"2");
+        assert_eq!(s.get("k").unwrap().unwrap().revision, r2);
+    }
+
+    #[test]
+    fn a_failed_txn_changes_nothing() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.put("a", b"1".to_vec(), Expect::Absent).unwrap();
+        let before = s.revision().unwrap();
+        let err = s.txn(vec![
+            Op::Put { key: "b".into(), value: b"2".to_vec(), expect: Expect::Absent },
+            Op::Put { key: "a".into(), value: b"x".to_vec(), expect: Expect::Absent },
+        ]);
+        assert!(matches!(err, Err(StoreError::Conflict { key, .. }) if key == "a"));
+        assert!(s.get("b").unwrap().is_none());
+        assert_eq!(s.get("a").unwrap().unwrap().value, b"1");
+        assert_eq!(s.revision().unwrap(), before);
+    }
+
+    #[test]
+    fn watchers_see_changes_in_order() {
+        let s = SqliteStore::in_memory().unwrap();
+        let mut w = s.watch();
+        s.put("a", b"1".to_vec(), Expect::Any).unwrap();
+        s.delete("a", Expect::Any).unwrap();
+        assert!(matches!(w.try_recv().unwrap(), WatchEvent::Put(e) if e.key == "a"));
+        assert!(matches!(w.try_recv().unwrap(), WatchEvent::Delete { key, .. } if key == "a"));
+    }
+
+    #[test]
+    fn survives_reopen_and_keeps_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let rev = {
+            let s = SqliteStore::open(&path).unwrap();
+            s.put("a", b"1".to_vec(), Expect::Any).unwrap()
+        };
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        assert_eq!(s.revision().unwrap(), rev);
+        assert_eq!(s.get("a").unwrap().unwrap().value, b"1");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        let err = SqliteStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn typed_records_round_trip_and_update() {
+        let s = SqliteStore::in_memory().unwrap();
+        let t = oxvirt_model::Task {
+            id: "t1".into(),
+            kind: "vm.start".into(),
+            target: "vms/a".into(),
+            state: oxvirt_model::TaskState::Running,
+            progress: 0,
+            message: String::new(),
+            error: None,
+            created_at: 1,
+            finished_at: None,
+        };
+        s.put_record("t1", &t, Expect::Absent).unwrap();
+        let updated = s.update_record::<oxvirt_model::Task>("t1", |t| t.progress = 50).unwrap().unwrap();
+        assert_eq!(updated.progress, 50);
+        let all = s.list_records::<oxvirt_model::Task>().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0.progress, 50);
+        assert!(s.update_record::<oxvirt_model::Task>("none", |_| {}).unwrap().is_none());
+        s.put("tasks/bad", b"{".to_vec(), Expect::Any).unwrap();
+        assert!(matches!(s.list_records::<oxvirt_model::Task>(), Err(StoreError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,88 @@
+//! oxvirtd's configuration file (TOML). Every setting has a default; unknown keys are refused.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The QEMU system emulator to run.
+    pub qemu_binary: String,
+    /// `auto` (KVM where the host really runs guests natively, else TCG), `kvm` or `tcg`.
+    pub accelerator: String,
+    /// Seconds a graceful stop waits for the guest before forcing it off.
+    pub stop_timeout_secs: u64,
+    /// Console logs are rotated past this many bytes.
+    pub console_log_max_bytes: u64,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            qemu_binary: "qemu-system-x86_64".into(),
+            accelerator: "auto".into(),
+            stop_timeout_secs: 30,
+            console_log_max_bytes: 1024 * 1024,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+        };
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if !["auto", "kvm", "tcg"].contains(&c.accelerator.as_str()) {
+            return Err(format!("accelerator: must be auto, kvm or tcg, not {:?}", c.accelerator));
+        }
+        if !["text", "json"].contains(&c.log_format.as_str()) {
+            return Err(format!("log_format: must be text or json, not {:?}", c.log_format));
+        }
+        if c.stop_timeout_secs == 0 || c.stop_timeout_secs > 3600 {
+            return Err("stop_timeout_secs: must be 1 to 3600".into());
+        }
+        if c.console_log_max_bytes < 4096 {
+            return Err("console_log_max_bytes: must be at least 4096".into());
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.accelerator, "auto");
+        let c = Config::parse("accelerator = \"tcg\"\nstop_timeout_secs = 5").unwrap();
+        assert_eq!((c.accelerator.as_str(), c.stop_timeout_secs), ("tcg", 5));
+    }
+
+    #[test]
+    fn refuses_bad_settings_naming_them() {
+        assert!(Config::parse("accelerator = \"xen\"").unwrap_err().starts_with("accelerator"));
+        assert!(Config::parse("colour = 1").unwrap_err().contains("colour"));
+        assert!(Config::parse("stop_timeout_secs = 0").unwrap_err().starts_with("stop_timeout_secs"));
+    }
+}

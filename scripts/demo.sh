@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make demo`: start oxvirtd on ./demo-data, boot a VM from the reference guest, show its console.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+data=$root/demo-data
+bin=$root/target/release
+guest=$root/build/guest
+export OXVIRT_SOCKET=$data/oxvirtd.sock
+oxvirt() { "$bin/oxvirt" "$@"; }
+
+mkdir -p "$data"
+"$bin/oxvirtd" --data-dir "$data" 2>"$data/oxvirtd.log" &
+daemon=$!
+
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "== stopping the demo VM and oxvirtd"
+  oxvirt vm stop demo --timeout 40 >/dev/null 2>&1 || oxvirt vm kill demo >/dev/null 2>&1 || true
+  kill "$daemon" 2>/dev/null || true
+  wait "$daemon" 2>/dev/null || true
+  echo "== stopped. The demo's data stays in $data (remove it with: rm -rf demo-data)"
+}
+trap cleanup INT TERM EXIT
+
+for _ in $(seq 100); do [ -S "$OXVIRT_SOCKET" ] && break; sleep 0.1; done
+if ! [ -S "$OXVIRT_SOCKET" ]; then cat "$data/oxvirtd.log"; exit 1; fi
+head -1 "$data/oxvirtd.log"
+
+echo "== host"
+oxvirt host show
+if ! oxvirt vm show demo >/dev/null 2>&1; then
+  echo "== creating VM demo"
+  oxvirt vm create demo --cpus 1 --memory 256MiB --kernel "$guest/vmlinuz" --initrd "$guest/initrd.img" \
+    --cmdline "console=ttyS0" --nic >/dev/null
+fi
+state=$(oxvirt vm show demo --output json | sed -n 's/.*"state": "\([a-z]*\)".*/\1/p' | head -1)
+[ "$state" = stopped ] && oxvirt vm start demo
+
+echo "== console of VM demo (booting under $(oxvirt host show --output json | sed -n 's/.*"accelerator": "\([a-z]*\)".*/\1/p'))"
+oxvirt vm console-log demo --follow &
+follower=$!
+for _ in $(seq 240); do
+  oxvirt vm console-log demo 2>/dev/null | grep -q OXVIRT-GUEST-READY && break
+  sleep 0.5
+done
+sleep 1
+kill $follower 2>/dev/null || true
+wait $follower 2>/dev/null || true
+echo
+echo "== VM demo is up. Try, in another terminal:"
+echo "   export OXVIRT_SOCKET=$OXVIRT_SOCKET"
+echo "   $bin/oxvirt vm list"
+echo "   $bin/oxvirt vm show demo"
+echo "   $bin/oxvirt vm console-log demo"
+echo "   $bin/oxvirt vm pause demo; $bin/oxvirt vm resume demo"
+echo "   $bin/oxvirt vm reboot demo"
+echo "   $bin/oxvirt task list"
+echo "== Press Ctrl-C to stop the VM and the daemon."
+wait "$daemon"
