@@ -6,6 +6,7 @@
 //! [`openapi`] is the OpenAPI 3 document; a test checks that it and the router list the same routes.
 
 mod body;
+mod console;
 pub mod error;
 mod events;
 mod host;

@@ -65,6 +65,15 @@ pub const OPERATIONS: &[Operation] = &[
         200,
         None,
     ),
+    op(
+        "get",
+        "/api/v1/vms/{name}/console",
+        "vmConsole",
+        "The interactive serial console: a WebSocket (binary messages both ways)",
+        None,
+        101,
+        None,
+    ),
     op("get", "/api/v1/tasks", "taskList", "All tasks, newest first", None, 200, Some("TaskList")),
     op("get", "/api/v1/tasks/{id}", "taskShow", "One task", None, 200, Some("Task")),
     op("delete", "/api/v1/tasks/{id}", "taskCancel", "Ask a running task to stop", None, 200, Some("Task")),
@@ -190,6 +199,7 @@ pub fn document() -> Value {
                 json!({ "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } })
             }
             (None, _) if *status == 204 => json!({ "description": "done" }),
+            (None, _) if *status == 101 => json!({ "description": "switching to the WebSocket protocol" }),
             (None, _) => {
                 json!({ "description": "success", "content": { "application/json": { "schema": { "type": "object" } } } })
             }

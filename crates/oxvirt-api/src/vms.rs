@@ -18,6 +18,7 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/vms/{name}", get(show).patch(update).delete(delete))
         .route("/api/v1/vms/{name}/actions/{action}", post(action))
         .route("/api/v1/vms/{name}/console-log", get(console_log))
+        .route("/api/v1/vms/{name}/console", get(crate::console::console))
 }
 
 #[derive(Deserialize)]

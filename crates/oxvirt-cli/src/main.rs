@@ -1,5 +1,6 @@
 //! `oxvirt`: the command-line client of oxvirtd.
 
+mod console;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +61,8 @@ enum VmCmd {
     Kill(ActionArgs),
     /// Delete a stopped VM (its disk images stay).
     Delete { name: String },
+    /// Attach to the VM's serial console (Ctrl-] leaves).
+    Console { name: String },
     /// Print the VM's serial console output.
     ConsoleLog {
         name: String,
@@ -203,6 +206,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
                 println!("VM {name} deleted");
             }
         }
+        Command::Vm(VmCmd::Console { name }) => console::run(client, &name).await?,
         Command::Vm(VmCmd::ConsoleLog { name, bytes, follow }) => console_log(client, &name, bytes, follow).await?,
         Command::Vm(action) => {
             let (verb, a) = match action {

@@ -38,6 +38,9 @@ pub struct Created {
     pub task: Option<Task>,
 }
 
+/// An open serial console: send bytes as binary messages, receive what the guest prints.
+pub type Console = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
@@ -124,6 +127,23 @@ impl Client {
             self.raw(Method::GET, &format!("/api/v1/vms/{}/console-log?bytes={bytes}", encode(name)), None).await?;
         check(status, &body)?;
         Ok(body.to_vec())
+    }
+
+    /// Opens the VM's interactive serial console (a WebSocket over the daemon's socket).
+    pub async fn console(&self, name: &str) -> Result<Console, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        let url = format!("ws://oxvirtd/api/v1/vms/{}/console", encode(name));
+        match tokio_tungstenite::client_async(url, stream).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp.body().clone().unwrap_or_default();
+                check(resp.status().as_u16(), &body)?;
+                Err(ClientError::Http(format!("console refused with status {}", resp.status())))
+            }
+            Err(e) => Err(ClientError::Http(format!("console: {e}"))),
+        }
     }
 
     pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {

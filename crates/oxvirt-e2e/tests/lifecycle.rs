@@ -89,3 +89,46 @@ async fn guest_panic_is_recorded_and_restarted_by_policy() {
     c.vm_action_wait("crashes", "kill", T).await.unwrap();
     assert_eq!(c.get_vm("crashes").await.unwrap().status.state.as_str(), "stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_forces_off_a_guest_that_ignores_the_power_button() {
+    let d = Daemon::start_with_config("stop_timeout_secs = 2\n");
+    let c = &d.client;
+    c.create_vm(&kernel_spec("stubborn", ""), true).await.unwrap();
+    wait_console(c, "stubborn", READY, 1, BOOT_TIMEOUT).await;
+    // A paused guest cannot answer the ACPI power button.
+    c.vm_action_wait("stubborn", "pause", T).await.unwrap();
+    let pid = c.get_vm("stubborn").await.unwrap().status.pid.unwrap();
+    let t = c.vm_action_wait("stubborn", "stop", T).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Succeeded);
+    let vm = c.get_vm("stubborn").await.unwrap();
+    assert_eq!((vm.status.state.as_str(), vm.status.reason.as_str()), ("stopped", "forced off after the stop timeout"));
+    assert!(!process_alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_reports_state_changes_and_tasks() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let d = Daemon::start();
+    let mut s = tokio::net::UnixStream::connect(d.path().join("oxvirtd.sock")).await.unwrap();
+    s.write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut lines = tokio::io::BufReader::new(s).lines();
+    d.client.create_vm(&kernel_spec("ev", ""), true).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while !(got.iter().any(|l: &String| l.contains("\"vm-state\"") && l.contains("\"running\""))
+        && got.iter().any(|l| l.contains("\"succeeded\"")))
+    {
+        let line =
+            tokio::time::timeout_at(deadline, lines.next_line()).await.expect("events in time").unwrap().unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            got.push(data.to_string());
+        }
+    }
+    assert!(got.iter().any(|l| l.contains("\"vm-lifecycle\"") && l.contains("created")), "{got:?}");
+    c_kill(&d, "ev").await;
+}
+
+async fn c_kill(d: &Daemon, name: &str) {
+    d.client.vm_action_wait(name, "kill", T).await.unwrap();
+}
