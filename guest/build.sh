@@ -14,6 +14,7 @@
 # Host tools: apt-get, apt-cache, dpkg, cpio, gzip, sfdisk, mkfs.vfat,
 # syslinux, mcopy, qemu-img (scripts/install-deps.sh installs them).
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin" # sfdisk, mkfs.vfat for non-root PATHs
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -26,7 +27,7 @@ fi
 # built-in ones are skipped. sd_mod gives disks on virtio-scsi; button and
 # evdev give the ACPI power button as /dev/input/event* for acpid.
 MODULES=(virtio_pci virtio_blk virtio_net virtio_balloon virtio_console virtio_mmio
-	virtio_scsi virtio_rng sd_mod button evdev)
+	virtio_scsi virtio_rng sd_mod button evdev pvpanic_mmio pvpanic_pci)
 KERNEL_META=linux-image-cloud-amd64
 DISK_MIB=64
 # Kernel messages on VGA too (when there is one); /dev/console, the marker and

@@ -5,6 +5,7 @@
 //! [`error`] maps every refusal to a status and a JSON body that names the field and the rule;
 //! [`openapi`] is the OpenAPI 3 document; a test checks that it and the router list the same routes.
 
+pub mod auth;
 mod body;
 mod console;
 pub mod error;

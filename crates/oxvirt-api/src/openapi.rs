@@ -124,7 +124,7 @@ fn parameters(path: &str, op: &str) -> Vec<Value> {
 
 fn error_responses() -> Value {
     let e = json!({ "description": "refused: the body names the field and the rule", "content": { "application/json": { "schema": schema_ref("Error") } } });
-    json!({ "400": e, "404": e, "409": e, "500": e })
+    json!({ "400": e, "401": e, "404": e, "409": e, "500": e })
 }
 
 fn schemas() -> Value {
@@ -173,7 +173,7 @@ fn schemas() -> Value {
             "hypervisor": { "type": "string" }, "hypervisor_version": { "type": "string" }, "oxvirt_version": { "type": "string" },
             "vms_total": { "type": "integer" }, "vms_running": { "type": "integer" } } },
         "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "properties": {
-            "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "internal"] },
+            "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "unauthorized", "internal"] },
             "message": { "type": "string" }, "field": { "type": "string" }, "rule": { "type": "string" } } } } }
     })
 }
@@ -218,8 +218,13 @@ pub fn document() -> Value {
         "info": { "title": "oxvirt API", "version": env!("CARGO_PKG_VERSION"),
                   "description": "Manage VMs, tasks and events of an oxvirt host." },
         "servers": [ { "url": "/" } ],
+        "security": [ { "token": [] } ],
         "paths": paths,
-        "components": { "schemas": schemas() }
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": { "token": { "type": "http", "scheme": "bearer",
+                "description": "An API token; needed over HTTPS, not on the local Unix socket" } }
+        }
     })
 }
 

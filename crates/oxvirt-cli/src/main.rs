@@ -17,6 +17,15 @@ struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "OXVIRT_SOCKET", default_value = "/var/lib/oxvirt/oxvirtd.sock")]
     socket: PathBuf,
+    /// The daemon's HTTPS API, e.g. https://host:8443 (instead of the socket).
+    #[arg(long, global = true, env = "OXVIRT_URL")]
+    url: Option<String>,
+    /// API token for --url (the first one is in <data-dir>/admin.token).
+    #[arg(long, global = true, env = "OXVIRT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// SHA-256 fingerprint of the daemon's certificate, to pin it (in <data-dir>/tls/fingerprint).
+    #[arg(long, global = true, env = "OXVIRT_FINGERPRINT")]
+    fingerprint: Option<String>,
     /// How to print results.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -146,7 +155,20 @@ enum HostCmd {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
-    let client = Client::new(&cli.socket);
+    let client = match &cli.url {
+        None => Client::new(&cli.socket),
+        Some(url) => {
+            let token = cli.token.as_deref().unwrap_or("");
+            let fingerprint = cli.fingerprint.as_deref().unwrap_or("");
+            match oxvirt_client::Transport::https(url, token, fingerprint) {
+                Ok(t) => Client::with_transport(t),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    };
     if let Err(e) = run(&client, cli.output, cli.command).await {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -7,8 +7,11 @@ use hyper_util::rt::TokioIo;
 use oxvirt_model::{HostInfo, Task, Vm};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
+
+mod transport;
+pub use transport::{normalize_fingerprint, Io, Transport};
 
 /// The error body the API returns with every 4xx and 5xx.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -39,27 +42,30 @@ pub struct Created {
 }
 
 /// An open serial console: send bytes as binary messages, receive what the guest prints.
-pub type Console = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+pub type Console = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    transport: Transport,
 }
 
 impl Client {
+    /// A client of the daemon's Unix socket.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Client { socket: socket.into() }
+        Client { transport: Transport::Unix(socket.into()) }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    pub fn with_transport(transport: Transport) -> Self {
+        Client { transport }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// One request; returns the status and the body. API errors come back as `Ok` here.
     pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        let stream = self.transport.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
@@ -69,6 +75,9 @@ impl Client {
         let mut req = Request::builder().method(method).uri(path).header("host", "oxvirtd");
         if body.is_some() {
             req = req.header("content-type", "application/json");
+        }
+        if let Some(auth) = self.transport.authorization() {
+            req = req.header("authorization", auth);
         }
         let req =
             req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ClientError::Http(e.to_string()))?;
@@ -131,11 +140,15 @@ impl Client {
 
     /// Opens the VM's interactive serial console (a WebSocket over the daemon's socket).
     pub async fn console(&self, name: &str) -> Result<Console, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
-        let url = format!("ws://oxvirtd/api/v1/vms/{}/console", encode(name));
-        match tokio_tungstenite::client_async(url, stream).await {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let stream = self.transport.connect().await?;
+        let url = format!("{}/api/v1/vms/{}/console", self.transport.ws_base(), encode(name));
+        let mut req = url.into_client_request().map_err(|e| ClientError::Http(e.to_string()))?;
+        if let Some(auth) = self.transport.authorization() {
+            let v = auth.parse().map_err(|_| ClientError::Http("token holds characters a header cannot".into()))?;
+            req.headers_mut().insert("authorization", v);
+        }
+        match tokio_tungstenite::client_async(req, stream).await {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let body = resp.body().clone().unwrap_or_default();

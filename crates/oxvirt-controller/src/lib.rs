@@ -11,6 +11,7 @@ mod host;
 mod lifecycle;
 mod reconcile;
 mod tasks;
+mod tokens;
 mod vms;
 
 pub use error::ControlError;

@@ -195,6 +195,11 @@ impl Controller {
         let Ok(vm) = self.get_vm(name) else { return };
         let crashed = vm.status.state == VmState::Crashed;
         let by_user = vm.desired == DesiredState::Stopped;
+        // A stop or kill in progress records its own outcome (it knows whether it had to force).
+        let op_in_progress = self.inner.slot(name).op.try_lock().is_err();
+        if vm.status.state == VmState::Stopped || (by_user && op_in_progress) {
+            return;
+        }
         let reason = match (&shutdown, by_user, crashed) {
             (_, true, _) => "stopped by request".to_string(),
             (_, _, true) => "guest kernel panicked".to_string(),
@@ -202,9 +207,7 @@ impl Controller {
             (Some((false, why)), _, _) => format!("QEMU shut down ({why})"),
             (None, _, _) => "QEMU exited unexpectedly".to_string(),
         };
-        if vm.status.state != VmState::Stopping || !by_user {
-            self.mark_stopped(name, &reason);
-        }
+        self.mark_stopped(name, &reason);
         if by_user {
             return;
         }

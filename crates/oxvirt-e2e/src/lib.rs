@@ -64,12 +64,18 @@ impl Daemon {
         Self::start_with_config("stop_timeout_secs = 30\n")
     }
 
+    /// HTTPS on a port the kernel picks (tests run in parallel), and `extra` settings.
+    fn full_config(extra: &str) -> String {
+        format!("https_listen = \"127.0.0.1:0\"\n{extra}")
+    }
+
     pub fn start_with_config(config: &str) -> Daemon {
         // Short path: Unix socket paths are limited to 107 bytes.
         let data_dir = tempfile::Builder::new().prefix("oxv").tempdir_in("/tmp").expect("tempdir");
-        std::fs::write(data_dir.path().join("oxvirtd.toml"), config).expect("config");
+        let config = Self::full_config(config);
+        std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
         let client = Client::new(data_dir.path().join("oxvirtd.sock"));
-        let mut d = Daemon { data_dir, child: None, client, config: config.into() };
+        let mut d = Daemon { data_dir, child: None, client, config };
         d.spawn();
         d
     }
@@ -136,6 +142,12 @@ impl Daemon {
 
     pub fn config(&self) -> &str {
         &self.config
+    }
+
+    /// The HTTPS address, the admin token and the certificate fingerprint.
+    pub fn https(&self) -> (String, String, String) {
+        let read = |f: &str| std::fs::read_to_string(self.path().join(f)).expect(f).trim().to_string();
+        (format!("https://{}", read("https.addr")), read("admin.token"), read("tls/fingerprint"))
     }
 
     /// PIDs of the QEMU processes this daemon's VMs run in.

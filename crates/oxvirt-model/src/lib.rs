@@ -9,6 +9,7 @@ mod host;
 mod name;
 mod size;
 mod task;
+mod token;
 mod vm;
 
 pub use error::ValidationError;
@@ -17,6 +18,7 @@ pub use host::HostInfo;
 pub use name::validate_name;
 pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
 pub use task::{Task, TaskState};
+pub use token::ApiToken;
 pub use vm::{
     validate_host_path, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec, KernelBoot,
     MachineType, NicMode, NicSpec, RestartPolicy, Vm, VmAction, VmSpec, VmState, VmStatus, VmUpdate, MAX_CPUS,

@@ -20,6 +20,10 @@ impl Record for oxvirt_model::Task {
     const PREFIX: &'static str = "tasks/";
 }
 
+impl Record for oxvirt_model::ApiToken {
+    const PREFIX: &'static str = "tokens/";
+}
+
 fn decode<T: Record>(e: &Entry) -> Result<T, StoreError> {
     serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt { key: e.key.clone(), reason: err.to_string() })
 }

@@ -16,6 +16,8 @@ pub struct Config {
     pub console_log_max_bytes: u64,
     /// `text` or `json`.
     pub log_format: String,
+    /// Address of the HTTPS API (token required), e.g. `0.0.0.0:8443`; empty turns it off.
+    pub https_listen: String,
 }
 
 impl Default for Config {
@@ -26,6 +28,7 @@ impl Default for Config {
             stop_timeout_secs: 30,
             console_log_max_bytes: 1024 * 1024,
             log_format: "text".into(),
+            https_listen: "0.0.0.0:8443".into(),
         }
     }
 }
@@ -60,6 +63,12 @@ impl Config {
         if c.stop_timeout_secs == 0 || c.stop_timeout_secs > 3600 {
             return Err("stop_timeout_secs: must be 1 to 3600".into());
         }
+        if !c.https_listen.is_empty() && c.https_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "https_listen: must be an address and port such as 0.0.0.0:8443, not {:?}",
+                c.https_listen
+            ));
+        }
         if c.console_log_max_bytes < 4096 {
             return Err("console_log_max_bytes: must be at least 4096".into());
         }
@@ -84,5 +93,7 @@ mod tests {
         assert!(Config::parse("accelerator = \"xen\"").unwrap_err().starts_with("accelerator"));
         assert!(Config::parse("colour = 1").unwrap_err().contains("colour"));
         assert!(Config::parse("stop_timeout_secs = 0").unwrap_err().starts_with("stop_timeout_secs"));
+        assert!(Config::parse("https_listen = \"localhost\"").unwrap_err().starts_with("https_listen"));
+        assert_eq!(Config::parse("https_listen = \"\"").unwrap().https_listen, "");
     }
 }

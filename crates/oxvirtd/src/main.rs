@@ -1,6 +1,8 @@
 //! oxvirtd: the oxvirt daemon, one per host.
 
 mod config;
+mod https;
+mod tls;
 
 use clap::Parser;
 use config::Config;
@@ -32,6 +34,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    // Everything the daemon creates (store, sockets, tokens, QEMU's logs) is private to root.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o077) };
     let config_path = args.config.clone().unwrap_or_else(|| args.data_dir.join("oxvirtd.toml"));
     let config = Config::load(&config_path).map_err(|e| e.to_string())?;
     init_logging(&config.log_format);
@@ -89,6 +94,23 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
     cc.console_log_max = config.console_log_max_bytes;
     let ctrl = Controller::new(Arc::new(store), Arc::new(hv), cc).map_err(|e| e.to_string())?;
     ctrl.start_background().await;
+
+    if ctrl.ensure_admin_token(&args.data_dir.join("admin.token")).map_err(|e| e.to_string())? {
+        tracing::info!(file = %args.data_dir.join("admin.token").display(), "made the administrator API token");
+    }
+    if !config.https_listen.is_empty() {
+        let tls = tls::load_or_create(&args.data_dir.join("tls"))?;
+        let tcp = tokio::net::TcpListener::bind(&config.https_listen)
+            .await
+            .map_err(|e| format!("https_listen {}: {e}", config.https_listen))?;
+        let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+        // Where clients find the API when the port was chosen by the kernel (`:0`).
+        std::fs::write(args.data_dir.join("https.addr"), format!("{addr}\n")).map_err(|e| e.to_string())?;
+        tracing::info!(address = %addr, certificate = %tls.cert_path.display(), "HTTPS API ready");
+        // Operators pin this in the CLI (--fingerprint / OXVIRT_FINGERPRINT).
+        eprintln!("oxvirtd: HTTPS API on {addr}, certificate fingerprint (SHA-256) {}", tls.fingerprint);
+        tokio::spawn(https::serve(tcp, tls.config.clone(), oxvirt_api::auth::https_router(ctrl.clone())));
+    }
 
     let sock = args.data_dir.join("oxvirtd.sock");
     let _ = std::fs::remove_file(&sock);
