@@ -15,6 +15,19 @@ async fn boot_and_stop(d: &Daemon, spec: serde_json::Value) {
     assert_eq!(vm.status.accel.as_deref(), Some("tcg"), "no hardware virtualization here: TCG");
     let pid = vm.status.pid.unwrap();
     assert!(process_alive(pid));
+    // QEMU runs in a cgroup of its own, below oxvirt's, in every hierarchy (cpu, memory, pids...).
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mine = format!("/oxvirt/vm-{}", vm.id);
+    for ctrl in ["cpu", "memory", "pids"] {
+        let line =
+            cgroups.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == ctrl))).unwrap();
+        assert!(line.ends_with(&mine), "{ctrl}: {line}");
+    }
+    let memory_dir = format!(
+        "/sys/fs/cgroup/memory{}",
+        cgroups.lines().find(|l| l.contains(":memory:")).unwrap().rsplit(':').next().unwrap()
+    );
+    assert!(std::path::Path::new(&memory_dir).exists());
     wait_console(&d.client, &name, READY, 1, BOOT_TIMEOUT).await;
     // Graceful stop: the guest answers the ACPI power button.
     d.client.vm_action_wait(&name, "stop", Duration::from_secs(60)).await.expect("stop");

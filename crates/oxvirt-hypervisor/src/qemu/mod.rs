@@ -22,6 +22,12 @@ pub struct QemuDriver {
     version: String,
     accel: AccelDecision,
     host: CmdlineHost,
+    cgroups: oxvirt_cgroup::Cgroups,
+}
+
+/// The name of a VM's cgroup.
+pub fn cgroup_name(id: &str) -> String {
+    format!("vm-{id}")
 }
 
 impl QemuDriver {
@@ -35,7 +41,16 @@ impl QemuDriver {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("QEMU emulator version ").to_string()))
             .unwrap_or_else(|| "unknown".into());
-        QemuDriver { program, version, accel, host: CmdlineHost::detect() }
+        let cgroups = oxvirt_cgroup::Cgroups::detect();
+        if cgroups.hierarchies.is_empty() {
+            tracing::warn!("no cgroup hierarchy found: VMs will run without cgroups");
+        }
+        QemuDriver { program, version, accel, host: CmdlineHost::detect(), cgroups }
+    }
+
+    /// The cgroups a VM's QEMU runs in.
+    pub fn cgroup(&self, id: &str) -> oxvirt_cgroup::VmCgroup {
+        self.cgroups.vm(&cgroup_name(id))
     }
 
     /// The argument vector this driver would run for a VM (for `oxvirt vm show --qemu-args` and
@@ -90,10 +105,21 @@ impl Hypervisor for QemuDriver {
         }
         prepare_run_dir(paths)?;
         let args = cmdline::build(id, spec, paths, accel, &self.host);
-        let pid = process::spawn_daemonized(&self.program, &args, &paths.pidfile()).await?;
+        let cgroup = self.cgroup(id);
+        cgroup.create().map_err(|e| HvError::io("VM cgroup", e))?;
+        let procs = cgroup.procs_files().map_err(|e| HvError::io("VM cgroup", e))?;
+        let spawned = process::spawn_daemonized(&self.program, &args, &paths.pidfile(), &procs).await;
+        drop(procs);
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        };
         let pidfd = Pidfd::open(pid)?;
         match Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await {
-            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd)),
+            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup)),
             Err(e) => {
                 // A QEMU we cannot control must not be left behind.
                 let _ = pidfd.signal(libc::SIGKILL);
@@ -114,7 +140,7 @@ impl Hypervisor for QemuDriver {
         }
         let qmp = Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await?;
         let accel = cmdline_accel(pid).unwrap_or(self.accel.accel);
-        Ok(Some(QemuInstance::spawn(pid, accel, qmp, pidfd)))
+        Ok(Some(QemuInstance::spawn(pid, accel, qmp, pidfd, self.cgroup(id))))
     }
 }
 
@@ -135,7 +161,13 @@ pub struct QemuInstance {
 }
 
 impl QemuInstance {
-    fn spawn(pid: u32, accel: Accel, qmp: Arc<Qmp>, pidfd: Pidfd) -> Arc<dyn Instance> {
+    fn spawn(
+        pid: u32,
+        accel: Accel,
+        qmp: Arc<Qmp>,
+        pidfd: Pidfd,
+        cgroup: oxvirt_cgroup::VmCgroup,
+    ) -> Arc<dyn Instance> {
         let (events, _) = broadcast::channel(256);
         let exited = Arc::new(AtomicBool::new(false));
         let (exit_tx, exit_watch) = watch::channel(false);
@@ -156,6 +188,11 @@ impl QemuInstance {
         let (tx, flag, fd) = (events.clone(), exited.clone(), pidfd.clone());
         tokio::spawn(async move {
             fd.exited().await;
+            // The cgroups go with the process (removal waits briefly for the kernel to empty them).
+            let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!("{e}");
+            }
             flag.store(true, Ordering::SeqCst);
             let _ = exit_tx.send(true);
             let _ = tx.send(InstanceEvent::Exited);

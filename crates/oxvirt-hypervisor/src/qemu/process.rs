@@ -13,13 +13,25 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Starts QEMU with `-daemonize` in the args: returns once QEMU has initialised (its sockets
 /// exist) or failed (with its error message). The QEMU process is not our child: it lives in
 /// its own session and outlives the daemon.
-pub async fn spawn_daemonized(program: &str, args: &[String], pidfile: &Path) -> Result<u32, HvError> {
+///
+/// `cgroup_procs` are open `cgroup.procs` files: QEMU joins those cgroups before it runs.
+pub async fn spawn_daemonized(
+    program: &str,
+    args: &[String],
+    pidfile: &Path,
+    cgroup_procs: &[std::fs::File],
+) -> Result<u32, HvError> {
     let _ = std::fs::remove_file(pidfile);
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
     // Its own process group from the start: a Ctrl-C meant for the daemon's terminal never
     // reaches QEMU, even before QEMU's own setsid().
     cmd.process_group(0);
+    let fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+    if !fds.is_empty() {
+        // SAFETY: join_in_child only calls write(2) on descriptors that stay open until spawn returns.
+        unsafe { cmd.pre_exec(move || oxvirt_cgroup::join_in_child(&fds)) };
+    }
     let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
         .await
         .map_err(|_| HvError::Timeout(START_TIMEOUT, "QEMU to initialise".into()))?
@@ -135,9 +147,10 @@ mod tests {
     #[tokio::test]
     async fn start_failure_carries_qemu_message() {
         let dir = tempfile::tempdir().unwrap();
-        let err = spawn_daemonized("sh", &["-c".into(), "echo 'bad option' >&2; exit 1".into()], &dir.path().join("p"))
-            .await
-            .unwrap_err();
+        let err =
+            spawn_daemonized("sh", &["-c".into(), "echo 'bad option' >&2; exit 1".into()], &dir.path().join("p"), &[])
+                .await
+                .unwrap_err();
         assert!(err.to_string().contains("bad option"), "{err}");
     }
 }
