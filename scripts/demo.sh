@@ -10,7 +10,9 @@ export OXVIRT_SOCKET=$data/oxvirtd.sock
 oxvirt() { "$bin/oxvirt" "$@"; }
 
 mkdir -p "$data"
-"$bin/oxvirtd" --data-dir "$data" 2>"$data/oxvirtd.log" &
+rm -f "$OXVIRT_SOCKET"
+# Its own session: the Ctrl-C meant for this script must not reach the daemon before the VM is stopped.
+setsid "$bin/oxvirtd" --data-dir "$data" 2>"$data/oxvirtd.log" &
 daemon=$!
 
 cleanup() {
@@ -24,29 +26,31 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-for _ in $(seq 100); do [ -S "$OXVIRT_SOCKET" ] && break; sleep 0.1; done
-if ! [ -S "$OXVIRT_SOCKET" ]; then cat "$data/oxvirtd.log"; exit 1; fi
-head -1 "$data/oxvirtd.log"
+for _ in $(seq 100); do oxvirt host show >/dev/null 2>&1 && break; sleep 0.1; done
+if ! oxvirt host show >/dev/null 2>&1; then cat "$data/oxvirtd.log"; exit 1; fi
+grep '^oxvirtd:' "$data/oxvirtd.log" || true
 
 echo "== host"
 oxvirt host show
-if ! oxvirt vm show demo >/dev/null 2>&1; then
-  echo "== creating VM demo"
-  oxvirt vm create demo --cpus 1 --memory 256MiB --kernel "$guest/vmlinuz" --initrd "$guest/initrd.img" \
-    --cmdline "console=ttyS0" --nic >/dev/null
+# A fresh demo VM each time (an earlier one, even one still running, is removed first).
+if oxvirt vm show demo >/dev/null 2>&1; then
+  oxvirt vm kill demo >/dev/null 2>&1 || true
+  oxvirt vm delete demo >/dev/null
 fi
-state=$(oxvirt vm show demo --output json | sed -n 's/.*"state": "\([a-z]*\)".*/\1/p' | head -1)
-[ "$state" = stopped ] && oxvirt vm start demo
+echo "== creating and starting VM demo"
+oxvirt vm create demo --cpus 1 --memory 256MiB --kernel "$guest/vmlinuz" --initrd "$guest/initrd.img" \
+  --cmdline "console=ttyS0" --nic --start
 
 echo "== console of VM demo (booting under $(oxvirt host show --output json | sed -n 's/.*"accelerator": "\([a-z]*\)".*/\1/p'))"
-oxvirt vm console-log demo --follow &
+# (The guest shell's cursor-position query is dropped so the terminal does not answer it.)
+( oxvirt vm console-log demo --follow | sed -u 's/\x1b\[6n//g' ) &
 follower=$!
 for _ in $(seq 240); do
   oxvirt vm console-log demo 2>/dev/null | grep -q OXVIRT-GUEST-READY && break
   sleep 0.5
 done
 sleep 1
-kill $follower 2>/dev/null || true
+pkill -INT -f "oxvirt vm console-log demo --follow" || true
 wait $follower 2>/dev/null || true
 echo
 echo "== VM demo is up. Try, in another terminal:"
@@ -54,6 +58,7 @@ echo "   export OXVIRT_SOCKET=$OXVIRT_SOCKET"
 echo "   $bin/oxvirt vm list"
 echo "   $bin/oxvirt vm show demo"
 echo "   $bin/oxvirt vm console-log demo"
+echo "   $bin/oxvirt vm console demo          (an interactive shell in the guest; Ctrl-] leaves)"
 echo "   $bin/oxvirt vm pause demo; $bin/oxvirt vm resume demo"
 echo "   $bin/oxvirt vm reboot demo"
 echo "   $bin/oxvirt task list"
