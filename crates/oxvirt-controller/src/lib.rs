@@ -100,7 +100,7 @@ impl Controller {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(me.inner.config.reconcile_interval).await;
-                me.reconcile_all().await;
+                me.reconcile(false).await;
             }
         });
     }

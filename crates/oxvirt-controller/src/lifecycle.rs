@@ -207,8 +207,8 @@ impl Controller {
             (Some((false, why)), _, _) => format!("QEMU shut down ({why})"),
             (None, _, _) => "QEMU exited unexpectedly".to_string(),
         };
-        self.mark_stopped(name, &reason);
         if by_user {
+            self.mark_stopped(name, &reason);
             return;
         }
         let clean = matches!(shutdown, Some((true, _))) && !crashed;
@@ -217,10 +217,13 @@ impl Controller {
             RestartPolicy::OnFailure => !clean,
             RestartPolicy::Always => true,
         };
+        // Desired state first, so the reconciler never sees "desired running" on a VM that stays off.
+        if !restart {
+            let _ = self.set_desired(name, DesiredState::Stopped);
+        }
+        self.mark_stopped(name, &reason);
         if restart {
             self.restart_in_background(name, &reason);
-        } else {
-            let _ = self.set_desired(name, DesiredState::Stopped);
         }
     }
 

@@ -9,7 +9,12 @@ use oxvirt_hypervisor::RunState;
 use oxvirt_model::{DesiredState, RestartPolicy, Vm, VmState};
 
 impl Controller {
+    /// Looks at every VM. After the first round, VMs that are off and meant to be off are skipped.
     pub async fn reconcile_all(&self) {
+        self.reconcile(true).await
+    }
+
+    pub(crate) async fn reconcile(&self, full: bool) {
         let vms = match self.list_vms() {
             Ok(v) => v,
             Err(e) => {
@@ -18,7 +23,10 @@ impl Controller {
             }
         };
         for vm in vms {
-            self.reconcile_vm(&vm).await;
+            let settled = vm.status.state == VmState::Stopped && vm.desired == DesiredState::Stopped;
+            if full || !settled {
+                self.reconcile_vm(&vm).await;
+            }
             self.rotate_console_log(&vm);
         }
         self.inner.tasks.prune();
@@ -44,15 +52,21 @@ impl Controller {
                     _ => {}
                 }
             }
+            Ok(None) if !vm.status.state.has_process() => {
+                // Desired running but nothing runs and nobody is starting it (e.g. the daemon
+                // died in the middle of a start): make the host match the store.
+                if vm.desired == DesiredState::Running {
+                    drop(_guard);
+                    self.restart_in_background(name, "desired state is running");
+                }
+            }
             Ok(None) => {
-                if vm.status.state.has_process() {
-                    self.mark_stopped(name, "QEMU was gone when oxvirtd looked (it exited while oxvirtd was away)");
-                    if vm.desired == DesiredState::Running && vm.spec.restart_policy != RestartPolicy::Never {
-                        drop(_guard);
-                        self.restart_in_background(name, "QEMU exited while oxvirtd was away");
-                    } else {
-                        let _ = self.set_desired(name, DesiredState::Stopped);
-                    }
+                self.mark_stopped(name, "QEMU was gone when oxvirtd looked (it exited while oxvirtd was away)");
+                if vm.desired == DesiredState::Running && vm.spec.restart_policy != RestartPolicy::Never {
+                    drop(_guard);
+                    self.restart_in_background(name, "QEMU exited while oxvirtd was away");
+                } else {
+                    let _ = self.set_desired(name, DesiredState::Stopped);
                 }
             }
             Err(e) => tracing::warn!(vm = %name, "cannot re-adopt guest: {e}"),
