@@ -84,3 +84,48 @@ async fn cli_console_types_and_leaves_with_ctrl_bracket() {
     let status = child.wait().unwrap();
     assert!(status.success());
 }
+
+/// Types a command into the guest's console until `want` shows up in what comes back.
+async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &str, want: &str) -> String {
+    let mut ws = client.console(vm).await.unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        assert!(start.elapsed() < Duration::from_secs(60), "{want:?} not seen: {}", String::from_utf8_lossy(&seen));
+        ws.send(Message::Binary(format!("{command}\n").into_bytes().into())).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until && !String::from_utf8_lossy(&seen).contains(want) {
+            if let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+            {
+                seen.extend_from_slice(&b);
+            }
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_sees_virtio_blk_and_virtio_scsi_disks() {
+    let d = Daemon::start();
+    let mut disks = Vec::new();
+    for (name, fmt, bus) in [("blk.qcow2", "qcow2", "virtio-blk"), ("scsi.raw", "raw", "virtio-scsi")] {
+        let path = d.path().join(name);
+        let st = Command::new("qemu-img").args(["create", "-q", "-f", fmt]).arg(&path).arg("32M").status().unwrap();
+        assert!(st.success());
+        disks.push(serde_json::json!({ "path": path, "format": fmt, "bus": bus }));
+    }
+    let mut spec = kernel_spec("disks", "");
+    spec["disks"] = serde_json::json!(disks);
+    d.client.create_vm(&spec, true).await.unwrap();
+    wait_console(&d.client, "disks", READY, 1, BOOT_TIMEOUT).await;
+    // 32 MiB = 65536 sectors, on vda (virtio-blk) and sda (virtio-scsi).
+    let out = run_in_guest(
+        &d.client,
+        "disks",
+        "echo SIZES $(cat /sys/block/vda/size) $(cat /sys/block/sda/size)",
+        "SIZES 65536 65536",
+    )
+    .await;
+    assert!(out.contains("SIZES 65536 65536"));
+    d.client.vm_action_wait("disks", "kill", Duration::from_secs(30)).await.unwrap();
+}
