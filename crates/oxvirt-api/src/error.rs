@@ -55,7 +55,10 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(_) => {
                 ApiError { status: StatusCode::CONFLICT, code: "conflict", field: None, rule: None, message }
             }
-            ControlError::Store(_) | ControlError::Hypervisor(_) => {
+            ControlError::Storage(oxvirt_storage::StorageError::Unsafe(_)) => {
+                ApiError { status: StatusCode::BAD_REQUEST, code: "invalid", field: None, rule: None, message }
+            }
+            ControlError::Store(_) | ControlError::Hypervisor(_) | ControlError::Storage(_) => {
                 tracing::error!("internal error: {message}");
                 ApiError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -12,6 +12,7 @@ pub mod error;
 mod events;
 mod host;
 pub mod openapi;
+mod storage;
 mod tasks;
 mod vms;
 
@@ -30,6 +31,7 @@ pub fn router(ctrl: Controller) -> Router {
         .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
         .merge(host::routes())
         .merge(vms::routes())
+        .merge(storage::routes())
         .merge(tasks::routes())
         .merge(events::routes())
         .fallback(error::not_found)

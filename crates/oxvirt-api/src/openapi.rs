@@ -74,6 +74,58 @@ pub const OPERATIONS: &[Operation] = &[
         101,
         None,
     ),
+    op("get", "/api/v1/pools", "poolList", "All storage pools with their capacity", None, 200, Some("PoolList")),
+    op("post", "/api/v1/pools", "poolCreate", "Create a storage pool", Some("PoolSpec"), 201, Some("PoolView")),
+    op("get", "/api/v1/pools/{pool}", "poolShow", "One pool and its capacity", None, 200, Some("PoolView")),
+    op("delete", "/api/v1/pools/{pool}", "poolDelete", "Delete an empty pool (its directory stays)", None, 204, None),
+    op(
+        "post",
+        "/api/v1/pools/{pool}/import",
+        "volumeImport",
+        "Import a qcow2/raw/vmdk file as a volume: a task",
+        Some("ImportRequest"),
+        202,
+        Some("Task"),
+    ),
+    op("get", "/api/v1/pools/{pool}/volumes", "volumeList", "A pool's volumes", None, 200, Some("VolumeList")),
+    op(
+        "post",
+        "/api/v1/pools/{pool}/volumes",
+        "volumeCreate",
+        "Create a thin volume",
+        Some("VolumeSpec"),
+        201,
+        Some("Volume"),
+    ),
+    op("get", "/api/v1/pools/{pool}/volumes/{name}", "volumeShow", "One volume", None, 200, Some("Volume")),
+    op(
+        "patch",
+        "/api/v1/pools/{pool}/volumes/{name}",
+        "volumeResize",
+        "Grow a volume (live when a running VM uses it)",
+        Some("Resize"),
+        200,
+        Some("Volume"),
+    ),
+    op("delete", "/api/v1/pools/{pool}/volumes/{name}", "volumeDelete", "Delete a volume no VM uses", None, 204, None),
+    op(
+        "post",
+        "/api/v1/pools/{pool}/volumes/{name}/clone",
+        "volumeClone",
+        "Linked clone (201, instant) or full clone (202, a task)",
+        Some("CloneRequest"),
+        201,
+        Some("Volume"),
+    ),
+    op(
+        "post",
+        "/api/v1/pools/{pool}/volumes/{name}/export",
+        "volumeExport",
+        "Export to a new file on the host: a task",
+        Some("ExportRequest"),
+        202,
+        Some("Task"),
+    ),
     op("get", "/api/v1/tasks", "taskList", "All tasks, newest first", None, 200, Some("TaskList")),
     op("get", "/api/v1/tasks/{id}", "taskShow", "One task", None, 200, Some("Task")),
     op("delete", "/api/v1/tasks/{id}", "taskCancel", "Ask a running task to stop", None, 200, Some("Task")),
@@ -107,7 +159,7 @@ fn parameters(path: &str, op: &str) -> Vec<Value> {
         if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             let schema = match name {
                 "action" => json!({ "type": "string", "enum": oxvirt_model::VM_ACTIONS }),
-                "name" => json!({ "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" }),
+                "name" | "pool" => json!({ "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" }),
                 _ => json!({ "type": "string" }),
             };
             p.push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
@@ -131,7 +183,8 @@ fn schemas() -> Value {
     let size = json!({ "oneOf": [ { "type": "integer", "minimum": 0 }, { "type": "string", "pattern": "^[0-9.]+ ?(B|K|KiB|M|MiB|G|GiB|T|TiB|kB|KB|MB|GB|TB)?$" } ] });
     let kernel = json!({ "type": "object", "additionalProperties": false, "required": ["kernel"], "properties": {
         "kernel": { "type": "string" }, "initrd": { "type": "string" }, "cmdline": { "type": "string" } } });
-    let disk = json!({ "type": "object", "additionalProperties": false, "required": ["path"], "properties": {
+    let disk = json!({ "type": "object", "additionalProperties": false, "properties": {
+        "id": { "type": "string" }, "volume": { "type": "string", "pattern": "^[^/]+/[^/]+$" },
         "path": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] },
         "bus": { "type": "string", "enum": ["virtio-blk", "virtio-scsi"] }, "readonly": { "type": "boolean" } } });
     let nic = json!({ "type": "object", "additionalProperties": false, "properties": {
@@ -166,6 +219,31 @@ fn schemas() -> Value {
             "progress": { "type": "integer", "minimum": 0, "maximum": 100 }, "message": { "type": "string" },
             "error": { "type": ["string", "null"] }, "created_at": { "type": "integer" }, "finished_at": { "type": ["integer", "null"] } } },
         "TaskList": { "type": "array", "items": schema_ref("Task") },
+        "PoolSpec": { "type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
+            "name": { "type": "string" }, "kind": { "type": "string", "enum": ["dir", "shared-dir"] },
+            "path": { "type": "string" }, "overcommit": { "type": "number", "minimum": 1, "maximum": 100 } } },
+        "PoolView": { "type": "object", "properties": {
+            "spec": schema_ref("PoolSpec"), "created_at": { "type": "integer" },
+            "usage": { "type": "object", "properties": {
+                "size": { "type": "integer" }, "used": { "type": "integer" }, "free": { "type": "integer" },
+                "provisioned": { "type": "integer" }, "allocated": { "type": "integer" }, "volumes": { "type": "integer" } } } } },
+        "PoolList": { "type": "array", "items": schema_ref("PoolView") },
+        "VolumeSpec": { "type": "object", "additionalProperties": false, "required": ["name", "size"], "properties": {
+            "name": { "type": "string" }, "size": size, "format": { "type": "string", "enum": ["qcow2", "raw"] } } },
+        "Volume": { "type": "object", "properties": {
+            "pool": { "type": "string" }, "name": { "type": "string" }, "format": { "type": "string" }, "size": { "type": "integer" },
+            "backing": { "type": "string" }, "attached_to": { "type": "string" },
+            "snapshots": { "type": "array", "items": { "type": "object", "properties": { "name": { "type": "string" }, "created_at": { "type": "integer" } } } },
+            "created_at": { "type": "integer" } } },
+        "VolumeList": { "type": "array", "items": schema_ref("Volume") },
+        "Resize": { "type": "object", "additionalProperties": false, "required": ["size"], "properties": { "size": size } },
+        "CloneRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+            "name": { "type": "string" }, "pool": { "type": "string" }, "linked": { "type": "boolean" } } },
+        "ImportRequest": { "type": "object", "additionalProperties": false, "required": ["name", "source"], "properties": {
+            "name": { "type": "string" }, "source": { "type": "string" }, "source_format": { "type": "string", "enum": ["qcow2", "raw", "vmdk"] },
+            "format": { "type": "string", "enum": ["qcow2", "raw"] } } },
+        "ExportRequest": { "type": "object", "additionalProperties": false, "required": ["destination"], "properties": {
+            "destination": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] } } },
         "HostInfo": { "type": "object", "properties": {
             "hostname": { "type": "string" }, "cpus": { "type": "integer" }, "memory_bytes": { "type": "integer" },
             "memory_available_bytes": { "type": "integer" }, "kernel": { "type": "string" },

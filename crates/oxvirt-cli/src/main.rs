@@ -2,6 +2,7 @@
 
 mod console;
 mod output;
+mod storage;
 
 use clap::{Args, Parser, Subcommand};
 use output::{print_host, print_task, print_tasks, print_vm, print_vms, Output};
@@ -44,12 +45,18 @@ enum Command {
     /// This host.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Storage pools.
+    #[command(subcommand)]
+    Pool(storage::PoolCmd),
+    /// Volumes in storage pools.
+    #[command(subcommand)]
+    Volume(storage::VolumeCmd),
 }
 
 #[derive(Subcommand)]
 enum VmCmd {
     /// Define a VM (and start it with --start).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List VMs.
     List,
     /// Show one VM.
@@ -116,6 +123,9 @@ struct CreateArgs {
     /// A disk image: PATH, or PATH:FORMAT (qcow2, raw); the first boots when there is no kernel.
     #[arg(long = "disk")]
     disks: Vec<String>,
+    /// A volume of a pool, POOL/NAME (repeat for more; after the --disk ones).
+    #[arg(long = "volume")]
+    volumes: Vec<String>,
     /// Add a NIC on an isolated network (repeat for more).
     #[arg(long = "nic", action = clap::ArgAction::Count)]
     nics: u8,
@@ -175,7 +185,7 @@ async fn main() {
     }
 }
 
-fn absolute(p: &Path) -> Result<String, ClientError> {
+pub(crate) fn absolute(p: &Path) -> Result<String, ClientError> {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -203,6 +213,9 @@ fn create_spec(a: &CreateArgs) -> Result<Value, ClientError> {
             _ => (d.as_str(), if d.ends_with(".qcow2") { "qcow2" } else { "raw" }),
         };
         disks.push(json!({ "path": absolute(Path::new(path))?, "format": format }));
+    }
+    for v in &a.volumes {
+        disks.push(json!({ "volume": v }));
     }
     spec["disks"] = json!(disks);
     spec["nics"] = json!((0..a.nics).map(|_| json!({})).collect::<Vec<_>>());
@@ -258,12 +271,19 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             print_task(&t, out);
         }
         Command::Host(HostCmd::Show) => print_host(&client.host().await?, out),
+        Command::Pool(cmd) => storage::pool(client, out, cmd).await?,
+        Command::Volume(cmd) => storage::volume(client, out, cmd).await?,
     }
     Ok(())
 }
 
 /// Follows a task to its end with a progress bar (on a terminal); a failed task is an error.
-async fn follow_task(client: &Client, task: &Task, timeout: Duration, out: Output) -> Result<Task, ClientError> {
+pub(crate) async fn follow_task(
+    client: &Client,
+    task: &Task,
+    timeout: Duration,
+    out: Output,
+) -> Result<Task, ClientError> {
     let bar = if out == Output::Table { indicatif::ProgressBar::new(100) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos:>3}% {msg}")

@@ -8,11 +8,11 @@ pub enum Output {
     Json,
 }
 
-fn json<T: serde::Serialize>(v: &T) {
+pub fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -31,7 +31,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 
 pub fn print_vms(vms: &[Vm], out: Output) {
     if out == Output::Json {
-        return json(&vms);
+        return print_json(&vms);
     }
     let rows = vms
         .iter()
@@ -51,7 +51,7 @@ pub fn print_vms(vms: &[Vm], out: Output) {
 
 pub fn print_vm(v: &Vm, out: Output) {
     if out == Output::Json {
-        return json(v);
+        return print_json(v);
     }
     let s = &v.spec;
     println!("name:        {}", s.name);
@@ -71,8 +71,9 @@ pub fn print_vm(v: &Vm, out: Output) {
         println!("kernel:      {} {}", k.kernel, k.initrd.as_deref().unwrap_or(""));
         println!("cmdline:     {}", k.cmdline);
     }
-    for (i, d) in s.disks.iter().enumerate() {
-        println!("disk{i}:       {} ({})", d.path, d.format.as_str());
+    for d in &s.disks {
+        let what = d.volume.clone().unwrap_or_else(|| format!("{} ({})", d.path, d.format.as_str()));
+        println!("{:<13}{what}", format!("{}:", d.id));
     }
     for (i, n) in s.nics.iter().enumerate() {
         println!("nic{i}:        {:?} {}", n.mode, n.mac.as_deref().unwrap_or(""));
@@ -82,7 +83,7 @@ pub fn print_vm(v: &Vm, out: Output) {
 
 pub fn print_task(t: &Task, out: Output) {
     if out == Output::Json {
-        return json(t);
+        return print_json(t);
     }
     println!("id:       {}", t.id);
     println!("kind:     {}", t.kind);
@@ -96,7 +97,7 @@ pub fn print_task(t: &Task, out: Output) {
 
 pub fn print_tasks(tasks: &[Task], out: Output) {
     if out == Output::Json {
-        return json(&tasks);
+        return print_json(&tasks);
     }
     let rows = tasks
         .iter()
@@ -116,7 +117,7 @@ pub fn print_tasks(tasks: &[Task], out: Output) {
 
 pub fn print_host(h: &HostInfo, out: Output) {
     if out == Output::Json {
-        return json(h);
+        return print_json(h);
     }
     println!("hostname:    {}", h.hostname);
     println!("cpus:        {}", h.cpus);

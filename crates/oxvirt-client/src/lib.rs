@@ -159,6 +159,23 @@ impl Client {
         }
     }
 
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let _: Value = self.call(Method::DELETE, path, None).await?;
+        Ok(())
+    }
+
+    pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClientError> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
         self.call(Method::GET, "/api/v1/tasks", None).await
     }

@@ -19,6 +19,8 @@ pub enum ControlError {
     Store(#[from] oxvirt_store::StoreError),
     #[error("hypervisor: {0}")]
     Hypervisor(#[from] oxvirt_hypervisor::HvError),
+    #[error("storage: {0}")]
+    Storage(#[from] oxvirt_storage::StorageError),
 }
 
 impl ControlError {

@@ -10,6 +10,7 @@ mod error;
 mod host;
 mod lifecycle;
 mod reconcile;
+pub mod storage;
 mod tasks;
 mod tokens;
 mod vms;
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     pub tasks: TaskRegistry,
     pub slots: Mutex<HashMap<String, Arc<VmSlot>>>,
     pub host: host::HostLimits,
+    /// Volumes a task is working on (`pool/name`).
+    pub busy_volumes: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Cheap to clone: every clone is the same controller.
@@ -76,8 +79,16 @@ impl Controller {
     pub fn new(store: Arc<dyn Store>, hv: Arc<dyn Hypervisor>, config: ControllerConfig) -> Result<Self, ControlError> {
         let (events, _) = broadcast::channel(1024);
         let tasks = TaskRegistry::new(store.clone(), events.clone())?;
-        let inner =
-            Inner { store, hv, config, events, tasks, slots: Mutex::default(), host: host::HostLimits::detect() };
+        let inner = Inner {
+            store,
+            hv,
+            config,
+            events,
+            tasks,
+            slots: Mutex::default(),
+            host: host::HostLimits::detect(),
+            busy_volumes: Mutex::default(),
+        };
         Ok(Controller { inner: Arc::new(inner) })
     }
 

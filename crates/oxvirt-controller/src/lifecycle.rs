@@ -62,7 +62,7 @@ impl Controller {
         }
     }
 
-    fn instance(&self, name: &str) -> Result<Arc<dyn Instance>, ControlError> {
+    pub(crate) fn instance(&self, name: &str) -> Result<Arc<dyn Instance>, ControlError> {
         lock(&self.inner.slot(name).instance)
             .clone()
             .filter(|i| !i.has_exited())
@@ -77,7 +77,15 @@ impl Controller {
         task.progress(10, "starting QEMU");
         self.set_state(name, VmState::Starting, "starting");
         let paths = self.inner.paths(&vm.id);
-        match self.inner.hv.start(&vm.id, &vm.spec, &paths).await {
+        let spec = match self.resolve_disks(&vm.spec) {
+            Ok(s) => s,
+            Err(e) => {
+                self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));
+                let _ = self.set_desired(name, DesiredState::Stopped);
+                return Err(e);
+            }
+        };
+        match self.inner.hv.start(&vm.id, &spec, &paths).await {
             Ok(instance) => {
                 task.progress(80, "QEMU running");
                 self.attach(name, instance);

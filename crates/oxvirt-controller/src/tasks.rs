@@ -120,6 +120,11 @@ impl TaskRegistry {
         Ok(task)
     }
 
+    /// Whether someone asked task `id` to stop.
+    pub fn is_cancel_requested(&self, id: &str) -> bool {
+        lock(&self.live).get(id).is_some_and(|l| l.cancel.load(Ordering::SeqCst))
+    }
+
     /// Drops finished tasks from memory and old ones from the store.
     pub fn prune(&self) {
         lock(&self.live).retain(|_, l| !l.state.borrow().state.is_final());

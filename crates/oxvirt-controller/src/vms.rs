@@ -28,7 +28,9 @@ impl Controller {
             }
         }
         for (i, d) in spec.disks.iter().enumerate() {
-            files.push((format!("disks[{i}].path"), &d.path));
+            if d.volume.is_none() {
+                files.push((format!("disks[{i}].path"), &d.path));
+            }
         }
         for (field, path) in files {
             match std::fs::metadata(Path::new(path)) {
@@ -50,6 +52,7 @@ impl Controller {
                 nic.mac = Some(default_mac(&id, i));
             }
         }
+        assign_disk_ids(&mut spec);
         let now = now_millis();
         let vm = Vm {
             id,
@@ -63,15 +66,18 @@ impl Controller {
             },
             created_at: now,
         };
-        match self.inner.store.put_record(&vm.spec.name, &vm, Expect::Absent) {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                return Err(ControlError::Exists(ValidationError::new(
-                    "name",
-                    format!("a VM named {:?} already exists", vm.spec.name),
-                )))
+        if self.inner.store.get_record::<Vm>(&vm.spec.name)?.is_some() {
+            return Err(exists(&vm.spec.name));
+        }
+        match self.write_vm_with_claims(&vm, Expect::Absent, None) {
+            Ok(()) => {}
+            Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
+                return Err(exists(&vm.spec.name))
             }
-            Err(e) => return Err(e.into()),
+            Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
+                return Err(ControlError::Conflict(format!("{key} changed meanwhile; try again")))
+            }
+            Err(e) => return Err(e),
         }
         self.inner.emit(Event::VmLifecycle { vm: vm.spec.name.clone(), action: "created".into(), time: now });
         Ok(vm)
@@ -104,10 +110,12 @@ impl Controller {
                 nic.mac = Some(default_mac(&vm.id, i));
             }
         }
+        assign_disk_ids(&mut spec);
+        let old = vm.spec.clone();
         let new = Vm { spec, ..vm };
-        self.inner.store.put_record(name, &new, Expect::Revision(rev)).map_err(|e| match e {
-            StoreError::Conflict { .. } => busy(name),
-            e => e.into(),
+        self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&old)).map_err(|e| match e {
+            ControlError::Store(StoreError::Conflict { .. }) => busy(name),
+            e => e,
         })?;
         Ok(new)
     }
@@ -123,7 +131,13 @@ impl Controller {
                 vm.status.state.as_str()
             )));
         }
-        self.inner.store.delete_record::<Vm>(name, Expect::Revision(rev)).map_err(|e| match e {
+        // The VM's volumes are let go in the same transaction; they stay, with their data.
+        let mut ops = self.volume_claims(name, Some(&vm.spec), None)?;
+        ops.push(oxvirt_store::Op::Delete {
+            key: <Vm as oxvirt_store::Record>::key_of(name),
+            expect: Expect::Revision(rev),
+        });
+        self.inner.store.txn(ops).map_err(|e| match e {
             StoreError::Conflict { .. } => busy(name),
             e => e.into(),
         })?;
@@ -131,6 +145,21 @@ impl Controller {
         crate::lock(&self.inner.slots).remove(name);
         self.inner.emit(Event::VmLifecycle { vm: name.to_string(), action: "deleted".into(), time: now_millis() });
         Ok(())
+    }
+}
+
+fn exists(name: &str) -> ControlError {
+    ControlError::Exists(ValidationError::new("name", format!("a VM named {name:?} already exists")))
+}
+
+/// Gives every disk without an id the first free `diskN`.
+pub(crate) fn assign_disk_ids(spec: &mut VmSpec) {
+    for i in 0..spec.disks.len() {
+        if spec.disks[i].id.is_empty() {
+            let id =
+                (0..).map(|n| format!("disk{n}")).find(|c| !spec.disks.iter().any(|d| &d.id == c)).unwrap_or_default();
+            spec.disks[i].id = id;
+        }
     }
 }
 

@@ -219,3 +219,27 @@ pub fn process_alive(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
+
+use tokio_tungstenite::tungstenite::Message;
+
+/// Types a command into the guest's console until `want` shows up in what comes back.
+pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &str, want: &str) -> String {
+    let mut ws = client.console(vm).await.unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        assert!(start.elapsed() < Duration::from_secs(60), "{want:?} not seen: {}", String::from_utf8_lossy(&seen));
+        futures_util::SinkExt::send(&mut ws, Message::Binary(format!("{command}\n").into_bytes().into()))
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until && !String::from_utf8_lossy(&seen).contains(want) {
+            if let Ok(Some(Ok(Message::Binary(b)))) =
+                tokio::time::timeout(Duration::from_millis(300), futures_util::StreamExt::next(&mut ws)).await
+            {
+                seen.extend_from_slice(&b);
+            }
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}

@@ -85,25 +85,6 @@ async fn cli_console_types_and_leaves_with_ctrl_bracket() {
     assert!(status.success());
 }
 
-/// Types a command into the guest's console until `want` shows up in what comes back.
-async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &str, want: &str) -> String {
-    let mut ws = client.console(vm).await.unwrap();
-    let start = Instant::now();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains(want) {
-        assert!(start.elapsed() < Duration::from_secs(60), "{want:?} not seen: {}", String::from_utf8_lossy(&seen));
-        ws.send(Message::Binary(format!("{command}\n").into_bytes().into())).await.unwrap();
-        let until = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < until && !String::from_utf8_lossy(&seen).contains(want) {
-            if let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_millis(300), ws.next()).await
-            {
-                seen.extend_from_slice(&b);
-            }
-        }
-    }
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_sees_virtio_blk_and_virtio_scsi_disks() {
     let d = Daemon::start();

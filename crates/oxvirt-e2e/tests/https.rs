@@ -27,7 +27,11 @@ async fn https_needs_a_token_and_a_pinned_certificate() {
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
             let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let concrete = path.replace("{name}", "over-tls").replace("{action}", "start").replace("{id}", "0");
+            let concrete = path
+                .replace("{name}", "over-tls")
+                .replace("{pool}", "nopool")
+                .replace("{action}", "start")
+                .replace("{id}", "0");
             let (status, body) = wrong.raw(m, &concrete, Some(b"{}".to_vec())).await.unwrap();
             assert_eq!(status, 401, "{method} {path}: {}", String::from_utf8_lossy(&body));
         }

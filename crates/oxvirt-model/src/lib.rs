@@ -8,6 +8,7 @@ mod event;
 mod host;
 mod name;
 mod size;
+mod storage;
 mod task;
 mod token;
 mod vm;
@@ -17,6 +18,9 @@ pub use event::Event;
 pub use host::HostInfo;
 pub use name::validate_name;
 pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
+pub use storage::{
+    parse_volume_ref, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Volume, VolumeSnapshot, VolumeSpec,
+};
 pub use task::{Task, TaskState};
 pub use token::ApiToken;
 pub use vm::{

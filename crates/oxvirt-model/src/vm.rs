@@ -70,7 +70,15 @@ pub struct KernelBoot {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
-    /// An image file on the host. (Storage pools and volumes come with the storage layer.)
+    /// The disk's device id in the VM (`disk0`, `disk1`...): given by oxvirt when left out, and
+    /// kept for the disk's life so that hot-plug and live changes find it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// A volume of a storage pool, as `pool/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// Or an image file on the host, outside any pool.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     #[serde(default)]
     pub format: DiskFormat,
@@ -233,7 +241,24 @@ impl VmSpec {
             return Err(ValidationError::new("disks", "at most 16 disks"));
         }
         for (i, d) in self.disks.iter().enumerate() {
-            validate_host_path(&format!("disks[{i}].path"), &d.path)?;
+            if !d.id.is_empty() {
+                validate_name(&format!("disks[{i}].id"), &d.id)?;
+                if self.disks.iter().filter(|o| o.id == d.id).count() > 1 {
+                    return Err(ValidationError::new(format!("disks[{i}].id"), "must be unique in the VM"));
+                }
+            }
+            match (&d.volume, d.path.is_empty()) {
+                (Some(v), true) => {
+                    crate::parse_volume_ref(&format!("disks[{i}].volume"), v)?;
+                }
+                (None, false) => validate_host_path(&format!("disks[{i}].path"), &d.path)?,
+                (Some(_), false) => {
+                    return Err(ValidationError::new(format!("disks[{i}]"), "give either volume or path, not both"))
+                }
+                (None, true) => {
+                    return Err(ValidationError::new(format!("disks[{i}]"), "give a volume (pool/name) or a path"))
+                }
+            }
             if self.machine == MachineType::Microvm && d.bus != DiskBus::VirtioBlk {
                 return Err(ValidationError::new(
                     format!("disks[{i}].bus"),
@@ -461,6 +486,8 @@ mod tests {
             (
                 Box::new(|s| {
                     s.disks.push(DiskSpec {
+                        id: String::new(),
+                        volume: None,
                         path: "x".into(),
                         format: DiskFormat::Raw,
                         bus: DiskBus::VirtioBlk,
@@ -493,6 +520,8 @@ mod tests {
         s.machine = MachineType::Microvm;
         assert_eq!(s.validate(), Ok(()));
         s.disks.push(DiskSpec {
+            id: String::new(),
+            volume: None,
             path: "/d".into(),
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioScsi,
@@ -501,7 +530,14 @@ mod tests {
         assert_eq!(s.validate().unwrap_err().field, "disks[0].bus");
         s.disks.clear();
         s.kernel = None;
-        s.disks.push(DiskSpec { path: "/d".into(), format: DiskFormat::Raw, bus: DiskBus::VirtioBlk, readonly: false });
+        s.disks.push(DiskSpec {
+            id: String::new(),
+            volume: None,
+            path: "/d".into(),
+            format: DiskFormat::Raw,
+            bus: DiskBus::VirtioBlk,
+            readonly: false,
+        });
         assert_eq!(s.validate().unwrap_err().field, "kernel");
     }
 

@@ -8,7 +8,7 @@
 mod records;
 mod sqlite;
 
-pub use records::{Record, StoreExt};
+pub use records::{encode, Record, StoreExt};
 pub use sqlite::SqliteStore;
 
 use tokio::sync::broadcast;

@@ -20,6 +20,15 @@ impl Record for oxvirt_model::Task {
     const PREFIX: &'static str = "tasks/";
 }
 
+impl Record for oxvirt_model::Pool {
+    const PREFIX: &'static str = "pools/";
+}
+
+/// Volumes are keyed `volumes/<pool>/<name>`: list one pool's with the prefix `volumes/<pool>/`.
+impl Record for oxvirt_model::Volume {
+    const PREFIX: &'static str = "volumes/";
+}
+
 impl Record for oxvirt_model::ApiToken {
     const PREFIX: &'static str = "tokens/";
 }
@@ -28,7 +37,7 @@ fn decode<T: Record>(e: &Entry) -> Result<T, StoreError> {
     serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt { key: e.key.clone(), reason: err.to_string() })
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising plain data types to JSON cannot fail: they have no maps with non-string keys.
     serde_json::to_vec(value).unwrap_or_default()
 }
@@ -38,6 +47,8 @@ pub trait StoreExt {
     /// The record and the revision it was last changed at.
     fn get_record<T: Record>(&self, name: &str) -> Result<Option<(T, u64)>, StoreError>;
     fn list_records<T: Record>(&self) -> Result<Vec<(T, u64)>, StoreError>;
+    /// The records whose names start with `prefix` (e.g. one pool's volumes: `pool/`).
+    fn list_records_under<T: Record>(&self, prefix: &str) -> Result<Vec<(T, u64)>, StoreError>;
     fn put_record<T: Record>(&self, name: &str, value: &T, expect: Expect) -> Result<u64, StoreError>;
     fn delete_record<T: Record>(&self, name: &str, expect: Expect) -> Result<u64, StoreError>;
     /// Reads a record, changes it with `f` and writes it back if nobody changed it in between,
@@ -55,6 +66,10 @@ impl<S: Store + ?Sized> StoreExt for S {
 
     fn list_records<T: Record>(&self) -> Result<Vec<(T, u64)>, StoreError> {
         self.list(T::PREFIX)?.iter().map(|e| Ok((decode(e)?, e.revision))).collect()
+    }
+
+    fn list_records_under<T: Record>(&self, prefix: &str) -> Result<Vec<(T, u64)>, StoreError> {
+        self.list(&T::key_of(prefix))?.iter().map(|e| Ok((decode(e)?, e.revision))).collect()
     }
 
     fn put_record<T: Record>(&self, name: &str, value: &T, expect: Expect) -> Result<u64, StoreError> {

@@ -42,6 +42,23 @@ pub fn default_mac(id: &str, index: usize) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", (h >> 16) as u8, (h >> 8) as u8, h as u8)
 }
 
+/// A disk's device id: its own `id` when it has one (stable across hot-plug), else `disk<index>`.
+pub fn disk_id(d: &oxvirt_model::DiskSpec, index: usize) -> String {
+    if d.id.is_empty() {
+        format!("disk{index}")
+    } else {
+        d.id.clone()
+    }
+}
+
+/// Block node names of a disk: the file and the format (qcow2/raw) node, which QMP commands use.
+pub fn file_node(id: &str) -> String {
+    format!("{id}-file")
+}
+pub fn format_node(id: &str) -> String {
+    format!("{id}-fmt")
+}
+
 /// The full argument vector (without the program) for one VM.
 pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: &CmdlineHost) -> Vec<String> {
     let mut a: Vec<String> = Vec::with_capacity(64);
@@ -87,21 +104,22 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
 
     let mut scsi_added = false;
     for (i, d) in spec.disks.iter().enumerate() {
+        let id = disk_id(d, i);
         let file =
-            json!({ "driver": "file", "filename": d.path, "node-name": format!("file{i}"), "read-only": d.readonly });
-        let fmt = json!({ "driver": d.format.as_str(), "file": format!("file{i}"), "node-name": format!("disk{i}"), "read-only": d.readonly });
+            json!({ "driver": "file", "filename": d.path, "node-name": file_node(&id), "read-only": d.readonly });
+        let fmt = json!({ "driver": d.format.as_str(), "file": file_node(&id), "node-name": format_node(&id), "read-only": d.readonly });
         push(&["-blockdev", &file.to_string()]);
         push(&["-blockdev", &fmt.to_string()]);
         let mut dev = match d.bus {
             DiskBus::VirtioBlk => {
-                json!({ "driver": format!("virtio-blk-{bus_suffix}"), "drive": format!("disk{i}"), "id": format!("disk{i}") })
+                json!({ "driver": format!("virtio-blk-{bus_suffix}"), "drive": format_node(&id), "id": id })
             }
             DiskBus::VirtioScsi => {
                 if !scsi_added {
                     push(&["-device", &json!({ "driver": "virtio-scsi-pci", "id": "scsi0" }).to_string()]);
                     scsi_added = true;
                 }
-                json!({ "driver": "scsi-hd", "bus": "scsi0.0", "drive": format!("disk{i}"), "id": format!("disk{i}") })
+                json!({ "driver": "scsi-hd", "bus": "scsi0.0", "drive": format_node(&id), "id": id })
             }
         };
         if spec.kernel.is_none() && i == 0 {
@@ -189,6 +207,8 @@ mod tests {
         let mut s = spec();
         s.machine = MachineType::Microvm;
         s.disks.push(DiskSpec {
+            id: String::new(),
+            volume: None,
             path: "/d.img".into(),
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioBlk,
@@ -208,12 +228,16 @@ mod tests {
         let mut s = spec();
         s.kernel = None;
         s.disks.push(DiskSpec {
+            id: String::new(),
+            volume: None,
             path: "/a.qcow2".into(),
             format: DiskFormat::Qcow2,
             bus: DiskBus::VirtioBlk,
             readonly: false,
         });
         s.disks.push(DiskSpec {
+            id: String::new(),
+            volume: None,
             path: "/b.raw".into(),
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioScsi,
@@ -259,7 +283,14 @@ mod tests {
         let evil = "/tmp/a,b=c,server=off\"'x y/../=;$(rm)";
         let mut s = spec();
         s.kernel = Some(KernelBoot { kernel: evil.into(), initrd: Some(evil.into()), cmdline: "a,b=c".into() });
-        s.disks.push(DiskSpec { path: evil.into(), format: DiskFormat::Raw, bus: DiskBus::VirtioBlk, readonly: false });
+        s.disks.push(DiskSpec {
+            id: String::new(),
+            volume: None,
+            path: evil.into(),
+            format: DiskFormat::Raw,
+            bus: DiskBus::VirtioBlk,
+            readonly: false,
+        });
         s.nics.push(NicSpec { mode: NicMode::Isolated, mac: None, queues: 0 });
         let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
         // Every chardev keeps exactly its own keys, and the path comes back whole.

@@ -1,0 +1,132 @@
+//! `/api/v1/pools`: storage pools and their volumes.
+
+use crate::body::parse;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oxvirt_controller::storage::{CloneRequest, ExportRequest, ImportRequest};
+use oxvirt_controller::Controller;
+use oxvirt_model::{validate_name, ByteSize, PoolSpec, PoolView, Volume, VolumeSpec};
+
+pub fn routes() -> Router<Controller> {
+    Router::new()
+        .route("/api/v1/pools", get(list_pools).post(create_pool))
+        .route("/api/v1/pools/{pool}", get(show_pool).delete(delete_pool))
+        .route("/api/v1/pools/{pool}/import", post(import))
+        .route("/api/v1/pools/{pool}/volumes", get(list_volumes).post(create_volume))
+        .route("/api/v1/pools/{pool}/volumes/{name}", get(show_volume).patch(resize_volume).delete(delete_volume))
+        .route("/api/v1/pools/{pool}/volumes/{name}/clone", post(clone_volume))
+        .route("/api/v1/pools/{pool}/volumes/{name}/export", post(export_volume))
+}
+
+fn check(kind: &str, name: &str) -> ApiResult<()> {
+    validate_name("name", name).map_err(|_| ApiError::not_found(format!("{kind} {name:?} not found")))
+}
+
+async fn list_pools(State(c): State<Controller>) -> ApiResult<Json<Vec<PoolView>>> {
+    Ok(Json(c.list_pools()?))
+}
+
+async fn create_pool(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: PoolSpec = parse(&body)?;
+    let pool = c.create_pool(spec)?;
+    Ok((StatusCode::CREATED, Json(c.get_pool(&pool.spec.name)?)))
+}
+
+async fn show_pool(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<Json<PoolView>> {
+    check("pool", &pool)?;
+    Ok(Json(c.get_pool(&pool)?))
+}
+
+async fn delete_pool(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<StatusCode> {
+    check("pool", &pool)?;
+    c.delete_pool(&pool)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_volumes(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<Json<Vec<Volume>>> {
+    check("pool", &pool)?;
+    Ok(Json(c.list_volumes(&pool)?))
+}
+
+async fn create_volume(
+    State(c): State<Controller>,
+    Path(pool): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check("pool", &pool)?;
+    let spec: VolumeSpec = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(c.create_volume(&pool, spec).await?)))
+}
+
+async fn show_volume(
+    State(c): State<Controller>,
+    Path((pool, name)): Path<(String, String)>,
+) -> ApiResult<Json<Volume>> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    Ok(Json(c.get_volume(&pool, &name)?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resize {
+    size: ByteSize,
+}
+
+async fn resize_volume(
+    State(c): State<Controller>,
+    Path((pool, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Volume>> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    let r: Resize = parse(&body)?;
+    Ok(Json(c.resize_volume(&pool, &name, r.size).await?))
+}
+
+async fn delete_volume(
+    State(c): State<Controller>,
+    Path((pool, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    c.delete_volume(&pool, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clone_volume(
+    State(c): State<Controller>,
+    Path((pool, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    let req: CloneRequest = parse(&body)?;
+    match c.clone_volume(&pool, &name, req).await? {
+        (Some(v), _) => Ok((StatusCode::CREATED, Json(v)).into_response()),
+        (None, Some(t)) => Ok((StatusCode::ACCEPTED, Json(t)).into_response()),
+        (None, None) => Err(ApiError::not_found("nothing was cloned")),
+    }
+}
+
+async fn export_volume(
+    State(c): State<Controller>,
+    Path((pool, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    let req: ExportRequest = parse(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(c.export_volume(&pool, &name, req).await?)))
+}
+
+async fn import(State(c): State<Controller>, Path(pool): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    check("pool", &pool)?;
+    let req: ImportRequest = parse(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(c.import_volume(&pool, req).await?)))
+}

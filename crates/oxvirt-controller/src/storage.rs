@@ -1,0 +1,594 @@
+//! Storage pools and volumes: records in the store, files through `oxvirt-storage`.
+//!
+//! A new file is made before its record is written (the file step refuses to overwrite), and the
+//! record is removed only after its file: no operation loses a volume, and a failure leaves at
+//! worst an unreferenced file, never a record without its data.
+
+use crate::{lock, now_millis, ControlError, Controller};
+use oxvirt_model::{
+    parse_volume_ref, ByteSize, DiskFormat, Pool, PoolSpec, PoolUsage, PoolView, Task, ValidationError, Vm, Volume,
+    VolumeSpec,
+};
+use oxvirt_storage::{paths, qemu_img, usage};
+use oxvirt_store::{encode, Expect, Op, StoreError, StoreExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Body of `POST /pools/{pool}/volumes/{name}/clone`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    pub name: String,
+    /// Target pool (default: the source's).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Linked (a thin qcow2 on top of the source, instant) or full (a copy, as a task).
+    #[serde(default = "yes")]
+    pub linked: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Body of `POST /pools/{pool}/import`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub name: String,
+    /// An image file on the host: qcow2, raw or vmdk.
+    pub source: String,
+    /// `qcow2`, `raw` or `vmdk`; found out when left out.
+    #[serde(default)]
+    pub source_format: Option<String>,
+    #[serde(default)]
+    pub format: DiskFormat,
+}
+
+/// Body of `POST /pools/{pool}/volumes/{name}/export`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// A new file on the host.
+    pub destination: String,
+    #[serde(default)]
+    pub format: DiskFormat,
+}
+
+/// A running guest and the id of one of its disks.
+pub(crate) type RunningDisk = (Arc<dyn oxvirt_hypervisor::Instance>, String);
+
+pub(crate) fn volume_key(pool: &str, name: &str) -> String {
+    format!("{pool}/{name}")
+}
+
+impl Controller {
+    // ---- pools ----
+
+    pub fn create_pool(&self, spec: PoolSpec) -> Result<Pool, ControlError> {
+        spec.validate()?;
+        let dir = Path::new(&spec.path);
+        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| p.spec.path == spec.path) {
+            return Err(ControlError::invalid("path", format!("{} is already a pool's directory", spec.path)));
+        }
+        if dir.starts_with(self.inner.config.data_dir.join("run")) {
+            return Err(ControlError::invalid("path", "must not be inside oxvirt's runtime directory"));
+        }
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(ControlError::invalid("path", format!("{} exists and is not a directory", spec.path))),
+            Err(_) => std::fs::create_dir_all(dir)
+                .map_err(|e| ControlError::invalid("path", format!("cannot create {}: {e}", spec.path)))?,
+        }
+        let pool = Pool { spec, created_at: now_millis() };
+        self.inner.store.put_record(&pool.spec.name, &pool, Expect::Absent).map_err(|e| match e {
+            StoreError::Conflict { .. } => ControlError::Exists(ValidationError::new(
+                "name",
+                format!("a pool named {:?} already exists", pool.spec.name),
+            )),
+            e => e.into(),
+        })?;
+        Ok(pool)
+    }
+
+    fn pool(&self, name: &str) -> Result<Pool, ControlError> {
+        self.inner
+            .store
+            .get_record::<Pool>(name)?
+            .map(|(p, _)| p)
+            .ok_or_else(|| ControlError::NotFound { kind: "pool", name: name.to_string() })
+    }
+
+    fn pool_usage(&self, pool: &Pool) -> Result<PoolUsage, ControlError> {
+        let (size, used, free) = usage::filesystem(Path::new(&pool.spec.path))?;
+        let vols = self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))?;
+        let mut u = PoolUsage { size, used, free, volumes: vols.len(), ..Default::default() };
+        for (v, _) in &vols {
+            u.provisioned += v.size.0;
+            if let Ok(p) = self.volume_file(pool, &v.name, v.format) {
+                u.allocated += usage::allocated(&p);
+            }
+        }
+        Ok(u)
+    }
+
+    pub fn get_pool(&self, name: &str) -> Result<PoolView, ControlError> {
+        let pool = self.pool(name)?;
+        let usage = self.pool_usage(&pool)?;
+        Ok(PoolView { pool, usage })
+    }
+
+    pub fn list_pools(&self) -> Result<Vec<PoolView>, ControlError> {
+        self.inner
+            .store
+            .list_records::<Pool>()?
+            .into_iter()
+            .map(|(pool, _)| Ok(PoolView { usage: self.pool_usage(&pool)?, pool }))
+            .collect()
+    }
+
+    /// Deletes an empty pool's record; its directory stays.
+    pub fn delete_pool(&self, name: &str) -> Result<(), ControlError> {
+        let (_, rev) = self
+            .inner
+            .store
+            .get_record::<Pool>(name)?
+            .ok_or_else(|| ControlError::NotFound { kind: "pool", name: name.into() })?;
+        let n = self.inner.store.list_records_under::<Volume>(&format!("{name}/"))?.len();
+        if n > 0 {
+            return Err(ControlError::Conflict(format!("pool {name} still has {n} volume(s): delete them first")));
+        }
+        self.inner.store.delete_record::<Pool>(name, Expect::Revision(rev))?;
+        Ok(())
+    }
+
+    // ---- volumes ----
+
+    pub(crate) fn volume_file(&self, pool: &Pool, name: &str, format: DiskFormat) -> Result<PathBuf, ControlError> {
+        Ok(paths::volume_file(Path::new(&pool.spec.path), name, format)?)
+    }
+
+    pub fn get_volume(&self, pool: &str, name: &str) -> Result<Volume, ControlError> {
+        self.volume_rec(pool, name).map(|(v, _)| v)
+    }
+
+    pub(crate) fn volume_rec(&self, pool: &str, name: &str) -> Result<(Volume, u64), ControlError> {
+        self.inner
+            .store
+            .get_record::<Volume>(&volume_key(pool, name))?
+            .ok_or_else(|| ControlError::NotFound { kind: "volume", name: volume_key(pool, name) })
+    }
+
+    pub fn list_volumes(&self, pool: &str) -> Result<Vec<Volume>, ControlError> {
+        self.pool(pool)?;
+        Ok(self.inner.store.list_records_under::<Volume>(&format!("{pool}/"))?.into_iter().map(|(v, _)| v).collect())
+    }
+
+    /// Refuses a new volume of `size` that would take the pool past its over-commit ratio.
+    fn check_room(&self, pool: &Pool, size: u64) -> Result<(), ControlError> {
+        let u = self.pool_usage(pool)?;
+        let allowed = (u.size as f64 * pool.spec.overcommit) as u64;
+        if u.provisioned.saturating_add(size) > allowed {
+            return Err(ControlError::invalid(
+                "size",
+                format!(
+                    "pool {} would be over-committed: {} provisioned + {} asked > {} allowed ({}x its {})",
+                    pool.spec.name,
+                    ByteSize(u.provisioned),
+                    ByteSize(size),
+                    ByteSize(allowed),
+                    pool.spec.overcommit,
+                    ByteSize(u.size)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a volume whose file is already made; removes the file when the record cannot be
+    /// written (e.g. a volume of that name appeared meanwhile).
+    fn record_new_volume(&self, vol: Volume, file: &Path) -> Result<Volume, ControlError> {
+        match self.inner.store.put_record(&vol.reference(), &vol, Expect::Absent) {
+            Ok(_) => Ok(vol),
+            Err(e) => {
+                let _ = std::fs::remove_file(file);
+                Err(match e {
+                    StoreError::Conflict { .. } => ControlError::Exists(ValidationError::new(
+                        "name",
+                        format!("a volume named {:?} already exists in pool {}", vol.name, vol.pool),
+                    )),
+                    e => e.into(),
+                })
+            }
+        }
+    }
+
+    fn check_new_volume_name(&self, pool: &str, name: &str) -> Result<(), ControlError> {
+        oxvirt_model::validate_name("name", name)?;
+        if self.inner.store.get_record::<Volume>(&volume_key(pool, name))?.is_some() {
+            return Err(ControlError::Exists(ValidationError::new(
+                "name",
+                format!("a volume named {name:?} already exists in pool {pool}"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// A new empty volume (thin: a qcow2 takes almost nothing until written).
+    pub async fn create_volume(&self, pool: &str, spec: VolumeSpec) -> Result<Volume, ControlError> {
+        spec.validate()?;
+        let pool = self.pool(pool)?;
+        let size = spec.size.ok_or_else(|| ControlError::invalid("size", "is required"))?;
+        self.check_new_volume_name(&pool.spec.name, &spec.name)?;
+        self.check_room(&pool, size.0)?;
+        let file = self.volume_file(&pool, &spec.name, spec.format)?;
+        qemu_img::create(&file, spec.format, Some(size.0), None).await?;
+        let vol = Volume {
+            pool: pool.spec.name.clone(),
+            name: spec.name,
+            format: spec.format,
+            size,
+            backing: None,
+            attached_to: None,
+            snapshots: Vec::new(),
+            created_at: now_millis(),
+        };
+        self.record_new_volume(vol, &file)
+    }
+
+    /// Deletes a volume: refused while a VM uses it or a linked clone is based on it.
+    pub fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ControlError> {
+        let (vol, rev) = self.volume_rec(pool, name)?;
+        if let Some(vm) = &vol.attached_to {
+            return Err(ControlError::Conflict(format!(
+                "volume {} is attached to VM {vm}: detach it first",
+                vol.reference()
+            )));
+        }
+        let me = vol.reference();
+        if let Some((clone, _)) = self
+            .inner
+            .store
+            .list_records::<Volume>()?
+            .into_iter()
+            .find(|(v, _)| v.backing.as_deref() == Some(me.as_str()))
+        {
+            return Err(ControlError::Conflict(format!(
+                "volume {me} is the base of linked clone {}: delete that first",
+                clone.reference()
+            )));
+        }
+        self.ensure_not_busy(&me)?;
+        let file = self.volume_file(&self.pool(pool)?, name, vol.format)?;
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(oxvirt_storage::StorageError::io(format!("delete {}", file.display()), e).into()),
+        }
+        self.inner.store.delete_record::<Volume>(&me, Expect::Revision(rev))?;
+        Ok(())
+    }
+
+    /// Grows a volume; when a running VM uses it, live, so the guest sees the new size.
+    pub async fn resize_volume(&self, pool: &str, name: &str, size: ByteSize) -> Result<Volume, ControlError> {
+        let (vol, _) = self.volume_rec(pool, name)?;
+        if size.0 <= vol.size.0 {
+            return Err(ControlError::invalid(
+                "size",
+                format!("must be larger than the current {} (volumes only grow)", vol.size),
+            ));
+        }
+        if !size.0.is_multiple_of(512) {
+            return Err(ControlError::invalid("size", "must be a multiple of 512 bytes"));
+        }
+        let p = self.pool(pool)?;
+        self.check_room(&p, size.0 - vol.size.0)?;
+        self.ensure_not_busy(&vol.reference())?;
+        match self.running_disk(&vol)? {
+            Some((instance, disk_id)) => {
+                let node = oxvirt_hypervisor::qemu::cmdline::format_node(&disk_id);
+                instance.command("block_resize", serde_json::json!({ "node-name": node, "size": size.0 })).await?;
+            }
+            None => qemu_img::resize(&self.volume_file(&p, name, vol.format)?, vol.format, size.0).await?,
+        }
+        let updated = self.inner.store.update_record::<Volume>(&vol.reference(), |v| v.size = size)?;
+        updated.ok_or_else(|| ControlError::NotFound { kind: "volume", name: vol.reference() })
+    }
+
+    /// The running guest that has this volume attached, and the disk's id in it.
+    pub(crate) fn running_disk(&self, vol: &Volume) -> Result<Option<RunningDisk>, ControlError> {
+        let Some(vm_name) = &vol.attached_to else { return Ok(None) };
+        let vm = self.get_vm(vm_name)?;
+        if !vm.status.state.has_process() {
+            return Ok(None);
+        }
+        let me = vol.reference();
+        let (i, d) = vm
+            .spec
+            .disks
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.volume.as_deref() == Some(me.as_str()))
+            .ok_or_else(|| ControlError::Conflict(format!("VM {vm_name} does not list volume {me}")))?;
+        let instance = self.instance(vm_name)?;
+        Ok(Some((instance, oxvirt_hypervisor::qemu::cmdline::disk_id(d, i))))
+    }
+
+    fn ensure_not_busy(&self, volume: &str) -> Result<(), ControlError> {
+        if lock(&self.inner.busy_volumes).contains(volume) {
+            return Err(ControlError::Conflict(format!("volume {volume} is busy with a task; try again when it ends")));
+        }
+        Ok(())
+    }
+
+    /// Marks volumes busy for a task's life.
+    fn hold(&self, volumes: &[String]) -> Result<VolumeHold, ControlError> {
+        let mut busy = lock(&self.inner.busy_volumes);
+        if let Some(v) = volumes.iter().find(|v| busy.contains(*v)) {
+            return Err(ControlError::Conflict(format!("volume {v} is busy with a task; try again when it ends")));
+        }
+        busy.extend(volumes.iter().cloned());
+        Ok(VolumeHold { ctrl: self.clone(), volumes: volumes.to_vec() })
+    }
+
+    /// A linked clone (instant) or a full clone (a task).
+    pub async fn clone_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        req: CloneRequest,
+    ) -> Result<(Option<Volume>, Option<Task>), ControlError> {
+        let (src, _) = self.volume_rec(pool, name)?;
+        let dst_pool = self.pool(req.pool.as_deref().unwrap_or(pool))?;
+        self.check_new_volume_name(&dst_pool.spec.name, &req.name)?;
+        self.check_room(&dst_pool, src.size.0)?;
+        let src_file = self.volume_file(&self.pool(pool)?, name, src.format)?;
+        let dst_format = if req.linked { DiskFormat::Qcow2 } else { src.format };
+        let dst_file = self.volume_file(&dst_pool, &req.name, dst_format)?;
+        let new = Volume {
+            pool: dst_pool.spec.name.clone(),
+            name: req.name.clone(),
+            format: dst_format,
+            size: src.size,
+            backing: req.linked.then(|| src.reference()),
+            attached_to: None,
+            snapshots: Vec::new(),
+            created_at: now_millis(),
+        };
+        if req.linked {
+            if src.attached_to.is_some() {
+                return Err(ControlError::Conflict(format!(
+                    "volume {} is attached to a VM: a linked clone needs a base nobody writes to (a template)",
+                    src.reference()
+                )));
+            }
+            qemu_img::create(&dst_file, DiskFormat::Qcow2, None, Some((&src_file, src.format))).await?;
+            return Ok((Some(self.record_new_volume(new, &dst_file)?), None));
+        }
+        let hold = self.hold(&[src.reference(), new.reference()])?;
+        let task = self.inner.tasks.create("volume.clone", &format!("volumes/{}", new.reference()))?;
+        let snap = task.snapshot();
+        let me = self.clone();
+        let src_format = src.format.as_str().to_string();
+        tokio::spawn(async move {
+            let _hold = hold;
+            let cancel = Arc::new(AtomicBool::new(false));
+            let r = me.copy_image(&task, &src_file, Some(&src_format), &dst_file, dst_format, &cancel).await;
+            let r = r.and_then(|_| me.record_new_volume(new, &dst_file).map(|_| ())).map_err(|e| e.to_string());
+            task.finish(r);
+        });
+        Ok((None, Some(snap)))
+    }
+
+    /// Imports an image file (qcow2, raw, vmdk) as a new volume, as a task with progress.
+    pub async fn import_volume(&self, pool: &str, req: ImportRequest) -> Result<Task, ControlError> {
+        let pool = self.pool(pool)?;
+        self.check_new_volume_name(&pool.spec.name, &req.name)?;
+        oxvirt_model::validate_host_path("source", &req.source)?;
+        if let Some(f) = &req.source_format {
+            if !["qcow2", "raw", "vmdk"].contains(&f.as_str()) {
+                return Err(ControlError::invalid("source_format", "must be qcow2, raw or vmdk"));
+            }
+        }
+        let source = PathBuf::from(&req.source);
+        let info = qemu_img::info(&source, None)
+            .await
+            .map_err(|e| ControlError::invalid("source", format!("not a readable image: {e}")))?;
+        if let Some(f) = &req.source_format {
+            if f != &info.format {
+                return Err(ControlError::invalid("source_format", format!("the file is {}, not {f}", info.format)));
+            }
+        }
+        if info.backing_filename.is_some() {
+            return Err(ControlError::invalid("source", "has a backing file: import a standalone image"));
+        }
+        self.check_room(&pool, info.virtual_size)?;
+        let dst = self.volume_file(&pool, &req.name, req.format)?;
+        let new = Volume {
+            pool: pool.spec.name.clone(),
+            name: req.name.clone(),
+            format: req.format,
+            size: ByteSize(info.virtual_size),
+            backing: None,
+            attached_to: None,
+            snapshots: Vec::new(),
+            created_at: now_millis(),
+        };
+        let hold = self.hold(&[new.reference()])?;
+        let task = self.inner.tasks.create("volume.import", &format!("volumes/{}", new.reference()))?;
+        let snap = task.snapshot();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _hold = hold;
+            let cancel = Arc::new(AtomicBool::new(false));
+            let r = me.copy_image(&task, &source, Some(&info.format), &dst, new.format, &cancel).await;
+            let r = r.and_then(|_| me.record_new_volume(new, &dst).map(|_| ())).map_err(|e| e.to_string());
+            task.finish(r);
+        });
+        Ok(snap)
+    }
+
+    /// Exports a volume to a new file on the host, as a task with progress.
+    pub async fn export_volume(&self, pool: &str, name: &str, req: ExportRequest) -> Result<Task, ControlError> {
+        let (vol, _) = self.volume_rec(pool, name)?;
+        oxvirt_model::validate_host_path("destination", &req.destination)?;
+        let dest = PathBuf::from(&req.destination);
+        if dest.exists() {
+            return Err(ControlError::invalid("destination", format!("{} exists already", req.destination)));
+        }
+        if !dest.parent().is_some_and(Path::is_dir) {
+            return Err(ControlError::invalid("destination", "its directory does not exist"));
+        }
+        if self.running_disk(&vol)?.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "volume {} is in use by a running VM: stop it or snapshot first",
+                vol.reference()
+            )));
+        }
+        let src = self.volume_file(&self.pool(pool)?, name, vol.format)?;
+        let hold = self.hold(&[vol.reference()])?;
+        let task = self.inner.tasks.create("volume.export", &format!("volumes/{}", vol.reference()))?;
+        let snap = task.snapshot();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _hold = hold;
+            let cancel = Arc::new(AtomicBool::new(false));
+            let r = me.copy_image(&task, &src, Some(vol.format.as_str()), &dest, req.format, &cancel).await;
+            task.finish(r.map_err(|e| e.to_string()));
+        });
+        Ok(snap)
+    }
+
+    async fn copy_image(
+        &self,
+        task: &crate::tasks::TaskHandle,
+        src: &Path,
+        src_format: Option<&str>,
+        dst: &Path,
+        dst_format: DiskFormat,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<(), ControlError> {
+        task.progress(1, "copying");
+        let watch_cancel = {
+            let cancel = cancel.clone();
+            let id = task.id().to_string();
+            let tasks = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    if tasks.inner.tasks.is_cancel_requested(&id) {
+                        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                        break;
+                    }
+                }
+            })
+        };
+        let r =
+            qemu_img::convert(src, src_format, dst, dst_format, |p| task.progress(p.min(99), "copying"), cancel).await;
+        watch_cancel.abort();
+        Ok(r?)
+    }
+
+    // ---- VMs' disks ----
+
+    /// The VM spec QEMU gets: volumes resolved to their files and formats.
+    pub(crate) fn resolve_disks(&self, spec: &oxvirt_model::VmSpec) -> Result<oxvirt_model::VmSpec, ControlError> {
+        let mut s = spec.clone();
+        for (i, d) in s.disks.iter_mut().enumerate() {
+            if d.id.is_empty() {
+                d.id = format!("disk{i}");
+            }
+            if let Some(r) = &d.volume {
+                let (pool, name) = parse_volume_ref(&format!("disks[{i}].volume"), r)?;
+                let (vol, _) = self.volume_rec(&pool, &name)?;
+                d.path = self.volume_file(&self.pool(&pool)?, &name, vol.format)?.to_string_lossy().into_owned();
+                d.format = vol.format;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Store operations that give the volumes `spec` names to VM `vm` and take back those it no
+    /// longer names; part of the same transaction as the VM's record.
+    pub(crate) fn volume_claims(
+        &self,
+        vm: &str,
+        old: Option<&oxvirt_model::VmSpec>,
+        new: Option<&oxvirt_model::VmSpec>,
+    ) -> Result<Vec<Op>, ControlError> {
+        let refs = |s: Option<&oxvirt_model::VmSpec>| -> Vec<String> {
+            s.map(|s| s.disks.iter().filter_map(|d| d.volume.clone()).collect()).unwrap_or_default()
+        };
+        let (before, after) = (refs(old), refs(new));
+        let mut ops = Vec::new();
+        for (i, r) in after.iter().enumerate() {
+            if before.contains(r) {
+                continue;
+            }
+            if after[..i].contains(r) {
+                return Err(ControlError::invalid("disks", format!("volume {r} is listed twice")));
+            }
+            let field = format!("disks[{i}].volume");
+            let (pool, name) = parse_volume_ref(&field, r)?;
+            let (mut vol, rev) = self
+                .inner
+                .store
+                .get_record::<Volume>(&volume_key(&pool, &name))?
+                .ok_or_else(|| ControlError::invalid(field.clone(), format!("volume {r} does not exist")))?;
+            if let Some(other) = &vol.attached_to {
+                if other != vm {
+                    return Err(ControlError::Conflict(format!("volume {r} is attached to VM {other}")));
+                }
+            }
+            self.ensure_not_busy(r)?;
+            vol.attached_to = Some(vm.to_string());
+            ops.push(Op::Put {
+                key: <Volume as oxvirt_store::Record>::key_of(r),
+                value: encode(&vol),
+                expect: Expect::Revision(rev),
+            });
+        }
+        for r in before.iter().filter(|r| !after.contains(r)) {
+            if let Some((mut vol, rev)) = self.inner.store.get_record::<Volume>(r)? {
+                if vol.attached_to.as_deref() == Some(vm) {
+                    vol.attached_to = None;
+                    ops.push(Op::Put {
+                        key: <Volume as oxvirt_store::Record>::key_of(r),
+                        value: encode(&vol),
+                        expect: Expect::Revision(rev),
+                    });
+                }
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Writes a VM record together with its volumes' claims, or nothing.
+    pub(crate) fn write_vm_with_claims(
+        &self,
+        vm: &Vm,
+        expect: Expect,
+        old: Option<&oxvirt_model::VmSpec>,
+    ) -> Result<(), ControlError> {
+        let mut ops = self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?;
+        ops.push(Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect });
+        self.inner.store.txn(ops)?;
+        Ok(())
+    }
+}
+
+/// Volumes held busy by a task; released when dropped.
+pub(crate) struct VolumeHold {
+    ctrl: Controller,
+    volumes: Vec<String>,
+}
+
+impl Drop for VolumeHold {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.ctrl.inner.busy_volumes);
+        for v in &self.volumes {
+            busy.remove(v);
+        }
+    }
+}

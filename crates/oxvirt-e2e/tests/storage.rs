@@ -1,0 +1,191 @@
+//! Storage pools and volumes with real QEMU guests: data survives, clones boot, imports work,
+//! volumes cannot escape their pool, a full disk leaves nothing half-made.
+
+use oxvirt_client::{Client, ClientError};
+use oxvirt_e2e::*;
+use oxvirt_model::{PoolView, Task, TaskState, Volume};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+async fn make_pool(d: &Daemon, name: &str) -> PoolView {
+    let dir = d.path().join(format!("pool-{name}"));
+    d.client.post("/api/v1/pools", &json!({ "name": name, "path": dir })).await.unwrap()
+}
+
+async fn err(r: Result<Value, ClientError>) -> (u16, Option<String>, String) {
+    match r {
+        Err(ClientError::Api(e)) => (e.status, e.field, e.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn wait_ok(c: &Client, t: &Task) -> Task {
+    let t = c.wait_task(&t.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_stop_start_and_volumes_stay_safe() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let pool = make_pool(&d, "local").await;
+    assert!(pool.usage.size > 0);
+    // Bad input: named fields, nothing made.
+    let (s, f, _) = err(c.post("/api/v1/pools", &json!({ "name": "x", "path": "relative" })).await).await;
+    assert_eq!((s, f.as_deref()), (400, Some("path")));
+    let (s, f, _) = err(c.post("/api/v1/pools", &json!({ "name": "local", "path": "/tmp/elsewhere-oxv" })).await).await;
+    assert_eq!((s, f.as_deref()), (409, Some("name")));
+    let (s, f, _) = err(c.post("/api/v1/pools/local/volumes", &json!({ "name": "../x", "size": "64MiB" })).await).await;
+    assert_eq!((s, f.as_deref()), (400, Some("name")));
+    let huge = pool.usage.size * 3;
+    let (s, f, m) = err(c.post("/api/v1/pools/local/volumes", &json!({ "name": "huge", "size": huge })).await).await;
+    assert_eq!((s, f.as_deref()), (400, Some("size")));
+    assert!(m.contains("over-committed"), "{m}");
+    // A planted symbolic link is never followed.
+    std::os::unix::fs::symlink("/etc/hostname", d.path().join("pool-local/evil.qcow2")).unwrap();
+    let before = std::fs::read("/etc/hostname").unwrap();
+    let (s, _, m) = err(c.post("/api/v1/pools/local/volumes", &json!({ "name": "evil", "size": "64MiB" })).await).await;
+    assert!(s == 400 || s == 409, "{s} {m}");
+    assert_eq!(std::fs::read("/etc/hostname").unwrap(), before);
+
+    let vol: Volume = c.post("/api/v1/pools/local/volumes", &json!({ "name": "data", "size": "64MiB" })).await.unwrap();
+    assert_eq!(vol.size.0, 64 << 20);
+    let (s, _, _) = err(c.post("/api/v1/pools/local/volumes", &json!({ "name": "data", "size": "64MiB" })).await).await;
+    assert_eq!(s, 409);
+    let pv: PoolView = c.get("/api/v1/pools/local").await.unwrap();
+    assert_eq!((pv.usage.provisioned, pv.usage.volumes), (64 << 20, 1));
+    assert!(pv.usage.allocated < 8 << 20, "thin: {}", pv.usage.allocated);
+
+    let mut spec = kernel_spec("writer", "");
+    spec["disks"] = json!([{ "volume": "local/data" }]);
+    c.create_vm(&spec, true).await.unwrap();
+    let v: Volume = c.get("/api/v1/pools/local/volumes/data").await.unwrap();
+    assert_eq!(v.attached_to.as_deref(), Some("writer"));
+    // Attached: not deletable, and no other VM may take it.
+    let (s, _, _) = err(c.call(hyper::Method::DELETE, "/api/v1/pools/local/volumes/data", None).await).await;
+    assert_eq!(s, 409);
+    let mut other = kernel_spec("thief", "");
+    other["disks"] = json!([{ "volume": "local/data" }]);
+    assert!(c.create_vm(&other, false).await.is_err());
+    assert!(c.get_vm("thief").await.is_err(), "a refused VM is not half-made");
+
+    wait_console(c, "writer", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(
+        c,
+        "writer",
+        "echo oxvirt-data-1234 | dd of=/dev/vda bs=512 count=1 conv=sync && sync && echo WROTE-$((40+2))",
+        "WROTE-42",
+    )
+    .await;
+    c.vm_action_wait("writer", "stop", T).await.unwrap();
+    c.vm_action_wait("writer", "start", T).await.unwrap();
+    wait_console(c, "writer", READY, 2, BOOT_TIMEOUT).await;
+    run_in_guest(c, "writer", "echo READ-$(head -c 16 /dev/vda)", "READ-oxvirt-data-1234").await;
+
+    // Live resize: the guest sees the new size at once.
+    let v: Volume = c.patch("/api/v1/pools/local/volumes/data", &json!({ "size": "96MiB" })).await.unwrap();
+    assert_eq!(v.size.0, 96 << 20);
+    run_in_guest(c, "writer", "echo SIZE-$(cat /sys/block/vda/size)", "SIZE-196608").await;
+    let (s, f, _) = err(c.patch("/api/v1/pools/local/volumes/data", &json!({ "size": "32MiB" })).await).await;
+    assert_eq!((s, f.as_deref()), (400, Some("size")));
+
+    // Deleting the VM lets go of the volume, which keeps its data.
+    c.vm_action_wait("writer", "kill", T).await.unwrap();
+    c.delete_vm("writer").await.unwrap();
+    let v: Volume = c.get("/api/v1/pools/local/volumes/data").await.unwrap();
+    assert_eq!(v.attached_to, None);
+    let file = d.path().join("pool-local/data.qcow2");
+    let raw = d.path().join("check.raw");
+    let t: Task = c
+        .post("/api/v1/pools/local/volumes/data/export", &json!({ "destination": raw, "format": "raw" }))
+        .await
+        .unwrap();
+    wait_ok(c, &t).await;
+    assert!(std::fs::read(&raw).unwrap().starts_with(b"oxvirt-data-1234"));
+    c.delete("/api/v1/pools/local/volumes/data").await.unwrap();
+    assert!(!file.exists());
+    c.delete("/api/v1/pools/local").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_vmdk_then_linked_clones_boot() {
+    let d = Daemon::start();
+    let c = &d.client;
+    make_pool(&d, "images").await;
+    // A vmdk made from the reference guest's disk: import it (a task with progress).
+    let vmdk = d.path().join("guest.vmdk");
+    let st = Command::new("qemu-img").args(["convert", "-O", "vmdk"]).arg(guest().disk).arg(&vmdk).status().unwrap();
+    assert!(st.success());
+    let t: Task = c
+        .post("/api/v1/pools/images/import", &json!({ "name": "template", "source": vmdk, "source_format": "vmdk" }))
+        .await
+        .unwrap();
+    wait_ok(c, &t).await;
+    let (s, f, _) = err(c
+        .post("/api/v1/pools/images/import", &json!({ "name": "x", "source": vmdk, "source_format": "raw" }))
+        .await)
+    .await;
+    assert_eq!((s, f.as_deref()), (400, Some("source_format")));
+
+    for i in 0..2 {
+        let clone: Volume = c
+            .post("/api/v1/pools/images/volumes/template/clone", &json!({ "name": format!("vm{i}-root") }))
+            .await
+            .unwrap();
+        assert_eq!(clone.backing.as_deref(), Some("images/template"));
+        let spec = json!({ "name": format!("clone{i}"), "cpus": 1, "memory": "256MiB", "disks": [{ "volume": clone.reference() }] });
+        c.create_vm(&spec, true).await.unwrap();
+    }
+    for i in 0..2 {
+        wait_console(c, &format!("clone{i}"), READY, 1, BOOT_TIMEOUT).await;
+    }
+    // The template is the base of clones: it cannot go.
+    let (s, _, m) = err(c.call(hyper::Method::DELETE, "/api/v1/pools/images/volumes/template", None).await).await;
+    assert_eq!(s, 409, "{m}");
+    // A full clone is a task and stands alone.
+    let t: Task = c
+        .post("/api/v1/pools/images/volumes/template/clone", &json!({ "name": "copy", "linked": false }))
+        .await
+        .unwrap();
+    wait_ok(c, &t).await;
+    let copy: Volume = c.get("/api/v1/pools/images/volumes/copy").await.unwrap();
+    assert_eq!(copy.backing, None);
+    for i in 0..2 {
+        c.vm_action_wait(&format!("clone{i}"), "kill", T).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_gives_a_clear_error_and_leaves_nothing() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let dir = d.path().join("small");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=8M", "tmpfs"]).arg(&dir).status().unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(dir.clone());
+    let _: PoolView =
+        c.post("/api/v1/pools", &json!({ "name": "small", "path": dir, "overcommit": 100.0 })).await.unwrap();
+    // 32 MiB of data that cannot fit in 8 MiB.
+    let src = d.path().join("big.raw");
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&src, data).unwrap();
+    let t: Task =
+        c.post("/api/v1/pools/small/import", &json!({ "name": "big", "source": src, "format": "raw" })).await.unwrap();
+    let t = c.wait_task(&t.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    let e = t.error.unwrap();
+    assert!(e.to_lowercase().contains("no space"), "{e}");
+    assert!(c.get::<Volume>("/api/v1/pools/small/volumes/big").await.is_err(), "no record");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no file left behind");
+}
