@@ -21,6 +21,73 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/pools/{pool}/volumes/{name}", get(show_volume).patch(resize_volume).delete(delete_volume))
         .route("/api/v1/pools/{pool}/volumes/{name}/clone", post(clone_volume))
         .route("/api/v1/pools/{pool}/volumes/{name}/export", post(export_volume))
+        .route("/api/v1/pools/{pool}/volumes/{name}/snapshots", post(snapshot_volume))
+        .route("/api/v1/pools/{pool}/volumes/{name}/snapshots/{snap}", axum::routing::delete(delete_volume_snapshot))
+        .route("/api/v1/pools/{pool}/volumes/{name}/snapshots/{snap}/revert", post(revert_volume))
+        .route("/api/v1/vms/{name}/snapshots", post(snapshot_vm))
+        .route("/api/v1/vms/{name}/snapshots/{snap}", axum::routing::delete(delete_vm_snapshot))
+        .route("/api/v1/vms/{name}/snapshots/{snap}/revert", post(revert_vm))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSnapshot {
+    name: String,
+}
+
+async fn snapshot_volume(
+    State(c): State<Controller>,
+    Path((pool, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    let s: NewSnapshot = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(c.snapshot_volume(&pool, &name, &s.name).await?)))
+}
+
+async fn revert_volume(
+    State(c): State<Controller>,
+    Path((pool, name, snap)): Path<(String, String, String)>,
+) -> ApiResult<Json<Volume>> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    check("snapshot", &snap)?;
+    Ok(Json(c.revert_volume(&pool, &name, &snap).await?))
+}
+
+async fn delete_volume_snapshot(
+    State(c): State<Controller>,
+    Path((pool, name, snap)): Path<(String, String, String)>,
+) -> ApiResult<Json<Volume>> {
+    check("pool", &pool)?;
+    check("volume", &name)?;
+    check("snapshot", &snap)?;
+    Ok(Json(c.delete_volume_snapshot(&pool, &name, &snap).await?))
+}
+
+async fn snapshot_vm(State(c): State<Controller>, Path(vm): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    check("VM", &vm)?;
+    let s: NewSnapshot = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(c.snapshot_vm(&vm, &s.name).await?)))
+}
+
+async fn revert_vm(
+    State(c): State<Controller>,
+    Path((vm, snap)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<Volume>>> {
+    check("VM", &vm)?;
+    check("snapshot", &snap)?;
+    Ok(Json(c.revert_vm(&vm, &snap).await?))
+}
+
+async fn delete_vm_snapshot(
+    State(c): State<Controller>,
+    Path((vm, snap)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<Volume>>> {
+    check("VM", &vm)?;
+    check("snapshot", &snap)?;
+    Ok(Json(c.delete_vm_snapshot(&vm, &snap).await?))
 }
 
 fn check(kind: &str, name: &str) -> ApiResult<()> {

@@ -172,6 +172,11 @@ impl Client {
         Ok(())
     }
 
+    /// A DELETE whose answer is JSON.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None).await
+    }
+
     pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClientError> {
         self.call(Method::PATCH, path, Some(body)).await
     }

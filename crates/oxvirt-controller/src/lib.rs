@@ -10,6 +10,7 @@ mod error;
 mod host;
 mod lifecycle;
 mod reconcile;
+mod snapshots;
 pub mod storage;
 mod tasks;
 mod tokens;

@@ -92,6 +92,10 @@ impl Controller {
         Ok(pool)
     }
 
+    pub(crate) fn pool_rec(&self, name: &str) -> Result<Pool, ControlError> {
+        self.pool(name)
+    }
+
     fn pool(&self, name: &str) -> Result<Pool, ControlError> {
         self.inner
             .store

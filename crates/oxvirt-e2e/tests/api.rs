@@ -121,6 +121,7 @@ async fn openapi_lists_every_route_the_router_serves() {
             let concrete = path
                 .replace("{name}", "nobody")
                 .replace("{pool}", "nopool")
+                .replace("{snap}", "nosnap")
                 .replace("{action}", "start")
                 .replace("{id}", "0000");
             let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

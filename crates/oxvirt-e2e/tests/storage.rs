@@ -189,3 +189,45 @@ async fn full_disk_gives_a_clear_error_and_leaves_nothing() {
     assert!(c.get::<Volume>("/api/v1/pools/small/volumes/big").await.is_err(), "no record");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no file left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_vm_snapshot_then_revert_restores_both_disks() {
+    let d = Daemon::start();
+    let c = &d.client;
+    make_pool(&d, "snap").await;
+    for n in ["a", "b"] {
+        let _: Volume = c.post("/api/v1/pools/snap/volumes", &json!({ "name": n, "size": "32MiB" })).await.unwrap();
+    }
+    let _: Volume = c
+        .post("/api/v1/pools/snap/volumes", &json!({ "name": "flat", "size": "32MiB", "format": "raw" }))
+        .await
+        .unwrap();
+    let (s, f, _) = err(c.post("/api/v1/pools/snap/volumes/flat/snapshots", &json!({ "name": "s" })).await).await;
+    assert_eq!((s, f.as_deref()), (400, Some("volume")));
+
+    let mut spec = kernel_spec("snappy", "");
+    spec["disks"] = json!([{ "volume": "snap/a" }, { "volume": "snap/b" }]);
+    c.create_vm(&spec, true).await.unwrap();
+    wait_console(c, "snappy", READY, 1, BOOT_TIMEOUT).await;
+    let write = |tag: &'static str| {
+        format!("for x in vda vdb; do echo {tag}-$x | dd of=/dev/$x bs=512 count=1 conv=sync 2>/dev/null; done; sync; echo DONE-$((7*{}))", tag.len())
+    };
+    run_in_guest(c, "snappy", &write("first"), "DONE-35").await;
+    // Live, both disks in one transaction.
+    let vols: Vec<Volume> = c.post("/api/v1/vms/snappy/snapshots", &json!({ "name": "s1" })).await.unwrap();
+    assert_eq!(vols.len(), 2);
+    assert!(vols.iter().all(|v| v.snapshots.iter().any(|s| s.name == "s1")));
+    run_in_guest(c, "snappy", &write("second"), "DONE-42").await;
+    // Revert needs the VM stopped.
+    let (s, _, _) = err(c.call(hyper::Method::POST, "/api/v1/vms/snappy/snapshots/s1/revert", None).await).await;
+    assert_eq!(s, 409);
+    c.vm_action_wait("snappy", "stop", T).await.unwrap();
+    let _: Vec<Volume> = c.post("/api/v1/vms/snappy/snapshots/s1/revert", &json!(null)).await.unwrap();
+    c.vm_action_wait("snappy", "start", T).await.unwrap();
+    wait_console(c, "snappy", READY, 2, BOOT_TIMEOUT).await;
+    run_in_guest(c, "snappy", "echo GOT $(head -c 7 /dev/vda) $(head -c 7 /dev/vdb)", "GOT first-v first-v").await;
+    // Delete the snapshot (live).
+    let vols: Vec<Volume> = c.delete_json("/api/v1/vms/snappy/snapshots/s1").await.unwrap();
+    assert!(vols.iter().all(|v| v.snapshots.is_empty()));
+    c.vm_action_wait("snappy", "kill", T).await.unwrap();
+}

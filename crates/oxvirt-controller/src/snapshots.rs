@@ -1,0 +1,186 @@
+//! Snapshots: internal qcow2 snapshots of a volume, and of all of a VM's volumes at once.
+//!
+//! With the VM running, snapshots are taken through QMP — for a VM, in one `transaction`, so all
+//! its disks are caught at the same instant (crash-consistent, disk only). Reverting rewrites the
+//! disks and so needs the VM stopped.
+
+use crate::vms::busy;
+use crate::{now_millis, ControlError, Controller};
+use oxvirt_hypervisor::qemu::cmdline::format_node;
+use oxvirt_model::{parse_volume_ref, validate_name, DiskFormat, Volume, VolumeSnapshot};
+use oxvirt_storage::qemu_img::{self, SnapshotOp};
+use oxvirt_store::StoreExt;
+use serde_json::json;
+
+impl Controller {
+    fn snapshot_target(&self, pool: &str, name: &str) -> Result<(Volume, std::path::PathBuf), ControlError> {
+        let (vol, _) = self.volume_rec(pool, name)?;
+        if vol.format != DiskFormat::Qcow2 {
+            return Err(ControlError::invalid(
+                "volume",
+                format!("{} is raw: only qcow2 volumes have snapshots", vol.reference()),
+            ));
+        }
+        let file = self.volume_file(&self.pool_rec(pool)?, name, vol.format)?;
+        Ok((vol, file))
+    }
+
+    fn record_snapshots(&self, vol: &Volume, f: impl Fn(&mut Vec<VolumeSnapshot>)) -> Result<Volume, ControlError> {
+        let v = self.inner.store.update_record::<Volume>(&vol.reference(), |v| f(&mut v.snapshots))?;
+        v.ok_or_else(|| ControlError::NotFound { kind: "volume", name: vol.reference() })
+    }
+
+    /// The VM lock to hold while touching a volume a VM uses (none when it is free).
+    fn lock_user(&self, vol: &Volume) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, ControlError> {
+        match &vol.attached_to {
+            Some(vm) => self.inner.slot(vm).op.clone().try_lock_owned().map(Some).map_err(|_| busy(vm)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn snapshot_volume(&self, pool: &str, name: &str, snap: &str) -> Result<Volume, ControlError> {
+        validate_name("name", snap)?;
+        let (vol, file) = self.snapshot_target(pool, name)?;
+        if vol.snapshots.iter().any(|s| s.name == snap) {
+            return Err(ControlError::Exists(oxvirt_model::ValidationError::new(
+                "name",
+                format!("snapshot {snap} exists already"),
+            )));
+        }
+        let _guard = self.lock_user(&vol)?;
+        match self.running_disk(&vol)? {
+            Some((instance, id)) => {
+                instance
+                    .command("blockdev-snapshot-internal-sync", json!({ "device": format_node(&id), "name": snap }))
+                    .await?;
+            }
+            None => qemu_img::snapshot(SnapshotOp::Create, &file, snap).await?,
+        }
+        let s = VolumeSnapshot { name: snap.to_string(), created_at: now_millis() };
+        self.record_snapshots(&vol, |list| list.push(s.clone()))
+    }
+
+    pub async fn revert_volume(&self, pool: &str, name: &str, snap: &str) -> Result<Volume, ControlError> {
+        let (vol, file) = self.snapshot_target(pool, name)?;
+        if !vol.snapshots.iter().any(|s| s.name == snap) {
+            return Err(ControlError::NotFound { kind: "snapshot", name: format!("{}@{snap}", vol.reference()) });
+        }
+        let _guard = self.lock_user(&vol)?;
+        if self.running_disk(&vol)?.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "volume {} is in use by a running VM: stop it to revert",
+                vol.reference()
+            )));
+        }
+        qemu_img::snapshot(SnapshotOp::Apply, &file, snap).await?;
+        Ok(vol)
+    }
+
+    pub async fn delete_volume_snapshot(&self, pool: &str, name: &str, snap: &str) -> Result<Volume, ControlError> {
+        let (vol, file) = self.snapshot_target(pool, name)?;
+        if !vol.snapshots.iter().any(|s| s.name == snap) {
+            return Err(ControlError::NotFound { kind: "snapshot", name: format!("{}@{snap}", vol.reference()) });
+        }
+        let _guard = self.lock_user(&vol)?;
+        match self.running_disk(&vol)? {
+            Some((instance, id)) => {
+                instance
+                    .command(
+                        "blockdev-snapshot-delete-internal-sync",
+                        json!({ "device": format_node(&id), "name": snap }),
+                    )
+                    .await?;
+            }
+            None => qemu_img::snapshot(SnapshotOp::Delete, &file, snap).await?,
+        }
+        self.record_snapshots(&vol, |list| list.retain(|s| s.name != snap))
+    }
+
+    /// The volumes of a VM, in disk order; every disk must be a qcow2 volume.
+    fn vm_volumes(&self, vm: &str) -> Result<Vec<(Volume, String)>, ControlError> {
+        let v = self.get_vm(vm)?;
+        if v.spec.disks.is_empty() {
+            return Err(ControlError::Conflict(format!("VM {vm} has no disks")));
+        }
+        let mut out = Vec::new();
+        for (i, d) in v.spec.disks.iter().enumerate() {
+            let Some(r) = &d.volume else {
+                return Err(ControlError::invalid(
+                    format!("disks[{i}]"),
+                    "is a plain file, not a volume: only volumes have snapshots",
+                ));
+            };
+            let (pool, name) = parse_volume_ref(&format!("disks[{i}].volume"), r)?;
+            let (vol, _) = self.snapshot_target(&pool, &name)?;
+            out.push((vol, oxvirt_hypervisor::qemu::cmdline::disk_id(d, i)));
+        }
+        Ok(out)
+    }
+
+    /// Snapshots all of a VM's disks at one instant.
+    pub async fn snapshot_vm(&self, vm: &str, snap: &str) -> Result<Vec<Volume>, ControlError> {
+        validate_name("name", snap)?;
+        let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
+        let vols = self.vm_volumes(vm)?;
+        if let Some((v, _)) = vols.iter().find(|(v, _)| v.snapshots.iter().any(|s| s.name == snap)) {
+            return Err(ControlError::Exists(oxvirt_model::ValidationError::new(
+                "name",
+                format!("volume {} has a snapshot {snap} already", v.reference()),
+            )));
+        }
+        let running = self.get_vm(vm)?.status.state.has_process();
+        if running {
+            let actions: Vec<_> = vols
+                .iter()
+                .map(|(_, id)| json!({ "type": "blockdev-snapshot-internal-sync", "data": { "device": format_node(id), "name": snap } }))
+                .collect();
+            self.instance(vm)?.command("transaction", json!({ "actions": actions })).await?;
+        } else {
+            let mut done: Vec<std::path::PathBuf> = Vec::new();
+            for (v, _) in &vols {
+                let file = self.volume_file(&self.pool_rec(&v.pool)?, &v.name, v.format)?;
+                if let Err(e) = qemu_img::snapshot(SnapshotOp::Create, &file, snap).await {
+                    // All or nothing: take back the ones already made.
+                    for f in &done {
+                        let _ = qemu_img::snapshot(SnapshotOp::Delete, f, snap).await;
+                    }
+                    return Err(e.into());
+                }
+                done.push(file);
+            }
+        }
+        let s = VolumeSnapshot { name: snap.to_string(), created_at: now_millis() };
+        vols.iter().map(|(v, _)| self.record_snapshots(v, |l| l.push(s.clone()))).collect()
+    }
+
+    /// Reverts all of a stopped VM's disks to a snapshot.
+    pub async fn revert_vm(&self, vm: &str, snap: &str) -> Result<Vec<Volume>, ControlError> {
+        let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
+        if self.get_vm(vm)?.status.state.has_process() {
+            return Err(ControlError::Conflict(format!("VM {vm} is running: stop it to revert")));
+        }
+        let vols = self.vm_volumes(vm)?;
+        if let Some((v, _)) = vols.iter().find(|(v, _)| !v.snapshots.iter().any(|s| s.name == snap)) {
+            return Err(ControlError::NotFound { kind: "snapshot", name: format!("{}@{snap}", v.reference()) });
+        }
+        for (v, _) in &vols {
+            let file = self.volume_file(&self.pool_rec(&v.pool)?, &v.name, v.format)?;
+            qemu_img::snapshot(SnapshotOp::Apply, &file, snap).await?;
+        }
+        Ok(vols.into_iter().map(|(v, _)| v).collect())
+    }
+
+    pub async fn delete_vm_snapshot(&self, vm: &str, snap: &str) -> Result<Vec<Volume>, ControlError> {
+        let vols = self.vm_volumes(vm)?;
+        let mut out = Vec::new();
+        for (v, _) in vols {
+            if v.snapshots.iter().any(|s| s.name == snap) {
+                out.push(self.delete_volume_snapshot(&v.pool, &v.name, snap).await?);
+            }
+        }
+        if out.is_empty() {
+            return Err(ControlError::NotFound { kind: "snapshot", name: format!("{vm}@{snap}") });
+        }
+        Ok(out)
+    }
+}
