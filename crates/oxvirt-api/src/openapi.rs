@@ -180,6 +180,15 @@ pub const OPERATIONS: &[Operation] = &[
         200,
         Some("VolumeList"),
     ),
+    op(
+        "put",
+        "/api/v1/vms/{name}/disks/{disk}/qos",
+        "vmDiskQos",
+        "Set a disk's I/O limits (live while the VM runs)",
+        Some("DiskQos"),
+        200,
+        Some("Vm"),
+    ),
     op("get", "/api/v1/tasks", "taskList", "All tasks, newest first", None, 200, Some("TaskList")),
     op("get", "/api/v1/tasks/{id}", "taskShow", "One task", None, 200, Some("Task")),
     op("delete", "/api/v1/tasks/{id}", "taskCancel", "Ask a running task to stop", None, 200, Some("Task")),
@@ -237,7 +246,28 @@ fn schemas() -> Value {
     let size = json!({ "oneOf": [ { "type": "integer", "minimum": 0 }, { "type": "string", "pattern": "^[0-9.]+ ?(B|K|KiB|M|MiB|G|GiB|T|TiB|kB|KB|MB|GB|TB)?$" } ] });
     let kernel = json!({ "type": "object", "additionalProperties": false, "required": ["kernel"], "properties": {
         "kernel": { "type": "string" }, "initrd": { "type": "string" }, "cmdline": { "type": "string" } } });
+    let mut qos_props = serde_json::Map::new();
+    for f in [
+        "bps_total",
+        "bps_read",
+        "bps_write",
+        "iops_total",
+        "iops_read",
+        "iops_write",
+        "bps_total_max",
+        "bps_read_max",
+        "bps_write_max",
+        "iops_total_max",
+        "iops_read_max",
+        "iops_write_max",
+        "burst_seconds",
+    ] {
+        qos_props.insert(f.into(), json!({ "type": "integer", "minimum": 0 }));
+    }
+    qos_props.insert("group".into(), json!({ "type": "string" }));
+    let qos = json!({ "type": "object", "additionalProperties": false, "properties": qos_props });
     let disk = json!({ "type": "object", "additionalProperties": false, "properties": {
+        "qos": qos,
         "id": { "type": "string" }, "volume": { "type": "string", "pattern": "^[^/]+/[^/]+$" },
         "path": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] },
         "bus": { "type": "string", "enum": ["virtio-blk", "virtio-scsi"] }, "readonly": { "type": "boolean" } } });
@@ -290,6 +320,7 @@ fn schemas() -> Value {
             "snapshots": { "type": "array", "items": { "type": "object", "properties": { "name": { "type": "string" }, "created_at": { "type": "integer" } } } },
             "created_at": { "type": "integer" } } },
         "VolumeList": { "type": "array", "items": schema_ref("Volume") },
+        "DiskQos": qos.clone(),
         "NewSnapshot": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": { "name": { "type": "string" } } },
         "Resize": { "type": "object", "additionalProperties": false, "required": ["size"], "properties": { "size": size } },
         "CloneRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {

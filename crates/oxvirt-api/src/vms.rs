@@ -19,6 +19,7 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/vms/{name}/actions/{action}", post(action))
         .route("/api/v1/vms/{name}/console-log", get(console_log))
         .route("/api/v1/vms/{name}/console", get(crate::console::console))
+        .route("/api/v1/vms/{name}/disks/{disk}/qos", axum::routing::put(set_qos))
 }
 
 #[derive(Deserialize)]
@@ -103,4 +104,15 @@ async fn console_log(
     }
     let log = c.console_log(&name, max)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log))
+}
+
+async fn set_qos(
+    State(c): State<Controller>,
+    Path((name, disk)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Vm>> {
+    check_name(&name)?;
+    validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
+    let qos: oxvirt_model::DiskQos = parse(&body)?;
+    Ok(Json(c.set_disk_qos(&name, &disk, qos).await?))
 }

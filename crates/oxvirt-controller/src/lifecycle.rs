@@ -87,6 +87,12 @@ impl Controller {
         };
         match self.inner.hv.start(&vm.id, &spec, &paths).await {
             Ok(instance) => {
+                if let Err(e) = apply_setup(&spec, &instance).await {
+                    let _ = instance.kill().await;
+                    self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));
+                    let _ = self.set_desired(name, DesiredState::Stopped);
+                    return Err(e.into());
+                }
                 task.progress(80, "QEMU running");
                 self.attach(name, instance);
                 Ok(())
@@ -302,4 +308,20 @@ impl Controller {
     fn emit_guest(&self, name: &str, what: &str) {
         self.inner.emit(Event::VmGuest { vm: name.to_string(), what: what.to_string(), time: now_millis() });
     }
+}
+
+/// Settings made over QMP before the guest runs (QEMU was started paused for them).
+async fn apply_setup(
+    spec: &oxvirt_model::VmSpec,
+    instance: &Arc<dyn Instance>,
+) -> Result<(), oxvirt_hypervisor::HvError> {
+    if !oxvirt_hypervisor::qemu::cmdline::needs_setup_before_run(spec) {
+        return Ok(());
+    }
+    for (i, d) in spec.disks.iter().enumerate() {
+        if let Some(q) = &d.qos {
+            instance.set_disk_qos(&oxvirt_hypervisor::qemu::cmdline::disk_id(d, i), q).await?;
+        }
+    }
+    instance.resume().await
 }

@@ -184,3 +184,33 @@ impl Controller {
         Ok(out)
     }
 }
+
+impl Controller {
+    /// Sets a disk's I/O limits: recorded in the VM's spec, and applied at once when it runs.
+    pub async fn set_disk_qos(
+        &self,
+        vm: &str,
+        disk: &str,
+        qos: oxvirt_model::DiskQos,
+    ) -> Result<oxvirt_model::Vm, ControlError> {
+        qos.validate("qos")?;
+        let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
+        let current = self.get_vm(vm)?;
+        let index = current
+            .spec
+            .disks
+            .iter()
+            .position(|d| d.id == disk)
+            .ok_or_else(|| ControlError::NotFound { kind: "disk", name: format!("{vm}/{disk}") })?;
+        if current.status.state.has_process() {
+            self.instance(vm)?.set_disk_qos(disk, &qos).await?;
+        }
+        let q = if qos.is_unlimited() { None } else { Some(qos) };
+        let updated = self.inner.store.update_record::<oxvirt_model::Vm>(vm, |v| {
+            if let Some(d) = v.spec.disks.get_mut(index) {
+                d.qos = q.clone();
+            }
+        })?;
+        updated.ok_or_else(|| ControlError::vm_not_found(vm))
+    }
+}

@@ -122,6 +122,7 @@ async fn openapi_lists_every_route_the_router_serves() {
                 .replace("{name}", "nobody")
                 .replace("{pool}", "nopool")
                 .replace("{snap}", "nosnap")
+                .replace("{disk}", "nodisk")
                 .replace("{action}", "start")
                 .replace("{id}", "0000");
             let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

@@ -31,6 +31,7 @@ async fn https_needs_a_token_and_a_pinned_certificate() {
                 .replace("{name}", "over-tls")
                 .replace("{pool}", "nopool")
                 .replace("{snap}", "nosnap")
+                .replace("{disk}", "nodisk")
                 .replace("{action}", "start")
                 .replace("{id}", "0");
             let (status, body) = wrong.raw(m, &concrete, Some(b"{}".to_vec())).await.unwrap();

@@ -231,3 +231,56 @@ async fn live_vm_snapshot_then_revert_restores_both_disks() {
     assert!(vols.iter().all(|v| v.snapshots.is_empty()));
     c.vm_action_wait("snappy", "kill", T).await.unwrap();
 }
+
+/// Reads `mib` MiB from /dev/vda at `skip_mib` with O_DIRECT and returns the guest-measured seconds.
+async fn timed_read(c: &Client, vm: &str, skip_mib: u32, mib: u32, tag: u32) -> f64 {
+    let cmd = format!(
+        "a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=64k skip={} count={} iflag=direct 2>/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo TIMED-$(({tag}+0)) $a $b E''ND",
+        skip_mib * 16,
+        mib * 16
+    );
+    let out = run_in_guest(c, vm, &cmd, "END").await;
+    let line = out.lines().find(|l| l.starts_with(&format!("TIMED-{tag} "))).unwrap_or_else(|| panic!("{out}"));
+    let f: Vec<f64> = line.split_whitespace().skip(1).take(2).map(|x| x.parse().unwrap()).collect();
+    f[1] - f[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_limits_hold_from_boot_and_change_live() {
+    let d = Daemon::start();
+    let c = &d.client;
+    make_pool(&d, "qos").await;
+    let _: Volume = c.post("/api/v1/pools/qos/volumes", &json!({ "name": "slow", "size": "64MiB" })).await.unwrap();
+    let mut spec = kernel_spec("throttled", "");
+    spec["disks"] = json!([{ "volume": "qos/slow", "qos": { "bps_read": 2 << 20 } }]);
+    // Bad limits are refused with the field named.
+    let mut bad = spec.clone();
+    bad["name"] = json!("bad-qos");
+    bad["disks"][0]["qos"] = json!({ "bps_total": 1, "bps_read": 1 });
+    match c.create_vm(&bad, false).await {
+        Err(ClientError::Api(e)) => assert_eq!(e.field.as_deref(), Some("disks[0].qos.bps_total")),
+        other => panic!("{other:?}"),
+    }
+    c.create_vm(&spec, true).await.unwrap();
+    wait_console(c, "throttled", READY, 1, BOOT_TIMEOUT).await;
+    // 6 MiB at 2 MiB/s: about 3 s.
+    let slow = timed_read(c, "throttled", 0, 6, 1).await;
+    assert!((2.4..4.5).contains(&slow), "6 MiB at 2 MiB/s took {slow} s");
+    // Live: 12 MiB/s.
+    let vm: oxvirt_model::Vm = c
+        .call(hyper::Method::PUT, "/api/v1/vms/throttled/disks/disk0/qos", Some(&json!({ "bps_read": 12 << 20 })))
+        .await
+        .unwrap();
+    assert_eq!(vm.spec.disks[0].qos.as_ref().unwrap().bps_read, 12 << 20);
+    let fast = timed_read(c, "throttled", 16, 6, 2).await;
+    assert!(fast < 1.2, "6 MiB at 12 MiB/s took {fast} s");
+    // Unknown disk: 404.
+    match c
+        .call::<serde_json::Value>(hyper::Method::PUT, "/api/v1/vms/throttled/disks/disk9/qos", Some(&json!({})))
+        .await
+    {
+        Err(ClientError::Api(e)) => assert_eq!(e.status, 404),
+        other => panic!("{other:?}"),
+    }
+    c.vm_action_wait("throttled", "kill", T).await.unwrap();
+}

@@ -141,6 +141,8 @@ pub trait Instance: Send + Sync {
     async fn kill(&self) -> Result<(), HvError>;
     /// Waits until the process is gone; false when `timeout` passed first.
     async fn wait_exit(&self, timeout: Duration) -> bool;
+    /// Sets (or with an unlimited `qos`, clears) a disk's I/O limits, live.
+    async fn set_disk_qos(&self, disk_id: &str, qos: &oxvirt_model::DiskQos) -> Result<(), HvError>;
     /// A raw hypervisor command, for features that have no method yet.
     async fn command(&self, name: &str, args: serde_json::Value) -> Result<serde_json::Value, HvError>;
 }

@@ -7,6 +7,7 @@ mod error;
 mod event;
 mod host;
 mod name;
+mod qos;
 mod size;
 mod storage;
 mod task;
@@ -17,6 +18,7 @@ pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;
 pub use name::validate_name;
+pub use qos::DiskQos;
 pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
 pub use storage::{
     parse_volume_ref, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Volume, VolumeSnapshot, VolumeSpec,

@@ -86,6 +86,9 @@ pub struct DiskSpec {
     pub bus: DiskBus,
     #[serde(default)]
     pub readonly: bool,
+    /// I/O limits; changeable while the VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<crate::DiskQos>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -241,6 +244,9 @@ impl VmSpec {
             return Err(ValidationError::new("disks", "at most 16 disks"));
         }
         for (i, d) in self.disks.iter().enumerate() {
+            if let Some(q) = &d.qos {
+                q.validate(&format!("disks[{i}].qos"))?;
+            }
             if !d.id.is_empty() {
                 validate_name(&format!("disks[{i}].id"), &d.id)?;
                 if self.disks.iter().filter(|o| o.id == d.id).count() > 1 {
@@ -492,6 +498,7 @@ mod tests {
                         format: DiskFormat::Raw,
                         bus: DiskBus::VirtioBlk,
                         readonly: false,
+                        qos: None,
                     })
                 }),
                 "disks[0].path",
@@ -526,6 +533,7 @@ mod tests {
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioScsi,
             readonly: false,
+            qos: None,
         });
         assert_eq!(s.validate().unwrap_err().field, "disks[0].bus");
         s.disks.clear();
@@ -537,6 +545,7 @@ mod tests {
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioBlk,
             readonly: false,
+            qos: None,
         });
         assert_eq!(s.validate().unwrap_err().field, "kernel");
     }

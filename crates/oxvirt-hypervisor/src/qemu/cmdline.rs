@@ -59,6 +59,41 @@ pub fn format_node(id: &str) -> String {
     format!("{id}-fmt")
 }
 
+/// Arguments of QMP `block_set_io_throttle` for a disk (found by its QOM path, which works for
+/// disks defined with -blockdev) with these limits; every field is given, 0 meaning none.
+pub fn throttle_args(disk_id: &str, q: &oxvirt_model::DiskQos) -> serde_json::Value {
+    let burst = if q.burst_seconds == 0 { 1 } else { q.burst_seconds };
+    let mut v = json!({
+        "id": format!("/machine/peripheral/{disk_id}/virtio-backend"),
+        "bps": q.bps_total, "bps_rd": q.bps_read, "bps_wr": q.bps_write,
+        "iops": q.iops_total, "iops_rd": q.iops_read, "iops_wr": q.iops_write,
+        "bps_max": q.bps_total_max, "bps_rd_max": q.bps_read_max, "bps_wr_max": q.bps_write_max,
+        "iops_max": q.iops_total_max, "iops_rd_max": q.iops_read_max, "iops_wr_max": q.iops_write_max,
+    });
+    for (k, max) in [
+        ("bps_max_length", q.bps_total_max),
+        ("bps_rd_max_length", q.bps_read_max),
+        ("bps_wr_max_length", q.bps_write_max),
+        ("iops_max_length", q.iops_total_max),
+        ("iops_rd_max_length", q.iops_read_max),
+        ("iops_wr_max_length", q.iops_write_max),
+    ] {
+        if max > 0 {
+            v[k] = json!(burst);
+        }
+    }
+    if let Some(g) = &q.group {
+        v["group"] = json!(g);
+    }
+    v
+}
+
+/// Whether QEMU should start paused (`-S`) so that settings applied over QMP (I/O limits) hold
+/// from the guest's first instruction.
+pub fn needs_setup_before_run(spec: &VmSpec) -> bool {
+    spec.disks.iter().any(|d| d.qos.as_ref().is_some_and(|q| !q.is_unlimited()))
+}
+
 /// The full argument vector (without the program) for one VM.
 pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: &CmdlineHost) -> Vec<String> {
     let mut a: Vec<String> = Vec::with_capacity(64);
@@ -77,6 +112,9 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
     push(&["-smp", &spec.cpus.to_string()]);
     push(&["-m", &format!("{}M", spec.memory.0 / MIB)]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    if needs_setup_before_run(spec) {
+        push(&["-S"]);
+    }
 
     let qmp = escape_opt(&paths.qmp_socket().to_string_lossy());
     push(&["-chardev", &format!("socket,id=qmp,path={qmp},server=on,wait=off")]);
@@ -213,6 +251,7 @@ mod tests {
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioBlk,
             readonly: false,
+            qos: None,
         });
         let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
@@ -234,6 +273,7 @@ mod tests {
             format: DiskFormat::Qcow2,
             bus: DiskBus::VirtioBlk,
             readonly: false,
+            qos: None,
         });
         s.disks.push(DiskSpec {
             id: String::new(),
@@ -242,6 +282,7 @@ mod tests {
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioScsi,
             readonly: true,
+            qos: None,
         });
         let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
         let devs: Vec<serde_json::Value> = after(&a, "-device")
@@ -290,6 +331,7 @@ mod tests {
             format: DiskFormat::Raw,
             bus: DiskBus::VirtioBlk,
             readonly: false,
+            qos: None,
         });
         s.nics.push(NicSpec { mode: NicMode::Isolated, mac: None, queues: 0 });
         let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());

@@ -292,6 +292,11 @@ impl Instance for QemuInstance {
         matches!(done, Ok(true))
     }
 
+    async fn set_disk_qos(&self, disk_id: &str, qos: &oxvirt_model::DiskQos) -> Result<(), HvError> {
+        self.qmp.execute("block_set_io_throttle", cmdline::throttle_args(disk_id, qos)).await?;
+        Ok(())
+    }
+
     async fn command(&self, name: &str, args: Value) -> Result<Value, HvError> {
         Ok(self.qmp.execute(name, if args.is_null() { json!(null) } else { args }).await?)
     }
