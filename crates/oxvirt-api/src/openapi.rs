@@ -321,6 +321,7 @@ fn schemas() -> Value {
             "created_at": { "type": "integer" } } },
         "VolumeList": { "type": "array", "items": schema_ref("Volume") },
         "DiskQos": qos.clone(),
+        "DiskSpec": disk.clone(),
         "NewSnapshot": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": { "name": { "type": "string" } } },
         "Resize": { "type": "object", "additionalProperties": false, "required": ["size"], "properties": { "size": size } },
         "CloneRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {

@@ -19,6 +19,8 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/vms/{name}/actions/{action}", post(action))
         .route("/api/v1/vms/{name}/console-log", get(console_log))
         .route("/api/v1/vms/{name}/console", get(crate::console::console))
+        .route("/api/v1/vms/{name}/disks", post(attach_disk))
+        .route("/api/v1/vms/{name}/disks/{disk}", axum::routing::delete(detach_disk))
         .route("/api/v1/vms/{name}/disks/{disk}/qos", axum::routing::put(set_qos))
 }
 
@@ -115,4 +117,16 @@ async fn set_qos(
     validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
     let qos: oxvirt_model::DiskQos = parse(&body)?;
     Ok(Json(c.set_disk_qos(&name, &disk, qos).await?))
+}
+
+async fn attach_disk(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
+    check_name(&name)?;
+    let disk: oxvirt_model::DiskSpec = parse(&body)?;
+    Ok(Json(c.attach_disk(&name, disk).await?))
+}
+
+async fn detach_disk(State(c): State<Controller>, Path((name, disk)): Path<(String, String)>) -> ApiResult<Json<Vm>> {
+    check_name(&name)?;
+    validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
+    Ok(Json(c.detach_disk(&name, &disk).await?))
 }

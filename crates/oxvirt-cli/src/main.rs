@@ -77,6 +77,45 @@ enum VmCmd {
     Kill(ActionArgs),
     /// Delete a stopped VM (its disk images stay).
     Delete { name: String },
+    /// Attach a disk (hot-plugged when the VM runs): --volume POOL/NAME or --path FILE.
+    Attach {
+        name: String,
+        #[arg(long, conflicts_with = "path")]
+        volume: Option<String>,
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// virtio-blk or virtio-scsi.
+        #[arg(long, default_value = "virtio-blk")]
+        bus: String,
+        #[arg(long)]
+        readonly: bool,
+    },
+    /// Detach a disk by its id (see `vm show`).
+    Detach { name: String, disk: String },
+    /// Snapshot all of the VM's volumes at one instant (also while it runs).
+    Snapshot { name: String, snapshot: String },
+    /// Revert a stopped VM's volumes to a snapshot.
+    Revert { name: String, snapshot: String },
+    /// Set a disk's I/O limits, live: e.g. --bps-read 10MiB --iops-total 500.
+    Qos {
+        name: String,
+        disk: String,
+        #[arg(long, default_value = "0")]
+        bps_total: String,
+        #[arg(long, default_value = "0")]
+        bps_read: String,
+        #[arg(long, default_value = "0")]
+        bps_write: String,
+        #[arg(long, default_value_t = 0)]
+        iops_total: u64,
+        #[arg(long, default_value_t = 0)]
+        iops_read: u64,
+        #[arg(long, default_value_t = 0)]
+        iops_write: u64,
+        /// Disks with the same group share the limits.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Attach to the VM's serial console (Ctrl-] leaves).
     Console { name: String },
     /// Print the VM's serial console output.
@@ -242,6 +281,65 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             }
         }
         Command::Vm(VmCmd::Console { name }) => console::run(client, &name).await?,
+        Command::Vm(VmCmd::Attach { name, volume, path, bus, readonly }) => {
+            let mut disk = json!({ "bus": bus, "readonly": readonly });
+            match (volume, path) {
+                (Some(v), _) => disk["volume"] = json!(v),
+                (None, Some(p)) => {
+                    disk["format"] = json!(if p.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" });
+                    disk["path"] = json!(absolute(&p)?);
+                }
+                (None, None) => return Err(ClientError::Http("give --volume POOL/NAME or --path FILE".into())),
+            }
+            let vm: oxvirt_model::Vm =
+                client.post(&format!("/api/v1/vms/{}/disks", oxvirt_client::encode(&name)), &disk).await?;
+            print_vm(&vm, out);
+        }
+        Command::Vm(VmCmd::Detach { name, disk }) => {
+            let path = format!("/api/v1/vms/{}/disks/{}", oxvirt_client::encode(&name), oxvirt_client::encode(&disk));
+            print_vm(&client.delete_json(&path).await?, out);
+        }
+        Command::Vm(VmCmd::Snapshot { name, snapshot }) => {
+            let vols: Vec<oxvirt_model::Volume> = client
+                .post(&format!("/api/v1/vms/{}/snapshots", oxvirt_client::encode(&name)), &json!({ "name": snapshot }))
+                .await?;
+            storage::print_volumes(&vols, out);
+        }
+        Command::Vm(VmCmd::Revert { name, snapshot }) => {
+            let path = format!(
+                "/api/v1/vms/{}/snapshots/{}/revert",
+                oxvirt_client::encode(&name),
+                oxvirt_client::encode(&snapshot)
+            );
+            let vols: Vec<oxvirt_model::Volume> = client.post(&path, &json!(null)).await?;
+            storage::print_volumes(&vols, out);
+        }
+        Command::Vm(VmCmd::Qos {
+            name,
+            disk,
+            bps_total,
+            bps_read,
+            bps_write,
+            iops_total,
+            iops_read,
+            iops_write,
+            group,
+        }) => {
+            let size = |field: &str, v: &str| -> Result<u64, ClientError> {
+                v.parse::<oxvirt_model::ByteSize>()
+                    .map(|b| b.0)
+                    .map_err(|e| ClientError::Http(format!("--{field}: {e}")))
+            };
+            let body = json!({
+                "bps_total": size("bps-total", &bps_total)?, "bps_read": size("bps-read", &bps_read)?,
+                "bps_write": size("bps-write", &bps_write)?, "iops_total": iops_total, "iops_read": iops_read,
+                "iops_write": iops_write, "group": group,
+            });
+            let path =
+                format!("/api/v1/vms/{}/disks/{}/qos", oxvirt_client::encode(&name), oxvirt_client::encode(&disk));
+            let vm: oxvirt_model::Vm = client.call(hyper::Method::PUT, &path, Some(&body)).await?;
+            print_vm(&vm, out);
+        }
         Command::Vm(VmCmd::ConsoleLog { name, bytes, follow }) => console_log(client, &name, bytes, follow).await?,
         Command::Vm(action) => {
             let (verb, a) = match action {

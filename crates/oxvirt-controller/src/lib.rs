@@ -6,6 +6,7 @@
 //! written to the store first and announced on the event bus.
 
 mod console;
+mod disks;
 mod error;
 mod host;
 mod lifecycle;

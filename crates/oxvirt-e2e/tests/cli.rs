@@ -85,3 +85,38 @@ async fn errors_are_one_line_and_fail() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach oxvirtd"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_from_the_cli() {
+    let d = Daemon::start();
+    let g = guest();
+    let pool_dir = d.path().join("clipool");
+    let run = |args: &[&str]| {
+        let (code, out, err) = oxvirt(&d, args);
+        assert_eq!(code, 0, "oxvirt {args:?}: {out}{err}");
+        out
+    };
+    run(&["pool", "create", "p1", "--path", pool_dir.to_str().unwrap()]);
+    let out = run(&["volume", "import", "p1/base", "--source", g.disk.to_str().unwrap()]);
+    assert!(out.contains("p1/base"), "{out}");
+    run(&["volume", "clone", "p1/base", "root"]);
+    run(&["volume", "create", "p1/data", "--size", "32MiB"]);
+    let out = run(&["vm", "create", "svm", "--memory", "256MiB", "--volume", "p1/root", "--start"]);
+    assert!(out.contains("running"), "{out}");
+    wait_console(&d.client, "svm", READY, 1, BOOT_TIMEOUT).await;
+    let out = run(&["vm", "attach", "svm", "--volume", "p1/data"]);
+    assert!(out.contains("p1/data"), "{out}");
+    run(&["vm", "snapshot", "svm", "before"]);
+    run(&["vm", "qos", "svm", "disk1", "--bps-read", "10MiB"]);
+    let out = run(&["volume", "list", "p1", "--output", "json"]);
+    let vols: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let root = vols.as_array().unwrap().iter().find(|v| v["name"] == "root").unwrap();
+    assert_eq!(root["backing"], "p1/base");
+    assert_eq!(root["snapshots"][0]["name"], "before");
+    let out = run(&["pool", "list"]);
+    assert!(out.starts_with("NAME") && out.contains("p1"), "{out}");
+    let (code, _, err) = oxvirt(&d, &["volume", "delete", "p1/root"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("attached to VM svm"), "{err}");
+    run(&["vm", "kill", "svm"]);
+}

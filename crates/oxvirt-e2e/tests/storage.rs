@@ -284,3 +284,31 @@ async fn io_limits_hold_from_boot_and_change_live() {
     }
     c.vm_action_wait("throttled", "kill", T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_plug_and_unplug_a_volume() {
+    let d = Daemon::start();
+    let c = &d.client;
+    make_pool(&d, "hp").await;
+    let _: Volume = c.post("/api/v1/pools/hp/volumes", &json!({ "name": "extra", "size": "48MiB" })).await.unwrap();
+    c.create_vm(&kernel_spec("plug", ""), true).await.unwrap();
+    wait_console(c, "plug", READY, 1, BOOT_TIMEOUT).await;
+    let vm: oxvirt_model::Vm = c.post("/api/v1/vms/plug/disks", &json!({ "volume": "hp/extra" })).await.unwrap();
+    let id = vm.spec.disks[0].id.clone();
+    assert_eq!(id, "disk0");
+    // 48 MiB = 98304 sectors, seen by the running guest.
+    run_in_guest(c, "plug", "echo HP $(cat /sys/block/vda/size 2>/dev/null)", "HP 98304").await;
+    let v: Volume = c.get("/api/v1/pools/hp/volumes/extra").await.unwrap();
+    assert_eq!(v.attached_to.as_deref(), Some("plug"));
+    let vm: oxvirt_model::Vm = c.delete_json(&format!("/api/v1/vms/plug/disks/{id}")).await.unwrap();
+    assert!(vm.spec.disks.is_empty());
+    run_in_guest(c, "plug", "echo GONE-$(ls /sys/block | grep -c vd)", "GONE-0").await;
+    let v: Volume = c.get("/api/v1/pools/hp/volumes/extra").await.unwrap();
+    assert_eq!(v.attached_to, None);
+    // Plugged again after the unplug: the port is free again.
+    let _: oxvirt_model::Vm = c.post("/api/v1/vms/plug/disks", &json!({ "volume": "hp/extra" })).await.unwrap();
+    run_in_guest(c, "plug", "echo HP2 $(cat /sys/block/vda/size 2>/dev/null)", "HP2 98304").await;
+    c.vm_action_wait("plug", "kill", T).await.unwrap();
+    // The disk stays in the VM's definition: the next boot has it.
+    assert_eq!(c.get_vm("plug").await.unwrap().spec.disks.len(), 1);
+}

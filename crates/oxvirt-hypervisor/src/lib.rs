@@ -100,6 +100,8 @@ pub enum HvError {
     AccelUnavailable(&'static str, String),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl HvError {
@@ -141,6 +143,10 @@ pub trait Instance: Send + Sync {
     async fn kill(&self) -> Result<(), HvError>;
     /// Waits until the process is gone; false when `timeout` passed first.
     async fn wait_exit(&self, timeout: Duration) -> bool;
+    /// Adds a disk to the running guest (hot-plug). `disk` has its id, resolved path and format.
+    async fn hotplug_disk(&self, disk: &oxvirt_model::DiskSpec) -> Result<(), HvError>;
+    /// Asks the guest to release a disk and removes it once it has (hot-unplug).
+    async fn unplug_disk(&self, disk_id: &str, timeout: Duration) -> Result<(), HvError>;
     /// Sets (or with an unlimited `qos`, clears) a disk's I/O limits, live.
     async fn set_disk_qos(&self, disk_id: &str, qos: &oxvirt_model::DiskQos) -> Result<(), HvError>;
     /// A raw hypervisor command, for features that have no method yet.

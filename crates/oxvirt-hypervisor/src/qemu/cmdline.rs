@@ -26,6 +26,9 @@ impl CmdlineHost {
     }
 }
 
+/// Empty PCIe root ports a q35 VM gets for hot-plugging disks and NICs (`hp0`...).
+pub const HOTPLUG_PORTS: usize = 8;
+
 /// Escapes a value for QEMU's option syntax: a `,` is written `,,`.
 pub fn escape_opt(value: &str) -> String {
     value.replace(',', ",,")
@@ -137,6 +140,13 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
         }
         if !cmdline.is_empty() {
             push(&["-append", &cmdline]);
+        }
+    }
+
+    if !microvm {
+        for i in 0..HOTPLUG_PORTS {
+            let n = i + 1;
+            push(&["-device", &format!("pcie-root-port,id=hp{i},chassis={n},slot={n},bus=pcie.0")]);
         }
     }
 

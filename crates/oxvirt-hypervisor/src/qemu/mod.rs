@@ -292,6 +292,79 @@ impl Instance for QemuInstance {
         matches!(done, Ok(true))
     }
 
+    async fn hotplug_disk(&self, disk: &oxvirt_model::DiskSpec) -> Result<(), HvError> {
+        if disk.bus != oxvirt_model::DiskBus::VirtioBlk {
+            return Err(HvError::Unsupported("hot-plug takes virtio-blk disks".into()));
+        }
+        let id = disk.id.as_str();
+        let (file, fmt) = (cmdline::file_node(id), cmdline::format_node(id));
+        self.qmp
+            .execute(
+                "blockdev-add",
+                json!({ "driver": "file", "filename": disk.path, "node-name": file, "read-only": disk.readonly }),
+            )
+            .await?;
+        let added = self
+            .qmp
+            .execute(
+                "blockdev-add",
+                json!({ "driver": disk.format.as_str(), "file": file, "node-name": fmt, "read-only": disk.readonly }),
+            )
+            .await;
+        if let Err(e) = added {
+            let _ = self.qmp.execute("blockdev-del", json!({ "node-name": file })).await;
+            return Err(e.into());
+        }
+        // The first free hot-plug port takes it.
+        let mut last = None;
+        for port in 0..cmdline::HOTPLUG_PORTS {
+            let dev = json!({ "driver": "virtio-blk-pci", "id": id, "drive": fmt, "bus": format!("hp{port}") });
+            match self.qmp.execute("device_add", dev).await {
+                Ok(_) => {
+                    if let Some(q) = &disk.qos {
+                        self.set_disk_qos(id, q).await?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let _ = self.qmp.execute("blockdev-del", json!({ "node-name": fmt })).await;
+        let _ = self.qmp.execute("blockdev-del", json!({ "node-name": file })).await;
+        Err(HvError::Unsupported(format!(
+            "no free hot-plug slot ({} in all): {}",
+            cmdline::HOTPLUG_PORTS,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    async fn unplug_disk(&self, disk_id: &str, timeout: Duration) -> Result<(), HvError> {
+        let mut events = self.qmp.subscribe();
+        self.qmp.execute("device_del", json!({ "id": disk_id })).await?;
+        // The guest must let go (PCIe hot-plug takes it about 5 s); QEMU then says so.
+        let deleted = tokio::time::timeout(timeout, async {
+            loop {
+                match events.recv().await {
+                    Ok(e)
+                        if e.name == "DEVICE_DELETED"
+                            && e.data.get("device").and_then(Value::as_str) == Some(disk_id) =>
+                    {
+                        return true
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        if !matches!(deleted, Ok(true)) {
+            return Err(HvError::Timeout(timeout, format!("the guest to release disk {disk_id}")));
+        }
+        self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::format_node(disk_id) })).await?;
+        self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::file_node(disk_id) })).await?;
+        Ok(())
+    }
+
     async fn set_disk_qos(&self, disk_id: &str, qos: &oxvirt_model::DiskQos) -> Result<(), HvError> {
         self.qmp.execute("block_set_io_throttle", cmdline::throttle_args(disk_id, qos)).await?;
         Ok(())

@@ -1,0 +1,72 @@
+//! Attaching and detaching a VM's disks, hot-plugged when it runs.
+
+use crate::vms::{assign_disk_ids, busy};
+use crate::{ControlError, Controller};
+use oxvirt_model::{DiskSpec, MachineType, Vm};
+use oxvirt_store::{Expect, StoreExt};
+use std::time::Duration;
+
+/// How long the guest gets to release an unplugged disk.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Controller {
+    /// Adds a disk to a VM; a running VM gets it at once (hot-plug).
+    pub async fn attach_disk(&self, vm: &str, disk: DiskSpec) -> Result<Vm, ControlError> {
+        let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
+        let (current, rev) = self.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
+        let running = current.status.state.has_process();
+        if running && current.spec.machine == MachineType::Microvm {
+            return Err(ControlError::Conflict("a running microvm VM cannot hot-plug disks: stop it first".into()));
+        }
+        let mut spec = current.spec.clone();
+        spec.disks.push(disk);
+        assign_disk_ids(&mut spec);
+        spec.validate()?;
+        let index = spec.disks.len() - 1;
+        let new = Vm { spec, ..current.clone() };
+        self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
+        if running {
+            let resolved = self.resolve_disks(&new.spec)?;
+            let plugged = match self.instance(vm) {
+                Ok(i) => i.hotplug_disk(&resolved.disks[index]).await.map_err(ControlError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = plugged {
+                // Undo the record: the VM and the volume are as they were.
+                if let Some((_, rev2)) = self.inner.store.get_record::<Vm>(vm)? {
+                    self.write_vm_with_claims(
+                        &Vm { spec: current.spec.clone(), ..new.clone() },
+                        Expect::Revision(rev2),
+                        Some(&new.spec),
+                    )?;
+                }
+                return Err(e);
+            }
+        }
+        self.get_vm(vm)
+    }
+
+    /// Removes a disk from a VM; a running VM's guest is asked to release it first.
+    pub async fn detach_disk(&self, vm: &str, disk_id: &str) -> Result<Vm, ControlError> {
+        let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
+        let current = self.get_vm(vm)?;
+        let index = current
+            .spec
+            .disks
+            .iter()
+            .position(|d| d.id == disk_id)
+            .ok_or_else(|| ControlError::NotFound { kind: "disk", name: format!("{vm}/{disk_id}") })?;
+        if current.status.state.has_process() {
+            if current.spec.machine == MachineType::Microvm {
+                return Err(ControlError::Conflict("a running microvm VM cannot unplug disks: stop it first".into()));
+            }
+            self.instance(vm)?.unplug_disk(disk_id, UNPLUG_TIMEOUT).await?;
+        }
+        let (now, rev) = self.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
+        let mut spec = now.spec.clone();
+        spec.disks.remove(index);
+        let new = Vm { spec, ..now.clone() };
+        self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&now.spec))?;
+        Ok(new)
+    }
+}
