@@ -90,10 +90,10 @@ pub enum RunState {
 pub enum HvError {
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
-    #[error("QEMU refused to start: {0}")]
-    StartFailed(String),
     #[error(transparent)]
     Qmp(#[from] qemu::qmp::QmpError),
+    #[error(transparent)]
+    Process(#[from] oxvirt_qemu::ProcessError),
     #[error("invalid VM definition for the hypervisor: {0}")]
     Invalid(String),
     #[error("the accelerator {0} is not usable on this host: {1}")]

@@ -1,8 +1,7 @@
 //! The QEMU driver: QEMU processes controlled over QMP.
 
 pub mod cmdline;
-pub mod process;
-pub mod qmp;
+pub use oxvirt_qemu::{process, qmp};
 
 use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, RunState, RuntimePaths};
 use cmdline::CmdlineHost;
@@ -114,7 +113,7 @@ impl Hypervisor for QemuDriver {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = cgroup.remove();
-                return Err(e);
+                return Err(e.into());
             }
         };
         let pidfd = Pidfd::open(pid)?;

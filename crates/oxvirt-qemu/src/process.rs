@@ -1,7 +1,7 @@
 //! QEMU processes: started daemonized in their own session, found again by pidfile and
 //! `/proc/PID/cmdline`, watched and signalled through a pidfd (no PID-reuse races).
 
-use crate::HvError;
+use crate::ProcessError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +20,7 @@ pub async fn spawn_daemonized(
     args: &[String],
     pidfile: &Path,
     cgroup_procs: &[std::fs::File],
-) -> Result<u32, HvError> {
+) -> Result<u32, ProcessError> {
     let _ = std::fs::remove_file(pidfile);
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
@@ -34,29 +34,37 @@ pub async fn spawn_daemonized(
     }
     let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
         .await
-        .map_err(|_| HvError::Timeout(START_TIMEOUT, "QEMU to initialise".into()))?
-        .map_err(|e| HvError::io(format!("run {program}"), e))?;
+        .map_err(|_| ProcessError::Timeout(START_TIMEOUT, format!("{program} to initialise")))?
+        .map_err(|e| ProcessError::io(format!("run {program}"), e))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(HvError::StartFailed(if msg.is_empty() { format!("exit status {}", out.status) } else { msg }));
+        return Err(ProcessError::StartFailed(
+            program.to_string(),
+            if msg.is_empty() { format!("exit status {}", out.status) } else { msg },
+        ));
     }
     read_pidfile(pidfile)?
-        .ok_or_else(|| HvError::StartFailed(format!("QEMU wrote no pidfile at {}", pidfile.display())))
+        .ok_or_else(|| ProcessError::StartFailed(program.to_string(), format!("no pidfile at {}", pidfile.display())))
 }
 
-pub fn read_pidfile(path: &Path) -> Result<Option<u32>, HvError> {
+pub fn read_pidfile(path: &Path) -> Result<Option<u32>, ProcessError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s.trim().parse().ok()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(HvError::io(format!("read {}", path.display()), e)),
+        Err(e) => Err(ProcessError::io(format!("read {}", path.display()), e)),
     }
 }
 
 /// Whether `pid` is a live (not zombie) QEMU started for VM `id`.
 pub fn is_our_qemu(pid: u32, id: &str) -> bool {
+    has_args(pid, b"-uuid", id.as_bytes())
+}
+
+/// Whether live (not zombie) process `pid` has `flag` followed by `value` among its arguments.
+pub fn has_args(pid: u32, flag: &[u8], value: &[u8]) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let ours = args.windows(2).any(|w| w[0] == b"-uuid" && w[1] == id.as_bytes());
+    let ours = args.windows(2).any(|w| w[0] == flag && w[1] == value);
     ours && !is_zombie(pid)
 }
 
@@ -74,16 +82,16 @@ pub struct Pidfd {
 }
 
 impl Pidfd {
-    pub fn open(pid: u32) -> Result<Self, HvError> {
+    pub fn open(pid: u32) -> Result<Self, ProcessError> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if fd < 0 {
-            return Err(HvError::io(format!("pidfd_open({pid})"), std::io::Error::last_os_error()));
+            return Err(ProcessError::io(format!("pidfd_open({pid})"), std::io::Error::last_os_error()));
         }
         // SAFETY: fd is a fresh descriptor we own.
         let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // SAFETY: the pidfd is owned by the AsyncFd and closed only when it is dropped.
-        let fd = unsafe { AsyncFd::register(owned) }.map_err(|e| HvError::io("register pidfd", e.into()))?;
+        let fd = unsafe { AsyncFd::register(owned) }.map_err(|e| ProcessError::io("register pidfd", e.into()))?;
         Ok(Pidfd { fd, pid })
     }
 
@@ -108,7 +116,7 @@ impl Pidfd {
         unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
     }
 
-    pub fn signal(&self, sig: i32) -> Result<(), HvError> {
+    pub fn signal(&self, sig: i32) -> Result<(), ProcessError> {
         // SAFETY: pidfd_send_signal(pidfd, sig, NULL, 0).
         let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.fd.get_ref().as_raw_fd(), sig, 0usize, 0u32) };
         if r < 0 {
@@ -116,7 +124,7 @@ impl Pidfd {
             if e.raw_os_error() == Some(libc::ESRCH) {
                 return Ok(());
             }
-            return Err(HvError::io(format!("signal {sig} to QEMU {}", self.pid), e));
+            return Err(ProcessError::io(format!("signal {sig} to QEMU {}", self.pid), e));
         }
         Ok(())
     }
