@@ -304,7 +304,7 @@ fn schemas() -> Value {
             "error": { "type": ["string", "null"] }, "created_at": { "type": "integer" }, "finished_at": { "type": ["integer", "null"] } } },
         "TaskList": { "type": "array", "items": schema_ref("Task") },
         "PoolSpec": { "type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
-            "name": { "type": "string" }, "kind": { "type": "string", "enum": ["dir", "shared-dir"] },
+            "name": { "type": "string" }, "kind": { "type": "string", "enum": ["dir", "shared-dir", "nbd"] },
             "path": { "type": "string" }, "overcommit": { "type": "number", "minimum": 1, "maximum": 100 } } },
         "PoolView": { "type": "object", "properties": {
             "spec": schema_ref("PoolSpec"), "created_at": { "type": "integer" },

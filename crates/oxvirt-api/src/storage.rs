@@ -100,7 +100,7 @@ async fn list_pools(State(c): State<Controller>) -> ApiResult<Json<Vec<PoolView>
 
 async fn create_pool(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: PoolSpec = parse(&body)?;
-    let pool = c.create_pool(spec)?;
+    let pool = c.create_pool(spec).await?;
     Ok((StatusCode::CREATED, Json(c.get_pool(&pool.spec.name)?)))
 }
 
@@ -111,7 +111,7 @@ async fn show_pool(State(c): State<Controller>, Path(pool): Path<String>) -> Api
 
 async fn delete_pool(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<StatusCode> {
     check("pool", &pool)?;
-    c.delete_pool(&pool)?;
+    c.delete_pool(&pool).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,7 +162,7 @@ async fn delete_volume(
 ) -> ApiResult<StatusCode> {
     check("pool", &pool)?;
     check("volume", &name)?;
-    c.delete_volume(&pool, &name)?;
+    c.delete_volume(&pool, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     pub host: host::HostLimits,
     /// Volumes a task is working on (`pool/name`).
     pub busy_volumes: Mutex<std::collections::HashSet<String>>,
+    /// The export daemons of `nbd` pools, by pool.
+    pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
 }
 
 /// Cheap to clone: every clone is the same controller.
@@ -90,6 +92,7 @@ impl Controller {
             slots: Mutex::default(),
             host: host::HostLimits::detect(),
             busy_volumes: Mutex::default(),
+            export_daemons: Default::default(),
         };
         Ok(Controller { inner: Arc::new(inner) })
     }

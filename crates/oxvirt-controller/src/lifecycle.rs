@@ -77,7 +77,8 @@ impl Controller {
         task.progress(10, "starting QEMU");
         self.set_state(name, VmState::Starting, "starting");
         let paths = self.inner.paths(&vm.id);
-        let spec = match self.resolve_disks(&vm.spec) {
+        let prepared = self.prepare_storage(&vm.spec).await;
+        let spec = match prepared.and_then(|_| self.resolve_disks(&vm.spec)) {
             Ok(s) => s,
             Err(e) => {
                 self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));

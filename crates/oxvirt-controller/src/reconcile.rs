@@ -30,6 +30,7 @@ impl Controller {
             self.rotate_console_log(&vm);
         }
         self.inner.tasks.prune();
+        self.supervise_export_daemons().await;
     }
 
     async fn reconcile_vm(&self, vm: &Vm) {

@@ -15,6 +15,12 @@ use serde_json::json;
 impl Controller {
     fn snapshot_target(&self, pool: &str, name: &str) -> Result<(Volume, std::path::PathBuf), ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
+        if self.pool_rec(pool)?.spec.kind == oxvirt_model::PoolKind::Nbd {
+            return Err(ControlError::Conflict(format!(
+                "snapshots of volumes in nbd pools are not supported yet ({})",
+                vol.reference()
+            )));
+        }
         if vol.format != DiskFormat::Qcow2 {
             return Err(ControlError::invalid(
                 "volume",

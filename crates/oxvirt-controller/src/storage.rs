@@ -6,9 +6,10 @@
 
 use crate::{lock, now_millis, ControlError, Controller};
 use oxvirt_model::{
-    parse_volume_ref, ByteSize, DiskFormat, Pool, PoolSpec, PoolUsage, PoolView, Task, ValidationError, Vm, Volume,
-    VolumeSpec,
+    parse_volume_ref, ByteSize, DiskFormat, NbdSource, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Task,
+    ValidationError, Vm, Volume, VolumeSpec,
 };
+use oxvirt_storage::nbd::ExportDaemon;
 use oxvirt_storage::{paths, qemu_img, usage};
 use oxvirt_store::{encode, Expect, Op, StoreError, StoreExt};
 use std::path::{Path, PathBuf};
@@ -66,7 +67,7 @@ pub(crate) fn volume_key(pool: &str, name: &str) -> String {
 impl Controller {
     // ---- pools ----
 
-    pub fn create_pool(&self, spec: PoolSpec) -> Result<Pool, ControlError> {
+    pub async fn create_pool(&self, spec: PoolSpec) -> Result<Pool, ControlError> {
         spec.validate()?;
         let dir = Path::new(&spec.path);
         if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| p.spec.path == spec.path) {
@@ -89,7 +90,56 @@ impl Controller {
             )),
             e => e.into(),
         })?;
+        if pool.spec.kind == PoolKind::Nbd {
+            if let Err(e) = self.export_daemon(&pool).await {
+                let _ = self.inner.store.delete_record::<Pool>(&pool.spec.name, Expect::Any);
+                return Err(e);
+            }
+        }
         Ok(pool)
+    }
+
+    fn export_dir(&self, pool: &str) -> PathBuf {
+        self.inner.config.data_dir.join("nbd").join(pool)
+    }
+
+    /// The running export daemon of an `nbd` pool: started (or found again) when needed, and
+    /// started again when it died, serving every volume of the pool.
+    pub(crate) async fn export_daemon(&self, pool: &Pool) -> Result<Arc<ExportDaemon>, ControlError> {
+        let mut daemons = self.inner.export_daemons.lock().await;
+        if let Some(d) = daemons.get(&pool.spec.name) {
+            if d.is_alive() {
+                return Ok(d.clone());
+            }
+            tracing::warn!(pool = %pool.spec.name, "export daemon died: starting it again");
+        }
+        let d = Arc::new(ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name)).await?);
+        for (v, _) in self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
+            let file = self.volume_file(pool, &v.name, v.format)?;
+            d.export(&v.name, &file, v.format).await?;
+        }
+        daemons.insert(pool.spec.name.clone(), d.clone());
+        Ok(d)
+    }
+
+    /// Keeps the export daemons of `nbd` pools running (called by the reconciler).
+    pub(crate) async fn supervise_export_daemons(&self) {
+        let Ok(pools) = self.inner.store.list_records::<Pool>() else { return };
+        for (p, _) in pools.iter().filter(|(p, _)| p.spec.kind == PoolKind::Nbd) {
+            if let Err(e) = self.export_daemon(p).await {
+                tracing::error!(pool = %p.spec.name, "export daemon: {e}");
+            }
+        }
+    }
+
+    fn refuse_nbd(&self, vol: &Volume, what: &str) -> Result<(), ControlError> {
+        if self.pool(&vol.pool)?.spec.kind == PoolKind::Nbd {
+            return Err(ControlError::Conflict(format!(
+                "{what} of volumes in nbd pools is not supported yet ({})",
+                vol.reference()
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn pool_rec(&self, name: &str) -> Result<Pool, ControlError> {
@@ -133,7 +183,7 @@ impl Controller {
     }
 
     /// Deletes an empty pool's record; its directory stays.
-    pub fn delete_pool(&self, name: &str) -> Result<(), ControlError> {
+    pub async fn delete_pool(&self, name: &str) -> Result<(), ControlError> {
         let (_, rev) = self
             .inner
             .store
@@ -144,6 +194,9 @@ impl Controller {
             return Err(ControlError::Conflict(format!("pool {name} still has {n} volume(s): delete them first")));
         }
         self.inner.store.delete_record::<Pool>(name, Expect::Revision(rev))?;
+        if let Some(d) = self.inner.export_daemons.lock().await.remove(name) {
+            d.stop().await;
+        }
         Ok(())
     }
 
@@ -238,11 +291,30 @@ impl Controller {
             snapshots: Vec::new(),
             created_at: now_millis(),
         };
-        self.record_new_volume(vol, &file)
+        let vol = self.record_new_volume(vol, &file)?;
+        self.serve_new_volume(&pool, &vol, &file).await?;
+        Ok(vol)
+    }
+
+    /// An `nbd` pool serves a new volume at once; if it cannot, the volume is taken back whole.
+    async fn serve_new_volume(&self, pool: &Pool, vol: &Volume, file: &Path) -> Result<(), ControlError> {
+        if pool.spec.kind != PoolKind::Nbd {
+            return Ok(());
+        }
+        let served = match self.export_daemon(pool).await {
+            Ok(d) => d.export(&vol.name, file, vol.format).await.map_err(ControlError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = served {
+            let _ = self.inner.store.delete_record::<Volume>(&vol.reference(), Expect::Any);
+            let _ = std::fs::remove_file(file);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Deletes a volume: refused while a VM uses it or a linked clone is based on it.
-    pub fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ControlError> {
+    pub async fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ControlError> {
         let (vol, rev) = self.volume_rec(pool, name)?;
         if let Some(vm) = &vol.attached_to {
             return Err(ControlError::Conflict(format!(
@@ -264,7 +336,11 @@ impl Controller {
             )));
         }
         self.ensure_not_busy(&me)?;
-        let file = self.volume_file(&self.pool(pool)?, name, vol.format)?;
+        let p = self.pool(pool)?;
+        let file = self.volume_file(&p, name, vol.format)?;
+        if p.spec.kind == PoolKind::Nbd {
+            self.export_daemon(&p).await?.unexport(name).await?;
+        }
         match std::fs::remove_file(&file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -277,6 +353,7 @@ impl Controller {
     /// Grows a volume; when a running VM uses it, live, so the guest sees the new size.
     pub async fn resize_volume(&self, pool: &str, name: &str, size: ByteSize) -> Result<Volume, ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
+        self.refuse_nbd(&vol, "resizing")?;
         if size.0 <= vol.size.0 {
             return Err(ControlError::invalid(
                 "size",
@@ -344,7 +421,11 @@ impl Controller {
         req: CloneRequest,
     ) -> Result<(Option<Volume>, Option<Task>), ControlError> {
         let (src, _) = self.volume_rec(pool, name)?;
+        self.refuse_nbd(&src, "cloning")?;
         let dst_pool = self.pool(req.pool.as_deref().unwrap_or(pool))?;
+        if dst_pool.spec.kind == PoolKind::Nbd {
+            return Err(ControlError::Conflict("cloning into nbd pools is not supported yet: import instead".into()));
+        }
         self.check_new_volume_name(&dst_pool.spec.name, &req.name)?;
         self.check_room(&dst_pool, src.size.0)?;
         let src_file = self.volume_file(&self.pool(pool)?, name, src.format)?;
@@ -409,6 +490,7 @@ impl Controller {
         }
         self.check_room(&pool, info.virtual_size)?;
         let dst = self.volume_file(&pool, &req.name, req.format)?;
+        let pool = pool.clone();
         let new = Volume {
             pool: pool.spec.name.clone(),
             name: req.name.clone(),
@@ -427,8 +509,11 @@ impl Controller {
             let _hold = hold;
             let cancel = Arc::new(AtomicBool::new(false));
             let r = me.copy_image(&task, &source, Some(&info.format), &dst, new.format, &cancel).await;
-            let r = r.and_then(|_| me.record_new_volume(new, &dst).map(|_| ())).map_err(|e| e.to_string());
-            task.finish(r);
+            let r = match r.and_then(|_| me.record_new_volume(new, &dst)) {
+                Ok(v) => me.serve_new_volume(&pool, &v, &dst).await,
+                Err(e) => Err(e),
+            };
+            task.finish(r.map_err(|e| e.to_string()));
         });
         Ok(snap)
     }
@@ -436,6 +521,7 @@ impl Controller {
     /// Exports a volume to a new file on the host, as a task with progress.
     pub async fn export_volume(&self, pool: &str, name: &str, req: ExportRequest) -> Result<Task, ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
+        self.refuse_nbd(&vol, "exporting")?;
         oxvirt_model::validate_host_path("destination", &req.destination)?;
         let dest = PathBuf::from(&req.destination);
         if dest.exists() {
@@ -506,11 +592,31 @@ impl Controller {
             if let Some(r) = &d.volume {
                 let (pool, name) = parse_volume_ref(&format!("disks[{i}].volume"), r)?;
                 let (vol, _) = self.volume_rec(&pool, &name)?;
-                d.path = self.volume_file(&self.pool(&pool)?, &name, vol.format)?.to_string_lossy().into_owned();
+                let p = self.pool(&pool)?;
+                d.path = self.volume_file(&p, &name, vol.format)?.to_string_lossy().into_owned();
                 d.format = vol.format;
+                if p.spec.kind == PoolKind::Nbd {
+                    let socket = ExportDaemon::socket(&self.export_dir(&pool)).to_string_lossy().into_owned();
+                    d.nbd = Some(NbdSource { socket, export: name });
+                }
             }
         }
         Ok(s)
+    }
+
+    /// Makes sure the storage a VM's disks need is being served (export daemons of `nbd` pools).
+    pub(crate) async fn prepare_storage(&self, spec: &oxvirt_model::VmSpec) -> Result<(), ControlError> {
+        for d in &spec.disks {
+            let Some(r) = &d.volume else { continue };
+            let (pool, name) = parse_volume_ref("volume", r)?;
+            let p = self.pool(&pool)?;
+            if p.spec.kind == PoolKind::Nbd {
+                let (vol, _) = self.volume_rec(&pool, &name)?;
+                let file = self.volume_file(&p, &name, vol.format)?;
+                self.export_daemon(&p).await?.export(&name, &file, vol.format).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Store operations that give the volumes `spec` names to VM `vm` and take back those it no

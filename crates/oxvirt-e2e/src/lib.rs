@@ -171,14 +171,31 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        for pid in self.qemu_pids() {
-            // Only QEMUs whose command line names this data dir.
+        // Every process this daemon left (QEMUs, export daemons) names the data dir on its
+        // command line; nothing else does.
+        let dir = self.path().to_string_lossy().into_owned();
+        for pid in processes_mentioning(&dir) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// PIDs of live processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if pid == std::process::id() {
+                continue;
+            }
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&*self.path().to_string_lossy()) {
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            if String::from_utf8_lossy(&cmd).contains(needle) && process_alive(pid) {
+                pids.push(pid);
             }
         }
     }
+    pids
 }
 
 /// Waits until the VM's console log holds `marker` `count` times; returns the log.

@@ -312,3 +312,59 @@ async fn hot_plug_and_unplug_a_volume() {
     // The disk stays in the VM's definition: the next boot has it.
     assert_eq!(c.get_vm("plug").await.unwrap().spec.disks.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbd_pool_boots_a_guest_and_survives_its_export_daemon_dying() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let dir = d.path().join("san");
+    let _: PoolView = c.post("/api/v1/pools", &json!({ "name": "san", "kind": "nbd", "path": dir })).await.unwrap();
+    let qsd = || {
+        processes_mentioning(&d.path().join("nbd/san").to_string_lossy())
+            .into_iter()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu-storage")))
+    };
+    assert!(qsd().is_some(), "the pool's export daemon runs");
+    let t: Task = c.post("/api/v1/pools/san/import", &json!({ "name": "boot", "source": guest().disk })).await.unwrap();
+    wait_ok(c, &t).await;
+    let _: Volume = c.post("/api/v1/pools/san/volumes", &json!({ "name": "data", "size": "32MiB" })).await.unwrap();
+    // Booted through SeaBIOS from a disk served over NBD.
+    let spec = json!({ "name": "sanvm", "cpus": 1, "memory": "256MiB", "disks": [{ "volume": "san/boot" }, { "volume": "san/data" }] });
+    c.create_vm(&spec, true).await.unwrap();
+    wait_console(c, "sanvm", READY, 1, BOOT_TIMEOUT).await;
+    let pid = c.get_vm("sanvm").await.unwrap().status.pid.unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("\"driver\":\"nbd\""), "{cmdline}");
+
+    // The guest writes 200 blocks, one every 50 ms, while the export daemon is killed; oxvirtd
+    // starts it again and QEMU's NBD client reconnects: no write fails.
+    let loop_cmd = "i=0; while [ $i -lt 200 ]; do echo blk$i | dd of=/dev/vdb bs=4096 seek=$i conv=sync oflag=direct 2>/dev/null || echo WERR $i; i=$((i+1)); sleep 0.05; done; echo LOOP-$((6*7))";
+    run_in_guest(c, "sanvm", &format!("({loop_cmd}) & echo STARTED-$((1+1))"), "STARTED-2").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = qsd().expect("export daemon");
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let start = std::time::Instant::now();
+    let new = loop {
+        if let Some(p) = qsd().filter(|p| *p != old) {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "export daemon not restarted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(new, old);
+    let log = wait_console(c, "sanvm", "LOOP-42", 1, Duration::from_secs(120)).await;
+    assert!(!log.lines().any(|l| l.trim_start().starts_with("WERR ")), "a write failed:\n{log}");
+    assert!(!log.contains("I/O error"), "the guest saw an I/O error:\n{log}");
+    run_in_guest(
+        c,
+        "sanvm",
+        "echo CHECK-$(dd if=/dev/vdb bs=4096 skip=199 count=1 2>/dev/null | head -c 6)",
+        "CHECK-blk199",
+    )
+    .await;
+    assert_eq!(c.get_vm("sanvm").await.unwrap().status.state.as_str(), "running");
+    c.vm_action_wait("sanvm", "kill", T).await.unwrap();
+    // Volumes in an nbd pool refuse what is not supported yet, clearly.
+    let (s, _, m) = err(c.patch("/api/v1/pools/san/volumes/data", &json!({ "size": "64MiB" })).await).await;
+    assert_eq!(s, 409, "{m}");
+}

@@ -12,11 +12,14 @@ pub enum PoolKind {
     /// A directory that several hosts mount (NFS and the like): its volumes can be reached from
     /// another host, so migration and HA need not copy them.
     SharedDir,
+    /// Block volumes served over the network by qemu-storage-daemon (NBD), which oxvirt starts and
+    /// supervises; VMs reach them with QEMU's own NBD client (a SAN, in effect).
+    Nbd,
 }
 
 impl PoolKind {
     pub fn is_shared(self) -> bool {
-        matches!(self, PoolKind::SharedDir)
+        matches!(self, PoolKind::SharedDir | PoolKind::Nbd)
     }
 }
 

@@ -89,6 +89,17 @@ pub struct DiskSpec {
     /// I/O limits; changeable while the VM runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<crate::DiskQos>,
+    /// Where an `nbd` pool's volume is served: set by oxvirt when it resolves the volume for QEMU,
+    /// never read from or shown to users.
+    #[serde(skip)]
+    pub nbd: Option<NbdSource>,
+}
+
+/// An NBD export: a Unix socket of an export daemon and the export's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdSource {
+    pub socket: String,
+    pub export: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -499,6 +510,7 @@ mod tests {
                         bus: DiskBus::VirtioBlk,
                         readonly: false,
                         qos: None,
+                        nbd: None,
                     })
                 }),
                 "disks[0].path",
@@ -534,6 +546,7 @@ mod tests {
             bus: DiskBus::VirtioScsi,
             readonly: false,
             qos: None,
+            nbd: None,
         });
         assert_eq!(s.validate().unwrap_err().field, "disks[0].bus");
         s.disks.clear();
@@ -546,6 +559,7 @@ mod tests {
             bus: DiskBus::VirtioBlk,
             readonly: false,
             qos: None,
+            nbd: None,
         });
         assert_eq!(s.validate().unwrap_err().field, "kernel");
     }

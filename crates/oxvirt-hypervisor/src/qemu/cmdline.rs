@@ -62,6 +62,25 @@ pub fn format_node(id: &str) -> String {
     format!("{id}-fmt")
 }
 
+/// How long QEMU's NBD client keeps retrying a lost connection (holding the guest's I/O, not
+/// failing it) before it reports errors.
+pub const NBD_RECONNECT_SECS: u64 = 30;
+
+/// The block nodes of a disk, bottom first; the last is its format node (`format_node`): a file
+/// and a qcow2/raw node, or one NBD client node for a volume served over NBD.
+pub fn block_nodes(d: &oxvirt_model::DiskSpec, id: &str) -> Vec<serde_json::Value> {
+    match &d.nbd {
+        Some(n) => vec![json!({
+            "driver": "nbd", "server": { "type": "unix", "path": n.socket }, "export": n.export,
+            "node-name": format_node(id), "read-only": d.readonly, "reconnect-delay": NBD_RECONNECT_SECS,
+        })],
+        None => vec![
+            json!({ "driver": "file", "filename": d.path, "node-name": file_node(id), "read-only": d.readonly }),
+            json!({ "driver": d.format.as_str(), "file": file_node(id), "node-name": format_node(id), "read-only": d.readonly }),
+        ],
+    }
+}
+
 /// Arguments of QMP `block_set_io_throttle` for a disk (found by its QOM path, which works for
 /// disks defined with -blockdev) with these limits; every field is given, 0 meaning none.
 pub fn throttle_args(disk_id: &str, q: &oxvirt_model::DiskQos) -> serde_json::Value {
@@ -153,11 +172,9 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
     let mut scsi_added = false;
     for (i, d) in spec.disks.iter().enumerate() {
         let id = disk_id(d, i);
-        let file =
-            json!({ "driver": "file", "filename": d.path, "node-name": file_node(&id), "read-only": d.readonly });
-        let fmt = json!({ "driver": d.format.as_str(), "file": file_node(&id), "node-name": format_node(&id), "read-only": d.readonly });
-        push(&["-blockdev", &file.to_string()]);
-        push(&["-blockdev", &fmt.to_string()]);
+        for node in block_nodes(d, &id) {
+            push(&["-blockdev", &node.to_string()]);
+        }
         let mut dev = match d.bus {
             DiskBus::VirtioBlk => {
                 json!({ "driver": format!("virtio-blk-{bus_suffix}"), "drive": format_node(&id), "id": id })
@@ -262,6 +279,7 @@ mod tests {
             bus: DiskBus::VirtioBlk,
             readonly: false,
             qos: None,
+            nbd: None,
         });
         let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
@@ -284,6 +302,7 @@ mod tests {
             bus: DiskBus::VirtioBlk,
             readonly: false,
             qos: None,
+            nbd: None,
         });
         s.disks.push(DiskSpec {
             id: String::new(),
@@ -293,6 +312,7 @@ mod tests {
             bus: DiskBus::VirtioScsi,
             readonly: true,
             qos: None,
+            nbd: None,
         });
         let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
         let devs: Vec<serde_json::Value> = after(&a, "-device")
@@ -342,6 +362,7 @@ mod tests {
             bus: DiskBus::VirtioBlk,
             readonly: false,
             qos: None,
+            nbd: None,
         });
         s.nics.push(NicSpec { mode: NicMode::Isolated, mac: None, queues: 0 });
         let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());

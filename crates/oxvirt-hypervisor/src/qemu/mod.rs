@@ -296,23 +296,17 @@ impl Instance for QemuInstance {
             return Err(HvError::Unsupported("hot-plug takes virtio-blk disks".into()));
         }
         let id = disk.id.as_str();
-        let (file, fmt) = (cmdline::file_node(id), cmdline::format_node(id));
-        self.qmp
-            .execute(
-                "blockdev-add",
-                json!({ "driver": "file", "filename": disk.path, "node-name": file, "read-only": disk.readonly }),
-            )
-            .await?;
-        let added = self
-            .qmp
-            .execute(
-                "blockdev-add",
-                json!({ "driver": disk.format.as_str(), "file": file, "node-name": fmt, "read-only": disk.readonly }),
-            )
-            .await;
-        if let Err(e) = added {
-            let _ = self.qmp.execute("blockdev-del", json!({ "node-name": file })).await;
-            return Err(e.into());
+        let fmt = cmdline::format_node(id);
+        let mut added: Vec<String> = Vec::new();
+        for node in cmdline::block_nodes(disk, id) {
+            let name = node["node-name"].as_str().unwrap_or_default().to_string();
+            if let Err(e) = self.qmp.execute("blockdev-add", node).await {
+                for n in added.iter().rev() {
+                    let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
+                }
+                return Err(e.into());
+            }
+            added.push(name);
         }
         // The first free hot-plug port takes it.
         let mut last = None;
@@ -328,8 +322,9 @@ impl Instance for QemuInstance {
                 Err(e) => last = Some(e),
             }
         }
-        let _ = self.qmp.execute("blockdev-del", json!({ "node-name": fmt })).await;
-        let _ = self.qmp.execute("blockdev-del", json!({ "node-name": file })).await;
+        for n in added.iter().rev() {
+            let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
+        }
         Err(HvError::Unsupported(format!(
             "no free hot-plug slot ({} in all): {}",
             cmdline::HOTPLUG_PORTS,
@@ -360,7 +355,8 @@ impl Instance for QemuInstance {
             return Err(HvError::Timeout(timeout, format!("the guest to release disk {disk_id}")));
         }
         self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::format_node(disk_id) })).await?;
-        self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::file_node(disk_id) })).await?;
+        // An NBD disk has no file node.
+        let _ = self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::file_node(disk_id) })).await;
         Ok(())
     }
 

@@ -1,0 +1,194 @@
+//! The export daemon of an `nbd` pool: one qemu-storage-daemon that serves the pool's volumes
+//! over NBD on a Unix socket. oxvirt starts it, finds it again after its own restart (pidfile and
+//! command line), and starts it again when it dies; VMs ride that out with QEMU's NBD reconnect.
+
+use crate::StorageError;
+use oxvirt_model::DiskFormat;
+use oxvirt_qemu::process::{self, Pidfd};
+use oxvirt_qemu::qmp::Qmp;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PROGRAM: &str = "qemu-storage-daemon";
+
+pub struct ExportDaemon {
+    dir: PathBuf,
+    qmp: Arc<Qmp>,
+    pidfd: Pidfd,
+}
+
+fn qerr(e: impl std::fmt::Display) -> StorageError {
+    StorageError::QemuImg { op: "export daemon".into(), message: e.to_string() }
+}
+
+fn file_node(name: &str) -> String {
+    format!("f-{name}")
+}
+fn format_node(name: &str) -> String {
+    format!("v-{name}")
+}
+
+impl ExportDaemon {
+    /// The NBD socket of the daemon whose runtime directory is `dir`.
+    pub fn socket(dir: &Path) -> PathBuf {
+        dir.join("nbd.sock")
+    }
+
+    fn pidfile(dir: &Path) -> PathBuf {
+        dir.join("qsd.pid")
+    }
+
+    fn monitor(dir: &Path) -> PathBuf {
+        dir.join("qmp.sock")
+    }
+
+    /// Finds the daemon of `dir` if it runs, or starts it.
+    pub async fn start_or_adopt(dir: &Path) -> Result<ExportDaemon, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
+        let pidfile = Self::pidfile(dir);
+        let running = process::read_pidfile(&pidfile)
+            .map_err(qerr)?
+            .filter(|pid| process::has_args(*pid, b"--pidfile", pidfile.as_os_str().as_encoded_bytes()));
+        let pid = match running {
+            Some(pid) => pid,
+            None => {
+                for p in [Self::socket(dir), Self::monitor(dir)] {
+                    let _ = std::fs::remove_file(p);
+                }
+                let s = |p: PathBuf| p.to_string_lossy().replace(',', ",,");
+                let args = vec![
+                    "--nbd-server".to_string(),
+                    format!("addr.type=unix,addr.path={}", s(Self::socket(dir))),
+                    "--chardev".to_string(),
+                    format!("socket,id=m0,path={},server=on,wait=off", s(Self::monitor(dir))),
+                    "--monitor".to_string(),
+                    "chardev=m0".to_string(),
+                    "--pidfile".to_string(),
+                    pidfile.to_string_lossy().into_owned(),
+                    "--daemonize".to_string(),
+                ];
+                process::spawn_daemonized(PROGRAM, &args, &pidfile, &[]).await.map_err(qerr)?
+            }
+        };
+        let pidfd = Pidfd::open(pid).map_err(qerr)?;
+        let qmp = Qmp::connect(&Self::monitor(dir), Duration::from_secs(10)).await.map_err(qerr)?;
+        Ok(ExportDaemon { dir: dir.to_path_buf(), qmp, pidfd })
+    }
+
+    pub fn nbd_socket(&self) -> PathBuf {
+        Self::socket(&self.dir)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pidfd.pid()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        !self.qmp.is_closed()
+            && process::has_args(self.pid(), b"--pidfile", Self::pidfile(&self.dir).as_os_str().as_encoded_bytes())
+    }
+
+    async fn exports(&self) -> Result<Vec<String>, StorageError> {
+        let list = self.qmp.execute("query-block-exports", Value::Null).await.map_err(qerr)?;
+        Ok(list
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["id"].as_str().map(String::from)).collect())
+            .unwrap_or_default())
+    }
+
+    /// Serves volume `name` (its image `file`) as the NBD export `name`; does nothing if it is served.
+    pub async fn export(&self, name: &str, file: &Path, format: DiskFormat) -> Result<(), StorageError> {
+        if self.exports().await?.iter().any(|e| e == name) {
+            return Ok(());
+        }
+        let q = &self.qmp;
+        q.execute("blockdev-add", json!({ "driver": "file", "filename": file, "node-name": file_node(name) }))
+            .await
+            .map_err(qerr)?;
+        if let Err(e) = q
+            .execute(
+                "blockdev-add",
+                json!({ "driver": format.as_str(), "file": file_node(name), "node-name": format_node(name) }),
+            )
+            .await
+        {
+            let _ = q.execute("blockdev-del", json!({ "node-name": file_node(name) })).await;
+            return Err(qerr(e));
+        }
+        let added = q
+            .execute(
+                "block-export-add",
+                json!({ "type": "nbd", "id": name, "node-name": format_node(name), "name": name, "writable": true }),
+            )
+            .await;
+        if let Err(e) = added {
+            let _ = q.execute("blockdev-del", json!({ "node-name": format_node(name) })).await;
+            let _ = q.execute("blockdev-del", json!({ "node-name": file_node(name) })).await;
+            return Err(qerr(e));
+        }
+        Ok(())
+    }
+
+    /// Stops serving volume `name` and closes its image.
+    pub async fn unexport(&self, name: &str) -> Result<(), StorageError> {
+        if !self.exports().await?.iter().any(|e| e == name) {
+            return Ok(());
+        }
+        let mut events = self.qmp.subscribe();
+        self.qmp.execute("block-export-del", json!({ "id": name, "mode": "hard" })).await.map_err(qerr)?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(e) = events.recv().await {
+                if e.name == "BLOCK_EXPORT_DELETED" && e.data["id"] == name {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.qmp.execute("blockdev-del", json!({ "node-name": format_node(name) })).await.map_err(qerr)?;
+        self.qmp.execute("blockdev-del", json!({ "node-name": file_node(name) })).await.map_err(qerr)?;
+        Ok(())
+    }
+
+    /// Ends the daemon (for tests and pool deletion).
+    pub async fn stop(&self) {
+        let _ = self.qmp.execute("quit", Value::Null).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.pidfd.exited()).await;
+        let _ = self.pidfd.signal(libc::SIGKILL);
+    }
+
+    /// Kills the daemon abruptly (for failure tests).
+    pub fn kill(&self) {
+        let _ = self.pidfd.signal(libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_a_volume_and_is_found_again() {
+        let dir = tempfile::Builder::new().prefix("oxq").tempdir_in("/tmp").unwrap();
+        let img = dir.path().join("v1.qcow2");
+        crate::qemu_img::create(&img, DiskFormat::Qcow2, Some(16 << 20), None).await.unwrap();
+        let run = dir.path().join("run");
+        let d = ExportDaemon::start_or_adopt(&run).await.unwrap();
+        d.export("v1", &img, DiskFormat::Qcow2).await.unwrap();
+        d.export("v1", &img, DiskFormat::Qcow2).await.unwrap();
+        // A client sees the export's size through NBD.
+        let url = format!("nbd+unix:///v1?socket={}", d.nbd_socket().display());
+        let info = crate::qemu_img::info(Path::new(&url), None).await.unwrap();
+        assert_eq!(info.virtual_size, 16 << 20);
+        // Found again by a new handle (as after an oxvirtd restart, whose QMP connection is gone).
+        let pid = d.pid();
+        drop(d);
+        let again = ExportDaemon::start_or_adopt(&run).await.unwrap();
+        assert_eq!(again.pid(), pid);
+        again.unexport("v1").await.unwrap();
+        assert!(again.exports().await.unwrap().is_empty());
+        again.stop().await;
+        assert!(!again.is_alive());
+    }
+}
