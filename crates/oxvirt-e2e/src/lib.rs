@@ -244,18 +244,22 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
     let mut ws = client.console(vm).await.unwrap();
     let start = Instant::now();
     let mut seen = Vec::new();
+    // The shell echoes what it is typed; typed again only while it has not (it may be starting).
+    let echo = command.chars().take(12).collect::<String>();
+    let mut typed_at: Option<Instant> = None;
     while !String::from_utf8_lossy(&seen).contains(want) {
-        assert!(start.elapsed() < Duration::from_secs(60), "{want:?} not seen: {}", String::from_utf8_lossy(&seen));
-        futures_util::SinkExt::send(&mut ws, Message::Binary(format!("{command}\n").into_bytes().into()))
-            .await
-            .unwrap();
-        let until = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < until && !String::from_utf8_lossy(&seen).contains(want) {
-            if let Ok(Some(Ok(Message::Binary(b)))) =
-                tokio::time::timeout(Duration::from_millis(300), futures_util::StreamExt::next(&mut ws)).await
-            {
-                seen.extend_from_slice(&b);
-            }
+        assert!(start.elapsed() < Duration::from_secs(120), "{want:?} not seen: {}", String::from_utf8_lossy(&seen));
+        let echoed = String::from_utf8_lossy(&seen).contains(&echo);
+        if !echoed && typed_at.is_none_or(|t| t.elapsed() > Duration::from_secs(3)) {
+            futures_util::SinkExt::send(&mut ws, Message::Binary(format!("{command}\n").into_bytes().into()))
+                .await
+                .unwrap();
+            typed_at = Some(Instant::now());
+        }
+        if let Ok(Some(Ok(Message::Binary(b)))) =
+            tokio::time::timeout(Duration::from_millis(300), futures_util::StreamExt::next(&mut ws)).await
+        {
+            seen.extend_from_slice(&b);
         }
     }
     String::from_utf8_lossy(&seen).into_owned()

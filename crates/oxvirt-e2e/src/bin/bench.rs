@@ -3,6 +3,7 @@
 //!
 //! 1. Start overhead (hypervisor layer): time from `start` to the guest's READY marker through
 //!    oxvirt, against the very same QEMU command line launched directly. 5 rounds each.
+//! 3. Storage: I/O limits against guest-measured rates, linked-clone time, import throughput.
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
 //!    a no-op API request rate), time to list all of them, and the daemon's RSS.
 
@@ -169,6 +170,121 @@ async fn control_plane_scale() {
     );
 }
 
+/// Guest-measured seconds of a command, between two reads of /proc/uptime.
+async fn guest_seconds(c: &oxvirt_client::Client, vm: &str, cmd: &str, tag: u32) -> f64 {
+    let full = format!(
+        "a=$(cut -d' ' -f1 /proc/uptime); {cmd}; b=$(cut -d' ' -f1 /proc/uptime); echo TIMED-$(({tag}+0)) $a $b E''ND"
+    );
+    let out = run_in_guest(c, vm, &full, "END").await;
+    let line = out.lines().find(|l| l.starts_with(&format!("TIMED-{tag} "))).expect("timed line");
+    let f: Vec<f64> = line.split_whitespace().skip(1).take(2).map(|x| x.parse().expect("number")).collect();
+    f[1] - f[0]
+}
+
+async fn storage() {
+    use serde_json::json;
+    println!("== storage");
+    let d = Daemon::start();
+    let c = &d.client;
+    let pool_dir = d.path().join("pool");
+    let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "b", "path": pool_dir })).await.expect("pool");
+
+    // I/O limits against what the guest measures.
+    let _: serde_json::Value =
+        c.post("/api/v1/pools/b/volumes", &json!({ "name": "q", "size": "256MiB" })).await.expect("vol");
+    let mut spec = kernel_spec("qos", "");
+    spec["disks"] = json!([{ "volume": "b/q", "qos": { "bps_read": 4 << 20 } }]);
+    d.client.create_vm(&spec, true).await.expect("vm");
+    wait_console(c, "qos", READY, 1, BOOT_TIMEOUT).await;
+    let secs =
+        guest_seconds(c, "qos", "dd if=/dev/vda of=/dev/null bs=64k count=256 iflag=direct 2>/dev/null", 1).await;
+    let bps = 16.0 * 1048576.0 / secs;
+    println!(
+        "   read limit 4 MiB/s: measured {:.2} MiB/s, ratio {:.3} (target 0.95..1.05)",
+        bps / 1048576.0,
+        bps / (4.0 * 1048576.0)
+    );
+    let _: serde_json::Value = c
+        .call(hyper::Method::PUT, "/api/v1/vms/qos/disks/disk0/qos", Some(&json!({ "iops_read": 200 })))
+        .await
+        .expect("qos");
+    let secs =
+        guest_seconds(c, "qos", "dd if=/dev/vda of=/dev/null bs=4k skip=8192 count=1000 iflag=direct 2>/dev/null", 2)
+            .await;
+    let iops = 1000.0 / secs;
+    println!("   read limit 200 IOPS: measured {iops:.0} IOPS, ratio {:.3} (target 0.95..1.05)", iops / 200.0);
+    d.client.vm_action_wait("qos", "kill", Duration::from_secs(30)).await.expect("kill");
+
+    // Linked clone of a 10 GiB template, against qemu-img creating the same overlay by hand.
+    let _: serde_json::Value =
+        c.post("/api/v1/pools/b/volumes", &json!({ "name": "tmpl", "size": "10GiB" })).await.expect("tmpl");
+    let mut by_hand = Vec::new();
+    let mut through = Vec::new();
+    for i in 0..ROUNDS {
+        let overlay = d.path().join(format!("hand{i}.qcow2"));
+        let t0 = Instant::now();
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(pool_dir.join("tmpl.qcow2"))
+            .arg(&overlay)
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        by_hand.push(t0.elapsed());
+        let t0 = Instant::now();
+        let _: serde_json::Value =
+            c.post("/api/v1/pools/b/volumes/tmpl/clone", &json!({ "name": format!("c{i}") })).await.expect("clone");
+        through.push(t0.elapsed());
+    }
+    let (h, o) = (median(by_hand), median(through));
+    println!(
+        "   linked clone of 10 GiB: {o:?} through oxvirt, {h:?} qemu-img by hand (ratio {:.2})",
+        o.as_secs_f64() / h.as_secs_f64()
+    );
+
+    // Import throughput against plain qemu-img convert of the same file.
+    let src = d.path().join("src.raw");
+    let data: Vec<u8> = (0..1024u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    std::fs::write(&src, data).expect("src");
+    // Rounds alternate, each after `sync`, so that neither side pays for the other's dirty pages.
+    let sync = || {
+        let _ = std::process::Command::new("sync").status();
+    };
+    let (mut plains, mut imps) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let plain_out = d.path().join("plain.qcow2");
+        let _ = std::fs::remove_file(&plain_out);
+        sync();
+        let t0 = Instant::now();
+        let st = std::process::Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&src)
+            .arg(&plain_out)
+            .status()
+            .expect("convert");
+        assert!(st.success());
+        plains.push(t0.elapsed());
+        let _ = std::fs::remove_file(&plain_out);
+        sync();
+        let t0 = Instant::now();
+        let t: oxvirt_model::Task = c
+            .post("/api/v1/pools/b/import", &json!({ "name": format!("imp{i}"), "source": src }))
+            .await
+            .expect("import");
+        let t = c.wait_task(&t.id, Duration::from_secs(300)).await.expect("wait");
+        assert_eq!(t.state, oxvirt_model::TaskState::Succeeded);
+        imps.push(t0.elapsed());
+        c.delete(&format!("/api/v1/pools/b/volumes/imp{i}")).await.expect("delete");
+    }
+    let (plain, imp) = (median(plains), median(imps));
+    println!(
+        "   import 1 GiB: {:.0} MiB/s through oxvirt, {:.0} MiB/s plain qemu-img convert (ratio {:.3}, target >= 0.95)",
+        1024.0 / imp.as_secs_f64(),
+        1024.0 / plain.as_secs_f64(),
+        plain.as_secs_f64() / imp.as_secs_f64()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::var("OXVIRT_PROFILE").is_err() {
@@ -180,5 +296,8 @@ async fn main() {
     }
     if only.is_empty() || only == "scale" {
         control_plane_scale().await;
+    }
+    if only.is_empty() || only == "storage" {
+        storage().await;
     }
 }
