@@ -26,7 +26,8 @@ impl Controller {
         let new = Vm { spec, ..current.clone() };
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
         if running {
-            let resolved = self.resolve_disks(&new.spec)?;
+            self.prepare_storage(&new.id, &new.spec).await?;
+            let resolved = self.resolve_disks(&new.id, &new.spec)?;
             let plugged = match self.instance(vm) {
                 Ok(i) => i.hotplug_disk(&resolved.disks[index]).await.map_err(ControlError::from),
                 Err(e) => Err(e),

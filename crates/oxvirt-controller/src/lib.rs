@@ -10,6 +10,7 @@ mod disks;
 mod error;
 mod host;
 mod lifecycle;
+mod nbd;
 mod reconcile;
 mod snapshots;
 pub mod storage;

@@ -77,8 +77,8 @@ impl Controller {
         task.progress(10, "starting QEMU");
         self.set_state(name, VmState::Starting, "starting");
         let paths = self.inner.paths(&vm.id);
-        let prepared = self.prepare_storage(&vm.spec).await;
-        let spec = match prepared.and_then(|_| self.resolve_disks(&vm.spec)) {
+        let prepared = self.prepare_storage(&vm.id, &vm.spec).await;
+        let spec = match prepared.and_then(|_| self.resolve_disks(&vm.id, &vm.spec)) {
             Ok(s) => s,
             Err(e) => {
                 self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));
@@ -265,6 +265,9 @@ impl Controller {
     }
 
     pub(crate) fn mark_stopped(&self, name: &str, reason: &str) {
+        if let Ok(vm) = self.get_vm(name) {
+            self.stop_mpaths(&vm.id);
+        }
         self.update_vm_record(name, |vm| {
             vm.status.pid = None;
             vm.status.accel = None;

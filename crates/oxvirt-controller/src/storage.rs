@@ -9,7 +9,6 @@ use oxvirt_model::{
     parse_volume_ref, ByteSize, DiskFormat, NbdSource, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Task,
     ValidationError, Vm, Volume, VolumeSpec,
 };
-use oxvirt_storage::nbd::ExportDaemon;
 use oxvirt_storage::{paths, qemu_img, usage};
 use oxvirt_store::{encode, Expect, Op, StoreError, StoreExt};
 use std::path::{Path, PathBuf};
@@ -91,45 +90,12 @@ impl Controller {
             e => e.into(),
         })?;
         if pool.spec.kind == PoolKind::Nbd {
-            if let Err(e) = self.export_daemon(&pool).await {
+            if let Err(e) = self.export_daemons(&pool).await {
                 let _ = self.inner.store.delete_record::<Pool>(&pool.spec.name, Expect::Any);
                 return Err(e);
             }
         }
         Ok(pool)
-    }
-
-    fn export_dir(&self, pool: &str) -> PathBuf {
-        self.inner.config.data_dir.join("nbd").join(pool)
-    }
-
-    /// The running export daemon of an `nbd` pool: started (or found again) when needed, and
-    /// started again when it died, serving every volume of the pool.
-    pub(crate) async fn export_daemon(&self, pool: &Pool) -> Result<Arc<ExportDaemon>, ControlError> {
-        let mut daemons = self.inner.export_daemons.lock().await;
-        if let Some(d) = daemons.get(&pool.spec.name) {
-            if d.is_alive() {
-                return Ok(d.clone());
-            }
-            tracing::warn!(pool = %pool.spec.name, "export daemon died: starting it again");
-        }
-        let d = Arc::new(ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name)).await?);
-        for (v, _) in self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
-            let file = self.volume_file(pool, &v.name, v.format)?;
-            d.export(&v.name, &file, v.format).await?;
-        }
-        daemons.insert(pool.spec.name.clone(), d.clone());
-        Ok(d)
-    }
-
-    /// Keeps the export daemons of `nbd` pools running (called by the reconciler).
-    pub(crate) async fn supervise_export_daemons(&self) {
-        let Ok(pools) = self.inner.store.list_records::<Pool>() else { return };
-        for (p, _) in pools.iter().filter(|(p, _)| p.spec.kind == PoolKind::Nbd) {
-            if let Err(e) = self.export_daemon(p).await {
-                tracing::error!(pool = %p.spec.name, "export daemon: {e}");
-            }
-        }
     }
 
     fn refuse_nbd(&self, vol: &Volume, what: &str) -> Result<(), ControlError> {
@@ -194,9 +160,7 @@ impl Controller {
             return Err(ControlError::Conflict(format!("pool {name} still has {n} volume(s): delete them first")));
         }
         self.inner.store.delete_record::<Pool>(name, Expect::Revision(rev))?;
-        if let Some(d) = self.inner.export_daemons.lock().await.remove(name) {
-            d.stop().await;
-        }
+        self.stop_export_daemons(name).await;
         Ok(())
     }
 
@@ -277,6 +241,7 @@ impl Controller {
         spec.validate()?;
         let pool = self.pool(pool)?;
         let size = spec.size.ok_or_else(|| ControlError::invalid("size", "is required"))?;
+        check_multipath_format(&pool, spec.format)?;
         self.check_new_volume_name(&pool.spec.name, &spec.name)?;
         self.check_room(&pool, size.0)?;
         let file = self.volume_file(&pool, &spec.name, spec.format)?;
@@ -301,10 +266,7 @@ impl Controller {
         if pool.spec.kind != PoolKind::Nbd {
             return Ok(());
         }
-        let served = match self.export_daemon(pool).await {
-            Ok(d) => d.export(&vol.name, file, vol.format).await.map_err(ControlError::from),
-            Err(e) => Err(e),
-        };
+        let served = self.export_volume_everywhere(pool, vol, file).await;
         if let Err(e) = served {
             let _ = self.inner.store.delete_record::<Volume>(&vol.reference(), Expect::Any);
             let _ = std::fs::remove_file(file);
@@ -339,7 +301,9 @@ impl Controller {
         let p = self.pool(pool)?;
         let file = self.volume_file(&p, name, vol.format)?;
         if p.spec.kind == PoolKind::Nbd {
-            self.export_daemon(&p).await?.unexport(name).await?;
+            for d in self.export_daemons(&p).await? {
+                d.unexport(name).await?;
+            }
         }
         match std::fs::remove_file(&file) {
             Ok(()) => {}
@@ -489,6 +453,7 @@ impl Controller {
             return Err(ControlError::invalid("source", "has a backing file: import a standalone image"));
         }
         self.check_room(&pool, info.virtual_size)?;
+        check_multipath_format(&pool, req.format)?;
         let dst = self.volume_file(&pool, &req.name, req.format)?;
         let pool = pool.clone();
         let new = Volume {
@@ -583,7 +548,11 @@ impl Controller {
     // ---- VMs' disks ----
 
     /// The VM spec QEMU gets: volumes resolved to their files and formats.
-    pub(crate) fn resolve_disks(&self, spec: &oxvirt_model::VmSpec) -> Result<oxvirt_model::VmSpec, ControlError> {
+    pub(crate) fn resolve_disks(
+        &self,
+        vm_id: &str,
+        spec: &oxvirt_model::VmSpec,
+    ) -> Result<oxvirt_model::VmSpec, ControlError> {
         let mut s = spec.clone();
         for (i, d) in s.disks.iter_mut().enumerate() {
             if d.id.is_empty() {
@@ -596,27 +565,12 @@ impl Controller {
                 d.path = self.volume_file(&p, &name, vol.format)?.to_string_lossy().into_owned();
                 d.format = vol.format;
                 if p.spec.kind == PoolKind::Nbd {
-                    let socket = ExportDaemon::socket(&self.export_dir(&pool)).to_string_lossy().into_owned();
+                    let socket = self.nbd_socket_for(&p, vm_id, &d.id).to_string_lossy().into_owned();
                     d.nbd = Some(NbdSource { socket, export: name });
                 }
             }
         }
         Ok(s)
-    }
-
-    /// Makes sure the storage a VM's disks need is being served (export daemons of `nbd` pools).
-    pub(crate) async fn prepare_storage(&self, spec: &oxvirt_model::VmSpec) -> Result<(), ControlError> {
-        for d in &spec.disks {
-            let Some(r) = &d.volume else { continue };
-            let (pool, name) = parse_volume_ref("volume", r)?;
-            let p = self.pool(&pool)?;
-            if p.spec.kind == PoolKind::Nbd {
-                let (vol, _) = self.volume_rec(&pool, &name)?;
-                let file = self.volume_file(&p, &name, vol.format)?;
-                self.export_daemon(&p).await?.export(&name, &file, vol.format).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Store operations that give the volumes `spec` names to VM `vm` and take back those it no
@@ -686,6 +640,19 @@ impl Controller {
         self.inner.store.txn(ops)?;
         Ok(())
     }
+}
+
+fn check_multipath_format(pool: &Pool, format: DiskFormat) -> Result<(), ControlError> {
+    if pool.spec.paths > 1 && format != DiskFormat::Raw {
+        return Err(ControlError::invalid(
+            "format",
+            format!(
+                "pool {} has {} paths: its volumes must be raw, the one format several servers may share",
+                pool.spec.name, pool.spec.paths
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Volumes held busy by a task; released when dropped.

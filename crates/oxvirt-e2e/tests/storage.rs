@@ -368,3 +368,63 @@ async fn nbd_pool_boots_a_guest_and_survives_its_export_daemon_dying() {
     let (s, _, m) = err(c.patch("/api/v1/pools/san/volumes/data", &json!({ "size": "64MiB" })).await).await;
     assert_eq!(s, 409, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipath_keeps_writes_going_when_a_path_fails() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let dir = d.path().join("mp");
+    let _: PoolView =
+        c.post("/api/v1/pools", &json!({ "name": "mp", "kind": "nbd", "path": dir, "paths": 2 })).await.unwrap();
+    // Two export daemons serve the same raw images; qcow2 is refused (two servers cannot share it).
+    let (s, f, _) = err(c.post("/api/v1/pools/mp/volumes", &json!({ "name": "q", "size": "32MiB" })).await).await;
+    assert_eq!((s, f.as_deref()), (400, Some("format")));
+    let _: Volume =
+        c.post("/api/v1/pools/mp/volumes", &json!({ "name": "data", "size": "32MiB", "format": "raw" })).await.unwrap();
+    let mut spec = kernel_spec("mpvm", "");
+    spec["disks"] = json!([{ "volume": "mp/data" }]);
+    c.create_vm(&spec, true).await.unwrap();
+    wait_console(c, "mpvm", READY, 1, BOOT_TIMEOUT).await;
+    let path_daemon = |n: u32| {
+        let needle = d.path().join(format!("nbd/mp/path{n}/")).to_string_lossy().into_owned();
+        processes_mentioning(&needle)
+            .into_iter()
+            .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu-storage")))
+    };
+    let (p0, p1) = (path_daemon(0).expect("path 0"), path_daemon(1).expect("path 1"));
+    assert_ne!(p0, p1);
+
+    let loop_cmd = "i=0; while [ $i -lt 200 ]; do echo blk$i | dd of=/dev/vda bs=4096 seek=$i conv=sync oflag=direct 2>/dev/null || echo WERR $i; i=$((i+1)); sleep 0.05; done; echo LOOP-$((6*7))";
+    run_in_guest(c, "mpvm", &format!("({loop_cmd}) & echo STARTED-$((1+1))"), "STARTED-2").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Path 0 fails: the disk's I/O goes on through path 1.
+    unsafe { libc::kill(p0 as i32, libc::SIGKILL) };
+    let log = wait_console(c, "mpvm", "LOOP-42", 1, Duration::from_secs(120)).await;
+    assert!(!log.lines().any(|l| l.trim_start().starts_with("WERR ")), "a write failed:\n{log}");
+    assert!(!log.contains("I/O error"), "the guest saw an I/O error:\n{log}");
+    let vm = c.get_vm("mpvm").await.unwrap();
+    let proxy_log = std::fs::read_to_string(d.path().join("run").join(&vm.id[..13]).join("mpath-disk0.log")).unwrap();
+    assert!(
+        proxy_log.contains("using path 0") && proxy_log.contains("path 0") && proxy_log.contains("using path 1"),
+        "{proxy_log}"
+    );
+    assert!(proxy_log.find("failed").unwrap() < proxy_log.find("using path 1").unwrap(), "{proxy_log}");
+    run_in_guest(
+        c,
+        "mpvm",
+        "echo CHECK-$(dd if=/dev/vda bs=4096 skip=199 count=1 2>/dev/null | head -c 6)",
+        "CHECK-blk199",
+    )
+    .await;
+    c.vm_action_wait("mpvm", "kill", T).await.unwrap();
+    // The proxy goes with the VM.
+    let start = std::time::Instant::now();
+    while !processes_mentioning("mpath-disk0.sock").into_iter().all(|p| {
+        !std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+            .unwrap_or_default()
+            .contains(&*d.path().to_string_lossy())
+    }) {
+        assert!(start.elapsed() < Duration::from_secs(5), "multipath proxy left behind");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -40,6 +40,15 @@ pub struct PoolSpec {
     /// 2.0 = twice. New volumes beyond it are refused.
     #[serde(default = "default_overcommit")]
     pub overcommit: f64,
+    /// For `nbd` pools: how many paths (export daemons) serve the volumes. With more than one,
+    /// each VM disk reaches its volume through a multipath proxy and survives a path failing;
+    /// such a pool holds raw volumes, the one format two servers may share.
+    #[serde(default = "one")]
+    pub paths: u8,
+}
+
+fn one() -> u8 {
+    1
 }
 
 impl PoolSpec {
@@ -51,6 +60,12 @@ impl PoolSpec {
         }
         if !(self.overcommit.is_finite() && (1.0..=100.0).contains(&self.overcommit)) {
             return Err(ValidationError::new("overcommit", "must be from 1.0 to 100.0"));
+        }
+        if !(1..=4).contains(&self.paths) {
+            return Err(ValidationError::new("paths", "must be from 1 to 4"));
+        }
+        if self.paths > 1 && self.kind != PoolKind::Nbd {
+            return Err(ValidationError::new("paths", "only nbd pools have several paths"));
         }
         Ok(())
     }
@@ -168,6 +183,7 @@ mod tests {
             kind: PoolKind::Dir,
             path: "/var/lib/oxvirt/pools/local".into(),
             overcommit: 2.0,
+            paths: 1,
         };
         assert_eq!(ok.validate(), Ok(()));
         for (mutate, field) in [
@@ -177,6 +193,8 @@ mod tests {
             (Box::new(|p: &mut PoolSpec| p.overcommit = 0.5), "overcommit"),
             (Box::new(|p: &mut PoolSpec| p.overcommit = f64::NAN), "overcommit"),
             (Box::new(|p: &mut PoolSpec| p.name = "a/b".into()), "name"),
+            (Box::new(|p: &mut PoolSpec| p.paths = 2), "paths"),
+            (Box::new(|p: &mut PoolSpec| p.paths = 0), "paths"),
         ] {
             let mut p = ok.clone();
             mutate(&mut p);

@@ -99,14 +99,23 @@ impl ExportDaemon {
     }
 
     /// Serves volume `name` (its image `file`) as the NBD export `name`; does nothing if it is served.
-    pub async fn export(&self, name: &str, file: &Path, format: DiskFormat) -> Result<(), StorageError> {
+    /// `shared`: another export daemon serves the same (raw) image too, so it is opened without
+    /// the image lock.
+    pub async fn export(&self, name: &str, file: &Path, format: DiskFormat, shared: bool) -> Result<(), StorageError> {
         if self.exports().await?.iter().any(|e| e == name) {
             return Ok(());
         }
+        if shared && format != DiskFormat::Raw {
+            return Err(StorageError::Unsafe(format!(
+                "{name}: only raw images may be served by several daemons at once"
+            )));
+        }
         let q = &self.qmp;
-        q.execute("blockdev-add", json!({ "driver": "file", "filename": file, "node-name": file_node(name) }))
-            .await
-            .map_err(qerr)?;
+        let mut node = json!({ "driver": "file", "filename": file, "node-name": file_node(name) });
+        if shared {
+            node["locking"] = json!("off");
+        }
+        q.execute("blockdev-add", node).await.map_err(qerr)?;
         if let Err(e) = q
             .execute(
                 "blockdev-add",
@@ -175,8 +184,9 @@ mod tests {
         crate::qemu_img::create(&img, DiskFormat::Qcow2, Some(16 << 20), None).await.unwrap();
         let run = dir.path().join("run");
         let d = ExportDaemon::start_or_adopt(&run).await.unwrap();
-        d.export("v1", &img, DiskFormat::Qcow2).await.unwrap();
-        d.export("v1", &img, DiskFormat::Qcow2).await.unwrap();
+        d.export("v1", &img, DiskFormat::Qcow2, false).await.unwrap();
+        d.export("v1", &img, DiskFormat::Qcow2, false).await.unwrap();
+        assert!(d.export("v2", &img, DiskFormat::Qcow2, true).await.is_err(), "qcow2 is never shared");
         // A client sees the export's size through NBD.
         let url = format!("nbd+unix:///v1?socket={}", d.nbd_socket().display());
         let info = crate::qemu_img::info(Path::new(&url), None).await.unwrap();
