@@ -104,10 +104,18 @@ pub fn throttle_args(disk_id: &str, q: &oxvirt_model::DiskQos) -> serde_json::Va
             v[k] = json!(burst);
         }
     }
-    if let Some(g) = &q.group {
-        v["group"] = json!(g);
-    }
+    // Always a group: a disk named in no group gets one of its own (user group names are DNS
+    // labels, so `~disk0` is never one), which also takes it out of a group it was in.
+    v["group"] = json!(q.group.clone().unwrap_or_else(|| format!("~{disk_id}")));
     v
+}
+
+/// A disk served over NBD writes through: a write is done only once the server has it stable,
+/// so an export daemon that dies loses nothing the guest was told was written.
+pub fn disk_device_extras(d: &oxvirt_model::DiskSpec, dev: &mut serde_json::Value) {
+    if d.nbd.is_some() {
+        dev["write-cache"] = json!("off");
+    }
 }
 
 /// Whether QEMU should start paused (`-S`) so that settings applied over QMP (I/O limits) hold
@@ -190,6 +198,7 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
         if spec.kernel.is_none() && i == 0 {
             dev["bootindex"] = json!(0);
         }
+        disk_device_extras(d, &mut dev);
         push(&["-device", &dev.to_string()]);
     }
 

@@ -311,7 +311,8 @@ impl Instance for QemuInstance {
         // The first free hot-plug port takes it.
         let mut last = None;
         for port in 0..cmdline::HOTPLUG_PORTS {
-            let dev = json!({ "driver": "virtio-blk-pci", "id": id, "drive": fmt, "bus": format!("hp{port}") });
+            let mut dev = json!({ "driver": "virtio-blk-pci", "id": id, "drive": fmt, "bus": format!("hp{port}") });
+            cmdline::disk_device_extras(disk, &mut dev);
             match self.qmp.execute("device_add", dev).await {
                 Ok(_) => {
                     if let Some(q) = &disk.qos {
