@@ -1,20 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages oxvirt needs, only those that are missing.
-# Usage: scripts/install-deps.sh [group...]   groups: base (default), test
+# Usage: scripts/install-deps.sh
+#   qemu-system-x86 brings qemu-system-common, which has qemu-storage-daemon (nbd pools).
 set -euo pipefail
 
-base=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs syslinux syslinux-common
+want=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs syslinux syslinux-common
       mtools dosfstools fdisk iproute2 procps)
-test=()
-
-want=("${base[@]}")
-for g in "$@"; do
-  case "$g" in
-    base) ;;
-    test) want+=("${test[@]}") ;;
-    *) echo "install-deps: unknown group '$g'" >&2; exit 2 ;;
-  esac
-done
 
 missing=()
 for p in "${want[@]}"; do

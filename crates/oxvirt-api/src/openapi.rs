@@ -305,7 +305,8 @@ fn schemas() -> Value {
         "TaskList": { "type": "array", "items": schema_ref("Task") },
         "PoolSpec": { "type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
             "name": { "type": "string" }, "kind": { "type": "string", "enum": ["dir", "shared-dir", "nbd"] },
-            "path": { "type": "string" }, "overcommit": { "type": "number", "minimum": 1, "maximum": 100 } } },
+            "path": { "type": "string" }, "overcommit": { "type": "number", "minimum": 1, "maximum": 100 },
+            "paths": { "type": "integer", "minimum": 1, "maximum": 4 } } },
         "PoolView": { "type": "object", "properties": {
             "spec": schema_ref("PoolSpec"), "created_at": { "type": "integer" },
             "usage": { "type": "object", "properties": {

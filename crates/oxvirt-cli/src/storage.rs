@@ -14,9 +14,12 @@ pub enum PoolCmd {
         name: String,
         #[arg(long)]
         path: PathBuf,
-        /// dir or shared-dir.
+        /// dir, shared-dir or nbd (served by a supervised qemu-storage-daemon).
         #[arg(long, default_value = "dir")]
         kind: String,
+        /// For nbd pools: paths (export daemons) to each volume; more than 1 means multipath.
+        #[arg(long, default_value_t = 1)]
+        paths: u8,
         /// How far virtual sizes may exceed the pool's size.
         #[arg(long, default_value_t = 2.0)]
         overcommit: f64,
@@ -143,13 +146,10 @@ fn abs(p: &std::path::Path) -> Result<String, ClientError> {
 
 pub async fn pool(client: &Client, out: Output, cmd: PoolCmd) -> Result<(), ClientError> {
     match cmd {
-        PoolCmd::Create { name, path, kind, overcommit } => {
-            let p: PoolView = client
-                .post(
-                    "/api/v1/pools",
-                    &json!({ "name": name, "path": abs(&path)?, "kind": kind, "overcommit": overcommit }),
-                )
-                .await?;
+        PoolCmd::Create { name, path, kind, overcommit, paths } => {
+            let body =
+                json!({ "name": name, "path": abs(&path)?, "kind": kind, "overcommit": overcommit, "paths": paths });
+            let p: PoolView = client.post("/api/v1/pools", &body).await?;
             print_pools(&[p], out);
         }
         PoolCmd::List => print_pools(&client.get::<Vec<PoolView>>("/api/v1/pools").await?, out),
