@@ -51,12 +51,7 @@ impl Controller {
     pub async fn detach_disk(&self, vm: &str, disk_id: &str) -> Result<Vm, ControlError> {
         let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
         let current = self.get_vm(vm)?;
-        let index = current
-            .spec
-            .disks
-            .iter()
-            .position(|d| d.id == disk_id)
-            .ok_or_else(|| ControlError::NotFound { kind: "disk", name: format!("{vm}/{disk_id}") })?;
+        let index = disk_index(&current, disk_id)?;
         if current.status.state.has_process() {
             if current.spec.machine == MachineType::Microvm {
                 return Err(ControlError::Conflict("a running microvm VM cannot unplug disks: stop it first".into()));
@@ -70,4 +65,13 @@ impl Controller {
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&now.spec))?;
         Ok(new)
     }
+}
+
+/// Where the disk with this id is in the VM's list.
+pub(crate) fn disk_index(vm: &Vm, disk_id: &str) -> Result<usize, ControlError> {
+    vm.spec
+        .disks
+        .iter()
+        .position(|d| d.id == disk_id)
+        .ok_or_else(|| ControlError::NotFound { kind: "disk", name: format!("{}/{disk_id}", vm.spec.name) })
 }

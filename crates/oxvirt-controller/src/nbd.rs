@@ -149,6 +149,35 @@ impl Controller {
         Err(ControlError::Conflict(format!("the multipath proxy for disk {disk_id} did not start")))
     }
 
+    /// Runs `work` on a volume's image with the pool's export daemons letting go of it (refused
+    /// while a running VM uses the volume); the volume is served again afterwards, whatever happened.
+    pub(crate) async fn with_unexported<T>(
+        &self,
+        pool: &Pool,
+        vol: &Volume,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, ControlError>>,
+    ) -> Result<T, ControlError> {
+        if let Some(vm) = &vol.attached_to {
+            if self.get_vm(vm)?.status.state.has_process() {
+                return Err(ControlError::Conflict(format!(
+                    "{what} of volume {} needs VM {vm} stopped: it reaches the volume over NBD",
+                    vol.reference()
+                )));
+            }
+        }
+        let daemons = self.export_daemons(pool).await?;
+        for d in &daemons {
+            d.unexport(&vol.name).await?;
+        }
+        let r = work.await;
+        let file = self.volume_file(pool, &vol.name, vol.format)?;
+        for d in &daemons {
+            d.export(&vol.name, &file, vol.format, pool.spec.paths > 1).await?;
+        }
+        r
+    }
+
     /// Ends the multipath proxies of a VM whose QEMU is gone.
     pub(crate) fn stop_mpaths(&self, vm_id: &str) {
         let dir = self.inner.paths(vm_id).dir().to_path_buf();

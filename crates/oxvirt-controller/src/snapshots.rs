@@ -15,12 +15,6 @@ use serde_json::json;
 impl Controller {
     fn snapshot_target(&self, pool: &str, name: &str) -> Result<(Volume, std::path::PathBuf), ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
-        if self.pool_rec(pool)?.spec.kind == oxvirt_model::PoolKind::Nbd {
-            return Err(ControlError::Conflict(format!(
-                "snapshots of volumes in nbd pools are not supported yet ({})",
-                vol.reference()
-            )));
-        }
         if vol.format != DiskFormat::Qcow2 {
             return Err(ControlError::invalid(
                 "volume",
@@ -54,14 +48,7 @@ impl Controller {
             )));
         }
         let _guard = self.lock_user(&vol)?;
-        match self.running_disk(&vol)? {
-            Some((instance, id)) => {
-                instance
-                    .command("blockdev-snapshot-internal-sync", json!({ "device": format_node(&id), "name": snap }))
-                    .await?;
-            }
-            None => qemu_img::snapshot(SnapshotOp::Create, &file, snap).await?,
-        }
+        self.take_snapshot(&vol, &file, snap).await?;
         let s = VolumeSnapshot { name: snap.to_string(), created_at: now_millis() };
         self.record_snapshots(&vol, |list| list.push(s.clone()))
     }
@@ -78,7 +65,7 @@ impl Controller {
                 vol.reference()
             )));
         }
-        qemu_img::snapshot(SnapshotOp::Apply, &file, snap).await?;
+        self.apply_snapshot(&vol, &file, snap).await?;
         Ok(vol)
     }
 
@@ -100,6 +87,36 @@ impl Controller {
             None => qemu_img::snapshot(SnapshotOp::Delete, &file, snap).await?,
         }
         self.record_snapshots(&vol, |list| list.retain(|s| s.name != snap))
+    }
+
+    /// Takes a snapshot of one volume: through the QEMU that has it open, the export daemon of its
+    /// nbd pool, or qemu-img when nobody has it open.
+    async fn take_snapshot(&self, vol: &Volume, file: &std::path::Path, snap: &str) -> Result<(), ControlError> {
+        let pool = self.pool_rec(&vol.pool)?;
+        if pool.spec.kind == oxvirt_model::PoolKind::Nbd {
+            self.export_daemons(&pool).await?[0].snapshot(&vol.name, snap).await?;
+            return Ok(());
+        }
+        match self.running_disk(vol)? {
+            Some((instance, id)) => {
+                instance
+                    .command("blockdev-snapshot-internal-sync", json!({ "device": format_node(&id), "name": snap }))
+                    .await?;
+            }
+            None => qemu_img::snapshot(SnapshotOp::Create, file, snap).await?,
+        }
+        Ok(())
+    }
+
+    /// Reverts one volume nobody runs on (an nbd pool's daemons let go of it meanwhile).
+    async fn apply_snapshot(&self, vol: &Volume, file: &std::path::Path, snap: &str) -> Result<(), ControlError> {
+        let pool = self.pool_rec(&vol.pool)?;
+        let apply = async { Ok(qemu_img::snapshot(SnapshotOp::Apply, file, snap).await?) };
+        if pool.spec.kind == oxvirt_model::PoolKind::Nbd {
+            self.with_unexported(&pool, vol, "reverting", apply).await
+        } else {
+            apply.await
+        }
     }
 
     /// The volumes of a VM, in disk order; every disk must be a qcow2 volume.
@@ -135,24 +152,56 @@ impl Controller {
             )));
         }
         let running = self.get_vm(vm)?.status.state.has_process();
+        let mut nbd = Vec::new();
+        let mut local = Vec::new();
+        for (v, id) in &vols {
+            if self.pool_rec(&v.pool)?.spec.kind == oxvirt_model::PoolKind::Nbd {
+                nbd.push(v.clone());
+            } else {
+                local.push((v.clone(), id.clone()));
+            }
+        }
         if running {
-            let actions: Vec<_> = vols
-                .iter()
-                .map(|(_, id)| json!({ "type": "blockdev-snapshot-internal-sync", "data": { "device": format_node(id), "name": snap } }))
-                .collect();
-            self.instance(vm)?.command("transaction", json!({ "actions": actions })).await?;
+            let instance = self.instance(vm)?;
+            // Disks served over NBD are snapshotted by their export daemon, outside QEMU's
+            // transaction: the vCPUs are paused meanwhile, so all disks show one instant.
+            let pause = !nbd.is_empty() && self.get_vm(vm)?.status.state == oxvirt_model::VmState::Running;
+            if pause {
+                instance.pause().await?;
+            }
+            let result = async {
+                if !local.is_empty() {
+                    let actions: Vec<_> = local
+                        .iter()
+                        .map(|(_, id)| json!({ "type": "blockdev-snapshot-internal-sync", "data": { "device": format_node(id), "name": snap } }))
+                        .collect();
+                    instance.command("transaction", json!({ "actions": actions })).await?;
+                }
+                for v in &nbd {
+                    let file = self.volume_file(&self.pool_rec(&v.pool)?, &v.name, v.format)?;
+                    self.take_snapshot(v, &file, snap).await?;
+                }
+                Ok::<(), ControlError>(())
+            }
+            .await;
+            if pause {
+                instance.resume().await?;
+            }
+            result?;
         } else {
-            let mut done: Vec<std::path::PathBuf> = Vec::new();
+            let mut done: Vec<Volume> = Vec::new();
             for (v, _) in &vols {
                 let file = self.volume_file(&self.pool_rec(&v.pool)?, &v.name, v.format)?;
-                if let Err(e) = qemu_img::snapshot(SnapshotOp::Create, &file, snap).await {
+                if let Err(e) = self.take_snapshot(v, &file, snap).await {
                     // All or nothing: take back the ones already made.
-                    for f in &done {
-                        let _ = qemu_img::snapshot(SnapshotOp::Delete, f, snap).await;
+                    for d in &done {
+                        if let Ok(f) = self.volume_file(&self.pool_rec(&d.pool)?, &d.name, d.format) {
+                            let _ = qemu_img::snapshot(SnapshotOp::Delete, &f, snap).await;
+                        }
                     }
-                    return Err(e.into());
+                    return Err(e);
                 }
-                done.push(file);
+                done.push(v.clone());
             }
         }
         let s = VolumeSnapshot { name: snap.to_string(), created_at: now_millis() };
@@ -171,7 +220,7 @@ impl Controller {
         }
         for (v, _) in &vols {
             let file = self.volume_file(&self.pool_rec(&v.pool)?, &v.name, v.format)?;
-            qemu_img::snapshot(SnapshotOp::Apply, &file, snap).await?;
+            self.apply_snapshot(v, &file, snap).await?;
         }
         Ok(vols.into_iter().map(|(v, _)| v).collect())
     }
@@ -202,12 +251,7 @@ impl Controller {
         qos.validate("qos")?;
         let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
         let current = self.get_vm(vm)?;
-        let index = current
-            .spec
-            .disks
-            .iter()
-            .position(|d| d.id == disk)
-            .ok_or_else(|| ControlError::NotFound { kind: "disk", name: format!("{vm}/{disk}") })?;
+        let index = crate::disks::disk_index(&current, disk)?;
         if current.status.state.has_process() {
             self.instance(vm)?.set_disk_qos(disk, &qos).await?;
         }

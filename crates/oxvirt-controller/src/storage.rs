@@ -98,16 +98,6 @@ impl Controller {
         Ok(pool)
     }
 
-    fn refuse_nbd(&self, vol: &Volume, what: &str) -> Result<(), ControlError> {
-        if self.pool(&vol.pool)?.spec.kind == PoolKind::Nbd {
-            return Err(ControlError::Conflict(format!(
-                "{what} of volumes in nbd pools is not supported yet ({})",
-                vol.reference()
-            )));
-        }
-        Ok(())
-    }
-
     pub(crate) fn pool_rec(&self, name: &str) -> Result<Pool, ControlError> {
         self.pool(name)
     }
@@ -317,7 +307,6 @@ impl Controller {
     /// Grows a volume; when a running VM uses it, live, so the guest sees the new size.
     pub async fn resize_volume(&self, pool: &str, name: &str, size: ByteSize) -> Result<Volume, ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
-        self.refuse_nbd(&vol, "resizing")?;
         if size.0 <= vol.size.0 {
             return Err(ControlError::invalid(
                 "size",
@@ -330,12 +319,18 @@ impl Controller {
         let p = self.pool(pool)?;
         self.check_room(&p, size.0 - vol.size.0)?;
         self.ensure_not_busy(&vol.reference())?;
-        match self.running_disk(&vol)? {
-            Some((instance, disk_id)) => {
-                let node = oxvirt_hypervisor::qemu::cmdline::format_node(&disk_id);
-                instance.command("block_resize", serde_json::json!({ "node-name": node, "size": size.0 })).await?;
+        let file = self.volume_file(&p, name, vol.format)?;
+        if p.spec.kind == PoolKind::Nbd {
+            let grow = async { Ok(qemu_img::resize(&file, vol.format, size.0).await?) };
+            self.with_unexported(&p, &vol, "resizing", grow).await?;
+        } else {
+            match self.running_disk(&vol)? {
+                Some((instance, disk_id)) => {
+                    let node = oxvirt_hypervisor::qemu::cmdline::format_node(&disk_id);
+                    instance.command("block_resize", serde_json::json!({ "node-name": node, "size": size.0 })).await?;
+                }
+                None => qemu_img::resize(&file, vol.format, size.0).await?,
             }
-            None => qemu_img::resize(&self.volume_file(&p, name, vol.format)?, vol.format, size.0).await?,
         }
         let updated = self.inner.store.update_record::<Volume>(&vol.reference(), |v| v.size = size)?;
         updated.ok_or_else(|| ControlError::NotFound { kind: "volume", name: vol.reference() })
@@ -385,10 +380,16 @@ impl Controller {
         req: CloneRequest,
     ) -> Result<(Option<Volume>, Option<Task>), ControlError> {
         let (src, _) = self.volume_rec(pool, name)?;
-        self.refuse_nbd(&src, "cloning")?;
+        let src_pool = self.pool(pool)?;
         let dst_pool = self.pool(req.pool.as_deref().unwrap_or(pool))?;
-        if dst_pool.spec.kind == PoolKind::Nbd {
-            return Err(ControlError::Conflict("cloning into nbd pools is not supported yet: import instead".into()));
+        if req.linked && (src_pool.spec.kind == PoolKind::Nbd || dst_pool.spec.kind == PoolKind::Nbd) {
+            return Err(ControlError::invalid(
+                "linked",
+                "volumes in nbd pools have no linked clones (their export daemon writes the base): use a full clone",
+            ));
+        }
+        if !req.linked {
+            check_multipath_format(&dst_pool, src.format)?;
         }
         self.check_new_volume_name(&dst_pool.spec.name, &req.name)?;
         self.check_room(&dst_pool, src.size.0)?;
@@ -422,10 +423,18 @@ impl Controller {
         let src_format = src.format.as_str().to_string();
         tokio::spawn(async move {
             let _hold = hold;
-            let cancel = Arc::new(AtomicBool::new(false));
-            let r = me.copy_image(&task, &src_file, Some(&src_format), &dst_file, dst_format, &cancel).await;
-            let r = r.and_then(|_| me.record_new_volume(new, &dst_file).map(|_| ())).map_err(|e| e.to_string());
-            task.finish(r);
+            let copy = me.copy_image(&task, &src_file, Some(&src_format), &dst_file, dst_format);
+            // A source in an nbd pool is let go by its export daemons while it is read.
+            let r = if src_pool.spec.kind == PoolKind::Nbd {
+                me.with_unexported(&src_pool, &src, "cloning", copy).await
+            } else {
+                copy.await
+            };
+            let r = match r.and_then(|_| me.record_new_volume(new, &dst_file)) {
+                Ok(v) => me.serve_new_volume(&dst_pool, &v, &dst_file).await,
+                Err(e) => Err(e),
+            };
+            task.finish(r.map_err(|e| e.to_string()));
         });
         Ok((None, Some(snap)))
     }
@@ -472,8 +481,7 @@ impl Controller {
         let me = self.clone();
         tokio::spawn(async move {
             let _hold = hold;
-            let cancel = Arc::new(AtomicBool::new(false));
-            let r = me.copy_image(&task, &source, Some(&info.format), &dst, new.format, &cancel).await;
+            let r = me.copy_image(&task, &source, Some(&info.format), &dst, new.format).await;
             let r = match r.and_then(|_| me.record_new_volume(new, &dst)) {
                 Ok(v) => me.serve_new_volume(&pool, &v, &dst).await,
                 Err(e) => Err(e),
@@ -486,7 +494,6 @@ impl Controller {
     /// Exports a volume to a new file on the host, as a task with progress.
     pub async fn export_volume(&self, pool: &str, name: &str, req: ExportRequest) -> Result<Task, ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
-        self.refuse_nbd(&vol, "exporting")?;
         oxvirt_model::validate_host_path("destination", &req.destination)?;
         let dest = PathBuf::from(&req.destination);
         if dest.exists() {
@@ -501,15 +508,21 @@ impl Controller {
                 vol.reference()
             )));
         }
-        let src = self.volume_file(&self.pool(pool)?, name, vol.format)?;
+        let p = self.pool(pool)?;
+        let src = self.volume_file(&p, name, vol.format)?;
         let hold = self.hold(&[vol.reference()])?;
         let task = self.inner.tasks.create("volume.export", &format!("volumes/{}", vol.reference()))?;
         let snap = task.snapshot();
         let me = self.clone();
         tokio::spawn(async move {
             let _hold = hold;
-            let cancel = Arc::new(AtomicBool::new(false));
-            let r = me.copy_image(&task, &src, Some(vol.format.as_str()), &dest, req.format, &cancel).await;
+            let copy = me.copy_image(&task, &src, Some(vol.format.as_str()), &dest, req.format);
+            // An nbd pool's export daemons let go of the image while it is read.
+            let r = if p.spec.kind == PoolKind::Nbd {
+                me.with_unexported(&p, &vol, "exporting", copy).await
+            } else {
+                copy.await
+            };
             task.finish(r.map_err(|e| e.to_string()));
         });
         Ok(snap)
@@ -522,9 +535,9 @@ impl Controller {
         src_format: Option<&str>,
         dst: &Path,
         dst_format: DiskFormat,
-        cancel: &Arc<AtomicBool>,
     ) -> Result<(), ControlError> {
         task.progress(1, "copying");
+        let cancel = Arc::new(AtomicBool::new(false));
         let watch_cancel = {
             let cancel = cancel.clone();
             let id = task.id().to_string();
@@ -540,7 +553,7 @@ impl Controller {
             })
         };
         let r =
-            qemu_img::convert(src, src_format, dst, dst_format, |p| task.progress(p.min(99), "copying"), cancel).await;
+            qemu_img::convert(src, src_format, dst, dst_format, |p| task.progress(p.min(99), "copying"), &cancel).await;
         watch_cancel.abort();
         Ok(r?)
     }

@@ -365,10 +365,47 @@ async fn nbd_pool_boots_a_guest_and_survives_its_export_daemon_dying() {
     // Every block the guest was told was written is there, also those written just before the failure.
     run_in_guest(c, "sanvm", &verify_blocks("vdb"), "BAD-0-").await;
     assert_eq!(c.get_vm("sanvm").await.unwrap().status.state.as_str(), "running");
-    c.vm_action_wait("sanvm", "kill", T).await.unwrap();
-    // Volumes in an nbd pool refuse what is not supported yet, clearly.
-    let (s, _, m) = err(c.patch("/api/v1/pools/san/volumes/data", &json!({ "size": "64MiB" })).await).await;
+
+    // A live snapshot of both disks (the export daemon takes it, the vCPUs paused meanwhile),
+    // then new data, then a revert while stopped: the old data is back.
+    let vols: Vec<Volume> = c.post("/api/v1/vms/sanvm/snapshots", &json!({ "name": "s1" })).await.unwrap();
+    assert_eq!(vols.len(), 2);
+    assert_eq!(c.get_vm("sanvm").await.unwrap().status.state.as_str(), "running");
+    run_in_guest(
+        c,
+        "sanvm",
+        "echo changed | dd of=/dev/vdb bs=4096 conv=sync oflag=direct 2>/dev/null; echo W-$((2+3))",
+        "W-5",
+    )
+    .await;
+    c.vm_action_wait("sanvm", "stop", T).await.unwrap();
+    let _: Vec<Volume> = c.post("/api/v1/vms/sanvm/snapshots/s1/revert", &json!(null)).await.unwrap();
+    // Offline resize of a volume served over NBD.
+    let v: Volume = c.patch("/api/v1/pools/san/volumes/data", &json!({ "size": "64MiB" })).await.unwrap();
+    assert_eq!(v.size.0, 64 << 20);
+    c.vm_action_wait("sanvm", "start", T).await.unwrap();
+    wait_console(c, "sanvm", READY, 2, BOOT_TIMEOUT).await;
+    run_in_guest(c, "sanvm", "echo R-$(head -c 4 /dev/vdb) $(cat /sys/block/vdb/size)", "R-blk0 131072").await;
+    // Growing it while the VM runs is refused: QEMU's NBD client cannot grow a disk.
+    let (s, _, m) = err(c.patch("/api/v1/pools/san/volumes/data", &json!({ "size": "96MiB" })).await).await;
     assert_eq!(s, 409, "{m}");
+    c.vm_action_wait("sanvm", "kill", T).await.unwrap();
+    // Export copies it out (the daemon lets go meanwhile).
+    let out = d.path().join("san-data.raw");
+    let t: Task =
+        c.post("/api/v1/pools/san/volumes/data/export", &json!({ "destination": out, "format": "raw" })).await.unwrap();
+    wait_ok(c, &t).await;
+    assert!(std::fs::read(&out).unwrap().starts_with(b"blk0"));
+    // A full clone out of the nbd pool works; a linked one is refused, clearly.
+    make_pool(&d, "local").await;
+    let t: Task = c
+        .post("/api/v1/pools/san/volumes/data/clone", &json!({ "name": "copy", "pool": "local", "linked": false }))
+        .await
+        .unwrap();
+    wait_ok(c, &t).await;
+    let (s, f, _) =
+        err(c.post("/api/v1/pools/san/volumes/data/clone", &json!({ "name": "lnk", "pool": "local" })).await).await;
+    assert_eq!((s, f.as_deref()), (400, Some("linked")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

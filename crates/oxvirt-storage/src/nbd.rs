@@ -160,6 +160,23 @@ impl ExportDaemon {
         Ok(())
     }
 
+    /// An internal snapshot of a served qcow2 volume, taken by the daemon that has it open.
+    pub async fn snapshot(&self, name: &str, snapshot: &str) -> Result<(), StorageError> {
+        self.qmp
+            .execute("blockdev-snapshot-internal-sync", json!({ "device": format_node(name), "name": snapshot }))
+            .await
+            .map_err(qerr)?;
+        Ok(())
+    }
+
+    pub async fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<(), StorageError> {
+        self.qmp
+            .execute("blockdev-snapshot-delete-internal-sync", json!({ "device": format_node(name), "name": snapshot }))
+            .await
+            .map_err(qerr)?;
+        Ok(())
+    }
+
     /// Ends the daemon (for tests and pool deletion).
     pub async fn stop(&self) {
         let _ = self.qmp.execute("quit", Value::Null).await;
