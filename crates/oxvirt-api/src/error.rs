@@ -55,6 +55,13 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(_) => {
                 ApiError { status: StatusCode::CONFLICT, code: "conflict", field: None, rule: None, message }
             }
+            ControlError::Store(oxvirt_store::StoreError::Conflict { .. }) => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                field: None,
+                rule: None,
+                message: format!("{message}; try again"),
+            },
             ControlError::Storage(oxvirt_storage::StorageError::Unsafe(_)) => {
                 ApiError { status: StatusCode::BAD_REQUEST, code: "invalid", field: None, rule: None, message }
             }

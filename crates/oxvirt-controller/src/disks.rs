@@ -26,20 +26,19 @@ impl Controller {
         let new = Vm { spec, ..current.clone() };
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
         if running {
-            self.prepare_storage(&new.id, &new.spec).await?;
-            let resolved = self.resolve_disks(&new.id, &new.spec)?;
-            let plugged = match self.instance(vm) {
-                Ok(i) => i.hotplug_disk(&resolved.disks[index]).await.map_err(ControlError::from),
-                Err(e) => Err(e),
-            };
+            let plugged = async {
+                self.prepare_storage(&new.id, &new.spec).await?;
+                let resolved = self.resolve_disks(&new.id, &new.spec)?;
+                self.instance(vm)?.hotplug_disk(&resolved.disks[index]).await?;
+                Ok::<(), ControlError>(())
+            }
+            .await;
             if let Err(e) = plugged {
-                // Undo the record: the VM and the volume are as they were.
-                if let Some((_, rev2)) = self.inner.store.get_record::<Vm>(vm)? {
-                    self.write_vm_with_claims(
-                        &Vm { spec: current.spec.clone(), ..new.clone() },
-                        Expect::Revision(rev2),
-                        Some(&new.spec),
-                    )?;
+                // Undo the definition (only it: the status may have moved meanwhile); the volume
+                // is let go in the same transaction.
+                if let Some((now, rev2)) = self.inner.store.get_record::<Vm>(vm)? {
+                    let undone = Vm { spec: current.spec.clone(), ..now.clone() };
+                    self.write_vm_with_claims(&undone, Expect::Revision(rev2), Some(&now.spec))?;
                 }
                 return Err(e);
             }

@@ -81,8 +81,8 @@ impl Controller {
         let spec = match prepared.and_then(|_| self.resolve_disks(&vm.id, &vm.spec)) {
             Ok(s) => s,
             Err(e) => {
-                self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));
                 let _ = self.set_desired(name, DesiredState::Stopped);
+                self.mark_stopped(name, &format!("start failed: {e}"));
                 return Err(e);
             }
         };
@@ -90,8 +90,8 @@ impl Controller {
             Ok(instance) => {
                 if let Err(e) = apply_setup(&spec, &instance).await {
                     let _ = instance.kill().await;
-                    self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));
                     let _ = self.set_desired(name, DesiredState::Stopped);
+                    self.mark_stopped(name, &format!("start failed: {e}"));
                     return Err(e.into());
                 }
                 task.progress(80, "QEMU running");
@@ -99,8 +99,8 @@ impl Controller {
                 Ok(())
             }
             Err(e) => {
-                self.set_state(name, VmState::Stopped, &format!("start failed: {e}"));
                 let _ = self.set_desired(name, DesiredState::Stopped);
+                self.mark_stopped(name, &format!("start failed: {e}"));
                 Err(e.into())
             }
         }
@@ -108,9 +108,23 @@ impl Controller {
 
     /// Graceful (power button, then forced after the stop timeout) or forced stop.
     pub(crate) async fn do_stop(&self, name: &str, task: &TaskHandle, force: bool) -> Result<(), ControlError> {
-        let Ok(instance) = self.instance(name) else {
-            self.set_state(name, VmState::Stopped, "stopped");
-            return Ok(());
+        let instance = match self.instance(name) {
+            Ok(i) => i,
+            Err(_) => {
+                // Not tracked: a QEMU may still run (e.g. re-adoption failed). Find it before
+                // saying the VM is stopped, or say why it cannot be stopped.
+                let vm = self.get_vm(name)?;
+                match self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await? {
+                    Some(i) => {
+                        self.attach(name, i.clone());
+                        i
+                    }
+                    None => {
+                        self.mark_stopped(name, "stopped");
+                        return Ok(());
+                    }
+                }
+            }
         };
         self.set_state(name, VmState::Stopping, if force { "killing" } else { "shutting down" });
         if !force {
@@ -203,16 +217,19 @@ impl Controller {
         {
             let slot = self.inner.slot(name);
             let mut current = lock(&slot.instance);
-            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance)) {
-                *current = None;
+            if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance)) {
+                // An older QEMU of this VM (e.g. before a reboot): the VM has moved on.
+                return;
             }
+            *current = None;
         }
         let Ok(vm) = self.get_vm(name) else { return };
         let crashed = vm.status.state == VmState::Crashed;
         let by_user = vm.desired == DesiredState::Stopped;
-        // A stop or kill in progress records its own outcome (it knows whether it had to force).
+        // An operation in progress records its own outcome (a stop knows whether it had to
+        // force); anything it leaves is the reconciler's to settle.
         let op_in_progress = self.inner.slot(name).op.try_lock().is_err();
-        if vm.status.state == VmState::Stopped || (by_user && op_in_progress) {
+        if vm.status.state == VmState::Stopped || op_in_progress {
             return;
         }
         let reason = match (&shutdown, by_user, crashed) {

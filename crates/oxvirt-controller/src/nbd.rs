@@ -36,8 +36,14 @@ impl Controller {
             }
             let d = Arc::new(ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name, path)).await?);
             for (v, _) in self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
-                let file = self.volume_file(pool, &v.name, v.format)?;
-                d.export(&v.name, &file, v.format, shared).await?;
+                let served = match self.volume_file(pool, &v.name, v.format) {
+                    Ok(file) => d.export(&v.name, &file, v.format, shared).await.map_err(ControlError::from),
+                    Err(e) => Err(e),
+                };
+                // One volume that cannot be served does not take the pool down.
+                if let Err(e) = served {
+                    tracing::error!(volume = %v.reference(), "cannot serve: {e}");
+                }
             }
             daemons.insert(key, d.clone());
             out.push(d);
@@ -97,6 +103,7 @@ impl Controller {
                 continue;
             }
             let (vol, _) = self.volume_rec(&pool, &name)?;
+            self.ensure_not_busy(&vol.reference())?;
             let file = self.volume_file(&p, &name, vol.format)?;
             let daemons = self.export_daemons(&p).await?;
             for daemon in &daemons {
@@ -167,13 +174,25 @@ impl Controller {
             }
         }
         let daemons = self.export_daemons(pool).await?;
+        let file = self.volume_file(pool, &vol.name, vol.format)?;
+        let shared = pool.spec.paths > 1;
+        let mut unexported: Vec<Arc<ExportDaemon>> = Vec::new();
         for d in &daemons {
-            d.unexport(&vol.name).await?;
+            if let Err(e) = d.unexport(&vol.name).await {
+                // Serve it again where it was let go: nothing changed.
+                for u in &unexported {
+                    let _ = u.export(&vol.name, &file, vol.format, shared).await;
+                }
+                return Err(e.into());
+            }
+            unexported.push(d.clone());
         }
         let r = work.await;
-        let file = self.volume_file(pool, &vol.name, vol.format)?;
         for d in &daemons {
-            d.export(&vol.name, &file, vol.format, pool.spec.paths > 1).await?;
+            // A failure here does not undo the work; the volume is served again at the next start.
+            if let Err(e) = d.export(&vol.name, &file, vol.format, shared).await {
+                tracing::warn!(volume = %vol.reference(), "serving again after {what}: {e}");
+            }
         }
         r
     }

@@ -108,6 +108,18 @@ impl Controller {
         Ok(())
     }
 
+    /// Deletes a snapshot of a volume no QEMU has open (nbd: through its export daemon).
+    async fn drop_snapshot(&self, vol: &Volume, snap: &str) -> Result<(), ControlError> {
+        let pool = self.pool_rec(&vol.pool)?;
+        if pool.spec.kind == oxvirt_model::PoolKind::Nbd {
+            self.export_daemons(&pool).await?[0].delete_snapshot(&vol.name, snap).await?;
+        } else {
+            let file = self.volume_file(&pool, &vol.name, vol.format)?;
+            qemu_img::snapshot(SnapshotOp::Delete, &file, snap).await?;
+        }
+        Ok(())
+    }
+
     /// Reverts one volume nobody runs on (an nbd pool's daemons let go of it meanwhile).
     async fn apply_snapshot(&self, vol: &Volume, file: &std::path::Path, snap: &str) -> Result<(), ControlError> {
         let pool = self.pool_rec(&vol.pool)?;
@@ -177,9 +189,21 @@ impl Controller {
                         .collect();
                     instance.command("transaction", json!({ "actions": actions })).await?;
                 }
+                let mut taken: Vec<&Volume> = Vec::new();
                 for v in &nbd {
                     let file = self.volume_file(&self.pool_rec(&v.pool)?, &v.name, v.format)?;
-                    self.take_snapshot(v, &file, snap).await?;
+                    if let Err(e) = self.take_snapshot(v, &file, snap).await {
+                        // All or nothing: take back what this snapshot already made.
+                        for (_, id) in &local {
+                            let args = json!({ "device": format_node(id), "name": snap });
+                            let _ = instance.command("blockdev-snapshot-delete-internal-sync", args).await;
+                        }
+                        for t in &taken {
+                            let _ = self.drop_snapshot(t, snap).await;
+                        }
+                        return Err(e);
+                    }
+                    taken.push(v);
                 }
                 Ok::<(), ControlError>(())
             }
@@ -195,9 +219,7 @@ impl Controller {
                 if let Err(e) = self.take_snapshot(v, &file, snap).await {
                     // All or nothing: take back the ones already made.
                     for d in &done {
-                        if let Ok(f) = self.volume_file(&self.pool_rec(&d.pool)?, &d.name, d.format) {
-                            let _ = qemu_img::snapshot(SnapshotOp::Delete, &f, snap).await;
-                        }
+                        let _ = self.drop_snapshot(d, snap).await;
                     }
                     return Err(e);
                 }

@@ -217,6 +217,7 @@ impl Controller {
 
     fn check_new_volume_name(&self, pool: &str, name: &str) -> Result<(), ControlError> {
         oxvirt_model::validate_name("name", name)?;
+        self.ensure_not_busy(&volume_key(pool, name))?;
         if self.inner.store.get_record::<Volume>(&volume_key(pool, name))?.is_some() {
             return Err(ControlError::Exists(ValidationError::new(
                 "name",
@@ -233,6 +234,7 @@ impl Controller {
         let size = spec.size.ok_or_else(|| ControlError::invalid("size", "is required"))?;
         check_multipath_format(&pool, spec.format)?;
         self.check_new_volume_name(&pool.spec.name, &spec.name)?;
+        let _hold = self.hold(&[volume_key(&pool.spec.name, &spec.name)])?;
         self.check_room(&pool, size.0)?;
         let file = self.volume_file(&pool, &spec.name, spec.format)?;
         qemu_img::create(&file, spec.format, Some(size.0), None).await?;
@@ -287,21 +289,32 @@ impl Controller {
                 clone.reference()
             )));
         }
-        self.ensure_not_busy(&me)?;
+        let _hold = self.hold(std::slice::from_ref(&me))?;
         let p = self.pool(pool)?;
         let file = self.volume_file(&p, name, vol.format)?;
+        // The record goes first, compare-and-swap: a VM that claimed the volume meanwhile makes
+        // this fail with nothing changed. After it, at worst an unreferenced file is left.
+        self.inner.store.delete_record::<Volume>(&me, Expect::Revision(rev)).map_err(|e| match e {
+            StoreError::Conflict { .. } => ControlError::Conflict(format!("volume {me} changed meanwhile; try again")),
+            e => e.into(),
+        })?;
         if p.spec.kind == PoolKind::Nbd {
-            for d in self.export_daemons(&p).await? {
-                d.unexport(name).await?;
+            match self.export_daemons(&p).await {
+                Ok(daemons) => {
+                    for d in daemons {
+                        if let Err(e) = d.unexport(name).await {
+                            tracing::warn!(volume = %me, "unexport: {e}");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(volume = %me, "unexport: {e}"),
             }
         }
         match std::fs::remove_file(&file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(oxvirt_storage::StorageError::io(format!("delete {}", file.display()), e).into()),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(oxvirt_storage::StorageError::io(format!("delete {}", file.display()), e).into()),
         }
-        self.inner.store.delete_record::<Volume>(&me, Expect::Revision(rev))?;
-        Ok(())
     }
 
     /// Grows a volume; when a running VM uses it, live, so the guest sees the new size.
@@ -318,7 +331,7 @@ impl Controller {
         }
         let p = self.pool(pool)?;
         self.check_room(&p, size.0 - vol.size.0)?;
-        self.ensure_not_busy(&vol.reference())?;
+        let _hold = self.hold(&[vol.reference()])?;
         let file = self.volume_file(&p, name, vol.format)?;
         if p.spec.kind == PoolKind::Nbd {
             let grow = async { Ok(qemu_img::resize(&file, vol.format, size.0).await?) };
@@ -355,7 +368,7 @@ impl Controller {
         Ok(Some((instance, oxvirt_hypervisor::qemu::cmdline::disk_id(d, i))))
     }
 
-    fn ensure_not_busy(&self, volume: &str) -> Result<(), ControlError> {
+    pub(crate) fn ensure_not_busy(&self, volume: &str) -> Result<(), ControlError> {
         if lock(&self.inner.busy_volumes).contains(volume) {
             return Err(ControlError::Conflict(format!("volume {volume} is busy with a task; try again when it ends")));
         }
@@ -413,6 +426,7 @@ impl Controller {
                     src.reference()
                 )));
             }
+            let _hold = self.hold(&[new.reference()])?;
             qemu_img::create(&dst_file, DiskFormat::Qcow2, None, Some((&src_file, src.format))).await?;
             return Ok((Some(self.record_new_volume(new, &dst_file)?), None));
         }

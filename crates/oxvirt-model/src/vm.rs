@@ -257,9 +257,19 @@ impl VmSpec {
         for (i, d) in self.disks.iter().enumerate() {
             if let Some(q) = &d.qos {
                 q.validate(&format!("disks[{i}].qos"))?;
+                if d.bus != DiskBus::VirtioBlk || self.machine == MachineType::Microvm {
+                    return Err(ValidationError::new(
+                        format!("disks[{i}].qos"),
+                        "I/O limits are for virtio-blk disks of q35 VMs",
+                    ));
+                }
             }
             if !d.id.is_empty() {
                 validate_name(&format!("disks[{i}].id"), &d.id)?;
+                if d.id.len() > 20 {
+                    // QEMU's node names (id + suffix) are limited to 31 characters.
+                    return Err(ValidationError::new(format!("disks[{i}].id"), "must be at most 20 characters"));
+                }
                 if self.disks.iter().filter(|o| o.id == d.id).count() > 1 {
                     return Err(ValidationError::new(format!("disks[{i}].id"), "must be unique in the VM"));
                 }
@@ -562,6 +572,23 @@ mod tests {
             nbd: None,
         });
         assert_eq!(s.validate().unwrap_err().field, "kernel");
+    }
+
+    #[test]
+    fn io_limits_only_on_virtio_blk_of_q35_and_short_disk_ids() {
+        let mut s: VmSpec = serde_json::from_str(
+            r#"{"name":"a","cpus":1,"memory":"256MiB","kernel":{"kernel":"/k"},
+                "disks":[{"path":"/d","bus":"virtio-scsi","qos":{"bps_total":1000}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.validate().unwrap_err().field, "disks[0].qos");
+        s.disks[0].bus = DiskBus::VirtioBlk;
+        assert_eq!(s.validate(), Ok(()));
+        s.machine = MachineType::Microvm;
+        assert_eq!(s.validate().unwrap_err().field, "disks[0].qos");
+        s.machine = MachineType::Q35;
+        s.disks[0].id = "a".repeat(21);
+        assert_eq!(s.validate().unwrap_err().field, "disks[0].id");
     }
 
     #[test]

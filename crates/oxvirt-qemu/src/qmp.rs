@@ -116,9 +116,21 @@ impl Qmp {
             w.write_all(line.as_bytes()).await?;
             w.flush().await
         };
-        if let Err(e) = written.await {
+        // A QEMU that stops reading must not hang its caller (kill escalates to SIGKILL on this).
+        match tokio::time::timeout(timeout, written).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                lock(&self.pending).remove(&id);
+                return Err(QmpError::Io(e));
+            }
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                return Err(QmpError::Timeout(command.to_string(), timeout));
+            }
+        }
+        if self.is_closed() {
             lock(&self.pending).remove(&id);
-            return Err(QmpError::Io(e));
+            return Err(QmpError::Disconnected);
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(ret))) => Ok(ret),

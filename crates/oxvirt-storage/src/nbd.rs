@@ -23,11 +23,20 @@ fn qerr(e: impl std::fmt::Display) -> StorageError {
     StorageError::QemuImg { op: "export daemon".into(), message: e.to_string() }
 }
 
+/// Node names stay short (QEMU allows 31 characters; volume names may have 63): a hash of the name.
+fn node_tag(name: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
 fn file_node(name: &str) -> String {
-    format!("f-{name}")
+    format!("f{}", node_tag(name))
 }
 fn format_node(name: &str) -> String {
-    format!("v-{name}")
+    format!("v{}", node_tag(name))
 }
 
 impl ExportDaemon {

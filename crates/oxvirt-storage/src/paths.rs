@@ -13,11 +13,27 @@ pub fn volume_file(pool_dir: &Path, name: &str, format: DiskFormat) -> Result<Pa
     Ok(path)
 }
 
-/// A temporary name beside the volume, for work that must appear whole or not at all.
+/// A temporary name beside the volume, for work that must appear whole or not at all; unique to
+/// this process and call, so two makers of one name never share (or delete) each other's file.
 pub fn partial_file(final_path: &Path) -> PathBuf {
-    let mut name = final_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial");
-    final_path.with_file_name(format!(".{}", name.to_string_lossy()))
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()))
+}
+
+/// Renames `from` to `to` unless `to` exists (then: an error, and nothing replaced).
+pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let f = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let t = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: two NUL-terminated paths; renameat2 with RENAME_NOREPLACE never overwrites.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Refuses a path whose parent is not the pool directory itself, or that is a symbolic link.
@@ -52,6 +68,12 @@ mod tests {
         let err = volume_file(dir.path(), "evil", DiskFormat::Raw).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
         assert!(check_inside(dir.path(), Path::new("/etc/passwd")).is_err());
-        assert_eq!(partial_file(&p), dir.path().join(".data.qcow2.partial"));
+        let (a, b) = (partial_file(&p), partial_file(&p));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(dir.path()));
+        std::fs::write(&a, b"new").unwrap();
+        std::fs::write(&p, b"old").unwrap();
+        assert!(rename_no_replace(&a, &p).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
     }
 }

@@ -2,7 +2,7 @@
 //! work that makes a new file writes a hidden `.partial` file first and renames it when whole, so
 //! a failure (a full disk, a bad source, a cancel) leaves nothing half-made.
 
-use crate::paths::partial_file;
+use crate::paths::{partial_file, rename_no_replace};
 use crate::StorageError;
 use oxvirt_model::DiskFormat;
 use std::path::Path;
@@ -57,9 +57,13 @@ pub async fn create(
 
 fn finish(r: Result<String, StorageError>, tmp: &Path, path: &Path) -> Result<(), StorageError> {
     match r {
-        Ok(_) => std::fs::rename(tmp, path).map_err(|e| {
+        Ok(_) => rename_no_replace(tmp, path).map_err(|e| {
             let _ = std::fs::remove_file(tmp);
-            StorageError::io(format!("rename {} to {}", tmp.display(), path.display()), e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                StorageError::Unsafe(format!("{} appeared meanwhile: refusing to overwrite it", path.display()))
+            } else {
+                StorageError::io(format!("rename {} to {}", tmp.display(), path.display()), e)
+            }
         }),
         Err(e) => {
             let _ = std::fs::remove_file(tmp);
@@ -230,7 +234,11 @@ mod tests {
         convert(&clone, Some("qcow2"), &raw, DiskFormat::Raw, |p| seen.push(p), &AtomicBool::new(false)).await.unwrap();
         assert_eq!(std::fs::metadata(&raw).unwrap().len(), 128 << 20);
         assert_eq!(seen.last(), Some(&100));
-        assert!(!partial_file(&raw).exists());
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".partial"))
+            .count();
+        assert_eq!(leftovers, 0);
     }
 
     #[tokio::test]
@@ -242,6 +250,7 @@ mod tests {
         let err =
             convert(&src, Some("vmdk"), &dst, DiskFormat::Qcow2, |_| {}, &AtomicBool::new(false)).await.unwrap_err();
         assert!(matches!(err, StorageError::QemuImg { .. }), "{err}");
-        assert!(!dst.exists() && !partial_file(&dst).exists());
+        assert!(!dst.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the source is left");
     }
 }

@@ -38,7 +38,14 @@ pub fn load_or_create(dir: &Path) -> Result<TlsIdentity, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let cert_path = dir.join("server.crt");
     let key_path = dir.join("server.key");
-    if !cert_path.exists() || !key_path.exists() {
+    if cert_path.exists() != key_path.exists() {
+        return Err(format!(
+            "{} and {} go together: one is missing (put both back, or remove both to make a new self-signed pair)",
+            cert_path.display(),
+            key_path.display()
+        ));
+    }
+    if !cert_path.exists() {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         if !hostname.is_empty() {

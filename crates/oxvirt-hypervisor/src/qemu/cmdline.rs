@@ -222,7 +222,8 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
     }
     push(&["-action", "panic=pause"]);
 
-    let pid = escape_opt(&paths.pidfile().to_string_lossy());
+    // -pidfile takes a plain file name (no option syntax): not escaped.
+    let pid = paths.pidfile().to_string_lossy().into_owned();
     push(&["-pidfile", &pid, "-daemonize"]);
     a
 }
@@ -389,8 +390,7 @@ mod tests {
         assert_eq!(after(&a, "-kernel"), [evil]);
         let file: serde_json::Value = serde_json::from_str(after(&a, "-blockdev")[0]).unwrap();
         assert_eq!(file["filename"], evil);
-        let pidfile = qemu_split(after(&a, "-pidfile")[0]);
-        assert_eq!(pidfile.len(), 1);
+        assert_eq!(after(&a, "-pidfile"), [format!("{evil}/run/qemu.pid")]);
         // No argument that is not one of ours appears.
         let flags: Vec<&String> = a.iter().filter(|x| x.starts_with('-') && !x.starts_with("-/")).collect();
         for f in flags {

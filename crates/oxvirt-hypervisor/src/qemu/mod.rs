@@ -120,8 +120,10 @@ impl Hypervisor for QemuDriver {
         match Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await {
             Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup)),
             Err(e) => {
-                // A QEMU we cannot control must not be left behind.
+                // A QEMU we cannot control must not be left behind, nor its cgroup.
                 let _ = pidfd.signal(libc::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(10), pidfd.exited()).await;
+                let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
                 Err(e.into())
             }
         }
@@ -316,7 +318,11 @@ impl Instance for QemuInstance {
             match self.qmp.execute("device_add", dev).await {
                 Ok(_) => {
                     if let Some(q) = &disk.qos {
-                        self.set_disk_qos(id, q).await?;
+                        if let Err(e) = self.set_disk_qos(id, q).await {
+                            // Not half-plugged: take it out again.
+                            let _ = self.unplug_disk(id, Duration::from_secs(30)).await;
+                            return Err(e);
+                        }
                     }
                     return Ok(());
                 }
