@@ -69,7 +69,7 @@ impl Controller {
     pub async fn create_pool(&self, spec: PoolSpec) -> Result<Pool, ControlError> {
         spec.validate()?;
         let dir = Path::new(&spec.path);
-        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| p.spec.path == spec.path) {
+        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| Path::new(&p.spec.path) == dir) {
             return Err(ControlError::invalid("path", format!("{} is already a pool's directory", spec.path)));
         }
         if dir.starts_with(self.inner.config.data_dir.join("run")) {

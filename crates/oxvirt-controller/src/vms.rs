@@ -142,7 +142,7 @@ impl Controller {
             e => e.into(),
         })?;
         let _ = std::fs::remove_dir_all(self.inner.paths(&vm.id).dir());
-        crate::lock(&self.inner.slots).remove(name);
+        // The slot (its lock) stays: a task still waiting on it must not race a new VM of this name.
         self.inner.emit(Event::VmLifecycle { vm: name.to_string(), action: "deleted".into(), time: now_millis() });
         Ok(())
     }

@@ -168,6 +168,7 @@ mod kvm {
         });
         match rx.recv_timeout(limit) {
             Ok(r) => r,
+            // Far slower than native: KVM emulates here (the probe thread ends on its own).
             Err(_) => Ok(limit),
         }
     }
