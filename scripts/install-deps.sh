@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages oxvirt needs, only those that are missing.
 # Usage: scripts/install-deps.sh
-#   qemu-system-x86 brings qemu-system-common, which has qemu-storage-daemon (nbd pools).
+#   qemu-system-x86 brings qemu-system-common, which has qemu-storage-daemon (nbd pools);
+#   prometheus (with promtool) is for the monitoring tests.
 set -euo pipefail
 
 want=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs syslinux syslinux-common
-      mtools dosfstools fdisk iproute2 procps)
+      mtools dosfstools fdisk iproute2 procps prometheus)
 
 missing=()
 for p in "${want[@]}"; do

@@ -34,6 +34,6 @@ pub async fn require_token(State(c): State<Controller>, req: Request, next: Next
 }
 
 /// The API as served over HTTPS: every route needs a token.
-pub fn https_router(ctrl: Controller) -> axum::Router {
-    crate::router(ctrl.clone()).layer(axum::middleware::from_fn_with_state(ctrl, require_token))
+pub fn https_router(ctrl: Controller, api: std::sync::Arc<crate::metrics::ApiMetrics>) -> axum::Router {
+    crate::router_with_metrics(ctrl.clone(), api).layer(axum::middleware::from_fn_with_state(ctrl, require_token))
 }

@@ -11,6 +11,7 @@ mod console;
 pub mod error;
 mod events;
 mod host;
+pub mod metrics;
 pub mod openapi;
 mod storage;
 mod tasks;
@@ -26,7 +27,13 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 /// The whole API.
 pub fn router(ctrl: Controller) -> Router {
+    router_with_metrics(ctrl, std::sync::Arc::default())
+}
+
+/// The whole API, counting its requests into `api` (one per daemon, shared by its listeners).
+pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMetrics>) -> Router {
     Router::new()
+        .route("/metrics", axum::routing::get(metrics::serve))
         .route("/api/v1", axum::routing::get(host::root))
         .route("/api/v1/openapi.json", axum::routing::get(openapi::serve))
         .merge(host::routes())
@@ -35,6 +42,8 @@ pub fn router(ctrl: Controller) -> Router {
         .merge(tasks::routes())
         .merge(events::routes())
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), metrics::track))
+        .layer(axum::Extension(api))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctrl)
 }

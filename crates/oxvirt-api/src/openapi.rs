@@ -32,6 +32,7 @@ const fn op(
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
     op("get", "/api/v1", "apiInfo", "API version", None, 200, None),
+    op("get", "/metrics", "metrics", "Prometheus metrics (OpenMetrics text)", None, 200, None),
     op("get", "/api/v1/openapi.json", "openapi", "This document", None, 200, None),
     op("get", "/api/v1/host", "hostShow", "The host: CPUs, memory, accelerator and why", None, 200, Some("HostInfo")),
     op("get", "/api/v1/vms", "vmList", "All VMs", None, 200, Some("VmList")),

@@ -13,6 +13,7 @@ mod lifecycle;
 mod nbd;
 mod reconcile;
 mod snapshots;
+pub mod stats;
 pub mod storage;
 mod tasks;
 mod tokens;
@@ -70,6 +71,8 @@ pub(crate) struct Inner {
     pub host: host::HostLimits,
     /// Volumes a task is working on (`pool/name`).
     pub busy_volumes: Mutex<std::collections::HashSet<String>>,
+    /// The last figures gathered for monitoring, and when.
+    pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
 }
@@ -94,6 +97,7 @@ impl Controller {
             host: host::HostLimits::detect(),
             busy_volumes: Mutex::default(),
             export_daemons: Default::default(),
+            stats_cache: Mutex::default(),
         };
         Ok(Controller { inner: Arc::new(inner) })
     }

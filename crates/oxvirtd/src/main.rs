@@ -95,6 +95,7 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
     let ctrl = Controller::new(Arc::new(store), Arc::new(hv), cc).map_err(|e| e.to_string())?;
     ctrl.start_background().await;
 
+    let api_metrics = std::sync::Arc::new(oxvirt_api::metrics::ApiMetrics::default());
     if ctrl.ensure_admin_token(&args.data_dir.join("admin.token")).map_err(|e| e.to_string())? {
         tracing::info!(file = %args.data_dir.join("admin.token").display(), "made the administrator API token");
     }
@@ -109,7 +110,11 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
         tracing::info!(address = %addr, certificate = %tls.cert_path.display(), "HTTPS API ready");
         // Operators pin this in the CLI (--fingerprint / OXVIRT_FINGERPRINT).
         eprintln!("oxvirtd: HTTPS API on {addr}, certificate fingerprint (SHA-256) {}", tls.fingerprint);
-        tokio::spawn(https::serve(tcp, tls.config.clone(), oxvirt_api::auth::https_router(ctrl.clone())));
+        tokio::spawn(https::serve(
+            tcp,
+            tls.config.clone(),
+            oxvirt_api::auth::https_router(ctrl.clone(), api_metrics.clone()),
+        ));
     }
 
     let sock = args.data_dir.join("oxvirtd.sock");
@@ -119,7 +124,7 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     tracing::info!(socket = %sock.display(), "oxvirtd ready");
 
-    let app = oxvirt_api::router(ctrl);
+    let app = oxvirt_api::router_with_metrics(ctrl, api_metrics);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("oxvirtd stopping; running VMs keep running");
     Ok(())

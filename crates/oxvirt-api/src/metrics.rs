@@ -1,0 +1,229 @@
+//! `GET /metrics`: Prometheus metrics (OpenMetrics text) of the host, VMs, disks, pools, tasks
+//! and the API itself. VM and disk figures come from the controller's short-lived cache.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use oxvirt_controller::Controller;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+type Labels = Vec<(String, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+type FCounter = Counter<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The API's own figures, kept for the daemon's life.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics { requests: Family::default(), latency: Family::new_with_constructor(latency_histogram) }
+    }
+}
+
+/// Counts every request by method, route (its template, not the concrete path) and status.
+pub async fn track(State(m): State<Arc<ApiMetrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    m.requests
+        .get_or_create(&vec![
+            ("method".into(), method.clone()),
+            ("route".into(), route.clone()),
+            ("status".into(), status),
+        ])
+        .inc();
+    m.latency
+        .get_or_create(&vec![("method".into(), method), ("route".into(), route)])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, f64)>) {
+    let f = Family::<Labels, FGauge>::default();
+    for (l, v) in rows {
+        f.get_or_create(&l).set(v);
+    }
+    reg.register(name, help, f);
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, f64)>) {
+    let f = Family::<Labels, FCounter>::default();
+    for (l, v) in rows {
+        f.get_or_create(&l).inc_by(v);
+    }
+    reg.register(name, help, f);
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+const STATES: &[&str] = &["stopped", "starting", "running", "paused", "stopping", "crashed"];
+
+/// The whole exposition, in OpenMetrics text.
+pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
+    let s = c.stats().await;
+    let host = c.host_info().ok();
+    let mut reg = Registry::default();
+    if let Some(h) = &host {
+        gauge(&mut reg, "oxvirt_host_cpus", "Host CPUs.", [(vec![], h.cpus as f64)]);
+        gauge(&mut reg, "oxvirt_host_memory_bytes", "Host memory.", [(vec![], h.memory_bytes as f64)]);
+    }
+    gauge(
+        &mut reg,
+        "oxvirt_host_memory_available_bytes",
+        "Host memory available.",
+        [(vec![], s.host_memory_available as f64)],
+    );
+    gauge(&mut reg, "oxvirt_host_ksm_pages_sharing", "Pages KSM shares.", [(vec![], s.ksm_pages_sharing as f64)]);
+    gauge(&mut reg, "oxvirt_host_hugepages_total", "Huge pages reserved.", [(vec![], s.hugepages_total as f64)]);
+    gauge(&mut reg, "oxvirt_host_hugepages_free", "Huge pages free.", [(vec![], s.hugepages_free as f64)]);
+
+    let vms = &s.vms;
+    gauge(
+        &mut reg,
+        "oxvirt_vm_state",
+        "1 for the state the VM is in.",
+        vms.iter().flat_map(|v| {
+            STATES.iter().map(move |st| {
+                (l(&[("vm", &v.vm.spec.name), ("state", st)]), (v.vm.status.state.as_str() == *st) as u8 as f64)
+            })
+        }),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_vm_up",
+        "1 when the VM's QEMU runs.",
+        vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.status.pid.is_some() as u8 as f64)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_vm_vcpus",
+        "vCPUs of the VM.",
+        vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.spec.cpus as f64)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_vm_memory_bytes",
+        "Memory configured.",
+        vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.spec.memory.0 as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_cpu_seconds",
+        "CPU time the VM's QEMU used.",
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.cpu_seconds?))),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_vm_rss_bytes",
+        "Resident memory of the VM's QEMU.",
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.rss_bytes? as f64))),
+    );
+    let disks: Vec<(&str, &oxvirt_controller::stats::DiskStats)> =
+        vms.iter().flat_map(|v| v.disks.iter().map(move |d| (v.vm.spec.name.as_str(), d))).collect();
+    let dl = |vm: &str, d: &oxvirt_controller::stats::DiskStats| l(&[("vm", vm), ("disk", &d.id)]);
+    counter(
+        &mut reg,
+        "oxvirt_vm_disk_read_bytes",
+        "Bytes read.",
+        disks.iter().map(|(vm, d)| (dl(vm, d), d.read_bytes as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_disk_write_bytes",
+        "Bytes written.",
+        disks.iter().map(|(vm, d)| (dl(vm, d), d.write_bytes as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_disk_read_ops",
+        "Read operations.",
+        disks.iter().map(|(vm, d)| (dl(vm, d), d.read_ops as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_disk_write_ops",
+        "Write operations.",
+        disks.iter().map(|(vm, d)| (dl(vm, d), d.write_ops as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_disk_read_time_seconds",
+        "Time spent reading (divide by ops for latency).",
+        disks.iter().map(|(vm, d)| (dl(vm, d), d.read_time_ns as f64 / 1e9)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_disk_write_time_seconds",
+        "Time spent writing.",
+        disks.iter().map(|(vm, d)| (dl(vm, d), d.write_time_ns as f64 / 1e9)),
+    );
+
+    let pl = |p: &oxvirt_model::Pool| l(&[("pool", &p.spec.name)]);
+    gauge(
+        &mut reg,
+        "oxvirt_pool_size_bytes",
+        "Size of the pool's file system.",
+        s.pools.iter().map(|(p, u)| (pl(p), u.size as f64)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_pool_free_bytes",
+        "Free on the pool's file system.",
+        s.pools.iter().map(|(p, u)| (pl(p), u.free as f64)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_pool_provisioned_bytes",
+        "Sum of the volumes' virtual sizes.",
+        s.pools.iter().map(|(p, u)| (pl(p), u.provisioned as f64)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_pool_allocated_bytes",
+        "Blocks the volumes take.",
+        s.pools.iter().map(|(p, u)| (pl(p), u.allocated as f64)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_tasks",
+        "Tasks by state.",
+        [(l(&[("state", "running")]), s.tasks_running as f64), (l(&[("state", "failed")]), s.tasks_failed as f64)],
+    );
+
+    reg.register("oxvirt_api_requests", "API requests by method, route and status.", api.requests.clone());
+    reg.register("oxvirt_api_request_duration_seconds", "API request latency.", api.latency.clone());
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &reg) {
+        tracing::error!("metrics encoding: {e}");
+    }
+    out
+}
+
+pub async fn serve(
+    State(c): State<Controller>,
+    axum::Extension(api): axum::Extension<Arc<ApiMetrics>>,
+) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(&c, &api).await)
+}

@@ -1,0 +1,177 @@
+//! Figures of the host and its VMs for monitoring, gathered at most every few seconds (a scrape
+//! must not set off a storm of QMP calls).
+
+use crate::{lock, Controller};
+use oxvirt_model::{Pool, PoolUsage, Task, TaskState, Vm};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// How old cached figures may be.
+pub const MAX_AGE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default)]
+pub struct DiskStats {
+    pub id: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub read_time_ns: u64,
+    pub write_time_ns: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmStats {
+    pub vm: Vm,
+    /// CPU time QEMU used (all its threads), seconds.
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub disks: Vec<DiskStats>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub vms: Vec<VmStats>,
+    pub pools: Vec<(Pool, PoolUsage)>,
+    pub tasks_running: usize,
+    pub tasks_failed: usize,
+    pub host_memory_available: u64,
+    pub ksm_pages_sharing: u64,
+    pub hugepages_total: u64,
+    pub hugepages_free: u64,
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// (cpu seconds, rss bytes) of a process, from /proc.
+fn proc_figures(pid: u32) -> (Option<f64>, Option<u64>) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let cpu = stat.as_deref().and_then(|s| {
+        let rest = s.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the command: state is field 3; utime and stime are 14 and 15.
+        let utime: f64 = f.get(11)?.parse().ok()?;
+        let stime: f64 = f.get(12)?.parse().ok()?;
+        Some((utime + stime) / clk_tck())
+    });
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+        let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        l.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    });
+    (cpu, rss)
+}
+
+fn read_u64(path: &str) -> u64 {
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn meminfo(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Disk figures from QMP `query-blockstats`, by device id.
+pub(crate) fn parse_blockstats(v: &Value) -> Vec<DiskStats> {
+    let Some(list) = v.as_array() else { return Vec::new() };
+    list.iter()
+        .filter_map(|d| {
+            // "/machine/peripheral/disk0/virtio-backend" or "/machine/peripheral/disk0".
+            let qdev = d.get("qdev")?.as_str()?;
+            let id = qdev.strip_prefix("/machine/peripheral/")?.split('/').next()?.to_string();
+            let s = d.get("stats")?;
+            let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
+            Some(DiskStats {
+                id,
+                read_bytes: n("rd_bytes"),
+                write_bytes: n("wr_bytes"),
+                read_ops: n("rd_operations"),
+                write_ops: n("wr_operations"),
+                read_time_ns: n("rd_total_time_ns"),
+                write_time_ns: n("wr_total_time_ns"),
+            })
+        })
+        .collect()
+}
+
+impl Controller {
+    /// The figures, from a cache no older than [`MAX_AGE`].
+    pub async fn stats(&self) -> Stats {
+        if let Some((at, s)) = lock(&self.inner.stats_cache).as_ref() {
+            if at.elapsed() < MAX_AGE {
+                return s.clone();
+            }
+        }
+        let s = self.gather_stats().await;
+        *lock(&self.inner.stats_cache) = Some((Instant::now(), s.clone()));
+        s
+    }
+
+    async fn gather_stats(&self) -> Stats {
+        let mut out = Stats {
+            host_memory_available: meminfo("MemAvailable:") * 1024,
+            ksm_pages_sharing: read_u64("/sys/kernel/mm/ksm/pages_sharing"),
+            hugepages_total: meminfo("HugePages_Total:"),
+            hugepages_free: meminfo("HugePages_Free:"),
+            ..Default::default()
+        };
+        for vm in self.list_vms().unwrap_or_default() {
+            let (mut cpu, mut rss, mut disks) = (None, None, Vec::new());
+            if let Some(pid) = vm.status.pid {
+                (cpu, rss) = proc_figures(pid);
+                let instance = lock(&self.inner.slot(&vm.spec.name).instance).clone();
+                if let Some(i) = instance {
+                    if let Ok(v) = i.command("query-blockstats", Value::Null).await {
+                        disks = parse_blockstats(&v);
+                    }
+                }
+            }
+            out.vms.push(VmStats { vm, cpu_seconds: cpu, rss_bytes: rss, disks });
+        }
+        for pv in self.list_pools().unwrap_or_default() {
+            out.pools.push((pv.pool, pv.usage));
+        }
+        let tasks: Vec<Task> = self.tasks().list().unwrap_or_default();
+        out.tasks_running = tasks.iter().filter(|t| t.state == TaskState::Running).count();
+        out.tasks_failed = tasks.iter().filter(|t| t.state == TaskState::Failed).count();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blockstats_by_device_id() {
+        let v = serde_json::json!([
+            { "device": "", "qdev": "/machine/peripheral/disk0/virtio-backend", "node-name": "disk0-fmt",
+              "stats": { "rd_bytes": 512, "wr_bytes": 1024, "rd_operations": 1, "wr_operations": 2, "rd_total_time_ns": 5, "wr_total_time_ns": 7 } },
+            { "device": "", "qdev": "/machine/peripheral/disk1", "stats": { "rd_bytes": 3 } },
+            { "device": "x", "stats": {} }
+        ]);
+        let d = parse_blockstats(&v);
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[0].id.as_str(), d[0].read_bytes, d[0].write_ops, d[0].write_time_ns), ("disk0", 512, 2, 7));
+        assert_eq!((d[1].id.as_str(), d[1].read_bytes), ("disk1", 3));
+        assert!(parse_blockstats(&serde_json::json!({})).is_empty());
+    }
+
+    #[test]
+    fn own_process_figures() {
+        let (cpu, rss) = proc_figures(std::process::id());
+        assert!(cpu.is_some() && rss.unwrap() > 0);
+        assert_eq!(proc_figures(u32::MAX - 3), (None, None));
+    }
+}

@@ -1,0 +1,126 @@
+//! Monitoring: the shipped alert rules pass promtool, and a real Prometheus scrapes the daemon's
+//! metrics over HTTPS (token and pinned certificate) and answers queries with per-VM series.
+
+use oxvirt_e2e::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let rules = workspace_root().join("monitoring/oxvirt-alerts.yml");
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .expect("promtool (make test installs prometheus)");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 8 rules found"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET on a local HTTP server; the body.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+struct Prometheus(std::process::Child);
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_per_vm_series() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let pool_dir = d.path().join("pool");
+    let _: Value = c.post("/api/v1/pools", &json!({ "name": "p", "path": pool_dir })).await.unwrap();
+    let _: Value = c.post("/api/v1/pools/p/volumes", &json!({ "name": "d", "size": "32MiB" })).await.unwrap();
+    let mut spec = kernel_spec("watched", "");
+    spec["disks"] = json!([{ "volume": "p/d" }]);
+    c.create_vm(&spec, true).await.unwrap();
+    wait_console(c, "watched", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(
+        c,
+        "watched",
+        "dd if=/dev/vda of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; echo RD-$((1+1))",
+        "RD-2",
+    )
+    .await;
+
+    // The exposition itself.
+    let (status, body) = c.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("oxvirt_vm_up{vm=\"watched\"} 1"), "{text}");
+    let read_line = text
+        .lines()
+        .find(|l| l.starts_with("oxvirt_vm_disk_read_bytes_total{") && l.contains("watched"))
+        .expect("disk series");
+    let read: f64 = read_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(read >= 1048576.0, "{read_line}");
+    assert!(text.contains("oxvirt_api_requests_total{"), "API requests are counted");
+    assert!(text.trim_end().ends_with("# EOF"));
+
+    // A real Prometheus, scraping over HTTPS with the admin token and the daemon's certificate.
+    let (url, _, _) = d.https();
+    let target = url.trim_start_matches("https://");
+    let dir = d.path().join("prom");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nrule_files: ['{rules}']\nscrape_configs:\n  - job_name: oxvirt\n    scheme: https\n    authorization:\n      credentials_file: {token}\n    tls_config:\n      ca_file: {ca}\n      server_name: localhost\n    static_configs:\n      - targets: ['{target}']\n",
+        rules = workspace_root().join("monitoring/oxvirt-alerts.yml").display(),
+        token = d.path().join("admin.token").display(),
+        ca = d.path().join("tls/server.crt").display(),
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let _prom = Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (make test installs it)"),
+    );
+    let start = Instant::now();
+    let series = loop {
+        let q = http_get(port, "/api/v1/query?query=oxvirt_vm_disk_read_bytes_total%7Bvm%3D%22watched%22%7D");
+        if let Some(v) = q.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()) {
+            if v["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                break v;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let targets = http_get(port, "/api/v1/targets").unwrap_or_default();
+            panic!(
+                "no series from Prometheus; targets: {targets}\nlog: {}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let r = &series["data"]["result"][0];
+    assert_eq!(r["metric"]["disk"], "disk0");
+    let v: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(v >= 1048576.0, "{series}");
+    // The rules loaded: Prometheus knows them.
+    let rules: Value = serde_json::from_str(&http_get(port, "/api/v1/rules").unwrap()).unwrap();
+    assert_eq!(rules["data"]["groups"][0]["rules"].as_array().unwrap().len(), 8);
+    c.vm_action_wait("watched", "kill", Duration::from_secs(30)).await.unwrap();
+}
