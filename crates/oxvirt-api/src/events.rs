@@ -21,6 +21,7 @@ async fn stream(State(c): State<Controller>) -> Sse<impl Stream<Item = Result<Ss
             oxvirt_model::Event::VmLifecycle { .. } => "vm-lifecycle",
             oxvirt_model::Event::VmGuest { .. } => "vm-guest",
             oxvirt_model::Event::Task { .. } => "task",
+            oxvirt_model::Event::Alert { .. } => "alert",
         };
         let data = serde_json::to_string(&e).ok()?;
         Some(Ok(SseEvent::default().event(kind).data(data)))

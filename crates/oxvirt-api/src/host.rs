@@ -7,7 +7,7 @@ use oxvirt_model::HostInfo;
 use serde_json::{json, Value};
 
 pub fn routes() -> Router<Controller> {
-    Router::new().route("/api/v1/host", get(show))
+    Router::new().route("/api/v1/host", get(show)).route("/api/v1/alerts", get(alerts))
 }
 
 pub async fn root() -> Json<Value> {
@@ -16,4 +16,8 @@ pub async fn root() -> Json<Value> {
 
 async fn show(State(c): State<Controller>) -> ApiResult<Json<HostInfo>> {
     Ok(Json(c.host_info()?))
+}
+
+async fn alerts(State(c): State<Controller>) -> Json<Vec<oxvirt_model::Alert>> {
+    Json(c.alerts())
 }

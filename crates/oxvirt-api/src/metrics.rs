@@ -66,6 +66,13 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, rows: impl IntoIterator<Ite
     reg.register(name, help, f);
 }
 
+/// A gauge without labels.
+fn single(reg: &mut Registry, name: &str, help: &str, value: f64) {
+    let g = FGauge::default();
+    g.set(value);
+    reg.register(name, help, g);
+}
+
 fn counter(reg: &mut Registry, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, f64)>) {
     let f = Family::<Labels, FCounter>::default();
     for (l, v) in rows {
@@ -86,24 +93,19 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
     let host = c.host_info().ok();
     let mut reg = Registry::default();
     if let Some(h) = &host {
-        gauge(&mut reg, "oxvirt_host_cpus", "Host CPUs.", [(vec![], h.cpus as f64)]);
-        gauge(&mut reg, "oxvirt_host_memory_bytes", "Host memory.", [(vec![], h.memory_bytes as f64)]);
+        single(&mut reg, "oxvirt_host_cpus", "Host CPUs", h.cpus as f64);
+        single(&mut reg, "oxvirt_host_memory_bytes", "Host memory", h.memory_bytes as f64);
     }
-    gauge(
-        &mut reg,
-        "oxvirt_host_memory_available_bytes",
-        "Host memory available.",
-        [(vec![], s.host_memory_available as f64)],
-    );
-    gauge(&mut reg, "oxvirt_host_ksm_pages_sharing", "Pages KSM shares.", [(vec![], s.ksm_pages_sharing as f64)]);
-    gauge(&mut reg, "oxvirt_host_hugepages_total", "Huge pages reserved.", [(vec![], s.hugepages_total as f64)]);
-    gauge(&mut reg, "oxvirt_host_hugepages_free", "Huge pages free.", [(vec![], s.hugepages_free as f64)]);
+    single(&mut reg, "oxvirt_host_memory_available_bytes", "Host memory available", s.host_memory_available as f64);
+    single(&mut reg, "oxvirt_host_ksm_pages_sharing", "Pages KSM shares", s.ksm_pages_sharing as f64);
+    single(&mut reg, "oxvirt_host_hugepages_total", "Huge pages reserved", s.hugepages_total as f64);
+    single(&mut reg, "oxvirt_host_hugepages_free", "Huge pages free", s.hugepages_free as f64);
 
     let vms = &s.vms;
     gauge(
         &mut reg,
         "oxvirt_vm_state",
-        "1 for the state the VM is in.",
+        "1 for the state the VM is in",
         vms.iter().flat_map(|v| {
             STATES.iter().map(move |st| {
                 (l(&[("vm", &v.vm.spec.name), ("state", st)]), (v.vm.status.state.as_str() == *st) as u8 as f64)
@@ -113,31 +115,43 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
     gauge(
         &mut reg,
         "oxvirt_vm_up",
-        "1 when the VM's QEMU runs.",
+        "1 when the VM's QEMU runs",
         vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.status.pid.is_some() as u8 as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_vcpus",
-        "vCPUs of the VM.",
+        "vCPUs of the VM",
         vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.spec.cpus as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_memory_bytes",
-        "Memory configured.",
+        "Memory configured",
         vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.spec.memory.0 as f64)),
     );
     counter(
         &mut reg,
         "oxvirt_vm_cpu_seconds",
-        "CPU time the VM's QEMU used.",
+        "CPU time the VM's QEMU used",
         vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.cpu_seconds?))),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_cpu_ready_seconds",
+        "Time the VM's vCPUs waited runnable but not running (CPU ready)",
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.cpu_ready_seconds?))),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_vm_balloon_bytes",
+        "Memory the guest has now (balloon)",
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.balloon_bytes? as f64))),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_rss_bytes",
-        "Resident memory of the VM's QEMU.",
+        "Resident memory of the VM's QEMU",
         vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.rss_bytes? as f64))),
     );
     let disks: Vec<(&str, &oxvirt_controller::stats::DiskStats)> =
@@ -146,37 +160,37 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
     counter(
         &mut reg,
         "oxvirt_vm_disk_read_bytes",
-        "Bytes read.",
+        "Bytes read",
         disks.iter().map(|(vm, d)| (dl(vm, d), d.read_bytes as f64)),
     );
     counter(
         &mut reg,
         "oxvirt_vm_disk_write_bytes",
-        "Bytes written.",
+        "Bytes written",
         disks.iter().map(|(vm, d)| (dl(vm, d), d.write_bytes as f64)),
     );
     counter(
         &mut reg,
         "oxvirt_vm_disk_read_ops",
-        "Read operations.",
+        "Read operations",
         disks.iter().map(|(vm, d)| (dl(vm, d), d.read_ops as f64)),
     );
     counter(
         &mut reg,
         "oxvirt_vm_disk_write_ops",
-        "Write operations.",
+        "Write operations",
         disks.iter().map(|(vm, d)| (dl(vm, d), d.write_ops as f64)),
     );
     counter(
         &mut reg,
         "oxvirt_vm_disk_read_time_seconds",
-        "Time spent reading (divide by ops for latency).",
+        "Time spent reading (divide by ops for latency)",
         disks.iter().map(|(vm, d)| (dl(vm, d), d.read_time_ns as f64 / 1e9)),
     );
     counter(
         &mut reg,
         "oxvirt_vm_disk_write_time_seconds",
-        "Time spent writing.",
+        "Time spent writing",
         disks.iter().map(|(vm, d)| (dl(vm, d), d.write_time_ns as f64 / 1e9)),
     );
 
@@ -184,36 +198,36 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
     gauge(
         &mut reg,
         "oxvirt_pool_size_bytes",
-        "Size of the pool's file system.",
+        "Size of the pool's file system",
         s.pools.iter().map(|(p, u)| (pl(p), u.size as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_pool_free_bytes",
-        "Free on the pool's file system.",
+        "Free on the pool's file system",
         s.pools.iter().map(|(p, u)| (pl(p), u.free as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_pool_provisioned_bytes",
-        "Sum of the volumes' virtual sizes.",
+        "Sum of the volumes' virtual sizes",
         s.pools.iter().map(|(p, u)| (pl(p), u.provisioned as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_pool_allocated_bytes",
-        "Blocks the volumes take.",
+        "Blocks the volumes take",
         s.pools.iter().map(|(p, u)| (pl(p), u.allocated as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_tasks",
-        "Tasks by state.",
+        "Tasks by state",
         [(l(&[("state", "running")]), s.tasks_running as f64), (l(&[("state", "failed")]), s.tasks_failed as f64)],
     );
 
-    reg.register("oxvirt_api_requests", "API requests by method, route and status.", api.requests.clone());
-    reg.register("oxvirt_api_request_duration_seconds", "API request latency.", api.latency.clone());
+    reg.register("oxvirt_api_requests", "API requests by method, route and status", api.requests.clone());
+    reg.register("oxvirt_api_request_duration_seconds", "API request latency", api.latency.clone());
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &reg) {
         tracing::error!("metrics encoding: {e}");

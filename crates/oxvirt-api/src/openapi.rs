@@ -35,6 +35,7 @@ pub const OPERATIONS: &[Operation] = &[
     op("get", "/metrics", "metrics", "Prometheus metrics (OpenMetrics text)", None, 200, None),
     op("get", "/api/v1/openapi.json", "openapi", "This document", None, 200, None),
     op("get", "/api/v1/host", "hostShow", "The host: CPUs, memory, accelerator and why", None, 200, Some("HostInfo")),
+    op("get", "/api/v1/alerts", "alertList", "Built-in alerts firing now", None, 200, Some("AlertList")),
     op("get", "/api/v1/vms", "vmList", "All VMs", None, 200, Some("VmList")),
     op(
         "post",
@@ -324,6 +325,10 @@ fn schemas() -> Value {
         "VolumeList": { "type": "array", "items": schema_ref("Volume") },
         "DiskQos": qos.clone(),
         "DiskSpec": disk.clone(),
+        "AlertList": { "type": "array", "items": { "type": "object", "properties": {
+            "rule": { "type": "string" }, "kind": { "type": "string" }, "target": { "type": "string" },
+            "state": { "type": "string", "enum": ["firing", "resolved"] }, "value": { "type": "number" },
+            "threshold": { "type": "number" }, "since": { "type": "integer" } } } },
         "NewSnapshot": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": { "name": { "type": "string" } } },
         "Resize": { "type": "object", "additionalProperties": false, "required": ["size"], "properties": { "size": size } },
         "CloneRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {

@@ -5,6 +5,7 @@
 //! after a daemon restart and notices guests that stopped on their own. Every change of state is
 //! written to the store first and announced on the event bus.
 
+pub mod alerts;
 mod console;
 mod disks;
 mod error;
@@ -71,6 +72,7 @@ pub(crate) struct Inner {
     pub host: host::HostLimits,
     /// Volumes a task is working on (`pool/name`).
     pub busy_volumes: Mutex<std::collections::HashSet<String>>,
+    pub alerts: Mutex<alerts::AlertBook>,
     /// The last figures gathered for monitoring, and when.
     pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
@@ -98,6 +100,7 @@ impl Controller {
             busy_volumes: Mutex::default(),
             export_daemons: Default::default(),
             stats_cache: Mutex::default(),
+            alerts: Mutex::default(),
         };
         Ok(Controller { inner: Arc::new(inner) })
     }

@@ -26,6 +26,10 @@ pub struct VmStats {
     /// CPU time QEMU used (all its threads), seconds.
     pub cpu_seconds: Option<f64>,
     pub rss_bytes: Option<u64>,
+    /// Time the vCPU threads waited runnable but not running (CPU ready), seconds.
+    pub cpu_ready_seconds: Option<f64>,
+    /// Memory the guest has now, as the balloon reports it.
+    pub balloon_bytes: Option<u64>,
     pub disks: Vec<DiskStats>,
 }
 
@@ -35,6 +39,7 @@ pub struct Stats {
     pub pools: Vec<(Pool, PoolUsage)>,
     pub tasks_running: usize,
     pub tasks_failed: usize,
+    pub host_memory_total: u64,
     pub host_memory_available: u64,
     pub ksm_pages_sharing: u64,
     pub hugepages_total: u64,
@@ -82,6 +87,17 @@ fn meminfo(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Run-queue wait of one thread (second field of /proc/PID/task/TID/schedstat), in ns.
+fn thread_wait_ns(pid: u32, tid: u64) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    s.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// vCPU thread ids from QMP `query-cpus-fast`.
+pub(crate) fn vcpu_threads(v: &Value) -> Vec<u64> {
+    v.as_array().map(|a| a.iter().filter_map(|c| c.get("thread-id")?.as_u64()).collect()).unwrap_or_default()
+}
+
 /// Disk figures from QMP `query-blockstats`, by device id.
 pub(crate) fn parse_blockstats(v: &Value) -> Vec<DiskStats> {
     let Some(list) = v.as_array() else { return Vec::new() };
@@ -108,8 +124,13 @@ pub(crate) fn parse_blockstats(v: &Value) -> Vec<DiskStats> {
 impl Controller {
     /// The figures, from a cache no older than [`MAX_AGE`].
     pub async fn stats(&self) -> Stats {
+        self.stats_max_age(MAX_AGE).await
+    }
+
+    /// The figures, from a cache no older than `max_age`.
+    pub async fn stats_max_age(&self, max_age: Duration) -> Stats {
         if let Some((at, s)) = lock(&self.inner.stats_cache).as_ref() {
-            if at.elapsed() < MAX_AGE {
+            if at.elapsed() < max_age {
                 return s.clone();
             }
         }
@@ -120,6 +141,7 @@ impl Controller {
 
     async fn gather_stats(&self) -> Stats {
         let mut out = Stats {
+            host_memory_total: meminfo("MemTotal:") * 1024,
             host_memory_available: meminfo("MemAvailable:") * 1024,
             ksm_pages_sharing: read_u64("/sys/kernel/mm/ksm/pages_sharing"),
             hugepages_total: meminfo("HugePages_Total:"),
@@ -127,7 +149,7 @@ impl Controller {
             ..Default::default()
         };
         for vm in self.list_vms().unwrap_or_default() {
-            let (mut cpu, mut rss, mut disks) = (None, None, Vec::new());
+            let (mut cpu, mut rss, mut disks, mut ready, mut balloon) = (None, None, Vec::new(), None, None);
             if let Some(pid) = vm.status.pid {
                 (cpu, rss) = proc_figures(pid);
                 let instance = lock(&self.inner.slot(&vm.spec.name).instance).clone();
@@ -135,9 +157,28 @@ impl Controller {
                     if let Ok(v) = i.command("query-blockstats", Value::Null).await {
                         disks = parse_blockstats(&v);
                     }
+                    if let Ok(v) = i.command("query-cpus-fast", Value::Null).await {
+                        let waits: Vec<u64> =
+                            vcpu_threads(&v).into_iter().filter_map(|t| thread_wait_ns(pid, t)).collect();
+                        if !waits.is_empty() {
+                            ready = Some(waits.iter().sum::<u64>() as f64 / 1e9);
+                        }
+                    }
+                    if vm.spec.balloon {
+                        if let Ok(v) = i.command("query-balloon", Value::Null).await {
+                            balloon = v.get("actual").and_then(Value::as_u64);
+                        }
+                    }
                 }
             }
-            out.vms.push(VmStats { vm, cpu_seconds: cpu, rss_bytes: rss, disks });
+            out.vms.push(VmStats {
+                vm,
+                cpu_seconds: cpu,
+                rss_bytes: rss,
+                cpu_ready_seconds: ready,
+                balloon_bytes: balloon,
+                disks,
+            });
         }
         for pv in self.list_pools().unwrap_or_default() {
             out.pools.push((pv.pool, pv.usage));
@@ -166,6 +207,14 @@ mod tests {
         assert_eq!((d[0].id.as_str(), d[0].read_bytes, d[0].write_ops, d[0].write_time_ns), ("disk0", 512, 2, 7));
         assert_eq!((d[1].id.as_str(), d[1].read_bytes), ("disk1", 3));
         assert!(parse_blockstats(&serde_json::json!({})).is_empty());
+    }
+
+    #[test]
+    fn vcpu_threads_and_wait() {
+        let v = serde_json::json!([{ "cpu-index": 0, "thread-id": 101 }, { "cpu-index": 1, "thread-id": 102 }, { "cpu-index": 2 }]);
+        assert_eq!(vcpu_threads(&v), [101, 102]);
+        let me = std::process::id();
+        assert!(thread_wait_ns(me, me as u64).is_some());
     }
 
     #[test]

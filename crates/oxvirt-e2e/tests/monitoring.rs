@@ -17,7 +17,7 @@ fn alert_rules_pass_promtool() {
         .output()
         .expect("promtool (make test installs prometheus)");
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 8 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 9 rules found"));
 }
 
 fn free_port() -> u16 {
@@ -73,6 +73,14 @@ async fn prometheus_scrapes_per_vm_series() {
     let read: f64 = read_line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(read >= 1048576.0, "{read_line}");
     assert!(text.contains("oxvirt_api_requests_total{"), "API requests are counted");
+    assert!(text.contains("oxvirt_vm_cpu_ready_seconds_total{vm=\"watched\"}"), "{text}");
+    let balloon =
+        text.lines().find(|l| l.starts_with("oxvirt_vm_balloon_bytes{vm=\"watched\"}")).expect("balloon series");
+    assert_eq!(balloon.rsplit(' ').next().unwrap().parse::<f64>().unwrap(), 268435456.0, "{balloon}");
+    assert!(
+        text.contains("\noxvirt_host_cpus 2") || text.contains("\noxvirt_host_cpus "),
+        "label-less gauges have no braces"
+    );
     assert!(text.trim_end().ends_with("# EOF"));
 
     // A real Prometheus, scraping over HTTPS with the admin token and the daemon's certificate.
@@ -121,6 +129,100 @@ async fn prometheus_scrapes_per_vm_series() {
     assert!(v >= 1048576.0, "{series}");
     // The rules loaded: Prometheus knows them.
     let rules: Value = serde_json::from_str(&http_get(port, "/api/v1/rules").unwrap()).unwrap();
-    assert_eq!(rules["data"]["groups"][0]["rules"].as_array().unwrap().len(), 8);
+    assert_eq!(rules["data"]["groups"][0]["rules"].as_array().unwrap().len(), 9);
     c.vm_action_wait("watched", "kill", Duration::from_secs(30)).await.unwrap();
+}
+
+/// Collects the bodies POSTed to a local webhook.
+async fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read until the body announced by Content-Length is in.
+            loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        if let Ok(v) = serde_json::from_str::<Value>(body) {
+                            g.lock().unwrap().push(v);
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        }
+    });
+    (port, got)
+}
+
+/// The next alert event in `want` state from an event stream.
+async fn next_alert(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::UnixStream>>, want: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("alert in time").unwrap().unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).unwrap();
+            if v["type"] == "alert" && v["alert"]["state"] == want {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_alert_fires_on_a_busy_guest_and_resolves() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let (hook_port, hook) = webhook().await;
+    let d = Daemon::start_with_config(&format!(
+        "[alerts]\ninterval_secs = 1\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\n[[alerts.rules]]\nname = \"busy\"\nkind = \"vm-cpu-high\"\nthreshold = 0.4\nfor_secs = 2\n"
+    ));
+    let c = &d.client;
+    let mut s = tokio::net::UnixStream::connect(d.path().join("oxvirtd.sock")).await.unwrap();
+    s.write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut lines = tokio::io::BufReader::new(s).lines();
+    c.create_vm(&kernel_spec("spinner", ""), true).await.unwrap();
+    wait_console(c, "spinner", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(c, "spinner", "(while :; do :; done) & echo SPIN-$((4+4))", "SPIN-8").await;
+
+    let fired = next_alert(&mut lines, "firing").await;
+    assert_eq!(fired["alert"]["rule"], "busy");
+    assert_eq!(fired["alert"]["target"], "vms/spinner");
+    assert!(fired["alert"]["value"].as_f64().unwrap() > 0.4);
+    let listed: Vec<oxvirt_model::Alert> = c.get("/api/v1/alerts").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    // The guest calms down: the alert resolves.
+    run_in_guest(c, "spinner", "kill %1; echo CALM-$((5+5))", "CALM-10").await;
+    let resolved = next_alert(&mut lines, "resolved").await;
+    assert_eq!(resolved["alert"]["target"], "vms/spinner");
+    assert!(c.get::<Vec<oxvirt_model::Alert>>("/api/v1/alerts").await.unwrap().is_empty());
+    // The webhook got both.
+    let start = Instant::now();
+    loop {
+        let states: Vec<String> =
+            hook.lock().unwrap().iter().map(|v| v["alert"]["state"].as_str().unwrap_or("").to_string()).collect();
+        if states == ["firing", "resolved"] {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "webhook got {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.vm_action_wait("spinner", "kill", Duration::from_secs(30)).await.unwrap();
 }

@@ -1,4 +1,4 @@
-use crate::{Millis, Task, VmState};
+use crate::{Alert, Millis, Task, VmState};
 
 /// Something that happened, as the event stream (`GET /api/v1/events`) reports it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -12,4 +12,6 @@ pub enum Event {
     VmGuest { vm: String, what: String, time: Millis },
     /// A task was created, made progress or ended.
     Task { task: Task, time: Millis },
+    /// A built-in alert started firing or resolved.
+    Alert { alert: Alert, time: Millis },
 }

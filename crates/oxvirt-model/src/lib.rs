@@ -3,6 +3,7 @@
 //! Everything here is plain data: no I/O, no clocks, no processes. The API parses requests into
 //! these types, the store keeps them as JSON, and the controller acts on them.
 
+mod alert;
 mod error;
 mod event;
 mod host;
@@ -14,6 +15,7 @@ mod task;
 mod token;
 mod vm;
 
+pub use alert::{Alert, AlertKind, AlertRule, AlertState};
 pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;

@@ -18,6 +18,25 @@ pub struct Config {
     pub log_format: String,
     /// Address of the HTTPS API (token required), e.g. `0.0.0.0:8443`; empty turns it off.
     pub https_listen: String,
+    /// Built-in alerting.
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Seconds between two evaluations of the rules.
+    pub interval_secs: u64,
+    /// `http://host:port/path` that gets each firing and resolved alert as JSON.
+    pub webhook: Option<String>,
+    /// The rules; the defaults mirror monitoring/oxvirt-alerts.yml.
+    pub rules: Vec<oxvirt_model::AlertRule>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig { interval_secs: 15, webhook: None, rules: oxvirt_model::AlertRule::defaults() }
+    }
 }
 
 impl Default for Config {
@@ -29,6 +48,7 @@ impl Default for Config {
             console_log_max_bytes: 1024 * 1024,
             log_format: "text".into(),
             https_listen: "0.0.0.0:8443".into(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -69,6 +89,17 @@ impl Config {
                 c.https_listen
             ));
         }
+        if !(1..=3600).contains(&c.alerts.interval_secs) {
+            return Err("alerts.interval_secs: must be 1 to 3600".into());
+        }
+        if let Some(w) = &c.alerts.webhook {
+            if !w.starts_with("http://") || w.len() > 2048 {
+                return Err("alerts.webhook: must be an http://host:port/path URL".into());
+            }
+        }
+        for (i, r) in c.alerts.rules.iter().enumerate() {
+            r.validate(&format!("alerts.rules[{i}]")).map_err(|e| e.to_string())?;
+        }
         if c.console_log_max_bytes < 4096 {
             return Err("console_log_max_bytes: must be at least 4096".into());
         }
@@ -95,5 +126,14 @@ mod tests {
         assert!(Config::parse("stop_timeout_secs = 0").unwrap_err().starts_with("stop_timeout_secs"));
         assert!(Config::parse("https_listen = \"localhost\"").unwrap_err().starts_with("https_listen"));
         assert_eq!(Config::parse("https_listen = \"\"").unwrap().https_listen, "");
+        assert!(Config::parse("[alerts]\nwebhook = \"ftp://x\"").unwrap_err().starts_with("alerts.webhook"));
+        let c = Config::parse(
+            "[alerts]\ninterval_secs = 1\n[[alerts.rules]]\nname = \"busy\"\nkind = \"vm-cpu-high\"\nthreshold = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.alerts.rules.len(), 1);
+        assert!(Config::parse("[[alerts.rules]]\nname = \"b\"\nkind = \"vm-cpu-high\"\nthreshold = -1\n")
+            .unwrap_err()
+            .contains("threshold"));
     }
 }

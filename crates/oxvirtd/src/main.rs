@@ -94,6 +94,11 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
     cc.console_log_max = config.console_log_max_bytes;
     let ctrl = Controller::new(Arc::new(store), Arc::new(hv), cc).map_err(|e| e.to_string())?;
     ctrl.start_background().await;
+    ctrl.start_alerting(oxvirt_controller::alerts::AlertConfig {
+        interval: Duration::from_secs(config.alerts.interval_secs),
+        rules: config.alerts.rules.clone(),
+        webhook: config.alerts.webhook.clone(),
+    });
 
     let api_metrics = std::sync::Arc::new(oxvirt_api::metrics::ApiMetrics::default());
     if ctrl.ensure_admin_token(&args.data_dir.join("admin.token")).map_err(|e| e.to_string())? {
