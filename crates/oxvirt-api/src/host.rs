@@ -7,7 +7,11 @@ use oxvirt_model::HostInfo;
 use serde_json::{json, Value};
 
 pub fn routes() -> Router<Controller> {
-    Router::new().route("/api/v1/host", get(show)).route("/api/v1/alerts", get(alerts))
+    Router::new()
+        .route("/api/v1/host", get(show))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/host/history", get(host_history))
+        .route("/api/v1/top", get(top))
 }
 
 pub async fn root() -> Json<Value> {
@@ -20,4 +24,15 @@ async fn show(State(c): State<Controller>) -> ApiResult<Json<HostInfo>> {
 
 async fn alerts(State(c): State<Controller>) -> Json<Vec<oxvirt_model::Alert>> {
     Json(c.alerts())
+}
+
+async fn host_history(State(c): State<Controller>) -> Json<Vec<oxvirt_controller::history::HostSample>> {
+    Json(c.host_history())
+}
+
+/// The latest figures of the host and of every VM, as `oxvirt host top` shows them.
+async fn top(State(c): State<Controller>) -> Json<serde_json::Value> {
+    let vms: Vec<serde_json::Value> =
+        c.vm_latest().into_iter().map(|(name, s)| json!({ "vm": name, "sample": s })).collect();
+    Json(json!({ "host": c.host_history().last(), "vms": vms }))
 }

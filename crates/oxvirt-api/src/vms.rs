@@ -19,6 +19,7 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/vms/{name}/actions/{action}", post(action))
         .route("/api/v1/vms/{name}/console-log", get(console_log))
         .route("/api/v1/vms/{name}/console", get(crate::console::console))
+        .route("/api/v1/vms/{name}/history", get(history))
         .route("/api/v1/vms/{name}/disks", post(attach_disk))
         .route("/api/v1/vms/{name}/disks/{disk}", axum::routing::delete(detach_disk))
         .route("/api/v1/vms/{name}/disks/{disk}/qos", axum::routing::put(set_qos))
@@ -129,4 +130,12 @@ async fn detach_disk(State(c): State<Controller>, Path((name, disk)): Path<(Stri
     check_name(&name)?;
     validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
     Ok(Json(c.detach_disk(&name, &disk).await?))
+}
+
+async fn history(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<oxvirt_controller::history::VmSample>>> {
+    check_name(&name)?;
+    Ok(Json(c.vm_history(&name)?))
 }

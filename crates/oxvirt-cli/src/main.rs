@@ -77,6 +77,12 @@ enum VmCmd {
     Kill(ActionArgs),
     /// Delete a stopped VM (its disk images stay).
     Delete { name: String },
+    /// Live figures of every VM (CPU, memory, disk I/O), refreshed until Ctrl-C.
+    Top {
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Attach a disk (hot-plugged when the VM runs): --volume POOL/NAME or --path FILE.
     Attach {
         name: String,
@@ -199,6 +205,11 @@ enum TaskCmd {
 enum HostCmd {
     /// Show the host: CPUs, memory, accelerator and why.
     Show,
+    /// Live figures of the host and its VMs, refreshed until Ctrl-C.
+    Top {
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -281,6 +292,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             }
         }
         Command::Vm(VmCmd::Console { name }) => console::run(client, &name).await?,
+        Command::Vm(VmCmd::Top { once }) => output::top(client, out, false, once).await?,
         Command::Vm(VmCmd::Attach { name, volume, path, bus, readonly }) => {
             let mut disk = json!({ "bus": bus, "readonly": readonly });
             match (volume, path) {
@@ -369,6 +381,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             print_task(&t, out);
         }
         Command::Host(HostCmd::Show) => print_host(&client.host().await?, out),
+        Command::Host(HostCmd::Top { once }) => output::top(client, out, true, once).await?,
         Command::Pool(cmd) => storage::pool(client, out, cmd).await?,
         Command::Volume(cmd) => storage::volume(client, out, cmd).await?,
     }

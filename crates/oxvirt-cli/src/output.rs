@@ -128,3 +128,62 @@ pub fn print_host(h: &HostInfo, out: Output) {
     println!("vms:         {} ({} running)", h.vms_total, h.vms_running);
     println!("oxvirt:      {}", h.oxvirt_version);
 }
+
+/// `oxvirt vm top` / `oxvirt host top`: the latest figures, refreshed every 2 s on a terminal.
+pub async fn top(
+    client: &oxvirt_client::Client,
+    out: Output,
+    with_host: bool,
+    once: bool,
+) -> Result<(), oxvirt_client::ClientError> {
+    use std::io::IsTerminal;
+    let live = !once && out == Output::Table && std::io::stdout().is_terminal();
+    loop {
+        let t: serde_json::Value = client.get("/api/v1/top").await?;
+        if out == Output::Json {
+            print_json(&t);
+            return Ok(());
+        }
+        if live {
+            print!("\x1b[2J\x1b[H");
+        }
+        if with_host {
+            let h = &t["host"];
+            if h.is_null() {
+                println!("host: no sample yet (the first comes within 5 s)");
+            } else {
+                println!(
+                    "host: CPU {:.0}%  memory {} of {}  VMs running {}",
+                    h["cpu"].as_f64().unwrap_or(0.0) * 100.0,
+                    ByteSize(h["memory_used_bytes"].as_u64().unwrap_or(0)),
+                    ByteSize(h["memory_total_bytes"].as_u64().unwrap_or(0)),
+                    h["vms_running"]
+                );
+            }
+        }
+        let rows = t["vms"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|v| {
+                        let s = &v["sample"];
+                        let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+                        vec![
+                            v["vm"].as_str().unwrap_or("").to_string(),
+                            s["state"].as_str().unwrap_or("").to_string(),
+                            format!("{:.0}%", f("cpu") * 100.0),
+                            ByteSize(s["rss_bytes"].as_u64().unwrap_or(0)).to_string(),
+                            format!("{}/s", ByteSize(f("disk_read_bps") as u64)),
+                            format!("{}/s", ByteSize(f("disk_write_bps") as u64)),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(&["VM", "STATE", "CPU", "MEMORY", "DISK READ", "DISK WRITE"], rows);
+        if !live {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}

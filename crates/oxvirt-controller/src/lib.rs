@@ -9,6 +9,7 @@ pub mod alerts;
 mod console;
 mod disks;
 mod error;
+pub mod history;
 mod host;
 mod lifecycle;
 mod nbd;
@@ -73,6 +74,7 @@ pub(crate) struct Inner {
     /// Volumes a task is working on (`pool/name`).
     pub busy_volumes: Mutex<std::collections::HashSet<String>>,
     pub alerts: Mutex<alerts::AlertBook>,
+    pub history: Mutex<history::History>,
     /// The last figures gathered for monitoring, and when.
     pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
@@ -101,6 +103,7 @@ impl Controller {
             export_daemons: Default::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
+            history: Mutex::default(),
         };
         Ok(Controller { inner: Arc::new(inner) })
     }
@@ -120,6 +123,7 @@ impl Controller {
     /// Adopts the guests that run, then keeps reconciling in the background.
     pub async fn start_background(&self) {
         self.reconcile_all().await;
+        self.start_history();
         let me = self.clone();
         tokio::spawn(async move {
             loop {

@@ -226,3 +226,34 @@ async fn built_in_alert_fires_on_a_busy_guest_and_resolves() {
     }
     c.vm_action_wait("spinner", "kill", Duration::from_secs(30)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_top_show_a_busy_guest() {
+    let d = Daemon::start();
+    let c = &d.client;
+    c.create_vm(&kernel_spec("histo", ""), true).await.unwrap();
+    wait_console(c, "histo", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(c, "histo", "(while :; do :; done) & echo SPIN-$((4+4))", "SPIN-8").await;
+    // Samples come every 5 s; a busy guest shows its CPU use.
+    let start = Instant::now();
+    let busy = loop {
+        let h: Vec<Value> = c.get("/api/v1/vms/histo/history").await.unwrap();
+        if let Some(s) = h.iter().rev().find(|s| s["cpu"].as_f64().unwrap_or(0.0) > 0.3) {
+            break s.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "no busy sample: {h:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(busy["state"], "running");
+    assert!(busy["rss_bytes"].as_u64().unwrap() > 10 << 20);
+    let host: Vec<Value> = c.get("/api/v1/host/history").await.unwrap();
+    assert!(!host.is_empty() && host.last().unwrap()["vms_running"] == 1);
+    let out = Command::new(bin("oxvirt"))
+        .env("OXVIRT_SOCKET", d.path().join("oxvirtd.sock"))
+        .args(["host", "top", "--once"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("host: CPU") && text.contains("histo"), "{text}");
+    c.vm_action_wait("histo", "kill", Duration::from_secs(30)).await.unwrap();
+}

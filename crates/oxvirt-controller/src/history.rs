@@ -1,0 +1,152 @@
+//! A short history of the main figures of the host and each VM (the last hour at 5 s steps), for
+//! `oxvirt vm top`, `oxvirt host top` and the web console.
+
+use crate::{lock, now_millis, Controller};
+use oxvirt_model::Millis;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Samples kept per series.
+pub const KEEP: usize = 720;
+pub const STEP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VmSample {
+    pub time: Millis,
+    pub state: String,
+    /// CPU use as a share of one host CPU (1.0 = one CPU busy).
+    pub cpu: f64,
+    pub rss_bytes: u64,
+    pub disk_read_bps: f64,
+    pub disk_write_bps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostSample {
+    pub time: Millis,
+    /// CPU use of the whole host, 0..1.
+    pub cpu: f64,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub vms_running: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct History {
+    vms: HashMap<String, VecDeque<VmSample>>,
+    host: VecDeque<HostSample>,
+    /// Counters at the last sample: VM → (when, cpu s, read B, written B); host → (busy, total) jiffies.
+    last_vm: HashMap<String, (Instant, f64, u64, u64)>,
+    last_host: Option<(u64, u64)>,
+}
+
+fn push<T>(q: &mut VecDeque<T>, v: T) {
+    if q.len() == KEEP {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+/// (busy, total) jiffies of the host from /proc/stat.
+fn host_jiffies() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+impl Controller {
+    /// Samples every [`STEP`] for the daemon's life.
+    pub fn start_history(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.sample().await;
+                tokio::time::sleep(STEP).await;
+            }
+        });
+    }
+
+    pub(crate) async fn sample(&self) {
+        let stats = self.stats_max_age(STEP).await;
+        let now = Instant::now();
+        let time = now_millis();
+        let mut h = lock(&self.inner.history);
+        let names: std::collections::HashSet<String> = stats.vms.iter().map(|v| v.vm.spec.name.clone()).collect();
+        h.vms.retain(|k, _| names.contains(k));
+        for v in &stats.vms {
+            let name = v.vm.spec.name.clone();
+            let cpu_s = v.cpu_seconds.unwrap_or(0.0);
+            let rd: u64 = v.disks.iter().map(|d| d.read_bytes).sum();
+            let wr: u64 = v.disks.iter().map(|d| d.write_bytes).sum();
+            let prev = h.last_vm.insert(name.clone(), (now, cpu_s, rd, wr));
+            let (cpu, rbps, wbps) = match prev {
+                Some((t0, c0, r0, w0)) if v.vm.status.pid.is_some() => {
+                    let dt = now.duration_since(t0).as_secs_f64().max(0.001);
+                    ((cpu_s - c0).max(0.0) / dt, rd.saturating_sub(r0) as f64 / dt, wr.saturating_sub(w0) as f64 / dt)
+                }
+                _ => (0.0, 0.0, 0.0),
+            };
+            let sample = VmSample {
+                time,
+                state: v.vm.status.state.as_str().to_string(),
+                cpu,
+                rss_bytes: v.rss_bytes.unwrap_or(0),
+                disk_read_bps: rbps,
+                disk_write_bps: wbps,
+            };
+            push(h.vms.entry(name).or_default(), sample);
+        }
+        let jiffies = host_jiffies();
+        let cpu = match (h.last_host, jiffies) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+            _ => 0.0,
+        };
+        h.last_host = jiffies;
+        let sample = HostSample {
+            time,
+            cpu,
+            memory_used_bytes: stats.host_memory_total.saturating_sub(stats.host_memory_available),
+            memory_total_bytes: stats.host_memory_total,
+            vms_running: stats.vms.iter().filter(|v| v.vm.status.pid.is_some()).count(),
+        };
+        push(&mut h.host, sample);
+    }
+
+    /// A VM's samples, oldest first (empty for a VM not yet sampled).
+    pub fn vm_history(&self, name: &str) -> Result<Vec<VmSample>, crate::ControlError> {
+        self.get_vm(name)?;
+        Ok(lock(&self.inner.history).vms.get(name).map(|q| q.iter().cloned().collect()).unwrap_or_default())
+    }
+
+    /// The latest sample of every VM.
+    pub fn vm_latest(&self) -> Vec<(String, VmSample)> {
+        let h = lock(&self.inner.history);
+        let mut v: Vec<(String, VmSample)> =
+            h.vms.iter().filter_map(|(k, q)| Some((k.clone(), q.back()?.clone()))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn host_history(&self) -> Vec<HostSample> {
+        lock(&self.inner.history).host.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_keeps_the_last() {
+        let mut q = VecDeque::new();
+        for i in 0..KEEP + 10 {
+            push(&mut q, i);
+        }
+        assert_eq!(q.len(), KEEP);
+        assert_eq!(q.front(), Some(&10));
+        let (busy, total) = host_jiffies().unwrap();
+        assert!(busy <= total && total > 0);
+    }
+}
