@@ -96,6 +96,12 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         single(&mut reg, "oxvirt_host_cpus", "Host CPUs", h.cpus as f64);
         single(&mut reg, "oxvirt_host_memory_bytes", "Host memory", h.memory_bytes as f64);
     }
+    counter(
+        &mut reg,
+        "oxvirt_host_cpu_busy_seconds",
+        "CPU time the host spent busy, all CPUs",
+        [(vec![], s.host_cpu_busy_seconds)],
+    );
     single(&mut reg, "oxvirt_host_memory_available_bytes", "Host memory available", s.host_memory_available as f64);
     single(&mut reg, "oxvirt_host_ksm_pages_sharing", "Pages KSM shares", s.ksm_pages_sharing as f64);
     single(&mut reg, "oxvirt_host_hugepages_total", "Huge pages reserved", s.hugepages_total as f64);

@@ -48,7 +48,7 @@ fn push<T>(q: &mut VecDeque<T>, v: T) {
 }
 
 /// (busy, total) jiffies of the host from /proc/stat.
-fn host_jiffies() -> Option<(u64, u64)> {
+pub(crate) fn host_jiffies() -> Option<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/stat").ok()?;
     let f: Vec<u64> = s.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     let total: u64 = f.iter().sum();

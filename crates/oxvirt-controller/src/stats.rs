@@ -39,6 +39,8 @@ pub struct Stats {
     pub pools: Vec<(Pool, PoolUsage)>,
     pub tasks_running: usize,
     pub tasks_failed: usize,
+    /// CPU time the host spent busy (all CPUs), seconds.
+    pub host_cpu_busy_seconds: f64,
     pub host_memory_total: u64,
     pub host_memory_available: u64,
     pub ksm_pages_sharing: u64,
@@ -141,6 +143,9 @@ impl Controller {
 
     async fn gather_stats(&self) -> Stats {
         let mut out = Stats {
+            host_cpu_busy_seconds: crate::history::host_jiffies()
+                .map(|(busy, _)| busy as f64 / clk_tck())
+                .unwrap_or(0.0),
             host_memory_total: meminfo("MemTotal:") * 1024,
             host_memory_available: meminfo("MemAvailable:") * 1024,
             ksm_pages_sharing: read_u64("/sys/kernel/mm/ksm/pages_sharing"),

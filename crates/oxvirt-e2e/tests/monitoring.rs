@@ -61,10 +61,20 @@ async fn prometheus_scrapes_per_vm_series() {
     )
     .await;
 
-    // The exposition itself.
-    let (status, body) = c.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
-    assert_eq!(status, 200);
-    let text = String::from_utf8_lossy(&body);
+    // The exposition itself (figures are cached for up to 5 s: wait for the read to show).
+    let start = Instant::now();
+    let text = loop {
+        let (status, body) = c.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let read = text.lines().any(|l| {
+            l.starts_with("oxvirt_vm_disk_read_bytes_total{") && l.contains("watched") && !l.ends_with(" 0.0")
+        });
+        if read || start.elapsed() > Duration::from_secs(15) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert!(text.contains("oxvirt_vm_up{vm=\"watched\"} 1"), "{text}");
     let read_line = text
         .lines()
@@ -256,4 +266,91 @@ async fn history_and_top_show_a_busy_guest() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.starts_with("host: CPU") && text.contains("histo"), "{text}");
     c.vm_action_wait("histo", "kill", Duration::from_secs(30)).await.unwrap();
+}
+
+/// Every metric the Grafana dashboard and the alert rules use is one the daemon exposes, and
+/// every dashboard query is valid PromQL (Prometheus answers it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_rules_use_exposed_metrics() {
+    let d = Daemon::start();
+    let (_, body) = d.client.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let mut exposed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (name, kind) = (it.next().unwrap().to_string(), it.next().unwrap());
+            match kind {
+                "counter" => {
+                    exposed.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        exposed.insert(format!("{name}{s}"));
+                    }
+                }
+                _ => {
+                    exposed.insert(name);
+                }
+            }
+        }
+    }
+    let root = workspace_root().join("monitoring");
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("oxvirt-dashboard.json")).unwrap()).unwrap();
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    exprs.push(dash["templating"]["list"][1]["definition"].as_str().unwrap().to_string());
+    exprs.extend(
+        std::fs::read_to_string(root.join("oxvirt-alerts.yml"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("oxvirt_"))
+            .map(String::from),
+    );
+    assert!(exprs.len() > 20);
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("oxvirt_") {
+            let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            assert!(exposed.contains(&name), "{name} (in {e}) is not exposed; exposed: {exposed:?}");
+            rest = &rest[i + name.len()..];
+        }
+    }
+    // Prometheus parses every dashboard query.
+    let dir = d.path().join("prom");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("prometheus.yml"), "global:\n  scrape_interval: 15s\n").unwrap();
+    let port = free_port();
+    let _prom = Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while http_get(port, "/-/ready").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30), "prometheus did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().unwrap().replace("$vm", ".*");
+            let enc: String = e
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect();
+            let answer = http_get(port, &format!("/api/v1/query?query={enc}")).unwrap();
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["status"], "success", "{e}: {answer}");
+        }
+    }
 }
