@@ -156,6 +156,12 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
     );
     gauge(
         &mut reg,
+        "oxvirt_vm_guest_free_bytes",
+        "Free memory inside the guest, as its balloon driver reports it",
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.guest_free_bytes? as f64))),
+    );
+    gauge(
+        &mut reg,
         "oxvirt_vm_rss_bytes",
         "Resident memory of the VM's QEMU",
         vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.rss_bytes? as f64))),

@@ -95,6 +95,13 @@ impl Controller {
                     return Err(e.into());
                 }
                 task.progress(80, "QEMU running");
+                if spec.balloon {
+                    // The guest's balloon driver reports its memory figures every 5 s.
+                    let args = serde_json::json!({ "path": "/machine/peripheral/balloon0", "property": "guest-stats-polling-interval", "value": 5 });
+                    if let Err(e) = instance.command("qom-set", args).await {
+                        tracing::debug!(vm = %name, "balloon statistics: {e}");
+                    }
+                }
                 self.attach(name, instance);
                 Ok(())
             }

@@ -30,6 +30,8 @@ pub struct VmStats {
     pub cpu_ready_seconds: Option<f64>,
     /// Memory the guest has now, as the balloon reports it.
     pub balloon_bytes: Option<u64>,
+    /// Free memory inside the guest, where its balloon driver reports it.
+    pub guest_free_bytes: Option<u64>,
     pub disks: Vec<DiskStats>,
 }
 
@@ -154,7 +156,8 @@ impl Controller {
             ..Default::default()
         };
         for vm in self.list_vms().unwrap_or_default() {
-            let (mut cpu, mut rss, mut disks, mut ready, mut balloon) = (None, None, Vec::new(), None, None);
+            let (mut cpu, mut rss, mut disks, mut ready, mut balloon, mut guest_free) =
+                (None, None, Vec::new(), None, None, None);
             if let Some(pid) = vm.status.pid {
                 (cpu, rss) = proc_figures(pid);
                 let instance = lock(&self.inner.slot(&vm.spec.name).instance).clone();
@@ -173,6 +176,12 @@ impl Controller {
                         if let Ok(v) = i.command("query-balloon", Value::Null).await {
                             balloon = v.get("actual").and_then(Value::as_u64);
                         }
+                        let path =
+                            serde_json::json!({ "path": "/machine/peripheral/balloon0", "property": "guest-stats" });
+                        if let Ok(v) = i.command("qom-get", path).await {
+                            // -1 until the guest has reported.
+                            guest_free = v["stats"]["stat-free-memory"].as_i64().and_then(|f| u64::try_from(f).ok());
+                        }
                     }
                 }
             }
@@ -182,6 +191,7 @@ impl Controller {
                 rss_bytes: rss,
                 cpu_ready_seconds: ready,
                 balloon_bytes: balloon,
+                guest_free_bytes: guest_free,
                 disks,
             });
         }

@@ -87,6 +87,10 @@ async fn prometheus_scrapes_per_vm_series() {
     let balloon =
         text.lines().find(|l| l.starts_with("oxvirt_vm_balloon_bytes{vm=\"watched\"}")).expect("balloon series");
     assert_eq!(balloon.rsplit(' ').next().unwrap().parse::<f64>().unwrap(), 268435456.0, "{balloon}");
+    let free =
+        text.lines().find(|l| l.starts_with("oxvirt_vm_guest_free_bytes{vm=\"watched\"}")).expect("guest free memory");
+    let free: f64 = free.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(free > 50e6 && free < 268435456.0, "{free}");
     assert!(
         text.contains("\noxvirt_host_cpus 2") || text.contains("\noxvirt_host_cpus "),
         "label-less gauges have no braces"
