@@ -244,17 +244,25 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
     let mut ws = client.console(vm).await.unwrap();
     let start = Instant::now();
     let mut seen = Vec::new();
-    // The shell echoes what it is typed; typed again only while it has not (it may be starting).
+    // Typed again when the shell has not echoed it (it may be starting), or when it has finished
+    // without printing `want` (a condition not met yet: e.g. a hot-plugged disk still coming).
     let echo = command.chars().take(12).collect::<String>();
-    let mut typed_at: Option<Instant> = None;
+    let mut typed: Option<(Instant, usize)> = None;
     while !String::from_utf8_lossy(&seen).contains(want) {
         assert!(start.elapsed() < Duration::from_secs(120), "{want:?} not seen: {}", String::from_utf8_lossy(&seen));
-        let echoed = String::from_utf8_lossy(&seen).contains(&echo);
-        if !echoed && typed_at.is_none_or(|t| t.elapsed() > Duration::from_secs(3)) {
+        let retype = match typed {
+            None => true,
+            Some((at, mark)) => {
+                let since = String::from_utf8_lossy(&seen[mark..]).into_owned();
+                let finished = since.find(&echo).is_some_and(|i| since[i..].contains("oxvirt-guest:"));
+                at.elapsed() > Duration::from_secs(3) && (finished || !since.contains(&echo))
+            }
+        };
+        if retype {
             futures_util::SinkExt::send(&mut ws, Message::Binary(format!("{command}\n").into_bytes().into()))
                 .await
                 .unwrap();
-            typed_at = Some(Instant::now());
+            typed = Some((Instant::now(), seen.len()));
         }
         if let Ok(Some(Ok(Message::Binary(b)))) =
             tokio::time::timeout(Duration::from_millis(300), futures_util::StreamExt::next(&mut ws)).await

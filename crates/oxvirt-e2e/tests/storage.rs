@@ -280,7 +280,7 @@ async fn io_limits_hold_from_boot_and_change_live() {
         .unwrap();
     assert_eq!(vm.spec.disks[0].qos.as_ref().unwrap().bps_read, 12 << 20);
     let fast = timed_read(c, "throttled", 16, 6, 2).await;
-    assert!(fast < 1.2, "6 MiB at 12 MiB/s took {fast} s");
+    assert!(fast < 1.8, "6 MiB at 12 MiB/s took {fast} s (at the old 2 MiB/s it takes 3 s)");
     // Unknown disk: 404.
     match c
         .call::<serde_json::Value>(hyper::Method::PUT, "/api/v1/vms/throttled/disks/disk9/qos", Some(&json!({})))
