@@ -55,7 +55,9 @@ async fn pause_resume_reset_reboot_kill() {
 async fn guest_poweroff_is_noticed() {
     let d = Daemon::start();
     let c = &d.client;
-    c.create_vm(&kernel_spec("selfoff", "oxvirt.poweroff"), true).await.unwrap();
+    let created = c.create_vm(&kernel_spec("selfoff", "oxvirt.poweroff"), true).await.unwrap();
+    // Stopped before the start too: wait for the start, then for the guest to power off.
+    c.wait_task(&created.task.unwrap().id, T).await.unwrap();
     let vm = wait_state(c, "selfoff", "stopped", BOOT_TIMEOUT).await;
     assert!(vm.status.reason.starts_with("guest shut down"), "{}", vm.status.reason);
     assert_eq!(vm.desired, oxvirt_model::DesiredState::Stopped);

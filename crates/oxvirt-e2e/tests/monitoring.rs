@@ -35,6 +35,25 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 struct Prometheus(std::process::Child);
+
+impl Prometheus {
+    /// Starts Prometheus with `config` in `dir`, on a free loopback port; returns it and the port.
+    fn start(dir: &std::path::Path, config: &str) -> (Prometheus, u16) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (make test installs it)");
+        (Prometheus(child), port)
+    }
+}
+
 impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -101,25 +120,13 @@ async fn prometheus_scrapes_per_vm_series() {
     let (url, _, _) = d.https();
     let target = url.trim_start_matches("https://");
     let dir = d.path().join("prom");
-    std::fs::create_dir_all(&dir).unwrap();
     let config = format!(
         "global:\n  scrape_interval: 1s\nrule_files: ['{rules}']\nscrape_configs:\n  - job_name: oxvirt\n    scheme: https\n    authorization:\n      credentials_file: {token}\n    tls_config:\n      ca_file: {ca}\n      server_name: localhost\n    static_configs:\n      - targets: ['{target}']\n",
         rules = workspace_root().join("monitoring/oxvirt-alerts.yml").display(),
         token = d.path().join("admin.token").display(),
         ca = d.path().join("tls/server.crt").display(),
     );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let _prom = Prometheus(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("prometheus (make test installs it)"),
-    );
+    let (_prom, port) = Prometheus::start(&dir, &config);
     let start = Instant::now();
     let series = loop {
         let q = http_get(port, "/api/v1/query?query=oxvirt_vm_disk_read_bytes_total%7Bvm%3D%22watched%22%7D");
@@ -326,20 +333,7 @@ async fn dashboard_and_rules_use_exposed_metrics() {
         }
     }
     // Prometheus parses every dashboard query.
-    let dir = d.path().join("prom");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("prometheus.yml"), "global:\n  scrape_interval: 15s\n").unwrap();
-    let port = free_port();
-    let _prom = Prometheus(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_prom, port) = Prometheus::start(&d.path().join("prom"), "global:\n  scrape_interval: 15s\n");
     let start = Instant::now();
     while http_get(port, "/-/ready").is_none() {
         assert!(start.elapsed() < Duration::from_secs(30), "prometheus did not start");
