@@ -206,6 +206,46 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         disks.iter().map(|(vm, d)| (dl(vm, d), d.write_time_ns as f64 / 1e9)),
     );
 
+    let nics: Vec<(&str, &oxvirt_controller::network::NicStats)> =
+        vms.iter().flat_map(|v| v.nics.iter().map(move |n| (v.vm.spec.name.as_str(), n))).collect();
+    let nl = |vm: &str, n: &oxvirt_controller::network::NicStats| l(&[("vm", vm), ("nic", &n.nic)]);
+    counter(
+        &mut reg,
+        "oxvirt_vm_nic_rx_bytes",
+        "Bytes the guest received",
+        nics.iter().map(|(vm, n)| (nl(vm, n), n.rx_bytes as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_nic_tx_bytes",
+        "Bytes the guest sent",
+        nics.iter().map(|(vm, n)| (nl(vm, n), n.tx_bytes as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_nic_rx_packets",
+        "Packets the guest received",
+        nics.iter().map(|(vm, n)| (nl(vm, n), n.rx_packets as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_nic_tx_packets",
+        "Packets the guest sent",
+        nics.iter().map(|(vm, n)| (nl(vm, n), n.tx_packets as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_nic_rx_drops",
+        "Packets for the guest dropped",
+        nics.iter().map(|(vm, n)| (nl(vm, n), n.rx_dropped as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_vm_nic_tx_drops",
+        "Packets from the guest dropped",
+        nics.iter().map(|(vm, n)| (nl(vm, n), n.tx_dropped as f64)),
+    );
+
     let pl = |p: &oxvirt_model::Pool| l(&[("pool", &p.spec.name)]);
     gauge(
         &mut reg,

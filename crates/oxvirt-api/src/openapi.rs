@@ -293,7 +293,8 @@ fn schemas() -> Value {
         "path": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] },
         "bus": { "type": "string", "enum": ["virtio-blk", "virtio-scsi"] }, "readonly": { "type": "boolean" } } });
     let nic = json!({ "type": "object", "additionalProperties": false, "properties": {
-        "mode": { "type": "string", "enum": ["isolated"] }, "mac": { "type": "string" }, "queues": { "type": "integer", "minimum": 0, "maximum": 16 } } });
+        "mode": { "type": "string", "enum": ["isolated", "bridged"] }, "mac": { "type": "string" },
+        "queues": { "type": "integer", "minimum": 0, "maximum": 16 }, "bridge": { "type": "string", "maxLength": 15 } } });
     let policy = json!({ "type": "string", "enum": ["never", "on-failure", "always"] });
     let accel = json!({ "type": "string", "enum": ["auto", "kvm", "tcg"] });
     let state =

@@ -174,6 +174,9 @@ struct CreateArgs {
     /// Add a NIC on an isolated network (repeat for more).
     #[arg(long = "nic", action = clap::ArgAction::Count)]
     nics: u8,
+    /// Add a NIC on this host bridge (a TAP device oxvirt makes; repeat for more).
+    #[arg(long = "bridge")]
+    bridges: Vec<String>,
     /// never, on-failure or always.
     #[arg(long, default_value = "never")]
     restart_policy: String,
@@ -268,7 +271,9 @@ fn create_spec(a: &CreateArgs) -> Result<Value, ClientError> {
         disks.push(json!({ "volume": v }));
     }
     spec["disks"] = json!(disks);
-    spec["nics"] = json!((0..a.nics).map(|_| json!({})).collect::<Vec<_>>());
+    let mut nics: Vec<Value> = (0..a.nics).map(|_| json!({})).collect();
+    nics.extend(a.bridges.iter().map(|b| json!({ "mode": "bridged", "bridge": b })));
+    spec["nics"] = json!(nics);
     Ok(spec)
 }
 

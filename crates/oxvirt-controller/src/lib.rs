@@ -13,6 +13,7 @@ pub mod history;
 mod host;
 mod lifecycle;
 mod nbd;
+pub mod network;
 mod reconcile;
 mod snapshots;
 pub mod stats;

@@ -77,7 +77,10 @@ impl Controller {
         task.progress(10, "starting QEMU");
         self.set_state(name, VmState::Starting, "starting");
         let paths = self.inner.paths(&vm.id);
-        let prepared = self.prepare_storage(&vm.id, &vm.spec).await;
+        let prepared = match self.prepare_network(&vm.id, &vm.spec) {
+            Ok(()) => self.prepare_storage(&vm.id, &vm.spec).await,
+            Err(e) => Err(e),
+        };
         let spec = match prepared.and_then(|_| self.resolve_disks(&vm.id, &vm.spec)) {
             Ok(s) => s,
             Err(e) => {
@@ -291,6 +294,7 @@ impl Controller {
     pub(crate) fn mark_stopped(&self, name: &str, reason: &str) {
         if let Ok(vm) = self.get_vm(name) {
             self.stop_mpaths(&vm.id);
+            self.release_network(&vm.id, &vm.spec);
         }
         self.update_vm_record(name, |vm| {
             vm.status.pid = None;

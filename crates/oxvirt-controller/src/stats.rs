@@ -33,6 +33,8 @@ pub struct VmStats {
     /// Free memory inside the guest, where its balloon driver reports it.
     pub guest_free_bytes: Option<u64>,
     pub disks: Vec<DiskStats>,
+    /// Counters of NICs with a host device (bridged), as the guest sees them.
+    pub nics: Vec<crate::network::NicStats>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -185,7 +187,9 @@ impl Controller {
                     }
                 }
             }
+            let nics = if vm.status.pid.is_some() { Controller::nic_stats(&vm.id, &vm.spec) } else { Vec::new() };
             out.vms.push(VmStats {
+                nics,
                 vm,
                 cpu_seconds: cpu,
                 rss_bytes: rss,

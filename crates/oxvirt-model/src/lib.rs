@@ -28,9 +28,9 @@ pub use storage::{
 pub use task::{Task, TaskState};
 pub use token::ApiToken;
 pub use vm::{
-    validate_host_path, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec, KernelBoot,
-    MachineType, NbdSource, NicMode, NicSpec, RestartPolicy, Vm, VmAction, VmSpec, VmState, VmStatus, VmUpdate,
-    MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
+    validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,
+    KernelBoot, MachineType, NbdSource, NicMode, NicSpec, RestartPolicy, Vm, VmAction, VmSpec, VmState, VmStatus,
+    VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
 };
 
 /// Milliseconds since the Unix epoch: the one time format of records and events.

@@ -138,15 +138,20 @@ pub struct NicSpec {
     /// Number of queue pairs (multi-queue virtio-net); 0 means one per vCPU.
     #[serde(default)]
     pub queues: u32,
+    /// For `bridged`: the host bridge the NIC's TAP device joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NicMode {
     /// QEMU's user-mode network, restricted: the guest gets an address by DHCP and reaches
-    /// nothing beyond QEMU. Real networks (bridges, NAT, overlays) come with the network layer.
+    /// nothing beyond QEMU. Managed networks (NAT, overlays) come with the network layer.
     #[default]
     Isolated,
+    /// A TAP device that oxvirt makes and joins to an existing host bridge.
+    Bridged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -303,6 +308,19 @@ impl VmSpec {
             if n.queues > 16 {
                 return Err(ValidationError::new(format!("nics[{i}].queues"), "must be at most 16"));
             }
+            match (n.mode, &n.bridge) {
+                (NicMode::Bridged, Some(b)) => validate_ifname(&format!("nics[{i}].bridge"), b)?,
+                (NicMode::Bridged, None) => {
+                    return Err(ValidationError::new(
+                        format!("nics[{i}].bridge"),
+                        "a bridged NIC needs the host bridge's name",
+                    ))
+                }
+                (NicMode::Isolated, Some(_)) => {
+                    return Err(ValidationError::new(format!("nics[{i}].bridge"), "only a bridged NIC joins a bridge"))
+                }
+                (NicMode::Isolated, None) => {}
+            }
         }
         Ok(())
     }
@@ -323,6 +341,20 @@ pub fn validate_host_path(field: &str, path: &str) -> Result<(), ValidationError
         return Err(ValidationError::new(field, "must be at most 4096 bytes"));
     }
     Ok(())
+}
+
+/// A Linux interface name: 1 to 15 characters of letters, digits, `-`, `_` and `.`, not `.`/`..`.
+pub fn validate_ifname(field: &str, name: &str) -> Result<(), ValidationError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, "must be an interface name: 1 to 15 letters, digits, '-', '_' or '.'"))
+    }
 }
 
 /// A unicast MAC address written as six pairs of hex digits joined by `:`.
@@ -527,12 +559,19 @@ mod tests {
             ),
             (
                 Box::new(|s| {
-                    s.nics.push(NicSpec { mode: NicMode::Isolated, mac: Some("01:00:00:00:00:00".into()), queues: 0 })
+                    s.nics.push(NicSpec {
+                        mode: NicMode::Isolated,
+                        mac: Some("01:00:00:00:00:00".into()),
+                        queues: 0,
+                        bridge: None,
+                    })
                 }),
                 "nics[0].mac",
             ),
             (
-                Box::new(|s| s.nics.push(NicSpec { mode: NicMode::Isolated, mac: Some("zz".into()), queues: 0 })),
+                Box::new(|s| {
+                    s.nics.push(NicSpec { mode: NicMode::Isolated, mac: Some("zz".into()), queues: 0, bridge: None })
+                }),
                 "nics[0].mac",
             ),
         ];

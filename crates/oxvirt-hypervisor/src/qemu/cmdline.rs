@@ -3,7 +3,7 @@
 //! devices and block nodes use QEMU's JSON syntax, where no value can add an option.
 
 use crate::{Accel, RuntimePaths};
-use oxvirt_model::{DiskBus, MachineType, VmSpec, MIB};
+use oxvirt_model::{DiskBus, MachineType, NicMode, VmSpec, MIB};
 use serde_json::json;
 
 /// Host facts the command line depends on.
@@ -32,6 +32,24 @@ pub const HOTPLUG_PORTS: usize = 8;
 /// Escapes a value for QEMU's option syntax: a `,` is written `,,`.
 pub fn escape_opt(value: &str) -> String {
     value.replace(',', ",,")
+}
+
+/// The TAP device of NIC `index` of VM `id` (15 characters at most, as Linux wants).
+pub fn tap_name(id: &str, index: usize) -> String {
+    let hex: String = id.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect();
+    format!("oxv{hex}n{index}")
+}
+
+/// Queue pairs of a TAP NIC: as asked, else one per vCPU (multi-queue virtio-net, the RSS of a
+/// virtual NIC); microvm NICs have one.
+pub fn nic_queues(spec: &VmSpec, n: &oxvirt_model::NicSpec) -> u32 {
+    if spec.machine == MachineType::Microvm {
+        1
+    } else if n.queues > 0 {
+        n.queues
+    } else {
+        spec.cpus.clamp(1, 16)
+    }
 }
 
 /// MAC address of NIC `index` of VM `id` when the spec gives none: stable per VM and NIC.
@@ -204,8 +222,21 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
 
     for (i, n) in spec.nics.iter().enumerate() {
         let mac = n.mac.clone().unwrap_or_else(|| default_mac(id, i));
-        push(&["-netdev", &format!("user,id=net{i},restrict=on")]);
-        let dev = json!({ "driver": format!("virtio-net-{bus_suffix}"), "netdev": format!("net{i}"), "mac": mac, "id": format!("nic{i}") });
+        let mut dev = json!({ "driver": format!("virtio-net-{bus_suffix}"), "netdev": format!("net{i}"), "mac": mac, "id": format!("nic{i}") });
+        match n.mode {
+            NicMode::Isolated => push(&["-netdev", &format!("user,id=net{i},restrict=on")]),
+            NicMode::Bridged => {
+                let queues = nic_queues(spec, n);
+                let mut netdev =
+                    format!("tap,id=net{i},ifname={},script=no,downscript=no", escape_opt(&tap_name(id, i)));
+                if queues > 1 {
+                    netdev.push_str(&format!(",queues={queues}"));
+                    dev["mq"] = json!(true);
+                    dev["vectors"] = json!(2 * queues + 2);
+                }
+                push(&["-netdev", &netdev]);
+            }
+        }
         push(&["-device", &dev.to_string()]);
     }
 
@@ -374,7 +405,7 @@ mod tests {
             qos: None,
             nbd: None,
         });
-        s.nics.push(NicSpec { mode: NicMode::Isolated, mac: None, queues: 0 });
+        s.nics.push(NicSpec { mode: NicMode::Isolated, mac: None, queues: 0, bridge: None });
         let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
         // Every chardev keeps exactly its own keys, and the path comes back whole.
         for c in after(&a, "-chardev") {
@@ -424,6 +455,18 @@ mod tests {
                 "unexpected flag {f}"
             );
         }
+    }
+
+    #[test]
+    fn bridged_nics_get_a_tap_and_queues_per_vcpu() {
+        let mut s = spec();
+        s.nics.push(NicSpec { mode: NicMode::Bridged, mac: None, queues: 0, bridge: Some("br0".into()) });
+        let a = build("c7726470-0171-4767", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        assert_eq!(after(&a, "-netdev"), ["tap,id=net0,ifname=oxvc7726470n0,script=no,downscript=no,queues=2"]);
+        let dev: serde_json::Value =
+            serde_json::from_str(after(&a, "-device").iter().find(|d| d.contains("virtio-net")).unwrap()).unwrap();
+        assert_eq!((dev["mq"].clone(), dev["vectors"].clone()), (json!(true), json!(6)));
+        assert!(tap_name("c7726470-0171-4767-b8c1-7ef33580d107", 7).len() <= 15);
     }
 
     #[test]
