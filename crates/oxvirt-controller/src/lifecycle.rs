@@ -130,6 +130,7 @@ impl Controller {
                         i
                     }
                     None => {
+                        self.inner.hv.cleanup(&vm.id);
                         self.mark_stopped(name, "stopped");
                         return Ok(());
                     }

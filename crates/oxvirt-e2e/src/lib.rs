@@ -174,8 +174,26 @@ impl Drop for Daemon {
         // Every process this daemon left (QEMUs, export daemons) names the data dir on its
         // command line; nothing else does.
         let dir = self.path().to_string_lossy().into_owned();
-        for pid in processes_mentioning(&dir) {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let pids = processes_mentioning(&dir);
+        for pid in &pids {
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        // The VMs' cgroups (named vm-<id>; the run dirs are named by the id's first 13 chars),
+        // once their processes are gone.
+        let start = Instant::now();
+        while pids.iter().any(|p| process_alive(*p)) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let runs: Vec<String> = std::fs::read_dir(self.path().join("run"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        for h in oxvirt_cgroup::Cgroups::detect().hierarchies {
+            for e in std::fs::read_dir(&h.dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if runs.iter().any(|r| name.starts_with(&format!("vm-{r}"))) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
         }
     }
 }

@@ -34,7 +34,6 @@ async fn kill9_daemon_then_readopt() {
     let lost = d.client.get_vm("lost").await.unwrap();
     assert_eq!(lost.status.state.as_str(), "stopped");
     assert!(lost.status.reason.contains("while oxvirtd was away"), "{}", lost.status.reason);
-
     // Still controllable through QMP: pause, resume, graceful stop.
     d.client.vm_action_wait("keep", "pause", Duration::from_secs(30)).await.unwrap();
     d.client.vm_action_wait("keep", "resume", Duration::from_secs(30)).await.unwrap();

@@ -120,6 +120,9 @@ pub trait Hypervisor: Send + Sync {
     fn accel(&self) -> &AccelDecision;
     /// Starts a guest. The guest outlives this process: it runs in its own session.
     async fn start(&self, id: &str, spec: &VmSpec, paths: &RuntimePaths) -> Result<Arc<dyn Instance>, HvError>;
+    /// Removes what the host keeps for a guest whose process is gone (its cgroups): for guests
+    /// that exited while nobody watched them.
+    fn cleanup(&self, id: &str);
     /// Finds a guest started earlier (by this or an earlier daemon) and takes control of it again.
     /// `Ok(None)`: no such guest runs any more.
     async fn adopt(&self, id: &str, paths: &RuntimePaths) -> Result<Option<Arc<dyn Instance>>, HvError>;

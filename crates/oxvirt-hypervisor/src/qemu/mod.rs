@@ -63,6 +63,25 @@ impl QemuDriver {
     }
 }
 
+/// Removes a VM's cgroups; while the kernel still counts its exited process (a zombie not yet
+/// reaped by whoever inherited it) they are busy, so it keeps trying for a minute.
+fn remove_cgroup_eventually(cgroup: oxvirt_cgroup::VmCgroup) {
+    if cgroup.remove().is_ok() {
+        return;
+    }
+    std::thread::spawn(move || {
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_secs(1));
+            if cgroup.remove().is_ok() {
+                return;
+            }
+        }
+        if let Err(e) = cgroup.remove() {
+            tracing::warn!("{e}");
+        }
+    });
+}
+
 fn prepare_run_dir(paths: &RuntimePaths) -> Result<(), HvError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -123,10 +142,14 @@ impl Hypervisor for QemuDriver {
                 // A QEMU we cannot control must not be left behind, nor its cgroup.
                 let _ = pidfd.signal(libc::SIGKILL);
                 let _ = tokio::time::timeout(Duration::from_secs(10), pidfd.exited()).await;
-                let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                let _ = tokio::task::spawn_blocking(move || remove_cgroup_eventually(cgroup)).await;
                 Err(e.into())
             }
         }
+    }
+
+    fn cleanup(&self, id: &str) {
+        remove_cgroup_eventually(self.cgroup(id));
     }
 
     async fn adopt(&self, id: &str, paths: &RuntimePaths) -> Result<Option<Arc<dyn Instance>>, HvError> {
@@ -189,11 +212,8 @@ impl QemuInstance {
         let (tx, flag, fd) = (events.clone(), exited.clone(), pidfd.clone());
         tokio::spawn(async move {
             fd.exited().await;
-            // The cgroups go with the process (removal waits briefly for the kernel to empty them).
-            let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
-            if let Ok(Err(e)) = removed {
-                tracing::warn!("{e}");
-            }
+            // The cgroups go with the process.
+            let _ = tokio::task::spawn_blocking(move || remove_cgroup_eventually(cgroup)).await;
             flag.store(true, Ordering::SeqCst);
             let _ = exit_tx.send(true);
             let _ = tx.send(InstanceEvent::Exited);
