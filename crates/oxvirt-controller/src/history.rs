@@ -13,7 +13,7 @@ pub const STEP: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VmSample {
     pub time: Millis,
-    pub state: String,
+    pub state: oxvirt_model::VmState,
     /// CPU use as a share of one host CPU (1.0 = one CPU busy).
     pub cpu: f64,
     pub rss_bytes: u64,
@@ -75,14 +75,16 @@ impl Controller {
         let mut h = lock(&self.inner.history);
         let names: std::collections::HashSet<String> = stats.vms.iter().map(|v| v.vm.spec.name.clone()).collect();
         h.vms.retain(|k, _| names.contains(k));
-        for v in &stats.vms {
+        h.last_vm.retain(|k, _| names.contains(k));
+        // Only VMs with a QEMU are sampled: thousands of VMs that are off cost no memory.
+        for v in stats.vms.iter().filter(|v| v.vm.status.pid.is_some()) {
             let name = v.vm.spec.name.clone();
             let cpu_s = v.cpu_seconds.unwrap_or(0.0);
             let rd: u64 = v.disks.iter().map(|d| d.read_bytes).sum();
             let wr: u64 = v.disks.iter().map(|d| d.write_bytes).sum();
             let prev = h.last_vm.insert(name.clone(), (now, cpu_s, rd, wr));
             let (cpu, rbps, wbps) = match prev {
-                Some((t0, c0, r0, w0)) if v.vm.status.pid.is_some() => {
+                Some((t0, c0, r0, w0)) => {
                     let dt = now.duration_since(t0).as_secs_f64().max(0.001);
                     ((cpu_s - c0).max(0.0) / dt, rd.saturating_sub(r0) as f64 / dt, wr.saturating_sub(w0) as f64 / dt)
                 }
@@ -90,7 +92,7 @@ impl Controller {
             };
             let sample = VmSample {
                 time,
-                state: v.vm.status.state.as_str().to_string(),
+                state: v.vm.status.state,
                 cpu,
                 rss_bytes: v.rss_bytes.unwrap_or(0),
                 disk_read_bps: rbps,
