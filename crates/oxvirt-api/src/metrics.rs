@@ -113,61 +113,61 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         "oxvirt_vm_state",
         "1 for the state the VM is in",
         vms.iter().flat_map(|v| {
-            STATES.iter().map(move |st| {
-                (l(&[("vm", &v.vm.spec.name), ("state", st)]), (v.vm.status.state.as_str() == *st) as u8 as f64)
-            })
+            STATES
+                .iter()
+                .map(move |st| (l(&[("vm", &v.vm.name), ("state", st)]), (v.vm.state.as_str() == *st) as u8 as f64))
         }),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_up",
         "1 when the VM's QEMU runs",
-        vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.status.pid.is_some() as u8 as f64)),
+        vms.iter().map(|v| (l(&[("vm", &v.vm.name)]), v.vm.pid.is_some() as u8 as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_vcpus",
         "vCPUs of the VM",
-        vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.spec.cpus as f64)),
+        vms.iter().map(|v| (l(&[("vm", &v.vm.name)]), v.vm.cpus as f64)),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_memory_bytes",
         "Memory configured",
-        vms.iter().map(|v| (l(&[("vm", &v.vm.spec.name)]), v.vm.spec.memory.0 as f64)),
+        vms.iter().map(|v| (l(&[("vm", &v.vm.name)]), v.vm.memory_bytes as f64)),
     );
     counter(
         &mut reg,
         "oxvirt_vm_cpu_seconds",
         "CPU time the VM's QEMU used",
-        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.cpu_seconds?))),
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.cpu_seconds?))),
     );
     counter(
         &mut reg,
         "oxvirt_vm_cpu_ready_seconds",
         "Time the VM's vCPUs waited runnable but not running (CPU ready)",
-        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.cpu_ready_seconds?))),
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.cpu_ready_seconds?))),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_balloon_bytes",
         "Memory the guest has now (balloon)",
-        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.balloon_bytes? as f64))),
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.balloon_bytes? as f64))),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_guest_free_bytes",
         "Free memory inside the guest, as its balloon driver reports it",
-        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.guest_free_bytes? as f64))),
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.guest_free_bytes? as f64))),
     );
     gauge(
         &mut reg,
         "oxvirt_vm_rss_bytes",
         "Resident memory of the VM's QEMU",
-        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.spec.name)]), v.rss_bytes? as f64))),
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.rss_bytes? as f64))),
     );
     let disks: Vec<(&str, &oxvirt_controller::stats::DiskStats)> =
-        vms.iter().flat_map(|v| v.disks.iter().map(move |d| (v.vm.spec.name.as_str(), d))).collect();
+        vms.iter().flat_map(|v| v.disks.iter().map(move |d| (v.vm.name.as_str(), d))).collect();
     let dl = |vm: &str, d: &oxvirt_controller::stats::DiskStats| l(&[("vm", vm), ("disk", &d.id)]);
     counter(
         &mut reg,
@@ -207,7 +207,7 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
     );
 
     let nics: Vec<(&str, &oxvirt_controller::network::NicStats)> =
-        vms.iter().flat_map(|v| v.nics.iter().map(move |n| (v.vm.spec.name.as_str(), n))).collect();
+        vms.iter().flat_map(|v| v.nics.iter().map(move |n| (v.vm.name.as_str(), n))).collect();
     let nl = |vm: &str, n: &oxvirt_controller::network::NicStats| l(&[("vm", vm), ("nic", &n.nic)]);
     counter(
         &mut reg,

@@ -39,7 +39,7 @@ fn values(kind: AlertKind, s: &Stats, st: &mut AlertBook, now: Instant) -> Vec<(
     match kind {
         AlertKind::VmCrashed => {
             for v in &s.vms {
-                out.push((format!("vms/{}", v.vm.spec.name), (v.vm.status.state == VmState::Crashed) as u8 as f64));
+                out.push((format!("vms/{}", v.vm.name), (v.vm.state == VmState::Crashed) as u8 as f64));
             }
         }
         AlertKind::VmCpuHigh | AlertKind::VmCpuReadyHigh => {
@@ -47,16 +47,16 @@ fn values(kind: AlertKind, s: &Stats, st: &mut AlertBook, now: Instant) -> Vec<(
                 let (tag, figure) =
                     if kind == AlertKind::VmCpuHigh { ("cpu", v.cpu_seconds) } else { ("ready", v.cpu_ready_seconds) };
                 let Some(figure) = figure else { continue };
-                let target = format!("vms/{}", v.vm.spec.name);
+                let target = format!("vms/{}", v.vm.name);
                 if let Some(r) = rate(format!("{tag}:{target}"), figure) {
-                    out.push((target, r / v.vm.spec.cpus.max(1) as f64));
+                    out.push((target, r / v.vm.cpus.max(1) as f64));
                 }
             }
         }
         AlertKind::DiskLatencyHigh => {
             for v in &s.vms {
                 for d in &v.disks {
-                    let target = format!("vms/{}/disks/{}", v.vm.spec.name, d.id);
+                    let target = format!("vms/{}/disks/{}", v.vm.name, d.id);
                     let time = (d.read_time_ns + d.write_time_ns) as f64 / 1e9;
                     let ops = (d.read_ops + d.write_ops) as f64;
                     if let (Some(t), Some(o)) =

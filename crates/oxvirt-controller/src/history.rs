@@ -73,12 +73,12 @@ impl Controller {
         let now = Instant::now();
         let time = now_millis();
         let mut h = lock(&self.inner.history);
-        let names: std::collections::HashSet<String> = stats.vms.iter().map(|v| v.vm.spec.name.clone()).collect();
+        let names: std::collections::HashSet<String> = stats.vms.iter().map(|v| v.vm.name.clone()).collect();
         h.vms.retain(|k, _| names.contains(k));
         h.last_vm.retain(|k, _| names.contains(k));
         // Only VMs with a QEMU are sampled: thousands of VMs that are off cost no memory.
-        for v in stats.vms.iter().filter(|v| v.vm.status.pid.is_some()) {
-            let name = v.vm.spec.name.clone();
+        for v in stats.vms.iter().filter(|v| v.vm.pid.is_some()) {
+            let name = v.vm.name.clone();
             let cpu_s = v.cpu_seconds.unwrap_or(0.0);
             let rd: u64 = v.disks.iter().map(|d| d.read_bytes).sum();
             let wr: u64 = v.disks.iter().map(|d| d.write_bytes).sum();
@@ -92,7 +92,7 @@ impl Controller {
             };
             let sample = VmSample {
                 time,
-                state: v.vm.status.state,
+                state: v.vm.state,
                 cpu,
                 rss_bytes: v.rss_bytes.unwrap_or(0),
                 disk_read_bps: rbps,
@@ -111,7 +111,7 @@ impl Controller {
             cpu,
             memory_used_bytes: stats.host_memory_total.saturating_sub(stats.host_memory_available),
             memory_total_bytes: stats.host_memory_total,
-            vms_running: stats.vms.iter().filter(|v| v.vm.status.pid.is_some()).count(),
+            vms_running: stats.vms.iter().filter(|v| v.vm.pid.is_some()).count(),
         };
         push(&mut h.host, sample);
     }

@@ -2,7 +2,7 @@
 //! must not set off a storm of QMP calls).
 
 use crate::{lock, Controller};
-use oxvirt_model::{Pool, PoolUsage, Task, TaskState, Vm};
+use oxvirt_model::{Pool, PoolUsage, Task, TaskState};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,20 @@ pub struct DiskStats {
     pub write_time_ns: u64,
 }
 
+/// What monitoring needs of a VM's record (kept small: the cache holds one per VM).
+#[derive(Debug, Clone)]
+pub struct VmBrief {
+    pub name: String,
+    pub id: String,
+    pub state: oxvirt_model::VmState,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub pid: Option<u32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmStats {
-    pub vm: Vm,
+    pub vm: VmBrief,
     /// CPU time QEMU used (all its threads), seconds.
     pub cpu_seconds: Option<f64>,
     pub rss_bytes: Option<u64>,
@@ -188,6 +199,14 @@ impl Controller {
                 }
             }
             let nics = if vm.status.pid.is_some() { Controller::nic_stats(&vm.id, &vm.spec) } else { Vec::new() };
+            let vm = VmBrief {
+                name: vm.spec.name,
+                id: vm.id,
+                state: vm.status.state,
+                cpus: vm.spec.cpus,
+                memory_bytes: vm.spec.memory.0,
+                pid: vm.status.pid,
+            };
             out.vms.push(VmStats {
                 nics,
                 vm,
