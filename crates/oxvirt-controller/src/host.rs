@@ -19,10 +19,16 @@ impl HostLimits {
     }
 }
 
-fn meminfo(key: &str) -> Option<u64> {
+/// A field of /proc/meminfo as written there (kB for sizes, a count for huge pages).
+pub(crate) fn meminfo_field(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+}
+
+/// A size field of /proc/meminfo, in bytes.
+pub(crate) fn meminfo(key: &str) -> Option<u64> {
+    meminfo_field(key).map(|kb| kb * 1024)
 }
 
 fn read_trim(path: &str) -> String {

@@ -83,19 +83,13 @@ impl Controller {
         };
         let spec = match prepared.and_then(|_| self.resolve_disks(&vm.id, &vm.spec)) {
             Ok(s) => s,
-            Err(e) => {
-                let _ = self.set_desired(name, DesiredState::Stopped);
-                self.mark_stopped(name, &format!("start failed: {e}"));
-                return Err(e);
-            }
+            Err(e) => return Err(self.start_failed(name, e)),
         };
         match self.inner.hv.start(&vm.id, &spec, &paths).await {
             Ok(instance) => {
                 if let Err(e) = apply_setup(&spec, &instance).await {
                     let _ = instance.kill().await;
-                    let _ = self.set_desired(name, DesiredState::Stopped);
-                    self.mark_stopped(name, &format!("start failed: {e}"));
-                    return Err(e.into());
+                    return Err(self.start_failed(name, e));
                 }
                 task.progress(80, "QEMU running");
                 if spec.balloon {
@@ -108,12 +102,15 @@ impl Controller {
                 self.attach(name, instance);
                 Ok(())
             }
-            Err(e) => {
-                let _ = self.set_desired(name, DesiredState::Stopped);
-                self.mark_stopped(name, &format!("start failed: {e}"));
-                Err(e.into())
-            }
+            Err(e) => Err(self.start_failed(name, e)),
         }
+    }
+
+    /// Records a failed start (the VM is meant to be and is stopped) and hands the error back.
+    fn start_failed<E: Into<ControlError> + std::fmt::Display>(&self, name: &str, e: E) -> ControlError {
+        let _ = self.set_desired(name, DesiredState::Stopped);
+        self.mark_stopped(name, &format!("start failed: {e}"));
+        e.into()
     }
 
     /// Graceful (power button, then forced after the stop timeout) or forced stop.

@@ -1,6 +1,7 @@
 //! Figures of the host and its VMs for monitoring, gathered at most every few seconds (a scrape
 //! must not set off a storm of QMP calls).
 
+use crate::host::{meminfo, meminfo_field};
 use crate::{lock, Controller};
 use oxvirt_model::{Pool, PoolUsage, Task, TaskState};
 use serde_json::Value;
@@ -95,15 +96,6 @@ fn read_u64(path: &str) -> u64 {
     std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
-fn meminfo(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Run-queue wait of one thread (second field of /proc/PID/task/TID/schedstat), in ns.
 fn thread_wait_ns(pid: u32, tid: u64) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
@@ -161,11 +153,11 @@ impl Controller {
             host_cpu_busy_seconds: crate::history::host_jiffies()
                 .map(|(busy, _)| busy as f64 / clk_tck())
                 .unwrap_or(0.0),
-            host_memory_total: meminfo("MemTotal:") * 1024,
-            host_memory_available: meminfo("MemAvailable:") * 1024,
+            host_memory_total: meminfo("MemTotal:").unwrap_or(0),
+            host_memory_available: meminfo("MemAvailable:").unwrap_or(0),
             ksm_pages_sharing: read_u64("/sys/kernel/mm/ksm/pages_sharing"),
-            hugepages_total: meminfo("HugePages_Total:"),
-            hugepages_free: meminfo("HugePages_Free:"),
+            hugepages_total: meminfo_field("HugePages_Total:").unwrap_or(0),
+            hugepages_free: meminfo_field("HugePages_Free:").unwrap_or(0),
             ..Default::default()
         };
         for vm in self.list_vms().unwrap_or_default() {

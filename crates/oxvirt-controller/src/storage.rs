@@ -12,7 +12,6 @@ use oxvirt_model::{
 use oxvirt_storage::{paths, qemu_img, usage};
 use oxvirt_store::{encode, Expect, Op, StoreError, StoreExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Body of `POST /pools/{pool}/volumes/{name}/clone`.
@@ -551,24 +550,16 @@ impl Controller {
         dst_format: DiskFormat,
     ) -> Result<(), ControlError> {
         task.progress(1, "copying");
-        let cancel = Arc::new(AtomicBool::new(false));
-        let watch_cancel = {
-            let cancel = cancel.clone();
-            let id = task.id().to_string();
-            let tasks = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    if tasks.inner.tasks.is_cancel_requested(&id) {
-                        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-                        break;
-                    }
-                }
-            })
-        };
-        let r =
-            qemu_img::convert(src, src_format, dst, dst_format, |p| task.progress(p.min(99), "copying"), &cancel).await;
-        watch_cancel.abort();
+        // `DELETE /tasks/{id}` sets the task's own flag; qemu-img is stopped when it is set.
+        let r = qemu_img::convert(
+            src,
+            src_format,
+            dst,
+            dst_format,
+            |p| task.progress(p.min(99), "copying"),
+            task.cancel_flag(),
+        )
+        .await;
         Ok(r?)
     }
 

@@ -120,11 +120,6 @@ impl TaskRegistry {
         Ok(task)
     }
 
-    /// Whether someone asked task `id` to stop.
-    pub fn is_cancel_requested(&self, id: &str) -> bool {
-        lock(&self.live).get(id).is_some_and(|l| l.cancel.load(Ordering::SeqCst))
-    }
-
     /// Drops finished tasks from memory and old ones from the store.
     pub fn prune(&self) {
         lock(&self.live).retain(|_, l| !l.state.borrow().state.is_final());
@@ -147,6 +142,11 @@ impl TaskHandle {
 
     pub fn snapshot(&self) -> Task {
         self.registry.state.borrow().clone()
+    }
+
+    /// The flag a cancel request sets, for work that polls it (e.g. a running qemu-img).
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancel
     }
 
     pub fn is_cancelled(&self) -> bool {
