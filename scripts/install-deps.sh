@@ -2,11 +2,12 @@
 # Installs the Debian packages oxvirt needs, only those that are missing.
 # Usage: scripts/install-deps.sh
 #   qemu-system-x86 brings qemu-system-common, which has qemu-storage-daemon (nbd pools);
-#   prometheus (with promtool) is for the monitoring tests.
+#   prometheus (with promtool) is for the monitoring tests; nftables and dnsmasq-base serve
+#   networks (firewall, DHCP); iputils-ping is for the network tests (ping -M do).
 set -euo pipefail
 
 want=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs syslinux syslinux-common
-      mtools dosfstools fdisk iproute2 procps prometheus)
+      mtools dosfstools fdisk iproute2 procps prometheus nftables dnsmasq-base iputils-ping)
 
 missing=()
 for p in "${want[@]}"; do

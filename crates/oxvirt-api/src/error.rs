@@ -65,7 +65,7 @@ impl From<ControlError> for ApiError {
             ControlError::Storage(oxvirt_storage::StorageError::Unsafe(_)) => {
                 ApiError { status: StatusCode::BAD_REQUEST, code: "invalid", field: None, rule: None, message }
             }
-            ControlError::Store(_) | ControlError::Hypervisor(_) | ControlError::Storage(_) => {
+            ControlError::Store(_) | ControlError::Hypervisor(_) | ControlError::Storage(_) | ControlError::Host(_) => {
                 tracing::error!("internal error: {message}");
                 ApiError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,

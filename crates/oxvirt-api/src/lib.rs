@@ -12,6 +12,7 @@ pub mod error;
 mod events;
 mod host;
 pub mod metrics;
+mod networks;
 pub mod openapi;
 mod storage;
 mod tasks;
@@ -39,6 +40,7 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(host::routes())
         .merge(vms::routes())
         .merge(storage::routes())
+        .merge(networks::routes())
         .merge(tasks::routes())
         .merge(events::routes())
         .fallback(error::not_found)

@@ -95,6 +95,115 @@ pub const OPERATIONS: &[Operation] = &[
         101,
         None,
     ),
+    op(
+        "get",
+        "/api/v1/networks",
+        "networkList",
+        "All networks, with what runs on the host for each",
+        None,
+        200,
+        Some("NetworkList"),
+    ),
+    op(
+        "post",
+        "/api/v1/networks",
+        "networkCreate",
+        "Create a network (nat, isolated, vxlan, bridged) and make it on the host",
+        Some("NetworkSpec"),
+        201,
+        Some("NetworkView"),
+    ),
+    op("get", "/api/v1/networks/{network}", "networkShow", "One network", None, 200, Some("NetworkView")),
+    op(
+        "delete",
+        "/api/v1/networks/{network}",
+        "networkDelete",
+        "Delete a network no NIC uses, and what oxvirt made for it",
+        None,
+        204,
+        None,
+    ),
+    op(
+        "get",
+        "/api/v1/networks/{network}/leases",
+        "networkLeases",
+        "Addresses given to NICs, and whether the guest took them",
+        None,
+        200,
+        Some("LeaseList"),
+    ),
+    op(
+        "get",
+        "/api/v1/security-groups",
+        "securityGroupList",
+        "All security groups",
+        None,
+        200,
+        Some("SecurityGroupList"),
+    ),
+    op(
+        "post",
+        "/api/v1/security-groups",
+        "securityGroupCreate",
+        "Create a security group",
+        Some("SecurityGroupSpec"),
+        201,
+        Some("SecurityGroup"),
+    ),
+    op(
+        "get",
+        "/api/v1/security-groups/{group}",
+        "securityGroupShow",
+        "One security group",
+        None,
+        200,
+        Some("SecurityGroup"),
+    ),
+    op(
+        "put",
+        "/api/v1/security-groups/{group}",
+        "securityGroupReplace",
+        "Replace a group's rules (live on every NIC using it)",
+        Some("SecurityGroupSpec"),
+        200,
+        Some("SecurityGroup"),
+    ),
+    op(
+        "delete",
+        "/api/v1/security-groups/{group}",
+        "securityGroupDelete",
+        "Delete a group no NIC uses",
+        None,
+        204,
+        None,
+    ),
+    op(
+        "post",
+        "/api/v1/vms/{name}/nics",
+        "nicAttach",
+        "Add a NIC (hot-plugged into a running q35 VM)",
+        Some("NicSpec"),
+        200,
+        Some("Vm"),
+    ),
+    op(
+        "patch",
+        "/api/v1/vms/{name}/nics/{nic}",
+        "nicUpdate",
+        "Change a NIC's security groups or bandwidth limits (live)",
+        Some("NicUpdate"),
+        200,
+        Some("Vm"),
+    ),
+    op(
+        "delete",
+        "/api/v1/vms/{name}/nics/{nic}",
+        "nicDetach",
+        "Remove a NIC (hot-unplugged from a running VM)",
+        None,
+        200,
+        Some("Vm"),
+    ),
     op("get", "/api/v1/pools", "poolList", "All storage pools with their capacity", None, 200, Some("PoolList")),
     op("post", "/api/v1/pools", "poolCreate", "Create a storage pool", Some("PoolSpec"), 201, Some("PoolView")),
     op("get", "/api/v1/pools/{pool}", "poolShow", "One pool and its capacity", None, 200, Some("PoolView")),
@@ -243,7 +352,9 @@ fn parameters(path: &str, op: &str) -> Vec<Value> {
         if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             let schema = match name {
                 "action" => json!({ "type": "string", "enum": oxvirt_model::VM_ACTIONS }),
-                "name" | "pool" => json!({ "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" }),
+                "name" | "pool" | "network" | "group" => {
+                    json!({ "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" })
+                }
                 _ => json!({ "type": "string" }),
             };
             p.push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
@@ -292,14 +403,37 @@ fn schemas() -> Value {
         "id": { "type": "string" }, "volume": { "type": "string", "pattern": "^[^/]+/[^/]+$" },
         "path": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] },
         "bus": { "type": "string", "enum": ["virtio-blk", "virtio-scsi"] }, "readonly": { "type": "boolean" } } });
+    let name_s = json!({ "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" });
+    let ipv4 = json!({ "type": "string", "format": "ipv4" });
+    let cidr = json!({ "type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$" });
+    let rate = json!({ "oneOf": [ { "type": "integer", "minimum": 0 }, { "type": "string", "pattern": "^[0-9]+ ?(bit|kbit|mbit|gbit|k|m|g)?$" } ] });
+    let nic_qos =
+        json!({ "type": "object", "additionalProperties": false, "properties": { "ingress": rate, "egress": rate } });
+    let groups = json!({ "type": "array", "items": name_s, "maxItems": 16 });
     let nic = json!({ "type": "object", "additionalProperties": false, "properties": {
-        "mode": { "type": "string", "enum": ["isolated", "bridged"] }, "mac": { "type": "string" },
-        "queues": { "type": "integer", "minimum": 0, "maximum": 16 }, "bridge": { "type": "string", "maxLength": 15 } } });
+        "id": { "type": "string", "pattern": "^nic([0-9]|1[0-5])$" },
+        "mode": { "type": "string", "enum": ["user", "isolated", "bridged", "network"] }, "mac": { "type": "string" },
+        "queues": { "type": "integer", "minimum": 0, "maximum": 16 }, "bridge": { "type": "string", "maxLength": 15 },
+        "network": name_s, "ip": ipv4, "security_groups": groups, "qos": nic_qos } });
+    let rule = json!({ "type": "object", "additionalProperties": false, "properties": {
+        "direction": { "type": "string", "enum": ["ingress", "egress"] },
+        "protocol": { "type": "string", "enum": ["any", "tcp", "udp", "icmp"] },
+        "ports": { "type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$" }, "cidr": cidr } });
+    let sg_spec = json!({ "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+        "name": name_s, "description": { "type": "string", "maxLength": 1024 }, "rules": { "type": "array", "items": rule, "maxItems": 256 } } });
+    let net_spec = json!({ "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+        "name": name_s, "kind": { "type": "string", "enum": ["nat", "isolated", "vxlan", "bridged"] },
+        "subnet": cidr, "gateway": ipv4, "range": { "type": "string" },
+        "mtu": { "type": "integer", "minimum": 576, "maximum": 9000 }, "dhcp": { "type": "boolean" },
+        "uplink": { "type": "string", "maxLength": 15 }, "bridge": { "type": "string", "maxLength": 15 },
+        "vxlan": { "type": "object", "additionalProperties": false, "required": ["vni", "local"], "properties": {
+            "vni": { "type": "integer", "minimum": 1, "maximum": 16777215 }, "local": ipv4,
+            "peers": { "type": "array", "items": ipv4, "maxItems": 256 }, "port": { "type": "integer", "minimum": 1, "maximum": 65535 } } } } });
     let policy = json!({ "type": "string", "enum": ["never", "on-failure", "always"] });
     let accel = json!({ "type": "string", "enum": ["auto", "kvm", "tcg"] });
     let state =
         json!({ "type": "string", "enum": ["stopped", "starting", "running", "paused", "stopping", "crashed"] });
-    json!({
+    let mut all = json!({
         "VmSpec": { "type": "object", "additionalProperties": false, "required": ["name", "cpus", "memory"], "properties": {
             "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
             "cpus": { "type": "integer", "minimum": 1, "maximum": oxvirt_model::MAX_CPUS },
@@ -367,7 +501,27 @@ fn schemas() -> Value {
         "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "properties": {
             "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "unauthorized", "internal"] },
             "message": { "type": "string" }, "field": { "type": "string" }, "rule": { "type": "string" } } } } }
-    })
+    });
+    let network = json!({
+        "NicSpec": nic.clone(),
+        "NicUpdate": { "type": "object", "additionalProperties": false, "properties": { "security_groups": groups, "qos": nic_qos } },
+        "NetworkSpec": net_spec.clone(),
+        "NetworkView": { "type": "object", "properties": {
+            "id": { "type": "string" }, "spec": net_spec, "created_at": { "type": "integer" }, "bridge": { "type": "string" },
+            "mtu": { "type": "integer" }, "gateway": ipv4, "bridge_up": { "type": "boolean" }, "dhcp_pid": { "type": "integer" },
+            "nics": { "type": "integer" } } },
+        "NetworkList": { "type": "array", "items": schema_ref("NetworkView") },
+        "LeaseList": { "type": "array", "items": { "type": "object", "properties": {
+            "network": { "type": "string" }, "ip": ipv4, "vm": { "type": "string" }, "nic": { "type": "string" },
+            "mac": { "type": "string" }, "active": { "type": "boolean" }, "expires": { "type": "integer" } } } },
+        "SecurityGroupSpec": sg_spec.clone(),
+        "SecurityGroup": { "type": "object", "properties": { "spec": sg_spec, "created_at": { "type": "integer" } } },
+        "SecurityGroupList": { "type": "array", "items": schema_ref("SecurityGroup") },
+    });
+    if let (Some(a), Some(b)) = (all.as_object_mut(), network.as_object()) {
+        a.extend(b.clone());
+    }
+    all
 }
 
 /// The whole document.

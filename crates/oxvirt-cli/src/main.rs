@@ -1,6 +1,7 @@
 //! `oxvirt`: the command-line client of oxvirtd.
 
 mod console;
+mod network;
 mod output;
 mod storage;
 
@@ -51,10 +52,19 @@ enum Command {
     /// Volumes in storage pools.
     #[command(subcommand)]
     Volume(storage::VolumeCmd),
+    /// Virtual networks (nat, isolated, vxlan, bridged).
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
+    /// Security groups: allow rules for NICs.
+    #[command(subcommand, name = "security-group", alias = "sg")]
+    SecurityGroup(network::SecurityGroupCmd),
 }
 
 #[derive(Subcommand)]
 enum VmCmd {
+    /// A VM's NICs: add, set (security groups, limits), del.
+    #[command(subcommand)]
+    Nic(network::NicCmd),
     /// Define a VM (and start it with --start).
     Create(Box<CreateArgs>),
     /// List VMs.
@@ -177,6 +187,9 @@ struct CreateArgs {
     /// Add a NIC on this host bridge (a TAP device oxvirt makes; repeat for more).
     #[arg(long = "bridge")]
     bridges: Vec<String>,
+    /// Add a NIC on this oxvirt network (repeat for more).
+    #[arg(long = "network")]
+    networks: Vec<String>,
     /// never, on-failure or always.
     #[arg(long, default_value = "never")]
     restart_policy: String,
@@ -273,6 +286,7 @@ fn create_spec(a: &CreateArgs) -> Result<Value, ClientError> {
     spec["disks"] = json!(disks);
     let mut nics: Vec<Value> = (0..a.nics).map(|_| json!({})).collect();
     nics.extend(a.bridges.iter().map(|b| json!({ "mode": "bridged", "bridge": b })));
+    nics.extend(a.networks.iter().map(|n| json!({ "network": n })));
     spec["nics"] = json!(nics);
     Ok(spec)
 }
@@ -286,6 +300,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             }
             print_vm(&client.get_vm(&created.vm.spec.name).await?, out);
         }
+        Command::Vm(VmCmd::Nic(cmd)) => print_vm(&network::nic(client, out, cmd).await?, out),
         Command::Vm(VmCmd::List) => print_vms(&client.list_vms().await?, out),
         Command::Vm(VmCmd::Show { name }) => print_vm(&client.get_vm(&name).await?, out),
         Command::Vm(VmCmd::Delete { name }) => {
@@ -388,6 +403,8 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Host(HostCmd::Show) => print_host(&client.host().await?, out),
         Command::Host(HostCmd::Top { once }) => output::top(client, out, true, once).await?,
         Command::Pool(cmd) => storage::pool(client, out, cmd).await?,
+        Command::Network(cmd) => network::network(client, out, cmd).await?,
+        Command::SecurityGroup(cmd) => network::security_group(client, out, cmd).await?,
         Command::Volume(cmd) => storage::volume(client, out, cmd).await?,
     }
     Ok(())

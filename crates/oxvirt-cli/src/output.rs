@@ -76,7 +76,24 @@ pub fn print_vm(v: &Vm, out: Output) {
         println!("{:<13}{what}", format!("{}:", d.id));
     }
     for (i, n) in s.nics.iter().enumerate() {
-        println!("nic{i}:        {:?} {}", n.mode, n.mac.as_deref().unwrap_or(""));
+        let id = if n.id.is_empty() { format!("nic{i}") } else { n.id.clone() };
+        let on = match (&n.network, &n.bridge) {
+            (Some(net), _) => format!("network {net}"),
+            (None, Some(b)) => format!("bridge {b}"),
+            _ => "user-mode".into(),
+        };
+        let mut line = format!("{on} {}", n.mac.as_deref().unwrap_or(""));
+        if let Some(ip) = n.ip {
+            line.push_str(&format!(" {ip}"));
+        }
+        if !n.security_groups.is_empty() {
+            line.push_str(&format!(" groups={}", n.security_groups.join(",")));
+        }
+        if !n.qos.is_unlimited() {
+            let r = oxvirt_model::rate::format;
+            line.push_str(&format!(" in≤{} out≤{}", r(n.qos.ingress), r(n.qos.egress)));
+        }
+        println!("{:<13}{line}", format!("{id}:"));
     }
     println!("restart:     {:?}", s.restart_policy);
 }

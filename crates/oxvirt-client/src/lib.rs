@@ -181,6 +181,10 @@ impl Client {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClientError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
         self.call(Method::GET, "/api/v1/tasks", None).await
     }

@@ -19,6 +19,9 @@ pub enum ControlError {
     Store(#[from] oxvirt_store::StoreError),
     #[error("hypervisor: {0}")]
     Hypervisor(#[from] oxvirt_hypervisor::HvError),
+    /// A host command oxvirt needs failed (500).
+    #[error("host: {0}")]
+    Host(String),
     #[error("storage: {0}")]
     Storage(#[from] oxvirt_storage::StorageError),
 }

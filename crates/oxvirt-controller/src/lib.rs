@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
+    /// Serialises changes of networks and of oxvirt's nftables tables.
+    pub net_lock: tokio::sync::Mutex<()>,
 }
 
 /// Cheap to clone: every clone is the same controller.
@@ -102,6 +104,7 @@ impl Controller {
             host: host::HostLimits::detect(),
             busy_volumes: Mutex::default(),
             export_daemons: Default::default(),
+            net_lock: Default::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
             history: Mutex::default(),
@@ -123,7 +126,9 @@ impl Controller {
 
     /// Adopts the guests that run, then keeps reconciling in the background.
     pub async fn start_background(&self) {
+        self.ensure_networks().await;
         self.reconcile_all().await;
+        self.remove_orphans().await;
         self.start_history();
         let me = self.clone();
         tokio::spawn(async move {

@@ -77,11 +77,11 @@ impl Controller {
         task.progress(10, "starting QEMU");
         self.set_state(name, VmState::Starting, "starting");
         let paths = self.inner.paths(&vm.id);
-        let prepared = match self.prepare_network(&vm.id, &vm.spec) {
-            Ok(()) => self.prepare_storage(&vm.id, &vm.spec).await,
+        let prepared = match self.prepare_network(&vm.id, &vm.spec).await {
+            Ok(with_mtu) => self.prepare_storage(&vm.id, &vm.spec).await.map(|_| with_mtu),
             Err(e) => Err(e),
         };
-        let spec = match prepared.and_then(|_| self.resolve_disks(&vm.id, &vm.spec)) {
+        let spec = match prepared.and_then(|with_mtu| self.resolve_disks(&vm.id, &with_mtu)) {
             Ok(s) => s,
             Err(e) => return Err(self.start_failed(name, e)),
         };

@@ -646,7 +646,7 @@ impl Controller {
         Ok(ops)
     }
 
-    /// Writes a VM record together with its volumes' claims, or nothing.
+    /// Writes a VM record together with its volumes' claims and its NICs' leases, or nothing.
     pub(crate) fn write_vm_with_claims(
         &self,
         vm: &Vm,
@@ -654,8 +654,12 @@ impl Controller {
         old: Option<&oxvirt_model::VmSpec>,
     ) -> Result<(), ControlError> {
         let mut ops = self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?;
+        ops.extend(self.lease_ops(&vm.spec.name, old, Some(&vm.spec)));
         ops.push(Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect });
         self.inner.store.txn(ops)?;
+        for n in Controller::networks_touched(old, Some(&vm.spec)) {
+            self.sync_dhcp(&n);
+        }
         Ok(())
     }
 }

@@ -2,7 +2,6 @@
 //! rules a spec follows on its own are in the model.
 
 use crate::{now_millis, ControlError, Controller};
-use oxvirt_hypervisor::qemu::cmdline::default_mac;
 use oxvirt_model::{ByteSize, DesiredState, Event, ValidationError, Vm, VmSpec, VmState, VmStatus, VmUpdate};
 use oxvirt_store::{Expect, StoreError, StoreExt};
 use std::path::Path;
@@ -44,14 +43,14 @@ impl Controller {
 
     /// Creates a VM record (stopped). Nothing is changed when any rule fails.
     pub fn create_vm(&self, mut spec: VmSpec) -> Result<Vm, ControlError> {
+        spec.normalize();
         spec.validate()?;
         self.check_against_host(&spec)?;
         let id = uuid::Uuid::new_v4().to_string();
-        for (i, nic) in spec.nics.iter_mut().enumerate() {
-            if nic.mac.is_none() {
-                nic.mac = Some(default_mac(&id, i));
-            }
+        if self.inner.store.get_record::<Vm>(&spec.name)?.is_some() {
+            return Err(exists(&spec.name));
         }
+        self.prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
         let now = now_millis();
         let vm = Vm {
@@ -103,13 +102,10 @@ impl Controller {
             )));
         }
         let mut spec = update.apply(&vm.spec);
+        spec.normalize();
         spec.validate()?;
         self.check_against_host(&spec)?;
-        for (i, nic) in spec.nics.iter_mut().enumerate() {
-            if nic.mac.is_none() {
-                nic.mac = Some(default_mac(&vm.id, i));
-            }
-        }
+        self.prepare_nics(&vm.id, name, &mut spec, Some(&vm.spec))?;
         assign_disk_ids(&mut spec);
         let old = vm.spec.clone();
         let new = Vm { spec, ..vm };
@@ -133,6 +129,7 @@ impl Controller {
         }
         // The VM's volumes are let go in the same transaction; they stay, with their data.
         let mut ops = self.volume_claims(name, Some(&vm.spec), None)?;
+        ops.extend(self.lease_ops(name, Some(&vm.spec), None));
         ops.push(oxvirt_store::Op::Delete {
             key: <Vm as oxvirt_store::Record>::key_of(name),
             expect: Expect::Revision(rev),
@@ -141,6 +138,9 @@ impl Controller {
             StoreError::Conflict { .. } => busy(name),
             e => e.into(),
         })?;
+        for n in Controller::networks_touched(Some(&vm.spec), None) {
+            self.sync_dhcp(&n);
+        }
         let _ = std::fs::remove_dir_all(self.inner.paths(&vm.id).dir());
         // The slot (its lock) stays: a task still waiting on it must not race a new VM of this name.
         self.inner.emit(Event::VmLifecycle { vm: name.to_string(), action: "deleted".into(), time: now_millis() });

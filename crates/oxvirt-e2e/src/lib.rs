@@ -57,6 +57,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub client: Client,
     config: String,
+    /// The network namespace the daemon runs in (a "host" of a network test), if any.
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -75,7 +77,19 @@ impl Daemon {
         let config = Self::full_config(config);
         std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
         let client = Client::new(data_dir.path().join("oxvirtd.sock"));
-        let mut d = Daemon { data_dir, child: None, client, config };
+        let mut d = Daemon { data_dir, child: None, client, config, netns: None };
+        d.spawn();
+        d
+    }
+
+    /// A daemon inside a network namespace of the test's: its devices, firewall and DHCP stay
+    /// there. Its socket and files are on the shared file system as usual.
+    pub fn start_in_netns(ns: &Netns, config: &str) -> Daemon {
+        let data_dir = tempfile::Builder::new().prefix("oxv").tempdir_in("/tmp").expect("tempdir");
+        let config = Self::full_config(config);
+        std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
+        let client = Client::new(data_dir.path().join("oxvirtd.sock"));
+        let mut d = Daemon { data_dir, child: None, client, config, netns: Some(ns.name.clone()) };
         d.spawn();
         d
     }
@@ -89,7 +103,16 @@ impl Daemon {
         let _ = std::fs::remove_file(&sock);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.path().join("oxvirtd.log")).expect("log");
-        let child = Command::new(bin("oxvirtd"))
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("oxvirtd"));
+                c
+            }
+            None => Command::new(bin("oxvirtd")),
+        };
+        let child = cmd
             .arg("--data-dir")
             .arg(self.path())
             .stdin(Stdio::null())
@@ -151,6 +174,20 @@ impl Daemon {
     }
 
     /// PIDs of the QEMU processes this daemon's VMs run in.
+    /// Runs the `oxvirt` CLI against this daemon's socket: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("oxvirt"))
+            .env("OXVIRT_SOCKET", self.path().join("oxvirtd.sock"))
+            .args(args)
+            .output()
+            .expect("run oxvirt");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn qemu_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.path().join("run")) {
@@ -166,6 +203,85 @@ impl Daemon {
         }
         pids
     }
+}
+
+/// A network namespace made by a test (a "host", an "internet"), with loopback up; deleted, with
+/// every device in it, when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("oxvt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command in the namespace; panics if it fails.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        match out {
+            Ok(o) => o,
+            Err(e) => panic!("in {}: {}: {e}", self.name, args.join(" ")),
+        }
+    }
+
+    pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
+        let out =
+            Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// Links two namespaces with a veth pair, each end given an address (`a.b.c.d/len`) and up.
+    pub fn link(&self, dev: &str, addr: &str, peer: &Netns, peer_dev: &str, peer_addr: &str) {
+        sh(&[
+            "ip", "link", "add", dev, "netns", &self.name, "type", "veth", "peer", "name", peer_dev, "netns",
+            &peer.name,
+        ]);
+        for (ns, d, a) in [(self, dev, addr), (peer, peer_dev, peer_addr)] {
+            ns.run(&["ip", "addr", "add", a, "dev", d]);
+            ns.run(&["ip", "link", "set", d, "up"]);
+        }
+    }
+
+    /// The interface names in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        self.run(&["ls", "/sys/class/net"]).split_whitespace().map(str::to_string).collect()
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (sockets it opens live there).
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("netns file");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd changes only this thread's namespace.
+            let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect(args[0]);
+    assert!(out.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 impl Drop for Daemon {

@@ -4,13 +4,7 @@ use oxvirt_e2e::*;
 use std::process::Command;
 
 fn oxvirt(d: &Daemon, args: &[&str]) -> (i32, String, String) {
-    let out =
-        Command::new(bin("oxvirt")).env("OXVIRT_SOCKET", d.path().join("oxvirtd.sock")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    d.cli(args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

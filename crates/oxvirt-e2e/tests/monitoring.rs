@@ -269,13 +269,8 @@ async fn history_and_top_show_a_busy_guest() {
     assert!(busy["rss_bytes"].as_u64().unwrap() > 10 << 20);
     let host: Vec<Value> = c.get("/api/v1/host/history").await.unwrap();
     assert!(!host.is_empty() && host.last().unwrap()["vms_running"] == 1);
-    let out = Command::new(bin("oxvirt"))
-        .env("OXVIRT_SOCKET", d.path().join("oxvirtd.sock"))
-        .args(["host", "top", "--once"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.starts_with("host: CPU") && text.contains("histo"), "{text}");
+    let (code, text, _) = d.cli(&["host", "top", "--once"]);
+    assert!(code == 0 && text.starts_with("host: CPU") && text.contains("histo"), "{text}");
     c.vm_action_wait("histo", "kill", Duration::from_secs(30)).await.unwrap();
 }
 

@@ -152,6 +152,10 @@ pub trait Instance: Send + Sync {
     async fn unplug_disk(&self, disk_id: &str, timeout: Duration) -> Result<(), HvError>;
     /// Sets (or with an unlimited `qos`, clears) a disk's I/O limits, live.
     async fn set_disk_qos(&self, disk_id: &str, qos: &oxvirt_model::DiskQos) -> Result<(), HvError>;
+    /// Adds NIC `index` of `spec` (VM `vm_id`) to the running guest; its TAP device exists.
+    async fn hotplug_nic(&self, vm_id: &str, spec: &VmSpec, index: usize) -> Result<(), HvError>;
+    /// Asks the guest to release a NIC and removes it and its backend once it has.
+    async fn unplug_nic(&self, nic: &oxvirt_model::NicSpec, timeout: Duration) -> Result<(), HvError>;
     /// A raw hypervisor command, for features that have no method yet.
     async fn command(&self, name: &str, args: serde_json::Value) -> Result<serde_json::Value, HvError>;
 }

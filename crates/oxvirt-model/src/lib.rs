@@ -8,7 +8,10 @@ mod error;
 mod event;
 mod host;
 mod name;
+mod network;
 mod qos;
+pub mod rate;
+mod secgroup;
 mod size;
 mod storage;
 mod task;
@@ -20,7 +23,12 @@ pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;
 pub use name::validate_name;
+pub use network::{
+    parse_range, Ipv4Net, Lease, LeaseView, Network, NetworkKind, NetworkSpec, NetworkView, VxlanSpec, MAX_MTU,
+    VXLAN_OVERHEAD,
+};
 pub use qos::DiskQos;
+pub use secgroup::{parse_ports, Direction, Protocol, SecurityGroup, SecurityGroupSpec, SecurityRule};
 pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
 pub use storage::{
     parse_volume_ref, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Volume, VolumeSnapshot, VolumeSpec,
@@ -29,8 +37,8 @@ pub use task::{Task, TaskState};
 pub use token::ApiToken;
 pub use vm::{
     validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,
-    KernelBoot, MachineType, NbdSource, NicMode, NicSpec, RestartPolicy, Vm, VmAction, VmSpec, VmState, VmStatus,
-    VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
+    KernelBoot, MachineType, NbdSource, NicMode, NicQos, NicSpec, RestartPolicy, Vm, VmAction, VmSpec, VmState,
+    VmStatus, VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
 };
 
 /// Milliseconds since the Unix epoch: the one time format of records and events.

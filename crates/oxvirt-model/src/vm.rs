@@ -130,9 +130,14 @@ pub enum DiskBus {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NicSpec {
+    /// The NIC's name within the VM (`nic0`, `nic1`...): given at creation when left out, kept
+    /// when other NICs come and go.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// `network` when `network` is given, `bridged` when `bridge` is, else `user`.
     #[serde(default)]
     pub mode: NicMode,
-    /// Given at creation when left out: `52:54:00` and three random bytes.
+    /// Given at creation when left out: `52:54:00` and three bytes no other VM's NIC has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     /// Number of queue pairs (multi-queue virtio-net); 0 means one per vCPU.
@@ -141,17 +146,138 @@ pub struct NicSpec {
     /// For `bridged`: the host bridge the NIC's TAP device joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// For `network`: the oxvirt network the NIC joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The NIC's IPv4 address on its network: asked for (a static lease) or given by oxvirt's
+    /// IPAM at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Security groups whose rules filter the NIC's traffic (none: no filtering).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    /// Bandwidth limits.
+    #[serde(default, skip_serializing_if = "NicQos::is_unlimited")]
+    pub qos: NicQos,
+    /// The MTU of the NIC's network, filled in by the controller when it starts the VM (the
+    /// guest learns it from the device). Not stored.
+    #[serde(skip)]
+    pub mtu: Option<u32>,
+}
+
+impl NicSpec {
+    /// A user-mode NIC with everything else left to defaults.
+    pub fn user() -> Self {
+        NicSpec {
+            id: String::new(),
+            mode: NicMode::User,
+            mac: None,
+            queues: 0,
+            bridge: None,
+            network: None,
+            ip: None,
+            security_groups: vec![],
+            qos: NicQos::default(),
+            mtu: None,
+        }
+    }
+
+    /// The number in the NIC's id (`nic3` -> 3): names its TAP device and QEMU objects.
+    pub fn slot(&self) -> usize {
+        self.id.strip_prefix("nic").and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+
+    /// Fills in the mode the other fields imply.
+    pub fn normalize(&mut self) {
+        if self.mode == NicMode::User {
+            if self.network.is_some() {
+                self.mode = NicMode::Network;
+            } else if self.bridge.is_some() {
+                self.mode = NicMode::Bridged;
+            }
+        }
+    }
+
+    /// Whether oxvirt makes a TAP device on the host for it.
+    pub fn has_tap(&self) -> bool {
+        self.mode != NicMode::User
+    }
+
+    pub fn validate(&self, field: &str) -> Result<(), ValidationError> {
+        let f = |name: &str| format!("{field}.{name}");
+        if let Some(mac) = &self.mac {
+            validate_mac(&f("mac"), mac)?;
+        }
+        if self.queues > 16 {
+            return Err(ValidationError::new(f("queues"), "must be at most 16"));
+        }
+        let id_ok =
+            self.id.is_empty() || (self.id.starts_with("nic") && self.id[3..].parse::<u8>().is_ok_and(|n| n < 16));
+        if !id_ok {
+            return Err(ValidationError::new(f("id"), "must be nic0 .. nic15"));
+        }
+        match (self.mode, &self.bridge, &self.network) {
+            (NicMode::Bridged, Some(b), None) => validate_ifname(&f("bridge"), b)?,
+            (NicMode::Bridged, None, _) => {
+                return Err(ValidationError::new(f("bridge"), "a bridged NIC needs the host bridge's name"))
+            }
+            (NicMode::Network, None, Some(n)) => validate_name(&f("network"), n)?,
+            (NicMode::Network, _, None) => {
+                return Err(ValidationError::new(f("network"), "a network NIC needs the network's name"))
+            }
+            (NicMode::User, None, None) => {}
+            (_, Some(_), _) => return Err(ValidationError::new(f("bridge"), "only a bridged NIC joins a bridge")),
+            (_, _, Some(_)) => return Err(ValidationError::new(f("network"), "only a network NIC joins a network")),
+        }
+        if self.ip.is_some() && self.mode != NicMode::Network {
+            return Err(ValidationError::new(f("ip"), "only a NIC on an oxvirt network gets an address from oxvirt"));
+        }
+        if self.mode == NicMode::User && (!self.security_groups.is_empty() || !self.qos.is_unlimited()) {
+            let which = if self.security_groups.is_empty() { "qos" } else { "security_groups" };
+            return Err(ValidationError::new(f(which), "a user-mode NIC has no host device to filter or shape"));
+        }
+        for (i, g) in self.security_groups.iter().enumerate() {
+            validate_name(&format!("{field}.security_groups[{i}]"), g)?;
+            if self.security_groups[..i].contains(g) {
+                return Err(ValidationError::new(format!("{field}.security_groups[{i}]"), "is listed twice"));
+            }
+        }
+        if self.security_groups.len() > 16 {
+            return Err(ValidationError::new(f("security_groups"), "at most 16 groups"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NicMode {
     /// QEMU's user-mode network, restricted: the guest gets an address by DHCP and reaches
-    /// nothing beyond QEMU. Managed networks (NAT, overlays) come with the network layer.
+    /// nothing beyond QEMU; there is no host device. (Called `isolated` before networks came.)
     #[default]
-    Isolated,
+    #[serde(alias = "isolated")]
+    User,
     /// A TAP device that oxvirt makes and joins to an existing host bridge.
     Bridged,
+    /// A TAP device on one of oxvirt's networks.
+    Network,
+}
+
+/// Bandwidth limits of a NIC, in bits per second (0 = none): `ingress` is traffic to the VM,
+/// `egress` traffic from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NicQos {
+    #[serde(with = "crate::rate")]
+    pub ingress: u64,
+    #[serde(with = "crate::rate")]
+    pub egress: u64,
+}
+
+impl NicQos {
+    pub fn is_unlimited(&self) -> bool {
+        self.ingress == 0 && self.egress == 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -219,6 +345,13 @@ impl VmUpdate {
 }
 
 impl VmSpec {
+    /// Fills in what the spec implies (each NIC's mode from its other fields).
+    pub fn normalize(&mut self) {
+        for n in self.nics.iter_mut() {
+            n.normalize();
+        }
+    }
+
     /// The rules a spec must follow on its own. Rules that need the host (memory it has, files
     /// that exist) are checked by the controller.
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -302,24 +435,9 @@ impl VmSpec {
             return Err(ValidationError::new("nics", "at most 8 NICs"));
         }
         for (i, n) in self.nics.iter().enumerate() {
-            if let Some(mac) = &n.mac {
-                validate_mac(&format!("nics[{i}].mac"), mac)?;
-            }
-            if n.queues > 16 {
-                return Err(ValidationError::new(format!("nics[{i}].queues"), "must be at most 16"));
-            }
-            match (n.mode, &n.bridge) {
-                (NicMode::Bridged, Some(b)) => validate_ifname(&format!("nics[{i}].bridge"), b)?,
-                (NicMode::Bridged, None) => {
-                    return Err(ValidationError::new(
-                        format!("nics[{i}].bridge"),
-                        "a bridged NIC needs the host bridge's name",
-                    ))
-                }
-                (NicMode::Isolated, Some(_)) => {
-                    return Err(ValidationError::new(format!("nics[{i}].bridge"), "only a bridged NIC joins a bridge"))
-                }
-                (NicMode::Isolated, None) => {}
+            n.validate(&format!("nics[{i}]"))?;
+            if !n.id.is_empty() && self.nics[..i].iter().any(|o| o.id == n.id) {
+                return Err(ValidationError::new(format!("nics[{i}].id"), "is used by another NIC"));
             }
         }
         Ok(())
@@ -558,22 +676,10 @@ mod tests {
                 "disks[0].path",
             ),
             (
-                Box::new(|s| {
-                    s.nics.push(NicSpec {
-                        mode: NicMode::Isolated,
-                        mac: Some("01:00:00:00:00:00".into()),
-                        queues: 0,
-                        bridge: None,
-                    })
-                }),
+                Box::new(|s| s.nics.push(NicSpec { mac: Some("01:00:00:00:00:00".into()), ..NicSpec::user() })),
                 "nics[0].mac",
             ),
-            (
-                Box::new(|s| {
-                    s.nics.push(NicSpec { mode: NicMode::Isolated, mac: Some("zz".into()), queues: 0, bridge: None })
-                }),
-                "nics[0].mac",
-            ),
+            (Box::new(|s| s.nics.push(NicSpec { mac: Some("zz".into()), ..NicSpec::user() })), "nics[0].mac"),
         ];
         for (mutate, field) in cases {
             let mut s = spec();

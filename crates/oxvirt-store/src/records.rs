@@ -29,6 +29,19 @@ impl Record for oxvirt_model::Volume {
     const PREFIX: &'static str = "volumes/";
 }
 
+impl Record for oxvirt_model::Network {
+    const PREFIX: &'static str = "networks/";
+}
+
+/// Leases are keyed `ipam/<network>/<ip>`.
+impl Record for oxvirt_model::Lease {
+    const PREFIX: &'static str = "ipam/";
+}
+
+impl Record for oxvirt_model::SecurityGroup {
+    const PREFIX: &'static str = "secgroups/";
+}
+
 impl Record for oxvirt_model::ApiToken {
     const PREFIX: &'static str = "tokens/";
 }

@@ -52,6 +52,35 @@ pub fn nic_queues(spec: &VmSpec, n: &oxvirt_model::NicSpec) -> u32 {
     }
 }
 
+/// The `-netdev` option string and the `-device` JSON of a NIC (at index `index` of the spec).
+pub fn nic_args(
+    id: &str,
+    spec: &VmSpec,
+    n: &oxvirt_model::NicSpec,
+    index: usize,
+    bus_suffix: &str,
+) -> (String, serde_json::Value) {
+    let slot = if n.id.is_empty() { index } else { n.slot() };
+    let mac = n.mac.clone().unwrap_or_else(|| default_mac(id, slot));
+    let nic_id = if n.id.is_empty() { format!("nic{slot}") } else { n.id.clone() };
+    let mut dev = json!({ "driver": format!("virtio-net-{bus_suffix}"), "netdev": format!("net{slot}"), "mac": mac, "id": nic_id });
+    if n.mode == NicMode::User {
+        return (format!("user,id=net{slot},restrict=on"), dev);
+    }
+    let queues = nic_queues(spec, n);
+    let mut netdev = format!("tap,id=net{slot},ifname={},script=no,downscript=no", escape_opt(&tap_name(id, slot)));
+    if queues > 1 {
+        netdev.push_str(&format!(",queues={queues}"));
+        dev["mq"] = json!(true);
+        dev["vectors"] = json!(2 * queues + 2);
+    }
+    if let Some(mtu) = n.mtu.filter(|m| *m != 1500) {
+        // The guest's driver takes the MTU from the device (VIRTIO_NET_F_MTU).
+        dev["host_mtu"] = json!(mtu);
+    }
+    (netdev, dev)
+}
+
 /// MAC address of NIC `index` of VM `id` when the spec gives none: stable per VM and NIC.
 pub fn default_mac(id: &str, index: usize) -> String {
     // FNV-1a over the id and index: stable, spread, no extra dependency.
@@ -221,22 +250,8 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
     }
 
     for (i, n) in spec.nics.iter().enumerate() {
-        let mac = n.mac.clone().unwrap_or_else(|| default_mac(id, i));
-        let mut dev = json!({ "driver": format!("virtio-net-{bus_suffix}"), "netdev": format!("net{i}"), "mac": mac, "id": format!("nic{i}") });
-        match n.mode {
-            NicMode::Isolated => push(&["-netdev", &format!("user,id=net{i},restrict=on")]),
-            NicMode::Bridged => {
-                let queues = nic_queues(spec, n);
-                let mut netdev =
-                    format!("tap,id=net{i},ifname={},script=no,downscript=no", escape_opt(&tap_name(id, i)));
-                if queues > 1 {
-                    netdev.push_str(&format!(",queues={queues}"));
-                    dev["mq"] = json!(true);
-                    dev["vectors"] = json!(2 * queues + 2);
-                }
-                push(&["-netdev", &netdev]);
-            }
-        }
+        let (netdev, dev) = nic_args(id, spec, n, i, bus_suffix);
+        push(&["-netdev", &netdev]);
         push(&["-device", &dev.to_string()]);
     }
 
@@ -405,7 +420,7 @@ mod tests {
             qos: None,
             nbd: None,
         });
-        s.nics.push(NicSpec { mode: NicMode::Isolated, mac: None, queues: 0, bridge: None });
+        s.nics.push(NicSpec::user());
         let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
         // Every chardev keeps exactly its own keys, and the path comes back whole.
         for c in after(&a, "-chardev") {
@@ -460,7 +475,7 @@ mod tests {
     #[test]
     fn bridged_nics_get_a_tap_and_queues_per_vcpu() {
         let mut s = spec();
-        s.nics.push(NicSpec { mode: NicMode::Bridged, mac: None, queues: 0, bridge: Some("br0".into()) });
+        s.nics.push(NicSpec { mode: NicMode::Bridged, bridge: Some("br0".into()), ..NicSpec::user() });
         let a = build("c7726470-0171-4767", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,ifname=oxvc7726470n0,script=no,downscript=no,queues=2"]);
         let dev: serde_json::Value =

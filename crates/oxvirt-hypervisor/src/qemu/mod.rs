@@ -184,7 +184,66 @@ pub struct QemuInstance {
     exit_watch: watch::Receiver<bool>,
 }
 
+/// A `-netdev` option string (`tap,id=net0,ifname=...,queues=2`) as `netdev_add` arguments.
+fn netdev_json(opts: &str) -> Value {
+    let mut parts = opts.split(',');
+    let mut args = serde_json::Map::new();
+    args.insert("type".into(), json!(parts.next().unwrap_or_default()));
+    for p in parts {
+        if let Some((k, v)) = p.split_once('=') {
+            let value = match (k, v) {
+                ("queues", n) => json!(n.parse::<u32>().unwrap_or(1)),
+                ("restrict", "on") => json!(true),
+                _ => json!(v),
+            };
+            args.insert(k.into(), value);
+        }
+    }
+    Value::Object(args)
+}
+
 impl QemuInstance {
+    /// Adds a PCIe device on the first free hot-plug port.
+    async fn device_add_on_free_port(&self, dev: Value) -> Result<(), HvError> {
+        let mut last = None;
+        for port in 0..cmdline::HOTPLUG_PORTS {
+            let mut d = dev.clone();
+            d["bus"] = json!(format!("hp{port}"));
+            match self.qmp.execute("device_add", d).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(HvError::Unsupported(format!(
+            "no free hot-plug slot ({} in all): {}",
+            cmdline::HOTPLUG_PORTS,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    /// Asks the guest to release a device and waits until QEMU says it is gone.
+    async fn device_del_wait(&self, id: &str, timeout: Duration) -> Result<(), HvError> {
+        let mut events = self.qmp.subscribe();
+        self.qmp.execute("device_del", json!({ "id": id })).await?;
+        // The guest must let go (PCIe hot-plug takes it about 5 s); QEMU then says so.
+        let deleted = tokio::time::timeout(timeout, async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.name == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(id) => {
+                        return true
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        if !matches!(deleted, Ok(true)) {
+            return Err(HvError::Timeout(timeout, format!("the guest to release device {id}")));
+        }
+        Ok(())
+    }
+
     fn spawn(
         pid: u32,
         accel: Accel,
@@ -330,57 +389,26 @@ impl Instance for QemuInstance {
             }
             added.push(name);
         }
-        // The first free hot-plug port takes it.
-        let mut last = None;
-        for port in 0..cmdline::HOTPLUG_PORTS {
-            let mut dev = json!({ "driver": "virtio-blk-pci", "id": id, "drive": fmt, "bus": format!("hp{port}") });
-            cmdline::disk_device_extras(disk, &mut dev);
-            match self.qmp.execute("device_add", dev).await {
-                Ok(_) => {
-                    if let Some(q) = &disk.qos {
-                        if let Err(e) = self.set_disk_qos(id, q).await {
-                            // Not half-plugged: take it out again.
-                            let _ = self.unplug_disk(id, Duration::from_secs(30)).await;
-                            return Err(e);
-                        }
-                    }
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
+        let mut dev = json!({ "driver": "virtio-blk-pci", "id": id, "drive": fmt });
+        cmdline::disk_device_extras(disk, &mut dev);
+        if let Err(e) = self.device_add_on_free_port(dev).await {
+            for n in added.iter().rev() {
+                let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
+            }
+            return Err(e);
+        }
+        if let Some(q) = &disk.qos {
+            if let Err(e) = self.set_disk_qos(id, q).await {
+                // Not half-plugged: take it out again.
+                let _ = self.unplug_disk(id, Duration::from_secs(30)).await;
+                return Err(e);
             }
         }
-        for n in added.iter().rev() {
-            let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
-        }
-        Err(HvError::Unsupported(format!(
-            "no free hot-plug slot ({} in all): {}",
-            cmdline::HOTPLUG_PORTS,
-            last.map(|e| e.to_string()).unwrap_or_default()
-        )))
+        Ok(())
     }
 
     async fn unplug_disk(&self, disk_id: &str, timeout: Duration) -> Result<(), HvError> {
-        let mut events = self.qmp.subscribe();
-        self.qmp.execute("device_del", json!({ "id": disk_id })).await?;
-        // The guest must let go (PCIe hot-plug takes it about 5 s); QEMU then says so.
-        let deleted = tokio::time::timeout(timeout, async {
-            loop {
-                match events.recv().await {
-                    Ok(e)
-                        if e.name == "DEVICE_DELETED"
-                            && e.data.get("device").and_then(Value::as_str) == Some(disk_id) =>
-                    {
-                        return true
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return false,
-                }
-            }
-        })
-        .await;
-        if !matches!(deleted, Ok(true)) {
-            return Err(HvError::Timeout(timeout, format!("the guest to release disk {disk_id}")));
-        }
+        self.device_del_wait(disk_id, timeout).await?;
         self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::format_node(disk_id) })).await?;
         // An NBD disk has no file node.
         let _ = self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::file_node(disk_id) })).await;
@@ -389,6 +417,24 @@ impl Instance for QemuInstance {
 
     async fn set_disk_qos(&self, disk_id: &str, qos: &oxvirt_model::DiskQos) -> Result<(), HvError> {
         self.qmp.execute("block_set_io_throttle", cmdline::throttle_args(disk_id, qos)).await?;
+        Ok(())
+    }
+
+    async fn hotplug_nic(&self, vm_id: &str, spec: &VmSpec, index: usize) -> Result<(), HvError> {
+        let nic = spec.nics.get(index).ok_or_else(|| HvError::Unsupported(format!("no NIC at index {index}")))?;
+        let (netdev, dev) = cmdline::nic_args(vm_id, spec, nic, index, "pci");
+        let netdev_id = dev["netdev"].as_str().unwrap_or_default().to_string();
+        self.qmp.execute("netdev_add", netdev_json(&netdev)).await?;
+        if let Err(e) = self.device_add_on_free_port(dev).await {
+            let _ = self.qmp.execute("netdev_del", json!({ "id": netdev_id })).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn unplug_nic(&self, nic: &oxvirt_model::NicSpec, timeout: Duration) -> Result<(), HvError> {
+        self.device_del_wait(&nic.id, timeout).await?;
+        self.qmp.execute("netdev_del", json!({ "id": format!("net{}", nic.slot()) })).await?;
         Ok(())
     }
 

@@ -1,0 +1,106 @@
+//! `/api/v1/networks`, `/api/v1/security-groups` and a VM's NICs (`/api/v1/vms/{name}/nics`).
+
+use crate::body::parse;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oxvirt_controller::network::NicUpdate;
+use oxvirt_controller::Controller;
+use oxvirt_model::{validate_name, LeaseView, NetworkSpec, NetworkView, NicSpec, SecurityGroup, SecurityGroupSpec, Vm};
+
+pub fn routes() -> Router<Controller> {
+    Router::new()
+        .route("/api/v1/networks", get(list_networks).post(create_network))
+        .route("/api/v1/networks/{network}", get(show_network).delete(delete_network))
+        .route("/api/v1/networks/{network}/leases", get(leases))
+        .route("/api/v1/security-groups", get(list_groups).post(create_group))
+        .route("/api/v1/security-groups/{group}", get(show_group).put(replace_group).delete(delete_group))
+        .route("/api/v1/vms/{name}/nics", post(attach_nic))
+        .route("/api/v1/vms/{name}/nics/{nic}", axum::routing::patch(update_nic).delete(detach_nic))
+}
+
+fn check(kind: &str, name: &str) -> ApiResult<()> {
+    validate_name("name", name).map_err(|_| ApiError::not_found(format!("{kind} {name:?} not found")))
+}
+
+async fn list_networks(State(c): State<Controller>) -> ApiResult<Json<Vec<NetworkView>>> {
+    Ok(Json(c.list_networks()?))
+}
+
+async fn create_network(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: NetworkSpec = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(c.create_network(spec).await?)))
+}
+
+async fn show_network(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<NetworkView>> {
+    check("network", &name)?;
+    Ok(Json(c.show_network(&name)?))
+}
+
+async fn delete_network(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    check("network", &name)?;
+    c.delete_network(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn leases(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<Vec<LeaseView>>> {
+    check("network", &name)?;
+    Ok(Json(c.network_leases(&name)?))
+}
+
+async fn list_groups(State(c): State<Controller>) -> ApiResult<Json<Vec<SecurityGroup>>> {
+    Ok(Json(c.list_security_groups()?))
+}
+
+async fn create_group(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: SecurityGroupSpec = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(c.create_security_group(spec)?)))
+}
+
+async fn show_group(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<SecurityGroup>> {
+    check("security group", &name)?;
+    Ok(Json(c.get_security_group(&name)?))
+}
+
+async fn replace_group(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<SecurityGroup>> {
+    check("security group", &name)?;
+    let spec: SecurityGroupSpec = parse(&body)?;
+    Ok(Json(c.replace_security_group(&name, spec).await?))
+}
+
+async fn delete_group(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    check("security group", &name)?;
+    c.delete_security_group(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn attach_nic(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
+    check("VM", &name)?;
+    let nic: NicSpec = parse(&body)?;
+    Ok(Json(c.attach_nic(&name, nic).await?))
+}
+
+async fn update_nic(
+    State(c): State<Controller>,
+    Path((name, nic)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Vm>> {
+    check("VM", &name)?;
+    check("NIC", &nic)?;
+    let u: NicUpdate = parse(&body)?;
+    Ok(Json(c.update_nic(&name, &nic, u).await?))
+}
+
+async fn detach_nic(State(c): State<Controller>, Path((name, nic)): Path<(String, String)>) -> ApiResult<Json<Vm>> {
+    check("VM", &name)?;
+    check("NIC", &nic)?;
+    Ok(Json(c.detach_nic(&name, &nic).await?))
+}

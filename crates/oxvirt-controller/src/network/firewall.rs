@@ -1,0 +1,340 @@
+//! oxvirt's nftables rules, rendered from the store and applied in one transaction.
+//!
+//! oxvirt owns exactly two tables, `inet oxvirt` (forwarding and masquerade of its networks) and
+//! `bridge oxvirt` (per-NIC anti-spoofing and security groups), and never touches any other.
+//!
+//! Security groups are stateful without bridge conntrack (this kernel has none): each filtered NIC
+//! has two dynamic sets of flows, those the VM opened and those a rule let in; a packet of a known
+//! flow passes in either direction. Entries expire after 5 minutes idle (the sets are kept when
+//! rules change, so live connections survive a rule change).
+
+use super::links::{run, run_stdin, HostCmdError};
+use oxvirt_model::{Direction, Ipv4Net, NetworkKind, Protocol, SecurityRule};
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+pub const TABLE: &str = "oxvirt";
+
+/// What the `inet` table needs to know of a network with a bridge of oxvirt's.
+#[derive(Debug, Clone)]
+pub struct NetRules {
+    pub bridge: String,
+    pub kind: NetworkKind,
+    pub subnet: Option<Ipv4Net>,
+    pub uplink: Option<String>,
+}
+
+/// What the `bridge` table needs to know of a NIC.
+#[derive(Debug, Clone)]
+pub struct NicRules {
+    pub tap: String,
+    pub mac: String,
+    /// The NIC's address: with it, the VM may send from no other (anti-spoofing).
+    pub ip: Option<Ipv4Addr>,
+    /// The rules of the NIC's security groups, or `None` when it has no groups (no filtering).
+    pub rules: Option<Vec<SecurityRule>>,
+}
+
+fn cidr_match(field: &str, rule: &SecurityRule) -> String {
+    match rule.cidr {
+        Some(c) if c.prefix > 0 => format!("ip {field} {}/{} ", c.network(), c.prefix),
+        _ => String::new(),
+    }
+}
+
+fn proto_match(rule: &SecurityRule) -> String {
+    let ports = rule.port_range().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") });
+    match (rule.protocol, ports) {
+        (Protocol::Any, _) => String::new(),
+        (Protocol::Icmp, _) => "ip protocol icmp ".into(),
+        (p, Some(ports)) => format!("{} dport {ports} ", p.as_str()),
+        (p, None) => format!("ip protocol {} ", p.as_str()),
+    }
+}
+
+/// The `inet oxvirt` table: masquerade for nat networks; no forwarding for isolated ones.
+pub fn render_inet(nets: &[NetRules]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    let _ = writeln!(s, "  chain forward {{ type filter hook forward priority 0; policy accept;");
+    for n in nets {
+        let br = &n.bridge;
+        match n.kind {
+            NetworkKind::Nat => {
+                let out = n.uplink.as_ref().map(|u| format!("oifname \"{u}\" ")).unwrap_or_default();
+                let _ = writeln!(s, "    iifname \"{br}\" oifname \"{br}\" accept");
+                let _ = writeln!(s, "    iifname \"{br}\" {out}accept");
+                let _ = writeln!(s, "    oifname \"{br}\" ct state established,related accept");
+                // Nothing from outside opens a connection into a NAT network.
+                let _ = writeln!(s, "    oifname \"{br}\" drop");
+                let _ = writeln!(s, "    iifname \"{br}\" drop");
+            }
+            NetworkKind::Isolated | NetworkKind::Vxlan => {
+                let _ = writeln!(s, "    iifname \"{br}\" oifname \"{br}\" accept");
+                let _ = writeln!(s, "    iifname \"{br}\" drop");
+                let _ = writeln!(s, "    oifname \"{br}\" drop");
+            }
+            NetworkKind::Bridged => {}
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "  chain postrouting {{ type nat hook postrouting priority 100; policy accept;");
+    for n in nets.iter().filter(|n| n.kind == NetworkKind::Nat) {
+        if let Some(sub) = n.subnet {
+            let net = format!("{}/{}", sub.network(), sub.prefix);
+            let out = match &n.uplink {
+                Some(u) => format!("oifname \"{u}\""),
+                None => format!("oifname != \"{}\"", n.bridge),
+            };
+            let _ = writeln!(s, "    ip saddr {net} ip daddr != {net} {out} masquerade");
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+fn set_names(tap: &str) -> (String, String) {
+    (format!("out-{tap}"), format!("in-{tap}"))
+}
+
+/// The rules of the `bridge oxvirt` table's per-NIC chains (sets and base chains apart).
+pub fn render_nic_chains(n: &NicRules) -> String {
+    let tap = &n.tap;
+    let (out_set, in_set) = set_names(tap);
+    let mut from = Vec::<String>::new();
+    let mut to = Vec::<String>::new();
+    // From the VM: its own MAC and address only.
+    from.push(format!("ether saddr != {} drop", n.mac));
+    from.push(format!("ether type arp arp saddr ether != {} drop", n.mac));
+    if let Some(ip) = n.ip {
+        from.push(format!("ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }} drop"));
+    }
+    from.push("ether type arp accept".into());
+    from.push("ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept".into());
+    if let Some(ip) = n.ip {
+        from.push(format!("ether type ip ip saddr != {ip} drop"));
+        // IPv4 only: the networks hand out no IPv6 addresses to check against.
+        from.push("ether type != ip drop".into());
+    }
+    if let Some(rules) = &n.rules {
+        let flow = "ip protocol { tcp, udp }";
+        from.push(format!("{flow} update @{out_set} {{ ip daddr . ip protocol . th dport . th sport }}"));
+        from.push(format!("{flow} ip daddr . ip protocol . th dport . th sport @{in_set} accept"));
+        from.push("udp sport 68 udp dport 67 accept".into());
+        from.push("icmp type { echo-reply, destination-unreachable, time-exceeded } accept".into());
+        let egress: Vec<&SecurityRule> = rules.iter().filter(|r| r.direction == Direction::Egress).collect();
+        if !egress.is_empty() {
+            for r in egress {
+                from.push(
+                    format!("ether type ip {}{}accept", cidr_match("daddr", r), proto_match(r)).replace("  ", " "),
+                );
+            }
+            from.push("drop".into());
+        }
+        to.push("ether type arp accept".into());
+        to.push(format!("{flow} ip saddr . ip protocol . th sport . th dport @{out_set} accept"));
+        to.push("udp sport 67 udp dport 68 accept".into());
+        to.push("icmp type { echo-reply, destination-unreachable, time-exceeded } accept".into());
+        for r in rules.iter().filter(|r| r.direction == Direction::Ingress) {
+            let m = format!("ether type ip {}{}", cidr_match("saddr", r), proto_match(r));
+            to.push(format!("{m}{flow} update @{in_set} {{ ip saddr . ip protocol . th sport . th dport }}"));
+            to.push(format!("{m}accept"));
+        }
+        to.push("drop".into());
+    }
+    let mut s = String::new();
+    for (chain, rules) in [(format!("from-{tap}"), from), (format!("to-{tap}"), to)] {
+        let _ = writeln!(s, "add chain bridge {TABLE} {chain}");
+        let _ = writeln!(s, "flush chain bridge {TABLE} {chain}");
+        for r in rules {
+            let _ = writeln!(s, "add rule bridge {TABLE} {chain} {}", r.replace("  ", " ").trim());
+        }
+    }
+    s
+}
+
+/// The names of the per-NIC chains and sets now in the `bridge oxvirt` table.
+fn existing_bridge_objects() -> Result<(Vec<String>, Vec<String>), HostCmdError> {
+    let listed = match run("nft", &["list", "table", "bridge", TABLE]) {
+        Ok(t) => t,
+        Err(e) if e.reason.contains("No such file") => return Ok((vec![], vec![])),
+        Err(e) => return Err(e),
+    };
+    let mut chains = Vec::new();
+    let mut sets = Vec::new();
+    for l in listed.lines().map(str::trim) {
+        if let Some(rest) = l.strip_prefix("chain ") {
+            chains.push(rest.trim_end_matches(" {").trim().to_string());
+        } else if let Some(rest) = l.strip_prefix("set ") {
+            sets.push(rest.trim_end_matches(" {").trim().to_string());
+        }
+    }
+    Ok((chains, sets))
+}
+
+/// The whole `nft -f` script that makes oxvirt's tables match `nets` and `nics`.
+pub fn render_script(nets: &[NetRules], nics: &[NicRules], chains: &[String], sets: &[String]) -> String {
+    let mut s = String::new();
+    // The inet table holds no state worth keeping: made afresh.
+    let _ = writeln!(s, "table inet {TABLE}\ndelete table inet {TABLE}");
+    if nets.iter().any(|n| n.kind != NetworkKind::Bridged) {
+        s.push_str(&render_inet(nets));
+    }
+    let _ = writeln!(s, "add table bridge {TABLE}");
+    let _ =
+        writeln!(s, "add chain bridge {TABLE} prerouting {{ type filter hook prerouting priority 0; policy accept; }}");
+    let _ = writeln!(
+        s,
+        "add chain bridge {TABLE} postrouting {{ type filter hook postrouting priority 0; policy accept; }}"
+    );
+    let _ = writeln!(s, "flush chain bridge {TABLE} prerouting");
+    let _ = writeln!(s, "flush chain bridge {TABLE} postrouting");
+    let wanted_chains: Vec<String> =
+        nics.iter().flat_map(|n| [format!("from-{}", n.tap), format!("to-{}", n.tap)]).collect();
+    let wanted_sets: Vec<String> = nics
+        .iter()
+        .flat_map(|n| {
+            let (a, b) = set_names(&n.tap);
+            [a, b]
+        })
+        .collect();
+    for c in chains.iter().filter(|c| c.starts_with("from-") || c.starts_with("to-")) {
+        if !wanted_chains.contains(c) {
+            let _ = writeln!(s, "delete chain bridge {TABLE} {c}");
+        }
+    }
+    for set in sets.iter().filter(|x| x.starts_with("out-") || x.starts_with("in-")) {
+        if !wanted_sets.contains(set) {
+            let _ = writeln!(s, "delete set bridge {TABLE} {set}");
+        }
+    }
+    for n in nics {
+        for set in {
+            let (a, b) = set_names(&n.tap);
+            [a, b]
+        } {
+            let _ = writeln!(
+                s,
+                "add set bridge {TABLE} {set} {{ type ipv4_addr . inet_proto . inet_service . inet_service; flags dynamic,timeout; timeout 5m; size 65536; }}"
+            );
+        }
+        s.push_str(&render_nic_chains(n));
+        let _ = writeln!(s, "add rule bridge {TABLE} prerouting iifname \"{}\" jump from-{}", n.tap, n.tap);
+        let _ = writeln!(s, "add rule bridge {TABLE} postrouting oifname \"{}\" jump to-{}", n.tap, n.tap);
+    }
+    s
+}
+
+/// Whether either of oxvirt's tables is there.
+pub fn tables_exist() -> bool {
+    run("nft", &["list", "tables"])
+        .map(|t| {
+            t.lines().any(|l| l.trim() == format!("table inet {TABLE}") || l.trim() == format!("table bridge {TABLE}"))
+        })
+        .unwrap_or(false)
+}
+
+/// Makes oxvirt's tables match: one atomic `nft -f` transaction.
+pub fn apply(nets: &[NetRules], nics: &[NicRules]) -> Result<(), HostCmdError> {
+    let (chains, sets) = existing_bridge_objects()?;
+    if nets.iter().all(|n| n.kind == NetworkKind::Bridged) && nics.is_empty() {
+        // Nothing to filter: oxvirt's tables go (if they are there).
+        let script = format!(
+            "table inet {TABLE}\ndelete table inet {TABLE}\ntable bridge {TABLE}\ndelete table bridge {TABLE}\n"
+        );
+        return if tables_exist() { run_stdin("nft", &["-f", "-"], Some(&script)).map(|_| ()) } else { Ok(()) };
+    }
+    let script = render_script(nets, nics, &chains, &sets);
+    run_stdin("nft", &["-f", "-"], Some(&script)).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(direction: Direction, protocol: Protocol, ports: Option<&str>, cidr: Option<&str>) -> SecurityRule {
+        SecurityRule { direction, protocol, ports: ports.map(Into::into), cidr: cidr.map(|c| c.parse().unwrap()) }
+    }
+
+    #[test]
+    fn nat_networks_masquerade_and_isolated_ones_do_not_forward() {
+        let nets = [
+            NetRules {
+                bridge: "oxb1".into(),
+                kind: NetworkKind::Nat,
+                subnet: Some("10.1.0.0/24".parse().unwrap()),
+                uplink: Some("up0".into()),
+            },
+            NetRules {
+                bridge: "oxb2".into(),
+                kind: NetworkKind::Isolated,
+                subnet: Some("10.2.0.0/24".parse().unwrap()),
+                uplink: None,
+            },
+        ];
+        let t = render_inet(&nets);
+        assert!(t.contains("ip saddr 10.1.0.0/24 ip daddr != 10.1.0.0/24 oifname \"up0\" masquerade"), "{t}");
+        assert!(!t.contains("10.2.0.0/24"), "{t}");
+        assert!(t.contains("iifname \"oxb2\" drop"), "{t}");
+    }
+
+    #[test]
+    fn a_filtered_nic_denies_inbound_but_replies_and_allowed_ports() {
+        let nic = NicRules {
+            tap: "oxv1n0".into(),
+            mac: "52:54:00:00:00:01".into(),
+            ip: Some("10.1.0.5".parse().unwrap()),
+            rules: Some(vec![rule(Direction::Ingress, Protocol::Tcp, Some("8080"), Some("10.1.0.0/24"))]),
+        };
+        let c = render_nic_chains(&nic);
+        assert!(c.contains("from-oxv1n0 ether saddr != 52:54:00:00:00:01 drop"), "{c}");
+        assert!(c.contains("from-oxv1n0 ether type ip ip saddr != 10.1.0.5 drop"), "{c}");
+        assert!(c.contains("to-oxv1n0 ether type ip ip saddr 10.1.0.0/24 tcp dport 8080 accept"), "{c}");
+        assert!(c.trim_end().ends_with("to-oxv1n0 drop"), "{c}");
+        // No egress rule: everything may leave.
+        assert!(!c.contains("from-oxv1n0 drop"), "{c}");
+        let open = NicRules { rules: None, ..nic };
+        assert!(!render_nic_chains(&open).contains("to-oxv1n0 drop"));
+    }
+
+    #[test]
+    fn stale_chains_and_sets_go_and_others_are_kept() {
+        let s = render_script(&[], &[], &["from-oxvdeadn0".into(), "prerouting".into()], &["in-oxvdeadn0".into()]);
+        assert!(s.contains("delete chain bridge oxvirt from-oxvdeadn0"));
+        assert!(s.contains("delete set bridge oxvirt in-oxvdeadn0"));
+        assert!(!s.contains("delete chain bridge oxvirt prerouting"));
+    }
+
+    /// The rendered script is valid nftables (checked by `nft -c`, which changes nothing).
+    #[test]
+    fn nft_accepts_the_script() {
+        if run("nft", &["--version"]).is_err() {
+            eprintln!("nft missing: skipped");
+            return;
+        }
+        let nets = [NetRules {
+            bridge: "oxb1".into(),
+            kind: NetworkKind::Nat,
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            uplink: None,
+        }];
+        let nics = [NicRules {
+            tap: "oxv1n0".into(),
+            mac: "52:54:00:00:00:01".into(),
+            ip: Some("10.1.0.5".parse().unwrap()),
+            rules: Some(vec![
+                rule(Direction::Ingress, Protocol::Tcp, Some("22"), None),
+                rule(Direction::Ingress, Protocol::Icmp, None, Some("10.0.0.0/8")),
+                rule(Direction::Egress, Protocol::Udp, Some("53"), None),
+                rule(Direction::Egress, Protocol::Any, None, Some("10.1.0.0/24")),
+            ]),
+        }];
+        let script = render_script(&nets, &nics, &[], &[]);
+        // `nft -c` wants the tables the script deletes to exist: check the body only.
+        let body = script.replace("table inet oxvirt\ndelete table inet oxvirt\n", "");
+        if let Err(e) = run_stdin("nft", &["-c", "-f", "-"], Some(&body)) {
+            panic!("{e}\n{body}");
+        }
+    }
+}

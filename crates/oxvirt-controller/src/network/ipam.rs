@@ -1,0 +1,237 @@
+//! IP address management: each NIC on a network with a subnet holds one address, recorded as a
+//! lease (`ipam/<network>/<ip>`) in the same store transaction as the VM, so no two NICs ever
+//! hold one address. MAC addresses are kept unique across VMs here too.
+
+use crate::{ControlError, Controller};
+use oxvirt_hypervisor::qemu::cmdline::default_mac;
+use oxvirt_model::{Lease, Network, NicMode, SecurityGroup, VmSpec};
+use oxvirt_store::{encode, Expect, Op, Record, StoreExt};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+fn lease_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("{network}/{ip}")
+}
+
+/// The leases a spec holds: (network, ip, nic id, mac).
+fn leases_in(vm: &str, spec: Option<&VmSpec>) -> Vec<Lease> {
+    spec.map(|s| {
+        s.nics
+            .iter()
+            .filter_map(|n| {
+                Some(Lease {
+                    network: n.network.clone()?,
+                    ip: n.ip?,
+                    vm: vm.to_string(),
+                    nic: n.id.clone(),
+                    mac: n.mac.clone().unwrap_or_default(),
+                })
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+impl Controller {
+    pub(crate) fn leases_of(&self, network: &str) -> Result<Vec<Lease>, ControlError> {
+        Ok(self.inner.store.list_records_under::<Lease>(&format!("{network}/"))?.into_iter().map(|(l, _)| l).collect())
+    }
+
+    /// Fills in what a VM's NICs leave out and checks what they name: modes, ids, unique MACs,
+    /// networks and security groups that exist, addresses (given or picked). `old` is the VM's
+    /// spec before the change (its NICs keep their addresses).
+    pub(crate) fn prepare_nics(
+        &self,
+        vm_id: &str,
+        vm_name: &str,
+        spec: &mut VmSpec,
+        old: Option<&VmSpec>,
+    ) -> Result<(), ControlError> {
+        for n in spec.nics.iter_mut() {
+            n.normalize();
+        }
+        for i in 0..spec.nics.len() {
+            if spec.nics[i].id.is_empty() {
+                let taken: Vec<String> = spec
+                    .nics
+                    .iter()
+                    .map(|n| n.id.clone())
+                    .chain(old.into_iter().flat_map(|o| o.nics.iter().map(|n| n.id.clone())))
+                    .collect();
+                spec.nics[i].id = (0..16).map(|k| format!("nic{k}")).find(|c| !taken.contains(c)).unwrap_or_default();
+            }
+        }
+        spec.validate()?;
+        let others: Vec<(String, String)> = self
+            .list_vms()?
+            .into_iter()
+            .filter(|v| v.spec.name != vm_name)
+            .flat_map(|v| {
+                let name = v.spec.name.clone();
+                v.spec.nics.into_iter().filter_map(move |n| Some((n.mac?.to_ascii_lowercase(), name.clone())))
+            })
+            .collect();
+        let groups: HashSet<String> =
+            self.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g.spec.name).collect();
+        for i in 0..spec.nics.len() {
+            let field = format!("nics[{i}]");
+            let slot = spec.nics[i].slot();
+            match spec.nics[i].mac.clone() {
+                Some(mac) => {
+                    let mac = mac.to_ascii_lowercase();
+                    if let Some((_, owner)) = others.iter().find(|(m, _)| *m == mac) {
+                        return Err(ControlError::invalid(
+                            format!("{field}.mac"),
+                            format!("{mac} is used by VM {owner}"),
+                        ));
+                    }
+                    if spec.nics[..i].iter().any(|n| n.mac.as_deref().map(str::to_ascii_lowercase) == Some(mac.clone()))
+                    {
+                        return Err(ControlError::invalid(format!("{field}.mac"), "is used by another NIC of this VM"));
+                    }
+                    spec.nics[i].mac = Some(mac);
+                }
+                None => {
+                    // Stable per VM and NIC; salted again in the rare case it is taken.
+                    let mac = (0..64)
+                        .map(|salt| {
+                            if salt == 0 {
+                                default_mac(vm_id, slot)
+                            } else {
+                                default_mac(&format!("{vm_id}/{salt}"), slot)
+                            }
+                        })
+                        .find(|m| {
+                            !others.iter().any(|(o, _)| o == m)
+                                && !spec.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str()))
+                        })
+                        .ok_or_else(|| ControlError::Conflict("no free MAC address found".into()))?;
+                    spec.nics[i].mac = Some(mac);
+                }
+            }
+            for (j, g) in spec.nics[i].security_groups.iter().enumerate() {
+                if !groups.contains(g) {
+                    return Err(ControlError::invalid(
+                        format!("{field}.security_groups[{j}]"),
+                        format!("there is no security group named {g}"),
+                    ));
+                }
+            }
+            if spec.nics[i].mode != NicMode::Network {
+                continue;
+            }
+            let net_name = spec.nics[i].network.clone().unwrap_or_default();
+            let net: Network = self.inner.store.get_record::<Network>(&net_name)?.map(|(n, _)| n).ok_or_else(|| {
+                ControlError::invalid(format!("{field}.network"), format!("there is no network named {net_name}"))
+            })?;
+            self.assign_address(&field, vm_name, &net, spec, i, old)?;
+        }
+        Ok(())
+    }
+
+    fn assign_address(
+        &self,
+        field: &str,
+        vm_name: &str,
+        net: &Network,
+        spec: &mut VmSpec,
+        i: usize,
+        old: Option<&VmSpec>,
+    ) -> Result<(), ControlError> {
+        let (Some(subnet), Some(gw), Some((first, last))) =
+            (net.spec.subnet, net.spec.gateway(), net.spec.dhcp_range())
+        else {
+            if spec.nics[i].ip.is_some() {
+                return Err(ControlError::invalid(
+                    format!("{field}.ip"),
+                    format!("network {} has no subnet to give addresses from", net.spec.name),
+                ));
+            }
+            return Ok(());
+        };
+        let name = &net.spec.name;
+        let leases = self.leases_of(name)?;
+        // Taken: by other VMs, and by this VM's other NICs.
+        let mut taken: HashSet<Ipv4Addr> = leases.iter().filter(|l| l.vm != vm_name).map(|l| l.ip).collect();
+        taken.extend(
+            spec.nics
+                .iter()
+                .enumerate()
+                .filter(|(j, n)| *j != i && n.network.as_deref() == Some(name))
+                .filter_map(|(_, n)| n.ip),
+        );
+        let nic_id = spec.nics[i].id.clone();
+        let wanted = spec.nics[i].ip.or_else(|| {
+            // A NIC that stays on its network keeps its address.
+            old.and_then(|o| {
+                o.nics.iter().find(|n| n.id == nic_id && n.network.as_deref() == Some(name)).and_then(|n| n.ip)
+            })
+        });
+        let ip = match wanted {
+            Some(ip) => {
+                let (lo, hi) = subnet.hosts();
+                if !subnet.contains(ip) || u32::from(ip) < u32::from(lo) || u32::from(ip) > u32::from(hi) {
+                    return Err(ControlError::invalid(
+                        format!("{field}.ip"),
+                        format!("{ip} is not a host address of {subnet}"),
+                    ));
+                }
+                if ip == gw {
+                    return Err(ControlError::invalid(format!("{field}.ip"), format!("{ip} is the network's gateway")));
+                }
+                if taken.contains(&ip) {
+                    let owner = leases
+                        .iter()
+                        .find(|l| l.ip == ip)
+                        .map(|l| format!("VM {}", l.vm))
+                        .unwrap_or("another NIC".into());
+                    return Err(ControlError::invalid(format!("{field}.ip"), format!("{ip} is taken by {owner}")));
+                }
+                ip
+            }
+            None => (u32::from(first)..=u32::from(last))
+                .map(Ipv4Addr::from)
+                .find(|a| !taken.contains(a) && *a != gw)
+                .ok_or_else(|| {
+                ControlError::Conflict(format!("network {name} has no free address left in {first}-{last}"))
+            })?,
+        };
+        spec.nics[i].ip = Some(ip);
+        Ok(())
+    }
+
+    /// Store operations that give and take back the leases of a VM whose spec goes from `old`
+    /// to `new`: a lease someone else took meanwhile makes the whole transaction fail.
+    pub(crate) fn lease_ops(&self, vm: &str, old: Option<&VmSpec>, new: Option<&VmSpec>) -> Vec<Op> {
+        let (before, after) = (leases_in(vm, old), leases_in(vm, new));
+        let mut ops = Vec::new();
+        for l in &after {
+            if !before.iter().any(|b| b.network == l.network && b.ip == l.ip) {
+                ops.push(Op::Put {
+                    key: Lease::key_of(&lease_key(&l.network, l.ip)),
+                    value: encode(l),
+                    expect: Expect::Absent,
+                });
+            } else if !before.contains(l) {
+                ops.push(Op::Put {
+                    key: Lease::key_of(&lease_key(&l.network, l.ip)),
+                    value: encode(l),
+                    expect: Expect::Any,
+                });
+            }
+        }
+        for b in before.iter().filter(|b| !after.iter().any(|l| l.network == b.network && l.ip == b.ip)) {
+            ops.push(Op::Delete { key: Lease::key_of(&lease_key(&b.network, b.ip)), expect: Expect::Any });
+        }
+        ops
+    }
+
+    /// The networks whose DHCP hosts change between two specs.
+    pub(crate) fn networks_touched(old: Option<&VmSpec>, new: Option<&VmSpec>) -> Vec<String> {
+        let mut v: Vec<String> =
+            [old, new].into_iter().flatten().flat_map(|s| s.nics.iter().filter_map(|n| n.network.clone())).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}

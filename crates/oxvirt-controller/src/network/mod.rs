@@ -1,0 +1,371 @@
+//! Virtual networks on this host: bridges, VXLAN devices, dnsmasq, nftables and tc, all made from
+//! the store and recorded before they are made, so that a restarted daemon finds them again and a
+//! deleted network or stopped VM leaves nothing behind. oxvirt touches no device, process or
+//! table it did not make.
+//!
+//! - `links`: devices through iproute2; `dnsmasq`: DHCP/DNS per network; `firewall`: nftables;
+//!   `shaping`: tc; `ipam`: addresses; `taps`: VM NICs' TAP devices; `secgroups`: groups' CRUD.
+
+pub mod dnsmasq;
+pub mod firewall;
+mod ipam;
+mod links;
+mod nics;
+mod secgroups;
+pub mod shaping;
+mod taps;
+
+pub use dnsmasq::ActiveLease;
+pub use links::HostCmdError;
+pub use nics::NicUpdate;
+pub use taps::NicStats;
+
+use crate::{lock, now_millis, ControlError, Controller};
+use oxvirt_model::{LeaseView, Network, NetworkKind, NetworkSpec, NetworkView, SecurityGroup, Vm};
+use oxvirt_store::{Expect, Record, StoreExt};
+use std::path::PathBuf;
+
+impl Record for HostObject {
+    const PREFIX: &'static str = "hostobjs/";
+}
+
+/// A device or process oxvirt made on this host, recorded before it is made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostObject {
+    /// `bridge`, `vxlan`, `tap`, `ifb` or `dnsmasq`.
+    pub kind: String,
+    /// The network (for bridges, VXLAN devices, dnsmasq) or VM (TAP and IFB devices) it serves.
+    pub owner: String,
+}
+
+/// 8 hex digits of an id: names host devices within Linux's 15 characters.
+pub(crate) fn short_id(id: &str) -> String {
+    id.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect()
+}
+
+/// The bridge VMs of this network join.
+pub fn bridge_of(net: &Network) -> String {
+    match (&net.spec.kind, &net.spec.bridge) {
+        (NetworkKind::Bridged, Some(b)) => b.clone(),
+        _ => format!("oxb{}", short_id(&net.id)),
+    }
+}
+
+pub fn vxlan_of(net: &Network) -> String {
+    format!("oxx{}", short_id(&net.id))
+}
+
+impl From<links::HostCmdError> for ControlError {
+    fn from(e: links::HostCmdError) -> Self {
+        ControlError::Host(e.to_string())
+    }
+}
+
+impl Controller {
+    pub(crate) fn network_dir(&self, name: &str) -> PathBuf {
+        self.inner.config.data_dir.join("networks").join(name)
+    }
+
+    fn dnsmasq_files(&self, name: &str) -> dnsmasq::DnsmasqFiles {
+        dnsmasq::DnsmasqFiles::new(self.network_dir(name))
+    }
+
+    pub fn get_network(&self, name: &str) -> Result<Network, ControlError> {
+        self.inner
+            .store
+            .get_record::<Network>(name)?
+            .map(|(n, _)| n)
+            .ok_or_else(|| ControlError::NotFound { kind: "network", name: name.into() })
+    }
+
+    pub fn list_networks(&self) -> Result<Vec<NetworkView>, ControlError> {
+        let vms = self.list_vms()?;
+        self.inner.store.list_records::<Network>()?.into_iter().map(|(n, _)| Ok(self.network_view(n, &vms))).collect()
+    }
+
+    pub fn show_network(&self, name: &str) -> Result<NetworkView, ControlError> {
+        let n = self.get_network(name)?;
+        Ok(self.network_view(n, &self.list_vms()?))
+    }
+
+    fn network_view(&self, n: Network, vms: &[Vm]) -> NetworkView {
+        let bridge = bridge_of(&n);
+        let nics = vms.iter().flat_map(|v| &v.spec.nics).filter(|x| x.network.as_deref() == Some(&n.spec.name)).count();
+        NetworkView {
+            bridge_up: links::exists(&bridge),
+            bridge,
+            mtu: n.spec.mtu(),
+            gateway: n.spec.gateway(),
+            dhcp_pid: dnsmasq::running_pid(&self.dnsmasq_files(&n.spec.name)),
+            nics,
+            network: n,
+        }
+    }
+
+    /// Creates a network and makes it on the host; if that fails, nothing is left of it.
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkView, ControlError> {
+        spec.validate()?;
+        let _net = self.inner.net_lock.lock().await;
+        let others = self.inner.store.list_records::<Network>()?;
+        if others.iter().any(|(n, _)| n.spec.name == spec.name) {
+            return Err(ControlError::Exists(oxvirt_model::ValidationError::new(
+                "name",
+                format!("a network named {:?} already exists", spec.name),
+            )));
+        }
+        for (o, _) in &others {
+            if let (Some(a), Some(b)) = (spec.subnet, o.spec.subnet) {
+                let overlap = a.contains(b.network()) || b.contains(a.network());
+                if overlap && (spec.kind != NetworkKind::Vxlan || o.spec.kind != NetworkKind::Vxlan) {
+                    return Err(ControlError::invalid("subnet", format!("overlaps network {}'s {b}", o.spec.name)));
+                }
+            }
+            if let (Some(a), Some(b)) = (&spec.vxlan, &o.spec.vxlan) {
+                if a.vni == b.vni && a.port == b.port {
+                    return Err(ControlError::invalid(
+                        "vxlan.vni",
+                        format!("network {} uses VNI {} already", o.spec.name, a.vni),
+                    ));
+                }
+            }
+        }
+        if spec.kind == NetworkKind::Bridged {
+            let b = spec.bridge.as_deref().unwrap_or_default();
+            if !links::is_bridge(b) {
+                return Err(ControlError::invalid("bridge", format!("there is no bridge named {b} on this host")));
+            }
+        }
+        if let Some(u) = &spec.uplink {
+            if !links::exists(u) {
+                return Err(ControlError::invalid("uplink", format!("there is no interface named {u} on this host")));
+            }
+        }
+        let net = Network { id: uuid::Uuid::new_v4().to_string(), spec, created_at: now_millis() };
+        self.inner.store.put_record(&net.spec.name, &net, Expect::Absent)?;
+        if let Err(e) = self.ensure_network(&net).and_then(|_| self.refresh_firewall_locked()) {
+            self.remove_network_from_host(&net);
+            let _ = self.inner.store.delete_record::<Network>(&net.spec.name, Expect::Any);
+            let _ = self.refresh_firewall_locked();
+            return Err(e);
+        }
+        Ok(self.network_view(net, &self.list_vms()?))
+    }
+
+    /// Deletes a network no NIC uses, and everything oxvirt made on the host for it.
+    pub async fn delete_network(&self, name: &str) -> Result<(), ControlError> {
+        let _net = self.inner.net_lock.lock().await;
+        let (net, rev) = self
+            .inner
+            .store
+            .get_record::<Network>(name)?
+            .ok_or_else(|| ControlError::NotFound { kind: "network", name: name.into() })?;
+        let users: Vec<String> = self
+            .list_vms()?
+            .into_iter()
+            .filter(|v| v.spec.nics.iter().any(|n| n.network.as_deref() == Some(name)))
+            .map(|v| v.spec.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "network {name} has NICs of VM(s) {}: remove them first",
+                users.join(", ")
+            )));
+        }
+        self.inner.store.delete_record::<Network>(name, Expect::Revision(rev))?;
+        self.remove_network_from_host(&net);
+        self.refresh_firewall_locked()?;
+        Ok(())
+    }
+
+    fn record_object(&self, name: &str, kind: &str, owner: &str) -> Result<(), ControlError> {
+        let obj = HostObject { kind: kind.into(), owner: owner.into() };
+        self.inner.store.put_record(name, &obj, Expect::Any)?;
+        Ok(())
+    }
+
+    fn forget_object(&self, name: &str) {
+        if let Err(e) = self.inner.store.delete_record::<HostObject>(name, Expect::Any) {
+            tracing::debug!(name, "forget host object: {e}");
+        }
+    }
+
+    /// Makes the host match one network: bridge, VXLAN device, forwarding, DHCP.
+    pub(crate) fn ensure_network(&self, net: &Network) -> Result<(), ControlError> {
+        let spec = &net.spec;
+        if spec.kind == NetworkKind::Bridged {
+            return Ok(());
+        }
+        let name = &spec.name;
+        let bridge = bridge_of(net);
+        let mtu = spec.mtu();
+        self.record_object(&bridge, "bridge", name)?;
+        let addr = spec.gateway().zip(spec.subnet.map(|s| s.prefix));
+        links::ensure_bridge(&bridge, mtu, addr)?;
+        if let Some(vx) = &spec.vxlan {
+            let dev = vxlan_of(net);
+            self.record_object(&dev, "vxlan", name)?;
+            links::ensure_vxlan(&dev, &bridge, vx.vni, vx.local, vx.port, mtu, &vx.peers)?;
+        }
+        if spec.kind == NetworkKind::Nat {
+            // Routing between the network and the uplink (the host's own sysctl, in its namespace).
+            if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").map(|v| v.trim() != "1").unwrap_or(true) {
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                    .map_err(|e| ControlError::Host(format!("enable IPv4 forwarding: {e}")))?;
+            }
+        }
+        if spec.dhcp && spec.subnet.is_some() {
+            let dir = self.network_dir(name);
+            std::fs::create_dir_all(&dir).map_err(|e| ControlError::Host(format!("create {}: {e}", dir.display())))?;
+            self.record_object(&format!("dnsmasq-{name}"), "dnsmasq", name)?;
+            self.write_dhcp_hosts(name)?;
+            dnsmasq::ensure(&self.dnsmasq_files(name), spec, &bridge)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what oxvirt made for a network (its records of them too).
+    fn remove_network_from_host(&self, net: &Network) {
+        let name = &net.spec.name;
+        dnsmasq::stop(&self.dnsmasq_files(name));
+        self.forget_object(&format!("dnsmasq-{name}"));
+        let _ = std::fs::remove_dir_all(self.network_dir(name));
+        if net.spec.kind == NetworkKind::Bridged {
+            return;
+        }
+        for dev in [vxlan_of(net), bridge_of(net)] {
+            match links::delete(&dev) {
+                Ok(()) => self.forget_object(&dev),
+                Err(e) => tracing::warn!(dev, "{e}"),
+            }
+        }
+    }
+
+    /// Rewrites a network's static DHCP leases from IPAM and has dnsmasq re-read them.
+    pub(crate) fn sync_dhcp(&self, network: &str) {
+        let Ok(net) = self.get_network(network) else { return };
+        if !(net.spec.dhcp && net.spec.subnet.is_some()) {
+            return;
+        }
+        let r = self.write_dhcp_hosts(network).and_then(|_| {
+            dnsmasq::ensure(&self.dnsmasq_files(network), &net.spec, &bridge_of(&net)).map_err(ControlError::from)
+        });
+        if let Err(e) = r {
+            tracing::warn!(network, "DHCP hosts: {e}");
+        }
+    }
+
+    fn write_dhcp_hosts(&self, network: &str) -> Result<(), ControlError> {
+        let hosts: Vec<(String, std::net::Ipv4Addr, String)> =
+            self.leases_of(network)?.into_iter().map(|l| (l.mac, l.ip, l.vm)).collect();
+        dnsmasq::write_hosts(&self.dnsmasq_files(network), &hosts)
+            .map_err(|e| ControlError::Host(format!("write DHCP hosts of {network}: {e}")))
+    }
+
+    /// The network's leases: what IPAM gave out, and what dnsmasq saw of it.
+    pub fn network_leases(&self, name: &str) -> Result<Vec<LeaseView>, ControlError> {
+        self.get_network(name)?;
+        let active = dnsmasq::read_leases(&self.dnsmasq_files(name).leasefile());
+        Ok(self
+            .leases_of(name)?
+            .into_iter()
+            .map(|l| {
+                let seen = active.iter().find(|a| a.ip == l.ip && a.mac.eq_ignore_ascii_case(&l.mac));
+                LeaseView { active: seen.is_some(), expires: seen.map(|a| a.expires), lease: l }
+            })
+            .collect())
+    }
+
+    /// Makes oxvirt's nftables tables match the store (networks, and the NICs whose TAP exists).
+    pub(crate) async fn refresh_firewall(&self) -> Result<(), ControlError> {
+        let _net = self.inner.net_lock.lock().await;
+        self.refresh_firewall_locked()
+    }
+
+    fn refresh_firewall_locked(&self) -> Result<(), ControlError> {
+        let nets: Vec<Network> = self.inner.store.list_records::<Network>()?.into_iter().map(|(n, _)| n).collect();
+        let groups: Vec<SecurityGroup> =
+            self.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g).collect();
+        let net_rules: Vec<firewall::NetRules> = nets
+            .iter()
+            .map(|n| firewall::NetRules {
+                bridge: bridge_of(n),
+                kind: n.spec.kind,
+                subnet: n.spec.subnet,
+                uplink: n.spec.uplink.clone(),
+            })
+            .collect();
+        let mut nic_rules = Vec::new();
+        for vm in self.list_vms()? {
+            for nic in &vm.spec.nics {
+                let tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&vm.id, nic.slot());
+                if !nic.has_tap() || !links::exists(&tap) {
+                    continue;
+                }
+                let on_network = nic.mode == oxvirt_model::NicMode::Network;
+                if !on_network && nic.security_groups.is_empty() {
+                    continue;
+                }
+                let rules = (!nic.security_groups.is_empty()).then(|| {
+                    nic.security_groups
+                        .iter()
+                        .filter_map(|g| groups.iter().find(|x| &x.spec.name == g))
+                        .flat_map(|g| g.spec.rules.clone())
+                        .collect()
+                });
+                nic_rules.push(firewall::NicRules { tap, mac: nic.mac.clone().unwrap_or_default(), ip: nic.ip, rules });
+            }
+        }
+        let wanted = !nic_rules.is_empty() || net_rules.iter().any(|n| n.kind != NetworkKind::Bridged);
+        if wanted || firewall::tables_exist() {
+            firewall::apply(&net_rules, &nic_rules)?;
+        }
+        Ok(())
+    }
+
+    /// At daemon start, before guests are adopted or started: every network made again where it
+    /// drifted (a host reboot, a device someone deleted).
+    pub(crate) async fn ensure_networks(&self) {
+        let _net = self.inner.net_lock.lock().await;
+        for (n, _) in self.inner.store.list_records::<Network>().unwrap_or_default() {
+            if let Err(e) = self.ensure_network(&n) {
+                tracing::error!(network = %n.spec.name, "cannot make the network on this host: {e}");
+            }
+        }
+    }
+
+    /// After guests are adopted: what oxvirt recorded making whose owner is gone is removed, and
+    /// the firewall rewritten.
+    pub(crate) async fn remove_orphans(&self) {
+        let _net = self.inner.net_lock.lock().await;
+        let nets = self.inner.store.list_records::<Network>().unwrap_or_default();
+        let vms = self.list_vms().unwrap_or_default();
+        let objects = self.inner.store.list_records::<HostObject>().unwrap_or_default();
+        let keys = self.inner.store.list(HostObject::PREFIX).unwrap_or_default();
+        for ((obj, _), entry) in objects.iter().zip(keys.iter()) {
+            let name = entry.key.trim_start_matches(HostObject::PREFIX);
+            let alive = match obj.kind.as_str() {
+                "tap" | "ifb" => {
+                    vms.iter().any(|v| v.id == obj.owner && lock(&self.inner.slot(&v.spec.name).instance).is_some())
+                }
+                _ => nets.iter().any(|(n, _)| n.spec.name == obj.owner),
+            };
+            if alive {
+                continue;
+            }
+            tracing::info!(name, kind = %obj.kind, "removing what oxvirt made for something that is gone");
+            if obj.kind == "dnsmasq" {
+                dnsmasq::stop(&self.dnsmasq_files(&obj.owner));
+            } else if let Err(e) = links::delete(name) {
+                tracing::warn!(name, "{e}");
+                continue;
+            }
+            self.forget_object(name);
+        }
+        for vm in vms.iter().filter(|v| lock(&self.inner.slot(&v.spec.name).instance).is_some()) {
+            self.rejoin_taps(vm);
+        }
+        if let Err(e) = self.refresh_firewall_locked() {
+            tracing::error!("firewall: {e}");
+        }
+    }
+}

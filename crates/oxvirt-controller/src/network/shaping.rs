@@ -1,0 +1,74 @@
+//! Bandwidth limits of a NIC with `tc`: traffic to the VM is shaped by a token bucket (tbf) on its
+//! TAP device; traffic from the VM (which the TAP receives) is redirected to an IFB device of
+//! oxvirt's and shaped there, since this kernel has no policer.
+
+use super::links::{delete, exists, ip, run, HostCmdError};
+use oxvirt_model::NicQos;
+
+/// The IFB device that shapes what a TAP device receives: `oxq...` for `oxv...`.
+pub fn ifb_name(tap: &str) -> String {
+    format!("oxq{}", tap.strip_prefix("oxv").unwrap_or(tap))
+}
+
+fn tc(args: &[&str]) -> Result<(), HostCmdError> {
+    run("tc", args).map(|_| ())
+}
+
+/// A token bucket: `rate` bits/s, a burst of 20 ms of traffic (at least two full frames).
+fn tbf(dev: &str, rate: u64, mtu: u32) -> Result<(), HostCmdError> {
+    let burst = (rate / 8 / 50).max(2 * (u64::from(mtu) + 14));
+    tc(&[
+        "qdisc",
+        "replace",
+        "dev",
+        dev,
+        "root",
+        "tbf",
+        "rate",
+        &format!("{rate}bit"),
+        "burst",
+        &burst.to_string(),
+        "latency",
+        "50ms",
+    ])
+}
+
+/// Sets a TAP device's limits (none: removes them and the IFB device).
+pub fn apply(tap: &str, qos: &NicQos, mtu: u32) -> Result<(), HostCmdError> {
+    if qos.ingress > 0 {
+        tbf(tap, qos.ingress, mtu)?;
+    } else if run("tc", &["qdisc", "show", "dev", tap, "root"]).map(|o| o.contains("tbf")).unwrap_or(false) {
+        tc(&["qdisc", "del", "dev", tap, "root"])?;
+    }
+    let ifb = ifb_name(tap);
+    let has_ingress =
+        run("tc", &["qdisc", "show", "dev", tap, "ingress"]).map(|o| o.contains("ingress")).unwrap_or(false);
+    if qos.egress > 0 {
+        if !exists(&ifb) {
+            ip(&["link", "add", &ifb, "type", "ifb"])?;
+        }
+        ip(&["link", "set", &ifb, "mtu", &mtu.to_string()])?;
+        ip(&["link", "set", &ifb, "up"])?;
+        tbf(&ifb, qos.egress, mtu)?;
+        if !has_ingress {
+            tc(&["qdisc", "add", "dev", tap, "handle", "ffff:", "ingress"])?;
+            tc(&[
+                "filter", "add", "dev", tap, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0",
+                "action", "mirred", "egress", "redirect", "dev", &ifb,
+            ])?;
+        }
+    } else {
+        if has_ingress {
+            tc(&["qdisc", "del", "dev", tap, "ingress"])?;
+        }
+        delete(&ifb)?;
+    }
+    Ok(())
+}
+
+/// Removes the IFB device of a TAP device that is gone or no longer limited.
+pub fn release(tap: &str) {
+    if let Err(e) = delete(&ifb_name(tap)) {
+        tracing::warn!(tap, "{e}");
+    }
+}
