@@ -216,7 +216,7 @@ impl Netns {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("oxvt-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
         ns.run(&["ip", "link", "set", "lo", "up"]);

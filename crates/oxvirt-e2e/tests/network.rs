@@ -186,7 +186,10 @@ async fn nat_and_isolated_networks() {
     assert!(out.contains("nic1:") && out.contains("network ops"), "{out}");
     let a_now = c.get_vm("a").await.unwrap();
     let tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&a.id, 1);
-    assert_eq!(host.run(&["readlink", &format!("/sys/class/net/{tap}/master")]).trim().rsplit('/').next(), Some("opbr0"));
+    assert_eq!(
+        host.run(&["readlink", &format!("/sys/class/net/{tap}/master")]).trim().rsplit('/').next(),
+        Some("opbr0")
+    );
     assert!(a_now.spec.nics[1].ip.is_none(), "no addresses from oxvirt on an operator's bridge");
     run_in_guest(c, "a", &check("ls /sys/class/net/eth1"), OK).await;
     let (code, _, err) = d.cli(&["vm", "nic", "del", "a", "nic1"]);
@@ -361,7 +364,7 @@ async fn serve_rate(ns: &Netns, c: &oxvirt_client::Client, vm: &str, ip: &str, p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_groups_jumbo_frames_and_bandwidth_limits() {
     let host = Netns::new("sg");
-    let d = Daemon::start_in_netns(&host, "stop_timeout_secs = 5\n");
+    let mut d = Daemon::start_in_netns(&host, "stop_timeout_secs = 5\n");
     let c = &d.client;
     let _: oxvirt_model::NetworkView = c
         .post("/api/v1/networks", &json!({ "name": "sec", "kind": "isolated", "subnet": "10.50.0.0/24", "mtu": 9000 }))
@@ -446,8 +449,23 @@ async fn security_groups_jumbo_frames_and_bandwidth_limits() {
     let _: oxvirt_model::Vm = c.patch("/api/v1/vms/a/nics/nic0", &json!({ "qos": {} })).await.unwrap();
     assert!(!host.links().iter().any(|l| l.starts_with("oxq")), "{:?}", host.links());
 
-    for vm in ["a", "b"] {
-        c.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();
+    // b dies while the daemon is away: at restart its TAP device and its rules go.
+    let b_tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&b.id, 0);
+    assert!(host.run(&["nft", "list", "table", "bridge", "oxvirt"]).contains(&format!("to-{b_tap}")));
+    d.kill9();
+    unsafe { libc::kill(b.status.pid.unwrap() as i32, libc::SIGKILL) };
+    d.respawn_after_kill9();
+    let c = &d.client;
+    let start = Instant::now();
+    while host.links().contains(&b_tap) || host.run(&["nft", "list", "table", "bridge", "oxvirt"]).contains(&b_tap) {
+        assert!(start.elapsed() < Duration::from_secs(30), "b's TAP or rules left behind:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(c.get_vm("b").await.unwrap().status.state, oxvirt_model::VmState::Stopped);
+    // a, still running, keeps its rules.
+    assert!(host
+        .run(&["nft", "list", "table", "bridge", "oxvirt"])
+        .contains(&oxvirt_hypervisor::qemu::cmdline::tap_name(&a.id, 0)));
+    c.vm_action_wait("a", "kill", Duration::from_secs(30)).await.unwrap();
     assert_eq!(oxvirt_links(&host).into_iter().filter(|l| !l.starts_with("oxb")).count(), 0);
 }

@@ -52,12 +52,7 @@ impl Controller {
         }
         for i in 0..spec.nics.len() {
             if spec.nics[i].id.is_empty() {
-                let taken: Vec<String> = spec
-                    .nics
-                    .iter()
-                    .map(|n| n.id.clone())
-                    .chain(old.into_iter().flat_map(|o| o.nics.iter().map(|n| n.id.clone())))
-                    .collect();
+                let taken: Vec<String> = spec.nics.iter().map(|n| n.id.clone()).collect();
                 spec.nics[i].id = (0..16).map(|k| format!("nic{k}")).find(|c| !taken.contains(c)).unwrap_or_default();
             }
         }

@@ -5,6 +5,9 @@
 //!    oxvirt, against the very same QEMU command line launched directly. 5 rounds each.
 //! 4. Monitoring: scrape time and size with 100 VMs defined and 10 running.
 //! 3. Storage: I/O limits against guest-measured rates, linked-clone time, import throughput.
+//! 5. Network: time to create a nat network (against making its bridge by hand with `ip`), to
+//!    hot-plug a NIC (against a no-op API request), and guest-to-guest throughput with and
+//!    without a bandwidth limit (against the limit set). In a network namespace of its own.
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
 //!    a no-op API request rate), time to list all of them, and the daemon's RSS.
 
@@ -334,6 +337,88 @@ async fn scrape() {
     }
 }
 
+async fn network() {
+    use serde_json::json;
+    println!("== network (in a namespace of its own)");
+    let ns = Netns::new("bench");
+    let d = Daemon::start_in_netns(&ns, "stop_timeout_secs = 5\n");
+    let c = &d.client;
+    let mut by_hand = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        ns.run(&["ip", "link", "add", "hbr0", "type", "bridge"]);
+        ns.run(&["ip", "addr", "add", "10.61.0.1/24", "dev", "hbr0"]);
+        ns.run(&["ip", "link", "set", "hbr0", "up"]);
+        by_hand.push(t.elapsed());
+        ns.run(&["ip", "link", "del", "hbr0"]);
+    }
+    let mut create = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let _: serde_json::Value = c
+            .post("/api/v1/networks", &json!({ "name": "bn", "kind": "nat", "subnet": "10.61.0.0/24" }))
+            .await
+            .unwrap();
+        create.push(t.elapsed());
+        c.delete("/api/v1/networks/bn").await.unwrap();
+    }
+    let (h, cr) = (median(by_hand), median(create));
+    println!("   bridge + address by hand with ip (baseline): {h:?}");
+    println!(
+        "   nat network through oxvirt (bridge, address, dnsmasq, nftables): {cr:?}, ratio {:.2}",
+        cr.as_secs_f64() / h.as_secs_f64()
+    );
+
+    let _: serde_json::Value = c
+        .post("/api/v1/networks", &json!({ "name": "bn", "kind": "isolated", "subnet": "10.62.0.0/24" }))
+        .await
+        .unwrap();
+    for vm in ["na", "nb"] {
+        let mut spec = kernel_spec(vm, "");
+        spec["nics"] = json!([{ "network": "bn" }]);
+        let created = c.create_vm(&spec, true).await.unwrap();
+        c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    }
+    for vm in ["na", "nb"] {
+        wait_console(c, vm, READY, 1, BOOT_TIMEOUT).await;
+    }
+    let t = Instant::now();
+    for _ in 0..20 {
+        let _ = c.host().await.unwrap();
+    }
+    let noop = t.elapsed() / 20;
+    let mut plug = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let _: serde_json::Value = c.post("/api/v1/vms/na/nics", &json!({ "network": "bn" })).await.unwrap();
+        plug.push(t.elapsed());
+        let _: serde_json::Value = c.delete_json("/api/v1/vms/na/nics/nic1").await.unwrap();
+    }
+    let p = median(plug);
+    println!("   no-op API request (baseline): {noop:?}");
+    println!("   NIC hot-plug (TAP, firewall, QMP): {p:?}, ratio {:.1}", p.as_secs_f64() / noop.as_secs_f64());
+
+    let nb = c.get_vm("nb").await.unwrap();
+    let nb_ip = nb.spec.nics[0].ip.unwrap().to_string();
+    run_in_guest(c, "nb", "mkdir -p /w && dd if=/dev/zero of=/w/big bs=1024 count=4096 2>/dev/null && httpd -p 80 -h /w && echo U$((1+1))P", "U2P").await;
+    let mbits = |secs: f64| 4.0 * 8.0 * 1.048576 / secs;
+    let fetch = format!("wget -q -O /dev/null http://{nb_ip}/big");
+    let free = mbits(guest_seconds(c, "na", &fetch, 61).await);
+    println!("   guest to guest, no limit: {free:.0} Mbit/s");
+    for limit in [50u64, 10] {
+        let _: serde_json::Value =
+            c.patch("/api/v1/vms/nb/nics/nic0", &json!({ "qos": { "egress": format!("{limit}mbit") } })).await.unwrap();
+        let got = mbits(guest_seconds(c, "na", &fetch, 62).await);
+        println!(
+            "   limit {limit} Mbit/s: {got:.1} Mbit/s, ratio to the limit {:.3} (target <= 1.0)",
+            got / limit as f64
+        );
+    }
+    for vm in ["na", "nb"] {
+        let _ = c.vm_action_wait(vm, "kill", Duration::from_secs(30)).await;
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::var("OXVIRT_PROFILE").is_err() {
@@ -351,5 +436,8 @@ async fn main() {
     }
     if only.is_empty() || only == "scrape" {
         scrape().await;
+    }
+    if only.is_empty() || only == "network" {
+        network().await;
     }
 }
