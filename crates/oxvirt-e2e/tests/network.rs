@@ -160,6 +160,8 @@ async fn nat_and_isolated_networks() {
     run_in_guest(c, "a", &check("ping -c 1 -W 2 10.20.0.50"), OK).await;
     run_in_guest(c, "b", &check(&format!("ping -c 1 -W 2 {}", ip_of(&a, 0))), OK).await;
     run_in_guest(c, "a", &check("ping -c 1 -W 2 10.20.0.1"), OK).await;
+    // DNS on the gateway knows the VMs by name.
+    run_in_guest(c, "a", &check("nslookup b 10.20.0.1 | grep -q 10.20.0.50"), OK).await;
     // The internet has no route to 10.20.0.0/24: only masquerade brings the replies back.
     assert!(!inet.run(&["ip", "route"]).contains("10.20."));
     run_in_guest(c, "a", &check("ping -c 1 -W 2 10.99.0.2"), OK).await;
