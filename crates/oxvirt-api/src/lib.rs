@@ -14,6 +14,7 @@ mod host;
 pub mod metrics;
 mod networks;
 pub mod openapi;
+mod resources;
 mod storage;
 mod tasks;
 mod vms;
@@ -41,6 +42,7 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(vms::routes())
         .merge(storage::routes())
         .merge(networks::routes())
+        .merge(resources::routes())
         .merge(tasks::routes())
         .merge(events::routes())
         .fallback(error::not_found)

@@ -150,6 +150,12 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
     );
     gauge(
         &mut reg,
+        "oxvirt_vm_ksm_merged_bytes",
+        "Guest memory KSM merged with identical pages (kernel 6.1+)",
+        vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.ksm_merged_bytes? as f64))),
+    );
+    gauge(
+        &mut reg,
         "oxvirt_vm_balloon_bytes",
         "Memory the guest has now (balloon)",
         vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.balloon_bytes? as f64))),

@@ -440,11 +440,12 @@ fn schemas() -> Value {
             "memory": size, "machine": { "type": "string", "enum": ["q35", "microvm"] },
             "kernel": kernel, "disks": { "type": "array", "items": disk, "maxItems": 16 },
             "nics": { "type": "array", "items": nic, "maxItems": 8 },
-            "restart_policy": policy, "accel": accel, "rng": { "type": "boolean" }, "balloon": { "type": "boolean" } } },
+            "restart_policy": policy, "accel": accel, "rng": { "type": "boolean" }, "balloon": { "type": "boolean" },
+            "resources": { "$ref": "#/components/schemas/Resources" } } },
         "VmUpdate": { "type": "object", "additionalProperties": false, "properties": {
             "cpus": { "type": "integer", "minimum": 1 }, "memory": size, "kernel": kernel,
             "disks": { "type": "array", "items": disk }, "nics": { "type": "array", "items": nic },
-            "restart_policy": policy, "accel": accel } },
+            "restart_policy": policy, "accel": accel, "resources": { "$ref": "#/components/schemas/Resources" } } },
         "VmStatus": { "type": "object", "properties": {
             "state": state, "pid": { "type": "integer" }, "accel": { "type": "string" }, "started_at": { "type": "integer" },
             "reason": { "type": "string" }, "changed_at": { "type": "integer" } } },
@@ -502,6 +503,27 @@ fn schemas() -> Value {
             "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "unauthorized", "internal"] },
             "message": { "type": "string" }, "field": { "type": "string" }, "rule": { "type": "string" } } } } }
     });
+    let resources = json!({ "type": "object", "additionalProperties": false, "properties": {
+        "cpu_weight": { "type": "integer", "minimum": 1, "maximum": 10000 },
+        "cpu_limit": { "type": "number", "minimum": 0.01 },
+        "memory_limit": size.clone(),
+        "vcpu_pins": { "type": "array", "items": { "type": "integer", "minimum": 0, "maximum": 4095 } },
+        "emulator_cpus": { "type": "string", "pattern": "^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$" },
+        "numa": { "type": "string", "enum": ["auto", "off"] }, "hugepages": { "type": "boolean" },
+        "balloon_min": size.clone(), "ksm": { "type": "boolean" } } });
+    let extra = json!({
+        "Resources": resources,
+        "BalloonTarget": { "type": "object", "additionalProperties": false, "required": ["target"], "properties": { "target": size.clone() } },
+        "Balloon": { "type": "object", "properties": {
+            "actual": { "type": "integer" }, "memory": { "type": "integer" }, "guest_free": { "type": "integer" },
+            "guest_total": { "type": "integer" }, "auto": { "type": "boolean" } } },
+        "HostPolicy": { "type": "object", "additionalProperties": false, "properties": {
+            "cpu_overcommit": { "type": "number", "minimum": 0.1, "maximum": 64 },
+            "memory_overcommit": { "type": "number", "minimum": 0.1, "maximum": 16 },
+            "auto_balloon": { "type": "boolean" },
+            "memory_target_use": { "type": "number", "minimum": 0.01, "maximum": 0.99 },
+            "ksm": { "type": "string", "enum": ["auto", "on", "off"] } } },
+    });
     let network = json!({
         "NicSpec": nic.clone(),
         "NicUpdate": { "type": "object", "additionalProperties": false, "properties": { "security_groups": groups, "qos": nic_qos } },
@@ -518,8 +540,10 @@ fn schemas() -> Value {
         "SecurityGroup": { "type": "object", "properties": { "spec": sg_spec, "created_at": { "type": "integer" } } },
         "SecurityGroupList": { "type": "array", "items": schema_ref("SecurityGroup") },
     });
-    if let (Some(a), Some(b)) = (all.as_object_mut(), network.as_object()) {
-        a.extend(b.clone());
+    for more in [network, extra] {
+        if let (Some(a), Some(b)) = (all.as_object_mut(), more.as_object()) {
+            a.extend(b.clone());
+        }
     }
     all
 }

@@ -5,6 +5,11 @@
 //! (delegation), never at the root of a hierarchy the daemon does not own:
 //! `<mount>/<daemon's path>/oxvirt/<vm>`. Limits (weights, caps, memory) come on top of this.
 
+mod limits;
+pub mod numa;
+
+pub use limits::{affinity, set_affinity, shares, Limits, Unsupported, CPU_PERIOD_US};
+
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};

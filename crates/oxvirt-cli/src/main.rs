@@ -3,6 +3,7 @@
 mod console;
 mod network;
 mod output;
+mod resources;
 mod storage;
 
 use clap::{Args, Parser, Subcommand};
@@ -62,6 +63,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum VmCmd {
+    /// Change a VM's CPU weight, cap, pinning, memory limit... (live where it can be).
+    Resources(resources::ResourcesArgs),
+    /// Show a running VM's balloon, or set its target (e.g. 512MiB).
+    Balloon { name: String, target: Option<String> },
     /// A VM's NICs: add, set (security groups, limits), del.
     #[command(subcommand)]
     Nic(network::NicCmd),
@@ -221,6 +226,10 @@ enum TaskCmd {
 enum HostCmd {
     /// Show the host: CPUs, memory, accelerator and why.
     Show,
+    /// Show or change the resource policy (over-commit, auto-ballooning, KSM).
+    Policy(resources::PolicyArgs),
+    /// Committed vCPUs and memory, NUMA nodes, KSM, huge pages.
+    Resources,
     /// Live figures of the host and its VMs, refreshed until Ctrl-C.
     Top {
         #[arg(long)]
@@ -300,6 +309,8 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             }
             print_vm(&client.get_vm(&created.vm.spec.name).await?, out);
         }
+        Command::Vm(VmCmd::Resources(a)) => print_vm(&resources::resources(client, a).await?, out),
+        Command::Vm(VmCmd::Balloon { name, target }) => resources::balloon(client, out, &name, target).await?,
         Command::Vm(VmCmd::Nic(cmd)) => print_vm(&network::nic(client, out, cmd).await?, out),
         Command::Vm(VmCmd::List) => print_vms(&client.list_vms().await?, out),
         Command::Vm(VmCmd::Show { name }) => print_vm(&client.get_vm(&name).await?, out),
@@ -400,6 +411,8 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             let t = follow_task(client, &t, Duration::from_secs(timeout), out).await?;
             print_task(&t, out);
         }
+        Command::Host(HostCmd::Policy(a)) => resources::policy(client, out, a).await?,
+        Command::Host(HostCmd::Resources) => resources::host_resources(client, out).await?,
         Command::Host(HostCmd::Show) => print_host(&client.host().await?, out),
         Command::Host(HostCmd::Top { once }) => output::top(client, out, true, once).await?,
         Command::Pool(cmd) => storage::pool(client, out, cmd).await?,

@@ -96,6 +96,27 @@ pub fn print_vm(v: &Vm, out: Output) {
         println!("{:<13}{line}", format!("{id}:"));
     }
     println!("restart:     {:?}", s.restart_policy);
+    let r = &s.resources;
+    let mut res = vec![format!("cpu weight {}", r.cpu_weight)];
+    if let Some(l) = r.cpu_limit {
+        res.push(format!("cap {l} CPUs"));
+    }
+    if let Some(m) = r.memory_limit {
+        res.push(format!("memory limit {m}"));
+    }
+    if !r.vcpu_pins.is_empty() {
+        res.push(format!("pinned {:?}", r.vcpu_pins));
+    }
+    if r.hugepages {
+        res.push("huge pages".into());
+    }
+    if let Some(b) = r.balloon_min {
+        res.push(format!("balloon floor {b}"));
+    }
+    println!("resources:   {}", res.join(", "));
+    if let Some(p) = &v.status.placement {
+        println!("placement:   {}", p.reason);
+    }
 }
 
 pub fn print_task(t: &Task, out: Output) {

@@ -15,6 +15,7 @@ mod lifecycle;
 mod nbd;
 pub mod network;
 mod reconcile;
+pub mod resources;
 mod snapshots;
 pub mod stats;
 pub mod storage;
@@ -80,6 +81,8 @@ pub(crate) struct Inner {
     pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
+    /// VMs automatic ballooning shrank, with the target it set.
+    pub auto_ballooned: Mutex<HashMap<String, u64>>,
     /// Serialises changes of networks and of oxvirt's nftables tables.
     pub net_lock: tokio::sync::Mutex<()>,
 }
@@ -105,6 +108,7 @@ impl Controller {
             busy_volumes: Mutex::default(),
             export_daemons: Default::default(),
             net_lock: Default::default(),
+            auto_ballooned: Mutex::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
             history: Mutex::default(),
@@ -129,6 +133,12 @@ impl Controller {
         self.ensure_networks().await;
         self.reconcile_all().await;
         self.remove_orphans().await;
+        if let Ok(p) = self.host_policy() {
+            if let Err(e) = resources::apply_ksm(p.ksm) {
+                tracing::warn!("{e}");
+            }
+        }
+        self.start_auto_balloon(Duration::from_secs(2));
         self.start_history();
         let me = self.clone();
         tokio::spawn(async move {

@@ -77,17 +77,29 @@ impl Controller {
         task.progress(10, "starting QEMU");
         self.set_state(name, VmState::Starting, "starting");
         let paths = self.inner.paths(&vm.id);
+        // The host's policy first: nothing is made for a VM that does not fit.
+        let placement =
+            match self.admit(&vm).and_then(|_| self.place(&vm)).and_then(|p| self.reserve_hugepages(&vm).map(|_| p)) {
+                Ok(p) => p,
+                Err(e) => return Err(self.start_failed(name, e)),
+            };
         let prepared = match self.prepare_network(&vm.id, &vm.spec).await {
             Ok(with_mtu) => self.prepare_storage(&vm.id, &vm.spec).await.map(|_| with_mtu),
             Err(e) => Err(e),
         };
-        let spec = match prepared.and_then(|with_mtu| self.resolve_disks(&vm.id, &with_mtu)) {
+        let mut spec = match prepared.and_then(|with_mtu| self.resolve_disks(&vm.id, &with_mtu)) {
             Ok(s) => s,
             Err(e) => return Err(self.start_failed(name, e)),
         };
+        spec.resources.placement = placement.clone();
+        self.update_vm_record(name, |v| v.status.placement = placement.clone());
         match self.inner.hv.start(&vm.id, &spec, &paths).await {
             Ok(instance) => {
-                if let Err(e) = apply_setup(&spec, &instance).await {
+                let setup = match self.pin_threads(&vm.id, &spec, &instance, false).await {
+                    Ok(()) => apply_setup(&spec, &instance).await.map_err(ControlError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = setup {
                     let _ = instance.kill().await;
                     return Err(self.start_failed(name, e));
                 }
@@ -293,8 +305,10 @@ impl Controller {
         if let Ok(vm) = self.get_vm(name) {
             self.stop_mpaths(&vm.id);
             self.release_network(&vm.id, &vm.spec);
+            self.release_hugepages(&vm.id);
         }
         self.update_vm_record(name, |vm| {
+            vm.status.placement = None;
             vm.status.pid = None;
             vm.status.accel = None;
             vm.status.started_at = None;

@@ -44,6 +44,8 @@ pub struct VmStats {
     pub balloon_bytes: Option<u64>,
     /// Free memory inside the guest, where its balloon driver reports it.
     pub guest_free_bytes: Option<u64>,
+    /// Guest memory KSM merged with identical pages elsewhere.
+    pub ksm_merged_bytes: Option<u64>,
     pub disks: Vec<DiskStats>,
     /// Counters of NICs with a host device (bridged), as the guest sees them.
     pub nics: Vec<crate::network::NicStats>,
@@ -191,6 +193,7 @@ impl Controller {
                 }
             }
             let nics = if vm.status.pid.is_some() { Controller::nic_stats(&vm.id, &vm.spec) } else { Vec::new() };
+            let ksm = vm.status.pid.and_then(crate::resources::ksm_merging_bytes);
             let vm = VmBrief {
                 name: vm.spec.name,
                 id: vm.id,
@@ -207,6 +210,7 @@ impl Controller {
                 cpu_ready_seconds: ready,
                 balloon_bytes: balloon,
                 guest_free_bytes: guest_free,
+                ksm_merged_bytes: ksm,
                 disks,
             });
         }

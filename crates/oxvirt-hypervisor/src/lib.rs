@@ -126,6 +126,24 @@ pub trait Hypervisor: Send + Sync {
     /// Finds a guest started earlier (by this or an earlier daemon) and takes control of it again.
     /// `Ok(None)`: no such guest runs any more.
     async fn adopt(&self, id: &str, paths: &RuntimePaths) -> Result<Option<Arc<dyn Instance>>, HvError>;
+    /// Sets a guest's CPU weight, cap, memory limit and CPU/memory-node sets (its cgroups), live;
+    /// returns what this host cannot enforce (a controller it lacks).
+    fn set_limits(&self, id: &str, limits: &oxvirt_cgroup::Limits) -> Result<Vec<&'static str>, HvError>;
+    /// CPU time a guest's processes used, in nanoseconds (from its cgroup).
+    fn cpu_usage_ns(&self, id: &str) -> Option<u64>;
+}
+
+/// The cgroup limits a spec asks for.
+pub fn limits_of(spec: &VmSpec) -> oxvirt_cgroup::Limits {
+    let r = &spec.resources;
+    let p = r.placement.clone().unwrap_or_default();
+    oxvirt_cgroup::Limits {
+        cpu_weight: r.cpu_weight,
+        cpu_limit: r.cpu_limit,
+        memory_max: r.memory_limit.map(|m| m.0),
+        cpus: p.cpus,
+        mems: p.mems,
+    }
 }
 
 /// One running guest.
@@ -156,6 +174,8 @@ pub trait Instance: Send + Sync {
     async fn hotplug_nic(&self, vm_id: &str, spec: &VmSpec, index: usize) -> Result<(), HvError>;
     /// Asks the guest to release a NIC and removes it and its backend once it has.
     async fn unplug_nic(&self, nic: &oxvirt_model::NicSpec, timeout: Duration) -> Result<(), HvError>;
+    /// The host thread ids of the vCPUs, in vCPU order.
+    async fn vcpu_threads(&self) -> Result<Vec<u32>, HvError>;
     /// A raw hypervisor command, for features that have no method yet.
     async fn command(&self, name: &str, args: serde_json::Value) -> Result<serde_json::Value, HvError>;
 }

@@ -11,6 +11,7 @@ mod name;
 mod network;
 mod qos;
 pub mod rate;
+mod resources;
 mod secgroup;
 mod size;
 mod storage;
@@ -28,6 +29,10 @@ pub use network::{
     VXLAN_OVERHEAD,
 };
 pub use qos::DiskQos;
+pub use resources::{
+    format_cpulist, parse_cpulist, GuestNode, HostPolicy, KsmPolicy, NumaMode, Placement, Resources, DEFAULT_WEIGHT,
+    HUGEPAGE, QEMU_OVERHEAD,
+};
 pub use secgroup::{parse_ports, Direction, Protocol, SecurityGroup, SecurityGroupSpec, SecurityRule};
 pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
 pub use storage::{

@@ -32,6 +32,9 @@ pub struct VmSpec {
     /// A virtio-balloon device.
     #[serde(default = "yes")]
     pub balloon: bool,
+    /// The VM's share of the host: CPU weight, cap, pinning, memory limit, NUMA, huge pages...
+    #[serde(default)]
+    pub resources: crate::Resources,
 }
 
 fn yes() -> bool {
@@ -313,6 +316,7 @@ pub struct VmUpdate {
     pub nics: Option<Vec<NicSpec>>,
     pub restart_policy: Option<RestartPolicy>,
     pub accel: Option<AccelChoice>,
+    pub resources: Option<crate::Resources>,
 }
 
 impl VmUpdate {
@@ -339,6 +343,9 @@ impl VmUpdate {
         }
         if let Some(v) = self.accel {
             s.accel = v;
+        }
+        if let Some(v) = &self.resources {
+            s.resources = v.clone();
         }
         s
     }
@@ -431,6 +438,7 @@ impl VmSpec {
                 ));
             }
         }
+        self.resources.validate(self.cpus, self.memory.0, self.balloon)?;
         if self.nics.len() > 8 {
             return Err(ValidationError::new("nics", "at most 8 NICs"));
         }
@@ -618,6 +626,9 @@ pub struct VmStatus {
     #[serde(default)]
     pub reason: String,
     pub changed_at: Millis,
+    /// Where on the host it runs (CPUs, memory nodes) and why, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::Placement>,
 }
 
 /// A VM as the store keeps it: what the user asked for and what oxvirt observed.

@@ -42,6 +42,11 @@ impl Record for oxvirt_model::SecurityGroup {
     const PREFIX: &'static str = "secgroups/";
 }
 
+/// One record, `policy/host`.
+impl Record for oxvirt_model::HostPolicy {
+    const PREFIX: &'static str = "policy/";
+}
+
 impl Record for oxvirt_model::ApiToken {
     const PREFIX: &'static str = "tokens/";
 }

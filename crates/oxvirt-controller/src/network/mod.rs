@@ -34,8 +34,16 @@ impl Record for HostObject {
 pub struct HostObject {
     /// `bridge`, `vxlan`, `tap`, `ifb` or `dnsmasq`.
     pub kind: String,
-    /// The network (for bridges, VXLAN devices, dnsmasq) or VM (TAP and IFB devices) it serves.
+    /// The network (for bridges, VXLAN devices, dnsmasq) or VM (TAP and IFB devices, huge
+    /// pages) it serves.
     pub owner: String,
+    /// For `hugepages`: how many pages oxvirt added to the host's pool for the owner.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub count: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// 8 hex digits of an id: names host devices within Linux's 15 characters.
@@ -178,7 +186,7 @@ impl Controller {
     }
 
     fn record_object(&self, name: &str, kind: &str, owner: &str) -> Result<(), ControlError> {
-        let obj = HostObject { kind: kind.into(), owner: owner.into() };
+        let obj = HostObject { kind: kind.into(), owner: owner.into(), count: 0 };
         self.inner.store.put_record(name, &obj, Expect::Any)?;
         Ok(())
     }
@@ -343,6 +351,10 @@ impl Controller {
         let keys = self.inner.store.list(HostObject::PREFIX).unwrap_or_default();
         for ((obj, _), entry) in objects.iter().zip(keys.iter()) {
             let name = entry.key.trim_start_matches(HostObject::PREFIX);
+            if obj.kind == "hugepages" {
+                // Given back when its VM stops (mark_stopped), not here.
+                continue;
+            }
             let alive = match obj.kind.as_str() {
                 "tap" | "ifb" => {
                     vms.iter().any(|v| v.id == obj.owner && lock(&self.inner.slot(&v.spec.name).instance).is_some())

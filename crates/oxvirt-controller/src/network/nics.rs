@@ -125,7 +125,7 @@ impl Controller {
             let mtu = links::mtu_of(&tap).unwrap_or(1500);
             if !nic.qos.is_unlimited() {
                 let ifb = shaping::ifb_name(&tap);
-                let obj = super::HostObject { kind: "ifb".into(), owner: new.id.clone() };
+                let obj = super::HostObject { kind: "ifb".into(), owner: new.id.clone(), count: 0 };
                 self.inner.store.put_record(&ifb, &obj, Expect::Any)?;
             }
             shaping::apply(&tap, &nic.qos, mtu)?;

@@ -62,14 +62,14 @@ impl Controller {
         let field = format!("nics[{index}]");
         let at = self.attachment(&field, nic)?;
         let tap = tap_name(vm_id, nic.slot());
-        let obj = HostObject { kind: "tap".into(), owner: vm_id.into() };
+        let obj = HostObject { kind: "tap".into(), owner: vm_id.into(), count: 0 };
         self.inner.store.put_record(&tap, &obj, oxvirt_store::Expect::Any)?;
         links::make_tap(&tap, nic_queues(spec, nic), at.mtu, &at.bridge)?;
         if !nic.qos.is_unlimited() {
             let ifb = shaping::ifb_name(&tap);
             self.inner.store.put_record(
                 &ifb,
-                &HostObject { kind: "ifb".into(), owner: vm_id.into() },
+                &HostObject { kind: "ifb".into(), owner: vm_id.into(), count: 0 },
                 oxvirt_store::Expect::Any,
             )?;
             if let Err(e) = shaping::apply(&tap, &nic.qos, at.mtu) {

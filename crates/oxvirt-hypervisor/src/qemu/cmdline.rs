@@ -165,6 +165,55 @@ pub fn disk_device_extras(d: &oxvirt_model::DiskSpec, dev: &mut serde_json::Valu
     }
 }
 
+/// `-machine` options: the type, whether KSM may merge guest memory, and the memory backend when
+/// the guest has one node with a backend of its own.
+fn machine_opts(base: &str, spec: &VmSpec) -> String {
+    let mut m = base.to_string();
+    m.push_str(if spec.resources.ksm { ",mem-merge=on" } else { ",mem-merge=off" });
+    let backends = memory_backends(spec);
+    if backends.len() == 1 && backends[0].1.is_none() {
+        m.push_str(",memory-backend=ram0");
+    }
+    m
+}
+
+/// Explicit memory backends (`-object`) with their guest NUMA nodes (`-numa`): for huge pages,
+/// binding memory to host nodes, or guest NUMA nodes. None when plain `-m` does.
+pub fn memory_backends(spec: &VmSpec) -> Vec<(String, Option<String>)> {
+    let r = &spec.resources;
+    let placement = r.placement.clone().unwrap_or_default();
+    let backend = |id: &str, size: u64, host_nodes: Option<&str>| {
+        let mut o = if r.hugepages {
+            format!("memory-backend-memfd,id={id},size={size},hugetlb=on,hugetlbsize=2097152,prealloc=on")
+        } else {
+            format!("memory-backend-ram,id={id},size={size}")
+        };
+        if let Some(n) = host_nodes {
+            o.push_str(&format!(",host-nodes={},policy=bind", n.replace(',', ";")));
+        }
+        o.push_str(if r.ksm { ",merge=on" } else { ",merge=off" });
+        o
+    };
+    if !placement.guest_nodes.is_empty() {
+        return placement
+            .guest_nodes
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let last = g.first_vcpu + g.vcpus.max(1) - 1;
+                (
+                    backend(&format!("ram{i}"), g.memory, Some(&g.host_node.to_string())),
+                    Some(format!("node,nodeid={i},cpus={}-{last},memdev=ram{i}", g.first_vcpu)),
+                )
+            })
+            .collect();
+    }
+    if r.hugepages || placement.mems.is_some() {
+        return vec![(backend("ram0", spec.memory.0, placement.mems.as_deref()), None)];
+    }
+    vec![]
+}
+
 /// Whether QEMU should start paused (`-S`) so that settings applied over QMP (I/O limits) hold
 /// from the guest's first instruction.
 pub fn needs_setup_before_run(spec: &VmSpec) -> bool {
@@ -181,13 +230,19 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
     push(&["-name", &format!("guest={},debug-threads=on", escape_opt(&spec.name))]);
     push(&["-uuid", id]);
     match spec.machine {
-        MachineType::Q35 => push(&["-machine", "q35"]),
-        MachineType::Microvm => push(&["-machine", "microvm,rtc=on"]),
+        MachineType::Q35 => push(&["-machine", &machine_opts("q35", spec)]),
+        MachineType::Microvm => push(&["-machine", &machine_opts("microvm,rtc=on", spec)]),
     }
     push(&["-accel", accel.as_str()]);
     push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
     push(&["-smp", &spec.cpus.to_string()]);
     push(&["-m", &format!("{}M", spec.memory.0 / MIB)]);
+    for (object, numa) in memory_backends(spec) {
+        push(&["-object", &object]);
+        if let Some(n) = numa {
+            push(&["-numa", &n]);
+        }
+    }
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     if needs_setup_before_run(spec) {
         push(&["-S"]);
@@ -296,6 +351,7 @@ mod tests {
             accel: Default::default(),
             rng: true,
             balloon: true,
+            resources: Default::default(),
         }
     }
 
@@ -310,7 +366,7 @@ mod tests {
     #[test]
     fn basic_q35_kernel_boot() {
         let a = build("id-1", &spec(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
-        assert_eq!(after(&a, "-machine"), ["q35"]);
+        assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on"]);
         assert_eq!(after(&a, "-accel"), ["tcg"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
@@ -470,6 +526,39 @@ mod tests {
                 "unexpected flag {f}"
             );
         }
+    }
+
+    #[test]
+    fn huge_pages_numa_binding_and_guest_nodes_get_memory_backends() {
+        let mut s = spec();
+        s.resources.hugepages = true;
+        let a = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on,memory-backend=ram0"]);
+        assert!(
+            after(&a, "-object")
+                .iter()
+                .any(|o| o.starts_with("memory-backend-memfd,id=ram0,size=536870912,hugetlb=on")),
+            "{a:?}"
+        );
+        s.resources.hugepages = false;
+        s.resources.ksm = false;
+        s.resources.placement = Some(oxvirt_model::Placement {
+            cpus: Some("0-7".into()),
+            mems: Some("0,1".into()),
+            guest_nodes: vec![
+                oxvirt_model::GuestNode { first_vcpu: 0, vcpus: 1, memory: 256 << 20, host_node: 0 },
+                oxvirt_model::GuestNode { first_vcpu: 1, vcpus: 1, memory: 256 << 20, host_node: 1 },
+            ],
+            reason: String::new(),
+        });
+        let a = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        assert_eq!(after(&a, "-machine"), ["q35,mem-merge=off"]);
+        assert_eq!(after(&a, "-numa"), ["node,nodeid=0,cpus=0-0,memdev=ram0", "node,nodeid=1,cpus=1-1,memdev=ram1"]);
+        assert!(
+            after(&a, "-object")
+                .contains(&"memory-backend-ram,id=ram1,size=268435456,host-nodes=1,policy=bind,merge=off"),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -125,6 +125,11 @@ impl Hypervisor for QemuDriver {
         let args = cmdline::build(id, spec, paths, accel, &self.host);
         let cgroup = self.cgroup(id);
         cgroup.create().map_err(|e| HvError::io("VM cgroup", e))?;
+        // Limits hold from QEMU's first instruction.
+        if let Err(e) = cgroup.apply(&crate::limits_of(spec)) {
+            let _ = cgroup.remove();
+            return Err(HvError::io("VM cgroup limits", e));
+        }
         let procs = cgroup.procs_files().map_err(|e| HvError::io("VM cgroup", e))?;
         let spawned = process::spawn_daemonized(&self.program, &args, &paths.pidfile(), &procs).await;
         drop(procs);
@@ -150,6 +155,15 @@ impl Hypervisor for QemuDriver {
 
     fn cleanup(&self, id: &str) {
         remove_cgroup_eventually(self.cgroup(id));
+    }
+
+    fn set_limits(&self, id: &str, limits: &oxvirt_cgroup::Limits) -> Result<Vec<&'static str>, HvError> {
+        let cg = self.cgroup(id);
+        Ok(cg.apply(limits).map_err(|e| HvError::io("VM cgroup limits", e))?.0)
+    }
+
+    fn cpu_usage_ns(&self, id: &str) -> Option<u64> {
+        self.cgroup(id).cpu_usage_ns()
     }
 
     async fn adopt(&self, id: &str, paths: &RuntimePaths) -> Result<Option<Arc<dyn Instance>>, HvError> {
@@ -436,6 +450,20 @@ impl Instance for QemuInstance {
         self.device_del_wait(&nic.id, timeout).await?;
         self.qmp.execute("netdev_del", json!({ "id": format!("net{}", nic.slot()) })).await?;
         Ok(())
+    }
+
+    async fn vcpu_threads(&self) -> Result<Vec<u32>, HvError> {
+        let v = self.qmp.execute("query-cpus-fast", json!(null)).await?;
+        let mut cpus: Vec<(u64, u32)> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| Some((c["cpu-index"].as_u64()?, u32::try_from(c["thread-id"].as_u64()?).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        cpus.sort();
+        Ok(cpus.into_iter().map(|(_, t)| t).collect())
     }
 
     async fn command(&self, name: &str, args: Value) -> Result<Value, HvError> {

@@ -1,0 +1,64 @@
+//! A VM's resources and balloon (`/api/v1/vms/{name}/resources`, `/balloon`), the host's policy
+//! and resources (`/api/v1/host/policy`, `/api/v1/host/resources`).
+
+use crate::body::parse;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use oxvirt_controller::resources::{BalloonView, HostResources};
+use oxvirt_controller::Controller;
+use oxvirt_model::{validate_name, ByteSize, HostPolicy, Resources, Vm};
+
+pub fn routes() -> Router<Controller> {
+    Router::new()
+        .route("/api/v1/vms/{name}/resources", axum::routing::put(set_resources))
+        .route("/api/v1/vms/{name}/balloon", get(balloon).put(set_balloon))
+        .route("/api/v1/host/policy", get(policy).put(set_policy))
+        .route("/api/v1/host/resources", get(host_resources))
+}
+
+fn check(name: &str) -> ApiResult<()> {
+    validate_name("name", name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))
+}
+
+async fn set_resources(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
+    check(&name)?;
+    let r: Resources = parse(&body)?;
+    Ok(Json(c.set_resources(&name, r).await?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonTarget {
+    target: ByteSize,
+}
+
+async fn balloon(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<BalloonView>> {
+    check(&name)?;
+    Ok(Json(c.balloon(&name).await?))
+}
+
+async fn set_balloon(
+    State(c): State<Controller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<BalloonView>> {
+    check(&name)?;
+    let t: BalloonTarget = parse(&body)?;
+    Ok(Json(c.set_balloon(&name, t.target).await?))
+}
+
+async fn policy(State(c): State<Controller>) -> ApiResult<Json<HostPolicy>> {
+    Ok(Json(c.host_policy()?))
+}
+
+async fn set_policy(State(c): State<Controller>, body: Bytes) -> ApiResult<Json<HostPolicy>> {
+    let p: HostPolicy = parse(&body)?;
+    Ok(Json(c.set_host_policy(p)?))
+}
+
+async fn host_resources(State(c): State<Controller>) -> ApiResult<Json<HostResources>> {
+    Ok(Json(c.host_resources()?))
+}

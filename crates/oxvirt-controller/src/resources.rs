@@ -1,0 +1,510 @@
+//! A VM's share of the host: admission against the host's over-commit policy, NUMA placement and
+//! pinning, huge pages reserved as needed, cgroup limits changed live, the balloon, automatic
+//! ballooning under memory pressure, and KSM by policy.
+
+use crate::host::{meminfo, meminfo_field};
+use crate::network::HostObject;
+use crate::vms::busy;
+use crate::{lock, ControlError, Controller};
+use oxvirt_cgroup::numa::{Committed, Topology};
+use oxvirt_hypervisor::{limits_of, Instance};
+use oxvirt_model::{
+    format_cpulist, parse_cpulist, ByteSize, GuestNode, HostPolicy, KsmPolicy, NumaMode, Placement, Resources, Vm,
+    VmSpec, VmState, HUGEPAGE, MIB,
+};
+use oxvirt_store::{Expect, StoreExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+const KSM: &str = "/sys/kernel/mm/ksm";
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+fn read_u64(path: &str) -> u64 {
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The balloon as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BalloonView {
+    /// Memory the guest has now.
+    pub actual: u64,
+    /// Memory it was configured with.
+    pub memory: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_free: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_total: Option<u64>,
+    /// Set by automatic ballooning (host memory pressure).
+    pub auto: bool,
+}
+
+/// The host's resources as the API shows them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HostResources {
+    pub policy: HostPolicy,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub memory_available_bytes: u64,
+    /// vCPUs and memory of the VMs that run.
+    pub committed_vcpus: u32,
+    pub committed_memory: u64,
+    pub numa_nodes: Vec<NumaNodeView>,
+    pub ksm: KsmView,
+    pub hugepages_total: u64,
+    pub hugepages_free: u64,
+    pub hugepage_size: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NumaNodeView {
+    pub id: u32,
+    pub cpus: String,
+    pub memory_total: u64,
+    pub memory_free: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct KsmView {
+    pub run: bool,
+    pub pages_shared: u64,
+    pub pages_sharing: u64,
+    /// Memory KSM saves: pages mapped from a shared page instead of their own.
+    pub saved_bytes: u64,
+}
+
+pub fn ksm_view() -> KsmView {
+    let page = 4096;
+    KsmView {
+        run: read_u64(&format!("{KSM}/run")) == 1,
+        pages_shared: read_u64(&format!("{KSM}/pages_shared")),
+        pages_sharing: read_u64(&format!("{KSM}/pages_sharing")),
+        saved_bytes: read_u64(&format!("{KSM}/pages_sharing")) * page,
+    }
+}
+
+/// Pages of a process that KSM merged (kernel 6.1+), as bytes.
+pub fn ksm_merging_bytes(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages")).ok()?.trim().parse::<u64>().ok().map(|p| p * 4096)
+}
+
+impl Controller {
+    fn topology(&self) -> Topology {
+        let h = &self.inner.host;
+        Topology::host(h.cpus, (h.memory_bytes, meminfo("MemAvailable:").unwrap_or(0)))
+    }
+
+    pub fn host_policy(&self) -> Result<HostPolicy, ControlError> {
+        Ok(self.inner.store.get_record::<HostPolicy>("host")?.map(|(p, _)| p).unwrap_or_default())
+    }
+
+    /// Replaces the host policy; KSM follows at once, ballooning at its next round.
+    pub fn set_host_policy(&self, p: HostPolicy) -> Result<HostPolicy, ControlError> {
+        p.validate()?;
+        self.inner.store.put_record("host", &p, Expect::Any)?;
+        apply_ksm(p.ksm)?;
+        Ok(p)
+    }
+
+    pub fn host_resources(&self) -> Result<HostResources, ControlError> {
+        let running: Vec<Vm> = self.list_vms()?.into_iter().filter(|v| v.status.state.has_process()).collect();
+        Ok(HostResources {
+            policy: self.host_policy()?,
+            cpus: self.inner.host.cpus,
+            memory_bytes: self.inner.host.memory_bytes,
+            memory_available_bytes: meminfo("MemAvailable:").unwrap_or(0),
+            committed_vcpus: running.iter().map(|v| v.spec.cpus).sum(),
+            committed_memory: running.iter().map(|v| v.spec.memory.0).sum(),
+            numa_nodes: self
+                .topology()
+                .nodes
+                .into_iter()
+                .map(|n| NumaNodeView {
+                    id: n.id,
+                    cpus: format_cpulist(&n.cpus),
+                    memory_total: n.memory_total,
+                    memory_free: n.memory_free,
+                })
+                .collect(),
+            ksm: ksm_view(),
+            hugepages_total: meminfo_field("HugePages_Total:").unwrap_or(0),
+            hugepages_free: meminfo_field("HugePages_Free:").unwrap_or(0),
+            hugepage_size: HUGEPAGE,
+        })
+    }
+
+    /// The host refuses a VM its policy has no room for, naming the resource.
+    pub(crate) fn admit(&self, vm: &Vm) -> Result<(), ControlError> {
+        let policy = self.host_policy()?;
+        let others: Vec<Vm> = self
+            .list_vms()?
+            .into_iter()
+            .filter(|v| v.spec.name != vm.spec.name && v.status.state.has_process())
+            .collect();
+        let host = &self.inner.host;
+        let vcpus: u32 = others.iter().map(|v| v.spec.cpus).sum::<u32>() + vm.spec.cpus;
+        let cpu_room = (f64::from(host.cpus) * policy.cpu_overcommit).floor() as u32;
+        if vcpus > cpu_room {
+            return Err(ControlError::invalid(
+                "cpus",
+                format!(
+                    "starting {} would commit {vcpus} vCPUs on {} host CPUs, above the over-commit ratio {} ({cpu_room} vCPUs)",
+                    vm.spec.name, host.cpus, policy.cpu_overcommit
+                ),
+            ));
+        }
+        let memory: u64 = others.iter().map(|v| v.spec.memory.0).sum::<u64>() + vm.spec.memory.0;
+        let mem_room = (host.memory_bytes as f64 * policy.memory_overcommit) as u64;
+        if host.memory_bytes > 0 && memory > mem_room {
+            return Err(ControlError::invalid(
+                "memory",
+                format!(
+                    "starting {} would commit {} of memory on a host of {}, above the over-commit ratio {} ({})",
+                    vm.spec.name,
+                    ByteSize(memory),
+                    ByteSize(host.memory_bytes),
+                    policy.memory_overcommit,
+                    ByteSize(mem_room)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the VM's threads and memory go: pinned CPUs, or a NUMA node chosen for it.
+    pub(crate) fn place(&self, vm: &Vm) -> Result<Option<Placement>, ControlError> {
+        let r = &vm.spec.resources;
+        let host_cpus = self.inner.host.cpus;
+        for (i, c) in r.vcpu_pins.iter().enumerate() {
+            if *c >= host_cpus {
+                return Err(ControlError::invalid(
+                    format!("resources.vcpu_pins[{i}]"),
+                    format!("the host has CPUs 0..{}", host_cpus - 1),
+                ));
+            }
+        }
+        let emulator = r
+            .emulator_cpus
+            .as_deref()
+            .map(parse_cpulist)
+            .transpose()
+            .map_err(|e| ControlError::invalid("resources.emulator_cpus", e))?;
+        if let Some(c) = emulator.as_ref().and_then(|e| e.iter().find(|c| **c >= host_cpus)) {
+            return Err(ControlError::invalid(
+                "resources.emulator_cpus",
+                format!("CPU {c} does not exist: the host has 0..{}", host_cpus - 1),
+            ));
+        }
+        if !r.vcpu_pins.is_empty() {
+            let mut all = r.vcpu_pins.clone();
+            all.extend(emulator.clone().unwrap_or_else(|| r.vcpu_pins.clone()));
+            return Ok(Some(Placement {
+                cpus: Some(format_cpulist(&all)),
+                mems: None,
+                guest_nodes: vec![],
+                reason: format!("vCPUs pinned to host CPUs {}", format_cpulist(&r.vcpu_pins)),
+            }));
+        }
+        if r.numa == NumaMode::Off {
+            return Ok(None);
+        }
+        let committed: Vec<Committed> = self
+            .list_vms()?
+            .into_iter()
+            .filter(|v| v.spec.name != vm.spec.name && v.status.state.has_process())
+            .filter_map(|v| {
+                let p = v.status.placement?;
+                let node: u32 = p.mems?.split(',').next()?.parse().ok()?;
+                Some(Committed { node, vcpus: v.spec.cpus, memory: v.spec.memory.0 })
+            })
+            .collect();
+        let plan = self.topology().place(vm.spec.cpus, vm.spec.memory.0, &committed);
+        if plan.nodes.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<String> = plan.nodes.iter().map(u32::to_string).collect();
+        Ok(Some(Placement {
+            cpus: Some(format_cpulist(&plan.cpus)),
+            mems: Some(ids.join(",")),
+            guest_nodes: plan
+                .guest_nodes
+                .iter()
+                .map(|g| GuestNode {
+                    first_vcpu: g.first_vcpu,
+                    vcpus: g.vcpus,
+                    memory: g.memory,
+                    host_node: g.host_node,
+                })
+                .collect(),
+            reason: plan.reason,
+        }))
+    }
+
+    /// Makes sure the host has the huge pages a VM needs, raising `vm.nr_hugepages` if it must
+    /// (and recording by how much, to give them back when the VM stops).
+    pub(crate) fn reserve_hugepages(&self, vm: &Vm) -> Result<(), ControlError> {
+        if !vm.spec.resources.hugepages {
+            return Ok(());
+        }
+        let need = vm.spec.memory.0 / HUGEPAGE;
+        let free = meminfo_field("HugePages_Free:").unwrap_or(0);
+        if free >= need {
+            return Ok(());
+        }
+        let missing_bytes = (need - free) * HUGEPAGE;
+        let available = meminfo("MemAvailable:").unwrap_or(0);
+        if missing_bytes > available / 10 * 9 {
+            return Err(ControlError::invalid(
+                "resources.hugepages",
+                format!(
+                    "the VM needs {need} free 2 MiB huge pages; the host has {free}, and too little free memory ({}) to reserve {} more",
+                    ByteSize(available),
+                    need - free
+                ),
+            ));
+        }
+        let total = read_u64(NR_HUGEPAGES);
+        let want = total + (need - free);
+        let key = format!("hugepages-{}", vm.id);
+        self.inner.store.put_record(
+            &key,
+            &HostObject { kind: "hugepages".into(), owner: vm.id.clone(), count: need - free },
+            Expect::Any,
+        )?;
+        let _ = std::fs::write(NR_HUGEPAGES, want.to_string());
+        let free_now = meminfo_field("HugePages_Free:").unwrap_or(0);
+        if free_now < need {
+            self.release_hugepages(&vm.id);
+            return Err(ControlError::invalid(
+                "resources.hugepages",
+                format!(
+                    "the VM needs {need} free 2 MiB huge pages and the host has {free_now} (vm.nr_hugepages could not be raised enough: too little contiguous free memory)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives back the huge pages reserved for a VM that stopped.
+    pub(crate) fn release_hugepages(&self, vm_id: &str) {
+        let key = format!("hugepages-{vm_id}");
+        let Ok(Some((obj, _))) = self.inner.store.get_record::<HostObject>(&key) else { return };
+        let total = read_u64(NR_HUGEPAGES);
+        let _ = std::fs::write(NR_HUGEPAGES, total.saturating_sub(obj.count).to_string());
+        let _ = self.inner.store.delete_record::<HostObject>(&key, Expect::Any);
+    }
+
+    /// Pins vCPU threads (one host CPU each) and QEMU's other threads, as the spec says.
+    /// With `unpin`, a VM without pins gets every thread's affinity widened again (after a live
+    /// change that removed its pins).
+    pub(crate) async fn pin_threads(
+        &self,
+        vm_id: &str,
+        spec: &VmSpec,
+        instance: &Arc<dyn Instance>,
+        unpin: bool,
+    ) -> Result<(), ControlError> {
+        let r = &spec.resources;
+        let pin = |tid: u32, cpus: &[u32]| {
+            oxvirt_cgroup::set_affinity(tid, cpus)
+                .map_err(|e| ControlError::Host(format!("pin thread {tid} of VM {vm_id}: {e}")))
+        };
+        if r.vcpu_pins.is_empty() && r.emulator_cpus.is_none() {
+            if unpin {
+                // Every thread may run on every CPU its placement (or the host) allows again.
+                let all: Vec<u32> = match r.placement.as_ref().and_then(|p| p.cpus.as_deref()) {
+                    Some(c) => parse_cpulist(c).unwrap_or_default(),
+                    None => (0..self.inner.host.cpus).collect(),
+                };
+                for t in std::fs::read_dir(format!("/proc/{}/task", instance.pid())).into_iter().flatten().flatten() {
+                    if let Ok(tid) = t.file_name().to_string_lossy().parse::<u32>() {
+                        pin(tid, &all)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let vcpus = instance.vcpu_threads().await?;
+        for (tid, cpu) in vcpus.iter().zip(r.vcpu_pins.iter()) {
+            pin(*tid, &[*cpu])?;
+        }
+        if let Some(e) = &r.emulator_cpus {
+            let cpus = parse_cpulist(e).map_err(|e| ControlError::invalid("resources.emulator_cpus", e))?;
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", instance.pid()))
+                .map_err(|e| ControlError::Host(format!("threads of VM {vm_id}: {e}")))?;
+            for t in tasks.flatten() {
+                if let Ok(tid) = t.file_name().to_string_lossy().parse::<u32>() {
+                    if !vcpus.contains(&tid) {
+                        pin(tid, &cpus)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes a VM's resources; a running VM gets the new CPU weight, cap, memory limit and
+    /// pinning at once (NUMA placement and huge pages take effect at its next start).
+    pub async fn set_resources(&self, name: &str, resources: Resources) -> Result<Vm, ControlError> {
+        let _guard = self.inner.slot(name).op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        let (vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        let mut spec = vm.spec.clone();
+        let running = vm.status.state.has_process();
+        if running && (resources.hugepages != spec.resources.hugepages || resources.numa != spec.resources.numa) {
+            return Err(ControlError::Conflict(format!(
+                "VM {name} runs: huge pages and NUMA mode change only while it is stopped"
+            )));
+        }
+        spec.resources = resources;
+        spec.validate()?;
+        let mut new = Vm { spec, ..vm.clone() };
+        if running {
+            let placement = if new.spec.resources.vcpu_pins != vm.spec.resources.vcpu_pins
+                || new.spec.resources.emulator_cpus != vm.spec.resources.emulator_cpus
+            {
+                self.place(&new)?
+            } else {
+                vm.status.placement.clone()
+            };
+            new.status.placement = placement.clone();
+            let mut live = new.spec.clone();
+            live.resources.placement = placement;
+            let missing = self.inner.hv.set_limits(&vm.id, &limits_of(&live))?;
+            if !missing.is_empty() {
+                tracing::warn!(vm = name, ?missing, "this host cannot enforce these limits");
+            }
+            self.pin_threads(&vm.id, &live, &self.instance(name)?, true).await?;
+        }
+        self.inner.store.put_record(name, &new, Expect::Revision(rev)).map_err(|_| busy(name))?;
+        Ok(new)
+    }
+
+    pub async fn balloon(&self, name: &str) -> Result<BalloonView, ControlError> {
+        let vm = self.get_vm(name)?;
+        if !vm.spec.balloon {
+            return Err(ControlError::Conflict(format!("VM {name} has no balloon device")));
+        }
+        let i = self.instance(name)?;
+        let actual =
+            i.command("query-balloon", serde_json::Value::Null).await?["actual"].as_u64().unwrap_or(vm.spec.memory.0);
+        let stats = i
+            .command(
+                "qom-get",
+                serde_json::json!({ "path": "/machine/peripheral/balloon0", "property": "guest-stats" }),
+            )
+            .await
+            .ok();
+        let stat = |k: &str| stats.as_ref().and_then(|s| s["stats"][k].as_i64()).and_then(|v| u64::try_from(v).ok());
+        Ok(BalloonView {
+            actual,
+            memory: vm.spec.memory.0,
+            guest_free: stat("stat-free-memory"),
+            guest_total: stat("stat-total-memory"),
+            auto: lock(&self.inner.auto_ballooned).contains_key(name),
+        })
+    }
+
+    /// Asks the guest to give memory back (or take it again) down or up to `target`.
+    pub async fn set_balloon(&self, name: &str, target: ByteSize) -> Result<BalloonView, ControlError> {
+        let vm = self.get_vm(name)?;
+        if target.0 > vm.spec.memory.0 || target.0 < 32 * MIB {
+            return Err(ControlError::invalid(
+                "target",
+                format!("must be 32MiB..{} (the VM's memory)", vm.spec.memory),
+            ));
+        }
+        if !vm.spec.balloon {
+            return Err(ControlError::Conflict(format!("VM {name} has no balloon device")));
+        }
+        self.instance(name)?.command("balloon", serde_json::json!({ "value": target.0 })).await?;
+        lock(&self.inner.auto_ballooned).remove(name);
+        self.balloon(name).await
+    }
+
+    /// One round of automatic ballooning: under pressure (host memory use above the policy's
+    /// target) take memory from VMs that allow it, most slack first, down to their floor; when
+    /// the pressure is well gone, give it back.
+    pub(crate) async fn auto_balloon_round(&self) {
+        let Ok(policy) = self.host_policy() else { return };
+        let total = self.inner.host.memory_bytes;
+        let avail = meminfo("MemAvailable:").unwrap_or(total);
+        if total == 0 {
+            return;
+        }
+        let use_now = 1.0 - avail as f64 / total as f64;
+        let vms: Vec<Vm> = self
+            .list_vms()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.status.state == VmState::Running && v.spec.balloon && v.spec.resources.balloon_min.is_some())
+            .collect();
+        if policy.auto_balloon && use_now > policy.memory_target_use {
+            let mut need = ((use_now - policy.memory_target_use) * total as f64) as u64;
+            let mut slack: Vec<(u64, u64, &Vm)> = Vec::new();
+            for v in &vms {
+                let Ok(i) = self.instance(&v.spec.name) else { continue };
+                let Ok(b) = i.command("query-balloon", serde_json::Value::Null).await else { continue };
+                let actual = b["actual"].as_u64().unwrap_or(v.spec.memory.0);
+                let floor = v.spec.resources.balloon_min.map(|m| m.0).unwrap_or(actual);
+                if actual > floor {
+                    slack.push((actual - floor, actual, v));
+                }
+            }
+            slack.sort_by_key(|s| std::cmp::Reverse(s.0));
+            for (s, actual, v) in slack {
+                if need == 0 {
+                    break;
+                }
+                let take = s.min(need);
+                let target = actual - take;
+                let name = &v.spec.name;
+                if let Ok(i) = self.instance(name) {
+                    if i.command("balloon", serde_json::json!({ "value": target })).await.is_ok() {
+                        tracing::info!(vm = %name, target = %ByteSize(target), "memory pressure: ballooned down");
+                        lock(&self.inner.auto_ballooned).insert(name.clone(), target);
+                        need -= take;
+                    }
+                }
+            }
+        } else if !policy.auto_balloon || use_now < policy.memory_target_use - 0.05 {
+            let taken: Vec<String> = lock(&self.inner.auto_ballooned).keys().cloned().collect();
+            for name in taken {
+                let Some(v) = vms.iter().find(|v| v.spec.name == name) else {
+                    lock(&self.inner.auto_ballooned).remove(&name);
+                    continue;
+                };
+                if let Ok(i) = self.instance(&name) {
+                    if i.command("balloon", serde_json::json!({ "value": v.spec.memory.0 })).await.is_ok() {
+                        tracing::info!(vm = %name, "memory pressure over: memory given back");
+                        lock(&self.inner.auto_ballooned).remove(&name);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn start_auto_balloon(&self, every: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                me.auto_balloon_round().await;
+            }
+        });
+    }
+}
+
+/// Turns KSM on (scanning faster than the kernel's default) or off, as the policy says.
+pub(crate) fn apply_ksm(policy: KsmPolicy) -> Result<(), ControlError> {
+    let w = |f: &str, v: &str| {
+        std::fs::write(format!("{KSM}/{f}"), v).map_err(|e| ControlError::Host(format!("KSM {f}: {e}")))
+    };
+    match policy {
+        KsmPolicy::Auto => Ok(()),
+        KsmPolicy::On => {
+            w("pages_to_scan", "1000")?;
+            w("sleep_millisecs", "20")?;
+            w("run", "1")
+        }
+        KsmPolicy::Off => w("run", "0"),
+    }
+}
