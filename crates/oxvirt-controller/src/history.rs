@@ -19,6 +19,10 @@ pub struct VmSample {
     pub rss_bytes: u64,
     pub disk_read_bps: f64,
     pub disk_write_bps: f64,
+    /// CPU ready: seconds per second the vCPUs waited runnable but not running (the seed's key
+    /// figure of CPU contention; 0.5 = half a vCPU's worth of waiting).
+    #[serde(default)]
+    pub cpu_ready: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,7 +40,7 @@ pub(crate) struct History {
     vms: HashMap<String, VecDeque<VmSample>>,
     host: VecDeque<HostSample>,
     /// Counters at the last sample: VM → (when, cpu s, read B, written B); host → (busy, total) jiffies.
-    last_vm: HashMap<String, (Instant, f64, u64, u64)>,
+    last_vm: HashMap<String, (Instant, f64, u64, u64, f64)>,
     last_host: Option<(u64, u64)>,
 }
 
@@ -82,13 +86,19 @@ impl Controller {
             let cpu_s = v.cpu_seconds.unwrap_or(0.0);
             let rd: u64 = v.disks.iter().map(|d| d.read_bytes).sum();
             let wr: u64 = v.disks.iter().map(|d| d.write_bytes).sum();
-            let prev = h.last_vm.insert(name.clone(), (now, cpu_s, rd, wr));
-            let (cpu, rbps, wbps) = match prev {
-                Some((t0, c0, r0, w0)) => {
+            let ready_s = v.cpu_ready_seconds.unwrap_or(0.0);
+            let prev = h.last_vm.insert(name.clone(), (now, cpu_s, rd, wr, ready_s));
+            let (cpu, rbps, wbps, ready) = match prev {
+                Some((t0, c0, r0, w0, q0)) => {
                     let dt = now.duration_since(t0).as_secs_f64().max(0.001);
-                    ((cpu_s - c0).max(0.0) / dt, rd.saturating_sub(r0) as f64 / dt, wr.saturating_sub(w0) as f64 / dt)
+                    (
+                        (cpu_s - c0).max(0.0) / dt,
+                        rd.saturating_sub(r0) as f64 / dt,
+                        wr.saturating_sub(w0) as f64 / dt,
+                        (ready_s - q0).max(0.0) / dt,
+                    )
                 }
-                _ => (0.0, 0.0, 0.0),
+                _ => (0.0, 0.0, 0.0, 0.0),
             };
             let sample = VmSample {
                 time,
@@ -97,6 +107,7 @@ impl Controller {
                 rss_bytes: v.rss_bytes.unwrap_or(0),
                 disk_read_bps: rbps,
                 disk_write_bps: wbps,
+                cpu_ready: ready,
             };
             push(h.vms.entry(name).or_default(), sample);
         }

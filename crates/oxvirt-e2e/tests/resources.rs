@@ -90,6 +90,15 @@ async fn cpu_weights_caps_pinning_and_memory_limit() {
     let ratio = r[0] / r[1];
     eprintln!("weights 200:100 -> CPU {:.3} : {:.3} = {ratio:.3}", r[0], r[1]);
     assert!((1.8..=2.2).contains(&ratio), "weights 2:1 gave {r:?} (ratio {ratio:.3})");
+    // Sharing one CPU, w2's vCPU spent most of those seconds ready but not running: CPU ready.
+    let (_, body) = c.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let ready = text
+        .lines()
+        .find(|l| l.starts_with("oxvirt_vm_cpu_ready_seconds_total{vm=\"w2\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(ready > 1.5, "CPU ready of w2: {ready} s\n{text}");
 
     // Live: equal weights and a cap of 0.3 CPU on w1.
     let vm: oxvirt_model::Vm = c

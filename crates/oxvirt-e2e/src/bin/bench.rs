@@ -8,6 +8,8 @@
 //! 5. Network: time to create a nat network (against making its bridge by hand with `ip`), to
 //!    hot-plug a NIC (against a no-op API request), and guest-to-guest throughput with and
 //!    without a bandwidth limit (against the limit set). In a network namespace of its own.
+//! 6. Host resources: CPU weight 2:1 and cap 0.5 accuracy (against the ratio set), balloon
+//!    reclaim speed, KSM saving for 4 identical guests.
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
 //!    a no-op API request rate), time to list all of them, and the daemon's RSS.
 
@@ -419,6 +421,110 @@ async fn network() {
     }
 }
 
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(i) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+    let t = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+async fn host_resources() {
+    use serde_json::{json, Value};
+    println!("== host resources");
+    let d = Daemon::start();
+    let c = &d.client;
+    let boot = |name: &'static str, memory: &'static str, resources: Value| async move {
+        let mut spec = kernel_spec(name, "");
+        spec["memory"] = json!(memory);
+        spec["resources"] = resources;
+        let created = c.create_vm(&spec, true).await.unwrap();
+        c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+        wait_console(c, name, READY, 1, BOOT_TIMEOUT).await;
+        c.get_vm(name).await.unwrap().status.pid.unwrap()
+    };
+    let p1 = boot("r1", "128MiB", json!({ "vcpu_pins": [1], "emulator_cpus": "1", "cpu_weight": 200 })).await;
+    let p2 = boot("r2", "128MiB", json!({ "vcpu_pins": [1], "emulator_cpus": "1" })).await;
+    for vm in ["r1", "r2"] {
+        run_in_guest(c, vm, "(while :; do :; done) & echo S$((2+3))PIN", "S5PIN").await;
+    }
+    let rates = |secs: u64| async move {
+        let b = [proc_cpu_seconds(p1), proc_cpu_seconds(p2)];
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let el = t.elapsed().as_secs_f64();
+        [(proc_cpu_seconds(p1) - b[0]) / el, (proc_cpu_seconds(p2) - b[1]) / el]
+    };
+    let r = rates(10).await;
+    println!(
+        "   weights 200:100 on one CPU: {:.3} : {:.3}, ratio {:.3} against 2.0 set: {:.3}",
+        r[0],
+        r[1],
+        r[0] / r[1],
+        r[0] / r[1] / 2.0
+    );
+    let _: Value = c
+        .put("/api/v1/vms/r1/resources", &json!({ "vcpu_pins": [1], "emulator_cpus": "1", "cpu_limit": 0.5 }))
+        .await
+        .unwrap();
+    c.vm_action_wait("r2", "kill", Duration::from_secs(30)).await.unwrap();
+    let r = rates(10).await;
+    println!("   cap 0.5 CPU alone on the CPU: {:.3} CPU, ratio to the cap {:.3} (target <= 1.0)", r[0], r[0] / 0.5);
+    c.vm_action_wait("r1", "kill", Duration::from_secs(30)).await.unwrap();
+
+    boot("rb", "512MiB", json!({})).await;
+    let actual = || async { c.get::<Value>("/api/v1/vms/rb/balloon").await.unwrap()["actual"].as_u64().unwrap() };
+    let t = Instant::now();
+    let _: Value = c.put("/api/v1/vms/rb/balloon", &json!({ "target": "128MiB" })).await.unwrap();
+    while actual().await > 129 << 20 && t.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let el = t.elapsed();
+    println!("   balloon 512MiB -> 128MiB: {el:?}, {:.0} MiB/s reclaimed", 384.0 / el.as_secs_f64());
+    c.vm_action_wait("rb", "kill", Duration::from_secs(30)).await.unwrap();
+
+    let ksm_before = std::fs::read_to_string("/sys/kernel/mm/ksm/run").unwrap_or_default();
+    let mut policy: Value = c.get("/api/v1/host/policy").await.unwrap();
+    policy["ksm"] = json!("on");
+    let _: Value = c.put("/api/v1/host/policy", &policy).await.unwrap();
+    let names = ["k1", "k2", "k3", "k4"];
+    let mut pids = Vec::new();
+    for n in names {
+        pids.push(boot(n, "128MiB", json!({})).await);
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let merged: u64 = pids
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/ksm_merging_pages"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 4096
+        })
+        .sum();
+    let rss: u64 = pids
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/statm"))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 4096
+        })
+        .sum();
+    println!(
+        "   KSM, 4 identical guests after 20 s: {} MiB of their memory merged, {:.1} % of their {} MiB resident",
+        merged >> 20,
+        merged as f64 * 100.0 / (rss + merged).max(1) as f64,
+        (rss + merged) >> 20
+    );
+    for n in names {
+        let _ = c.vm_action_wait(n, "kill", Duration::from_secs(30)).await;
+    }
+    let _ = std::fs::write("/sys/kernel/mm/ksm/run", ksm_before.trim());
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::var("OXVIRT_PROFILE").is_err() {
@@ -439,5 +545,8 @@ async fn main() {
     }
     if only.is_empty() || only == "network" {
         network().await;
+    }
+    if only.is_empty() || only == "resources" {
+        host_resources().await;
     }
 }
