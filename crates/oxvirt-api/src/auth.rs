@@ -1,39 +1,240 @@
-//! Token authentication for requests that come over the network (HTTPS). The Unix socket is
-//! reachable by local root only and needs no token.
+//! Who may do what. Requests over the network (HTTPS) carry a token (`Authorization: Bearer`),
+//! which names a user; the Unix socket is reachable by local root only and acts as `root`. Every
+//! routed request is then checked against the ACL: the privilege it needs and the resource it is
+//! about are derived from its route (not from a hand-kept list), so a new route is checked too.
+//! Requests that change something, and refused ones, go to the audit log. Tokens are rate
+//! limited.
 
 use crate::error::ApiError;
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use oxvirt_controller::Controller;
+use oxvirt_model::{AuditRecord, Principal, Privilege, ROOT};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-fn unauthorized(message: &str) -> Response {
-    let mut r = ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        code: "unauthorized",
-        field: None,
-        rule: None,
-        message: message.into(),
+/// The peer of an HTTPS connection (set per connection by the listener).
+#[derive(Debug, Clone)]
+pub struct Peer(pub String);
+
+/// The only route that takes no token.
+pub const LOGIN: &str = "/api/v1/auth/login";
+
+fn refusal(status: StatusCode, code: &'static str, message: &str) -> Response {
+    let mut r = ApiError { status, code, field: None, rule: None, message: message.into() }.into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"oxvirt\""));
     }
-    .into_response();
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"oxvirt\""));
     r
 }
 
-/// Lets a request through only with `Authorization: Bearer <valid token>`.
-pub async fn require_token(State(c): State<Controller>, req: Request, next: Next) -> Response {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return unauthorized("an API token is required: send `Authorization: Bearer <token>`");
-    };
-    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    if token.is_empty() || c.check_token(token).is_none() {
-        return unauthorized("the API token is not valid");
+/// Token buckets, one per token: `rate` requests per second, bursts up to `burst`.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        RateLimiter { rate, burst, buckets: Mutex::default() }
     }
+
+    /// Takes one request's token; `false` when the bucket is empty.
+    pub fn take(&self, key: &str) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (level, at) = b.entry(key.to_string()).or_insert((self.burst, now));
+        *level = (*level + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *level >= 1.0 {
+            *level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn peer_of(req: &Request) -> String {
+    req.extensions().get::<Peer>().map(|p| p.0.clone()).unwrap_or_else(|| "socket".into())
+}
+
+fn audit_refusal(c: &Controller, req: &Request, status: StatusCode, user: &str) {
+    c.audit(&AuditRecord {
+        time: now_ms(),
+        user: user.into(),
+        token: None,
+        from: peer_of(req),
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        resource: String::new(),
+        status: status.as_u16(),
+    });
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// HTTPS: lets a request through only with a valid token (the login route excepted), within its
+/// rate; the principal goes along with the request.
+pub async fn require_token(
+    State((c, limiter)): State<(Controller, Arc<RateLimiter>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == LOGIN {
+        let key = format!("login:{}", peer_of(&req).rsplit_once(':').map(|p| p.0.to_string()).unwrap_or_default());
+        if !limiter.take(&key) {
+            return refusal(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "too many login attempts: wait a moment");
+        }
+        return next.run(req).await;
+    }
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        audit_refusal(&c, &req, StatusCode::UNAUTHORIZED, "-");
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an API token is required: send `Authorization: Bearer <token>`",
+        );
+    };
+    let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let Some(token) = (!presented.is_empty()).then(|| c.check_token(presented)).flatten() else {
+        audit_refusal(&c, &req, StatusCode::UNAUTHORIZED, "-");
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the API token is not valid (unknown, revoked or expired)",
+        );
+    };
+    if !limiter.take(&token.id) {
+        let mut r =
+            refusal(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "this token's rate limit is reached: slow down");
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    }
+    req.extensions_mut().insert(Principal { user: token.user, token: Some(token.id) });
     next.run(req).await
 }
 
-/// The API as served over HTTPS: every route needs a token.
-pub fn https_router(ctrl: Controller, api: std::sync::Arc<crate::metrics::ApiMetrics>) -> axum::Router {
-    crate::router_with_metrics(ctrl.clone(), api).layer(axum::middleware::from_fn_with_state(ctrl, require_token))
+/// What a route needs: a privilege on a resource (`/vms/web`, `/pools`, `/`), or `None` for
+/// routes any authenticated user may call (their own tokens; the handler checks the rest).
+pub fn requirement(method: &Method, matched: &str, path: &str) -> Option<(Privilege, String)> {
+    let m: Vec<&str> = matched.trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
+    let p: Vec<&str> = path.trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
+    // Login is public; own tokens are anyone's; a task is checked against what it is about.
+    if matched == LOGIN || matches!(m.first(), Some(&"tokens") | Some(&"tasks")) {
+        return None;
+    }
+    let resource = match (m.first(), m.get(1), p.get(1)) {
+        (Some(c), Some(param), Some(name)) if param.starts_with('{') && oxvirt_model::ACL_COLLECTIONS.contains(c) => {
+            format!("/{c}/{name}")
+        }
+        (Some(c), _, _) if oxvirt_model::ACL_COLLECTIONS.contains(c) => format!("/{c}"),
+        _ => "/".to_string(),
+    };
+    let admin = matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
+        || (matched == "/api/v1/host/policy" && method != Method::GET);
+    let operate = (m.first() == Some(&"vms")
+        && matches!(m.get(2), Some(&"actions") | Some(&"console") | Some(&"balloon")))
+        && !(m.get(2) == Some(&"balloon") && method == Method::GET);
+    let privilege = if admin {
+        Privilege::Admin
+    } else if operate {
+        Privilege::Operate
+    } else if method == Method::GET {
+        Privilege::Read
+    } else {
+        Privilege::Modify
+    };
+    Some((privilege, resource))
+}
+
+/// Every routed request: checked against the ACL, and (when it changes something or is refused)
+/// written to the audit log.
+pub async fn authorize(State(c): State<Controller>, matched: MatchedPath, req: Request, next: Next) -> Response {
+    let principal =
+        req.extensions().get::<Principal>().cloned().unwrap_or(Principal { user: ROOT.into(), token: None });
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let from = peer_of(&req);
+    let need = requirement(&method, matched.as_str(), &path);
+    let resource = need.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+    let response = match &need {
+        Some((privilege, res)) => match c.authorize(&principal.user, *privilege, res) {
+            Ok(()) => next.run(req).await,
+            Err(e) => refusal(StatusCode::FORBIDDEN, "forbidden", &e.to_string()),
+        },
+        None => next.run(req).await,
+    };
+    let status = response.status();
+    if method != Method::GET || status == StatusCode::FORBIDDEN {
+        c.audit(&AuditRecord {
+            time: now_ms(),
+            user: principal.user,
+            token: principal.token,
+            from,
+            method: method.to_string(),
+            path,
+            resource,
+            status: status.as_u16(),
+        });
+    }
+    response
+}
+
+/// The API as served over HTTPS: every route but login needs a token.
+pub fn https_router(ctrl: Controller, api: Arc<crate::metrics::ApiMetrics>, limiter: Arc<RateLimiter>) -> axum::Router {
+    crate::router_with_metrics(ctrl.clone(), api)
+        .layer(axum::middleware::from_fn_with_state((ctrl, limiter), require_token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_come_from_the_route() {
+        let r = |m: Method, matched: &str, path: &str| requirement(&m, matched, path);
+        assert_eq!(r(Method::GET, "/api/v1/vms", "/api/v1/vms"), Some((Privilege::Read, "/vms".into())));
+        assert_eq!(r(Method::POST, "/api/v1/vms", "/api/v1/vms"), Some((Privilege::Modify, "/vms".into())));
+        assert_eq!(
+            r(Method::POST, "/api/v1/vms/{name}/actions/{action}", "/api/v1/vms/web/actions/start"),
+            Some((Privilege::Operate, "/vms/web".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/api/v1/vms/{name}/console", "/api/v1/vms/web/console"),
+            Some((Privilege::Operate, "/vms/web".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/api/v1/vms/{name}/balloon", "/api/v1/vms/web/balloon"),
+            Some((Privilege::Read, "/vms/web".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/api/v1/pools/{pool}/volumes/{name}", "/api/v1/pools/p/volumes/v"),
+            Some((Privilege::Modify, "/pools/p".into()))
+        );
+        assert_eq!(r(Method::PUT, "/api/v1/host/policy", "/api/v1/host/policy"), Some((Privilege::Admin, "/".into())));
+        assert_eq!(r(Method::GET, "/api/v1/host/policy", "/api/v1/host/policy"), Some((Privilege::Read, "/".into())));
+        assert_eq!(r(Method::GET, "/api/v1/users", "/api/v1/users"), Some((Privilege::Admin, "/".into())));
+        assert_eq!(r(Method::GET, "/api/v1/tasks", "/api/v1/tasks"), None);
+        assert_eq!(r(Method::POST, "/api/v1/tokens", "/api/v1/tokens"), None);
+    }
+
+    #[test]
+    fn buckets_refill() {
+        let l = RateLimiter::new(1000.0, 3.0);
+        assert!(l.take("a") && l.take("a") && l.take("a"));
+        assert!(!l.take("a"));
+        assert!(l.take("b"), "one bucket per token");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(l.take("a"));
+    }
 }

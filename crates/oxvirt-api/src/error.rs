@@ -52,6 +52,12 @@ impl From<ControlError> for ApiError {
                 message,
             },
             ControlError::NotFound { .. } => ApiError::not_found(message),
+            ControlError::Unauthorized(_) => {
+                ApiError { status: StatusCode::UNAUTHORIZED, code: "unauthorized", field: None, rule: None, message }
+            }
+            ControlError::Forbidden(_) => {
+                ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", field: None, rule: None, message }
+            }
             ControlError::Conflict(_) => {
                 ApiError { status: StatusCode::CONFLICT, code: "conflict", field: None, rule: None, message }
             }

@@ -17,6 +17,7 @@ pub mod openapi;
 mod resources;
 mod storage;
 mod tasks;
+mod users;
 mod vms;
 
 use axum::Router;
@@ -45,6 +46,8 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(resources::routes())
         .merge(tasks::routes())
         .merge(events::routes())
+        .merge(users::routes())
+        .route_layer(axum::middleware::from_fn_with_state(ctrl.clone(), auth::authorize))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(api.clone(), metrics::track))
         .layer(axum::Extension(api))

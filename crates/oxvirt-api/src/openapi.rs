@@ -364,6 +364,7 @@ fn parameters(path: &str, op: &str) -> Vec<Value> {
         "vmCreate" => p.push(json!({ "name": "start", "in": "query", "schema": { "type": "boolean" } })),
         "vmConsoleLog" => p.push(json!({ "name": "bytes", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 16777216 } })),
         "taskWait" => p.push(json!({ "name": "timeout", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 600 } })),
+        "auditLog" => p.push(json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 10000 } })),
         _ => {}
     }
     p
@@ -371,7 +372,7 @@ fn parameters(path: &str, op: &str) -> Vec<Value> {
 
 fn error_responses() -> Value {
     let e = json!({ "description": "refused: the body names the field and the rule", "content": { "application/json": { "schema": schema_ref("Error") } } });
-    json!({ "400": e, "401": e, "404": e, "409": e, "500": e })
+    json!({ "400": e, "401": e, "403": e, "404": e, "409": e, "413": e, "429": e, "500": e })
 }
 
 fn schemas() -> Value {
@@ -517,6 +518,29 @@ fn schemas() -> Value {
         "Balloon": { "type": "object", "properties": {
             "actual": { "type": "integer" }, "memory": { "type": "integer" }, "guest_free": { "type": "integer" },
             "guest_total": { "type": "integer" }, "auto": { "type": "boolean" } } },
+        "Login": { "type": "object", "additionalProperties": false, "required": ["user", "password"], "properties": {
+            "user": { "type": "string" }, "password": { "type": "string" } } },
+        "TokenRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+            "name": { "type": "string", "minLength": 1, "maxLength": 200 },
+            "expires_in_secs": { "type": "integer", "minimum": 1, "maximum": 31622400 }, "user": { "type": "string" } } },
+        "Token": { "type": "object", "properties": {
+            "id": { "type": "string" }, "name": { "type": "string" }, "user": { "type": "string" },
+            "expires_at": { "type": "integer" }, "created_at": { "type": "integer" } } },
+        "TokenList": { "type": "array", "items": { "$ref": "#/components/schemas/Token" } },
+        "NewToken": { "type": "object", "properties": {
+            "id": { "type": "string" }, "name": { "type": "string" }, "user": { "type": "string" },
+            "expires_at": { "type": "integer" }, "created_at": { "type": "integer" }, "secret": { "type": "string" } } },
+        "UserSpec": { "type": "object", "additionalProperties": false, "required": ["name", "password"], "properties": {
+            "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
+            "password": { "type": "string", "minLength": 10, "maxLength": 1024 } } },
+        "User": { "type": "object", "properties": { "name": { "type": "string" }, "created_at": { "type": "integer" } } },
+        "UserList": { "type": "array", "items": { "$ref": "#/components/schemas/User" } },
+        "Acl": { "type": "array", "items": { "type": "object", "additionalProperties": false, "required": ["path", "user", "role"], "properties": {
+            "path": { "type": "string" }, "user": { "type": "string" },
+            "role": { "type": "string", "enum": ["administrator", "operator", "auditor", "none"] } } } },
+        "AuditList": { "type": "array", "items": { "type": "object", "properties": {
+            "time": { "type": "integer" }, "user": { "type": "string" }, "token": { "type": "string" }, "from": { "type": "string" },
+            "method": { "type": "string" }, "path": { "type": "string" }, "resource": { "type": "string" }, "status": { "type": "integer" } } } },
         "HostPolicy": { "type": "object", "additionalProperties": false, "properties": {
             "cpu_overcommit": { "type": "number", "minimum": 0.1, "maximum": 64 },
             "memory_overcommit": { "type": "number", "minimum": 0.1, "maximum": 16 },
@@ -577,6 +601,10 @@ pub fn document() -> Value {
         responses[status.to_string()] = ok;
         let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         entry[*method] = json!({ "responses": responses });
+        if *path == crate::auth::LOGIN {
+            // The one route without a token.
+            entry[*method]["security"] = json!([]);
+        }
         if let Value::Object(o) = op {
             for (k, v) in o {
                 entry[*method][k] = v;

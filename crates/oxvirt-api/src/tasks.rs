@@ -3,9 +3,9 @@
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use oxvirt_controller::Controller;
-use oxvirt_model::Task;
+use oxvirt_model::{Principal, Privilege, Task, ROOT};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -23,13 +23,41 @@ fn check_id(id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn list(State(c): State<Controller>) -> ApiResult<Json<Vec<Task>>> {
-    Ok(Json(c.tasks().list()?))
+/// A task is about its target (`vms/web` → `/vms/web`): who may see or cancel it follows.
+fn resource_of(t: &Task) -> String {
+    format!("/{}", t.target.trim_start_matches('/'))
 }
 
-async fn show(State(c): State<Controller>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
-    check_id(&id)?;
-    Ok(Json(c.tasks().get(&id)?))
+fn user_of(p: &Option<Extension<Principal>>) -> String {
+    p.as_ref().map(|Extension(p)| p.user.clone()).unwrap_or_else(|| ROOT.into())
+}
+
+/// The task, if the caller may do `privilege` on what it is about.
+fn task_for(c: &Controller, p: &Option<Extension<Principal>>, id: &str, privilege: Privilege) -> ApiResult<Task> {
+    check_id(id)?;
+    let t = c.tasks().get(id)?;
+    c.authorize(&user_of(p), privilege, &resource_of(&t))?;
+    Ok(t)
+}
+
+/// The tasks the caller may see.
+async fn list(State(c): State<Controller>, p: Option<Extension<Principal>>) -> ApiResult<Json<Vec<Task>>> {
+    let user = user_of(&p);
+    Ok(Json(
+        c.tasks()
+            .list()?
+            .into_iter()
+            .filter(|t| c.authorize(&user, Privilege::Read, &resource_of(t)).is_ok())
+            .collect(),
+    ))
+}
+
+async fn show(
+    State(c): State<Controller>,
+    p: Option<Extension<Principal>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    Ok(Json(task_for(&c, &p, &id, Privilege::Read)?))
 }
 
 #[derive(Deserialize)]
@@ -41,10 +69,11 @@ struct WaitQuery {
 
 async fn wait(
     State(c): State<Controller>,
+    p: Option<Extension<Principal>>,
     Path(id): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Task>> {
-    check_id(&id)?;
+    task_for(&c, &p, &id, Privilege::Read)?;
     let Query(q) = q.map_err(|e| ApiError::invalid("timeout", e.body_text()))?;
     let secs = q.timeout.unwrap_or(30);
     if secs > 600 {
@@ -53,7 +82,11 @@ async fn wait(
     Ok(Json(c.tasks().wait(&id, Duration::from_secs(secs)).await?))
 }
 
-async fn cancel(State(c): State<Controller>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
-    check_id(&id)?;
+async fn cancel(
+    State(c): State<Controller>,
+    p: Option<Extension<Principal>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    task_for(&c, &p, &id, Privilege::Operate)?;
     Ok(Json(c.tasks().cancel(&id)?))
 }

@@ -1,5 +1,6 @@
 //! `oxvirt`: the command-line client of oxvirtd.
 
+mod access;
 mod console;
 mod network;
 mod output;
@@ -59,6 +60,22 @@ enum Command {
     /// Security groups: allow rules for NICs.
     #[command(subcommand, name = "security-group", alias = "sg")]
     SecurityGroup(network::SecurityGroupCmd),
+    /// Local users (the password is read from standard input).
+    #[command(subcommand)]
+    User(access::UserCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(access::TokenCmd),
+    /// Who may do what where: roles granted to users on paths.
+    #[command(subcommand)]
+    Acl(access::AclCmd),
+    /// Log in over HTTPS with a password (read from standard input): prints a token for 8 hours.
+    Login { user: String },
+    /// The audit log's latest records.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,7 +260,9 @@ async fn main() {
     let client = match &cli.url {
         None => Client::new(&cli.socket),
         Some(url) => {
-            let token = cli.token.as_deref().unwrap_or("");
+            // Logging in is how one gets a token: none is needed for it.
+            let anonymous = if matches!(cli.command, Command::Login { .. }) { "-" } else { "" };
+            let token = cli.token.as_deref().unwrap_or(anonymous);
             let fingerprint = cli.fingerprint.as_deref().unwrap_or("");
             match oxvirt_client::Transport::https(url, token, fingerprint) {
                 Ok(t) => Client::with_transport(t),
@@ -416,6 +435,11 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Host(HostCmd::Show) => print_host(&client.host().await?, out),
         Command::Host(HostCmd::Top { once }) => output::top(client, out, true, once).await?,
         Command::Pool(cmd) => storage::pool(client, out, cmd).await?,
+        Command::User(cmd) => access::user(client, out, cmd).await?,
+        Command::Token(cmd) => access::token(client, out, cmd).await?,
+        Command::Acl(cmd) => access::acl(client, out, cmd).await?,
+        Command::Login { user } => access::login(client, &user).await?,
+        Command::Audit { limit } => access::audit(client, out, limit).await?,
         Command::Network(cmd) => network::network(client, out, cmd).await?,
         Command::SecurityGroup(cmd) => network::security_group(client, out, cmd).await?,
         Command::Volume(cmd) => storage::volume(client, out, cmd).await?,

@@ -19,6 +19,12 @@ pub enum ControlError {
     Store(#[from] oxvirt_store::StoreError),
     #[error("hypervisor: {0}")]
     Hypervisor(#[from] oxvirt_hypervisor::HvError),
+    /// No valid credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the right (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// A host command oxvirt needs failed (500).
     #[error("host: {0}")]
     Host(String),

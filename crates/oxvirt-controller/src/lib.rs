@@ -6,6 +6,7 @@
 //! written to the store first and announced on the event bus.
 
 pub mod alerts;
+pub mod audit;
 mod console;
 mod disks;
 mod error;
@@ -21,6 +22,7 @@ pub mod stats;
 pub mod storage;
 mod tasks;
 mod tokens;
+pub mod users;
 mod vms;
 
 pub use error::ControlError;
@@ -81,6 +83,8 @@ pub(crate) struct Inner {
     pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
+    /// Serialises appends to the audit log.
+    pub audit_lock: Mutex<()>,
     /// VMs automatic ballooning shrank, with the target it set.
     pub auto_ballooned: Mutex<HashMap<String, u64>>,
     /// Serialises changes of networks and of oxvirt's nftables tables.
@@ -109,6 +113,7 @@ impl Controller {
             export_daemons: Default::default(),
             net_lock: Default::default(),
             auto_ballooned: Mutex::default(),
+            audit_lock: Mutex::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
             history: Mutex::default(),

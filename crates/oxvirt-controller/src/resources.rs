@@ -134,6 +134,7 @@ impl Controller {
 
     /// The host refuses a VM its policy has no room for, naming the resource.
     pub(crate) fn admit(&self, vm: &Vm) -> Result<(), ControlError> {
+        self.check_memory_encryption(vm)?;
         let policy = self.host_policy()?;
         let others: Vec<Vm> = self
             .list_vms()?
@@ -168,6 +169,33 @@ impl Controller {
             ));
         }
         Ok(())
+    }
+
+    /// Encrypted memory is passed to QEMU only where the host has it; elsewhere a clear refusal.
+    pub(crate) fn check_memory_encryption(&self, vm: &Vm) -> Result<(), ControlError> {
+        let Some(enc) = vm.spec.memory_encryption else { return Ok(()) };
+        let (what, param) = match enc {
+            oxvirt_model::MemoryEncryption::Sev => ("SEV", "sev"),
+            oxvirt_model::MemoryEncryption::SevSnp => ("SEV-SNP", "sev_snp"),
+        };
+        let accel = oxvirt_hypervisor::accel::resolve(vm.spec.accel, self.inner.hv.accel());
+        let reason = if accel != oxvirt_hypervisor::Accel::Kvm {
+            Some(
+                "guests here run under TCG (software emulation), and only KVM on an AMD CPU encrypts memory"
+                    .to_string(),
+            )
+        } else {
+            let v = std::fs::read_to_string(format!("/sys/module/kvm_amd/parameters/{param}")).unwrap_or_default();
+            (!matches!(v.trim(), "Y" | "1"))
+                .then(|| format!("kvm_amd does not offer {what} (/sys/module/kvm_amd/parameters/{param})"))
+        };
+        match reason {
+            Some(r) => Err(ControlError::invalid(
+                "memory_encryption",
+                format!("this host cannot encrypt guest memory with {what}: {r}"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Where the VM's threads and memory go: pinned CPUs, or a NUMA node chosen for it.

@@ -1,7 +1,7 @@
 //! API tokens: HTTPS requests carry one. The store keeps only their SHA-256.
 
 use crate::{now_millis, ControlError, Controller};
-use oxvirt_model::ApiToken;
+use oxvirt_model::{ApiToken, NewToken, ROOT};
 use oxvirt_store::{Expect, StoreExt};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -37,7 +37,9 @@ impl Controller {
             id: "admin".into(),
             name: "administrator (made at first start)".into(),
             sha256: sha256_hex(&secret),
-            role: "admin".into(),
+            role: String::new(),
+            user: ROOT.into(),
+            expires_at: None,
             created_at: now_millis(),
         };
         let mut f =
@@ -48,11 +50,72 @@ impl Controller {
         Ok(true)
     }
 
-    /// The token a bearer presented, if it is valid.
+    /// The token a bearer presented, if it is valid now: known, not expired, its user there.
     pub fn check_token(&self, presented: &str) -> Option<ApiToken> {
         let hash = sha256_hex(presented.trim());
         let tokens = self.inner.store.list_records::<ApiToken>().ok()?;
-        tokens.into_iter().map(|(t, _)| t).find(|t| constant_time_eq(t.sha256.as_bytes(), hash.as_bytes()))
+        let t = tokens.into_iter().map(|(t, _)| t).find(|t| constant_time_eq(t.sha256.as_bytes(), hash.as_bytes()))?;
+        if t.expires_at.is_some_and(|e| e <= now_millis()) {
+            return None;
+        }
+        if t.user != ROOT && self.inner.store.get_record::<oxvirt_model::User>(&t.user).ok()?.is_none() {
+            return None;
+        }
+        Some(t)
+    }
+
+    /// A new token acting as `user`; the secret is shown once, here.
+    pub fn create_token(&self, user: &str, name: &str, ttl_ms: Option<u64>) -> Result<NewToken, ControlError> {
+        if name.is_empty() || name.len() > 200 || name.contains(['\n', '\r', '\0']) {
+            return Err(ControlError::invalid("name", "must be one line of 1 to 200 bytes"));
+        }
+        if let Some(t) = ttl_ms {
+            if t == 0 || t > 366 * 24 * 3600 * 1000 {
+                return Err(ControlError::invalid("expires_in_secs", "must be 1 second to 366 days"));
+            }
+        }
+        let io = |e: std::io::Error| ControlError::Host(format!("random token: {e}"));
+        let secret = format!("oxv_{}", random_secret().map_err(io)?);
+        let id = random_secret().map_err(io)?[..16].to_string();
+        let now = now_millis();
+        let token = ApiToken {
+            id,
+            name: name.into(),
+            sha256: sha256_hex(&secret),
+            role: String::new(),
+            user: user.into(),
+            expires_at: ttl_ms.map(|t| now + t),
+            created_at: now,
+        };
+        self.inner.store.put_record(&token.id, &token, Expect::Absent)?;
+        Ok(NewToken { token: ApiToken { sha256: String::new(), ..token }, secret })
+    }
+
+    /// Tokens (without their hashes): of one user, or all.
+    pub fn list_tokens(&self, user: Option<&str>) -> Result<Vec<ApiToken>, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .list_records::<ApiToken>()?
+            .into_iter()
+            .map(|(t, _)| ApiToken { sha256: String::new(), ..t })
+            .filter(|t| user.is_none_or(|u| t.user == u))
+            .collect())
+    }
+
+    pub fn get_token(&self, id: &str) -> Result<ApiToken, ControlError> {
+        self.inner
+            .store
+            .get_record::<ApiToken>(id)?
+            .map(|(t, _)| ApiToken { sha256: String::new(), ..t })
+            .ok_or_else(|| ControlError::NotFound { kind: "token", name: id.into() })
+    }
+
+    /// Revokes a token: the next request with it is refused.
+    pub fn revoke_token(&self, id: &str) -> Result<(), ControlError> {
+        self.get_token(id)?;
+        self.inner.store.delete_record::<ApiToken>(id, Expect::Any)?;
+        Ok(())
     }
 }
 

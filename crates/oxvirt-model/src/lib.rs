@@ -13,6 +13,7 @@ mod qos;
 pub mod rate;
 mod resources;
 mod secgroup;
+mod security;
 mod size;
 mod storage;
 mod task;
@@ -34,16 +35,20 @@ pub use resources::{
     HUGEPAGE, QEMU_OVERHEAD,
 };
 pub use secgroup::{parse_ports, Direction, Protocol, SecurityGroup, SecurityGroupSpec, SecurityRule};
+pub use security::{
+    covers, role_on, validate_password, AclEntry, AclList, AuditRecord, Principal, Privilege, Role, User, UserSpec,
+    UserView, ACL_COLLECTIONS, ROOT,
+};
 pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
 pub use storage::{
     parse_volume_ref, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Volume, VolumeSnapshot, VolumeSpec,
 };
 pub use task::{Task, TaskState};
-pub use token::ApiToken;
+pub use token::{ApiToken, NewToken};
 pub use vm::{
     validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,
-    KernelBoot, MachineType, NbdSource, NicMode, NicQos, NicSpec, RestartPolicy, Vm, VmAction, VmSpec, VmState,
-    VmStatus, VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
+    KernelBoot, MachineType, MemoryEncryption, NbdSource, NicMode, NicQos, NicSpec, RestartPolicy, Vm, VmAction,
+    VmSpec, VmState, VmStatus, VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
 };
 
 /// Milliseconds since the Unix epoch: the one time format of records and events.

@@ -26,6 +26,9 @@ pub struct VmSpec {
     pub restart_policy: RestartPolicy,
     #[serde(default)]
     pub accel: AccelChoice,
+    /// Encrypted guest memory (AMD SEV / SEV-SNP): only on hosts that have it, under KVM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_encryption: Option<MemoryEncryption>,
     /// A virtio-rng device fed from the host's /dev/urandom.
     #[serde(default = "yes")]
     pub rng: bool,
@@ -39,6 +42,13 @@ pub struct VmSpec {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryEncryption {
+    Sev,
+    SevSnp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -47,6 +47,15 @@ impl Record for oxvirt_model::HostPolicy {
     const PREFIX: &'static str = "policy/";
 }
 
+impl Record for oxvirt_model::User {
+    const PREFIX: &'static str = "users/";
+}
+
+/// One record, `acl/all`: the whole list, changed in one transaction.
+impl Record for oxvirt_model::AclList {
+    const PREFIX: &'static str = "acl/";
+}
+
 impl Record for oxvirt_model::ApiToken {
     const PREFIX: &'static str = "tokens/";
 }

@@ -19,7 +19,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: a
             }
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let app = app.clone().layer(axum::Extension(oxvirt_api::auth::Peer(peer.to_string())));
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,

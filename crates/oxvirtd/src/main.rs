@@ -118,7 +118,14 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
         tokio::spawn(https::serve(
             tcp,
             tls.config.clone(),
-            oxvirt_api::auth::https_router(ctrl.clone(), api_metrics.clone()),
+            oxvirt_api::auth::https_router(
+                ctrl.clone(),
+                api_metrics.clone(),
+                std::sync::Arc::new(oxvirt_api::auth::RateLimiter::new(
+                    config.api_rate_per_token,
+                    config.api_burst_per_token,
+                )),
+            ),
         ));
     }
 

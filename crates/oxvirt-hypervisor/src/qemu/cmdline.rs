@@ -34,6 +34,10 @@ pub fn escape_opt(value: &str) -> String {
     value.replace(',', ",,")
 }
 
+/// QEMU's seccomp filter. `-daemonize` forks and calls setsid after the filter is in, so
+/// `spawn` and `elevateprivileges` stay allowed (seen here: with them denied QEMU never starts).
+pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
+
 /// The TAP device of NIC `index` of VM `id` (15 characters at most, as Linux wants).
 pub fn tap_name(id: &str, index: usize) -> String {
     let hex: String = id.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect();
@@ -170,6 +174,9 @@ pub fn disk_device_extras(d: &oxvirt_model::DiskSpec, dev: &mut serde_json::Valu
 fn machine_opts(base: &str, spec: &VmSpec) -> String {
     let mut m = base.to_string();
     m.push_str(if spec.resources.ksm { ",mem-merge=on" } else { ",mem-merge=off" });
+    if spec.memory_encryption.is_some() {
+        m.push_str(",confidential-guest-support=sev0");
+    }
     let backends = memory_backends(spec);
     if backends.len() == 1 && backends[0].1.is_none() {
         m.push_str(",memory-backend=ram0");
@@ -244,6 +251,15 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
         }
     }
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // seccomp: no obsolete system calls, no changes to scheduling priorities or resource limits.
+    push(&["-sandbox", SANDBOX]);
+    if let Some(enc) = spec.memory_encryption {
+        let obj = match enc {
+            oxvirt_model::MemoryEncryption::Sev => "sev-guest,id=sev0,cbitpos=47,reduced-phys-bits=1",
+            oxvirt_model::MemoryEncryption::SevSnp => "sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1",
+        };
+        push(&["-object", obj]);
+    }
     if needs_setup_before_run(spec) {
         push(&["-S"]);
     }
@@ -351,6 +367,7 @@ mod tests {
             accel: Default::default(),
             rng: true,
             balloon: true,
+            memory_encryption: None,
             resources: Default::default(),
         }
     }
@@ -520,7 +537,8 @@ mod tests {
                     "-object",
                     "-action",
                     "-pidfile",
-                    "-daemonize"
+                    "-daemonize",
+                    "-sandbox"
                 ]
                 .contains(&f.as_str()),
                 "unexpected flag {f}"

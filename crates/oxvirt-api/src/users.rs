@@ -1,0 +1,142 @@
+//! `/api/v1/auth/login`, `/api/v1/tokens`, `/api/v1/users`, `/api/v1/acl`, `/api/v1/audit`.
+
+use crate::body::parse;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use oxvirt_controller::{ControlError, Controller};
+use oxvirt_model::{
+    validate_name, AclEntry, ApiToken, AuditRecord, NewToken, Principal, Privilege, UserSpec, UserView, ROOT,
+};
+
+pub fn routes() -> Router<Controller> {
+    Router::new()
+        .route(crate::auth::LOGIN, post(login))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{user}", axum::routing::delete(delete_user))
+        .route("/api/v1/acl", get(acl).put(set_acl))
+        .route("/api/v1/audit", get(audit))
+}
+
+fn who(p: Option<Extension<Principal>>) -> Principal {
+    p.map(|Extension(p)| p).unwrap_or(Principal { user: ROOT.into(), token: None })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+async fn login(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let l: Login = parse(&body)?;
+    let c2 = c.clone();
+    // Password hashing is slow on purpose: off the async threads.
+    let t = tokio::task::spawn_blocking(move || c2.login(&l.user, &l.password))
+        .await
+        .map_err(|e| ApiError::from(ControlError::Host(e.to_string())))??;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenRequest {
+    name: String,
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+    /// Only an administrator makes tokens for another user.
+    #[serde(default)]
+    user: Option<String>,
+}
+
+async fn create_token(
+    State(c): State<Controller>,
+    p: Option<Extension<Principal>>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let me = who(p);
+    let r: NewTokenRequest = parse(&body)?;
+    let user = r.user.unwrap_or_else(|| me.user.clone());
+    if user != me.user {
+        c.authorize(&me.user, Privilege::Admin, "/")?;
+        if user != ROOT && !c.list_users()?.iter().any(|u| u.name == user) {
+            return Err(ControlError::invalid("user", format!("there is no user named {user}")).into());
+        }
+    }
+    let t: NewToken = c.create_token(&user, &r.name, r.expires_in_secs.map(|s| s.saturating_mul(1000)))?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// A user's own tokens; an administrator's view has everyone's.
+async fn list_tokens(State(c): State<Controller>, p: Option<Extension<Principal>>) -> ApiResult<Json<Vec<ApiToken>>> {
+    let me = who(p);
+    let all = c.authorize(&me.user, Privilege::Admin, "/").is_ok();
+    Ok(Json(c.list_tokens(if all { None } else { Some(&me.user) })?))
+}
+
+async fn revoke_token(
+    State(c): State<Controller>,
+    p: Option<Extension<Principal>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let me = who(p);
+    if id.len() > 64 || !id.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+        return Err(ApiError::not_found(format!("token {id:?} not found")));
+    }
+    let t = c.get_token(&id)?;
+    if t.user != me.user {
+        c.authorize(&me.user, Privilege::Admin, "/")?;
+    }
+    c.revoke_token(&id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_users(State(c): State<Controller>) -> ApiResult<Json<Vec<UserView>>> {
+    Ok(Json(c.list_users()?))
+}
+
+async fn create_user(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: UserSpec = parse(&body)?;
+    let c2 = c.clone();
+    let u = tokio::task::spawn_blocking(move || c2.create_user(spec))
+        .await
+        .map_err(|e| ApiError::from(ControlError::Host(e.to_string())))??;
+    Ok((StatusCode::CREATED, Json(u)))
+}
+
+async fn delete_user(State(c): State<Controller>, Path(user): Path<String>) -> ApiResult<StatusCode> {
+    validate_name("user", &user).map_err(|_| ApiError::not_found(format!("user {user:?} not found")))?;
+    c.delete_user(&user)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn acl(State(c): State<Controller>) -> ApiResult<Json<Vec<AclEntry>>> {
+    Ok(Json(c.acl()?))
+}
+
+async fn set_acl(State(c): State<Controller>, body: Bytes) -> ApiResult<Json<Vec<AclEntry>>> {
+    let acl: Vec<AclEntry> = parse(&body)?;
+    Ok(Json(c.set_acl(acl)?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default = "hundred")]
+    limit: usize,
+}
+
+fn hundred() -> usize {
+    100
+}
+
+async fn audit(State(c): State<Controller>, Query(q): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditRecord>>> {
+    Ok(Json(c.audit_tail(q.limit.min(10_000))?))
+}

@@ -1,0 +1,182 @@
+//! `oxvirt user`, `oxvirt token`, `oxvirt acl`, `oxvirt login`, `oxvirt audit`.
+
+use crate::output::{print_json, table, Output};
+use clap::Subcommand;
+use oxvirt_client::{encode, Client, ClientError};
+use oxvirt_model::{AclEntry, ApiToken, AuditRecord, NewToken, UserView};
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Create a local user; the password is read from standard input (one line).
+    Create {
+        name: String,
+    },
+    List,
+    /// Delete a user, their grants and tokens.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// A new token acting as you; its secret is printed once.
+    Create {
+        name: String,
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// (Administrators) for another user.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    List,
+    /// Revoke a token: refused from the next request on.
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AclCmd {
+    Show,
+    /// Grant ROLE (administrator, operator, auditor, none) to USER on PATH (/, /vms/NAME...).
+    Grant {
+        path: String,
+        user: String,
+        role: String,
+    },
+    /// Take back USER's grant on PATH.
+    Revoke {
+        path: String,
+        user: String,
+    },
+}
+
+fn read_password() -> Result<String, ClientError> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| ClientError::Decode(format!("password: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn print_tokens(t: &[ApiToken], out: Output) {
+    if out == Output::Json {
+        return print_json(&t);
+    }
+    let rows = t
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.user.clone(),
+                t.name.clone(),
+                t.expires_at.map(|e| e.to_string()).unwrap_or_else(|| "never".into()),
+            ]
+        })
+        .collect();
+    table(&["ID", "USER", "NAME", "EXPIRES (ms)"], rows);
+}
+
+pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> Result<(), ClientError> {
+    match cmd {
+        UserCmd::Create { name } => {
+            let password = read_password()?;
+            let u: UserView = client.post("/api/v1/users", &json!({ "name": name, "password": password })).await?;
+            println!("user {} created", u.name);
+        }
+        UserCmd::List => {
+            let users: Vec<UserView> = client.get("/api/v1/users").await?;
+            if out == Output::Json {
+                print_json(&users);
+            } else {
+                table(
+                    &["NAME", "CREATED (ms)"],
+                    users.iter().map(|u| vec![u.name.clone(), u.created_at.to_string()]).collect(),
+                );
+            }
+        }
+        UserCmd::Delete { name } => {
+            client.delete(&format!("/api/v1/users/{}", encode(&name))).await?;
+            println!("user {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(client: &Client, out: Output, cmd: TokenCmd) -> Result<(), ClientError> {
+    match cmd {
+        TokenCmd::Create { name, expires_in, user } => {
+            let t: NewToken = client
+                .post("/api/v1/tokens", &json!({ "name": name, "expires_in_secs": expires_in, "user": user }))
+                .await?;
+            if out == Output::Json {
+                print_json(&t);
+            } else {
+                println!("token {} for {}: {}", t.token.id, t.token.user, t.secret);
+            }
+        }
+        TokenCmd::List => print_tokens(&client.get::<Vec<ApiToken>>("/api/v1/tokens").await?, out),
+        TokenCmd::Revoke { id } => {
+            client.delete(&format!("/api/v1/tokens/{}", encode(&id))).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+pub async fn acl(client: &Client, out: Output, cmd: AclCmd) -> Result<(), ClientError> {
+    let mut acl: Vec<AclEntry> = client.get("/api/v1/acl").await?;
+    match cmd {
+        AclCmd::Show => {}
+        AclCmd::Grant { path, user, role } => {
+            acl.retain(|e| !(e.path == path && e.user == user));
+            let e: AclEntry = serde_json::from_value(json!({ "path": path, "user": user, "role": role }))
+                .map_err(|e| ClientError::Decode(format!("role: {e}")))?;
+            acl.push(e);
+            acl = client.put("/api/v1/acl", &json!(acl)).await?;
+        }
+        AclCmd::Revoke { path, user } => {
+            acl.retain(|e| !(e.path == path && e.user == user));
+            acl = client.put("/api/v1/acl", &json!(acl)).await?;
+        }
+    }
+    if out == Output::Json {
+        print_json(&acl);
+    } else {
+        let rows =
+            acl.iter().map(|e| vec![e.path.clone(), e.user.clone(), format!("{:?}", e.role).to_lowercase()]).collect();
+        table(&["PATH", "USER", "ROLE"], rows);
+    }
+    Ok(())
+}
+
+/// Logs in over HTTPS (no token needed) and prints a token valid for 8 hours.
+pub async fn login(client: &Client, user: &str) -> Result<(), ClientError> {
+    let password = read_password()?;
+    let t: NewToken = client.post("/api/v1/auth/login", &json!({ "user": user, "password": password })).await?;
+    println!("{}", t.secret);
+    Ok(())
+}
+
+pub async fn audit(client: &Client, out: Output, limit: usize) -> Result<(), ClientError> {
+    let recs: Vec<AuditRecord> = client.get(&format!("/api/v1/audit?limit={limit}")).await?;
+    if out == Output::Json {
+        print_json(&recs);
+        return Ok(());
+    }
+    let rows = recs
+        .iter()
+        .map(|r| {
+            vec![
+                r.time.to_string(),
+                r.user.clone(),
+                r.from.clone(),
+                r.method.clone(),
+                r.path.clone(),
+                r.status.to_string(),
+            ]
+        })
+        .collect();
+    table(&["TIME (ms)", "USER", "FROM", "METHOD", "PATH", "STATUS"], rows);
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Users, roles, tokens and the audit log over HTTPS; QEMU's sandbox; memory encryption refused
+//! where the host has none.
+
+use oxvirt_client::{Client, Transport};
+use oxvirt_e2e::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn https_client(d: &Daemon, token: &str) -> Client {
+    let (url, _, fp) = d.https();
+    Client::with_transport(Transport::https(&url, token, &fp).unwrap())
+}
+
+async fn login(d: &Daemon, user: &str, password: &str) -> Result<String, u16> {
+    let anon = https_client(d, "none");
+    let body = serde_json::to_vec(&json!({ "user": user, "password": password })).unwrap();
+    let (status, body) = anon.raw(hyper::Method::POST, "/api/v1/auth/login", Some(body)).await.unwrap();
+    if status != 201 {
+        return Err(status);
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    Ok(v["secret"].as_str().unwrap().to_string())
+}
+
+async fn make_user(c: &Client, name: &str) {
+    let _: Value =
+        c.post("/api/v1/users", &json!({ "name": name, "password": format!("{name}-long-password") })).await.unwrap();
+}
+
+/// Every documented route, called by an auditor: reads pass, everything else is refused (403)
+/// and changes nothing; an operator scoped to one VM runs it and nothing else; the audit log says
+/// who did what, to what, with what result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_the_acl_and_the_audit_log_records() {
+    let d = Daemon::start_with_config("stop_timeout_secs = 5\napi_rate_per_token = 0\n");
+    let root = &d.client;
+    make_user(root, "ann").await;
+    make_user(root, "otto").await;
+    let (status, body) = root
+        .raw(hyper::Method::PUT, "/api/v1/acl", Some(br#"[{"path":"/etc/x","user":"ann","role":"auditor"}]"#.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("[0].path"));
+    let _: Value = root
+        .put(
+            "/api/v1/acl",
+            &json!([
+                { "path": "/", "user": "ann", "role": "auditor" },
+                { "path": "/vms/web", "user": "otto", "role": "operator" },
+            ]),
+        )
+        .await
+        .unwrap();
+    root.create_vm(&kernel_spec("web", ""), false).await.unwrap();
+    root.create_vm(&kernel_spec("db", ""), false).await.unwrap();
+    assert_eq!(login(&d, "ann", "wrong-password-x").await, Err(401));
+    assert_eq!(login(&d, "nobody", "wrong-password-x").await, Err(401));
+    let ann = https_client(&d, &login(&d, "ann", "ann-long-password").await.unwrap());
+
+    let doc: Value = root.call(hyper::Method::GET, "/api/v1/openapi.json", None).await.unwrap();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op["security"] == json!([])
+                || path.starts_with("/api/v1/tokens")
+                || path.starts_with("/api/v1/tasks")
+                || path.ends_with("/events")
+            {
+                continue; // login is public; own tokens are anyone's; tasks follow their target (below); the event stream does not end
+            }
+            let concrete = path
+                .replace("{name}", "web")
+                .replace("{pool}", "nopool")
+                .replace("{network}", "nonet")
+                .replace("{group}", "nogroup")
+                .replace("{user}", "otto")
+                .replace("{snap}", "nosnap")
+                .replace("{disk}", "nodisk")
+                .replace("{nic}", "nic0")
+                .replace("{action}", "start")
+                .replace("{id}", "0");
+            let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, body) = ann.raw(m.clone(), &concrete, Some(b"{}".to_vec())).await.unwrap();
+            let body = String::from_utf8_lossy(&body);
+            let admin_only = ["/api/v1/users", "/api/v1/acl", "/api/v1/audit"].iter().any(|p| path.starts_with(p));
+            let operate = path.ends_with("/console") || path.ends_with("/actions/{action}");
+            if m == hyper::Method::GET && !admin_only && !operate {
+                assert!(status != 401 && status != 403, "auditor refused a read: {method} {path}: {status} {body}");
+            } else {
+                assert_eq!(status, 403, "auditor not refused: {method} {path}: {body}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 45, "only {checked} routes checked");
+    // Nothing the auditor asked for happened.
+    assert_eq!(root.get_vm("web").await.unwrap().status.state.as_str(), "stopped");
+    assert_eq!(root.list_vms().await.unwrap().len(), 2);
+
+    // The operator of /vms/web: runs web, not db; cannot delete web (operators do not delete?
+    // they may change: the role allows it) but cannot touch the host's policy.
+    let otto = https_client(&d, &login(&d, "otto", "otto-long-password").await.unwrap());
+    let t = otto.vm_action_wait("web", "start", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Succeeded);
+    let (status, _) = otto.raw(hyper::Method::POST, "/api/v1/vms/db/actions/start", None).await.unwrap();
+    assert_eq!(status, 403);
+    let (status, _) = otto.raw(hyper::Method::GET, "/api/v1/vms/db", None).await.unwrap();
+    assert_eq!(status, 403, "no grant on db: not even a look");
+    let (status, _) = otto.raw(hyper::Method::PUT, "/api/v1/host/policy", Some(b"{}".to_vec())).await.unwrap();
+    assert_eq!(status, 403);
+    otto.vm_action_wait("web", "kill", Duration::from_secs(30)).await.unwrap();
+    // Tasks follow what they are about: otto sees web's, not db's; ann cannot cancel any.
+    let tasks: Vec<oxvirt_model::Task> = otto.get("/api/v1/tasks").await.unwrap();
+    assert!(!tasks.is_empty() && tasks.iter().all(|t| t.target == "vms/web"), "{tasks:?}");
+    let db_task = root.vm_action("db", "start").await.unwrap();
+    let (status, _) = otto.raw(hyper::Method::GET, &format!("/api/v1/tasks/{}", db_task.id), None).await.unwrap();
+    assert_eq!(status, 403);
+    let (status, _) = ann.raw(hyper::Method::DELETE, &format!("/api/v1/tasks/{}", db_task.id), None).await.unwrap();
+    assert_eq!(status, 403);
+    root.wait_task(&db_task.id, Duration::from_secs(60)).await.unwrap();
+    root.vm_action_wait("db", "kill", Duration::from_secs(30)).await.unwrap();
+
+    let (code, out, _) = d.cli(&["acl", "show"]);
+    assert!(code == 0 && out.contains("/vms/web") && out.contains("otto") && out.contains("operator"), "{out}");
+    let (code, out, _) = d.cli(&["audit", "--limit", "500"]);
+    assert!(code == 0 && out.contains("/api/v1/vms/db/actions/start") && out.contains("403"), "{out}");
+    let audit: Vec<oxvirt_model::AuditRecord> = root.get("/api/v1/audit?limit=1000").await.unwrap();
+    let find = |user: &str, path: &str, status: u16| {
+        audit.iter().any(|r| r.user == user && r.path == path && r.status == status && r.method == "POST")
+    };
+    assert!(find("otto", "/api/v1/vms/web/actions/start", 202), "{audit:?}");
+    assert!(find("otto", "/api/v1/vms/db/actions/start", 403));
+    assert!(find("ann", "/api/v1/vms", 403));
+    assert!(audit.iter().any(|r| r.user == "root" && r.path == "/api/v1/acl" && r.from == "socket"));
+    assert!(audit.iter().filter(|r| r.user == "otto").all(|r| r.from.starts_with("127.0.0.1:") && r.token.is_some()));
+    let rec = audit.iter().find(|r| r.user == "otto" && r.status == 202).unwrap();
+    assert_eq!(rec.resource, "/vms/web");
+    // Only its hash is stored, never the password.
+    // (The store is SQLite in WAL mode: recent writes are in the -wal file.)
+    let mut store = std::fs::read(d.path().join("store.db")).unwrap();
+    store.extend(std::fs::read(d.path().join("store.db-wal")).unwrap_or_default());
+    let text = String::from_utf8_lossy(&store);
+    assert!(text.contains("$argon2id$") && !text.contains("ann-long-password"));
+}
+
+/// Tokens: made by their user, refused once expired or revoked (at once), limited in rate;
+/// a user cannot revoke another's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire_revoke_at_once_and_are_rate_limited() {
+    let d = Daemon::start_with_config("api_rate_per_token = 5\napi_burst_per_token = 10\n");
+    let root = &d.client;
+    make_user(root, "tess").await;
+    let _: Value = root.put("/api/v1/acl", &json!([{ "path": "/", "user": "tess", "role": "auditor" }])).await.unwrap();
+    let tess = https_client(&d, &login(&d, "tess", "tess-long-password").await.unwrap());
+    let short: Value = tess.post("/api/v1/tokens", &json!({ "name": "short", "expires_in_secs": 2 })).await.unwrap();
+    let short_client = https_client(&d, short["secret"].as_str().unwrap());
+    assert!(short_client.host().await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _) = short_client.raw(hyper::Method::GET, "/api/v1/host", None).await.unwrap();
+    assert_eq!(status, 401, "an expired token is refused");
+
+    let long: Value = tess.post("/api/v1/tokens", &json!({ "name": "ci" })).await.unwrap();
+    let ci = https_client(&d, long["secret"].as_str().unwrap());
+    assert!(ci.host().await.is_ok());
+    let mine: Vec<Value> = tess.get("/api/v1/tokens").await.unwrap();
+    assert!(mine.iter().all(|t| t["user"] == "tess") && mine.len() == 3, "{mine:?}");
+    assert!(mine.iter().all(|t| t.get("sha256").is_none()), "no hashes shown");
+    let (status, _) = tess.raw(hyper::Method::DELETE, "/api/v1/tokens/admin", None).await.unwrap();
+    assert_eq!(status, 403, "not her token");
+    tess.delete(&format!("/api/v1/tokens/{}", long["id"].as_str().unwrap())).await.unwrap();
+    let (status, _) = ci.raw(hyper::Method::GET, "/api/v1/host", None).await.unwrap();
+    assert_eq!(status, 401, "a revoked token is refused at once");
+
+    // 5 requests/s, bursts of 10: 30 at once run into the limit.
+    let mut limited = 0;
+    for _ in 0..30 {
+        let (status, _) = tess.raw(hyper::Method::GET, "/api/v1/host", None).await.unwrap();
+        if status == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 10, "only {limited} of 30 limited");
+    // A deleted user's tokens die with them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    root.delete("/api/v1/users/tess").await.unwrap();
+    let (status, _) = tess.raw(hyper::Method::GET, "/api/v1/host", None).await.unwrap();
+    assert_eq!(status, 401);
+}
+
+/// QEMU runs under a seccomp filter; memory encryption is refused, by name, on a host without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_is_sandboxed_and_sev_is_refused_here() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let created = c.create_vm(&kernel_spec("sbx", ""), true).await.unwrap();
+    c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(c, "sbx", READY, 1, BOOT_TIMEOUT).await;
+    let pid = c.get_vm("sbx").await.unwrap().status.pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')), "{status}");
+    c.vm_action_wait("sbx", "kill", Duration::from_secs(30)).await.unwrap();
+
+    let mut spec = kernel_spec("sev", "");
+    spec["memory_encryption"] = json!("sev");
+    let created = c.create_vm(&spec, true).await.unwrap();
+    let t = c.wait_task(&created.task.unwrap().id, Duration::from_secs(30)).await.unwrap();
+    let err = t.error.unwrap_or_default();
+    assert!(err.contains("memory_encryption: this host cannot encrypt guest memory with SEV"), "{err}");
+    assert!(c.get_vm("sev").await.unwrap().status.pid.is_none());
+}
