@@ -4,7 +4,7 @@ GUEST := build/guest
 GUEST_INPUTS := guest/build.sh guest/init $(wildcard guest/*.script)
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all deps build build-debug guest demo test bench lint clean
+.PHONY: all deps build build-debug guest demo test bench lint clean schemathesis fuzz
 
 all: build
 
@@ -30,8 +30,15 @@ $(GUEST)/.built: $(GUEST_INPUTS)
 demo: build guest
 	scripts/demo.sh
 
+## schemathesis (PyPI), pinned, in its own virtualenv: drives the API from its OpenAPI document.
+SCHEMATHESIS := build/schemathesis/bin/st
+schemathesis: $(SCHEMATHESIS)
+$(SCHEMATHESIS):
+	python3 -m venv build/schemathesis
+	build/schemathesis/bin/pip install --quiet "schemathesis==3.39.16" "hypothesis==6.122.3"
+
 ## The whole test suite: unit tests and end-to-end tests with real QEMU guests.
-test: build-debug guest
+test: build-debug guest schemathesis
 ifeq ($(NEXTEST),yes)
 	cargo nextest run --workspace --no-fail-fast
 else
@@ -41,6 +48,15 @@ endif
 ## Benchmarks: start overhead, API create rate, list time, daemon memory.
 bench: build guest
 	target/release/oxvirt-bench
+
+## Fuzzes every parser that takes outside input (API bodies, user-written values, QMP lines),
+## FUZZ_SECONDS each (default 60), with cargo-fuzz on the stable toolchain (--sanitizer none).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := api_bodies values qmp_line
+fuzz:
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		cargo fuzz run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 ## fmt + clippy with warnings denied.
 lint:

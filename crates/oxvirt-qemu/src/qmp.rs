@@ -151,7 +151,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn parse_greeting(v: &Value) -> Result<(u64, u64, u64), QmpError> {
+/// QEMU's version from its QMP greeting.
+pub fn parse_greeting(v: &Value) -> Result<(u64, u64, u64), QmpError> {
     let q = v
         .get("QMP")
         .and_then(|q| q.get("version"))
@@ -175,15 +176,18 @@ async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<O
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        return serde_json::from_slice(&line)
-            .map(Some)
-            .map_err(|e| QmpError::Protocol(format!("bad JSON from QEMU: {e}")));
+        return decode_line(&line).map(Some);
     }
+}
+
+/// One line from QEMU as JSON (the fuzz target `qmp_line` feeds it anything).
+pub fn decode_line(line: &[u8]) -> Result<Value, QmpError> {
+    serde_json::from_slice(line).map_err(|e| QmpError::Protocol(format!("bad JSON from QEMU: {e}")))
 }
 
 /// What one message from QEMU is.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Message {
+pub enum Message {
     Reply {
         id: u64,
         result: Result<Value, (String, String)>,
@@ -193,7 +197,7 @@ pub(crate) enum Message {
     Other,
 }
 
-pub(crate) fn classify(v: Value) -> Message {
+pub fn classify(v: Value) -> Message {
     if let Some(name) = v.get("event").and_then(Value::as_str) {
         let ts = &v["timestamp"];
         let micros = ts["seconds"].as_u64().unwrap_or(0) * 1_000_000 + ts["microseconds"].as_u64().unwrap_or(0);
