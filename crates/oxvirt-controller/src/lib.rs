@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod audit;
+mod confine;
 mod console;
 mod disks;
 mod error;
@@ -47,6 +48,8 @@ pub struct ControllerConfig {
     pub console_log_max: u64,
     /// How often the reconciler looks at every VM.
     pub reconcile_interval: Duration,
+    /// Each VM's QEMU gives up root for a uid of its own once the guest starts.
+    pub confine_qemu: bool,
 }
 
 impl ControllerConfig {
@@ -56,6 +59,7 @@ impl ControllerConfig {
             stop_timeout: Duration::from_secs(30),
             console_log_max: 1024 * 1024,
             reconcile_interval: Duration::from_secs(2),
+            confine_qemu: true,
         }
     }
 }

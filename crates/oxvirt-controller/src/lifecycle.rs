@@ -83,7 +83,11 @@ impl Controller {
                 Ok(p) => p,
                 Err(e) => return Err(self.start_failed(name, e)),
             };
-        let prepared = match self.prepare_network(&vm.id, &vm.spec).await {
+        let run_as = match self.run_as(name) {
+            Ok(r) => r,
+            Err(e) => return Err(self.start_failed(name, e)),
+        };
+        let prepared = match self.prepare_network(&vm.id, &vm.spec, run_as.map(|r| r.0)).await {
             Ok(with_mtu) => self.prepare_storage(&vm.id, &vm.spec).await.map(|_| with_mtu),
             Err(e) => Err(e),
         };
@@ -92,6 +96,7 @@ impl Controller {
             Err(e) => return Err(self.start_failed(name, e)),
         };
         spec.resources.placement = placement.clone();
+        spec.run_as = run_as;
         self.update_vm_record(name, |v| v.status.placement = placement.clone());
         match self.inner.hv.start(&vm.id, &spec, &paths).await {
             Ok(instance) => {

@@ -35,6 +35,7 @@ impl Controller {
                 tracing::warn!(pool = %pool.spec.name, path, "export daemon died: starting it again");
             }
             let d = Arc::new(ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name, path)).await?);
+            self.share_socket(&d.nbd_socket());
             for (v, _) in self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
                 let served = match self.volume_file(pool, &v.name, v.format) {
                     Ok(file) => d.export(&v.name, &file, v.format, shared).await.map_err(ControlError::from),
@@ -149,6 +150,7 @@ impl Controller {
         });
         for _ in 0..100 {
             if listen.exists() {
+                self.share_socket(&listen);
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -55,6 +55,7 @@ impl Controller {
         let now = now_millis();
         let vm = Vm {
             id,
+            uid: None,
             spec,
             desired: DesiredState::Stopped,
             status: VmStatus {

@@ -188,6 +188,54 @@ async fn tokens_expire_revoke_at_once_and_are_rate_limited() {
     assert_eq!(status, 401);
 }
 
+/// Each VM's QEMU gives up root for a uid of its own: its disk is its own (0600), another VM's
+/// disk is out of its reach, and a disk hot-plugged later is given to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let mut uids = Vec::new();
+    for name in ["ca", "cb"] {
+        let disk = dir.path().join(format!("{name}.raw"));
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let mut spec = kernel_spec(name, "");
+        spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
+        let created = c.create_vm(&spec, true).await.unwrap();
+        c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+        wait_console(c, name, READY, 1, BOOT_TIMEOUT).await;
+        let vm = c.get_vm(name).await.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", vm.status.pid.unwrap())).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+        let uid: u32 = uid_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(uid != 0 && Some(uid) == vm.uid, "{name}: {uid_line}, record {:?}", vm.uid);
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o600), "{name}'s disk is its own");
+        uids.push(uid);
+    }
+    assert_ne!(uids[0], uids[1], "one uid per VM");
+    // As ca's QEMU: its own disk opens, cb's does not.
+    let as_ca = |file: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", &uids[0].to_string(), "--regid", "1100000", "--clear-groups", "head", "-c", "1"])
+            .arg(dir.path().join(file))
+            .output()
+            .unwrap()
+    };
+    assert!(as_ca("ca.raw").status.success());
+    let denied = as_ca("cb.raw");
+    assert!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
+    // A disk hot-plugged into ca (its QEMU no longer root) is given to it and works.
+    let extra = dir.path().join("extra.raw");
+    std::fs::write(&extra, vec![0u8; 1 << 20]).unwrap();
+    let _: Value = c.post("/api/v1/vms/ca/disks", &json!({ "path": extra, "format": "raw" })).await.unwrap();
+    run_in_guest(c, "ca", "ls /sys/block | grep -c vd | sed 's/^/N-/'", "N-2").await;
+    for vm in ["ca", "cb"] {
+        c.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();
+    }
+}
+
 /// QEMU runs under a seccomp filter; memory encryption is refused, by name, on a host without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_is_sandboxed_and_sev_is_refused_here() {

@@ -38,6 +38,10 @@ pub struct VmSpec {
     /// The VM's share of the host: CPU weight, cap, pinning, memory limit, NUMA, huge pages...
     #[serde(default)]
     pub resources: crate::Resources,
+    /// The uid and gid QEMU gives root up for, filled in by the controller when it starts the
+    /// VM. Not stored.
+    #[serde(skip)]
+    pub run_as: Option<(u32, u32)>,
 }
 
 fn yes() -> bool {
@@ -645,6 +649,9 @@ pub struct VmStatus {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Vm {
     pub id: String,
+    /// The uid of the VM's QEMU once it runs (each VM its own), given at its first start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     pub spec: VmSpec,
     pub desired: DesiredState,
     pub status: VmStatus,

@@ -18,6 +18,8 @@ pub struct Config {
     pub log_format: String,
     /// Address of the HTTPS API (token required), e.g. `0.0.0.0:8443`; empty turns it off.
     pub https_listen: String,
+    /// Each VM's QEMU gives up root for a uid of its own once its guest starts.
+    pub confine_qemu: bool,
     /// Requests per second each API token may make over HTTPS (0: no limit), and the burst.
     pub api_rate_per_token: f64,
     pub api_burst_per_token: f64,
@@ -51,6 +53,7 @@ impl Default for Config {
             console_log_max_bytes: 1024 * 1024,
             log_format: "text".into(),
             https_listen: "0.0.0.0:8443".into(),
+            confine_qemu: true,
             api_rate_per_token: 50.0,
             api_burst_per_token: 200.0,
             alerts: AlertsConfig::default(),

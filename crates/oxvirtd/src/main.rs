@@ -92,6 +92,7 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
     let mut cc = ControllerConfig::new(&args.data_dir);
     cc.stop_timeout = Duration::from_secs(config.stop_timeout_secs);
     cc.console_log_max = config.console_log_max_bytes;
+    cc.confine_qemu = config.confine_qemu;
     let ctrl = Controller::new(Arc::new(store), Arc::new(hv), cc).map_err(|e| e.to_string())?;
     ctrl.start_background().await;
     ctrl.start_alerting(oxvirt_controller::alerts::AlertConfig {

@@ -124,8 +124,15 @@ pub(crate) fn ensure_vxlan(
     ip(&["link", "set", name, "up"])
 }
 
-/// A TAP device (multi-queue when `queues` > 1) with an MTU, joined to `bridge`, up.
-pub(crate) fn make_tap(name: &str, queues: u32, mtu: u32, bridge: &str) -> Result<(), HostCmdError> {
+/// A TAP device (multi-queue when `queues` > 1) with an MTU, joined to `bridge`, up; `owner` may
+/// attach to it without privileges.
+pub(crate) fn make_tap(
+    name: &str,
+    queues: u32,
+    mtu: u32,
+    bridge: &str,
+    owner: Option<u32>,
+) -> Result<(), HostCmdError> {
     if exists(name) {
         // Ours from an earlier run of this VM (same id): made afresh.
         ip(&["link", "del", name])?;
@@ -133,6 +140,10 @@ pub(crate) fn make_tap(name: &str, queues: u32, mtu: u32, bridge: &str) -> Resul
     let mut add = vec!["tuntap", "add", "dev", name, "mode", "tap"];
     if queues > 1 {
         add.push("multi_queue");
+    }
+    let owner_s = owner.map(|u| u.to_string());
+    if let Some(u) = &owner_s {
+        add.extend(["user", u]);
     }
     ip(&add)?;
     let mtu_s = mtu.to_string();

@@ -47,7 +47,7 @@ impl Controller {
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
         if running && new.spec.nics[index].has_tap() {
             let plugged = async {
-                let mtu = self.make_nic_tap(&new.id, &new.spec, index)?;
+                let mtu = self.make_nic_tap(&new.id, &new.spec, index, new.uid)?;
                 let mut with_mtu = new.spec.clone();
                 with_mtu.nics[index].mtu = Some(mtu);
                 self.refresh_firewall().await?;

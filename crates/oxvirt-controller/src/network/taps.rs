@@ -57,14 +57,22 @@ impl Controller {
     }
 
     /// Makes one NIC's TAP device (recorded first), joined, shaped. Returns its MTU.
-    pub(crate) fn make_nic_tap(&self, vm_id: &str, spec: &VmSpec, index: usize) -> Result<u32, ControlError> {
+    /// `owner`: the uid of the VM's confined QEMU, which may then attach the TAP device itself
+    /// (a NIC hot-plugged after it gave up root).
+    pub(crate) fn make_nic_tap(
+        &self,
+        vm_id: &str,
+        spec: &VmSpec,
+        index: usize,
+        owner: Option<u32>,
+    ) -> Result<u32, ControlError> {
         let nic = &spec.nics[index];
         let field = format!("nics[{index}]");
         let at = self.attachment(&field, nic)?;
         let tap = tap_name(vm_id, nic.slot());
         let obj = HostObject { kind: "tap".into(), owner: vm_id.into(), count: 0 };
         self.inner.store.put_record(&tap, &obj, oxvirt_store::Expect::Any)?;
-        links::make_tap(&tap, nic_queues(spec, nic), at.mtu, &at.bridge)?;
+        links::make_tap(&tap, nic_queues(spec, nic), at.mtu, &at.bridge, owner)?;
         if !nic.qos.is_unlimited() {
             let ifb = shaping::ifb_name(&tap);
             self.inner.store.put_record(
@@ -98,7 +106,12 @@ impl Controller {
 
     /// Makes the TAP devices of a VM's NICs and its firewall rules; returns the spec to start
     /// QEMU with (each NIC's MTU filled in). On failure removes what it made.
-    pub(crate) async fn prepare_network(&self, vm_id: &str, spec: &VmSpec) -> Result<VmSpec, ControlError> {
+    pub(crate) async fn prepare_network(
+        &self,
+        vm_id: &str,
+        spec: &VmSpec,
+        owner: Option<u32>,
+    ) -> Result<VmSpec, ControlError> {
         let mut out = spec.clone();
         let mut made: Vec<usize> = Vec::new();
         let mut result = Ok(());
@@ -106,7 +119,7 @@ impl Controller {
             if !spec.nics[i].has_tap() {
                 continue;
             }
-            match self.make_nic_tap(vm_id, spec, i) {
+            match self.make_nic_tap(vm_id, spec, i, owner) {
                 Ok(mtu) => {
                     out.nics[i].mtu = Some(mtu);
                     made.push(i);

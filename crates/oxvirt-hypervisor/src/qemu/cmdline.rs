@@ -251,6 +251,10 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
         }
     }
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    if let Some((uid, gid)) = spec.run_as {
+        // Root until the guest starts (devices and files opened), the VM's own user after.
+        push(&["-runas", &format!("{uid}:{gid}")]);
+    }
     // seccomp: no obsolete system calls, no changes to scheduling priorities or resource limits.
     push(&["-sandbox", SANDBOX]);
     if let Some(enc) = spec.memory_encryption {
@@ -368,6 +372,7 @@ mod tests {
             rng: true,
             balloon: true,
             memory_encryption: None,
+            run_as: None,
             resources: Default::default(),
         }
     }
@@ -538,7 +543,8 @@ mod tests {
                     "-action",
                     "-pidfile",
                     "-daemonize",
-                    "-sandbox"
+                    "-sandbox",
+                    "-runas"
                 ]
                 .contains(&f.as_str()),
                 "unexpected flag {f}"

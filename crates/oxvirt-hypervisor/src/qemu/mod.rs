@@ -1,6 +1,7 @@
 //! The QEMU driver: QEMU processes controlled over QMP.
 
 pub mod cmdline;
+pub mod confine;
 pub use oxvirt_qemu::{process, qmp};
 
 use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, RunState, RuntimePaths};
@@ -122,6 +123,7 @@ impl Hypervisor for QemuDriver {
             return Err(HvError::AccelUnavailable("kvm", "/dev/kvm does not exist".into()));
         }
         prepare_run_dir(paths)?;
+        confine::prepare(spec, paths.dir()).map_err(|e| HvError::io("confine QEMU", e))?;
         let args = cmdline::build(id, spec, paths, accel, &self.host);
         let cgroup = self.cgroup(id);
         cgroup.create().map_err(|e| HvError::io("VM cgroup", e))?;
@@ -142,7 +144,7 @@ impl Hypervisor for QemuDriver {
         };
         let pidfd = Pidfd::open(pid)?;
         match Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await {
-            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup)),
+            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup, spec.run_as)),
             Err(e) => {
                 // A QEMU we cannot control must not be left behind, nor its cgroup.
                 let _ = pidfd.signal(libc::SIGKILL);
@@ -178,7 +180,8 @@ impl Hypervisor for QemuDriver {
         }
         let qmp = Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await?;
         let accel = cmdline_accel(pid).unwrap_or(self.accel.accel);
-        Ok(Some(QemuInstance::spawn(pid, accel, qmp, pidfd, self.cgroup(id))))
+        let run_as = confine::ids_of(pid).filter(|(uid, _)| *uid != 0);
+        Ok(Some(QemuInstance::spawn(pid, accel, qmp, pidfd, self.cgroup(id), run_as)))
     }
 }
 
@@ -196,6 +199,8 @@ pub struct QemuInstance {
     events: broadcast::Sender<InstanceEvent>,
     exited: Arc<AtomicBool>,
     exit_watch: watch::Receiver<bool>,
+    /// The uid and gid QEMU runs as once the guest started (None: root).
+    run_as: Option<(u32, u32)>,
 }
 
 /// A `-netdev` option string (`tap,id=net0,ifname=...,queues=2`) as `netdev_add` arguments.
@@ -264,6 +269,7 @@ impl QemuInstance {
         qmp: Arc<Qmp>,
         pidfd: Pidfd,
         cgroup: oxvirt_cgroup::VmCgroup,
+        run_as: Option<(u32, u32)>,
     ) -> Arc<dyn Instance> {
         let (events, _) = broadcast::channel(256);
         let exited = Arc::new(AtomicBool::new(false));
@@ -291,7 +297,7 @@ impl QemuInstance {
             let _ = exit_tx.send(true);
             let _ = tx.send(InstanceEvent::Exited);
         });
-        Arc::new(QemuInstance { pid, accel, qmp, pidfd, events, exited, exit_watch })
+        Arc::new(QemuInstance { pid, accel, qmp, pidfd, events, exited, exit_watch, run_as })
     }
 
     async fn simple(&self, command: &str) -> Result<(), HvError> {
@@ -392,6 +398,13 @@ impl Instance for QemuInstance {
         }
         let id = disk.id.as_str();
         let fmt = cmdline::format_node(id);
+        if let Some((uid, gid)) = self.run_as {
+            // QEMU opens it as the VM's user now: the file becomes the VM's.
+            if disk.nbd.is_none() && !disk.readonly && !disk.path.is_empty() {
+                confine::give_disk(std::path::Path::new(&disk.path), uid, gid)
+                    .map_err(|e| HvError::io("give the disk to the VM", e))?;
+            }
+        }
         let mut added: Vec<String> = Vec::new();
         for node in cmdline::block_nodes(disk, id) {
             let name = node["node-name"].as_str().unwrap_or_default().to_string();

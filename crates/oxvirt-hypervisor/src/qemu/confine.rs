@@ -1,0 +1,88 @@
+//! Confined QEMU: each VM's QEMU gives up root (`-runas`) just before the guest starts, becoming
+//! a uid of its own in a group all VMs' QEMUs share. Its run directory and writable disk files
+//! are made its own (mode 0600/0700), so it cannot open another VM's disks or sockets; what VMs
+//! share on purpose (NBD export sockets) is the group's (0660).
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The group of every VM's QEMU.
+pub const QEMU_GID: u32 = 1_100_000;
+/// VM uids are `UID_BASE + n`.
+pub const UID_BASE: u32 = 1_100_001;
+
+/// Gives `path` to `uid:gid` with `mode`; a symlink is refused (it could point anywhere).
+pub fn own(path: &Path, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is a symlink", path.display())));
+    }
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Lets every VM's QEMU use a socket (root's, group QEMU_GID, 0660).
+pub fn share_with_qemus(path: &Path) -> io::Result<()> {
+    own(path, 0, QEMU_GID, 0o660)?;
+    reachable(path)
+}
+
+/// Lets QEMUs reach `path` after they gave up root: every directory above it gets the search
+/// bit for others (`o+x`: pass through, not list), which nothing else is changed.
+pub fn reachable(path: &Path) -> io::Result<()> {
+    for dir in path.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() || dir == Path::new("/") {
+            break;
+        }
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode | 0o001) & 0o7777))?;
+        }
+    }
+    Ok(())
+}
+
+/// The uid and gid a running process has (for guests re-adopted after a daemon restart).
+pub fn ids_of(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field =
+        |k: &str| -> Option<u32> { status.lines().find(|l| l.starts_with(k))?.split_whitespace().nth(1)?.parse().ok() };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// Before QEMU starts: its run directory and writable file-backed disks become the VM's own.
+pub fn prepare(spec: &oxvirt_model::VmSpec, run_dir: &Path) -> io::Result<()> {
+    let Some((uid, gid)) = spec.run_as else { return Ok(()) };
+    own(run_dir, uid, gid, 0o700)?;
+    reachable(run_dir)?;
+    for d in spec.disks.iter().filter(|d| d.nbd.is_none() && !d.readonly && !d.path.is_empty()) {
+        give_disk(Path::new(&d.path), uid, gid)?;
+    }
+    Ok(())
+}
+
+/// A writable disk file becomes the VM's (0600) and reachable for it.
+pub fn give_disk(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    own(path, uid, gid, 0o600)
+        .and_then(|_| reachable(path))
+        .map_err(|e| io::Error::new(e.kind(), format!("disk {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_are_not_followed() {
+        let dir = std::env::temp_dir().join(format!("oxv-confine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("t");
+        std::fs::write(&target, "x").unwrap();
+        let link = dir.join("l");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(own(&link, 1, 1, 0o600).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
