@@ -99,6 +99,22 @@ impl Qmp {
     }
 
     pub async fn execute_with_timeout(&self, command: &str, args: Value, timeout: Duration) -> Result<Value, QmpError> {
+        self.run(command, args, timeout, None).await
+    }
+
+    /// Runs a command that hands QEMU an open file descriptor (SCM_RIGHTS), as `getfd` does: the
+    /// way to give a QEMU that gave up root a file or device it could not open itself.
+    pub async fn execute_with_fd(&self, command: &str, args: Value, fd: std::os::fd::RawFd) -> Result<Value, QmpError> {
+        self.run(command, args, self.timeout, Some(fd)).await
+    }
+
+    async fn run(
+        &self,
+        command: &str,
+        args: Value,
+        timeout: Duration,
+        fd: Option<std::os::fd::RawFd>,
+    ) -> Result<Value, QmpError> {
         if self.is_closed() {
             return Err(QmpError::Disconnected);
         }
@@ -113,8 +129,16 @@ impl Qmp {
         lock(&self.pending).insert(id, tx);
         let written = async {
             let mut w = self.writer.lock().await;
-            w.write_all(line.as_bytes()).await?;
-            w.flush().await
+            match fd {
+                None => {
+                    w.write_all(line.as_bytes()).await?;
+                    w.flush().await
+                }
+                Some(fd) => {
+                    let stream: &tokio::net::UnixStream = w.as_ref();
+                    stream.async_io(tokio::io::Interest::WRITABLE, || send_with_fd(stream, line.as_bytes(), fd)).await
+                }
+            }
         };
         // A QEMU that stops reading must not hang its caller (kill escalates to SIGKILL on this).
         match tokio::time::timeout(timeout, written).await {
@@ -145,6 +169,40 @@ impl Qmp {
             }
         }
     }
+}
+
+/// Sends `bytes` with `fd` attached (SCM_RIGHTS) in one message.
+fn send_with_fd(stream: &tokio::net::UnixStream, bytes: &[u8], fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: msghdr, iovec and the control buffer live across the call and are sized as the
+    // CMSG macros say; the kernel only reads them.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            &fd as *const libc::c_int as *const u8,
+            libc::CMSG_DATA(cmsg),
+            std::mem::size_of::<libc::c_int>(),
+        );
+        let n = libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n as usize != bytes.len() {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "QMP command sent in part"));
+        }
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

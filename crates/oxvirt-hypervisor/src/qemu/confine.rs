@@ -51,6 +51,37 @@ pub fn ids_of(pid: u32) -> Option<(u32, u32)> {
     Some((field("Uid:")?, field("Gid:")?))
 }
 
+/// Opens queue `n` of an existing TAP device (as QEMU would with `ifname=`), for a QEMU that
+/// cannot open `/dev/net/tun` itself any more.
+pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    const IFF_VNET_HDR: libc::c_short = 0x4000;
+    const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+    if name.is_empty() || name.len() > 15 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
+    }
+    let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+    if multi_queue {
+        req.flags |= IFF_MULTI_QUEUE;
+    }
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETIFF reads and writes one struct ifreq, which `req` is (40 bytes).
+    if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// Before QEMU starts: its run directory and writable file-backed disks become the VM's own.
 pub fn prepare(spec: &oxvirt_model::VmSpec, run_dir: &Path) -> io::Result<()> {
     let Some((uid, gid)) = spec.run_as else { return Ok(()) };

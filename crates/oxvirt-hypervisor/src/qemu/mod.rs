@@ -451,7 +451,26 @@ impl Instance for QemuInstance {
         let nic = spec.nics.get(index).ok_or_else(|| HvError::Unsupported(format!("no NIC at index {index}")))?;
         let (netdev, dev) = cmdline::nic_args(vm_id, spec, nic, index, "pci");
         let netdev_id = dev["netdev"].as_str().unwrap_or_default().to_string();
-        self.qmp.execute("netdev_add", netdev_json(&netdev)).await?;
+        let mut args = netdev_json(&netdev);
+        if self.run_as.is_some() && nic.mode != oxvirt_model::NicMode::User {
+            // QEMU gave up root: it gets the TAP device's queues opened here, over QMP.
+            let tap = cmdline::tap_name(vm_id, nic.slot());
+            let queues = args["queues"].as_u64().unwrap_or(1);
+            let mut names = Vec::new();
+            for q in 0..queues {
+                let file =
+                    confine::open_tap_queue(&tap, queues > 1).map_err(|e| HvError::io(format!("open TAP {tap}"), e))?;
+                let fdname = format!("{netdev_id}-q{q}");
+                use std::os::fd::AsRawFd;
+                self.qmp.execute_with_fd("getfd", json!({ "fdname": fdname }), file.as_raw_fd()).await?;
+                names.push(fdname);
+            }
+            args = json!({ "type": "tap", "id": netdev_id, "fds": names.join(":") });
+            if queues > 1 {
+                args["queues"] = json!(queues);
+            }
+        }
+        self.qmp.execute("netdev_add", args).await?;
         if let Err(e) = self.device_add_on_free_port(dev).await {
             let _ = self.qmp.execute("netdev_del", json!({ "id": netdev_id })).await;
             return Err(e);
