@@ -14,6 +14,7 @@ mod host;
 pub mod metrics;
 mod networks;
 pub mod openapi;
+mod projects;
 mod resources;
 mod storage;
 mod tasks;
@@ -47,6 +48,7 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(tasks::routes())
         .merge(events::routes())
         .merge(users::routes())
+        .merge(projects::routes())
         .route_layer(axum::middleware::from_fn_with_state(ctrl.clone(), auth::authorize))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(api.clone(), metrics::track))

@@ -439,6 +439,8 @@ fn schemas() -> Value {
             "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
             "cpus": { "type": "integer", "minimum": 1, "maximum": oxvirt_model::MAX_CPUS },
             "memory": size, "machine": { "type": "string", "enum": ["q35", "microvm"] },
+            "project": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
+            "memory_encryption": { "type": "string", "enum": ["sev", "sev-snp"] },
             "kernel": kernel, "disks": { "type": "array", "items": disk, "maxItems": 16 },
             "nics": { "type": "array", "items": nic, "maxItems": 8 },
             "restart_policy": policy, "accel": accel, "rng": { "type": "boolean" }, "balloon": { "type": "boolean" },
@@ -518,6 +520,16 @@ fn schemas() -> Value {
         "Balloon": { "type": "object", "properties": {
             "actual": { "type": "integer" }, "memory": { "type": "integer" }, "guest_free": { "type": "integer" },
             "guest_total": { "type": "integer" }, "auto": { "type": "boolean" } } },
+        "ProjectSpec": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+            "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
+            "quotas": { "type": "object", "additionalProperties": false, "properties": {
+                "vms": { "type": "integer", "minimum": 0 }, "vcpus": { "type": "integer", "minimum": 0 },
+                "memory": size.clone(), "storage": size.clone() } } } },
+        "Project": { "type": "object", "properties": {
+            "spec": { "$ref": "#/components/schemas/ProjectSpec" }, "created_at": { "type": "integer" },
+            "usage": { "type": "object", "properties": { "vms": { "type": "integer" }, "vcpus": { "type": "integer" },
+                "memory": { "type": "integer" }, "storage": { "type": "integer" } } } } },
+        "ProjectList": { "type": "array", "items": { "$ref": "#/components/schemas/Project" } },
         "Login": { "type": "object", "additionalProperties": false, "required": ["user", "password"], "properties": {
             "user": { "type": "string" }, "password": { "type": "string" } } },
         "TokenRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {

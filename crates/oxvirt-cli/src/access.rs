@@ -38,6 +38,68 @@ pub enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+pub enum ProjectCmd {
+    /// Create a project; quotas left out are unlimited.
+    Create {
+        name: String,
+        #[arg(long)]
+        vms: Option<u32>,
+        #[arg(long)]
+        vcpus: Option<u32>,
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        storage: Option<String>,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+pub async fn project(client: &Client, out: Output, cmd: ProjectCmd) -> Result<(), ClientError> {
+    match cmd {
+        ProjectCmd::Create { name, vms, vcpus, memory, storage } => {
+            let q = json!({ "vms": vms, "vcpus": vcpus, "memory": memory, "storage": storage });
+            let q: serde_json::Map<String, serde_json::Value> =
+                q.as_object().cloned().unwrap_or_default().into_iter().filter(|(_, v)| !v.is_null()).collect();
+            let p: serde_json::Value = client.post("/api/v1/projects", &json!({ "name": name, "quotas": q })).await?;
+            print_json(&p);
+        }
+        ProjectCmd::List => {
+            let ps: Vec<serde_json::Value> = client.get("/api/v1/projects").await?;
+            if out == Output::Json {
+                print_json(&ps);
+            } else {
+                let rows = ps
+                    .iter()
+                    .map(|p| {
+                        let q = &p["spec"]["quotas"];
+                        let u = &p["usage"];
+                        let of = |k: &str| {
+                            format!("{}/{}", u[k], if q[k].is_null() { "-".to_string() } else { q[k].to_string() })
+                        };
+                        vec![
+                            p["spec"]["name"].as_str().unwrap_or("").to_string(),
+                            of("vms"),
+                            of("vcpus"),
+                            of("memory"),
+                            of("storage"),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "VMS", "VCPUS", "MEMORY", "STORAGE"], rows);
+            }
+        }
+        ProjectCmd::Delete { name } => {
+            client.delete(&format!("/api/v1/projects/{}", encode(&name))).await?;
+            println!("project {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum AclCmd {
     Show,
     /// Grant ROLE (administrator, operator, auditor, none) to USER on PATH (/, /vms/NAME...).

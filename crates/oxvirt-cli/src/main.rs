@@ -66,6 +66,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(access::TokenCmd),
+    /// Projects (tenants) and their quotas.
+    #[command(subcommand)]
+    Project(access::ProjectCmd),
     /// Who may do what where: roles granted to users on paths.
     #[command(subcommand)]
     Acl(access::AclCmd),
@@ -438,6 +441,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::User(cmd) => access::user(client, out, cmd).await?,
         Command::Token(cmd) => access::token(client, out, cmd).await?,
         Command::Acl(cmd) => access::acl(client, out, cmd).await?,
+        Command::Project(cmd) => access::project(client, out, cmd).await?,
         Command::Login { user } => access::login(client, &user).await?,
         Command::Audit { limit } => access::audit(client, out, limit).await?,
         Command::Network(cmd) => network::network(client, out, cmd).await?,

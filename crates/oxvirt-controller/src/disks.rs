@@ -22,6 +22,7 @@ impl Controller {
         spec.disks.push(disk);
         assign_disk_ids(&mut spec);
         spec.validate()?;
+        self.check_quota(&spec)?;
         let index = spec.disks.len() - 1;
         let new = Vm { spec, ..current.clone() };
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;

@@ -16,6 +16,7 @@ mod host;
 mod lifecycle;
 mod nbd;
 pub mod network;
+pub mod projects;
 mod reconcile;
 pub mod resources;
 mod snapshots;

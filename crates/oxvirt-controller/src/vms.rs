@@ -52,6 +52,7 @@ impl Controller {
         }
         self.prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
+        self.check_quota(&spec)?;
         let now = now_millis();
         let vm = Vm {
             id,
@@ -108,6 +109,7 @@ impl Controller {
         self.check_against_host(&spec)?;
         self.prepare_nics(&vm.id, name, &mut spec, Some(&vm.spec))?;
         assign_disk_ids(&mut spec);
+        self.check_quota(&spec)?;
         let old = vm.spec.clone();
         let new = Vm { spec, ..vm };
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&old)).map_err(|e| match e {

@@ -257,3 +257,45 @@ async fn qemu_is_sandboxed_and_sev_is_refused_here() {
     assert!(err.contains("memory_encryption: this host cannot encrypt guest memory with SEV"), "{err}");
     assert!(c.get_vm("sev").await.unwrap().status.pid.is_none());
 }
+
+/// Projects: their VMs stay within the quotas (the refusal names the quota); a quota cannot be
+/// lowered below what the VMs hold; a project with VMs is not deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_keep_their_vms_within_quotas() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let _: Value = c
+        .post("/api/v1/projects", &json!({ "name": "team", "quotas": { "vms": 2, "vcpus": 3, "memory": "600MiB" } }))
+        .await
+        .unwrap();
+    let vm = |name: &str, cpus: u32| {
+        let mut s = kernel_spec(name, "");
+        s["cpus"] = json!(cpus);
+        s["project"] = json!("team");
+        s
+    };
+    c.create_vm(&vm("pa", 1), false).await.unwrap();
+    c.create_vm(&vm("pb", 2), false).await.unwrap();
+    let err = c.create_vm(&vm("pc", 1), false).await.unwrap_err().to_string();
+    assert!(err.contains("project.quotas.vms") && err.contains("3 of a quota of 2"), "{err}");
+    let err = c.update_vm("pb", &json!({ "cpus": 2, "memory": "512MiB" })).await.unwrap_err().to_string();
+    assert!(err.contains("project.quotas.memory"), "{err}");
+    let mut other = kernel_spec("pd", "");
+    other["project"] = json!("nosuch");
+    let err = c.create_vm(&other, false).await.unwrap_err().to_string();
+    assert!(err.contains("project: there is no project named nosuch"), "{err}");
+    let p: Value = c.get("/api/v1/projects/team").await.unwrap();
+    assert_eq!((p["usage"]["vms"].as_u64(), p["usage"]["vcpus"].as_u64()), (Some(2), Some(3)), "{p}");
+    let (status, body) = c
+        .raw(hyper::Method::PUT, "/api/v1/projects/team", Some(br#"{"name":"team","quotas":{"vms":1}}"#.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("quotas.vms"));
+    let (status, _) = c.raw(hyper::Method::DELETE, "/api/v1/projects/team", None).await.unwrap();
+    assert_eq!(status, 409);
+    for v in ["pa", "pb"] {
+        c.delete_vm(v).await.unwrap();
+    }
+    c.delete("/api/v1/projects/team").await.unwrap();
+}

@@ -9,6 +9,7 @@ mod event;
 mod host;
 mod name;
 mod network;
+mod project;
 mod qos;
 pub mod rate;
 mod resources;
@@ -29,6 +30,7 @@ pub use network::{
     parse_range, Ipv4Net, Lease, LeaseView, Network, NetworkKind, NetworkSpec, NetworkView, VxlanSpec, MAX_MTU,
     VXLAN_OVERHEAD,
 };
+pub use project::{Project, ProjectSpec, Quotas, Usage};
 pub use qos::DiskQos;
 pub use resources::{
     format_cpulist, parse_cpulist, GuestNode, HostPolicy, KsmPolicy, NumaMode, Placement, Resources, DEFAULT_WEIGHT,

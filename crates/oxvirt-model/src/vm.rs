@@ -11,6 +11,9 @@ pub const MIN_MEMORY: u64 = 32 * MIB;
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: String,
+    /// The project (tenant) the VM belongs to, whose quotas it counts against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub cpus: u32,
     pub memory: ByteSize,
     #[serde(default)]
@@ -453,6 +456,9 @@ impl VmSpec {
             }
         }
         self.resources.validate(self.cpus, self.memory.0, self.balloon)?;
+        if let Some(p) = &self.project {
+            validate_name("project", p)?;
+        }
         if self.nics.len() > 8 {
             return Err(ValidationError::new("nics", "at most 8 NICs"));
         }

@@ -56,6 +56,10 @@ impl Record for oxvirt_model::AclList {
     const PREFIX: &'static str = "acl/";
 }
 
+impl Record for oxvirt_model::Project {
+    const PREFIX: &'static str = "projects/";
+}
+
 impl Record for oxvirt_model::ApiToken {
     const PREFIX: &'static str = "tokens/";
 }
