@@ -31,6 +31,45 @@ const fn op(
 
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
+    op("get", "/api/v1/audit", "auditLog", "The audit log's latest records (?limit=N)", None, 200, Some("AuditList")),
+    op("put", "/api/v1/vms/{name}/resources", "vmResources", "Set a VM's CPU weight, cap, pinning, memory limit, NUMA, huge pages, balloon floor, KSM (live where it can be)", Some("Resources"), 200, Some("Vm")),
+    op("get", "/api/v1/vms/{name}/balloon", "vmBalloon", "A running VM's balloon: memory now and the guest's figures", None, 200, Some("Balloon")),
+    op("put", "/api/v1/vms/{name}/balloon", "vmBalloonSet", "Set a running VM's balloon target", Some("BalloonTarget"), 200, Some("Balloon")),
+    op("get", "/api/v1/host/policy", "hostPolicy", "The host's resource policy: over-commit, auto-ballooning, KSM", None, 200, Some("HostPolicy")),
+    op("put", "/api/v1/host/policy", "hostPolicySet", "Replace the host's resource policy", Some("HostPolicy"), 200, Some("HostPolicy")),
+    op("get", "/api/v1/host/resources", "hostResources", "Committed vCPUs and memory, NUMA nodes, KSM, huge pages", None, 200, None),
+    op("post", "/api/v1/auth/login", "login", "Log in with a user's password: a token valid for 8 hours (no token needed)", Some("Login"), 201, Some("NewToken")),
+    op("get", "/api/v1/tokens", "tokenList", "Your API tokens (an administrator sees all)", None, 200, Some("TokenList")),
+    op("post", "/api/v1/tokens", "tokenCreate", "A new API token acting as you (the secret is shown once)", Some("TokenRequest"), 201, Some("NewToken")),
+    op("delete", "/api/v1/tokens/{id}", "tokenRevoke", "Revoke a token: refused from the next request on", None, 204, None),
+    op("get", "/api/v1/users", "userList", "Local users", None, 200, Some("UserList")),
+    op("post", "/api/v1/users", "userCreate", "Create a local user (password kept as an argon2id hash)", Some("UserSpec"), 201, Some("User")),
+    op("delete", "/api/v1/users/{user}", "userDelete", "Delete a user, their grants and tokens", None, 204, None),
+    op("get", "/api/v1/acl", "aclShow", "All grants: a role for a user on a path", None, 200, Some("Acl")),
+    op("put", "/api/v1/acl", "aclSet", "Replace all grants", Some("Acl"), 200, Some("Acl")),
+    op("get", "/api/v1/projects", "projectList", "Projects (tenants) with their quotas and what their VMs hold", None, 200, Some("ProjectList")),
+    op("post", "/api/v1/projects", "projectCreate", "Create a project with quotas on VMs, vCPUs, memory and storage", Some("ProjectSpec"), 201, Some("Project")),
+    op("get", "/api/v1/projects/{project}", "projectShow", "One project", None, 200, Some("Project")),
+    op("put", "/api/v1/projects/{project}", "projectReplace", "Change a project's quotas (not below what its VMs hold)", Some("ProjectSpec"), 200, Some("Project")),
+    op("delete", "/api/v1/projects/{project}", "projectDelete", "Delete a project without VMs", None, 204, None),
+    op(
+        "post",
+        "/api/v1/vms/{name}/disks",
+        "diskAttach",
+        "Add a disk (hot-plugged into a running q35 VM)",
+        Some("DiskSpec"),
+        200,
+        Some("Vm"),
+    ),
+    op(
+        "delete",
+        "/api/v1/vms/{name}/disks/{disk}",
+        "diskDetach",
+        "Remove a disk (hot-unplugged from a running VM)",
+        None,
+        200,
+        Some("Vm"),
+    ),
     op("get", "/api/v1", "apiInfo", "API version", None, 200, None),
     op("get", "/metrics", "metrics", "Prometheus metrics (OpenMetrics text)", None, 200, None),
     op("get", "/api/v1/openapi.json", "openapi", "This document", None, 200, None),
@@ -640,4 +679,61 @@ pub fn document() -> Value {
 
 pub async fn serve() -> Json<Value> {
     Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `.route(...)` in the API's sources, with its methods: the route table as written.
+    fn routed() -> Vec<(String, String)> {
+        let sources = [
+            include_str!("lib.rs"),
+            include_str!("host.rs"),
+            include_str!("vms.rs"),
+            include_str!("storage.rs"),
+            include_str!("networks.rs"),
+            include_str!("resources.rs"),
+            include_str!("projects.rs"),
+            include_str!("tasks.rs"),
+            include_str!("events.rs"),
+            include_str!("users.rs"),
+        ];
+        let mut out = Vec::new();
+        for src in sources {
+            for line in src.lines().map(str::trim).filter(|l| l.contains(".route(")) {
+                let rest = &line[line.find(".route(").unwrap() + 7..];
+                let path = if rest.starts_with("crate::auth::LOGIN") {
+                    crate::auth::LOGIN.to_string()
+                } else {
+                    rest.trim_start_matches('"').split('"').next().unwrap().to_string()
+                };
+                for m in ["get", "post", "put", "patch", "delete"] {
+                    let calls = [format!(" {m}("), format!(".{m}("), format!("::{m}("), format!(", {m}(")];
+                    if calls.iter().any(|c| line.contains(c.as_str())) {
+                        out.push((m.to_string(), path.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The document and the router list the same operations, both ways: a route nobody
+    /// documented would also escape the tests generated from the document.
+    #[test]
+    fn every_routed_operation_is_documented_and_back() {
+        let routed = routed();
+        assert!(routed.len() > 60, "{routed:?}");
+        let documented: Vec<(String, String)> =
+            OPERATIONS.iter().map(|o| (o.method.to_string(), o.path.to_string())).collect();
+        for r in &routed {
+            assert!(documented.contains(r), "{} {} is routed but not documented", r.0, r.1);
+        }
+        for d in &documented {
+            assert!(routed.contains(d), "{} {} is documented but not routed", d.0, d.1);
+        }
+        let ids: std::collections::HashSet<&str> = OPERATIONS.iter().map(|o| o.id).collect();
+        assert_eq!(ids.len(), OPERATIONS.len(), "operation ids are unique");
+    }
 }

@@ -50,7 +50,8 @@ pub struct Usage {
 impl Usage {
     /// The first quota this usage breaks, as (field, message).
     pub fn exceeds(&self, q: &Quotas) -> Option<(&'static str, String)> {
-        let checks: [(&'static str, Option<u64>, u64, fn(u64) -> String); 4] = [
+        type Check = (&'static str, Option<u64>, u64, fn(u64) -> String);
+        let checks: [Check; 4] = [
             ("vms", q.vms.map(u64::from), u64::from(self.vms), |v| v.to_string()),
             ("vcpus", q.vcpus.map(u64::from), u64::from(self.vcpus), |v| v.to_string()),
             ("memory", q.memory.map(|m| m.0), self.memory, |v| ByteSize(v).to_string()),
