@@ -49,10 +49,11 @@ endif
 bench: build guest
 	target/release/oxvirt-bench
 
-## Fuzzes every parser that takes outside input (API bodies, user-written values, QMP lines),
+## Fuzzes every parser that takes outside input (API bodies, user-written values, QMP lines,
+## the config file),
 ## FUZZ_SECONDS each (default 60), with cargo-fuzz on the stable toolchain (--sanitizer none).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := api_bodies values qmp_line
+FUZZ_TARGETS := api_bodies values qmp_line config
 fuzz:
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

@@ -43,16 +43,43 @@ fn check_name(name: &str) -> ApiResult<()> {
     validate_name("name", name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))
 }
 
-async fn list(State(c): State<Controller>) -> ApiResult<Json<Vec<Vm>>> {
-    Ok(Json(c.list_vms()?))
+fn user_of(p: &Option<axum::Extension<oxvirt_model::Principal>>) -> String {
+    p.as_ref().map(|axum::Extension(p)| p.user.clone()).unwrap_or_else(|| oxvirt_model::ROOT.into())
+}
+
+/// The VMs the caller may see (all of them with a grant on `/vms` or `/`; else those granted
+/// one by one or through their project).
+async fn list(
+    State(c): State<Controller>,
+    p: Option<axum::Extension<oxvirt_model::Principal>>,
+) -> ApiResult<Json<Vec<Vm>>> {
+    let user = user_of(&p);
+    let vms = c.list_vms()?;
+    if c.authorize(&user, oxvirt_model::Privilege::Read, "/vms").is_ok() {
+        return Ok(Json(vms));
+    }
+    Ok(Json(
+        vms.into_iter()
+            .filter(|v| c.authorize(&user, oxvirt_model::Privilege::Read, &format!("/vms/{}", v.spec.name)).is_ok())
+            .collect(),
+    ))
 }
 
 async fn create(
     State(c): State<Controller>,
+    p: Option<axum::Extension<oxvirt_model::Principal>>,
     q: Result<Query<CreateQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    // A VM of a project may be made by whoever may change that project's VMs. Checked before
+    // the body is: a caller without the right learns nothing from its validation.
+    let project = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("project").and_then(|p| p.as_str()).map(str::to_string))
+        .filter(|p| oxvirt_model::validate_name("project", p).is_ok());
+    let resource = project.map(|p| format!("/projects/{p}")).unwrap_or_else(|| "/vms".into());
+    c.authorize(&user_of(&p), oxvirt_model::Privilege::Modify, &resource)?;
     let spec: VmSpec = parse(&body)?;
     let vm = c.create_vm(spec)?;
     let task = if q.start { Some(c.vm_action(&vm.spec.name, VmAction::Start)?) } else { None };

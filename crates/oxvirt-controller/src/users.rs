@@ -105,7 +105,19 @@ impl Controller {
         if user == ROOT {
             return Ok(());
         }
-        let role = role_on(&self.acl()?, user, resource);
+        let acl = self.acl()?;
+        let mut role = role_on(&acl, user, resource);
+        // A VM in a project: a grant on the project counts, unless the VM has one of its own.
+        if let Some(vm) = resource.strip_prefix("/vms/") {
+            let own = acl.iter().any(|e| e.user == user && e.path == resource);
+            let project = self.get_vm(vm).ok().and_then(|v| v.spec.project);
+            if let (false, Some(p)) = (own, project) {
+                let path = format!("/projects/{p}");
+                if let Some(e) = acl.iter().find(|e| e.user == user && e.path == path) {
+                    role = Some(e.role);
+                }
+            }
+        }
         if role.is_some_and(|r| r.allows(privilege)) {
             return Ok(());
         }

@@ -294,7 +294,24 @@ async fn projects_keep_their_vms_within_quotas() {
     assert!(String::from_utf8_lossy(&body).contains("quotas.vms"));
     let (status, _) = c.raw(hyper::Method::DELETE, "/api/v1/projects/team", None).await.unwrap();
     assert_eq!(status, 409);
-    for v in ["pa", "pb"] {
+    // A tenant: operator of the project, nothing else.
+    make_user(c, "tina").await;
+    let _: Value =
+        c.put("/api/v1/acl", &json!([{ "path": "/projects/team", "user": "tina", "role": "operator" }])).await.unwrap();
+    c.create_vm(&kernel_spec("outside", ""), false).await.unwrap();
+    let tina = https_client(&d, &login(&d, "tina", "tina-long-password").await.unwrap());
+    let seen: Vec<String> = tina.list_vms().await.unwrap().into_iter().map(|v| v.spec.name).collect();
+    assert_eq!(seen, vec!["pa".to_string(), "pb".to_string()], "only her project's VMs");
+    assert!(tina.get_vm("pa").await.is_ok());
+    let (status, _) = tina.raw(hyper::Method::GET, "/api/v1/vms/outside", None).await.unwrap();
+    assert_eq!(status, 403);
+    let err = tina.create_vm(&kernel_spec("mine", ""), false).await.unwrap_err().to_string();
+    assert!(err.contains("may not change /vms"), "{err}");
+    let err = tina.create_vm(&vm("pz", 1), false).await.unwrap_err().to_string();
+    assert!(err.contains("project.quotas.vms"), "within her project, but over its quota: {err}");
+    tina.delete_vm("pb").await.unwrap();
+    tina.create_vm(&vm("pz", 1), false).await.unwrap();
+    for v in ["pa", "pz", "outside"] {
         c.delete_vm(v).await.unwrap();
     }
     c.delete("/api/v1/projects/team").await.unwrap();

@@ -99,7 +99,7 @@ pub struct AclEntry {
 pub struct AclList(pub Vec<AclEntry>);
 
 /// Collections a grant may name, alone or with one of their resources.
-pub const ACL_COLLECTIONS: &[&str] = &["vms", "pools", "networks", "security-groups"];
+pub const ACL_COLLECTIONS: &[&str] = &["vms", "pools", "networks", "security-groups", "projects"];
 
 impl AclEntry {
     pub fn validate(&self, field: &str) -> Result<(), ValidationError> {
@@ -117,7 +117,7 @@ impl AclEntry {
         if !ok {
             return Err(ValidationError::new(
                 format!("{field}.path"),
-                "must be /, /vms, /vms/NAME, /pools/NAME, /networks/NAME or /security-groups/NAME",
+                "must be /, /vms, /vms/NAME, /pools/NAME, /networks/NAME, /security-groups/NAME or /projects/NAME",
             ));
         }
         Ok(())
