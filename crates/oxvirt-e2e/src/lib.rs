@@ -205,6 +205,23 @@ impl Daemon {
     }
 }
 
+/// A documented path (`/api/v1/vms/{name}/disks/{disk}`) with its parameters filled in: `vm` for
+/// `{name}`, and names that exist nowhere for the rest (`nopool`, `nodisk`...; `{action}` is
+/// `start`, `{user}` is `otto`, `{nic}` is `nic0`, `{id}` is `0`).
+pub fn concrete_path(path: &str, vm: &str) -> String {
+    path.replace("{name}", vm)
+        .replace("{pool}", "nopool")
+        .replace("{network}", "nonet")
+        .replace("{group}", "nogroup")
+        .replace("{project}", "noproject")
+        .replace("{user}", "otto")
+        .replace("{snap}", "nosnap")
+        .replace("{disk}", "nodisk")
+        .replace("{nic}", "nic0")
+        .replace("{action}", "start")
+        .replace("{id}", "0")
+}
+
 /// A network namespace made by a test (a "host", an "internet"), with loopback up; deleted, with
 /// every device in it, when dropped.
 pub struct Netns {

@@ -118,13 +118,7 @@ async fn openapi_lists_every_route_the_router_serves() {
     assert!(paths.len() >= 10);
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let concrete = path
-                .replace("{name}", "nobody")
-                .replace("{pool}", "nopool")
-                .replace("{snap}", "nosnap")
-                .replace("{disk}", "nodisk")
-                .replace("{action}", "start")
-                .replace("{id}", "0000");
+            let concrete = concrete_path(path, "nobody");
             let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             if concrete.ends_with("/events") {
                 continue; // a stream that does not end

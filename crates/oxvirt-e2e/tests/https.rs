@@ -31,13 +31,7 @@ async fn https_needs_a_token_and_a_pinned_certificate() {
                 continue;
             }
             let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let concrete = path
-                .replace("{name}", "over-tls")
-                .replace("{pool}", "nopool")
-                .replace("{snap}", "nosnap")
-                .replace("{disk}", "nodisk")
-                .replace("{action}", "start")
-                .replace("{id}", "0");
+            let concrete = concrete_path(path, "over-tls");
             let (status, body) = wrong.raw(m, &concrete, Some(b"{}".to_vec())).await.unwrap();
             assert_eq!(status, 401, "{method} {path}: {}", String::from_utf8_lossy(&body));
         }

@@ -69,17 +69,7 @@ async fn every_route_checks_the_acl_and_the_audit_log_records() {
             {
                 continue; // login is public; own tokens are anyone's; tasks follow their target (below); the event stream does not end
             }
-            let concrete = path
-                .replace("{name}", "web")
-                .replace("{pool}", "nopool")
-                .replace("{network}", "nonet")
-                .replace("{group}", "nogroup")
-                .replace("{user}", "otto")
-                .replace("{snap}", "nosnap")
-                .replace("{disk}", "nodisk")
-                .replace("{nic}", "nic0")
-                .replace("{action}", "start")
-                .replace("{id}", "0");
+            let concrete = concrete_path(path, "web");
             let m = hyper::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, body) = ann.raw(m.clone(), &concrete, Some(b"{}".to_vec())).await.unwrap();
             let body = String::from_utf8_lossy(&body);
