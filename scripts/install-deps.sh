@@ -3,11 +3,13 @@
 # Usage: scripts/install-deps.sh
 #   qemu-system-x86 brings qemu-system-common, which has qemu-storage-daemon (nbd pools);
 #   prometheus (with promtool) is for the monitoring tests; nftables and dnsmasq-base serve
-#   networks (firewall, DHCP); iputils-ping is for the network tests (ping -M do).
+#   networks (firewall, DHCP); iputils-ping is for the network tests (ping -M do); etcd-server
+#   is the cluster store (and its tests), protobuf-compiler builds its client.
 set -euo pipefail
 
 want=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs syslinux syslinux-common
-      mtools dosfstools fdisk iproute2 procps prometheus nftables dnsmasq-base iputils-ping)
+      mtools dosfstools fdisk iproute2 procps prometheus nftables dnsmasq-base iputils-ping
+      etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 
 missing=()
 for p in "${want[@]}"; do

@@ -205,6 +205,132 @@ impl Daemon {
     }
 }
 
+/// A real etcd cluster on loopback for tests: `n` members, each with its own data dir and ports;
+/// killed (and its files removed) when dropped.
+pub struct EtcdCluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<EtcdMember>,
+}
+
+pub struct EtcdMember {
+    pub name: String,
+    pub client_url: String,
+    pub child: Option<Child>,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::Builder::new().prefix("oxv-etcd").tempdir_in("/tmp").expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let token = format!("oxv-{}", std::process::id());
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let args = vec![
+                format!("--name=m{i}"),
+                format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                format!("--initial-cluster-token={token}"),
+                "--initial-cluster-state=new".into(),
+                "--heartbeat-interval=50".into(),
+                "--election-timeout=500".into(),
+            ];
+            let mut m = EtcdMember {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{client}"),
+                child: None,
+                args,
+            };
+            m.spawn(dir.path());
+            members.push(m);
+        }
+        let c = EtcdCluster { dir, members };
+        c.wait_healthy(Duration::from_secs(30));
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Waits until `etcdctl endpoint health` passes for the members that run.
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let start = Instant::now();
+        let eps: Vec<String> =
+            self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client_url.clone()).collect();
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &eps.join(","), "endpoint", "health"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "etcd did not become healthy: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops one member (kill -9).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let dir = self.dir.path().to_path_buf();
+        self.members[i].spawn(&dir);
+    }
+}
+
+impl EtcdMember {
+    fn spawn(&mut self, dir: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{}.log", self.name)))
+            .expect("etcd log");
+        let child = Command::new("etcd")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("run etcd (Debian package etcd-server)");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
 /// A documented path (`/api/v1/vms/{name}/disks/{disk}`) with its parameters filled in: `vm` for
 /// `{name}`, and names that exist nowhere for the rest (`nopool`, `nodisk`...; `{action}` is
 /// `start`, `{user}` is `otto`, `{nic}` is `nic0`, `{id}` is `0`).

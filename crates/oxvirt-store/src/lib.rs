@@ -3,11 +3,14 @@
 //! [`Store`] is a key/value store with revisions and watches, the shape etcd has, so that a cluster
 //! backend can stand where [`SqliteStore`] stands on a single host. Every write goes through
 //! [`Store::txn`]: a list of puts and deletes, each with an expectation on the key's revision, that
-//! happens whole or not at all. Typed access (JSON records) is in [`records`].
+//! happens whole or not at all. Typed access (JSON records) is in [`records`]. [`EtcdStore`] keeps
+//! the same on an etcd cluster.
 
+mod etcd;
 mod records;
 mod sqlite;
 
+pub use etcd::EtcdStore;
 pub use records::{encode, Record, StoreExt};
 pub use sqlite::SqliteStore;
 
@@ -22,9 +25,10 @@ pub struct Entry {
 }
 
 /// What a write expects of its key before it happens (compare-and-swap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Expect {
     /// Whatever is there.
+    #[default]
     Any,
     /// The key does not exist.
     Absent,

@@ -25,6 +25,25 @@ pub struct Config {
     pub api_burst_per_token: f64,
     /// Built-in alerting.
     pub alerts: AlertsConfig,
+    /// Where state lives: the embedded SQLite store (one host), or etcd (a cluster).
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (`<data-dir>/store.db`) or `etcd`.
+    pub backend: String,
+    /// etcd members, e.g. `["http://10.0.0.1:2379", "http://10.0.0.2:2379"]`.
+    pub etcd_endpoints: Vec<String>,
+    /// Every key lives under this prefix in etcd.
+    pub etcd_prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { backend: "sqlite".into(), etcd_endpoints: vec![], etcd_prefix: "oxvirt/".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +76,7 @@ impl Default for Config {
             api_rate_per_token: 50.0,
             api_burst_per_token: 200.0,
             alerts: AlertsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -84,6 +104,18 @@ impl Config {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if !["auto", "kvm", "tcg"].contains(&c.accelerator.as_str()) {
             return Err(format!("accelerator: must be auto, kvm or tcg, not {:?}", c.accelerator));
+        }
+        match (c.store.backend.as_str(), c.store.etcd_endpoints.is_empty()) {
+            ("sqlite", _) => {}
+            ("etcd", true) => return Err("store.etcd_endpoints: the etcd backend needs at least one endpoint".into()),
+            ("etcd", false) => {
+                if let Some(e) =
+                    c.store.etcd_endpoints.iter().find(|e| !e.starts_with("http://") && !e.starts_with("https://"))
+                {
+                    return Err(format!("store.etcd_endpoints: {e:?} must be an http:// or https:// URL"));
+                }
+            }
+            (other, _) => return Err(format!("store.backend: must be sqlite or etcd, not {other:?}")),
         }
         if !["text", "json"].contains(&c.log_format.as_str()) {
             return Err(format!("log_format: must be text or json, not {:?}", c.log_format));
@@ -140,6 +172,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.alerts.rules.len(), 1);
+        assert!(Config::parse("[store]\nbackend = \"etcd\"").unwrap_err().starts_with("store.etcd_endpoints"));
+        assert!(Config::parse("[store]\nbackend = \"zk\"").unwrap_err().starts_with("store.backend"));
+        assert!(Config::parse("[store]\nbackend = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\"]")
+            .unwrap_err()
+            .starts_with("store.etcd_endpoints"));
         assert!(Config::parse("[[alerts.rules]]\nname = \"b\"\nkind = \"vm-cpu-high\"\nthreshold = -1\n")
             .unwrap_err()
             .contains("threshold"));

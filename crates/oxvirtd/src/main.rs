@@ -87,13 +87,21 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
 }
 
 async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<(), String> {
-    let store = SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?;
+    let store: Arc<dyn oxvirt_store::Store> = match config.store.backend.as_str() {
+        "etcd" => {
+            let s = oxvirt_store::EtcdStore::connect(&config.store.etcd_endpoints, &config.store.etcd_prefix)
+                .map_err(|e| format!("store: {e}"))?;
+            tracing::info!(endpoints = ?config.store.etcd_endpoints, prefix = %config.store.etcd_prefix, "state in etcd");
+            Arc::new(s)
+        }
+        _ => Arc::new(SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?),
+    };
     let hv = oxvirt_hypervisor::qemu::QemuDriver::new(config.qemu_binary.clone(), decision);
     let mut cc = ControllerConfig::new(&args.data_dir);
     cc.stop_timeout = Duration::from_secs(config.stop_timeout_secs);
     cc.console_log_max = config.console_log_max_bytes;
     cc.confine_qemu = config.confine_qemu;
-    let ctrl = Controller::new(Arc::new(store), Arc::new(hv), cc).map_err(|e| e.to_string())?;
+    let ctrl = Controller::new(store, Arc::new(hv), cc).map_err(|e| e.to_string())?;
     ctrl.start_background().await;
     ctrl.start_alerting(oxvirt_controller::alerts::AlertConfig {
         interval: Duration::from_secs(config.alerts.interval_secs),

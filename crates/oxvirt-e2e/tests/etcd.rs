@@ -1,0 +1,115 @@
+//! The store on a real three-member etcd cluster on loopback: the same behaviour as the SQLite
+//! store (revisions, compare-and-swap, whole-or-nothing transactions, ordered watches), and it
+//! keeps working when one member stops.
+
+use oxvirt_e2e::*;
+use oxvirt_store::{EtcdStore, Expect, Op, Store, StoreError, WatchEvent};
+use std::time::Duration;
+
+fn store(c: &EtcdCluster, prefix: &str) -> EtcdStore {
+    EtcdStore::connect(&c.endpoints(), prefix).expect("connect to etcd")
+}
+
+#[test]
+fn etcd_store_behaves_like_the_store_and_survives_a_member_stopping() {
+    let mut c = EtcdCluster::start(3);
+    let s = store(&c, "t1/");
+    // Put, get, list (in key order, only under the prefix), delete with revisions.
+    let r1 = s.put("vms/a", b"1".to_vec(), Expect::Absent).unwrap();
+    let r2 = s.put("vms/b", b"2".to_vec(), Expect::Absent).unwrap();
+    s.put("vmsx", b"x".to_vec(), Expect::Any).unwrap();
+    assert!(r2 > r1);
+    assert_eq!(s.get("vms/a").unwrap().unwrap().revision, r1);
+    let keys: Vec<String> = s.list("vms/").unwrap().into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["vms/a", "vms/b"]);
+    // Another prefix is another store on the same cluster.
+    assert!(store(&c, "t2/").list("").unwrap().is_empty());
+
+    // Compare-and-swap.
+    assert!(
+        matches!(s.put("vms/a", b"x".to_vec(), Expect::Absent), Err(StoreError::Conflict { key, .. }) if key == "vms/a")
+    );
+    let r3 = s.put("vms/a", b"3".to_vec(), Expect::Revision(r1)).unwrap();
+    assert!(matches!(s.put("vms/a", b"4".to_vec(), Expect::Revision(r1)), Err(StoreError::Conflict { .. })));
+    assert_eq!(s.get("vms/a").unwrap().unwrap().value, b"3");
+
+    // A transaction happens whole or not at all, and names the key that failed.
+    let before = s.revision().unwrap();
+    let r = s.txn(vec![
+        Op::Put { key: "n/1".into(), value: b"1".to_vec(), expect: Expect::Absent },
+        Op::Delete { key: "vms/b".into(), expect: Expect::Revision(r1) },
+    ]);
+    assert!(matches!(r, Err(StoreError::Conflict { key, .. }) if key == "vms/b"));
+    assert!(s.get("n/1").unwrap().is_none());
+    assert_eq!(s.revision().unwrap(), before);
+
+    // Watchers see changes in order.
+    let mut w = s.watch();
+    s.put("w/1", b"1".to_vec(), Expect::Any).unwrap();
+    s.delete("w/1", Expect::Any).unwrap();
+    let next = |w: &mut tokio::sync::broadcast::Receiver<WatchEvent>| {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(e) = w.try_recv() {
+                return e;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no watch event");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    assert!(matches!(next(&mut w), WatchEvent::Put(e) if e.key == "w/1"));
+    assert!(matches!(next(&mut w), WatchEvent::Delete { key, .. } if key == "w/1"));
+
+    // One member of three stops: the store goes on (reads and writes).
+    c.kill(0);
+    let r4 = s.put("vms/a", b"5".to_vec(), Expect::Revision(r3)).unwrap();
+    assert!(r4 > r3);
+    assert_eq!(s.get("vms/a").unwrap().unwrap().value, b"5");
+    // ... and a store whose endpoint list starts with the dead member still connects.
+    let s2 = store(&c, "t1/");
+    assert_eq!(s2.get("vms/a").unwrap().unwrap().revision, r4);
+    // The member comes back and catches up.
+    c.restart(0);
+    c.wait_healthy(Duration::from_secs(30));
+    let only_m0 = EtcdStore::connect(&c.endpoints()[..1], "t1/").unwrap();
+    let start = std::time::Instant::now();
+    while only_m0.get("vms/a").unwrap().map(|e| e.revision) != Some(r4) {
+        assert!(start.elapsed() < Duration::from_secs(20), "member 0 did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Called from inside a tokio runtime (as the daemon does), the store still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_works_from_async_code() {
+    let c = EtcdCluster::start(1);
+    let s = store(&c, "async/");
+    s.put("k", b"v".to_vec(), Expect::Absent).unwrap();
+    assert_eq!(s.get("k").unwrap().unwrap().value, b"v");
+}
+
+/// oxvirtd with its state in etcd: a VM is created and boots; the daemon is killed and started
+/// again and finds the VM (in etcd) and its guest (re-adopted); the records are etcd's, not a
+/// local file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_keeps_its_state_in_etcd() {
+    let cluster = EtcdCluster::start(3);
+    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+    let config = format!(
+        "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"d1/\"\n",
+        eps.join(", ")
+    );
+    let mut d = Daemon::start_with_config(&config);
+    let c = &d.client;
+    let created = c.create_vm(&kernel_spec("on-etcd", ""), true).await.unwrap();
+    c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(c, "on-etcd", READY, 1, BOOT_TIMEOUT).await;
+    assert!(!d.path().join("store.db").exists(), "no local store in etcd mode");
+    let raw = EtcdStore::connect(&cluster.endpoints(), "d1/").unwrap();
+    assert!(raw.get("vms/on-etcd").unwrap().is_some());
+    let pid = c.get_vm("on-etcd").await.unwrap().status.pid;
+    d.respawn_after_kill9();
+    let vm = wait_state(&d.client, "on-etcd", "running", Duration::from_secs(30)).await;
+    assert_eq!(vm.status.pid, pid, "the same guest, re-adopted");
+    d.client.vm_action_wait("on-etcd", "kill", Duration::from_secs(30)).await.unwrap();
+}

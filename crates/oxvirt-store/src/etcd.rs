@@ -1,0 +1,288 @@
+//! The cluster backend: the same [`Store`] on etcd (its v3 API), which has the same shape:
+//! revisions (etcd's `mod_revision`), compare-and-swap transactions and watches. Every key lives
+//! under a prefix (default `oxvirt/`), so one etcd cluster can serve other tools too.
+//!
+//! The trait is synchronous (as SQLite is); the etcd client is async. The store keeps a small
+//! runtime of its own and its calls wait on it, so they work from any thread, inside another
+//! runtime or not.
+
+use crate::{Entry, Expect, Op, Store, StoreError, WatchEvent};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// How long one call to etcd may take before it is an error.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries of a request while etcd elects a leader.
+const RETRIES: u32 = 8;
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 * u64::from(attempt + 1).min(10))
+}
+
+enum CallError {
+    Transient(String),
+    Fatal(StoreError),
+}
+
+pub struct EtcdStore {
+    rt: Option<tokio::runtime::Runtime>,
+    client: Client,
+    prefix: String,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("etcd: {e}"))
+}
+
+impl EtcdStore {
+    /// Connects to the cluster (any of `endpoints`, e.g. `http://127.0.0.1:2379`) and starts
+    /// following its changes.
+    pub fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("oxvirt-etcd")
+            .enable_all()
+            .build()
+            .map_err(backend)?;
+        let eps = endpoints.to_vec();
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(CALL_TIMEOUT);
+        // Not `block_on`: the caller may itself be inside a runtime.
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = tx.send(tokio::time::timeout(CALL_TIMEOUT, Client::connect(eps, Some(options))).await);
+        });
+        let client = match rx.recv() {
+            Ok(Ok(r)) => r.map_err(backend)?,
+            Ok(Err(_)) => return Err(backend("no member answered")),
+            Err(_) => return Err(backend("the store's runtime stopped")),
+        };
+        let (events, _) = broadcast::channel(4096);
+        let store = EtcdStore { rt: Some(rt), client, prefix: prefix.to_string(), events };
+        // Fail now, not at the first request, when no member answers.
+        store.revision()?;
+        store.follow();
+        Ok(store)
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        // Only taken in Drop.
+        self.rt.as_ref().expect("runtime")
+    }
+
+    /// Runs `f` on the store's runtime and waits for it from this thread. `Err(Transient)`: etcd
+    /// could not answer now (no leader, a member gone) and the request may be tried again.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.rt().spawn(async move {
+            let r = tokio::time::timeout(CALL_TIMEOUT, f).await;
+            let _ = tx.send(r);
+        });
+        match rx.recv() {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => {
+                let text = e.to_string();
+                let lower = text.to_lowercase();
+                let transient = ["unavailable", "timed out", "deadline", "transport", "leader", "connection"]
+                    .iter()
+                    .any(|w| lower.contains(w));
+                Err(if transient { CallError::Transient(text) } else { CallError::Fatal(backend(text)) })
+            }
+            Ok(Err(_)) => Err(CallError::Transient(format!("no answer within {CALL_TIMEOUT:?}"))),
+            Err(_) => Err(CallError::Fatal(backend("the store's runtime stopped"))),
+        }
+    }
+
+    /// A request that changes nothing, tried again (for up to ~10 s) while etcd is between leaders.
+    fn read<T: Send + 'static, F>(&self, make: impl Fn() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let mut last = String::new();
+        for attempt in 0..RETRIES {
+            match self.call(make()) {
+                Ok(v) => return Ok(v),
+                Err(CallError::Fatal(e)) => return Err(e),
+                Err(CallError::Transient(e)) => last = e,
+            }
+            std::thread::sleep(backoff(attempt));
+        }
+        Err(backend(last))
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn entry(&self, kv: &etcd_client::KeyValue) -> Entry {
+        let key = String::from_utf8_lossy(kv.key());
+        Entry {
+            key: key.strip_prefix(&self.prefix).unwrap_or(&key).to_string(),
+            value: kv.value().to_vec(),
+            revision: kv.mod_revision() as u64,
+        }
+    }
+
+    /// Follows every change under the prefix into the broadcast channel; after an interruption it
+    /// resumes from the revision after the last one it saw, so watchers miss nothing.
+    fn follow(&self) {
+        let client = self.client.clone();
+        let prefix = self.prefix.clone();
+        let events = self.events.clone();
+        self.rt().spawn(async move {
+            let mut next: i64 = 0;
+            loop {
+                let mut w = client.watch_client();
+                let mut opts = WatchOptions::new().with_prefix();
+                if next > 0 {
+                    opts = opts.with_start_revision(next);
+                }
+                match w.watch(prefix.clone(), Some(opts)).await {
+                    Ok(mut stream) => {
+                        while let Ok(Some(resp)) = stream.message().await {
+                            for ev in resp.events() {
+                                let Some(kv) = ev.kv() else { continue };
+                                let key = String::from_utf8_lossy(kv.key());
+                                let key = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+                                next = next.max(kv.mod_revision() + 1);
+                                let e = match ev.event_type() {
+                                    EventType::Put => WatchEvent::Put(Entry {
+                                        key,
+                                        value: kv.value().to_vec(),
+                                        revision: kv.mod_revision() as u64,
+                                    }),
+                                    EventType::Delete => WatchEvent::Delete { key, revision: kv.mod_revision() as u64 },
+                                };
+                                let _ = events.send(e);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("etcd watch: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// Whether the store holds what `ops` write (after a try whose outcome was unknown).
+    fn applied(&self, ops: &[Op]) -> bool {
+        ops.iter().all(|op| match op {
+            Op::Put { key, value, .. } => self.get(key).ok().flatten().is_some_and(|e| &e.value == value),
+            Op::Delete { key, .. } => self.get(key).ok().flatten().is_none(),
+        })
+    }
+
+    /// After a failed transaction: the first key whose expectation does not hold (for the error).
+    fn failed_key(&self, ops: &[Op]) -> (String, Expect) {
+        for op in ops {
+            let (key, expect) = match op {
+                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key, *expect),
+            };
+            let now = self.get(key).ok().flatten().map(|e| e.revision);
+            let holds = match expect {
+                Expect::Any => true,
+                Expect::Absent => now.is_none(),
+                Expect::Revision(r) => now == Some(r),
+            };
+            if !holds {
+                return (key.clone(), expect);
+            }
+        }
+        ops.first()
+            .map(|op| match op {
+                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key.clone(), *expect),
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let k = self.full(key);
+        let resp = self.read(|| {
+            let (mut kv, k) = (self.client.kv_client(), k.clone());
+            async move { kv.get(k, None).await }
+        })?;
+        Ok(resp.kvs().first().map(|kv| self.entry(kv)))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let k = self.full(prefix);
+        let resp = self.read(|| {
+            let (mut kv, k) = (self.client.kv_client(), k.clone());
+            async move { kv.get(k, Some(GetOptions::new().with_prefix())).await }
+        })?;
+        // etcd answers in key order.
+        Ok(resp.kvs().iter().map(|kv| self.entry(kv)).collect())
+    }
+
+    fn txn(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        let mut compares = Vec::new();
+        let mut actions = Vec::new();
+        for op in &ops {
+            let (key, expect) = match op {
+                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (self.full(key), *expect),
+            };
+            match expect {
+                Expect::Any => {}
+                Expect::Absent => compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+                Expect::Revision(r) => compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, r as i64)),
+            }
+            actions.push(match op {
+                Op::Put { value, .. } => TxnOp::put(key, value.clone(), None),
+                Op::Delete { .. } => TxnOp::delete(key, None),
+            });
+        }
+        // Tried again while etcd is between leaders. A try that timed out may still have been
+        // applied: if a later try then conflicts, the store is checked for our own writes.
+        let mut ambiguous = false;
+        let mut last = String::new();
+        for attempt in 0..RETRIES {
+            let txn = Txn::new().when(compares.clone()).and_then(actions.clone());
+            let mut kv = self.client.kv_client();
+            match self.call(async move { kv.txn(txn).await }) {
+                Ok(resp) if resp.succeeded() => return Ok(resp.header().map(|h| h.revision() as u64).unwrap_or(0)),
+                Ok(_) => {
+                    if ambiguous && self.applied(&ops) {
+                        return self.revision();
+                    }
+                    let (key, expected) = self.failed_key(&ops);
+                    return Err(StoreError::Conflict { key, expected });
+                }
+                Err(CallError::Fatal(e)) => return Err(e),
+                Err(CallError::Transient(e)) => {
+                    ambiguous = true;
+                    last = e;
+                }
+            }
+            std::thread::sleep(backoff(attempt));
+        }
+        Err(backend(last))
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        let k = self.full("");
+        let resp = self.read(|| {
+            let (mut kv, k) = (self.client.kv_client(), k.clone());
+            async move { kv.get(k, Some(GetOptions::new().with_prefix().with_count_only())).await }
+        })?;
+        Ok(resp.header().map(|h| h.revision() as u64).unwrap_or(0))
+    }
+
+    fn watch(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+}
