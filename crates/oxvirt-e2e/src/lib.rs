@@ -532,7 +532,13 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
             Some((at, mark)) => {
                 let since = String::from_utf8_lossy(&seen[mark..]).into_owned();
                 let finished = since.find(&echo).is_some_and(|i| since[i..].contains("oxvirt-guest:"));
-                at.elapsed() > Duration::from_secs(3) && (finished || !since.contains(&echo))
+                // A character lost on the way (a busy host) can leave the shell waiting for the
+                // rest of a quote (its `> ` prompt): cancel that line, then type it again.
+                let stuck = since.trim_end_matches(' ').ends_with("\n>") || since.ends_with("\r\n> ");
+                if stuck && at.elapsed() > Duration::from_secs(3) {
+                    let _ = futures_util::SinkExt::send(&mut ws, Message::Binary(b"\x03\n".to_vec().into())).await;
+                }
+                at.elapsed() > Duration::from_secs(3) && (finished || stuck || !since.contains(&echo))
             }
         };
         if retype {
