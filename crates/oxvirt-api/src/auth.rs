@@ -142,7 +142,8 @@ pub fn requirement(method: &Method, matched: &str, path: &str) -> Option<(Privil
         _ => "/".to_string(),
     };
     let admin = matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
-        || ((matched == "/api/v1/host/policy" || m.first() == Some(&"projects")) && method != Method::GET);
+        || ((matched == "/api/v1/host/policy" || matches!(m.first(), Some(&"projects") | Some(&"cluster")))
+            && method != Method::GET);
     let operate = (m.first() == Some(&"vms")
         && matches!(m.get(2), Some(&"actions") | Some(&"console") | Some(&"balloon")))
         && !(m.get(2) == Some(&"balloon") && method == Method::GET);

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod body;
+mod cluster;
 mod console;
 pub mod error;
 mod events;
@@ -49,6 +50,7 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(events::routes())
         .merge(users::routes())
         .merge(projects::routes())
+        .merge(cluster::routes())
         .route_layer(axum::middleware::from_fn_with_state(ctrl.clone(), auth::authorize))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(api.clone(), metrics::track))

@@ -31,6 +31,8 @@ const fn op(
 
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
+    op("get", "/api/v1/cluster/hosts", "clusterHosts", "The cluster's hosts: online or not, the leader, their VMs (etcd store only)", None, 200, Some("HostList")),
+    op("delete", "/api/v1/cluster/hosts/{host}", "clusterLeave", "Take a host out of the cluster (refused while it has VMs)", None, 204, None),
     op("get", "/api/v1/audit", "auditLog", "The audit log's latest records (?limit=N)", None, 200, Some("AuditList")),
     op("put", "/api/v1/vms/{name}/resources", "vmResources", "Set a VM's CPU weight, cap, pinning, memory limit, NUMA, huge pages, balloon floor, KSM (live where it can be)", Some("Resources"), 200, Some("Vm")),
     op("get", "/api/v1/vms/{name}/balloon", "vmBalloon", "A running VM's balloon: memory now and the guest's figures", None, 200, Some("Balloon")),
@@ -569,6 +571,10 @@ fn schemas() -> Value {
             "usage": { "type": "object", "properties": { "vms": { "type": "integer" }, "vcpus": { "type": "integer" },
                 "memory": { "type": "integer" }, "storage": { "type": "integer" } } } } },
         "ProjectList": { "type": "array", "items": { "$ref": "#/components/schemas/Project" } },
+        "HostList": { "type": "array", "items": { "type": "object", "properties": {
+            "name": { "type": "string" }, "address": { "type": "string" }, "cpus": { "type": "integer" },
+            "memory": { "type": "integer" }, "joined_at": { "type": "integer" }, "online": { "type": "boolean" },
+            "leader": { "type": "boolean" }, "vms": { "type": "integer" } } } },
         "Login": { "type": "object", "additionalProperties": false, "required": ["user", "password"], "properties": {
             "user": { "type": "string" }, "password": { "type": "string" } } },
         "TokenRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
@@ -698,6 +704,7 @@ mod tests {
             include_str!("tasks.rs"),
             include_str!("events.rs"),
             include_str!("users.rs"),
+            include_str!("cluster.rs"),
         ];
         let mut out = Vec::new();
         for src in sources {

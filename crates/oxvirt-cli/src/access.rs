@@ -100,6 +100,45 @@ pub async fn project(client: &Client, out: Output, cmd: ProjectCmd) -> Result<()
 }
 
 #[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// The cluster's hosts: online or not, the leader, their VMs.
+    Hosts,
+    /// Take a host out of the cluster (refused while it has VMs).
+    Leave { host: String },
+}
+
+pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<(), ClientError> {
+    match cmd {
+        ClusterCmd::Hosts => {
+            let hosts: Vec<serde_json::Value> = client.get("/api/v1/cluster/hosts").await?;
+            if out == Output::Json {
+                print_json(&hosts);
+            } else {
+                let rows = hosts
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h["name"].as_str().unwrap_or("").to_string(),
+                            h["address"].as_str().unwrap_or("").to_string(),
+                            if h["online"] == true { "online" } else { "offline" }.to_string(),
+                            if h["leader"] == true { "leader" } else { "" }.to_string(),
+                            h["cpus"].to_string(),
+                            h["vms"].to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["HOST", "ADDRESS", "STATE", "ROLE", "CPUS", "VMS"], rows);
+            }
+        }
+        ClusterCmd::Leave { host } => {
+            client.delete(&format!("/api/v1/cluster/hosts/{}", encode(&host))).await?;
+            println!("host {host} left the cluster");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum AclCmd {
     Show,
     /// Grant ROLE (administrator, operator, auditor, none) to USER on PATH (/, /vms/NAME...).

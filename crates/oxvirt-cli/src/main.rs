@@ -66,6 +66,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(access::TokenCmd),
+    /// The cluster (when the store is etcd): hosts, leaving.
+    #[command(subcommand)]
+    Cluster(access::ClusterCmd),
     /// Projects (tenants) and their quotas.
     #[command(subcommand)]
     Project(access::ProjectCmd),
@@ -442,6 +445,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Token(cmd) => access::token(client, out, cmd).await?,
         Command::Acl(cmd) => access::acl(client, out, cmd).await?,
         Command::Project(cmd) => access::project(client, out, cmd).await?,
+        Command::Cluster(cmd) => access::cluster(client, out, cmd).await?,
         Command::Login { user } => access::login(client, &user).await?,
         Command::Audit { limit } => access::audit(client, out, limit).await?,
         Command::Network(cmd) => network::network(client, out, cmd).await?,

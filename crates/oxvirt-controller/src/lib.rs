@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod cluster;
 mod confine;
 mod console;
 mod disks;
@@ -88,6 +89,8 @@ pub(crate) struct Inner {
     pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
+    /// This daemon's cluster membership (etcd store only).
+    pub membership: Mutex<Option<Arc<cluster::Membership>>>,
     /// Serialises appends to the audit log.
     pub audit_lock: Mutex<()>,
     /// VMs automatic ballooning shrank, with the target it set.
@@ -119,6 +122,7 @@ impl Controller {
             net_lock: Default::default(),
             auto_ballooned: Mutex::default(),
             audit_lock: Mutex::default(),
+            membership: Mutex::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
             history: Mutex::default(),

@@ -17,6 +17,7 @@ impl Controller {
         let slot = self.inner.slot(name);
         let guard = slot.op.clone().try_lock_owned().map_err(|_| busy(name))?;
         let vm = self.get_vm(name)?;
+        self.check_local(&vm)?;
         action.check_from(vm.status.state).map_err(ControlError::Conflict)?;
         let task = self.inner.tasks.create(&format!("vm.{}", action.as_str()), &format!("vms/{name}"))?;
         let snapshot = task.snapshot();

@@ -22,7 +22,9 @@ impl Controller {
                 return;
             }
         };
-        for vm in vms {
+        // In a cluster each host looks after its own VMs only.
+        let me = self.host_name();
+        for vm in vms.into_iter().filter(|v| me.is_none() || v.host == me) {
             let settled = vm.status.state == VmState::Stopped && vm.desired == DesiredState::Stopped;
             if full || !settled {
                 self.reconcile_vm(&vm).await;

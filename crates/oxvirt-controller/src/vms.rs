@@ -57,6 +57,7 @@ impl Controller {
         let vm = Vm {
             id,
             uid: None,
+            host: self.host_name(),
             spec,
             desired: DesiredState::Stopped,
             status: VmStatus {

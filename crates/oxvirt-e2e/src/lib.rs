@@ -341,6 +341,7 @@ pub fn concrete_path(path: &str, vm: &str) -> String {
         .replace("{group}", "nogroup")
         .replace("{project}", "noproject")
         .replace("{user}", "otto")
+        .replace("{host}", "nohost")
         .replace("{snap}", "nosnap")
         .replace("{disk}", "nodisk")
         .replace("{nic}", "nic0")

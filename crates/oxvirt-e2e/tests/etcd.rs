@@ -113,3 +113,91 @@ async fn the_daemon_keeps_its_state_in_etcd() {
     assert_eq!(vm.status.pid, pid, "the same guest, re-adopted");
     d.client.vm_action_wait("on-etcd", "kill", Duration::from_secs(30)).await.unwrap();
 }
+
+/// Two members join: both are alive, exactly one leads; the leader's process goes (its lease
+/// lapses after the TTL): its key disappears and the other member leads.
+#[test]
+fn members_are_alive_while_they_live_and_one_leads() {
+    let c = EtcdCluster::start(3);
+    let a = store(&c, "m/");
+    let b = store(&c, "m/");
+    let sa = a.join("host-a", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let sb = b.join("host-b", 2);
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(20), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let alive = |s: &EtcdStore| -> Vec<String> { s.list("alive/").unwrap().into_iter().map(|e| e.key).collect() };
+    wait("both alive", &|| alive(&b).len() == 2);
+    wait("one leader", &|| sa.is_leader() ^ sb.is_leader());
+    assert!(sa.is_leader(), "the first to campaign leads");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert_eq!(rt.block_on(sb.leader()).as_deref(), Some("host-a"));
+    // host-a's daemon dies: nothing renews its lease.
+    drop(sa);
+    drop(a);
+    wait("host-a gone after its TTL", &|| alive(&b) == vec!["alive/host-b".to_string()]);
+    wait("host-b leads", &|| sb.is_leader());
+    assert_eq!(rt.block_on(sb.leader()).as_deref(), Some("host-b"));
+}
+
+/// Two daemons on one etcd cluster are two hosts: both online, one leads; a VM belongs to the
+/// host that made it (the other refuses to run it and leaves it alone); a host with VMs cannot
+/// leave; a host whose daemon dies goes offline after its TTL and the other leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_are_two_hosts_of_one_cluster() {
+    let cluster = EtcdCluster::start(3);
+    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+    let config = |host: &str| {
+        format!(
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"c2/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
+            eps.join(", ")
+        )
+    };
+    let mut a = Daemon::start_with_config(&config("host-a"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = Daemon::start_with_config(&config("host-b"));
+    let hosts = |d: &Daemon| d.cli(&["--output", "json", "cluster", "hosts"]);
+    let start = std::time::Instant::now();
+    loop {
+        let (_, out, _) = hosts(&b);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let online = v.as_array().map(|h| h.iter().filter(|h| h["online"] == true).count()).unwrap_or(0);
+        let leaders = v.as_array().map(|h| h.iter().filter(|h| h["leader"] == true).count()).unwrap_or(0);
+        if online == 2 && leaders == 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A VM made on host-a is host-a's: b sees it, will not run it.
+    a.client.create_vm(&kernel_spec("on-a", ""), false).await.unwrap();
+    let vm = b.client.get_vm("on-a").await.unwrap();
+    assert_eq!(vm.host.as_deref(), Some("host-a"));
+    let err = b.client.vm_action("on-a", "start").await.unwrap_err().to_string();
+    assert!(err.contains("belongs to host host-a"), "{err}");
+    let (code, _, err) = b.cli(&["cluster", "leave", "host-a"]);
+    assert!(code != 0 && err.contains("still has VM(s) on-a"), "{err}");
+    // host-a's daemon dies: offline after its TTL, host-b leads.
+    a.kill9();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, out, _) = hosts(&b);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let find = |n: &str| v.as_array().and_then(|h| h.iter().find(|h| h["name"] == n).cloned()).unwrap_or_default();
+        if find("host-a")["online"] == false && find("host-b")["leader"] == true {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.client.delete_vm("on-a").await.unwrap();
+    let (code, _, err) = b.cli(&["cluster", "leave", "host-a"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = b.cli(&["cluster", "hosts"]);
+    assert!(!out.contains("host-a") && out.contains("host-b") && out.contains("leader"), "{out}");
+}

@@ -655,6 +655,9 @@ pub struct VmStatus {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Vm {
     pub id: String,
+    /// The cluster host the VM belongs to (none on a single host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The uid of the VM's QEMU once it runs (each VM its own), given at its first start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,

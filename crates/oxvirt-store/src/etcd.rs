@@ -7,8 +7,12 @@
 //! runtime or not.
 
 use crate::{Entry, Expect, Op, Store, StoreError, WatchEvent};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -31,6 +35,8 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     events: broadcast::Sender<WatchEvent>,
+    /// Dropped with the store: background loops see it gone and stop.
+    alive: Arc<()>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -60,7 +66,7 @@ impl EtcdStore {
             Err(_) => return Err(backend("the store's runtime stopped")),
         };
         let (events, _) = broadcast::channel(4096);
-        let store = EtcdStore { rt: Some(rt), client, prefix: prefix.to_string(), events };
+        let store = EtcdStore { rt: Some(rt), client, prefix: prefix.to_string(), events, alive: Arc::new(()) };
         // Fail now, not at the first request, when no member answers.
         store.revision()?;
         store.follow();
@@ -198,6 +204,97 @@ impl EtcdStore {
                 Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key.clone(), *expect),
             })
             .unwrap_or_default()
+    }
+}
+
+/// This process's presence in a cluster: a key that exists while it lives, and its turn at leading.
+pub struct Session {
+    leader: Arc<AtomicBool>,
+    client: Client,
+    election: String,
+    store: std::sync::Weak<()>,
+}
+
+impl EtcdStore {
+    /// Joins the cluster as `member`: `alive/<member>` exists while this process keeps its etcd
+    /// lease (`ttl` seconds, renewed every third of it; put again after an interruption), and the
+    /// member campaigns in the `leader` election, leading while it holds it.
+    pub fn join(&self, member: &str, ttl: i64) -> Session {
+        let leader = Arc::new(AtomicBool::new(false));
+        let (client, key, election, name) =
+            (self.client.clone(), self.full(&format!("alive/{member}")), self.full("leader"), member.to_string());
+        let flag = leader.clone();
+        let alive = Arc::downgrade(&self.alive);
+        self.rt().spawn(async move {
+            loop {
+                if let Err(e) = hold(&client, &key, &election, &name, ttl, &flag).await {
+                    tracing::warn!("cluster membership: {e}; trying again");
+                }
+                flag.store(false, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if alive.upgrade().is_none() {
+                    return;
+                }
+            }
+        });
+        Session {
+            leader,
+            client: self.client.clone(),
+            election: self.full("leader"),
+            store: Arc::downgrade(&self.alive),
+        }
+    }
+}
+
+/// One lease's life: the member's key put with it, a campaign on it, renewals until it lapses.
+async fn hold(
+    client: &Client,
+    key: &str,
+    election: &str,
+    name: &str,
+    ttl: i64,
+    leader: &Arc<AtomicBool>,
+) -> Result<(), etcd_client::Error> {
+    let lease = client.lease_client().grant(ttl, None).await?.id();
+    client.kv_client().put(key, name, Some(PutOptions::new().with_lease(lease))).await?;
+    let (mut keeper, mut stream) = client.lease_client().keep_alive(lease).await?;
+    let mut el = client.election_client();
+    let (election, name, flag) = (election.to_string(), name.to_string(), leader.clone());
+    // Waits (as long as it takes) for its turn; leads until the lease lapses.
+    let campaign = tokio::spawn(async move {
+        if el.campaign(election, name, lease).await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+    let result = loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = keeper.keep_alive().await {
+            break Err(e);
+        }
+        match stream.message().await {
+            Ok(Some(r)) if r.ttl() > 0 => continue,
+            Ok(_) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    campaign.abort();
+    leader.store(false, Ordering::SeqCst);
+    result
+}
+
+impl Session {
+    /// Whether this member leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    /// The leading member's name, asked of etcd.
+    pub async fn leader(&self) -> Option<String> {
+        let _ = self.store.upgrade()?;
+        let mut el = self.client.election_client();
+        let r = tokio::time::timeout(CALL_TIMEOUT, el.leader(self.election.clone())).await.ok()?.ok()?;
+        r.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
     }
 }
 

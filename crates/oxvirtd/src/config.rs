@@ -34,6 +34,12 @@ pub struct Config {
 pub struct StoreConfig {
     /// `sqlite` (`<data-dir>/store.db`) or `etcd`.
     pub backend: String,
+    /// With etcd: this host's name in the cluster (default: the machine's host name).
+    pub host_name: Option<String>,
+    /// With etcd: where other hosts and clients reach this host's API (default: https_listen).
+    pub address: Option<String>,
+    /// With etcd: seconds without renewal after which this host counts as offline.
+    pub member_ttl_secs: u64,
     /// etcd members, e.g. `["http://10.0.0.1:2379", "http://10.0.0.2:2379"]`.
     pub etcd_endpoints: Vec<String>,
     /// Every key lives under this prefix in etcd.
@@ -42,7 +48,14 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { backend: "sqlite".into(), etcd_endpoints: vec![], etcd_prefix: "oxvirt/".into() }
+        StoreConfig {
+            backend: "sqlite".into(),
+            etcd_endpoints: vec![],
+            etcd_prefix: "oxvirt/".into(),
+            host_name: None,
+            address: None,
+            member_ttl_secs: 10,
+        }
     }
 }
 
@@ -116,6 +129,9 @@ impl Config {
                 }
             }
             (other, _) => return Err(format!("store.backend: must be sqlite or etcd, not {other:?}")),
+        }
+        if c.store.member_ttl_secs < 2 || c.store.member_ttl_secs > 300 {
+            return Err("store.member_ttl_secs: must be 2..300".into());
         }
         if !["text", "json"].contains(&c.log_format.as_str()) {
             return Err(format!("log_format: must be text or json, not {:?}", c.log_format));

@@ -87,12 +87,15 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
 }
 
 async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<(), String> {
+    let mut etcd: Option<Arc<oxvirt_store::EtcdStore>> = None;
     let store: Arc<dyn oxvirt_store::Store> = match config.store.backend.as_str() {
         "etcd" => {
             let s = oxvirt_store::EtcdStore::connect(&config.store.etcd_endpoints, &config.store.etcd_prefix)
                 .map_err(|e| format!("store: {e}"))?;
             tracing::info!(endpoints = ?config.store.etcd_endpoints, prefix = %config.store.etcd_prefix, "state in etcd");
-            Arc::new(s)
+            let s = Arc::new(s);
+            etcd = Some(s.clone());
+            s
         }
         _ => Arc::new(SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?),
     };
@@ -102,6 +105,16 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
     cc.console_log_max = config.console_log_max_bytes;
     cc.confine_qemu = config.confine_qemu;
     let ctrl = Controller::new(store, Arc::new(hv), cc).map_err(|e| e.to_string())?;
+    if let Some(etcd) = &etcd {
+        // Joined before anything is reconciled: a host looks after its own VMs only.
+        let name = config.store.host_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+        });
+        let address = config.store.address.clone().unwrap_or_else(|| config.https_listen.clone());
+        let session = etcd.join(&name, config.store.member_ttl_secs as i64);
+        ctrl.join_cluster(&name, &address, session).map_err(|e| format!("cluster: {e}"))?;
+        tracing::info!(host = %name, "joined the cluster");
+    }
     ctrl.start_background().await;
     ctrl.start_alerting(oxvirt_controller::alerts::AlertConfig {
         interval: Duration::from_secs(config.alerts.interval_secs),

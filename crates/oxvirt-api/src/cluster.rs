@@ -1,0 +1,25 @@
+//! `/api/v1/cluster/hosts`: the hosts of the cluster (etcd store), online or not, and the leader.
+
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use oxvirt_controller::cluster::HostView;
+use oxvirt_controller::Controller;
+
+pub fn routes() -> Router<Controller> {
+    Router::new()
+        .route("/api/v1/cluster/hosts", get(hosts))
+        .route("/api/v1/cluster/hosts/{host}", axum::routing::delete(leave))
+}
+
+async fn hosts(State(c): State<Controller>) -> ApiResult<Json<Vec<HostView>>> {
+    Ok(Json(c.cluster_hosts().await?))
+}
+
+async fn leave(State(c): State<Controller>, Path(host): Path<String>) -> ApiResult<StatusCode> {
+    oxvirt_model::validate_name("host", &host).map_err(|_| ApiError::not_found(format!("host {host:?} not found")))?;
+    c.leave_cluster(&host)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,120 @@
+//! Cluster membership, when the store is etcd: this host's record (`hosts/<name>`), its presence
+//! (`alive/<name>`, held by an etcd lease while the daemon lives) and its turn at leading; the
+//! hosts as the API shows them; leaving, refused while the host still has VMs.
+
+use crate::{now_millis, ControlError, Controller};
+use oxvirt_model::Vm;
+use oxvirt_store::{Expect, Session};
+use std::sync::Arc;
+
+/// A host of the cluster, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    /// Where its API answers (HTTPS).
+    pub address: String,
+    pub cpus: u32,
+    pub memory: u64,
+    pub joined_at: u64,
+}
+
+/// A host as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub host: HostRecord,
+    /// Its daemon holds its lease now.
+    pub online: bool,
+    pub leader: bool,
+    pub vms: usize,
+}
+
+/// This daemon's membership.
+pub struct Membership {
+    pub name: String,
+    pub session: Session,
+}
+
+impl Controller {
+    /// Joins the cluster: the host's record is written (or refreshed) and its presence held.
+    pub fn join_cluster(&self, name: &str, address: &str, session: Session) -> Result<(), ControlError> {
+        oxvirt_model::validate_name("cluster.host_name", name)?;
+        let rec = HostRecord {
+            name: name.into(),
+            address: address.into(),
+            cpus: self.inner.host.cpus,
+            memory: self.inner.host.memory_bytes,
+            joined_at: now_millis(),
+        };
+        let key = format!("hosts/{name}");
+        let joined = self.inner.store.get(&key)?.and_then(|e| serde_json::from_slice::<HostRecord>(&e.value).ok());
+        let rec = HostRecord { joined_at: joined.map(|j| j.joined_at).unwrap_or(rec.joined_at), ..rec };
+        self.inner.store.put(&key, oxvirt_store::encode(&rec), Expect::Any)?;
+        *crate::lock(&self.inner.membership) = Some(Arc::new(Membership { name: name.into(), session }));
+        Ok(())
+    }
+
+    /// This host's name in the cluster (None on a single host).
+    pub fn host_name(&self) -> Option<String> {
+        crate::lock(&self.inner.membership).as_ref().map(|m| m.name.clone())
+    }
+
+    pub async fn cluster_hosts(&self) -> Result<Vec<HostView>, ControlError> {
+        let Some(m) = crate::lock(&self.inner.membership).clone() else {
+            return Err(ControlError::Conflict(
+                "this host is not in a cluster (the store is SQLite): see [store] in oxvirtd.toml".into(),
+            ));
+        };
+        let leader = m.session.leader().await;
+        let alive: Vec<String> = self
+            .inner
+            .store
+            .list("alive/")?
+            .into_iter()
+            .map(|e| e.key.trim_start_matches("alive/").to_string())
+            .collect();
+        let vms = self.list_vms()?;
+        Ok(self
+            .inner
+            .store
+            .list("hosts/")?
+            .into_iter()
+            .filter_map(|e| serde_json::from_slice::<HostRecord>(&e.value).ok())
+            .map(|h| HostView {
+                online: alive.contains(&h.name),
+                leader: leader.as_deref() == Some(h.name.as_str()),
+                vms: vms.iter().filter(|v: &&Vm| v.host.as_deref() == Some(h.name.as_str())).count(),
+                host: h,
+            })
+            .collect())
+    }
+
+    /// Refuses to run a VM that belongs to another host of the cluster (its host runs it).
+    pub(crate) fn check_local(&self, vm: &Vm) -> Result<(), ControlError> {
+        match (&vm.host, self.host_name()) {
+            (Some(h), Some(me)) if *h != me => Err(ControlError::Conflict(format!(
+                "VM {} belongs to host {h}: ask that host (oxvirt cluster hosts shows its address)",
+                vm.spec.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes a host out of the cluster's records; refused while VMs are on it.
+    pub fn leave_cluster(&self, name: &str) -> Result<(), ControlError> {
+        let on: Vec<String> =
+            self.list_vms()?.into_iter().filter(|v| v.host.as_deref() == Some(name)).map(|v| v.spec.name).collect();
+        if !on.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "host {name} still has VM(s) {}: move or delete them first",
+                on.join(", ")
+            )));
+        }
+        let key = format!("hosts/{name}");
+        if self.inner.store.get(&key)?.is_none() {
+            return Err(ControlError::NotFound { kind: "host", name: name.into() });
+        }
+        self.inner.store.delete(&key, Expect::Any)?;
+        Ok(())
+    }
+}
