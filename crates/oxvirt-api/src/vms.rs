@@ -82,7 +82,8 @@ async fn create(
     c.authorize(&user_of(&p), oxvirt_model::Privilege::Modify, &resource)?;
     let spec: VmSpec = parse(&body)?;
     let vm = c.create_vm(spec)?;
-    let task = if q.start { Some(c.vm_action(&vm.spec.name, VmAction::Start)?) } else { None };
+    // In a cluster the VM may belong to another host: that host starts it.
+    let task = if q.start { c.start_where_it_belongs(&vm.spec.name)? } else { None };
     Ok((StatusCode::CREATED, Json(Created { vm, task })))
 }
 

@@ -114,6 +114,9 @@ pub fn print_vm(v: &Vm, out: Output) {
         res.push(format!("balloon floor {b}"));
     }
     println!("resources:   {}", res.join(", "));
+    if let Some(h) = &v.host {
+        println!("host:        {h} ({})", v.host_reason.as_deref().unwrap_or(""));
+    }
     if let Some(p) = &v.status.placement {
         println!("placement:   {}", p.reason);
     }

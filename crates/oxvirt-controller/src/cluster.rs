@@ -89,6 +89,17 @@ impl Controller {
             .collect())
     }
 
+    /// Starts a VM where it belongs: here as a task, or (another host's VM) by asking for it in the
+    /// store, where its host's reconciler picks it up.
+    pub fn start_where_it_belongs(&self, name: &str) -> Result<Option<oxvirt_model::Task>, ControlError> {
+        let vm = self.get_vm(name)?;
+        if self.check_local(&vm).is_ok() {
+            return self.vm_action(name, oxvirt_model::VmAction::Start).map(Some);
+        }
+        self.set_desired(name, oxvirt_model::DesiredState::Running)?;
+        Ok(None)
+    }
+
     /// Refuses to run a VM that belongs to another host of the cluster (its host runs it).
     pub(crate) fn check_local(&self, vm: &Vm) -> Result<(), ControlError> {
         match (&vm.host, self.host_name()) {
@@ -97,6 +108,79 @@ impl Controller {
                 vm.spec.name
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// Where a new VM goes: the host it asks for (which must be online), or the scheduler's pick
+    /// among the online hosts (spread, under the host policy's over-commit ratios). `None` on a
+    /// single host.
+    pub(crate) fn place_vm(&self, spec: &oxvirt_model::VmSpec) -> Result<Option<(String, String)>, ControlError> {
+        let Some(me) = self.host_name() else {
+            if spec.host.is_some() {
+                return Err(ControlError::invalid("host", "this host is not in a cluster"));
+            }
+            return Ok(None);
+        };
+        let alive: Vec<String> = self
+            .inner
+            .store
+            .list("alive/")?
+            .into_iter()
+            .map(|e| e.key.trim_start_matches("alive/").to_string())
+            .collect();
+        let records: Vec<HostRecord> = self
+            .inner
+            .store
+            .list("hosts/")?
+            .into_iter()
+            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+            .collect();
+        if let Some(h) = &spec.host {
+            if !records.iter().any(|r| &r.name == h) {
+                return Err(ControlError::invalid("host", format!("there is no host named {h} in the cluster")));
+            }
+            if !alive.contains(h) {
+                return Err(ControlError::invalid("host", format!("host {h} is offline")));
+            }
+            return Ok(Some((h.clone(), "asked for".into())));
+        }
+        let vms = self.list_vms()?;
+        let policy = self.host_policy()?;
+        let hosts: Vec<oxvirt_scheduler::Host> = records
+            .iter()
+            .map(|r| {
+                let mine = vms.iter().filter(|v| v.host.as_deref() == Some(r.name.as_str()));
+                oxvirt_scheduler::Host {
+                    name: r.name.clone(),
+                    cpus: r.cpus,
+                    memory: r.memory,
+                    used_vcpus: mine.clone().map(|v| v.spec.cpus).sum(),
+                    used_memory: mine.map(|v| v.spec.memory.0).sum(),
+                    pools: vec![],
+                    networks: vec![],
+                    online: alive.contains(&r.name),
+                    maintenance: false,
+                    cpu_pressure: 0.0,
+                }
+            })
+            .collect();
+        let cluster = oxvirt_scheduler::Cluster::new(
+            hosts,
+            oxvirt_scheduler::Policy {
+                strategy: oxvirt_scheduler::Strategy::Spread,
+                cpu_overcommit: policy.cpu_overcommit,
+                memory_overcommit: policy.memory_overcommit,
+            },
+        );
+        let request = oxvirt_scheduler::Request {
+            name: spec.name.clone(),
+            vcpus: spec.cpus,
+            memory: spec.memory.0,
+            ..Default::default()
+        };
+        match cluster.choose(&request) {
+            Ok(d) => Ok(Some((d.host, format!("placed by {me}'s scheduler: {}", d.reason)))),
+            Err(e) => Err(ControlError::Conflict(e.to_string())),
         }
     }
 

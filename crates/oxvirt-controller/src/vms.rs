@@ -53,11 +53,13 @@ impl Controller {
         self.prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
         self.check_quota(&spec)?;
+        let placed = self.place_vm(&spec)?;
         let now = now_millis();
         let vm = Vm {
             id,
             uid: None,
-            host: self.host_name(),
+            host: placed.as_ref().map(|p| p.0.clone()),
+            host_reason: placed.map(|p| p.1),
             spec,
             desired: DesiredState::Stopped,
             status: VmStatus {

@@ -4,6 +4,7 @@
 
 use oxvirt_e2e::*;
 use oxvirt_store::{EtcdStore, Expect, Op, Store, StoreError, WatchEvent};
+use serde_json::json;
 use std::time::Duration;
 
 fn store(c: &EtcdCluster, prefix: &str) -> EtcdStore {
@@ -174,14 +175,37 @@ async fn two_daemons_are_two_hosts_of_one_cluster() {
         assert!(start.elapsed() < Duration::from_secs(20), "{out}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // A VM made on host-a is host-a's: b sees it, will not run it.
-    a.client.create_vm(&kernel_spec("on-a", ""), false).await.unwrap();
+    // A VM of host-a: b sees it, will not run it.
+    let mut on_a = kernel_spec("on-a", "");
+    on_a["host"] = json!("host-a");
+    b.client.create_vm(&on_a, false).await.unwrap();
     let vm = b.client.get_vm("on-a").await.unwrap();
     assert_eq!(vm.host.as_deref(), Some("host-a"));
     let err = b.client.vm_action("on-a", "start").await.unwrap_err().to_string();
     assert!(err.contains("belongs to host host-a"), "{err}");
     let (code, _, err) = b.cli(&["cluster", "leave", "host-a"]);
     assert!(code != 0 && err.contains("still has VM(s) on-a"), "{err}");
+    // A VM made without a host: the scheduler spreads it to the host with most room (host-b
+    // already holds a big VM), and that host boots it.
+    let mut big = kernel_spec("big-on-b", "");
+    big["memory"] = json!("8GiB");
+    big["host"] = json!("host-b");
+    b.client.create_vm(&big, false).await.unwrap();
+    let created = b.client.create_vm(&kernel_spec("placed", ""), true).await.unwrap();
+    assert!(created.task.is_none(), "started by its own host");
+    assert_eq!(created.vm.host.as_deref(), Some("host-a"), "{:?}", created.vm.host_reason);
+    assert!(created.vm.host_reason.as_deref().unwrap_or("").contains("scheduler"));
+    wait_state(&a.client, "placed", "running", Duration::from_secs(30)).await;
+    wait_console(&a.client, "placed", READY, 1, BOOT_TIMEOUT).await;
+    let (_, out, _) = b.cli(&["vm", "show", "placed"]);
+    assert!(out.contains("host:        host-a (placed by host-b's scheduler"), "{out}");
+    let mut bad = kernel_spec("nowhere", "");
+    bad["host"] = json!("host-z");
+    let err = b.client.create_vm(&bad, false).await.unwrap_err().to_string();
+    assert!(err.contains("host: there is no host named host-z"), "{err}");
+    a.client.vm_action_wait("placed", "kill", Duration::from_secs(30)).await.unwrap();
+    a.client.delete_vm("placed").await.unwrap();
+    b.client.delete_vm("big-on-b").await.unwrap();
     // host-a's daemon dies: offline after its TTL, host-b leads.
     a.kill9();
     let start = std::time::Instant::now();

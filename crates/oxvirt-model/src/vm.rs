@@ -11,6 +11,9 @@ pub const MIN_MEMORY: u64 = 32 * MIB;
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: String,
+    /// In a cluster: the host to run on; the scheduler picks one when it is left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The project (tenant) the VM belongs to, whose quotas it counts against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
@@ -459,6 +462,9 @@ impl VmSpec {
         if let Some(p) = &self.project {
             validate_name("project", p)?;
         }
+        if let Some(h) = &self.host {
+            validate_name("host", h)?;
+        }
         if self.nics.len() > 8 {
             return Err(ValidationError::new("nics", "at most 8 NICs"));
         }
@@ -655,9 +661,11 @@ pub struct VmStatus {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Vm {
     pub id: String,
-    /// The cluster host the VM belongs to (none on a single host).
+    /// The cluster host the VM belongs to (none on a single host), and why that one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_reason: Option<String>,
     /// The uid of the VM's QEMU once it runs (each VM its own), given at its first start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,

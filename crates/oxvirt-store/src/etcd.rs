@@ -260,10 +260,17 @@ async fn hold(
     let (mut keeper, mut stream) = client.lease_client().keep_alive(lease).await?;
     let mut el = client.election_client();
     let (election, name, flag) = (election.to_string(), name.to_string(), leader.clone());
-    // Waits (as long as it takes) for its turn; leads until the lease lapses.
+    // Waits (as long as it takes: each call is bounded by the client's timeout, so it is asked
+    // again) for its turn; leads until the lease lapses.
     let campaign = tokio::spawn(async move {
-        if el.campaign(election, name, lease).await.is_ok() {
-            flag.store(true, Ordering::SeqCst);
+        loop {
+            match el.campaign(election.clone(), name.clone(), lease).await {
+                Ok(_) => {
+                    flag.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
     });
     let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));

@@ -357,6 +357,7 @@ mod tests {
     fn spec() -> VmSpec {
         VmSpec {
             name: "web".into(),
+            host: None,
             project: None,
             cpus: 2,
             memory: ByteSize::mib(512),
