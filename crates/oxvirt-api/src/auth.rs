@@ -145,7 +145,7 @@ pub fn requirement(method: &Method, matched: &str, path: &str) -> Option<(Privil
         || ((matched == "/api/v1/host/policy" || matches!(m.first(), Some(&"projects") | Some(&"cluster")))
             && method != Method::GET);
     let operate = (m.first() == Some(&"vms")
-        && matches!(m.get(2), Some(&"actions") | Some(&"console") | Some(&"balloon")))
+        && matches!(m.get(2), Some(&"actions") | Some(&"console") | Some(&"balloon") | Some(&"migrate")))
         && !(m.get(2) == Some(&"balloon") && method == Method::GET);
     let privilege = if admin {
         Privilege::Admin

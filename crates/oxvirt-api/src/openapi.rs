@@ -31,6 +31,7 @@ const fn op(
 
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
+    op("post", "/api/v1/vms/{name}/migrate", "vmMigrate", "Live-migrate a running VM to another host (memory; disks must be shared): a task", Some("MigrateRequest"), 202, Some("Task")),
     op("get", "/api/v1/cluster/hosts", "clusterHosts", "The cluster's hosts: online or not, the leader, their VMs (etcd store only)", None, 200, Some("HostList")),
     op("delete", "/api/v1/cluster/hosts/{host}", "clusterLeave", "Take a host out of the cluster (refused while it has VMs)", None, 204, None),
     op("get", "/api/v1/audit", "auditLog", "The audit log's latest records (?limit=N)", None, 200, Some("AuditList")),
@@ -571,6 +572,10 @@ fn schemas() -> Value {
             "usage": { "type": "object", "properties": { "vms": { "type": "integer" }, "vcpus": { "type": "integer" },
                 "memory": { "type": "integer" }, "storage": { "type": "integer" } } } } },
         "ProjectList": { "type": "array", "items": { "$ref": "#/components/schemas/Project" } },
+        "MigrateRequest": { "type": "object", "additionalProperties": false, "required": ["to"], "properties": {
+            "to": { "type": "string" }, "downtime_ms": { "type": "integer", "minimum": 1, "maximum": 60000 },
+            "bandwidth_mibs": { "type": "integer", "minimum": 0, "maximum": 100000 },
+            "auto_converge": { "type": "boolean" }, "postcopy": { "type": "boolean" } } },
         "HostList": { "type": "array", "items": { "type": "object", "properties": {
             "name": { "type": "string" }, "address": { "type": "string" }, "cpus": { "type": "integer" },
             "memory": { "type": "integer" }, "joined_at": { "type": "integer" }, "online": { "type": "boolean" },

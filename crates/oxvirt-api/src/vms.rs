@@ -17,6 +17,7 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/vms", get(list).post(create))
         .route("/api/v1/vms/{name}", get(show).patch(update).delete(delete))
         .route("/api/v1/vms/{name}/actions/{action}", post(action))
+        .route("/api/v1/vms/{name}/migrate", post(migrate))
         .route("/api/v1/vms/{name}/console-log", get(console_log))
         .route("/api/v1/vms/{name}/console", get(crate::console::console))
         .route("/api/v1/vms/{name}/history", get(history))
@@ -158,6 +159,12 @@ async fn detach_disk(State(c): State<Controller>, Path((name, disk)): Path<(Stri
     check_name(&name)?;
     validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
     Ok(Json(c.detach_disk(&name, &disk).await?))
+}
+
+async fn migrate(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    check_name(&name)?;
+    let req: oxvirt_model::MigrateRequest = parse(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(c.migrate_vm(&name, req)?)))
 }
 
 async fn history(

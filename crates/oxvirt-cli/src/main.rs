@@ -86,6 +86,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum VmCmd {
+    /// Live-migrate a running VM to another host of the cluster (a task with progress).
+    Migrate {
+        name: String,
+        #[arg(long)]
+        to: String,
+        /// Longest pause at the switch-over, ms.
+        #[arg(long, default_value_t = 100)]
+        downtime_ms: u64,
+        /// MiB/s at most (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        bandwidth_mibs: u64,
+        #[arg(long)]
+        auto_converge: bool,
+        #[arg(long)]
+        postcopy: bool,
+    },
     /// Change a VM's CPU weight, cap, pinning, memory limit... (live where it can be).
     Resources(resources::ResourcesArgs),
     /// Show a running VM's balloon, or set its target (e.g. 512MiB).
@@ -333,6 +349,13 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
                 follow_task(client, &task, Duration::from_secs(300), out).await?;
             }
             print_vm(&client.get_vm(&created.vm.spec.name).await?, out);
+        }
+        Command::Vm(VmCmd::Migrate { name, to, downtime_ms, bandwidth_mibs, auto_converge, postcopy }) => {
+            let body = json!({ "to": to, "downtime_ms": downtime_ms, "bandwidth_mibs": bandwidth_mibs,
+                               "auto_converge": auto_converge, "postcopy": postcopy });
+            let t: oxvirt_model::Task =
+                client.post(&format!("/api/v1/vms/{}/migrate", oxvirt_client::encode(&name)), &body).await?;
+            follow_task(client, &t, std::time::Duration::from_secs(24 * 3600), out).await?;
         }
         Command::Vm(VmCmd::Resources(a)) => print_vm(&resources::resources(client, a).await?, out),
         Command::Vm(VmCmd::Balloon { name, target }) => resources::balloon(client, out, &name, target).await?,

@@ -181,6 +181,11 @@ impl Client {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
+    /// Starts a live migration (a task).
+    pub async fn migrate_vm(&self, name: &str, to: &str) -> Result<Task, ClientError> {
+        self.post(&format!("/api/v1/vms/{}/migrate", encode(name)), &serde_json::json!({ "to": to })).await
+    }
+
     pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClientError> {
         self.call(Method::PUT, path, Some(body)).await
     }

@@ -15,6 +15,7 @@ mod error;
 pub mod history;
 mod host;
 mod lifecycle;
+mod migrate;
 mod nbd;
 pub mod network;
 pub mod projects;
@@ -89,6 +90,8 @@ pub(crate) struct Inner {
     pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
     /// The export daemons of `nbd` pools, by pool.
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
+    /// QEMUs waiting for a VM migrating to this host, by VM.
+    pub incoming: Mutex<HashMap<String, Arc<dyn Instance>>>,
     /// This daemon's cluster membership (etcd store only).
     pub membership: Mutex<Option<Arc<cluster::Membership>>>,
     /// Serialises appends to the audit log.
@@ -123,6 +126,7 @@ impl Controller {
             auto_ballooned: Mutex::default(),
             audit_lock: Mutex::default(),
             membership: Mutex::default(),
+            incoming: Mutex::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
             history: Mutex::default(),

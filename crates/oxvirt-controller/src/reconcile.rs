@@ -32,6 +32,7 @@ impl Controller {
             self.rotate_console_log(&vm);
         }
         self.inner.tasks.prune();
+        self.serve_migrations().await;
         self.supervise_export_daemons().await;
     }
 

@@ -225,3 +225,108 @@ async fn two_daemons_are_two_hosts_of_one_cluster() {
     let (_, out, _) = b.cli(&["cluster", "hosts"]);
     assert!(!out.contains("host-a") && out.contains("host-b") && out.contains("leader"), "{out}");
 }
+
+fn counter(out: &str) -> u64 {
+    out.rsplit("CTR-")
+        .next()
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn read_counter(c: &oxvirt_client::Client, vm: &str, source: &str) -> u64 {
+    counter(&run_in_guest(c, vm, &format!("echo CTR-$({source})-E$((1+1))",), "-E2").await)
+}
+
+/// A guest counting in memory and on its (shared) disk moves from host-a to host-b while it
+/// counts: the counter never goes back and goes on; a migration whose target dies leaves the VM
+/// running where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
+    let cluster = EtcdCluster::start(3);
+    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+    let config = |host: &str| {
+        format!(
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"mig/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
+            eps.join(", ")
+        )
+    };
+    let a = Daemon::start_with_config(&config("host-a"));
+    let b = Daemon::start_with_config(&config("host-b"));
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let disk = dir.path().join("shared.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut spec = kernel_spec("mover", "");
+    spec["host"] = json!("host-a");
+    spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
+    let created = a.client.create_vm(&spec, true).await.unwrap();
+    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(&a.client, "mover", READY, 1, BOOT_TIMEOUT).await;
+    let pid_a = a.client.get_vm("mover").await.unwrap().status.pid.unwrap();
+    run_in_guest(
+        &a.client,
+        "mover",
+        "(i=0; while :; do i=$((i+1)); echo $i > /tmp/c; echo $i | dd of=/dev/vda bs=512 count=1 conv=notrunc 2>/dev/null; sleep 0.2; done) & echo L$((2+2))OOP",
+        "L4OOP",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = read_counter(&a.client, "mover", "cat /tmp/c").await;
+    assert!(before > 0);
+
+    // Bad requests: named, nothing starts.
+    let (status, body) = a
+        .client
+        .raw(hyper::Method::POST, "/api/v1/vms/mover/migrate", Some(br#"{"to":"host-z"}"#.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let err = b.client.migrate_vm("mover", "host-a").await.unwrap_err().to_string();
+    assert!(err.contains("belongs to host host-a"), "{err}");
+
+    let t: oxvirt_model::Task = a.client.post("/api/v1/vms/mover/migrate", &json!({ "to": "host-b" })).await.unwrap();
+    let t = a.client.wait_task(&t.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}");
+    let vm = wait_state(&b.client, "mover", "running", Duration::from_secs(30)).await;
+    assert_eq!(vm.host.as_deref(), Some("host-b"));
+    let reason = vm.host_reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("migrated from host-a") && reason.contains("paused"), "{reason}");
+    eprintln!("migration: {reason}");
+    let pid_b = vm.status.pid.unwrap();
+    assert_ne!(pid_a, pid_b);
+    let start = std::time::Instant::now();
+    while process_alive(pid_a) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the source QEMU stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The guest goes on counting from where it was, in memory and on disk.
+    let after = read_counter(&b.client, "mover", "cat /tmp/c").await;
+    assert!(after >= before, "the counter went back: {before} -> {after}");
+    let on_disk = read_counter(&b.client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
+    assert!(on_disk >= before, "{on_disk} < {before}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(read_counter(&b.client, "mover", "cat /tmp/c").await > after, "it goes on");
+
+    // Back to host-a, slowly; host-a's waiting QEMU dies: the VM stays on host-b, running.
+    let t: oxvirt_model::Task =
+        b.client.post("/api/v1/vms/mover/migrate", &json!({ "to": "host-a", "bandwidth_mibs": 1 })).await.unwrap();
+    let id = b.client.get_vm("mover").await.unwrap().id;
+    let pidfile = a.path().join("run").join(&id[..13]).join("qemu.pid");
+    let start = std::time::Instant::now();
+    let target_pid = loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "host-a never got ready:\n{}\n{}", a.log(), b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    unsafe { libc::kill(target_pid, libc::SIGKILL) };
+    let t = b.client.wait_task(&t.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Failed, "{t:?}");
+    let vm = b.client.get_vm("mover").await.unwrap();
+    assert_eq!((vm.host.as_deref(), vm.status.state.as_str(), vm.status.pid), (Some("host-b"), "running", Some(pid_b)));
+    let later = read_counter(&b.client, "mover", "cat /tmp/c").await;
+    assert!(later > after, "still counting on host-b: {after} -> {later}");
+    b.client.vm_action_wait("mover", "kill", Duration::from_secs(30)).await.unwrap();
+}

@@ -7,6 +7,7 @@ mod alert;
 mod error;
 mod event;
 mod host;
+mod migration;
 mod name;
 mod network;
 mod project;
@@ -25,6 +26,7 @@ pub use alert::{Alert, AlertKind, AlertRule, AlertState};
 pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;
+pub use migration::{MigrateRequest, Migration, MigrationState};
 pub use name::validate_name;
 pub use network::{
     parse_range, Ipv4Net, Lease, LeaseView, Network, NetworkKind, NetworkSpec, NetworkView, VxlanSpec, MAX_MTU,

@@ -48,6 +48,9 @@ pub struct VmSpec {
     /// VM. Not stored.
     #[serde(skip)]
     pub run_as: Option<(u32, u32)>,
+    /// For a QEMU started to receive a migration: where it listens (`tcp:HOST:PORT`). Not stored.
+    #[serde(skip)]
+    pub incoming: Option<String>,
 }
 
 fn yes() -> bool {

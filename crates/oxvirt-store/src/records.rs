@@ -60,6 +60,10 @@ impl Record for oxvirt_model::Project {
     const PREFIX: &'static str = "projects/";
 }
 
+impl Record for oxvirt_model::Migration {
+    const PREFIX: &'static str = "migrations/";
+}
+
 impl Record for oxvirt_model::ApiToken {
     const PREFIX: &'static str = "tokens/";
 }

@@ -251,6 +251,10 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
         }
     }
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    if let Some(uri) = &spec.incoming {
+        // Waits for the migration stream; runs the guest when it is complete.
+        push(&["-incoming", uri]);
+    }
     if let Some((uid, gid)) = spec.run_as {
         // Root until the guest starts (devices and files opened), the VM's own user after.
         push(&["-runas", &format!("{uid}:{gid}")]);
@@ -375,6 +379,7 @@ mod tests {
             balloon: true,
             memory_encryption: None,
             run_as: None,
+            incoming: None,
             resources: Default::default(),
         }
     }
@@ -546,7 +551,8 @@ mod tests {
                     "-pidfile",
                     "-daemonize",
                     "-sandbox",
-                    "-runas"
+                    "-runas",
+                    "-incoming"
                 ]
                 .contains(&f.as_str()),
                 "unexpected flag {f}"

@@ -1,0 +1,68 @@
+//! Live migration of a running VM to another host of the cluster (QEMU pre-copy over TCP, memory
+//! only: its disks must be reachable from both hosts).
+
+use crate::{validate_name, Millis, ValidationError};
+
+fn default_downtime() -> u64 {
+    100
+}
+
+/// What `POST /api/v1/vms/{name}/migrate` takes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The target host.
+    pub to: String,
+    /// Longest pause of the guest at the switch-over, in ms (Proxmox's default: 100).
+    #[serde(default = "default_downtime")]
+    pub downtime_ms: u64,
+    /// Most bandwidth the migration may use, MiB/s (0: no limit).
+    #[serde(default)]
+    pub bandwidth_mibs: u64,
+    /// Slow the guest's vCPUs down if its memory changes faster than it can be sent.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// Switch to post-copy (run on the target, fetch memory on demand) when pre-copy lingers.
+    #[serde(default)]
+    pub postcopy: bool,
+}
+
+impl MigrateRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("to", &self.to)?;
+        if !(1..=60_000).contains(&self.downtime_ms) {
+            return Err(ValidationError::new("downtime_ms", "must be 1..60000"));
+        }
+        if self.bandwidth_mibs > 100_000 {
+            return Err(ValidationError::new("bandwidth_mibs", "must be at most 100000"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationState {
+    /// The source asked; the target is to start a QEMU waiting for the stream.
+    Requested,
+    /// The target waits at `uri`.
+    Ready,
+    /// Done: the VM runs on the target (which takes it over).
+    Completed,
+    /// Gave up: the VM runs on the source as before (the target removes what it started).
+    Failed,
+}
+
+/// A migration in progress, as both hosts see it in the store (`migrations/<vm>`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Migration {
+    pub vm: String,
+    pub source: String,
+    pub target: String,
+    pub state: MigrationState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: Millis,
+}
