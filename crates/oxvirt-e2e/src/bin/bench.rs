@@ -12,6 +12,8 @@
 //!    reclaim speed, KSM saving for 4 identical guests.
 //! 7. Scheduler: 100,000 VMs placed on 10,000 simulated hosts (time), and hosts used when packing
 //!    against the lower bound (total memory asked / host memory).
+//! 8. Live migration of an idle 1 GiB guest between two hosts (daemons on one etcd): total time
+//!    and downtime, against a raw QEMU-to-QEMU migration of the same guest in the same run.
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
 //!    a no-op API request rate), time to list all of them, and the daemon's RSS.
 
@@ -580,6 +582,102 @@ fn scheduler() {
     }
 }
 
+/// Total and paused ms of a finished migration, from `query-migrate`.
+async fn raw_migration(src: &oxvirt_qemu::qmp::Qmp, uri: &str) -> (u64, u64) {
+    use serde_json::{json, Value};
+    src.execute("migrate-set-parameters", json!({ "downtime-limit": 100 })).await.expect("params");
+    src.execute("migrate", json!({ "uri": uri })).await.expect("migrate");
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let q: Value = src.execute("query-migrate", Value::Null).await.expect("query");
+        match q["status"].as_str().unwrap_or("") {
+            "completed" => return (q["total-time"].as_u64().unwrap_or(0), q["downtime"].as_u64().unwrap_or(0)),
+            "failed" | "cancelled" => panic!("raw migration failed: {q}"),
+            _ => {}
+        }
+    }
+}
+
+async fn migration() {
+    use serde_json::json;
+    println!("== live migration: idle 1 GiB guest, 3 rounds each (median)");
+    // Baseline: the same guest, QEMU to QEMU by hand.
+    let driver = QemuDriver::new(
+        "qemu-system-x86_64",
+        AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() },
+    );
+    let mut spec_json = kernel_spec("mig", "");
+    spec_json["memory"] = json!("1GiB");
+    let spec: oxvirt_model::VmSpec = serde_json::from_value(spec_json.clone()).expect("spec");
+    let dir = tempfile::Builder::new().prefix("oxm").tempdir_in("/tmp").expect("tmp");
+    let mut raw = Vec::new();
+    for round in 0..3 {
+        let src = RuntimePaths::new(dir.path().join(format!("s{round}")));
+        let dst = RuntimePaths::new(dir.path().join(format!("d{round}")));
+        for p in [&src, &dst] {
+            std::fs::create_dir_all(p.dir()).expect("dir");
+        }
+        let id = format!("{:08x}-0000-0000-0000-00000000000{round}", std::process::id());
+        let st =
+            std::process::Command::new(driver.program()).args(driver.args(&id, &spec, &src)).status().expect("qemu");
+        assert!(st.success());
+        wait_file_marker(&src.console_log(), BOOT_TIMEOUT);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut incoming = spec.clone();
+        incoming.incoming = Some(format!("tcp:127.0.0.1:{port}"));
+        let st = std::process::Command::new(driver.program())
+            .args(driver.args(&id, &incoming, &dst))
+            .status()
+            .expect("qemu");
+        assert!(st.success());
+        let qmp = oxvirt_qemu::qmp::Qmp::connect(&src.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
+        raw.push(raw_migration(&qmp, &format!("tcp:127.0.0.1:{port}")).await);
+        kill_pidfile(&src.pidfile());
+        kill_pidfile(&dst.pidfile());
+    }
+    // Through oxvirt: two hosts on one etcd, the VM moved back and forth.
+    let cluster = EtcdCluster::start(1);
+    let config = |host: &str| {
+        format!(
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"bench/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n",
+            cluster.endpoints()[0]
+        )
+    };
+    let a = Daemon::start_with_config(&config("host-a"));
+    let b = Daemon::start_with_config(&config("host-b"));
+    spec_json["host"] = json!("host-a");
+    let created = a.client.create_vm(&spec_json, true).await.expect("create");
+    a.client.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("start");
+    wait_console(&a.client, "mig", READY, 1, BOOT_TIMEOUT).await;
+    let mut ours = Vec::new();
+    for round in 0..3 {
+        let (from, to) = if round % 2 == 0 { (&a, "host-b") } else { (&b, "host-a") };
+        let t = from.client.migrate_vm("mig", to).await.expect("migrate");
+        let t = from.client.wait_task(&t.id, Duration::from_secs(300)).await.expect("wait");
+        assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}");
+        let reason = from.client.get_vm("mig").await.expect("vm").host_reason.unwrap_or_default();
+        let nums: Vec<u64> = reason
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        ours.push((nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0)));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let med = |v: &mut Vec<(u64, u64)>, i: usize| {
+        let mut x: Vec<u64> = v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect();
+        x.sort();
+        x[x.len() / 2]
+    };
+    let (rt, rd) = (med(&mut raw, 0), med(&mut raw, 1));
+    let (ot, od) = (med(&mut ours, 0), med(&mut ours, 1));
+    println!("   raw QEMU (baseline): {rt} ms in all, {rd} ms paused");
+    println!("   through oxvirt:      {ot} ms in all, {od} ms paused (target <= 100 ms)");
+    println!("   total ratio oxvirt/raw: {:.2} (target <= 1.1)", ot as f64 / rt.max(1) as f64);
+    let _ = a.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+    let _ = b.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::var("OXVIRT_PROFILE").is_err() {
@@ -606,5 +704,8 @@ async fn main() {
     }
     if only.is_empty() || only == "scheduler" {
         scheduler();
+    }
+    if only.is_empty() || only == "migration" {
+        migration().await;
     }
 }
