@@ -12,6 +12,7 @@ pub fn routes() -> Router<Controller> {
     Router::new()
         .route("/api/v1/cluster/hosts", get(hosts))
         .route("/api/v1/cluster/hosts/{host}", axum::routing::delete(leave))
+        .route("/api/v1/cluster/hosts/{host}/maintenance", axum::routing::put(maintenance))
 }
 
 async fn hosts(State(c): State<Controller>) -> ApiResult<Json<Vec<HostView>>> {
@@ -22,4 +23,21 @@ async fn leave(State(c): State<Controller>, Path(host): Path<String>) -> ApiResu
     oxvirt_model::validate_name("host", &host).map_err(|_| ApiError::not_found(format!("host {host:?} not found")))?;
     c.leave_cluster(&host)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Maintenance {
+    on: bool,
+}
+
+/// In maintenance: no new VMs; its running VMs are migrated away (the tasks are returned).
+async fn maintenance(
+    State(c): State<Controller>,
+    Path(host): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Vec<oxvirt_model::Task>>> {
+    oxvirt_model::validate_name("host", &host).map_err(|_| ApiError::not_found(format!("host {host:?} not found")))?;
+    let m: Maintenance = crate::body::parse(&body)?;
+    Ok(Json(c.set_maintenance(&host, m.on)?))
 }

@@ -31,6 +31,7 @@ const fn op(
 
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
+    op("put", "/api/v1/cluster/hosts/{host}/maintenance", "clusterMaintenance", "Put a host in maintenance (no new VMs; its VMs migrate away: the tasks) or take it out", Some("Maintenance"), 200, Some("TaskList")),
     op("post", "/api/v1/vms/{name}/migrate", "vmMigrate", "Live-migrate a running VM to another host (memory; disks must be shared): a task", Some("MigrateRequest"), 202, Some("Task")),
     op("get", "/api/v1/cluster/hosts", "clusterHosts", "The cluster's hosts: online or not, the leader, their VMs (etcd store only)", None, 200, Some("HostList")),
     op("delete", "/api/v1/cluster/hosts/{host}", "clusterLeave", "Take a host out of the cluster (refused while it has VMs)", None, 204, None),
@@ -576,6 +577,7 @@ fn schemas() -> Value {
             "to": { "type": "string" }, "downtime_ms": { "type": "integer", "minimum": 1, "maximum": 60000 },
             "bandwidth_mibs": { "type": "integer", "minimum": 0, "maximum": 100000 },
             "auto_converge": { "type": "boolean" }, "postcopy": { "type": "boolean" } } },
+        "Maintenance": { "type": "object", "additionalProperties": false, "required": ["on"], "properties": { "on": { "type": "boolean" } } },
         "HostList": { "type": "array", "items": { "type": "object", "properties": {
             "name": { "type": "string" }, "address": { "type": "string" }, "cpus": { "type": "integer" },
             "memory": { "type": "integer" }, "joined_at": { "type": "integer" }, "online": { "type": "boolean" },

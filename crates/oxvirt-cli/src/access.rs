@@ -105,6 +105,10 @@ pub enum ClusterCmd {
     Hosts,
     /// Take a host out of the cluster (refused while it has VMs).
     Leave { host: String },
+    /// Maintenance: no new VMs on HOST, its running VMs migrated away (ask HOST's own API).
+    Drain { host: String },
+    /// End maintenance.
+    Undrain { host: String },
 }
 
 pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<(), ClientError> {
@@ -129,6 +133,21 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                     .collect();
                 table(&["HOST", "ADDRESS", "STATE", "ROLE", "CPUS", "VMS"], rows);
             }
+        }
+        ClusterCmd::Drain { host } => {
+            let tasks: Vec<oxvirt_model::Task> = client
+                .put(&format!("/api/v1/cluster/hosts/{}/maintenance", encode(&host)), &json!({ "on": true }))
+                .await?;
+            for t in &tasks {
+                crate::follow_task(client, t, std::time::Duration::from_secs(3600), out).await?;
+            }
+            println!("host {host} is in maintenance; {} VM(s) moved away", tasks.len());
+        }
+        ClusterCmd::Undrain { host } => {
+            let _: Vec<oxvirt_model::Task> = client
+                .put(&format!("/api/v1/cluster/hosts/{}/maintenance", encode(&host)), &json!({ "on": false }))
+                .await?;
+            println!("host {host} takes VMs again");
         }
         ClusterCmd::Leave { host } => {
             client.delete(&format!("/api/v1/cluster/hosts/{}", encode(&host))).await?;

@@ -16,6 +16,9 @@ pub struct HostRecord {
     pub cpus: u32,
     pub memory: u64,
     pub joined_at: u64,
+    /// In maintenance: no new VMs, its VMs drained away.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// A host as the API shows it.
@@ -45,13 +48,37 @@ impl Controller {
             cpus: self.inner.host.cpus,
             memory: self.inner.host.memory_bytes,
             joined_at: now_millis(),
+            maintenance: false,
         };
         let key = format!("hosts/{name}");
         let joined = self.inner.store.get(&key)?.and_then(|e| serde_json::from_slice::<HostRecord>(&e.value).ok());
-        let rec = HostRecord { joined_at: joined.map(|j| j.joined_at).unwrap_or(rec.joined_at), ..rec };
+        let rec = HostRecord {
+            joined_at: joined.as_ref().map(|j| j.joined_at).unwrap_or(rec.joined_at),
+            maintenance: joined.is_some_and(|j| j.maintenance),
+            ..rec
+        };
         self.inner.store.put(&key, oxvirt_store::encode(&rec), Expect::Any)?;
         *crate::lock(&self.inner.membership) = Some(Arc::new(Membership { name: name.into(), session }));
         Ok(())
+    }
+
+    /// The hosts whose daemons hold their lease now.
+    pub(crate) fn alive_hosts(&self) -> Result<Vec<String>, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .list("alive/")?
+            .into_iter()
+            .map(|e| e.key.trim_start_matches("alive/").to_string())
+            .collect())
+    }
+
+    pub(crate) fn host_records(&self) -> Result<Vec<HostRecord>, ControlError> {
+        Ok(self.inner.store.list("hosts/")?.into_iter().filter_map(|e| serde_json::from_slice(&e.value).ok()).collect())
+    }
+
+    pub(crate) fn host_record(&self, name: &str) -> Result<Option<HostRecord>, ControlError> {
+        Ok(self.inner.store.get(&format!("hosts/{name}"))?.and_then(|e| serde_json::from_slice(&e.value).ok()))
     }
 
     /// This host's name in the cluster (None on a single host).
@@ -66,20 +93,11 @@ impl Controller {
             ));
         };
         let leader = m.session.leader().await;
-        let alive: Vec<String> = self
-            .inner
-            .store
-            .list("alive/")?
-            .into_iter()
-            .map(|e| e.key.trim_start_matches("alive/").to_string())
-            .collect();
+        let alive = self.alive_hosts()?;
         let vms = self.list_vms()?;
         Ok(self
-            .inner
-            .store
-            .list("hosts/")?
+            .host_records()?
             .into_iter()
-            .filter_map(|e| serde_json::from_slice::<HostRecord>(&e.value).ok())
             .map(|h| HostView {
                 online: alive.contains(&h.name),
                 leader: leader.as_deref() == Some(h.name.as_str()),
@@ -121,26 +139,17 @@ impl Controller {
             }
             return Ok(None);
         };
-        let alive: Vec<String> = self
-            .inner
-            .store
-            .list("alive/")?
-            .into_iter()
-            .map(|e| e.key.trim_start_matches("alive/").to_string())
-            .collect();
-        let records: Vec<HostRecord> = self
-            .inner
-            .store
-            .list("hosts/")?
-            .into_iter()
-            .filter_map(|e| serde_json::from_slice(&e.value).ok())
-            .collect();
+        let alive = self.alive_hosts()?;
+        let records = self.host_records()?;
         if let Some(h) = &spec.host {
             if !records.iter().any(|r| &r.name == h) {
                 return Err(ControlError::invalid("host", format!("there is no host named {h} in the cluster")));
             }
             if !alive.contains(h) {
                 return Err(ControlError::invalid("host", format!("host {h} is offline")));
+            }
+            if records.iter().any(|r| &r.name == h && r.maintenance) {
+                return Err(ControlError::invalid("host", format!("host {h} is in maintenance")));
             }
             return Ok(Some((h.clone(), "asked for".into())));
         }
@@ -159,7 +168,7 @@ impl Controller {
                     pools: vec![],
                     networks: vec![],
                     online: alive.contains(&r.name),
-                    maintenance: false,
+                    maintenance: r.maintenance,
                     cpu_pressure: 0.0,
                 }
             })
@@ -182,6 +191,39 @@ impl Controller {
             Ok(d) => Ok(Some((d.host, format!("placed by {me}'s scheduler: {}", d.reason)))),
             Err(e) => Err(ControlError::Conflict(e.to_string())),
         }
+    }
+
+    /// Puts a host in maintenance (or takes it out): in maintenance it gets no new VMs, and its
+    /// running VMs are migrated away, each to the scheduler's pick among the others (a task per
+    /// VM on this host, which must be the host drained). Returns the tasks.
+    pub fn set_maintenance(&self, name: &str, on: bool) -> Result<Vec<oxvirt_model::Task>, ControlError> {
+        let mut rec =
+            self.host_record(name)?.ok_or_else(|| ControlError::NotFound { kind: "host", name: name.into() })?;
+        if on && self.host_name().as_deref() != Some(name) {
+            return Err(ControlError::Conflict(format!("drain host {name} through its own API (it migrates its VMs)")));
+        }
+        rec.maintenance = on;
+        self.inner.store.put(&format!("hosts/{name}"), oxvirt_store::encode(&rec), Expect::Any)?;
+        if !on {
+            return Ok(vec![]);
+        }
+        let mut tasks = Vec::new();
+        for vm in self.list_vms()?.into_iter().filter(|v| v.host.as_deref() == Some(name)) {
+            if vm.status.state != oxvirt_model::VmState::Running {
+                continue;
+            }
+            let spec = oxvirt_model::VmSpec { host: None, ..vm.spec.clone() };
+            let (to, _) = self.place_vm(&spec)?.ok_or_else(|| ControlError::Conflict("not in a cluster".into()))?;
+            let req = oxvirt_model::MigrateRequest {
+                to,
+                downtime_ms: 100,
+                bandwidth_mibs: 0,
+                auto_converge: true,
+                postcopy: false,
+            };
+            tasks.push(self.migrate_vm(&vm.spec.name, req)?);
+        }
+        Ok(tasks)
     }
 
     /// Takes a host out of the cluster's records; refused while VMs are on it.

@@ -40,11 +40,11 @@ impl Controller {
             return Err(ControlError::invalid("to", format!("VM {name} runs on {me} already")));
         }
         let target: HostRecord = self
-            .inner
-            .store
-            .get(&format!("hosts/{}", req.to))?
-            .and_then(|e| serde_json::from_slice(&e.value).ok())
+            .host_record(&req.to)?
             .ok_or_else(|| ControlError::invalid("to", format!("there is no host named {} in the cluster", req.to)))?;
+        if target.maintenance {
+            return Err(ControlError::invalid("to", format!("host {} is in maintenance", target.name)));
+        }
         if self.inner.store.get(&format!("alive/{}", target.name))?.is_none() {
             return Err(ControlError::invalid("to", format!("host {} is offline", target.name)));
         }
@@ -124,10 +124,10 @@ impl Controller {
             { "capability": "postcopy-ram", "state": req.postcopy },
         ]});
         instance.command("migrate-set-capabilities", caps).await?;
-        let mut params = json!({ "downtime-limit": req.downtime_ms });
-        if req.bandwidth_mibs > 0 {
-            params["max-bandwidth"] = json!(req.bandwidth_mibs << 20);
-        }
+        // Every parameter is set each time: QEMU keeps those of an earlier migration (a slow one
+        // that failed would otherwise throttle the next).
+        let bandwidth = if req.bandwidth_mibs > 0 { req.bandwidth_mibs << 20 } else { 1 << 40 };
+        let params = json!({ "downtime-limit": req.downtime_ms, "max-bandwidth": bandwidth });
         instance.command("migrate-set-parameters", params).await?;
         task.progress(10, &format!("sending memory to {} ({uri})", req.to));
         instance.command("migrate", json!({ "uri": uri })).await?;
@@ -221,12 +221,8 @@ impl Controller {
             return Ok(());
         }
         let vm = self.get_vm(&m.vm)?;
-        let me: HostRecord = self
-            .inner
-            .store
-            .get(&format!("hosts/{}", m.target))?
-            .and_then(|e| serde_json::from_slice(&e.value).ok())
-            .ok_or_else(|| ControlError::Conflict("this host has no record".into()))?;
+        let me: HostRecord =
+            self.host_record(&m.target)?.ok_or_else(|| ControlError::Conflict("this host has no record".into()))?;
         let ip = me.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
         let ip = if ip.is_empty() || ip == "0.0.0.0" { "127.0.0.1".to_string() } else { ip };
         let port = std::net::TcpListener::bind(format!("{ip}:0"))

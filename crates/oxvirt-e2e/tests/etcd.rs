@@ -328,5 +328,27 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     assert_eq!((vm.host.as_deref(), vm.status.state.as_str(), vm.status.pid), (Some("host-b"), "running", Some(pid_b)));
     let later = read_counter(&b.client, "mover", "cat /tmp/c").await;
     assert!(later > after, "still counting on host-b: {after} -> {later}");
-    b.client.vm_action_wait("mover", "kill", Duration::from_secs(30)).await.unwrap();
+
+    // Draining host-b: in maintenance, its VM moves to host-a; new VMs go elsewhere.
+    let raw = EtcdStore::connect(&cluster.endpoints(), "mig/").unwrap();
+    let start = std::time::Instant::now();
+    while raw.get("migrations/mover").unwrap().is_some() {
+        assert!(start.elapsed() < Duration::from_secs(20), "host-a did not clear the failed migration");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, out, err) = b.cli(&["cluster", "drain", "host-b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 VM(s) moved away"), "{out}");
+    let vm = wait_state(&a.client, "mover", "running", Duration::from_secs(30)).await;
+    assert_eq!(vm.host.as_deref(), Some("host-a"));
+    assert!(read_counter(&a.client, "mover", "cat /tmp/c").await >= later);
+    let placed = b.client.create_vm(&kernel_spec("fresh", ""), false).await.unwrap().vm;
+    assert_eq!(placed.host.as_deref(), Some("host-a"), "host-b is in maintenance");
+    let mut pinned = kernel_spec("pinned", "");
+    pinned["host"] = json!("host-b");
+    let err = b.client.create_vm(&pinned, false).await.unwrap_err().to_string();
+    assert!(err.contains("host-b is in maintenance"), "{err}");
+    let (code, _, err) = b.cli(&["cluster", "undrain", "host-b"]);
+    assert_eq!(code, 0, "{err}");
+    a.client.vm_action_wait("mover", "kill", Duration::from_secs(30)).await.unwrap();
 }
