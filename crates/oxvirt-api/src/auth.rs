@@ -20,6 +20,16 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub struct Peer(pub String);
 
+/// Who made a request: its token's user, or root on the Unix socket (where no token is).
+pub fn principal(p: &Option<axum::Extension<Principal>>) -> Principal {
+    p.as_ref().map(|axum::Extension(p)| p.clone()).unwrap_or(Principal { user: ROOT.into(), token: None })
+}
+
+/// The name of who made a request (see [`principal`]).
+pub fn user_of(p: &Option<axum::Extension<Principal>>) -> String {
+    principal(p).user
+}
+
 /// The only route that takes no token.
 pub const LOGIN: &str = "/api/v1/auth/login";
 

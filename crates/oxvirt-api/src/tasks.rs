@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use oxvirt_controller::Controller;
-use oxvirt_model::{Principal, Privilege, Task, ROOT};
+use oxvirt_model::{Principal, Privilege, Task};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -28,21 +28,17 @@ fn resource_of(t: &Task) -> String {
     format!("/{}", t.target.trim_start_matches('/'))
 }
 
-fn user_of(p: &Option<Extension<Principal>>) -> String {
-    p.as_ref().map(|Extension(p)| p.user.clone()).unwrap_or_else(|| ROOT.into())
-}
-
 /// The task, if the caller may do `privilege` on what it is about.
 fn task_for(c: &Controller, p: &Option<Extension<Principal>>, id: &str, privilege: Privilege) -> ApiResult<Task> {
     check_id(id)?;
     let t = c.tasks().get(id)?;
-    c.authorize(&user_of(p), privilege, &resource_of(&t))?;
+    c.authorize(&crate::auth::user_of(p), privilege, &resource_of(&t))?;
     Ok(t)
 }
 
 /// The tasks the caller may see.
 async fn list(State(c): State<Controller>, p: Option<Extension<Principal>>) -> ApiResult<Json<Vec<Task>>> {
-    let user = user_of(&p);
+    let user = crate::auth::user_of(&p);
     Ok(Json(
         c.tasks()
             .list()?

@@ -25,7 +25,7 @@ pub fn routes() -> Router<Controller> {
 }
 
 fn who(p: Option<Extension<Principal>>) -> Principal {
-    p.map(|Extension(p)| p).unwrap_or(Principal { user: ROOT.into(), token: None })
+    crate::auth::principal(&p)
 }
 
 #[derive(serde::Deserialize)]

@@ -44,17 +44,13 @@ fn check_name(name: &str) -> ApiResult<()> {
     validate_name("name", name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))
 }
 
-fn user_of(p: &Option<axum::Extension<oxvirt_model::Principal>>) -> String {
-    p.as_ref().map(|axum::Extension(p)| p.user.clone()).unwrap_or_else(|| oxvirt_model::ROOT.into())
-}
-
 /// The VMs the caller may see (all of them with a grant on `/vms` or `/`; else those granted
 /// one by one or through their project).
 async fn list(
     State(c): State<Controller>,
     p: Option<axum::Extension<oxvirt_model::Principal>>,
 ) -> ApiResult<Json<Vec<Vm>>> {
-    let user = user_of(&p);
+    let user = crate::auth::user_of(&p);
     let vms = c.list_vms()?;
     if c.authorize(&user, oxvirt_model::Privilege::Read, "/vms").is_ok() {
         return Ok(Json(vms));
@@ -80,7 +76,7 @@ async fn create(
         .and_then(|v| v.get("project").and_then(|p| p.as_str()).map(str::to_string))
         .filter(|p| oxvirt_model::validate_name("project", p).is_ok());
     let resource = project.map(|p| format!("/projects/{p}")).unwrap_or_else(|| "/vms".into());
-    c.authorize(&user_of(&p), oxvirt_model::Privilege::Modify, &resource)?;
+    c.authorize(&crate::auth::user_of(&p), oxvirt_model::Privilege::Modify, &resource)?;
     let spec: VmSpec = parse(&body)?;
     let vm = c.create_vm(spec)?;
     // In a cluster the VM may belong to another host: that host starts it.

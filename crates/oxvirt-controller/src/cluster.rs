@@ -81,6 +81,20 @@ impl Controller {
         Ok(self.inner.store.get(&format!("hosts/{name}"))?.and_then(|e| serde_json::from_slice(&e.value).ok()))
     }
 
+    /// A host a VM may be sent to (named in `field`): known, online, not in maintenance.
+    pub(crate) fn usable_host(&self, field: &str, name: &str) -> Result<HostRecord, ControlError> {
+        let rec = self
+            .host_record(name)?
+            .ok_or_else(|| ControlError::invalid(field, format!("there is no host named {name} in the cluster")))?;
+        if self.inner.store.get(&format!("alive/{name}"))?.is_none() {
+            return Err(ControlError::invalid(field, format!("host {name} is offline")));
+        }
+        if rec.maintenance {
+            return Err(ControlError::invalid(field, format!("host {name} is in maintenance")));
+        }
+        Ok(rec)
+    }
+
     /// This host's name in the cluster (None on a single host).
     pub fn host_name(&self) -> Option<String> {
         crate::lock(&self.inner.membership).as_ref().map(|m| m.name.clone())
@@ -139,20 +153,12 @@ impl Controller {
             }
             return Ok(None);
         };
-        let alive = self.alive_hosts()?;
-        let records = self.host_records()?;
         if let Some(h) = &spec.host {
-            if !records.iter().any(|r| &r.name == h) {
-                return Err(ControlError::invalid("host", format!("there is no host named {h} in the cluster")));
-            }
-            if !alive.contains(h) {
-                return Err(ControlError::invalid("host", format!("host {h} is offline")));
-            }
-            if records.iter().any(|r| &r.name == h && r.maintenance) {
-                return Err(ControlError::invalid("host", format!("host {h} is in maintenance")));
-            }
+            self.usable_host("host", h)?;
             return Ok(Some((h.clone(), "asked for".into())));
         }
+        let alive = self.alive_hosts()?;
+        let records = self.host_records()?;
         let vms = self.list_vms()?;
         let policy = self.host_policy()?;
         let hosts: Vec<oxvirt_scheduler::Host> = records

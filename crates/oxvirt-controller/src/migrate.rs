@@ -39,15 +39,7 @@ impl Controller {
         if req.to == me {
             return Err(ControlError::invalid("to", format!("VM {name} runs on {me} already")));
         }
-        let target: HostRecord = self
-            .host_record(&req.to)?
-            .ok_or_else(|| ControlError::invalid("to", format!("there is no host named {} in the cluster", req.to)))?;
-        if target.maintenance {
-            return Err(ControlError::invalid("to", format!("host {} is in maintenance", target.name)));
-        }
-        if self.inner.store.get(&format!("alive/{}", target.name))?.is_none() {
-            return Err(ControlError::invalid("to", format!("host {} is offline", target.name)));
-        }
+        let target = self.usable_host("to", &req.to)?;
         for (i, d) in vm.spec.disks.iter().enumerate() {
             if let Some(r) = &d.volume {
                 let (pool, _) = oxvirt_model::parse_volume_ref("volume", r)?;

@@ -4,6 +4,7 @@
 
 use crate::host::{meminfo, meminfo_field};
 use crate::network::HostObject;
+use crate::stats::read_u64;
 use crate::vms::busy;
 use crate::{lock, ControlError, Controller};
 use oxvirt_cgroup::numa::{Committed, Topology};
@@ -18,10 +19,6 @@ use std::time::Duration;
 
 const KSM: &str = "/sys/kernel/mm/ksm";
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-
-fn read_u64(path: &str) -> u64 {
-    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
-}
 
 /// The balloon as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -94,7 +94,8 @@ fn proc_figures(pid: u32) -> (Option<f64>, Option<u64>) {
     (cpu, rss)
 }
 
-fn read_u64(path: &str) -> u64 {
+/// A number a kernel file holds (0 when missing or unreadable).
+pub(crate) fn read_u64(path: &str) -> u64 {
     std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 

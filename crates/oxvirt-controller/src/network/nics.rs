@@ -124,9 +124,7 @@ impl Controller {
         if links::exists(&tap) {
             let mtu = links::mtu_of(&tap).unwrap_or(1500);
             if !nic.qos.is_unlimited() {
-                let ifb = shaping::ifb_name(&tap);
-                let obj = super::HostObject { kind: "ifb".into(), owner: new.id.clone(), count: 0 };
-                self.inner.store.put_record(&ifb, &obj, Expect::Any)?;
+                self.record_ifb(&tap, &new.id)?;
             }
             shaping::apply(&tap, &nic.qos, mtu)?;
             self.refresh_firewall().await?;

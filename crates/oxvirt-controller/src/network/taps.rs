@@ -74,18 +74,20 @@ impl Controller {
         self.inner.store.put_record(&tap, &obj, oxvirt_store::Expect::Any)?;
         links::make_tap(&tap, nic_queues(spec, nic), at.mtu, &at.bridge, owner)?;
         if !nic.qos.is_unlimited() {
-            let ifb = shaping::ifb_name(&tap);
-            self.inner.store.put_record(
-                &ifb,
-                &HostObject { kind: "ifb".into(), owner: vm_id.into(), count: 0 },
-                oxvirt_store::Expect::Any,
-            )?;
+            self.record_ifb(&tap, vm_id)?;
             if let Err(e) = shaping::apply(&tap, &nic.qos, at.mtu) {
                 self.remove_nic_tap(vm_id, nic);
                 return Err(e.into());
             }
         }
         Ok(at.mtu)
+    }
+
+    /// Records (before it is made) the IFB device that shapes what `tap` receives.
+    pub(crate) fn record_ifb(&self, tap: &str, vm_id: &str) -> Result<(), ControlError> {
+        let obj = HostObject { kind: "ifb".into(), owner: vm_id.into(), count: 0 };
+        self.inner.store.put_record(&shaping::ifb_name(tap), &obj, oxvirt_store::Expect::Any)?;
+        Ok(())
     }
 
     /// Removes one NIC's TAP (and IFB) device and their records.
