@@ -1,4 +1,5 @@
-//! `/api/v1/cluster/hosts`: the hosts of the cluster (etcd store), online or not, and the leader.
+//! `/api/v1/cluster/...`: the hosts of the cluster (etcd store), online or not, and the leader;
+//! maintenance; the placement and rebalancing policy; rebalancing.
 
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, State};
@@ -6,6 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use oxvirt_controller::cluster::HostView;
+use oxvirt_controller::placement::RebalanceView;
 use oxvirt_controller::Controller;
 
 pub fn routes() -> Router<Controller> {
@@ -13,6 +15,25 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/cluster/hosts", get(hosts))
         .route("/api/v1/cluster/hosts/{host}", axum::routing::delete(leave))
         .route("/api/v1/cluster/hosts/{host}/maintenance", axum::routing::put(maintenance))
+        .route("/api/v1/cluster/policy", get(policy).put(set_policy))
+        .route("/api/v1/cluster/rebalance", get(plan).post(rebalance))
+}
+
+async fn policy(State(c): State<Controller>) -> ApiResult<Json<oxvirt_model::ClusterPolicy>> {
+    Ok(Json(c.cluster_policy()?))
+}
+
+async fn set_policy(State(c): State<Controller>, body: axum::body::Bytes) -> ApiResult<Json<oxvirt_model::ClusterPolicy>> {
+    let p: oxvirt_model::ClusterPolicy = crate::body::parse(&body)?;
+    Ok(Json(c.set_cluster_policy(p)?))
+}
+
+async fn plan(State(c): State<Controller>) -> ApiResult<Json<RebalanceView>> {
+    Ok(Json(c.rebalance(false)?))
+}
+
+async fn rebalance(State(c): State<Controller>) -> ApiResult<Json<RebalanceView>> {
+    Ok(Json(c.rebalance(true)?))
 }
 
 async fn hosts(State(c): State<Controller>) -> ApiResult<Json<Vec<HostView>>> {

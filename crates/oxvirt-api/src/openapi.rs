@@ -31,8 +31,12 @@ const fn op(
 
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
+    op("get", "/api/v1/cluster/policy", "clusterPolicy", "The cluster's placement and rebalancing policy", None, 200, Some("ClusterPolicy")),
+    op("put", "/api/v1/cluster/policy", "clusterPolicySet", "Replace the cluster's placement and rebalancing policy", Some("ClusterPolicy"), 200, Some("ClusterPolicy")),
+    op("get", "/api/v1/cluster/rebalance", "clusterRebalancePlan", "The rebalancing plan now: the migrations that would even out (spread) or consolidate (pack) load", None, 200, Some("Rebalance")),
+    op("post", "/api/v1/cluster/rebalance", "clusterRebalance", "Rebalance now: the plan's first migrations start, at most max_migrations at once", None, 200, Some("Rebalance")),
     op("put", "/api/v1/cluster/hosts/{host}/maintenance", "clusterMaintenance", "Put a host in maintenance (no new VMs; its VMs migrate away: the tasks) or take it out", Some("Maintenance"), 200, Some("TaskList")),
-    op("post", "/api/v1/vms/{name}/migrate", "vmMigrate", "Live-migrate a running VM to another host (memory; disks must be shared): a task", Some("MigrateRequest"), 202, Some("Task")),
+    op("post", "/api/v1/vms/{name}/migrate", "vmMigrate", "Live-migrate a running VM to another host (memory; disks in local pools copied over NBD while it runs): a task", Some("MigrateRequest"), 202, Some("Task")),
     op("get", "/api/v1/cluster/hosts", "clusterHosts", "The cluster's hosts: online or not, the leader, their VMs (etcd store only)", None, 200, Some("HostList")),
     op("delete", "/api/v1/cluster/hosts/{host}", "clusterLeave", "Take a host out of the cluster (refused while it has VMs)", None, 204, None),
     op("get", "/api/v1/audit", "auditLog", "The audit log's latest records (?limit=N)", None, 200, Some("AuditList")),
@@ -483,6 +487,8 @@ fn schemas() -> Value {
             "cpus": { "type": "integer", "minimum": 1, "maximum": oxvirt_model::MAX_CPUS },
             "memory": size, "machine": { "type": "string", "enum": ["q35", "microvm"] },
             "project": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
+            "affinity": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
+            "anti_affinity": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
             "memory_encryption": { "type": "string", "enum": ["sev", "sev-snp"] },
             "kernel": kernel, "disks": { "type": "array", "items": disk, "maxItems": 16 },
             "nics": { "type": "array", "items": nic, "maxItems": 8 },
@@ -509,7 +515,8 @@ fn schemas() -> Value {
         "PoolSpec": { "type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
             "name": { "type": "string" }, "kind": { "type": "string", "enum": ["dir", "shared-dir", "nbd"] },
             "path": { "type": "string" }, "overcommit": { "type": "number", "minimum": 1, "maximum": 100 },
-            "paths": { "type": "integer", "minimum": 1, "maximum": 4 } } },
+            "paths": { "type": "integer", "minimum": 1, "maximum": 4 },
+            "host_paths": { "type": "object", "additionalProperties": { "type": "string" } } } },
         "PoolView": { "type": "object", "properties": {
             "spec": schema_ref("PoolSpec"), "created_at": { "type": "integer" },
             "usage": { "type": "object", "properties": {
@@ -577,6 +584,16 @@ fn schemas() -> Value {
             "to": { "type": "string" }, "downtime_ms": { "type": "integer", "minimum": 1, "maximum": 60000 },
             "bandwidth_mibs": { "type": "integer", "minimum": 0, "maximum": 100000 },
             "auto_converge": { "type": "boolean" }, "postcopy": { "type": "boolean" } } },
+        "ClusterPolicy": { "type": "object", "additionalProperties": false, "properties": {
+            "strategy": { "type": "string", "enum": ["spread", "pack"] }, "rebalance": { "type": "string", "enum": ["off", "auto"] },
+            "max_migrations": { "type": "integer", "minimum": 1, "maximum": 16 },
+            "threshold_percent": { "type": "integer", "minimum": 1, "maximum": 100 },
+            "interval_secs": { "type": "integer", "minimum": 1, "maximum": 86400 } } },
+        "Rebalance": { "type": "object", "properties": {
+            "policy": schema_ref("ClusterPolicy"),
+            "moves": { "type": "array", "items": { "type": "object", "properties": {
+                "vm": { "type": "string" }, "from": { "type": "string" }, "to": { "type": "string" }, "reason": { "type": "string" } } } },
+            "started": { "type": "array", "items": { "type": "string" } }, "running": { "type": "integer" } } },
         "Maintenance": { "type": "object", "additionalProperties": false, "required": ["on"], "properties": { "on": { "type": "boolean" } } },
         "HostList": { "type": "array", "items": { "type": "object", "properties": {
             "name": { "type": "string" }, "address": { "type": "string" }, "cpus": { "type": "integer" },

@@ -109,6 +109,32 @@ pub enum ClusterCmd {
     Drain { host: String },
     /// End maintenance.
     Undrain { host: String },
+    /// Show or change the placement and rebalancing policy.
+    Policy(ClusterPolicyArgs),
+    /// The rebalancing plan; with --apply its first migrations start (at most the policy's
+    /// max-migrations at once).
+    Rebalance {
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ClusterPolicyArgs {
+    /// Placement: spread (even out) or pack (consolidate).
+    #[arg(long)]
+    strategy: Option<String>,
+    /// off, or auto (the leader rebalances every --interval seconds).
+    #[arg(long)]
+    rebalance: Option<String>,
+    /// Most migrations at once.
+    #[arg(long)]
+    max_migrations: Option<u32>,
+    /// Spread: rebalance when hosts' loads differ by more than this many percent.
+    #[arg(long)]
+    threshold: Option<u32>,
+    #[arg(long)]
+    interval: Option<u64>,
 }
 
 pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<(), ClientError> {
@@ -148,6 +174,66 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                 .put(&format!("/api/v1/cluster/hosts/{}/maintenance", encode(&host)), &json!({ "on": false }))
                 .await?;
             println!("host {host} takes VMs again");
+        }
+        ClusterCmd::Policy(a) => {
+            let mut p: serde_json::Value = client.get("/api/v1/cluster/policy").await?;
+            let changes = [
+                ("strategy", a.strategy.map(|v| json!(v))),
+                ("rebalance", a.rebalance.map(|v| json!(v))),
+                ("max_migrations", a.max_migrations.map(|v| json!(v))),
+                ("threshold_percent", a.threshold.map(|v| json!(v))),
+                ("interval_secs", a.interval.map(|v| json!(v))),
+            ];
+            let mut changed = false;
+            for (k, v) in changes {
+                if let Some(v) = v {
+                    p[k] = v;
+                    changed = true;
+                }
+            }
+            if changed {
+                p = client.put("/api/v1/cluster/policy", &p).await?;
+            }
+            if out == Output::Json {
+                print_json(&p);
+            } else {
+                for k in ["strategy", "rebalance", "max_migrations", "threshold_percent", "interval_secs"] {
+                    println!("{k:<18} {}", p[k].as_str().map(str::to_string).unwrap_or_else(|| p[k].to_string()));
+                }
+            }
+        }
+        ClusterCmd::Rebalance { apply } => {
+            let v: serde_json::Value = if apply {
+                client.post("/api/v1/cluster/rebalance", &json!({})).await?
+            } else {
+                client.get("/api/v1/cluster/rebalance").await?
+            };
+            if out == Output::Json {
+                print_json(&v);
+            } else {
+                let started: Vec<&str> =
+                    v["started"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+                let rows = v["moves"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        let vm = m["vm"].as_str().unwrap_or("");
+                        vec![
+                            vm.to_string(),
+                            m["from"].as_str().unwrap_or("").to_string(),
+                            m["to"].as_str().unwrap_or("").to_string(),
+                            if started.contains(&vm) { "started" } else { "planned" }.to_string(),
+                            m["reason"].as_str().unwrap_or("").to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                if rows.is_empty() {
+                    println!("balanced: nothing to move ({} strategy)", v["policy"]["strategy"].as_str().unwrap_or(""));
+                } else {
+                    table(&["VM", "FROM", "TO", "STATE", "WHY"], rows);
+                }
+            }
         }
         ClusterCmd::Leave { host } => {
             client.delete(&format!("/api/v1/cluster/hosts/{}", encode(&host))).await?;

@@ -240,6 +240,15 @@ struct CreateArgs {
     /// auto, kvm or tcg.
     #[arg(long, default_value = "auto")]
     accel: String,
+    /// In a cluster: the host to run on (default: the scheduler's pick).
+    #[arg(long)]
+    host: Option<String>,
+    /// In a cluster: VMs of this affinity group run on one host.
+    #[arg(long)]
+    affinity: Option<String>,
+    /// In a cluster: VMs of this anti-affinity group run on different hosts.
+    #[arg(long)]
+    anti_affinity: Option<String>,
     /// Start it at once (and wait until QEMU runs).
     #[arg(long)]
     start: bool,
@@ -338,6 +347,11 @@ fn create_spec(a: &CreateArgs) -> Result<Value, ClientError> {
     nics.extend(a.bridges.iter().map(|b| json!({ "mode": "bridged", "bridge": b })));
     nics.extend(a.networks.iter().map(|n| json!({ "network": n })));
     spec["nics"] = json!(nics);
+    for (key, v) in [("host", &a.host), ("affinity", &a.affinity), ("anti_affinity", &a.anti_affinity)] {
+        if let Some(v) = v {
+            spec[key] = json!(v);
+        }
+    }
     Ok(spec)
 }
 

@@ -23,6 +23,10 @@ pub enum PoolCmd {
         /// How far virtual sizes may exceed the pool's size.
         #[arg(long, default_value_t = 2.0)]
         overcommit: f64,
+        /// In a cluster: the pool's directory on one host, HOST=PATH, where it is not --path
+        /// (repeat for more hosts).
+        #[arg(long = "host-path")]
+        host_paths: Vec<String>,
     },
     /// List pools with their capacity.
     List,
@@ -146,9 +150,18 @@ fn abs(p: &std::path::Path) -> Result<String, ClientError> {
 
 pub async fn pool(client: &Client, out: Output, cmd: PoolCmd) -> Result<(), ClientError> {
     match cmd {
-        PoolCmd::Create { name, path, kind, overcommit, paths } => {
-            let body =
-                json!({ "name": name, "path": abs(&path)?, "kind": kind, "overcommit": overcommit, "paths": paths });
+        PoolCmd::Create { name, path, kind, overcommit, paths, host_paths } => {
+            let mut per_host = serde_json::Map::new();
+            for hp in &host_paths {
+                let (host, p) = hp
+                    .split_once('=')
+                    .ok_or_else(|| ClientError::Http(format!("--host-path {hp:?}: must be HOST=PATH")))?;
+                per_host.insert(host.to_string(), json!(abs(std::path::Path::new(p))?));
+            }
+            let body = json!({
+                "name": name, "path": abs(&path)?, "kind": kind, "overcommit": overcommit, "paths": paths,
+                "host_paths": per_host,
+            });
             let p: PoolView = client.post("/api/v1/pools", &body).await?;
             print_pools(&[p], out);
         }

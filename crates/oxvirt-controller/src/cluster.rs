@@ -4,11 +4,11 @@
 
 use crate::{now_millis, ControlError, Controller};
 use oxvirt_model::Vm;
-use oxvirt_store::{Expect, Session};
+use oxvirt_store::{Expect, Session, StoreExt};
 use std::sync::Arc;
 
 /// A host of the cluster, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HostRecord {
     pub name: String,
     /// Where its API answers (HTTPS).
@@ -19,6 +19,15 @@ pub struct HostRecord {
     /// In maintenance: no new VMs, its VMs drained away.
     #[serde(default)]
     pub maintenance: bool,
+    /// What it reaches, as its daemon last saw (each reconcile round): storage pools, networks
+    /// (and host bridges, as `bridge:NAME`), and its CPU pressure (share of time runnable tasks
+    /// waited for a CPU, last 10 s).
+    #[serde(default)]
+    pub pools: Vec<String>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub cpu_pressure: f64,
 }
 
 /// A host as the API shows it.
@@ -49,6 +58,9 @@ impl Controller {
             memory: self.inner.host.memory_bytes,
             joined_at: now_millis(),
             maintenance: false,
+            pools: vec![],
+            networks: vec![],
+            cpu_pressure: 0.0,
         };
         let key = format!("hosts/{name}");
         let joined = self.inner.store.get(&key)?.and_then(|e| serde_json::from_slice::<HostRecord>(&e.value).ok());
@@ -57,8 +69,10 @@ impl Controller {
             maintenance: joined.is_some_and(|j| j.maintenance),
             ..rec
         };
+        let rec = HostRecord { ..self.with_reach(rec) };
         self.inner.store.put(&key, oxvirt_store::encode(&rec), Expect::Any)?;
         *crate::lock(&self.inner.membership) = Some(Arc::new(Membership { name: name.into(), session }));
+        self.inner.tasks.set_host(name);
         Ok(())
     }
 
@@ -93,6 +107,15 @@ impl Controller {
             return Err(ControlError::invalid(field, format!("host {name} is in maintenance")));
         }
         Ok(rec)
+    }
+
+    /// The store key of a record of this host's own (a device it made, its resource policy): in a
+    /// cluster under the host's name, so that hosts sharing the store keep theirs apart.
+    pub(crate) fn local_key(&self, name: &str) -> String {
+        match self.host_name() {
+            Some(h) => format!("{h}/{name}"),
+            None => name.to_string(),
+        }
     }
 
     /// This host's name in the cluster (None on a single host).
@@ -143,59 +166,58 @@ impl Controller {
         }
     }
 
-    /// Where a new VM goes: the host it asks for (which must be online), or the scheduler's pick
-    /// among the online hosts (spread, under the host policy's over-commit ratios). `None` on a
-    /// single host.
-    pub(crate) fn place_vm(&self, spec: &oxvirt_model::VmSpec) -> Result<Option<(String, String)>, ControlError> {
-        let Some(me) = self.host_name() else {
-            if spec.host.is_some() {
-                return Err(ControlError::invalid("host", "this host is not in a cluster"));
-            }
-            return Ok(None);
-        };
-        if let Some(h) = &spec.host {
-            self.usable_host("host", h)?;
-            return Ok(Some((h.clone(), "asked for".into())));
-        }
-        let alive = self.alive_hosts()?;
-        let records = self.host_records()?;
-        let vms = self.list_vms()?;
-        let policy = self.host_policy()?;
-        let hosts: Vec<oxvirt_scheduler::Host> = records
-            .iter()
-            .map(|r| {
-                let mine = vms.iter().filter(|v| v.host.as_deref() == Some(r.name.as_str()));
-                oxvirt_scheduler::Host {
-                    name: r.name.clone(),
-                    cpus: r.cpus,
-                    memory: r.memory,
-                    used_vcpus: mine.clone().map(|v| v.spec.cpus).sum(),
-                    used_memory: mine.map(|v| v.spec.memory.0).sum(),
-                    pools: vec![],
-                    networks: vec![],
-                    online: alive.contains(&r.name),
-                    maintenance: r.maintenance,
-                    cpu_pressure: 0.0,
-                }
+    /// This host's record with what it reaches now.
+    fn with_reach(&self, rec: HostRecord) -> HostRecord {
+        let pools = self
+            .inner
+            .store
+            .list_records::<oxvirt_model::Pool>()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(p, _)| {
+                // A local pool's directory is made where it is needed; a shared one must be
+                // mounted here.
+                p.spec.kind != oxvirt_model::PoolKind::SharedDir
+                    || std::path::Path::new(p.spec.path_on(Some(&rec.name))).is_dir()
             })
+            .map(|(p, _)| p.spec.name)
             .collect();
-        let cluster = oxvirt_scheduler::Cluster::new(
-            hosts,
-            oxvirt_scheduler::Policy {
-                strategy: oxvirt_scheduler::Strategy::Spread,
-                cpu_overcommit: policy.cpu_overcommit,
-                memory_overcommit: policy.memory_overcommit,
-            },
-        );
-        let request = oxvirt_scheduler::Request {
-            name: spec.name.clone(),
-            vcpus: spec.cpus,
-            memory: spec.memory.0,
-            ..Default::default()
-        };
-        match cluster.choose(&request) {
-            Ok(d) => Ok(Some((d.host, format!("placed by {me}'s scheduler: {}", d.reason)))),
-            Err(e) => Err(ControlError::Conflict(e.to_string())),
+        let mut networks: Vec<String> = self
+            .inner
+            .store
+            .list_records::<oxvirt_model::Network>()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(n, _)| {
+                // oxvirt makes its networks on any host; a bridged one needs the operator's bridge.
+                n.spec.kind != oxvirt_model::NetworkKind::Bridged
+                    || crate::network::links::is_bridge(&crate::network::bridge_of(n))
+            })
+            .map(|(n, _)| n.spec.name)
+            .collect();
+        if let Ok(dir) = std::fs::read_dir("/sys/class/net") {
+            for e in dir.flatten() {
+                if e.path().join("bridge").exists() {
+                    networks.push(format!("bridge:{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        networks.sort();
+        HostRecord { pools, networks, cpu_pressure: cpu_pressure(), ..rec }
+    }
+
+    /// Each reconcile round: this host's record says what it reaches now (written when changed).
+    pub(crate) fn refresh_host_record(&self) {
+        let Some(me) = self.host_name() else { return };
+        let Ok(Some(rec)) = self.host_record(&me) else { return };
+        let fresh = self.with_reach(rec.clone());
+        let changed = fresh.pools != rec.pools
+            || fresh.networks != rec.networks
+            || (fresh.cpu_pressure - rec.cpu_pressure).abs() > 0.05;
+        if changed {
+            if let Err(e) = self.inner.store.put(&format!("hosts/{me}"), oxvirt_store::encode(&fresh), Expect::Any) {
+                tracing::warn!("cannot refresh this host's record: {e}");
+            }
         }
     }
 
@@ -249,4 +271,17 @@ impl Controller {
         self.inner.store.delete(&key, Expect::Any)?;
         Ok(())
     }
+}
+
+/// The host's CPU pressure (PSI `some avg10`, as a share), 0 where the kernel has no PSI.
+fn cpu_pressure() -> f64 {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("some"))?;
+            let v = line.split_whitespace().find_map(|w| w.strip_prefix("avg10="))?;
+            v.parse::<f64>().ok()
+        })
+        .map(|p| (p / 100.0).clamp(0.0, 1.0))
+        .unwrap_or(0.0)
 }

@@ -52,6 +52,16 @@ impl Controller {
         Ok(self.inner.paths(&vm.id).console_socket())
     }
 
+    /// A VM that migrated here: the console output it had on its former host becomes the older
+    /// part of its log here, so that the log reads on where it was.
+    pub(crate) fn carry_console_over(&self, name: &str, text: &[u8]) {
+        let Ok(vm) = self.get_vm(name) else { return };
+        let path = rotated(&self.inner.paths(&vm.id).console_log());
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::warn!(vm = name, "cannot keep the console output it had: {e}");
+        }
+    }
+
     pub(crate) fn rotate_console_log(&self, vm: &Vm) {
         let path = self.inner.paths(&vm.id).console_log();
         let max = self.inner.config.console_log_max;

@@ -17,6 +17,7 @@ mod host;
 mod lifecycle;
 mod migrate;
 mod nbd;
+pub mod placement;
 pub mod network;
 pub mod projects;
 mod reconcile;
@@ -91,7 +92,9 @@ pub(crate) struct Inner {
     /// The export daemons of `nbd` pools, by pool.
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
     /// QEMUs waiting for a VM migrating to this host, by VM.
-    pub incoming: Mutex<HashMap<String, Arc<dyn Instance>>>,
+    pub incoming: Mutex<HashMap<String, migrate::Incoming>>,
+    /// When the leader last rebalanced.
+    pub last_rebalance: Mutex<Option<std::time::Instant>>,
     /// This daemon's cluster membership (etcd store only).
     pub membership: Mutex<Option<Arc<cluster::Membership>>>,
     /// Serialises appends to the audit log.
@@ -127,6 +130,7 @@ impl Controller {
             audit_lock: Mutex::default(),
             membership: Mutex::default(),
             incoming: Mutex::default(),
+            last_rebalance: Mutex::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
             history: Mutex::default(),
@@ -148,6 +152,9 @@ impl Controller {
 
     /// Adopts the guests that run, then keeps reconciling in the background.
     pub async fn start_background(&self) {
+        if let Err(e) = self.inner.tasks.interrupt_leftovers() {
+            tracing::error!("tasks: {e}");
+        }
         self.ensure_networks().await;
         self.reconcile_all().await;
         self.remove_orphans().await;

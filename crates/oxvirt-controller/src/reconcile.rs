@@ -33,6 +33,8 @@ impl Controller {
         }
         self.inner.tasks.prune();
         self.serve_migrations().await;
+        self.refresh_host_record();
+        self.rebalance_round().await;
         self.supervise_export_daemons().await;
     }
 

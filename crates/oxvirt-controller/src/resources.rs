@@ -91,13 +91,13 @@ impl Controller {
     }
 
     pub fn host_policy(&self) -> Result<HostPolicy, ControlError> {
-        Ok(self.inner.store.get_record::<HostPolicy>("host")?.map(|(p, _)| p).unwrap_or_default())
+        Ok(self.inner.store.get_record::<HostPolicy>(&self.local_key("host"))?.map(|(p, _)| p).unwrap_or_default())
     }
 
     /// Replaces the host policy; KSM follows at once, ballooning at its next round.
     pub fn set_host_policy(&self, p: HostPolicy) -> Result<HostPolicy, ControlError> {
         p.validate()?;
-        self.inner.store.put_record("host", &p, Expect::Any)?;
+        self.inner.store.put_record(&self.local_key("host"), &p, Expect::Any)?;
         apply_ksm(p.ksm)?;
         Ok(p)
     }
@@ -289,7 +289,7 @@ impl Controller {
         }
         let total = read_u64(NR_HUGEPAGES);
         let want = total + (need - free);
-        let key = format!("hugepages-{}", vm.id);
+        let key = self.local_key(&format!("hugepages-{}", vm.id));
         self.inner.store.put_record(
             &key,
             &HostObject { kind: "hugepages".into(), owner: vm.id.clone(), count: need - free },
@@ -311,7 +311,7 @@ impl Controller {
 
     /// Gives back the huge pages reserved for a VM that stopped.
     pub(crate) fn release_hugepages(&self, vm_id: &str) {
-        let key = format!("hugepages-{vm_id}");
+        let key = self.local_key(&format!("hugepages-{vm_id}"));
         let Ok(Some((obj, _))) = self.inner.store.get_record::<HostObject>(&key) else { return };
         let total = read_u64(NR_HUGEPAGES);
         let _ = std::fs::write(NR_HUGEPAGES, total.saturating_sub(obj.count).to_string());

@@ -67,18 +67,19 @@ impl Controller {
 
     pub async fn create_pool(&self, spec: PoolSpec) -> Result<Pool, ControlError> {
         spec.validate()?;
-        let dir = Path::new(&spec.path);
-        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| Path::new(&p.spec.path) == dir) {
-            return Err(ControlError::invalid("path", format!("{} is already a pool's directory", spec.path)));
+        let me = self.host_name();
+        let dir = Path::new(spec.path_on(me.as_deref()));
+        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| Path::new(p.spec.path_on(me.as_deref())) == dir) {
+            return Err(ControlError::invalid("path", format!("{} is already a pool's directory", dir.display())));
         }
         if dir.starts_with(self.inner.config.data_dir.join("run")) {
             return Err(ControlError::invalid("path", "must not be inside oxvirt's runtime directory"));
         }
         match std::fs::symlink_metadata(dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(ControlError::invalid("path", format!("{} exists and is not a directory", spec.path))),
+            Ok(_) => return Err(ControlError::invalid("path", format!("{} exists and is not a directory", dir.display()))),
             Err(_) => std::fs::create_dir_all(dir)
-                .map_err(|e| ControlError::invalid("path", format!("cannot create {}: {e}", spec.path)))?,
+                .map_err(|e| ControlError::invalid("path", format!("cannot create {}: {e}", dir.display())))?,
         }
         let pool = Pool { spec, created_at: now_millis() };
         self.inner.store.put_record(&pool.spec.name, &pool, Expect::Absent).map_err(|e| match e {
@@ -110,7 +111,9 @@ impl Controller {
     }
 
     fn pool_usage(&self, pool: &Pool) -> Result<PoolUsage, ControlError> {
-        let (size, used, free) = usage::filesystem(Path::new(&pool.spec.path))?;
+        // A local pool of a cluster has its directory on a host once a volume of its is there.
+        let dir = self.pool_dir(pool);
+        let (size, used, free) = if dir.exists() { usage::filesystem(&dir)? } else { (0, 0, 0) };
         let vols = self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))?;
         let mut u = PoolUsage { size, used, free, volumes: vols.len(), ..Default::default() };
         for (v, _) in &vols {
@@ -155,8 +158,13 @@ impl Controller {
 
     // ---- volumes ----
 
+    /// The pool's directory on this host.
+    pub(crate) fn pool_dir(&self, pool: &Pool) -> PathBuf {
+        PathBuf::from(pool.spec.path_on(self.host_name().as_deref()))
+    }
+
     pub(crate) fn volume_file(&self, pool: &Pool, name: &str, format: DiskFormat) -> Result<PathBuf, ControlError> {
-        Ok(paths::volume_file(Path::new(&pool.spec.path), name, format)?)
+        Ok(paths::volume_file(&self.pool_dir(pool), name, format)?)
     }
 
     pub fn get_volume(&self, pool: &str, name: &str) -> Result<Volume, ControlError> {

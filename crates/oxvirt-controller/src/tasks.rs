@@ -23,6 +23,8 @@ pub struct TaskRegistry {
     store: Arc<dyn Store>,
     events: broadcast::Sender<Event>,
     live: Mutex<HashMap<String, Live>>,
+    /// In a cluster: this host's name, which its tasks carry.
+    host: Mutex<Option<String>>,
 }
 
 /// The running side of a task: reports progress and ends it.
@@ -41,9 +43,21 @@ struct TaskRegistryRef {
 
 impl TaskRegistry {
     pub fn new(store: Arc<dyn Store>, events: broadcast::Sender<Event>) -> Result<Self, ControlError> {
-        // Tasks that were running when the daemon stopped will never finish: say so.
-        for (t, rev) in store.list_records::<Task>()? {
-            if t.state == TaskState::Running {
+        Ok(TaskRegistry { store, events, live: Mutex::default(), host: Mutex::default() })
+    }
+
+    /// In a cluster: the host whose tasks these are.
+    pub fn set_host(&self, host: &str) {
+        *crate::lock(&self.host) = Some(host.to_string());
+    }
+
+    /// At start: this host's tasks that were running when the daemon stopped will never finish;
+    /// they say so (another host's running tasks are its own).
+    pub fn interrupt_leftovers(&self) -> Result<(), ControlError> {
+        let me = crate::lock(&self.host).clone();
+        for (t, rev) in self.store.list_records::<Task>()? {
+            if t.state == TaskState::Running && t.host == me {
+                let store = &self.store;
                 let mut t = t;
                 t.state = TaskState::Failed;
                 t.error = Some("interrupted: oxvirtd stopped while the task ran".into());
@@ -51,7 +65,7 @@ impl TaskRegistry {
                 let _ = store.put_record(&t.id, &t, Expect::Revision(rev));
             }
         }
-        Ok(TaskRegistry { store, events, live: Mutex::default() })
+        Ok(())
     }
 
     /// Creates and records a running task.
@@ -66,6 +80,7 @@ impl TaskRegistry {
             error: None,
             created_at: now_millis(),
             finished_at: None,
+            host: crate::lock(&self.host).clone(),
         };
         self.store.put_record(&task.id, &task, Expect::Absent)?;
         let cancel = Arc::new(AtomicBool::new(false));
@@ -247,8 +262,15 @@ mod tests {
         let h = reg.create("vm.start", "vms/a").unwrap();
         let id = h.id().to_string();
         std::mem::forget(h);
+        // Another host of a cluster sharing the store leaves it alone.
+        let (tx, _) = broadcast::channel(16);
+        let other = TaskRegistry::new(store.clone(), tx).unwrap();
+        other.set_host("host-b");
+        other.interrupt_leftovers().unwrap();
+        assert_eq!(other.get(&id).unwrap().state, TaskState::Running);
         let (tx, _) = broadcast::channel(16);
         let reg2 = TaskRegistry::new(store, tx).unwrap();
+        reg2.interrupt_leftovers().unwrap();
         let t = reg2.get(&id).unwrap();
         assert_eq!(t.state, TaskState::Failed);
         assert!(t.error.unwrap().contains("interrupted"));

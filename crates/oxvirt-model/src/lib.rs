@@ -4,6 +4,7 @@
 //! these types, the store keeps them as JSON, and the controller acts on them.
 
 mod alert;
+mod cluster;
 mod error;
 mod event;
 mod host;
@@ -26,6 +27,7 @@ pub use alert::{Alert, AlertKind, AlertRule, AlertState};
 pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;
+pub use cluster::{ClusterPolicy, PlacementStrategy, RebalanceMode};
 pub use migration::{MigrateRequest, Migration, MigrationState};
 pub use name::validate_name;
 pub use network::{

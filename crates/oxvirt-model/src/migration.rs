@@ -1,5 +1,5 @@
-//! Live migration of a running VM to another host of the cluster (QEMU pre-copy over TCP, memory
-//! only: its disks must be reachable from both hosts).
+//! Live migration of a running VM to another host of the cluster (QEMU pre-copy over TCP; disks
+//! both hosts reach stay where they are, local ones are mirrored over NBD while the guest runs).
 
 use crate::{validate_name, Millis, ValidationError};
 
@@ -43,6 +43,8 @@ impl MigrateRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationState {
+    /// Asked for by the cluster's rebalancing (the leader): the source host is to start it.
+    Asked,
     /// The source asked; the target is to start a QEMU waiting for the stream.
     Requested,
     /// The target waits at `uri`.
@@ -64,5 +66,16 @@ pub struct Migration {
     pub uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where the target's QEMU serves the disks it receives (local disks, mirrored over NBD
+    /// while the guest runs), `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<String>,
+    /// The ids of those disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_disks: Vec<String>,
+    /// The end of the guest's console output on the source, handed over with the VM so that its
+    /// console log goes on where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<String>,
     pub created_at: Millis,
 }

@@ -45,6 +45,10 @@ pub struct PoolSpec {
     /// such a pool holds raw volumes, the one format two servers may share.
     #[serde(default = "one")]
     pub paths: u8,
+    /// In a cluster, the pool's directory on named hosts where it is not `path` (as Incus keeps a
+    /// pool's `source` per member): each host of a local pool has its own directory.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub host_paths: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> u8 {
@@ -67,7 +71,23 @@ impl PoolSpec {
         if self.paths > 1 && self.kind != PoolKind::Nbd {
             return Err(ValidationError::new("paths", "only nbd pools have several paths"));
         }
+        for (host, path) in &self.host_paths {
+            let field = format!("host_paths.{host}");
+            validate_name("host_paths", host)?;
+            validate_host_path(&field, path)?;
+            if path == "/" {
+                return Err(ValidationError::new(field, "must not be the root directory"));
+            }
+        }
+        if !self.host_paths.is_empty() && self.kind == PoolKind::Nbd {
+            return Err(ValidationError::new("host_paths", "an nbd pool is one store served to every host"));
+        }
         Ok(())
+    }
+
+    /// The pool's directory on `host` (or on a single host).
+    pub fn path_on(&self, host: Option<&str>) -> &str {
+        host.and_then(|h| self.host_paths.get(h)).map(String::as_str).unwrap_or(&self.path)
     }
 }
 
@@ -184,8 +204,12 @@ mod tests {
             path: "/var/lib/oxvirt/pools/local".into(),
             overcommit: 2.0,
             paths: 1,
+            host_paths: [("host-b".to_string(), "/srv/local".to_string())].into(),
         };
         assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.path_on(Some("host-b")), "/srv/local");
+        assert_eq!(ok.path_on(Some("host-a")), "/var/lib/oxvirt/pools/local");
+        assert_eq!(ok.path_on(None), "/var/lib/oxvirt/pools/local");
         for (mutate, field) in [
             (Box::new(|p: &mut PoolSpec| p.path = "rel".into()) as Box<dyn Fn(&mut PoolSpec)>, "path"),
             (Box::new(|p: &mut PoolSpec| p.path = "/".into()), "path"),
@@ -195,6 +219,9 @@ mod tests {
             (Box::new(|p: &mut PoolSpec| p.name = "a/b".into()), "name"),
             (Box::new(|p: &mut PoolSpec| p.paths = 2), "paths"),
             (Box::new(|p: &mut PoolSpec| p.paths = 0), "paths"),
+            (Box::new(|p: &mut PoolSpec| _ = p.host_paths.insert("host-b".into(), "rel".into())), "host_paths.host-b"),
+            (Box::new(|p: &mut PoolSpec| _ = p.host_paths.insert("Bad_Host".into(), "/x".into())), "host_paths"),
+            (Box::new(|p: &mut PoolSpec| p.kind = PoolKind::Nbd), "host_paths"),
         ] {
             let mut p = ok.clone();
             mutate(&mut p);

@@ -16,6 +16,9 @@ pub struct Task {
     pub error: Option<String>,
     pub created_at: Millis,
     pub finished_at: Option<Millis>,
+    /// In a cluster: the host that runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

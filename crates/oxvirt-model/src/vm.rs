@@ -14,6 +14,12 @@ pub struct VmSpec {
     /// In a cluster: the host to run on; the scheduler picks one when it is left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// In a cluster: VMs of one affinity group run on one host (the first one's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
+    /// In a cluster: VMs of one anti-affinity group run on different hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<String>,
     /// The project (tenant) the VM belongs to, whose quotas it counts against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
@@ -468,6 +474,15 @@ impl VmSpec {
         if let Some(h) = &self.host {
             validate_name("host", h)?;
         }
+        if let Some(g) = &self.affinity {
+            validate_name("affinity", g)?;
+        }
+        if let Some(g) = &self.anti_affinity {
+            validate_name("anti_affinity", g)?;
+        }
+        if self.affinity.is_some() && self.affinity == self.anti_affinity {
+            return Err(ValidationError::new("anti_affinity", "must differ from affinity: a group cannot be both"));
+        }
         if self.nics.len() > 8 {
             return Err(ValidationError::new("nics", "at most 8 NICs"));
         }
@@ -704,6 +719,15 @@ mod tests {
             (Box::new(|s| s.memory = ByteSize(1024)), "memory"),
             (Box::new(|s| s.memory = ByteSize(MIB * 64 + 1)), "memory"),
             (Box::new(|s| s.name = "a,b".into()), "name"),
+            (Box::new(|s| s.affinity = Some("Web Tier".into())), "affinity"),
+            (Box::new(|s| s.anti_affinity = Some("../x".into())), "anti_affinity"),
+            (
+                Box::new(|s| {
+                    s.affinity = Some("db".into());
+                    s.anti_affinity = Some("db".into())
+                }),
+                "anti_affinity",
+            ),
             (Box::new(|s| s.kernel = None), "kernel"),
             (Box::new(|s| s.kernel.as_mut().unwrap().kernel = "rel/path".into()), "kernel.kernel"),
             (Box::new(|s| s.kernel.as_mut().unwrap().initrd = Some("/a/../b".into())), "kernel.initrd"),

@@ -13,6 +13,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+mod rebalance;
+pub use rebalance::{plan as plan_rebalance, Move, Placed};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
@@ -123,6 +126,18 @@ impl Cluster {
 
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
+    }
+
+    /// Notes the groups of a VM already on `host` (its usage is in the host's figures already),
+    /// so that later placements keep to them.
+    pub fn note_groups(&mut self, host: &str, affinity: Option<&str>, anti_affinity: Option<&str>) {
+        let Some(i) = self.hosts.iter().position(|h| h.name == host) else { return };
+        if let Some(g) = affinity {
+            self.affinity_hosts.entry(g.to_string()).or_insert(i);
+        }
+        if let Some(g) = anti_affinity {
+            self.anti_affinity_hosts.entry(g.to_string()).or_default().insert(i);
+        }
     }
 
     fn memory_cap(&self, h: &Host) -> u64 {
@@ -365,6 +380,12 @@ mod tests {
         assert_eq!(w1, w2);
         assert!(c.place(&with("db4", None, Some("db"))).is_ok(), "a fourth host is left");
         assert_eq!(c.place(&with("db5", None, Some("db"))).unwrap_err().anti_affinity, 4);
+        // A cluster made anew from the same hosts learns the groups from the VMs already there.
+        let mut again = Cluster::new((0..2).map(|i| host(&format!("h{i}"), 8, 32)).collect(), Policy::default());
+        again.note_groups("h0", Some("web"), Some("db"));
+        again.note_groups("h1", None, Some("db"));
+        assert_eq!(again.choose(&with("web3", Some("web"), None)).unwrap().host, "h0");
+        assert_eq!(again.choose(&with("db6", None, Some("db"))).unwrap_err().anti_affinity, 2);
     }
 
     #[test]

@@ -60,6 +60,10 @@ impl Record for oxvirt_model::Project {
     const PREFIX: &'static str = "projects/";
 }
 
+impl Record for oxvirt_model::ClusterPolicy {
+    const PREFIX: &'static str = "cluster/";
+}
+
 impl Record for oxvirt_model::Migration {
     const PREFIX: &'static str = "migrations/";
 }

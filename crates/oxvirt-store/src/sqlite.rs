@@ -286,6 +286,7 @@ mod tests {
             error: None,
             created_at: 1,
             finished_at: None,
+            host: None,
         };
         s.put_record("t1", &t, Expect::Absent).unwrap();
         let updated = s.update_record::<oxvirt_model::Task>("t1", |t| t.progress = 50).unwrap().unwrap();

@@ -115,6 +115,25 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check()
+    }
+
+    /// Joins a cluster: the store becomes etcd at `endpoints` (comma-separated), this host named
+    /// `name` when given; checked as the config file is.
+    pub fn join(mut self, endpoints: &str, name: Option<String>) -> Result<Self, String> {
+        self.store.backend = "etcd".into();
+        self.store.etcd_endpoints = endpoints.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if name.is_some() {
+            self.store.host_name = name;
+        }
+        if let Some(n) = &self.store.host_name {
+            oxvirt_model::validate_name("host_name", n).map_err(|e| e.to_string())?;
+        }
+        self.check().map_err(|e| format!("--join: {e}"))
+    }
+
+    fn check(self) -> Result<Self, String> {
+        let c = self;
         if !["auto", "kvm", "tcg"].contains(&c.accelerator.as_str()) {
             return Err(format!("accelerator: must be auto, kvm or tcg, not {:?}", c.accelerator));
         }

@@ -23,6 +23,14 @@ struct Args {
     /// Configuration file (TOML); default: oxvirtd.toml in the data dir, if it exists.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Join a cluster: keep state in the etcd cluster at these endpoints (comma-separated,
+    /// e.g. http://10.0.0.1:2379,http://10.0.0.2:2379) instead of the local store; the same as
+    /// `[store] backend = "etcd"` in the config file. A host joins with no VMs of its own.
+    #[arg(long, value_name = "ENDPOINTS")]
+    join: Option<String>,
+    /// With --join: this host's name in the cluster (default: the config's, or the machine's).
+    #[arg(long, requires = "join")]
+    host_name: Option<String>,
 }
 
 fn main() {
@@ -38,7 +46,11 @@ fn run(args: Args) -> Result<(), String> {
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };
     let config_path = args.config.clone().unwrap_or_else(|| args.data_dir.join("oxvirtd.toml"));
-    let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    let mut config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    if let Some(endpoints) = &args.join {
+        config = config.join(endpoints, args.host_name.clone())?;
+        refuse_join_with_vms(&args.data_dir)?;
+    }
     init_logging(&config.log_format);
     std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("create {}: {e}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&args.data_dir)?;
@@ -67,6 +79,25 @@ fn init_logging(format: &str) {
     } else {
         b.init();
     }
+}
+
+/// A host joins a cluster empty: VMs in its own store would be left behind, unmanaged.
+fn refuse_join_with_vms(dir: &std::path::Path) -> Result<(), String> {
+    let db = dir.join("store.db");
+    if !db.exists() {
+        return Ok(());
+    }
+    let local = SqliteStore::open(&db).map_err(|e| e.to_string())?;
+    let vms = oxvirt_store::StoreExt::list_records::<oxvirt_model::Vm>(&local).map_err(|e| e.to_string())?;
+    if !vms.is_empty() {
+        let names: Vec<String> = vms.into_iter().map(|(v, _)| v.spec.name).collect();
+        return Err(format!(
+            "--join: this host has VM(s) {} in its own store ({}): move or delete them first, a host joins empty",
+            names.join(", "),
+            db.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Only one daemon per data dir: an exclusive lock held for the daemon's life.

@@ -9,7 +9,7 @@
 pub mod dnsmasq;
 pub mod firewall;
 mod ipam;
-mod links;
+pub(crate) mod links;
 mod nics;
 mod secgroups;
 pub mod shaping;
@@ -187,12 +187,12 @@ impl Controller {
 
     fn record_object(&self, name: &str, kind: &str, owner: &str) -> Result<(), ControlError> {
         let obj = HostObject { kind: kind.into(), owner: owner.into(), count: 0 };
-        self.inner.store.put_record(name, &obj, Expect::Any)?;
+        self.inner.store.put_record(&self.local_key(name), &obj, Expect::Any)?;
         Ok(())
     }
 
     fn forget_object(&self, name: &str) {
-        if let Err(e) = self.inner.store.delete_record::<HostObject>(name, Expect::Any) {
+        if let Err(e) = self.inner.store.delete_record::<HostObject>(&self.local_key(name), Expect::Any) {
             tracing::debug!(name, "forget host object: {e}");
         }
     }
@@ -349,8 +349,13 @@ impl Controller {
         let vms = self.list_vms().unwrap_or_default();
         let objects = self.inner.store.list_records::<HostObject>().unwrap_or_default();
         let keys = self.inner.store.list(HostObject::PREFIX).unwrap_or_default();
+        let mine = self.local_key("");
         for ((obj, _), entry) in objects.iter().zip(keys.iter()) {
-            let name = entry.key.trim_start_matches(HostObject::PREFIX);
+            // In a cluster each host's things are under its name; another host's are not ours.
+            let Some(name) = entry.key.trim_start_matches(HostObject::PREFIX).strip_prefix(&mine) else { continue };
+            if name.contains('/') {
+                continue;
+            }
             if obj.kind == "hugepages" {
                 // Given back when its VM stops (mark_stopped), not here.
                 continue;

@@ -1,7 +1,7 @@
 //! The host side of VM NICs: a TAP device per NIC that oxvirt makes (recorded first), joins to
 //! its bridge (an oxvirt network's or the operator's), shapes, and removes when the VM stops.
 
-use super::{bridge_of, links, shaping, HostObject};
+use super::{bridge_of, links, shaping};
 use crate::{ControlError, Controller};
 use oxvirt_hypervisor::qemu::cmdline::{nic_queues, tap_name};
 use oxvirt_model::{Network, NicMode, NicSpec, VmSpec};
@@ -70,8 +70,7 @@ impl Controller {
         let field = format!("nics[{index}]");
         let at = self.attachment(&field, nic)?;
         let tap = tap_name(vm_id, nic.slot());
-        let obj = HostObject { kind: "tap".into(), owner: vm_id.into(), count: 0 };
-        self.inner.store.put_record(&tap, &obj, oxvirt_store::Expect::Any)?;
+        self.record_object(&tap, "tap", vm_id)?;
         links::make_tap(&tap, nic_queues(spec, nic), at.mtu, &at.bridge, owner)?;
         if !nic.qos.is_unlimited() {
             self.record_ifb(&tap, vm_id)?;
@@ -85,9 +84,7 @@ impl Controller {
 
     /// Records (before it is made) the IFB device that shapes what `tap` receives.
     pub(crate) fn record_ifb(&self, tap: &str, vm_id: &str) -> Result<(), ControlError> {
-        let obj = HostObject { kind: "ifb".into(), owner: vm_id.into(), count: 0 };
-        self.inner.store.put_record(&shaping::ifb_name(tap), &obj, oxvirt_store::Expect::Any)?;
-        Ok(())
+        self.record_object(&shaping::ifb_name(tap), "ifb", vm_id)
     }
 
     /// Removes one NIC's TAP (and IFB) device and their records.
@@ -96,11 +93,11 @@ impl Controller {
         shaping::release(&tap);
         let ifb = shaping::ifb_name(&tap);
         if !links::exists(&ifb) {
-            let _ = self.inner.store.delete_record::<HostObject>(&ifb, oxvirt_store::Expect::Any);
+            self.forget_object(&ifb);
         }
         match links::delete(&tap) {
             Ok(()) => {
-                let _ = self.inner.store.delete_record::<HostObject>(&tap, oxvirt_store::Expect::Any);
+                self.forget_object(&tap);
             }
             Err(e) => tracing::warn!(tap, "{e}"),
         }

@@ -363,6 +363,8 @@ mod tests {
             name: "web".into(),
             host: None,
             project: None,
+            affinity: None,
+            anti_affinity: None,
             cpus: 2,
             memory: ByteSize::mib(512),
             machine: MachineType::Q35,

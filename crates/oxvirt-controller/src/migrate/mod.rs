@@ -1,0 +1,253 @@
+//! Live migration between hosts of the cluster, through the store: the source records the
+//! migration, the target starts a QEMU waiting for the stream and records where, the source
+//! sends (pre-copy, downtime target, bandwidth limit, auto-converge, post-copy), then hands the
+//! VM over in one transaction (`Vm.host`); the target's QEMU, which runs the guest once it has
+//! everything, is taken over by the target. On any failure the VM runs on where it was: the
+//! source's QEMU carries on, the target removes what it started.
+//!
+//! Disks in shared pools (shared-dir, nbd) and path disks stay where they are (both hosts reach
+//! them); disks in local pools are copied while the guest runs (`disks.rs`) and their old copies
+//! removed once the VM is on the target. The target's side is in `target.rs`.
+
+mod disks;
+mod target;
+
+pub(crate) use target::Incoming;
+
+use crate::tasks::TaskHandle;
+use crate::vms::busy;
+use crate::{lock, now_millis, ControlError, Controller};
+use oxvirt_model::{MigrateRequest, Migration, MigrationState, Task, Vm, VmState};
+use oxvirt_store::{encode, Expect, Op, Record, StoreExt};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// How long the target may take to get ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of the console log goes with the VM.
+const CONSOLE_HANDOVER: u64 = 256 << 10;
+
+impl Controller {
+    /// Starts a migration task; checks first what can be checked here.
+    pub fn migrate_vm(&self, name: &str, req: MigrateRequest) -> Result<Task, ControlError> {
+        self.begin_migration(name, req, Expect::Absent)
+    }
+
+    /// A migration the cluster's rebalancing asked for (record `rev`), started by this host, the
+    /// VM's; one that cannot start is dropped (the next plan sees the cluster as it is).
+    pub(crate) fn start_asked(&self, m: &Migration, rev: u64) {
+        let req = MigrateRequest { to: m.target.clone(), downtime_ms: 100, bandwidth_mibs: 0, auto_converge: true, postcopy: false };
+        if let Err(e) = self.begin_migration(&m.vm, req, Expect::Revision(rev)) {
+            tracing::warn!(vm = %m.vm, to = %m.target, "rebalancing asked for a migration that cannot start: {e}");
+            let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Revision(rev));
+        }
+    }
+
+    fn begin_migration(&self, name: &str, req: MigrateRequest, expect: Expect) -> Result<Task, ControlError> {
+        req.validate()?;
+        let Some(me) = self.host_name() else {
+            return Err(ControlError::Conflict("this host is not in a cluster: there is nowhere to migrate to".into()));
+        };
+        let slot = self.inner.slot(name);
+        let guard = slot.op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        let vm = self.get_vm(name)?;
+        self.check_local(&vm)?;
+        if vm.status.state != VmState::Running {
+            return Err(ControlError::Conflict(format!(
+                "VM {name} is {}: only a running VM migrates",
+                vm.status.state.as_str()
+            )));
+        }
+        if req.to == me {
+            return Err(ControlError::invalid("to", format!("VM {name} runs on {me} already")));
+        }
+        let target = self.usable_host("to", &req.to)?;
+        let local = self.local_disks(&vm.spec)?;
+        if req.postcopy && !local.is_empty() {
+            return Err(ControlError::invalid("postcopy", "not with local disks: they are copied before the switch-over"));
+        }
+        let m = Migration {
+            vm: name.into(),
+            source: me,
+            target: target.name.clone(),
+            state: MigrationState::Requested,
+            uri: None,
+            error: None,
+            nbd: None,
+            local_disks: local.iter().map(|d| d.id.clone()).collect(),
+            console: None,
+            created_at: now_millis(),
+        };
+        self.inner.store.put_record(name, &m, expect).map_err(|_| busy(name))?;
+        let task = self.inner.tasks.create("vm.migrate", &format!("vms/{name}"))?;
+        let snapshot = task.snapshot();
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let r = me.run_migration(&name, &req, &task).await;
+            if let Err(e) = &r {
+                me.end_migration(&name, MigrationState::Failed, Some(e.to_string()));
+            }
+            drop(guard);
+            if let Ok(done) = &r {
+                task.progress(100, done);
+            }
+            task.finish(r.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        Ok(snapshot)
+    }
+
+    fn end_migration(&self, name: &str, state: MigrationState, error: Option<String>) {
+        let r = self.inner.store.update_record::<Migration>(name, |m| {
+            m.state = state;
+            m.error = error.clone();
+        });
+        if let Err(e) = r {
+            tracing::warn!(vm = name, "migration record: {e}");
+        }
+    }
+
+    async fn run_migration(&self, name: &str, req: &MigrateRequest, task: &TaskHandle) -> Result<String, ControlError> {
+        task.progress(5, &format!("waiting for {} to get ready", req.to));
+        let start = Instant::now();
+        let ready = loop {
+            let m = self.inner.store.get_record::<Migration>(name)?.map(|(m, _)| m);
+            match m {
+                Some(m @ Migration { state: MigrationState::Ready, uri: Some(_), .. }) => break m,
+                Some(Migration { state: MigrationState::Failed, error, .. }) => {
+                    return Err(ControlError::Conflict(format!("the target refused: {}", error.unwrap_or_default())))
+                }
+                _ => {}
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(ControlError::Conflict(format!(
+                    "host {} did not get ready within {READY_TIMEOUT:?}",
+                    req.to
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let vm = self.get_vm(name)?;
+        let local = self.local_disks(&vm.spec)?;
+        let my_files: Vec<_> = local.iter().map(|d| self.local_disk_file(d)).collect::<Result<_, _>>()?;
+        let instance = self.instance(name)?;
+        let info = match self.send(&*instance, req, &ready, &local, task).await {
+            Ok(info) => info,
+            Err(e) => {
+                // The source carries on: no migration, no mirrors, the guest running again (QEMU
+                // resumes a guest it paused for the switch-over only when it got that far).
+                let _ = instance.command("migrate_cancel", Value::Null).await;
+                disks::abandon_mirrors(&*instance, &local).await;
+                let _ = instance.command("cont", Value::Null).await;
+                return Err(e);
+            }
+        };
+        // The guest is on the target now: hand the VM over, in one transaction with the record.
+        let total = info["total-time"].as_u64().unwrap_or(0);
+        let downtime = info["downtime"].as_u64().unwrap_or(0);
+        let console = self.console_log(name, CONSOLE_HANDOVER).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
+        let mut tries = 0;
+        let copied = if local.is_empty() { String::new() } else { format!(", {} local disk(s) copied", local.len()) };
+        let how = format!("{total} ms in all, paused {downtime} ms{copied}");
+        while let Err(e) = self.hand_over(name, &req.to, &how, console.clone()) {
+            // The guest runs on the target already: the record must follow, never the guest go back.
+            tries += 1;
+            if tries >= 30 {
+                return Err(e);
+            }
+            tracing::warn!(vm = name, "handing the VM over to {}: {e}; trying again", req.to);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Our QEMU is done (paused after the switch-over): it goes, the op lock keeps its exit
+        // from being taken for the VM's. The local disks' old copies go with it.
+        let _ = instance.kill().await;
+        *lock(&self.inner.slot(name).instance) = None;
+        disks::remove_copies(&my_files);
+        Ok(format!("on {} now: {how}", req.to))
+    }
+
+    /// Sends the guest (and its local disks) to the target; returns QEMU's final `query-migrate`.
+    async fn send(
+        &self,
+        instance: &dyn oxvirt_hypervisor::Instance,
+        req: &MigrateRequest,
+        ready: &Migration,
+        local: &[disks::LocalDisk],
+        task: &TaskHandle,
+    ) -> Result<Value, ControlError> {
+        let uri = ready.uri.clone().unwrap_or_default();
+        let mem_from = if local.is_empty() {
+            10
+        } else {
+            let nbd = ready.nbd.as_deref().ok_or_else(|| ControlError::Conflict("the target serves no disks".into()))?;
+            task.progress(8, &format!("copying {} local disk(s) to {}", local.len(), req.to));
+            disks::start_mirrors(instance, nbd, local).await?;
+            disks::wait_in_sync(instance, local, |done, total| {
+                let pct = (8 + done.saturating_mul(32) / total.max(1)).min(40) as u8;
+                task.progress(pct, &format!("copied {} MiB of {} MiB of disks", done >> 20, total >> 20));
+            })
+            .await?;
+            40
+        };
+        let caps = json!({ "capabilities": [
+            { "capability": "auto-converge", "state": req.auto_converge },
+            { "capability": "postcopy-ram", "state": req.postcopy },
+            { "capability": "pause-before-switchover", "state": !local.is_empty() },
+        ]});
+        instance.command("migrate-set-capabilities", caps).await?;
+        // Every parameter is set each time: QEMU keeps those of an earlier migration (a slow one
+        // that failed would otherwise throttle the next).
+        let bandwidth = if req.bandwidth_mibs > 0 { req.bandwidth_mibs << 20 } else { 1 << 40 };
+        let params = json!({ "downtime-limit": req.downtime_ms, "max-bandwidth": bandwidth });
+        instance.command("migrate-set-parameters", params).await?;
+        task.progress(mem_from, &format!("sending memory to {} ({uri})", req.to));
+        instance.command("migrate", json!({ "uri": uri })).await?;
+        let begun = Instant::now();
+        let mut postcopy_asked = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(if local.is_empty() { 200 } else { 20 })).await;
+            let q: Value = instance.command("query-migrate", Value::Null).await?;
+            match q["status"].as_str().unwrap_or("") {
+                "completed" => return Ok(q),
+                "failed" | "cancelled" => {
+                    let why = q["error-desc"].as_str().unwrap_or("QEMU gave up").to_string();
+                    return Err(ControlError::Conflict(format!("migration failed: {why}")));
+                }
+                // The guest is paused, its memory almost all there: the disks' last writes go
+                // before the switch-over.
+                "pre-switchover" => {
+                    disks::finish_mirrors(instance, local).await?;
+                    instance.command("migrate-continue", json!({ "state": "pre-switchover" })).await?;
+                }
+                _ => {
+                    let (sent, total) =
+                        (q["ram"]["transferred"].as_u64().unwrap_or(0), q["ram"]["total"].as_u64().unwrap_or(1));
+                    let span = 95 - u64::from(mem_from);
+                    let pct = (u64::from(mem_from) + sent.saturating_mul(span) / total.max(1)).min(95) as u8;
+                    task.progress(pct, &format!("sent {} MiB of {} MiB of memory", sent >> 20, total >> 20));
+                    if req.postcopy && !postcopy_asked && begun.elapsed() > Duration::from_secs(5) {
+                        postcopy_asked = instance.command("migrate-start-postcopy", Value::Null).await.is_ok();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the VM to `to`: its record says so, the migration is completed, in one transaction.
+    fn hand_over(&self, name: &str, to: &str, how: &str, console: Option<String>) -> Result<(), ControlError> {
+        let (mut vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        vm.host = Some(to.to_string());
+        // The switch-over paused the guest here; it runs there.
+        vm.desired = oxvirt_model::DesiredState::Running;
+        vm.host_reason = Some(format!("migrated from {}: {how}", self.host_name().unwrap_or_default()));
+        let (mut m, mrev) =
+            self.inner.store.get_record::<Migration>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        m.state = MigrationState::Completed;
+        m.console = console;
+        self.inner.store.txn(vec![
+            Op::Put { key: Vm::key_of(name), value: encode(&vm), expect: Expect::Revision(rev) },
+            Op::Put { key: Migration::key_of(name), value: encode(&m), expect: Expect::Revision(mrev) },
+        ])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! The target's side of a migration, run each reconcile round: get ready (a QEMU waiting for
+//! the stream, empty copies of local disks served over NBD), take over a VM that arrived,
+//! remove what a failed migration left here.
+
+use super::disks::{self, LocalDisk};
+use crate::cluster::HostRecord;
+use crate::{lock, ControlError, Controller};
+use oxvirt_hypervisor::Instance;
+use oxvirt_model::{Migration, MigrationState};
+use oxvirt_store::{Expect, StoreExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A QEMU waiting for a VM, and the disk copies made for it.
+pub(crate) struct Incoming {
+    instance: Arc<dyn Instance>,
+    copies: Vec<PathBuf>,
+}
+
+impl Controller {
+    /// The target's side, each reconcile round: get ready for migrations to this host, take over
+    /// VMs that arrived, remove what failed ones left.
+    pub(crate) async fn serve_migrations(&self) {
+        let Some(me) = self.host_name() else { return };
+        let Ok(all) = self.inner.store.list_records::<Migration>() else { return };
+        for (m, rev) in all {
+            if m.source == me && m.state == MigrationState::Asked {
+                self.start_asked(&m, rev);
+            }
+            if m.target != me {
+                continue;
+            }
+            match m.state {
+                MigrationState::Requested => {
+                    tracing::info!(vm = %m.vm, from = %m.source, "getting ready for a migration");
+                    if let Err(e) = self.receive(&m).await {
+                        tracing::warn!(vm = %m.vm, "cannot receive the migration: {e}");
+                        self.end_migration(&m.vm, MigrationState::Failed, Some(e.to_string()));
+                    }
+                }
+                MigrationState::Completed => {
+                    let taken = lock(&self.inner.incoming).remove(&m.vm);
+                    if let Some(i) = taken {
+                        tracing::info!(vm = %m.vm, from = %m.source, "migrated in");
+                        if !i.copies.is_empty() {
+                            disks::stop_serving(&*i.instance).await;
+                        }
+                        if let Some(text) = &m.console {
+                            self.carry_console_over(&m.vm, text.as_bytes());
+                        }
+                        self.attach(&m.vm, i.instance);
+                    }
+                    let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
+                }
+                MigrationState::Failed => {
+                    let taken = lock(&self.inner.incoming).remove(&m.vm);
+                    if let Some(i) = taken {
+                        // Its QEMU's exit removes what it had (its cgroup, once empty).
+                        let _ = i.instance.kill().await;
+                        disks::remove_copies(&i.copies);
+                    }
+                    let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
+                }
+                MigrationState::Ready | MigrationState::Asked => {}
+            }
+        }
+    }
+
+    /// Starts a QEMU that waits for the VM's memory (and serves copies of its local disks), and
+    /// says where.
+    async fn receive(&self, m: &Migration) -> Result<(), ControlError> {
+        if lock(&self.inner.incoming).contains_key(&m.vm) {
+            return Ok(());
+        }
+        let vm = self.get_vm(&m.vm)?;
+        let me: HostRecord =
+            self.host_record(&m.target)?.ok_or_else(|| ControlError::Conflict("this host has no record".into()))?;
+        let ip = me.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
+        let ip = if ip.is_empty() || ip == "0.0.0.0" { "127.0.0.1".to_string() } else { ip };
+        let free_port = || {
+            std::net::TcpListener::bind(format!("{ip}:0"))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| ControlError::Host(format!("no free port on {ip}: {e}")))
+                .map(|a| a.port())
+        };
+        let local: Vec<LocalDisk> = self.local_disks(&vm.spec)?;
+        let copies = disks::make_copies(self, &local).await?;
+        let started = self.start_incoming(&vm, &format!("tcp:{ip}:{}", free_port()?)).await;
+        let instance = match started {
+            Ok(i) => i,
+            Err(e) => {
+                disks::remove_copies(&copies);
+                return Err(e);
+            }
+        };
+        let uri = instance.1;
+        let instance = instance.0;
+        let mut nbd = None;
+        if !local.is_empty() {
+            let port = free_port()?;
+            if let Err(e) = disks::serve(&*instance, &ip, port, &local).await {
+                let _ = instance.kill().await;
+                disks::remove_copies(&copies);
+                return Err(e);
+            }
+            nbd = Some(format!("{ip}:{port}"));
+        }
+        lock(&self.inner.incoming).insert(m.vm.clone(), Incoming { instance, copies });
+        self.inner.store.update_record::<Migration>(&m.vm, |r| {
+            r.state = MigrationState::Ready;
+            r.uri = Some(uri.clone());
+            r.nbd = nbd.clone();
+        })?;
+        Ok(())
+    }
+
+    async fn start_incoming(&self, vm: &oxvirt_model::Vm, uri: &str) -> Result<(Arc<dyn Instance>, String), ControlError> {
+        let with_mtu = self.prepare_network(&vm.id, &vm.spec, vm.uid).await?;
+        self.prepare_storage(&vm.id, &vm.spec).await?;
+        let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
+        spec.resources.placement = None;
+        spec.run_as = self.run_as(&vm.spec.name)?;
+        spec.incoming = Some(uri.to_string());
+        let instance = self.inner.hv.start(&vm.id, &spec, &self.inner.paths(&vm.id)).await?;
+        Ok((instance, uri.to_string()))
+    }
+}

@@ -1,0 +1,196 @@
+//! The cluster's scheduler at work: where a new VM goes, and rebalancing (a plan from the
+//! scheduler library, migrations asked for through the store and started by each VM's host,
+//! never more than the policy's `max_migrations` at once). The leader rebalances on its own
+//! when the policy says `auto`.
+
+use crate::{ControlError, Controller};
+use oxvirt_model::{ClusterPolicy, Migration, MigrationState, PlacementStrategy, RebalanceMode, Vm, VmSpec};
+use oxvirt_scheduler::{Cluster, Host, Move, Placed, Policy, Request, Strategy};
+use oxvirt_store::{Expect, StoreExt};
+
+/// A rebalancing plan and what was done with it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RebalanceView {
+    pub policy: ClusterPolicy,
+    /// The migrations the plan holds, first to last.
+    pub moves: Vec<Move>,
+    /// Those asked for now (each VM's host starts its migration).
+    pub started: Vec<String>,
+    /// Migrations running in the cluster before this.
+    pub running: usize,
+}
+
+/// What a VM needs of a host, for the scheduler.
+fn request_of(spec: &VmSpec) -> Request {
+    let pools = spec
+        .disks
+        .iter()
+        .filter_map(|d| d.volume.as_deref())
+        .filter_map(|r| r.split_once('/').map(|(p, _)| p.to_string()))
+        .collect();
+    let networks = spec
+        .nics
+        .iter()
+        .filter_map(|n| n.network.clone().or_else(|| n.bridge.as_ref().map(|b| format!("bridge:{b}"))))
+        .collect();
+    Request {
+        name: spec.name.clone(),
+        vcpus: spec.cpus,
+        memory: spec.memory.0,
+        pools,
+        networks,
+        affinity: spec.affinity.clone(),
+        anti_affinity: spec.anti_affinity.clone(),
+    }
+}
+
+impl Controller {
+    pub fn cluster_policy(&self) -> Result<ClusterPolicy, ControlError> {
+        Ok(self.inner.store.get_record::<ClusterPolicy>("policy")?.map(|(p, _)| p).unwrap_or_default())
+    }
+
+    pub fn set_cluster_policy(&self, p: ClusterPolicy) -> Result<ClusterPolicy, ControlError> {
+        p.validate()?;
+        self.in_cluster()?;
+        self.inner.store.put_record("policy", &p, Expect::Any)?;
+        Ok(p)
+    }
+
+    fn in_cluster(&self) -> Result<String, ControlError> {
+        self.host_name().ok_or_else(|| {
+            ControlError::Conflict("this host is not in a cluster (the store is SQLite): see [store] in oxvirtd.toml".into())
+        })
+    }
+
+    /// The hosts and VMs as the scheduler sees them, under the cluster's policy.
+    fn scheduler_view(&self) -> Result<(Vec<Host>, Vec<Placed>, Policy), ControlError> {
+        let alive = self.alive_hosts()?;
+        let vms: Vec<Vm> = self.list_vms()?;
+        let host_policy = self.host_policy()?;
+        let policy = Policy {
+            strategy: match self.cluster_policy()?.strategy {
+                PlacementStrategy::Spread => Strategy::Spread,
+                PlacementStrategy::Pack => Strategy::Pack,
+            },
+            cpu_overcommit: host_policy.cpu_overcommit,
+            memory_overcommit: host_policy.memory_overcommit,
+        };
+        let placed: Vec<Placed> = vms
+            .iter()
+            .filter_map(|v| v.host.clone().map(|host| Placed { request: request_of(&v.spec), host }))
+            .collect();
+        let hosts = self
+            .host_records()?
+            .into_iter()
+            .map(|r| {
+                let mine = placed.iter().filter(|p| p.host == r.name);
+                Host {
+                    used_vcpus: mine.clone().map(|p| p.request.vcpus).sum(),
+                    used_memory: mine.map(|p| p.request.memory).sum(),
+                    online: alive.contains(&r.name),
+                    maintenance: r.maintenance,
+                    cpu_pressure: r.cpu_pressure,
+                    pools: r.pools,
+                    networks: r.networks,
+                    name: r.name,
+                    cpus: r.cpus,
+                    memory: r.memory,
+                }
+            })
+            .collect();
+        Ok((hosts, placed, policy))
+    }
+
+    /// Where a new VM goes: the host it asks for (which must be usable), or the scheduler's pick
+    /// among the hosts (filters, then spread or pack per the cluster policy, under the host
+    /// policy's over-commit ratios), with the reason. `None` on a single host.
+    pub(crate) fn place_vm(&self, spec: &VmSpec) -> Result<Option<(String, String)>, ControlError> {
+        let Some(me) = self.host_name() else {
+            if spec.host.is_some() {
+                return Err(ControlError::invalid("host", "this host is not in a cluster"));
+            }
+            return Ok(None);
+        };
+        if let Some(h) = &spec.host {
+            self.usable_host("host", h)?;
+            return Ok(Some((h.clone(), "asked for".into())));
+        }
+        let (hosts, placed, policy) = self.scheduler_view()?;
+        let mut cluster = Cluster::new(hosts, policy);
+        for p in placed.iter().filter(|p| p.request.name != spec.name) {
+            cluster.note_groups(&p.host, p.request.affinity.as_deref(), p.request.anti_affinity.as_deref());
+        }
+        match cluster.choose(&request_of(spec)) {
+            Ok(d) => Ok(Some((d.host, format!("placed by {me}'s scheduler: {}", d.reason)))),
+            Err(e) => Err(ControlError::Conflict(e.to_string())),
+        }
+    }
+
+    /// The rebalancing plan now; with `start`, the first moves are asked for, as many as the
+    /// policy lets run at once.
+    pub fn rebalance(&self, start: bool) -> Result<RebalanceView, ControlError> {
+        self.in_cluster()?;
+        let policy = self.cluster_policy()?;
+        let (hosts, placed, sched) = self.scheduler_view()?;
+        let running: Vec<Migration> = self.inner.store.list_records::<Migration>()?.into_iter().map(|(m, _)| m).collect();
+        // Only running VMs move; those migrating already stay out of the plan.
+        let vms = self.list_vms()?;
+        let movable: Vec<Placed> = placed
+            .into_iter()
+            .filter(|p| {
+                vms.iter().any(|v| v.spec.name == p.request.name && v.status.state == oxvirt_model::VmState::Running)
+                    && !running.iter().any(|m| m.vm == p.request.name)
+            })
+            .collect();
+        let threshold = f64::from(policy.threshold_percent) / 100.0;
+        let moves = oxvirt_scheduler::plan_rebalance(hosts, movable, &sched, 64, threshold);
+        let mut started = Vec::new();
+        if start {
+            let room = (policy.max_migrations as usize).saturating_sub(running.len());
+            for m in moves.iter().take(room) {
+                let asked = Migration {
+                    vm: m.vm.clone(),
+                    source: m.from.clone(),
+                    target: m.to.clone(),
+                    state: MigrationState::Asked,
+                    uri: None,
+                    error: None,
+                    nbd: None,
+                    local_disks: vec![],
+                    console: None,
+                    created_at: crate::now_millis(),
+                };
+                if self.inner.store.put_record(&m.vm, &asked, Expect::Absent).is_ok() {
+                    tracing::info!(vm = %m.vm, from = %m.from, to = %m.to, "rebalancing: {}", m.reason);
+                    started.push(m.vm.clone());
+                }
+            }
+        }
+        Ok(RebalanceView { policy, moves, started, running: running.len() })
+    }
+
+    /// The leader, each reconcile round: rebalances when the policy says `auto` and its interval
+    /// has passed.
+    pub(crate) async fn rebalance_round(&self) {
+        let Some(m) = crate::lock(&self.inner.membership).clone() else { return };
+        let Ok(policy) = self.cluster_policy() else { return };
+        if policy.rebalance != RebalanceMode::Auto {
+            return;
+        }
+        {
+            let last = crate::lock(&self.inner.last_rebalance);
+            if last.is_some_and(|t| t.elapsed().as_secs() < policy.interval_secs) {
+                return;
+            }
+        }
+        if m.session.leader().await.as_deref() != Some(m.name.as_str()) {
+            return;
+        }
+        *crate::lock(&self.inner.last_rebalance) = Some(std::time::Instant::now());
+        match self.rebalance(true) {
+            Ok(v) if !v.started.is_empty() => tracing::info!("rebalancing: migrating {}", v.started.join(", ")),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("rebalancing: {e}"),
+        }
+    }
+}

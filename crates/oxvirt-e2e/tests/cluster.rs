@@ -1,0 +1,231 @@
+//! Three oxvirt hosts (daemons with their own data dirs and ports) on a three-member etcd
+//! cluster: placement by policy (anti-affinity, affinity), live migration with a local disk
+//! copied while the guest counts in memory, on disk and on its console, the cluster working on
+//! with an etcd member stopped, and rebalancing by the leader.
+
+use oxvirt_e2e::*;
+use oxvirt_store::Store;
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn config(endpoints: &[String], host: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"three/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n",
+        eps.join(", ")
+    )
+}
+
+fn hosts_json(d: &Daemon) -> serde_json::Value {
+    let (_, out, _) = d.cli(&["--output", "json", "cluster", "hosts"]);
+    serde_json::from_str(&out).unwrap_or_default()
+}
+
+/// The `TICK-n` lines of a console log, in order.
+fn ticks(log: &str) -> Vec<u64> {
+    log.split("TICK-")
+        .skip(1)
+        .filter_map(|t| {
+            let n: String = t.chars().take_while(char::is_ascii_digit).collect();
+            // Only whole lines: the number ends its line.
+            t[n.len()..].starts_with(['\r', '\n']).then(|| n.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// Every tick once, in order, from the first to the last: the guest never went back or skipped.
+fn assert_consecutive(t: &[u64], what: &str) {
+    assert!(t.len() > 3, "{what}: too few ticks {t:?}");
+    for w in t.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{what}: the console went from {} to {}: {t:?}", w[0], w[1]);
+    }
+}
+
+async fn migrate(d: &Daemon, vm: &str, to: &str) {
+    let (code, out, err) = d.cli(&["vm", "migrate", vm, "--to", to]);
+    assert_eq!(code, 0, "{out}{err}\n{}", d.log());
+}
+
+async fn counter(c: &oxvirt_client::Client, vm: &str, source: &str) -> u64 {
+    let out = run_in_guest(c, vm, &format!("echo CTR-$({source})-E$((1+1))"), "-E2").await;
+    out.rsplit("CTR-")
+        .next()
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member() {
+    let mut etcd = EtcdCluster::start(3);
+    let names = ["host-a", "host-b", "host-c"];
+    let d: Vec<Daemon> = names.iter().map(|h| Daemon::start_with_config(&config(&etcd.endpoints(), h))).collect();
+    let start = Instant::now();
+    loop {
+        let v = hosts_json(&d[0]);
+        let all = v.as_array().cloned().unwrap_or_default();
+        if all.iter().filter(|h| h["online"] == true).count() == 3 && all.iter().filter(|h| h["leader"] == true).count() == 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Placement by policy: an anti-affinity group spreads over the three hosts and a fourth
+    // member has nowhere to go; an affinity group stays together. Nothing is started.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let mut s = kernel_spec(&format!("db{i}"), "");
+        s["anti_affinity"] = json!("db");
+        let vm = d[i].client.create_vm(&s, false).await.unwrap().vm;
+        seen.insert(vm.host.unwrap());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let mut s = kernel_spec("db3", "");
+    s["anti_affinity"] = json!("db");
+    let err = d[1].client.create_vm(&s, false).await.unwrap_err().to_string();
+    assert!(err.contains("3 holding its anti-affinity group"), "{err}");
+    let kernel = guest().kernel.to_string_lossy().into_owned();
+    let (code, out, err) = d[2].cli(&["vm", "create", "web0", "--affinity", "web", "--kernel", &kernel]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = d[0].cli(&["vm", "create", "web1", "--affinity", "web", "--kernel", &kernel]);
+    assert_eq!(code, 0, "{out}{err}");
+    let w0 = d[0].client.get_vm("web0").await.unwrap();
+    let w1 = d[0].client.get_vm("web1").await.unwrap();
+    assert_eq!(w0.host, w1.host, "{:?}", w1.host_reason);
+    assert!(w1.host_reason.as_deref().unwrap_or("").contains("with its affinity group"), "{:?}", w1.host_reason);
+    for vm in ["db0", "db1", "db2", "web0", "web1"] {
+        d[0].client.delete_vm(vm).await.unwrap();
+    }
+
+    // A local pool: each host has its own directory.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let at = |h: &str| dir.path().join(h).to_string_lossy().into_owned();
+    let (code, out, err) = d[0].cli(&[
+        "pool", "create", "local", "--path", &at("a"),
+        "--host-path", &format!("host-b={}", at("b")), "--host-path", &format!("host-c={}", at("c")),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = d[0].cli(&["volume", "create", "local/data", "--size", "16MiB"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let file = |h: &str| Path::new(&at(h)).join("data.qcow2");
+    assert!(file("a").exists());
+
+    // A guest on host-a counting in memory, on its local disk and on its console.
+    let mut spec = kernel_spec("mover", "");
+    spec["host"] = json!("host-a");
+    spec["disks"] = json!([{ "volume": "local/data" }]);
+    let created = d[0].client.create_vm(&spec, true).await.unwrap();
+    d[0].client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(&d[0].client, "mover", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(
+        &d[0].client,
+        "mover",
+        "(sleep 1; i=0; while :; do i=$((i+1)); echo $i > /tmp/c; echo $i | dd of=/dev/vda bs=512 count=1 conv=notrunc 2>/dev/null; echo TICK-$i; sleep 0.3; done) & echo L$((2+2))OOP",
+        "L4OOP",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = counter(&d[0].client, "mover", "cat /tmp/c").await;
+    assert!(before > 0);
+
+    // A migration whose target QEMU dies: the VM runs on where it was, its disk untouched, the
+    // target's copy removed.
+    let pid_a = d[0].client.get_vm("mover").await.unwrap().status.pid.unwrap();
+    let t = d[0].client.migrate_vm("mover", "host-b").await.unwrap();
+    let id = d[0].client.get_vm("mover").await.unwrap().id;
+    let pidfile = d[1].path().join("run").join(&id[..13]).join("qemu.pid");
+    let start = Instant::now();
+    let target_pid = loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "host-b never got ready:\n{}", d[1].log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    unsafe { libc::kill(target_pid, libc::SIGKILL) };
+    let t = d[0].client.wait_task(&t.id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Failed, "{t:?}");
+    let vm = d[0].client.get_vm("mover").await.unwrap();
+    assert_eq!((vm.host.as_deref(), vm.status.state.as_str(), vm.status.pid), (Some("host-a"), "running", Some(pid_a)));
+    let raw = oxvirt_store::EtcdStore::connect(&etcd.endpoints(), "three/").unwrap();
+    let start = Instant::now();
+    while raw.get("migrations/mover").unwrap().is_some() || file("b").exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "host-b did not clear the failed migration");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(file("a").exists());
+    let still = counter(&d[0].client, "mover", "cat /tmp/c").await;
+    assert!(still > before, "still counting on host-a: {before} -> {still}");
+
+    // To host-b, the disk copied while the guest runs.
+    migrate(&d[0], "mover", "host-b").await;
+    let vm = wait_state(&d[1].client, "mover", "running", Duration::from_secs(30)).await;
+    assert_eq!(vm.host.as_deref(), Some("host-b"));
+    eprintln!("local-disk migration: {:?}", vm.host_reason);
+    assert!(file("b").exists() && !file("a").exists(), "the disk moved: the old copy goes");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = String::from_utf8_lossy(&d[1].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
+    assert!(log.contains(READY), "the console log goes on from the boot on host-a");
+    let t = ticks(&log);
+    assert_consecutive(&t, "after host-a -> host-b");
+    assert!(t[0] <= 2, "the log starts on host-a: {t:?}");
+    let after = counter(&d[1].client, "mover", "cat /tmp/c").await;
+    assert!(after > still, "{still} -> {after}");
+    let on_disk = counter(&d[1].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
+    assert!(on_disk >= still && on_disk <= after + 5, "the disk holds what the guest wrote: {on_disk} ({still}..{after})");
+    assert!(vm.host_reason.as_deref().unwrap_or("").contains("1 local disk(s) copied"), "{:?}", vm.host_reason);
+
+    // One etcd member stops: the cluster goes on, the VM moves on to host-c.
+    etcd.kill(0);
+    migrate(&d[1], "mover", "host-c").await;
+    let vm = wait_state(&d[2].client, "mover", "running", Duration::from_secs(30)).await;
+    assert_eq!(vm.host.as_deref(), Some("host-c"));
+    assert!(file("c").exists() && !file("b").exists());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = String::from_utf8_lossy(&d[2].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
+    assert_consecutive(&ticks(&log), "after host-b -> host-c");
+    let on_disk = counter(&d[2].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
+    assert!(on_disk > after, "{on_disk} <= {after}");
+
+    // Rebalancing: a second VM on host-c; the plan moves one of the two away, and the leader
+    // does it once the policy says auto.
+    let mut second = kernel_spec("second", "");
+    second["host"] = json!("host-c");
+    let created = d[2].client.create_vm(&second, true).await.unwrap();
+    d[2].client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    let (code, out, err) = d[0].cli(&["cluster", "rebalance"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("host-c") && out.contains("planned") && out.contains("evens out load"), "{out}");
+    let (code, out, err) = d[0].cli(&["--output", "json", "cluster", "rebalance"]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["moves"].as_array().map(Vec::len), Some(1), "{plan}");
+    assert_eq!(plan["started"], json!([]), "only planned");
+    let (code, _, err) = d[1].cli(&["cluster", "policy", "--threshold", "1000"]);
+    assert!(code != 0 && err.contains("threshold_percent"), "{err}");
+    let (code, out, err) = d[1].cli(&["cluster", "policy", "--rebalance", "auto", "--interval", "1", "--max-migrations", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let start = Instant::now();
+    let moved = loop {
+        let vms = d[0].client.list_vms().await.unwrap();
+        let on_c = vms.iter().filter(|v| v.host.as_deref() == Some("host-c")).count();
+        let running = vms.iter().filter(|v| v.status.state.as_str() == "running").count();
+        if on_c == 1 && running == 2 {
+            break vms.into_iter().find(|v| v.host.as_deref() != Some("host-c")).unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "no rebalancing: {}\n{}", d[2].log(), d[0].log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!("rebalanced: {} to {:?}", moved.spec.name, moved.host);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, out, _) = d[0].cli(&["--output", "json", "cluster", "rebalance"]);
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["moves"], json!([]), "balanced now: {plan}");
+    for vm in ["mover", "second"] {
+        let owner = d[0].client.get_vm(vm).await.unwrap().host.unwrap();
+        let i = names.iter().position(|h| *h == owner).unwrap();
+        d[i].client.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();
+    }
+}
