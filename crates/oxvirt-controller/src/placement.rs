@@ -6,7 +6,10 @@
 use crate::{ControlError, Controller};
 use oxvirt_model::{ClusterPolicy, Migration, MigrationState, PlacementStrategy, RebalanceMode, Vm, VmSpec};
 use oxvirt_scheduler::{Cluster, Host, Move, Placed, Policy, Request, Strategy};
-use oxvirt_store::{Expect, StoreExt};
+use oxvirt_store::{Expect, Op, StoreExt};
+
+/// Counts placements; each one's transaction expects the count it read (see `create_vm`).
+pub(crate) const PLACEMENT_COUNTER: &str = "cluster/placements";
 
 /// A rebalancing plan and what was done with it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -45,6 +48,20 @@ fn request_of(spec: &VmSpec) -> Request {
 }
 
 impl Controller {
+    /// In a cluster: the write that takes the next placement turn, expecting the counter as it
+    /// is now.
+    pub(crate) fn placement_counter(&self) -> Result<Option<Op>, ControlError> {
+        if self.host_name().is_none() {
+            return Ok(None);
+        }
+        let now = self.inner.store.get(PLACEMENT_COUNTER)?;
+        let (n, expect) = match &now {
+            Some(e) => (String::from_utf8_lossy(&e.value).parse::<u64>().unwrap_or(0), Expect::Revision(e.revision)),
+            None => (0, Expect::Absent),
+        };
+        Ok(Some(Op::Put { key: PLACEMENT_COUNTER.into(), value: (n + 1).to_string().into_bytes(), expect }))
+    }
+
     pub fn cluster_policy(&self) -> Result<ClusterPolicy, ControlError> {
         Ok(self.inner.store.get_record::<ClusterPolicy>("policy")?.map(|(p, _)| p).unwrap_or_default())
     }

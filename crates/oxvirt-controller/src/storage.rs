@@ -661,7 +661,19 @@ impl Controller {
         expect: Expect,
         old: Option<&oxvirt_model::VmSpec>,
     ) -> Result<(), ControlError> {
-        let mut ops = self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?;
+        self.write_vm_with(vm, expect, old, vec![])
+    }
+
+    /// The same, with `extra` operations in the transaction.
+    pub(crate) fn write_vm_with(
+        &self,
+        vm: &Vm,
+        expect: Expect,
+        old: Option<&oxvirt_model::VmSpec>,
+        extra: Vec<Op>,
+    ) -> Result<(), ControlError> {
+        let mut ops = extra;
+        ops.extend(self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?);
         ops.extend(self.lease_ops(&vm.spec.name, old, Some(&vm.spec)));
         ops.push(Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect });
         self.inner.store.txn(ops)?;

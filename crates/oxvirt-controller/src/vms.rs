@@ -1,6 +1,7 @@
 //! VM records: create, change, delete, read. Validation against the host happens here; the
 //! rules a spec follows on its own are in the model.
 
+use crate::placement::PLACEMENT_COUNTER;
 use crate::{now_millis, ControlError, Controller};
 use oxvirt_model::{ByteSize, DesiredState, Event, ValidationError, Vm, VmSpec, VmState, VmStatus, VmUpdate};
 use oxvirt_store::{Expect, StoreError, StoreExt};
@@ -53,36 +54,53 @@ impl Controller {
         self.prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
         self.check_quota(&spec)?;
-        let placed = self.place_vm(&spec)?;
-        let now = now_millis();
-        let vm = Vm {
-            id,
-            uid: None,
-            host: placed.as_ref().map(|p| p.0.clone()),
-            host_reason: placed.map(|p| p.1),
-            spec,
-            desired: DesiredState::Stopped,
-            status: VmStatus {
-                state: VmState::Stopped,
-                changed_at: now,
-                reason: "created".into(),
-                ..Default::default()
-            },
-            created_at: now,
+        // In a cluster, placements are serialized: each one's transaction expects the placement
+        // counter it read, so two hosts placing at once never both spend the same room (the
+        // loser places again, seeing the winner's VM).
+        let mut tries = 0;
+        let vm = loop {
+            let counter = self.placement_counter()?;
+            let placed = self.place_vm(&spec)?;
+            let now = now_millis();
+            let vm = Vm {
+                id: id.clone(),
+                uid: None,
+                host: placed.as_ref().map(|p| p.0.clone()),
+                host_reason: placed.as_ref().map(|p| p.1.clone()),
+                spec: spec.clone(),
+                desired: DesiredState::Stopped,
+                status: VmStatus {
+                    state: VmState::Stopped,
+                    changed_at: now,
+                    reason: "created".into(),
+                    ..Default::default()
+                },
+                created_at: now,
+            };
+            if self.inner.store.get_record::<Vm>(&vm.spec.name)?.is_some() {
+                return Err(exists(&vm.spec.name));
+            }
+            let extra = match (&placed, counter) {
+                (Some(_), Some(c)) => vec![c],
+                _ => vec![],
+            };
+            match self.write_vm_with(&vm, Expect::Absent, None, extra) {
+                Ok(()) => break vm,
+                Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
+                    return Err(exists(&vm.spec.name))
+                }
+                Err(ControlError::Store(StoreError::Conflict { key, .. }))
+                    if key.ends_with(PLACEMENT_COUNTER) && tries < 10 =>
+                {
+                    tries += 1;
+                }
+                Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
+                    return Err(ControlError::Conflict(format!("{key} changed meanwhile; try again")))
+                }
+                Err(e) => return Err(e),
+            }
         };
-        if self.inner.store.get_record::<Vm>(&vm.spec.name)?.is_some() {
-            return Err(exists(&vm.spec.name));
-        }
-        match self.write_vm_with_claims(&vm, Expect::Absent, None) {
-            Ok(()) => {}
-            Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
-                return Err(exists(&vm.spec.name))
-            }
-            Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
-                return Err(ControlError::Conflict(format!("{key} changed meanwhile; try again")))
-            }
-            Err(e) => return Err(e),
-        }
+        let now = vm.created_at;
         self.inner.emit(Event::VmLifecycle { vm: vm.spec.name.clone(), action: "created".into(), time: now });
         Ok(vm)
     }

@@ -59,6 +59,8 @@ pub struct Daemon {
     config: String,
     /// The network namespace the daemon runs in (a "host" of a network test), if any.
     netns: Option<String>,
+    /// Arguments after `--data-dir DIR`.
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -77,7 +79,19 @@ impl Daemon {
         let config = Self::full_config(config);
         std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
         let client = Client::new(data_dir.path().join("oxvirtd.sock"));
-        let mut d = Daemon { data_dir, child: None, client, config, netns: None };
+        let mut d = Daemon { data_dir, child: None, client, config, netns: None, args: vec![] };
+        d.spawn();
+        d
+    }
+
+    /// A daemon started with these arguments too (e.g. `--join`).
+    pub fn start_with_args(config: &str, args: &[&str]) -> Daemon {
+        let data_dir = tempfile::Builder::new().prefix("oxv").tempdir_in("/tmp").expect("tempdir");
+        let config = Self::full_config(config);
+        std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
+        let client = Client::new(data_dir.path().join("oxvirtd.sock"));
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut d = Daemon { data_dir, child: None, client, config, netns: None, args };
         d.spawn();
         d
     }
@@ -89,7 +103,7 @@ impl Daemon {
         let config = Self::full_config(config);
         std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
         let client = Client::new(data_dir.path().join("oxvirtd.sock"));
-        let mut d = Daemon { data_dir, child: None, client, config, netns: Some(ns.name.clone()) };
+        let mut d = Daemon { data_dir, child: None, client, config, netns: Some(ns.name.clone()), args: vec![] };
         d.spawn();
         d
     }
@@ -115,6 +129,7 @@ impl Daemon {
         let child = cmd
             .arg("--data-dir")
             .arg(self.path())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -72,15 +72,17 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Placement by policy: an anti-affinity group spreads over the three hosts and a fourth
-    // member has nowhere to go; an affinity group stays together. Nothing is started.
-    let mut seen = std::collections::BTreeSet::new();
-    for i in 0..3 {
+    // Placement by policy: an anti-affinity group spreads over the three hosts, even when its
+    // members are created at once through the three hosts (placements are serialized), and a
+    // fourth member has nowhere to go; an affinity group stays together. Nothing is started.
+    let creates = (0..3).map(|i| {
         let mut s = kernel_spec(&format!("db{i}"), "");
         s["anti_affinity"] = json!("db");
-        let vm = d[i].client.create_vm(&s, false).await.unwrap().vm;
-        seen.insert(vm.host.unwrap());
-    }
+        let c = &d[i].client;
+        async move { c.create_vm(&s, false).await.unwrap().vm }
+    });
+    let seen: std::collections::BTreeSet<String> =
+        futures_util::future::join_all(creates).await.into_iter().filter_map(|v| v.host).collect();
     assert_eq!(seen.len(), 3, "{seen:?}");
     let mut s = kernel_spec("db3", "");
     s["anti_affinity"] = json!("db");

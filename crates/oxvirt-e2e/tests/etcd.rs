@@ -226,6 +226,38 @@ async fn two_daemons_are_two_hosts_of_one_cluster() {
     assert!(!out.contains("host-a") && out.contains("host-b") && out.contains("leader"), "{out}");
 }
 
+/// `oxvirtd --join ENDPOINTS` makes a host a member in one command; a host with VMs of its own
+/// is refused (they would be left behind) and stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_joins_with_one_flag_and_only_when_empty() {
+    let cluster = EtcdCluster::start(1);
+    let eps = cluster.endpoints().join(",");
+    let mut local = Daemon::start();
+    local.client.create_vm(&kernel_spec("mine", ""), false).await.unwrap();
+    local.terminate();
+    let out = std::process::Command::new(bin("oxvirtd"))
+        .arg("--data-dir")
+        .arg(local.path())
+        .args(["--join", &eps, "--host-name", "host-j"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("has VM(s) mine in its own store"), "{err}");
+    let bad = std::process::Command::new(bin("oxvirtd"))
+        .args(["--data-dir", "/tmp/oxv-nowhere", "--join", "10.0.0.1:2379"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--join: store.etcd_endpoints"), "{err}");
+    local.restart();
+    assert_eq!(local.client.get_vm("mine").await.unwrap().spec.name, "mine", "still a host of its own");
+
+    let joined = Daemon::start_with_args("stop_timeout_secs = 5\n", &["--join", &eps, "--host-name", "host-j"]);
+    let (code, out, err) = joined.cli(&["cluster", "hosts"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("host-j") && out.contains("online"), "{out}");
+}
+
 fn counter(out: &str) -> u64 {
     out.rsplit("CTR-")
         .next()
