@@ -231,3 +231,89 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
         d[i].client.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();
     }
 }
+
+fn check(cmd: &str) -> String {
+    format!("{cmd} >/dev/null 2>&1 && echo R-$((6*7))-OK || echo R-$((6*7))-NO")
+}
+
+/// Two hosts in network namespaces of their own (linked like two machines; etcd runs in the
+/// first): a VM on a nat network migrates and its network follows it — the target makes the
+/// network it had not made, with the same gateway (address and MAC), the VM keeps its address and
+/// reaches its gateway; the source's TAP device goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrating_vm_takes_its_network_along() {
+    let ha = Netns::new("ha");
+    let hb = Netns::new("hb");
+    ha.link("m0", "10.77.0.1/24", &hb, "m0", "10.77.0.2/24");
+    let etcd_dir = tempfile::tempdir_in("/tmp").unwrap();
+    let ep = "http://10.77.0.1:2379";
+    let log = std::fs::File::create(etcd_dir.path().join("etcd.log")).unwrap();
+    let mut etcd = std::process::Command::new("ip")
+        .args(["netns", "exec", &ha.name, "etcd", "--name=m0"])
+        .arg(format!("--data-dir={}", etcd_dir.path().join("m0").display()))
+        .args([
+            &format!("--listen-client-urls={ep}"),
+            &format!("--advertise-client-urls={ep}"),
+            "--listen-peer-urls=http://10.77.0.1:2380",
+            "--initial-advertise-peer-urls=http://10.77.0.1:2380",
+            "--initial-cluster=m0=http://10.77.0.1:2380",
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while ha.try_run(&["etcdctl", "--endpoints", ep, "endpoint", "health"]).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "etcd in {} did not start", ha.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let config = |host: &str, ip: &str| {
+        format!(
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{ep}\"]\nhost_name = \"{host}\"\naddress = \"{ip}:8443\"\nmember_ttl_secs = 3\n"
+        )
+    };
+    let a = Daemon::start_in_netns(&ha, &config("host-a", "10.77.0.1"));
+    let b = Daemon::start_in_netns(&hb, &config("host-b", "10.77.0.2"));
+    let _: oxvirt_model::NetworkView =
+        a.client.post("/api/v1/networks", &json!({ "name": "lan", "kind": "nat", "subnet": "10.98.0.0/24" })).await.unwrap();
+    let bridge = |ns: &Netns| ns.links().into_iter().find(|l| l.starts_with("oxb"));
+    let br = bridge(&ha).expect("host-a made the network");
+    assert_eq!(bridge(&hb), None, "host-b has not made it yet");
+
+    let mut spec = kernel_spec("roamer", "");
+    spec["host"] = json!("host-a");
+    spec["nics"] = json!([{ "network": "lan" }]);
+    let created = a.client.create_vm(&spec, true).await.unwrap();
+    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    let vm = a.client.get_vm("roamer").await.unwrap();
+    let ip = vm.spec.nics[0].ip.unwrap().to_string();
+    wait_console(&a.client, "roamer", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(&a.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK").await;
+    run_in_guest(&a.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
+    assert!(ha.links().iter().any(|l| l.starts_with("oxv")), "host-a has its TAP device");
+
+    let (code, out, err) = a.cli(&["vm", "migrate", "roamer", "--to", "host-b"]);
+    assert_eq!(code, 0, "{out}{err}\n{}\n{}", a.log(), b.log());
+    wait_state(&b.client, "roamer", "running", Duration::from_secs(30)).await;
+    assert_eq!(bridge(&hb).as_deref(), Some(br.as_str()), "host-b made the network");
+    let mac = |ns: &Netns| ns.run(&["cat", &format!("/sys/class/net/{br}/address")]);
+    assert_eq!(mac(&ha), mac(&hb), "one gateway MAC on every host");
+    assert!(hb.links().iter().any(|l| l.starts_with("oxv")), "host-b has the TAP device");
+    let start = Instant::now();
+    while ha.links().iter().any(|l| l.starts_with("oxv")) {
+        assert!(start.elapsed() < Duration::from_secs(10), "host-a kept the TAP device: {:?}", ha.links());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Same address, and the gateway (now host-b's) answers; DHCP there knows the VM's lease.
+    run_in_guest(&b.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK").await;
+    run_in_guest(&b.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
+    let leases: Vec<oxvirt_model::LeaseView> = b.client.get("/api/v1/networks/lan/leases").await.unwrap();
+    assert!(leases.iter().any(|l| l.lease.ip.to_string() == ip), "{leases:?}");
+    b.client.vm_action_wait("roamer", "kill", Duration::from_secs(30)).await.unwrap();
+    drop(b);
+    drop(a);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}

@@ -163,6 +163,8 @@ impl Controller {
         let _ = instance.kill().await;
         *lock(&self.inner.slot(name).instance) = None;
         disks::remove_copies(&my_files);
+        // Its NICs' TAP devices and rules here go; the target made its own.
+        self.release_network(&vm.id, &vm.spec);
         Ok(format!("on {} now: {how}", req.to))
     }
 

@@ -58,6 +58,9 @@ impl Controller {
                         // Its QEMU's exit removes what it had (its cgroup, once empty).
                         let _ = i.instance.kill().await;
                         disks::remove_copies(&i.copies);
+                        if let Ok(vm) = self.get_vm(&m.vm) {
+                            self.release_network(&vm.id, &vm.spec);
+                        }
                     }
                     let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 }
@@ -90,6 +93,7 @@ impl Controller {
             Ok(i) => i,
             Err(e) => {
                 disks::remove_copies(&copies);
+                self.release_network(&vm.id, &vm.spec);
                 return Err(e);
             }
         };

@@ -68,9 +68,20 @@ pub(crate) fn delete(dev: &str) -> Result<(), HostCmdError> {
 }
 
 /// A bridge with an MTU and, when given, an address; up. Made only if missing, fixed if it drifted.
-pub(crate) fn ensure_bridge(name: &str, mtu: u32, addr: Option<(Ipv4Addr, u8)>) -> Result<(), HostCmdError> {
+pub(crate) fn ensure_bridge(
+    name: &str,
+    mtu: u32,
+    addr: Option<(Ipv4Addr, u8)>,
+    mac: Option<&str>,
+) -> Result<(), HostCmdError> {
     if !exists(name) {
         ip(&["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+    }
+    if let Some(mac) = mac {
+        let now = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap_or_default();
+        if now.trim() != mac {
+            ip(&["link", "set", name, "address", mac])?;
+        }
     }
     let mtu_s = mtu.to_string();
     if mtu_of(name) != Some(mtu) {

@@ -59,6 +59,15 @@ pub fn bridge_of(net: &Network) -> String {
     }
 }
 
+/// The MAC address of a network's gateway: one per network, the same on every host (an anycast
+/// gateway), so a VM that migrates finds its gateway at the address it knows. Locally
+/// administered (`02:`), apart from VMs' `52:54:00`.
+pub fn gateway_mac(net: &Network) -> String {
+    let id = short_id(&net.id);
+    let b = |i: usize| id.get(i..i + 2).unwrap_or("00").to_string();
+    format!("02:6f:78:{}:{}:{}", b(0), b(2), b(4))
+}
+
 pub fn vxlan_of(net: &Network) -> String {
     format!("oxx{}", short_id(&net.id))
 }
@@ -208,7 +217,8 @@ impl Controller {
         let mtu = spec.mtu();
         self.record_object(&bridge, "bridge", name)?;
         let addr = spec.gateway().zip(spec.subnet.map(|s| s.prefix));
-        links::ensure_bridge(&bridge, mtu, addr)?;
+        let mac = addr.map(|_| gateway_mac(net));
+        links::ensure_bridge(&bridge, mtu, addr, mac.as_deref())?;
         if let Some(vx) = &spec.vxlan {
             let dev = vxlan_of(net);
             self.record_object(&dev, "vxlan", name)?;

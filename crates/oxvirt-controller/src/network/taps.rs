@@ -111,6 +111,17 @@ impl Controller {
         spec: &VmSpec,
         owner: Option<u32>,
     ) -> Result<VmSpec, ControlError> {
+        // A network this host has not made yet (created on another host of the cluster, or a
+        // VM migrating here) is made now: networks follow their VMs.
+        for nic in spec.nics.iter().filter(|n| n.mode == NicMode::Network) {
+            let Some(name) = nic.network.as_deref() else { continue };
+            let Some((net, _)) = self.inner.store.get_record::<Network>(name)? else { continue };
+            if !links::is_bridge(&bridge_of(&net)) {
+                let _net = self.inner.net_lock.lock().await;
+                tracing::info!(network = name, "making the network on this host for a VM");
+                self.ensure_network(&net)?;
+            }
+        }
         let mut out = spec.clone();
         let mut made: Vec<usize> = Vec::new();
         let mut result = Ok(());
