@@ -23,7 +23,10 @@ async fn policy(State(c): State<Controller>) -> ApiResult<Json<oxvirt_model::Clu
     Ok(Json(c.cluster_policy()?))
 }
 
-async fn set_policy(State(c): State<Controller>, body: axum::body::Bytes) -> ApiResult<Json<oxvirt_model::ClusterPolicy>> {
+async fn set_policy(
+    State(c): State<Controller>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<oxvirt_model::ClusterPolicy>> {
     let p: oxvirt_model::ClusterPolicy = crate::body::parse(&body)?;
     Ok(Json(c.set_cluster_policy(p)?))
 }

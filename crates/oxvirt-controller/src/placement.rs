@@ -75,7 +75,9 @@ impl Controller {
 
     fn in_cluster(&self) -> Result<String, ControlError> {
         self.host_name().ok_or_else(|| {
-            ControlError::Conflict("this host is not in a cluster (the store is SQLite): see [store] in oxvirtd.toml".into())
+            ControlError::Conflict(
+                "this host is not in a cluster (the store is SQLite): see [store] in oxvirtd.toml".into(),
+            )
         })
     }
 
@@ -149,7 +151,8 @@ impl Controller {
         self.in_cluster()?;
         let policy = self.cluster_policy()?;
         let (hosts, placed, sched) = self.scheduler_view()?;
-        let running: Vec<Migration> = self.inner.store.list_records::<Migration>()?.into_iter().map(|(m, _)| m).collect();
+        let running: Vec<Migration> =
+            self.inner.store.list_records::<Migration>()?.into_iter().map(|(m, _)| m).collect();
         // Only running VMs move; those migrating already stay out of the plan.
         let vms = self.list_vms()?;
         let movable: Vec<Placed> = placed

@@ -69,7 +69,8 @@ impl Controller {
         spec.validate()?;
         let me = self.host_name();
         let dir = Path::new(spec.path_on(me.as_deref()));
-        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| Path::new(p.spec.path_on(me.as_deref())) == dir) {
+        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| Path::new(p.spec.path_on(me.as_deref())) == dir)
+        {
             return Err(ControlError::invalid("path", format!("{} is already a pool's directory", dir.display())));
         }
         if dir.starts_with(self.inner.config.data_dir.join("run")) {
@@ -77,7 +78,9 @@ impl Controller {
         }
         match std::fs::symlink_metadata(dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(ControlError::invalid("path", format!("{} exists and is not a directory", dir.display()))),
+            Ok(_) => {
+                return Err(ControlError::invalid("path", format!("{} exists and is not a directory", dir.display())))
+            }
             Err(_) => std::fs::create_dir_all(dir)
                 .map_err(|e| ControlError::invalid("path", format!("cannot create {}: {e}", dir.display())))?,
         }

@@ -65,7 +65,9 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     loop {
         let v = hosts_json(&d[0]);
         let all = v.as_array().cloned().unwrap_or_default();
-        if all.iter().filter(|h| h["online"] == true).count() == 3 && all.iter().filter(|h| h["leader"] == true).count() == 1 {
+        if all.iter().filter(|h| h["online"] == true).count() == 3
+            && all.iter().filter(|h| h["leader"] == true).count() == 1
+        {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "{v}");
@@ -105,8 +107,15 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let at = |h: &str| dir.path().join(h).to_string_lossy().into_owned();
     let (code, out, err) = d[0].cli(&[
-        "pool", "create", "local", "--path", &at("a"),
-        "--host-path", &format!("host-b={}", at("b")), "--host-path", &format!("host-c={}", at("c")),
+        "pool",
+        "create",
+        "local",
+        "--path",
+        &at("a"),
+        "--host-path",
+        &format!("host-b={}", at("b")),
+        "--host-path",
+        &format!("host-c={}", at("c")),
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = d[0].cli(&["volume", "create", "local/data", "--size", "16MiB"]);
@@ -176,7 +185,10 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     let after = counter(&d[1].client, "mover", "cat /tmp/c").await;
     assert!(after > still, "{still} -> {after}");
     let on_disk = counter(&d[1].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
-    assert!(on_disk >= still && on_disk <= after + 5, "the disk holds what the guest wrote: {on_disk} ({still}..{after})");
+    assert!(
+        on_disk >= still && on_disk <= after + 5,
+        "the disk holds what the guest wrote: {on_disk} ({still}..{after})"
+    );
     assert!(vm.host_reason.as_deref().unwrap_or("").contains("1 local disk(s) copied"), "{:?}", vm.host_reason);
 
     // One etcd member stops: the cluster goes on, the VM moves on to host-c.
@@ -207,7 +219,8 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     assert_eq!(plan["started"], json!([]), "only planned");
     let (code, _, err) = d[1].cli(&["cluster", "policy", "--threshold", "1000"]);
     assert!(code != 0 && err.contains("threshold_percent"), "{err}");
-    let (code, out, err) = d[1].cli(&["cluster", "policy", "--rebalance", "auto", "--interval", "1", "--max-migrations", "1"]);
+    let (code, out, err) =
+        d[1].cli(&["cluster", "policy", "--rebalance", "auto", "--interval", "1", "--max-migrations", "1"]);
     assert_eq!(code, 0, "{out}{err}");
     let start = Instant::now();
     let moved = loop {
@@ -276,8 +289,11 @@ async fn a_migrating_vm_takes_its_network_along() {
     };
     let a = Daemon::start_in_netns(&ha, &config("host-a", "10.77.0.1"));
     let b = Daemon::start_in_netns(&hb, &config("host-b", "10.77.0.2"));
-    let _: oxvirt_model::NetworkView =
-        a.client.post("/api/v1/networks", &json!({ "name": "lan", "kind": "nat", "subnet": "10.98.0.0/24" })).await.unwrap();
+    let _: oxvirt_model::NetworkView = a
+        .client
+        .post("/api/v1/networks", &json!({ "name": "lan", "kind": "nat", "subnet": "10.98.0.0/24" }))
+        .await
+        .unwrap();
     let bridge = |ns: &Netns| ns.links().into_iter().find(|l| l.starts_with("oxb"));
     let br = bridge(&ha).expect("host-a made the network");
     assert_eq!(bridge(&hb), None, "host-b has not made it yet");
@@ -290,7 +306,8 @@ async fn a_migrating_vm_takes_its_network_along() {
     let vm = a.client.get_vm("roamer").await.unwrap();
     let ip = vm.spec.nics[0].ip.unwrap().to_string();
     wait_console(&a.client, "roamer", READY, 1, BOOT_TIMEOUT).await;
-    run_in_guest(&a.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK").await;
+    run_in_guest(&a.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK")
+        .await;
     run_in_guest(&a.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
     assert!(ha.links().iter().any(|l| l.starts_with("oxv")), "host-a has its TAP device");
 
@@ -307,7 +324,8 @@ async fn a_migrating_vm_takes_its_network_along() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Same address, and the gateway (now host-b's) answers; DHCP there knows the VM's lease.
-    run_in_guest(&b.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK").await;
+    run_in_guest(&b.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK")
+        .await;
     run_in_guest(&b.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
     let leases: Vec<oxvirt_model::LeaseView> = b.client.get("/api/v1/networks/lan/leases").await.unwrap();
     assert!(leases.iter().any(|l| l.lease.ip.to_string() == ip), "{leases:?}");

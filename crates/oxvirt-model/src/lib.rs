@@ -24,10 +24,10 @@ mod token;
 mod vm;
 
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
+pub use cluster::{ClusterPolicy, PlacementStrategy, RebalanceMode};
 pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;
-pub use cluster::{ClusterPolicy, PlacementStrategy, RebalanceMode};
 pub use migration::{MigrateRequest, Migration, MigrationState};
 pub use name::validate_name;
 pub use network::{

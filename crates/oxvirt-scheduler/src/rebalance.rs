@@ -35,7 +35,10 @@ impl State<'_> {
     }
 
     fn caps(&self, h: &Host) -> (f64, f64) {
-        ((h.memory as f64 * self.policy.memory_overcommit).max(1.0), (f64::from(h.cpus) * self.policy.cpu_overcommit).max(1.0))
+        (
+            (h.memory as f64 * self.policy.memory_overcommit).max(1.0),
+            (f64::from(h.cpus) * self.policy.cpu_overcommit).max(1.0),
+        )
     }
 
     fn load(&self, i: usize) -> f64 {
@@ -76,7 +79,12 @@ impl State<'_> {
         self.hosts[from].used_vcpus = self.hosts[from].used_vcpus.saturating_sub(r.vcpus);
         self.hosts[to].used_memory += r.memory;
         self.hosts[to].used_vcpus += r.vcpus;
-        let m = Move { vm: r.name, from: self.hosts[from].name.clone(), to: self.hosts[to].name.clone(), reason: String::new() };
+        let m = Move {
+            vm: r.name,
+            from: self.hosts[from].name.clone(),
+            to: self.hosts[to].name.clone(),
+            reason: String::new(),
+        };
         self.vms[k].host = self.hosts[to].name.clone();
         m
     }
@@ -158,7 +166,8 @@ fn plan_pack(st: &mut State, max_moves: usize) -> Vec<Move> {
             let saved = (st.hosts.clone(), st.vms.clone());
             let mut moves = Vec::new();
             for k in movable {
-                let mut targets: Vec<usize> = used.iter().copied().filter(|&t| t != from && st.fits(&st.vms[k].request, t)).collect();
+                let mut targets: Vec<usize> =
+                    used.iter().copied().filter(|&t| t != from && st.fits(&st.vms[k].request, t)).collect();
                 targets.sort_by(|&a, &b| st.load(b).total_cmp(&st.load(a)));
                 let Some(&to) = targets.first() else { break };
                 let mut m = st.apply(k, to);
@@ -203,7 +212,10 @@ mod tests {
         let h = hosts.iter_mut().find(|h| h.name == at).unwrap();
         h.used_memory += mem_gib * GIB;
         h.used_vcpus += 1;
-        Placed { request: Request { name: name.into(), vcpus: 1, memory: mem_gib * GIB, ..Default::default() }, host: at.into() }
+        Placed {
+            request: Request { name: name.into(), vcpus: 1, memory: mem_gib * GIB, ..Default::default() },
+            host: at.into(),
+        }
     }
 
     fn policy(strategy: Strategy) -> Policy {

@@ -122,7 +122,8 @@ impl Config {
     /// `name` when given; checked as the config file is.
     pub fn join(mut self, endpoints: &str, name: Option<String>) -> Result<Self, String> {
         self.store.backend = "etcd".into();
-        self.store.etcd_endpoints = endpoints.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        self.store.etcd_endpoints =
+            endpoints.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
         if name.is_some() {
             self.store.host_name = name;
         }

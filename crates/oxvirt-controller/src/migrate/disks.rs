@@ -43,7 +43,9 @@ impl Controller {
             if let Some(base) = &vol.backing {
                 return Err(ControlError::invalid(
                     field,
-                    format!("volume {r} is a linked clone of {base}, which stays on this host: it cannot be copied alone"),
+                    format!(
+                        "volume {r} is a linked clone of {base}, which stays on this host: it cannot be copied alone"
+                    ),
                 ));
             }
             out.push(LocalDisk {
@@ -61,7 +63,8 @@ impl Controller {
     pub(crate) fn local_disk_file(&self, d: &LocalDisk) -> Result<PathBuf, ControlError> {
         let pool = self.pool_rec(&d.pool)?;
         let dir = self.pool_dir(&pool);
-        std::fs::create_dir_all(&dir).map_err(|e| ControlError::Host(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ControlError::Host(format!("cannot create {}: {e}", dir.display())))?;
         self.volume_file(&pool, &d.volume, d.format)
     }
 }
@@ -89,7 +92,12 @@ pub(crate) fn remove_copies(files: &[PathBuf]) {
 }
 
 /// Target: serves the copies, writable, on `ip:port` (an export per disk, named by its id).
-pub(crate) async fn serve(instance: &dyn Instance, ip: &str, port: u16, disks: &[LocalDisk]) -> Result<(), ControlError> {
+pub(crate) async fn serve(
+    instance: &dyn Instance,
+    ip: &str,
+    port: u16,
+    disks: &[LocalDisk],
+) -> Result<(), ControlError> {
     // nbd-server-start takes the legacy address form (the data nested).
     let addr = json!({ "type": "inet", "data": { "host": ip, "port": port.to_string() } });
     instance.command("nbd-server-start", json!({ "addr": addr })).await?;
@@ -132,7 +140,10 @@ pub(crate) async fn start_mirrors(instance: &dyn Instance, nbd: &str, disks: &[L
 }
 
 /// Our mirror jobs as QEMU reports them: (job id, ready, bytes done, bytes to do).
-async fn mirror_jobs(instance: &dyn Instance, disks: &[LocalDisk]) -> Result<Vec<(String, bool, u64, u64)>, ControlError> {
+async fn mirror_jobs(
+    instance: &dyn Instance,
+    disks: &[LocalDisk],
+) -> Result<Vec<(String, bool, u64, u64)>, ControlError> {
     let ours: Vec<String> = disks.iter().map(|d| mirror_name(&d.id)).collect();
     let jobs: Value = instance.command("query-block-jobs", Value::Null).await?;
     Ok(jobs
@@ -142,7 +153,12 @@ async fn mirror_jobs(instance: &dyn Instance, disks: &[LocalDisk]) -> Result<Vec
         .filter_map(|j| {
             let id = j["device"].as_str()?.to_string();
             ours.contains(&id).then(|| {
-                (id, j["ready"].as_bool().unwrap_or(false), j["offset"].as_u64().unwrap_or(0), j["len"].as_u64().unwrap_or(0))
+                (
+                    id,
+                    j["ready"].as_bool().unwrap_or(false),
+                    j["offset"].as_u64().unwrap_or(0),
+                    j["len"].as_u64().unwrap_or(0),
+                )
             })
         })
         .collect())
@@ -157,7 +173,9 @@ pub(crate) async fn wait_in_sync(
     loop {
         let jobs = mirror_jobs(instance, disks).await?;
         if jobs.len() < disks.len() {
-            return Err(ControlError::Conflict("a disk mirror stopped before it was in sync (the target went away?)".into()));
+            return Err(ControlError::Conflict(
+                "a disk mirror stopped before it was in sync (the target went away?)".into(),
+            ));
         }
         let (done, total) = jobs.iter().fold((0, 0), |(a, b), j| (a + j.2, b + j.3));
         progress(done, total);

@@ -36,7 +36,13 @@ impl Controller {
     /// A migration the cluster's rebalancing asked for (record `rev`), started by this host, the
     /// VM's; one that cannot start is dropped (the next plan sees the cluster as it is).
     pub(crate) fn start_asked(&self, m: &Migration, rev: u64) {
-        let req = MigrateRequest { to: m.target.clone(), downtime_ms: 100, bandwidth_mibs: 0, auto_converge: true, postcopy: false };
+        let req = MigrateRequest {
+            to: m.target.clone(),
+            downtime_ms: 100,
+            bandwidth_mibs: 0,
+            auto_converge: true,
+            postcopy: false,
+        };
         if let Err(e) = self.begin_migration(&m.vm, req, Expect::Revision(rev)) {
             tracing::warn!(vm = %m.vm, to = %m.target, "rebalancing asked for a migration that cannot start: {e}");
             let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Revision(rev));
@@ -64,7 +70,10 @@ impl Controller {
         let target = self.usable_host("to", &req.to)?;
         let local = self.local_disks(&vm.spec)?;
         if req.postcopy && !local.is_empty() {
-            return Err(ControlError::invalid("postcopy", "not with local disks: they are copied before the switch-over"));
+            return Err(ControlError::invalid(
+                "postcopy",
+                "not with local disks: they are copied before the switch-over",
+            ));
         }
         let m = Migration {
             vm: name.into(),
@@ -181,7 +190,8 @@ impl Controller {
         let mem_from = if local.is_empty() {
             10
         } else {
-            let nbd = ready.nbd.as_deref().ok_or_else(|| ControlError::Conflict("the target serves no disks".into()))?;
+            let nbd =
+                ready.nbd.as_deref().ok_or_else(|| ControlError::Conflict("the target serves no disks".into()))?;
             task.progress(8, &format!("copying {} local disk(s) to {}", local.len(), req.to));
             disks::start_mirrors(instance, nbd, local).await?;
             disks::wait_in_sync(instance, local, |done, total| {

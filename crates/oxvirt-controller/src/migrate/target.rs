@@ -118,7 +118,11 @@ impl Controller {
         Ok(())
     }
 
-    async fn start_incoming(&self, vm: &oxvirt_model::Vm, uri: &str) -> Result<(Arc<dyn Instance>, String), ControlError> {
+    async fn start_incoming(
+        &self,
+        vm: &oxvirt_model::Vm,
+        uri: &str,
+    ) -> Result<(Arc<dyn Instance>, String), ControlError> {
         let with_mtu = self.prepare_network(&vm.id, &vm.spec, vm.uid).await?;
         self.prepare_storage(&vm.id, &vm.spec).await?;
         let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
