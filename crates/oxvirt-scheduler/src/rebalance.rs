@@ -6,6 +6,7 @@
 //! A host's load is the larger of its memory and vCPU shares under the over-commit ratios.
 
 use crate::{Host, Policy, Request, Strategy};
+use std::collections::HashMap;
 
 /// A VM where it runs now.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -23,15 +24,36 @@ pub struct Move {
     pub reason: String,
 }
 
+#[derive(Clone)]
 struct State<'a> {
     hosts: Vec<Host>,
     vms: Vec<Placed>,
     policy: &'a Policy,
+    /// Each VM's host (index), and each host's VMs.
+    host_of: Vec<usize>,
+    on_host: Vec<Vec<usize>>,
+    /// How many VMs of each anti-affinity group each host holds.
+    groups: HashMap<(usize, String), u32>,
 }
 
-impl State<'_> {
-    fn idx(&self, name: &str) -> Option<usize> {
-        self.hosts.iter().position(|h| h.name == name)
+impl<'a> State<'a> {
+    fn new(hosts: Vec<Host>, vms: Vec<Placed>, policy: &'a Policy) -> State<'a> {
+        let index: HashMap<&str, usize> = hosts.iter().enumerate().map(|(i, h)| (h.name.as_str(), i)).collect();
+        let mut on_host = vec![Vec::new(); hosts.len()];
+        let mut host_of = Vec::with_capacity(vms.len());
+        let mut groups = HashMap::new();
+        for (k, v) in vms.iter().enumerate() {
+            // A VM on a host the plan does not know stays out of it.
+            let i = index.get(v.host.as_str()).copied().unwrap_or(usize::MAX);
+            host_of.push(i);
+            if i != usize::MAX {
+                on_host[i].push(k);
+                if let Some(g) = &v.request.anti_affinity {
+                    *groups.entry((i, g.clone())).or_insert(0) += 1;
+                }
+            }
+        }
+        State { hosts, vms, policy, host_of, on_host, groups }
     }
 
     fn caps(&self, h: &Host) -> (f64, f64) {
@@ -41,10 +63,17 @@ impl State<'_> {
         )
     }
 
-    fn load(&self, i: usize) -> f64 {
+    /// Host `i`'s load with `mem` bytes and `vcpus` more (or less).
+    fn load_with(&self, i: usize, mem: i128, vcpus: i64) -> f64 {
         let h = &self.hosts[i];
-        let (mem, cpu) = self.caps(h);
-        (h.used_memory as f64 / mem).max(f64::from(h.used_vcpus) / cpu)
+        let (m, c) = self.caps(h);
+        let used_mem = (i128::from(h.used_memory) + mem).max(0) as f64;
+        let used_cpu = (i64::from(h.used_vcpus) + vcpus).max(0) as f64;
+        (used_mem / m).max(used_cpu / c)
+    }
+
+    fn load(&self, i: usize) -> f64 {
+        self.load_with(i, 0, 0)
     }
 
     /// Hosts that take part: online and not in maintenance (draining is maintenance's job).
@@ -61,90 +90,97 @@ impl State<'_> {
             && f64::from(h.used_vcpus + v.vcpus) <= cpu
             && v.pools.iter().all(|p| h.pools.contains(p))
             && v.networks.iter().all(|n| h.networks.contains(n))
-            && v.anti_affinity.as_ref().is_none_or(|g| {
-                !self.vms.iter().any(|o| o.host == h.name && o.request.anti_affinity.as_ref() == Some(g))
-            })
+            && v.anti_affinity.as_ref().is_none_or(|g| self.groups.get(&(to, g.clone())).copied().unwrap_or(0) == 0)
     }
 
+    /// The VMs of a host that may move alone (not in an affinity group).
     fn movable(&self, from: usize) -> Vec<usize> {
-        (0..self.vms.len())
-            .filter(|&k| self.vms[k].host == self.hosts[from].name && self.vms[k].request.affinity.is_none())
-            .collect()
+        self.on_host[from].iter().copied().filter(|&k| self.vms[k].request.affinity.is_none()).collect()
     }
 
     fn apply(&mut self, k: usize, to: usize) -> Move {
-        let from = self.idx(&self.vms[k].host).unwrap_or(to);
+        let from = self.host_of[k];
         let r = self.vms[k].request.clone();
         self.hosts[from].used_memory = self.hosts[from].used_memory.saturating_sub(r.memory);
         self.hosts[from].used_vcpus = self.hosts[from].used_vcpus.saturating_sub(r.vcpus);
         self.hosts[to].used_memory += r.memory;
         self.hosts[to].used_vcpus += r.vcpus;
-        let m = Move {
-            vm: r.name,
-            from: self.hosts[from].name.clone(),
-            to: self.hosts[to].name.clone(),
-            reason: String::new(),
-        };
-        self.vms[k].host = self.hosts[to].name.clone();
-        m
-    }
-
-    fn spread(&self) -> f64 {
-        let loads: Vec<f64> = self.active().into_iter().map(|i| self.load(i)).collect();
-        let max = loads.iter().copied().fold(0.0, f64::max);
-        let min = loads.iter().copied().fold(f64::INFINITY, f64::min);
-        if loads.is_empty() {
-            0.0
-        } else {
-            max - min
+        self.on_host[from].retain(|&x| x != k);
+        self.on_host[to].push(k);
+        self.host_of[k] = to;
+        if let Some(g) = &r.anti_affinity {
+            if let Some(n) = self.groups.get_mut(&(from, g.clone())) {
+                *n = n.saturating_sub(1);
+            }
+            *self.groups.entry((to, g.clone())).or_insert(0) += 1;
         }
+        self.vms[k].host = self.hosts[to].name.clone();
+        Move { vm: r.name, from: self.hosts[from].name.clone(), to: self.hosts[to].name.clone(), reason: String::new() }
     }
 }
 
 /// Plans at most `max_moves` migrations. `spread`: while the most and least loaded hosts differ
-/// by more than `threshold` (a share, 0..1), the move of one VM off the most loaded host that
-/// narrows that gap most. `pack`: the least used hosts are emptied onto the fullest others that
-/// take their VMs, a whole host at a time (or not at all).
+/// by more than `threshold` (a share, 0..1), the move of one VM off the most loaded host (to one
+/// of the least loaded few) that lowers the spread of loads (their standard deviation) most. `pack`: the least used hosts are emptied
+/// onto the fullest others that take their VMs, a whole host at a time (or not at all).
 pub fn plan(hosts: Vec<Host>, vms: Vec<Placed>, policy: &Policy, max_moves: usize, threshold: f64) -> Vec<Move> {
-    let mut st = State { hosts, vms, policy };
+    let mut st = State::new(hosts, vms, policy);
     match policy.strategy {
         Strategy::Spread => plan_spread(&mut st, max_moves, threshold),
         Strategy::Pack => plan_pack(&mut st, max_moves),
     }
 }
 
+/// How many of the least loaded hosts a spread move considers.
+const TARGETS: usize = 8;
+
 fn plan_spread(st: &mut State, max_moves: usize, threshold: f64) -> Vec<Move> {
+    let active = st.active();
+    let n = active.len() as f64;
     let mut out = Vec::new();
-    while out.len() < max_moves {
-        let active = st.active();
-        let Some(&busiest) = active.iter().max_by(|&&a, &&b| st.load(a).total_cmp(&st.load(b))) else { break };
-        let before = st.spread();
-        if before <= threshold {
+    while out.len() < max_moves && active.len() > 1 {
+        let mut loads: Vec<(f64, usize)> = active.iter().map(|&i| (st.load(i), i)).collect();
+        loads.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (top, busiest) = loads[loads.len() - 1];
+        let gap = top - loads[0].0;
+        if gap <= threshold {
             break;
         }
-        // The (VM, target) that leaves the smallest gap.
+        // The measure a move must lower: the standard deviation of the hosts' loads (as DRS
+        // does), which every move from a busier to an idler host lowers, however many hosts
+        // share the highest load.
+        let (sum, sumsq) = loads.iter().fold((0.0, 0.0), |(s, q), l| (s + l.0, q + l.0 * l.0));
+        let std = |sum: f64, sumsq: f64| (sumsq / n - (sum / n).powi(2)).max(0.0).sqrt();
+        let before = std(sum, sumsq);
         let mut best: Option<(f64, usize, usize)> = None;
-        for k in st.movable(busiest) {
-            for &to in active.iter().filter(|&&t| t != busiest) {
-                if !st.fits(&st.vms[k].request, to) {
+        for &(to_load, to) in loads.iter().filter(|&&(_, i)| i != busiest).take(TARGETS) {
+            for k in st.movable(busiest) {
+                let r = &st.vms[k].request;
+                if !st.fits(r, to) {
                     continue;
                 }
-                let from_load = st.load(busiest);
-                let undo = (st.hosts[busiest].clone(), st.hosts[to].clone(), st.vms[k].host.clone());
-                st.apply(k, to);
-                let after = st.spread();
+                let (mem, cpu) = (i128::from(r.memory), i64::from(r.vcpus));
+                let (from_after, to_after) = (st.load_with(busiest, -mem, -cpu), st.load_with(to, mem, cpu));
                 // A move that only swaps which host is busiest is no gain.
-                let gain = before - after;
-                let ok = st.load(to) < from_load;
-                (st.hosts[busiest], st.hosts[to], st.vms[k].host) = undo;
-                if ok && gain > 1e-6 && best.is_none_or(|(b, _, _)| after < b) {
+                if to_after >= top {
+                    continue;
+                }
+                let s2 = sum - top - to_load + from_after + to_after;
+                let q2 = sumsq - top * top - to_load * to_load + from_after * from_after + to_after * to_after;
+                let after = std(s2, q2);
+                if after < before - 1e-9 && best.is_none_or(|(b, _, _)| after < b) {
                     best = Some((after, k, to));
                 }
             }
         }
         let Some((after, k, to)) = best else { break };
         let mut m = st.apply(k, to);
-        m.reason = format!("evens out load: gap between hosts {:.0}% -> {:.0}%", before * 100.0, after * 100.0);
+        m.reason = format!(
+            "evens out load: hosts' loads {:.0}% apart, spread (std. dev.) {:.2}% -> {:.2}%",
+            gap * 100.0,
+            before * 100.0,
+            after * 100.0
+        );
         out.push(m);
     }
     out
@@ -158,12 +194,12 @@ fn plan_pack(st: &mut State, max_moves: usize) -> Vec<Move> {
         used.sort_by(|&a, &b| st.load(a).total_cmp(&st.load(b)));
         let mut emptied = false;
         for &from in &used {
-            let vms = st.vms.iter().filter(|v| v.host == st.hosts[from].name).count();
+            let vms = st.on_host[from].len();
             let movable = st.movable(from);
             if movable.len() != vms || out.len() + vms > max_moves {
                 continue;
             }
-            let saved = (st.hosts.clone(), st.vms.clone());
+            let saved = st.clone();
             let mut moves = Vec::new();
             for k in movable {
                 let mut targets: Vec<usize> =
@@ -179,7 +215,7 @@ fn plan_pack(st: &mut State, max_moves: usize) -> Vec<Move> {
                 emptied = true;
                 break;
             }
-            (st.hosts, st.vms) = saved;
+            *st = saved;
         }
         if !emptied {
             return out;
@@ -230,7 +266,7 @@ mod tests {
         assert_eq!(moves.len(), 4, "{moves:?}");
         assert!(moves.iter().all(|m| m.from == "a"));
         assert_eq!(moves.iter().filter(|m| m.to == "b").count(), 2);
-        assert!(moves[0].reason.contains("gap"));
+        assert!(moves[0].reason.contains("evens out load"), "{}", moves[0].reason);
         // A limit holds; an even cluster needs nothing.
         assert_eq!(plan(hosts.clone(), vms.clone(), &policy(Strategy::Spread), 1, 0.1).len(), 1);
         let mut even = vec![host("a"), host("b")];
