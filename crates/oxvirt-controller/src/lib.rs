@@ -156,7 +156,9 @@ impl Controller {
             tracing::error!("tasks: {e}");
         }
         self.ensure_networks().await;
+        self.recover_migrations(false).await;
         self.reconcile_all().await;
+        self.recover_migrations(true).await;
         self.remove_orphans().await;
         if let Ok(p) = self.host_policy() {
             if let Err(e) = resources::apply_ksm(p.ksm) {

@@ -335,3 +335,65 @@ async fn a_migrating_vm_takes_its_network_along() {
     let _ = etcd.kill();
     let _ = etcd.wait();
 }
+
+/// The pid in a daemon's runtime dir for a VM, once there.
+async fn wait_pidfile(d: &Daemon, vm_id: &str) -> i32 {
+    let pidfile = d.path().join("run").join(&vm_id[..13]).join("qemu.pid");
+    let start = Instant::now();
+    loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            return p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no QEMU started:\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A daemon that dies in the middle of a migration (source or target) undoes it when it comes
+/// back: the VM runs on where it was, once, and the target's QEMU is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restarting_mid_migration_undoes_it() {
+    let etcd = EtcdCluster::start(1);
+    let config = |host: &str| config(&etcd.endpoints(), host).replace("three/", "restart/");
+    let mut a = Daemon::start_with_config(&config("host-a"));
+    let mut b = Daemon::start_with_config(&config("host-b"));
+    let raw = oxvirt_store::EtcdStore::connect(&etcd.endpoints(), "restart/").unwrap();
+    let mut spec = kernel_spec("steady", "");
+    spec["host"] = json!("host-a");
+    let created = a.client.create_vm(&spec, true).await.unwrap();
+    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(&a.client, "steady", READY, 1, BOOT_TIMEOUT).await;
+    let vm = a.client.get_vm("steady").await.unwrap();
+    let pid = vm.status.pid.unwrap();
+    let slow = json!({ "to": "host-b", "bandwidth_mibs": 1 });
+
+    for restarting in ["source", "target"] {
+        let t: oxvirt_model::Task = a.client.post("/api/v1/vms/steady/migrate", &slow).await.unwrap();
+        let target_pid = wait_pidfile(&b, &vm.id).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if restarting == "source" {
+            a.respawn_after_kill9();
+        } else {
+            b.respawn_after_kill9();
+            let t = a.client.wait_task(&t.id, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(t.state, oxvirt_model::TaskState::Failed, "{t:?}");
+        }
+        let start = Instant::now();
+        while raw.get("migrations/steady").unwrap().is_some() || process_alive(target_pid as u32) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{restarting} restarted: the migration was not undone\n{}\n{}",
+                a.log(),
+                b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let now = wait_state(&a.client, "steady", "running", Duration::from_secs(30)).await;
+        assert_eq!((now.host.as_deref(), now.status.pid), (Some("host-a"), Some(pid)), "{restarting}");
+        run_in_guest(&a.client, "steady", "echo AL$((1+1))VE", "AL2VE").await;
+        let said = if restarting == "source" { a.log() } else { b.log() };
+        assert!(said.contains("migration") && said.contains("oxvirtd's restart interrupted"), "{said}");
+        let _ = std::fs::remove_file(b.path().join("run").join(&vm.id[..13]).join("qemu.pid"));
+    }
+    a.client.vm_action_wait("steady", "kill", Duration::from_secs(30)).await.unwrap();
+}

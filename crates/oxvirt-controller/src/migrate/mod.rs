@@ -17,15 +17,25 @@ pub(crate) use target::Incoming;
 use crate::tasks::TaskHandle;
 use crate::vms::busy;
 use crate::{lock, now_millis, ControlError, Controller};
+use oxvirt_hypervisor::Instance;
 use oxvirt_model::{MigrateRequest, Migration, MigrationState, Task, Vm, VmState};
 use oxvirt_store::{encode, Expect, Op, Record, StoreExt};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the target may take to get ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of the console log goes with the VM.
 const CONSOLE_HANDOVER: u64 = 256 << 10;
+
+/// The source carries on: no migration, no mirrors, the guest running again (QEMU resumes a guest
+/// it paused for the switch-over only when it got that far).
+async fn undo_on_source(instance: &dyn Instance, local: &[disks::LocalDisk]) {
+    let _ = instance.command("migrate_cancel", Value::Null).await;
+    disks::abandon_mirrors(instance, local).await;
+    let _ = instance.command("cont", Value::Null).await;
+}
 
 impl Controller {
     /// Starts a migration task; checks first what can be checked here.
@@ -138,33 +148,42 @@ impl Controller {
         };
         let vm = self.get_vm(name)?;
         let local = self.local_disks(&vm.spec)?;
-        let my_files: Vec<_> = local.iter().map(|d| self.local_disk_file(d)).collect::<Result<_, _>>()?;
         let instance = self.instance(name)?;
         let info = match self.send(&*instance, req, &ready, &local, task).await {
             Ok(info) => info,
             Err(e) => {
-                // The source carries on: no migration, no mirrors, the guest running again (QEMU
-                // resumes a guest it paused for the switch-over only when it got that far).
-                let _ = instance.command("migrate_cancel", Value::Null).await;
-                disks::abandon_mirrors(&*instance, &local).await;
-                let _ = instance.command("cont", Value::Null).await;
+                undo_on_source(&*instance, &local).await;
                 return Err(e);
             }
         };
-        // The guest is on the target now: hand the VM over, in one transaction with the record.
+        self.finish_on_source(&vm, &req.to, &instance, &local, &info).await
+    }
+
+    /// The guest runs on the target now: the VM record follows (in one transaction with the
+    /// migration's), then this host's QEMU, local disk copies, TAP devices go.
+    async fn finish_on_source(
+        &self,
+        vm: &Vm,
+        to: &str,
+        instance: &Arc<dyn Instance>,
+        local: &[disks::LocalDisk],
+        info: &Value,
+    ) -> Result<String, ControlError> {
+        let name = vm.spec.name.as_str();
+        let my_files: Vec<_> = local.iter().map(|d| self.local_disk_file(d)).collect::<Result<_, _>>()?;
         let total = info["total-time"].as_u64().unwrap_or(0);
         let downtime = info["downtime"].as_u64().unwrap_or(0);
         let console = self.console_log(name, CONSOLE_HANDOVER).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
         let mut tries = 0;
         let copied = if local.is_empty() { String::new() } else { format!(", {} local disk(s) copied", local.len()) };
         let how = format!("{total} ms in all, paused {downtime} ms{copied}");
-        while let Err(e) = self.hand_over(name, &req.to, &how, console.clone()) {
+        while let Err(e) = self.hand_over(name, to, &how, console.clone()) {
             // The guest runs on the target already: the record must follow, never the guest go back.
             tries += 1;
             if tries >= 30 {
                 return Err(e);
             }
-            tracing::warn!(vm = name, "handing the VM over to {}: {e}; trying again", req.to);
+            tracing::warn!(vm = name, "handing the VM over to {to}: {e}; trying again");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         // Our QEMU is done (paused after the switch-over): it goes, the op lock keeps its exit
@@ -174,7 +193,7 @@ impl Controller {
         disks::remove_copies(&my_files);
         // Its NICs' TAP devices and rules here go; the target made its own.
         self.release_network(&vm.id, &vm.spec);
-        Ok(format!("on {} now: {how}", req.to))
+        Ok(format!("on {to} now: {how}"))
     }
 
     /// Sends the guest (and its local disks) to the target; returns QEMU's final `query-migrate`.
@@ -243,6 +262,54 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// At start: a migration this daemon was part of when it stopped is finished (the guest had gone over: QEMU completed it alone) or undone (the VM
+    /// runs on at its source, the target's QEMU and copies go).
+    /// `as_source`: the migrations from here (once guests are re-adopted); else those to here
+    /// (before anything else, so that a half-made target is not made again).
+    pub(crate) async fn recover_migrations(&self, as_source: bool) {
+        let Some(me) = self.host_name() else { return };
+        let Ok(all) = self.inner.store.list_records::<Migration>() else { return };
+        for (m, _) in all {
+            if !matches!(m.state, MigrationState::Requested | MigrationState::Ready) {
+                continue;
+            }
+            if as_source && m.source == me {
+                self.recover_as_source(&m).await;
+            } else if !as_source && m.target == me && !lock(&self.inner.incoming).contains_key(&m.vm) {
+                self.recover_as_target(&m).await;
+            }
+        }
+    }
+
+    async fn recover_as_source(&self, m: &Migration) {
+        let slot = self.inner.slot(&m.vm);
+        let _op = slot.op.lock().await;
+        let (Ok(vm), Ok(instance)) = (self.get_vm(&m.vm), self.instance(&m.vm)) else {
+            self.end_migration(
+                &m.vm,
+                MigrationState::Failed,
+                Some("oxvirtd restarted and the VM's QEMU was gone".into()),
+            );
+            return;
+        };
+        let local = self.local_disks(&vm.spec).unwrap_or_default();
+        let info = instance.command("query-migrate", Value::Null).await.unwrap_or_default();
+        if info["status"] == "completed" {
+            match self.finish_on_source(&vm, &m.target, &instance, &local, &info).await {
+                Ok(done) => tracing::info!(vm = %m.vm, "a migration finished while oxvirtd was away: {done}"),
+                Err(e) => tracing::error!(vm = %m.vm, "a migration that finished while oxvirtd was away: {e}"),
+            }
+            return;
+        }
+        undo_on_source(&*instance, &local).await;
+        tracing::info!(vm = %m.vm, to = %m.target, "undid a migration that oxvirtd's restart interrupted");
+        self.end_migration(
+            &m.vm,
+            MigrationState::Failed,
+            Some("the source's oxvirtd restarted during the migration: undone, the VM runs on the source".into()),
+        );
     }
 
     /// Gives the VM to `to`: its record says so, the migration is completed, in one transaction.

@@ -118,6 +118,32 @@ impl Controller {
         Ok(())
     }
 
+    /// At start: a migration to this host that this daemon's restart interrupted (its waiting
+    /// QEMU is no longer ours) is ended: that QEMU, the disk copies and TAP devices made for it go.
+    pub(crate) async fn recover_as_target(&self, m: &Migration) {
+        let Ok(vm) = self.get_vm(&m.vm) else { return };
+        if let Ok(Some(i)) = self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await {
+            let _ = i.kill().await;
+        }
+        // The VM is not this host's (the migration did not complete): a file of one of its
+        // local volumes here is a copy made for the migration.
+        let copies: Vec<PathBuf> = self
+            .local_disks(&vm.spec)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| self.local_disk_file(d).ok())
+            .filter(|f| f.exists())
+            .collect();
+        disks::remove_copies(&copies);
+        self.release_network(&vm.id, &vm.spec);
+        tracing::info!(vm = %m.vm, from = %m.source, "ended a migration to this host that oxvirtd's restart interrupted");
+        self.end_migration(
+            &m.vm,
+            MigrationState::Failed,
+            Some("the target's oxvirtd restarted during the migration: undone, the VM runs on the source".into()),
+        );
+    }
+
     async fn start_incoming(
         &self,
         vm: &oxvirt_model::Vm,
