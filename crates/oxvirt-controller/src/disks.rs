@@ -22,6 +22,7 @@ impl Controller {
         spec.disks.push(disk);
         assign_disk_ids(&mut spec);
         spec.validate()?;
+        self.local_volumes_host(&spec, current.host.as_deref())?;
         self.check_quota(&spec)?;
         let index = spec.disks.len() - 1;
         let new = Vm { spec, ..current.clone() };

@@ -132,7 +132,12 @@ impl Controller {
         };
         if let Some(h) = &spec.host {
             self.usable_host("host", h)?;
+            self.local_volumes_host(spec, Some(h))?;
             return Ok(Some((h.clone(), "asked for".into())));
+        }
+        if let Some(h) = self.local_volumes_host(spec, None)? {
+            self.usable_host("disks", &h)?;
+            return Ok(Some((h, "where its local disks are".into())));
         }
         let (hosts, placed, policy) = self.scheduler_view()?;
         let mut cluster = Cluster::new(hosts, policy);

@@ -15,6 +15,7 @@ use serde_json::json;
 impl Controller {
     fn snapshot_target(&self, pool: &str, name: &str) -> Result<(Volume, std::path::PathBuf), ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
+        self.volume_here(&vol)?;
         if vol.format != DiskFormat::Qcow2 {
             return Err(ControlError::invalid(
                 "volume",

@@ -167,7 +167,57 @@ impl Controller {
     }
 
     pub(crate) fn volume_file(&self, pool: &Pool, name: &str, format: DiskFormat) -> Result<PathBuf, ControlError> {
-        Ok(paths::volume_file(&self.pool_dir(pool), name, format)?)
+        let dir = self.pool_dir(pool);
+        // A local pool of a cluster gets its directory on a host with its first volume there
+        // (a shared one must be mounted: its directory is never made here).
+        if pool.spec.kind == PoolKind::Dir && !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ControlError::Host(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        Ok(paths::volume_file(&dir, name, format)?)
+    }
+
+    /// Where a new volume of `pool` lives: in a cluster, a local pool's volumes are on this host.
+    fn volume_host(&self, pool: &Pool) -> Option<String> {
+        self.host_name().filter(|_| !pool.spec.kind.is_shared())
+    }
+
+    /// In a cluster: the host that holds `spec`'s volumes in local pools (a VM runs where its
+    /// local disks are), refusing volumes on two hosts or elsewhere than `host` (the VM's).
+    pub(crate) fn local_volumes_host(
+        &self,
+        spec: &oxvirt_model::VmSpec,
+        host: Option<&str>,
+    ) -> Result<Option<String>, ControlError> {
+        let mut found: Option<String> = host.map(str::to_string);
+        for (i, d) in spec.disks.iter().enumerate() {
+            let Some(r) = &d.volume else { continue };
+            let field = format!("disks[{i}].volume");
+            let (pool, name) = parse_volume_ref(&field, r)?;
+            let Some((vol, _)) = self.inner.store.get_record::<Volume>(&volume_key(&pool, &name))? else { continue };
+            let Some(at) = vol.host else { continue };
+            match &found {
+                Some(h) if *h != at => {
+                    return Err(ControlError::invalid(
+                        field,
+                        format!("volume {r} is on host {at} (a local pool), and the VM on {h}: a VM runs where its local disks are"),
+                    ))
+                }
+                _ => found = Some(at),
+            }
+        }
+        Ok(found.filter(|_| self.host_name().is_some()))
+    }
+
+    /// Refuses to change a volume that lives on another host of the cluster.
+    pub(crate) fn volume_here(&self, vol: &Volume) -> Result<(), ControlError> {
+        match (&vol.host, self.host_name()) {
+            (Some(h), Some(me)) if *h != me => Err(ControlError::Conflict(format!(
+                "volume {} is on host {h} (a local pool): ask that host",
+                vol.reference()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn get_volume(&self, pool: &str, name: &str) -> Result<Volume, ControlError> {
@@ -257,6 +307,7 @@ impl Controller {
             attached_to: None,
             snapshots: Vec::new(),
             created_at: now_millis(),
+            host: self.volume_host(&pool),
         };
         let vol = self.record_new_volume(vol, &file)?;
         self.serve_new_volume(&pool, &vol, &file).await?;
@@ -280,6 +331,7 @@ impl Controller {
     /// Deletes a volume: refused while a VM uses it or a linked clone is based on it.
     pub async fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ControlError> {
         let (vol, rev) = self.volume_rec(pool, name)?;
+        self.volume_here(&vol)?;
         if let Some(vm) = &vol.attached_to {
             return Err(ControlError::Conflict(format!(
                 "volume {} is attached to VM {vm}: detach it first",
@@ -330,6 +382,7 @@ impl Controller {
     /// Grows a volume; when a running VM uses it, live, so the guest sees the new size.
     pub async fn resize_volume(&self, pool: &str, name: &str, size: ByteSize) -> Result<Volume, ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
+        self.volume_here(&vol)?;
         if size.0 <= vol.size.0 {
             return Err(ControlError::invalid(
                 "size",
@@ -403,6 +456,7 @@ impl Controller {
         req: CloneRequest,
     ) -> Result<(Option<Volume>, Option<Task>), ControlError> {
         let (src, _) = self.volume_rec(pool, name)?;
+        self.volume_here(&src)?;
         let src_pool = self.pool(pool)?;
         let dst_pool = self.pool(req.pool.as_deref().unwrap_or(pool))?;
         if req.linked && (src_pool.spec.kind == PoolKind::Nbd || dst_pool.spec.kind == PoolKind::Nbd) {
@@ -428,6 +482,7 @@ impl Controller {
             attached_to: None,
             snapshots: Vec::new(),
             created_at: now_millis(),
+            host: self.volume_host(&dst_pool),
         };
         if req.linked {
             if src.attached_to.is_some() {
@@ -498,6 +553,7 @@ impl Controller {
             attached_to: None,
             snapshots: Vec::new(),
             created_at: now_millis(),
+            host: self.volume_host(&pool),
         };
         let hold = self.hold(&[new.reference()])?;
         let task = self.inner.tasks.create("volume.import", &format!("volumes/{}", new.reference()))?;
@@ -518,6 +574,7 @@ impl Controller {
     /// Exports a volume to a new file on the host, as a task with progress.
     pub async fn export_volume(&self, pool: &str, name: &str, req: ExportRequest) -> Result<Task, ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
+        self.volume_here(&vol)?;
         oxvirt_model::validate_host_path("destination", &req.destination)?;
         let dest = PathBuf::from(&req.destination);
         if dest.exists() {

@@ -130,6 +130,7 @@ impl Controller {
         self.check_against_host(&spec)?;
         self.prepare_nics(&vm.id, name, &mut spec, Some(&vm.spec))?;
         assign_disk_ids(&mut spec);
+        self.local_volumes_host(&spec, vm.host.as_deref())?;
         self.check_quota(&spec)?;
         let old = vm.spec.clone();
         let new = Vm { spec, ..vm };

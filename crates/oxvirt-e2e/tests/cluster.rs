@@ -190,6 +190,36 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
         "the disk holds what the guest wrote: {on_disk} ({still}..{after})"
     );
     assert!(vm.host_reason.as_deref().unwrap_or("").contains("1 local disk(s) copied"), "{:?}", vm.host_reason);
+    // The volume's record follows (it is on host-b now): host-a refuses to change it; a new VM
+    // with a local volume goes where that volume is.
+    let vol: oxvirt_model::Volume = d[0].client.get("/api/v1/pools/local/volumes/data").await.unwrap();
+    assert_eq!(vol.host.as_deref(), Some("host-b"));
+    let (code, _, err) = d[0].cli(&["volume", "delete", "local/data"]);
+    assert!(code != 0 && err.contains("is on host host-b"), "{err}");
+    let (code, out, err) = d[1].cli(&["volume", "create", "local/extra", "--size", "8MiB"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(file("b").with_file_name("extra.qcow2").exists());
+    let mut follower = kernel_spec("follower", "");
+    follower["disks"] = json!([{ "volume": "local/extra" }]);
+    let placed = d[0].client.create_vm(&follower, false).await.unwrap().vm;
+    assert_eq!(placed.host.as_deref(), Some("host-b"), "{:?}", placed.host_reason);
+    assert!(placed.host_reason.as_deref().unwrap_or("").contains("where its local disks are"));
+    follower["name"] = json!("stray");
+    follower["host"] = json!("host-c");
+    follower["disks"] = json!([]);
+    d[0].client.create_vm(&follower, false).await.unwrap();
+    let err = d[2]
+        .client
+        .post::<serde_json::Value>("/api/v1/vms/stray/disks", &json!({ "volume": "local/data" }))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("disks[0].volume") && err.contains("is on host host-b"), "{err}");
+    for vm in ["follower", "stray"] {
+        d[0].client.delete_vm(vm).await.unwrap();
+    }
+    let (code, out, err) = d[1].cli(&["volume", "delete", "local/extra"]);
+    assert_eq!(code, 0, "{out}{err}");
 
     // One etcd member stops: the cluster goes on, the VM moves on to host-c.
     etcd.kill(0);

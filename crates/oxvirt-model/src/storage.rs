@@ -173,6 +173,10 @@ pub struct Volume {
     #[serde(default)]
     pub snapshots: Vec<VolumeSnapshot>,
     pub created_at: Millis,
+    /// In a cluster, for a volume of a local pool: the host whose disk holds it (it moves with
+    /// its VM's migrations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Volume {

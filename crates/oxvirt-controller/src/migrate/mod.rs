@@ -323,10 +323,23 @@ impl Controller {
             self.inner.store.get_record::<Migration>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
         m.state = MigrationState::Completed;
         m.console = console;
-        self.inner.store.txn(vec![
+        let mut ops = vec![
             Op::Put { key: Vm::key_of(name), value: encode(&vm), expect: Expect::Revision(rev) },
             Op::Put { key: Migration::key_of(name), value: encode(&m), expect: Expect::Revision(mrev) },
-        ])?;
+        ];
+        // Its local volumes are on the target now.
+        for d in self.local_disks(&vm.spec)? {
+            let key = crate::storage::volume_key(&d.pool, &d.volume);
+            if let Some((mut vol, vrev)) = self.inner.store.get_record::<oxvirt_model::Volume>(&key)? {
+                vol.host = Some(to.to_string());
+                ops.push(Op::Put {
+                    key: oxvirt_model::Volume::key_of(&key),
+                    value: encode(&vol),
+                    expect: Expect::Revision(vrev),
+                });
+            }
+        }
+        self.inner.store.txn(ops)?;
         Ok(())
     }
 }
