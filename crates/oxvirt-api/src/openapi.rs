@@ -598,6 +598,8 @@ fn schemas() -> Value {
         "HostList": { "type": "array", "items": { "type": "object", "properties": {
             "name": { "type": "string" }, "address": { "type": "string" }, "cpus": { "type": "integer" },
             "memory": { "type": "integer" }, "joined_at": { "type": "integer" }, "online": { "type": "boolean" },
+            "maintenance": { "type": "boolean" }, "pools": { "type": "array", "items": { "type": "string" } },
+            "networks": { "type": "array", "items": { "type": "string" } }, "cpu_pressure": { "type": "number" },
             "leader": { "type": "boolean" }, "vms": { "type": "integer" } } } },
         "Login": { "type": "object", "additionalProperties": false, "required": ["user", "password"], "properties": {
             "user": { "type": "string" }, "password": { "type": "string" } } },

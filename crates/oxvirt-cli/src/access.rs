@@ -150,14 +150,21 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                         vec![
                             h["name"].as_str().unwrap_or("").to_string(),
                             h["address"].as_str().unwrap_or("").to_string(),
-                            if h["online"] == true { "online" } else { "offline" }.to_string(),
+                            match (h["online"] == true, h["maintenance"] == true) {
+                                (false, _) => "offline",
+                                (true, true) => "maintenance",
+                                (true, false) => "online",
+                            }
+                            .to_string(),
                             if h["leader"] == true { "leader" } else { "" }.to_string(),
                             h["cpus"].to_string(),
+                            format!("{} GiB", h["memory"].as_u64().unwrap_or(0) >> 30),
+                            format!("{:.0}%", h["cpu_pressure"].as_f64().unwrap_or(0.0) * 100.0),
                             h["vms"].to_string(),
                         ]
                     })
                     .collect();
-                table(&["HOST", "ADDRESS", "STATE", "ROLE", "CPUS", "VMS"], rows);
+                table(&["HOST", "ADDRESS", "STATE", "ROLE", "CPUS", "MEMORY", "CPU PRESSURE", "VMS"], rows);
             }
         }
         ClusterCmd::Drain { host } => {

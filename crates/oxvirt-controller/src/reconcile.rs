@@ -34,6 +34,7 @@ impl Controller {
         self.inner.tasks.prune();
         self.serve_migrations().await;
         self.refresh_host_record();
+        self.refresh_vxlan_peers().await;
         self.rebalance_round().await;
         self.supervise_export_daemons().await;
     }

@@ -280,9 +280,10 @@ fn check(cmd: &str) -> String {
 }
 
 /// Two hosts in network namespaces of their own (linked like two machines; etcd runs in the
-/// first): a VM on a nat network migrates and its network follows it — the target makes the
-/// network it had not made, with the same gateway (address and MAC), the VM keeps its address and
-/// reaches its gateway; the source's TAP device goes.
+/// first): a VM on a VXLAN network migrates and its network follows it — the target makes the
+/// network it had not made (its VXLAN end and peers from the hosts' addresses), with the same
+/// gateway (address and MAC); the VM keeps its address, reaches its gateway and, across the
+/// segment, the VM that stayed; the source's TAP device goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migrating_vm_takes_its_network_along() {
     let ha = Netns::new("ha");
@@ -319,26 +320,35 @@ async fn a_migrating_vm_takes_its_network_along() {
     };
     let a = Daemon::start_in_netns(&ha, &config("host-a", "10.77.0.1"));
     let b = Daemon::start_in_netns(&hb, &config("host-b", "10.77.0.2"));
-    let _: oxvirt_model::NetworkView = a
-        .client
-        .post("/api/v1/networks", &json!({ "name": "lan", "kind": "nat", "subnet": "10.98.0.0/24" }))
-        .await
-        .unwrap();
+    let seg = json!({ "name": "seg", "kind": "vxlan", "subnet": "10.98.0.0/24", "vxlan": { "vni": 42, "local": "10.77.0.1" } });
+    let _: oxvirt_model::NetworkView = a.client.post("/api/v1/networks", &seg).await.unwrap();
     let bridge = |ns: &Netns| ns.links().into_iter().find(|l| l.starts_with("oxb"));
     let br = bridge(&ha).expect("host-a made the network");
     assert_eq!(bridge(&hb), None, "host-b has not made it yet");
 
-    let mut spec = kernel_spec("roamer", "");
-    spec["host"] = json!("host-a");
-    spec["nics"] = json!([{ "network": "lan" }]);
-    let created = a.client.create_vm(&spec, true).await.unwrap();
-    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
-    let vm = a.client.get_vm("roamer").await.unwrap();
-    let ip = vm.spec.nics[0].ip.unwrap().to_string();
+    let mut ips = Vec::new();
+    for name in ["roamer", "anchor"] {
+        let mut spec = kernel_spec(name, "");
+        spec["host"] = json!("host-a");
+        spec["nics"] = json!([{ "network": "seg" }]);
+        let created = a.client.create_vm(&spec, true).await.unwrap();
+        a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+        ips.push(a.client.get_vm(name).await.unwrap().spec.nics[0].ip.unwrap().to_string());
+    }
+    let (ip, anchor) = (ips[0].clone(), ips[1].clone());
+    wait_console(&a.client, "anchor", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(
+        &a.client,
+        "anchor",
+        &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {anchor}/'")),
+        "R-42-OK",
+    )
+    .await;
     wait_console(&a.client, "roamer", READY, 1, BOOT_TIMEOUT).await;
     run_in_guest(&a.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK")
         .await;
     run_in_guest(&a.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
+    run_in_guest(&a.client, "roamer", &check(&format!("ping -c 1 -W 2 {anchor}")), "R-42-OK").await;
     assert!(ha.links().iter().any(|l| l.starts_with("oxv")), "host-a has its TAP device");
 
     let (code, out, err) = a.cli(&["vm", "migrate", "roamer", "--to", "host-b"]);
@@ -348,18 +358,30 @@ async fn a_migrating_vm_takes_its_network_along() {
     let mac = |ns: &Netns| ns.run(&["cat", &format!("/sys/class/net/{br}/address")]);
     assert_eq!(mac(&ha), mac(&hb), "one gateway MAC on every host");
     assert!(hb.links().iter().any(|l| l.starts_with("oxv")), "host-b has the TAP device");
+    let fdb = |ns: &Netns| {
+        let dev = ns.links().into_iter().find(|l| l.starts_with("oxx")).expect("a VXLAN device");
+        ns.run(&["bridge", "fdb", "show", "dev", &dev])
+    };
+    assert!(fdb(&hb).contains("dst 10.77.0.1"), "host-b's end sends to host-a: {}", fdb(&hb));
     let start = Instant::now();
-    while ha.links().iter().any(|l| l.starts_with("oxv")) {
-        assert!(start.elapsed() < Duration::from_secs(10), "host-a kept the TAP device: {:?}", ha.links());
+    while !fdb(&ha).contains("dst 10.77.0.2") {
+        assert!(start.elapsed() < Duration::from_secs(20), "host-a's end does not send to host-b: {}", fdb(&ha));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let start = Instant::now();
+    while ha.links().iter().filter(|l| l.starts_with("oxv")).count() > 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "host-a kept roamer's TAP device: {:?}", ha.links());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Same address, and the gateway (now host-b's) answers; DHCP there knows the VM's lease.
     run_in_guest(&b.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK")
         .await;
     run_in_guest(&b.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
-    let leases: Vec<oxvirt_model::LeaseView> = b.client.get("/api/v1/networks/lan/leases").await.unwrap();
+    run_in_guest(&b.client, "roamer", &check(&format!("ping -c 1 -W 2 {anchor}")), "R-42-OK").await;
+    let leases: Vec<oxvirt_model::LeaseView> = b.client.get("/api/v1/networks/seg/leases").await.unwrap();
     assert!(leases.iter().any(|l| l.lease.ip.to_string() == ip), "{leases:?}");
     b.client.vm_action_wait("roamer", "kill", Duration::from_secs(30)).await.unwrap();
+    a.client.vm_action_wait("anchor", "kill", Duration::from_secs(30)).await.unwrap();
     drop(b);
     drop(a);
     let _ = etcd.kill();

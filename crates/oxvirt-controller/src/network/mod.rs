@@ -219,11 +219,7 @@ impl Controller {
         let addr = spec.gateway().zip(spec.subnet.map(|s| s.prefix));
         let mac = addr.map(|_| gateway_mac(net));
         links::ensure_bridge(&bridge, mtu, addr, mac.as_deref())?;
-        if let Some(vx) = &spec.vxlan {
-            let dev = vxlan_of(net);
-            self.record_object(&dev, "vxlan", name)?;
-            links::ensure_vxlan(&dev, &bridge, vx.vni, vx.local, vx.port, mtu, &vx.peers)?;
-        }
+        self.ensure_vxlan_of(net)?;
         if spec.kind == NetworkKind::Nat {
             // Routing between the network and the uplink (the host's own sysctl, in its namespace).
             if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").map(|v| v.trim() != "1").unwrap_or(true) {
@@ -239,6 +235,53 @@ impl Controller {
             dnsmasq::ensure(&self.dnsmasq_files(name), spec, &bridge)?;
         }
         Ok(())
+    }
+
+    /// A VXLAN network's device on this host, its peers as they are now.
+    fn ensure_vxlan_of(&self, net: &Network) -> Result<(), ControlError> {
+        let Some(vx) = &net.spec.vxlan else { return Ok(()) };
+        let dev = vxlan_of(net);
+        self.record_object(&dev, "vxlan", &net.spec.name)?;
+        let (local, peers) = self.vxlan_ends(vx);
+        links::ensure_vxlan(&dev, &bridge_of(net), vx.vni, local, vx.port, net.spec.mtu(), &peers)?;
+        Ok(())
+    }
+
+    /// A segment's ends from this host: on a single host as written; in a cluster this host's
+    /// address (`[store] address`) is its end and every other host's is a peer (with those
+    /// written), so one network record serves every host and a host that joins is a peer.
+    fn vxlan_ends(&self, vx: &oxvirt_model::VxlanSpec) -> (std::net::Ipv4Addr, Vec<std::net::Ipv4Addr>) {
+        let Some(me) = self.host_name() else { return (vx.local, vx.peers.clone()) };
+        let ip_of = |address: &str| {
+            address
+                .rsplit_once(':')
+                .and_then(|(h, _)| h.parse::<std::net::Ipv4Addr>().ok())
+                .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        };
+        let records = self.host_records().unwrap_or_default();
+        let local = records.iter().find(|r| r.name == me).and_then(|r| ip_of(&r.address)).unwrap_or(vx.local);
+        let mut peers: Vec<std::net::Ipv4Addr> = vx.peers.clone();
+        peers.extend(records.iter().filter(|r| r.name != me).filter_map(|r| ip_of(&r.address)));
+        peers.retain(|p| *p != local);
+        peers.sort();
+        peers.dedup();
+        (local, peers)
+    }
+
+    /// In a cluster, each reconcile round: VXLAN networks made here follow the hosts that come
+    /// and go (their peers).
+    pub(crate) async fn refresh_vxlan_peers(&self) {
+        if self.host_name().is_none() {
+            return;
+        }
+        let _net = self.inner.net_lock.lock().await;
+        for (n, _) in self.inner.store.list_records::<Network>().unwrap_or_default() {
+            if n.spec.vxlan.is_some() && links::is_bridge(&bridge_of(&n)) {
+                if let Err(e) = self.ensure_vxlan_of(&n) {
+                    tracing::warn!(network = %n.spec.name, "VXLAN peers: {e}");
+                }
+            }
+        }
     }
 
     /// Removes what oxvirt made for a network (its records of them too).
