@@ -97,8 +97,13 @@ enum VmCmd {
         /// MiB/s at most (0: no limit).
         #[arg(long, default_value_t = 0)]
         bandwidth_mibs: u64,
+        /// Slow the guest's vCPUs down while its memory changes faster than it is sent.
         #[arg(long)]
         auto_converge: bool,
+        /// Switch to post-copy after 5 s of pre-copy (the guest runs on the target, which fetches
+        /// the rest). A failure after the switch loses the running state (the VM must be started
+        /// again). The target's QEMU must be able to use userfaultfd (unconfined, or
+        /// vm.unprivileged_userfaultfd = 1).
         #[arg(long)]
         postcopy: bool,
     },

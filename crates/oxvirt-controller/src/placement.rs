@@ -181,6 +181,7 @@ impl Controller {
                     uri: None,
                     error: None,
                     nbd: None,
+                    postcopy: false,
                     local_disks: vec![],
                     console: None,
                     created_at: crate::now_millis(),

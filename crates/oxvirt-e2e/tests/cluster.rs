@@ -449,3 +449,52 @@ async fn a_daemon_restarting_mid_migration_undoes_it() {
     }
     a.client.vm_action_wait("steady", "kill", Duration::from_secs(30)).await.unwrap();
 }
+
+/// A guest that keeps changing its memory over a slow link: pre-copy alone would not finish, the
+/// switch to post-copy does (the target runs it and fetches the rest). A target whose confined
+/// QEMU cannot use userfaultfd refuses post-copy up front, and the VM stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_copy_finishes_what_pre_copy_cannot() {
+    let etcd = EtcdCluster::start(1);
+    let config = |host: &str| config(&etcd.endpoints(), host).replace("three/", "postcopy/");
+    // host-b's QEMU runs as root (so it may use userfaultfd); host-a's is confined as usual.
+    let a = Daemon::start_with_config(&config("host-a"));
+    let b = Daemon::start_with_config(&format!("confine_qemu = false\n{}", config("host-b")));
+    let mut spec = kernel_spec("busy", "");
+    spec["host"] = json!("host-a");
+    let created = a.client.create_vm(&spec, true).await.unwrap();
+    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(&a.client, "busy", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(
+        &a.client,
+        "busy",
+        "(while :; do dd if=/dev/urandom of=/tmp/d bs=64k count=16 2>/dev/null; done) & echo D$((2+2))IRTY",
+        "D4IRTY",
+    )
+    .await;
+    let t: oxvirt_model::Task = a
+        .client
+        .post("/api/v1/vms/busy/migrate", &json!({ "to": "host-b", "bandwidth_mibs": 1, "postcopy": true }))
+        .await
+        .unwrap();
+    let t = a.client.wait_task(&t.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}\n{}\n{}", a.log(), b.log());
+    let vm = wait_state(&b.client, "busy", "running", Duration::from_secs(30)).await;
+    let reason = vm.host_reason.unwrap_or_default();
+    assert!(reason.contains("finished by post-copy"), "{reason}");
+    run_in_guest(&b.client, "busy", "echo AL$((1+1))VE", "AL2VE").await;
+
+    // Back to host-a with post-copy: refused by host-a, named; the VM runs on on host-b.
+    let pid = vm.status.pid;
+    let t: oxvirt_model::Task =
+        b.client.post("/api/v1/vms/busy/migrate", &json!({ "to": "host-a", "postcopy": true })).await.unwrap();
+    let t = b.client.wait_task(&t.id, Duration::from_secs(60)).await.unwrap();
+    let err = t.error.clone().unwrap_or_default();
+    assert!(
+        t.state == oxvirt_model::TaskState::Failed && err.contains("postcopy") && err.contains("userfaultfd"),
+        "{t:?}"
+    );
+    let vm = b.client.get_vm("busy").await.unwrap();
+    assert_eq!((vm.host.as_deref(), vm.status.state.as_str(), vm.status.pid), (Some("host-b"), "running", pid));
+    b.client.vm_action_wait("busy", "kill", Duration::from_secs(30)).await.unwrap();
+}

@@ -70,6 +70,9 @@ pub struct Migration {
     /// while the guest runs), `host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd: Option<String>,
+    /// Whether the source may switch to post-copy (the target must be able to take it).
+    #[serde(default)]
+    pub postcopy: bool,
     /// The ids of those disks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_disks: Vec<String>,

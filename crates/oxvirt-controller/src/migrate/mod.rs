@@ -93,6 +93,7 @@ impl Controller {
             uri: None,
             error: None,
             nbd: None,
+            postcopy: req.postcopy,
             local_disks: local.iter().map(|d| d.id.clone()).collect(),
             console: None,
             created_at: now_millis(),
@@ -149,8 +150,17 @@ impl Controller {
         let vm = self.get_vm(name)?;
         let local = self.local_disks(&vm.spec)?;
         let instance = self.instance(name)?;
-        let info = match self.send(&*instance, req, &ready, &local, task).await {
+        let mut postcopy_started = false;
+        let info = match self.send(&*instance, req, &ready, &local, task, &mut postcopy_started).await {
             Ok(info) => info,
+            Err(e) if postcopy_started => {
+                // Past the switch to post-copy the guest's newest memory is on the target: the
+                // source's is stale and must never run again.
+                let _ = instance.kill().await;
+                return Err(ControlError::Conflict(format!(
+                    "{e}; it had switched to post-copy, so the guest's running state is lost (the VM is stopped: start it again)"
+                )));
+            }
             Err(e) => {
                 undo_on_source(&*instance, &local).await;
                 return Err(e);
@@ -175,8 +185,16 @@ impl Controller {
         let downtime = info["downtime"].as_u64().unwrap_or(0);
         let console = self.console_log(name, CONSOLE_HANDOVER).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
         let mut tries = 0;
-        let copied = if local.is_empty() { String::new() } else { format!(", {} local disk(s) copied", local.len()) };
-        let how = format!("{total} ms in all, paused {downtime} ms{copied}");
+        let mut how = format!("{total} ms in all, paused {downtime} ms");
+        if !local.is_empty() {
+            how += &format!(", {} local disk(s) copied", local.len());
+        }
+        if info["oxvirt"]["postcopy"] == true {
+            how += ", finished by post-copy";
+        }
+        if let Some(t) = info["oxvirt"]["throttled"].as_u64().filter(|t| *t > 0) {
+            how += &format!(", vCPUs slowed by up to {t}% (auto-converge)");
+        }
         while let Err(e) = self.hand_over(name, to, &how, console.clone()) {
             // The guest runs on the target already: the record must follow, never the guest go back.
             tries += 1;
@@ -204,6 +222,7 @@ impl Controller {
         ready: &Migration,
         local: &[disks::LocalDisk],
         task: &TaskHandle,
+        postcopy_started: &mut bool,
     ) -> Result<Value, ControlError> {
         let uri = ready.uri.clone().unwrap_or_default();
         let mem_from = if local.is_empty() {
@@ -234,12 +253,16 @@ impl Controller {
         task.progress(mem_from, &format!("sending memory to {} ({uri})", req.to));
         instance.command("migrate", json!({ "uri": uri })).await?;
         let begun = Instant::now();
-        let mut postcopy_asked = false;
+        let mut throttled = 0;
         loop {
             tokio::time::sleep(Duration::from_millis(if local.is_empty() { 200 } else { 20 })).await;
             let q: Value = instance.command("query-migrate", Value::Null).await?;
             match q["status"].as_str().unwrap_or("") {
-                "completed" => return Ok(q),
+                "completed" => {
+                    let mut q = q;
+                    q["oxvirt"] = json!({ "postcopy": *postcopy_started, "throttled": throttled });
+                    return Ok(q);
+                }
                 "failed" | "cancelled" => {
                     let why = q["error-desc"].as_str().unwrap_or("QEMU gave up").to_string();
                     return Err(ControlError::Conflict(format!("migration failed: {why}")));
@@ -256,17 +279,21 @@ impl Controller {
                     let span = 95 - u64::from(mem_from);
                     let pct = (u64::from(mem_from) + sent.saturating_mul(span) / total.max(1)).min(95) as u8;
                     task.progress(pct, &format!("sent {} MiB of {} MiB of memory", sent >> 20, total >> 20));
-                    if req.postcopy && !postcopy_asked && begun.elapsed() > Duration::from_secs(5) {
-                        postcopy_asked = instance.command("migrate-start-postcopy", Value::Null).await.is_ok();
+                    throttled = throttled.max(q["cpu-throttle-percentage"].as_u64().unwrap_or(0));
+                    if req.postcopy && !*postcopy_started && begun.elapsed() > Duration::from_secs(5) {
+                        *postcopy_started = instance.command("migrate-start-postcopy", Value::Null).await.is_ok();
+                        if *postcopy_started {
+                            task.progress(pct, "switched to post-copy: the guest runs on the target");
+                        }
                     }
                 }
             }
         }
     }
 
-    /// At start: a migration this daemon was part of when it stopped is finished (the guest had gone over: QEMU completed it alone) or undone (the VM
-    /// runs on at its source, the target's QEMU and copies go).
-    /// `as_source`: the migrations from here (once guests are re-adopted); else those to here
+    /// At start: a migration this daemon was part of when it stopped is finished (the guest had
+    /// gone over: QEMU completed it alone) or undone (the VM runs on at its source, the target's
+    /// QEMU and copies go). `as_source`: the migrations from here (once guests are re-adopted); else those to here
     /// (before anything else, so that a half-made target is not made again).
     pub(crate) async fn recover_migrations(&self, as_source: bool) {
         let Some(me) = self.host_name() else { return };

@@ -86,6 +86,15 @@ impl Controller {
                 .map_err(|e| ControlError::Host(format!("no free port on {ip}: {e}")))
                 .map(|a| a.port())
         };
+        if m.postcopy && self.run_as(&m.vm)?.is_some() && !unprivileged_userfaultfd() {
+            return Err(ControlError::invalid(
+                "postcopy",
+                format!(
+                    "host {} cannot take post-copy: its QEMU runs as its own user and the kernel lets only privileged processes use userfaultfd (vm.unprivileged_userfaultfd = 0); migrate without post-copy",
+                    m.target
+                ),
+            ));
+        }
         let local: Vec<LocalDisk> = self.local_disks(&vm.spec)?;
         let copies = disks::make_copies(self, &local).await?;
         let started = self.start_incoming(&vm, &format!("tcp:{ip}:{}", free_port()?)).await;
@@ -99,6 +108,16 @@ impl Controller {
         };
         let uri = instance.1;
         let instance = instance.0;
+        if m.postcopy {
+            // Post-copy needs the capability on both ends.
+            let caps = serde_json::json!({ "capabilities": [{ "capability": "postcopy-ram", "state": true }] });
+            if let Err(e) = instance.command("migrate-set-capabilities", caps).await {
+                let _ = instance.kill().await;
+                disks::remove_copies(&copies);
+                self.release_network(&vm.id, &vm.spec);
+                return Err(e.into());
+            }
+        }
         let mut nbd = None;
         if !local.is_empty() {
             let port = free_port()?;
@@ -158,4 +177,9 @@ impl Controller {
         let instance = self.inner.hv.start(&vm.id, &spec, &self.inner.paths(&vm.id)).await?;
         Ok((instance, uri.to_string()))
     }
+}
+
+/// Whether unprivileged processes may use userfaultfd (which post-copy needs on the target).
+fn unprivileged_userfaultfd() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").map(|v| v.trim() == "1").unwrap_or(false)
 }
