@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
     /// QEMUs waiting for a VM migrating to this host, by VM.
     pub incoming: Mutex<HashMap<String, migrate::Incoming>>,
+    /// Held while migration records are served (by the reconciler or the store watch).
+    pub serving_migrations: tokio::sync::Mutex<()>,
     /// When the leader last rebalanced.
     pub last_rebalance: Mutex<Option<std::time::Instant>>,
     /// This daemon's cluster membership (etcd store only).
@@ -131,6 +133,7 @@ impl Controller {
             membership: Mutex::default(),
             incoming: Mutex::default(),
             last_rebalance: Mutex::default(),
+            serving_migrations: tokio::sync::Mutex::default(),
             stats_cache: Mutex::default(),
             alerts: Mutex::default(),
             history: Mutex::default(),
@@ -165,6 +168,7 @@ impl Controller {
                 tracing::warn!("{e}");
             }
         }
+        self.watch_migrations();
         self.start_auto_balloon(Duration::from_secs(2));
         self.start_history();
         let me = self.clone();

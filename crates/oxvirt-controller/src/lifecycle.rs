@@ -222,6 +222,9 @@ impl Controller {
     /// A state change QEMU reported on its own (not during one of our operations).
     fn observe(&self, name: &str, state: VmState, reason: &str) {
         let Ok(vm) = self.get_vm(name) else { return };
+        if self.check_local(&vm).is_err() {
+            return;
+        }
         if matches!(vm.status.state, VmState::Running | VmState::Paused) && vm.status.state != state {
             self.set_state(name, state, reason);
             let desired = if state == VmState::Paused { DesiredState::Paused } else { DesiredState::Running };
@@ -254,6 +257,10 @@ impl Controller {
         let by_user = vm.desired == DesiredState::Stopped;
         // An operation in progress records its own outcome (a stop knows whether it had to
         // force); anything it leaves is the reconciler's to settle.
+        // A VM that migrated away is its new host's: this QEMU's end is not the VM's.
+        if self.check_local(&vm).is_err() {
+            return;
+        }
         let op_in_progress = self.inner.slot(name).op.try_lock().is_err();
         if vm.status.state == VmState::Stopped || op_in_progress {
             return;
@@ -265,6 +272,7 @@ impl Controller {
             (Some((false, why)), _, _) => format!("QEMU shut down ({why})"),
             (None, _, _) => "QEMU exited unexpectedly".to_string(),
         };
+        tracing::info!(vm = name, pid = instance.pid(), "QEMU exited: {reason}");
         if by_user {
             self.mark_stopped(name, &reason);
             return;

@@ -22,6 +22,9 @@ impl Controller {
                 return;
             }
         };
+        // Migrations first: a VM that just arrived is taken over from its waiting QEMU (which
+        // holds the QMP connection), not re-adopted as a stranger.
+        self.serve_migrations().await;
         // In a cluster each host looks after its own VMs only.
         let me = self.host_name();
         for vm in vms.into_iter().filter(|v| me.is_none() || v.host == me) {
@@ -32,7 +35,6 @@ impl Controller {
             self.rotate_console_log(&vm);
         }
         self.inner.tasks.prune();
-        self.serve_migrations().await;
         self.refresh_host_record();
         self.refresh_vxlan_peers().await;
         self.rebalance_round().await;
@@ -44,7 +46,7 @@ impl Controller {
         let slot = self.inner.slot(name);
         // An operation in progress owns the VM; look again next round.
         let Ok(_guard) = slot.op.clone().try_lock_owned() else { return };
-        if lock(&slot.instance).is_some() {
+        if lock(&slot.instance).is_some() || lock(&self.inner.incoming).contains_key(name) {
             return;
         }
         let paths = self.inner.paths(&vm.id);

@@ -162,6 +162,9 @@ pub trait Instance: Send + Sync {
     async fn resume(&self) -> Result<(), HvError>;
     /// Ends the guest at once and waits until its process is gone.
     async fn kill(&self) -> Result<(), HvError>;
+    /// Ends the process without letting it close its files (SIGKILL): for a QEMU whose guest
+    /// went elsewhere (a completed migration has flushed and let go of its disks).
+    async fn discard(&self) -> Result<(), HvError>;
     /// Waits until the process is gone; false when `timeout` passed first.
     async fn wait_exit(&self, timeout: Duration) -> bool;
     /// Adds a disk to the running guest (hot-plug). `disk` has its id, resolved path and format.

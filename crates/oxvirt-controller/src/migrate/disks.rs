@@ -182,7 +182,7 @@ pub(crate) async fn wait_in_sync(
         if jobs.iter().all(|j| j.1) {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

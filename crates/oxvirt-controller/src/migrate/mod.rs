@@ -145,8 +145,9 @@ impl Controller {
                     req.to
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         };
+        tracing::info!(vm = name, to = %req.to, ms = start.elapsed().as_millis() as u64, "migration: the target is ready");
         let vm = self.get_vm(name)?;
         let local = self.local_disks(&vm.spec)?;
         let instance = self.instance(name)?;
@@ -204,13 +205,16 @@ impl Controller {
             tracing::warn!(vm = name, "handing the VM over to {to}: {e}; trying again");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        // Our QEMU is done (paused after the switch-over): it goes, the op lock keeps its exit
-        // from being taken for the VM's. The local disks' old copies go with it.
-        let _ = instance.kill().await;
+        // Our QEMU is done (paused after the switch-over, its disks flushed and let go): it goes
+        // (its exit is not the VM's, which is the target's now), then the local disks' old
+        // copies and the NICs' TAP devices here — after the task, which is done: the VM runs there.
         *lock(&self.inner.slot(name).instance) = None;
-        disks::remove_copies(&my_files);
-        // Its NICs' TAP devices and rules here go; the target made its own.
-        self.release_network(&vm.id, &vm.spec);
+        let (me, instance, vm) = (self.clone(), instance.clone(), vm.clone());
+        tokio::spawn(async move {
+            let _ = instance.discard().await;
+            disks::remove_copies(&my_files);
+            me.release_network(&vm.id, &vm.spec);
+        });
         Ok(format!("on {to} now: {how}"))
     }
 
@@ -237,6 +241,7 @@ impl Controller {
                 task.progress(pct, &format!("copied {} MiB of {} MiB of disks", done >> 20, total >> 20));
             })
             .await?;
+            tracing::info!(to = %req.to, ms = ready.created_at.abs_diff(crate::now_millis()), "migration: the disks are in sync");
             40
         };
         let caps = json!({ "capabilities": [

@@ -7,7 +7,7 @@ use crate::cluster::HostRecord;
 use crate::{lock, ControlError, Controller};
 use oxvirt_hypervisor::Instance;
 use oxvirt_model::{Migration, MigrationState};
-use oxvirt_store::{Expect, StoreExt};
+use oxvirt_store::{Expect, Record, StoreExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ impl Controller {
     /// VMs that arrived, remove what failed ones left.
     pub(crate) async fn serve_migrations(&self) {
         let Some(me) = self.host_name() else { return };
+        let _one_at_a_time = self.inner.serving_migrations.lock().await;
         let Ok(all) = self.inner.store.list_records::<Migration>() else { return };
         for (m, rev) in all {
             if m.source == me && m.state == MigrationState::Asked {
@@ -67,6 +68,29 @@ impl Controller {
                 MigrationState::Ready | MigrationState::Asked => {}
             }
         }
+    }
+
+    /// In a cluster: migration records are served as soon as they change (not only each
+    /// reconcile round), so neither end waits for the other's round.
+    pub(crate) fn watch_migrations(&self) {
+        if self.host_name().is_none() {
+            return;
+        }
+        let mut events = self.inner.store.watch();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let key = match events.recv().await {
+                    Ok(oxvirt_store::WatchEvent::Put(e)) => e.key,
+                    Ok(oxvirt_store::WatchEvent::Delete { key, .. }) => key,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Migration::PREFIX.to_string(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if key.contains(Migration::PREFIX) {
+                    me.serve_migrations().await;
+                }
+            }
+        });
     }
 
     /// Starts a QEMU that waits for the VM's memory (and serves copies of its local disks), and

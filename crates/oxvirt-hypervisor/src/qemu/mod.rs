@@ -386,6 +386,18 @@ impl Instance for QemuInstance {
         }
     }
 
+    async fn discard(&self) -> Result<(), HvError> {
+        if self.has_exited() {
+            return Ok(());
+        }
+        self.pidfd.signal(libc::SIGKILL)?;
+        if self.wait_exit(Duration::from_secs(10)).await {
+            Ok(())
+        } else {
+            Err(HvError::Timeout(Duration::from_secs(10), format!("QEMU {} to exit after SIGKILL", self.pid)))
+        }
+    }
+
     async fn wait_exit(&self, timeout: Duration) -> bool {
         let mut w = self.exit_watch.clone();
         let done = tokio::time::timeout(timeout, async move { w.wait_for(|e| *e).await.is_ok() }).await;
