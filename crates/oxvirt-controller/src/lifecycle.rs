@@ -252,17 +252,15 @@ impl Controller {
             }
             *current = None;
         }
+        // An operation in progress records its own outcome (a stop knows whether it had to
+        // force); anything it leaves is the reconciler's to settle. Held from here, so that an
+        // operation ending meanwhile is seen in the record read next.
+        let Ok(_op) = self.inner.slot(name).op.clone().try_lock_owned() else { return };
         let Ok(vm) = self.get_vm(name) else { return };
         let crashed = vm.status.state == VmState::Crashed;
         let by_user = vm.desired == DesiredState::Stopped;
-        // An operation in progress records its own outcome (a stop knows whether it had to
-        // force); anything it leaves is the reconciler's to settle.
         // A VM that migrated away is its new host's: this QEMU's end is not the VM's.
-        if self.check_local(&vm).is_err() {
-            return;
-        }
-        let op_in_progress = self.inner.slot(name).op.try_lock().is_err();
-        if vm.status.state == VmState::Stopped || op_in_progress {
+        if self.check_local(&vm).is_err() || vm.status.state == VmState::Stopped {
             return;
         }
         let reason = match (&shutdown, by_user, crashed) {

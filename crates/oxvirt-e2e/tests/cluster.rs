@@ -502,7 +502,9 @@ async fn post_copy_finishes_what_pre_copy_cannot() {
     let err = t.error.clone().unwrap_or_default();
     assert!(
         t.state == oxvirt_model::TaskState::Failed && err.contains("postcopy") && err.contains("userfaultfd"),
-        "{t:?}"
+        "{t:?}\n{}\n{}",
+        a.log(),
+        b.log()
     );
     let vm = b.client.get_vm("busy").await.unwrap();
     assert_eq!((vm.host.as_deref(), vm.status.state.as_str(), vm.status.pid), (Some("host-b"), "running", pid));

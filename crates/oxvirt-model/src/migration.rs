@@ -51,8 +51,12 @@ pub enum MigrationState {
     Ready,
     /// Done: the VM runs on the target (which takes it over).
     Completed,
-    /// Gave up: the VM runs on the source as before (the target removes what it started).
+    /// Gave up: the VM runs on the source as before (the target removes what it started, then
+    /// the record).
     Failed,
+    /// The target could not get ready (it made nothing): the source gives up and removes the
+    /// record.
+    Refused,
 }
 
 /// A migration in progress, as both hosts see it in the store (`migrations/<vm>`).

@@ -118,6 +118,9 @@ impl Controller {
     }
 
     fn end_migration(&self, name: &str, state: MigrationState, error: Option<String>) {
+        if !matches!(self.inner.store.get_record::<Migration>(name), Ok(Some(_))) {
+            return;
+        }
         let r = self.inner.store.update_record::<Migration>(name, |m| {
             m.state = state;
             m.error = error.clone();
@@ -134,9 +137,11 @@ impl Controller {
             let m = self.inner.store.get_record::<Migration>(name)?.map(|(m, _)| m);
             match m {
                 Some(m @ Migration { state: MigrationState::Ready, uri: Some(_), .. }) => break m,
-                Some(Migration { state: MigrationState::Failed, error, .. }) => {
-                    return Err(ControlError::Conflict(format!("the target refused: {}", error.unwrap_or_default())))
+                Some(Migration { state: MigrationState::Refused | MigrationState::Failed, error, .. }) => {
+                    let _ = self.inner.store.delete_record::<Migration>(name, Expect::Any);
+                    return Err(ControlError::Conflict(format!("the target refused: {}", error.unwrap_or_default())));
                 }
+                None => return Err(ControlError::Conflict("the migration's record went away".into())),
                 _ => {}
             }
             if start.elapsed() > READY_TIMEOUT {
@@ -304,6 +309,10 @@ impl Controller {
         let Some(me) = self.host_name() else { return };
         let Ok(all) = self.inner.store.list_records::<Migration>() else { return };
         for (m, _) in all {
+            if as_source && m.source == me && m.state == MigrationState::Refused {
+                let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
+                continue;
+            }
             if !matches!(m.state, MigrationState::Requested | MigrationState::Ready) {
                 continue;
             }

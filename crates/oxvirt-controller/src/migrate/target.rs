@@ -36,7 +36,7 @@ impl Controller {
                     tracing::info!(vm = %m.vm, from = %m.source, "getting ready for a migration");
                     if let Err(e) = self.receive(&m).await {
                         tracing::warn!(vm = %m.vm, "cannot receive the migration: {e}");
-                        self.end_migration(&m.vm, MigrationState::Failed, Some(e.to_string()));
+                        self.end_migration(&m.vm, MigrationState::Refused, Some(e.to_string()));
                     }
                 }
                 MigrationState::Completed => {
@@ -65,7 +65,7 @@ impl Controller {
                     }
                     let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 }
-                MigrationState::Ready | MigrationState::Asked => {}
+                MigrationState::Ready | MigrationState::Asked | MigrationState::Refused => {}
             }
         }
     }
