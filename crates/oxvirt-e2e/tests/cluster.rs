@@ -42,6 +42,15 @@ fn assert_consecutive(t: &[u64], what: &str) {
     }
 }
 
+/// Waits until the old copy of a migrated disk is gone.
+async fn wait_gone(p: &Path) {
+    let start = Instant::now();
+    while p.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{} stayed", p.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn migrate(d: &Daemon, vm: &str, to: &str) {
     let (code, out, err) = d.cli(&["vm", "migrate", vm, "--to", to]);
     assert_eq!(code, 0, "{out}{err}\n{}", d.log());
@@ -176,11 +185,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     assert_eq!(vm.host.as_deref(), Some("host-b"));
     eprintln!("local-disk migration: {:?}", vm.host_reason);
     assert!(file("b").exists(), "the disk moved");
-    let start = Instant::now();
-    while file("a").exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the old copy stayed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(&file("a")).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = String::from_utf8_lossy(&d[1].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
     assert!(log.contains(READY), "the console log goes on from the boot on host-a");
@@ -232,11 +237,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     let vm = wait_state(&d[2].client, "mover", "running", Duration::from_secs(30)).await;
     assert_eq!(vm.host.as_deref(), Some("host-c"));
     assert!(file("c").exists());
-    let start = Instant::now();
-    while file("b").exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the old copy stayed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(&file("b")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = String::from_utf8_lossy(&d[2].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
     assert_consecutive(&ticks(&log), "after host-b -> host-c");

@@ -217,6 +217,8 @@ impl Controller {
         let (me, instance, vm) = (self.clone(), instance.clone(), vm.clone());
         tokio::spawn(async move {
             let _ = instance.discard().await;
+            // Killed, QEMU left its pidfile: it names no QEMU of this VM any more.
+            let _ = std::fs::remove_file(me.inner.paths(&vm.id).pidfile());
             disks::remove_copies(&my_files);
             me.release_network(&vm.id, &vm.spec);
         });

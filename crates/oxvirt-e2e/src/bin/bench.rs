@@ -662,15 +662,7 @@ async fn migration() {
         kill_pidfile(&dst.pidfile());
     }
     // Through oxvirt: two hosts on one etcd, the VM moved back and forth.
-    let cluster = EtcdCluster::start(1);
-    let config = |host: &str| {
-        format!(
-            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"bench/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n",
-            cluster.endpoints()[0]
-        )
-    };
-    let a = Daemon::start_with_config(&config("host-a"));
-    let b = Daemon::start_with_config(&config("host-b"));
+    let (_cluster, a, b) = two_hosts("bench/");
     spec_json["host"] = json!("host-a");
     let created = a.client.create_vm(&spec_json, true).await.expect("create");
     a.client.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("start");
@@ -736,6 +728,20 @@ async fn main() {
         migration().await;
         local_disk_migration().await;
     }
+}
+
+/// Two oxvirt hosts (host-a, host-b) on a one-member etcd, keys under `prefix`.
+fn two_hosts(prefix: &str) -> (EtcdCluster, Daemon, Daemon) {
+    let cluster = EtcdCluster::start(1);
+    let config = |host: &str| {
+        format!(
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{prefix}\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n",
+            cluster.endpoints()[0]
+        )
+    };
+    let a = Daemon::start_with_config(&config("host-a"));
+    let b = Daemon::start_with_config(&config("host-b"));
+    (cluster, a, b)
 }
 
 /// A qcow2 image of `size` with its first `written` bytes filled (not zeros: they are copied).
@@ -859,15 +865,7 @@ async fn local_disk_migration() {
         kill_pidfile(&dst.pidfile());
     }
     // Through oxvirt: two hosts, a local pool with a directory each, the VM moved back and forth.
-    let cluster = EtcdCluster::start(1);
-    let config = |host: &str| {
-        format!(
-            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"bench-local/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n",
-            cluster.endpoints()[0]
-        )
-    };
-    let a = Daemon::start_with_config(&config("host-a"));
-    let b = Daemon::start_with_config(&config("host-b"));
+    let (_cluster, a, b) = two_hosts("bench-local/");
     let at = |h: &str| dir.path().join(h).to_string_lossy().into_owned();
     let _: serde_json::Value = a
         .client

@@ -378,12 +378,7 @@ impl Instance for QemuInstance {
         if self.wait_exit(Duration::from_secs(5)).await {
             return Ok(());
         }
-        self.pidfd.signal(libc::SIGKILL)?;
-        if self.wait_exit(Duration::from_secs(10)).await {
-            Ok(())
-        } else {
-            Err(HvError::Timeout(Duration::from_secs(10), format!("QEMU {} to exit after SIGKILL", self.pid)))
-        }
+        self.discard().await
     }
 
     async fn discard(&self) -> Result<(), HvError> {
