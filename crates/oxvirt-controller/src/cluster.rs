@@ -30,6 +30,13 @@ pub struct HostRecord {
     pub cpu_pressure: f64,
 }
 
+impl HostRecord {
+    /// The host part of its address (`10.0.0.1` of `10.0.0.1:8443`, `::1` of `[::1]:8443`).
+    pub fn address_host(&self) -> &str {
+        self.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or_default()
+    }
+}
+
 /// A host as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct HostView {
@@ -69,7 +76,7 @@ impl Controller {
             maintenance: joined.is_some_and(|j| j.maintenance),
             ..rec
         };
-        let rec = HostRecord { ..self.with_reach(rec) };
+        let rec = self.with_reach(rec);
         self.inner.store.put(&key, oxvirt_store::encode(&rec), Expect::Any)?;
         *crate::lock(&self.inner.membership) = Some(Arc::new(Membership { name: name.into(), session }));
         self.inner.tasks.set_host(name);

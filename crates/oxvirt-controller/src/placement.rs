@@ -81,10 +81,10 @@ impl Controller {
         })
     }
 
-    /// The hosts and VMs as the scheduler sees them, under the cluster's policy.
-    fn scheduler_view(&self) -> Result<(Vec<Host>, Vec<Placed>, Policy), ControlError> {
+    /// The hosts and VMs (`vms`, all of them) as the scheduler sees them, under the cluster's
+    /// policy.
+    fn scheduler_view(&self, vms: &[Vm]) -> Result<(Vec<Host>, Vec<Placed>, Policy), ControlError> {
         let alive = self.alive_hosts()?;
-        let vms: Vec<Vm> = self.list_vms()?;
         let host_policy = self.host_policy()?;
         let policy = Policy {
             strategy: match self.cluster_policy()?.strategy {
@@ -139,7 +139,7 @@ impl Controller {
             self.usable_host("disks", &h)?;
             return Ok(Some((h, "where its local disks are".into())));
         }
-        let (hosts, placed, policy) = self.scheduler_view()?;
+        let (hosts, placed, policy) = self.scheduler_view(&self.list_vms()?)?;
         let mut cluster = Cluster::new(hosts, policy);
         for p in placed.iter().filter(|p| p.request.name != spec.name) {
             cluster.note_groups(&p.host, p.request.affinity.as_deref(), p.request.anti_affinity.as_deref());
@@ -155,37 +155,25 @@ impl Controller {
     pub fn rebalance(&self, start: bool) -> Result<RebalanceView, ControlError> {
         self.in_cluster()?;
         let policy = self.cluster_policy()?;
-        let (hosts, placed, sched) = self.scheduler_view()?;
+        let vms = self.list_vms()?;
+        let (hosts, placed, sched) = self.scheduler_view(&vms)?;
         let running: Vec<Migration> =
             self.inner.store.list_records::<Migration>()?.into_iter().map(|(m, _)| m).collect();
         // Only running VMs move; those migrating already stay out of the plan.
-        let vms = self.list_vms()?;
-        let movable: Vec<Placed> = placed
-            .into_iter()
-            .filter(|p| {
-                vms.iter().any(|v| v.spec.name == p.request.name && v.status.state == oxvirt_model::VmState::Running)
-                    && !running.iter().any(|m| m.vm == p.request.name)
-            })
+        let movable: std::collections::HashSet<&str> = vms
+            .iter()
+            .filter(|v| v.status.state == oxvirt_model::VmState::Running)
+            .map(|v| v.spec.name.as_str())
+            .filter(|n| !running.iter().any(|m| m.vm == *n))
             .collect();
+        let movable: Vec<Placed> = placed.into_iter().filter(|p| movable.contains(p.request.name.as_str())).collect();
         let threshold = f64::from(policy.threshold_percent) / 100.0;
         let moves = oxvirt_scheduler::plan_rebalance(hosts, movable, &sched, 64, threshold);
         let mut started = Vec::new();
         if start {
             let room = (policy.max_migrations as usize).saturating_sub(running.len());
             for m in moves.iter().take(room) {
-                let asked = Migration {
-                    vm: m.vm.clone(),
-                    source: m.from.clone(),
-                    target: m.to.clone(),
-                    state: MigrationState::Asked,
-                    uri: None,
-                    error: None,
-                    nbd: None,
-                    postcopy: false,
-                    local_disks: vec![],
-                    console: None,
-                    created_at: crate::now_millis(),
-                };
+                let asked = Migration::new(&m.vm, &m.from, &m.to, MigrationState::Asked, crate::now_millis());
                 if self.inner.store.put_record(&m.vm, &asked, Expect::Absent).is_ok() {
                     tracing::info!(vm = %m.vm, from = %m.from, to = %m.to, "rebalancing: {}", m.reason);
                     started.push(m.vm.clone());

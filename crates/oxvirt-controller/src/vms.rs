@@ -80,11 +80,7 @@ impl Controller {
             if self.inner.store.get_record::<Vm>(&vm.spec.name)?.is_some() {
                 return Err(exists(&vm.spec.name));
             }
-            let extra = match (&placed, counter) {
-                (Some(_), Some(c)) => vec![c],
-                _ => vec![],
-            };
-            match self.write_vm_with(&vm, Expect::Absent, None, extra) {
+            match self.write_vm_with(&vm, Expect::Absent, None, counter.into_iter().collect()) {
                 Ok(()) => break vm,
                 Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
                     return Err(exists(&vm.spec.name))

@@ -77,12 +77,27 @@ pub struct Migration {
     /// Whether the source may switch to post-copy (the target must be able to take it).
     #[serde(default)]
     pub postcopy: bool,
-    /// The ids of those disks.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub local_disks: Vec<String>,
     /// The end of the guest's console output on the source, handed over with the VM so that its
     /// console log goes on where it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<String>,
     pub created_at: Millis,
+}
+
+impl Migration {
+    /// A migration of `vm` from `source` to `target`, in `state`, created at `now`.
+    pub fn new(vm: &str, source: &str, target: &str, state: MigrationState, now: Millis) -> Migration {
+        Migration {
+            vm: vm.into(),
+            source: source.into(),
+            target: target.into(),
+            state,
+            uri: None,
+            error: None,
+            nbd: None,
+            postcopy: false,
+            console: None,
+            created_at: now,
+        }
+    }
 }

@@ -127,9 +127,6 @@ impl Config {
         if name.is_some() {
             self.store.host_name = name;
         }
-        if let Some(n) = &self.store.host_name {
-            oxvirt_model::validate_name("host_name", n).map_err(|e| e.to_string())?;
-        }
         self.check().map_err(|e| format!("--join: {e}"))
     }
 
@@ -149,6 +146,9 @@ impl Config {
                 }
             }
             (other, _) => return Err(format!("store.backend: must be sqlite or etcd, not {other:?}")),
+        }
+        if let Some(n) = &c.store.host_name {
+            oxvirt_model::validate_name("store.host_name", n).map_err(|e| e.to_string())?;
         }
         if c.store.member_ttl_secs < 2 || c.store.member_ttl_secs > 300 {
             return Err("store.member_ttl_secs: must be 2..300".into());
@@ -210,6 +210,11 @@ mod tests {
         assert_eq!(c.alerts.rules.len(), 1);
         assert!(Config::parse("[store]\nbackend = \"etcd\"").unwrap_err().starts_with("store.etcd_endpoints"));
         assert!(Config::parse("[store]\nbackend = \"zk\"").unwrap_err().starts_with("store.backend"));
+        assert!(Config::parse("[store]\nhost_name = \"bad name\"").unwrap_err().starts_with("store.host_name"));
+        assert!(Config::default()
+            .join("http://e:2379", Some("Bad_Host".into()))
+            .unwrap_err()
+            .starts_with("--join: store.host_name"));
         assert!(Config::parse("[store]\nbackend = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\"]")
             .unwrap_err()
             .starts_with("store.etcd_endpoints"));

@@ -21,6 +21,11 @@ pub(crate) struct LocalDisk {
     pub size: u64,
 }
 
+/// `host` and `port` of an NBD address `host:port`.
+fn split_address(addr: &str) -> Result<(&str, &str), ControlError> {
+    addr.rsplit_once(':').ok_or_else(|| ControlError::Conflict(format!("a bad NBD address {addr:?}")))
+}
+
 /// The node and job names of one disk's mirror on the source.
 fn mirror_name(disk: &str) -> String {
     format!("migrate-{disk}")
@@ -59,13 +64,10 @@ impl Controller {
         Ok(out)
     }
 
-    /// This host's file of a local disk (its pool's directory made if it is not here yet).
+    /// This host's file of a local disk (`volume_file` makes the pool's directory here if it
+    /// is not here yet).
     pub(crate) fn local_disk_file(&self, d: &LocalDisk) -> Result<PathBuf, ControlError> {
-        let pool = self.pool_rec(&d.pool)?;
-        let dir = self.pool_dir(&pool);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ControlError::Host(format!("cannot create {}: {e}", dir.display())))?;
-        self.volume_file(&pool, &d.volume, d.format)
+        self.volume_file(&self.pool_rec(&d.pool)?, &d.volume, d.format)
     }
 }
 
@@ -91,15 +93,11 @@ pub(crate) fn remove_copies(files: &[PathBuf]) {
     }
 }
 
-/// Target: serves the copies, writable, on `ip:port` (an export per disk, named by its id).
-pub(crate) async fn serve(
-    instance: &dyn Instance,
-    ip: &str,
-    port: u16,
-    disks: &[LocalDisk],
-) -> Result<(), ControlError> {
+/// Target: serves the copies, writable, on `host:port` (an export per disk, named by its id).
+pub(crate) async fn serve(instance: &dyn Instance, addr: &str, disks: &[LocalDisk]) -> Result<(), ControlError> {
+    let (host, port) = split_address(addr)?;
     // nbd-server-start takes the legacy address form (the data nested).
-    let addr = json!({ "type": "inet", "data": { "host": ip, "port": port.to_string() } });
+    let addr = json!({ "type": "inet", "data": { "host": host, "port": port } });
     instance.command("nbd-server-start", json!({ "addr": addr })).await?;
     for d in disks {
         let export = json!({
@@ -120,9 +118,7 @@ pub(crate) async fn stop_serving(instance: &dyn Instance) {
 
 /// Source: connects to the target's exports and mirrors each disk into its copy.
 pub(crate) async fn start_mirrors(instance: &dyn Instance, nbd: &str, disks: &[LocalDisk]) -> Result<(), ControlError> {
-    let (host, port) = nbd
-        .rsplit_once(':')
-        .ok_or_else(|| ControlError::Conflict(format!("the target gave a bad NBD address {nbd:?}")))?;
+    let (host, port) = split_address(nbd)?;
     for d in disks {
         let name = mirror_name(&d.id);
         let node = json!({

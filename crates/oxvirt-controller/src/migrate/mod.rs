@@ -86,17 +86,8 @@ impl Controller {
             ));
         }
         let m = Migration {
-            vm: name.into(),
-            source: me,
-            target: target.name.clone(),
-            state: MigrationState::Requested,
-            uri: None,
-            error: None,
-            nbd: None,
             postcopy: req.postcopy,
-            local_disks: local.iter().map(|d| d.id.clone()).collect(),
-            console: None,
-            created_at: now_millis(),
+            ..Migration::new(name, &me, &target.name, MigrationState::Requested, now_millis())
         };
         self.inner.store.put_record(name, &m, expect).map_err(|_| busy(name))?;
         let task = self.inner.tasks.create("vm.migrate", &format!("vms/{name}"))?;
@@ -118,9 +109,7 @@ impl Controller {
     }
 
     fn end_migration(&self, name: &str, state: MigrationState, error: Option<String>) {
-        if !matches!(self.inner.store.get_record::<Migration>(name), Ok(Some(_))) {
-            return;
-        }
+        // A record already gone (the source removed a refused one) stays gone.
         let r = self.inner.store.update_record::<Migration>(name, |m| {
             m.state = state;
             m.error = error.clone();
@@ -201,7 +190,7 @@ impl Controller {
         if let Some(t) = info["oxvirt"]["throttled"].as_u64().filter(|t| *t > 0) {
             how += &format!(", vCPUs slowed by up to {t}% (auto-converge)");
         }
-        while let Err(e) = self.hand_over(name, to, &how, console.clone()) {
+        while let Err(e) = self.hand_over(name, to, local, &how, console.clone()) {
             // The guest runs on the target already: the record must follow, never the guest go back.
             tries += 1;
             if tries >= 30 {
@@ -356,7 +345,14 @@ impl Controller {
     }
 
     /// Gives the VM to `to`: its record says so, the migration is completed, in one transaction.
-    fn hand_over(&self, name: &str, to: &str, how: &str, console: Option<String>) -> Result<(), ControlError> {
+    fn hand_over(
+        &self,
+        name: &str,
+        to: &str,
+        local: &[disks::LocalDisk],
+        how: &str,
+        console: Option<String>,
+    ) -> Result<(), ControlError> {
         let (mut vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
         vm.host = Some(to.to_string());
         // The switch-over paused the guest here; it runs there.
@@ -371,7 +367,7 @@ impl Controller {
             Op::Put { key: Migration::key_of(name), value: encode(&m), expect: Expect::Revision(mrev) },
         ];
         // Its local volumes are on the target now.
-        for d in self.local_disks(&vm.spec)? {
+        for d in local {
             let key = crate::storage::volume_key(&d.pool, &d.volume);
             if let Some((mut vol, vrev)) = self.inner.store.get_record::<oxvirt_model::Volume>(&key)? {
                 vol.host = Some(to.to_string());

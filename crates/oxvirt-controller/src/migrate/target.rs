@@ -55,13 +55,8 @@ impl Controller {
                 }
                 MigrationState::Failed => {
                     let taken = lock(&self.inner.incoming).remove(&m.vm);
-                    if let Some(i) = taken {
-                        // Its QEMU's exit removes what it had (its cgroup, once empty).
-                        let _ = i.instance.kill().await;
-                        disks::remove_copies(&i.copies);
-                        if let Ok(vm) = self.get_vm(&m.vm) {
-                            self.release_network(&vm.id, &vm.spec);
-                        }
+                    if let (Some(i), Ok(vm)) = (taken, self.get_vm(&m.vm)) {
+                        self.drop_incoming(&vm, Some(&*i.instance), &i.copies).await;
                     }
                     let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 }
@@ -102,8 +97,11 @@ impl Controller {
         let vm = self.get_vm(&m.vm)?;
         let me: HostRecord =
             self.host_record(&m.target)?.ok_or_else(|| ControlError::Conflict("this host has no record".into()))?;
-        let ip = me.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_default();
-        let ip = if ip.is_empty() || ip == "0.0.0.0" { "127.0.0.1".to_string() } else { ip };
+        let ip = match me.address_host() {
+            "" | "0.0.0.0" => "127.0.0.1",
+            ip => ip,
+        }
+        .to_string();
         let free_port = || {
             std::net::TcpListener::bind(format!("{ip}:0"))
                 .and_then(|l| l.local_addr())
@@ -121,36 +119,29 @@ impl Controller {
         }
         let local: Vec<LocalDisk> = self.local_disks(&vm.spec)?;
         let copies = disks::make_copies(self, &local).await?;
-        let started = self.start_incoming(&vm, &format!("tcp:{ip}:{}", free_port()?)).await;
-        let instance = match started {
+        let uri = format!("tcp:{ip}:{}", free_port()?);
+        let instance = match self.start_incoming(&vm, &uri).await {
             Ok(i) => i,
             Err(e) => {
-                disks::remove_copies(&copies);
-                self.release_network(&vm.id, &vm.spec);
+                self.drop_incoming(&vm, None, &copies).await;
                 return Err(e);
             }
         };
-        let uri = instance.1;
-        let instance = instance.0;
-        if m.postcopy {
-            // Post-copy needs the capability on both ends.
-            let caps = serde_json::json!({ "capabilities": [{ "capability": "postcopy-ram", "state": true }] });
-            if let Err(e) = instance.command("migrate-set-capabilities", caps).await {
-                let _ = instance.kill().await;
-                disks::remove_copies(&copies);
-                self.release_network(&vm.id, &vm.spec);
-                return Err(e.into());
+        let nbd = if local.is_empty() { None } else { Some(format!("{ip}:{}", free_port()?)) };
+        let ready = async {
+            if m.postcopy {
+                // Post-copy needs the capability on both ends.
+                let caps = serde_json::json!({ "capabilities": [{ "capability": "postcopy-ram", "state": true }] });
+                instance.command("migrate-set-capabilities", caps).await?;
             }
-        }
-        let mut nbd = None;
-        if !local.is_empty() {
-            let port = free_port()?;
-            if let Err(e) = disks::serve(&*instance, &ip, port, &local).await {
-                let _ = instance.kill().await;
-                disks::remove_copies(&copies);
-                return Err(e);
+            if let Some(addr) = &nbd {
+                disks::serve(&*instance, addr, &local).await?;
             }
-            nbd = Some(format!("{ip}:{port}"));
+            Ok::<(), ControlError>(())
+        };
+        if let Err(e) = ready.await {
+            self.drop_incoming(&vm, Some(&*instance), &copies).await;
+            return Err(e);
         }
         lock(&self.inner.incoming).insert(m.vm.clone(), Incoming { instance, copies });
         self.inner.store.update_record::<Migration>(&m.vm, |r| {
@@ -165,9 +156,7 @@ impl Controller {
     /// QEMU is no longer ours) is ended: that QEMU, the disk copies and TAP devices made for it go.
     pub(crate) async fn recover_as_target(&self, m: &Migration) {
         let Ok(vm) = self.get_vm(&m.vm) else { return };
-        if let Ok(Some(i)) = self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await {
-            let _ = i.kill().await;
-        }
+        let waiting = self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await.ok().flatten();
         // The VM is not this host's (the migration did not complete): a file of one of its
         // local volumes here is a copy made for the migration.
         let copies: Vec<PathBuf> = self
@@ -177,8 +166,7 @@ impl Controller {
             .filter_map(|d| self.local_disk_file(d).ok())
             .filter(|f| f.exists())
             .collect();
-        disks::remove_copies(&copies);
-        self.release_network(&vm.id, &vm.spec);
+        self.drop_incoming(&vm, waiting.as_deref(), &copies).await;
         tracing::info!(vm = %m.vm, from = %m.source, "ended a migration to this host that oxvirtd's restart interrupted");
         self.end_migration(
             &m.vm,
@@ -187,19 +175,24 @@ impl Controller {
         );
     }
 
-    async fn start_incoming(
-        &self,
-        vm: &oxvirt_model::Vm,
-        uri: &str,
-    ) -> Result<(Arc<dyn Instance>, String), ControlError> {
+    /// Removes what this host made for a migration that will not come: the waiting QEMU (its
+    /// exit removes its cgroup), the disk copies, the NICs' TAP devices.
+    async fn drop_incoming(&self, vm: &oxvirt_model::Vm, instance: Option<&dyn Instance>, copies: &[PathBuf]) {
+        if let Some(i) = instance {
+            let _ = i.kill().await;
+        }
+        disks::remove_copies(copies);
+        self.release_network(&vm.id, &vm.spec);
+    }
+
+    async fn start_incoming(&self, vm: &oxvirt_model::Vm, uri: &str) -> Result<Arc<dyn Instance>, ControlError> {
         let with_mtu = self.prepare_network(&vm.id, &vm.spec, vm.uid).await?;
         self.prepare_storage(&vm.id, &vm.spec).await?;
         let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
         spec.resources.placement = None;
         spec.run_as = self.run_as(&vm.spec.name)?;
         spec.incoming = Some(uri.to_string());
-        let instance = self.inner.hv.start(&vm.id, &spec, &self.inner.paths(&vm.id)).await?;
-        Ok((instance, uri.to_string()))
+        Ok(self.inner.hv.start(&vm.id, &spec, &self.inner.paths(&vm.id)).await?)
     }
 }
 

@@ -252,16 +252,13 @@ impl Controller {
     /// written), so one network record serves every host and a host that joins is a peer.
     fn vxlan_ends(&self, vx: &oxvirt_model::VxlanSpec) -> (std::net::Ipv4Addr, Vec<std::net::Ipv4Addr>) {
         let Some(me) = self.host_name() else { return (vx.local, vx.peers.clone()) };
-        let ip_of = |address: &str| {
-            address
-                .rsplit_once(':')
-                .and_then(|(h, _)| h.parse::<std::net::Ipv4Addr>().ok())
-                .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        let ip_of = |r: &crate::cluster::HostRecord| {
+            r.address_host().parse::<std::net::Ipv4Addr>().ok().filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
         };
         let records = self.host_records().unwrap_or_default();
-        let local = records.iter().find(|r| r.name == me).and_then(|r| ip_of(&r.address)).unwrap_or(vx.local);
+        let local = records.iter().find(|r| r.name == me).and_then(ip_of).unwrap_or(vx.local);
         let mut peers: Vec<std::net::Ipv4Addr> = vx.peers.clone();
-        peers.extend(records.iter().filter(|r| r.name != me).filter_map(|r| ip_of(&r.address)));
+        peers.extend(records.iter().filter(|r| r.name != me).filter_map(ip_of));
         peers.retain(|p| *p != local);
         peers.sort();
         peers.dedup();
