@@ -234,7 +234,8 @@ pub struct EtcdMember {
     args: Vec<String>,
 }
 
-fn free_port() -> u16 {
+/// A TCP port on loopback that nothing listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -570,4 +571,27 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
         }
     }
     String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A guest command that prints `GUEST_OK` when `cmd` succeeds and `GUEST_NO` when it fails (the
+/// markers are computed by the shell, so the typed command's echo never matches them).
+pub fn guest_check(cmd: &str) -> String {
+    format!("{cmd} >/dev/null 2>&1 && echo R-$((6*7))-OK || echo R-$((6*7))-NO")
+}
+pub const GUEST_OK: &str = "R-42-OK";
+pub const GUEST_NO: &str = "R-42-NO";
+
+/// The number a shell command in the guest prints (e.g. a counter it keeps), 0 if none.
+pub async fn guest_number(client: &oxvirt_client::Client, vm: &str, source: &str) -> u64 {
+    let out = run_in_guest(client, vm, &format!("echo CTR-$({source})-E$((1+1))"), "-E2").await;
+    out.rsplit("CTR-")
+        .next()
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the guest's `eth0` has `ip` (its DHCP client is done).
+pub async fn wait_guest_address(client: &oxvirt_client::Client, vm: &str, ip: &str) {
+    run_in_guest(client, vm, &guest_check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), GUEST_OK).await;
 }

@@ -56,15 +56,6 @@ async fn migrate(d: &Daemon, vm: &str, to: &str) {
     assert_eq!(code, 0, "{out}{err}\n{}", d.log());
 }
 
-async fn counter(c: &oxvirt_client::Client, vm: &str, source: &str) -> u64 {
-    let out = run_in_guest(c, vm, &format!("echo CTR-$({source})-E$((1+1))"), "-E2").await;
-    out.rsplit("CTR-")
-        .next()
-        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member() {
     let mut etcd = EtcdCluster::start(3);
@@ -147,7 +138,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = counter(&d[0].client, "mover", "cat /tmp/c").await;
+    let before = guest_number(&d[0].client, "mover", "cat /tmp/c").await;
     assert!(before > 0);
 
     // A migration whose target QEMU dies: the VM runs on where it was, its disk untouched, the
@@ -176,7 +167,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(file("a").exists());
-    let still = counter(&d[0].client, "mover", "cat /tmp/c").await;
+    let still = guest_number(&d[0].client, "mover", "cat /tmp/c").await;
     assert!(still > before, "still counting on host-a: {before} -> {still}");
 
     // To host-b, the disk copied while the guest runs.
@@ -192,9 +183,9 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     let t = ticks(&log);
     assert_consecutive(&t, "after host-a -> host-b");
     assert!(t[0] <= 2, "the log starts on host-a: {t:?}");
-    let after = counter(&d[1].client, "mover", "cat /tmp/c").await;
+    let after = guest_number(&d[1].client, "mover", "cat /tmp/c").await;
     assert!(after > still, "{still} -> {after}");
-    let on_disk = counter(&d[1].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
+    let on_disk = guest_number(&d[1].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
     assert!(
         on_disk >= still && on_disk <= after + 5,
         "the disk holds what the guest wrote: {on_disk} ({still}..{after})"
@@ -241,7 +232,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = String::from_utf8_lossy(&d[2].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
     assert_consecutive(&ticks(&log), "after host-b -> host-c");
-    let on_disk = counter(&d[2].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
+    let on_disk = guest_number(&d[2].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
     assert!(on_disk > after, "{on_disk} <= {after}");
 
     // Rebalancing: a second VM on host-c; the plan moves one of the two away, and the leader
@@ -284,10 +275,6 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
         let i = names.iter().position(|h| *h == owner).unwrap();
         d[i].client.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();
     }
-}
-
-fn check(cmd: &str) -> String {
-    format!("{cmd} >/dev/null 2>&1 && echo R-$((6*7))-OK || echo R-$((6*7))-NO")
 }
 
 /// Two hosts in network namespaces of their own (linked like two machines; etcd runs in the
@@ -348,18 +335,11 @@ async fn a_migrating_vm_takes_its_network_along() {
     }
     let (ip, anchor) = (ips[0].clone(), ips[1].clone());
     wait_console(&a.client, "anchor", READY, 1, BOOT_TIMEOUT).await;
-    run_in_guest(
-        &a.client,
-        "anchor",
-        &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {anchor}/'")),
-        "R-42-OK",
-    )
-    .await;
+    wait_guest_address(&a.client, "anchor", &anchor).await;
     wait_console(&a.client, "roamer", READY, 1, BOOT_TIMEOUT).await;
-    run_in_guest(&a.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK")
-        .await;
-    run_in_guest(&a.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
-    run_in_guest(&a.client, "roamer", &check(&format!("ping -c 1 -W 2 {anchor}")), "R-42-OK").await;
+    wait_guest_address(&a.client, "roamer", &ip).await;
+    run_in_guest(&a.client, "roamer", &guest_check("ping -c 1 -W 2 10.98.0.1"), GUEST_OK).await;
+    run_in_guest(&a.client, "roamer", &guest_check(&format!("ping -c 1 -W 2 {anchor}")), GUEST_OK).await;
     assert!(ha.links().iter().any(|l| l.starts_with("oxv")), "host-a has its TAP device");
 
     let (code, out, err) = a.cli(&["vm", "migrate", "roamer", "--to", "host-b"]);
@@ -385,10 +365,9 @@ async fn a_migrating_vm_takes_its_network_along() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Same address, and the gateway (now host-b's) answers; DHCP there knows the VM's lease.
-    run_in_guest(&b.client, "roamer", &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), "R-42-OK")
-        .await;
-    run_in_guest(&b.client, "roamer", &check("ping -c 1 -W 2 10.98.0.1"), "R-42-OK").await;
-    run_in_guest(&b.client, "roamer", &check(&format!("ping -c 1 -W 2 {anchor}")), "R-42-OK").await;
+    wait_guest_address(&b.client, "roamer", &ip).await;
+    run_in_guest(&b.client, "roamer", &guest_check("ping -c 1 -W 2 10.98.0.1"), GUEST_OK).await;
+    run_in_guest(&b.client, "roamer", &guest_check(&format!("ping -c 1 -W 2 {anchor}")), GUEST_OK).await;
     let leases: Vec<oxvirt_model::LeaseView> = b.client.get("/api/v1/networks/seg/leases").await.unwrap();
     assert!(leases.iter().any(|l| l.lease.ip.to_string() == ip), "{leases:?}");
     b.client.vm_action_wait("roamer", "kill", Duration::from_secs(30)).await.unwrap();

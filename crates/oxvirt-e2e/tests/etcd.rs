@@ -258,18 +258,6 @@ async fn a_host_joins_with_one_flag_and_only_when_empty() {
     assert!(out.contains("host-j") && out.contains("online"), "{out}");
 }
 
-fn counter(out: &str) -> u64 {
-    out.rsplit("CTR-")
-        .next()
-        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn read_counter(c: &oxvirt_client::Client, vm: &str, source: &str) -> u64 {
-    counter(&run_in_guest(c, vm, &format!("echo CTR-$({source})-E$((1+1))",), "-E2").await)
-}
-
 /// A guest counting in memory and on its (shared) disk moves from host-a to host-b while it
 /// counts: the counter never goes back and goes on; a migration whose target dies leaves the VM
 /// running where it was.
@@ -303,7 +291,7 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = read_counter(&a.client, "mover", "cat /tmp/c").await;
+    let before = guest_number(&a.client, "mover", "cat /tmp/c").await;
     assert!(before > 0);
 
     // Bad requests: named, nothing starts.
@@ -332,12 +320,12 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The guest goes on counting from where it was, in memory and on disk.
-    let after = read_counter(&b.client, "mover", "cat /tmp/c").await;
+    let after = guest_number(&b.client, "mover", "cat /tmp/c").await;
     assert!(after >= before, "the counter went back: {before} -> {after}");
-    let on_disk = read_counter(&b.client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
+    let on_disk = guest_number(&b.client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
     assert!(on_disk >= before, "{on_disk} < {before}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(read_counter(&b.client, "mover", "cat /tmp/c").await > after, "it goes on");
+    assert!(guest_number(&b.client, "mover", "cat /tmp/c").await > after, "it goes on");
 
     // Back to host-a, slowly; host-a's waiting QEMU dies: the VM stays on host-b, running.
     let t: oxvirt_model::Task =
@@ -358,7 +346,7 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     assert_eq!(t.state, oxvirt_model::TaskState::Failed, "{t:?}");
     let vm = b.client.get_vm("mover").await.unwrap();
     assert_eq!((vm.host.as_deref(), vm.status.state.as_str(), vm.status.pid), (Some("host-b"), "running", Some(pid_b)));
-    let later = read_counter(&b.client, "mover", "cat /tmp/c").await;
+    let later = guest_number(&b.client, "mover", "cat /tmp/c").await;
     assert!(later > after, "still counting on host-b: {after} -> {later}");
 
     // Draining host-b: in maintenance, its VM moves to host-a; new VMs go elsewhere.
@@ -373,7 +361,7 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     assert!(out.contains("1 VM(s) moved away"), "{out}");
     let vm = wait_state(&a.client, "mover", "running", Duration::from_secs(30)).await;
     assert_eq!(vm.host.as_deref(), Some("host-a"));
-    assert!(read_counter(&a.client, "mover", "cat /tmp/c").await >= later);
+    assert!(guest_number(&a.client, "mover", "cat /tmp/c").await >= later);
     let placed = b.client.create_vm(&kernel_spec("fresh", ""), false).await.unwrap().vm;
     assert_eq!(placed.host.as_deref(), Some("host-a"), "host-b is in maintenance");
     let mut pinned = kernel_spec("pinned", "");

@@ -20,10 +20,6 @@ fn alert_rules_pass_promtool() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 9 rules found"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// GET on a local HTTP server; the body.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

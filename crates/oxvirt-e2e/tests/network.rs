@@ -71,11 +71,7 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
 
 /// The result marker of a guest command: `ok` when it succeeded, typed so that the marker itself
 /// never appears in what is typed.
-fn check(cmd: &str) -> String {
-    format!("{cmd} >/dev/null 2>&1 && echo R-$((6*7))-OK || echo R-$((6*7))-NO")
-}
-const OK: &str = "R-42-OK";
-const NO: &str = "R-42-NO";
+use oxvirt_e2e::{guest_check as check, GUEST_NO as NO, GUEST_OK as OK};
 
 async fn vm_on(c: &oxvirt_client::Client, name: &str, nics: serde_json::Value) -> oxvirt_model::Vm {
     let mut spec = kernel_spec(name, "");
@@ -92,8 +88,7 @@ fn ip_of(vm: &oxvirt_model::Vm, nic: usize) -> String {
 
 /// Waits until the guest has the address IPAM gave it (its DHCP client is done).
 async fn wait_address(c: &oxvirt_client::Client, vm: &oxvirt_model::Vm) {
-    let ip = ip_of(vm, 0);
-    run_in_guest(c, &vm.spec.name, &check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), OK).await;
+    wait_guest_address(c, &vm.spec.name, &ip_of(vm, 0)).await;
 }
 
 fn oxvirt_links(ns: &Netns) -> Vec<String> {

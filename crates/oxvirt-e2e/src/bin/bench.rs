@@ -59,10 +59,7 @@ async fn start_overhead() {
     let vm = d.client.get_vm("bench").await.expect("get");
 
     // The same command line oxvirt builds, launched by hand.
-    let driver = QemuDriver::new(
-        "qemu-system-x86_64",
-        AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() },
-    );
+    let driver = tcg_driver();
     let dir = tempfile::Builder::new().prefix("oxb").tempdir_in("/tmp").expect("tmp");
     let paths = RuntimePaths::new(dir.path().join("direct"));
     std::fs::create_dir_all(paths.dir()).expect("dir");
@@ -628,34 +625,19 @@ async fn migration() {
     use serde_json::json;
     println!("== live migration: idle 1 GiB guest, 5 rounds each (median)");
     // Baseline: the same guest, QEMU to QEMU by hand.
-    let driver = QemuDriver::new(
-        "qemu-system-x86_64",
-        AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() },
-    );
+    let driver = tcg_driver();
     let mut spec_json = kernel_spec("mig", "");
     spec_json["memory"] = json!("1GiB");
     let spec: oxvirt_model::VmSpec = serde_json::from_value(spec_json.clone()).expect("spec");
     let dir = tempfile::Builder::new().prefix("oxm").tempdir_in("/tmp").expect("tmp");
     let mut raw = Vec::new();
     for round in 0..5 {
-        let src = RuntimePaths::new(dir.path().join(format!("s{round}")));
-        let dst = RuntimePaths::new(dir.path().join(format!("d{round}")));
-        for p in [&src, &dst] {
-            std::fs::create_dir_all(p.dir()).expect("dir");
-        }
         let id = format!("{:08x}-0000-0000-0000-00000000000{round}", std::process::id());
-        let st =
-            std::process::Command::new(driver.program()).args(driver.args(&id, &spec, &src)).status().expect("qemu");
-        assert!(st.success());
-        wait_file_marker(&src.console_log(), BOOT_TIMEOUT);
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (src, dst) = raw_source(&driver, dir.path(), &id, round, &spec);
+        let port = free_port();
         let mut incoming = spec.clone();
         incoming.incoming = Some(format!("tcp:127.0.0.1:{port}"));
-        let st = std::process::Command::new(driver.program())
-            .args(driver.args(&id, &incoming, &dst))
-            .status()
-            .expect("qemu");
-        assert!(st.success());
+        raw_qemu(&driver, &id, &incoming, &dst);
         let qmp = oxvirt_qemu::qmp::Qmp::connect(&src.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
         raw.push(raw_migration(&qmp, &format!("tcp:127.0.0.1:{port}")).await);
         kill_pidfile(&src.pidfile());
@@ -728,6 +710,35 @@ async fn main() {
         migration().await;
         local_disk_migration().await;
     }
+}
+
+/// The QEMU driver raw baselines take their argv from (TCG, as on this machine).
+fn tcg_driver() -> QemuDriver {
+    QemuDriver::new("qemu-system-x86_64", AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() })
+}
+
+/// A raw (unmanaged) QEMU of `spec` in `paths`, daemonized with the driver's own argv.
+fn raw_qemu(driver: &QemuDriver, id: &str, spec: &oxvirt_model::VmSpec, paths: &RuntimePaths) {
+    let st = std::process::Command::new(driver.program()).args(driver.args(id, spec, paths)).status().expect("qemu");
+    assert!(st.success());
+}
+
+/// Round `round` of a raw migration: its source booted from `spec`, and the target's runtime dir.
+fn raw_source(
+    driver: &QemuDriver,
+    dir: &std::path::Path,
+    id: &str,
+    round: usize,
+    spec: &oxvirt_model::VmSpec,
+) -> (RuntimePaths, RuntimePaths) {
+    let src = RuntimePaths::new(dir.join(format!("s{round}")));
+    let dst = RuntimePaths::new(dir.join(format!("d{round}")));
+    for p in [&src, &dst] {
+        std::fs::create_dir_all(p.dir()).expect("dir");
+    }
+    raw_qemu(driver, id, spec, &src);
+    wait_file_marker(&src.console_log(), BOOT_TIMEOUT);
+    (src, dst)
 }
 
 /// Two oxvirt hosts (host-a, host-b) on a one-member etcd, keys under `prefix`.
@@ -816,10 +827,7 @@ async fn raw_local_disk_migration(src: &oxvirt_qemu::qmp::Qmp, dst: &oxvirt_qemu
 async fn local_disk_migration() {
     use serde_json::json;
     println!("== live migration with a local disk: idle 512 MiB guest, 1 GiB qcow2 with 256 MiB written, 3 rounds each (median wall time)");
-    let driver = QemuDriver::new(
-        "qemu-system-x86_64",
-        AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() },
-    );
+    let driver = tcg_driver();
     let dir = tempfile::Builder::new().prefix("oxl").tempdir_in("/tmp").expect("tmp");
     let mut raw = Vec::new();
     for round in 0..3 {
@@ -838,25 +846,12 @@ async fn local_disk_migration() {
         let spec: oxvirt_model::VmSpec = serde_json::from_value(spec_json.clone()).expect("spec");
         let mut incoming = spec.clone();
         incoming.disks[0].path = d_disk.to_string_lossy().into_owned();
-        let src = RuntimePaths::new(dir.path().join(format!("s{round}")));
-        let dst = RuntimePaths::new(dir.path().join(format!("d{round}")));
-        for p in [&src, &dst] {
-            std::fs::create_dir_all(p.dir()).expect("dir");
-        }
         let id = format!("{:08x}-0000-0000-0001-00000000000{round}", std::process::id());
-        let st =
-            std::process::Command::new(driver.program()).args(driver.args(&id, &spec, &src)).status().expect("qemu");
-        assert!(st.success());
-        wait_file_marker(&src.console_log(), BOOT_TIMEOUT);
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let (port, nbd) = (free(), free());
+        let (src, dst) = raw_source(&driver, dir.path(), &id, round, &spec);
+        let (port, nbd) = (free_port(), free_port());
         incoming.incoming = Some(format!("tcp:127.0.0.1:{port}"));
         let began = Instant::now();
-        let st = std::process::Command::new(driver.program())
-            .args(driver.args(&id, &incoming, &dst))
-            .status()
-            .expect("qemu");
-        assert!(st.success());
+        raw_qemu(&driver, &id, &incoming, &dst);
         let sq = oxvirt_qemu::qmp::Qmp::connect(&src.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
         let dq = oxvirt_qemu::qmp::Qmp::connect(&dst.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
         raw_local_disk_migration(&sq, &dq, port, nbd).await;
