@@ -11,6 +11,8 @@ oxvirt() { "$bin/oxvirt" "$@"; }
 
 mkdir -p "$data"
 rm -f "$OXVIRT_SOCKET"
+# The demo boots the reference guest's kernel, a host path: the administrator allows its directory.
+[ -f "$data/oxvirtd.toml" ] || printf 'host_path_roots = ["%s"]\n' "$guest" > "$data/oxvirtd.toml"
 # Its own session: the Ctrl-C meant for this script must not reach the daemon before the VM is stopped.
 setsid "$bin/oxvirtd" --data-dir "$data" 2>"$data/oxvirtd.log" &
 daemon=$!

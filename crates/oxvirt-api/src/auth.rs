@@ -6,7 +6,8 @@
 //! limited.
 
 use crate::error::ApiError;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,16 @@ use std::time::Instant;
 /// The peer of an HTTPS connection (set per connection by the listener).
 #[derive(Debug, Clone)]
 pub struct Peer(pub String);
+
+impl Peer {
+    /// The peer's address without its port.
+    pub fn address(&self) -> String {
+        self.0.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| self.0.clone())
+    }
+}
+
+/// Who made a request, as a handler takes it (absent on the Unix socket: root).
+pub type Caller = Option<axum::Extension<Principal>>;
 
 /// Who made a request: its token's user, or root on the Unix socket (where no token is).
 pub fn principal(p: &Option<axum::Extension<Principal>>) -> Principal {
@@ -41,6 +52,14 @@ fn refusal(status: StatusCode, code: &'static str, message: &str) -> Response {
     r
 }
 
+/// Buckets kept at most: past it, idle ones are dropped, and a new key waits.
+const MAX_BUCKETS: usize = 100_000;
+
+/// Refused requests without a valid token each address may have written to the audit log: one a
+/// second, bursts of 20. Past that they are refused (429) and only counted.
+pub const UNAUTHENTICATED_RATE: f64 = 1.0;
+pub const UNAUTHENTICATED_BURST: f64 = 20.0;
+
 /// Token buckets, one per token: `rate` requests per second, bursts up to `burst`.
 pub struct RateLimiter {
     rate: f64,
@@ -60,6 +79,14 @@ impl RateLimiter {
         }
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        if b.len() >= MAX_BUCKETS {
+            // Buckets that refilled completely hold nothing worth keeping.
+            let full = std::time::Duration::from_secs_f64(self.burst / self.rate);
+            b.retain(|_, (_, at)| now.duration_since(*at) < full);
+            if b.len() >= MAX_BUCKETS {
+                return false;
+            }
+        }
         let (level, at) = b.entry(key.to_string()).or_insert((self.burst, now));
         *level = (*level + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
@@ -76,6 +103,11 @@ fn peer_of(req: &Request) -> String {
     req.extensions().get::<Peer>().map(|p| p.0.clone()).unwrap_or_else(|| "socket".into())
 }
 
+/// A request path as the audit log and refusals quote it: cut short (it is the caller's text).
+fn audit_path(p: &str) -> String {
+    oxvirt_controller::audit::cut(p, oxvirt_controller::audit::AUDIT_PATH_MAX)
+}
+
 fn audit_refusal(c: &Controller, req: &Request, status: StatusCode, user: &str) {
     c.audit(&AuditRecord {
         time: now_ms(),
@@ -83,7 +115,7 @@ fn audit_refusal(c: &Controller, req: &Request, status: StatusCode, user: &str) 
         token: None,
         from: peer_of(req),
         method: req.method().to_string(),
-        path: req.uri().path().to_string(),
+        path: audit_path(req.uri().path()),
         resource: String::new(),
         status: status.as_u16(),
     });
@@ -96,10 +128,26 @@ fn now_ms() -> u64 {
 /// HTTPS: lets a request through only with a valid token (the login route excepted), within its
 /// rate; the principal goes along with the request.
 pub async fn require_token(
-    State((c, limiter)): State<(Controller, Arc<RateLimiter>)>,
+    State((c, limiter, unauthenticated)): State<(Controller, Arc<RateLimiter>, Arc<RateLimiter>)>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    // A refusal before authentication costs a counter; only a few per address reach the audit log.
+    let refuse_unauthenticated = |req: &Request, message: &str| {
+        let address = req.extensions().get::<Peer>().map(Peer::address).unwrap_or_default();
+        if !unauthenticated.take(&address) {
+            UNAUTHENTICATED_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "too many requests without a valid token from this address: wait a moment",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
+        audit_refusal(&c, req, StatusCode::UNAUTHORIZED, "-");
+        refusal(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    };
     if req.uri().path() == LOGIN {
         let key = format!("login:{}", peer_of(&req).rsplit_once(':').map(|p| p.0.to_string()).unwrap_or_default());
         if !limiter.take(&key) {
@@ -108,21 +156,12 @@ pub async fn require_token(
         return next.run(req).await;
     }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        audit_refusal(&c, &req, StatusCode::UNAUTHORIZED, "-");
-        return refusal(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "an API token is required: send `Authorization: Bearer <token>`",
-        );
+        return refuse_unauthenticated(&req, "an API token is required: send `Authorization: Bearer <token>`");
     };
     let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    let Some(token) = (!presented.is_empty()).then(|| c.check_token(presented)).flatten() else {
-        audit_refusal(&c, &req, StatusCode::UNAUTHORIZED, "-");
-        return refusal(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the API token is not valid (unknown, revoked or expired)",
-        );
+    let Some(token) = (!presented.is_empty() && presented.len() <= 256).then(|| c.check_token(presented)).flatten()
+    else {
+        return refuse_unauthenticated(&req, "the API token is not valid (unknown, revoked or expired)");
     };
     if !limiter.take(&token.id) {
         let mut r =
@@ -136,19 +175,22 @@ pub async fn require_token(
 
 /// What a route needs: a privilege on a resource (`/vms/web`, `/pools`, `/`), or `None` for
 /// routes any authenticated user may call (their own tokens; the handler checks the rest).
-pub fn requirement(method: &Method, matched: &str, path: &str) -> Option<(Privilege, String)> {
+/// `params` are the route's path parameters as the handler gets them (percent-decoded), so the
+/// check is made on the very object the handler acts on, never on the raw URI.
+pub fn requirement(method: &Method, matched: &str, params: &[(&str, &str)]) -> Option<(Privilege, String)> {
     let m: Vec<&str> = matched.trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
-    let p: Vec<&str> = path.trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
+    let param = |template: &str| {
+        let key = template.strip_prefix('{')?.strip_suffix('}')?;
+        params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    };
     // Login is public; own tokens are anyone's; a task is checked against what it is about; the
     // VM list is filtered and a new VM checked against its project, by their handlers.
     if matched == LOGIN || matches!(m.first(), Some(&"tokens") | Some(&"tasks")) || matched == "/api/v1/vms" {
         return None;
     }
-    let resource = match (m.first(), m.get(1), p.get(1)) {
-        (Some(c), Some(param), Some(name)) if param.starts_with('{') && oxvirt_model::ACL_COLLECTIONS.contains(c) => {
-            format!("/{c}/{name}")
-        }
-        (Some(c), _, _) if oxvirt_model::ACL_COLLECTIONS.contains(c) => format!("/{c}"),
+    let resource = match (m.first(), m.get(1).and_then(|t| param(t))) {
+        (Some(c), Some(name)) if oxvirt_model::ACL_COLLECTIONS.contains(c) => format!("/{c}/{name}"),
+        (Some(c), _) if oxvirt_model::ACL_COLLECTIONS.contains(c) => format!("/{c}"),
         _ => "/".to_string(),
     };
     let admin = matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
@@ -171,13 +213,40 @@ pub fn requirement(method: &Method, matched: &str, path: &str) -> Option<(Privil
 
 /// Every routed request: checked against the ACL, and (when it changes something or is refused)
 /// written to the audit log.
-pub async fn authorize(State(c): State<Controller>, matched: MatchedPath, req: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(c): State<Controller>,
+    matched: MatchedPath,
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
     let principal =
         req.extensions().get::<Principal>().cloned().unwrap_or(Principal { user: ROOT.into(), token: None });
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = audit_path(req.uri().path());
     let from = peer_of(&req);
-    let need = requirement(&method, matched.as_str(), &path);
+    let params: Vec<(&str, &str)> = match &params {
+        Ok(p) => p.iter().collect(),
+        Err(RawPathParamsRejection::MissingPathParams(_)) => Vec::new(),
+        Err(_) => {
+            return refusal(StatusCode::NOT_FOUND, "not-found", "no such resource (a path parameter is not UTF-8)")
+        }
+    };
+    // A resource name that can never exist is not found, before any check names it.
+    let m: Vec<&str> = matched.as_str().trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
+    if let (Some(c), Some(t)) = (m.first(), m.get(1)) {
+        let key = t.trim_start_matches('{').trim_end_matches('}');
+        if let Some((_, v)) = params.iter().find(|(k, _)| t.starts_with('{') && *k == key) {
+            if oxvirt_model::ACL_COLLECTIONS.contains(c) && oxvirt_model::validate_name("name", v).is_err() {
+                return refusal(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    &format!("{c}: {:?} is not a valid name", audit_path(v)),
+                );
+            }
+        }
+    }
+    let need = requirement(&method, matched.as_str(), &params);
     let resource = need.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
     let response = match &need {
         Some((privilege, res)) => match c.authorize(&principal.user, *privilege, res) {
@@ -202,10 +271,14 @@ pub async fn authorize(State(c): State<Controller>, matched: MatchedPath, req: R
     response
 }
 
+/// Requests refused before authentication that were only counted (past their address's limit).
+pub static UNAUTHENTICATED_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The API as served over HTTPS: every route but login needs a token.
 pub fn https_router(ctrl: Controller, api: Arc<crate::metrics::ApiMetrics>, limiter: Arc<RateLimiter>) -> axum::Router {
+    let unauthenticated = Arc::new(RateLimiter::new(UNAUTHENTICATED_RATE, UNAUTHENTICATED_BURST));
     crate::router_with_metrics(ctrl.clone(), api)
-        .layer(axum::middleware::from_fn_with_state((ctrl, limiter), require_token))
+        .layer(axum::middleware::from_fn_with_state((ctrl, limiter, unauthenticated), require_token))
 }
 
 #[cfg(test)]
@@ -214,7 +287,15 @@ mod tests {
 
     #[test]
     fn requirements_come_from_the_route() {
-        let r = |m: Method, matched: &str, path: &str| requirement(&m, matched, path);
+        // The route's parameters as axum hands them over (decoded already).
+        let r = |m: Method, matched: &str, path: &str| {
+            let params: Vec<(&str, &str)> = matched
+                .split('/')
+                .zip(path.split('/'))
+                .filter_map(|(t, v)| Some((t.strip_prefix('{')?.strip_suffix('}')?, v)))
+                .collect();
+            requirement(&m, matched, &params)
+        };
         assert_eq!(r(Method::GET, "/api/v1/vms", "/api/v1/vms"), None, "filtered by the handler");
         assert_eq!(r(Method::POST, "/api/v1/vms", "/api/v1/vms"), None, "checked against its project");
         assert_eq!(r(Method::GET, "/api/v1/pools", "/api/v1/pools"), Some((Privilege::Read, "/pools".into())));

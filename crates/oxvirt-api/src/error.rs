@@ -55,6 +55,13 @@ impl From<ControlError> for ApiError {
             ControlError::Unauthorized(_) => {
                 ApiError { status: StatusCode::UNAUTHORIZED, code: "unauthorized", field: None, rule: None, message }
             }
+            ControlError::TooManyRequests { .. } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "rate-limited",
+                field: None,
+                rule: None,
+                message,
+            },
             ControlError::Forbidden(_) => {
                 ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", field: None, rule: None, message }
             }

@@ -1,5 +1,6 @@
 //! `/api/v1/networks`, `/api/v1/security-groups` and a VM's NICs (`/api/v1/vms/{name}/nics`).
 
+use crate::auth::{user_of, Caller};
 use crate::body::parse;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
@@ -82,21 +83,27 @@ async fn delete_group(State(c): State<Controller>, Path(name): Path<String>) -> 
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn attach_nic(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
+async fn attach_nic(
+    State(c): State<Controller>,
+    p: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Vm>> {
     check("VM", &name)?;
     let nic: NicSpec = parse(&body)?;
-    Ok(Json(c.attach_nic(&name, nic).await?))
+    Ok(Json(c.attach_nic(&user_of(&p), &name, nic).await?))
 }
 
 async fn update_nic(
     State(c): State<Controller>,
+    p: Caller,
     Path((name, nic)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Vm>> {
     check("VM", &name)?;
     check("NIC", &nic)?;
     let u: NicUpdate = parse(&body)?;
-    Ok(Json(c.update_nic(&name, &nic, u).await?))
+    Ok(Json(c.update_nic(&user_of(&p), &name, &nic, u).await?))
 }
 
 async fn detach_nic(State(c): State<Controller>, Path((name, nic)): Path<(String, String)>) -> ApiResult<Json<Vm>> {

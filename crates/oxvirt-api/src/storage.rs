@@ -1,5 +1,6 @@
 //! `/api/v1/pools`: storage pools and their volumes.
 
+use crate::auth::{user_of, Caller};
 use crate::body::parse;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
@@ -98,9 +99,9 @@ async fn list_pools(State(c): State<Controller>) -> ApiResult<Json<Vec<PoolView>
     Ok(Json(c.list_pools()?))
 }
 
-async fn create_pool(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn create_pool(State(c): State<Controller>, p: Caller, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: PoolSpec = parse(&body)?;
-    let pool = c.create_pool(spec).await?;
+    let pool = c.create_pool(&user_of(&p), spec).await?;
     Ok((StatusCode::CREATED, Json(c.get_pool(&pool.spec.name)?)))
 }
 
@@ -183,17 +184,23 @@ async fn clone_volume(
 
 async fn export_volume(
     State(c): State<Controller>,
+    p: Caller,
     Path((pool, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
     check("pool", &pool)?;
     check("volume", &name)?;
     let req: ExportRequest = parse(&body)?;
-    Ok((StatusCode::ACCEPTED, Json(c.export_volume(&pool, &name, req).await?)))
+    Ok((StatusCode::ACCEPTED, Json(c.export_volume(&user_of(&p), &pool, &name, req).await?)))
 }
 
-async fn import(State(c): State<Controller>, Path(pool): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn import(
+    State(c): State<Controller>,
+    p: Caller,
+    Path(pool): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     check("pool", &pool)?;
     let req: ImportRequest = parse(&body)?;
-    Ok((StatusCode::ACCEPTED, Json(c.import_volume(&pool, req).await?)))
+    Ok((StatusCode::ACCEPTED, Json(c.import_volume(&user_of(&p), &pool, req).await?)))
 }

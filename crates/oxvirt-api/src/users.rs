@@ -35,14 +35,27 @@ struct Login {
     password: String,
 }
 
-async fn login(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn login(
+    State(c): State<Controller>,
+    peer: Option<Extension<crate::auth::Peer>>,
+    body: Bytes,
+) -> Result<axum::response::Response, ApiError> {
     let l: Login = parse(&body)?;
+    let from = peer.map(|Extension(p)| p.address()).unwrap_or_else(|| "socket".into());
     let c2 = c.clone();
     // Password hashing is slow on purpose: off the async threads.
-    let t = tokio::task::spawn_blocking(move || c2.login(&l.user, &l.password))
+    let r = tokio::task::spawn_blocking(move || c2.login(&l.user, &l.password, &from))
         .await
-        .map_err(|e| ApiError::from(ControlError::Host(e.to_string())))??;
-    Ok((StatusCode::CREATED, Json(t)))
+        .map_err(|e| ApiError::from(ControlError::Host(e.to_string())))?;
+    match r {
+        Ok(t) => Ok((StatusCode::CREATED, Json(t)).into_response()),
+        Err(e @ ControlError::TooManyRequests { retry_after_secs, .. }) => {
+            let mut resp = ApiError::from(e).into_response();
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_secs.into());
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -1,5 +1,6 @@
 //! `/api/v1/vms`: VM records and their actions.
 
+use crate::auth::{user_of, Caller};
 use crate::body::parse;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
@@ -76,9 +77,11 @@ async fn create(
         .and_then(|v| v.get("project").and_then(|p| p.as_str()).map(str::to_string))
         .filter(|p| oxvirt_model::validate_name("project", p).is_ok());
     let resource = project.map(|p| format!("/projects/{p}")).unwrap_or_else(|| "/vms".into());
-    c.authorize(&crate::auth::user_of(&p), oxvirt_model::Privilege::Modify, &resource)?;
+    let caller = user_of(&p);
+    c.authorize(&caller, oxvirt_model::Privilege::Modify, &resource)?;
     let spec: VmSpec = parse(&body)?;
-    let vm = c.create_vm(spec)?;
+    // Everything else the spec names (volumes, networks, host paths...) is checked by the controller.
+    let vm = c.create_vm(&caller, spec)?;
     // In a cluster the VM may belong to another host: that host starts it.
     let task = if q.start { c.start_where_it_belongs(&vm.spec.name)? } else { None };
     Ok((StatusCode::CREATED, Json(Created { vm, task })))
@@ -89,10 +92,10 @@ async fn show(State(c): State<Controller>, Path(name): Path<String>) -> ApiResul
     Ok(Json(c.get_vm(&name)?))
 }
 
-async fn update(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
+async fn update(State(c): State<Controller>, p: Caller, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
     check_name(&name)?;
     let update: VmUpdate = parse(&body)?;
-    Ok(Json(c.update_vm(&name, &update)?))
+    Ok(Json(c.update_vm(&user_of(&p), &name, &update)?))
 }
 
 async fn delete(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
@@ -145,10 +148,15 @@ async fn set_qos(
     Ok(Json(c.set_disk_qos(&name, &disk, qos).await?))
 }
 
-async fn attach_disk(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
+async fn attach_disk(
+    State(c): State<Controller>,
+    p: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Vm>> {
     check_name(&name)?;
     let disk: oxvirt_model::DiskSpec = parse(&body)?;
-    Ok(Json(c.attach_disk(&name, disk).await?))
+    Ok(Json(c.attach_disk(&user_of(&p), &name, disk).await?))
 }
 
 async fn detach_disk(State(c): State<Controller>, Path((name, disk)): Path<(String, String)>) -> ApiResult<Json<Vm>> {

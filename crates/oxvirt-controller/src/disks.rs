@@ -11,7 +11,7 @@ const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Controller {
     /// Adds a disk to a VM; a running VM gets it at once (hot-plug).
-    pub async fn attach_disk(&self, vm: &str, disk: DiskSpec) -> Result<Vm, ControlError> {
+    pub async fn attach_disk(&self, caller: &str, vm: &str, disk: DiskSpec) -> Result<Vm, ControlError> {
         let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
         let (current, rev) = self.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
         let running = current.status.state.has_process();
@@ -22,6 +22,7 @@ impl Controller {
         spec.disks.push(disk);
         assign_disk_ids(&mut spec);
         spec.validate()?;
+        self.check_references(caller, Some(&current.spec), &mut spec)?;
         self.local_volumes_host(&spec, current.host.as_deref())?;
         self.check_quota(&spec)?;
         let index = spec.disks.len() - 1;

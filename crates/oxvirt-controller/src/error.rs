@@ -25,6 +25,9 @@ pub enum ControlError {
     /// Valid credentials without the right (403).
     #[error("{0}")]
     Forbidden(String),
+    /// Too many attempts: try again after `retry_after_secs` (429).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_secs: u64 },
     /// A host command oxvirt needs failed (500).
     #[error("host: {0}")]
     Host(String),

@@ -15,12 +15,14 @@ mod error;
 pub mod history;
 mod host;
 mod lifecycle;
+pub mod login_guard;
 mod migrate;
 mod nbd;
 pub mod network;
 pub mod placement;
 pub mod projects;
 mod reconcile;
+mod references;
 pub mod resources;
 mod snapshots;
 pub mod stats;
@@ -54,6 +56,9 @@ pub struct ControllerConfig {
     pub reconcile_interval: Duration,
     /// Each VM's QEMU gives up root for a uid of its own once the guest starts.
     pub confine_qemu: bool,
+    /// Directories under which an administrator may name host paths (disk images, kernels,
+    /// import sources, export destinations, pool directories); empty turns host paths off.
+    pub host_path_roots: Vec<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -64,6 +69,7 @@ impl ControllerConfig {
             console_log_max: 1024 * 1024,
             reconcile_interval: Duration::from_secs(2),
             confine_qemu: true,
+            host_path_roots: Vec::new(),
         }
     }
 }
@@ -79,6 +85,8 @@ pub(crate) struct Inner {
     pub store: Arc<dyn Store>,
     pub hv: Arc<dyn Hypervisor>,
     pub config: ControllerConfig,
+    /// Which host paths a request may name (see `references.rs`).
+    pub host_paths: oxvirt_storage::host_paths::HostPaths,
     pub events: broadcast::Sender<Event>,
     pub tasks: TaskRegistry,
     pub slots: Mutex<HashMap<String, Arc<VmSlot>>>,
@@ -101,6 +109,8 @@ pub(crate) struct Inner {
     pub membership: Mutex<Option<Arc<cluster::Membership>>>,
     /// Serialises appends to the audit log.
     pub audit_lock: Mutex<()>,
+    /// Failed logins per user and per address (`login_guard.rs`).
+    pub login_guard: Mutex<login_guard::LoginGuard>,
     /// VMs automatic ballooning shrank, with the target it set.
     pub auto_ballooned: Mutex<HashMap<String, u64>>,
     /// Serialises changes of networks and of oxvirt's nftables tables.
@@ -120,6 +130,7 @@ impl Controller {
         let inner = Inner {
             store,
             hv,
+            host_paths: oxvirt_storage::host_paths::HostPaths::new(&config.host_path_roots, &config.data_dir),
             config,
             events,
             tasks,
@@ -130,6 +141,7 @@ impl Controller {
             net_lock: Default::default(),
             auto_ballooned: Mutex::default(),
             audit_lock: Mutex::default(),
+            login_guard: Mutex::default(),
             membership: Mutex::default(),
             incoming: Mutex::default(),
             last_rebalance: Mutex::default(),

@@ -9,6 +9,7 @@ use oxvirt_model::{
     parse_volume_ref, ByteSize, DiskFormat, NbdSource, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Task,
     ValidationError, Vm, Volume, VolumeSpec,
 };
+use oxvirt_storage::host_paths::Want;
 use oxvirt_storage::{paths, qemu_img, usage};
 use oxvirt_store::{encode, Expect, Op, StoreError, StoreExt};
 use std::path::{Path, PathBuf};
@@ -65,9 +66,23 @@ pub(crate) fn volume_key(pool: &str, name: &str) -> String {
 impl Controller {
     // ---- pools ----
 
-    pub async fn create_pool(&self, spec: PoolSpec) -> Result<Pool, ControlError> {
+    /// A pool's directory is a host path: only an administrator names one (see `references.rs`).
+    pub async fn create_pool(&self, caller: &str, mut spec: PoolSpec) -> Result<Pool, ControlError> {
         spec.validate()?;
         let me = self.host_name();
+        let resolved = self.host_path(caller, "path", spec.path_on(me.as_deref()), Want::Dir)?;
+        let resolved =
+            resolved.into_os_string().into_string().map_err(|_| ControlError::invalid("path", "must be UTF-8"))?;
+        match me.as_deref().and_then(|h| spec.host_paths.get_mut(h)) {
+            Some(p) => *p = resolved,
+            None => spec.path = resolved,
+        }
+        for (host, p) in &spec.host_paths {
+            if Some(host.as_str()) != me.as_deref() {
+                // Another host's directory is checked by syntax here (the model) and used only there.
+                oxvirt_model::validate_host_path(&format!("host_paths.{host}"), p)?;
+            }
+        }
         let dir = Path::new(spec.path_on(me.as_deref()));
         if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| Path::new(p.spec.path_on(me.as_deref())) == dir)
         {
@@ -519,16 +534,17 @@ impl Controller {
     }
 
     /// Imports an image file (qcow2, raw, vmdk) as a new volume, as a task with progress.
-    pub async fn import_volume(&self, pool: &str, req: ImportRequest) -> Result<Task, ControlError> {
+    /// The source is a host path: only an administrator names one (see `references.rs`).
+    pub async fn import_volume(&self, caller: &str, pool: &str, req: ImportRequest) -> Result<Task, ControlError> {
         let pool = self.pool(pool)?;
         self.check_new_volume_name(&pool.spec.name, &req.name)?;
         oxvirt_model::validate_host_path("source", &req.source)?;
+        let source = self.host_path(caller, "source", &req.source, Want::File)?;
         if let Some(f) = &req.source_format {
             if !["qcow2", "raw", "vmdk"].contains(&f.as_str()) {
                 return Err(ControlError::invalid("source_format", "must be qcow2, raw or vmdk"));
             }
         }
-        let source = PathBuf::from(&req.source);
         let info = qemu_img::info(&source, None)
             .await
             .map_err(|e| ControlError::invalid("source", format!("not a readable image: {e}")))?;
@@ -572,17 +588,18 @@ impl Controller {
     }
 
     /// Exports a volume to a new file on the host, as a task with progress.
-    pub async fn export_volume(&self, pool: &str, name: &str, req: ExportRequest) -> Result<Task, ControlError> {
+    /// The destination is a host path: only an administrator names one (see `references.rs`).
+    pub async fn export_volume(
+        &self,
+        caller: &str,
+        pool: &str,
+        name: &str,
+        req: ExportRequest,
+    ) -> Result<Task, ControlError> {
         let (vol, _) = self.volume_rec(pool, name)?;
         self.volume_here(&vol)?;
         oxvirt_model::validate_host_path("destination", &req.destination)?;
-        let dest = PathBuf::from(&req.destination);
-        if dest.exists() {
-            return Err(ControlError::invalid("destination", format!("{} exists already", req.destination)));
-        }
-        if !dest.parent().is_some_and(Path::is_dir) {
-            return Err(ControlError::invalid("destination", "its directory does not exist"));
-        }
+        let dest = self.host_path(caller, "destination", &req.destination, Want::NewFile)?;
         if self.running_disk(&vol)?.is_some() {
             return Err(ControlError::Conflict(format!(
                 "volume {} is in use by a running VM: stop it or snapshot first",
@@ -640,9 +657,22 @@ impl Controller {
         spec: &oxvirt_model::VmSpec,
     ) -> Result<oxvirt_model::VmSpec, ControlError> {
         let mut s = spec.clone();
+        // Host paths are checked again each time QEMU gets them: a record made before a root was
+        // taken out of the configuration (or before these rules) cannot reach the host.
+        let hp = &self.inner.host_paths;
+        if let Some(k) = &s.kernel {
+            hp.check("kernel.kernel", &k.kernel, Want::File).map_err(|e| ControlError::invalid(e.field, e.rule))?;
+            if let Some(i) = &k.initrd {
+                hp.check("kernel.initrd", i, Want::File).map_err(|e| ControlError::invalid(e.field, e.rule))?;
+            }
+        }
         for (i, d) in s.disks.iter_mut().enumerate() {
             if d.id.is_empty() {
                 d.id = format!("disk{i}");
+            }
+            if d.is_host_path() {
+                hp.check(&format!("disks[{i}].path"), &d.path, Want::File)
+                    .map_err(|e| ControlError::invalid(e.field, e.rule))?;
             }
             if let Some(r) = &d.volume {
                 let (pool, name) = parse_volume_ref(&format!("disks[{i}].volume"), r)?;

@@ -24,6 +24,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long a token lives when its maker does not say: 90 days.
+pub const DEFAULT_TOKEN_TTL_MS: u64 = 90 * 24 * 3600 * 1000;
+
 impl Controller {
     /// At first start (no token recorded yet): makes the administrator token and writes it to
     /// `path` (mode 0600). Returns whether it made one.
@@ -64,11 +67,13 @@ impl Controller {
         Some(t)
     }
 
-    /// A new token acting as `user`; the secret is shown once, here.
+    /// A new token acting as `user`, expiring after `ttl_ms` ([`DEFAULT_TOKEN_TTL_MS`] if none); the secret is shown once, here.
     pub fn create_token(&self, user: &str, name: &str, ttl_ms: Option<u64>) -> Result<NewToken, ControlError> {
         if name.is_empty() || name.len() > 200 || name.contains(['\n', '\r', '\0']) {
             return Err(ControlError::invalid("name", "must be one line of 1 to 200 bytes"));
         }
+        // Every token expires: 90 days unless asked otherwise.
+        let ttl_ms = Some(ttl_ms.unwrap_or(DEFAULT_TOKEN_TTL_MS));
         if let Some(t) = ttl_ms {
             if t == 0 || t > 366 * 24 * 3600 * 1000 {
                 return Err(ControlError::invalid("expires_in_secs", "must be 1 second to 366 days"));

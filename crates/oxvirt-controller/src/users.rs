@@ -76,11 +76,24 @@ impl Controller {
             .unwrap_or(false)
     }
 
-    /// A token for a user who gave the right password, valid for 8 hours.
-    pub fn login(&self, user: &str, password: &str) -> Result<NewToken, ControlError> {
+    /// A token for a user who gave the right password, valid for 8 hours. Failures slow down
+    /// further attempts for that user name and from that address (`login_guard.rs`).
+    pub fn login(&self, user: &str, password: &str, from: &str) -> Result<NewToken, ControlError> {
+        let now = std::time::Instant::now();
+        if let Err(b) = crate::lock(&self.inner.login_guard).check(user, from, now) {
+            let secs = b.retry_after.as_secs().max(1);
+            tracing::warn!(user, from, "login refused: {} is backing off for {secs} s after failed logins", b.key);
+            return Err(ControlError::TooManyRequests {
+                message: format!("too many failed logins ({}): try again in {secs} s", b.key),
+                retry_after_secs: secs,
+            });
+        }
         if !self.verify_password(user, password) {
+            crate::lock(&self.inner.login_guard).failed(user, from, now);
+            tracing::warn!(user, from, "failed login");
             return Err(ControlError::Unauthorized("wrong user name or password".into()));
         }
+        crate::lock(&self.inner.login_guard).succeeded(user);
         self.create_token(user, "login", Some(LOGIN_TTL_MS))
     }
 

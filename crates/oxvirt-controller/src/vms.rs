@@ -43,9 +43,11 @@ impl Controller {
     }
 
     /// Creates a VM record (stopped). Nothing is changed when any rule fails.
-    pub fn create_vm(&self, mut spec: VmSpec) -> Result<Vm, ControlError> {
+    /// `caller` needs the right to use everything the spec names (see `references.rs`).
+    pub fn create_vm(&self, caller: &str, mut spec: VmSpec) -> Result<Vm, ControlError> {
         spec.normalize();
         spec.validate()?;
+        self.check_references(caller, None, &mut spec)?;
         self.check_against_host(&spec)?;
         let id = uuid::Uuid::new_v4().to_string();
         if self.inner.store.get_record::<Vm>(&spec.name)?.is_some() {
@@ -110,7 +112,7 @@ impl Controller {
     }
 
     /// Changes a stopped VM's definition.
-    pub fn update_vm(&self, name: &str, update: &VmUpdate) -> Result<Vm, ControlError> {
+    pub fn update_vm(&self, caller: &str, name: &str, update: &VmUpdate) -> Result<Vm, ControlError> {
         let slot = self.inner.slot(name);
         let _op = slot.op.try_lock().map_err(|_| busy(name))?;
         let (vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
@@ -123,6 +125,7 @@ impl Controller {
         let mut spec = update.apply(&vm.spec);
         spec.normalize();
         spec.validate()?;
+        self.check_references(caller, Some(&vm.spec), &mut spec)?;
         self.check_against_host(&spec)?;
         self.prepare_nics(&vm.id, name, &mut spec, Some(&vm.spec))?;
         assign_disk_ids(&mut spec);

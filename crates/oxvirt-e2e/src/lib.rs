@@ -68,9 +68,11 @@ impl Daemon {
         Self::start_with_config("stop_timeout_secs = 30\n")
     }
 
-    /// HTTPS on a port the kernel picks (tests run in parallel), and `extra` settings.
+    /// HTTPS on a port the kernel picks (tests run in parallel), host paths under the reference
+    /// guest's directory and /tmp (where tests make their files), and `extra` settings.
     fn full_config(extra: &str) -> String {
-        format!("https_listen = \"127.0.0.1:0\"\n{extra}")
+        let guest = workspace_root().join("build");
+        format!("https_listen = \"127.0.0.1:0\"\nhost_path_roots = [{guest:?}, \"/tmp\"]\n{extra}")
     }
 
     pub fn start_with_config(config: &str) -> Daemon {

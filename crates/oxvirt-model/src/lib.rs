@@ -53,8 +53,8 @@ pub use task::{Task, TaskState};
 pub use token::{ApiToken, NewToken};
 pub use vm::{
     validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,
-    KernelBoot, MachineType, MemoryEncryption, NbdSource, NicMode, NicQos, NicSpec, RestartPolicy, Vm, VmAction,
-    VmSpec, VmState, VmStatus, VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
+    KernelBoot, MachineType, MemoryEncryption, NbdSource, NicMode, NicQos, NicSpec, PassedFd, RestartPolicy, Vm,
+    VmAction, VmSpec, VmState, VmStatus, VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
 };
 
 /// Milliseconds since the Unix epoch: the one time format of records and events.

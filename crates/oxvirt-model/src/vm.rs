@@ -125,6 +125,26 @@ pub struct DiskSpec {
     /// never read from or shown to users.
     #[serde(skip)]
     pub nbd: Option<NbdSource>,
+    /// A host-path disk as QEMU gets it: a descriptor oxvirt opened (QEMU never opens the path
+    /// itself, and the file's owner and mode are never changed). Set by the QEMU driver at
+    /// launch, never read from or shown to users.
+    #[serde(skip)]
+    pub fd: Option<PassedFd>,
+}
+
+/// A descriptor handed to QEMU in an fd set (`-add-fd` / QMP `add-fd`), opened as `/dev/fdset/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassedFd {
+    /// The descriptor's number in the process that starts QEMU (command line only).
+    pub fd: i32,
+    pub set: u32,
+}
+
+impl DiskSpec {
+    /// A disk that is a file the user named on the host (not a volume, not served over NBD).
+    pub fn is_host_path(&self) -> bool {
+        self.volume.is_none() && self.nbd.is_none() && !self.path.is_empty()
+    }
 }
 
 /// An NBD export: a Unix socket of an export daemon and the export's name.
@@ -743,6 +763,7 @@ mod tests {
                         readonly: false,
                         qos: None,
                         nbd: None,
+                        fd: None,
                     })
                 }),
                 "disks[0].path",
@@ -774,6 +795,7 @@ mod tests {
             readonly: false,
             qos: None,
             nbd: None,
+            fd: None,
         });
         assert_eq!(s.validate().unwrap_err().field, "disks[0].bus");
         s.disks.clear();
@@ -787,6 +809,7 @@ mod tests {
             readonly: false,
             qos: None,
             nbd: None,
+            fd: None,
         });
         assert_eq!(s.validate().unwrap_err().field, "kernel");
     }

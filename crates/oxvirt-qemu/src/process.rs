@@ -2,7 +2,7 @@
 //! `/proc/PID/cmdline`, watched and signalled through a pidfd (no PID-reuse races).
 
 use crate::ProcessError;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
@@ -20,6 +20,7 @@ pub async fn spawn_daemonized(
     args: &[String],
     pidfile: &Path,
     cgroup_procs: &[std::fs::File],
+    keep_fds: &[RawFd],
 ) -> Result<u32, ProcessError> {
     let _ = std::fs::remove_file(pidfile);
     let mut cmd = tokio::process::Command::new(program);
@@ -28,9 +29,21 @@ pub async fn spawn_daemonized(
     // reaches QEMU, even before QEMU's own setsid().
     cmd.process_group(0);
     let fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
-    if !fds.is_empty() {
-        // SAFETY: join_in_child only calls write(2) on descriptors that stay open until spawn returns.
-        unsafe { cmd.pre_exec(move || oxvirt_cgroup::join_in_child(&fds)) };
+    let keep: Vec<RawFd> = keep_fds.to_vec();
+    if !fds.is_empty() || !keep.is_empty() {
+        // SAFETY: only write(2) and fcntl(2) on descriptors that stay open until spawn returns;
+        // both are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &keep {
+                    // Passed on to QEMU on purpose (`-add-fd`): not closed at exec.
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                oxvirt_cgroup::join_in_child(&fds)
+            })
+        };
     }
     let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
         .await
@@ -155,10 +168,15 @@ mod tests {
     #[tokio::test]
     async fn start_failure_carries_qemu_message() {
         let dir = tempfile::tempdir().unwrap();
-        let err =
-            spawn_daemonized("sh", &["-c".into(), "echo 'bad option' >&2; exit 1".into()], &dir.path().join("p"), &[])
-                .await
-                .unwrap_err();
+        let err = spawn_daemonized(
+            "sh",
+            &["-c".into(), "echo 'bad option' >&2; exit 1".into()],
+            &dir.path().join("p"),
+            &[],
+            &[],
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("bad option"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 //! made here and only here ([`paths`]), so a volume can never escape its pool. Image work goes
 //! through `qemu-img` ([`qemu_img`]); capacity is measured in [`usage`].
 
+pub mod host_paths;
 pub mod nbd;
 pub mod paths;
 pub mod qemu_img;

@@ -23,6 +23,11 @@ pub struct Config {
     /// Requests per second each API token may make over HTTPS (0: no limit), and the burst.
     pub api_rate_per_token: f64,
     pub api_burst_per_token: f64,
+    /// Directories under which an administrator may name host paths: disk images and kernels
+    /// outside pools, volume import sources and export destinations, pool directories. Empty
+    /// (the default) turns host paths off; system trees (/etc, /dev, /proc, /sys...) and the data
+    /// directory's secrets are refused whatever is listed. Non-administrators never name a path.
+    pub host_path_roots: Vec<PathBuf>,
     /// Built-in alerting.
     pub alerts: AlertsConfig,
     /// Where state lives: the embedded SQLite store (one host), or etcd (a cluster).
@@ -88,6 +93,7 @@ impl Default for Config {
             confine_qemu: true,
             api_rate_per_token: 50.0,
             api_burst_per_token: 200.0,
+            host_path_roots: Vec::new(),
             alerts: AlertsConfig::default(),
             store: StoreConfig::default(),
         }

@@ -135,6 +135,7 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
     cc.stop_timeout = Duration::from_secs(config.stop_timeout_secs);
     cc.console_log_max = config.console_log_max_bytes;
     cc.confine_qemu = config.confine_qemu;
+    cc.host_path_roots = config.host_path_roots.clone();
     let ctrl = Controller::new(store, Arc::new(hv), cc).map_err(|e| e.to_string())?;
     if let Some(etcd) = &etcd {
         // Joined before anything is reconciled: a host looks after its own VMs only.

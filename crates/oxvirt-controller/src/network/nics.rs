@@ -32,7 +32,7 @@ pub(crate) fn nic_index(vm: &Vm, nic_id: &str) -> Result<usize, ControlError> {
 
 impl Controller {
     /// Adds a NIC to a VM; a running VM gets it at once (hot-plug).
-    pub async fn attach_nic(&self, vm: &str, nic: NicSpec) -> Result<Vm, ControlError> {
+    pub async fn attach_nic(&self, caller: &str, vm: &str, nic: NicSpec) -> Result<Vm, ControlError> {
         let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
         let (current, rev) = self.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
         let running = current.status.state.has_process();
@@ -42,6 +42,7 @@ impl Controller {
         let mut spec = current.spec.clone();
         spec.nics.push(nic);
         let index = spec.nics.len() - 1;
+        self.check_references(caller, Some(&current.spec), &mut spec)?;
         self.prepare_nics(&current.id, vm, &mut spec, Some(&current.spec))?;
         let new = Vm { spec, ..current.clone() };
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
@@ -105,7 +106,13 @@ impl Controller {
     }
 
     /// Changes a NIC's security groups or bandwidth limits; live when the VM runs.
-    pub async fn update_nic(&self, vm: &str, nic_id: &str, update: NicUpdate) -> Result<Vm, ControlError> {
+    pub async fn update_nic(
+        &self,
+        caller: &str,
+        vm: &str,
+        nic_id: &str,
+        update: NicUpdate,
+    ) -> Result<Vm, ControlError> {
         let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
         let (current, rev) = self.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
         let index = nic_index(&current, nic_id)?;
@@ -116,6 +123,7 @@ impl Controller {
         if let Some(q) = update.qos {
             spec.nics[index].qos = q;
         }
+        self.check_references(caller, Some(&current.spec), &mut spec)?;
         self.prepare_nics(&current.id, vm, &mut spec, Some(&current.spec))?;
         let new = Vm { spec, ..current.clone() };
         self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;

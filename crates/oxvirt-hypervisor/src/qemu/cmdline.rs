@@ -126,9 +126,18 @@ pub fn block_nodes(d: &oxvirt_model::DiskSpec, id: &str) -> Vec<serde_json::Valu
             "node-name": format_node(id), "read-only": d.readonly, "reconnect-delay": NBD_RECONNECT_SECS,
         })],
         None => vec![
-            json!({ "driver": "file", "filename": d.path, "node-name": file_node(id), "read-only": d.readonly }),
+            json!({ "driver": "file", "filename": file_name(d), "node-name": file_node(id), "read-only": d.readonly }),
             json!({ "driver": d.format.as_str(), "file": file_node(id), "node-name": format_node(id), "read-only": d.readonly }),
         ],
+    }
+}
+
+/// The file QEMU opens for a disk: the descriptor oxvirt passed it (`/dev/fdset/N`) for a
+/// host-path disk, else the volume's file.
+pub fn file_name(d: &oxvirt_model::DiskSpec) -> String {
+    match d.fd {
+        Some(f) => format!("/dev/fdset/{}", f.set),
+        None => d.path.clone(),
     }
 }
 
@@ -306,6 +315,9 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
     let mut scsi_added = false;
     for (i, d) in spec.disks.iter().enumerate() {
         let id = disk_id(d, i);
+        if let Some(f) = d.fd {
+            push(&["-add-fd", &format!("fd={},set={}", f.fd, f.set)]);
+        }
         for node in block_nodes(d, &id) {
             push(&["-blockdev", &node.to_string()]);
         }
@@ -423,6 +435,7 @@ mod tests {
             readonly: false,
             qos: None,
             nbd: None,
+            fd: None,
         });
         let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
@@ -446,6 +459,7 @@ mod tests {
             readonly: false,
             qos: None,
             nbd: None,
+            fd: None,
         });
         s.disks.push(DiskSpec {
             id: String::new(),
@@ -456,6 +470,7 @@ mod tests {
             readonly: true,
             qos: None,
             nbd: None,
+            fd: None,
         });
         let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
         let devs: Vec<serde_json::Value> = after(&a, "-device")
@@ -506,6 +521,7 @@ mod tests {
             readonly: false,
             qos: None,
             nbd: None,
+            fd: None,
         });
         s.nics.push(NicSpec::user());
         let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());

@@ -1,7 +1,9 @@
 //! Confined QEMU: each VM's QEMU gives up root (`-runas`) just before the guest starts, becoming
-//! a uid of its own in a group all VMs' QEMUs share. Its run directory and writable disk files
-//! are made its own (mode 0600/0700), so it cannot open another VM's disks or sockets; what VMs
-//! share on purpose (NBD export sockets) is the group's (0660).
+//! a uid of its own in a group all VMs' QEMUs share. Its run directory and the writable files of
+//! its volumes (files oxvirt made) are made its own (mode 0600/0700), so it cannot open another
+//! VM's disks or sockets; what VMs share on purpose (NBD export sockets) is the group's (0660).
+//! A host-path disk (a file oxvirt did not make) is never given away: oxvirt opens it and hands
+//! QEMU the descriptor ([`open_host_disk`]), and its owner and mode stay as they were.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -82,15 +84,37 @@ pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File
     Ok(f)
 }
 
-/// Before QEMU starts: its run directory and writable file-backed disks become the VM's own.
+/// Before QEMU starts: its run directory and its volumes' writable files become the VM's own.
 pub fn prepare(spec: &oxvirt_model::VmSpec, run_dir: &Path) -> io::Result<()> {
     let Some((uid, gid)) = spec.run_as else { return Ok(()) };
     own(run_dir, uid, gid, 0o700)?;
     reachable(run_dir)?;
-    for d in spec.disks.iter().filter(|d| d.nbd.is_none() && !d.readonly && !d.path.is_empty()) {
+    for d in spec.disks.iter().filter(|d| gives_file(d)) {
         give_disk(Path::new(&d.path), uid, gid)?;
     }
     Ok(())
+}
+
+/// Whether a disk's file becomes the VM's: a writable file of a volume (oxvirt made it).
+pub fn gives_file(d: &oxvirt_model::DiskSpec) -> bool {
+    d.volume.is_some() && d.nbd.is_none() && !d.readonly && !d.path.is_empty()
+}
+
+/// Opens a host-path disk for QEMU as root: no link followed at its last step, a regular file
+/// only (never a device), read-only unless the disk is writable. The descriptor is closed on
+/// exec unless it is passed on on purpose.
+pub fn open_host_disk(d: &oxvirt_model::DiskSpec) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!d.readonly)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(&d.path)
+        .map_err(|e| io::Error::new(e.kind(), format!("disk {}: {e}", d.path)))?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("disk {} is not a regular file", d.path)));
+    }
+    Ok(f)
 }
 
 /// A writable disk file becomes the VM's (0600) and reachable for it.

@@ -10,6 +10,7 @@ use oxvirt_model::VmSpec;
 use process::Pidfd;
 use qmp::{Qmp, QmpEvent};
 use serde_json::{json, Value};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,17 @@ impl Hypervisor for QemuDriver {
         }
         prepare_run_dir(paths)?;
         confine::prepare(spec, paths.dir()).map_err(|e| HvError::io("confine QEMU", e))?;
+        // Host-path disks reach QEMU as descriptors opened here (closed again when this returns:
+        // QEMU has its own copies by then).
+        let mut spec = spec.clone();
+        let mut passed = Vec::new();
+        for (i, d) in spec.disks.iter_mut().enumerate().filter(|(_, d)| d.is_host_path()) {
+            let f = confine::open_host_disk(d).map_err(|e| HvError::io("open a host-path disk", e))?;
+            d.fd = Some(oxvirt_model::PassedFd { fd: f.as_raw_fd(), set: i as u32 + 1 });
+            passed.push(f);
+        }
+        let spec = &spec;
+        let keep: Vec<i32> = passed.iter().map(|f| f.as_raw_fd()).collect();
         let args = cmdline::build(id, spec, paths, accel, &self.host);
         let cgroup = self.cgroup(id);
         cgroup.create().map_err(|e| HvError::io("VM cgroup", e))?;
@@ -133,8 +145,9 @@ impl Hypervisor for QemuDriver {
             return Err(HvError::io("VM cgroup limits", e));
         }
         let procs = cgroup.procs_files().map_err(|e| HvError::io("VM cgroup", e))?;
-        let spawned = process::spawn_daemonized(&self.program, &args, &paths.pidfile(), &procs).await;
+        let spawned = process::spawn_daemonized(&self.program, &args, &paths.pidfile(), &procs, &keep).await;
         drop(procs);
+        drop(passed);
         let pid = match spawned {
             Ok(pid) => pid,
             Err(e) => {
@@ -406,12 +419,24 @@ impl Instance for QemuInstance {
         let id = disk.id.as_str();
         let fmt = cmdline::format_node(id);
         if let Some((uid, gid)) = self.run_as {
-            // QEMU opens it as the VM's user now: the file becomes the VM's.
-            if disk.nbd.is_none() && !disk.readonly && !disk.path.is_empty() {
+            // QEMU opens it as the VM's user now: a volume's file becomes the VM's.
+            if confine::gives_file(disk) {
                 confine::give_disk(std::path::Path::new(&disk.path), uid, gid)
                     .map_err(|e| HvError::io("give the disk to the VM", e))?;
             }
         }
+        let mut disk = disk.clone();
+        if disk.is_host_path() {
+            // A host-path disk: opened here, its descriptor put in a new fd set of QEMU's.
+            let f = confine::open_host_disk(&disk).map_err(|e| HvError::io("open a host-path disk", e))?;
+            let r =
+                self.qmp.execute_with_fd("add-fd", json!({ "opaque": format!("disk {id}") }), f.as_raw_fd()).await?;
+            let set = r["fdset-id"]
+                .as_u64()
+                .ok_or_else(|| HvError::Unsupported(format!("add-fd answered without an fdset-id: {r}")))?;
+            disk.fd = Some(oxvirt_model::PassedFd { fd: -1, set: set as u32 });
+        }
+        let disk = &disk;
         let mut added: Vec<String> = Vec::new();
         for node in cmdline::block_nodes(disk, id) {
             let name = node["node-name"].as_str().unwrap_or_default().to_string();
