@@ -51,6 +51,32 @@ pub fn kernel_spec(name: &str, extra_cmdline: &str) -> Value {
     })
 }
 
+/// A client of `d`'s HTTPS API with `token` (the certificate pinned).
+pub fn https_client(d: &Daemon, token: &str) -> Client {
+    let (url, _, fp) = d.https();
+    Client::with_transport(oxvirt_client::Transport::https(&url, token, &fp).expect("https transport"))
+}
+
+/// Logs `user` in over HTTPS: the new token's secret, or the refusal's status.
+pub async fn login(d: &Daemon, user: &str, password: &str) -> Result<String, u16> {
+    let anon = https_client(d, "none");
+    let body = serde_json::to_vec(&json!({ "user": user, "password": password })).expect("json");
+    let (status, body) = anon.raw(hyper::Method::POST, "/api/v1/auth/login", Some(body)).await.expect("login");
+    if status != 201 {
+        return Err(status);
+    }
+    let v: Value = serde_json::from_slice(&body).expect("token json");
+    Ok(v["secret"].as_str().expect("secret").to_string())
+}
+
+/// A user named `name` whose password is `<name>-long-password`.
+pub async fn make_user(c: &Client, name: &str) {
+    let _: Value = c
+        .post("/api/v1/users", &json!({ "name": name, "password": format!("{name}-long-password") }))
+        .await
+        .expect("user");
+}
+
 /// A running oxvirtd on its own data dir. Dropping it kills the daemon and every QEMU it started.
 pub struct Daemon {
     pub data_dir: tempfile::TempDir,

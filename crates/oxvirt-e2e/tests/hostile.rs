@@ -52,9 +52,15 @@ async fn hostile_paths_boot_and_add_no_option() {
     let value_of = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone()).unwrap();
     assert_eq!(value_of("-kernel"), kernel.to_string_lossy());
     assert_eq!(value_of("-initrd"), initrd.to_string_lossy());
-    // The disk is the file we named, opened as qcow2 (the `,format=raw` in its name did nothing).
+    // The disk is the file we named, opened by oxvirt and passed as a descriptor, then read as
+    // qcow2 (the `,format=raw` in its name did nothing).
     let blockdev: serde_json::Value = serde_json::from_str(&value_of("-blockdev")).unwrap();
-    assert_eq!(blockdev["filename"], disk.to_string_lossy().as_ref());
+    assert_eq!(blockdev["filename"], "/dev/fdset/1");
+    assert!(value_of("-add-fd").ends_with(",set=1"));
+    let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .any(|e| std::fs::read_link(e.unwrap().path()).ok().as_deref() == Some(disk.as_path()));
+    assert!(holds, "QEMU holds the disk open");
     for flag in args.iter().filter(|a| a.starts_with('-') && !a.starts_with("-/")) {
         assert!(!flag.contains("passwd") && !flag.starts_with("-file"), "unexpected option {flag}");
     }

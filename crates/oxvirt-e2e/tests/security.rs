@@ -1,31 +1,9 @@
 //! Users, roles, tokens and the audit log over HTTPS; QEMU's sandbox; memory encryption refused
 //! where the host has none.
 
-use oxvirt_client::{Client, Transport};
 use oxvirt_e2e::*;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn https_client(d: &Daemon, token: &str) -> Client {
-    let (url, _, fp) = d.https();
-    Client::with_transport(Transport::https(&url, token, &fp).unwrap())
-}
-
-async fn login(d: &Daemon, user: &str, password: &str) -> Result<String, u16> {
-    let anon = https_client(d, "none");
-    let body = serde_json::to_vec(&json!({ "user": user, "password": password })).unwrap();
-    let (status, body) = anon.raw(hyper::Method::POST, "/api/v1/auth/login", Some(body)).await.unwrap();
-    if status != 201 {
-        return Err(status);
-    }
-    let v: Value = serde_json::from_slice(&body).unwrap();
-    Ok(v["secret"].as_str().unwrap().to_string())
-}
-
-async fn make_user(c: &Client, name: &str) {
-    let _: Value =
-        c.post("/api/v1/users", &json!({ "name": name, "password": format!("{name}-long-password") })).await.unwrap();
-}
 
 /// Every documented route, called by an auditor: reads pass, everything else is refused (403)
 /// and changes nothing; an operator scoped to one VM runs it and nothing else; the audit log says
@@ -178,17 +156,25 @@ async fn tokens_expire_revoke_at_once_and_are_rate_limited() {
     assert_eq!(status, 401);
 }
 
-/// Each VM's QEMU gives up root for a uid of its own: its disk is its own (0600), another VM's
-/// disk is out of its reach, and a disk hot-plugged later is given to it.
+/// Each VM's QEMU gives up root for a uid of its own. A host-path disk (the administrator's
+/// file) reaches it as a descriptor oxvirt opened: the file keeps its owner and mode (root,
+/// 0600), the guest reads and writes it, and another VM's QEMU cannot open it; a disk hot-plugged
+/// later is passed the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let d = Daemon::start();
     let c = &d.client;
     let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let root_only = |p: &std::path::Path| {
+        std::fs::write(p, vec![0u8; 1 << 20]).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let dir_mode = std::fs::metadata(dir.path()).unwrap().mode();
     let mut uids = Vec::new();
     for name in ["ca", "cb"] {
         let disk = dir.path().join(format!("{name}.raw"));
-        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        root_only(&disk);
         let mut spec = kernel_spec(name, "");
         spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
         let created = c.create_vm(&spec, true).await.unwrap();
@@ -199,9 +185,10 @@ async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
         let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
         let uid: u32 = uid_line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(uid != 0 && Some(uid) == vm.uid, "{name}: {uid_line}, record {:?}", vm.uid);
-        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&disk).unwrap();
-        assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o600), "{name}'s disk is its own");
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{name}'s disk is not given away");
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.status.pid.unwrap())).unwrap();
+        assert!(String::from_utf8_lossy(&cmdline).contains("/dev/fdset/1"), "passed as a descriptor");
         uids.push(uid);
     }
     assert_ne!(uids[0], uids[1], "one uid per VM");
@@ -213,14 +200,19 @@ async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
             .output()
             .unwrap()
     };
-    assert!(as_ca("ca.raw").status.success());
     let denied = as_ca("cb.raw");
     assert!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
-    // A disk hot-plugged into ca (its QEMU no longer root) is given to it and works.
+    // The guest writes its disk through the descriptor.
+    run_in_guest(c, "ca", "echo X | dd of=/dev/vda bs=1 count=1 conv=fsync 2>/dev/null; echo W-$?", "W-0").await;
+    assert_eq!(std::fs::read(dir.path().join("ca.raw")).unwrap()[0], b'X');
+    // A disk hot-plugged into ca (its QEMU no longer root) is passed the same way and works.
     let extra = dir.path().join("extra.raw");
-    std::fs::write(&extra, vec![0u8; 1 << 20]).unwrap();
+    root_only(&extra);
     let _: Value = c.post("/api/v1/vms/ca/disks", &json!({ "path": extra, "format": "raw" })).await.unwrap();
     run_in_guest(c, "ca", "ls /sys/block | grep -c vd | sed 's/^/N-/'", "N-2").await;
+    let meta = std::fs::metadata(&extra).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "the hot-plugged disk is not given away");
+    assert_eq!(std::fs::metadata(dir.path()).unwrap().mode(), dir_mode, "its directory is unchanged");
     for vm in ["ca", "cb"] {
         c.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();
     }
@@ -258,11 +250,14 @@ async fn projects_keep_their_vms_within_quotas() {
         .post("/api/v1/projects", &json!({ "name": "team", "quotas": { "vms": 2, "vcpus": 3, "memory": "600MiB" } }))
         .await
         .unwrap();
+    // A tenant names no host path: the project's VMs boot from volumes of a pool.
+    let _: Value = c.post("/api/v1/pools", &json!({ "name": "tp", "path": d.path().join("tp") })).await.unwrap();
+    for v in ["pa", "pb", "pc", "pd", "pz"] {
+        let _: Value = c.post("/api/v1/pools/tp/volumes", &json!({ "name": v, "size": "16MiB" })).await.unwrap();
+    }
     let vm = |name: &str, cpus: u32| {
-        let mut s = kernel_spec(name, "");
-        s["cpus"] = json!(cpus);
-        s["project"] = json!("team");
-        s
+        json!({ "name": name, "cpus": cpus, "memory": "256MiB", "project": "team",
+                "disks": [{ "volume": format!("tp/{name}") }] })
     };
     c.create_vm(&vm("pa", 1), false).await.unwrap();
     c.create_vm(&vm("pb", 2), false).await.unwrap();
@@ -270,7 +265,7 @@ async fn projects_keep_their_vms_within_quotas() {
     assert!(err.contains("project.quotas.vms") && err.contains("3 of a quota of 2"), "{err}");
     let err = c.update_vm("pb", &json!({ "cpus": 2, "memory": "512MiB" })).await.unwrap_err().to_string();
     assert!(err.contains("project.quotas.memory"), "{err}");
-    let mut other = kernel_spec("pd", "");
+    let mut other = vm("pd", 1);
     other["project"] = json!("nosuch");
     let err = c.create_vm(&other, false).await.unwrap_err().to_string();
     assert!(err.contains("project: there is no project named nosuch"), "{err}");
@@ -286,8 +281,16 @@ async fn projects_keep_their_vms_within_quotas() {
     assert_eq!(status, 409);
     // A tenant: operator of the project, nothing else.
     make_user(c, "tina").await;
-    let _: Value =
-        c.put("/api/v1/acl", &json!([{ "path": "/projects/team", "user": "tina", "role": "operator" }])).await.unwrap();
+    let _: Value = c
+        .put(
+            "/api/v1/acl",
+            &json!([
+                { "path": "/projects/team", "user": "tina", "role": "operator" },
+                { "path": "/pools/tp", "user": "tina", "role": "operator" },
+            ]),
+        )
+        .await
+        .unwrap();
     c.create_vm(&kernel_spec("outside", ""), false).await.unwrap();
     let tina = https_client(&d, &login(&d, "tina", "tina-long-password").await.unwrap());
     let seen: Vec<String> = tina.list_vms().await.unwrap().into_iter().map(|v| v.spec.name).collect();

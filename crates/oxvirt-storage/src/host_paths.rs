@@ -82,8 +82,13 @@ impl HostPaths {
                  directories in host_path_roots of oxvirtd.toml)",
             ));
         }
+        // By name first (a device need not exist to be refused), then where the links lead.
+        let in_system = |q: &Path| SYSTEM_TREES.iter().find(|t| q.starts_with(t)).copied();
+        if let Some(tree) = in_system(p) {
+            return Err(refuse(field, format!("{} is in {tree}, which is never given to guests", p.display())));
+        }
         let resolved = resolve(p, want).map_err(|rule| refuse(field, rule))?;
-        if let Some(tree) = SYSTEM_TREES.iter().find(|t| resolved.starts_with(t)) {
+        if let Some(tree) = in_system(&resolved) {
             return Err(refuse(field, format!("{} is in {tree}, which is never given to guests", resolved.display())));
         }
         if resolved == Path::new("/") {

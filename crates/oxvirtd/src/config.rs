@@ -18,6 +18,10 @@ pub struct Config {
     pub log_format: String,
     /// Address of the HTTPS API (token required), e.g. `0.0.0.0:8443`; empty turns it off.
     pub https_listen: String,
+    /// Connections the HTTPS listener holds at once, in all and from one address (past them a
+    /// new connection is closed at once).
+    pub https_max_connections: usize,
+    pub https_max_connections_per_address: usize,
     /// Each VM's QEMU gives up root for a uid of its own once its guest starts.
     pub confine_qemu: bool,
     /// Requests per second each API token may make over HTTPS (0: no limit), and the burst.
@@ -94,6 +98,8 @@ impl Default for Config {
             api_rate_per_token: 50.0,
             api_burst_per_token: 200.0,
             host_path_roots: Vec::new(),
+            https_max_connections: 1024,
+            https_max_connections_per_address: 64,
             alerts: AlertsConfig::default(),
             store: StoreConfig::default(),
         }
@@ -170,6 +176,12 @@ impl Config {
                 "https_listen: must be an address and port such as 0.0.0.0:8443, not {:?}",
                 c.https_listen
             ));
+        }
+        if c.https_max_connections == 0 || c.https_max_connections_per_address == 0 {
+            return Err("https_max_connections, https_max_connections_per_address: must be at least 1".into());
+        }
+        if c.https_max_connections_per_address > c.https_max_connections {
+            return Err("https_max_connections_per_address: must not exceed https_max_connections".into());
         }
         if !(1..=3600).contains(&c.alerts.interval_secs) {
             return Err("alerts.interval_secs: must be 1 to 3600".into());

@@ -180,6 +180,10 @@ async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<()
                     config.api_burst_per_token,
                 )),
             ),
+            https::ConnectionLimits {
+                total: config.https_max_connections,
+                per_address: config.https_max_connections_per_address,
+            },
         ));
     }
 
