@@ -127,6 +127,17 @@ async fn nat_and_isolated_networks() {
         .await
         .unwrap();
     assert!(net.bridge_up && net.dhcp_pid.is_some(), "{net:?}");
+    // dnsmasq gave up root once its ports were bound.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", net.dhcp_pid.unwrap())).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert!(uids.split_whitespace().skip(1).all(|u| u != "0"), "dnsmasq runs as root: {uids}");
+    // The host's own subnet (its "LAN" here) is never given to VMs.
+    let (status, body) = c
+        .raw(hyper::Method::POST, "/api/v1/networks", Some(br#"{"name":"lan2","kind":"nat","subnet":"10.99.0.0/16"}"#.to_vec()))
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(status == 400 && body.contains("overlaps the host's own 10.99.0.1/24 on up0"), "{status} {body}");
     let _: oxvirt_model::NetworkView = c
         .post("/api/v1/networks", &json!({ "name": "iso", "kind": "isolated", "subnet": "10.30.0.0/24" }))
         .await

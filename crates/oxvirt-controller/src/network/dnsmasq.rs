@@ -1,7 +1,10 @@
 //! One dnsmasq (Debian's dnsmasq-base) per network with a subnet: DHCP with static leases only
 //! (every VM's address comes from oxvirt's IPAM, so anti-spoofing knows it), and DNS on nat
 //! networks. Its files live in `<data>/networks/<name>/`; it is found again after a daemon restart
-//! through its pid file and command line.
+//! through its pid file and command line. It runs as a system user of its own
+//! ([`DNSMASQ_USER`], made on first use), not root: it starts as root to bind its ports and then
+//! drops to that user, which can read the network's static leases and write its lease file, and
+//! nothing else of oxvirt's.
 
 use super::links::HostCmdError;
 use oxvirt_model::{NetworkKind, NetworkSpec};
@@ -66,7 +69,63 @@ pub fn write_hosts(files: &DnsmasqFiles, hosts: &[(String, Ipv4Addr, String)]) -
     let text: String = hosts.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
     let tmp = files.dir.join("dhcp-hosts.new");
     std::fs::write(&tmp, text)?;
+    // Readable by dnsmasq's group, as the file it replaces was.
+    if let Ok(m) = std::fs::metadata(files.hostsfile()) {
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::lchown(&tmp, Some(m.uid()), Some(m.gid()))?;
+        std::fs::set_permissions(&tmp, m.permissions())?;
+    }
     std::fs::rename(tmp, files.hostsfile())
+}
+
+/// The unprivileged user every network's dnsmasq runs as.
+pub const DNSMASQ_USER: &str = "oxvirt-dnsmasq";
+
+/// The uid and gid of `name`, from the system's user database.
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; read at once, not kept.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: pw is non-null and points to a valid passwd entry.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// dnsmasq's user, made as a system user (no home, no shell) when the host has none yet.
+pub fn ensure_user() -> Result<(u32, u32), HostCmdError> {
+    if let Some(ids) = user_ids(DNSMASQ_USER) {
+        return Ok(ids);
+    }
+    let out = std::process::Command::new("useradd")
+        .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"])
+        .args(["--shell", "/usr/sbin/nologin", "--comment", "oxvirt network DHCP/DNS", DNSMASQ_USER])
+        .output()
+        .map_err(|e| HostCmdError { cmd: "useradd".into(), reason: e.to_string() })?;
+    // Another daemon may have made it meanwhile (exit 9: exists).
+    user_ids(DNSMASQ_USER).ok_or_else(|| HostCmdError {
+        cmd: "useradd".into(),
+        reason: format!("cannot make the system user {DNSMASQ_USER}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+    })
+}
+
+/// The network's directory and files as dnsmasq's user needs them: the directory and the static
+/// leases readable by its group, the lease file its own (all of them made by oxvirt).
+fn share_files(files: &DnsmasqFiles, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, owner: u32, mode: u32| -> std::io::Result<()> {
+        std::os::unix::fs::lchown(p, Some(owner), Some(gid))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+    };
+    set(&files.dir, 0, 0o750)?;
+    set(&files.hostsfile(), 0, 0o640)?;
+    if !files.leasefile().exists() {
+        std::fs::write(files.leasefile(), "")?;
+    }
+    set(&files.leasefile(), uid, 0o640)?;
+    // The data directory above is passed through (the search bit only), as for QEMU's run dirs.
+    oxvirt_hypervisor::qemu::confine::reachable(&files.hostsfile())
 }
 
 /// Starts dnsmasq on `bridge` unless it runs; a running one re-reads its static leases.
@@ -83,6 +142,8 @@ pub fn ensure(files: &DnsmasqFiles, spec: &NetworkSpec, bridge: &str) -> Result<
     if !files.hostsfile().exists() {
         write_hosts(files, &[]).map_err(|e| err(e.to_string()))?;
     }
+    let (uid, gid) = ensure_user()?;
+    share_files(files, uid, gid).map_err(|e| err(format!("prepare {}: {e}", files.dir.display())))?;
     let p = |x: PathBuf| x.to_string_lossy().into_owned();
     let mut args = vec![
         "--conf-file=/dev/null".to_string(),
@@ -98,9 +159,9 @@ pub fn ensure(files: &DnsmasqFiles, spec: &NetworkSpec, bridge: &str) -> Result<
         format!("--dhcp-range={first},static,{},1h", subnet.netmask()),
         "--dhcp-authoritative".into(),
         format!("--dhcp-option=option:mtu,{}", spec.mtu()),
-        // Root: the files live in the daemon's private data directory.
-        "--user=root".into(),
-        "--group=root".into(),
+        // Not root once its ports are bound.
+        format!("--user={DNSMASQ_USER}"),
+        format!("--group={DNSMASQ_USER}"),
     ];
     let _ = last;
     if spec.kind == NetworkKind::Nat {

@@ -38,6 +38,28 @@ pub(crate) fn run_stdin(prog: &str, args: &[&str], stdin: Option<&str>) -> Resul
     }
 }
 
+/// The host's own IPv4 addresses with their prefix, per device (`ip -j -4 addr`), oxvirt's
+/// bridges left out (their addresses are networks' gateways).
+pub(crate) fn host_addresses() -> Result<Vec<(String, oxvirt_model::Ipv4Net)>, HostCmdError> {
+    let out = run("ip", &["-j", "-4", "addr", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| HostCmdError { cmd: "ip -j -4 addr show".into(), reason: e.to_string() })?;
+    let mut addrs = Vec::new();
+    for dev in v.as_array().into_iter().flatten() {
+        let name = dev["ifname"].as_str().unwrap_or_default();
+        if name.starts_with("oxb") {
+            continue;
+        }
+        for a in dev["addr_info"].as_array().into_iter().flatten() {
+            let (Some(local), Some(prefix)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else { continue };
+            if let Ok(addr) = local.parse() {
+                addrs.push((name.to_string(), oxvirt_model::Ipv4Net { addr, prefix: prefix.min(32) as u8 }));
+            }
+        }
+    }
+    Ok(addrs)
+}
+
 pub(crate) fn ip(args: &[&str]) -> Result<(), HostCmdError> {
     run("ip", args).map(|_| ())
 }

@@ -146,6 +146,18 @@ impl Controller {
                 }
             }
         }
+        // A subnet of the host's own (its LAN, its management network) is never handed to VMs:
+        // they would answer for the host's neighbours.
+        if let Some(a) = spec.subnet.filter(|_| spec.kind != NetworkKind::Bridged) {
+            for (dev, h) in links::host_addresses()? {
+                if a.contains(h.addr) || h.contains(a.network()) {
+                    return Err(ControlError::invalid(
+                        "subnet",
+                        format!("{a} overlaps the host's own {}/{} on {dev}", h.addr, h.prefix),
+                    ));
+                }
+            }
+        }
         if spec.kind == NetworkKind::Bridged {
             let b = spec.bridge.as_deref().unwrap_or_default();
             if !links::is_bridge(b) {
