@@ -133,7 +133,11 @@ async fn nat_and_isolated_networks() {
     assert!(uids.split_whitespace().skip(1).all(|u| u != "0"), "dnsmasq runs as root: {uids}");
     // The host's own subnet (its "LAN" here) is never given to VMs.
     let (status, body) = c
-        .raw(hyper::Method::POST, "/api/v1/networks", Some(br#"{"name":"lan2","kind":"nat","subnet":"10.99.0.0/16"}"#.to_vec()))
+        .raw(
+            hyper::Method::POST,
+            "/api/v1/networks",
+            Some(br#"{"name":"lan2","kind":"nat","subnet":"10.99.0.0/16"}"#.to_vec()),
+        )
         .await
         .unwrap();
     let body = String::from_utf8_lossy(&body);
@@ -424,6 +428,19 @@ async fn security_groups_jumbo_frames_and_bandwidth_limits() {
     // ... and goes again.
     let _: oxvirt_model::SecurityGroup = c.put("/api/v1/security-groups/web", &json!({ "name": "web" })).await.unwrap();
     run_in_guest(c, "a", &check(&fetch), NO).await;
+    // Egress limited to DNS at the gateway: a connection b tries to a is dropped, and is not
+    // recorded as b's flow (which would let a's packets on those ports in: a pinhole).
+    let dns_only = json!({ "name": "web", "rules": [{ "direction": "egress", "protocol": "udp", "ports": "53", "cidr": "10.50.0.1/32" }] });
+    let _: oxvirt_model::SecurityGroup = c.put("/api/v1/security-groups/web", &dns_only).await.unwrap();
+    let b_out = format!("out-{}", oxvirt_hypervisor::qemu::cmdline::tap_name(&b.id, 0));
+    run_in_guest(c, "b", &check(&format!("echo out | timeout 2 nc {a_ip} 7000")), NO).await;
+    let flows = host.run(&["nft", "list", "set", "bridge", "oxvirt", &b_out]);
+    assert!(!flows.contains(&format!("{a_ip} . tcp . 7000 ")), "a dropped connection was recorded as a flow:\n{flows}");
+    // What a rule lets out is recorded: DNS to the gateway.
+    run_in_guest(c, "b", "nslookup x 10.50.0.1 >/dev/null 2>&1; echo R-$((6*7))-Q", "R-42-Q").await;
+    let flows = host.run(&["nft", "list", "set", "bridge", "oxvirt", &b_out]);
+    assert!(flows.contains("10.50.0.1 . udp . 53"), "the allowed flow is recorded:\n{flows}");
+    let _: oxvirt_model::SecurityGroup = c.put("/api/v1/security-groups/web", &json!({ "name": "web" })).await.unwrap();
     // A group in use stays.
     let (status, _) = c.raw(hyper::Method::DELETE, "/api/v1/security-groups/web", None).await.unwrap();
     assert_eq!(status, 409);

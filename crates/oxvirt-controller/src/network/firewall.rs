@@ -119,16 +119,21 @@ pub fn render_nic_chains(n: &NicRules) -> String {
     }
     if let Some(rules) = &n.rules {
         let flow = "ip protocol { tcp, udp }";
-        from.push(format!("{flow} update @{out_set} {{ ip daddr . ip protocol . th dport . th sport }}"));
+        let record_out = format!("{flow} update @{out_set} {{ ip daddr . ip protocol . th dport . th sport }}");
+        // Replies to flows a rule let in.
         from.push(format!("{flow} ip daddr . ip protocol . th dport . th sport @{in_set} accept"));
         from.push("udp sport 68 udp dport 67 accept".into());
         from.push("icmp type { echo-reply, destination-unreachable, time-exceeded } accept".into());
         let egress: Vec<&SecurityRule> = rules.iter().filter(|r| r.direction == Direction::Egress).collect();
-        if !egress.is_empty() {
+        if egress.is_empty() {
+            from.push(record_out);
+        } else {
+            // A flow is recorded (and so may be answered) only once an egress rule let it out: a
+            // packet the rules drop opens nothing inbound.
             for r in egress {
-                from.push(
-                    format!("ether type ip {}{}accept", cidr_match("daddr", r), proto_match(r)).replace("  ", " "),
-                );
+                let m = format!("ether type ip {}{}", cidr_match("daddr", r), proto_match(r));
+                from.push(format!("{m}{record_out}"));
+                from.push(format!("{m}accept"));
             }
             from.push("drop".into());
         }
@@ -292,8 +297,19 @@ mod tests {
         assert!(c.contains("from-oxv1n0 ether type ip ip saddr != 10.1.0.5 drop"), "{c}");
         assert!(c.contains("to-oxv1n0 ether type ip ip saddr 10.1.0.0/24 tcp dport 8080 accept"), "{c}");
         assert!(c.trim_end().ends_with("to-oxv1n0 drop"), "{c}");
-        // No egress rule: everything may leave.
+        // No egress rule: everything may leave (and its flows are recorded).
         assert!(!c.contains("from-oxv1n0 drop"), "{c}");
+        assert!(c.contains("from-oxv1n0 ip protocol { tcp, udp } update @out-oxv1n0"), "{c}");
+        // With egress rules, only what a rule lets out is recorded: nothing before the rules.
+        let strict = NicRules {
+            rules: Some(vec![rule(Direction::Egress, Protocol::Udp, Some("53"), Some("10.1.0.1/32"))]),
+            ..nic.clone()
+        };
+        let c = render_nic_chains(&strict);
+        let lines: Vec<&str> = c.lines().filter(|l| l.contains("from-oxv1n0")).collect();
+        let records: Vec<&&str> = lines.iter().filter(|l| l.contains("update @out-oxv1n0")).collect();
+        assert_eq!(records.len(), 1, "{c}");
+        assert!(records[0].contains("ip daddr 10.1.0.1/32") && records[0].contains("udp dport 53"), "{c}");
         let open = NicRules { rules: None, ..nic };
         assert!(!render_nic_chains(&open).contains("to-oxv1n0 drop"));
     }
