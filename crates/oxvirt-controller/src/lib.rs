@@ -54,6 +54,9 @@ pub struct ControllerConfig {
     pub reconcile_interval: Duration,
     /// Each VM's QEMU gives up root for a uid of its own once the guest starts.
     pub confine_qemu: bool,
+    /// Live migrations go over TLS (the QEMU driver gives every QEMU the credentials): only to
+    /// and from hosts that say the same in their host record.
+    pub migration_tls: bool,
 }
 
 impl ControllerConfig {
@@ -64,6 +67,7 @@ impl ControllerConfig {
             console_log_max: 1024 * 1024,
             reconcile_interval: Duration::from_secs(2),
             confine_qemu: true,
+            migration_tls: false,
         }
     }
 }
