@@ -119,6 +119,11 @@ async fn plaintext_migration(dir: &Path, uri: &str) -> serde_json::Value {
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         .spawn()
         .unwrap();
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the plaintext QEMU did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let qmp = oxvirt_qemu::qmp::Qmp::connect(&sock, Duration::from_secs(10)).await.unwrap();
     qmp.execute("migrate", json!({ "uri": uri })).await.unwrap();
     let start = Instant::now();
