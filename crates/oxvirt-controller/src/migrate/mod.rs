@@ -227,6 +227,10 @@ impl Controller {
         postcopy_started: &mut bool,
     ) -> Result<Value, ControlError> {
         let uri = ready.uri.clone().unwrap_or_default();
+        if self.migration_tls() {
+            // First: a QEMU without the credentials fails here, before any disk is mirrored.
+            tls::set_stream_tls(instance, tls::End::Source).await?;
+        }
         let mem_from = if local.is_empty() {
             10
         } else {
@@ -253,9 +257,6 @@ impl Controller {
         let bandwidth = if req.bandwidth_mibs > 0 { req.bandwidth_mibs << 20 } else { 1 << 40 };
         let params = json!({ "downtime-limit": req.downtime_ms, "max-bandwidth": bandwidth });
         instance.command("migrate-set-parameters", params).await?;
-        if self.migration_tls() {
-            tls::set_stream_tls(instance, tls::End::Source).await?;
-        }
         task.progress(mem_from, &format!("sending memory to {} ({uri})", req.to));
         instance.command("migrate", json!({ "uri": uri })).await?;
         let begun = Instant::now();

@@ -52,9 +52,15 @@ impl Controller {
 }
 
 /// The migration stream of `instance` goes over TLS with its end's credentials (set before
-/// `migrate` on the source, before `migrate-incoming` on the target).
+/// anything is sent on the source, before `migrate-incoming` on the target). A QEMU started
+/// before the host had migration TLS has no credentials: it cannot migrate until it restarts.
 pub(crate) async fn set_stream_tls(instance: &dyn Instance, end: End) -> Result<(), ControlError> {
-    instance.command("migrate-set-parameters", json!({ "tls-creds": end.creds() })).await?;
+    instance.command("migrate-set-parameters", json!({ "tls-creds": end.creds() })).await.map_err(|e| {
+        ControlError::Conflict(format!(
+            "migration over TLS: this VM's QEMU has no TLS credentials {} (started before store.migration_tls_dir was set? stop and start it): {e}",
+            end.creds()
+        ))
+    })?;
     Ok(())
 }
 
