@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 /// oxvirtd.toml of host `host` on the TLS cluster, with migration TLS when `migration`.
 fn config(c: &EtcdCluster, pki: &TestPki, host: &str, prefix: &str, migration: bool) -> String {
     let eps: Vec<String> = c.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
-    let mig = if migration { format!("migration_tls_dir = \"{}\"\n", pki.migration_dir().display()) } else { "".into() };
+    let mig =
+        if migration { format!("migration_tls_dir = \"{}\"\n", pki.migration_dir().display()) } else { "".into() };
     format!(
         "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"{prefix}\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n{}{mig}",
         eps.join(", "),
@@ -28,7 +29,8 @@ fn refused_daemon(config: &str) -> String {
     let dir = tempfile::Builder::new().prefix("oxv").tempdir_in("/tmp").unwrap();
     let file = dir.path().join("oxvirtd.toml");
     std::fs::write(&file, format!("https_listen = \"\"\n{config}")).unwrap();
-    let out = Command::new(bin("oxvirtd")).arg("--data-dir").arg(dir.path()).arg("--config").arg(&file).output().unwrap();
+    let out =
+        Command::new(bin("oxvirtd")).arg("--data-dir").arg(dir.path()).arg("--config").arg(&file).output().unwrap();
     assert!(!out.status.success(), "oxvirtd started with {config}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -81,7 +83,11 @@ async fn etcd_with_client_certificates_admits_the_cluster_only() {
     let etcd = format!("[store]\nbackend = \"etcd\"\netcd_endpoints = [{eps}]\n");
     let err = refused_daemon(&etcd);
     assert!(err.contains("store.etcd_endpoints:") && err.contains("store.etcd_cert"), "{err}");
-    let err = refused_daemon(&format!("{etcd}etcd_ca = \"{}\"\netcd_cert = \"{}\"\n", pki.ca().display(), pki.cert().display()));
+    let err = refused_daemon(&format!(
+        "{etcd}etcd_ca = \"{}\"\netcd_cert = \"{}\"\n",
+        pki.ca().display(),
+        pki.cert().display()
+    ));
     assert!(err.contains("store.etcd_key: etcd_ca, etcd_cert and etcd_key go together"), "{err}");
     let err = refused_daemon(&format!("{etcd}{}", pki.etcd_settings().replace("node-key.pem", "gone.pem")));
     assert!(err.contains("store.etcd_key: ") && err.contains("gone.pem"), "{err}");

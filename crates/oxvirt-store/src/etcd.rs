@@ -85,8 +85,7 @@ impl EtcdStore {
             .build()
             .map_err(backend)?;
         let eps = endpoints.to_vec();
-        let mut options =
-            ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(CALL_TIMEOUT);
+        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(CALL_TIMEOUT);
         if let Some(tls) = tls {
             options = options.with_tls(tls.options());
         }

@@ -36,7 +36,9 @@ pub fn check(s: &StoreConfig) -> Result<(), String> {
         return Err("store.etcd_ca: only with backend = \"etcd\"".into());
     }
     if s.migration_tls_dir.is_some() && s.backend != "etcd" {
-        return Err("store.migration_tls_dir: only with backend = \"etcd\" (migration is between hosts of a cluster)".into());
+        return Err(
+            "store.migration_tls_dir: only with backend = \"etcd\" (migration is between hosts of a cluster)".into()
+        );
     }
     if s.backend != "etcd" {
         return Ok(());
@@ -86,8 +88,11 @@ pub fn check_migration_dir(s: &StoreConfig) -> Result<Option<PathBuf>, TlsSettin
         read_pem("migration_tls_dir", &dir.join(f))?;
     }
     // QEMU's option syntax and the controller want an absolute path.
-    let abs = std::fs::canonicalize(dir)
-        .map_err(|source| TlsSettingError::Read { field: "migration_tls_dir", path: dir.clone(), source })?;
+    let abs = std::fs::canonicalize(dir).map_err(|source| TlsSettingError::Read {
+        field: "migration_tls_dir",
+        path: dir.clone(),
+        source,
+    })?;
     Ok(Some(abs))
 }
 
@@ -111,7 +116,10 @@ mod tests {
         assert!(Config::parse(&format!("[store]\n{tls}")).unwrap_err().starts_with("store.etcd_ca: only with"));
         let mig = Config::parse("[store]\nmigration_tls_dir = \"/m\"\n");
         assert!(mig.unwrap_err().starts_with("store.migration_tls_dir: only with"));
-        assert!(Config::default().join("https://e:2379", None).unwrap_err().starts_with("--join: store.etcd_endpoints"));
+        assert!(Config::default()
+            .join("https://e:2379", None)
+            .unwrap_err()
+            .starts_with("--join: store.etcd_endpoints"));
     }
 
     #[test]

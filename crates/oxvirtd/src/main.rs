@@ -138,9 +138,7 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
             )
             .map_err(|e| match transport.etcd_tls {
                 // A refused handshake reads as a closed connection: say what was tried.
-                Some(_) => format!(
-                    "store: {e} (over TLS as store.etcd_cert, members checked against store.etcd_ca)"
-                ),
+                Some(_) => format!("store: {e} (over TLS as store.etcd_cert, members checked against store.etcd_ca)"),
                 None => format!("store: {e}"),
             })?;
             tracing::info!(endpoints = ?config.store.etcd_endpoints, prefix = %config.store.etcd_prefix, tls = transport.etcd_tls.is_some(), "state in etcd");

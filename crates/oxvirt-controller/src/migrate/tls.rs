@@ -41,10 +41,9 @@ impl Controller {
                 "host {} migrates in plaintext (it has no store.migration_tls_dir) and this host only over TLS",
                 peer.name
             ),
-            (false, true) => format!(
-                "host {} migrates only over TLS and this host has no store.migration_tls_dir",
-                peer.name
-            ),
+            (false, true) => {
+                format!("host {} migrates only over TLS and this host has no store.migration_tls_dir", peer.name)
+            }
             _ => return Ok(()),
         };
         Err(ControlError::invalid(field, why))
