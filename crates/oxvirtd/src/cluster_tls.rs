@@ -19,7 +19,8 @@ pub enum TlsSettingError {
 }
 
 /// The shape of the settings: the etcd TLS files all three or none, with `https://` endpoints
-/// only (and those only with them); migration TLS only in a cluster.
+/// only (and those only with them). On a single host (SQLite) they are kept for `--join` and
+/// unused.
 pub fn check(s: &StoreConfig) -> Result<(), String> {
     let files = [("etcd_ca", &s.etcd_ca), ("etcd_cert", &s.etcd_cert), ("etcd_key", &s.etcd_key)];
     let set: Vec<&str> = files.iter().filter(|(_, v)| v.is_some()).map(|(n, _)| *n).collect();
@@ -32,14 +33,7 @@ pub fn check(s: &StoreConfig) -> Result<(), String> {
         ));
     }
     let tls = !set.is_empty();
-    if tls && s.backend != "etcd" {
-        return Err("store.etcd_ca: only with backend = \"etcd\"".into());
-    }
-    if s.migration_tls_dir.is_some() && s.backend != "etcd" {
-        return Err(
-            "store.migration_tls_dir: only with backend = \"etcd\" (migration is between hosts of a cluster)".into()
-        );
-    }
+    // With the SQLite backend they wait, unused, for `--join`.
     if s.backend != "etcd" {
         return Ok(());
     }
@@ -68,11 +62,14 @@ fn read_pem(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsSettingError
     Ok(bytes)
 }
 
-/// The etcd TLS files, read (`None`: plaintext).
+/// The etcd TLS files, read (`None`: plaintext, or no etcd).
 pub fn load_etcd(s: &StoreConfig) -> Result<Option<EtcdTls>, TlsSettingError> {
     let (Some(ca), Some(cert), Some(key)) = (&s.etcd_ca, &s.etcd_cert, &s.etcd_key) else {
         return Ok(None);
     };
+    if s.backend != "etcd" {
+        return Ok(None);
+    }
     Ok(Some(EtcdTls {
         ca: read_pem("etcd_ca", ca)?,
         cert: read_pem("etcd_cert", cert)?,
@@ -81,9 +78,10 @@ pub fn load_etcd(s: &StoreConfig) -> Result<Option<EtcdTls>, TlsSettingError> {
 }
 
 /// The migration TLS directory, once each of its files reads as PEM (QEMU reads them as it
-/// starts, so a bad one would fail every VM's start instead).
+/// starts, so a bad one would fail every VM's start instead); `None` without etcd (no
+/// migration).
 pub fn check_migration_dir(s: &StoreConfig) -> Result<Option<PathBuf>, TlsSettingError> {
-    let Some(dir) = &s.migration_tls_dir else { return Ok(None) };
+    let Some(dir) = s.migration_tls_dir.as_ref().filter(|_| s.backend == "etcd") else { return Ok(None) };
     for f in MIGRATION_TLS_FILES {
         read_pem("migration_tls_dir", &dir.join(f))?;
     }
@@ -113,9 +111,13 @@ mod tests {
         assert!(no_tls.unwrap_err().starts_with("store.etcd_endpoints: \"https://e:2379\" is https://"));
         let plain = Config::parse(&format!("{ETCD}etcd_endpoints = [\"http://e:2379\"]\n{tls}"));
         assert!(plain.unwrap_err().starts_with("store.etcd_ca: TLS to etcd needs https://"));
-        assert!(Config::parse(&format!("[store]\n{tls}")).unwrap_err().starts_with("store.etcd_ca: only with"));
-        let mig = Config::parse("[store]\nmigration_tls_dir = \"/m\"\n");
-        assert!(mig.unwrap_err().starts_with("store.migration_tls_dir: only with"));
+        // On a single host they wait for --join, which checks them.
+        let single = Config::parse(&format!("[store]\n{tls}migration_tls_dir = \"/m\"\n")).unwrap();
+        assert!(super::load_etcd(&single.store).unwrap().is_none());
+        assert!(super::check_migration_dir(&single.store).unwrap().is_none());
+        assert!(single.clone().join("https://e:2379", None).is_ok());
+        let err = single.join("http://e:2379", None).unwrap_err();
+        assert!(err.starts_with("--join: store.etcd_ca: TLS to etcd"), "{err}");
         assert!(Config::default()
             .join("https://e:2379", None)
             .unwrap_err()
