@@ -1,8 +1,9 @@
 //! The cluster's transport on TLS: etcd with client certificates (a daemon with the cluster's
-//! certificate works, clients without one are refused, a daemon whose TLS settings are missing or
-//! wrong does not start), and live migration over TLS (the memory stream and the local disks' NBD
-//! copies: a guest moves and keeps running; a plaintext stream or NBD client is refused; a host
-//! without migration TLS is refused as a target).
+//! certificate works, from its config file or with `--join`; clients without one are refused; a
+//! daemon whose TLS settings are missing or wrong does not start), and live migration over TLS
+//! (the memory stream and the local disks' NBD copies: a guest moves and keeps running; a
+//! plaintext stream or NBD client is refused; a host without migration TLS is refused as a
+//! target).
 
 use oxvirt_e2e::pki::TestPki;
 use oxvirt_e2e::*;
@@ -58,6 +59,12 @@ async fn etcd_with_client_certificates_admits_the_cluster_only() {
     assert!(code == 0 && out.contains("host-a") && out.contains("online"), "{out}{err}");
     let raw = EtcdStore::connect_with(&cluster.endpoints(), "tls1/", Some(&pki.etcd_tls())).unwrap();
     assert!(raw.get("vms/kept").unwrap().is_some());
+
+    // `--join https://...` with the certificate in the config file of a single host.
+    let settings = format!("stop_timeout_secs = 5\n[store]\n{}", pki.etcd_settings());
+    let j = Daemon::start_with_args(&settings, &["--join", &cluster.endpoints()[0], "--host-name", "host-j"]);
+    let (code, out, err) = j.cli(&["cluster", "hosts"]);
+    assert!(code == 0 && out.contains("host-j") && out.contains("online"), "{out}{err}");
 
     // Clients without the cluster's certificate are refused: etcdctl that trusts the CA but
     // shows no certificate, and one showing a certificate of another CA.
