@@ -2,8 +2,8 @@
 //! certificate works, from its config file or with `--join`; clients without one are refused; a
 //! daemon whose TLS settings are missing or wrong does not start), and live migration over TLS
 //! (the memory stream and the local disks' NBD copies: a guest moves and keeps running; a
-//! plaintext stream or NBD client is refused; a host without migration TLS is refused as a
-//! target).
+//! plaintext NBD client, a plaintext stream and a stream with another CA's certificate are
+//! refused while the target keeps waiting; a host without migration TLS is refused as a target).
 
 use oxvirt_e2e::pki::TestPki;
 use oxvirt_e2e::*;
@@ -122,22 +122,28 @@ async fn waiting_qemu(d: &Daemon, vm_id: &str) -> i32 {
     }
 }
 
-/// A QEMU of nobody's (no certificate) that tries to migrate a paused guest to `uri` in
-/// plaintext; QEMU's final status of it.
-async fn plaintext_migration(dir: &Path, uri: &str) -> serde_json::Value {
+/// A QEMU of nobody's that tries to migrate a paused guest to `uri`: in plaintext, or over TLS
+/// with the client certificate in `creds` (another CA's); QEMU's final status of it.
+async fn rogue_migration(dir: &Path, uri: &str, creds: Option<&Path>) -> serde_json::Value {
     let sock = dir.join("rogue.qmp");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-S", "-nodefaults", "-display", "none", "-machine", "q35", "-accel", "tcg", "-m", "128M"])
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-S", "-nodefaults", "-display", "none", "-machine", "q35", "-accel", "tcg", "-m", "128M"])
         .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .spawn()
-        .unwrap();
+        .arg(format!("unix:{},server=on,wait=off", sock.display()));
+    if let Some(d) = creds {
+        cmd.arg("-object").arg(format!("tls-creds-x509,id=rogue,endpoint=client,dir={}", d.display()));
+    }
+    let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
     while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the plaintext QEMU did not start");
+        assert!(start.elapsed() < Duration::from_secs(10), "the rogue QEMU did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let qmp = oxvirt_qemu::qmp::Qmp::connect(&sock, Duration::from_secs(10)).await.unwrap();
+    if creds.is_some() {
+        qmp.execute("migrate-set-parameters", json!({ "tls-creds": "rogue" })).await.unwrap();
+    }
     qmp.execute("migrate", json!({ "uri": uri })).await.unwrap();
     let start = Instant::now();
     let last = loop {
@@ -230,10 +236,23 @@ async fn live_migration_over_tls_moves_a_guest_and_refuses_plaintext() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a plaintext NBD client read the copy: {}", String::from_utf8_lossy(&out.stdout));
-    // ... nor a plaintext QEMU send a guest in.
-    let q = plaintext_migration(dir.path(), &uri).await;
+    eprintln!("plaintext NBD client: {}", String::from_utf8_lossy(&out.stderr).trim());
+    // ... nor a QEMU send a guest in over TLS with another CA's certificate, or in plaintext.
+    // (It trusts the cluster's CA besides its own, so that it is the target that refuses it.)
+    let other = TestPki::new("rogue");
+    let mixed = dir.path().join("rogue-creds");
+    std::fs::create_dir(&mixed).unwrap();
+    let both = [std::fs::read(pki.ca()).unwrap(), std::fs::read(other.ca()).unwrap()].concat();
+    std::fs::write(mixed.join("ca-cert.pem"), both).unwrap();
+    for f in ["client-cert.pem", "client-key.pem"] {
+        std::fs::copy(other.migration_dir().join(f), mixed.join(f)).unwrap();
+    }
+    let q = rogue_migration(dir.path(), &uri, Some(&mixed)).await;
     assert_eq!(q["status"], "failed", "{q}");
-    eprintln!("plaintext stream: {}", q["error-desc"]);
+    eprintln!("another CA's stream: {} (target QEMU alive: {})", q["error-desc"], process_alive(target as u32));
+    let q = rogue_migration(dir.path(), &uri, None).await;
+    assert_eq!(q["status"], "failed", "{q}");
+    eprintln!("plaintext stream: {} (target QEMU alive: {})", q["error-desc"], process_alive(target as u32));
     assert_eq!(store.get_record::<oxvirt_model::Migration>("mover").unwrap().unwrap().0.state, ready.state);
     // The would-be migration ends; host-b removes its side.
     store
