@@ -202,9 +202,16 @@ async fn live_migration_over_tls_moves_a_guest_and_refuses_plaintext() {
     )
     .await;
 
-    // A host without migration TLS is no target (nor a source) for a host with it.
+    // A host without migration TLS is no target for a host with it, nor a source.
     let err = a.client.migrate_vm("mover", "host-c").await.unwrap_err().to_string();
     assert!(err.contains("host host-c migrates in plaintext (it has no store.migration_tls_dir)"), "{err}");
+    let mut plain = kernel_spec("plain", "");
+    plain["host"] = json!("host-c");
+    let created = c.client.create_vm(&plain, true).await.unwrap();
+    c.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    let err = c.client.migrate_vm("plain", "host-a").await.unwrap_err().to_string();
+    assert!(err.contains("host host-a migrates only over TLS and this host has no store.migration_tls_dir"), "{err}");
+    c.client.vm_action_wait("plain", "kill", Duration::from_secs(30)).await.unwrap();
 
     // host-b gets ready for a migration of mover (recorded as the source would): its QEMU
     // holds the credentials from its start and listens for TLS only.
@@ -287,5 +294,4 @@ async fn live_migration_over_tls_moves_a_guest_and_refuses_plaintext() {
     let err = b.client.migrate_vm("mover", "host-c").await.unwrap_err().to_string();
     assert!(err.contains("migrates in plaintext"), "{err}");
     b.client.vm_action_wait("mover", "kill", Duration::from_secs(30)).await.unwrap();
-    drop(c);
 }
