@@ -709,12 +709,12 @@ async fn tls_against_plain(spec_json: &serde_json::Value, plain: &mut [(u64, u64
 }
 
 /// Only the TLS comparison (`oxvirt-bench migration-tls`): plaintext and TLS rounds through
-/// oxvirt, 3 each.
+/// oxvirt, 5 each.
 async fn migration_tls() {
-    println!("== live migration over TLS: idle 1 GiB guest, 3 rounds each (median), against plaintext");
+    println!("== live migration over TLS: idle 1 GiB guest, 5 rounds each (median), against plaintext");
     let mut spec_json = kernel_spec("mig", "");
     spec_json["memory"] = serde_json::json!("1GiB");
-    let mut plain = oxvirt_rounds(&spec_json, None, 3).await;
+    let mut plain = oxvirt_rounds(&spec_json, None, 5).await;
     tls_against_plain(&spec_json, &mut plain).await;
 }
 
