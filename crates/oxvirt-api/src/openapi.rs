@@ -600,6 +600,7 @@ fn schemas() -> Value {
             "memory": { "type": "integer" }, "joined_at": { "type": "integer" }, "online": { "type": "boolean" },
             "maintenance": { "type": "boolean" }, "pools": { "type": "array", "items": { "type": "string" } },
             "networks": { "type": "array", "items": { "type": "string" } }, "cpu_pressure": { "type": "number" },
+            "migration_tls": { "type": "boolean" },
             "leader": { "type": "boolean" }, "vms": { "type": "integer" } } } },
         "Login": { "type": "object", "additionalProperties": false, "required": ["user", "password"], "properties": {
             "user": { "type": "string" }, "password": { "type": "string" } } },

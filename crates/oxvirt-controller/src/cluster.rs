@@ -28,6 +28,10 @@ pub struct HostRecord {
     pub networks: Vec<String>,
     #[serde(default)]
     pub cpu_pressure: f64,
+    /// Its live migrations go over TLS (store.migration_tls_dir): it migrates only to and from
+    /// hosts that do too.
+    #[serde(default)]
+    pub migration_tls: bool,
 }
 
 impl HostRecord {
@@ -68,6 +72,7 @@ impl Controller {
             pools: vec![],
             networks: vec![],
             cpu_pressure: 0.0,
+            migration_tls: self.inner.config.migration_tls,
         };
         let key = format!("hosts/{name}");
         let joined = self.inner.store.get(&key)?.and_then(|e| serde_json::from_slice::<HostRecord>(&e.value).ok());

@@ -59,6 +59,9 @@ pub struct ControllerConfig {
     /// Directories under which an administrator may name host paths (disk images, kernels,
     /// import sources, export destinations, pool directories); empty turns host paths off.
     pub host_path_roots: Vec<PathBuf>,
+    /// Live migrations go over TLS (the QEMU driver gives every QEMU the credentials): only to
+    /// and from hosts that say the same in their host record.
+    pub migration_tls: bool,
 }
 
 impl ControllerConfig {
@@ -70,6 +73,7 @@ impl ControllerConfig {
             reconcile_interval: Duration::from_secs(2),
             confine_qemu: true,
             host_path_roots: Vec::new(),
+            migration_tls: false,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Test and benchmark harness: a real oxvirtd on a temporary data dir, the reference guest, and
 //! helpers to wait for what a guest prints. Nothing is mocked.
 
+pub mod pki;
+
 use oxvirt_client::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -253,6 +255,8 @@ impl Daemon {
 pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<EtcdMember>,
+    /// With TLS: `etcdctl`'s certificate options.
+    etcdctl_tls: Vec<String>,
 }
 
 pub struct EtcdMember {
@@ -268,37 +272,66 @@ pub fn free_port() -> u16 {
 }
 
 impl EtcdCluster {
+    /// `n` members, plaintext (`http://`), no authentication.
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_with(n, None)
+    }
+
+    /// `n` members on TLS with `pki`'s certificate (`https://` for clients and peers), every
+    /// client required to show a certificate of `pki`'s CA (`--client-cert-auth`).
+    pub fn start_tls(n: usize, pki: &pki::TestPki) -> EtcdCluster {
+        Self::start_with(n, Some(pki))
+    }
+
+    fn start_with(n: usize, pki: Option<&pki::TestPki>) -> EtcdCluster {
         let dir = tempfile::Builder::new().prefix("oxv-etcd").tempdir_in("/tmp").expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let token = format!("oxv-{}", std::process::id());
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}={scheme}://127.0.0.1:{peer}")).collect();
+        let tls_args: Vec<String> = pki
+            .map(|p| {
+                let (ca, cert, key) = (p.ca(), p.cert(), p.key());
+                let (ca, cert, key) = (ca.display(), cert.display(), key.display());
+                vec![
+                    format!("--cert-file={cert}"),
+                    format!("--key-file={key}"),
+                    format!("--trusted-ca-file={ca}"),
+                    "--client-cert-auth".into(),
+                    format!("--peer-cert-file={cert}"),
+                    format!("--peer-key-file={key}"),
+                    format!("--peer-trusted-ca-file={ca}"),
+                    "--peer-client-cert-auth".into(),
+                ]
+            })
+            .unwrap_or_default();
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
-            let args = vec![
+            let mut args = vec![
                 format!("--name=m{i}"),
                 format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
-                format!("--listen-client-urls=http://127.0.0.1:{client}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--listen-client-urls={scheme}://127.0.0.1:{client}"),
+                format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"),
+                format!("--listen-peer-urls={scheme}://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls={scheme}://127.0.0.1:{peer}"),
                 format!("--initial-cluster={}", initial.join(",")),
                 format!("--initial-cluster-token={token}"),
                 "--initial-cluster-state=new".into(),
                 "--heartbeat-interval=50".into(),
                 "--election-timeout=500".into(),
             ];
+            args.extend(tls_args.iter().cloned());
             let mut m = EtcdMember {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{client}"),
+                client_url: format!("{scheme}://127.0.0.1:{client}"),
                 child: None,
                 args,
             };
             m.spawn(dir.path());
             members.push(m);
         }
-        let c = EtcdCluster { dir, members };
+        let c = EtcdCluster { dir, members, etcdctl_tls: pki.map(|p| p.etcdctl_args()).unwrap_or_default() };
         c.wait_healthy(Duration::from_secs(30));
         c
     }
@@ -315,6 +348,7 @@ impl EtcdCluster {
         loop {
             let ok = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
+                .args(&self.etcdctl_tls)
                 .args(["--endpoints", &eps.join(","), "endpoint", "health"])
                 .output()
                 .map(|o| o.status.success())

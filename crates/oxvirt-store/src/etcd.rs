@@ -8,7 +8,8 @@
 
 use crate::{Entry, Expect, Op, Store, StoreError, WatchEvent};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
+    Txn, TxnOp, WatchOptions,
 };
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +44,40 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
 }
 
+/// TLS to etcd: the CA that signed the members' certificates, and this client's certificate and
+/// key (PEM), which members started with `--client-cert-auth` require.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    // Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    fn options(&self) -> TlsOptions {
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+    }
+}
+
 impl EtcdStore {
-    /// Connects to the cluster (any of `endpoints`, e.g. `http://127.0.0.1:2379`) and starts
-    /// following its changes.
+    /// Connects to the cluster (any of `endpoints`, e.g. `http://127.0.0.1:2379`) in plaintext
+    /// and starts following its changes.
     pub fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, StoreError> {
+        Self::connect_with(endpoints, prefix, None)
+    }
+
+    /// Connects as [`EtcdStore::connect`] does; with `tls`, over TLS (`https://` endpoints), the
+    /// members' certificates checked against its CA and this client's certificate shown.
+    pub fn connect_with(endpoints: &[String], prefix: &str, tls: Option<&EtcdTls>) -> Result<EtcdStore, StoreError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("oxvirt-etcd")
@@ -54,7 +85,10 @@ impl EtcdStore {
             .build()
             .map_err(backend)?;
         let eps = endpoints.to_vec();
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(CALL_TIMEOUT);
+        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(CALL_TIMEOUT);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.options());
+        }
         // Not `block_on`: the caller may itself be inside a runtime.
         let (tx, rx) = std::sync::mpsc::channel();
         rt.spawn(async move {

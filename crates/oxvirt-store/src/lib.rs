@@ -10,7 +10,7 @@ mod etcd;
 mod records;
 mod sqlite;
 
-pub use etcd::{EtcdStore, Session};
+pub use etcd::{EtcdStore, EtcdTls, Session};
 pub use records::{encode, Record, StoreExt};
 pub use sqlite::SqliteStore;
 

@@ -53,6 +53,18 @@ pub struct StoreConfig {
     pub etcd_endpoints: Vec<String>,
     /// Every key lives under this prefix in etcd.
     pub etcd_prefix: String,
+    /// With `https://` endpoints (all three, or none): the CA file (PEM) that signed the etcd
+    /// members' certificates, and this host's client certificate and key (PEM) that members
+    /// started with `--client-cert-auth` require.
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    /// With etcd: live migration (memory stream and local disks' NBD copies) over TLS with
+    /// certificates on both ends. A directory of PEM files as QEMU's `tls-creds-x509` wants:
+    /// `ca-cert.pem`, `server-cert.pem`, `server-key.pem` (this host's certificate, naming its
+    /// address), `client-cert.pem`, `client-key.pem`. A host with it migrates only to and from
+    /// hosts with it.
+    pub migration_tls_dir: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -64,6 +76,10 @@ impl Default for StoreConfig {
             host_name: None,
             address: None,
             member_ttl_secs: 10,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            migration_tls_dir: None,
         }
     }
 }
@@ -159,6 +175,7 @@ impl Config {
             }
             (other, _) => return Err(format!("store.backend: must be sqlite or etcd, not {other:?}")),
         }
+        crate::cluster_tls::check(&c.store)?;
         if let Some(n) = &c.store.host_name {
             oxvirt_model::validate_name("store.host_name", n).map_err(|e| e.to_string())?;
         }

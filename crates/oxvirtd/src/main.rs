@@ -1,5 +1,6 @@
 //! oxvirtd: the oxvirt daemon, one per host.
 
+mod cluster_tls;
 mod config;
 mod https;
 mod tls;
@@ -51,6 +52,9 @@ fn run(args: Args) -> Result<(), String> {
         config = config.join(endpoints, args.host_name.clone())?;
         refuse_join_with_vms(&args.data_dir)?;
     }
+    // The cluster's TLS files, before anything starts: a bad one names its setting.
+    let etcd_tls = cluster_tls::load_etcd(&config.store).map_err(|e| e.to_string())?;
+    let migration_tls = cluster_tls::check_migration_dir(&config.store).map_err(|e| e.to_string())?;
     init_logging(&config.log_format);
     std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("create {}: {e}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&args.data_dir)?;
@@ -68,7 +72,7 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(serve(args, config, decision))
+    rt.block_on(serve(args, config, decision, Transport { etcd_tls, migration_tls }))
 }
 
 fn init_logging(format: &str) {
@@ -117,21 +121,41 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
-async fn serve(args: Args, config: Config, decision: AccelDecision) -> Result<(), String> {
+/// How this host talks to the rest of the cluster (checked, read).
+struct Transport {
+    etcd_tls: Option<oxvirt_store::EtcdTls>,
+    migration_tls: Option<PathBuf>,
+}
+
+async fn serve(args: Args, config: Config, decision: AccelDecision, transport: Transport) -> Result<(), String> {
     let mut etcd: Option<Arc<oxvirt_store::EtcdStore>> = None;
     let store: Arc<dyn oxvirt_store::Store> = match config.store.backend.as_str() {
         "etcd" => {
-            let s = oxvirt_store::EtcdStore::connect(&config.store.etcd_endpoints, &config.store.etcd_prefix)
-                .map_err(|e| format!("store: {e}"))?;
-            tracing::info!(endpoints = ?config.store.etcd_endpoints, prefix = %config.store.etcd_prefix, "state in etcd");
+            let s = oxvirt_store::EtcdStore::connect_with(
+                &config.store.etcd_endpoints,
+                &config.store.etcd_prefix,
+                transport.etcd_tls.as_ref(),
+            )
+            .map_err(|e| match transport.etcd_tls {
+                // A refused handshake reads as a closed connection: say what was tried.
+                Some(_) => format!("store: {e} (over TLS as store.etcd_cert, members checked against store.etcd_ca)"),
+                None => format!("store: {e}"),
+            })?;
+            tracing::info!(endpoints = ?config.store.etcd_endpoints, prefix = %config.store.etcd_prefix, tls = transport.etcd_tls.is_some(), "state in etcd");
             let s = Arc::new(s);
             etcd = Some(s.clone());
             s
         }
         _ => Arc::new(SqliteStore::open(&args.data_dir.join("store.db")).map_err(|e| e.to_string())?),
     };
-    let hv = oxvirt_hypervisor::qemu::QemuDriver::new(config.qemu_binary.clone(), decision);
+    let mut hv = oxvirt_hypervisor::qemu::QemuDriver::new(config.qemu_binary.clone(), decision);
+    if let Some(dir) = &transport.migration_tls {
+        // Every QEMU of this host reads the certificates as it starts (still root).
+        hv = hv.with_migration_tls(dir);
+        tracing::info!(dir = %dir.display(), "live migration over TLS");
+    }
     let mut cc = ControllerConfig::new(&args.data_dir);
+    cc.migration_tls = transport.migration_tls.is_some();
     cc.stop_timeout = Duration::from_secs(config.stop_timeout_secs);
     cc.console_log_max = config.console_log_max_bytes;
     cc.confine_qemu = config.confine_qemu;

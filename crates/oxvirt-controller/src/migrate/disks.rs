@@ -3,6 +3,7 @@
 //! once in sync) and, with the guest paused before the switch-over, finishes the mirrors so that
 //! the target has every block before it runs the guest.
 
+use super::tls::{with_creds, End};
 use crate::{ControlError, Controller};
 use oxvirt_hypervisor::qemu::cmdline::format_node;
 use oxvirt_hypervisor::Instance;
@@ -93,12 +94,18 @@ pub(crate) fn remove_copies(files: &[PathBuf]) {
     }
 }
 
-/// Target: serves the copies, writable, on `host:port` (an export per disk, named by its id).
-pub(crate) async fn serve(instance: &dyn Instance, addr: &str, disks: &[LocalDisk]) -> Result<(), ControlError> {
+/// Target: serves the copies, writable, on `host:port` (an export per disk, named by its id);
+/// with `tls`, only to clients with a certificate of the cluster's CA.
+pub(crate) async fn serve(
+    instance: &dyn Instance,
+    addr: &str,
+    disks: &[LocalDisk],
+    tls: bool,
+) -> Result<(), ControlError> {
     let (host, port) = split_address(addr)?;
     // nbd-server-start takes the legacy address form (the data nested).
     let addr = json!({ "type": "inet", "data": { "host": host, "port": port } });
-    instance.command("nbd-server-start", json!({ "addr": addr })).await?;
+    instance.command("nbd-server-start", with_creds(json!({ "addr": addr }), tls, End::Target)).await?;
     for d in disks {
         let export = json!({
             "type": "nbd", "id": mirror_name(&d.id), "node-name": format_node(&d.id),
@@ -116,8 +123,14 @@ pub(crate) async fn stop_serving(instance: &dyn Instance) {
     }
 }
 
-/// Source: connects to the target's exports and mirrors each disk into its copy.
-pub(crate) async fn start_mirrors(instance: &dyn Instance, nbd: &str, disks: &[LocalDisk]) -> Result<(), ControlError> {
+/// Source: connects to the target's exports (with `tls`, checking the target's certificate and
+/// showing this host's) and mirrors each disk into its copy.
+pub(crate) async fn start_mirrors(
+    instance: &dyn Instance,
+    nbd: &str,
+    disks: &[LocalDisk],
+    tls: bool,
+) -> Result<(), ControlError> {
     let (host, port) = split_address(nbd)?;
     for d in disks {
         let name = mirror_name(&d.id);
@@ -125,6 +138,7 @@ pub(crate) async fn start_mirrors(instance: &dyn Instance, nbd: &str, disks: &[L
             "driver": "nbd", "node-name": name, "export": d.id,
             "server": { "type": "inet", "host": host, "port": port },
         });
+        let node = with_creds(node, tls, End::Source);
         instance.command("blockdev-add", node).await?;
         let job = json!({
             "job-id": name, "device": format_node(&d.id), "target": name, "sync": "full",

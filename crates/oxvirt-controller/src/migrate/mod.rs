@@ -11,6 +11,7 @@
 
 mod disks;
 mod target;
+mod tls;
 
 pub(crate) use target::Incoming;
 
@@ -78,6 +79,7 @@ impl Controller {
             return Err(ControlError::invalid("to", format!("VM {name} runs on {me} already")));
         }
         let target = self.usable_host("to", &req.to)?;
+        self.check_peer_tls("to", &target)?;
         let local = self.local_disks(&vm.spec)?;
         if req.postcopy && !local.is_empty() {
             return Err(ControlError::invalid(
@@ -225,13 +227,17 @@ impl Controller {
         postcopy_started: &mut bool,
     ) -> Result<Value, ControlError> {
         let uri = ready.uri.clone().unwrap_or_default();
+        if self.migration_tls() {
+            // First: a QEMU without the credentials fails here, before any disk is mirrored.
+            tls::set_stream_tls(instance, tls::End::Source).await?;
+        }
         let mem_from = if local.is_empty() {
             10
         } else {
             let nbd =
                 ready.nbd.as_deref().ok_or_else(|| ControlError::Conflict("the target serves no disks".into()))?;
             task.progress(8, &format!("copying {} local disk(s) to {}", local.len(), req.to));
-            disks::start_mirrors(instance, nbd, local).await?;
+            disks::start_mirrors(instance, nbd, local, self.migration_tls()).await?;
             disks::wait_in_sync(instance, local, |done, total| {
                 let pct = (8 + done.saturating_mul(32) / total.max(1)).min(40) as u8;
                 task.progress(pct, &format!("copied {} MiB of {} MiB of disks", done >> 20, total >> 20));

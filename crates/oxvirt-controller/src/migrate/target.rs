@@ -3,6 +3,7 @@
 //! remove what a failed migration left here.
 
 use super::disks::{self, LocalDisk};
+use super::tls::{set_stream_tls, End};
 use crate::cluster::HostRecord;
 use crate::{lock, ControlError, Controller};
 use oxvirt_hypervisor::Instance;
@@ -97,6 +98,10 @@ impl Controller {
         let vm = self.get_vm(&m.vm)?;
         let me: HostRecord =
             self.host_record(&m.target)?.ok_or_else(|| ControlError::Conflict("this host has no record".into()))?;
+        let source = self
+            .host_record(&m.source)?
+            .ok_or_else(|| ControlError::Conflict(format!("the source host {} has no record", m.source)))?;
+        self.check_peer_tls("source", &source)?;
         let ip = match me.address_host() {
             "" | "0.0.0.0" => "127.0.0.1",
             ip => ip,
@@ -128,14 +133,20 @@ impl Controller {
             }
         };
         let nbd = if local.is_empty() { None } else { Some(format!("{ip}:{}", free_port()?)) };
+        let tls = self.migration_tls();
         let ready = async {
+            if tls {
+                // The QEMU waits (`-incoming defer`) until the stream must be TLS, then listens.
+                set_stream_tls(&*instance, End::Target).await?;
+                instance.command("migrate-incoming", serde_json::json!({ "uri": uri })).await?;
+            }
             if m.postcopy {
                 // Post-copy needs the capability on both ends.
                 let caps = serde_json::json!({ "capabilities": [{ "capability": "postcopy-ram", "state": true }] });
                 instance.command("migrate-set-capabilities", caps).await?;
             }
             if let Some(addr) = &nbd {
-                disks::serve(&*instance, addr, &local).await?;
+                disks::serve(&*instance, addr, &local, tls).await?;
             }
             Ok::<(), ControlError>(())
         };
@@ -191,7 +202,8 @@ impl Controller {
         let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
         spec.resources.placement = None;
         spec.run_as = self.run_as(&vm.spec.name)?;
-        spec.incoming = Some(uri.to_string());
+        // With TLS: listening waits for the stream's credentials (set over QMP, `receive`).
+        spec.incoming = Some(if self.migration_tls() { "defer".to_string() } else { uri.to_string() });
         Ok(self.inner.hv.start(&vm.id, &spec, &self.inner.paths(&vm.id)).await?)
     }
 }

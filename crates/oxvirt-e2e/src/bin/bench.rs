@@ -13,7 +13,9 @@
 //! 7. Scheduler: 100,000 VMs placed on 10,000 simulated hosts (time), and hosts used when packing
 //!    against the lower bound (total memory asked / host memory).
 //! 8. Live migration of an idle 1 GiB guest between two hosts (daemons on one etcd): total time
-//!    and downtime, against a raw QEMU-to-QEMU migration of the same guest in the same run.
+//!    and downtime, against a raw QEMU-to-QEMU migration of the same guest in the same run; and
+//!    the same over TLS (etcd with client certificates, TLS migration stream) against plaintext
+//!    (`oxvirt-bench migration-tls` runs only that comparison).
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
 //!    a no-op API request rate), time to list all of them, and the daemon's RSS.
 
@@ -644,13 +646,33 @@ async fn migration() {
         kill_pidfile(&dst.pidfile());
     }
     // Through oxvirt: two hosts on one etcd, the VM moved back and forth.
-    let (_cluster, a, b) = two_hosts("bench/");
-    spec_json["host"] = json!("host-a");
+    let mut ours = oxvirt_rounds(&spec_json, None, 5).await;
+    let med = |v: &mut Vec<(u64, u64)>, i: usize| {
+        let mut x: Vec<u64> = v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect();
+        x.sort();
+        x[x.len() / 2]
+    };
+    let (rt, rd) = (med(&mut raw, 0), med(&mut raw, 1));
+    let (ot, od) = (med(&mut ours, 0), med(&mut ours, 1));
+    println!("   rounds raw {raw:?}, oxvirt {ours:?} (total, paused ms)");
+    println!("   raw QEMU (baseline): {rt} ms in all, {rd} ms paused");
+    println!("   through oxvirt:      {ot} ms in all, {od} ms paused (target <= 100 ms)");
+    println!("   total ratio oxvirt/raw: {:.2} (target <= 1.1)", ot as f64 / rt.max(1) as f64);
+    tls_against_plain(&spec_json, &mut ours).await;
+}
+
+/// The same guest moved `rounds` times between two fresh hosts (with `pki`: etcd and migration
+/// over TLS): (total, paused) ms of each move, from the VM's host reason.
+async fn oxvirt_rounds(spec_json: &serde_json::Value, pki: Option<&pki::TestPki>, rounds: usize) -> Vec<(u64, u64)> {
+    let prefix = if pki.is_some() { "bench-tls/" } else { "bench/" };
+    let (_cluster, a, b) = two_hosts_with(prefix, pki);
+    let mut spec_json = spec_json.clone();
+    spec_json["host"] = serde_json::json!("host-a");
     let created = a.client.create_vm(&spec_json, true).await.expect("create");
     a.client.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("start");
     wait_console(&a.client, "mig", READY, 1, BOOT_TIMEOUT).await;
     let mut ours = Vec::new();
-    for round in 0..5 {
+    for round in 0..rounds {
         let (from, to) = if round % 2 == 0 { (&a, "host-b") } else { (&b, "host-a") };
         let t = from.client.migrate_vm("mig", to).await.expect("migrate");
         let t = from.client.wait_task(&t.id, Duration::from_secs(300)).await.expect("wait");
@@ -664,19 +686,36 @@ async fn migration() {
         ours.push((nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0)));
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let med = |v: &mut Vec<(u64, u64)>, i: usize| {
+    let _ = a.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+    let _ = b.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+    ours
+}
+
+/// The TLS variant (etcd with client certificates, the migration stream over TLS) against the
+/// plaintext `plain` rounds of the same run.
+async fn tls_against_plain(spec_json: &serde_json::Value, plain: &mut [(u64, u64)]) {
+    let pki = pki::TestPki::new("bench");
+    let mut tls = oxvirt_rounds(spec_json, Some(&pki), plain.len()).await;
+    let med = |v: &mut [(u64, u64)], i: usize| {
         let mut x: Vec<u64> = v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect();
         x.sort();
         x[x.len() / 2]
     };
-    let (rt, rd) = (med(&mut raw, 0), med(&mut raw, 1));
-    let (ot, od) = (med(&mut ours, 0), med(&mut ours, 1));
-    println!("   rounds raw {raw:?}, oxvirt {ours:?} (total, paused ms)");
-    println!("   raw QEMU (baseline): {rt} ms in all, {rd} ms paused");
-    println!("   through oxvirt:      {ot} ms in all, {od} ms paused (target <= 100 ms)");
-    println!("   total ratio oxvirt/raw: {:.2} (target <= 1.1)", ot as f64 / rt.max(1) as f64);
-    let _ = a.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
-    let _ = b.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+    let (pt, pd) = (med(plain, 0), med(plain, 1));
+    let (tt, td) = (med(&mut tls, 0), med(&mut tls, 1));
+    println!("   rounds plaintext {plain:?}, over TLS (etcd and migration) {tls:?} (total, paused ms)");
+    println!("   over TLS: {tt} ms in all, {td} ms paused; plaintext: {pt} ms in all, {pd} ms paused");
+    println!("   total ratio TLS/plaintext: {:.2}", tt as f64 / pt.max(1) as f64);
+}
+
+/// Only the TLS comparison (`oxvirt-bench migration-tls`): plaintext and TLS rounds through
+/// oxvirt, 5 each.
+async fn migration_tls() {
+    println!("== live migration over TLS: idle 1 GiB guest, 5 rounds each (median), against plaintext");
+    let mut spec_json = kernel_spec("mig", "");
+    spec_json["memory"] = serde_json::json!("1GiB");
+    let mut plain = oxvirt_rounds(&spec_json, None, 5).await;
+    tls_against_plain(&spec_json, &mut plain).await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -709,6 +748,9 @@ async fn main() {
     if only.is_empty() || only == "migration" {
         migration().await;
         local_disk_migration().await;
+    }
+    if only == "migration-tls" {
+        migration_tls().await;
     }
 }
 
@@ -743,10 +785,21 @@ fn raw_source(
 
 /// Two oxvirt hosts (host-a, host-b) on a one-member etcd, keys under `prefix`.
 fn two_hosts(prefix: &str) -> (EtcdCluster, Daemon, Daemon) {
-    let cluster = EtcdCluster::start(1);
+    two_hosts_with(prefix, None)
+}
+
+/// The same; with `pki`, etcd on TLS with client certificates and migration over TLS.
+fn two_hosts_with(prefix: &str, pki: Option<&pki::TestPki>) -> (EtcdCluster, Daemon, Daemon) {
+    let cluster = match pki {
+        Some(p) => EtcdCluster::start_tls(1, p),
+        None => EtcdCluster::start(1),
+    };
+    let tls = pki
+        .map(|p| format!("{}migration_tls_dir = \"{}\"\n", p.etcd_settings(), p.migration_dir().display()))
+        .unwrap_or_default();
     let config = |host: &str| {
         format!(
-            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{prefix}\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n",
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{prefix}\"\nhost_name = \"{host}\"\nmember_ttl_secs = 3\n{tls}",
             cluster.endpoints()[0]
         )
     };

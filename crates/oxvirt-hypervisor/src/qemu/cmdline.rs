@@ -12,6 +12,11 @@ pub struct CmdlineHost {
     /// The host CPU's clock in kHz: microvm under TCG needs `tsc_early_khz`, or the guest hangs
     /// calibrating its TSC.
     pub tsc_khz: Option<u64>,
+    /// The cluster's migration TLS directory (QEMU's `tls-creds-x509` layout), if migration goes
+    /// over TLS: every QEMU gets both credentials objects on its command line, read while it is
+    /// still root (it gives root up with `-runas` once the guest starts, so QMP's `object-add`
+    /// could not read them later).
+    pub migration_tls: Option<std::path::PathBuf>,
 }
 
 impl CmdlineHost {
@@ -22,12 +27,27 @@ impl CmdlineHost {
             .find(|l| l.starts_with("cpu MHz"))
             .and_then(|l| l.split(':').nth(1))
             .and_then(|v| v.trim().parse::<f64>().ok());
-        CmdlineHost { tsc_khz: mhz.map(|m| (m * 1000.0).round() as u64) }
+        CmdlineHost { tsc_khz: mhz.map(|m| (m * 1000.0).round() as u64), migration_tls: None }
     }
 }
 
 /// Empty PCIe root ports a q35 VM gets for hot-plugging disks and NICs (`hp0`...).
 pub const HOTPLUG_PORTS: usize = 8;
+
+/// The id of the TLS credentials a QEMU serves incoming migrations and NBD disk copies with
+/// (peers must show a certificate of the same CA).
+pub const TLS_SERVER_CREDS: &str = "oxv-tls-server";
+/// The id of the TLS credentials a QEMU migrates out and connects to NBD disk copies with.
+pub const TLS_CLIENT_CREDS: &str = "oxv-tls-client";
+
+/// The two `tls-creds-x509` objects of a host whose migrations go over TLS.
+pub fn tls_creds_objects(dir: &std::path::Path) -> [String; 2] {
+    let dir = escape_opt(&dir.to_string_lossy());
+    [
+        format!("tls-creds-x509,id={TLS_SERVER_CREDS},endpoint=server,dir={dir},verify-peer=on"),
+        format!("tls-creds-x509,id={TLS_CLIENT_CREDS},endpoint=client,dir={dir}"),
+    ]
+}
 
 /// Escapes a value for QEMU's option syntax: a `,` is written `,,`.
 pub fn escape_opt(value: &str) -> String {
@@ -264,6 +284,11 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
         // Waits for the migration stream; runs the guest when it is complete.
         push(&["-incoming", uri]);
     }
+    if let Some(dir) = &host.migration_tls {
+        for object in tls_creds_objects(dir) {
+            push(&["-object", &object]);
+        }
+    }
     if let Some((uid, gid)) = spec.run_as {
         // Root until the guest starts (devices and files opened), the VM's own user after.
         push(&["-runas", &format!("{uid}:{gid}")]);
@@ -399,7 +424,7 @@ mod tests {
     }
 
     fn host() -> CmdlineHost {
-        CmdlineHost { tsc_khz: Some(2_600_000) }
+        CmdlineHost { tsc_khz: Some(2_600_000), migration_tls: None }
     }
 
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
@@ -576,6 +601,25 @@ mod tests {
                 "unexpected flag {f}"
             );
         }
+    }
+
+    #[test]
+    fn migration_tls_gives_every_qemu_both_credentials_before_it_drops_root() {
+        let mut s = spec();
+        s.run_as = Some((1000, 1000));
+        let plain = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        assert!(!plain.iter().any(|a| a.contains("tls-creds")));
+        let tls = CmdlineHost { migration_tls: Some("/etc/ox,tls".into()), ..host() };
+        let a = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls);
+        let objects = after(&a, "-object");
+        assert_eq!(
+            objects[..2],
+            [
+                "tls-creds-x509,id=oxv-tls-server,endpoint=server,dir=/etc/ox,,tls,verify-peer=on",
+                "tls-creds-x509,id=oxv-tls-client,endpoint=client,dir=/etc/ox,,tls",
+            ]
+        );
+        assert!(!objects[2..].iter().any(|o| o.contains("tls-creds")));
     }
 
     #[test]

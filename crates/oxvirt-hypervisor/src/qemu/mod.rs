@@ -49,6 +49,13 @@ impl QemuDriver {
         QemuDriver { program, version, accel, host: CmdlineHost::detect(), cgroups }
     }
 
+    /// Migration over TLS: every QEMU this driver starts gets the credentials in `dir` (see
+    /// [`CmdlineHost::migration_tls`]).
+    pub fn with_migration_tls(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.host.migration_tls = Some(dir.into());
+        self
+    }
+
     /// The cgroups a VM's QEMU runs in.
     pub fn cgroup(&self, id: &str) -> oxvirt_cgroup::VmCgroup {
         self.cgroups.vm(&cgroup_name(id))
