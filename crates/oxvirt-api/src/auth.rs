@@ -55,10 +55,10 @@ fn refusal(status: StatusCode, code: &'static str, message: &str) -> Response {
 /// Buckets kept at most: past it, idle ones are dropped, and a new key waits.
 const MAX_BUCKETS: usize = 100_000;
 
-/// Refused requests without a valid token each address may have written to the audit log: one a
-/// second, bursts of 20. Past that they are refused (429) and only counted.
-pub const UNAUTHENTICATED_RATE: f64 = 1.0;
-pub const UNAUTHENTICATED_BURST: f64 = 20.0;
+/// Refused requests without a valid token each address may have written to the audit log: two a
+/// second, bursts of 100. Past that they are refused (429) and only counted.
+pub const UNAUTHENTICATED_RATE: f64 = 2.0;
+pub const UNAUTHENTICATED_BURST: f64 = 100.0;
 
 /// Token buckets, one per token: `rate` requests per second, bursts up to `burst`.
 pub struct RateLimiter {

@@ -630,7 +630,8 @@ fn schemas() -> Value {
             "memory_overcommit": { "type": "number", "minimum": 0.1, "maximum": 16 },
             "auto_balloon": { "type": "boolean" },
             "memory_target_use": { "type": "number", "minimum": 0.01, "maximum": 0.99 },
-            "ksm": { "type": "string", "enum": ["auto", "on", "off"] } } },
+            "ksm": { "type": "string", "enum": ["auto", "on", "off"] },
+            "ksm_across_projects": { "type": "boolean" } } },
     });
     let network = json!({
         "NicSpec": nic.clone(),

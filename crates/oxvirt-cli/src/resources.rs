@@ -51,6 +51,9 @@ pub struct PolicyArgs {
     /// auto, on or off.
     #[arg(long)]
     pub ksm: Option<String>,
+    /// Let KSM merge memory of VMs of different projects (off by default: a side channel).
+    #[arg(long)]
+    pub ksm_across_projects: Option<bool>,
 }
 
 fn set(v: &mut Value, key: &str, new: Option<Value>) {
@@ -116,7 +119,8 @@ pub async fn policy(client: &Client, out: Output, a: PolicyArgs) -> Result<(), C
         || a.memory_overcommit.is_some()
         || a.auto_balloon.is_some()
         || a.memory_target_use.is_some()
-        || a.ksm.is_some();
+        || a.ksm.is_some()
+        || a.ksm_across_projects.is_some();
     if changed {
         let mut v = serde_json::to_value(&p).map_err(|e| ClientError::Decode(e.to_string()))?;
         set(&mut v, "cpu_overcommit", a.cpu_overcommit.map(|x| json!(x)));
@@ -124,6 +128,7 @@ pub async fn policy(client: &Client, out: Output, a: PolicyArgs) -> Result<(), C
         set(&mut v, "auto_balloon", a.auto_balloon.map(|x| json!(x)));
         set(&mut v, "memory_target_use", a.memory_target_use.map(|x| json!(x)));
         set(&mut v, "ksm", a.ksm.map(|x| json!(x)));
+        set(&mut v, "ksm_across_projects", a.ksm_across_projects.map(|x| json!(x)));
         p = client.put("/api/v1/host/policy", &v).await?;
     }
     print_json(&p);

@@ -98,6 +98,9 @@ impl Controller {
         };
         spec.resources.placement = placement.clone();
         spec.run_as = run_as;
+        if let Err(e) = self.ksm_for_launch(&mut spec) {
+            return Err(self.start_failed(name, e));
+        }
         self.update_vm_record(name, |v| v.status.placement = placement.clone());
         match self.inner.hv.start(&vm.id, &spec, &paths).await {
             Ok(instance) => {

@@ -94,6 +94,15 @@ impl Controller {
         Ok(self.inner.store.get_record::<HostPolicy>(&self.local_key("host"))?.map(|(p, _)| p).unwrap_or_default())
     }
 
+    /// KSM for a VM about to run: a VM of a project merges only where the host policy lets
+    /// projects share pages (`ksm_across_projects`).
+    pub(crate) fn ksm_for_launch(&self, spec: &mut oxvirt_model::VmSpec) -> Result<(), ControlError> {
+        if spec.project.is_some() && spec.resources.ksm && !self.host_policy()?.ksm_across_projects {
+            spec.resources.ksm = false;
+        }
+        Ok(())
+    }
+
     /// Replaces the host policy; KSM follows at once, ballooning at its next round.
     pub fn set_host_policy(&self, p: HostPolicy) -> Result<HostPolicy, ControlError> {
         p.validate()?;

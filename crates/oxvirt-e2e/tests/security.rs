@@ -229,6 +229,10 @@ async fn qemu_is_sandboxed_and_sev_is_refused_here() {
     let pid = c.get_vm("sbx").await.unwrap().status.pid.unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1')), "{status}");
+    // No new processes or programs: QEMU runs without -daemonize, under spawn=deny.
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
+    assert!(cmdline.contains("spawn=deny") && !cmdline.contains("-daemonize"), "{cmdline}");
     c.vm_action_wait("sbx", "kill", Duration::from_secs(30)).await.unwrap();
 
     let mut spec = kernel_spec("sev", "");
@@ -304,6 +308,21 @@ async fn projects_keep_their_vms_within_quotas() {
     assert!(err.contains("project.quotas.vms"), "within her project, but over its quota: {err}");
     tina.delete_vm("pb").await.unwrap();
     tina.create_vm(&vm("pz", 1), false).await.unwrap();
+    // KSM does not merge a project's VMs with others' unless the administrator says so.
+    let merge_of = |pid: u32| {
+        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).into_owned();
+        cmd.split('\0').find(|a| a.contains("mem-merge=")).map(|a| a.contains("mem-merge=on")).unwrap()
+    };
+    let mut merged = Vec::new();
+    for across in [false, true] {
+        let mut policy: Value = c.get("/api/v1/host/policy").await.unwrap();
+        policy["ksm_across_projects"] = json!(across);
+        let _: Value = c.put("/api/v1/host/policy", &policy).await.unwrap();
+        tina.vm_action_wait("pz", "start", Duration::from_secs(60)).await.unwrap();
+        merged.push(merge_of(c.get_vm("pz").await.unwrap().status.pid.unwrap()));
+        tina.vm_action_wait("pz", "kill", Duration::from_secs(30)).await.unwrap();
+    }
+    assert_eq!(merged, [false, true], "mem-merge with ksm_across_projects off, then on");
     for v in ["pa", "pz", "outside"] {
         c.delete_vm(v).await.unwrap();
     }

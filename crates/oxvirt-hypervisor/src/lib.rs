@@ -37,6 +37,10 @@ impl RuntimePaths {
     pub fn pidfile(&self) -> PathBuf {
         self.dir.join("qemu.pid")
     }
+    /// QEMU's own standard output and error (its warnings and errors), new at each start.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -222,6 +222,10 @@ pub struct HostPolicy {
     /// Share of host memory in use above which auto-ballooning reclaims (Proxmox: 80 %).
     pub memory_target_use: f64,
     pub ksm: KsmPolicy,
+    /// Whether KSM may merge the memory of VMs of different projects (tenants). Off by default:
+    /// merged pages are a known side channel between guests (timing of copy-on-write). Off, a
+    /// VM in a project is kept out of KSM and only VMs outside projects merge among themselves.
+    pub ksm_across_projects: bool,
 }
 
 impl Default for HostPolicy {
@@ -232,6 +236,7 @@ impl Default for HostPolicy {
             auto_balloon: true,
             memory_target_use: 0.8,
             ksm: KsmPolicy::Auto,
+            ksm_across_projects: false,
         }
     }
 }

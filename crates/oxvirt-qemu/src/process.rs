@@ -1,5 +1,6 @@
-//! QEMU processes: started daemonized in their own session, found again by pidfile and
-//! `/proc/PID/cmdline`, watched and signalled through a pidfd (no PID-reuse races).
+//! QEMU processes: started in their own session (a VM's QEMU as our child until the daemon
+//! exits, then init's; helpers daemonized), found again by pidfile and `/proc/PID/cmdline`,
+//! watched and signalled through a pidfd (no PID-reuse races).
 
 use crate::ProcessError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -8,7 +9,61 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
 /// How long QEMU may take to initialise before `-daemonize` hands back.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts `program` in a session of its own, with standard output and error in `log`
+/// (truncated), and returns its pid at once. Unlike [`spawn_daemonized`] it does not fork again,
+/// so QEMU's seccomp filter may deny `spawn`; it stays our child while the daemon lives (reaped
+/// by [`Pidfd::exited`]) and is left to init, still running, when the daemon exits.
+///
+/// `cgroup_procs` are open `cgroup.procs` files: the process joins those cgroups before it
+/// runs. `keep_fds` stay open across exec (descriptors passed on with `-add-fd`).
+pub fn spawn_detached(
+    program: &str,
+    args: &[String],
+    log: &Path,
+    cgroup_procs: &[std::fs::File],
+    keep_fds: &[RawFd],
+) -> Result<u32, ProcessError> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(log)
+        .map_err(|e| ProcessError::io(format!("open {}", log.display()), e))?;
+    let err = out.try_clone().map_err(|e| ProcessError::io("dup log", e))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
+    let fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+    let keep: Vec<RawFd> = keep_fds.to_vec();
+    // SAFETY: only setsid(2), fcntl(2) and write(2) on descriptors that stay open until spawn
+    // returns; all are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A session of its own: no terminal's signals, and it outlives the daemon.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in &keep {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            oxvirt_cgroup::join_in_child(&fds)
+        })
+    };
+    let child = cmd.spawn().map_err(|e| ProcessError::io(format!("run {program}"), e))?;
+    // Not waited on here: its exit is seen (and reaped) through a pidfd.
+    Ok(child.id())
+}
+
+/// The end of a process's log, for an error message.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let from = text.len().saturating_sub(2048);
+    String::from_utf8_lossy(&text[from..]).trim().to_string()
+}
 
 /// Starts QEMU with `-daemonize` in the args: returns once QEMU has initialised (its sockets
 /// exist) or failed (with its error message). The QEMU process is not our child: it lives in

@@ -59,15 +59,21 @@ pub struct Qmp {
 impl Qmp {
     /// Connects, reads the greeting and leaves capabilities negotiation mode.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Arc<Qmp>, QmpError> {
+        Self::connect_with(path, timeout, timeout).await
+    }
+
+    /// As [`Qmp::connect`], waiting up to `greeting` for QEMU's greeting (a QEMU still
+    /// initialising sends it late) and `timeout` for each command after.
+    pub async fn connect_with(path: &Path, greeting: Duration, timeout: Duration) -> Result<Arc<Qmp>, QmpError> {
         let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
             .await
             .map_err(|_| QmpError::Timeout("connect".into(), timeout))?
             .map_err(|source| QmpError::Connect { path: path.display().to_string(), source })?;
         let (read, write) = stream.into_split();
         let mut reader = BufReader::new(read);
-        let greeting = tokio::time::timeout(timeout, read_message(&mut reader))
+        let greeting = tokio::time::timeout(greeting, read_message(&mut reader))
             .await
-            .map_err(|_| QmpError::Timeout("greeting".into(), timeout))??
+            .map_err(|_| QmpError::Timeout("greeting".into(), greeting))??
             .ok_or(QmpError::Disconnected)?;
         let version = parse_greeting(&greeting)?;
         let (events, _) = broadcast::channel(256);

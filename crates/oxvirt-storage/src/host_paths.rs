@@ -147,7 +147,10 @@ impl HostPaths {
 /// directory that does not exist yet resolves its nearest existing ancestor.
 fn resolve(p: &Path, want: Want) -> Result<PathBuf, String> {
     match want {
-        Want::File => std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display())),
+        Want::File => std::fs::canonicalize(p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{} does not exist", p.display()),
+            _ => format!("{}: {e}", p.display()),
+        }),
         Want::NewFile => {
             if std::fs::symlink_metadata(p).is_ok() {
                 return Err(format!("{} exists already", p.display()));

@@ -200,6 +200,7 @@ impl Controller {
         let with_mtu = self.prepare_network(&vm.id, &vm.spec, vm.uid).await?;
         self.prepare_storage(&vm.id, &vm.spec).await?;
         let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
+        self.ksm_for_launch(&mut spec)?;
         spec.resources.placement = None;
         spec.run_as = self.run_as(&vm.spec.name)?;
         // With TLS: listening waits for the stream's credentials (set over QMP, `receive`).

@@ -759,10 +759,17 @@ fn tcg_driver() -> QemuDriver {
     QemuDriver::new("qemu-system-x86_64", AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() })
 }
 
-/// A raw (unmanaged) QEMU of `spec` in `paths`, daemonized with the driver's own argv.
+/// A raw (unmanaged) QEMU of `spec` in `paths`, with the driver's own argv, in the background
+/// (found later by its pidfile).
 fn raw_qemu(driver: &QemuDriver, id: &str, spec: &oxvirt_model::VmSpec, paths: &RuntimePaths) {
-    let st = std::process::Command::new(driver.program()).args(driver.args(id, spec, paths)).status().expect("qemu");
-    assert!(st.success());
+    let log = std::fs::File::create(paths.qemu_log()).expect("qemu log");
+    std::process::Command::new(driver.program())
+        .args(driver.args(id, spec, paths))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("qemu");
 }
 
 /// Round `round` of a raw migration: its source booted from `spec`, and the target's runtime dir.

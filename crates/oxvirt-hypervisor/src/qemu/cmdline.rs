@@ -54,9 +54,12 @@ pub fn escape_opt(value: &str) -> String {
     value.replace(',', ",,")
 }
 
-/// QEMU's seccomp filter. `-daemonize` forks and calls setsid after the filter is in, so
-/// `spawn` and `elevateprivileges` stay allowed (seen here: with them denied QEMU never starts).
-pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
+/// QEMU's seccomp filter: no obsolete system calls, no scheduling or resource-limit changes, no
+/// new processes or programs (`spawn`: QEMU is started without `-daemonize`, which would fork
+/// after the filter is in). `elevateprivileges` stays allowed: QEMU 7.2 installs the filter before
+/// `-runas` gives up root (seen here: denied, QEMU never starts); once it has, every uid is the
+/// VM's and no-new-privileges holds, so no set*id call can get root back.
+pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny,spawn=deny";
 
 /// The TAP device of NIC `index` of VM `id` (15 characters at most, as Linux wants).
 pub fn tap_name(id: &str, index: usize) -> String {
@@ -386,7 +389,7 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
 
     // -pidfile takes a plain file name (no option syntax): not escaped.
     let pid = paths.pidfile().to_string_lossy().into_owned();
-    push(&["-pidfile", &pid, "-daemonize"]);
+    push(&["-pidfile", &pid]);
     a
 }
 
@@ -442,7 +445,8 @@ mod tests {
         assert_eq!(after(&a, "-kernel"), ["/k"]);
         assert_eq!(after(&a, "-initrd"), ["/i"]);
         assert_eq!(after(&a, "-append"), ["console=ttyS0"]);
-        assert!(a.contains(&"-daemonize".to_string()));
+        assert!(!a.contains(&"-daemonize".to_string()), "spawn is denied: QEMU does not fork");
+        assert_eq!(after(&a, "-sandbox"), ["on,obsolete=deny,resourcecontrol=deny,spawn=deny"]);
         assert!(after(&a, "-device").contains(&"virtio-balloon-pci,id=balloon0"));
         assert!(after(&a, "-device").contains(&"virtio-rng-pci,rng=rng0,id=rng0dev"));
     }
@@ -592,7 +596,6 @@ mod tests {
                     "-object",
                     "-action",
                     "-pidfile",
-                    "-daemonize",
                     "-sandbox",
                     "-runas",
                     "-incoming"

@@ -2,6 +2,7 @@
 
 pub mod cmdline;
 pub mod confine;
+use oxvirt_qemu::ProcessError;
 pub use oxvirt_qemu::{process, qmp};
 
 use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, RunState, RuntimePaths};
@@ -152,7 +153,8 @@ impl Hypervisor for QemuDriver {
             return Err(HvError::io("VM cgroup limits", e));
         }
         let procs = cgroup.procs_files().map_err(|e| HvError::io("VM cgroup", e))?;
-        let spawned = process::spawn_daemonized(&self.program, &args, &paths.pidfile(), &procs, &keep).await;
+        let _ = std::fs::remove_file(paths.pidfile());
+        let spawned = process::spawn_detached(&self.program, &args, &paths.qemu_log(), &procs, &keep);
         drop(procs);
         drop(passed);
         let pid = match spawned {
@@ -163,7 +165,17 @@ impl Hypervisor for QemuDriver {
             }
         };
         let pidfd = Pidfd::open(pid)?;
-        match Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await {
+        // Ready once QMP greets (QEMU's main loop runs: devices made, files opened); a QEMU that
+        // exits first failed, and its log says why.
+        let qmp_socket = paths.qmp_socket();
+        let ready = tokio::select! {
+            q = connect_when_ready(&qmp_socket, process::START_TIMEOUT) => q.map_err(HvError::from),
+            _ = pidfd.exited() => Err(HvError::Process(ProcessError::StartFailed(
+                self.program.clone(),
+                process::log_tail(&paths.qemu_log()),
+            ))),
+        };
+        match ready {
             Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup, spec.run_as)),
             Err(e) => {
                 // A QEMU we cannot control must not be left behind, nor its cgroup.
@@ -224,6 +236,21 @@ pub struct QemuInstance {
 }
 
 /// A `-netdev` option string (`tap,id=net0,ifname=...,queues=2`) as `netdev_add` arguments.
+/// Connects to a starting QEMU's QMP socket, trying again while the socket is not there yet,
+/// until `timeout`; the greeting comes once QEMU has initialised.
+async fn connect_when_ready(path: &std::path::Path, timeout: Duration) -> Result<Arc<Qmp>, qmp::QmpError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match Qmp::connect_with(path, left.max(Duration::from_millis(1)), QMP_TIMEOUT).await {
+            Err(qmp::QmpError::Connect { .. }) if !left.is_zero() => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            r => return r,
+        }
+    }
+}
+
 fn netdev_json(opts: &str) -> Value {
     let mut parts = opts.split(',');
     let mut args = serde_json::Map::new();
