@@ -45,6 +45,14 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
     let master = std::fs::read_link(format!("/sys/class/net/{tap}/master")).unwrap();
     assert!(master.ends_with(&br.0), "{master:?}");
     wait_console(c, "bridged", READY, 1, BOOT_TIMEOUT).await;
+    // On the host's bridge the NIC keeps to its own MAC.
+    let mac = vm.spec.nics[0].mac.clone().unwrap();
+    let chain = std::process::Command::new("nft")
+        .args(["list", "chain", "bridge", "oxvirt", &format!("from-{tap}")])
+        .output()
+        .unwrap();
+    let chain = String::from_utf8_lossy(&chain.stdout);
+    assert!(chain.contains(&format!("ether saddr != {mac} drop")), "{chain}");
     // Two vCPUs: two queue pairs, seen by the guest.
     run_in_guest(c, "bridged", "echo Q-$(ls /sys/class/net/eth0/queues | grep -c rx)", "Q-2").await;
     // The guest's DHCP requests are counted.

@@ -371,10 +371,8 @@ impl Controller {
                 if !nic.has_tap() || !links::exists(&tap) {
                     continue;
                 }
-                let on_network = nic.mode == oxvirt_model::NicMode::Network;
-                if !on_network && nic.security_groups.is_empty() {
-                    continue;
-                }
+                // Every NIC with a TAP keeps to its own MAC (a bridged one too: it joins a LAN of
+                // the host's); addresses are checked where oxvirt gave them (networks' NICs).
                 let rules = (!nic.security_groups.is_empty()).then(|| {
                     nic.security_groups
                         .iter()
