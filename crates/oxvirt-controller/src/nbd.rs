@@ -113,17 +113,31 @@ impl Controller {
             if p.spec.paths > 1 {
                 let disk_id = oxvirt_hypervisor::qemu::cmdline::disk_id(d, i);
                 let upstream: Vec<PathBuf> = daemons.iter().map(|d| d.nbd_socket()).collect();
-                self.ensure_mpath(vm_id, &disk_id, &upstream).await?;
+                let run_as = self.run_as(&spec.name)?;
+                self.ensure_mpath(vm_id, &disk_id, &upstream, run_as).await?;
             }
         }
         Ok(())
     }
 
     /// Starts the multipath proxy of one disk unless it runs. It is not our child for long: it
-    /// lives in its own session and outlives the daemon, as the VM does.
-    async fn ensure_mpath(&self, vm_id: &str, disk_id: &str, upstream: &[PathBuf]) -> Result<(), ControlError> {
+    /// lives in its own session and outlives the daemon, as the VM does. With confined QEMUs it
+    /// runs as the VM's own user (`run_as`), never as root: it serves that VM's disk only.
+    async fn ensure_mpath(
+        &self,
+        vm_id: &str,
+        disk_id: &str,
+        upstream: &[PathBuf],
+        run_as: Option<(u32, u32)>,
+    ) -> Result<(), ControlError> {
         let dir = self.inner.paths(vm_id).dir().to_path_buf();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| io(&dir, e))?;
+        if let Some((uid, gid)) = run_as {
+            // The VM's run directory is its own (as QEMU's start makes it): the proxy makes its
+            // socket there.
+            oxvirt_hypervisor::qemu::confine::own(&dir, uid, gid, 0o700).map_err(|e| io(&dir, e))?;
+            oxvirt_hypervisor::qemu::confine::reachable(&dir).map_err(|e| io(&dir, e))?;
+        }
         let listen = dir.join(format!("mpath-{disk_id}.sock"));
         let pidfile = dir.join(format!("mpath-{disk_id}.pid"));
         if let Some(pid) = running_proxy(&pidfile, &listen) {
@@ -141,6 +155,10 @@ impl Controller {
         let _ = std::fs::remove_file(&listen);
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.arg(&listen).args(upstream).stdin(std::process::Stdio::null()).stdout(log).stderr(log2).process_group(0);
+        if let Some((uid, gid)) = run_as {
+            // Supplementary groups are dropped with root.
+            cmd.uid(uid).gid(gid);
+        }
         let mut child = cmd.spawn().map_err(|e| io(&bin, e))?;
         let pid = child.id().unwrap_or(0);
         std::fs::write(&pidfile, format!("{pid}\n")).map_err(|e| io(&pidfile, e))?;

@@ -432,6 +432,23 @@ async fn multipath_keeps_writes_going_when_a_path_fails() {
     };
     let (p0, p1) = (path_daemon(0).expect("path 0"), path_daemon(1).expect("path 1"));
     assert_ne!(p0, p1);
+    // The disk's proxy runs as the VM's own user, not root.
+    let vm = c.get_vm("mpvm").await.unwrap();
+    let proxy = processes_mentioning("mpath-disk0.sock")
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .contains(&*d.path().to_string_lossy())
+        })
+        .expect("the multipath proxy");
+    let status = std::fs::read_to_string(format!("/proc/{proxy}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| Some(u.parse::<u32>().unwrap()) == vm.uid),
+        "{uid_line} {:?}",
+        vm.uid
+    );
 
     let loop_cmd = "i=0; while [ $i -lt 200 ]; do echo blk$i | dd of=/dev/vda bs=4096 seek=$i conv=sync oflag=direct 2>/dev/null || echo WERR $i; i=$((i+1)); sleep 0.05; done; echo LOOP-$((6*7))";
     run_in_guest(c, "mpvm", &format!("({loop_cmd}) & echo STARTED-$((1+1))"), "STARTED-2").await;
