@@ -3,7 +3,7 @@
 
 use crate::{ControlError, Controller};
 use oxvirt_model::{Pool, PoolKind, Volume};
-use oxvirt_storage::nbd::ExportDaemon;
+use oxvirt_storage::nbd::{nbd_user, ExportDaemon};
 use oxvirt_store::StoreExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,9 @@ impl Controller {
             if daemons.contains_key(&key) {
                 tracing::warn!(pool = %pool.spec.name, path, "export daemon died: starting it again");
             }
-            let d = Arc::new(ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name, path)).await?);
+            let d = Arc::new(
+                ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name, path), Some(nbd_user()?)).await?,
+            );
             self.share_socket(&d.nbd_socket());
             for (v, _) in self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
                 let served = match self.volume_file(pool, &v.name, v.format) {

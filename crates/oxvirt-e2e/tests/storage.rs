@@ -342,6 +342,12 @@ async fn nbd_pool_boots_a_guest_and_survives_its_export_daemon_dying() {
     let pid = c.get_vm("sanvm").await.unwrap().status.pid.unwrap();
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(cmdline.contains("\"driver\":\"nbd\""), "{cmdline}");
+    // The export daemon is not root.
+    for p in processes_mentioning(&d.path().join("nbd/san").to_string_lossy()) {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_string();
+        assert!(!uid.is_empty() && uid.split_whitespace().skip(1).all(|u| u != "0"), "export daemon {p}: {uid}");
+    }
 
     // The guest writes 200 blocks, one every 50 ms, while the export daemon is killed; oxvirtd
     // starts it again and QEMU's NBD client reconnects: no write fails.

@@ -1,6 +1,7 @@
 //! QEMU plumbing: the QMP client ([`qmp`]) and daemonized QEMU processes ([`process`]), used by
 //! the hypervisor driver (qemu-system) and the storage layer (qemu-storage-daemon) alike.
 
+pub mod identity;
 pub mod process;
 pub mod qmp;
 

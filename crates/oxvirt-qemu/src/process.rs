@@ -76,9 +76,14 @@ pub async fn spawn_daemonized(
     pidfile: &Path,
     cgroup_procs: &[std::fs::File],
     keep_fds: &[RawFd],
+    run_as: Option<(u32, u32)>,
 ) -> Result<u32, ProcessError> {
     let _ = std::fs::remove_file(pidfile);
     let mut cmd = tokio::process::Command::new(program);
+    if let Some((uid, gid)) = run_as {
+        // Not root from its first instruction (supplementary groups are dropped too).
+        cmd.uid(uid).gid(gid);
+    }
     cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
     // Its own process group from the start: a Ctrl-C meant for the daemon's terminal never
     // reaches QEMU, even before QEMU's own setsid().
@@ -229,6 +234,7 @@ mod tests {
             &dir.path().join("p"),
             &[],
             &[],
+            None,
         )
         .await
         .unwrap_err();

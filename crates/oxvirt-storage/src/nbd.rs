@@ -1,6 +1,8 @@
 //! The export daemon of an `nbd` pool: one qemu-storage-daemon that serves the pool's volumes
 //! over NBD on a Unix socket. oxvirt starts it, finds it again after its own restart (pidfile and
 //! command line), and starts it again when it dies; VMs ride that out with QEMU's NBD reconnect.
+//! It runs as oxvirt's system user [`NBD_USER`], not root: the volumes it serves (files oxvirt
+//! made) are given to that user when they are exported.
 
 use crate::StorageError;
 use oxvirt_model::DiskFormat;
@@ -13,10 +15,21 @@ use std::time::Duration;
 
 const PROGRAM: &str = "qemu-storage-daemon";
 
+/// The system user export daemons run as.
+pub const NBD_USER: &str = "oxvirt-nbd";
+
+/// The export daemons' user, made on first use.
+pub fn nbd_user() -> Result<(u32, u32), StorageError> {
+    oxvirt_qemu::identity::system_user(NBD_USER, "oxvirt NBD export daemons")
+        .map_err(|e| StorageError::io(format!("system user {NBD_USER}"), e))
+}
+
 pub struct ExportDaemon {
     dir: PathBuf,
     qmp: Arc<Qmp>,
     pidfd: Pidfd,
+    /// The user it runs as (its volumes are that user's), if not root.
+    run_as: Option<(u32, u32)>,
 }
 
 fn qerr(e: impl std::fmt::Display) -> StorageError {
@@ -53,9 +66,15 @@ impl ExportDaemon {
         dir.join("qmp.sock")
     }
 
-    /// Finds the daemon of `dir` if it runs, or starts it.
-    pub async fn start_or_adopt(dir: &Path) -> Result<ExportDaemon, StorageError> {
+    /// Finds the daemon of `dir` if it runs, or starts it, as `run_as` (its runtime directory
+    /// becomes that user's).
+    pub async fn start_or_adopt(dir: &Path, run_as: Option<(u32, u32)>) -> Result<ExportDaemon, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
+        if let Some((uid, gid)) = run_as {
+            let io = |e| StorageError::io(format!("give {} to the export daemon", dir.display()), e);
+            oxvirt_qemu::identity::own(dir, uid, gid, 0o700).map_err(io)?;
+            oxvirt_qemu::identity::reachable(dir).map_err(io)?;
+        }
         let pidfile = Self::pidfile(dir);
         let running = process::read_pidfile(&pidfile)
             .map_err(qerr)?
@@ -78,12 +97,12 @@ impl ExportDaemon {
                     pidfile.to_string_lossy().into_owned(),
                     "--daemonize".to_string(),
                 ];
-                process::spawn_daemonized(PROGRAM, &args, &pidfile, &[], &[]).await.map_err(qerr)?
+                process::spawn_daemonized(PROGRAM, &args, &pidfile, &[], &[], run_as).await.map_err(qerr)?
             }
         };
         let pidfd = Pidfd::open(pid).map_err(qerr)?;
         let qmp = Qmp::connect(&Self::monitor(dir), Duration::from_secs(10)).await.map_err(qerr)?;
-        Ok(ExportDaemon { dir: dir.to_path_buf(), qmp, pidfd })
+        Ok(ExportDaemon { dir: dir.to_path_buf(), qmp, pidfd, run_as })
     }
 
     pub fn nbd_socket(&self) -> PathBuf {
@@ -118,6 +137,12 @@ impl ExportDaemon {
             return Err(StorageError::Unsafe(format!(
                 "{name}: only raw images may be served by several daemons at once"
             )));
+        }
+        if let Some((uid, gid)) = self.run_as {
+            // A volume's image (oxvirt made it) is the export daemon's to open.
+            let io = |e| StorageError::io(format!("give {} to the export daemon", file.display()), e);
+            oxvirt_qemu::identity::own(file, uid, gid, 0o600).map_err(io)?;
+            oxvirt_qemu::identity::reachable(file).map_err(io)?;
         }
         let q = &self.qmp;
         let mut node = json!({ "driver": "file", "filename": file, "node-name": file_node(name) });
@@ -209,8 +234,15 @@ mod tests {
         let img = dir.path().join("v1.qcow2");
         crate::qemu_img::create(&img, DiskFormat::Qcow2, Some(16 << 20), None).await.unwrap();
         let run = dir.path().join("run");
-        let d = ExportDaemon::start_or_adopt(&run).await.unwrap();
+        let user = nbd_user().unwrap();
+        let d = ExportDaemon::start_or_adopt(&run, Some(user)).await.unwrap();
         d.export("v1", &img, DiskFormat::Qcow2, false).await.unwrap();
+        // Not root: the daemon runs as its own user, which the exported image now belongs to.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+        assert!(uid_line.split_whitespace().skip(1).all(|u| u == user.0.to_string()), "{uid_line}");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&img).unwrap().uid(), user.0);
         d.export("v1", &img, DiskFormat::Qcow2, false).await.unwrap();
         assert!(d.export("v2", &img, DiskFormat::Qcow2, true).await.is_err(), "qcow2 is never shared");
         // A client sees the export's size through NBD.
@@ -220,7 +252,7 @@ mod tests {
         // Found again by a new handle (as after an oxvirtd restart, whose QMP connection is gone).
         let pid = d.pid();
         drop(d);
-        let again = ExportDaemon::start_or_adopt(&run).await.unwrap();
+        let again = ExportDaemon::start_or_adopt(&run, Some(user)).await.unwrap();
         assert_eq!(again.pid(), pid);
         again.unexport("v1").await.unwrap();
         assert!(again.exports().await.unwrap().is_empty());

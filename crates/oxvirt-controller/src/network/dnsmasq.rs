@@ -81,33 +81,10 @@ pub fn write_hosts(files: &DnsmasqFiles, hosts: &[(String, Ipv4Addr, String)]) -
 /// The unprivileged user every network's dnsmasq runs as.
 pub const DNSMASQ_USER: &str = "oxvirt-dnsmasq";
 
-/// The uid and gid of `name`, from the system's user database.
-fn user_ids(name: &str) -> Option<(u32, u32)> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getpwnam returns a pointer into static storage or null; read at once, not kept.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        return None;
-    }
-    // SAFETY: pw is non-null and points to a valid passwd entry.
-    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
 /// dnsmasq's user, made as a system user (no home, no shell) when the host has none yet.
 pub fn ensure_user() -> Result<(u32, u32), HostCmdError> {
-    if let Some(ids) = user_ids(DNSMASQ_USER) {
-        return Ok(ids);
-    }
-    let out = std::process::Command::new("useradd")
-        .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"])
-        .args(["--shell", "/usr/sbin/nologin", "--comment", "oxvirt network DHCP/DNS", DNSMASQ_USER])
-        .output()
-        .map_err(|e| HostCmdError { cmd: "useradd".into(), reason: e.to_string() })?;
-    // Another daemon may have made it meanwhile (exit 9: exists).
-    user_ids(DNSMASQ_USER).ok_or_else(|| HostCmdError {
-        cmd: "useradd".into(),
-        reason: format!("cannot make the system user {DNSMASQ_USER}: {}", String::from_utf8_lossy(&out.stderr).trim()),
-    })
+    oxvirt_hypervisor::qemu::identity::system_user(DNSMASQ_USER, "oxvirt network DHCP/DNS")
+        .map_err(|e| HostCmdError { cmd: "useradd".into(), reason: e.to_string() })
 }
 
 /// The network's directory and files as dnsmasq's user needs them: the directory and the static

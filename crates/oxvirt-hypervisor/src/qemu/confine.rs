@@ -6,7 +6,6 @@
 //! QEMU the descriptor ([`open_host_disk`]), and its owner and mode stay as they were.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// The group of every VM's QEMU.
@@ -14,35 +13,12 @@ pub const QEMU_GID: u32 = 1_100_000;
 /// VM uids are `UID_BASE + n`.
 pub const UID_BASE: u32 = 1_100_001;
 
-/// Gives `path` to `uid:gid` with `mode`; a symlink is refused (it could point anywhere).
-pub fn own(path: &Path, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.file_type().is_symlink() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is a symlink", path.display())));
-    }
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
+pub use oxvirt_qemu::identity::{own, reachable};
 
 /// Lets every VM's QEMU use a socket (root's, group QEMU_GID, 0660).
 pub fn share_with_qemus(path: &Path) -> io::Result<()> {
     own(path, 0, QEMU_GID, 0o660)?;
     reachable(path)
-}
-
-/// Lets QEMUs reach `path` after they gave up root: every directory above it gets the search
-/// bit for others (`o+x`: pass through, not list), which nothing else is changed.
-pub fn reachable(path: &Path) -> io::Result<()> {
-    for dir in path.ancestors().skip(1) {
-        if dir.as_os_str().is_empty() || dir == Path::new("/") {
-            break;
-        }
-        let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o001 == 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode | 0o001) & 0o7777))?;
-        }
-    }
-    Ok(())
 }
 
 /// The uid and gid a running process has (for guests re-adopted after a daemon restart).

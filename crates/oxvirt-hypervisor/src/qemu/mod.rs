@@ -3,7 +3,7 @@
 pub mod cmdline;
 pub mod confine;
 use oxvirt_qemu::ProcessError;
-pub use oxvirt_qemu::{process, qmp};
+pub use oxvirt_qemu::{identity, process, qmp};
 
 use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, RunState, RuntimePaths};
 use cmdline::CmdlineHost;
