@@ -32,9 +32,9 @@ async fn list_networks(State(c): State<Controller>) -> ApiResult<Json<Vec<Networ
     Ok(Json(c.list_networks()?))
 }
 
-async fn create_network(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn create_network(State(c): State<Controller>, p: Caller, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: NetworkSpec = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(c.create_network(spec).await?)))
+    Ok((StatusCode::CREATED, Json(c.create_network(&user_of(&p), spec).await?)))
 }
 
 async fn show_network(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<NetworkView>> {

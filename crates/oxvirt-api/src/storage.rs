@@ -169,13 +169,14 @@ async fn delete_volume(
 
 async fn clone_volume(
     State(c): State<Controller>,
+    p: Caller,
     Path((pool, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
     check("pool", &pool)?;
     check("volume", &name)?;
     let req: CloneRequest = parse(&body)?;
-    match c.clone_volume(&pool, &name, req).await? {
+    match c.clone_volume(&user_of(&p), &pool, &name, req).await? {
         (Some(v), _) => Ok((StatusCode::CREATED, Json(v)).into_response()),
         (None, Some(t)) => Ok((StatusCode::ACCEPTED, Json(t)).into_response()),
         (None, None) => Err(ApiError::not_found("nothing was cloned")),

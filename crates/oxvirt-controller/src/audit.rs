@@ -51,6 +51,8 @@ impl Controller {
     /// The last `limit` records, oldest first, read from the end of the log (and of the rotated
     /// files while more are wanted).
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, ControlError> {
+        // No rotation while the files are read.
+        let _guard = lock(&self.inner.audit_lock);
         let path = self.audit_path();
         let mut files = vec![path.clone()];
         files.extend((1..=AUDIT_KEEP).map(|n| rotated(&path, n)));

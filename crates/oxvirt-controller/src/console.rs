@@ -15,7 +15,9 @@ fn rotated(path: &Path) -> PathBuf {
 
 /// The last `max` bytes of a file, or all of it.
 fn tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link (a run directory a QEMU once owned might hold one).
+    let mut f = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -63,10 +65,13 @@ impl Controller {
     }
 
     pub(crate) fn rotate_console_log(&self, vm: &Vm) {
-        let path = self.inner.paths(&vm.id).console_log();
+        let paths = self.inner.paths(&vm.id);
         let max = self.inner.config.console_log_max;
-        if let Err(e) = rotate_if_larger(&path, max) {
-            tracing::warn!(vm = %vm.spec.name, "console log rotation: {e}");
+        // QEMU's own messages too: a guest can make QEMU report errors without end.
+        for path in [paths.console_log(), paths.qemu_log()] {
+            if let Err(e) = rotate_if_larger(&path, max) {
+                tracing::warn!(vm = %vm.spec.name, "{} rotation: {e}", path.display());
+            }
         }
     }
 }
@@ -74,16 +79,24 @@ impl Controller {
 /// Moves the content of `path` to `path.1` when it is larger than `max`, keeping the file itself
 /// (and QEMU's open descriptor on it).
 pub(crate) fn rotate_if_larger(path: &Path, max: u64) -> std::io::Result<bool> {
-    let len = match std::fs::metadata(path) {
-        Ok(m) => m.len(),
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    if len <= max {
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is not a file", path.display())));
+    }
+    if meta.len() <= max {
         return Ok(false);
     }
-    std::fs::copy(path, rotated(path))?;
-    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    // Neither end through a link: the old copy is made anew, the log opened as itself.
+    let mut from = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let _ = std::fs::remove_file(rotated(path));
+    let mut to = std::fs::OpenOptions::new().write(true).create_new(true).open(rotated(path))?;
+    std::io::copy(&mut from, &mut to)?;
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path)?.set_len(0)?;
     Ok(true)
 }
 

@@ -59,6 +59,9 @@ pub struct ControllerConfig {
     /// Directories under which an administrator may name host paths (disk images, kernels,
     /// import sources, export destinations, pool directories); empty turns host paths off.
     pub host_path_roots: Vec<PathBuf>,
+    /// The daemon's secrets outside its data directory (TLS keys and certificates, its config
+    /// file): never a host path, whatever the roots say.
+    pub host_path_secrets: Vec<PathBuf>,
     /// Live migrations go over TLS (the QEMU driver gives every QEMU the credentials): only to
     /// and from hosts that say the same in their host record.
     pub migration_tls: bool,
@@ -73,6 +76,7 @@ impl ControllerConfig {
             reconcile_interval: Duration::from_secs(2),
             confine_qemu: true,
             host_path_roots: Vec::new(),
+            host_path_secrets: Vec::new(),
             migration_tls: false,
         }
     }
@@ -134,7 +138,8 @@ impl Controller {
         let inner = Inner {
             store,
             hv,
-            host_paths: oxvirt_storage::host_paths::HostPaths::new(&config.host_path_roots, &config.data_dir),
+            host_paths: oxvirt_storage::host_paths::HostPaths::new(&config.host_path_roots, &config.data_dir)
+                .refusing(&config.host_path_secrets),
             config,
             events,
             tasks,

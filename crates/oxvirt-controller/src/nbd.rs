@@ -90,10 +90,16 @@ impl Controller {
     /// with several paths, the disk's multipath proxy.
     pub(crate) fn nbd_socket_for(&self, pool: &Pool, vm_id: &str, disk_id: &str) -> PathBuf {
         if pool.spec.paths > 1 {
-            self.inner.paths(vm_id).dir().join(format!("mpath-{disk_id}.sock"))
+            self.mpath_socket(vm_id, disk_id)
         } else {
             ExportDaemon::socket(&self.export_dir(&pool.spec.name, 0))
         }
+    }
+
+    /// A multipath proxy's socket: in a directory of the VM's own inside its (root's) run
+    /// directory, the one place there the proxy, running as the VM's user, may write.
+    fn mpath_socket(&self, vm_id: &str, disk_id: &str) -> PathBuf {
+        self.inner.paths(vm_id).dir().join("mpath").join(format!("{disk_id}.sock"))
     }
 
     /// Makes sure what a VM's disks need is being served: export daemons, and multipath proxies.
@@ -133,14 +139,15 @@ impl Controller {
         run_as: Option<(u32, u32)>,
     ) -> Result<(), ControlError> {
         let dir = self.inner.paths(vm_id).dir().to_path_buf();
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| io(&dir, e))?;
+        let listen = self.mpath_socket(vm_id, disk_id);
+        let sock_dir = listen.parent().unwrap_or(&dir).to_path_buf();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&sock_dir).map_err(|e| io(&sock_dir, e))?;
         if let Some((uid, gid)) = run_as {
-            // The VM's run directory is its own (as QEMU's start makes it): the proxy makes its
-            // socket there.
-            oxvirt_hypervisor::qemu::confine::own(&dir, uid, gid, 0o700).map_err(|e| io(&dir, e))?;
-            oxvirt_hypervisor::qemu::confine::reachable(&dir).map_err(|e| io(&dir, e))?;
+            // The proxy makes its socket in a directory of the VM's own; the run directory
+            // (its log and pid file) stays root's.
+            oxvirt_hypervisor::qemu::confine::own(&sock_dir, uid, gid, 0o700).map_err(|e| io(&sock_dir, e))?;
+            oxvirt_hypervisor::qemu::confine::reachable(&sock_dir).map_err(|e| io(&sock_dir, e))?;
         }
-        let listen = dir.join(format!("mpath-{disk_id}.sock"));
         let pidfile = dir.join(format!("mpath-{disk_id}.pid"));
         if let Some(pid) = running_proxy(&pidfile, &listen) {
             tracing::debug!(pid, "multipath proxy runs");
@@ -226,7 +233,7 @@ impl Controller {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(disk) = name.strip_prefix("mpath-").and_then(|n| n.strip_suffix(".pid")) else { continue };
-            let listen = dir.join(format!("mpath-{disk}.sock"));
+            let listen = self.mpath_socket(vm_id, disk);
             if let Some(pid) = running_proxy(&e.path(), &listen) {
                 // SAFETY: a signal to a process whose command line we just checked.
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };

@@ -46,7 +46,13 @@ impl Controller {
             }
         }
         for (i, d) in new.disks.iter_mut().enumerate() {
-            let known = old.is_some_and(|o| o.disks.iter().any(|b| b.volume == d.volume && b.path == d.path));
+            // Known only as it was: a host-path disk made writable or read in another format
+            // is a new disk (an administrator's to give).
+            let known = old.is_some_and(|o| {
+                o.disks.iter().any(|b| {
+                    b.volume == d.volume && b.path == d.path && b.format == d.format && (!b.readonly || d.readonly)
+                })
+            });
             if !known {
                 self.check_disk(caller, &format!("disks[{i}]"), d)?;
             }
@@ -67,6 +73,9 @@ impl Controller {
         }
         if !d.path.is_empty() {
             d.path = self.host_path_string(caller, &format!("{field}.path"), &d.path)?;
+            // The image must not name other files (QEMU would open them by path, as root).
+            oxvirt_hypervisor::qemu::confine::open_host_disk(d)
+                .map_err(|e| ControlError::invalid(format!("{field}.path"), e.to_string()))?;
         }
         Ok(())
     }

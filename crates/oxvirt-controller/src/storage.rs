@@ -183,6 +183,11 @@ impl Controller {
 
     pub(crate) fn volume_file(&self, pool: &Pool, name: &str, format: DiskFormat) -> Result<PathBuf, ControlError> {
         let dir = self.pool_dir(pool);
+        // Checked on the host that uses it (a pool made elsewhere, or before these rules, too).
+        self.inner
+            .host_paths
+            .check("path", &dir.to_string_lossy(), Want::Dir)
+            .map_err(|e| ControlError::invalid(format!("pools/{}.path", pool.spec.name), e.rule))?;
         // A local pool of a cluster gets its directory on a host with its first volume there
         // (a shared one must be mounted: its directory is never made here).
         if pool.spec.kind == PoolKind::Dir && !dir.exists() {
@@ -464,8 +469,10 @@ impl Controller {
     }
 
     /// A linked clone (instant) or a full clone (a task).
+    /// `caller` needs the right to change the pool the copy goes to, too.
     pub async fn clone_volume(
         &self,
+        caller: &str,
         pool: &str,
         name: &str,
         req: CloneRequest,
@@ -473,6 +480,12 @@ impl Controller {
         let (src, _) = self.volume_rec(pool, name)?;
         self.volume_here(&src)?;
         let src_pool = self.pool(pool)?;
+        if let Some(dst) = req.pool.as_deref().filter(|d| *d != pool) {
+            self.authorize(caller, oxvirt_model::Privilege::Modify, &format!("/pools/{dst}")).map_err(|e| match e {
+                ControlError::Forbidden(m) => ControlError::Forbidden(format!("pool: {m}")),
+                e => e,
+            })?;
+        }
         let dst_pool = self.pool(req.pool.as_deref().unwrap_or(pool))?;
         if req.linked && (src_pool.spec.kind == PoolKind::Nbd || dst_pool.spec.kind == PoolKind::Nbd) {
             return Err(ControlError::invalid(
@@ -553,8 +566,12 @@ impl Controller {
                 return Err(ControlError::invalid("source_format", format!("the file is {}, not {f}", info.format)));
             }
         }
-        if info.backing_filename.is_some() {
-            return Err(ControlError::invalid("source", "has a backing file: import a standalone image"));
+        let others = info.other_files(&source);
+        if !others.is_empty() {
+            return Err(ControlError::invalid(
+                "source",
+                format!("refers to other files ({}): import a standalone image", others.join(", ")),
+            ));
         }
         self.check_room(&pool, info.virtual_size)?;
         check_multipath_format(&pool, req.format)?;
@@ -671,8 +688,10 @@ impl Controller {
                 d.id = format!("disk{i}");
             }
             if d.is_host_path() {
-                hp.check(&format!("disks[{i}].path"), &d.path, Want::File)
+                let resolved = hp
+                    .check(&format!("disks[{i}].path"), &d.path, Want::File)
                     .map_err(|e| ControlError::invalid(e.field, e.rule))?;
+                d.path = resolved.to_string_lossy().into_owned();
             }
             if let Some(r) = &d.volume {
                 let (pool, name) = parse_volume_ref(&format!("disks[{i}].volume"), r)?;

@@ -80,6 +80,8 @@ impl Controller {
     /// further attempts for that user name and from that address (`login_guard.rs`).
     pub fn login(&self, user: &str, password: &str, from: &str) -> Result<NewToken, ControlError> {
         let now = std::time::Instant::now();
+        // The guard keeps names no longer than a user's can be.
+        let user = &crate::audit::cut(user, 64);
         if let Err(b) = crate::lock(&self.inner.login_guard).check(user, from, now) {
             let secs = b.retry_after.as_secs().max(1);
             tracing::warn!(user, from, "login refused: {} is backing off for {secs} s after failed logins", b.key);
@@ -89,7 +91,8 @@ impl Controller {
             });
         }
         if !self.verify_password(user, password) {
-            crate::lock(&self.inner.login_guard).failed(user, from, now);
+            // The wait runs from the refusal (the hash took its time).
+            crate::lock(&self.inner.login_guard).failed(user, from, std::time::Instant::now());
             tracing::warn!(user, from, "failed login");
             return Err(ControlError::Unauthorized("wrong user name or password".into()));
         }

@@ -35,8 +35,15 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
     let _: Value = root.post("/api/v1/security-groups", &json!({ "name": "db-only" })).await.unwrap();
     root.create_vm(&kernel_spec("web", ""), false).await.unwrap();
     root.create_vm(&kernel_spec("db", ""), false).await.unwrap();
+    // The administrator shares an image with a VM, read-only.
+    let shared_img = tmp.path().join("shared.raw");
+    std::fs::write(&shared_img, vec![0u8; 1 << 20]).unwrap();
+    let mut shared = kernel_spec("shared", "");
+    shared["disks"] = json!([{ "path": shared_img, "format": "raw", "readonly": true }]);
+    root.create_vm(&shared, false).await.unwrap();
     make_user(root, "ann").await;
     make_user(root, "otto").await;
+    make_user(root, "nora").await;
     let _: Value = root
         .put(
             "/api/v1/acl",
@@ -46,12 +53,14 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
                 { "path": "/pools/mine", "user": "ann", "role": "operator" },
                 { "path": "/networks/corp", "user": "ann", "role": "operator" },
                 { "path": "/vms/web", "user": "otto", "role": "operator" },
+                { "path": "/networks", "user": "nora", "role": "operator" },
             ]),
         )
         .await
         .unwrap();
     let ann = https_client(&d, &login(&d, "ann", "ann-long-password").await.unwrap());
     let otto = https_client(&d, &login(&d, "otto", "otto-long-password").await.unwrap());
+    let nora = https_client(&d, &login(&d, "nora", "nora-long-password").await.unwrap());
 
     let watched = [victim.clone(), d.path().join("admin.token"), d.path().join("tls/server.key"), "/etc/passwd".into()];
     let before: Vec<_> = watched.iter().map(|p| stat(p)).collect();
@@ -150,6 +159,36 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
             403,
             "may not change /security-groups/db-only",
         ),
+        // The administrator's read-only image stays read-only, in its format, and one disk.
+        (
+            "PATCH",
+            "/api/v1/vms/shared".into(),
+            json!({ "disks": [{ "path": shared_img, "format": "raw" }] }),
+            403,
+            "disks[0].path",
+        ),
+        (
+            "PATCH",
+            "/api/v1/vms/shared".into(),
+            json!({ "disks": [{ "path": shared_img, "format": "qcow2", "readonly": true }] }),
+            403,
+            "disks[0].path",
+        ),
+        (
+            "POST",
+            "/api/v1/vms/shared/disks".into(),
+            json!({ "path": shared_img, "format": "raw" }),
+            400,
+            "names a file another disk has",
+        ),
+        // A copy goes only to a pool she may change.
+        (
+            "POST",
+            "/api/v1/pools/mine/volumes/disk/clone".into(),
+            json!({ "name": "copy", "pool": "theirs" }),
+            403,
+            "pool: user ann may not change /pools/theirs",
+        ),
     ];
     for (method, path, body, want, needle) in &attempts {
         let m = hyper::Method::from_bytes(method.as_bytes()).unwrap();
@@ -158,6 +197,21 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
         assert_eq!(status, *want, "{method} {path} {body}: {resp}");
         assert!(resp.contains(needle), "{method} {path}: {needle:?} not in {resp}");
     }
+    // Networks that reach the host's own networking are an administrator's, even for an
+    // operator of every network.
+    for (body, needle) in [
+        (json!({ "name": "lan", "kind": "bridged", "bridge": "eth0" }), "bridge: only an administrator"),
+        (
+            json!({ "name": "out", "kind": "nat", "subnet": "10.77.0.0/24", "uplink": "eth0" }),
+            "uplink: only an administrator",
+        ),
+    ] {
+        let (status, resp) =
+            nora.raw(hyper::Method::POST, "/api/v1/networks", Some(body.to_string().into_bytes())).await.unwrap();
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(status == 403 && resp.contains(needle), "{body}: {status} {resp}");
+    }
+    assert!(root.get::<Vec<Value>>("/api/v1/networks").await.unwrap().is_empty());
     // What she is granted works: a VM on her pool's volume.
     let ok = vm(json!({ "name": "ann-vm" }));
     ann.create_vm(&ok, false).await.unwrap();
@@ -226,6 +280,49 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
         assert!(v["error"]["message"].as_str().unwrap_or_default().contains(rule), "{path}: {rule:?} not in {v}");
     }
     let _ = std::fs::remove_file(&outside);
+    // Images that name other files (QEMU or qemu-img would open them by path, as root).
+    let backed = tmp.path().join("backed.qcow2");
+    let with_data = tmp.path().join("data-file.qcow2");
+    let data_opt = format!("data_file={}", tmp.path().join("data.raw").display());
+    for args in [
+        vec!["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", backed.to_str().unwrap(), "1M"],
+        vec!["create", "-q", "-f", "qcow2", "-o", &data_opt, with_data.to_str().unwrap(), "1M"],
+    ] {
+        let st = std::process::Command::new("qemu-img").args(&args).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    }
+    let refs: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "/api/v1/vms",
+            vm(json!({ "disks": [{ "path": backed, "format": "qcow2" }] })),
+            "disks[0].path",
+            "backing file",
+        ),
+        (
+            "/api/v1/vms",
+            vm(json!({ "disks": [{ "path": with_data, "format": "qcow2" }] })),
+            "disks[0].path",
+            "external data file",
+        ),
+        (
+            "/api/v1/pools/mine/import",
+            json!({ "name": "stolen", "source": backed }),
+            "source",
+            "refers to other files (/etc/passwd)",
+        ),
+        (
+            "/api/v1/pools/mine/import",
+            json!({ "name": "stolen", "source": with_data }),
+            "source",
+            "refers to other files",
+        ),
+    ];
+    for (path, body, field, rule) in &refs {
+        let (status, resp) = root.raw(hyper::Method::POST, path, Some(body.to_string().into_bytes())).await.unwrap();
+        let v: Value = serde_json::from_slice(&resp).unwrap_or_default();
+        assert_eq!((status, v["error"]["field"].as_str()), (400, Some(*field)), "{path} {body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap_or_default().contains(rule), "{path}: {rule:?} not in {v}");
+    }
 
     // Nothing changed.
     let after: Vec<_> = watched.iter().map(|p| stat(p)).collect();
@@ -233,7 +330,9 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
     assert!(!Path::new("/root/.ssh/authorized_keys2").exists() && !Path::new("/etc/evil").exists());
     assert!(!Path::new("/etc/oxv-evil").exists() && !d.path().join("run/evil").exists());
     let names: Vec<String> = root.list_vms().await.unwrap().into_iter().map(|v| v.spec.name).collect();
-    assert_eq!(names, ["ann-vm", "db", "web"]);
+    assert_eq!(names, ["ann-vm", "db", "shared", "web"]);
+    let shared = root.get_vm("shared").await.unwrap();
+    assert!(shared.spec.disks.len() == 1 && shared.spec.disks[0].readonly, "{:?}", shared.spec.disks);
     let web = root.get_vm("web").await.unwrap();
     assert!(web.spec.disks.is_empty() && web.spec.nics.is_empty(), "{:?}", web.spec);
     let tasks: Vec<Value> = root.get("/api/v1/tasks").await.unwrap();

@@ -440,7 +440,7 @@ async fn multipath_keeps_writes_going_when_a_path_fails() {
     assert_ne!(p0, p1);
     // The disk's proxy runs as the VM's own user, not root.
     let vm = c.get_vm("mpvm").await.unwrap();
-    let proxy = processes_mentioning("mpath-disk0.sock")
+    let proxy = processes_mentioning("mpath/disk0.sock")
         .into_iter()
         .find(|p| {
             std::fs::read_to_string(format!("/proc/{p}/cmdline"))
@@ -476,7 +476,7 @@ async fn multipath_keeps_writes_going_when_a_path_fails() {
     c.vm_action_wait("mpvm", "kill", T).await.unwrap();
     // The proxy goes with the VM.
     let start = std::time::Instant::now();
-    while !processes_mentioning("mpath-disk0.sock").into_iter().all(|p| {
+    while !processes_mentioning("mpath/disk0.sock").into_iter().all(|p| {
         !std::fs::read_to_string(format!("/proc/{p}/cmdline"))
             .unwrap_or_default()
             .contains(&*d.path().to_string_lossy())

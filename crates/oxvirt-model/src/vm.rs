@@ -472,7 +472,13 @@ impl VmSpec {
                 (Some(v), true) => {
                     crate::parse_volume_ref(&format!("disks[{i}].volume"), v)?;
                 }
-                (None, false) => validate_host_path(&format!("disks[{i}].path"), &d.path)?,
+                (None, false) => {
+                    validate_host_path(&format!("disks[{i}].path"), &d.path)?;
+                    // One file, one disk: a second (writable) view of the same image corrupts it.
+                    if self.disks[..i].iter().any(|o| o.path == d.path) {
+                        return Err(ValidationError::new(format!("disks[{i}].path"), "names a file another disk has"));
+                    }
+                }
                 (Some(_), false) => {
                     return Err(ValidationError::new(format!("disks[{i}]"), "give either volume or path, not both"))
                 }

@@ -25,11 +25,15 @@ pub fn spawn_detached(
     cgroup_procs: &[std::fs::File],
     keep_fds: &[RawFd],
 ) -> Result<u32, ProcessError> {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
+    // New at each start, appended to (so that it can be cut short while the process writes),
+    // never through a link.
+    let _ = std::fs::remove_file(log);
     let out = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
+        .create_new(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(log)
         .map_err(|e| ProcessError::io(format!("open {}", log.display()), e))?;
     let err = out.try_clone().map_err(|e| ProcessError::io("dup log", e))?;
@@ -183,10 +187,19 @@ impl Pidfd {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-        // A daemonized QEMU is normally not our child; when it is (we are its subreaper), reap it.
-        let mut status = 0;
-        // SAFETY: waitpid on one pid with WNOHANG only reaps that pid if it is our child.
-        unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        // Reaped when it is our child (a QEMU we started, while we live), through the pidfd: never
+        // another process that reused the pid.
+        // SAFETY: a zeroed siginfo_t is valid for waitid to fill; WNOHANG never blocks, and a
+        // process that is not our child (or was reaped already) just gives ECHILD.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                self.fd.get_ref().as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
     }
 
     pub fn signal(&self, sig: i32) -> Result<(), ProcessError> {

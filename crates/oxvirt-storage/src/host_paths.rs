@@ -55,13 +55,26 @@ fn refuse(field: &str, rule: impl Into<String>) -> HostPathError {
 pub struct HostPaths {
     roots: Vec<PathBuf>,
     data_dir: PathBuf,
+    /// Secrets of the daemon's kept outside its data directory (the etcd client key, the
+    /// migration certificates...), refused like the data directory's own.
+    secrets: Vec<PathBuf>,
 }
 
 impl HostPaths {
     /// `roots` as configured (links resolved where they exist); `data_dir` is oxvirtd's own.
     pub fn new(roots: &[PathBuf], data_dir: &Path) -> Self {
         let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        HostPaths { roots: roots.iter().map(|r| resolve(r)).collect(), data_dir: resolve(data_dir) }
+        HostPaths {
+            roots: roots.iter().map(|r| resolve(r)).collect(),
+            data_dir: resolve(data_dir),
+            secrets: Vec::new(),
+        }
+    }
+
+    /// The same, refusing `secrets` (files or directories) too.
+    pub fn refusing(mut self, secrets: &[PathBuf]) -> Self {
+        self.secrets = secrets.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+        self
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -109,6 +122,9 @@ impl HostPaths {
                     format!("{} is oxvirt's own (its data directory's secrets and runtime files)", resolved.display()),
                 ));
             }
+        }
+        if let Some(s) = self.secrets.iter().find(|s| resolved.starts_with(s)) {
+            return Err(refuse(field, format!("{} is one of oxvirt's secrets ({})", resolved.display(), s.display())));
         }
         if !self.roots.iter().any(|r| resolved.starts_with(r)) {
             let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
@@ -227,6 +243,11 @@ mod tests {
             let e = hp.check("source", p.to_str().unwrap(), Want::File).unwrap_err();
             assert!(e.rule.contains("oxvirt's own") || e.rule.contains("not a regular file"), "{secret}: {e}");
         }
+        let key = t.path().join("images/etcd.key");
+        std::fs::write(&key, "k").unwrap();
+        let guarded = hp.clone().refusing(&[key.clone()]);
+        let e = guarded.check("source", key.to_str().unwrap(), Want::File).unwrap_err();
+        assert!(e.rule.contains("secrets"), "{e}");
         let outside = t.path().join("outside.raw");
         std::fs::write(&outside, "x").unwrap();
         let e = hp.check("f", outside.to_str().unwrap(), Want::File).unwrap_err();

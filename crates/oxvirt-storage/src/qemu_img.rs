@@ -84,6 +84,28 @@ pub struct ImageInfo {
     pub backing_filename: Option<String>,
     #[serde(default)]
     pub snapshots: Vec<SnapshotInfo>,
+    /// Format details: a qcow2's external data file, a VMDK's extents.
+    #[serde(rename = "format-specific", default)]
+    pub format_specific: Option<serde_json::Value>,
+}
+
+impl ImageInfo {
+    /// Files other than `path` itself that reading this image would open: its backing file, a
+    /// qcow2's external data file, a VMDK's extents elsewhere. An image from outside must have
+    /// none (each could name any file on the host).
+    pub fn other_files(&self, path: &Path) -> Vec<String> {
+        let mut files: Vec<String> = self.backing_filename.iter().cloned().collect();
+        let data = self.format_specific.as_ref().map(|f| &f["data"]);
+        if let Some(f) = data.and_then(|d| d["data-file"].as_str()) {
+            files.push(f.to_string());
+        }
+        for e in data.and_then(|d| d["extents"].as_array()).into_iter().flatten() {
+            if let Some(f) = e["filename"].as_str().filter(|f| Path::new(f) != path) {
+                files.push(f.to_string());
+            }
+        }
+        files
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]

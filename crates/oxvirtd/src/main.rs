@@ -160,6 +160,13 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
     cc.console_log_max = config.console_log_max_bytes;
     cc.confine_qemu = config.confine_qemu;
     cc.host_path_roots = config.host_path_roots.clone();
+    cc.host_path_secrets =
+        [&config.store.etcd_ca, &config.store.etcd_cert, &config.store.etcd_key, &config.store.migration_tls_dir]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .chain([args.config.clone().unwrap_or_else(|| args.data_dir.join("oxvirtd.toml"))])
+            .collect();
     let ctrl = Controller::new(store, Arc::new(hv), cc).map_err(|e| e.to_string())?;
     if let Some(etcd) = &etcd {
         // Joined before anything is reconciled: a host looks after its own VMs only.

@@ -120,8 +120,25 @@ impl Controller {
     }
 
     /// Creates a network and makes it on the host; if that fails, nothing is left of it.
-    pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkView, ControlError> {
+    /// What reaches the host's own networking (a host bridge, an uplink, a VXLAN underlay) is an
+    /// administrator's to name.
+    pub async fn create_network(&self, caller: &str, spec: NetworkSpec) -> Result<NetworkView, ControlError> {
         spec.validate()?;
+        let host_side = [
+            (spec.kind == NetworkKind::Bridged || spec.bridge.is_some(), "bridge"),
+            (spec.uplink.is_some(), "uplink"),
+            (spec.vxlan.is_some(), "vxlan"),
+        ];
+        if let Some((_, field)) = host_side.iter().find(|(named, _)| *named) {
+            if self.authorize(caller, oxvirt_model::Privilege::Admin, "/").is_err() {
+                return Err(ControlError::Forbidden(format!(
+                    "{field}: only an administrator may tie a network to the host's own networking"
+                )));
+            }
+        }
+        if spec.bridge.as_deref().is_some_and(|b| b.starts_with("oxb")) {
+            return Err(ControlError::invalid("bridge", "oxb* bridges are oxvirt's own networks'"));
+        }
         let _net = self.inner.net_lock.lock().await;
         let others = self.inner.store.list_records::<Network>()?;
         if others.iter().any(|(n, _)| n.spec.name == spec.name) {

@@ -60,10 +60,13 @@ pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File
     Ok(f)
 }
 
-/// Before QEMU starts: its run directory and its volumes' writable files become the VM's own.
+/// Before QEMU starts: its volumes' writable files become the VM's own. Its run directory stays
+/// root's (QEMU makes its sockets, pid file and logs there while still root), passable by the
+/// QEMU group only: a QEMU that gave up root can put nothing there, so no link of its making
+/// is ever followed by oxvirtd or by the next QEMU, both root.
 pub fn prepare(spec: &oxvirt_model::VmSpec, run_dir: &Path) -> io::Result<()> {
     let Some((uid, gid)) = spec.run_as else { return Ok(()) };
-    own(run_dir, uid, gid, 0o700)?;
+    own(run_dir, 0, gid, 0o710)?;
     reachable(run_dir)?;
     for d in spec.disks.iter().filter(|d| gives_file(d)) {
         give_disk(Path::new(&d.path), uid, gid)?;
@@ -81,16 +84,49 @@ pub fn gives_file(d: &oxvirt_model::DiskSpec) -> bool {
 /// exec unless it is passed on on purpose.
 pub fn open_host_disk(d: &oxvirt_model::DiskSpec) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking until it is known to be a regular file (a FIFO would block the open).
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(!d.readonly)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(&d.path)
         .map_err(|e| io::Error::new(e.kind(), format!("disk {}: {e}", d.path)))?;
     if !f.metadata()?.file_type().is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("disk {} is not a regular file", d.path)));
     }
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if d.format == oxvirt_model::DiskFormat::Qcow2 {
+        check_qcow2_header(&f).map_err(|e| io::Error::new(e.kind(), format!("disk {}: {e}", d.path)))?;
+    }
     Ok(f)
+}
+
+/// A qcow2 image that names another file (a backing file, an external data file) would make
+/// QEMU, still root, open that file by path: such a host-path disk is refused.
+pub fn check_qcow2_header(f: &std::fs::File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; 80];
+    let n = f.read_at(&mut h, 0)?;
+    let be64 = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
+    let be32 = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().unwrap_or([0; 4]));
+    if n < 72 || be32(0) != 0x5146_49fb {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "is not a qcow2 image"));
+    }
+    if be64(8) != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "has a backing file: use a standalone image"));
+    }
+    // Version 3: incompatible feature bit 2 is an external data file.
+    if be32(4) >= 3 && n >= 80 && be64(72) & 0b100 != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "has an external data file: use a standalone image"));
+    }
+    Ok(())
 }
 
 /// A writable disk file becomes the VM's (0600) and reachable for it.
