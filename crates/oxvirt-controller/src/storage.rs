@@ -692,6 +692,7 @@ impl Controller {
                     .check(&format!("disks[{i}].path"), &d.path, Want::File)
                     .map_err(|e| ControlError::invalid(e.field, e.rule))?;
                 d.path = resolved.to_string_lossy().into_owned();
+                self.check_image_chain(&format!("disks[{i}].path"), d)?;
             }
             if let Some(r) = &d.volume {
                 let (pool, name) = parse_volume_ref(&format!("disks[{i}].volume"), r)?;

@@ -3,7 +3,7 @@
 //! devices and block nodes use QEMU's JSON syntax, where no value can add an option.
 
 use crate::{Accel, RuntimePaths};
-use oxvirt_model::{DiskBus, DiskFormat, MachineType, NicMode, VmSpec, MIB};
+use oxvirt_model::{DiskBus, MachineType, NicMode, VmSpec, MIB};
 use serde_json::json;
 
 /// Host facts the command line depends on.
@@ -150,14 +150,7 @@ pub fn block_nodes(d: &oxvirt_model::DiskSpec, id: &str) -> Vec<serde_json::Valu
         })],
         None => vec![
             json!({ "driver": "file", "filename": file_name(d), "node-name": file_node(id), "read-only": d.readonly }),
-            {
-                let mut n = json!({ "driver": d.format.as_str(), "file": file_node(id), "node-name": format_node(id), "read-only": d.readonly });
-                // A host-path qcow2 opens no backing file, whatever its header says.
-                if d.fd.is_some() && d.format == DiskFormat::Qcow2 {
-                    n["backing"] = serde_json::Value::Null;
-                }
-                n
-            },
+            json!({ "driver": d.format.as_str(), "file": file_node(id), "node-name": format_node(id), "read-only": d.readonly }),
         ],
     }
 }
@@ -403,7 +396,7 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxvirt_model::{ByteSize, DiskSpec, KernelBoot, NicMode, NicSpec};
+    use oxvirt_model::{ByteSize, DiskFormat, DiskSpec, KernelBoot, NicMode, NicSpec};
 
     fn spec() -> VmSpec {
         VmSpec {

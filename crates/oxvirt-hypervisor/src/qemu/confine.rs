@@ -103,30 +103,39 @@ pub fn open_host_disk(d: &oxvirt_model::DiskSpec) -> io::Result<std::fs::File> {
         }
     }
     if d.format == oxvirt_model::DiskFormat::Qcow2 {
-        check_qcow2_header(&f).map_err(|e| io::Error::new(e.kind(), format!("disk {}: {e}", d.path)))?;
+        qcow2_backing(&f).map_err(|e| io::Error::new(e.kind(), format!("disk {}: {e}", d.path)))?;
     }
     Ok(f)
 }
 
-/// A qcow2 image that names another file (a backing file, an external data file) would make
-/// QEMU, still root, open that file by path: such a host-path disk is refused.
-pub fn check_qcow2_header(f: &std::fs::File) -> io::Result<()> {
+/// The backing file a qcow2 image names (as written in it: maybe relative to the image), which
+/// QEMU opens by path: the caller checks it is one that may be named. An external data file is
+/// refused outright (QEMU would open it by path too, and oxvirt never makes such images).
+pub fn qcow2_backing(f: &std::fs::File) -> io::Result<Option<String>> {
     use std::os::unix::fs::FileExt;
     let mut h = [0u8; 80];
     let n = f.read_at(&mut h, 0)?;
     let be64 = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
     let be32 = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().unwrap_or([0; 4]));
     if n < 72 || be32(0) != 0x5146_49fb {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "is not a qcow2 image"));
-    }
-    if be64(8) != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "has a backing file: use a standalone image"));
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "is not a qcow2 image"));
     }
     // Version 3: incompatible feature bit 2 is an external data file.
     if be32(4) >= 3 && n >= 80 && be64(72) & 0b100 != 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "has an external data file: use a standalone image"));
     }
-    Ok(())
+    let (offset, size) = (be64(8), be32(16) as usize);
+    if offset == 0 {
+        return Ok(None);
+    }
+    if size == 0 || size > 1023 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "has a backing file name of a bad length"));
+    }
+    let mut name = vec![0u8; size];
+    f.read_exact_at(&mut name, offset)?;
+    String::from_utf8(name)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "has a backing file name that is not UTF-8"))
 }
 
 /// A writable disk file becomes the VM's (0600) and reachable for it.
