@@ -22,9 +22,17 @@ use std::time::Instant;
 pub struct Peer(pub String);
 
 impl Peer {
-    /// The peer's address without its port.
+    /// The peer's address without its port; an IPv6 peer by its /64 (one site holds a whole
+    /// /64, so limits per address are limits per /64).
     pub fn address(&self) -> String {
-        self.0.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| self.0.clone())
+        match self.0.parse::<std::net::SocketAddr>() {
+            Ok(std::net::SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_none() => {
+                let s = a.ip().segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Ok(a) => a.ip().to_canonical().to_string(),
+            Err(_) => self.0.clone(),
+        }
     }
 }
 
@@ -320,6 +328,14 @@ mod tests {
         assert_eq!(r(Method::GET, "/api/v1/users", "/api/v1/users"), Some((Privilege::Admin, "/".into())));
         assert_eq!(r(Method::GET, "/api/v1/tasks", "/api/v1/tasks"), None);
         assert_eq!(r(Method::POST, "/api/v1/tokens", "/api/v1/tokens"), None);
+    }
+
+    #[test]
+    fn peers_are_keyed_by_address_and_ipv6_by_its_64() {
+        assert_eq!(Peer("127.0.0.1:4000".into()).address(), "127.0.0.1");
+        assert_eq!(Peer("[2001:db8:1:2:3:4:5:6]:443".into()).address(), "2001:db8:1:2::/64");
+        assert_eq!(Peer("[2001:db8:1:2:ffff::1]:443".into()).address(), "2001:db8:1:2::/64");
+        assert_eq!(Peer("[::ffff:10.0.0.1]:443".into()).address(), "10.0.0.1");
     }
 
     #[test]

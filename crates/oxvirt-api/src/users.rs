@@ -35,11 +35,19 @@ struct Login {
     password: String,
 }
 
+/// How long the one route open to anyone waits for its body.
+const LOGIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn login(
     State(c): State<Controller>,
     peer: Option<Extension<crate::auth::Peer>>,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
+    // Read here, under a deadline: a client that trickles its body holds no slot for long.
+    let body = tokio::time::timeout(LOGIN_BODY_TIMEOUT, axum::body::to_bytes(req.into_body(), 64 * 1024))
+        .await
+        .map_err(|_| ApiError::invalid("body", "not received in time"))?
+        .map_err(|e| ApiError::invalid("body", format!("unreadable: {e}")))?;
     let l: Login = parse(&body)?;
     let from = peer.map(|Extension(p)| p.address()).unwrap_or_else(|| "socket".into());
     let c2 = c.clone();

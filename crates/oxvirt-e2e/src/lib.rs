@@ -53,6 +53,36 @@ pub fn kernel_spec(name: &str, extra_cmdline: &str) -> Value {
     })
 }
 
+/// A local pool `local` made through `d`, its directory `dir/a` on host-a, `dir/b` and `dir/c`
+/// on host-b and host-c, with a 16 MiB volume `local/data`.
+pub fn local_pool_on_three_hosts(d: &Daemon, dir: &Path) {
+    let at = |h: &str| dir.join(h).to_string_lossy().into_owned();
+    let (b, c) = (format!("host-b={}", at("b")), format!("host-c={}", at("c")));
+    let (code, out, err) =
+        d.cli(&["pool", "create", "local", "--path", &at("a"), "--host-path", &b, "--host-path", &c]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = d.cli(&["volume", "create", "local/data", "--size", "16MiB"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Creates and starts a VM of `spec` and, once it has booted, a counter in the guest: every
+/// 0.2 s it writes its count to /tmp/c and to the first sector of /dev/vda. Returns QEMU's pid.
+pub async fn start_counting_guest(client: &Client, spec: &Value) -> u32 {
+    let name = spec["name"].as_str().expect("name").to_string();
+    let created = client.create_vm(spec, true).await.expect("create");
+    client.wait_task(&created.task.expect("start task").id, Duration::from_secs(60)).await.expect("start");
+    wait_console(client, &name, READY, 1, BOOT_TIMEOUT).await;
+    let pid = client.get_vm(&name).await.expect("vm").status.pid.expect("pid");
+    run_in_guest(
+        client,
+        &name,
+        "(i=0; while :; do i=$((i+1)); echo $i > /tmp/c; echo $i | dd of=/dev/vda bs=512 count=1 conv=notrunc 2>/dev/null; sleep 0.2; done) & echo L$((2+2))OOP",
+        "L4OOP",
+    )
+    .await;
+    pid
+}
+
 /// A client of `d`'s HTTPS API with `token` (the certificate pinned).
 pub fn https_client(d: &Daemon, token: &str) -> Client {
     let (url, _, fp) = d.https();

@@ -106,20 +106,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     // A local pool: each host has its own directory.
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let at = |h: &str| dir.path().join(h).to_string_lossy().into_owned();
-    let (code, out, err) = d[0].cli(&[
-        "pool",
-        "create",
-        "local",
-        "--path",
-        &at("a"),
-        "--host-path",
-        &format!("host-b={}", at("b")),
-        "--host-path",
-        &format!("host-c={}", at("c")),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = d[0].cli(&["volume", "create", "local/data", "--size", "16MiB"]);
-    assert_eq!(code, 0, "{out}{err}");
+    local_pool_on_three_hosts(&d[0], dir.path());
     let file = |h: &str| Path::new(&at(h)).join("data.qcow2");
     assert!(file("a").exists());
 

@@ -171,36 +171,12 @@ async fn live_migration_over_tls_moves_a_guest_and_refuses_plaintext() {
 
     // A guest with a local disk (copied over NBD) on host-a, counting in memory and on disk.
     let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let at = |h: &str| dir.path().join(h).to_string_lossy().into_owned();
-    let (code, out, err) = a.cli(&[
-        "pool",
-        "create",
-        "local",
-        "--path",
-        &at("a"),
-        "--host-path",
-        &format!("host-b={}", at("b")),
-        "--host-path",
-        &format!("host-c={}", at("c")),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = a.cli(&["volume", "create", "local/data", "--size", "16MiB"]);
-    assert_eq!(code, 0, "{out}{err}");
+    local_pool_on_three_hosts(&a, dir.path());
     let mut spec = kernel_spec("mover", "");
     spec["host"] = json!("host-a");
     spec["disks"] = json!([{ "volume": "local/data" }]);
-    let created = a.client.create_vm(&spec, true).await.unwrap();
-    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
-    wait_console(&a.client, "mover", READY, 1, BOOT_TIMEOUT).await;
+    let pid_a = start_counting_guest(&a.client, &spec).await;
     let vm = a.client.get_vm("mover").await.unwrap();
-    let pid_a = vm.status.pid.unwrap();
-    run_in_guest(
-        &a.client,
-        "mover",
-        "(i=0; while :; do i=$((i+1)); echo $i > /tmp/c; echo $i | dd of=/dev/vda bs=512 count=1 conv=notrunc 2>/dev/null; sleep 0.2; done) & echo L$((2+2))OOP",
-        "L4OOP",
-    )
-    .await;
 
     // A host without migration TLS is no target for a host with it, nor a source.
     let err = a.client.migrate_vm("mover", "host-c").await.unwrap_err().to_string();

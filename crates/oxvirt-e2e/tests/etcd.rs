@@ -279,17 +279,7 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     let mut spec = kernel_spec("mover", "");
     spec["host"] = json!("host-a");
     spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
-    let created = a.client.create_vm(&spec, true).await.unwrap();
-    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
-    wait_console(&a.client, "mover", READY, 1, BOOT_TIMEOUT).await;
-    let pid_a = a.client.get_vm("mover").await.unwrap().status.pid.unwrap();
-    run_in_guest(
-        &a.client,
-        "mover",
-        "(i=0; while :; do i=$((i+1)); echo $i > /tmp/c; echo $i | dd of=/dev/vda bs=512 count=1 conv=notrunc 2>/dev/null; sleep 0.2; done) & echo L$((2+2))OOP",
-        "L4OOP",
-    )
-    .await;
+    let pid_a = start_counting_guest(&a.client, &spec).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = guest_number(&a.client, "mover", "cat /tmp/c").await;
     assert!(before > 0);

@@ -56,7 +56,7 @@ async fn hostile_paths_boot_and_add_no_option() {
     // qcow2 (the `,format=raw` in its name did nothing).
     let blockdev: serde_json::Value = serde_json::from_str(&value_of("-blockdev")).unwrap();
     assert_eq!(blockdev["filename"], "/dev/fdset/1");
-    assert!(value_of("-add-fd").ends_with(",set=1"));
+    assert!(value_of("-add-fd").ends_with(",set=1,opaque=disk-disk0"), "{}", value_of("-add-fd"));
     let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .any(|e| std::fs::read_link(e.unwrap().path()).ok().as_deref() == Some(disk.as_path()));

@@ -212,6 +212,17 @@ async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
     run_in_guest(c, "ca", "ls /sys/block | grep -c vd | sed 's/^/N-/'", "N-2").await;
     let meta = std::fs::metadata(&extra).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "the hot-plugged disk is not given away");
+    // Unplugged, QEMU holds it no more (its fd set goes with it).
+    let ca_pid = c.get_vm("ca").await.unwrap().status.pid.unwrap();
+    let holds = |p: &std::path::Path| {
+        std::fs::read_dir(format!("/proc/{ca_pid}/fd"))
+            .unwrap()
+            .any(|e| std::fs::read_link(e.unwrap().path()).ok().as_deref() == Some(p))
+    };
+    assert!(holds(&extra), "QEMU holds the hot-plugged disk");
+    let (status, body) = c.raw(hyper::Method::DELETE, "/api/v1/vms/ca/disks/disk1", None).await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(!holds(&extra), "the unplugged disk is still open in QEMU");
     assert_eq!(std::fs::metadata(dir.path()).unwrap().mode(), dir_mode, "its directory is unchanged");
     for vm in ["ca", "cb"] {
         c.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();

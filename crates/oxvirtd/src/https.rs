@@ -55,6 +55,14 @@ impl Drop for Slot {
     }
 }
 
+/// Where a connection comes from, for the per-address cap: an IPv6 peer by its /64.
+fn site_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
 fn take_slot(counts: &Arc<Mutex<Counts>>, address: IpAddr, limits: ConnectionLimits) -> Option<Slot> {
     let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
     let mine = c.by_address.get(&address).copied().unwrap_or(0);
@@ -79,7 +87,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: a
                 continue;
             }
         };
-        let Some(slot) = take_slot(&counts, peer.ip(), limits) else {
+        let Some(slot) = take_slot(&counts, site_of(peer.ip()), limits) else {
             tracing::debug!(%peer, "HTTPS connection refused: connection limit reached");
             drop(tcp);
             continue;
@@ -126,5 +134,9 @@ mod tests {
         assert!(take_slot(&counts, b, limits).is_none(), "in all");
         drop(s1);
         assert!(take_slot(&counts, b, limits).is_some(), "given back");
+        let one: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
+        assert_eq!(site_of(one), site_of(other), "one /64, one site");
+        assert_ne!(site_of(one), site_of("2001:db8:0:2::1".parse().unwrap()));
     }
 }

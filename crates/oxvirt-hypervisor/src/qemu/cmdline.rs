@@ -155,6 +155,11 @@ pub fn block_nodes(d: &oxvirt_model::DiskSpec, id: &str) -> Vec<serde_json::Valu
     }
 }
 
+/// The mark of a host-path disk's fd set (found again to remove it when the disk goes).
+pub fn fdset_opaque(disk_id: &str) -> String {
+    format!("disk-{disk_id}")
+}
+
 /// The file QEMU opens for a disk: the descriptor oxvirt passed it (`/dev/fdset/N`) for a
 /// host-path disk, else the volume's file.
 pub fn file_name(d: &oxvirt_model::DiskSpec) -> String {
@@ -344,7 +349,7 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
     for (i, d) in spec.disks.iter().enumerate() {
         let id = disk_id(d, i);
         if let Some(f) = d.fd {
-            push(&["-add-fd", &format!("fd={},set={}", f.fd, f.set)]);
+            push(&["-add-fd", &format!("fd={},set={},opaque={}", f.fd, f.set, escape_opt(&fdset_opaque(&id)))]);
         }
         for node in block_nodes(d, &id) {
             push(&["-blockdev", &node.to_string()]);

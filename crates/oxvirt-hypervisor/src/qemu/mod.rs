@@ -347,6 +347,18 @@ impl QemuInstance {
         Arc::new(QemuInstance { pid, accel, qmp, pidfd, events, exited, exit_watch, run_as })
     }
 
+    /// Removes the fd sets of host-path disk `disk_id` (marked with its opaque string).
+    async fn drop_fdsets(&self, disk_id: &str) {
+        let Ok(sets) = self.qmp.execute("query-fdsets", Value::Null).await else { return };
+        let mark = cmdline::fdset_opaque(disk_id);
+        for set in sets.as_array().into_iter().flatten() {
+            let ours = set["fds"].as_array().into_iter().flatten().any(|f| f["opaque"].as_str() == Some(mark.as_str()));
+            if let (true, Some(id)) = (ours, set["fdset-id"].as_u64()) {
+                let _ = self.qmp.execute("remove-fd", json!({ "fdset-id": id })).await;
+            }
+        }
+    }
+
     async fn simple(&self, command: &str) -> Result<(), HvError> {
         self.qmp.execute(command, Value::Null).await?;
         Ok(())
@@ -463,8 +475,10 @@ impl Instance for QemuInstance {
         if disk.is_host_path() {
             // A host-path disk: opened here, its descriptor put in a new fd set of QEMU's.
             let f = confine::open_host_disk(&disk).map_err(|e| HvError::io("open a host-path disk", e))?;
-            let r =
-                self.qmp.execute_with_fd("add-fd", json!({ "opaque": format!("disk {id}") }), f.as_raw_fd()).await?;
+            let r = self
+                .qmp
+                .execute_with_fd("add-fd", json!({ "opaque": cmdline::fdset_opaque(id) }), f.as_raw_fd())
+                .await?;
             let set = r["fdset-id"]
                 .as_u64()
                 .ok_or_else(|| HvError::Unsupported(format!("add-fd answered without an fdset-id: {r}")))?;
@@ -478,6 +492,7 @@ impl Instance for QemuInstance {
                 for n in added.iter().rev() {
                     let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
                 }
+                self.drop_fdsets(id).await;
                 return Err(e.into());
             }
             added.push(name);
@@ -488,6 +503,7 @@ impl Instance for QemuInstance {
             for n in added.iter().rev() {
                 let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
             }
+            self.drop_fdsets(id).await;
             return Err(e);
         }
         if let Some(q) = &disk.qos {
@@ -505,6 +521,8 @@ impl Instance for QemuInstance {
         self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::format_node(disk_id) })).await?;
         // An NBD disk has no file node.
         let _ = self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::file_node(disk_id) })).await;
+        // A host-path disk's descriptor goes too (QEMU would hold the file open).
+        self.drop_fdsets(disk_id).await;
         Ok(())
     }
 
