@@ -245,7 +245,7 @@ mod tests {
         }
         let key = t.path().join("images/etcd.key");
         std::fs::write(&key, "k").unwrap();
-        let guarded = hp.clone().refusing(&[key.clone()]);
+        let guarded = hp.clone().refusing(std::slice::from_ref(&key));
         let e = guarded.check("source", key.to_str().unwrap(), Want::File).unwrap_err();
         assert!(e.rule.contains("secrets"), "{e}");
         let outside = t.path().join("outside.raw");

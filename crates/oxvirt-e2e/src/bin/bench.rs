@@ -763,13 +763,15 @@ fn tcg_driver() -> QemuDriver {
 /// (found later by its pidfile).
 fn raw_qemu(driver: &QemuDriver, id: &str, spec: &oxvirt_model::VmSpec, paths: &RuntimePaths) {
     let log = std::fs::File::create(paths.qemu_log()).expect("qemu log");
-    std::process::Command::new(driver.program())
+    let mut child = std::process::Command::new(driver.program())
         .args(driver.args(id, spec, paths))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
         .expect("qemu");
+    // Reaped when it ends (the bench kills it through its pidfile).
+    std::thread::spawn(move || child.wait());
 }
 
 /// Round `round` of a raw migration: its source booted from `spec`, and the target's runtime dir.

@@ -182,7 +182,7 @@ impl Hypervisor for QemuDriver {
                 let _ = pidfd.signal(libc::SIGKILL);
                 let _ = tokio::time::timeout(Duration::from_secs(10), pidfd.exited()).await;
                 let _ = tokio::task::spawn_blocking(move || remove_cgroup_eventually(cgroup)).await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
