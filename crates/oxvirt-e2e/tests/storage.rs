@@ -247,7 +247,9 @@ async fn timed_read(c: &Client, vm: &str, skip_mib: u32, mib: u32, tag: u32) -> 
         mib * 16
     );
     let out = run_in_guest(c, vm, &cmd, "END").await;
-    let line = out.lines().find(|l| l.starts_with(&format!("TIMED-{tag} "))).unwrap_or_else(|| panic!("{out}"));
+    // (The shell's prompt may share the line.)
+    let mark = format!("TIMED-{tag} ");
+    let line = out.lines().find_map(|l| l.find(&mark).map(|at| &l[at..])).unwrap_or_else(|| panic!("{out}"));
     let f: Vec<f64> = line.split_whitespace().skip(1).take(2).map(|x| x.parse().unwrap()).collect();
     f[1] - f[0]
 }

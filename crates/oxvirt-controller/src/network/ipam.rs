@@ -57,6 +57,10 @@ impl Controller {
             }
         }
         spec.validate()?;
+        if spec.nics.is_empty() {
+            // Nothing to give out or check (and no reason to read every VM).
+            return Ok(());
+        }
         let others: Vec<(String, String)> = self
             .list_vms()?
             .into_iter()

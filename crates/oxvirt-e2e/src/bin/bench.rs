@@ -65,7 +65,6 @@ async fn start_overhead() {
     let dir = tempfile::Builder::new().prefix("oxb").tempdir_in("/tmp").expect("tmp");
     let paths = RuntimePaths::new(dir.path().join("direct"));
     std::fs::create_dir_all(paths.dir()).expect("dir");
-    let args = driver.args(&vm.id, &vm.spec, &paths);
 
     let mut direct = Vec::new();
     let mut oxvirt = Vec::new();
@@ -73,8 +72,7 @@ async fn start_overhead() {
         // Direct.
         let _ = std::fs::remove_file(paths.console_log());
         let t0 = Instant::now();
-        let st = std::process::Command::new(driver.program()).args(&args).status().expect("qemu");
-        assert!(st.success());
+        raw_qemu(&driver, &vm.id, &vm.spec, &paths);
         let _ = wait_file_marker(&paths.console_log(), BOOT_TIMEOUT);
         direct.push(t0.elapsed());
         kill_pidfile(&paths.pidfile());
@@ -185,7 +183,10 @@ async fn guest_seconds(c: &oxvirt_client::Client, vm: &str, cmd: &str, tag: u32)
         "a=$(cut -d' ' -f1 /proc/uptime); {cmd}; b=$(cut -d' ' -f1 /proc/uptime); echo TIMED-$(({tag}+0)) $a $b E''ND"
     );
     let out = run_in_guest(c, vm, &full, "END").await;
-    let line = out.lines().find(|l| l.starts_with(&format!("TIMED-{tag} "))).expect("timed line");
+    // (The shell's prompt may share the line.)
+    let mark = format!("TIMED-{tag} ");
+    let line =
+        out.lines().find_map(|l| l.find(&mark).map(|at| &l[at..])).unwrap_or_else(|| panic!("timed line: {out}"));
     let f: Vec<f64> = line.split_whitespace().skip(1).take(2).map(|x| x.parse().expect("number")).collect();
     f[1] - f[0]
 }
