@@ -242,11 +242,12 @@ async fn live_vm_snapshot_then_revert_restores_both_disks() {
 /// Reads `mib` MiB from /dev/vda at `skip_mib` with O_DIRECT and returns the guest-measured seconds.
 async fn timed_read(c: &Client, vm: &str, skip_mib: u32, mib: u32, tag: u32) -> f64 {
     let cmd = format!(
-        "a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=64k skip={} count={} iflag=direct 2>/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo TIMED-$(({tag}+0)) $a $b E''ND",
+        "a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/vda of=/dev/null bs=64k skip={} count={} iflag=direct 2>/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo TIMED-$(({tag}+0)) $a $b E''ND-$(({tag}+0))",
         skip_mib * 16,
         mib * 16
     );
-    let out = run_in_guest(c, vm, &cmd, "END").await;
+    // The end marker names the round: an earlier round's output the console shows again is no end.
+    let out = run_in_guest(c, vm, &cmd, &format!("END-{tag}")).await;
     // (The shell's prompt may share the line.)
     let mark = format!("TIMED-{tag} ");
     let line = out.lines().find_map(|l| l.find(&mark).map(|at| &l[at..])).unwrap_or_else(|| panic!("{out}"));

@@ -180,9 +180,10 @@ async fn control_plane_scale() {
 /// Guest-measured seconds of a command, between two reads of /proc/uptime.
 async fn guest_seconds(c: &oxvirt_client::Client, vm: &str, cmd: &str, tag: u32) -> f64 {
     let full = format!(
-        "a=$(cut -d' ' -f1 /proc/uptime); {cmd}; b=$(cut -d' ' -f1 /proc/uptime); echo TIMED-$(({tag}+0)) $a $b E''ND"
+        "a=$(cut -d' ' -f1 /proc/uptime); {cmd}; b=$(cut -d' ' -f1 /proc/uptime); echo TIMED-$(({tag}+0)) $a $b E''ND-$(({tag}+0))"
     );
-    let out = run_in_guest(c, vm, &full, "END").await;
+    // The end marker names the round: an earlier round's output the console shows again is no end.
+    let out = run_in_guest(c, vm, &full, &format!("END-{tag}")).await;
     // (The shell's prompt may share the line.)
     let mark = format!("TIMED-{tag} ");
     let line =
