@@ -301,6 +301,9 @@ async fn scrape() {
     println!("== monitoring: /metrics with 100 VMs defined, 10 running");
     let d = Daemon::start();
     let c = &d.client;
+    // Ten 1-vCPU guests on a 2-CPU machine: more than the default over-commit (4) admits.
+    let _: serde_json::Value =
+        c.put("/api/v1/host/policy", &serde_json::json!({ "cpu_overcommit": 8.0 })).await.expect("policy");
     for i in 0..100 {
         c.create_vm(&kernel_spec(&format!("m{i}"), ""), i < 10).await.expect("create");
     }
@@ -761,19 +764,17 @@ fn tcg_driver() -> QemuDriver {
     QemuDriver::new("qemu-system-x86_64", AccelDecision { accel: oxvirt_hypervisor::Accel::Tcg, reason: String::new() })
 }
 
-/// A raw (unmanaged) QEMU of `spec` in `paths`, with the driver's own argv, in the background
-/// (found later by its pidfile).
+/// A raw (unmanaged) QEMU of `spec` in `paths`: the driver's own argv, daemonized by QEMU itself
+/// (so it hands back once initialised, listening for a migration too) — which needs `spawn`
+/// allowed in its sandbox; found later by its pidfile.
 fn raw_qemu(driver: &QemuDriver, id: &str, spec: &oxvirt_model::VmSpec, paths: &RuntimePaths) {
-    let log = std::fs::File::create(paths.qemu_log()).expect("qemu log");
-    let mut child = std::process::Command::new(driver.program())
-        .args(driver.args(id, spec, paths))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("qemu");
-    // Reaped when it ends (the bench kills it through its pidfile).
-    std::thread::spawn(move || child.wait());
+    let mut args = driver.args(id, spec, paths);
+    for a in args.iter_mut().filter(|a| a.contains("spawn=deny")) {
+        *a = a.replace(",spawn=deny", "");
+    }
+    args.push("-daemonize".into());
+    let st = std::process::Command::new(driver.program()).args(&args).status().expect("qemu");
+    assert!(st.success(), "raw QEMU did not start");
 }
 
 /// Round `round` of a raw migration: its source booted from `spec`, and the target's runtime dir.
