@@ -35,6 +35,13 @@ pub enum ControlError {
     Storage(#[from] oxvirt_storage::StorageError),
 }
 
+/// A host path refused by the policy is a request that breaks a rule (400), naming its field.
+impl From<oxvirt_storage::host_paths::HostPathError> for ControlError {
+    fn from(e: oxvirt_storage::host_paths::HostPathError) -> Self {
+        ControlError::invalid(e.field, e.rule)
+    }
+}
+
 impl ControlError {
     pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Self {
         ControlError::Invalid(ValidationError::new(field, rule))

@@ -13,12 +13,28 @@ impl Controller {
     /// `path` from request field `field`: only an administrator may name a host path, and only
     /// one the host-path policy allows. Returns it with its links resolved.
     pub fn host_path(&self, caller: &str, field: &str, path: &str, want: Want) -> Result<PathBuf, ControlError> {
-        if self.authorize(caller, Privilege::Admin, "/").is_err() {
-            return Err(ControlError::Forbidden(format!(
-                "{field}: only an administrator may name a host path; use a volume of a pool you are granted"
-            )));
-        }
-        self.inner.host_paths.check(field, path, want).map_err(|e| ControlError::invalid(e.field, e.rule))
+        self.admin_only(
+            caller,
+            format!("{field}: only an administrator may name a host path; use a volume of a pool you are granted"),
+        )?;
+        Ok(self.inner.host_paths.check(field, path, want)?)
+    }
+
+    /// [`Controller::host_path`] as the text a spec keeps.
+    pub(crate) fn host_path_string(
+        &self,
+        caller: &str,
+        field: &str,
+        path: &str,
+        want: Want,
+    ) -> Result<String, ControlError> {
+        let p = self.host_path(caller, field, path, want)?;
+        p.into_os_string().into_string().map_err(|_| ControlError::invalid(field, "must be UTF-8"))
+    }
+
+    /// Refuses (403, `refusal`) a caller who is not an administrator.
+    pub(crate) fn admin_only(&self, caller: &str, refusal: String) -> Result<(), ControlError> {
+        self.authorize(caller, Privilege::Admin, "/").map_err(|_| ControlError::Forbidden(refusal))
     }
 
     /// Checks what `new` names that `old` (the VM as stored, if any) did not, against `caller`'s
@@ -37,11 +53,11 @@ impl Controller {
         if let Some(k) = &mut new.kernel {
             let before = old.and_then(|o| o.kernel.as_ref());
             if before.map(|b| &b.kernel) != Some(&k.kernel) {
-                k.kernel = self.host_path_string(caller, "kernel.kernel", &k.kernel)?;
+                k.kernel = self.host_path_string(caller, "kernel.kernel", &k.kernel, Want::File)?;
             }
             if let Some(initrd) = &mut k.initrd {
                 if before.and_then(|b| b.initrd.as_ref()) != Some(initrd) {
-                    *initrd = self.host_path_string(caller, "kernel.initrd", initrd)?;
+                    *initrd = self.host_path_string(caller, "kernel.initrd", initrd, Want::File)?;
                 }
             }
         }
@@ -72,7 +88,7 @@ impl Controller {
             return self.authorize(caller, Privilege::Modify, &format!("/pools/{pool}")).map_err(|e| named(field, e));
         }
         if !d.path.is_empty() {
-            d.path = self.host_path_string(caller, &format!("{field}.path"), &d.path)?;
+            d.path = self.host_path_string(caller, &format!("{field}.path"), &d.path, Want::File)?;
             // Files the image names are host paths too (QEMU opens them by path, as root).
             self.check_image_chain(&format!("{field}.path"), d)?;
         }
@@ -95,12 +111,11 @@ impl Controller {
             }
         }
         if let Some(bridge) = &n.bridge {
-            if before.and_then(|b| b.bridge.as_ref()) != Some(bridge)
-                && self.authorize(caller, Privilege::Admin, "/").is_err()
-            {
-                return Err(ControlError::Forbidden(format!(
-                    "{field}.bridge: only an administrator may put a NIC on a host bridge; use a network you are granted"
-                )));
+            if before.and_then(|b| b.bridge.as_ref()) != Some(bridge) {
+                self.admin_only(
+                    caller,
+                    format!("{field}.bridge: only an administrator may put a NIC on a host bridge; use a network you are granted"),
+                )?;
             }
         }
         for (j, g) in n.security_groups.iter().enumerate() {
@@ -141,15 +156,10 @@ impl Controller {
         }
         Err(bad("has a backing chain longer than 16 images".into()))
     }
-
-    fn host_path_string(&self, caller: &str, field: &str, path: &str) -> Result<String, ControlError> {
-        let p = self.host_path(caller, field, path, Want::File)?;
-        p.into_os_string().into_string().map_err(|_| ControlError::invalid(field, "must be UTF-8"))
-    }
 }
 
 /// A refusal that says which field it is about.
-fn named(field: &str, e: ControlError) -> ControlError {
+pub(crate) fn named(field: &str, e: ControlError) -> ControlError {
     match e {
         ControlError::Forbidden(m) => ControlError::Forbidden(format!("{field}: {m}")),
         e => e,

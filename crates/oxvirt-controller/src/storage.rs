@@ -70,9 +70,7 @@ impl Controller {
     pub async fn create_pool(&self, caller: &str, mut spec: PoolSpec) -> Result<Pool, ControlError> {
         spec.validate()?;
         let me = self.host_name();
-        let resolved = self.host_path(caller, "path", spec.path_on(me.as_deref()), Want::Dir)?;
-        let resolved =
-            resolved.into_os_string().into_string().map_err(|_| ControlError::invalid("path", "must be UTF-8"))?;
+        let resolved = self.host_path_string(caller, "path", spec.path_on(me.as_deref()), Want::Dir)?;
         match me.as_deref().and_then(|h| spec.host_paths.get_mut(h)) {
             Some(p) => *p = resolved,
             None => spec.path = resolved,
@@ -184,10 +182,7 @@ impl Controller {
     pub(crate) fn volume_file(&self, pool: &Pool, name: &str, format: DiskFormat) -> Result<PathBuf, ControlError> {
         let dir = self.pool_dir(pool);
         // Checked on the host that uses it (a pool made elsewhere, or before these rules, too).
-        self.inner
-            .host_paths
-            .check("path", &dir.to_string_lossy(), Want::Dir)
-            .map_err(|e| ControlError::invalid(format!("pools/{}.path", pool.spec.name), e.rule))?;
+        self.inner.host_paths.check(&format!("pools/{}.path", pool.spec.name), &dir.to_string_lossy(), Want::Dir)?;
         // A local pool of a cluster gets its directory on a host with its first volume there
         // (a shared one must be mounted: its directory is never made here).
         if pool.spec.kind == PoolKind::Dir && !dir.exists() {
@@ -481,10 +476,8 @@ impl Controller {
         self.volume_here(&src)?;
         let src_pool = self.pool(pool)?;
         if let Some(dst) = req.pool.as_deref().filter(|d| *d != pool) {
-            self.authorize(caller, oxvirt_model::Privilege::Modify, &format!("/pools/{dst}")).map_err(|e| match e {
-                ControlError::Forbidden(m) => ControlError::Forbidden(format!("pool: {m}")),
-                e => e,
-            })?;
+            self.authorize(caller, oxvirt_model::Privilege::Modify, &format!("/pools/{dst}"))
+                .map_err(|e| crate::references::named("pool", e))?;
         }
         let dst_pool = self.pool(req.pool.as_deref().unwrap_or(pool))?;
         if req.linked && (src_pool.spec.kind == PoolKind::Nbd || dst_pool.spec.kind == PoolKind::Nbd) {
@@ -678,9 +671,9 @@ impl Controller {
         // taken out of the configuration (or before these rules) cannot reach the host.
         let hp = &self.inner.host_paths;
         if let Some(k) = &s.kernel {
-            hp.check("kernel.kernel", &k.kernel, Want::File).map_err(|e| ControlError::invalid(e.field, e.rule))?;
+            hp.check("kernel.kernel", &k.kernel, Want::File)?;
             if let Some(i) = &k.initrd {
-                hp.check("kernel.initrd", i, Want::File).map_err(|e| ControlError::invalid(e.field, e.rule))?;
+                hp.check("kernel.initrd", i, Want::File)?;
             }
         }
         for (i, d) in s.disks.iter_mut().enumerate() {
@@ -688,9 +681,7 @@ impl Controller {
                 d.id = format!("disk{i}");
             }
             if d.is_host_path() {
-                let resolved = hp
-                    .check(&format!("disks[{i}].path"), &d.path, Want::File)
-                    .map_err(|e| ControlError::invalid(e.field, e.rule))?;
+                let resolved = hp.check(&format!("disks[{i}].path"), &d.path, Want::File)?;
                 d.path = resolved.to_string_lossy().into_owned();
                 self.check_image_chain(&format!("disks[{i}].path"), d)?;
             }

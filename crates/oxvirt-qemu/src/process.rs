@@ -69,17 +69,13 @@ pub fn log_tail(log: &Path) -> String {
     String::from_utf8_lossy(&text[from..]).trim().to_string()
 }
 
-/// Starts QEMU with `-daemonize` in the args: returns once QEMU has initialised (its sockets
-/// exist) or failed (with its error message). The QEMU process is not our child: it lives in
-/// its own session and outlives the daemon.
-///
-/// `cgroup_procs` are open `cgroup.procs` files: QEMU joins those cgroups before it runs.
+/// Starts a QEMU tool with `--daemonize` in the args (qemu-storage-daemon), as `run_as` if
+/// given: returns once it has initialised (its sockets exist) or failed (with its error
+/// message). It is not our child: it lives in its own session and outlives the daemon.
 pub async fn spawn_daemonized(
     program: &str,
     args: &[String],
     pidfile: &Path,
-    cgroup_procs: &[std::fs::File],
-    keep_fds: &[RawFd],
     run_as: Option<(u32, u32)>,
 ) -> Result<u32, ProcessError> {
     let _ = std::fs::remove_file(pidfile);
@@ -92,23 +88,6 @@ pub async fn spawn_daemonized(
     // Its own process group from the start: a Ctrl-C meant for the daemon's terminal never
     // reaches QEMU, even before QEMU's own setsid().
     cmd.process_group(0);
-    let fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
-    let keep: Vec<RawFd> = keep_fds.to_vec();
-    if !fds.is_empty() || !keep.is_empty() {
-        // SAFETY: only write(2) and fcntl(2) on descriptors that stay open until spawn returns;
-        // both are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in &keep {
-                    // Passed on to QEMU on purpose (`-add-fd`): not closed at exec.
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                oxvirt_cgroup::join_in_child(&fds)
-            })
-        };
-    }
     let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
         .await
         .map_err(|_| ProcessError::Timeout(START_TIMEOUT, format!("{program} to initialise")))?
@@ -241,16 +220,10 @@ mod tests {
     #[tokio::test]
     async fn start_failure_carries_qemu_message() {
         let dir = tempfile::tempdir().unwrap();
-        let err = spawn_daemonized(
-            "sh",
-            &["-c".into(), "echo 'bad option' >&2; exit 1".into()],
-            &dir.path().join("p"),
-            &[],
-            &[],
-            None,
-        )
-        .await
-        .unwrap_err();
+        let err =
+            spawn_daemonized("sh", &["-c".into(), "echo 'bad option' >&2; exit 1".into()], &dir.path().join("p"), None)
+                .await
+                .unwrap_err();
         assert!(err.to_string().contains("bad option"), "{err}");
     }
 }

@@ -97,7 +97,7 @@ impl ExportDaemon {
                     pidfile.to_string_lossy().into_owned(),
                     "--daemonize".to_string(),
                 ];
-                process::spawn_daemonized(PROGRAM, &args, &pidfile, &[], &[], run_as).await.map_err(qerr)?
+                process::spawn_daemonized(PROGRAM, &args, &pidfile, run_as).await.map_err(qerr)?
             }
         };
         let pidfd = Pidfd::open(pid).map_err(qerr)?;

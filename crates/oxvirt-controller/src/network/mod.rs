@@ -130,11 +130,10 @@ impl Controller {
             (spec.vxlan.is_some(), "vxlan"),
         ];
         if let Some((_, field)) = host_side.iter().find(|(named, _)| *named) {
-            if self.authorize(caller, oxvirt_model::Privilege::Admin, "/").is_err() {
-                return Err(ControlError::Forbidden(format!(
-                    "{field}: only an administrator may tie a network to the host's own networking"
-                )));
-            }
+            self.admin_only(
+                caller,
+                format!("{field}: only an administrator may tie a network to the host's own networking"),
+            )?;
         }
         if spec.bridge.as_deref().is_some_and(|b| b.starts_with("oxb")) {
             return Err(ControlError::invalid("bridge", "oxb* bridges are oxvirt's own networks'"));
