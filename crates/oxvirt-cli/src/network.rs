@@ -109,7 +109,8 @@ pub enum NicCmd {
         /// An existing host bridge.
         #[arg(long)]
         bridge: Option<String>,
-        /// A static address on the network.
+        /// A static address on the network; on a host bridge, the address the guest uses there (the
+        /// NIC may then send from no other).
         #[arg(long)]
         ip: Option<String>,
         #[arg(long)]

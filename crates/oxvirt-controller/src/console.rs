@@ -48,6 +48,18 @@ impl Controller {
         Ok(current)
     }
 
+    /// The last lines QEMU wrote of a VM (its errors), for a message.
+    pub(crate) fn qemu_log_tail(&self, name: &str) -> String {
+        let Ok(vm) = self.get_vm(name) else { return String::new() };
+        let text = tail(&self.inner.paths(&vm.id).qemu_log(), 512).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        match lines.len() {
+            0 => "QEMU said nothing".into(),
+            n => format!("QEMU said: {}", lines[n.saturating_sub(3)..].join(" / ")),
+        }
+    }
+
     /// The path of the serial console's socket, for an interactive console.
     pub fn console_socket(&self, name: &str) -> Result<PathBuf, ControlError> {
         let vm = self.get_vm(name)?;

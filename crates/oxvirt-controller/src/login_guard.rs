@@ -48,22 +48,19 @@ impl LoginGuard {
         [(format!("user {user}"), FREE_PER_USER), (format!("address {address}"), FREE_PER_ADDRESS)]
     }
 
-    /// Whether an attempt for `user` from `address` may be looked at now.
-    pub fn check(&mut self, user: &str, address: &str, now: Instant) -> Result<(), Backoff> {
+    /// Whether an attempt for `user` from `address` may be looked at now; if it may, it counts
+    /// as a failure from now on, until [`LoginGuard::succeeded`] says otherwise. Checked and
+    /// counted in one step: attempts made at once wait their turn as if made one after another.
+    pub fn begin(&mut self, user: &str, address: &str, now: Instant) -> Result<(), Backoff> {
         for (key, free) in Self::keys(user, address) {
             if let Some(f) = self.failures.get(&key) {
-                let wait = wait_for(f.count, free);
+                let wait = if now.duration_since(f.last) >= FORGET_AFTER { Duration::ZERO } else { wait_for(f.count, free) };
                 let ready = f.last + wait;
                 if now < ready {
                     return Err(Backoff { key, retry_after: ready - now });
                 }
             }
         }
-        Ok(())
-    }
-
-    /// A wrong password: one more failure for the user and the address.
-    pub fn failed(&mut self, user: &str, address: &str, now: Instant) {
         if self.failures.len() >= MAX_KEYS {
             self.failures.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
         }
@@ -76,12 +73,26 @@ impl LoginGuard {
             f.count = f.count.saturating_add(1);
             f.last = now;
         }
+        Ok(())
     }
 
-    /// A right password: the user's failures are forgotten (the address's are not: one known
-    /// password does not buy guesses at others).
-    pub fn succeeded(&mut self, user: &str) {
+    /// A wrong password: the attempt stays counted, and the wait runs from now (the password's
+    /// hash took its time).
+    pub fn failed(&mut self, user: &str, address: &str, now: Instant) {
+        for (key, _) in Self::keys(user, address) {
+            if let Some(f) = self.failures.get_mut(&key) {
+                f.last = f.last.max(now);
+            }
+        }
+    }
+
+    /// A right password: the user's failures are forgotten, and the address's count loses this
+    /// attempt only (one known password does not buy guesses at others).
+    pub fn succeeded(&mut self, user: &str, address: &str) {
         self.failures.remove(&format!("user {user}"));
+        if let Some(f) = self.failures.get_mut(&format!("address {address}")) {
+            f.count = f.count.saturating_sub(1);
+        }
     }
 }
 
@@ -94,21 +105,22 @@ mod tests {
         let mut g = LoginGuard::default();
         let t0 = Instant::now();
         for _ in 0..FREE_PER_USER {
-            assert!(g.check("ann", "10.0.0.1", t0).is_ok());
+            assert!(g.begin("ann", "10.0.0.1", t0).is_ok());
             g.failed("ann", "10.0.0.1", t0);
         }
-        let b = g.check("ann", "10.0.0.1", t0).unwrap_err();
+        let b = g.begin("ann", "10.0.0.1", t0).unwrap_err();
         assert_eq!((b.key.as_str(), b.retry_after), ("user ann", Duration::from_secs(1)));
-        assert!(g.check("ann", "10.0.0.1", t0 + Duration::from_secs(1)).is_ok());
-        g.failed("ann", "10.0.0.1", t0 + Duration::from_secs(1));
-        assert_eq!(
-            g.check("ann", "10.0.0.1", t0 + Duration::from_secs(1)).unwrap_err().retry_after,
-            Duration::from_secs(2)
-        );
-        // Another user from the same address is not held up by ann's failures (yet).
-        assert!(g.check("bob", "10.0.0.1", t0 + Duration::from_secs(1)).is_ok());
-        g.succeeded("ann");
-        assert!(g.check("ann", "10.0.0.1", t0 + Duration::from_secs(1)).is_ok());
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(g.begin("ann", "10.0.0.1", t1).is_ok());
+        g.failed("ann", "10.0.0.1", t1);
+        assert_eq!(g.begin("ann", "10.0.0.1", t1).unwrap_err().retry_after, Duration::from_secs(2));
+        // Another user from the same address is not held up by ann's failures (yet); bob's right
+        // password forgets bob's attempt, not ann's.
+        assert!(g.begin("bob", "10.0.0.1", t1).is_ok());
+        g.succeeded("bob", "10.0.0.1");
+        assert!(g.begin("ann", "10.0.0.1", t1 + Duration::from_secs(2)).is_ok());
+        g.succeeded("ann", "10.0.0.1");
+        assert!(g.begin("ann", "10.0.0.1", t1 + Duration::from_secs(2)).is_ok());
     }
 
     #[test]
@@ -116,16 +128,27 @@ mod tests {
         let mut g = LoginGuard::default();
         let t0 = Instant::now();
         for i in 0..FREE_PER_ADDRESS {
+            g.begin(&format!("u{i}"), "10.0.0.9", t0).unwrap();
             g.failed(&format!("u{i}"), "10.0.0.9", t0);
         }
-        let b = g.check("someone-else", "10.0.0.9", t0).unwrap_err();
+        let b = g.begin("someone-else", "10.0.0.9", t0).unwrap_err();
         assert_eq!(b.key, "address 10.0.0.9");
-        for _ in 0..40 {
-            g.failed("x", "10.0.0.9", t0);
+        for i in 0..40u64 {
+            g.begin("x", "10.0.0.9", t0 + MAX_WAIT * (i as u32 + 1)).unwrap();
         }
-        assert_eq!(g.check("y", "10.0.0.9", t0).unwrap_err().retry_after, MAX_WAIT);
+        let last = t0 + MAX_WAIT * 40;
+        assert_eq!(g.begin("y", "10.0.0.9", last).unwrap_err().retry_after, MAX_WAIT);
         // Guesses a day at the cap: about 96, where a bucket of 50/s gave millions.
         assert!(Duration::from_secs(86_400).as_secs() / MAX_WAIT.as_secs() < 100);
-        assert!(g.check("y", "10.0.0.9", t0 + FORGET_AFTER + MAX_WAIT).is_ok());
+        assert!(g.begin("y", "10.0.0.9", last + FORGET_AFTER).is_ok());
+    }
+
+    #[test]
+    fn attempts_made_at_once_are_counted_before_any_answer() {
+        // Many guesses sent together: only the free ones are looked at, whatever their answers.
+        let mut g = LoginGuard::default();
+        let t0 = Instant::now();
+        let looked_at = (0..100).filter(|_| g.begin("ann", "10.0.0.2", t0).is_ok()).count();
+        assert_eq!(looked_at, FREE_PER_USER as usize);
     }
 }

@@ -82,7 +82,7 @@ impl Controller {
         let now = std::time::Instant::now();
         // The guard keeps names no longer than a user's can be.
         let user = &crate::audit::cut(user, 64);
-        if let Err(b) = crate::lock(&self.inner.login_guard).check(user, from, now) {
+        if let Err(b) = crate::lock(&self.inner.login_guard).begin(user, from, now) {
             let secs = b.retry_after.as_secs().max(1);
             tracing::warn!(user, from, "login refused: {} is backing off for {secs} s after failed logins", b.key);
             return Err(ControlError::TooManyRequests {
@@ -96,7 +96,7 @@ impl Controller {
             tracing::warn!(user, from, "failed login");
             return Err(ControlError::Unauthorized("wrong user name or password".into()));
         }
-        crate::lock(&self.inner.login_guard).succeeded(user);
+        crate::lock(&self.inner.login_guard).succeeded(user, from);
         self.create_token(user, "login", Some(LOGIN_TTL_MS))
     }
 

@@ -531,7 +531,8 @@ impl Drop for Netns {
     }
 }
 
-fn sh(args: &[&str]) {
+/// Runs a host command; panics, naming it, when it fails.
+pub fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().expect(args[0]);
     assert!(out.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }

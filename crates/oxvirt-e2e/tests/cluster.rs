@@ -164,8 +164,20 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     eprintln!("local-disk migration: {:?}", vm.host_reason);
     assert!(file("b").exists(), "the disk moved");
     wait_gone(&file("a")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let log = String::from_utf8_lossy(&d[1].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
+    // The guest goes on counting there: its console log grows past what it had counted before.
+    let start = Instant::now();
+    let log = loop {
+        let log = String::from_utf8_lossy(&d[1].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
+        if ticks(&log).last().is_some_and(|t| *t > still + 5) {
+            break log;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let vm = d[1].client.get_vm("mover").await.unwrap();
+            let tail: String = log.chars().rev().take(500).collect::<String>().chars().rev().collect();
+            panic!("the guest does not count on host-b: {:?}\n{tail}\n{}", vm.status, d[1].log());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     assert!(log.contains(READY), "the console log goes on from the boot on host-a");
     let t = ticks(&log);
     assert_consecutive(&t, "after host-a -> host-b");

@@ -38,7 +38,36 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
     let t = c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
     assert_eq!(t.state, oxvirt_model::TaskState::Failed);
     assert!(t.error.unwrap().contains("nics[0].bridge: there is no bridge named nosuchbr0"));
-    c.update_vm("bridged", &json!({ "nics": [{ "mode": "bridged", "bridge": br.0 }] })).await.unwrap();
+    // The administrator gives the NIC the address the guest uses on that LAN.
+    c.update_vm("bridged", &json!({ "nics": [{ "mode": "bridged", "bridge": br.0, "ip": "192.0.2.10" }] }))
+        .await
+        .unwrap();
+    // One address, one NIC on a bridge: a second VM cannot hold it too (and nothing is made).
+    let mut twin = kernel_spec("twin", "");
+    twin["nics"] = json!([{ "mode": "bridged", "bridge": br.0, "ip": "192.0.2.10" }]);
+    let err = c.create_vm(&twin, false).await.unwrap_err().to_string();
+    assert!(err.contains("nics[0].ip: 192.0.2.10 is held on bridge") && err.contains("by VM bridged"), "{err}");
+    assert!(c.get_vm("twin").await.is_err());
+    // The LAN beyond the bridge: a namespace of the test's, its end counting who sends to it.
+    let lan = Netns::new("lan");
+    let peer = format!("oxl{}", std::process::id() % 100_000);
+    sh(&["ip", "link", "add", &peer, "type", "veth", "peer", "name", "lan0", "netns", &lan.name]);
+    sh(&["ip", "link", "set", &peer, "master", &br.0]);
+    sh(&["ip", "link", "set", &peer, "up"]);
+    lan.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "lan0"]);
+    lan.run(&["ip", "link", "set", "lan0", "up"]);
+    let lan_mac = lan.run(&["cat", "/sys/class/net/lan0/address"]).trim().to_string();
+    lan.run(&["nft", "add table inet seen"]);
+    lan.run(&["nft", "add chain inet seen in { type filter hook input priority 0; }"]);
+    lan.run(&["nft", "add rule inet seen in ip saddr 192.0.2.10 counter"]);
+    lan.run(&["nft", "add rule inet seen in ip saddr 192.0.2.66 counter"]);
+    let counted = |from: &str| -> u64 {
+        let t = lan.run(&["nft", "list chain inet seen in"]);
+        t.lines()
+            .find(|l| l.contains(&format!("ip saddr {from} ")))
+            .and_then(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
     c.vm_action_wait("bridged", "start", Duration::from_secs(60)).await.unwrap();
     let vm = c.get_vm("bridged").await.unwrap();
     let tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&vm.id, 0);
@@ -53,6 +82,17 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
         .unwrap();
     let chain = String::from_utf8_lossy(&chain.stdout);
     assert!(chain.contains(&format!("ether saddr != {mac} drop")), "{chain}");
+    // ...and to its own address: from it the LAN answers; from another, nothing leaves the host.
+    assert!(chain.contains("ip saddr != 192.0.2.10 drop"), "{chain}");
+    run_in_guest(c, "bridged", "kill $(cat /run/udhcpc.pid); ip addr flush dev eth0; echo U-$((3+4))", "U-7").await;
+    run_in_guest(c, "bridged", &check("ip addr add 192.0.2.10/24 dev eth0; ping -c 1 -W 2 192.0.2.1"), OK).await;
+    assert!(counted("192.0.2.10") > 0);
+    let spoof = format!(
+        "ip addr flush dev eth0; ip addr add 192.0.2.66/24 dev eth0; ip neigh replace 192.0.2.1 lladdr {lan_mac} dev eth0; ping -c 3 -W 1 192.0.2.1"
+    );
+    run_in_guest(c, "bridged", &check(&spoof), NO).await;
+    assert_eq!(counted("192.0.2.66"), 0, "a spoofed packet reached the LAN");
+    run_in_guest(c, "bridged", &check("ip addr flush dev eth0; ip addr add 192.0.2.10/24 dev eth0; ping -c 1 -W 2 192.0.2.1"), OK).await;
     // Two vCPUs: two queue pairs, seen by the guest.
     run_in_guest(c, "bridged", "echo Q-$(ls /sys/class/net/eth0/queues | grep -c rx)", "Q-2").await;
     // The guest's DHCP requests are counted.

@@ -201,8 +201,10 @@ pub struct NicSpec {
     /// For `network`: the oxvirt network the NIC joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    /// The NIC's IPv4 address on its network: asked for (a static lease) or given by oxvirt's
-    /// IPAM at creation.
+    /// The NIC's IPv4 address. On an oxvirt network: asked for (a static lease) or given by
+    /// oxvirt's IPAM at creation. On a host bridge: the address the guest is set up with on that
+    /// LAN, given by the administrator (oxvirt runs no DHCP there) — with it the NIC may send
+    /// from no other address (IP anti-spoofing, as Incus' `security.ipv4_filtering`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<std::net::Ipv4Addr>,
     /// Security groups whose rules filter the NIC's traffic (none: no filtering).
@@ -281,8 +283,16 @@ impl NicSpec {
             (_, Some(_), _) => return Err(ValidationError::new(f("bridge"), "only a bridged NIC joins a bridge")),
             (_, _, Some(_)) => return Err(ValidationError::new(f("network"), "only a network NIC joins a network")),
         }
-        if self.ip.is_some() && self.mode != NicMode::Network {
-            return Err(ValidationError::new(f("ip"), "only a NIC on an oxvirt network gets an address from oxvirt"));
+        if self.ip.is_some() && self.mode == NicMode::User {
+            return Err(ValidationError::new(
+                f("ip"),
+                "a user-mode NIC has no host device to hold to an address (only network and bridged NICs take one)",
+            ));
+        }
+        if let Some(ip) = self.ip {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(ValidationError::new(f("ip"), format!("{ip} is not a host's unicast address")));
+            }
         }
         if self.mode == NicMode::User && (!self.security_groups.is_empty() || !self.qos.is_unlimited()) {
             let which = if self.security_groups.is_empty() { "qos" } else { "security_groups" };

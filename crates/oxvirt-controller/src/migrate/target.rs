@@ -6,8 +6,8 @@ use super::disks::{self, LocalDisk};
 use super::tls::{set_stream_tls, End};
 use crate::cluster::HostRecord;
 use crate::{lock, ControlError, Controller};
-use oxvirt_hypervisor::Instance;
-use oxvirt_model::{Migration, MigrationState};
+use oxvirt_hypervisor::{Instance, RunState};
+use oxvirt_model::{Migration, MigrationState, VmState};
 use oxvirt_store::{Expect, Record, StoreExt};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +50,8 @@ impl Controller {
                         if let Some(text) = &m.console {
                             self.carry_console_over(&m.vm, text.as_bytes());
                         }
-                        self.attach(&m.vm, i.instance);
+                        self.attach(&m.vm, i.instance.clone());
+                        self.make_sure_it_runs(&m.vm, &*i.instance).await;
                     }
                     let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 }
@@ -184,6 +185,23 @@ impl Controller {
             MigrationState::Failed,
             Some("the target's oxvirtd restarted during the migration: undone, the VM runs on the source".into()),
         );
+    }
+
+    /// QEMU starts a guest that arrived only when it could take its disks over (activate them);
+    /// one that could not stays paused, its disks untouched: it is resumed once more here (which
+    /// tries the disks again), and when that fails too the VM shows as paused, with why.
+    async fn make_sure_it_runs(&self, name: &str, instance: &dyn Instance) {
+        match instance.run_state().await {
+            Ok(RunState::Running) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let log = self.qemu_log_tail(name);
+        tracing::warn!(vm = name, "the guest did not start after the migration; resuming it: {log}");
+        if let Err(e) = instance.resume().await {
+            let why = format!("arrived by migration but could not run here: {e} ({log})");
+            tracing::warn!(vm = name, "{why}");
+            self.set_state(name, VmState::Paused, &why);
+        }
     }
 
     /// Removes what this host made for a migration that will not come: the waiting QEMU (its

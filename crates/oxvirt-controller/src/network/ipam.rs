@@ -61,15 +61,13 @@ impl Controller {
             // Nothing to give out or check (and no reason to read every VM).
             return Ok(());
         }
-        let others: Vec<(String, String)> = self
-            .list_vms()?
-            .into_iter()
-            .filter(|v| v.spec.name != vm_name)
-            .flat_map(|v| {
-                let name = v.spec.name.clone();
-                v.spec.nics.into_iter().filter_map(move |n| Some((n.mac?.to_ascii_lowercase(), name.clone())))
-            })
-            .collect();
+        let other_vms: Vec<_> = self.list_vms()?.into_iter().filter(|v| v.spec.name != vm_name).collect();
+        let other_nics = || other_vms.iter().flat_map(|v| v.spec.nics.iter().map(move |n| (n, v.spec.name.clone())));
+        let others: Vec<(String, String)> =
+            other_nics().filter_map(|(n, vm)| Some((n.mac.as_ref()?.to_ascii_lowercase(), vm))).collect();
+        // Addresses held on host bridges (given by an administrator, not leased): one NIC each.
+        let on_bridges: Vec<(String, Ipv4Addr, String)> =
+            other_nics().filter_map(|(n, vm)| Some((n.bridge.clone()?, n.ip?, vm))).collect();
         let groups: HashSet<String> =
             self.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g.spec.name).collect();
         for i in 0..spec.nics.len() {
@@ -113,6 +111,23 @@ impl Controller {
                     return Err(ControlError::invalid(
                         format!("{field}.security_groups[{j}]"),
                         format!("there is no security group named {g}"),
+                    ));
+                }
+            }
+            if let (NicMode::Bridged, Some(bridge), Some(ip)) =
+                (spec.nics[i].mode, spec.nics[i].bridge.clone(), spec.nics[i].ip)
+            {
+                let twice = spec.nics[..i].iter().any(|n| n.bridge.as_deref() == Some(bridge.as_str()) && n.ip == Some(ip));
+                if let Some((_, _, owner)) = on_bridges.iter().find(|(b, a, _)| *b == bridge && *a == ip) {
+                    return Err(ControlError::invalid(
+                        format!("{field}.ip"),
+                        format!("{ip} is held on bridge {bridge} by VM {owner}"),
+                    ));
+                }
+                if twice {
+                    return Err(ControlError::invalid(
+                        format!("{field}.ip"),
+                        format!("{ip} is held on bridge {bridge} by another NIC of this VM"),
                     ));
                 }
             }

@@ -388,7 +388,8 @@ impl Controller {
                     continue;
                 }
                 // Every NIC with a TAP keeps to its own MAC (a bridged one too: it joins a LAN of
-                // the host's); addresses are checked where oxvirt gave them (networks' NICs).
+                // the host's), and to its address where it has one: a network's lease, or the one
+                // an administrator gave a bridged NIC.
                 let rules = (!nic.security_groups.is_empty()).then(|| {
                     nic.security_groups
                         .iter()
