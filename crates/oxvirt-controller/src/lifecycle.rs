@@ -97,12 +97,12 @@ impl Controller {
             Err(e) => return Err(self.start_failed(name, e)),
         };
         spec.resources.placement = placement.clone();
-        spec.run_as = run_as;
+        let launch = oxvirt_hypervisor::Launch { run_as, incoming: None };
         if let Err(e) = self.ksm_for_launch(&mut spec) {
             return Err(self.start_failed(name, e));
         }
         self.update_vm_record(name, |v| v.status.placement = placement.clone());
-        match self.inner.hv.start(&vm.id, &spec, &paths).await {
+        match self.inner.hv.start(&vm.id, &spec, &launch, &paths).await {
             Ok(instance) => {
                 let setup = match self.pin_threads(&vm.id, &spec, &instance, false).await {
                     Ok(()) => apply_setup(&spec, &instance).await.map_err(ControlError::from),
@@ -115,8 +115,7 @@ impl Controller {
                 task.progress(80, "QEMU running");
                 if spec.balloon {
                     // The guest's balloon driver reports its memory figures every 5 s.
-                    let args = serde_json::json!({ "path": "/machine/peripheral/balloon0", "property": "guest-stats-polling-interval", "value": 5 });
-                    if let Err(e) = instance.command("qom-set", args).await {
+                    if let Err(e) = instance.memory().set_balloon_stats_interval(5).await {
                         tracing::debug!(vm = %name, "balloon statistics: {e}");
                     }
                 }

@@ -418,21 +418,13 @@ impl Controller {
             return Err(ControlError::Conflict(format!("VM {name} has no balloon device")));
         }
         let i = self.instance(name)?;
-        let actual =
-            i.command("query-balloon", serde_json::Value::Null).await?["actual"].as_u64().unwrap_or(vm.spec.memory.0);
-        let stats = i
-            .command(
-                "qom-get",
-                serde_json::json!({ "path": "/machine/peripheral/balloon0", "property": "guest-stats" }),
-            )
-            .await
-            .ok();
-        let stat = |k: &str| stats.as_ref().and_then(|s| s["stats"][k].as_i64()).and_then(|v| u64::try_from(v).ok());
+        let actual = i.memory().balloon_actual().await?;
+        let guest = i.memory().guest_memory().await.unwrap_or_default();
         Ok(BalloonView {
             actual,
             memory: vm.spec.memory.0,
-            guest_free: stat("stat-free-memory"),
-            guest_total: stat("stat-total-memory"),
+            guest_free: guest.free,
+            guest_total: guest.total,
             auto: lock(&self.inner.auto_ballooned).contains_key(name),
         })
     }
@@ -449,7 +441,7 @@ impl Controller {
         if !vm.spec.balloon {
             return Err(ControlError::Conflict(format!("VM {name} has no balloon device")));
         }
-        self.instance(name)?.command("balloon", serde_json::json!({ "value": target.0 })).await?;
+        self.instance(name)?.memory().set_balloon(target.0).await?;
         lock(&self.inner.auto_ballooned).remove(name);
         self.balloon(name).await
     }
@@ -476,8 +468,7 @@ impl Controller {
             let mut slack: Vec<(u64, u64, &Vm)> = Vec::new();
             for v in &vms {
                 let Ok(i) = self.instance(&v.spec.name) else { continue };
-                let Ok(b) = i.command("query-balloon", serde_json::Value::Null).await else { continue };
-                let actual = b["actual"].as_u64().unwrap_or(v.spec.memory.0);
+                let Ok(actual) = i.memory().balloon_actual().await else { continue };
                 let floor = v.spec.resources.balloon_min.map(|m| m.0).unwrap_or(actual);
                 if actual > floor {
                     slack.push((actual - floor, actual, v));
@@ -492,7 +483,7 @@ impl Controller {
                 let target = actual - take;
                 let name = &v.spec.name;
                 if let Ok(i) = self.instance(name) {
-                    if i.command("balloon", serde_json::json!({ "value": target })).await.is_ok() {
+                    if i.memory().set_balloon(target).await.is_ok() {
                         tracing::info!(vm = %name, target = %ByteSize(target), "memory pressure: ballooned down");
                         lock(&self.inner.auto_ballooned).insert(name.clone(), target);
                         need -= take;
@@ -507,7 +498,7 @@ impl Controller {
                     continue;
                 };
                 if let Ok(i) = self.instance(&name) {
-                    if i.command("balloon", serde_json::json!({ "value": v.spec.memory.0 })).await.is_ok() {
+                    if i.memory().set_balloon(v.spec.memory.0).await.is_ok() {
                         tracing::info!(vm = %name, "memory pressure over: memory given back");
                         lock(&self.inner.auto_ballooned).remove(&name);
                     }

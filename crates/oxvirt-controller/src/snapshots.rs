@@ -6,11 +6,9 @@
 
 use crate::vms::busy;
 use crate::{now_millis, ControlError, Controller};
-use oxvirt_hypervisor::qemu::cmdline::format_node;
 use oxvirt_model::{parse_volume_ref, validate_name, DiskFormat, Volume, VolumeSnapshot};
 use oxvirt_storage::qemu_img::{self, SnapshotOp};
 use oxvirt_store::StoreExt;
-use serde_json::json;
 
 impl Controller {
     fn snapshot_target(&self, pool: &str, name: &str) -> Result<(Volume, std::path::PathBuf), ControlError> {
@@ -78,12 +76,7 @@ impl Controller {
         let _guard = self.lock_user(&vol)?;
         match self.running_disk(&vol)? {
             Some((instance, id)) => {
-                instance
-                    .command(
-                        "blockdev-snapshot-delete-internal-sync",
-                        json!({ "device": format_node(&id), "name": snap }),
-                    )
-                    .await?;
+                instance.disks().delete_snapshot(&id, snap).await?;
             }
             None => qemu_img::snapshot(SnapshotOp::Delete, &file, snap).await?,
         }
@@ -100,9 +93,7 @@ impl Controller {
         }
         match self.running_disk(vol)? {
             Some((instance, id)) => {
-                instance
-                    .command("blockdev-snapshot-internal-sync", json!({ "device": format_node(&id), "name": snap }))
-                    .await?;
+                instance.disks().snapshot(&id, snap).await?;
             }
             None => qemu_img::snapshot(SnapshotOp::Create, file, snap).await?,
         }
@@ -184,11 +175,8 @@ impl Controller {
             }
             let result = async {
                 if !local.is_empty() {
-                    let actions: Vec<_> = local
-                        .iter()
-                        .map(|(_, id)| json!({ "type": "blockdev-snapshot-internal-sync", "data": { "device": format_node(id), "name": snap } }))
-                        .collect();
-                    instance.command("transaction", json!({ "actions": actions })).await?;
+                    let ids: Vec<String> = local.iter().map(|(_, id)| id.clone()).collect();
+                    instance.disks().snapshot_all(&ids, snap).await?;
                 }
                 let mut taken: Vec<&Volume> = Vec::new();
                 for v in &nbd {
@@ -196,8 +184,7 @@ impl Controller {
                     if let Err(e) = self.take_snapshot(v, &file, snap).await {
                         // All or nothing: take back what this snapshot already made.
                         for (_, id) in &local {
-                            let args = json!({ "device": format_node(id), "name": snap });
-                            let _ = instance.command("blockdev-snapshot-delete-internal-sync", args).await;
+                            let _ = instance.disks().delete_snapshot(id, snap).await;
                         }
                         for t in &taken {
                             let _ = self.drop_snapshot(t, snap).await;

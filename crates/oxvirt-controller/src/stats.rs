@@ -4,22 +4,12 @@
 use crate::host::{meminfo, meminfo_field};
 use crate::{lock, Controller};
 use oxvirt_model::{Pool, PoolUsage, Task, TaskState};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// How old cached figures may be.
 pub const MAX_AGE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Default)]
-pub struct DiskStats {
-    pub id: String,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub read_ops: u64,
-    pub write_ops: u64,
-    pub read_time_ns: u64,
-    pub write_time_ns: u64,
-}
+pub use oxvirt_hypervisor::ops::DiskStats;
 
 /// What monitoring needs of a VM's record (kept small: the cache holds one per VM).
 #[derive(Debug, Clone)]
@@ -106,33 +96,6 @@ fn thread_wait_ns(pid: u32, tid: u64) -> Option<u64> {
 }
 
 /// vCPU thread ids from QMP `query-cpus-fast`.
-pub(crate) fn vcpu_threads(v: &Value) -> Vec<u64> {
-    v.as_array().map(|a| a.iter().filter_map(|c| c.get("thread-id")?.as_u64()).collect()).unwrap_or_default()
-}
-
-/// Disk figures from QMP `query-blockstats`, by device id.
-pub(crate) fn parse_blockstats(v: &Value) -> Vec<DiskStats> {
-    let Some(list) = v.as_array() else { return Vec::new() };
-    list.iter()
-        .filter_map(|d| {
-            // "/machine/peripheral/disk0/virtio-backend" or "/machine/peripheral/disk0".
-            let qdev = d.get("qdev")?.as_str()?;
-            let id = qdev.strip_prefix("/machine/peripheral/")?.split('/').next()?.to_string();
-            let s = d.get("stats")?;
-            let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
-            Some(DiskStats {
-                id,
-                read_bytes: n("rd_bytes"),
-                write_bytes: n("wr_bytes"),
-                read_ops: n("rd_operations"),
-                write_ops: n("wr_operations"),
-                read_time_ns: n("rd_total_time_ns"),
-                write_time_ns: n("wr_total_time_ns"),
-            })
-        })
-        .collect()
-}
-
 impl Controller {
     /// The figures, from a cache no older than [`MAX_AGE`].
     pub async fn stats(&self) -> Stats {
@@ -170,26 +133,19 @@ impl Controller {
                 (cpu, rss) = proc_figures(pid);
                 let instance = lock(&self.inner.slot(&vm.spec.name).instance).clone();
                 if let Some(i) = instance {
-                    if let Ok(v) = i.command("query-blockstats", Value::Null).await {
-                        disks = parse_blockstats(&v);
+                    if let Ok(d) = i.disks().disk_stats().await {
+                        disks = d;
                     }
-                    if let Ok(v) = i.command("query-cpus-fast", Value::Null).await {
+                    if let Ok(threads) = i.vcpu_threads().await {
                         let waits: Vec<u64> =
-                            vcpu_threads(&v).into_iter().filter_map(|t| thread_wait_ns(pid, t)).collect();
+                            threads.into_iter().filter_map(|t| thread_wait_ns(pid, u64::from(t))).collect();
                         if !waits.is_empty() {
                             ready = Some(waits.iter().sum::<u64>() as f64 / 1e9);
                         }
                     }
                     if vm.spec.balloon {
-                        if let Ok(v) = i.command("query-balloon", Value::Null).await {
-                            balloon = v.get("actual").and_then(Value::as_u64);
-                        }
-                        let path =
-                            serde_json::json!({ "path": "/machine/peripheral/balloon0", "property": "guest-stats" });
-                        if let Ok(v) = i.command("qom-get", path).await {
-                            // -1 until the guest has reported.
-                            guest_free = v["stats"]["stat-free-memory"].as_i64().and_then(|f| u64::try_from(f).ok());
-                        }
+                        balloon = i.memory().balloon_actual().await.ok();
+                        guest_free = i.memory().guest_memory().await.ok().and_then(|g| g.free);
                     }
                 }
             }
@@ -230,24 +186,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blockstats_by_device_id() {
-        let v = serde_json::json!([
-            { "device": "", "qdev": "/machine/peripheral/disk0/virtio-backend", "node-name": "disk0-fmt",
-              "stats": { "rd_bytes": 512, "wr_bytes": 1024, "rd_operations": 1, "wr_operations": 2, "rd_total_time_ns": 5, "wr_total_time_ns": 7 } },
-            { "device": "", "qdev": "/machine/peripheral/disk1", "stats": { "rd_bytes": 3 } },
-            { "device": "x", "stats": {} }
-        ]);
-        let d = parse_blockstats(&v);
-        assert_eq!(d.len(), 2);
-        assert_eq!((d[0].id.as_str(), d[0].read_bytes, d[0].write_ops, d[0].write_time_ns), ("disk0", 512, 2, 7));
-        assert_eq!((d[1].id.as_str(), d[1].read_bytes), ("disk1", 3));
-        assert!(parse_blockstats(&serde_json::json!({})).is_empty());
-    }
-
-    #[test]
-    fn vcpu_threads_and_wait() {
-        let v = serde_json::json!([{ "cpu-index": 0, "thread-id": 101 }, { "cpu-index": 1, "thread-id": 102 }, { "cpu-index": 2 }]);
-        assert_eq!(vcpu_threads(&v), [101, 102]);
+    fn thread_wait_of_this_thread() {
         let me = std::process::id();
         assert!(thread_wait_ns(me, me as u64).is_some());
     }

@@ -417,8 +417,7 @@ impl Controller {
         } else {
             match self.running_disk(&vol)? {
                 Some((instance, disk_id)) => {
-                    let node = oxvirt_hypervisor::qemu::cmdline::format_node(&disk_id);
-                    instance.command("block_resize", serde_json::json!({ "node-name": node, "size": size.0 })).await?;
+                    instance.disks().resize(&disk_id, size.0).await?;
                 }
                 None => qemu_img::resize(&file, vol.format, size.0).await?,
             }

@@ -626,6 +626,24 @@ pub fn process_alive(pid: u32) -> bool {
 
 use tokio_tungstenite::tungstenite::Message;
 
+/// Who holds the VM's console socket (the Unix sockets naming its run directory, with their
+/// processes), and the VM's status: for a console that says nothing.
+async fn console_peers(client: &oxvirt_client::Client, vm: &str) -> String {
+    let status = match client.get_vm(vm).await {
+        Ok(v) => format!("{:?} on {:?}, id {}", v.status, v.host, v.id),
+        Err(e) => format!("get {vm}: {e}"),
+    };
+    let id = client.get_vm(vm).await.map(|v| v.id[..13].to_string()).unwrap_or_default();
+    let ss = Command::new("ss").args(["-xap"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let lines: Vec<String> = ss
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !id.is_empty() && l.contains(&id))
+        .map(str::to_string)
+        .collect();
+    format!("VM: {status}\nits sockets:\n{}", lines.join("\n"))
+}
+
 /// Types a command into the guest's console until `want` shows up in what comes back.
 pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &str, want: &str) -> String {
     let mut ws = client.console(vm).await.unwrap();
@@ -636,7 +654,10 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
     let echo = command.chars().take(12).collect::<String>();
     let mut typed: Option<(Instant, usize)> = None;
     while !String::from_utf8_lossy(&seen).contains(want) {
-        assert!(start.elapsed() < Duration::from_secs(120), "{want:?} not seen: {}", String::from_utf8_lossy(&seen));
+        if start.elapsed() > Duration::from_secs(120) {
+            let peers = console_peers(client, vm).await;
+            panic!("{want:?} not seen: {}\n{peers}", String::from_utf8_lossy(&seen));
+        }
         let retype = match typed {
             None => true,
             Some((at, mark)) => {

@@ -230,17 +230,19 @@ async fn live_migration_over_tls_moves_a_guest_and_refuses_plaintext() {
     for f in ["client-cert.pem", "client-key.pem"] {
         std::fs::copy(other.migration_dir().join(f), mixed.join(f)).unwrap();
     }
-    // (With TLS 1.3 the client may finish sending before the server's refusal reaches it: its
-    // own status can say completed. The target is the judge: it refuses and keeps waiting.)
+    // (A small guest's whole stream fits in the socket's buffers: the sender may finish before
+    // the refusal reaches it, and its own status say completed — with TLS 1.3, and in plaintext
+    // too. The target is the judge: it refuses both, says why, and keeps waiting.)
     let q = rogue_migration(dir.path(), &uri, Some(&mixed)).await;
     eprintln!("another CA's stream: {} {}", q["status"], q["error-desc"]);
     let q = rogue_migration(dir.path(), &uri, None).await;
-    assert_eq!(q["status"], "failed", "{q}");
-    eprintln!("plaintext stream: {}", q["error-desc"]);
+    eprintln!("plaintext stream: {} {}", q["status"], q["error-desc"]);
     let vm_id = a.client.get_vm("mover").await.unwrap().id;
     let target_log = std::fs::read_to_string(b.path().join("run").join(&vm_id[..13]).join("qemu.log")).unwrap();
     eprintln!("the target's QEMU said:\n{target_log}");
-    assert!(target_log.matches("TLS").count() + target_log.matches("certificate").count() >= 2, "{target_log}");
+    // One refusal each: two lines on TLS or certificates.
+    let refusals = target_log.lines().filter(|l| l.contains("TLS") || l.contains("certificate")).count();
+    assert!(refusals >= 2, "{target_log}");
     assert!(process_alive(target as u32), "the target's QEMU should keep waiting:\n{}", b.log());
     assert_eq!(store.get_record::<oxvirt_model::Migration>("mover").unwrap().unwrap().0.state, ready.state);
     // The would-be migration ends; host-b removes its side.

@@ -5,6 +5,7 @@
 //! driver beside [`qemu`]. The accelerator choice (KVM or TCG) is in [`accel`].
 
 pub mod accel;
+pub mod ops;
 pub mod qemu;
 
 use oxvirt_model::VmSpec;
@@ -14,6 +15,18 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use accel::{Accel, AccelDecision};
+pub use ops::{DiskOps, MemoryOps, MigrationOps};
+
+/// How one start of a guest goes, beside what the guest is (its `VmSpec`): set by the control
+/// plane for that start, never stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launch {
+    /// The uid and gid the hypervisor process runs the guest as (`None`: root).
+    pub run_as: Option<(u32, u32)>,
+    /// For a guest that arrives by migration: where its process waits for it (`tcp:HOST:PORT`,
+    /// or `defer` to be told later).
+    pub incoming: Option<String>,
+}
 
 /// Where one VM's runtime files live: sockets, pidfile, console log. One directory per VM.
 #[derive(Debug, Clone)]
@@ -123,7 +136,13 @@ pub trait Hypervisor: Send + Sync {
     /// The accelerator a VM asking for `auto` gets, and why.
     fn accel(&self) -> &AccelDecision;
     /// Starts a guest. The guest outlives this process: it runs in its own session.
-    async fn start(&self, id: &str, spec: &VmSpec, paths: &RuntimePaths) -> Result<Arc<dyn Instance>, HvError>;
+    async fn start(
+        &self,
+        id: &str,
+        spec: &VmSpec,
+        launch: &Launch,
+        paths: &RuntimePaths,
+    ) -> Result<Arc<dyn Instance>, HvError>;
     /// Removes what the host keeps for a guest whose process is gone (its cgroups): for guests
     /// that exited while nobody watched them.
     fn cleanup(&self, id: &str);
@@ -183,6 +202,10 @@ pub trait Instance: Send + Sync {
     async fn unplug_nic(&self, nic: &oxvirt_model::NicSpec, timeout: Duration) -> Result<(), HvError>;
     /// The host thread ids of the vCPUs, in vCPU order.
     async fn vcpu_threads(&self) -> Result<Vec<u32>, HvError>;
-    /// A raw hypervisor command, for features that have no method yet.
-    async fn command(&self, name: &str, args: serde_json::Value) -> Result<serde_json::Value, HvError>;
+    /// Its disks' snapshots, sizes and figures.
+    fn disks(&self) -> &dyn DiskOps;
+    /// Its memory, through the balloon.
+    fn memory(&self) -> &dyn MemoryOps;
+    /// Its live migration, either end.
+    fn migration(&self) -> &dyn MigrationOps;
 }

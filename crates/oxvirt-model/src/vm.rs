@@ -50,13 +50,6 @@ pub struct VmSpec {
     /// The VM's share of the host: CPU weight, cap, pinning, memory limit, NUMA, huge pages...
     #[serde(default)]
     pub resources: crate::Resources,
-    /// The uid and gid QEMU gives root up for, filled in by the controller when it starts the
-    /// VM. Not stored.
-    #[serde(skip)]
-    pub run_as: Option<(u32, u32)>,
-    /// For a QEMU started to receive a migration: where it listens (`tcp:HOST:PORT`). Not stored.
-    #[serde(skip)]
-    pub incoming: Option<String>,
 }
 
 fn yes() -> bool {

@@ -1,6 +1,8 @@
-//! QEMU plumbing: the QMP client ([`qmp`]) and daemonized QEMU processes ([`process`]), used by
+//! QEMU plumbing: the QMP client ([`qmp`]), its typed vocabulary ([`commands`]) and daemonized
+//! QEMU processes ([`process`]), used by
 //! the hypervisor driver (qemu-system) and the storage layer (qemu-storage-daemon) alike.
 
+pub mod commands;
 pub mod identity;
 pub mod process;
 pub mod qmp;

@@ -6,9 +6,10 @@
 
 use crate::StorageError;
 use oxvirt_model::DiskFormat;
+use oxvirt_qemu::commands::{block, nbd, run};
 use oxvirt_qemu::process::{self, Pidfd};
 use oxvirt_qemu::qmp::Qmp;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,11 +120,7 @@ impl ExportDaemon {
     }
 
     async fn exports(&self) -> Result<Vec<String>, StorageError> {
-        let list = self.qmp.execute("query-block-exports", Value::Null).await.map_err(qerr)?;
-        Ok(list
-            .as_array()
-            .map(|a| a.iter().filter_map(|e| e["id"].as_str().map(String::from)).collect())
-            .unwrap_or_default())
+        nbd::query_block_exports(&self.qmp).await.map_err(qerr)
     }
 
     /// Serves volume `name` (its image `file`) as the NBD export `name`; does nothing if it is served.
@@ -149,26 +146,15 @@ impl ExportDaemon {
         if shared {
             node["locking"] = json!("off");
         }
-        q.execute("blockdev-add", node).await.map_err(qerr)?;
-        if let Err(e) = q
-            .execute(
-                "blockdev-add",
-                json!({ "driver": format.as_str(), "file": file_node(name), "node-name": format_node(name) }),
-            )
-            .await
-        {
-            let _ = q.execute("blockdev-del", json!({ "node-name": file_node(name) })).await;
+        block::blockdev_add(q, node).await.map_err(qerr)?;
+        let fmt = json!({ "driver": format.as_str(), "file": file_node(name), "node-name": format_node(name) });
+        if let Err(e) = block::blockdev_add(q, fmt).await {
+            let _ = block::blockdev_del(q, &file_node(name)).await;
             return Err(qerr(e));
         }
-        let added = q
-            .execute(
-                "block-export-add",
-                json!({ "type": "nbd", "id": name, "node-name": format_node(name), "name": name, "writable": true }),
-            )
-            .await;
-        if let Err(e) = added {
-            let _ = q.execute("blockdev-del", json!({ "node-name": format_node(name) })).await;
-            let _ = q.execute("blockdev-del", json!({ "node-name": file_node(name) })).await;
+        if let Err(e) = nbd::block_export_add(q, name, &format_node(name), name, true).await {
+            let _ = block::blockdev_del(q, &format_node(name)).await;
+            let _ = block::blockdev_del(q, &file_node(name)).await;
             return Err(qerr(e));
         }
         Ok(())
@@ -179,41 +165,26 @@ impl ExportDaemon {
         if !self.exports().await?.iter().any(|e| e == name) {
             return Ok(());
         }
-        let mut events = self.qmp.subscribe();
-        self.qmp.execute("block-export-del", json!({ "id": name, "mode": "hard" })).await.map_err(qerr)?;
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(e) = events.recv().await {
-                if e.name == "BLOCK_EXPORT_DELETED" && e.data["id"] == name {
-                    break;
-                }
-            }
-        })
-        .await;
-        self.qmp.execute("blockdev-del", json!({ "node-name": format_node(name) })).await.map_err(qerr)?;
-        self.qmp.execute("blockdev-del", json!({ "node-name": file_node(name) })).await.map_err(qerr)?;
+        nbd::block_export_del(&self.qmp, name, Duration::from_secs(10)).await.map_err(qerr)?;
+        block::blockdev_del(&self.qmp, &format_node(name)).await.map_err(qerr)?;
+        block::blockdev_del(&self.qmp, &file_node(name)).await.map_err(qerr)?;
         Ok(())
     }
 
     /// An internal snapshot of a served qcow2 volume, taken by the daemon that has it open.
     pub async fn snapshot(&self, name: &str, snapshot: &str) -> Result<(), StorageError> {
-        self.qmp
-            .execute("blockdev-snapshot-internal-sync", json!({ "device": format_node(name), "name": snapshot }))
-            .await
-            .map_err(qerr)?;
+        block::snapshot_internal(&self.qmp, &format_node(name), snapshot).await.map_err(qerr)?;
         Ok(())
     }
 
     pub async fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<(), StorageError> {
-        self.qmp
-            .execute("blockdev-snapshot-delete-internal-sync", json!({ "device": format_node(name), "name": snapshot }))
-            .await
-            .map_err(qerr)?;
+        block::snapshot_delete_internal(&self.qmp, &format_node(name), snapshot).await.map_err(qerr)?;
         Ok(())
     }
 
     /// Ends the daemon (for tests and pool deletion).
     pub async fn stop(&self) {
-        let _ = self.qmp.execute("quit", Value::Null).await;
+        let _ = run::quit(&self.qmp, self.qmp.timeout).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.pidfd.exited()).await;
         let _ = self.pidfd.signal(libc::SIGKILL);
     }

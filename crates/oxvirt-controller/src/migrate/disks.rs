@@ -1,14 +1,12 @@
 //! Local disks during a migration: the target serves the empty copies it made over NBD, the
-//! source mirrors each disk into them while the guest runs (`blockdev-mirror`, writes blocking
-//! once in sync) and, with the guest paused before the switch-over, finishes the mirrors so that
-//! the target has every block before it runs the guest.
+//! source mirrors each disk into them while the guest runs (writes blocking once in sync) and,
+//! with the guest paused before the switch-over, finishes the mirrors so that the target has
+//! every block before it runs the guest.
 
-use super::tls::{with_creds, End};
 use crate::{ControlError, Controller};
-use oxvirt_hypervisor::qemu::cmdline::format_node;
+use oxvirt_hypervisor::ops::MirrorJob;
 use oxvirt_hypervisor::Instance;
 use oxvirt_model::{parse_volume_ref, DiskFormat, VmSpec};
-use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,11 +23,6 @@ pub(crate) struct LocalDisk {
 /// `host` and `port` of an NBD address `host:port`.
 fn split_address(addr: &str) -> Result<(&str, &str), ControlError> {
     addr.rsplit_once(':').ok_or_else(|| ControlError::Conflict(format!("a bad NBD address {addr:?}")))
-}
-
-/// The node and job names of one disk's mirror on the source.
-fn mirror_name(disk: &str) -> String {
-    format!("migrate-{disk}")
 }
 
 impl Controller {
@@ -103,23 +96,14 @@ pub(crate) async fn serve(
     tls: bool,
 ) -> Result<(), ControlError> {
     let (host, port) = split_address(addr)?;
-    // nbd-server-start takes the legacy address form (the data nested).
-    let addr = json!({ "type": "inet", "data": { "host": host, "port": port } });
-    instance.command("nbd-server-start", with_creds(json!({ "addr": addr }), tls, End::Target)).await?;
-    for d in disks {
-        let export = json!({
-            "type": "nbd", "id": mirror_name(&d.id), "node-name": format_node(&d.id),
-            "name": d.id, "writable": true,
-        });
-        instance.command("block-export-add", export).await?;
-    }
-    Ok(())
+    let ids: Vec<String> = disks.iter().map(|d| d.id.clone()).collect();
+    Ok(instance.migration().serve_disks(host, port, &ids, tls).await?)
 }
 
 /// Target, once the VM is here: the exports go.
 pub(crate) async fn stop_serving(instance: &dyn Instance) {
-    if let Err(e) = instance.command("nbd-server-stop", Value::Null).await {
-        tracing::warn!("nbd-server-stop: {e}");
+    if let Err(e) = instance.migration().stop_serving_disks().await {
+        tracing::warn!("stop serving the disk copies: {e}");
     }
 }
 
@@ -133,45 +117,15 @@ pub(crate) async fn start_mirrors(
 ) -> Result<(), ControlError> {
     let (host, port) = split_address(nbd)?;
     for d in disks {
-        let name = mirror_name(&d.id);
-        let node = json!({
-            "driver": "nbd", "node-name": name, "export": d.id,
-            "server": { "type": "inet", "host": host, "port": port },
-        });
-        let node = with_creds(node, tls, End::Source);
-        instance.command("blockdev-add", node).await?;
-        let job = json!({
-            "job-id": name, "device": format_node(&d.id), "target": name, "sync": "full",
-            "copy-mode": "write-blocking", "auto-dismiss": true,
-        });
-        instance.command("blockdev-mirror", job).await?;
+        instance.migration().mirror_disk(&d.id, host, port, tls).await?;
     }
     Ok(())
 }
 
-/// Our mirror jobs as QEMU reports them: (job id, ready, bytes done, bytes to do).
-async fn mirror_jobs(
-    instance: &dyn Instance,
-    disks: &[LocalDisk],
-) -> Result<Vec<(String, bool, u64, u64)>, ControlError> {
-    let ours: Vec<String> = disks.iter().map(|d| mirror_name(&d.id)).collect();
-    let jobs: Value = instance.command("query-block-jobs", Value::Null).await?;
-    Ok(jobs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|j| {
-            let id = j["device"].as_str()?.to_string();
-            ours.contains(&id).then(|| {
-                (
-                    id,
-                    j["ready"].as_bool().unwrap_or(false),
-                    j["offset"].as_u64().unwrap_or(0),
-                    j["len"].as_u64().unwrap_or(0),
-                )
-            })
-        })
-        .collect())
+/// The mirrors of these disks that still run.
+async fn mirror_jobs(instance: &dyn Instance, disks: &[LocalDisk]) -> Result<Vec<MirrorJob>, ControlError> {
+    let jobs = instance.migration().mirror_jobs().await?;
+    Ok(jobs.into_iter().filter(|j| disks.iter().any(|d| d.id == j.disk_id)).collect())
 }
 
 /// Source: waits until every mirror is in sync, reporting (done, total) bytes as it goes.
@@ -187,9 +141,9 @@ pub(crate) async fn wait_in_sync(
                 "a disk mirror stopped before it was in sync (the target went away?)".into(),
             ));
         }
-        let (done, total) = jobs.iter().fold((0, 0), |(a, b), j| (a + j.2, b + j.3));
+        let (done, total) = jobs.iter().fold((0, 0), |(a, b), j| (a + j.done, b + j.total));
         progress(done, total);
-        if jobs.iter().all(|j| j.1) {
+        if jobs.iter().all(|j| j.ready) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -197,11 +151,11 @@ pub(crate) async fn wait_in_sync(
 }
 
 /// Source, guest paused before the switch-over: ends each mirror once it has written
-/// everything (a mirror in sync that is cancelled completes its copy and leaves the guest on
+/// everything (a mirror in sync that is ended completes its copy and leaves the guest on
 /// its own disk).
 pub(crate) async fn finish_mirrors(instance: &dyn Instance, disks: &[LocalDisk]) -> Result<(), ControlError> {
     for d in disks {
-        instance.command("block-job-cancel", json!({ "device": mirror_name(&d.id) })).await?;
+        instance.migration().end_mirror(&d.id, false).await?;
     }
     for _ in 0..600 {
         if mirror_jobs(instance, disks).await?.is_empty() {
@@ -216,7 +170,7 @@ pub(crate) async fn finish_mirrors(instance: &dyn Instance, disks: &[LocalDisk])
 /// with its own disks, which the mirrors never changed).
 pub(crate) async fn abandon_mirrors(instance: &dyn Instance, disks: &[LocalDisk]) {
     for d in disks {
-        let _ = instance.command("block-job-cancel", json!({ "device": mirror_name(&d.id), "force": true })).await;
+        let _ = instance.migration().end_mirror(&d.id, true).await;
     }
     for _ in 0..100 {
         if mirror_jobs(instance, disks).await.map(|j| j.is_empty()).unwrap_or(true) {
@@ -225,6 +179,6 @@ pub(crate) async fn abandon_mirrors(instance: &dyn Instance, disks: &[LocalDisk]
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for d in disks {
-        let _ = instance.command("blockdev-del", json!({ "node-name": mirror_name(&d.id) })).await;
+        let _ = instance.migration().drop_mirror_target(&d.id).await;
     }
 }

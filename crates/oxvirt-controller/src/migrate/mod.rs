@@ -18,10 +18,10 @@ pub(crate) use target::Incoming;
 use crate::tasks::TaskHandle;
 use crate::vms::busy;
 use crate::{lock, now_millis, ControlError, Controller};
+use oxvirt_hypervisor::ops::{MigrationInfo, MigrationStatus, SendOptions, StreamEnd};
 use oxvirt_hypervisor::Instance;
 use oxvirt_model::{MigrateRequest, Migration, MigrationState, Task, Vm, VmState};
 use oxvirt_store::{encode, Expect, Op, Record, StoreExt};
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,18 @@ const CONSOLE_HANDOVER: u64 = 256 << 10;
 /// The source carries on: no migration, no mirrors, the guest running again (QEMU resumes a guest
 /// it paused for the switch-over only when it got that far).
 async fn undo_on_source(instance: &dyn Instance, local: &[disks::LocalDisk]) {
-    let _ = instance.command("migrate_cancel", Value::Null).await;
+    let _ = instance.migration().cancel().await;
     disks::abandon_mirrors(instance, local).await;
-    let _ = instance.command("cont", Value::Null).await;
+    let _ = instance.resume().await;
+}
+
+/// How a migration went, as the source saw it.
+struct Sent {
+    info: MigrationInfo,
+    /// It switched to post-copy.
+    postcopy: bool,
+    /// The most auto-converge slowed the vCPUs down, in percent.
+    throttled: u64,
 }
 
 impl Controller {
@@ -148,8 +157,8 @@ impl Controller {
         let local = self.local_disks(&vm.spec)?;
         let instance = self.instance(name)?;
         let mut postcopy_started = false;
-        let info = match self.send(&*instance, req, &ready, &local, task, &mut postcopy_started).await {
-            Ok(info) => info,
+        let sent = match self.send(&*instance, req, &ready, &local, task, &mut postcopy_started).await {
+            Ok(sent) => sent,
             Err(e) if postcopy_started => {
                 // Past the switch to post-copy the guest's newest memory is on the target: the
                 // source's is stale and must never run again.
@@ -163,7 +172,7 @@ impl Controller {
                 return Err(e);
             }
         };
-        self.finish_on_source(&vm, &req.to, &instance, &local, &info).await
+        self.finish_on_source(&vm, &req.to, &instance, &local, &sent).await
     }
 
     /// The guest runs on the target now: the VM record follows (in one transaction with the
@@ -174,23 +183,22 @@ impl Controller {
         to: &str,
         instance: &Arc<dyn Instance>,
         local: &[disks::LocalDisk],
-        info: &Value,
+        sent: &Sent,
     ) -> Result<String, ControlError> {
         let name = vm.spec.name.as_str();
         let my_files: Vec<_> = local.iter().map(|d| self.local_disk_file(d)).collect::<Result<_, _>>()?;
-        let total = info["total-time"].as_u64().unwrap_or(0);
-        let downtime = info["downtime"].as_u64().unwrap_or(0);
+        let (total, downtime) = (sent.info.total_time_ms, sent.info.downtime_ms);
         let console = self.console_log(name, CONSOLE_HANDOVER).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
         let mut tries = 0;
         let mut how = format!("{total} ms in all, paused {downtime} ms");
         if !local.is_empty() {
             how += &format!(", {} local disk(s) copied", local.len());
         }
-        if info["oxvirt"]["postcopy"] == true {
+        if sent.postcopy {
             how += ", finished by post-copy";
         }
-        if let Some(t) = info["oxvirt"]["throttled"].as_u64().filter(|t| *t > 0) {
-            how += &format!(", vCPUs slowed by up to {t}% (auto-converge)");
+        if sent.throttled > 0 {
+            how += &format!(", vCPUs slowed by up to {}% (auto-converge)", sent.throttled);
         }
         while let Err(e) = self.hand_over(name, to, local, &how, console.clone()) {
             // The guest runs on the target already: the record must follow, never the guest go back.
@@ -216,7 +224,7 @@ impl Controller {
         Ok(format!("on {to} now: {how}"))
     }
 
-    /// Sends the guest (and its local disks) to the target; returns QEMU's final `query-migrate`.
+    /// Sends the guest (and its local disks) to the target; says how it went.
     async fn send(
         &self,
         instance: &dyn oxvirt_hypervisor::Instance,
@@ -225,11 +233,11 @@ impl Controller {
         local: &[disks::LocalDisk],
         task: &TaskHandle,
         postcopy_started: &mut bool,
-    ) -> Result<Value, ControlError> {
+    ) -> Result<Sent, ControlError> {
         let uri = ready.uri.clone().unwrap_or_default();
         if self.migration_tls() {
             // First: a QEMU without the credentials fails here, before any disk is mirrored.
-            tls::set_stream_tls(instance, tls::End::Source).await?;
+            tls::set_stream_tls(instance, StreamEnd::Source).await?;
         }
         let mem_from = if local.is_empty() {
             10
@@ -246,49 +254,39 @@ impl Controller {
             tracing::info!(to = %req.to, ms = ready.created_at.abs_diff(crate::now_millis()), "migration: the disks are in sync");
             40
         };
-        let caps = json!({ "capabilities": [
-            { "capability": "auto-converge", "state": req.auto_converge },
-            { "capability": "postcopy-ram", "state": req.postcopy },
-            { "capability": "pause-before-switchover", "state": !local.is_empty() },
-        ]});
-        instance.command("migrate-set-capabilities", caps).await?;
-        // Every parameter is set each time: QEMU keeps those of an earlier migration (a slow one
-        // that failed would otherwise throttle the next).
-        let bandwidth = if req.bandwidth_mibs > 0 { req.bandwidth_mibs << 20 } else { 1 << 40 };
-        let params = json!({ "downtime-limit": req.downtime_ms, "max-bandwidth": bandwidth });
-        instance.command("migrate-set-parameters", params).await?;
+        let options = SendOptions {
+            auto_converge: req.auto_converge,
+            postcopy: req.postcopy,
+            pause_before_switchover: !local.is_empty(),
+            downtime_ms: req.downtime_ms,
+            max_bandwidth: req.bandwidth_mibs << 20,
+        };
         task.progress(mem_from, &format!("sending memory to {} ({uri})", req.to));
-        instance.command("migrate", json!({ "uri": uri })).await?;
+        instance.migration().send(&uri, &options).await?;
         let begun = Instant::now();
         let mut throttled = 0;
         loop {
             tokio::time::sleep(Duration::from_millis(if local.is_empty() { 200 } else { 20 })).await;
-            let q: Value = instance.command("query-migrate", Value::Null).await?;
-            match q["status"].as_str().unwrap_or("") {
-                "completed" => {
-                    let mut q = q;
-                    q["oxvirt"] = json!({ "postcopy": *postcopy_started, "throttled": throttled });
-                    return Ok(q);
-                }
-                "failed" | "cancelled" => {
-                    let why = q["error-desc"].as_str().unwrap_or("QEMU gave up").to_string();
+            let info = instance.migration().migration_info().await?;
+            match &info.status {
+                MigrationStatus::Completed => return Ok(Sent { info, postcopy: *postcopy_started, throttled }),
+                MigrationStatus::Failed(why) => {
                     return Err(ControlError::Conflict(format!("migration failed: {why}")));
                 }
                 // The guest is paused, its memory almost all there: the disks' last writes go
                 // before the switch-over.
-                "pre-switchover" => {
+                MigrationStatus::PreSwitchover => {
                     disks::finish_mirrors(instance, local).await?;
-                    instance.command("migrate-continue", json!({ "state": "pre-switchover" })).await?;
+                    instance.migration().continue_switchover().await?;
                 }
-                _ => {
-                    let (sent, total) =
-                        (q["ram"]["transferred"].as_u64().unwrap_or(0), q["ram"]["total"].as_u64().unwrap_or(1));
+                MigrationStatus::None | MigrationStatus::Active(_) => {
+                    let (sent, total) = (info.ram_transferred, info.ram_total.max(1));
                     let span = 95 - u64::from(mem_from);
-                    let pct = (u64::from(mem_from) + sent.saturating_mul(span) / total.max(1)).min(95) as u8;
+                    let pct = (u64::from(mem_from) + sent.saturating_mul(span) / total).min(95) as u8;
                     task.progress(pct, &format!("sent {} MiB of {} MiB of memory", sent >> 20, total >> 20));
-                    throttled = throttled.max(q["cpu-throttle-percentage"].as_u64().unwrap_or(0));
+                    throttled = throttled.max(info.cpu_throttle_percentage);
                     if req.postcopy && !*postcopy_started && begun.elapsed() > Duration::from_secs(5) {
-                        *postcopy_started = instance.command("migrate-start-postcopy", Value::Null).await.is_ok();
+                        *postcopy_started = instance.migration().start_postcopy().await.is_ok();
                         if *postcopy_started {
                             task.progress(pct, "switched to post-copy: the guest runs on the target");
                         }
@@ -333,9 +331,10 @@ impl Controller {
             return;
         };
         let local = self.local_disks(&vm.spec).unwrap_or_default();
-        let info = instance.command("query-migrate", Value::Null).await.unwrap_or_default();
-        if info["status"] == "completed" {
-            match self.finish_on_source(&vm, &m.target, &instance, &local, &info).await {
+        let info = instance.migration().migration_info().await.ok();
+        if let Some(info) = info.filter(|i| i.status == MigrationStatus::Completed) {
+            let sent = Sent { info, postcopy: false, throttled: 0 };
+            match self.finish_on_source(&vm, &m.target, &instance, &local, &sent).await {
                 Ok(done) => tracing::info!(vm = %m.vm, "a migration finished while oxvirtd was away: {done}"),
                 Err(e) => tracing::error!(vm = %m.vm, "a migration that finished while oxvirtd was away: {e}"),
             }

@@ -3,9 +3,10 @@
 //! remove what a failed migration left here.
 
 use super::disks::{self, LocalDisk};
-use super::tls::{set_stream_tls, End};
+use super::tls::set_stream_tls;
 use crate::cluster::HostRecord;
 use crate::{lock, ControlError, Controller};
+use oxvirt_hypervisor::ops::StreamEnd;
 use oxvirt_hypervisor::{Instance, RunState};
 use oxvirt_model::{Migration, MigrationState, VmState};
 use oxvirt_store::{Expect, Record, StoreExt};
@@ -138,13 +139,12 @@ impl Controller {
         let ready = async {
             if tls {
                 // The QEMU waits (`-incoming defer`) until the stream must be TLS, then listens.
-                set_stream_tls(&*instance, End::Target).await?;
-                instance.command("migrate-incoming", serde_json::json!({ "uri": uri })).await?;
+                set_stream_tls(&*instance, StreamEnd::Target).await?;
+                instance.migration().listen(&uri).await?;
             }
             if m.postcopy {
                 // Post-copy needs the capability on both ends.
-                let caps = serde_json::json!({ "capabilities": [{ "capability": "postcopy-ram", "state": true }] });
-                instance.command("migrate-set-capabilities", caps).await?;
+                instance.migration().accept_postcopy().await?;
             }
             if let Some(addr) = &nbd {
                 disks::serve(&*instance, addr, &local, tls).await?;
@@ -220,10 +220,12 @@ impl Controller {
         let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
         self.ksm_for_launch(&mut spec)?;
         spec.resources.placement = None;
-        spec.run_as = self.run_as(&vm.spec.name)?;
-        // With TLS: listening waits for the stream's credentials (set over QMP, `receive`).
-        spec.incoming = Some(if self.migration_tls() { "defer".to_string() } else { uri.to_string() });
-        Ok(self.inner.hv.start(&vm.id, &spec, &self.inner.paths(&vm.id)).await?)
+        let launch = oxvirt_hypervisor::Launch {
+            run_as: self.run_as(&vm.spec.name)?,
+            // With TLS: listening waits for the stream's credentials (set over QMP, `receive`).
+            incoming: Some(if self.migration_tls() { "defer".to_string() } else { uri.to_string() }),
+        };
+        Ok(self.inner.hv.start(&vm.id, &spec, &launch, &self.inner.paths(&vm.id)).await?)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Migration over TLS (`store.migration_tls_dir`): both ends' QEMUs hold the cluster's
-//! credentials from their start (`TLS_SERVER_CREDS`, `TLS_CLIENT_CREDS`); the target listens and
+//! credentials from their start (server and client); the target listens and
 //! serves the disk copies with the server's, which require a client certificate of the cluster's
 //! CA, and the source sends and mirrors with the client's, checking the target's certificate
 //! against the target's address. Hosts with and without it do not migrate to each other: that
@@ -7,25 +7,8 @@
 
 use crate::cluster::HostRecord;
 use crate::{ControlError, Controller};
-use oxvirt_hypervisor::qemu::cmdline::{TLS_CLIENT_CREDS, TLS_SERVER_CREDS};
+use oxvirt_hypervisor::ops::StreamEnd;
 use oxvirt_hypervisor::Instance;
-use serde_json::json;
-
-/// Which end of a migration a QEMU is.
-#[derive(Clone, Copy)]
-pub(crate) enum End {
-    Source,
-    Target,
-}
-
-impl End {
-    fn creds(self) -> &'static str {
-        match self {
-            End::Source => TLS_CLIENT_CREDS,
-            End::Target => TLS_SERVER_CREDS,
-        }
-    }
-}
 
 impl Controller {
     /// Whether this host's migrations go over TLS.
@@ -51,23 +34,8 @@ impl Controller {
 }
 
 /// The migration stream of `instance` goes over TLS with its end's credentials (set before
-/// anything is sent on the source, before `migrate-incoming` on the target). A QEMU started
-/// before the host had migration TLS has no credentials: it cannot migrate until it restarts.
-pub(crate) async fn set_stream_tls(instance: &dyn Instance, end: End) -> Result<(), ControlError> {
-    instance.command("migrate-set-parameters", json!({ "tls-creds": end.creds() })).await.map_err(|e| {
-        ControlError::Conflict(format!(
-            "migration over TLS: this VM's QEMU has no TLS credentials {} (started before store.migration_tls_dir was set? stop and start it): {e}",
-            end.creds()
-        ))
-    })?;
-    Ok(())
-}
-
-/// Adds the credentials to a QMP command's arguments when TLS is on (`nbd-server-start` on the
-/// target, the NBD `blockdev-add` on the source).
-pub(crate) fn with_creds(mut args: serde_json::Value, tls: bool, end: End) -> serde_json::Value {
-    if tls {
-        args["tls-creds"] = json!(end.creds());
-    }
-    args
+/// anything is sent on the source, before it listens on the target). A QEMU started before the
+/// host had migration TLS has no credentials: it cannot migrate until it restarts.
+pub(crate) async fn set_stream_tls(instance: &dyn Instance, end: StreamEnd) -> Result<(), ControlError> {
+    instance.migration().use_tls(end).await.map_err(|e| ControlError::Conflict(e.to_string()))
 }

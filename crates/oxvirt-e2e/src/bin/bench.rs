@@ -72,7 +72,7 @@ async fn start_overhead() {
         // Direct.
         let _ = std::fs::remove_file(paths.console_log());
         let t0 = Instant::now();
-        raw_qemu(&driver, &vm.id, &vm.spec, &paths);
+        raw_qemu(&driver, &vm.id, &vm.spec, None, &paths);
         let _ = wait_file_marker(&paths.console_log(), BOOT_TIMEOUT);
         direct.push(t0.elapsed());
         kill_pidfile(&paths.pidfile());
@@ -642,9 +642,7 @@ async fn migration() {
         let id = format!("{:08x}-0000-0000-0000-00000000000{round}", std::process::id());
         let (src, dst) = raw_source(&driver, dir.path(), &id, round, &spec);
         let port = free_port();
-        let mut incoming = spec.clone();
-        incoming.incoming = Some(format!("tcp:127.0.0.1:{port}"));
-        raw_qemu(&driver, &id, &incoming, &dst);
+        raw_qemu(&driver, &id, &spec, Some(format!("tcp:127.0.0.1:{port}")), &dst);
         let qmp = oxvirt_qemu::qmp::Qmp::connect(&src.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
         raw.push(raw_migration(&qmp, &format!("tcp:127.0.0.1:{port}")).await);
         kill_pidfile(&src.pidfile());
@@ -767,8 +765,9 @@ fn tcg_driver() -> QemuDriver {
 /// A raw (unmanaged) QEMU of `spec` in `paths`: the driver's own argv, daemonized by QEMU itself
 /// (so it hands back once initialised, listening for a migration too) — which needs `spawn`
 /// allowed in its sandbox; found later by its pidfile.
-fn raw_qemu(driver: &QemuDriver, id: &str, spec: &oxvirt_model::VmSpec, paths: &RuntimePaths) {
-    let mut args = driver.args(id, spec, paths);
+fn raw_qemu(driver: &QemuDriver, id: &str, spec: &oxvirt_model::VmSpec, incoming: Option<String>, paths: &RuntimePaths) {
+    let launch = oxvirt_hypervisor::Launch { run_as: None, incoming };
+    let mut args = driver.args(id, spec, &launch, paths);
     for a in args.iter_mut().filter(|a| a.contains("spawn=deny")) {
         *a = a.replace(",spawn=deny", "");
     }
@@ -790,7 +789,7 @@ fn raw_source(
     for p in [&src, &dst] {
         std::fs::create_dir_all(p.dir()).expect("dir");
     }
-    raw_qemu(driver, id, spec, &src);
+    raw_qemu(driver, id, spec, None, &src);
     wait_file_marker(&src.console_log(), BOOT_TIMEOUT);
     (src, dst)
 }
@@ -914,9 +913,8 @@ async fn local_disk_migration() {
         let id = format!("{:08x}-0000-0000-0001-00000000000{round}", std::process::id());
         let (src, dst) = raw_source(&driver, dir.path(), &id, round, &spec);
         let (port, nbd) = (free_port(), free_port());
-        incoming.incoming = Some(format!("tcp:127.0.0.1:{port}"));
         let began = Instant::now();
-        raw_qemu(&driver, &id, &incoming, &dst);
+        raw_qemu(&driver, &id, &incoming, Some(format!("tcp:127.0.0.1:{port}")), &dst);
         let sq = oxvirt_qemu::qmp::Qmp::connect(&src.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
         let dq = oxvirt_qemu::qmp::Qmp::connect(&dst.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
         raw_local_disk_migration(&sq, &dq, port, nbd).await;

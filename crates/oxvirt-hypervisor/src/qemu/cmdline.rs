@@ -2,7 +2,7 @@
 //! vector element. Values inside QEMU's `key=value,...` option syntax are escaped (`,` doubled);
 //! devices and block nodes use QEMU's JSON syntax, where no value can add an option.
 
-use crate::{Accel, RuntimePaths};
+use crate::{Accel, Launch, RuntimePaths};
 use oxvirt_model::{DiskBus, MachineType, NicMode, VmSpec, MIB};
 use serde_json::json;
 
@@ -265,7 +265,14 @@ pub fn needs_setup_before_run(spec: &VmSpec) -> bool {
 }
 
 /// The full argument vector (without the program) for one VM.
-pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: &CmdlineHost) -> Vec<String> {
+pub fn build(
+    id: &str,
+    spec: &VmSpec,
+    launch: &Launch,
+    paths: &RuntimePaths,
+    accel: Accel,
+    host: &CmdlineHost,
+) -> Vec<String> {
     let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     let microvm = spec.machine == MachineType::Microvm;
@@ -288,7 +295,7 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
         }
     }
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    if let Some(uri) = &spec.incoming {
+    if let Some(uri) = &launch.incoming {
         // Waits for the migration stream; runs the guest when it is complete.
         push(&["-incoming", uri]);
     }
@@ -297,7 +304,7 @@ pub fn build(id: &str, spec: &VmSpec, paths: &RuntimePaths, accel: Accel, host: 
             push(&["-object", &object]);
         }
     }
-    if let Some((uid, gid)) = spec.run_as {
+    if let Some((uid, gid)) = launch.run_as {
         // Root until the guest starts (devices and files opened), the VM's own user after.
         push(&["-runas", &format!("{uid}:{gid}")]);
     }
@@ -425,8 +432,6 @@ mod tests {
             rng: true,
             balloon: true,
             memory_encryption: None,
-            run_as: None,
-            incoming: None,
             resources: Default::default(),
         }
     }
@@ -441,7 +446,7 @@ mod tests {
 
     #[test]
     fn basic_q35_kernel_boot() {
-        let a = build("id-1", &spec(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let a = build("id-1", &spec(), &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on"]);
         assert_eq!(after(&a, "-accel"), ["tcg"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
@@ -471,11 +476,11 @@ mod tests {
             nbd: None,
             fd: None,
         });
-        let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
         assert!(after(&a, "-device").iter().any(|d| d.contains("virtio-blk-device")));
         assert!(!after(&a, "-device").contains(&"pvpanic"));
-        let kvm = build("id", &s, &RuntimePaths::new("/r"), Accel::Kvm, &host());
+        let kvm = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host());
         assert_eq!(after(&kvm, "-append"), ["console=ttyS0"]);
         assert_eq!(after(&kvm, "-cpu"), ["host"]);
     }
@@ -506,7 +511,7 @@ mod tests {
             nbd: None,
             fd: None,
         });
-        let a = build("id", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
         let devs: Vec<serde_json::Value> = after(&a, "-device")
             .iter()
             .filter(|d| d.starts_with('{'))
@@ -558,7 +563,7 @@ mod tests {
             fd: None,
         });
         s.nics.push(NicSpec::user());
-        let a = build("id", &s, &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
+        let a = build("id", &s, &Launch::default(), &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
         // Every chardev keeps exactly its own keys, and the path comes back whole.
         for c in after(&a, "-chardev") {
             let parts = qemu_split(c);
@@ -613,12 +618,12 @@ mod tests {
 
     #[test]
     fn migration_tls_gives_every_qemu_both_credentials_before_it_drops_root() {
-        let mut s = spec();
-        s.run_as = Some((1000, 1000));
-        let plain = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let s = spec();
+        let l = Launch { run_as: Some((1000, 1000)), incoming: None };
+        let plain = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert!(!plain.iter().any(|a| a.contains("tls-creds")));
         let tls = CmdlineHost { migration_tls: Some("/etc/ox,tls".into()), ..host() };
-        let a = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls);
+        let a = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls);
         let objects = after(&a, "-object");
         assert_eq!(
             objects[..2],
@@ -634,7 +639,7 @@ mod tests {
     fn huge_pages_numa_binding_and_guest_nodes_get_memory_backends() {
         let mut s = spec();
         s.resources.hugepages = true;
-        let a = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on,memory-backend=ram0"]);
         assert!(
             after(&a, "-object")
@@ -653,7 +658,7 @@ mod tests {
             ],
             reason: String::new(),
         });
-        let a = build("c7726470", &s, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=off"]);
         assert_eq!(after(&a, "-numa"), ["node,nodeid=0,cpus=0-0,memdev=ram0", "node,nodeid=1,cpus=1-1,memdev=ram1"]);
         assert!(
@@ -667,7 +672,7 @@ mod tests {
     fn bridged_nics_get_a_tap_and_queues_per_vcpu() {
         let mut s = spec();
         s.nics.push(NicSpec { mode: NicMode::Bridged, bridge: Some("br0".into()), ..NicSpec::user() });
-        let a = build("c7726470-0171-4767", &s, &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        let a = build("c7726470-0171-4767", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,ifname=oxvc7726470n0,script=no,downscript=no,queues=2"]);
         let dev: serde_json::Value =
             serde_json::from_str(after(&a, "-device").iter().find(|d| d.contains("virtio-net")).unwrap()).unwrap();

@@ -64,8 +64,8 @@ pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File
 /// root's (QEMU makes its sockets, pid file and logs there while still root), passable by the
 /// QEMU group only: a QEMU that gave up root can put nothing there, so no link of its making
 /// is ever followed by oxvirtd or by the next QEMU, both root.
-pub fn prepare(spec: &oxvirt_model::VmSpec, run_dir: &Path) -> io::Result<()> {
-    let Some((uid, gid)) = spec.run_as else { return Ok(()) };
+pub fn prepare(spec: &oxvirt_model::VmSpec, run_as: Option<(u32, u32)>, run_dir: &Path) -> io::Result<()> {
+    let Some((uid, gid)) = run_as else { return Ok(()) };
     own(run_dir, 0, gid, 0o710)?;
     reachable(run_dir)?;
     for d in spec.disks.iter().filter(|d| gives_file(d)) {

@@ -2,12 +2,16 @@
 
 pub mod cmdline;
 pub mod confine;
+mod disks;
+mod memory;
+mod migration;
 use oxvirt_qemu::ProcessError;
 pub use oxvirt_qemu::{identity, process, qmp};
 
-use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, RunState, RuntimePaths};
+use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, Launch, RunState, RuntimePaths};
 use cmdline::CmdlineHost;
 use oxvirt_model::VmSpec;
+use oxvirt_qemu::commands::{block, devices, run};
 use process::Pidfd;
 use qmp::{Qmp, QmpEvent};
 use serde_json::{json, Value};
@@ -64,8 +68,8 @@ impl QemuDriver {
 
     /// The argument vector this driver would run for a VM (for `oxvirt vm show --qemu-args` and
     /// the start-overhead benchmark).
-    pub fn args(&self, id: &str, spec: &VmSpec, paths: &RuntimePaths) -> Vec<String> {
-        cmdline::build(id, spec, paths, crate::accel::resolve(spec.accel, &self.accel), &self.host)
+    pub fn args(&self, id: &str, spec: &VmSpec, launch: &Launch, paths: &RuntimePaths) -> Vec<String> {
+        cmdline::build(id, spec, launch, paths, crate::accel::resolve(spec.accel, &self.accel), &self.host)
     }
 
     pub fn program(&self) -> &str {
@@ -126,13 +130,19 @@ impl Hypervisor for QemuDriver {
         &self.accel
     }
 
-    async fn start(&self, id: &str, spec: &VmSpec, paths: &RuntimePaths) -> Result<Arc<dyn Instance>, HvError> {
+    async fn start(
+        &self,
+        id: &str,
+        spec: &VmSpec,
+        launch: &Launch,
+        paths: &RuntimePaths,
+    ) -> Result<Arc<dyn Instance>, HvError> {
         let accel = crate::accel::resolve(spec.accel, &self.accel);
         if accel == Accel::Kvm && !std::path::Path::new("/dev/kvm").exists() {
             return Err(HvError::AccelUnavailable("kvm", "/dev/kvm does not exist".into()));
         }
         prepare_run_dir(paths)?;
-        confine::prepare(spec, paths.dir()).map_err(|e| HvError::io("confine QEMU", e))?;
+        confine::prepare(spec, launch.run_as, paths.dir()).map_err(|e| HvError::io("confine QEMU", e))?;
         // Host-path disks reach QEMU as descriptors opened here (closed again when this returns:
         // QEMU has its own copies by then).
         let mut spec = spec.clone();
@@ -144,7 +154,7 @@ impl Hypervisor for QemuDriver {
         }
         let spec = &spec;
         let keep: Vec<i32> = passed.iter().map(|f| f.as_raw_fd()).collect();
-        let args = cmdline::build(id, spec, paths, accel, &self.host);
+        let args = cmdline::build(id, spec, launch, paths, accel, &self.host);
         let cgroup = self.cgroup(id);
         cgroup.create().map_err(|e| HvError::io("VM cgroup", e))?;
         // Limits hold from QEMU's first instruction.
@@ -176,7 +186,7 @@ impl Hypervisor for QemuDriver {
             ))),
         };
         match ready {
-            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup, spec.run_as)),
+            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup, launch.run_as)),
             Err(e) => {
                 // A QEMU we cannot control must not be left behind, nor its cgroup.
                 let _ = pidfd.signal(libc::SIGKILL);
@@ -275,7 +285,7 @@ impl QemuInstance {
         for port in 0..cmdline::HOTPLUG_PORTS {
             let mut d = dev.clone();
             d["bus"] = json!(format!("hp{port}"));
-            match self.qmp.execute("device_add", d).await {
+            match devices::device_add(&self.qmp, d).await {
                 Ok(_) => return Ok(()),
                 Err(e) => last = Some(e),
             }
@@ -290,7 +300,7 @@ impl QemuInstance {
     /// Asks the guest to release a device and waits until QEMU says it is gone.
     async fn device_del_wait(&self, id: &str, timeout: Duration) -> Result<(), HvError> {
         let mut events = self.qmp.subscribe();
-        self.qmp.execute("device_del", json!({ "id": id })).await?;
+        devices::device_del(&self.qmp, id).await?;
         // The guest must let go (PCIe hot-plug takes it about 5 s); QEMU then says so.
         let deleted = tokio::time::timeout(timeout, async {
             loop {
@@ -349,20 +359,12 @@ impl QemuInstance {
 
     /// Removes the fd sets of host-path disk `disk_id` (marked with its opaque string).
     async fn drop_fdsets(&self, disk_id: &str) {
-        let Ok(sets) = self.qmp.execute("query-fdsets", Value::Null).await else { return };
-        let mark = cmdline::fdset_opaque(disk_id);
-        for set in sets.as_array().into_iter().flatten() {
-            let ours = set["fds"].as_array().into_iter().flatten().any(|f| f["opaque"].as_str() == Some(mark.as_str()));
-            if let (true, Some(id)) = (ours, set["fdset-id"].as_u64()) {
-                let _ = self.qmp.execute("remove-fd", json!({ "fdset-id": id })).await;
-            }
+        let Ok(sets) = devices::fdsets_marked(&self.qmp, &cmdline::fdset_opaque(disk_id)).await else { return };
+        for id in sets {
+            let _ = devices::remove_fd(&self.qmp, id).await;
         }
     }
 
-    async fn simple(&self, command: &str) -> Result<(), HvError> {
-        self.qmp.execute(command, Value::Null).await?;
-        Ok(())
-    }
 }
 
 fn map_event(e: &QmpEvent) -> InstanceEvent {
@@ -402,8 +404,7 @@ impl Instance for QemuInstance {
     }
 
     async fn run_state(&self) -> Result<RunState, HvError> {
-        let st = self.qmp.execute("query-status", Value::Null).await?;
-        Ok(match st.get("status").and_then(Value::as_str).unwrap_or("") {
+        Ok(match run::query_status(&self.qmp).await?.as_str() {
             "running" => RunState::Running,
             "paused" | "suspended" => RunState::Paused,
             "guest-panicked" | "internal-error" => RunState::Panicked,
@@ -413,19 +414,19 @@ impl Instance for QemuInstance {
     }
 
     async fn power_button(&self) -> Result<(), HvError> {
-        self.simple("system_powerdown").await
+        Ok(run::system_powerdown(&self.qmp).await?)
     }
 
     async fn reset(&self) -> Result<(), HvError> {
-        self.simple("system_reset").await
+        Ok(run::system_reset(&self.qmp).await?)
     }
 
     async fn pause(&self) -> Result<(), HvError> {
-        self.simple("stop").await
+        Ok(run::stop(&self.qmp).await?)
     }
 
     async fn resume(&self) -> Result<(), HvError> {
-        self.simple("cont").await
+        Ok(run::cont(&self.qmp).await?)
     }
 
     async fn kill(&self) -> Result<(), HvError> {
@@ -433,7 +434,7 @@ impl Instance for QemuInstance {
             return Ok(());
         }
         // `quit` lets QEMU close its files; SIGKILL when it does not go.
-        let _ = self.qmp.execute_with_timeout("quit", Value::Null, Duration::from_secs(3)).await;
+        let _ = run::quit(&self.qmp, Duration::from_secs(3)).await;
         if self.wait_exit(Duration::from_secs(5)).await {
             return Ok(());
         }
@@ -475,22 +476,16 @@ impl Instance for QemuInstance {
         if disk.is_host_path() {
             // A host-path disk: opened here, its descriptor put in a new fd set of QEMU's.
             let f = confine::open_host_disk(&disk).map_err(|e| HvError::io("open a host-path disk", e))?;
-            let r = self
-                .qmp
-                .execute_with_fd("add-fd", json!({ "opaque": cmdline::fdset_opaque(id) }), f.as_raw_fd())
-                .await?;
-            let set = r["fdset-id"]
-                .as_u64()
-                .ok_or_else(|| HvError::Unsupported(format!("add-fd answered without an fdset-id: {r}")))?;
-            disk.fd = Some(oxvirt_model::PassedFd { fd: -1, set: set as u32 });
+            let set = devices::add_fd(&self.qmp, &cmdline::fdset_opaque(id), f.as_raw_fd()).await?;
+            disk.fd = Some(oxvirt_model::PassedFd { fd: -1, set });
         }
         let disk = &disk;
         let mut added: Vec<String> = Vec::new();
         for node in cmdline::block_nodes(disk, id) {
             let name = node["node-name"].as_str().unwrap_or_default().to_string();
-            if let Err(e) = self.qmp.execute("blockdev-add", node).await {
+            if let Err(e) = block::blockdev_add(&self.qmp, node).await {
                 for n in added.iter().rev() {
-                    let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
+                    let _ = block::blockdev_del(&self.qmp, n).await;
                 }
                 self.drop_fdsets(id).await;
                 return Err(e.into());
@@ -501,7 +496,7 @@ impl Instance for QemuInstance {
         cmdline::disk_device_extras(disk, &mut dev);
         if let Err(e) = self.device_add_on_free_port(dev).await {
             for n in added.iter().rev() {
-                let _ = self.qmp.execute("blockdev-del", json!({ "node-name": n })).await;
+                let _ = block::blockdev_del(&self.qmp, n).await;
             }
             self.drop_fdsets(id).await;
             return Err(e);
@@ -518,16 +513,16 @@ impl Instance for QemuInstance {
 
     async fn unplug_disk(&self, disk_id: &str, timeout: Duration) -> Result<(), HvError> {
         self.device_del_wait(disk_id, timeout).await?;
-        self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::format_node(disk_id) })).await?;
+        block::blockdev_del(&self.qmp, &cmdline::format_node(disk_id)).await?;
         // An NBD disk has no file node.
-        let _ = self.qmp.execute("blockdev-del", json!({ "node-name": cmdline::file_node(disk_id) })).await;
+        let _ = block::blockdev_del(&self.qmp, &cmdline::file_node(disk_id)).await;
         // A host-path disk's descriptor goes too (QEMU would hold the file open).
         self.drop_fdsets(disk_id).await;
         Ok(())
     }
 
     async fn set_disk_qos(&self, disk_id: &str, qos: &oxvirt_model::DiskQos) -> Result<(), HvError> {
-        self.qmp.execute("block_set_io_throttle", cmdline::throttle_args(disk_id, qos)).await?;
+        block::block_set_io_throttle(&self.qmp, cmdline::throttle_args(disk_id, qos)).await?;
         Ok(())
     }
 
@@ -546,7 +541,7 @@ impl Instance for QemuInstance {
                     confine::open_tap_queue(&tap, queues > 1).map_err(|e| HvError::io(format!("open TAP {tap}"), e))?;
                 let fdname = format!("{netdev_id}-q{q}");
                 use std::os::fd::AsRawFd;
-                self.qmp.execute_with_fd("getfd", json!({ "fdname": fdname }), file.as_raw_fd()).await?;
+                devices::getfd(&self.qmp, &fdname, file.as_raw_fd()).await?;
                 names.push(fdname);
             }
             args = json!({ "type": "tap", "id": netdev_id, "fds": names.join(":") });
@@ -554,9 +549,9 @@ impl Instance for QemuInstance {
                 args["queues"] = json!(queues);
             }
         }
-        self.qmp.execute("netdev_add", args).await?;
+        devices::netdev_add(&self.qmp, args).await?;
         if let Err(e) = self.device_add_on_free_port(dev).await {
-            let _ = self.qmp.execute("netdev_del", json!({ "id": netdev_id })).await;
+            let _ = devices::netdev_del(&self.qmp, &netdev_id).await;
             return Err(e);
         }
         Ok(())
@@ -564,25 +559,23 @@ impl Instance for QemuInstance {
 
     async fn unplug_nic(&self, nic: &oxvirt_model::NicSpec, timeout: Duration) -> Result<(), HvError> {
         self.device_del_wait(&nic.id, timeout).await?;
-        self.qmp.execute("netdev_del", json!({ "id": format!("net{}", nic.slot()) })).await?;
+        devices::netdev_del(&self.qmp, &format!("net{}", nic.slot())).await?;
         Ok(())
     }
 
     async fn vcpu_threads(&self) -> Result<Vec<u32>, HvError> {
-        let v = self.qmp.execute("query-cpus-fast", json!(null)).await?;
-        let mut cpus: Vec<(u64, u32)> = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| Some((c["cpu-index"].as_u64()?, u32::try_from(c["thread-id"].as_u64()?).ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        cpus.sort();
-        Ok(cpus.into_iter().map(|(_, t)| t).collect())
+        Ok(devices::vcpu_threads(&self.qmp).await?)
     }
 
-    async fn command(&self, name: &str, args: Value) -> Result<Value, HvError> {
-        Ok(self.qmp.execute(name, if args.is_null() { json!(null) } else { args }).await?)
+    fn disks(&self) -> &dyn crate::DiskOps {
+        self
+    }
+
+    fn memory(&self) -> &dyn crate::MemoryOps {
+        self
+    }
+
+    fn migration(&self) -> &dyn crate::MigrationOps {
+        self
     }
 }
