@@ -189,9 +189,16 @@ impl Controller {
         let name = name.to_string();
         tokio::spawn(async move {
             let mut last_shutdown: Option<(bool, String)> = None;
-            // A guest that exits between attach and subscribe is caught here.
+            // A guest that exited before this task ran: what it said on the way out (a clean
+            // shutdown is not a crash) is already in the channel, when it said it after the
+            // subscription.
             if instance.has_exited() {
-                me.on_exit(&name, &instance, None).await;
+                while let Ok(ev) = events.try_recv() {
+                    if let InstanceEvent::Shutdown { guest, reason } = ev {
+                        last_shutdown = Some((guest, reason));
+                    }
+                }
+                me.on_exit(&name, &instance, last_shutdown).await;
                 return;
             }
             loop {

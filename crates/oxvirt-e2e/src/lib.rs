@@ -641,7 +641,32 @@ async fn console_peers(client: &oxvirt_client::Client, vm: &str) -> String {
         .filter(|l| !id.is_empty() && l.contains(&id))
         .map(str::to_string)
         .collect();
-    format!("VM: {status}\nits sockets:\n{}", lines.join("\n"))
+    // The QEMU behind it: its threads' states, what it logged, whether the guest still prints.
+    let mut qemu = String::new();
+    if let Some(dir) = lines.iter().find_map(|l| {
+        let p = l.split_whitespace().find(|w| w.ends_with("/console.sock"))?;
+        Some(std::path::Path::new(p).parent()?.to_path_buf())
+    }) {
+        let tail = |f: &str, n: usize| {
+            let t = std::fs::read(dir.join(f)).unwrap_or_default();
+            String::from_utf8_lossy(&t[t.len().saturating_sub(n)..]).into_owned()
+        };
+        let log_before = std::fs::metadata(dir.join("console.log")).map(|m| m.len()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let log_after = std::fs::metadata(dir.join("console.log")).map(|m| m.len()).unwrap_or(0);
+        qemu += &format!("console.log: {log_before} -> {log_after} bytes in 2 s, ends {:?}\n", tail("console.log", 200));
+        qemu += &format!("qemu.log ends: {}\n", tail("qemu.log", 600));
+        let pid = std::fs::read_to_string(dir.join("qemu.pid")).unwrap_or_default().trim().to_string();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            let tp = t.path();
+            let comm = std::fs::read_to_string(tp.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(tp.join("stat")).unwrap_or_default();
+            let state = stat.rsplit_once(')').map(|(_, r)| r.trim().chars().next().unwrap_or('?')).unwrap_or('?');
+            let wchan = std::fs::read_to_string(tp.join("wchan")).unwrap_or_default();
+            qemu += &format!("thread {} {} {state} {wchan}\n", t.file_name().to_string_lossy(), comm.trim());
+        }
+    }
+    format!("VM: {status}\nits sockets:\n{}\n{qemu}", lines.join("\n"))
 }
 
 /// Types a command into the guest's console until `want` shows up in what comes back.

@@ -42,6 +42,24 @@ fn assert_consecutive(t: &[u64], what: &str) {
     }
 }
 
+/// Waits until the guest's console on host `d` counts past `past` (it runs there), and gives
+/// the console log; says what the host saw when it does not.
+async fn wait_counting(d: &Daemon, past: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let log = String::from_utf8_lossy(&d.client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
+        if ticks(&log).last().is_some_and(|t| *t > past) {
+            return log;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let vm = d.client.get_vm("mover").await.unwrap();
+            let tail: String = log.chars().rev().take(500).collect::<String>().chars().rev().collect();
+            panic!("the guest does not count past {past} on {:?}: {:?}\n{tail}\n{}", vm.host, vm.status, d.log());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Waits until the old copy of a migrated disk is gone.
 async fn wait_gone(p: &Path) {
     let start = Instant::now();
@@ -165,19 +183,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     assert!(file("b").exists(), "the disk moved");
     wait_gone(&file("a")).await;
     // The guest goes on counting there: its console log grows past what it had counted before.
-    let start = Instant::now();
-    let log = loop {
-        let log = String::from_utf8_lossy(&d[1].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
-        if ticks(&log).last().is_some_and(|t| *t > still + 5) {
-            break log;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            let vm = d[1].client.get_vm("mover").await.unwrap();
-            let tail: String = log.chars().rev().take(500).collect::<String>().chars().rev().collect();
-            panic!("the guest does not count on host-b: {:?}\n{tail}\n{}", vm.status, d[1].log());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let log = wait_counting(&d[1], still).await;
     assert!(log.contains(READY), "the console log goes on from the boot on host-a");
     let t = ticks(&log);
     assert_consecutive(&t, "after host-a -> host-b");
@@ -228,8 +234,7 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     assert_eq!(vm.host.as_deref(), Some("host-c"));
     assert!(file("c").exists());
     wait_gone(&file("b")).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let log = String::from_utf8_lossy(&d[2].client.console_log("mover", 1 << 20).await.unwrap()).into_owned();
+    let log = wait_counting(&d[2], after + 5).await;
     assert_consecutive(&ticks(&log), "after host-b -> host-c");
     let on_disk = guest_number(&d[2].client, "mover", "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -1").await;
     assert!(on_disk > after, "{on_disk} <= {after}");

@@ -5,6 +5,8 @@
 //! driver beside [`qemu`]. The accelerator choice (KVM or TCG) is in [`accel`].
 
 pub mod accel;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod ops;
 pub mod qemu;
 
