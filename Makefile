@@ -4,7 +4,7 @@ GUEST := build/guest
 GUEST_INPUTS := guest/build.sh guest/init $(wildcard guest/*.script)
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all deps build build-debug guest demo test bench lint clean schemathesis fuzz
+.PHONY: all deps build build-debug guest demo test test-fast bench lint clean schemathesis fuzz
 
 all: build
 
@@ -43,6 +43,14 @@ ifeq ($(NEXTEST),yes)
 	cargo nextest run --workspace --no-fail-fast
 else
 	cargo test --workspace --no-fail-fast
+endif
+
+## The fast layer alone: unit tests, the control plane on the fake hypervisor (no QEMU, no guest).
+test-fast: deps
+ifeq ($(NEXTEST),yes)
+	cargo nextest run --workspace --exclude oxvirt-e2e
+else
+	cargo test --workspace --exclude oxvirt-e2e
 endif
 
 ## Benchmarks: start overhead, API create rate, list time, daemon memory.

@@ -55,3 +55,8 @@ impl Controller {
         })
     }
 }
+
+/// A number a kernel file holds (0 when missing or unreadable).
+pub(crate) fn read_u64(path: &str) -> u64 {
+    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}

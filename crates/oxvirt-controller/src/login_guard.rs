@@ -54,7 +54,8 @@ impl LoginGuard {
     pub fn begin(&mut self, user: &str, address: &str, now: Instant) -> Result<(), Backoff> {
         for (key, free) in Self::keys(user, address) {
             if let Some(f) = self.failures.get(&key) {
-                let wait = if now.duration_since(f.last) >= FORGET_AFTER { Duration::ZERO } else { wait_for(f.count, free) };
+                let wait =
+                    if now.duration_since(f.last) >= FORGET_AFTER { Duration::ZERO } else { wait_for(f.count, free) };
                 let ready = f.last + wait;
                 if now < ready {
                     return Err(Backoff { key, retry_after: ready - now });

@@ -1,7 +1,7 @@
 //! Figures of the host and its VMs for monitoring, gathered at most every few seconds (a scrape
 //! must not set off a storm of QMP calls).
 
-use crate::host::{meminfo, meminfo_field};
+use crate::host::{meminfo, meminfo_field, read_u64};
 use crate::{lock, Controller};
 use oxvirt_model::{Pool, PoolUsage, Task, TaskState};
 use std::time::{Duration, Instant};
@@ -82,11 +82,6 @@ fn proc_figures(pid: u32) -> (Option<f64>, Option<u64>) {
         l.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
     });
     (cpu, rss)
-}
-
-/// A number a kernel file holds (0 when missing or unreadable).
-pub(crate) fn read_u64(path: &str) -> u64 {
-    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Run-queue wait of one thread (second field of /proc/PID/task/TID/schedstat), in ns.

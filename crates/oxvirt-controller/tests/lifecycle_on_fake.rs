@@ -221,7 +221,8 @@ async fn a_panicked_guest_is_recorded_and_restarted_by_policy() {
             _ => {}
         }
     }
-    let at = |what: &str| seen.iter().position(|s| s.contains(what)).unwrap_or_else(|| panic!("no {what:?} in {seen:?}"));
+    let at =
+        |what: &str| seen.iter().position(|s| s.contains(what)).unwrap_or_else(|| panic!("no {what:?} in {seen:?}"));
     assert!(at("guest kernel panicked") < at("Crashed: guest kernel panicked"), "{seen:?}");
     assert!(at("Crashed") < at("Stopped"), "{seen:?}");
 }

@@ -635,12 +635,8 @@ async fn console_peers(client: &oxvirt_client::Client, vm: &str) -> String {
     };
     let id = client.get_vm(vm).await.map(|v| v.id[..13].to_string()).unwrap_or_default();
     let ss = Command::new("ss").args(["-xap"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let lines: Vec<String> = ss
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !id.is_empty() && l.contains(&id))
-        .map(str::to_string)
-        .collect();
+    let lines: Vec<String> =
+        ss.unwrap_or_default().lines().filter(|l| !id.is_empty() && l.contains(&id)).map(str::to_string).collect();
     // The QEMU behind it: its threads' states, what it logged, whether the guest still prints.
     let mut qemu = String::new();
     if let Some(dir) = lines.iter().find_map(|l| {
@@ -654,7 +650,8 @@ async fn console_peers(client: &oxvirt_client::Client, vm: &str) -> String {
         let log_before = std::fs::metadata(dir.join("console.log")).map(|m| m.len()).unwrap_or(0);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let log_after = std::fs::metadata(dir.join("console.log")).map(|m| m.len()).unwrap_or(0);
-        qemu += &format!("console.log: {log_before} -> {log_after} bytes in 2 s, ends {:?}\n", tail("console.log", 200));
+        qemu +=
+            &format!("console.log: {log_before} -> {log_after} bytes in 2 s, ends {:?}\n", tail("console.log", 200));
         qemu += &format!("qemu.log ends: {}\n", tail("qemu.log", 600));
         let pid = std::fs::read_to_string(dir.join("qemu.pid")).unwrap_or_default().trim().to_string();
         for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
@@ -667,6 +664,34 @@ async fn console_peers(client: &oxvirt_client::Client, vm: &str) -> String {
         }
     }
     format!("VM: {status}\nits sockets:\n{}\n{qemu}", lines.join("\n"))
+}
+
+/// Terminal output without its escape sequences (`ESC [ ... letter`): the guest's line editor
+/// asks where the cursor is (`ESC[6n`) after a prompt, which would hide the prompt at the end.
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, then one final byte in @..~.
+            for f in chars.by_ref() {
+                if ('@'..='~').contains(&f) {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn escapes_are_stripped_and_the_prompt_shows() {
+    assert_eq!(strip_escapes("echo x\r\n> \x1b[6n"), "echo x\r\n> ");
+    assert_eq!(strip_escapes("\x1b[1;32mok\x1b[0m done"), "ok done");
+    assert_eq!(strip_escapes("plain"), "plain");
 }
 
 /// Types a command into the guest's console until `want` shows up in what comes back.
@@ -686,7 +711,7 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
         let retype = match typed {
             None => true,
             Some((at, mark)) => {
-                let since = String::from_utf8_lossy(&seen[mark..]).into_owned();
+                let since = strip_escapes(&String::from_utf8_lossy(&seen[mark..]));
                 let finished = since.find(&echo).is_some_and(|i| since[i..].contains("oxvirt-guest:"));
                 // A character lost on the way (a busy host) can leave the shell waiting for the
                 // rest of a quote (its `> ` prompt): cancel that line, then type it again.

@@ -92,7 +92,13 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
     );
     run_in_guest(c, "bridged", &check(&spoof), NO).await;
     assert_eq!(counted("192.0.2.66"), 0, "a spoofed packet reached the LAN");
-    run_in_guest(c, "bridged", &check("ip addr flush dev eth0; ip addr add 192.0.2.10/24 dev eth0; ping -c 1 -W 2 192.0.2.1"), OK).await;
+    run_in_guest(
+        c,
+        "bridged",
+        &check("ip addr flush dev eth0; ip addr add 192.0.2.10/24 dev eth0; ping -c 1 -W 2 192.0.2.1"),
+        OK,
+    )
+    .await;
     // Two vCPUs: two queue pairs, seen by the guest.
     run_in_guest(c, "bridged", "echo Q-$(ls /sys/class/net/eth0/queues | grep -c rx)", "Q-2").await;
     // The guest's DHCP requests are counted.

@@ -1,5 +1,5 @@
 //! The cluster's placement and rebalancing policy (`cluster/policy` in the store), which the
-//! leader follows.
+//! leader follows, and the hosts' records (`hosts/<name>`).
 
 use crate::ValidationError;
 
@@ -78,6 +78,40 @@ impl ClusterPolicy {
             return Err(ValidationError::new("interval_secs", "must be 1..86400"));
         }
         Ok(())
+    }
+}
+
+/// A host of the cluster, as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    /// Where its API answers (HTTPS).
+    pub address: String,
+    pub cpus: u32,
+    pub memory: u64,
+    pub joined_at: u64,
+    /// In maintenance: no new VMs, its VMs drained away.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// What it reaches, as its daemon last saw (each reconcile round): storage pools, networks
+    /// (and host bridges, as `bridge:NAME`), and its CPU pressure (share of time runnable tasks
+    /// waited for a CPU, last 10 s).
+    #[serde(default)]
+    pub pools: Vec<String>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub cpu_pressure: f64,
+    /// Its live migrations go over TLS (store.migration_tls_dir): it migrates only to and from
+    /// hosts that do too.
+    #[serde(default)]
+    pub migration_tls: bool,
+}
+
+impl HostRecord {
+    /// The host part of its address (`10.0.0.1` of `10.0.0.1:8443`, `::1` of `[::1]:8443`).
+    pub fn address_host(&self) -> &str {
+        self.address.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or_default()
     }
 }
 

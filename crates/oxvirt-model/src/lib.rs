@@ -24,7 +24,7 @@ mod token;
 mod vm;
 
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
-pub use cluster::{ClusterPolicy, PlacementStrategy, RebalanceMode};
+pub use cluster::{ClusterPolicy, HostRecord, PlacementStrategy, RebalanceMode};
 pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;

@@ -4,10 +4,10 @@
 
 use super::disks::{self, LocalDisk};
 use super::tls::set_stream_tls;
-use crate::cluster::HostRecord;
 use crate::{lock, ControlError, Controller};
 use oxvirt_hypervisor::ops::StreamEnd;
 use oxvirt_hypervisor::{Instance, RunState};
+use oxvirt_model::HostRecord;
 use oxvirt_model::{Migration, MigrationState, VmState};
 use oxvirt_store::{Expect, Record, StoreExt};
 use std::path::PathBuf;

@@ -5,10 +5,10 @@
 //! against the target's address. Hosts with and without it do not migrate to each other: that
 //! would be in plaintext.
 
-use crate::cluster::HostRecord;
 use crate::{ControlError, Controller};
 use oxvirt_hypervisor::ops::StreamEnd;
 use oxvirt_hypervisor::Instance;
+use oxvirt_model::HostRecord;
 
 impl Controller {
     /// Whether this host's migrations go over TLS.

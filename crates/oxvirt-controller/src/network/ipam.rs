@@ -117,7 +117,8 @@ impl Controller {
             if let (NicMode::Bridged, Some(bridge), Some(ip)) =
                 (spec.nics[i].mode, spec.nics[i].bridge.clone(), spec.nics[i].ip)
             {
-                let twice = spec.nics[..i].iter().any(|n| n.bridge.as_deref() == Some(bridge.as_str()) && n.ip == Some(ip));
+                let twice =
+                    spec.nics[..i].iter().any(|n| n.bridge.as_deref() == Some(bridge.as_str()) && n.ip == Some(ip));
                 if let Some((_, _, owner)) = on_bridges.iter().find(|(b, a, _)| *b == bridge && *a == ip) {
                     return Err(ControlError::invalid(
                         format!("{field}.ip"),

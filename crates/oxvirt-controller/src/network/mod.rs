@@ -280,7 +280,7 @@ impl Controller {
     /// written), so one network record serves every host and a host that joins is a peer.
     fn vxlan_ends(&self, vx: &oxvirt_model::VxlanSpec) -> (std::net::Ipv4Addr, Vec<std::net::Ipv4Addr>) {
         let Some(me) = self.host_name() else { return (vx.local, vx.peers.clone()) };
-        let ip_of = |r: &crate::cluster::HostRecord| {
+        let ip_of = |r: &oxvirt_model::HostRecord| {
             r.address_host().parse::<std::net::Ipv4Addr>().ok().filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
         };
         let records = self.host_records().unwrap_or_default();

@@ -765,7 +765,13 @@ fn tcg_driver() -> QemuDriver {
 /// A raw (unmanaged) QEMU of `spec` in `paths`: the driver's own argv, daemonized by QEMU itself
 /// (so it hands back once initialised, listening for a migration too) — which needs `spawn`
 /// allowed in its sandbox; found later by its pidfile.
-fn raw_qemu(driver: &QemuDriver, id: &str, spec: &oxvirt_model::VmSpec, incoming: Option<String>, paths: &RuntimePaths) {
+fn raw_qemu(
+    driver: &QemuDriver,
+    id: &str,
+    spec: &oxvirt_model::VmSpec,
+    incoming: Option<String>,
+    paths: &RuntimePaths,
+) {
     let launch = oxvirt_hypervisor::Launch { run_as: None, incoming };
     let mut args = driver.args(id, spec, &launch, paths);
     for a in args.iter_mut().filter(|a| a.contains("spawn=deny")) {

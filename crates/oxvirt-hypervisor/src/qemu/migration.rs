@@ -87,7 +87,11 @@ impl MigrationOps for QemuInstance {
 
     async fn send(&self, uri: &str, o: &SendOptions) -> Result<(), HvError> {
         use migration::Capability::*;
-        let caps = [(AutoConverge, o.auto_converge), (PostcopyRam, o.postcopy), (PauseBeforeSwitchover, o.pause_before_switchover)];
+        let caps = [
+            (AutoConverge, o.auto_converge),
+            (PostcopyRam, o.postcopy),
+            (PauseBeforeSwitchover, o.pause_before_switchover),
+        ];
         migration::migrate_set_capabilities(&self.qmp, &caps).await?;
         // Every parameter is set each time: QEMU keeps those of an earlier migration (a slow one
         // that failed would otherwise throttle the next).

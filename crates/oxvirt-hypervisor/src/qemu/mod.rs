@@ -364,7 +364,6 @@ impl QemuInstance {
             let _ = devices::remove_fd(&self.qmp, id).await;
         }
     }
-
 }
 
 fn map_event(e: &QmpEvent) -> InstanceEvent {

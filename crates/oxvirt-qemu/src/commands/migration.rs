@@ -145,7 +145,10 @@ mod tests {
     fn replies_read_into_a_status() {
         let done = json!({ "status": "completed", "total-time": 1794, "downtime": 154, "ram": { "transferred": 5, "total": 9 } });
         let i = Info::from_reply(&done);
-        assert_eq!((i.status, i.total_time_ms, i.downtime_ms, i.ram_transferred, i.ram_total), (Status::Completed, 1794, 154, 5, 9));
+        assert_eq!(
+            (i.status, i.total_time_ms, i.downtime_ms, i.ram_transferred, i.ram_total),
+            (Status::Completed, 1794, 154, 5, 9)
+        );
         let failed = Info::from_reply(&json!({ "status": "failed", "error-desc": "Unable to write" }));
         assert_eq!(failed.status, Status::Failed("Unable to write".into()));
         assert_eq!(Info::from_reply(&json!({ "status": "cancelled" })).status, Status::Failed("QEMU gave up".into()));

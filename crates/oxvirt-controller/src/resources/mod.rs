@@ -1,39 +1,28 @@
 //! A VM's share of the host: admission against the host's over-commit policy, NUMA placement and
-//! pinning, huge pages reserved as needed, cgroup limits changed live, the balloon, automatic
-//! ballooning under memory pressure, and KSM by policy.
+//! pinning, huge pages reserved as needed, cgroup limits changed live. The balloon and automatic
+//! ballooning are in `balloon.rs`, KSM by policy in `ksm.rs`.
 
-use crate::host::{meminfo, meminfo_field};
+mod balloon;
+mod ksm;
+
+pub use balloon::BalloonView;
+pub(crate) use ksm::apply_ksm;
+pub use ksm::{ksm_merging_bytes, ksm_view, KsmView};
+
+use crate::host::{meminfo, meminfo_field, read_u64};
 use crate::network::HostObject;
-use crate::stats::read_u64;
 use crate::vms::busy;
-use crate::{lock, ControlError, Controller};
+use crate::{ControlError, Controller};
 use oxvirt_cgroup::numa::{Committed, Topology};
 use oxvirt_hypervisor::{limits_of, Instance};
 use oxvirt_model::{
-    format_cpulist, parse_cpulist, ByteSize, GuestNode, HostPolicy, KsmPolicy, NumaMode, Placement, Resources, Vm,
-    VmSpec, VmState, HUGEPAGE, MIB,
+    format_cpulist, parse_cpulist, ByteSize, GuestNode, HostPolicy, NumaMode, Placement, Resources, Vm, VmSpec,
+    HUGEPAGE,
 };
 use oxvirt_store::{Expect, StoreExt};
 use std::sync::Arc;
-use std::time::Duration;
 
-const KSM: &str = "/sys/kernel/mm/ksm";
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-
-/// The balloon as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BalloonView {
-    /// Memory the guest has now.
-    pub actual: u64,
-    /// Memory it was configured with.
-    pub memory: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_free: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_total: Option<u64>,
-    /// Set by automatic ballooning (host memory pressure).
-    pub auto: bool,
-}
 
 /// The host's resources as the API shows them.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -60,30 +49,6 @@ pub struct NumaNodeView {
     pub memory_free: u64,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct KsmView {
-    pub run: bool,
-    pub pages_shared: u64,
-    pub pages_sharing: u64,
-    /// Memory KSM saves: pages mapped from a shared page instead of their own.
-    pub saved_bytes: u64,
-}
-
-pub fn ksm_view() -> KsmView {
-    let page = 4096;
-    KsmView {
-        run: read_u64(&format!("{KSM}/run")) == 1,
-        pages_shared: read_u64(&format!("{KSM}/pages_shared")),
-        pages_sharing: read_u64(&format!("{KSM}/pages_sharing")),
-        saved_bytes: read_u64(&format!("{KSM}/pages_sharing")) * page,
-    }
-}
-
-/// Pages of a process that KSM merged (kernel 6.1+), as bytes.
-pub fn ksm_merging_bytes(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages")).ok()?.trim().parse::<u64>().ok().map(|p| p * 4096)
-}
-
 impl Controller {
     fn topology(&self) -> Topology {
         let h = &self.inner.host;
@@ -92,15 +57,6 @@ impl Controller {
 
     pub fn host_policy(&self) -> Result<HostPolicy, ControlError> {
         Ok(self.inner.store.get_record::<HostPolicy>(&self.local_key("host"))?.map(|(p, _)| p).unwrap_or_default())
-    }
-
-    /// KSM for a VM about to run: a VM of a project merges only where the host policy lets
-    /// projects share pages (`ksm_across_projects`).
-    pub(crate) fn ksm_for_launch(&self, spec: &mut oxvirt_model::VmSpec) -> Result<(), ControlError> {
-        if spec.project.is_some() && spec.resources.ksm && !self.host_policy()?.ksm_across_projects {
-            spec.resources.ksm = false;
-        }
-        Ok(())
     }
 
     /// Replaces the host policy; KSM follows at once, ballooning at its next round.
@@ -410,126 +366,5 @@ impl Controller {
         }
         self.inner.store.put_record(name, &new, Expect::Revision(rev)).map_err(|_| busy(name))?;
         Ok(new)
-    }
-
-    pub async fn balloon(&self, name: &str) -> Result<BalloonView, ControlError> {
-        let vm = self.get_vm(name)?;
-        if !vm.spec.balloon {
-            return Err(ControlError::Conflict(format!("VM {name} has no balloon device")));
-        }
-        let i = self.instance(name)?;
-        let actual = i.memory().balloon_actual().await?;
-        let guest = i.memory().guest_memory().await.unwrap_or_default();
-        Ok(BalloonView {
-            actual,
-            memory: vm.spec.memory.0,
-            guest_free: guest.free,
-            guest_total: guest.total,
-            auto: lock(&self.inner.auto_ballooned).contains_key(name),
-        })
-    }
-
-    /// Asks the guest to give memory back (or take it again) down or up to `target`.
-    pub async fn set_balloon(&self, name: &str, target: ByteSize) -> Result<BalloonView, ControlError> {
-        let vm = self.get_vm(name)?;
-        if target.0 > vm.spec.memory.0 || target.0 < 32 * MIB {
-            return Err(ControlError::invalid(
-                "target",
-                format!("must be 32MiB..{} (the VM's memory)", vm.spec.memory),
-            ));
-        }
-        if !vm.spec.balloon {
-            return Err(ControlError::Conflict(format!("VM {name} has no balloon device")));
-        }
-        self.instance(name)?.memory().set_balloon(target.0).await?;
-        lock(&self.inner.auto_ballooned).remove(name);
-        self.balloon(name).await
-    }
-
-    /// One round of automatic ballooning: under pressure (host memory use above the policy's
-    /// target) take memory from VMs that allow it, most slack first, down to their floor; when
-    /// the pressure is well gone, give it back.
-    pub(crate) async fn auto_balloon_round(&self) {
-        let Ok(policy) = self.host_policy() else { return };
-        let total = self.inner.host.memory_bytes;
-        let avail = meminfo("MemAvailable:").unwrap_or(total);
-        if total == 0 {
-            return;
-        }
-        let use_now = 1.0 - avail as f64 / total as f64;
-        let vms: Vec<Vm> = self
-            .list_vms()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| v.status.state == VmState::Running && v.spec.balloon && v.spec.resources.balloon_min.is_some())
-            .collect();
-        if policy.auto_balloon && use_now > policy.memory_target_use {
-            let mut need = ((use_now - policy.memory_target_use) * total as f64) as u64;
-            let mut slack: Vec<(u64, u64, &Vm)> = Vec::new();
-            for v in &vms {
-                let Ok(i) = self.instance(&v.spec.name) else { continue };
-                let Ok(actual) = i.memory().balloon_actual().await else { continue };
-                let floor = v.spec.resources.balloon_min.map(|m| m.0).unwrap_or(actual);
-                if actual > floor {
-                    slack.push((actual - floor, actual, v));
-                }
-            }
-            slack.sort_by_key(|s| std::cmp::Reverse(s.0));
-            for (s, actual, v) in slack {
-                if need == 0 {
-                    break;
-                }
-                let take = s.min(need);
-                let target = actual - take;
-                let name = &v.spec.name;
-                if let Ok(i) = self.instance(name) {
-                    if i.memory().set_balloon(target).await.is_ok() {
-                        tracing::info!(vm = %name, target = %ByteSize(target), "memory pressure: ballooned down");
-                        lock(&self.inner.auto_ballooned).insert(name.clone(), target);
-                        need -= take;
-                    }
-                }
-            }
-        } else if !policy.auto_balloon || use_now < policy.memory_target_use - 0.05 {
-            let taken: Vec<String> = lock(&self.inner.auto_ballooned).keys().cloned().collect();
-            for name in taken {
-                let Some(v) = vms.iter().find(|v| v.spec.name == name) else {
-                    lock(&self.inner.auto_ballooned).remove(&name);
-                    continue;
-                };
-                if let Ok(i) = self.instance(&name) {
-                    if i.memory().set_balloon(v.spec.memory.0).await.is_ok() {
-                        tracing::info!(vm = %name, "memory pressure over: memory given back");
-                        lock(&self.inner.auto_ballooned).remove(&name);
-                    }
-                }
-            }
-        }
-    }
-
-    pub(crate) fn start_auto_balloon(&self, every: Duration) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                me.auto_balloon_round().await;
-            }
-        });
-    }
-}
-
-/// Turns KSM on (scanning faster than the kernel's default) or off, as the policy says.
-pub(crate) fn apply_ksm(policy: KsmPolicy) -> Result<(), ControlError> {
-    let w = |f: &str, v: &str| {
-        std::fs::write(format!("{KSM}/{f}"), v).map_err(|e| ControlError::Host(format!("KSM {f}: {e}")))
-    };
-    match policy {
-        KsmPolicy::Auto => Ok(()),
-        KsmPolicy::On => {
-            w("pages_to_scan", "1000")?;
-            w("sleep_millisecs", "20")?;
-            w("run", "1")
-        }
-        KsmPolicy::Off => w("run", "0"),
     }
 }
