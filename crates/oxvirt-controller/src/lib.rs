@@ -179,6 +179,7 @@ impl Controller {
         if let Err(e) = self.inner.tasks.interrupt_leftovers() {
             tracing::error!("tasks: {e}");
         }
+        self.claim_all_macs();
         self.ensure_networks().await;
         self.recover_migrations(false).await;
         self.reconcile_all().await;

@@ -97,7 +97,7 @@ impl Controller {
             Err(e) => return Err(self.start_failed(name, e)),
         };
         spec.resources.placement = placement.clone();
-        let launch = oxvirt_hypervisor::Launch { run_as, incoming: None };
+        let launch = oxvirt_hypervisor::Launch { run_as, ..Default::default() };
         if let Err(e) = self.ksm_for_launch(&mut spec) {
             return Err(self.start_failed(name, e));
         }

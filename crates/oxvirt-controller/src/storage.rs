@@ -775,6 +775,7 @@ impl Controller {
         let mut ops = extra;
         ops.extend(self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?);
         ops.extend(self.lease_ops(&vm.spec.name, old, Some(&vm.spec)));
+        ops.extend(self.mac_ops(&vm.spec.name, old, Some(&vm.spec)));
         ops.push(Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect });
         self.inner.store.txn(ops)?;
         for n in Controller::networks_touched(old, Some(&vm.spec)) {

@@ -154,6 +154,7 @@ impl Controller {
         // The VM's volumes are let go in the same transaction; they stay, with their data.
         let mut ops = self.volume_claims(name, Some(&vm.spec), None)?;
         ops.extend(self.lease_ops(name, Some(&vm.spec), None));
+        ops.extend(self.mac_ops(name, Some(&vm.spec), None));
         ops.push(oxvirt_store::Op::Delete {
             key: <Vm as oxvirt_store::Record>::key_of(name),
             expect: Expect::Revision(rev),

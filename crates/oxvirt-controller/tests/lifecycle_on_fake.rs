@@ -286,3 +286,28 @@ fn a_restarted_daemon_readopts_running_guests_and_restarts_those_that_died() {
         assert!(vm.status.reason.contains("guest shut down"), "{}", vm.status.reason);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mac_address_is_one_nics_until_its_vm_goes() {
+    let h = Host::new();
+    let c = h.controller(Duration::from_secs(5));
+    let with_mac = |name: &str, mac: &str| {
+        let mut s = h.spec(name, "never");
+        s.nics = serde_json::from_value(serde_json::json!([{ "mode": "user", "mac": mac }])).unwrap();
+        s
+    };
+    c.create_vm(ROOT, with_mac("a", "52:54:00:AA:BB:CC")).unwrap();
+    // Another VM: refused, naming the field and the holder (in any case), and nothing made.
+    let err = c.create_vm(ROOT, with_mac("b", "52:54:00:aa:bb:cc")).unwrap_err().to_string();
+    assert!(err.contains("nics[0].mac") && err.contains("used by VM a"), "{err}");
+    assert!(c.get_vm("b").is_err());
+    // MACs given by oxvirt differ from each other and from the one asked for.
+    let mut generated = h.spec("g", "never");
+    generated.nics = serde_json::from_value(serde_json::json!([{ "mode": "user" }, { "mode": "user" }])).unwrap();
+    let g = c.create_vm(ROOT, generated).unwrap();
+    let macs: Vec<String> = g.spec.nics.iter().map(|n| n.mac.clone().unwrap()).collect();
+    assert!(macs[0] != macs[1] && !macs.contains(&"52:54:00:aa:bb:cc".to_string()), "{macs:?}");
+    // Once `a` is gone its MAC is free.
+    c.delete_vm("a").unwrap();
+    c.create_vm(ROOT, with_mac("b", "52:54:00:aa:bb:cc")).unwrap();
+}

@@ -357,7 +357,7 @@ impl MigrationOps for FakeInstance {
         Err(no_migration())
     }
 
-    async fn accept_postcopy(&self) -> Result<(), HvError> {
+    async fn prepare_to_receive(&self, _postcopy: bool, _hold_disks: bool) -> Result<(), HvError> {
         Err(no_migration())
     }
 

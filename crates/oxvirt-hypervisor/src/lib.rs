@@ -28,6 +28,8 @@ pub struct Launch {
     /// For a guest that arrives by migration: where its process waits for it (`tcp:HOST:PORT`,
     /// or `defer` to be told later).
     pub incoming: Option<String>,
+    /// The guest waits for a resume before it runs (also once it has arrived by migration).
+    pub paused: bool,
 }
 
 /// Where one VM's runtime files live: sockets, pidfile, console log. One directory per VM.

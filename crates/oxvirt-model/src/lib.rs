@@ -31,8 +31,8 @@ pub use host::HostInfo;
 pub use migration::{MigrateRequest, Migration, MigrationState};
 pub use name::validate_name;
 pub use network::{
-    parse_range, Ipv4Net, Lease, LeaseView, Network, NetworkKind, NetworkSpec, NetworkView, VxlanSpec, MAX_MTU,
-    VXLAN_OVERHEAD,
+    parse_range, Ipv4Net, Lease, LeaseView, MacClaim, Network, NetworkKind, NetworkSpec, NetworkView, VxlanSpec,
+    MAX_MTU, VXLAN_OVERHEAD,
 };
 pub use project::{Project, ProjectSpec, Quotas, Usage};
 pub use qos::DiskQos;

@@ -196,6 +196,14 @@ pub struct Lease {
     pub mac: String,
 }
 
+/// A MAC address held by a VM's NIC (`macs/<mac>`, written with the VM): no two NICs of the
+/// cluster ever hold one, checked by one key, not by reading every VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MacClaim {
+    pub vm: String,
+    pub nic: String,
+}
+
 /// A lease as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LeaseView {

@@ -38,6 +38,11 @@ impl Record for oxvirt_model::Lease {
     const PREFIX: &'static str = "ipam/";
 }
 
+/// MAC claims are keyed `macs/<mac>` (lower case).
+impl Record for oxvirt_model::MacClaim {
+    const PREFIX: &'static str = "macs/";
+}
+
 impl Record for oxvirt_model::SecurityGroup {
     const PREFIX: &'static str = "secgroups/";
 }

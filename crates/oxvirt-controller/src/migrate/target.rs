@@ -45,14 +45,22 @@ impl Controller {
                     let taken = lock(&self.inner.incoming).remove(&m.vm);
                     if let Some(i) = taken {
                         tracing::info!(vm = %m.vm, from = %m.source, "migrated in");
-                        if !i.copies.is_empty() {
+                        let held = !i.copies.is_empty();
+                        if held {
                             disks::stop_serving(&*i.instance).await;
                         }
                         if let Some(text) = &m.console {
                             self.carry_console_over(&m.vm, text.as_bytes());
                         }
                         self.attach(&m.vm, i.instance.clone());
-                        self.make_sure_it_runs(&m.vm, &*i.instance).await;
+                        self.settle_arrival(&m.vm, &*i.instance, held).await;
+                    } else if let Some(instance) = self.waiting_qemu(&m.vm).await {
+                        // This daemon restarted after the guest arrived: its QEMU waits (or
+                        // runs) without us; it is taken over and settled the same way.
+                        tracing::info!(vm = %m.vm, from = %m.source, "migrated in while oxvirtd restarted");
+                        disks::stop_serving(&*instance).await;
+                        self.attach(&m.vm, instance.clone());
+                        self.settle_arrival(&m.vm, &*instance, true).await;
                     }
                     let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 }
@@ -127,7 +135,10 @@ impl Controller {
         let local: Vec<LocalDisk> = self.local_disks(&vm.spec)?;
         let copies = disks::make_copies(self, &local).await?;
         let uri = format!("tcp:{ip}:{}", free_port()?);
-        let instance = match self.start_incoming(&vm, &uri).await {
+        // With local disks the guest waits, paused, until their copies are served no more:
+        // QEMU takes the disks over on the resume (an export still holding them would stop it).
+        let hold_disks = !local.is_empty();
+        let instance = match self.start_incoming(&vm, &uri, hold_disks).await {
             Ok(i) => i,
             Err(e) => {
                 self.drop_incoming(&vm, None, &copies).await;
@@ -137,14 +148,14 @@ impl Controller {
         let nbd = if local.is_empty() { None } else { Some(format!("{ip}:{}", free_port()?)) };
         let tls = self.migration_tls();
         let ready = async {
+            // Before the source can connect. Post-copy needs the capability on both ends.
+            if m.postcopy || hold_disks {
+                instance.migration().prepare_to_receive(m.postcopy, hold_disks).await?;
+            }
             if tls {
                 // The QEMU waits (`-incoming defer`) until the stream must be TLS, then listens.
                 set_stream_tls(&*instance, StreamEnd::Target).await?;
                 instance.migration().listen(&uri).await?;
-            }
-            if m.postcopy {
-                // Post-copy needs the capability on both ends.
-                instance.migration().accept_postcopy().await?;
             }
             if let Some(addr) = &nbd {
                 disks::serve(&*instance, addr, &local, tls).await?;
@@ -187,21 +198,46 @@ impl Controller {
         );
     }
 
-    /// QEMU starts a guest that arrived only when it could take its disks over (activate them);
-    /// one that could not stays paused, its disks untouched: it is resumed once more here (which
-    /// tries the disks again), and when that fails too the VM shows as paused, with why.
-    async fn make_sure_it_runs(&self, name: &str, instance: &dyn Instance) {
+    /// A guest that arrived: its disks' I/O limits (QEMU does not carry them over), then it
+    /// runs. One that waits on purpose (`held`: its disk copies were served until now; I/O
+    /// limits to set first) is resumed here, which takes its disks over. QEMU also leaves one
+    /// paused when it could not take its disks over: it is resumed once more (which tries the
+    /// disks again), and when that fails too the VM shows as paused, with why.
+    async fn settle_arrival(&self, name: &str, instance: &dyn Instance, held: bool) {
+        if let Ok(vm) = self.get_vm(name) {
+            for (i, d) in vm.spec.disks.iter().enumerate() {
+                if let Some(q) = d.qos.as_ref().filter(|q| !q.is_unlimited()) {
+                    let id = oxvirt_hypervisor::qemu::cmdline::disk_id(d, i);
+                    if let Err(e) = instance.set_disk_qos(&id, q).await {
+                        tracing::warn!(vm = name, disk = %id, "I/O limits after the migration: {e}");
+                    }
+                }
+            }
+        }
         match instance.run_state().await {
             Ok(RunState::Running) | Err(_) => return,
             Ok(_) => {}
         }
         let log = self.qemu_log_tail(name);
-        tracing::warn!(vm = name, "the guest did not start after the migration; resuming it: {log}");
+        if held {
+            tracing::debug!(vm = name, "resuming the guest that arrived");
+        } else {
+            tracing::warn!(vm = name, "the guest did not start after the migration; resuming it: {log}");
+        }
         if let Err(e) = instance.resume().await {
             let why = format!("arrived by migration but could not run here: {e} ({log})");
             tracing::warn!(vm = name, "{why}");
             self.set_state(name, VmState::Paused, &why);
         }
+    }
+
+    /// The QEMU of VM `name` on this host that no one controls yet (found by the hypervisor).
+    async fn waiting_qemu(&self, name: &str) -> Option<Arc<dyn Instance>> {
+        let vm = self.get_vm(name).ok()?;
+        if lock(&self.inner.slot(name).instance).is_some() {
+            return None;
+        }
+        self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await.ok().flatten()
     }
 
     /// Removes what this host made for a migration that will not come: the waiting QEMU (its
@@ -214,7 +250,12 @@ impl Controller {
         self.release_network(&vm.id, &vm.spec);
     }
 
-    async fn start_incoming(&self, vm: &oxvirt_model::Vm, uri: &str) -> Result<Arc<dyn Instance>, ControlError> {
+    async fn start_incoming(
+        &self,
+        vm: &oxvirt_model::Vm,
+        uri: &str,
+        paused: bool,
+    ) -> Result<Arc<dyn Instance>, ControlError> {
         let with_mtu = self.prepare_network(&vm.id, &vm.spec, vm.uid).await?;
         self.prepare_storage(&vm.id, &vm.spec).await?;
         let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
@@ -224,6 +265,7 @@ impl Controller {
             run_as: self.run_as(&vm.spec.name)?,
             // With TLS: listening waits for the stream's credentials (set over QMP, `receive`).
             incoming: Some(if self.migration_tls() { "defer".to_string() } else { uri.to_string() }),
+            paused,
         };
         Ok(self.inner.hv.start(&vm.id, &spec, &launch, &self.inner.paths(&vm.id)).await?)
     }

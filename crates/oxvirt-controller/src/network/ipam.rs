@@ -1,10 +1,10 @@
 //! IP address management: each NIC on a network with a subnet holds one address, recorded as a
 //! lease (`ipam/<network>/<ip>`) in the same store transaction as the VM, so no two NICs ever
-//! hold one address. MAC addresses are kept unique across VMs here too.
+//! hold one address. MAC addresses are kept unique across VMs the same way (`macs/<mac>`).
 
 use crate::{ControlError, Controller};
 use oxvirt_hypervisor::qemu::cmdline::default_mac;
-use oxvirt_model::{Lease, Network, NicMode, SecurityGroup, VmSpec};
+use oxvirt_model::{Lease, MacClaim, Network, NicMode, SecurityGroup, VmSpec};
 use oxvirt_store::{encode, Expect, Op, Record, StoreExt};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -61,13 +61,21 @@ impl Controller {
             // Nothing to give out or check (and no reason to read every VM).
             return Ok(());
         }
-        let other_vms: Vec<_> = self.list_vms()?.into_iter().filter(|v| v.spec.name != vm_name).collect();
-        let other_nics = || other_vms.iter().flat_map(|v| v.spec.nics.iter().map(move |n| (n, v.spec.name.clone())));
-        let others: Vec<(String, String)> =
-            other_nics().filter_map(|(n, vm)| Some((n.mac.as_ref()?.to_ascii_lowercase(), vm))).collect();
         // Addresses held on host bridges (given by an administrator, not leased): one NIC each.
-        let on_bridges: Vec<(String, Ipv4Addr, String)> =
-            other_nics().filter_map(|(n, vm)| Some((n.bridge.clone()?, n.ip?, vm))).collect();
+        // Only a spec that gives a bridged NIC an address reads the other VMs for them.
+        let bridged_ips = spec.nics.iter().any(|n| n.mode == NicMode::Bridged && n.ip.is_some());
+        let on_bridges: Vec<(String, Ipv4Addr, String)> = if bridged_ips {
+            self.list_vms()?
+                .into_iter()
+                .filter(|v| v.spec.name != vm_name)
+                .flat_map(|v| {
+                    let name = v.spec.name.clone();
+                    v.spec.nics.into_iter().filter_map(move |n| Some((n.bridge?, n.ip?, name.clone())))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let groups: HashSet<String> =
             self.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g.spec.name).collect();
         for i in 0..spec.nics.len() {
@@ -76,7 +84,7 @@ impl Controller {
             match spec.nics[i].mac.clone() {
                 Some(mac) => {
                     let mac = mac.to_ascii_lowercase();
-                    if let Some((_, owner)) = others.iter().find(|(m, _)| *m == mac) {
+                    if let Some(owner) = self.mac_holder(&mac, vm_name)? {
                         return Err(ControlError::invalid(
                             format!("{field}.mac"),
                             format!("{mac} is used by VM {owner}"),
@@ -90,19 +98,22 @@ impl Controller {
                 }
                 None => {
                     // Stable per VM and NIC; salted again in the rare case it is taken.
-                    let mac = (0..64)
-                        .map(|salt| {
-                            if salt == 0 {
-                                default_mac(vm_id, slot)
-                            } else {
-                                default_mac(&format!("{vm_id}/{salt}"), slot)
-                            }
-                        })
-                        .find(|m| {
-                            !others.iter().any(|(o, _)| o == m)
-                                && !spec.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str()))
-                        })
-                        .ok_or_else(|| ControlError::Conflict("no free MAC address found".into()))?;
+                    let mut found = None;
+                    for salt in 0..64 {
+                        let m = if salt == 0 {
+                            default_mac(vm_id, slot)
+                        } else {
+                            default_mac(&format!("{vm_id}/{salt}"), slot)
+                        };
+                        if spec.nics.iter().any(|n| n.mac.as_deref() == Some(m.as_str())) {
+                            continue;
+                        }
+                        if self.mac_holder(&m, vm_name)?.is_none() {
+                            found = Some(m);
+                            break;
+                        }
+                    }
+                    let mac = found.ok_or_else(|| ControlError::Conflict("no free MAC address found".into()))?;
                     spec.nics[i].mac = Some(mac);
                 }
             }
@@ -239,6 +250,61 @@ impl Controller {
             ops.push(Op::Delete { key: Lease::key_of(&lease_key(&b.network, b.ip)), expect: Expect::Any });
         }
         ops
+    }
+
+    /// The VM other than `me` whose NIC holds `mac`, if any.
+    fn mac_holder(&self, mac: &str, me: &str) -> Result<Option<String>, ControlError> {
+        let claim = self.inner.store.get_record::<MacClaim>(mac)?;
+        Ok(claim.map(|(c, _)| c.vm).filter(|vm| vm != me))
+    }
+
+    /// Store operations that claim and let go of the MAC addresses of a VM whose spec goes from
+    /// `old` to `new`: a MAC another VM claimed meanwhile makes the whole transaction fail.
+    pub(crate) fn mac_ops(&self, vm: &str, old: Option<&VmSpec>, new: Option<&VmSpec>) -> Vec<Op> {
+        let macs = |s: Option<&VmSpec>| -> Vec<(String, String)> {
+            s.map(|s| {
+                s.nics.iter().filter_map(|n| Some((n.mac.as_ref()?.to_ascii_lowercase(), n.id.clone()))).collect()
+            })
+            .unwrap_or_default()
+        };
+        let (before, after) = (macs(old), macs(new));
+        let mut ops = Vec::new();
+        for (mac, nic) in &after {
+            let claim = MacClaim { vm: vm.to_string(), nic: nic.clone() };
+            match before.iter().find(|(m, _)| m == mac) {
+                None => ops.push(Op::Put { key: MacClaim::key_of(mac), value: encode(&claim), expect: Expect::Absent }),
+                Some((_, n)) if n != nic => {
+                    ops.push(Op::Put { key: MacClaim::key_of(mac), value: encode(&claim), expect: Expect::Any })
+                }
+                Some(_) => {}
+            }
+        }
+        for (mac, _) in before.iter().filter(|(m, _)| !after.iter().any(|(a, _)| a == m)) {
+            ops.push(Op::Delete { key: MacClaim::key_of(mac), expect: Expect::Any });
+        }
+        ops
+    }
+
+    /// At start: every VM's MACs are claimed (stores written before claims existed, or a claim
+    /// lost), so that the check at creation reads one key.
+    pub(crate) fn claim_all_macs(&self) {
+        let Ok(vms) = self.list_vms() else { return };
+        for vm in vms {
+            for n in &vm.spec.nics {
+                let Some(mac) = n.mac.as_ref().map(|m| m.to_ascii_lowercase()) else { continue };
+                let claim = MacClaim { vm: vm.spec.name.clone(), nic: n.id.clone() };
+                match self.inner.store.get_record::<MacClaim>(&mac) {
+                    Ok(Some((c, _))) if c == claim => {}
+                    Ok(Some((c, _))) => {
+                        tracing::warn!(vm = %vm.spec.name, mac, other = %c.vm, "two VMs have one MAC address")
+                    }
+                    Ok(None) => {
+                        let _ = self.inner.store.put_record(&mac, &claim, Expect::Absent);
+                    }
+                    Err(e) => tracing::warn!("MAC claims: {e}"),
+                }
+            }
+        }
     }
 
     /// The networks whose DHCP hosts change between two specs.

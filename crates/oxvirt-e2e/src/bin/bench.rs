@@ -772,7 +772,7 @@ fn raw_qemu(
     incoming: Option<String>,
     paths: &RuntimePaths,
 ) {
-    let launch = oxvirt_hypervisor::Launch { run_as: None, incoming };
+    let launch = oxvirt_hypervisor::Launch { incoming, ..Default::default() };
     let mut args = driver.args(id, spec, &launch, paths);
     for a in args.iter_mut().filter(|a| a.contains("spawn=deny")) {
         *a = a.replace(",spawn=deny", "");

@@ -43,8 +43,10 @@ pub trait MigrationOps: Send + Sync {
     async fn use_tls(&self, end: StreamEnd) -> Result<(), HvError>;
     /// Target, started to wait (`incoming` "defer"): listens on `uri` now.
     async fn listen(&self, uri: &str) -> Result<(), HvError>;
-    /// Target: accepts a migration that switches to post-copy.
-    async fn accept_postcopy(&self) -> Result<(), HvError>;
+    /// Target, before the source connects: accepts a migration that switches to post-copy;
+    /// with `hold_disks`, takes the disks over only when resumed (their copies are still served
+    /// when the stream ends; the guest is started paused for that).
+    async fn prepare_to_receive(&self, postcopy: bool, hold_disks: bool) -> Result<(), HvError>;
     /// Target: serves the (empty) copies of `disk_ids` on `host:port`, writable, for the
     /// source's mirrors.
     async fn serve_disks(&self, host: &str, port: &str, disk_ids: &[String], tls: bool) -> Result<(), HvError>;

@@ -317,7 +317,7 @@ pub fn build(
         };
         push(&["-object", obj]);
     }
-    if needs_setup_before_run(spec) {
+    if needs_setup_before_run(spec) || launch.paused {
         push(&["-S"]);
     }
 
@@ -619,7 +619,7 @@ mod tests {
     #[test]
     fn migration_tls_gives_every_qemu_both_credentials_before_it_drops_root() {
         let s = spec();
-        let l = Launch { run_as: Some((1000, 1000)), incoming: None };
+        let l = Launch { run_as: Some((1000, 1000)), ..Default::default() };
         let plain = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert!(!plain.iter().any(|a| a.contains("tls-creds")));
         let tls = CmdlineHost { migration_tls: Some("/etc/ox,tls".into()), ..host() };

@@ -36,8 +36,10 @@ impl MigrationOps for QemuInstance {
         Ok(migration::migrate_incoming(&self.qmp, uri).await?)
     }
 
-    async fn accept_postcopy(&self) -> Result<(), HvError> {
-        Ok(migration::migrate_set_capabilities(&self.qmp, &[(migration::Capability::PostcopyRam, true)]).await?)
+    async fn prepare_to_receive(&self, postcopy: bool, hold_disks: bool) -> Result<(), HvError> {
+        use migration::Capability::*;
+        let caps = [(PostcopyRam, postcopy), (LateBlockActivate, hold_disks)];
+        Ok(migration::migrate_set_capabilities(&self.qmp, &caps).await?)
     }
 
     async fn serve_disks(&self, host: &str, port: &str, disk_ids: &[String], tls: bool) -> Result<(), HvError> {

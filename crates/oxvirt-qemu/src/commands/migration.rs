@@ -16,6 +16,9 @@ pub enum Capability {
     /// Stops with the guest paused before the switch-over (`pre-switchover`), until
     /// [`migrate_continue`]: time to finish disk mirrors.
     PauseBeforeSwitchover,
+    /// The target takes its disks over only when the guest is resumed (`cont`), not as soon as
+    /// the stream is in: what still uses them (an NBD export of their copies) can go first.
+    LateBlockActivate,
 }
 
 impl Capability {
@@ -24,6 +27,7 @@ impl Capability {
             Capability::AutoConverge => "auto-converge",
             Capability::PostcopyRam => "postcopy-ram",
             Capability::PauseBeforeSwitchover => "pause-before-switchover",
+            Capability::LateBlockActivate => "late-block-activate",
         }
     }
 }
