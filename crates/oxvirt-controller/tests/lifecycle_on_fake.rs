@@ -67,6 +67,19 @@ async fn act(c: &Controller, vm: &str, action: VmAction) -> (TaskState, Option<S
     (t.state, t.error)
 }
 
+/// Waits until the VM runs again in another process than `before`'s.
+async fn wait_restarted(c: &Controller, before: &Vm, what: &str) -> Vm {
+    let start = Instant::now();
+    loop {
+        let v = c.get_vm(&before.spec.name).unwrap();
+        if v.status.state == VmState::Running && v.status.pid != before.status.pid {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: not restarted: {:?}", v.status);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits until every task has ended (a restart by policy holds the VM until its task ends).
 async fn settle(c: &Controller) {
     let start = Instant::now();
@@ -165,15 +178,7 @@ async fn restart_policies_tell_a_crash_from_a_poweroff() {
 
     // The process dies: on-failure starts it again, another process.
     h.guest(&first).crash();
-    let start = Instant::now();
-    let again = loop {
-        let v = c.get_vm("flaky").unwrap();
-        if v.status.state == VmState::Running && v.status.pid != first.status.pid {
-            break v;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "not restarted: {:?}", v.status);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let again = wait_restarted(&c, &first, "after the crash").await;
     assert_eq!(h.hv.starts().len(), 2);
     settle(&c).await;
 
@@ -202,15 +207,7 @@ async fn a_panicked_guest_is_recorded_and_restarted_by_policy() {
     let first = c.get_vm("oops").unwrap();
     let mut events = c.subscribe();
     h.guest(&first).guest_panic();
-    let start = Instant::now();
-    loop {
-        let v = c.get_vm("oops").unwrap();
-        if v.status.state == VmState::Running && v.status.pid != first.status.pid {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "not restarted after the panic: {:?}", v.status);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_restarted(&c, &first, "after the panic").await;
     assert_eq!(h.hv.starts().len(), 2);
     // On the way: the panic said, the VM recorded as crashed, the old process killed.
     let mut seen = Vec::new();
