@@ -308,3 +308,31 @@ async fn a_mac_address_is_one_nics_until_its_vm_goes() {
     c.delete_vm("a").unwrap();
     c.create_vm(ROOT, with_mac("b", "52:54:00:aa:bb:cc")).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_holds_the_over_commit_ratio_and_starts_nothing_past_it() {
+    let h = Host::new();
+    let c = h.controller(Duration::from_secs(5));
+    let cpus = c.host_info().unwrap().cpus as usize;
+    let mut policy = c.host_policy().unwrap();
+    policy.cpu_overcommit = 1.0;
+    c.set_host_policy(policy).unwrap();
+    // One vCPU each: as many as the host has CPUs start, the next is refused.
+    for i in 0..=cpus {
+        c.create_vm(ROOT, h.spec(&format!("vm{i}"), "never")).unwrap();
+    }
+    for i in 0..cpus {
+        assert_eq!(act(&c, &format!("vm{i}"), VmAction::Start).await, (TaskState::Succeeded, None));
+    }
+    let last = format!("vm{cpus}");
+    let (state, error) = act(&c, &last, VmAction::Start).await;
+    let error = error.unwrap_or_default();
+    assert_eq!(state, TaskState::Failed);
+    assert!(error.contains("cpus") && error.contains("over-commit ratio 1"), "{error}");
+    let vm = c.get_vm(&last).unwrap();
+    assert_eq!((vm.status.state, vm.desired, vm.status.pid), (VmState::Stopped, DesiredState::Stopped, None));
+    assert_eq!(h.hv.starts().len(), cpus, "a refused start reached the hypervisor");
+    // Room again once one stops.
+    act(&c, "vm0", VmAction::Stop).await;
+    assert_eq!(act(&c, &last, VmAction::Start).await, (TaskState::Succeeded, None));
+}
