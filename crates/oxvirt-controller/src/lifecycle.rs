@@ -3,7 +3,7 @@
 use crate::tasks::TaskHandle;
 use crate::vms::busy;
 use crate::{lock, now_millis, ControlError, Controller};
-use oxvirt_hypervisor::{Instance, InstanceEvent};
+use oxvirt_hypervisor::{Instance, InstanceEvent, RunState};
 use oxvirt_model::{DesiredState, Event, RestartPolicy, Task, Vm, VmAction, VmState};
 use oxvirt_store::StoreExt;
 use std::sync::Arc;
@@ -177,14 +177,13 @@ impl Controller {
     pub(crate) fn attach(&self, name: &str, instance: Arc<dyn Instance>) {
         let mut events = instance.subscribe();
         *lock(&self.inner.slot(name).instance) = Some(instance.clone());
-        self.update_vm_record(name, |vm| {
+        self.set_state_with(name, VmState::Running, "running", |vm| {
             vm.status.pid = Some(instance.pid());
             vm.status.accel = Some(instance.accel().to_string());
             if vm.status.started_at.is_none() || vm.status.state == VmState::Starting {
                 vm.status.started_at = Some(now_millis());
             }
         });
-        self.set_state(name, VmState::Running, "running");
         let me = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
@@ -209,8 +208,7 @@ impl Controller {
                 };
                 match ev {
                     InstanceEvent::Shutdown { guest, reason } => last_shutdown = Some((guest, reason)),
-                    InstanceEvent::Paused => me.observe(&name, VmState::Paused, "paused"),
-                    InstanceEvent::Resumed => me.observe(&name, VmState::Running, "running"),
+                    InstanceEvent::Paused | InstanceEvent::Resumed => me.observe(&name, &instance).await,
                     InstanceEvent::Panicked => me.on_panic(&name, &instance).await,
                     InstanceEvent::Reset { guest } => me.emit_guest(&name, if guest { "guest reset" } else { "reset" }),
                     InstanceEvent::BlockIoError { device, reason } => {
@@ -228,8 +226,17 @@ impl Controller {
         });
     }
 
-    /// A state change QEMU reported on its own (not during one of our operations).
-    fn observe(&self, name: &str, state: VmState, reason: &str) {
+    /// A pause or resume QEMU reported: one of our operations records its own outcome (the
+    /// event is skipped while one holds the VM); otherwise the guest was paused or resumed from
+    /// outside, and what QEMU says now is recorded, the event being only the cue (it may be
+    /// older than an operation that ended since).
+    async fn observe(&self, name: &str, instance: &Arc<dyn Instance>) {
+        let Ok(_op) = self.inner.slot(name).op.clone().try_lock_owned() else { return };
+        let (state, reason) = match instance.run_state().await {
+            Ok(RunState::Running) => (VmState::Running, "running"),
+            Ok(RunState::Paused) => (VmState::Paused, "paused"),
+            _ => return,
+        };
         let Ok(vm) = self.get_vm(name) else { return };
         if self.check_local(&vm).is_err() {
             return;
@@ -328,13 +335,13 @@ impl Controller {
             self.release_network(&vm.id, &vm.spec);
             self.release_hugepages(&vm.id);
         }
-        self.update_vm_record(name, |vm| {
+        // One write: no reader ever sees a VM "running" without a process.
+        self.set_state_with(name, VmState::Stopped, reason, |vm| {
             vm.status.placement = None;
             vm.status.pid = None;
             vm.status.accel = None;
             vm.status.started_at = None;
         });
-        self.set_state(name, VmState::Stopped, reason);
     }
 
     pub(crate) fn set_desired(&self, name: &str, desired: DesiredState) -> Result<(), ControlError> {
@@ -344,8 +351,14 @@ impl Controller {
 
     /// Records an observed state and announces it when it changed.
     pub(crate) fn set_state(&self, name: &str, state: VmState, reason: &str) {
+        self.set_state_with(name, state, reason, |_| {});
+    }
+
+    /// [`Controller::set_state`], with other status changes made in the same write.
+    fn set_state_with(&self, name: &str, state: VmState, reason: &str, mut also: impl FnMut(&mut Vm)) {
         let mut changed = false;
         self.update_vm_record(name, |vm| {
+            also(vm);
             changed = vm.status.state != state || vm.status.reason != reason;
             if changed {
                 vm.status.state = state;
