@@ -605,7 +605,9 @@ pub async fn wait_state(client: &Client, vm: &str, state: &str, timeout: Duratio
     let start = Instant::now();
     loop {
         let v = client.get_vm(vm).await.expect("get vm");
-        if v.status.state.as_str() == state {
+        // A running VM has its process recorded (a migrated one once its new host took it over).
+        let settled = !v.status.state.has_process() || v.status.pid.is_some();
+        if v.status.state.as_str() == state && settled {
             return v;
         }
         if start.elapsed() > timeout {

@@ -267,7 +267,16 @@ async fn live_migration_over_tls_moves_a_guest_and_refuses_plaintext() {
     let reason = vm.host_reason.clone().unwrap_or_default();
     assert!(reason.starts_with("migrated from host-a") && reason.contains("1 local disk(s) copied"), "{reason}");
     eprintln!("TLS migration in {:?}: {reason}", started.elapsed());
-    let argv = std::fs::read(format!("/proc/{}/cmdline", vm.status.pid.unwrap())).unwrap();
+    // The handover clears the source's pid; the target records its QEMU's on taking over.
+    let start = Instant::now();
+    let pid = loop {
+        if let Some(p) = b.client.get_vm("mover").await.unwrap().status.pid {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "host-b never took the VM over:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(String::from_utf8_lossy(&argv).contains("id=oxv-tls-client,endpoint=client"));
     let after = guest_number(&b.client, "mover", "cat /tmp/c").await;
     assert!(after >= before, "the counter went back: {before} -> {after}");

@@ -362,6 +362,8 @@ impl Controller {
         vm.host = Some(to.to_string());
         // The switch-over paused the guest here; it runs there.
         vm.desired = oxvirt_model::DesiredState::Running;
+        // This host's process is not the VM's any more: the target records its own on taking over.
+        vm.status.pid = None;
         vm.host_reason = Some(format!("migrated from {}: {how}", self.host_name().unwrap_or_default()));
         let (mut m, mrev) =
             self.inner.store.get_record::<Migration>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
