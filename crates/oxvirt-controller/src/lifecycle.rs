@@ -396,10 +396,17 @@ async fn apply_setup(
     if !oxvirt_hypervisor::qemu::cmdline::needs_setup_before_run(spec) {
         return Ok(());
     }
-    for (i, d) in spec.disks.iter().enumerate() {
-        if let Some(q) = &d.qos {
-            instance.set_disk_qos(&oxvirt_hypervisor::qemu::cmdline::disk_id(d, i), q).await?;
-        }
+    for (id, q) in disk_limits(spec) {
+        instance.set_disk_qos(&id, q).await?;
     }
     instance.resume().await
+}
+
+/// The disks of a spec that have I/O limits, by the disk id QEMU knows them by. QEMU keeps them
+/// neither before the guest runs nor across a migration: they are set at both.
+pub(crate) fn disk_limits(spec: &oxvirt_model::VmSpec) -> impl Iterator<Item = (String, &oxvirt_model::DiskQos)> {
+    spec.disks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| Some((oxvirt_hypervisor::qemu::cmdline::disk_id(d, i), d.qos.as_ref()?)))
 }

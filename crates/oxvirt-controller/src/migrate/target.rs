@@ -205,12 +205,9 @@ impl Controller {
     /// disks again), and when that fails too the VM shows as paused, with why.
     async fn settle_arrival(&self, name: &str, instance: &dyn Instance, held: bool) {
         if let Ok(vm) = self.get_vm(name) {
-            for (i, d) in vm.spec.disks.iter().enumerate() {
-                if let Some(q) = d.qos.as_ref().filter(|q| !q.is_unlimited()) {
-                    let id = oxvirt_hypervisor::qemu::cmdline::disk_id(d, i);
-                    if let Err(e) = instance.set_disk_qos(&id, q).await {
-                        tracing::warn!(vm = name, disk = %id, "I/O limits after the migration: {e}");
-                    }
+            for (id, q) in crate::lifecycle::disk_limits(&vm.spec).filter(|(_, q)| !q.is_unlimited()) {
+                if let Err(e) = instance.set_disk_qos(&id, q).await {
+                    tracing::warn!(vm = name, disk = %id, "I/O limits after the migration: {e}");
                 }
             }
         }
@@ -218,14 +215,16 @@ impl Controller {
             Ok(RunState::Running) | Err(_) => return,
             Ok(_) => {}
         }
-        let log = self.qemu_log_tail(name);
+        // QEMU's log is read only when it has something to explain (the guest is paused while
+        // this runs: no file read on the way).
         if held {
             tracing::debug!(vm = name, "resuming the guest that arrived");
         } else {
+            let log = self.qemu_log_tail(name);
             tracing::warn!(vm = name, "the guest did not start after the migration; resuming it: {log}");
         }
         if let Err(e) = instance.resume().await {
-            let why = format!("arrived by migration but could not run here: {e} ({log})");
+            let why = format!("arrived by migration but could not run here: {e} ({})", self.qemu_log_tail(name));
             tracing::warn!(vm = name, "{why}");
             self.set_state(name, VmState::Paused, &why);
         }
