@@ -248,10 +248,17 @@ impl Controller {
         }
     }
 
+    /// A guest's panic, from the VM's QEMU here: one from a QEMU that is not the VM's any more
+    /// (the source's, once the guest migrated away; an older one of a restarted VM) is not its.
     async fn on_panic(&self, name: &str, instance: &Arc<dyn Instance>) {
+        let current = lock(&self.inner.slot(name).instance).as_ref().is_some_and(|c| Arc::ptr_eq(c, instance));
+        let Ok(vm) = self.get_vm(name) else { return };
+        if !current || self.check_local(&vm).is_err() {
+            tracing::info!(vm = name, pid = instance.pid(), "a panic reported by a QEMU that is not the VM's any more");
+            return;
+        }
         self.emit_guest(name, "guest kernel panicked");
         self.set_state(name, VmState::Crashed, "guest kernel panicked");
-        let Ok(vm) = self.get_vm(name) else { return };
         if vm.spec.restart_policy != RestartPolicy::Never && vm.desired == DesiredState::Running {
             // The exit that follows restarts it (see on_exit).
             let _ = instance.kill().await;

@@ -602,16 +602,28 @@ pub async fn wait_console(client: &Client, vm: &str, marker: &str, count: usize,
 
 /// Waits until the VM's observed state is `state`; returns the VM.
 pub async fn wait_state(client: &Client, vm: &str, state: &str, timeout: Duration) -> oxvirt_model::Vm {
+    try_wait_state(client, vm, state, timeout).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`wait_state`], saying why not instead of panicking (callers add what they know: logs).
+pub async fn try_wait_state(client: &Client, vm: &str, state: &str, timeout: Duration) -> Result<oxvirt_model::Vm, String> {
     let start = Instant::now();
     loop {
         let v = client.get_vm(vm).await.expect("get vm");
         // A running VM has its process recorded (a migrated one once its new host took it over).
         let settled = !v.status.state.has_process() || v.status.pid.is_some();
         if v.status.state.as_str() == state && settled {
-            return v;
+            return Ok(v);
         }
         if start.elapsed() > timeout {
-            panic!("VM {vm} is {} ({}) after {timeout:?}, wanted {state}", v.status.state.as_str(), v.status.reason);
+            // The guest's last words say why it is not where it should be (a panic's trace).
+            let log = client.console_log(vm, 8 << 10).await.unwrap_or_default();
+            return Err(format!(
+                "VM {vm} is {} ({}) after {timeout:?}, wanted {state}; the console's end:\n{}",
+                v.status.state.as_str(),
+                v.status.reason,
+                String::from_utf8_lossy(&log)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -263,7 +263,9 @@ async fn live_migration_over_tls_moves_a_guest_and_refuses_plaintext() {
     let t = a.client.migrate_vm("mover", "host-b").await.unwrap();
     let t = a.client.wait_task(&t.id, Duration::from_secs(120)).await.unwrap();
     assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}\n{}\n{}", a.log(), b.log());
-    let vm = wait_state(&b.client, "mover", "running", Duration::from_secs(30)).await;
+    let vm = try_wait_state(&b.client, "mover", "running", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nhost-a:\n{}\nhost-b:\n{}", a.log(), b.log()));
     let reason = vm.host_reason.clone().unwrap_or_default();
     assert!(reason.starts_with("migrated from host-a") && reason.contains("1 local disk(s) copied"), "{reason}");
     eprintln!("TLS migration in {:?}: {reason}", started.elapsed());

@@ -291,7 +291,6 @@ async fn hold(
 ) -> Result<(), etcd_client::Error> {
     let lease = client.lease_client().grant(ttl, None).await?.id();
     client.kv_client().put(key, name, Some(PutOptions::new().with_lease(lease))).await?;
-    let (mut keeper, mut stream) = client.lease_client().keep_alive(lease).await?;
     let mut el = client.election_client();
     let (election, name, flag) = (election.to_string(), name.to_string(), leader.clone());
     // Waits (as long as it takes: each call is bounded by the client's timeout, so it is asked
@@ -307,21 +306,46 @@ async fn hold(
             }
         }
     });
-    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
-    let result = loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = keeper.keep_alive().await {
-            break Err(e);
-        }
-        match stream.message().await {
-            Ok(Some(r)) if r.ttl() > 0 => continue,
-            Ok(_) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
+    let result = renew(client, lease, ttl).await;
     campaign.abort();
     leader.store(false, Ordering::SeqCst);
     result
+}
+
+/// Keeps `lease` alive, renewing it every third of its `ttl`, until it lapses (Ok) or cannot be
+/// renewed before it would (Err). A broken renewal stream (the etcd member it went to stopped)
+/// is opened again at once on the same lease: the member's key stays while the lease runs,
+/// instead of vanishing until a new lease is granted.
+async fn renew(client: &Client, lease: i64, ttl: i64) -> Result<(), etcd_client::Error> {
+    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+    let mut lapses = tokio::time::Instant::now() + Duration::from_secs(ttl as u64);
+    loop {
+        let broken = match client.lease_client().keep_alive(lease).await {
+            Ok((mut keeper, mut stream)) => loop {
+                if let Err(e) = keeper.keep_alive().await {
+                    break e;
+                }
+                // A member that went silent (not closed) must not hold the renewals up past the lease.
+                let answer = tokio::time::timeout(every, stream.message()).await.unwrap_or_else(|_| {
+                    Err(etcd_client::Error::LeaseKeepAliveError(format!("no answer within {every:?}")))
+                });
+                match answer {
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        lapses = tokio::time::Instant::now() + Duration::from_secs(r.ttl() as u64);
+                        tokio::time::sleep(every).await;
+                    }
+                    Ok(_) => return Ok(()),
+                    Err(e) => break e,
+                }
+            },
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() + Duration::from_millis(100) >= lapses {
+            return Err(broken);
+        }
+        tracing::debug!("cluster membership: renewing the lease again after {broken}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 impl Session {
