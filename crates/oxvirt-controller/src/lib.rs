@@ -54,7 +54,7 @@ pub struct ControllerConfig {
     pub console_log_max: u64,
     /// How often the reconciler looks at every VM.
     pub reconcile_interval: Duration,
-    /// Each VM's QEMU gives up root for a uid of its own once the guest starts.
+    /// Each VM's QEMU runs as a uid of its own from its first instruction.
     pub confine_qemu: bool,
     /// Directories under which an administrator may name host paths (disk images, kernels,
     /// import sources, export destinations, pool directories); empty turns host paths off.

@@ -156,10 +156,11 @@ async fn tokens_expire_revoke_at_once_and_are_rate_limited() {
     assert_eq!(status, 401);
 }
 
-/// Each VM's QEMU gives up root for a uid of its own. A host-path disk (the administrator's
-/// file) reaches it as a descriptor oxvirt opened: the file keeps its owner and mode (root,
-/// 0600), the guest reads and writes it, and another VM's QEMU cannot open it; a disk hot-plugged
-/// later is passed the same way.
+/// Each VM's QEMU runs as a uid of its own from its first instruction. A host-path disk (the
+/// administrator's file) reaches it as a descriptor oxvirt opened: the file keeps its owner and
+/// mode (root, 0600), the guest reads and writes it, and another VM's QEMU cannot open it; a
+/// disk hot-plugged later is passed the same way. The kernel and initrd it boots are root's
+/// alone (0600): QEMU reads copies made its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -170,12 +171,21 @@ async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
         std::fs::write(p, vec![0u8; 1 << 20]).unwrap();
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
     };
+    let boot = tempfile::tempdir_in("/tmp").unwrap();
+    let g = guest();
+    for (from, to) in [(&g.kernel, "vmlinuz"), (&g.initrd, "initrd.img")] {
+        std::fs::copy(from, boot.path().join(to)).unwrap();
+        std::fs::set_permissions(boot.path().join(to), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::set_permissions(boot.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let dir_mode = std::fs::metadata(dir.path()).unwrap().mode();
     let mut uids = Vec::new();
     for name in ["ca", "cb"] {
         let disk = dir.path().join(format!("{name}.raw"));
         root_only(&disk);
         let mut spec = kernel_spec(name, "");
+        spec["kernel"]["kernel"] = json!(boot.path().join("vmlinuz"));
+        spec["kernel"]["initrd"] = json!(boot.path().join("initrd.img"));
         spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
         let created = c.create_vm(&spec, true).await.unwrap();
         c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
@@ -185,6 +195,13 @@ async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
         let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
         let uid: u32 = uid_line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(uid != 0 && Some(uid) == vm.uid, "{name}: {uid_line}, record {:?}", vm.uid);
+        // Real, effective, saved and file-system uids alike: nothing left to get root back with.
+        let ids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
+        assert!(ids.iter().all(|i| *i == uid.to_string()), "{uid_line}");
+        for f in ["vmlinuz", "initrd.img"] {
+            let meta = std::fs::metadata(boot.path().join(f)).unwrap();
+            assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "the {f} is not given away");
+        }
         let meta = std::fs::metadata(&disk).unwrap();
         assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{name}'s disk is not given away");
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.status.pid.unwrap())).unwrap();
@@ -232,9 +249,18 @@ async fn each_qemu_runs_as_its_own_user_and_cannot_open_another_vms_disk() {
 /// QEMU runs under a seccomp filter; memory encryption is refused, by name, on a host without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_is_sandboxed_and_sev_is_refused_here() {
+    use std::os::unix::fs::MetadataExt;
     let d = Daemon::start();
     let c = &d.client;
-    let created = c.create_vm(&kernel_spec("sbx", ""), true).await.unwrap();
+    // A read-only volume is not given to the VM (it may be shared): QEMU gets it open.
+    let _: Value = c.post("/api/v1/pools", &json!({ "name": "ro", "path": d.path().join("ro") })).await.unwrap();
+    let _: Value = c.post("/api/v1/pools/ro/volumes", &json!({ "name": "iso", "size": "8MiB", "format": "raw" })).await.unwrap();
+    let file = d.path().join("ro").join("iso.raw");
+    std::fs::write(&file, [b"RO-MARK\n".as_slice(), &vec![0u8; (8 << 20) - 8]].concat()).unwrap();
+    let before = std::fs::metadata(&file).unwrap();
+    let mut spec = kernel_spec("sbx", "");
+    spec["disks"] = json!([{ "volume": "ro/iso", "readonly": true }]);
+    let created = c.create_vm(&spec, true).await.unwrap();
     c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
     wait_console(c, "sbx", READY, 1, BOOT_TIMEOUT).await;
     let pid = c.get_vm("sbx").await.unwrap().status.pid.unwrap();
@@ -244,6 +270,13 @@ async fn qemu_is_sandboxed_and_sev_is_refused_here() {
     // No new processes or programs: QEMU runs without -daemonize, under spawn=deny.
     let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ");
     assert!(cmdline.contains("spawn=deny") && !cmdline.contains("-daemonize"), "{cmdline}");
+    // Nor any change of user or group: QEMU never runs as root, so it needs none.
+    assert!(cmdline.contains("elevateprivileges=deny") && !cmdline.contains("-runas"), "{cmdline}");
+    assert!(!status.lines().any(|l| l.starts_with("Uid:") && l.contains("\t0\t")), "{status}");
+    run_in_guest(c, "sbx", "head -c 7 /dev/vda; echo", "RO-MARK").await;
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!((after.uid(), after.mode()), (before.uid(), before.mode()), "the read-only volume was given away");
+    assert!(cmdline.contains("/dev/fdset/1"), "{cmdline}");
     c.vm_action_wait("sbx", "kill", Duration::from_secs(30)).await.unwrap();
 
     let mut spec = kernel_spec("sev", "");

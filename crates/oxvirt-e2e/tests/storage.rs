@@ -138,6 +138,11 @@ async fn import_vmdk_then_linked_clones_boot() {
     .await;
     assert_eq!((s, f.as_deref()), (400, Some("source_format")));
 
+    // The template is root's alone: each clone's QEMU (its own user) reads it through a
+    // descriptor oxvirt opened, never by the name the clone records.
+    use std::os::unix::fs::PermissionsExt;
+    let template = d.path().join("pool-images").join("template.qcow2");
+    std::fs::set_permissions(&template, std::fs::Permissions::from_mode(0o600)).unwrap();
     for i in 0..2 {
         let clone: Volume = c
             .post("/api/v1/pools/images/volumes/template/clone", &json!({ "name": format!("vm{i}-root") }))

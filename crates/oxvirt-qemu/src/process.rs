@@ -17,13 +17,16 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// by [`Pidfd::exited`]) and is left to init, still running, when the daemon exits.
 ///
 /// `cgroup_procs` are open `cgroup.procs` files: the process joins those cgroups before it
-/// runs. `keep_fds` stay open across exec (descriptors passed on with `-add-fd`).
+/// runs. `keep_fds` stay open across exec (descriptors passed on with `-add-fd`). With `user`
+/// it runs as that user from its first instruction (after joining its cgroups), unable to gain
+/// privileges again (no-new-privileges).
 pub fn spawn_detached(
     program: &str,
     args: &[String],
     log: &Path,
     cgroup_procs: &[std::fs::File],
     keep_fds: &[RawFd],
+    user: Option<&Identity>,
 ) -> Result<u32, ProcessError> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
@@ -41,25 +44,40 @@ pub fn spawn_detached(
     cmd.args(args).stdin(std::process::Stdio::null()).stdout(out).stderr(err);
     let fds: Vec<i32> = cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
     let keep: Vec<RawFd> = keep_fds.to_vec();
-    // SAFETY: only setsid(2), fcntl(2) and write(2) on descriptors that stay open until spawn
-    // returns; all are async-signal-safe.
+    let user = user.cloned();
+    // SAFETY: only setsid(2), fcntl(2), write(2), setgroups(2), setgid(2), setuid(2) and
+    // prctl(2) on memory and descriptors that stay valid until spawn returns (nothing is
+    // allocated here); all are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
+            let check = |r: libc::c_int| if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
             // A session of its own: no terminal's signals, and it outlives the daemon.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            check(libc::setsid() as libc::c_int)?;
             for fd in &keep {
-                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
             }
-            oxvirt_cgroup::join_in_child(&fds)
+            oxvirt_cgroup::join_in_child(&fds)?;
+            if let Some(u) = &user {
+                // Groups first (root may still set them), the uid last.
+                check(libc::setgroups(u.groups.len(), u.groups.as_ptr()))?;
+                check(libc::setgid(u.gid))?;
+                check(libc::setuid(u.uid))?;
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
+            Ok(())
         })
     };
     let child = cmd.spawn().map_err(|e| ProcessError::io(format!("run {program}"), e))?;
     // Not waited on here: its exit is seen (and reaped) through a pidfd.
     Ok(child.id())
+}
+
+/// Who a process runs as: its uid, primary gid and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 /// The end of a process's log, for an error message.

@@ -22,7 +22,7 @@ pub struct Config {
     /// new connection is closed at once).
     pub https_max_connections: usize,
     pub https_max_connections_per_address: usize,
-    /// Each VM's QEMU gives up root for a uid of its own once its guest starts.
+    /// Each VM's QEMU runs as a uid of its own from its first instruction.
     pub confine_qemu: bool,
     /// Requests per second each API token may make over HTTPS (0: no limit), and the burst.
     pub api_rate_per_token: f64,

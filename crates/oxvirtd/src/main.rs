@@ -150,7 +150,7 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
     };
     let mut hv = oxvirt_hypervisor::qemu::QemuDriver::new(config.qemu_binary.clone(), decision);
     if let Some(dir) = &transport.migration_tls {
-        // Every QEMU of this host reads the certificates as it starts (still root).
+        // Every QEMU of this host reads a copy of the certificates made its own as it starts.
         hv = hv.with_migration_tls(dir);
         tracing::info!(dir = %dir.display(), "live migration over TLS");
     }

@@ -58,7 +58,7 @@ impl Controller {
 
     /// Makes one NIC's TAP device (recorded first), joined, shaped. Returns its MTU.
     /// `owner`: the uid of the VM's confined QEMU, which may then attach the TAP device itself
-    /// (a NIC hot-plugged after it gave up root).
+    /// (a NIC hot-plugged into it).
     pub(crate) fn make_nic_tap(
         &self,
         vm_id: &str,

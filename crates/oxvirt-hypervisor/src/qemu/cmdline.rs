@@ -2,6 +2,7 @@
 //! vector element. Values inside QEMU's `key=value,...` option syntax are escaped (`,` doubled);
 //! devices and block nodes use QEMU's JSON syntax, where no value can add an option.
 
+pub use super::handoff::{Handoff, Layer};
 use crate::{Accel, Launch, RuntimePaths};
 use oxvirt_model::{DiskBus, MachineType, NicMode, VmSpec, MIB};
 use serde_json::json;
@@ -13,9 +14,8 @@ pub struct CmdlineHost {
     /// calibrating its TSC.
     pub tsc_khz: Option<u64>,
     /// The cluster's migration TLS directory (QEMU's `tls-creds-x509` layout), if migration goes
-    /// over TLS: every QEMU gets both credentials objects on its command line, read while it is
-    /// still root (it gives root up with `-runas` once the guest starts, so QMP's `object-add`
-    /// could not read them later).
+    /// over TLS: every QEMU gets both credentials objects on its command line, read from a copy
+    /// made its own (it never runs as root, so it could not read the host's).
     pub migration_tls: Option<std::path::PathBuf>,
 }
 
@@ -56,10 +56,9 @@ pub fn escape_opt(value: &str) -> String {
 
 /// QEMU's seccomp filter: no obsolete system calls, no scheduling or resource-limit changes, no
 /// new processes or programs (`spawn`: QEMU is started without `-daemonize`, which would fork
-/// after the filter is in). `elevateprivileges` stays allowed: QEMU 7.2 installs the filter before
-/// `-runas` gives up root (seen here: denied, QEMU never starts); once it has, every uid is the
-/// VM's and no-new-privileges holds, so no set*id call can get root back.
-pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny,spawn=deny";
+/// after the filter is in), no change of user or group (`elevateprivileges`: QEMU starts as the
+/// VM's user, with what it needs of the host's opened for it — `handoff.rs`).
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny";
 
 /// The TAP device of NIC `index` of VM `id` (15 characters at most, as Linux wants).
 pub fn tap_name(id: &str, index: usize) -> String {
@@ -86,6 +85,7 @@ pub fn nic_args(
     n: &oxvirt_model::NicSpec,
     index: usize,
     bus_suffix: &str,
+    tap_fds: Option<&[i32]>,
 ) -> (String, serde_json::Value) {
     let slot = if n.id.is_empty() { index } else { n.slot() };
     let mac = n.mac.clone().unwrap_or_else(|| default_mac(id, slot));
@@ -95,9 +95,20 @@ pub fn nic_args(
         return (format!("user,id=net{slot},restrict=on"), dev);
     }
     let queues = nic_queues(spec, n);
-    let mut netdev = format!("tap,id=net{slot},ifname={},script=no,downscript=no", escape_opt(&tap_name(id, slot)));
+    let mut netdev = match tap_fds {
+        // Opened by oxvirtd (QEMU may not open /dev/net/tun): one descriptor per queue.
+        Some([one]) => format!("tap,id=net{slot},fd={one}"),
+        Some(fds) => {
+            let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
+            format!("tap,id=net{slot},fds={}", list.join(":"))
+        }
+        None => format!("tap,id=net{slot},ifname={},script=no,downscript=no", escape_opt(&tap_name(id, slot))),
+    };
     if queues > 1 {
-        netdev.push_str(&format!(",queues={queues}"));
+        // With descriptors their number says how many queues (QEMU refuses `queues=` with them).
+        if tap_fds.is_none() {
+            netdev.push_str(&format!(",queues={queues}"));
+        }
         dev["mq"] = json!(true);
         dev["vectors"] = json!(2 * queues + 2);
     }
@@ -142,7 +153,28 @@ pub const NBD_RECONNECT_SECS: u64 = 30;
 
 /// The block nodes of a disk, bottom first; the last is its format node (`format_node`): a file
 /// and a qcow2/raw node, or one NBD client node for a volume served over NBD.
-pub fn block_nodes(d: &oxvirt_model::DiskSpec, id: &str) -> Vec<serde_json::Value> {
+pub fn block_nodes(d: &oxvirt_model::DiskSpec, id: &str, chain: Option<&[Layer]>) -> Vec<serde_json::Value> {
+    if let (None, Some(chain), oxvirt_model::DiskFormat::Qcow2) = (&d.nbd, chain, d.format) {
+        // The backing chain, bottom first, each layer from the descriptor oxvirtd opened: QEMU
+        // opens no file the image names.
+        let mut nodes = Vec::new();
+        for (k, layer) in chain.iter().enumerate().rev() {
+            let name = layer_node(id, k);
+            nodes.push(json!({ "driver": "file", "filename": format!("/dev/fdset/{}", layer.set), "node-name": format!("{name}-file"), "read-only": true }));
+            let below = if k + 1 < chain.len() { json!(layer_node(id, k + 1)) } else { serde_json::Value::Null };
+            let mut fmt = json!({ "driver": layer.format.as_str(), "file": format!("{name}-file"), "node-name": name, "read-only": true });
+            if layer.format == oxvirt_model::DiskFormat::Qcow2 {
+                fmt["backing"] = below;
+            }
+            nodes.push(fmt);
+        }
+        let mut own = block_nodes(d, id, None);
+        if let Some(top) = own.last_mut() {
+            top["backing"] = chain.first().map(|_| json!(layer_node(id, 0))).unwrap_or(serde_json::Value::Null);
+        }
+        nodes.extend(own);
+        return nodes;
+    }
     match &d.nbd {
         Some(n) => vec![json!({
             "driver": "nbd", "server": { "type": "unix", "path": n.socket }, "export": n.export,
@@ -153,6 +185,11 @@ pub fn block_nodes(d: &oxvirt_model::DiskSpec, id: &str) -> Vec<serde_json::Valu
             json!({ "driver": d.format.as_str(), "file": file_node(id), "node-name": format_node(id), "read-only": d.readonly }),
         ],
     }
+}
+
+/// The node of layer `k` below disk `id`'s image (0: its backing file).
+pub fn layer_node(id: &str, k: usize) -> String {
+    format!("{id}-b{k}")
 }
 
 /// The mark of a host-path disk's fd set (found again to remove it when the disk goes).
@@ -272,6 +309,7 @@ pub fn build(
     paths: &RuntimePaths,
     accel: Accel,
     host: &CmdlineHost,
+    h: &Handoff,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -299,14 +337,13 @@ pub fn build(
         // Waits for the migration stream; runs the guest when it is complete.
         push(&["-incoming", uri]);
     }
-    if let Some(dir) = &host.migration_tls {
+    if let Some(dir) = h.tls_dir.as_ref().or(host.migration_tls.as_ref()) {
         for object in tls_creds_objects(dir) {
             push(&["-object", &object]);
         }
     }
-    if let Some((uid, gid)) = launch.run_as {
-        // Root until the guest starts (devices and files opened), the VM's own user after.
-        push(&["-runas", &format!("{uid}:{gid}")]);
+    for (fd, set, opaque) in &h.add_fds {
+        push(&["-add-fd", &format!("fd={fd},set={set},opaque={}", escape_opt(opaque))]);
     }
     // seccomp: no obsolete system calls, no changes to scheduling priorities or resource limits.
     push(&["-sandbox", SANDBOX]);
@@ -321,18 +358,26 @@ pub fn build(
         push(&["-S"]);
     }
 
-    let qmp = escape_opt(&paths.qmp_socket().to_string_lossy());
-    push(&["-chardev", &format!("socket,id=qmp,path={qmp},server=on,wait=off")]);
+    // Sockets and the console log: passed open (oxvirtd bound and opened them), else by path.
+    let socket = |fd: Option<i32>, path: std::path::PathBuf| match fd {
+        Some(fd) => format!("fd={fd}"),
+        None => format!("path={}", escape_opt(&path.to_string_lossy())),
+    };
+    push(&["-chardev", &format!("socket,id=qmp,{},server=on,wait=off", socket(h.qmp, paths.qmp_socket()))]);
     push(&["-mon", "chardev=qmp,mode=control"]);
-    let console = escape_opt(&paths.console_socket().to_string_lossy());
-    let log = escape_opt(&paths.console_log().to_string_lossy());
-    push(&["-chardev", &format!("socket,id=console0,path={console},server=on,wait=off,logfile={log},logappend=on")]);
+    let console = socket(h.console, paths.console_socket());
+    let log = match h.console_log {
+        Some(set) => format!("/dev/fdset/{set}"),
+        None => escape_opt(&paths.console_log().to_string_lossy()),
+    };
+    push(&["-chardev", &format!("socket,id=console0,{console},server=on,wait=off,logfile={log},logappend=on")]);
     push(&["-serial", "chardev:console0"]);
 
     if let Some(k) = &spec.kernel {
-        push(&["-kernel", &k.kernel]);
-        if let Some(initrd) = &k.initrd {
-            push(&["-initrd", initrd]);
+        let copy = |c: &Option<std::path::PathBuf>| c.as_ref().map(|p| p.to_string_lossy().into_owned());
+        push(&["-kernel", &copy(&h.kernel).unwrap_or_else(|| k.kernel.clone())]);
+        if let Some(initrd) = copy(&h.initrd).or_else(|| k.initrd.clone()) {
+            push(&["-initrd", &initrd]);
         }
         let mut cmdline = k.cmdline.clone();
         if microvm && accel == Accel::Tcg && !cmdline.contains("tsc_early_khz=") {
@@ -358,7 +403,7 @@ pub fn build(
         if let Some(f) = d.fd {
             push(&["-add-fd", &format!("fd={},set={},opaque={}", f.fd, f.set, escape_opt(&fdset_opaque(&id)))]);
         }
-        for node in block_nodes(d, &id) {
+        for node in block_nodes(d, &id, h.chains.get(&id).map(Vec::as_slice)) {
             push(&["-blockdev", &node.to_string()]);
         }
         let mut dev = match d.bus {
@@ -381,7 +426,7 @@ pub fn build(
     }
 
     for (i, n) in spec.nics.iter().enumerate() {
-        let (netdev, dev) = nic_args(id, spec, n, i, bus_suffix);
+        let (netdev, dev) = nic_args(id, spec, n, i, bus_suffix, h.taps.get(&i).map(Vec::as_slice));
         push(&["-netdev", &netdev]);
         push(&["-device", &dev.to_string()]);
     }
@@ -398,10 +443,6 @@ pub fn build(
         push(&["-device", "pvpanic"]);
     }
     push(&["-action", "panic=pause"]);
-
-    // -pidfile takes a plain file name (no option syntax): not escaped.
-    let pid = paths.pidfile().to_string_lossy().into_owned();
-    push(&["-pidfile", &pid]);
     a
 }
 
@@ -446,7 +487,7 @@ mod tests {
 
     #[test]
     fn basic_q35_kernel_boot() {
-        let a = build("id-1", &spec(), &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let a = build("id-1", &spec(), &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on"]);
         assert_eq!(after(&a, "-accel"), ["tcg"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
@@ -456,7 +497,7 @@ mod tests {
         assert_eq!(after(&a, "-initrd"), ["/i"]);
         assert_eq!(after(&a, "-append"), ["console=ttyS0"]);
         assert!(!a.contains(&"-daemonize".to_string()), "spawn is denied: QEMU does not fork");
-        assert_eq!(after(&a, "-sandbox"), ["on,obsolete=deny,resourcecontrol=deny,spawn=deny"]);
+        assert_eq!(after(&a, "-sandbox"), ["on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny,spawn=deny"]);
         assert!(after(&a, "-device").contains(&"virtio-balloon-pci,id=balloon0"));
         assert!(after(&a, "-device").contains(&"virtio-rng-pci,rng=rng0,id=rng0dev"));
     }
@@ -476,11 +517,11 @@ mod tests {
             nbd: None,
             fd: None,
         });
-        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host(), &Handoff::default());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
         assert!(after(&a, "-device").iter().any(|d| d.contains("virtio-blk-device")));
         assert!(!after(&a, "-device").contains(&"pvpanic"));
-        let kvm = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host());
+        let kvm = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host(), &Handoff::default());
         assert_eq!(after(&kvm, "-append"), ["console=ttyS0"]);
         assert_eq!(after(&kvm, "-cpu"), ["host"]);
     }
@@ -511,7 +552,7 @@ mod tests {
             nbd: None,
             fd: None,
         });
-        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host(), &Handoff::default());
         let devs: Vec<serde_json::Value> = after(&a, "-device")
             .iter()
             .filter(|d| d.starts_with('{'))
@@ -563,7 +604,7 @@ mod tests {
             fd: None,
         });
         s.nics.push(NicSpec::user());
-        let a = build("id", &s, &Launch::default(), &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
+        let a = build("id", &s, &Launch::default(), &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host(), &Handoff::default());
         // Every chardev keeps exactly its own keys, and the path comes back whole.
         for c in after(&a, "-chardev") {
             let parts = qemu_split(c);
@@ -578,7 +619,6 @@ mod tests {
         assert_eq!(after(&a, "-kernel"), [evil]);
         let file: serde_json::Value = serde_json::from_str(after(&a, "-blockdev")[0]).unwrap();
         assert_eq!(file["filename"], evil);
-        assert_eq!(after(&a, "-pidfile"), [format!("{evil}/run/qemu.pid")]);
         // No argument that is not one of ours appears.
         let flags: Vec<&String> = a.iter().filter(|x| x.starts_with('-') && !x.starts_with("-/")).collect();
         for f in flags {
@@ -605,9 +645,7 @@ mod tests {
                     "-netdev",
                     "-object",
                     "-action",
-                    "-pidfile",
                     "-sandbox",
-                    "-runas",
                     "-incoming"
                 ]
                 .contains(&f.as_str()),
@@ -617,13 +655,74 @@ mod tests {
     }
 
     #[test]
+    fn a_qemu_handed_its_files_opens_nothing_by_name() {
+        let mut s = spec();
+        s.kernel = Some(KernelBoot { kernel: "/boot/vmlinuz".into(), initrd: Some("/boot/initrd".into()), cmdline: String::new() });
+        s.disks = vec![DiskSpec {
+            id: String::new(),
+            volume: Some("pool/top".into()),
+            path: "/pool/top.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            bus: DiskBus::VirtioBlk,
+            readonly: false,
+            qos: None,
+            nbd: None,
+            fd: None,
+        }];
+        s.nics = vec![NicSpec { mode: NicMode::Bridged, bridge: Some("br0".into()), queues: 2, ..NicSpec::user() }];
+        let h = Handoff {
+            qmp: Some(10),
+            console: Some(11),
+            console_log: Some(1000),
+            taps: [(0, vec![12, 13])].into(),
+            chains: [("disk0".to_string(), vec![Layer { set: 1001, format: DiskFormat::Qcow2 }, Layer { set: 1002, format: DiskFormat::Raw }])].into(),
+            add_fds: vec![(14, 1000, "console-log".into()), (15, 1001, "disk-disk0".into()), (16, 1002, "disk-disk0".into())],
+            kernel: Some("/run/x/kernel".into()),
+            initrd: Some("/run/x/initrd".into()),
+            tls_dir: Some("/run/x/tls".into()),
+            ..Default::default()
+        };
+        let tls = CmdlineHost { migration_tls: Some("/etc/oxvirt/tls".into()), ..host() };
+        let l = Launch { run_as: Some((1_100_001, 1_100_000)), ..Default::default() };
+        let a = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls, &h);
+        assert!(!a.iter().any(|x| x == "-runas" || x == "-pidfile"), "{a:?}");
+        assert_eq!(after(&a, "-sandbox"), [SANDBOX]);
+        assert!(SANDBOX.contains("elevateprivileges=deny"));
+        assert_eq!(
+            after(&a, "-chardev"),
+            [
+                "socket,id=qmp,fd=10,server=on,wait=off",
+                "socket,id=console0,fd=11,server=on,wait=off,logfile=/dev/fdset/1000,logappend=on"
+            ]
+        );
+        assert_eq!(after(&a, "-add-fd")[..3], ["fd=14,set=1000,opaque=console-log", "fd=15,set=1001,opaque=disk-disk0", "fd=16,set=1002,opaque=disk-disk0"]);
+        assert_eq!((after(&a, "-kernel"), after(&a, "-initrd")), (vec!["/run/x/kernel"], vec!["/run/x/initrd"]));
+        assert!(after(&a, "-object").iter().any(|o| o.contains("endpoint=server,dir=/run/x/tls,")), "{a:?}");
+        assert!(!a.iter().any(|x| x.contains("/etc/oxvirt/tls")));
+        assert_eq!(after(&a, "-netdev"), ["tap,id=net0,fds=12:13"]);
+        // The chain bottom first; each layer read-only from its fd set; the top names its backing.
+        let nodes: Vec<serde_json::Value> = after(&a, "-blockdev").iter().map(|n| serde_json::from_str(n).unwrap()).collect();
+        let names: Vec<&str> = nodes.iter().map(|n| n["node-name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["disk0-b1-file", "disk0-b1", "disk0-b0-file", "disk0-b0", "disk0-file", "disk0-fmt"]);
+        assert_eq!((nodes[0]["filename"].as_str(), nodes[0]["read-only"].as_bool()), (Some("/dev/fdset/1002"), Some(true)));
+        assert_eq!((nodes[1]["driver"].as_str(), nodes[1].get("backing")), (Some("raw"), None));
+        assert_eq!((nodes[3]["driver"].as_str(), nodes[3]["backing"].as_str()), (Some("qcow2"), Some("disk0-b1")));
+        assert_eq!(nodes[5]["backing"], "disk0-b0");
+        // A qcow2 disk with no layers below opens none (the header's name is not followed).
+        let h = Handoff { chains: [("disk0".to_string(), vec![])].into(), ..Default::default() };
+        let a = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &h);
+        let top: serde_json::Value = serde_json::from_str(after(&a, "-blockdev")[1]).unwrap();
+        assert!(top["backing"].is_null() && top.get("backing").is_some(), "{top}");
+    }
+
+    #[test]
     fn migration_tls_gives_every_qemu_both_credentials_before_it_drops_root() {
         let s = spec();
         let l = Launch { run_as: Some((1000, 1000)), ..Default::default() };
-        let plain = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let plain = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
         assert!(!plain.iter().any(|a| a.contains("tls-creds")));
         let tls = CmdlineHost { migration_tls: Some("/etc/ox,tls".into()), ..host() };
-        let a = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls);
+        let a = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls, &Handoff::default());
         let objects = after(&a, "-object");
         assert_eq!(
             objects[..2],
@@ -639,7 +738,7 @@ mod tests {
     fn huge_pages_numa_binding_and_guest_nodes_get_memory_backends() {
         let mut s = spec();
         s.resources.hugepages = true;
-        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on,memory-backend=ram0"]);
         assert!(
             after(&a, "-object")
@@ -658,7 +757,7 @@ mod tests {
             ],
             reason: String::new(),
         });
-        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
+        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=off"]);
         assert_eq!(after(&a, "-numa"), ["node,nodeid=0,cpus=0-0,memdev=ram0", "node,nodeid=1,cpus=1-1,memdev=ram1"]);
         assert!(
@@ -672,7 +771,7 @@ mod tests {
     fn bridged_nics_get_a_tap_and_queues_per_vcpu() {
         let mut s = spec();
         s.nics.push(NicSpec { mode: NicMode::Bridged, bridge: Some("br0".into()), ..NicSpec::user() });
-        let a = build("c7726470-0171-4767", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        let a = build("c7726470-0171-4767", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host(), &Handoff::default());
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,ifname=oxvc7726470n0,script=no,downscript=no,queues=2"]);
         let dev: serde_json::Value =
             serde_json::from_str(after(&a, "-device").iter().find(|d| d.contains("virtio-net")).unwrap()).unwrap();

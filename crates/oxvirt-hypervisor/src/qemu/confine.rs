@@ -1,5 +1,5 @@
-//! Confined QEMU: each VM's QEMU gives up root (`-runas`) just before the guest starts, becoming
-//! a uid of its own in a group all VMs' QEMUs share. Its run directory and the writable files of
+//! Confined QEMU: each VM's QEMU runs as a uid of its own from its first instruction, in a group
+//! all VMs' QEMUs share. Its run directory and the writable files of
 //! its volumes (files oxvirt made) are made its own (mode 0600/0700), so it cannot open another
 //! VM's disks or sockets; what VMs share on purpose (NBD export sockets) is the group's (0660).
 //! A host-path disk (a file oxvirt did not make) is never given away: oxvirt opens it and hands
@@ -61,9 +61,9 @@ pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File
 }
 
 /// Before QEMU starts: its volumes' writable files become the VM's own. Its run directory stays
-/// root's (QEMU makes its sockets, pid file and logs there while still root), passable by the
-/// QEMU group only: a QEMU that gave up root can put nothing there, so no link of its making
-/// is ever followed by oxvirtd or by the next QEMU, both root.
+/// root's (oxvirtd binds QEMU's sockets and makes its pid file, logs and copies there),
+/// passable by the QEMU group only: QEMU can put nothing there, so no link of its making is
+/// ever followed by oxvirtd.
 pub fn prepare(spec: &oxvirt_model::VmSpec, run_as: Option<(u32, u32)>, run_dir: &Path) -> io::Result<()> {
     let Some((uid, gid)) = run_as else { return Ok(()) };
     own(run_dir, 0, gid, 0o710)?;
@@ -77,6 +77,22 @@ pub fn prepare(spec: &oxvirt_model::VmSpec, run_as: Option<(u32, u32)>, run_dir:
 /// Whether a disk's file becomes the VM's: a writable file of a volume (oxvirt made it).
 pub fn gives_file(d: &oxvirt_model::DiskSpec) -> bool {
     d.volume.is_some() && d.nbd.is_none() && !d.readonly && !d.path.is_empty()
+}
+
+/// Whether a disk's file reaches QEMU as a descriptor opened by oxvirtd: a host path always
+/// (never given away), and, for a `confined` QEMU, a volume's file it is not given (read-only:
+/// it may be shared).
+pub fn passes_file(d: &oxvirt_model::DiskSpec, confined: bool) -> bool {
+    d.is_host_path() || (confined && d.nbd.is_none() && !d.path.is_empty() && !gives_file(d))
+}
+
+/// The kvm group (owner of /dev/kvm), if the host has one.
+pub fn kvm_gid() -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some("kvm")).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
 }
 
 /// Opens a host-path disk for QEMU as root: no link followed at its last step, a regular file
@@ -136,6 +152,41 @@ pub fn qcow2_backing(f: &std::fs::File) -> io::Result<Option<String>> {
     String::from_utf8(name)
         .map(Some)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "has a backing file name that is not UTF-8"))
+}
+
+/// The format a qcow2 image records for its backing file (header extension `0xe2792aca`), if any.
+pub fn qcow2_backing_format(f: &std::fs::File) -> io::Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; 104];
+    let n = f.read_at(&mut h, 0)?;
+    let be32 = |b: &[u8], o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+    if n < 72 || be32(&h, 0) != 0x5146_49fb {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "is not a qcow2 image"));
+    }
+    // Extensions follow the header (72 bytes in version 2, header_length in version 3), within
+    // the first cluster.
+    let start = if be32(&h, 4) >= 3 && n >= 104 { be32(&h, 100) as u64 } else { 72 };
+    let cluster = 1u64 << be32(&h, 20).clamp(9, 21);
+    let mut ext = vec![0u8; cluster.saturating_sub(start) as usize];
+    let n = f.read_at(&mut ext, start)?;
+    let mut at = 0usize;
+    while at + 8 <= n {
+        let (kind, len) = (be32(&ext, at), be32(&ext, at + 4) as usize);
+        if kind == 0 {
+            break;
+        }
+        let data = at + 8;
+        if data + len > n {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "has a header extension past its first cluster"));
+        }
+        if kind == 0xe279_2aca {
+            return String::from_utf8(ext[data..data + len].to_vec())
+                .map(Some)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "has a backing format that is not UTF-8"));
+        }
+        at = data + len.div_ceil(8) * 8;
+    }
+    Ok(None)
 }
 
 /// A writable disk file becomes the VM's (0600) and reachable for it.

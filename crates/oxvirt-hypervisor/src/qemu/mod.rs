@@ -2,6 +2,7 @@
 
 pub mod cmdline;
 pub mod confine;
+pub mod handoff;
 mod disks;
 mod memory;
 mod migration;
@@ -68,8 +69,13 @@ impl QemuDriver {
 
     /// The argument vector this driver would run for a VM (for `oxvirt vm show --qemu-args` and
     /// the start-overhead benchmark).
+    /// The argument vector of a QEMU that opens its own files (as root) and writes its pidfile:
+    /// the benchmark's raw baselines.
     pub fn args(&self, id: &str, spec: &VmSpec, launch: &Launch, paths: &RuntimePaths) -> Vec<String> {
-        cmdline::build(id, spec, launch, paths, crate::accel::resolve(spec.accel, &self.accel), &self.host)
+        let accel = crate::accel::resolve(spec.accel, &self.accel);
+        let mut args = cmdline::build(id, spec, launch, paths, accel, &self.host, &handoff::Handoff::default());
+        args.extend(["-pidfile".to_string(), paths.pidfile().to_string_lossy().into_owned()]);
+        args
     }
 
     pub fn program(&self) -> &str {
@@ -143,18 +149,21 @@ impl Hypervisor for QemuDriver {
         }
         prepare_run_dir(paths)?;
         confine::prepare(spec, launch.run_as, paths.dir()).map_err(|e| HvError::io("confine QEMU", e))?;
-        // Host-path disks reach QEMU as descriptors opened here (closed again when this returns:
-        // QEMU has its own copies by then).
+        // Disk files QEMU is not given (host paths; read-only volumes of a confined QEMU) reach it
+        // as descriptors opened here (closed again when this returns: QEMU has its own copies).
         let mut spec = spec.clone();
         let mut passed = Vec::new();
-        for (i, d) in spec.disks.iter_mut().enumerate().filter(|(_, d)| d.is_host_path()) {
-            let f = confine::open_host_disk(d).map_err(|e| HvError::io("open a host-path disk", e))?;
+        let confined = launch.run_as.is_some();
+        for (i, d) in spec.disks.iter_mut().enumerate().filter(|(_, d)| confine::passes_file(d, confined)) {
+            let f = confine::open_host_disk(d).map_err(|e| HvError::io("open a disk file", e))?;
             d.fd = Some(oxvirt_model::PassedFd { fd: f.as_raw_fd(), set: i as u32 + 1 });
             passed.push(f);
         }
         let spec = &spec;
-        let keep: Vec<i32> = passed.iter().map(|f| f.as_raw_fd()).collect();
-        let args = cmdline::build(id, spec, launch, paths, accel, &self.host);
+        let handoff = handoff::prepare(id, spec, launch, paths, self.host.migration_tls.as_deref())?;
+        let mut keep: Vec<i32> = passed.iter().map(|f| f.as_raw_fd()).collect();
+        keep.extend(handoff.inherited());
+        let args = cmdline::build(id, spec, launch, paths, accel, &self.host, &handoff);
         let cgroup = self.cgroup(id);
         cgroup.create().map_err(|e| HvError::io("VM cgroup", e))?;
         // Limits hold from QEMU's first instruction.
@@ -164,9 +173,23 @@ impl Hypervisor for QemuDriver {
         }
         let procs = cgroup.procs_files().map_err(|e| HvError::io("VM cgroup", e))?;
         let _ = std::fs::remove_file(paths.pidfile());
-        let spawned = process::spawn_detached(&self.program, &args, &paths.qemu_log(), &procs, &keep);
+        let user = launch.run_as.map(|(uid, gid)| process::Identity {
+            uid,
+            gid,
+            // /dev/kvm is the kvm group's.
+            groups: if accel == Accel::Kvm { confine::kvm_gid().into_iter().collect() } else { vec![] },
+        });
+        let spawned = process::spawn_detached(&self.program, &args, &paths.qemu_log(), &procs, &keep, user.as_ref());
         drop(procs);
         drop(passed);
+        drop(handoff);
+        if let Ok(pid) = &spawned {
+            // QEMU writes no pidfile (it could not, in root's directory): found by it again after
+            // a daemon restart.
+            if let Err(e) = write_pidfile(&paths.pidfile(), *pid) {
+                tracing::warn!("pidfile of QEMU {pid}: {e}");
+            }
+        }
         let pid = match spawned {
             Ok(pid) => pid,
             Err(e) => {
@@ -225,6 +248,24 @@ impl Hypervisor for QemuDriver {
         let run_as = confine::ids_of(pid).filter(|(uid, _)| *uid != 0);
         Ok(Some(QemuInstance::spawn(pid, accel, qmp, pidfd, self.cgroup(id), run_as)))
     }
+}
+
+/// Writes `pid` to `path` whole (a new file renamed over the old one, never through a link).
+fn write_pidfile(path: &std::path::Path, pid: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("pid.new");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        writeln!(f, "{pid}")?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 fn cmdline_accel(pid: u32) -> Option<Accel> {
@@ -472,15 +513,31 @@ impl Instance for QemuInstance {
             }
         }
         let mut disk = disk.clone();
-        if disk.is_host_path() {
-            // A host-path disk: opened here, its descriptor put in a new fd set of QEMU's.
-            let f = confine::open_host_disk(&disk).map_err(|e| HvError::io("open a host-path disk", e))?;
+        if confine::passes_file(&disk, self.run_as.is_some()) {
+            // A host-path disk (or a read-only volume): opened here, its descriptor put in a new
+            // fd set of QEMU's.
+            let f = confine::open_host_disk(&disk).map_err(|e| HvError::io("open a disk file", e))?;
             let set = devices::add_fd(&self.qmp, &cmdline::fdset_opaque(id), f.as_raw_fd()).await?;
             disk.fd = Some(oxvirt_model::PassedFd { fd: -1, set });
         }
+        // The layers below a qcow2 image: opened here, each in a new fd set of QEMU's.
+        let mut chain = Vec::new();
+        if disk.nbd.is_none() && disk.format == oxvirt_model::DiskFormat::Qcow2 {
+            let layers = handoff::open_chain(std::path::Path::new(&disk.path))
+                .map_err(|e| HvError::io(format!("disk {}", disk.path), e))?;
+            for (file, format) in layers {
+                match devices::add_fd(&self.qmp, &cmdline::fdset_opaque(id), file.as_raw_fd()).await {
+                    Ok(set) => chain.push(cmdline::Layer { set, format }),
+                    Err(e) => {
+                        self.drop_fdsets(id).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
         let disk = &disk;
         let mut added: Vec<String> = Vec::new();
-        for node in cmdline::block_nodes(disk, id) {
+        for node in cmdline::block_nodes(disk, id, Some(&chain)) {
             let name = node["node-name"].as_str().unwrap_or_default().to_string();
             if let Err(e) = block::blockdev_add(&self.qmp, node).await {
                 for n in added.iter().rev() {
@@ -515,6 +572,14 @@ impl Instance for QemuInstance {
         block::blockdev_del(&self.qmp, &cmdline::format_node(disk_id)).await?;
         // An NBD disk has no file node.
         let _ = block::blockdev_del(&self.qmp, &cmdline::file_node(disk_id)).await;
+        // The layers below it, top first (a layer goes once nothing is above it).
+        for k in 0..handoff::MAX_CHAIN {
+            let layer = cmdline::layer_node(disk_id, k);
+            if block::blockdev_del(&self.qmp, &layer).await.is_err() {
+                break;
+            }
+            let _ = block::blockdev_del(&self.qmp, &format!("{layer}-file")).await;
+        }
         // A host-path disk's descriptor goes too (QEMU would hold the file open).
         self.drop_fdsets(disk_id).await;
         Ok(())
@@ -527,11 +592,11 @@ impl Instance for QemuInstance {
 
     async fn hotplug_nic(&self, vm_id: &str, spec: &VmSpec, index: usize) -> Result<(), HvError> {
         let nic = spec.nics.get(index).ok_or_else(|| HvError::Unsupported(format!("no NIC at index {index}")))?;
-        let (netdev, dev) = cmdline::nic_args(vm_id, spec, nic, index, "pci");
+        let (netdev, dev) = cmdline::nic_args(vm_id, spec, nic, index, "pci", None);
         let netdev_id = dev["netdev"].as_str().unwrap_or_default().to_string();
         let mut args = netdev_json(&netdev);
         if self.run_as.is_some() && nic.mode != oxvirt_model::NicMode::User {
-            // QEMU gave up root: it gets the TAP device's queues opened here, over QMP.
+            // QEMU is not root: it gets the TAP device's queues opened here, over QMP.
             let tap = cmdline::tap_name(vm_id, nic.slot());
             let queues = args["queues"].as_u64().unwrap_or(1);
             let mut names = Vec::new();
@@ -543,10 +608,8 @@ impl Instance for QemuInstance {
                 devices::getfd(&self.qmp, &fdname, file.as_raw_fd()).await?;
                 names.push(fdname);
             }
+            // (The descriptors' number says how many queues: QEMU refuses `queues` with them.)
             args = json!({ "type": "tap", "id": netdev_id, "fds": names.join(":") });
-            if queues > 1 {
-                args["queues"] = json!(queues);
-            }
         }
         devices::netdev_add(&self.qmp, args).await?;
         if let Err(e) = self.device_add_on_free_port(dev).await {

@@ -1,0 +1,285 @@
+//! What oxvirtd opens for a QEMU before it starts. QEMU runs as the VM's own user from its first
+//! instruction (its seccomp filter denies every change of privileges), so it opens nothing of
+//! the host's by name: its QMP and console sockets are bound here and passed listening, its
+//! console log is passed open, its TAP devices' queues are opened here, disk files it is not
+//! given and every layer of a qcow2 backing chain are passed as descriptors (`-add-fd`), and the
+//! kernel, initrd and migration TLS credentials it reads are copies made its own in its run
+//! directory (root's, where QEMU can put nothing).
+
+use super::confine;
+use crate::{HvError, Launch, RuntimePaths};
+use oxvirt_model::{DiskFormat, VmSpec};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The deepest backing chain oxvirt opens (QEMU's own limit is far higher; images this deep are
+/// a mistake or an attack).
+pub const MAX_CHAIN: usize = 16;
+/// Fd sets of backing layers and the console log are numbered from here (a disk's own set is
+/// its index + 1).
+const FIRST_SET: u32 = 1000;
+
+/// One layer below a qcow2 image, passed as fd set `set`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    pub set: u32,
+    pub format: DiskFormat,
+}
+
+/// Descriptors and copies a QEMU gets; empty (the default) means QEMU opens its files itself
+/// (the raw baselines of the benchmark).
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// Listening QMP socket.
+    pub qmp: Option<RawFd>,
+    /// Listening serial console socket.
+    pub console: Option<RawFd>,
+    /// The console log's fd set.
+    pub console_log: Option<u32>,
+    /// TAP queues by NIC index.
+    pub taps: BTreeMap<usize, Vec<RawFd>>,
+    /// Backing chains by disk id, the top's backing first.
+    pub chains: BTreeMap<String, Vec<Layer>>,
+    /// `-add-fd` entries: descriptor, set, opaque mark.
+    pub add_fds: Vec<(RawFd, u32, String)>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// A copy of the migration TLS credentials directory.
+    pub tls_dir: Option<PathBuf>,
+    /// What the numbers above are: open until QEMU has its own copies.
+    pub(crate) held: Vec<OwnedFd>,
+}
+
+impl Handoff {
+    /// The descriptors QEMU inherits.
+    pub fn inherited(&self) -> Vec<RawFd> {
+        self.held.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    fn hold(&mut self, fd: impl Into<OwnedFd>) -> RawFd {
+        let fd: OwnedFd = fd.into();
+        let raw = fd.as_raw_fd();
+        self.held.push(fd);
+        raw
+    }
+
+    fn next_set(&self) -> u32 {
+        FIRST_SET + self.add_fds.iter().filter(|(_, s, _)| *s >= FIRST_SET).count() as u32
+    }
+
+    /// Passes `file` in a new fd set marked `opaque`; its number.
+    fn pass(&mut self, file: File, opaque: &str) -> u32 {
+        let set = self.next_set();
+        let fd = self.hold(file);
+        self.add_fds.push((fd, set, opaque.to_string()));
+        set
+    }
+}
+
+/// Everything VM `id`'s QEMU needs opened or copied, with `spec`'s disks already resolved (a
+/// host-path disk's `fd` set by the caller); `run_as`: the user QEMU runs as (copies are made
+/// its own), `tls`: the host's migration TLS directory.
+pub fn prepare(
+    id: &str,
+    spec: &VmSpec,
+    launch: &Launch,
+    paths: &RuntimePaths,
+    tls: Option<&Path>,
+) -> Result<Handoff, HvError> {
+    let mut h = Handoff::default();
+    h.qmp = Some(listen(&mut h, &paths.qmp_socket())?);
+    h.console = Some(listen(&mut h, &paths.console_socket())?);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(paths.console_log())
+        .map_err(|e| HvError::io(format!("open {}", paths.console_log().display()), e))?;
+    h.console_log = Some(h.pass(log, "console-log"));
+    for (i, n) in spec.nics.iter().enumerate().filter(|(_, n)| n.mode != oxvirt_model::NicMode::User) {
+        let slot = if n.id.is_empty() { i } else { n.slot() };
+        let tap = super::cmdline::tap_name(id, slot);
+        let queues = super::cmdline::nic_queues(spec, n);
+        let mut fds = Vec::new();
+        for _ in 0..queues {
+            let q = confine::open_tap_queue(&tap, queues > 1).map_err(|e| HvError::io(format!("open TAP {tap}"), e))?;
+            fds.push(h.hold(q));
+        }
+        h.taps.insert(i, fds);
+    }
+    for (i, d) in spec.disks.iter().enumerate() {
+        let id = super::cmdline::disk_id(d, i);
+        if d.nbd.is_some() || d.path.is_empty() || d.format != DiskFormat::Qcow2 {
+            continue;
+        }
+        let chain = open_chain(Path::new(&d.path)).map_err(|e| HvError::io(format!("disk {}", d.path), e))?;
+        let mut layers = Vec::new();
+        for (file, format) in chain {
+            layers.push(Layer { set: h.pass(file, &super::cmdline::fdset_opaque(&id)), format });
+        }
+        h.chains.insert(id, layers);
+    }
+    if let Some((uid, gid)) = launch.run_as {
+        if let Some(k) = &spec.kernel {
+            h.kernel = Some(copy_for(Path::new(&k.kernel), &paths.dir().join("kernel"), uid, gid)?);
+            if let Some(initrd) = &k.initrd {
+                h.initrd = Some(copy_for(Path::new(initrd), &paths.dir().join("initrd"), uid, gid)?);
+            }
+        }
+        if let Some(dir) = tls {
+            h.tls_dir = Some(copy_tls(dir, &paths.dir().join("tls"), uid, gid)?);
+        }
+    }
+    Ok(h)
+}
+
+/// A Unix socket bound at `path` (root's, 0600: only oxvirtd connects) and listening.
+fn listen(h: &mut Handoff, path: &Path) -> Result<RawFd, HvError> {
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| HvError::io(format!("bind {}", path.display()), e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| HvError::io(format!("chmod {}", path.display()), e))?;
+    Ok(h.hold(l))
+}
+
+/// The backing chain image `top` names, each layer opened here read-only (a regular file, no
+/// link followed at its last step), with the format the image above records for it; the top's
+/// backing first. A layer whose format is not recorded is refused (probing would let a guest's
+/// raw data pass for a qcow2 header naming any file).
+pub fn open_chain(top: &Path) -> io::Result<Vec<(File, DiskFormat)>> {
+    let mut out: Vec<(File, DiskFormat)> = Vec::new();
+    let mut current = open_layer(top)?;
+    let mut current_path = top.to_path_buf();
+    let mut current_format = DiskFormat::Qcow2;
+    loop {
+        if current_format != DiskFormat::Qcow2 {
+            return Ok(out);
+        }
+        let Some(name) = confine::qcow2_backing(&current)? else { return Ok(out) };
+        if out.len() >= MAX_CHAIN {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("has a backing chain deeper than {MAX_CHAIN}")));
+        }
+        let format = match confine::qcow2_backing_format(&current)?.as_deref() {
+            Some("qcow2") => DiskFormat::Qcow2,
+            Some("raw") => DiskFormat::Raw,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} names backing file {name} with format {other:?}: only qcow2 or raw, recorded", current_path.display()),
+                ))
+            }
+        };
+        let path = match Path::new(&name) {
+            p if p.is_absolute() => p.to_path_buf(),
+            p => current_path.parent().unwrap_or(Path::new("/")).join(p),
+        };
+        let file = open_layer(&path)?;
+        out.push((file.try_clone()?, format));
+        (current, current_path, current_format) = (file, path, format);
+    }
+}
+
+/// A layer of a chain, read-only.
+fn open_layer(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a regular file", path.display())));
+    }
+    Ok(f)
+}
+
+/// A copy of `src` at `dst` (new, never through a link), the VM user's, read-only.
+fn copy_for(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<PathBuf, HvError> {
+    let io = |e: io::Error| HvError::io(format!("copy {} for the VM", src.display()), e);
+    let _ = std::fs::remove_file(dst);
+    let mut from = File::open(src).map_err(io)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dst)
+        .map_err(io)?;
+    io::copy(&mut from, &mut to).map_err(io)?;
+    std::os::unix::fs::fchown(&to, Some(uid), Some(gid)).map_err(io)?;
+    Ok(dst.to_path_buf())
+}
+
+/// The credentials QEMU's `tls-creds-x509` reads, copied into `dst` (root's directory, passable
+/// by the QEMU group; files the VM user's).
+fn copy_tls(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<PathBuf, HvError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let _ = std::fs::remove_dir_all(dst);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dst)
+        .and_then(|_| oxvirt_qemu::identity::own(dst, 0, gid, 0o710))
+        .map_err(|e| HvError::io(format!("make {}", dst.display()), e))?;
+    for name in ["ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem", "dh-params.pem"]
+    {
+        let from = src.join(name);
+        if from.exists() {
+            copy_for(&from, &dst.join(name), uid, gid)?;
+        }
+    }
+    Ok(dst.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_img(args: &[&str]) {
+        let st = std::process::Command::new("qemu-img").args(args).output().unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    }
+
+    #[test]
+    fn opens_a_chain_with_recorded_formats_and_refuses_unrecorded_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        qemu_img(&["create", "-q", "-f", "raw", &p("base.raw"), "1M"]);
+        qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &p("mid.qcow2")]);
+        qemu_img(&["create", "-q", "-f", "qcow2", "-b", &p("mid.qcow2"), "-F", "qcow2", &p("top.qcow2")]);
+        let chain = open_chain(Path::new(&p("top.qcow2"))).unwrap();
+        let formats: Vec<DiskFormat> = chain.iter().map(|(_, f)| *f).collect();
+        assert_eq!(formats, [DiskFormat::Qcow2, DiskFormat::Raw]);
+        assert!(open_chain(Path::new(&p("base.raw"))).is_err(), "not a qcow2 image");
+        // No recorded format: refused, naming the file.
+        // (qemu-img records it always now: the record is made unknown by hand.)
+        qemu_img(&["create", "-q", "-f", "qcow2", "-b", &p("mid.qcow2"), "-F", "qcow2", &p("plain.qcow2")]);
+        let mut bytes = std::fs::read(p("plain.qcow2")).unwrap();
+        let at = bytes.windows(4).position(|w| w == [0xe2, 0x79, 0x2a, 0xca]).unwrap();
+        bytes[at..at + 4].copy_from_slice(&[0, 0, 0, 1]);
+        std::fs::write(p("plain.qcow2"), bytes).unwrap();
+        let err = open_chain(Path::new(&p("plain.qcow2"))).unwrap_err().to_string();
+        assert!(err.contains("plain.qcow2") && err.contains("format None"), "{err}");
+        // A link as a layer is not followed.
+        std::os::unix::fs::symlink(p("mid.qcow2"), p("link.qcow2")).unwrap();
+        qemu_img(&["create", "-q", "-f", "qcow2", "-b", &p("link.qcow2"), "-F", "qcow2", "-u", &p("via.qcow2"), "1M"]);
+        assert!(open_chain(Path::new(&p("via.qcow2"))).is_err());
+    }
+
+    #[test]
+    fn a_chain_too_deep_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |i: usize| dir.path().join(format!("l{i}.qcow2")).to_string_lossy().into_owned();
+        qemu_img(&["create", "-q", "-f", "qcow2", &p(0), "1M"]);
+        for i in 1..=MAX_CHAIN + 1 {
+            qemu_img(&["create", "-q", "-f", "qcow2", "-b", &p(i - 1), "-F", "qcow2", "-u", &p(i), "1M"]);
+        }
+        assert_eq!(open_chain(Path::new(&p(MAX_CHAIN))).unwrap().len(), MAX_CHAIN);
+        let err = open_chain(Path::new(&p(MAX_CHAIN + 1))).unwrap_err().to_string();
+        assert!(err.contains("deeper than 16"), "{err}");
+    }
+}
