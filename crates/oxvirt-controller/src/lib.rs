@@ -28,7 +28,7 @@ mod snapshots;
 pub mod stats;
 pub mod storage;
 mod tasks;
-mod tokens;
+pub mod tokens;
 pub mod users;
 mod vms;
 

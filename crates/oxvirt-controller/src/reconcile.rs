@@ -35,6 +35,10 @@ impl Controller {
             self.rotate_console_log(&vm);
         }
         self.inner.tasks.prune();
+        // The administrator token's file always holds one that works (renewed before it expires).
+        if let Err(e) = self.ensure_admin_token(&self.inner.config.data_dir.join("admin.token")) {
+            tracing::warn!("administrator token: {e}");
+        }
         self.refresh_host_record();
         self.refresh_vxlan_peers().await;
         self.rebalance_round().await;

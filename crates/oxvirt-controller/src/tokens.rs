@@ -5,7 +5,7 @@ use oxvirt_model::{ApiToken, NewToken, ROOT};
 use oxvirt_store::{Expect, StoreExt};
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 fn sha256_hex(s: &str) -> String {
@@ -26,31 +26,78 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// How long a token lives when its maker does not say: 90 days.
 pub const DEFAULT_TOKEN_TTL_MS: u64 = 90 * 24 * 3600 * 1000;
+/// The administrator token is made again (a new secret in its file) this long before it expires.
+pub const ADMIN_RENEW_BEFORE_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// What [`Controller::ensure_admin_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminToken {
+    /// First start: made, and written to its file.
+    Made,
+    /// Close to its expiry: a new secret in its file (the old one is refused from now on).
+    Renewed,
+    /// Valid, or revoked on purpose (a revoked administrator token is not made again).
+    Kept,
+}
 
 impl Controller {
-    /// At first start (no token recorded yet): makes the administrator token and writes it to
-    /// `path` (mode 0600). Returns whether it made one.
-    pub fn ensure_admin_token(&self, path: &Path) -> Result<bool, ControlError> {
-        if !self.inner.store.list_records::<ApiToken>()?.is_empty() {
-            return Ok(false);
-        }
+    /// The administrator token, kept in `path` (root's, 0600): made at first start (no token
+    /// recorded yet); like every token it expires ([`DEFAULT_TOKEN_TTL_MS`]), and it is made
+    /// again with a new secret within [`ADMIN_RENEW_BEFORE_MS`] of its expiry (checked at start
+    /// and each reconcile round), so that the file always holds one that works. One recorded
+    /// before tokens expired gets an expiry, its secret unchanged.
+    pub fn ensure_admin_token(&self, path: &Path) -> Result<AdminToken, ControlError> {
+        let now = now_millis();
+        let renew = match self.inner.store.get_record::<ApiToken>("admin")? {
+            Some((t, rev)) if t.expires_at.is_none() => {
+                self.inner.store.put_record(
+                    "admin",
+                    &ApiToken { expires_at: Some(now + DEFAULT_TOKEN_TTL_MS), ..t },
+                    Expect::Revision(rev),
+                )?;
+                return Ok(AdminToken::Kept);
+            }
+            Some((t, _)) if t.expires_at.is_some_and(|e| e > now + ADMIN_RENEW_BEFORE_MS) => {
+                return Ok(AdminToken::Kept)
+            }
+            Some((_, rev)) => Expect::Revision(rev),
+            None if self.inner.store.list_records::<ApiToken>()?.is_empty() => Expect::Absent,
+            None => return Ok(AdminToken::Kept),
+        };
         let io = |e: std::io::Error| ControlError::Conflict(format!("admin token file {}: {e}", path.display()));
         let secret = format!("oxv_{}", random_secret().map_err(io)?);
         let token = ApiToken {
             id: "admin".into(),
-            name: "administrator (made at first start)".into(),
+            name: "administrator (made by oxvirtd, renewed before it expires)".into(),
             sha256: sha256_hex(&secret),
             role: String::new(),
             user: ROOT.into(),
-            expires_at: None,
-            created_at: now_millis(),
+            expires_at: Some(now + DEFAULT_TOKEN_TTL_MS),
+            created_at: now,
         };
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+        // The new secret is written whole beside the file, recorded (expecting the record read:
+        // another host of the cluster may renew it first), then renamed over the file.
+        let tmp = path.with_extension("token.new");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io)?;
         writeln!(f, "{secret}").map_err(io)?;
         f.sync_all().map_err(io)?;
-        self.inner.store.put_record(&token.id, &token, Expect::Absent)?;
-        Ok(true)
+        let made = matches!(renew, Expect::Absent);
+        if let Err(e) = self.inner.store.put_record(&token.id, &token, renew) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if !made {
+            tracing::info!(file = %path.display(), "renewed the administrator API token before it expires");
+        }
+        Ok(if made { AdminToken::Made } else { AdminToken::Renewed })
     }
 
     /// The token a bearer presented, if it is valid now: known, not expired, its user there.
@@ -127,6 +174,44 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn controller(dir: &Path) -> Controller {
+        let store = std::sync::Arc::new(oxvirt_store::SqliteStore::open(&dir.join("store.db")).unwrap());
+        let hv: std::sync::Arc<dyn oxvirt_hypervisor::Hypervisor> = oxvirt_hypervisor::fake::FakeHypervisor::new();
+        Controller::new(store, hv, crate::ControllerConfig::new(dir)).unwrap()
+    }
+
+    #[test]
+    fn the_admin_token_expires_and_is_renewed_in_its_file_before_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, file) = (controller(dir.path()), dir.path().join("admin.token"));
+        let read = || std::fs::read_to_string(&file).unwrap().trim().to_string();
+        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Made);
+        let first = read();
+        let t = c.check_token(&first).expect("valid");
+        assert!(t.expires_at.unwrap() >= now_millis() + DEFAULT_TOKEN_TTL_MS - 60_000);
+        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Kept);
+        assert_eq!(read(), first);
+        // Six days from its expiry: a new secret in the file, the old one refused.
+        c.inner
+            .store
+            .update_record::<ApiToken>("admin", |t| t.expires_at = Some(now_millis() + 6 * 24 * 3600 * 1000))
+            .unwrap();
+        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Renewed);
+        let second = read();
+        assert_ne!(second, first);
+        assert!(c.check_token(&first).is_none());
+        assert!(c.check_token(&second).is_some());
+        // Recorded without an expiry (an older oxvirtd): it gets one, its secret unchanged.
+        c.inner.store.update_record::<ApiToken>("admin", |t| t.expires_at = None).unwrap();
+        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Kept);
+        assert!(c.check_token(&second).unwrap().expires_at.is_some());
+        // Revoked on purpose (other tokens exist): not made again.
+        c.create_token(ROOT, "ops", None).unwrap();
+        c.revoke_token("admin").unwrap();
+        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Kept);
+        assert!(c.check_token(&second).is_none());
+    }
 
     #[test]
     fn equality_is_exact() {

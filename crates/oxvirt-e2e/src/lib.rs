@@ -606,7 +606,12 @@ pub async fn wait_state(client: &Client, vm: &str, state: &str, timeout: Duratio
 }
 
 /// [`wait_state`], saying why not instead of panicking (callers add what they know: logs).
-pub async fn try_wait_state(client: &Client, vm: &str, state: &str, timeout: Duration) -> Result<oxvirt_model::Vm, String> {
+pub async fn try_wait_state(
+    client: &Client,
+    vm: &str,
+    state: &str,
+    timeout: Duration,
+) -> Result<oxvirt_model::Vm, String> {
     let start = Instant::now();
     loop {
         let v = client.get_vm(vm).await.expect("get vm");

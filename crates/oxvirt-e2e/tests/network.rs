@@ -102,7 +102,8 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
     // Two vCPUs: two queue pairs, seen by the guest.
     run_in_guest(c, "bridged", "echo Q-$(ls /sys/class/net/eth0/queues | grep -c rx)", "Q-2").await;
     // A NIC hot-plugged with two queues gets both (QEMU, not root, is handed the TAP's queues).
-    let _: oxvirt_model::Vm = c.post("/api/v1/vms/bridged/nics", &json!({ "bridge": br.0, "queues": 2 })).await.unwrap();
+    let _: oxvirt_model::Vm =
+        c.post("/api/v1/vms/bridged/nics", &json!({ "bridge": br.0, "queues": 2 })).await.unwrap();
     run_in_guest(c, "bridged", "sleep 1; echo H-$(ls /sys/class/net/eth1/queues | grep -c rx)", "H-2").await;
     // The guest's DHCP requests are counted.
     let start = Instant::now();

@@ -254,7 +254,8 @@ async fn qemu_is_sandboxed_and_sev_is_refused_here() {
     let c = &d.client;
     // A read-only volume is not given to the VM (it may be shared): QEMU gets it open.
     let _: Value = c.post("/api/v1/pools", &json!({ "name": "ro", "path": d.path().join("ro") })).await.unwrap();
-    let _: Value = c.post("/api/v1/pools/ro/volumes", &json!({ "name": "iso", "size": "8MiB", "format": "raw" })).await.unwrap();
+    let _: Value =
+        c.post("/api/v1/pools/ro/volumes", &json!({ "name": "iso", "size": "8MiB", "format": "raw" })).await.unwrap();
     let file = d.path().join("ro").join("iso.raw");
     std::fs::write(&file, [b"RO-MARK\n".as_slice(), &vec![0u8; (8 << 20) - 8]].concat()).unwrap();
     let before = std::fs::metadata(&file).unwrap();

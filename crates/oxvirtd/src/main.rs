@@ -186,7 +186,8 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
     });
 
     let api_metrics = std::sync::Arc::new(oxvirt_api::metrics::ApiMetrics::default());
-    if ctrl.ensure_admin_token(&args.data_dir.join("admin.token")).map_err(|e| e.to_string())? {
+    let made = ctrl.ensure_admin_token(&args.data_dir.join("admin.token")).map_err(|e| e.to_string())?;
+    if made == oxvirt_controller::tokens::AdminToken::Made {
         tracing::info!(file = %args.data_dir.join("admin.token").display(), "made the administrator API token");
     }
     if !config.https_listen.is_empty() {

@@ -661,6 +661,15 @@ async fn migration() {
     println!("   raw QEMU (baseline): {rt} ms in all, {rd} ms paused");
     println!("   through oxvirt:      {ot} ms in all, {od} ms paused (target <= 100 ms)");
     println!("   total ratio oxvirt/raw: {:.2} (target <= 1.1)", ot as f64 / rt.max(1) as f64);
+    // Rounds here fall in two groups (about 100 and 380 ms, raw and oxvirt alike): the fastest
+    // of each says what each costs at best, steadier than a median that may land in either.
+    let fastest = |v: &[(u64, u64)]| v.iter().map(|p| p.0).min().unwrap_or(0);
+    println!(
+        "   fastest rounds: raw {} ms, oxvirt {} ms, ratio {:.2}",
+        fastest(&raw),
+        fastest(&ours),
+        fastest(&ours) as f64 / fastest(&raw).max(1) as f64
+    );
     tls_against_plain(&spec_json, &mut ours).await;
 }
 
@@ -763,8 +772,8 @@ fn tcg_driver() -> QemuDriver {
 }
 
 /// A raw (unmanaged) QEMU of `spec` in `paths`: the driver's own argv, daemonized by QEMU itself
-/// (so it hands back once initialised, listening for a migration too) — which needs `spawn`
-/// allowed in its sandbox; found later by its pidfile.
+/// (so it hands back once initialised, listening for a migration too) — which needs `spawn` and
+/// `elevateprivileges` allowed in its sandbox; found later by its pidfile.
 fn raw_qemu(
     driver: &QemuDriver,
     id: &str,
@@ -774,8 +783,9 @@ fn raw_qemu(
 ) {
     let launch = oxvirt_hypervisor::Launch { incoming, ..Default::default() };
     let mut args = driver.args(id, spec, &launch, paths);
+    // (-daemonize forks and calls setsid: neither is allowed in oxvirt's sandbox.)
     for a in args.iter_mut().filter(|a| a.contains("spawn=deny")) {
-        *a = a.replace(",spawn=deny", "");
+        *a = a.replace(",spawn=deny", "").replace(",elevateprivileges=deny", "");
     }
     args.push("-daemonize".into());
     let st = std::process::Command::new(driver.program()).args(&args).status().expect("qemu");

@@ -487,7 +487,15 @@ mod tests {
 
     #[test]
     fn basic_q35_kernel_boot() {
-        let a = build("id-1", &spec(), &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
+        let a = build(
+            "id-1",
+            &spec(),
+            &Launch::default(),
+            &RuntimePaths::new("/run/x"),
+            Accel::Tcg,
+            &host(),
+            &Handoff::default(),
+        );
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on"]);
         assert_eq!(after(&a, "-accel"), ["tcg"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
@@ -521,7 +529,8 @@ mod tests {
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
         assert!(after(&a, "-device").iter().any(|d| d.contains("virtio-blk-device")));
         assert!(!after(&a, "-device").contains(&"pvpanic"));
-        let kvm = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host(), &Handoff::default());
+        let kvm =
+            build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host(), &Handoff::default());
         assert_eq!(after(&kvm, "-append"), ["console=ttyS0"]);
         assert_eq!(after(&kvm, "-cpu"), ["host"]);
     }
@@ -604,7 +613,15 @@ mod tests {
             fd: None,
         });
         s.nics.push(NicSpec::user());
-        let a = build("id", &s, &Launch::default(), &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host(), &Handoff::default());
+        let a = build(
+            "id",
+            &s,
+            &Launch::default(),
+            &RuntimePaths::new(format!("{evil}/run")),
+            Accel::Tcg,
+            &host(),
+            &Handoff::default(),
+        );
         // Every chardev keeps exactly its own keys, and the path comes back whole.
         for c in after(&a, "-chardev") {
             let parts = qemu_split(c);
@@ -657,7 +674,11 @@ mod tests {
     #[test]
     fn a_qemu_handed_its_files_opens_nothing_by_name() {
         let mut s = spec();
-        s.kernel = Some(KernelBoot { kernel: "/boot/vmlinuz".into(), initrd: Some("/boot/initrd".into()), cmdline: String::new() });
+        s.kernel = Some(KernelBoot {
+            kernel: "/boot/vmlinuz".into(),
+            initrd: Some("/boot/initrd".into()),
+            cmdline: String::new(),
+        });
         s.disks = vec![DiskSpec {
             id: String::new(),
             volume: Some("pool/top".into()),
@@ -675,8 +696,16 @@ mod tests {
             console: Some(11),
             console_log: Some(1000),
             taps: [(0, vec![12, 13])].into(),
-            chains: [("disk0".to_string(), vec![Layer { set: 1001, format: DiskFormat::Qcow2 }, Layer { set: 1002, format: DiskFormat::Raw }])].into(),
-            add_fds: vec![(14, 1000, "console-log".into()), (15, 1001, "disk-disk0".into()), (16, 1002, "disk-disk0".into())],
+            chains: [(
+                "disk0".to_string(),
+                vec![Layer { set: 1001, format: DiskFormat::Qcow2 }, Layer { set: 1002, format: DiskFormat::Raw }],
+            )]
+            .into(),
+            add_fds: vec![
+                (14, 1000, "console-log".into()),
+                (15, 1001, "disk-disk0".into()),
+                (16, 1002, "disk-disk0".into()),
+            ],
             kernel: Some("/run/x/kernel".into()),
             initrd: Some("/run/x/initrd".into()),
             tls_dir: Some("/run/x/tls".into()),
@@ -695,16 +724,27 @@ mod tests {
                 "socket,id=console0,fd=11,server=on,wait=off,logfile=/dev/fdset/1000,logappend=on"
             ]
         );
-        assert_eq!(after(&a, "-add-fd")[..3], ["fd=14,set=1000,opaque=console-log", "fd=15,set=1001,opaque=disk-disk0", "fd=16,set=1002,opaque=disk-disk0"]);
+        assert_eq!(
+            after(&a, "-add-fd")[..3],
+            [
+                "fd=14,set=1000,opaque=console-log",
+                "fd=15,set=1001,opaque=disk-disk0",
+                "fd=16,set=1002,opaque=disk-disk0"
+            ]
+        );
         assert_eq!((after(&a, "-kernel"), after(&a, "-initrd")), (vec!["/run/x/kernel"], vec!["/run/x/initrd"]));
         assert!(after(&a, "-object").iter().any(|o| o.contains("endpoint=server,dir=/run/x/tls,")), "{a:?}");
         assert!(!a.iter().any(|x| x.contains("/etc/oxvirt/tls")));
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,fds=12:13"]);
         // The chain bottom first; each layer read-only from its fd set; the top names its backing.
-        let nodes: Vec<serde_json::Value> = after(&a, "-blockdev").iter().map(|n| serde_json::from_str(n).unwrap()).collect();
+        let nodes: Vec<serde_json::Value> =
+            after(&a, "-blockdev").iter().map(|n| serde_json::from_str(n).unwrap()).collect();
         let names: Vec<&str> = nodes.iter().map(|n| n["node-name"].as_str().unwrap()).collect();
         assert_eq!(names, ["disk0-b1-file", "disk0-b1", "disk0-b0-file", "disk0-b0", "disk0-file", "disk0-fmt"]);
-        assert_eq!((nodes[0]["filename"].as_str(), nodes[0]["read-only"].as_bool()), (Some("/dev/fdset/1002"), Some(true)));
+        assert_eq!(
+            (nodes[0]["filename"].as_str(), nodes[0]["read-only"].as_bool()),
+            (Some("/dev/fdset/1002"), Some(true))
+        );
         assert_eq!((nodes[1]["driver"].as_str(), nodes[1].get("backing")), (Some("raw"), None));
         assert_eq!((nodes[3]["driver"].as_str(), nodes[3]["backing"].as_str()), (Some("qcow2"), Some("disk0-b1")));
         assert_eq!(nodes[5]["backing"], "disk0-b0");
@@ -738,7 +778,15 @@ mod tests {
     fn huge_pages_numa_binding_and_guest_nodes_get_memory_backends() {
         let mut s = spec();
         s.resources.hugepages = true;
-        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
+        let a = build(
+            "c7726470",
+            &s,
+            &Launch::default(),
+            &RuntimePaths::new("/run/x"),
+            Accel::Tcg,
+            &host(),
+            &Handoff::default(),
+        );
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on,memory-backend=ram0"]);
         assert!(
             after(&a, "-object")
@@ -757,7 +805,15 @@ mod tests {
             ],
             reason: String::new(),
         });
-        let a = build("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
+        let a = build(
+            "c7726470",
+            &s,
+            &Launch::default(),
+            &RuntimePaths::new("/run/x"),
+            Accel::Tcg,
+            &host(),
+            &Handoff::default(),
+        );
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=off"]);
         assert_eq!(after(&a, "-numa"), ["node,nodeid=0,cpus=0-0,memdev=ram0", "node,nodeid=1,cpus=1-1,memdev=ram1"]);
         assert!(
@@ -771,7 +827,15 @@ mod tests {
     fn bridged_nics_get_a_tap_and_queues_per_vcpu() {
         let mut s = spec();
         s.nics.push(NicSpec { mode: NicMode::Bridged, bridge: Some("br0".into()), ..NicSpec::user() });
-        let a = build("c7726470-0171-4767", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host(), &Handoff::default());
+        let a = build(
+            "c7726470-0171-4767",
+            &s,
+            &Launch::default(),
+            &RuntimePaths::new("/r"),
+            Accel::Tcg,
+            &host(),
+            &Handoff::default(),
+        );
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,ifname=oxvc7726470n0,script=no,downscript=no,queues=2"]);
         let dev: serde_json::Value =
             serde_json::from_str(after(&a, "-device").iter().find(|d| d.contains("virtio-net")).unwrap()).unwrap();

@@ -4,7 +4,7 @@
 //! console log is passed open, its TAP devices' queues are opened here, disk files it is not
 //! given and every layer of a qcow2 backing chain are passed as descriptors (`-add-fd`), and the
 //! kernel, initrd and migration TLS credentials it reads are copies made its own in its run
-//! directory (root's, where QEMU can put nothing).
+//! directory (root's, where QEMU can put nothing), removed once it has read them.
 
 use super::confine;
 use crate::{HvError, Launch, RuntimePaths};
@@ -138,10 +138,21 @@ pub fn prepare(
     Ok(h)
 }
 
+/// Removes the copies made for a QEMU once it has read them (it reads the kernel, the initrd
+/// and its credentials while it initialises, before QMP greets, and keeps them in memory: a
+/// reset boots from that): no key stays on disk, no kernel per VM.
+pub fn remove_copies(paths: &RuntimePaths) {
+    for f in ["kernel", "initrd"] {
+        let _ = std::fs::remove_file(paths.dir().join(f));
+    }
+    let _ = std::fs::remove_dir_all(paths.dir().join("tls"));
+}
+
 /// A Unix socket bound at `path` (root's, 0600: only oxvirtd connects) and listening.
 fn listen(h: &mut Handoff, path: &Path) -> Result<RawFd, HvError> {
     let _ = std::fs::remove_file(path);
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| HvError::io(format!("bind {}", path.display()), e))?;
+    let l =
+        std::os::unix::net::UnixListener::bind(path).map_err(|e| HvError::io(format!("bind {}", path.display()), e))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| HvError::io(format!("chmod {}", path.display()), e))?;
@@ -163,7 +174,10 @@ pub fn open_chain(top: &Path) -> io::Result<Vec<(File, DiskFormat)>> {
         }
         let Some(name) = confine::qcow2_backing(&current)? else { return Ok(out) };
         if out.len() >= MAX_CHAIN {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("has a backing chain deeper than {MAX_CHAIN}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("has a backing chain deeper than {MAX_CHAIN}"),
+            ));
         }
         let format = match confine::qcow2_backing_format(&current)?.as_deref() {
             Some("qcow2") => DiskFormat::Qcow2,
@@ -171,7 +185,10 @@ pub fn open_chain(top: &Path) -> io::Result<Vec<(File, DiskFormat)>> {
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{} names backing file {name} with format {other:?}: only qcow2 or raw, recorded", current_path.display()),
+                    format!(
+                        "{} names backing file {name} with format {other:?}: only qcow2 or raw, recorded",
+                        current_path.display()
+                    ),
                 ))
             }
         };
@@ -225,7 +242,8 @@ fn copy_tls(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<PathBuf, HvErr
         .create(dst)
         .and_then(|_| oxvirt_qemu::identity::own(dst, 0, gid, 0o710))
         .map_err(|e| HvError::io(format!("make {}", dst.display()), e))?;
-    for name in ["ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem", "dh-params.pem"]
+    for name in
+        ["ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem", "dh-params.pem"]
     {
         let from = src.join(name);
         if from.exists() {

@@ -2,8 +2,8 @@
 
 pub mod cmdline;
 pub mod confine;
-pub mod handoff;
 mod disks;
+pub mod handoff;
 mod memory;
 mod migration;
 use oxvirt_qemu::ProcessError;
@@ -208,6 +208,8 @@ impl Hypervisor for QemuDriver {
                 process::log_tail(&paths.qemu_log()),
             ))),
         };
+        // Read by now (or never to be).
+        handoff::remove_copies(paths);
         match ready {
             Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup, launch.run_as)),
             Err(e) => {
