@@ -68,9 +68,23 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(_) => {
                 ApiError { status: StatusCode::CONFLICT, code: "conflict", field: None, rule: None, message }
             }
+            ControlError::Busy(_) => {
+                ApiError { status: StatusCode::CONFLICT, code: "busy", field: None, rule: None, message }
+            }
+            ControlError::InUse(_) => {
+                ApiError { status: StatusCode::CONFLICT, code: "in-use", field: None, rule: None, message }
+            }
+            ControlError::Exhausted(_) => {
+                ApiError { status: StatusCode::CONFLICT, code: "exhausted", field: None, rule: None, message }
+            }
+            ControlError::Failed(_) => {
+                tracing::warn!("failed: {message}");
+                ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "failed", field: None, rule: None, message }
+            }
+            // Another writer won: the same request may succeed now.
             ControlError::Store(oxvirt_store::StoreError::Conflict { .. }) => ApiError {
                 status: StatusCode::CONFLICT,
-                code: "conflict",
+                code: "busy",
                 field: None,
                 rule: None,
                 message: format!("{message}; try again"),
@@ -110,3 +124,35 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_refusal_has_its_status_and_code() {
+        let cases = [
+            (ControlError::Conflict("VM web is running".into()), 409, "conflict"),
+            (ControlError::Busy("another operation is in progress".into()), 409, "busy"),
+            (ControlError::InUse("pool p still has 2 volume(s)".into()), 409, "in-use"),
+            (ControlError::Exhausted("network lan has no free address".into()), 409, "exhausted"),
+            (ControlError::Failed("migration failed: connection reset".into()), 500, "failed"),
+            (ControlError::Forbidden("no".into()), 403, "forbidden"),
+            (ControlError::invalid("cpus", "must be 1..=64"), 400, "invalid"),
+            (ControlError::vm_not_found("x"), 404, "not-found"),
+            (ControlError::Host("ip failed".into()), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let text = e.to_string();
+            let a = ApiError::from(e);
+            assert_eq!((a.status.as_u16(), a.code), (status, code), "{text}");
+            assert!(a.message.contains(&text), "{}", a.message);
+        }
+        // Another writer won: the caller may simply try again.
+        let lost = ControlError::Store(oxvirt_store::StoreError::Conflict {
+            key: "vms/web".into(),
+            expected: oxvirt_store::Expect::Absent,
+        });
+        assert_eq!(ApiError::from(lost).code, "busy");
+    }
+}

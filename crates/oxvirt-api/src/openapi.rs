@@ -553,7 +553,7 @@ fn schemas() -> Value {
             "hypervisor": { "type": "string" }, "hypervisor_version": { "type": "string" }, "oxvirt_version": { "type": "string" },
             "vms_total": { "type": "integer" }, "vms_running": { "type": "integer" } } },
         "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "properties": {
-            "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "unauthorized", "internal"] },
+            "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "busy", "in-use", "exhausted", "unauthorized", "forbidden", "rate-limited", "failed", "internal"] },
             "message": { "type": "string" }, "field": { "type": "string" }, "rule": { "type": "string" } } } } }
     });
     let resources = json!({ "type": "object", "additionalProperties": false, "properties": {

@@ -239,7 +239,7 @@ impl Controller {
         let on: Vec<String> =
             self.list_vms()?.into_iter().filter(|v| v.host.as_deref() == Some(name)).map(|v| v.spec.name).collect();
         if !on.is_empty() {
-            return Err(ControlError::Conflict(format!(
+            return Err(ControlError::InUse(format!(
                 "host {name} still has VM(s) {}: move or delete them first",
                 on.join(", ")
             )));

@@ -46,7 +46,7 @@ impl Controller {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ControlError::Conflict(format!("could not give VM {name} a uid: the store kept changing")))
+        Err(ControlError::Busy(format!("could not give VM {name} a uid: the store kept changing")))
     }
 
     /// A socket every confined QEMU may connect to (NBD exports, multipath proxies).

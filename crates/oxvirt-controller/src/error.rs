@@ -12,9 +12,22 @@ pub enum ControlError {
     /// The resource exists already (409).
     #[error("{0}")]
     Exists(ValidationError),
-    /// The resource is not in a state that allows this, or another operation holds it (409).
+    /// The resource is not in a state that allows this (409).
     #[error("{0}")]
     Conflict(String),
+    /// Another operation holds the resource, or it changed meanwhile: try again (409, `busy`).
+    #[error("{0}")]
+    Busy(String),
+    /// Something else uses the resource: that goes first (409, `in-use`).
+    #[error("{0}")]
+    InUse(String),
+    /// Nothing left to give (addresses of a network, MAC addresses) (409, `exhausted`).
+    #[error("{0}")]
+    Exhausted(String),
+    /// An operation was tried and failed (a migration, a disk copy, a helper that did not
+    /// start): not the request's fault (500, `failed`).
+    #[error("{0}")]
+    Failed(String),
     #[error("store: {0}")]
     Store(#[from] oxvirt_store::StoreError),
     #[error("hypervisor: {0}")]

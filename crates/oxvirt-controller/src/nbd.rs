@@ -182,7 +182,7 @@ impl Controller {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(ControlError::Conflict(format!("the multipath proxy for disk {disk_id} did not start")))
+        Err(ControlError::Failed(format!("the multipath proxy for disk {disk_id} did not start")))
     }
 
     /// Runs `work` on a volume's image with the pool's export daemons letting go of it (refused

@@ -123,7 +123,7 @@ impl Controller {
             .map(|v| v.spec.name)
             .collect();
         if !users.is_empty() {
-            return Err(ControlError::Conflict(format!("project {name} still has VM(s) {}", users.join(", "))));
+            return Err(ControlError::InUse(format!("project {name} still has VM(s) {}", users.join(", "))));
         }
         let (_, rev) = self
             .inner

@@ -165,7 +165,7 @@ impl Controller {
             .ok_or_else(|| ControlError::NotFound { kind: "pool", name: name.into() })?;
         let n = self.inner.store.list_records_under::<Volume>(&format!("{name}/"))?.len();
         if n > 0 {
-            return Err(ControlError::Conflict(format!("pool {name} still has {n} volume(s): delete them first")));
+            return Err(ControlError::InUse(format!("pool {name} still has {n} volume(s): delete them first")));
         }
         self.inner.store.delete_record::<Pool>(name, Expect::Revision(rev))?;
         self.stop_export_daemons(name).await;
@@ -348,7 +348,7 @@ impl Controller {
         let (vol, rev) = self.volume_rec(pool, name)?;
         self.volume_here(&vol)?;
         if let Some(vm) = &vol.attached_to {
-            return Err(ControlError::Conflict(format!(
+            return Err(ControlError::InUse(format!(
                 "volume {} is attached to VM {vm}: detach it first",
                 vol.reference()
             )));
@@ -361,7 +361,7 @@ impl Controller {
             .into_iter()
             .find(|(v, _)| v.backing.as_deref() == Some(me.as_str()))
         {
-            return Err(ControlError::Conflict(format!(
+            return Err(ControlError::InUse(format!(
                 "volume {me} is the base of linked clone {}: delete that first",
                 clone.reference()
             )));
@@ -372,7 +372,7 @@ impl Controller {
         // The record goes first, compare-and-swap: a VM that claimed the volume meanwhile makes
         // this fail with nothing changed. After it, at worst an unreferenced file is left.
         self.inner.store.delete_record::<Volume>(&me, Expect::Revision(rev)).map_err(|e| match e {
-            StoreError::Conflict { .. } => ControlError::Conflict(format!("volume {me} changed meanwhile; try again")),
+            StoreError::Conflict { .. } => ControlError::Busy(format!("volume {me} changed meanwhile; try again")),
             e => e.into(),
         })?;
         if p.spec.kind == PoolKind::Nbd {
@@ -447,7 +447,7 @@ impl Controller {
 
     pub(crate) fn ensure_not_busy(&self, volume: &str) -> Result<(), ControlError> {
         if lock(&self.inner.busy_volumes).contains(volume) {
-            return Err(ControlError::Conflict(format!("volume {volume} is busy with a task; try again when it ends")));
+            return Err(ControlError::Busy(format!("volume {volume} is busy with a task; try again when it ends")));
         }
         Ok(())
     }
@@ -456,7 +456,7 @@ impl Controller {
     fn hold(&self, volumes: &[String]) -> Result<VolumeHold, ControlError> {
         let mut busy = lock(&self.inner.busy_volumes);
         if let Some(v) = volumes.iter().find(|v| busy.contains(*v)) {
-            return Err(ControlError::Conflict(format!("volume {v} is busy with a task; try again when it ends")));
+            return Err(ControlError::Busy(format!("volume {v} is busy with a task; try again when it ends")));
         }
         busy.extend(volumes.iter().cloned());
         Ok(VolumeHold { ctrl: self.clone(), volumes: volumes.to_vec() })
@@ -506,7 +506,7 @@ impl Controller {
         };
         if req.linked {
             if src.attached_to.is_some() {
-                return Err(ControlError::Conflict(format!(
+                return Err(ControlError::InUse(format!(
                     "volume {} is attached to a VM: a linked clone needs a base nobody writes to (a template)",
                     src.reference()
                 )));
@@ -728,7 +728,7 @@ impl Controller {
                 .ok_or_else(|| ControlError::invalid(field.clone(), format!("volume {r} does not exist")))?;
             if let Some(other) = &vol.attached_to {
                 if other != vm {
-                    return Err(ControlError::Conflict(format!("volume {r} is attached to VM {other}")));
+                    return Err(ControlError::InUse(format!("volume {r} is attached to VM {other}")));
                 }
             }
             self.ensure_not_busy(r)?;

@@ -64,7 +64,7 @@ impl Controller {
             None if self.inner.store.list_records::<ApiToken>()?.is_empty() => Expect::Absent,
             None => return Ok(AdminToken::Kept),
         };
-        let io = |e: std::io::Error| ControlError::Conflict(format!("admin token file {}: {e}", path.display()));
+        let io = |e: std::io::Error| ControlError::Host(format!("admin token file {}: {e}", path.display()));
         let secret = format!("oxv_{}", random_secret().map_err(io)?);
         let token = ApiToken {
             id: "admin".into(),

@@ -93,7 +93,7 @@ impl Controller {
                     tries += 1;
                 }
                 Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
-                    return Err(ControlError::Conflict(format!("{key} changed meanwhile; try again")))
+                    return Err(ControlError::Busy(format!("{key} changed meanwhile; try again")))
                 }
                 Err(e) => return Err(e),
             }
@@ -189,5 +189,5 @@ pub(crate) fn assign_disk_ids(spec: &mut VmSpec) {
 }
 
 pub(crate) fn busy(name: &str) -> ControlError {
-    ControlError::Conflict(format!("another operation is in progress on VM {name}; try again when it ends"))
+    ControlError::Busy(format!("another operation is in progress on VM {name}; try again when it ends"))
 }

@@ -22,7 +22,7 @@ pub(crate) struct LocalDisk {
 
 /// `host` and `port` of an NBD address `host:port`.
 fn split_address(addr: &str) -> Result<(&str, &str), ControlError> {
-    addr.rsplit_once(':').ok_or_else(|| ControlError::Conflict(format!("a bad NBD address {addr:?}")))
+    addr.rsplit_once(':').ok_or_else(|| ControlError::Failed(format!("a bad NBD address {addr:?}")))
 }
 
 impl Controller {
@@ -137,7 +137,7 @@ pub(crate) async fn wait_in_sync(
     loop {
         let jobs = mirror_jobs(instance, disks).await?;
         if jobs.len() < disks.len() {
-            return Err(ControlError::Conflict(
+            return Err(ControlError::Failed(
                 "a disk mirror stopped before it was in sync (the target went away?)".into(),
             ));
         }
@@ -163,7 +163,7 @@ pub(crate) async fn finish_mirrors(instance: &dyn Instance, disks: &[LocalDisk])
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Err(ControlError::Conflict("the disk mirrors did not finish within 6 s of the guest's pause".into()))
+    Err(ControlError::Failed("the disk mirrors did not finish within 6 s of the guest's pause".into()))
 }
 
 /// Source, when the migration failed: the mirrors and their connections go (the guest goes on

@@ -139,13 +139,13 @@ impl Controller {
                 Some(m @ Migration { state: MigrationState::Ready, uri: Some(_), .. }) => break m,
                 Some(Migration { state: MigrationState::Refused | MigrationState::Failed, error, .. }) => {
                     let _ = self.inner.store.delete_record::<Migration>(name, Expect::Any);
-                    return Err(ControlError::Conflict(format!("the target refused: {}", error.unwrap_or_default())));
+                    return Err(ControlError::Failed(format!("the target refused: {}", error.unwrap_or_default())));
                 }
-                None => return Err(ControlError::Conflict("the migration's record went away".into())),
+                None => return Err(ControlError::Failed("the migration's record went away".into())),
                 _ => {}
             }
             if start.elapsed() > READY_TIMEOUT {
-                return Err(ControlError::Conflict(format!(
+                return Err(ControlError::Failed(format!(
                     "host {} did not get ready within {READY_TIMEOUT:?}",
                     req.to
                 )));
@@ -163,7 +163,7 @@ impl Controller {
                 // Past the switch to post-copy the guest's newest memory is on the target: the
                 // source's is stale and must never run again.
                 let _ = instance.kill().await;
-                return Err(ControlError::Conflict(format!(
+                return Err(ControlError::Failed(format!(
                     "{e}; it had switched to post-copy, so the guest's running state is lost (the VM is stopped: start it again)"
                 )));
             }
@@ -242,8 +242,7 @@ impl Controller {
         let mem_from = if local.is_empty() {
             10
         } else {
-            let nbd =
-                ready.nbd.as_deref().ok_or_else(|| ControlError::Conflict("the target serves no disks".into()))?;
+            let nbd = ready.nbd.as_deref().ok_or_else(|| ControlError::Failed("the target serves no disks".into()))?;
             task.progress(8, &format!("copying {} local disk(s) to {}", local.len(), req.to));
             disks::start_mirrors(instance, nbd, local, self.migration_tls()).await?;
             disks::wait_in_sync(instance, local, |done, total| {
@@ -271,7 +270,7 @@ impl Controller {
             match &info.status {
                 MigrationStatus::Completed => return Ok(Sent { info, postcopy: *postcopy_started, throttled }),
                 MigrationStatus::Failed(why) => {
-                    return Err(ControlError::Conflict(format!("migration failed: {why}")));
+                    return Err(ControlError::Failed(format!("migration failed: {why}")));
                 }
                 // The guest is paused, its memory almost all there: the disks' last writes go
                 // before the switch-over.

@@ -107,10 +107,10 @@ impl Controller {
         }
         let vm = self.get_vm(&m.vm)?;
         let me: HostRecord =
-            self.host_record(&m.target)?.ok_or_else(|| ControlError::Conflict("this host has no record".into()))?;
+            self.host_record(&m.target)?.ok_or_else(|| ControlError::Failed("this host has no record".into()))?;
         let source = self
             .host_record(&m.source)?
-            .ok_or_else(|| ControlError::Conflict(format!("the source host {} has no record", m.source)))?;
+            .ok_or_else(|| ControlError::Failed(format!("the source host {} has no record", m.source)))?;
         self.check_peer_tls("source", &source)?;
         let ip = match me.address_host() {
             "" | "0.0.0.0" => "127.0.0.1",

@@ -113,7 +113,7 @@ impl Controller {
                             break;
                         }
                     }
-                    let mac = found.ok_or_else(|| ControlError::Conflict("no free MAC address found".into()))?;
+                    let mac = found.ok_or_else(|| ControlError::Exhausted("no free MAC address found".into()))?;
                     spec.nics[i].mac = Some(mac);
                 }
             }
@@ -219,7 +219,7 @@ impl Controller {
                 .map(Ipv4Addr::from)
                 .find(|a| !taken.contains(a) && *a != gw)
                 .ok_or_else(|| {
-                ControlError::Conflict(format!("network {name} has no free address left in {first}-{last}"))
+                ControlError::Exhausted(format!("network {name} has no free address left in {first}-{last}"))
             })?,
         };
         spec.nics[i].ip = Some(ip);

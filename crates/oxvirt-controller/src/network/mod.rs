@@ -211,7 +211,7 @@ impl Controller {
             .map(|v| v.spec.name)
             .collect();
         if !users.is_empty() {
-            return Err(ControlError::Conflict(format!(
+            return Err(ControlError::InUse(format!(
                 "network {name} has NICs of VM(s) {}: remove them first",
                 users.join(", ")
             )));

@@ -60,7 +60,7 @@ impl Controller {
             .map(|v| v.spec.name)
             .collect();
         if !users.is_empty() {
-            return Err(ControlError::Conflict(format!("security group {name} is used by VM(s) {}", users.join(", "))));
+            return Err(ControlError::InUse(format!("security group {name} is used by VM(s) {}", users.join(", "))));
         }
         self.inner.store.delete_record::<SecurityGroup>(name, Expect::Revision(rev))?;
         Ok(())
