@@ -104,7 +104,8 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
     // A NIC hot-plugged with two queues gets both (QEMU, not root, is handed the TAP's queues).
     let _: oxvirt_model::Vm =
         c.post("/api/v1/vms/bridged/nics", &json!({ "bridge": br.0, "queues": 2 })).await.unwrap();
-    run_in_guest(c, "bridged", "sleep 1; echo H-$(ls /sys/class/net/eth1/queues | grep -c rx)", "H-2").await;
+    let seen = "i=0; while [ ! -d /sys/class/net/eth1/queues ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done";
+    run_in_guest(c, "bridged", &format!("{seen}; echo H-$(ls /sys/class/net/eth1/queues | grep -c rx)"), "H-2").await;
     // The guest's DHCP requests are counted.
     let start = Instant::now();
     loop {
