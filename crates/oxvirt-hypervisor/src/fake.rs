@@ -353,6 +353,10 @@ impl MigrationOps for FakeInstance {
         Err(no_migration())
     }
 
+    async fn drop_tls(&self, _end: StreamEnd) -> Result<(), HvError> {
+        Err(no_migration())
+    }
+
     async fn listen(&self, _uri: &str) -> Result<(), HvError> {
         Err(no_migration())
     }
@@ -361,7 +365,12 @@ impl MigrationOps for FakeInstance {
         Err(no_migration())
     }
 
-    async fn serve_disks(&self, _host: &str, _port: &str, _disk_ids: &[String], _tls: bool) -> Result<(), HvError> {
+    async fn serve_disks(
+        &self,
+        _listener: std::net::TcpListener,
+        _disk_ids: &[String],
+        _tls: bool,
+    ) -> Result<(), HvError> {
         Err(no_migration())
     }
 

@@ -87,17 +87,16 @@ pub(crate) fn remove_copies(files: &[PathBuf]) {
     }
 }
 
-/// Target: serves the copies, writable, on `host:port` (an export per disk, named by its id);
+/// Target: serves the copies, writable, on `listener` (an export per disk, named by its id);
 /// with `tls`, only to clients with a certificate of the cluster's CA.
 pub(crate) async fn serve(
     instance: &dyn Instance,
-    addr: &str,
+    listener: std::net::TcpListener,
     disks: &[LocalDisk],
     tls: bool,
 ) -> Result<(), ControlError> {
-    let (host, port) = split_address(addr)?;
     let ids: Vec<String> = disks.iter().map(|d| d.id.clone()).collect();
-    Ok(instance.migration().serve_disks(host, port, &ids, tls).await?)
+    Ok(instance.migration().serve_disks(listener, &ids, tls).await?)
 }
 
 /// Target, once the VM is here: the exports go.

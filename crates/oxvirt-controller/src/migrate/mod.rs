@@ -35,6 +35,7 @@ const CONSOLE_HANDOVER: u64 = 256 << 10;
 async fn undo_on_source(instance: &dyn Instance, local: &[disks::LocalDisk]) {
     let _ = instance.migration().cancel().await;
     disks::abandon_mirrors(instance, local).await;
+    tls::drop_stream_tls(instance, StreamEnd::Source).await;
     let _ = instance.resume().await;
 }
 

@@ -117,12 +117,6 @@ impl Controller {
             ip => ip,
         }
         .to_string();
-        let free_port = || {
-            std::net::TcpListener::bind(format!("{ip}:0"))
-                .and_then(|l| l.local_addr())
-                .map_err(|e| ControlError::Host(format!("no free port on {ip}: {e}")))
-                .map(|a| a.port())
-        };
         if m.postcopy && self.run_as(&m.vm)?.is_some() && !unprivileged_userfaultfd() {
             return Err(ControlError::invalid(
                 "postcopy",
@@ -134,18 +128,16 @@ impl Controller {
         }
         let local: Vec<LocalDisk> = self.local_disks(&vm.spec)?;
         let copies = disks::make_copies(self, &local).await?;
-        let uri = format!("tcp:{ip}:{}", free_port()?);
         // With local disks the guest waits, paused, until their copies are served no more:
         // QEMU takes the disks over on the resume (an export still holding them would stop it).
         let hold_disks = !local.is_empty();
-        let instance = match self.start_incoming(&vm, &uri, hold_disks).await {
+        let instance = match self.start_incoming(&vm, hold_disks).await {
             Ok(i) => i,
             Err(e) => {
                 self.drop_incoming(&vm, None, &copies).await;
                 return Err(e);
             }
         };
-        let nbd = if local.is_empty() { None } else { Some(format!("{ip}:{}", free_port()?)) };
         let tls = self.migration_tls();
         let ready = async {
             // Before the source can connect. Post-copy needs the capability on both ends.
@@ -153,19 +145,29 @@ impl Controller {
                 instance.migration().prepare_to_receive(m.postcopy, hold_disks).await?;
             }
             if tls {
-                // The QEMU waits (`-incoming defer`) until the stream must be TLS, then listens.
                 set_stream_tls(&*instance, StreamEnd::Target).await?;
-                instance.migration().listen(&uri).await?;
             }
-            if let Some(addr) = &nbd {
-                disks::serve(&*instance, addr, &local, tls).await?;
-            }
-            Ok::<(), ControlError>(())
+            // The QEMU waits (`-incoming defer`) until all that is set, then listens.
+            let uri = listen_on_a_free_port(&*instance, &ip).await?;
+            // The disk copies' server gets a socket bound here (no port to lose meanwhile).
+            let nbd = if local.is_empty() {
+                None
+            } else {
+                let listener = std::net::TcpListener::bind(format!("{ip}:0"))
+                    .map_err(|e| ControlError::Host(format!("no free port on {ip}: {e}")))?;
+                let port = listener.local_addr().map_err(|e| ControlError::Host(format!("{ip}: {e}")))?.port();
+                disks::serve(&*instance, listener, &local, tls).await?;
+                Some(format!("{ip}:{port}"))
+            };
+            Ok::<_, ControlError>((uri, nbd))
         };
-        if let Err(e) = ready.await {
-            self.drop_incoming(&vm, Some(&*instance), &copies).await;
-            return Err(e);
-        }
+        let (uri, nbd) = match ready.await {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_incoming(&vm, Some(&*instance), &copies).await;
+                return Err(e);
+            }
+        };
         lock(&self.inner.incoming).insert(m.vm.clone(), Incoming { instance, copies });
         self.inner.store.update_record::<Migration>(&m.vm, |r| {
             r.state = MigrationState::Ready;
@@ -204,6 +206,9 @@ impl Controller {
     /// paused when it could not take its disks over: it is resumed once more (which tries the
     /// disks again), and when that fails too the VM shows as paused, with why.
     async fn settle_arrival(&self, name: &str, instance: &dyn Instance, held: bool) {
+        if self.migration_tls() {
+            super::tls::drop_stream_tls(instance, StreamEnd::Target).await;
+        }
         if let Ok(vm) = self.get_vm(name) {
             for (id, q) in crate::lifecycle::disk_limits(&vm.spec).filter(|(_, q)| !q.is_unlimited()) {
                 if let Err(e) = instance.set_disk_qos(&id, q).await {
@@ -249,12 +254,7 @@ impl Controller {
         self.release_network(&vm.id, &vm.spec);
     }
 
-    async fn start_incoming(
-        &self,
-        vm: &oxvirt_model::Vm,
-        uri: &str,
-        paused: bool,
-    ) -> Result<Arc<dyn Instance>, ControlError> {
+    async fn start_incoming(&self, vm: &oxvirt_model::Vm, paused: bool) -> Result<Arc<dyn Instance>, ControlError> {
         let with_mtu = self.prepare_network(&vm.id, &vm.spec, vm.uid).await?;
         self.prepare_storage(&vm.id, &vm.spec).await?;
         let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
@@ -262,12 +262,31 @@ impl Controller {
         spec.resources.placement = None;
         let launch = oxvirt_hypervisor::Launch {
             run_as: self.run_as(&vm.spec.name)?,
-            // With TLS: listening waits for the stream's credentials (set over QMP, `receive`).
-            incoming: Some(if self.migration_tls() { "defer".to_string() } else { uri.to_string() }),
+            // It listens once told where (`receive`): after the stream's credentials, if any.
+            incoming: Some("defer".to_string()),
             paused,
         };
         Ok(self.inner.hv.start(&vm.id, &spec, &launch, &self.inner.paths(&vm.id)).await?)
     }
+}
+
+/// Makes a waiting QEMU listen for the stream on a free port of `ip`; its URI. A port found free
+/// may be taken before QEMU binds it (another process's bind or connection): another is tried.
+async fn listen_on_a_free_port(instance: &dyn Instance, ip: &str) -> Result<String, ControlError> {
+    let mut last = String::new();
+    for _ in 0..8 {
+        let port = std::net::TcpListener::bind(format!("{ip}:0"))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| ControlError::Host(format!("no free port on {ip}: {e}")))?
+            .port();
+        let uri = format!("tcp:{ip}:{port}");
+        match instance.migration().listen(&uri).await {
+            Ok(()) => return Ok(uri),
+            Err(e) if e.to_string().contains("Address already in use") => last = e.to_string(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ControlError::Failed(format!("no port of {ip} stayed free for the migration stream: {last}")))
 }
 
 /// Whether unprivileged processes may use userfaultfd (which post-copy needs on the target).

@@ -1,9 +1,10 @@
-//! Migration over TLS (`store.migration_tls_dir`): both ends' QEMUs hold the cluster's
-//! credentials from their start (server and client); the target listens and
+//! Migration over TLS (`store.migration_tls_dir`): a QEMU is given its end's credentials of the
+//! cluster only while it migrates (none holds them from its start): the target listens and
 //! serves the disk copies with the server's, which require a client certificate of the cluster's
 //! CA, and the source sends and mirrors with the client's, checking the target's certificate
-//! against the target's address. Hosts with and without it do not migrate to each other: that
-//! would be in plaintext.
+//! against the target's address; the arrived guest's QEMU (or a source whose migration failed)
+//! lets them go again. Hosts with and without it do not migrate to each other: that would be in
+//! plaintext.
 
 use crate::{ControlError, Controller};
 use oxvirt_hypervisor::ops::StreamEnd;
@@ -33,9 +34,15 @@ impl Controller {
     }
 }
 
-/// The migration stream of `instance` goes over TLS with its end's credentials (set before
-/// anything is sent on the source, before it listens on the target). A QEMU started before the
-/// host had migration TLS has no credentials: it cannot migrate until it restarts.
+/// The migration stream of `instance` goes over TLS with its end's credentials, given to it now
+/// (before anything is sent on the source, before it listens on the target).
 pub(crate) async fn set_stream_tls(instance: &dyn Instance, end: StreamEnd) -> Result<(), ControlError> {
-    instance.migration().use_tls(end).await.map_err(|e| ControlError::Conflict(e.to_string()))
+    instance.migration().use_tls(end).await.map_err(|e| ControlError::Failed(e.to_string()))
+}
+
+/// The migration is over for `instance`: its credentials go.
+pub(crate) async fn drop_stream_tls(instance: &dyn Instance, end: StreamEnd) {
+    if let Err(e) = instance.migration().drop_tls(end).await {
+        tracing::debug!("migration credentials: {e}");
+    }
 }

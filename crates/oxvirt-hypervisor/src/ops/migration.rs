@@ -38,18 +38,21 @@ pub struct MirrorJob {
 
 #[async_trait::async_trait]
 pub trait MigrationOps: Send + Sync {
-    /// The stream (and disk copies) go over TLS with this end's credentials; fails for a guest
-    /// started without them.
+    /// The stream (and disk copies) go over TLS with this end's credentials, given to the guest's
+    /// process now (it holds none otherwise); fails on a host without migration TLS.
     async fn use_tls(&self, end: StreamEnd) -> Result<(), HvError>;
+    /// The credentials of `end` go again (the migration is over): no TLS until [`Self::use_tls`].
+    async fn drop_tls(&self, end: StreamEnd) -> Result<(), HvError>;
     /// Target, started to wait (`incoming` "defer"): listens on `uri` now.
     async fn listen(&self, uri: &str) -> Result<(), HvError>;
     /// Target, before the source connects: accepts a migration that switches to post-copy;
     /// with `hold_disks`, takes the disks over only when resumed (their copies are still served
     /// when the stream ends; the guest is started paused for that).
     async fn prepare_to_receive(&self, postcopy: bool, hold_disks: bool) -> Result<(), HvError>;
-    /// Target: serves the (empty) copies of `disk_ids` on `host:port`, writable, for the
-    /// source's mirrors.
-    async fn serve_disks(&self, host: &str, port: &str, disk_ids: &[String], tls: bool) -> Result<(), HvError>;
+    /// Target: serves the (empty) copies of `disk_ids` on `listener` (bound by the caller: no
+    /// port lost between finding it free and binding it), writable, for the source's mirrors.
+    async fn serve_disks(&self, listener: std::net::TcpListener, disk_ids: &[String], tls: bool)
+        -> Result<(), HvError>;
     /// Target, once the guest is here: the copies are served no more.
     async fn stop_serving_disks(&self) -> Result<(), HvError>;
 

@@ -14,8 +14,8 @@ pub struct CmdlineHost {
     /// calibrating its TSC.
     pub tsc_khz: Option<u64>,
     /// The cluster's migration TLS directory (QEMU's `tls-creds-x509` layout), if migration goes
-    /// over TLS: every QEMU gets both credentials objects on its command line, read from a copy
-    /// made its own (it never runs as root, so it could not read the host's).
+    /// over TLS: a QEMU is given its end's credentials only while it migrates (`migration.rs`),
+    /// never on its command line.
     pub migration_tls: Option<std::path::PathBuf>,
 }
 
@@ -39,15 +39,6 @@ pub const HOTPLUG_PORTS: usize = 8;
 pub const TLS_SERVER_CREDS: &str = "oxv-tls-server";
 /// The id of the TLS credentials a QEMU migrates out and connects to NBD disk copies with.
 pub const TLS_CLIENT_CREDS: &str = "oxv-tls-client";
-
-/// The two `tls-creds-x509` objects of a host whose migrations go over TLS.
-pub fn tls_creds_objects(dir: &std::path::Path) -> [String; 2] {
-    let dir = escape_opt(&dir.to_string_lossy());
-    [
-        format!("tls-creds-x509,id={TLS_SERVER_CREDS},endpoint=server,dir={dir},verify-peer=on"),
-        format!("tls-creds-x509,id={TLS_CLIENT_CREDS},endpoint=client,dir={dir}"),
-    ]
-}
 
 /// Escapes a value for QEMU's option syntax: a `,` is written `,,`.
 pub fn escape_opt(value: &str) -> String {
@@ -336,11 +327,6 @@ pub fn build(
     if let Some(uri) = &launch.incoming {
         // Waits for the migration stream; runs the guest when it is complete.
         push(&["-incoming", uri]);
-    }
-    if let Some(dir) = h.tls_dir.as_ref().or(host.migration_tls.as_ref()) {
-        for object in tls_creds_objects(dir) {
-            push(&["-object", &object]);
-        }
     }
     for (fd, set, opaque) in &h.add_fds {
         push(&["-add-fd", &format!("fd={fd},set={set},opaque={}", escape_opt(opaque))]);
@@ -708,7 +694,6 @@ mod tests {
             ],
             kernel: Some("/run/x/kernel".into()),
             initrd: Some("/run/x/initrd".into()),
-            tls_dir: Some("/run/x/tls".into()),
             ..Default::default()
         };
         let tls = CmdlineHost { migration_tls: Some("/etc/oxvirt/tls".into()), ..host() };
@@ -733,8 +718,7 @@ mod tests {
             ]
         );
         assert_eq!((after(&a, "-kernel"), after(&a, "-initrd")), (vec!["/run/x/kernel"], vec!["/run/x/initrd"]));
-        assert!(after(&a, "-object").iter().any(|o| o.contains("endpoint=server,dir=/run/x/tls,")), "{a:?}");
-        assert!(!a.iter().any(|x| x.contains("/etc/oxvirt/tls")));
+        assert!(!a.iter().any(|x| x.contains("tls")), "no credentials from the start: {a:?}");
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,fds=12:13"]);
         // The chain bottom first; each layer read-only from its fd set; the top names its backing.
         let nodes: Vec<serde_json::Value> =
@@ -756,22 +740,12 @@ mod tests {
     }
 
     #[test]
-    fn migration_tls_gives_every_qemu_both_credentials_before_it_drops_root() {
+    fn no_qemu_holds_migration_credentials_from_its_start() {
         let s = spec();
-        let l = Launch { run_as: Some((1000, 1000)), ..Default::default() };
-        let plain = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &host(), &Handoff::default());
-        assert!(!plain.iter().any(|a| a.contains("tls-creds")));
+        let l = Launch { run_as: Some((1000, 1000)), incoming: Some("defer".into()), ..Default::default() };
         let tls = CmdlineHost { migration_tls: Some("/etc/ox,tls".into()), ..host() };
         let a = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls, &Handoff::default());
-        let objects = after(&a, "-object");
-        assert_eq!(
-            objects[..2],
-            [
-                "tls-creds-x509,id=oxv-tls-server,endpoint=server,dir=/etc/ox,,tls,verify-peer=on",
-                "tls-creds-x509,id=oxv-tls-client,endpoint=client,dir=/etc/ox,,tls",
-            ]
-        );
-        assert!(!objects[2..].iter().any(|o| o.contains("tls-creds")));
+        assert!(!a.iter().any(|x| x.contains("tls-creds") || x.contains("/etc/ox")), "{a:?}");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! the host's by name: its QMP and console sockets are bound here and passed listening, its
 //! console log is passed open, its TAP devices' queues are opened here, disk files it is not
 //! given and every layer of a qcow2 backing chain are passed as descriptors (`-add-fd`), and the
-//! kernel, initrd and migration TLS credentials it reads are copies made its own in its run
-//! directory (root's, where QEMU can put nothing), removed once it has read them.
+//! kernel and initrd it reads are copies made its own in its run directory (root's, where QEMU
+//! can put nothing), removed once it has read them — as are the migration TLS credentials it is
+//! given while it migrates (`migration.rs`).
 
 use super::confine;
 use crate::{HvError, Launch, RuntimePaths};
@@ -48,8 +49,6 @@ pub struct Handoff {
     pub add_fds: Vec<(RawFd, u32, String)>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
-    /// A copy of the migration TLS credentials directory.
-    pub tls_dir: Option<PathBuf>,
     /// What the numbers above are: open until QEMU has its own copies.
     pub(crate) held: Vec<OwnedFd>,
 }
@@ -81,15 +80,9 @@ impl Handoff {
 }
 
 /// Everything VM `id`'s QEMU needs opened or copied, with `spec`'s disks already resolved (a
-/// host-path disk's `fd` set by the caller); `run_as`: the user QEMU runs as (copies are made
-/// its own), `tls`: the host's migration TLS directory.
-pub fn prepare(
-    id: &str,
-    spec: &VmSpec,
-    launch: &Launch,
-    paths: &RuntimePaths,
-    tls: Option<&Path>,
-) -> Result<Handoff, HvError> {
+/// host-path disk's `fd` set by the caller); `launch.run_as`: the user QEMU runs as (copies are
+/// made its own).
+pub fn prepare(id: &str, spec: &VmSpec, launch: &Launch, paths: &RuntimePaths) -> Result<Handoff, HvError> {
     let mut h = Handoff::default();
     h.qmp = Some(listen(&mut h, &paths.qmp_socket())?);
     h.console = Some(listen(&mut h, &paths.console_socket())?);
@@ -131,16 +124,13 @@ pub fn prepare(
                 h.initrd = Some(copy_for(Path::new(initrd), &paths.dir().join("initrd"), uid, gid)?);
             }
         }
-        if let Some(dir) = tls {
-            h.tls_dir = Some(copy_tls(dir, &paths.dir().join("tls"), uid, gid)?);
-        }
     }
     Ok(h)
 }
 
-/// Removes the copies made for a QEMU once it has read them (it reads the kernel, the initrd
-/// and its credentials while it initialises, before QMP greets, and keeps them in memory: a
-/// reset boots from that): no key stays on disk, no kernel per VM.
+/// Removes the copies made for a QEMU once it has read them (it reads the kernel and the initrd
+/// while it initialises, before QMP greets, credentials when they are added, and keeps them in
+/// memory: a reset boots from that): no key stays on disk, no kernel per VM.
 pub fn remove_copies(paths: &RuntimePaths) {
     for f in ["kernel", "initrd"] {
         let _ = std::fs::remove_file(paths.dir().join(f));
@@ -234,7 +224,7 @@ fn copy_for(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<PathBuf, HvErr
 
 /// The credentials QEMU's `tls-creds-x509` reads, copied into `dst` (root's directory, passable
 /// by the QEMU group; files the VM user's).
-fn copy_tls(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<PathBuf, HvError> {
+pub fn copy_tls(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<PathBuf, HvError> {
     use std::os::unix::fs::DirBuilderExt;
     let _ = std::fs::remove_dir_all(dst);
     std::fs::DirBuilder::new()

@@ -5,8 +5,11 @@ use super::cmdline::{format_node, TLS_CLIENT_CREDS, TLS_SERVER_CREDS};
 use super::QemuInstance;
 use crate::ops::{MigrationInfo, MigrationOps, MirrorJob, SendOptions, StreamEnd};
 use crate::HvError;
-use oxvirt_qemu::commands::{block, migration, nbd};
+use oxvirt_qemu::commands::{block, devices, migration, nbd};
 use serde_json::json;
+
+/// The name of the listening socket the target's NBD server is handed.
+const NBD_LISTENER: &str = "oxv-nbd-listener";
 
 /// The node and job names of one disk's mirror on the source.
 fn mirror_name(disk_id: &str) -> String {
@@ -23,13 +26,36 @@ fn creds(end: StreamEnd) -> &'static str {
 #[async_trait::async_trait]
 impl MigrationOps for QemuInstance {
     async fn use_tls(&self, end: StreamEnd) -> Result<(), HvError> {
-        let p = migration::Parameters { tls_creds: Some(creds(end).into()), ..Default::default() };
-        migration::migrate_set_parameters(&self.qmp, &p).await.map_err(|e| {
-            HvError::Unsupported(format!(
-                "migration over TLS: this VM's QEMU has no TLS credentials {} (started before store.migration_tls_dir was set? stop and start it): {e}",
-                creds(end)
-            ))
-        })
+        let dir = self.migration_tls.as_ref().ok_or_else(|| {
+            HvError::Unsupported("migration over TLS: this host has no store.migration_tls_dir".into())
+        })?;
+        let id = creds(end);
+        // One an earlier migration left (it did not end cleanly) goes first.
+        let _ = migration::object_del(&self.qmp, id).await;
+        // A confined QEMU reads a copy made its own, removed once read: no QEMU holds the key
+        // but while it migrates, and none on disk.
+        let added = match self.run_as {
+            Some((uid, gid)) => {
+                let copy = super::handoff::copy_tls(dir, &self.run_dir.join("tls"), uid, gid)?;
+                let r =
+                    migration::tls_creds_add(&self.qmp, id, &copy.to_string_lossy(), end == StreamEnd::Target).await;
+                let _ = std::fs::remove_dir_all(&copy);
+                r
+            }
+            None => migration::tls_creds_add(&self.qmp, id, &dir.to_string_lossy(), end == StreamEnd::Target).await,
+        };
+        added.map_err(|e| {
+            HvError::Unsupported(format!("migration over TLS: the credentials in {}: {e}", dir.display()))
+        })?;
+        let p = migration::Parameters { tls_creds: Some(id.into()), ..Default::default() };
+        Ok(migration::migrate_set_parameters(&self.qmp, &p).await?)
+    }
+
+    async fn drop_tls(&self, end: StreamEnd) -> Result<(), HvError> {
+        // An empty name: no TLS (QEMU's way to unset it).
+        let p = migration::Parameters { tls_creds: Some(String::new()), ..Default::default() };
+        migration::migrate_set_parameters(&self.qmp, &p).await?;
+        Ok(migration::object_del(&self.qmp, creds(end)).await?)
     }
 
     async fn listen(&self, uri: &str) -> Result<(), HvError> {
@@ -42,9 +68,17 @@ impl MigrationOps for QemuInstance {
         Ok(migration::migrate_set_capabilities(&self.qmp, &caps).await?)
     }
 
-    async fn serve_disks(&self, host: &str, port: &str, disk_ids: &[String], tls: bool) -> Result<(), HvError> {
+    async fn serve_disks(
+        &self,
+        listener: std::net::TcpListener,
+        disk_ids: &[String],
+        tls: bool,
+    ) -> Result<(), HvError> {
         let tls = tls.then(|| creds(StreamEnd::Target));
-        nbd::nbd_server_start(&self.qmp, host, port, tls).await?;
+        use std::os::fd::AsRawFd;
+        devices::getfd(&self.qmp, NBD_LISTENER, listener.as_raw_fd()).await?;
+        drop(listener);
+        nbd::nbd_server_start_on_fd(&self.qmp, NBD_LISTENER, tls).await?;
         for id in disk_ids {
             nbd::block_export_add(&self.qmp, &mirror_name(id), &format_node(id), id, true).await?;
         }

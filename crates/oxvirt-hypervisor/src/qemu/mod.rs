@@ -160,7 +160,7 @@ impl Hypervisor for QemuDriver {
             passed.push(f);
         }
         let spec = &spec;
-        let handoff = handoff::prepare(id, spec, launch, paths, self.host.migration_tls.as_deref())?;
+        let handoff = handoff::prepare(id, spec, launch, paths)?;
         let mut keep: Vec<i32> = passed.iter().map(|f| f.as_raw_fd()).collect();
         keep.extend(handoff.inherited());
         let args = cmdline::build(id, spec, launch, paths, accel, &self.host, &handoff);
@@ -211,7 +211,16 @@ impl Hypervisor for QemuDriver {
         // Read by now (or never to be).
         handoff::remove_copies(paths);
         match ready {
-            Ok(qmp) => Ok(QemuInstance::spawn(pid, accel, qmp, pidfd, cgroup, launch.run_as)),
+            Ok(qmp) => Ok(QemuInstance::spawn(
+                pid,
+                accel,
+                qmp,
+                pidfd,
+                cgroup,
+                launch.run_as,
+                paths,
+                self.host.migration_tls.clone(),
+            )),
             Err(e) => {
                 // A QEMU we cannot control must not be left behind, nor its cgroup.
                 let _ = pidfd.signal(libc::SIGKILL);
@@ -248,7 +257,16 @@ impl Hypervisor for QemuDriver {
         let qmp = Qmp::connect(&paths.qmp_socket(), QMP_TIMEOUT).await?;
         let accel = cmdline_accel(pid).unwrap_or(self.accel.accel);
         let run_as = confine::ids_of(pid).filter(|(uid, _)| *uid != 0);
-        Ok(Some(QemuInstance::spawn(pid, accel, qmp, pidfd, self.cgroup(id), run_as)))
+        Ok(Some(QemuInstance::spawn(
+            pid,
+            accel,
+            qmp,
+            pidfd,
+            self.cgroup(id),
+            run_as,
+            paths,
+            self.host.migration_tls.clone(),
+        )))
     }
 }
 
@@ -284,8 +302,12 @@ pub struct QemuInstance {
     events: broadcast::Sender<InstanceEvent>,
     exited: Arc<AtomicBool>,
     exit_watch: watch::Receiver<bool>,
-    /// The uid and gid QEMU runs as once the guest started (None: root).
+    /// The uid and gid QEMU runs as (None: root).
     run_as: Option<(u32, u32)>,
+    /// Its run directory (root's), where copies made for it go.
+    run_dir: std::path::PathBuf,
+    /// The host's migration TLS credentials, given to QEMU only while it migrates.
+    migration_tls: Option<std::path::PathBuf>,
 }
 
 /// A `-netdev` option string (`tap,id=net0,ifname=...,queues=2`) as `netdev_add` arguments.
@@ -363,6 +385,7 @@ impl QemuInstance {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         pid: u32,
         accel: Accel,
@@ -370,6 +393,8 @@ impl QemuInstance {
         pidfd: Pidfd,
         cgroup: oxvirt_cgroup::VmCgroup,
         run_as: Option<(u32, u32)>,
+        paths: &RuntimePaths,
+        migration_tls: Option<std::path::PathBuf>,
     ) -> Arc<dyn Instance> {
         let (events, _) = broadcast::channel(256);
         let exited = Arc::new(AtomicBool::new(false));
@@ -397,7 +422,18 @@ impl QemuInstance {
             let _ = exit_tx.send(true);
             let _ = tx.send(InstanceEvent::Exited);
         });
-        Arc::new(QemuInstance { pid, accel, qmp, pidfd, events, exited, exit_watch, run_as })
+        Arc::new(QemuInstance {
+            pid,
+            accel,
+            qmp,
+            pidfd,
+            events,
+            exited,
+            exit_watch,
+            run_as,
+            run_dir: paths.dir().to_path_buf(),
+            migration_tls,
+        })
     }
 
     /// Removes the fd sets of host-path disk `disk_id` (marked with its opaque string).

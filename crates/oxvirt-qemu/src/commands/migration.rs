@@ -1,6 +1,7 @@
 //! Live migration: `migrate`, `migrate-incoming`, `migrate-set-capabilities`,
 //! `migrate-set-parameters`, `query-migrate`, `migrate-continue`, `migrate-start-postcopy`,
-//! `migrate_cancel`.
+//! `migrate_cancel`, and the TLS credentials a migration goes with (`object-add` of a
+//! `tls-creds-x509`, `object-del`).
 
 use super::{str_of, u64_of, unit};
 use crate::qmp::{Qmp, QmpError};
@@ -61,6 +62,22 @@ pub async fn migrate_set_parameters(q: &Qmp, p: &Parameters) -> Result<(), QmpEr
         args.insert("tls-creds".into(), json!(c));
     }
     unit(q, "migrate-set-parameters", Value::Object(args)).await
+}
+
+/// Adds `tls-creds-x509` object `id`, read now from `dir` (QEMU's layout: `ca-cert.pem`,
+/// `server-*.pem` or `client-*.pem`); a server checks its peers' certificates.
+pub async fn tls_creds_add(q: &Qmp, id: &str, dir: &str, server: bool) -> Result<(), QmpError> {
+    let mut args = json!({ "qom-type": "tls-creds-x509", "id": id, "dir": dir,
+                           "endpoint": if server { "server" } else { "client" } });
+    if server {
+        args["verify-peer"] = json!(true);
+    }
+    unit(q, "object-add", args).await
+}
+
+/// Removes object `id` (credentials no longer needed).
+pub async fn object_del(q: &Qmp, id: &str) -> Result<(), QmpError> {
+    unit(q, "object-del", json!({ "id": id })).await
 }
 
 /// Sends the guest to `uri` (`tcp:host:port`); [`query_migrate`] follows it.

@@ -17,6 +17,15 @@ pub async fn nbd_server_start(q: &Qmp, host: &str, port: &str, tls_creds: Option
     unit(q, "nbd-server-start", args).await
 }
 
+/// Starts the NBD server on a listening socket handed over before with `getfd` as `fd_name`.
+pub async fn nbd_server_start_on_fd(q: &Qmp, fd_name: &str, tls_creds: Option<&str>) -> Result<(), QmpError> {
+    let mut args = json!({ "addr": { "type": "fd", "data": { "str": fd_name } } });
+    if let Some(c) = tls_creds {
+        args["tls-creds"] = json!(c);
+    }
+    unit(q, "nbd-server-start", args).await
+}
+
 /// Stops the NBD server and every export it serves.
 pub async fn nbd_server_stop(q: &Qmp) -> Result<(), QmpError> {
     unit(q, "nbd-server-stop", Value::Null).await
