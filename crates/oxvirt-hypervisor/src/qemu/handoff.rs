@@ -1,11 +1,11 @@
 //! What oxvirtd opens for a QEMU before it starts. QEMU runs as the VM's own user from its first
 //! instruction (its seccomp filter denies every change of privileges), so it opens nothing of
-//! the host's by name: its QMP and console sockets are bound here and passed listening, its
-//! console log is passed open, its TAP devices' queues are opened here, disk files it is not
-//! given and every layer of a qcow2 backing chain are passed as descriptors (`-add-fd`), and the
-//! kernel and initrd it reads are copies made its own in its run directory (root's, where QEMU
-//! can put nothing), removed once it has read them — as are the migration TLS credentials it is
-//! given while it migrates (`migration.rs`).
+//! the host's by name that any user could not: its QMP and console sockets are bound here and
+//! passed listening, its console log is passed open, its TAP devices' queues are opened here,
+//! disk files it is not given and every layer of a qcow2 backing chain are passed as
+//! descriptors (`-add-fd`), and a kernel or initrd only root may read is read from a copy made
+//! its own in its run directory (root's, where QEMU can put nothing), removed once read — as are
+//! the migration TLS credentials it is given while it migrates (`migration.rs`).
 
 use super::confine;
 use crate::{HvError, Launch, RuntimePaths};
@@ -118,10 +118,17 @@ pub fn prepare(id: &str, spec: &VmSpec, launch: &Launch, paths: &RuntimePaths) -
         h.chains.insert(id, layers);
     }
     if let Some((uid, gid)) = launch.run_as {
+        // A file any user may read is read where it is; another (root's alone) is copied.
+        let own_copy = |src: &str, name: &str| -> Result<Option<PathBuf>, HvError> {
+            if readable_by_anyone(Path::new(src)) {
+                return Ok(None);
+            }
+            copy_for(Path::new(src), &paths.dir().join(name), uid, gid).map(Some)
+        };
         if let Some(k) = &spec.kernel {
-            h.kernel = Some(copy_for(Path::new(&k.kernel), &paths.dir().join("kernel"), uid, gid)?);
+            h.kernel = own_copy(&k.kernel, "kernel")?;
             if let Some(initrd) = &k.initrd {
-                h.initrd = Some(copy_for(Path::new(initrd), &paths.dir().join("initrd"), uid, gid)?);
+                h.initrd = own_copy(initrd, "initrd")?;
             }
         }
     }
@@ -205,6 +212,16 @@ fn open_layer(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// Whether any user may open `path` for reading: the file is readable by others, and every
+/// directory on the way to it — to its name and to what that resolves to — passable by others.
+fn readable_by_anyone(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    let passable = |p: &Path| p.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).all(|a| mode(a) & 0o001 != 0);
+    let Ok(real) = std::fs::canonicalize(path) else { return false };
+    mode(&real) & 0o004 != 0 && passable(path) && passable(&real)
+}
+
 /// A copy of `src` at `dst` (new, never through a link), the VM user's, read-only.
 fn copy_for(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<PathBuf, HvError> {
     let io = |e: io::Error| HvError::io(format!("copy {} for the VM", src.display()), e);
@@ -276,6 +293,35 @@ mod tests {
         std::os::unix::fs::symlink(p("mid.qcow2"), p("link.qcow2")).unwrap();
         qemu_img(&["create", "-q", "-f", "qcow2", "-b", &p("link.qcow2"), "-F", "qcow2", "-u", &p("via.qcow2"), "1M"]);
         assert!(open_chain(Path::new(&p("via.qcow2"))).is_err());
+    }
+
+    #[test]
+    fn only_files_anyone_may_read_are_read_in_place() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let set = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        let sub = dir.path().join("boot");
+        std::fs::create_dir(&sub).unwrap();
+        let f = sub.join("vmlinuz");
+        std::fs::write(&f, b"k").unwrap();
+        set(dir.path(), 0o755);
+        set(&sub, 0o755);
+        set(&f, 0o644);
+        assert!(readable_by_anyone(&f));
+        set(&f, 0o600);
+        assert!(!readable_by_anyone(&f), "root's alone");
+        set(&f, 0o644);
+        set(&sub, 0o700);
+        assert!(!readable_by_anyone(&f), "behind a closed directory");
+        // A link is judged by what it leads to, and by the way to both.
+        set(&sub, 0o755);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(readable_by_anyone(&link));
+        set(&sub, 0o711);
+        assert!(readable_by_anyone(&link), "passable is enough");
+        set(&sub, 0o700);
+        assert!(!readable_by_anyone(&link));
     }
 
     #[test]
