@@ -112,7 +112,7 @@ async fn action(
     let Some(action) = VmAction::parse(&action) else {
         return Err(ApiError::invalid("action", format!("must be one of {}", VM_ACTIONS.join(", "))));
     };
-    Ok((StatusCode::ACCEPTED, Json(c.vm_action(&name, action)?)))
+    Ok((StatusCode::ACCEPTED, Json(c.vm_action_waiting(&name, action).await?)))
 }
 
 #[derive(Deserialize)]

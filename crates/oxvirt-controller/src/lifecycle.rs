@@ -10,12 +10,32 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
+/// How long a request waits for a VM another operation holds before it is told the VM is busy.
+pub const BUSY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Controller {
     /// Starts an action on a VM as a task. Refused at once (409) when the VM's state does not
     /// allow it or another operation on the VM is in progress.
     pub fn vm_action(&self, name: &str, action: VmAction) -> Result<Task, ControlError> {
-        let slot = self.inner.slot(name);
-        let guard = slot.op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        let guard = self.inner.slot(name).op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        self.vm_action_holding(guard, name, action)
+    }
+
+    /// [`Controller::vm_action`] for a request: a VM held for a moment (its event watcher
+    /// recording a pause or a guest's exit) is waited for, up to [`BUSY_GRACE`], before the
+    /// request is told it is busy.
+    pub async fn vm_action_waiting(&self, name: &str, action: VmAction) -> Result<Task, ControlError> {
+        let op = self.inner.slot(name).op.clone();
+        let guard = tokio::time::timeout(BUSY_GRACE, op.lock_owned()).await.map_err(|_| busy(name))?;
+        self.vm_action_holding(guard, name, action)
+    }
+
+    fn vm_action_holding(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        name: &str,
+        action: VmAction,
+    ) -> Result<Task, ControlError> {
         let vm = self.get_vm(name)?;
         self.check_local(&vm)?;
         action.check_from(vm.status.state).map_err(ControlError::Conflict)?;
