@@ -540,10 +540,21 @@ pub fn sh(args: &[&str]) {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        // Every process this daemon left (QEMUs, export daemons) names the data dir on its
-        // command line; nothing else does.
+        // Every helper this daemon left (export daemons, multipath proxies) names the data dir on
+        // its command line; its QEMUs (handed their sockets and files, naming none of it) are
+        // the ones its VMs' pidfiles name.
         let dir = self.path().to_string_lossy().into_owned();
-        let pids = processes_mentioning(&dir);
+        let mut pids = processes_mentioning(&dir);
+        for e in std::fs::read_dir(self.path().join("run")).into_iter().flatten().flatten() {
+            let pid =
+                std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            let qemu = |p: u32| {
+                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.windows(6).any(|w| w == b"-uuid\0"))
+            };
+            if let Some(p) = pid.filter(|p| qemu(*p) && !pids.contains(p)) {
+                pids.push(p);
+            }
+        }
         for pid in &pids {
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
         }
