@@ -127,34 +127,21 @@ impl Controller {
         Ok(())
     }
 
-    /// A host-path disk's image and every backing file down its chain (at most 16) must be
-    /// files the host-path policy allows; an external data file is refused.
+    /// A host-path disk's image and every backing file down its chain must be files the
+    /// host-path policy allows; an external data file is refused. The chain is walked as the
+    /// start walks it (`handoff::walk_chain`: recorded formats, no link at a layer's last step,
+    /// at most 16 deep), so an image accepted here is one that starts.
     pub(crate) fn check_image_chain(&self, field: &str, d: &DiskSpec) -> Result<(), ControlError> {
-        use oxvirt_hypervisor::qemu::confine;
+        use oxvirt_hypervisor::qemu::{confine, handoff};
         let bad = |e: String| ControlError::invalid(field, e);
-        let f = confine::open_host_disk(d).map_err(|e| bad(e.to_string()))?;
+        confine::open_host_disk(d).map_err(|e| bad(e.to_string()))?;
         if d.format != oxvirt_model::DiskFormat::Qcow2 {
             return Ok(());
         }
-        let mut current = (PathBuf::from(&d.path), confine::qcow2_backing(&f).map_err(|e| bad(e.to_string()))?);
-        for _ in 0..16 {
-            let (image, Some(backing)) = current else { return Ok(()) };
-            let at = image.parent().map(|p| p.join(&backing)).unwrap_or_else(|| PathBuf::from(&backing));
-            let resolved = self
-                .inner
-                .host_paths
-                .check(field, &at.to_string_lossy(), Want::File)
-                .map_err(|e| bad(format!("backing file {backing} of {}: {}", image.display(), e.rule)))?;
-            let file = std::fs::File::open(&resolved).map_err(|e| bad(format!("{}: {e}", resolved.display())))?;
-            // A backing file that is no qcow2 ends the chain (raw, the usual base).
-            let next = match confine::qcow2_backing(&file) {
-                Ok(next) => next,
-                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => None,
-                Err(e) => return Err(bad(format!("backing file {}: {e}", resolved.display()))),
-            };
-            current = (resolved, next);
-        }
-        Err(bad("has a backing chain longer than 16 images".into()))
+        let allowed = |p: &std::path::Path| {
+            self.inner.host_paths.check(field, &p.to_string_lossy(), Want::File).map(drop).map_err(|e| e.rule)
+        };
+        handoff::walk_chain(std::path::Path::new(&d.path), allowed).map(drop).map_err(|e| bad(e.to_string()))
     }
 }
 

@@ -437,6 +437,11 @@ mod tests {
     use super::*;
     use oxvirt_model::{ByteSize, DiskFormat, DiskSpec, KernelBoot, NicMode, NicSpec};
 
+    /// The argv of a QEMU that opens its own files (nothing handed to it).
+    fn plain(id: &str, s: &VmSpec, l: &Launch, p: &RuntimePaths, accel: Accel, h: &CmdlineHost) -> Vec<String> {
+        build(id, s, l, p, accel, h, &Handoff::default())
+    }
+
     fn spec() -> VmSpec {
         VmSpec {
             name: "web".into(),
@@ -473,15 +478,7 @@ mod tests {
 
     #[test]
     fn basic_q35_kernel_boot() {
-        let a = build(
-            "id-1",
-            &spec(),
-            &Launch::default(),
-            &RuntimePaths::new("/run/x"),
-            Accel::Tcg,
-            &host(),
-            &Handoff::default(),
-        );
+        let a = plain("id-1", &spec(), &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on"]);
         assert_eq!(after(&a, "-accel"), ["tcg"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
@@ -511,12 +508,11 @@ mod tests {
             nbd: None,
             fd: None,
         });
-        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host(), &Handoff::default());
+        let a = plain("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
         assert!(after(&a, "-device").iter().any(|d| d.contains("virtio-blk-device")));
         assert!(!after(&a, "-device").contains(&"pvpanic"));
-        let kvm =
-            build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host(), &Handoff::default());
+        let kvm = plain("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host());
         assert_eq!(after(&kvm, "-append"), ["console=ttyS0"]);
         assert_eq!(after(&kvm, "-cpu"), ["host"]);
     }
@@ -547,7 +543,7 @@ mod tests {
             nbd: None,
             fd: None,
         });
-        let a = build("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host(), &Handoff::default());
+        let a = plain("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
         let devs: Vec<serde_json::Value> = after(&a, "-device")
             .iter()
             .filter(|d| d.starts_with('{'))
@@ -599,15 +595,7 @@ mod tests {
             fd: None,
         });
         s.nics.push(NicSpec::user());
-        let a = build(
-            "id",
-            &s,
-            &Launch::default(),
-            &RuntimePaths::new(format!("{evil}/run")),
-            Accel::Tcg,
-            &host(),
-            &Handoff::default(),
-        );
+        let a = plain("id", &s, &Launch::default(), &RuntimePaths::new(format!("{evil}/run")), Accel::Tcg, &host());
         // Every chardev keeps exactly its own keys, and the path comes back whole.
         for c in after(&a, "-chardev") {
             let parts = qemu_split(c);
@@ -744,7 +732,7 @@ mod tests {
         let s = spec();
         let l = Launch { run_as: Some((1000, 1000)), incoming: Some("defer".into()), ..Default::default() };
         let tls = CmdlineHost { migration_tls: Some("/etc/ox,tls".into()), ..host() };
-        let a = build("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls, &Handoff::default());
+        let a = plain("c7726470", &s, &l, &RuntimePaths::new("/run/x"), Accel::Tcg, &tls);
         assert!(!a.iter().any(|x| x.contains("tls-creds") || x.contains("/etc/ox")), "{a:?}");
     }
 
@@ -752,15 +740,7 @@ mod tests {
     fn huge_pages_numa_binding_and_guest_nodes_get_memory_backends() {
         let mut s = spec();
         s.resources.hugepages = true;
-        let a = build(
-            "c7726470",
-            &s,
-            &Launch::default(),
-            &RuntimePaths::new("/run/x"),
-            Accel::Tcg,
-            &host(),
-            &Handoff::default(),
-        );
+        let a = plain("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=on,memory-backend=ram0"]);
         assert!(
             after(&a, "-object")
@@ -779,15 +759,7 @@ mod tests {
             ],
             reason: String::new(),
         });
-        let a = build(
-            "c7726470",
-            &s,
-            &Launch::default(),
-            &RuntimePaths::new("/run/x"),
-            Accel::Tcg,
-            &host(),
-            &Handoff::default(),
-        );
+        let a = plain("c7726470", &s, &Launch::default(), &RuntimePaths::new("/run/x"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-machine"), ["q35,mem-merge=off"]);
         assert_eq!(after(&a, "-numa"), ["node,nodeid=0,cpus=0-0,memdev=ram0", "node,nodeid=1,cpus=1-1,memdev=ram1"]);
         assert!(
@@ -801,15 +773,7 @@ mod tests {
     fn bridged_nics_get_a_tap_and_queues_per_vcpu() {
         let mut s = spec();
         s.nics.push(NicSpec { mode: NicMode::Bridged, bridge: Some("br0".into()), ..NicSpec::user() });
-        let a = build(
-            "c7726470-0171-4767",
-            &s,
-            &Launch::default(),
-            &RuntimePaths::new("/r"),
-            Accel::Tcg,
-            &host(),
-            &Handoff::default(),
-        );
+        let a = plain("c7726470-0171-4767", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,ifname=oxvc7726470n0,script=no,downscript=no,queues=2"]);
         let dev: serde_json::Value =
             serde_json::from_str(after(&a, "-device").iter().find(|d| d.contains("virtio-net")).unwrap()).unwrap();

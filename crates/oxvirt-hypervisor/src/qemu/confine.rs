@@ -124,18 +124,26 @@ pub fn open_host_disk(d: &oxvirt_model::DiskSpec) -> io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// The start of a qcow2 image's header (through version 3's `header_length`) and how much of it
+/// the file has; a file that is no qcow2 image is `Unsupported`.
+fn qcow2_header(f: &std::fs::File) -> io::Result<([u8; 104], usize)> {
+    use std::os::unix::fs::FileExt;
+    let mut h = [0u8; 104];
+    let n = f.read_at(&mut h, 0)?;
+    if n < 72 || h[..4] != 0x5146_49fb_u32.to_be_bytes() {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "is not a qcow2 image"));
+    }
+    Ok((h, n))
+}
+
 /// The backing file a qcow2 image names (as written in it: maybe relative to the image), which
 /// QEMU opens by path: the caller checks it is one that may be named. An external data file is
 /// refused outright (QEMU would open it by path too, and oxvirt never makes such images).
 pub fn qcow2_backing(f: &std::fs::File) -> io::Result<Option<String>> {
     use std::os::unix::fs::FileExt;
-    let mut h = [0u8; 80];
-    let n = f.read_at(&mut h, 0)?;
+    let (h, n) = qcow2_header(f)?;
     let be64 = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().unwrap_or([0; 8]));
     let be32 = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().unwrap_or([0; 4]));
-    if n < 72 || be32(0) != 0x5146_49fb {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "is not a qcow2 image"));
-    }
     // Version 3: incompatible feature bit 2 is an external data file.
     if be32(4) >= 3 && n >= 80 && be64(72) & 0b100 != 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "has an external data file: use a standalone image"));
@@ -157,12 +165,8 @@ pub fn qcow2_backing(f: &std::fs::File) -> io::Result<Option<String>> {
 /// The format a qcow2 image records for its backing file (header extension `0xe2792aca`), if any.
 pub fn qcow2_backing_format(f: &std::fs::File) -> io::Result<Option<String>> {
     use std::os::unix::fs::FileExt;
-    let mut h = [0u8; 104];
-    let n = f.read_at(&mut h, 0)?;
+    let (h, n) = qcow2_header(f)?;
     let be32 = |b: &[u8], o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-    if n < 72 || be32(&h, 0) != 0x5146_49fb {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "is not a qcow2 image"));
-    }
     // Extensions follow the header (72 bytes in version 2, header_length in version 3), within
     // the first cluster.
     let start = if be32(&h, 4) >= 3 && n >= 104 { be32(&h, 100) as u64 } else { 72 };

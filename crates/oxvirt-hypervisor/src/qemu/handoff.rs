@@ -112,8 +112,8 @@ pub fn prepare(id: &str, spec: &VmSpec, launch: &Launch, paths: &RuntimePaths) -
         }
         let chain = open_chain(Path::new(&d.path)).map_err(|e| HvError::io(format!("disk {}", d.path), e))?;
         let mut layers = Vec::new();
-        for (file, format) in chain {
-            layers.push(Layer { set: h.pass(file, &super::cmdline::fdset_opaque(&id)), format });
+        for b in chain {
+            layers.push(Layer { set: h.pass(b.file, &super::cmdline::fdset_opaque(&id)), format: b.format });
         }
         h.chains.insert(id, layers);
     }
@@ -156,27 +156,38 @@ fn listen(h: &mut Handoff, path: &Path) -> Result<RawFd, HvError> {
     Ok(h.hold(l))
 }
 
-/// The backing chain image `top` names, each layer opened here read-only (a regular file, no
-/// link followed at its last step), with the format the image above records for it; the top's
-/// backing first. A layer whose format is not recorded is refused (probing would let a guest's
-/// raw data pass for a qcow2 header naming any file).
-pub fn open_chain(top: &Path) -> io::Result<Vec<(File, DiskFormat)>> {
-    let mut out: Vec<(File, DiskFormat)> = Vec::new();
-    let mut current = open_layer(top)?;
-    let mut current_path = top.to_path_buf();
-    let mut current_format = DiskFormat::Qcow2;
+/// A layer below an image: opened here, read-only; where it is; its format, as the image above
+/// records it.
+#[derive(Debug)]
+pub struct Backing {
+    pub file: File,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+}
+
+/// The backing chain image `top` names, the top's backing first: each layer's path (relative
+/// names are the naming image's directory's) is put to `allow` (a refusal is the rule it
+/// breaks), then opened read-only — a regular file, no link followed at its last step — with
+/// the format the image above records for it. A layer whose format is not recorded is refused
+/// (probing would let a guest's raw data pass for a qcow2 header naming any file); at most
+/// [`MAX_CHAIN`] deep. The one walk both the create-time policy check and the start use.
+pub fn walk_chain(top: &Path, mut allow: impl FnMut(&Path) -> Result<(), String>) -> io::Result<Vec<Backing>> {
+    let top_file = open_layer(top)?;
+    let mut out: Vec<Backing> = Vec::new();
     loop {
-        if current_format != DiskFormat::Qcow2 {
-            return Ok(out);
-        }
-        let Some(name) = confine::qcow2_backing(&current)? else { return Ok(out) };
+        let (image, image_path) = match out.last() {
+            None => (&top_file, top),
+            Some(b) if b.format != DiskFormat::Qcow2 => return Ok(out),
+            Some(b) => (&b.file, b.path.as_path()),
+        };
+        let Some(name) = confine::qcow2_backing(image)? else { return Ok(out) };
         if out.len() >= MAX_CHAIN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("has a backing chain deeper than {MAX_CHAIN}"),
             ));
         }
-        let format = match confine::qcow2_backing_format(&current)?.as_deref() {
+        let format = match confine::qcow2_backing_format(image)?.as_deref() {
             Some("qcow2") => DiskFormat::Qcow2,
             Some("raw") => DiskFormat::Raw,
             other => {
@@ -184,19 +195,26 @@ pub fn open_chain(top: &Path) -> io::Result<Vec<(File, DiskFormat)>> {
                     io::ErrorKind::InvalidData,
                     format!(
                         "{} names backing file {name} with format {other:?}: only qcow2 or raw, recorded",
-                        current_path.display()
+                        image_path.display()
                     ),
                 ))
             }
         };
-        let path = match Path::new(&name) {
-            p if p.is_absolute() => p.to_path_buf(),
-            p => current_path.parent().unwrap_or(Path::new("/")).join(p),
-        };
+        let path = image_path.parent().unwrap_or(Path::new("/")).join(&name);
+        allow(&path).map_err(|rule| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("backing file {name} of {}: {rule}", image_path.display()),
+            )
+        })?;
         let file = open_layer(&path)?;
-        out.push((file.try_clone()?, format));
-        (current, current_path, current_format) = (file, path, format);
+        out.push(Backing { file, path, format });
     }
+}
+
+/// [`walk_chain`] for the start: every layer the image names is opened.
+pub fn open_chain(top: &Path) -> io::Result<Vec<Backing>> {
+    walk_chain(top, |_| Ok(()))
 }
 
 /// A layer of a chain, read-only.
@@ -277,7 +295,7 @@ mod tests {
         qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &p("mid.qcow2")]);
         qemu_img(&["create", "-q", "-f", "qcow2", "-b", &p("mid.qcow2"), "-F", "qcow2", &p("top.qcow2")]);
         let chain = open_chain(Path::new(&p("top.qcow2"))).unwrap();
-        let formats: Vec<DiskFormat> = chain.iter().map(|(_, f)| *f).collect();
+        let formats: Vec<DiskFormat> = chain.iter().map(|b| b.format).collect();
         assert_eq!(formats, [DiskFormat::Qcow2, DiskFormat::Raw]);
         assert!(open_chain(Path::new(&p("base.raw"))).is_err(), "not a qcow2 image");
         // No recorded format: refused, naming the file.

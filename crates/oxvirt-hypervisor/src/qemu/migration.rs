@@ -34,16 +34,15 @@ impl MigrationOps for QemuInstance {
         let _ = migration::object_del(&self.qmp, id).await;
         // A confined QEMU reads a copy made its own, removed once read: no QEMU holds the key
         // but while it migrates, and none on disk.
-        let added = match self.run_as {
-            Some((uid, gid)) => {
-                let copy = super::handoff::copy_tls(dir, &self.run_dir.join("tls"), uid, gid)?;
-                let r =
-                    migration::tls_creds_add(&self.qmp, id, &copy.to_string_lossy(), end == StreamEnd::Target).await;
-                let _ = std::fs::remove_dir_all(&copy);
-                r
-            }
-            None => migration::tls_creds_add(&self.qmp, id, &dir.to_string_lossy(), end == StreamEnd::Target).await,
+        let copy = match self.run_as {
+            Some((uid, gid)) => Some(super::handoff::copy_tls(dir, &self.run_dir.join("tls"), uid, gid)?),
+            None => None,
         };
+        let from = copy.as_deref().unwrap_or(dir);
+        let added = migration::tls_creds_add(&self.qmp, id, &from.to_string_lossy(), end == StreamEnd::Target).await;
+        if let Some(c) = &copy {
+            let _ = std::fs::remove_dir_all(c);
+        }
         added.map_err(|e| {
             HvError::Unsupported(format!("migration over TLS: the credentials in {}: {e}", dir.display()))
         })?;

@@ -67,8 +67,6 @@ impl QemuDriver {
         self.cgroups.vm(&cgroup_name(id))
     }
 
-    /// The argument vector this driver would run for a VM (for `oxvirt vm show --qemu-args` and
-    /// the start-overhead benchmark).
     /// The argument vector of a QEMU that opens its own files (as root) and writes its pidfile:
     /// the benchmark's raw baselines.
     pub fn args(&self, id: &str, spec: &VmSpec, launch: &Launch, paths: &RuntimePaths) -> Vec<String> {
@@ -563,9 +561,9 @@ impl Instance for QemuInstance {
         if disk.nbd.is_none() && disk.format == oxvirt_model::DiskFormat::Qcow2 {
             let layers = handoff::open_chain(std::path::Path::new(&disk.path))
                 .map_err(|e| HvError::io(format!("disk {}", disk.path), e))?;
-            for (file, format) in layers {
-                match devices::add_fd(&self.qmp, &cmdline::fdset_opaque(id), file.as_raw_fd()).await {
-                    Ok(set) => chain.push(cmdline::Layer { set, format }),
+            for b in layers {
+                match devices::add_fd(&self.qmp, &cmdline::fdset_opaque(id), b.file.as_raw_fd()).await {
+                    Ok(set) => chain.push(cmdline::Layer { set, format: b.format }),
                     Err(e) => {
                         self.drop_fdsets(id).await;
                         return Err(e.into());
