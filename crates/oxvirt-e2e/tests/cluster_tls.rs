@@ -136,11 +136,14 @@ async fn rogue_migration(dir: &Path, uri: &str, creds: Option<&Path>) -> serde_j
     }
     let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the rogue QEMU did not start");
+    // (The socket's file exists a moment before QEMU listens on it: connect until it does.)
+    let qmp = loop {
+        match oxvirt_qemu::qmp::Qmp::connect(&sock, Duration::from_secs(10)).await {
+            Ok(q) => break q,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "the rogue QEMU did not start: {e}"),
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let qmp = oxvirt_qemu::qmp::Qmp::connect(&sock, Duration::from_secs(10)).await.unwrap();
+    };
     if creds.is_some() {
         qmp.execute("migrate-set-parameters", json!({ "tls-creds": "rogue" })).await.unwrap();
     }
