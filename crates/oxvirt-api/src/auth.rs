@@ -113,11 +113,11 @@ fn peer_of(req: &Request) -> String {
 
 /// A request path as the audit log and refusals quote it: cut short (it is the caller's text).
 fn audit_path(p: &str) -> String {
-    oxvirt_controller::audit::cut(p, oxvirt_controller::audit::AUDIT_PATH_MAX)
+    oxvirt_controller::access::audit::cut(p, oxvirt_controller::access::audit::AUDIT_PATH_MAX)
 }
 
 fn audit_refusal(c: &Controller, req: &Request, status: StatusCode, user: &str) {
-    c.audit(&AuditRecord {
+    c.access().audit(&AuditRecord {
         time: now_ms(),
         user: user.into(),
         token: None,
@@ -167,7 +167,8 @@ pub async fn require_token(
         return refuse_unauthenticated(&req, "an API token is required: send `Authorization: Bearer <token>`");
     };
     let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    let Some(token) = (!presented.is_empty() && presented.len() <= 256).then(|| c.check_token(presented)).flatten()
+    let Some(token) =
+        (!presented.is_empty() && presented.len() <= 256).then(|| c.access().check_token(presented)).flatten()
     else {
         return refuse_unauthenticated(&req, "the API token is not valid (unknown, revoked or expired)");
     };
@@ -257,7 +258,7 @@ pub async fn authorize(
     let need = requirement(&method, matched.as_str(), &params);
     let resource = need.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
     let response = match &need {
-        Some((privilege, res)) => match c.authorize(&principal.user, *privilege, res) {
+        Some((privilege, res)) => match c.access().authorize(&principal.user, *privilege, res) {
             Ok(()) => next.run(req).await,
             Err(e) => refusal(StatusCode::FORBIDDEN, "forbidden", &e.to_string()),
         },
@@ -265,7 +266,7 @@ pub async fn authorize(
     };
     let status = response.status();
     if method != Method::GET || status == StatusCode::FORBIDDEN {
-        c.audit(&AuditRecord {
+        c.access().audit(&AuditRecord {
             time: now_ms(),
             user: principal.user,
             token: principal.token,

@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use oxvirt_controller::cluster::placement::RebalanceView;
 use oxvirt_controller::cluster::HostView;
-use oxvirt_controller::placement::RebalanceView;
 use oxvirt_controller::Controller;
 
 pub fn routes() -> Router<Controller> {
@@ -20,7 +20,7 @@ pub fn routes() -> Router<Controller> {
 }
 
 async fn policy(State(c): State<Controller>) -> ApiResult<Json<oxvirt_model::ClusterPolicy>> {
-    Ok(Json(c.cluster_policy()?))
+    Ok(Json(c.hosts().cluster_policy()?))
 }
 
 async fn set_policy(
@@ -28,24 +28,24 @@ async fn set_policy(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<oxvirt_model::ClusterPolicy>> {
     let p: oxvirt_model::ClusterPolicy = crate::body::parse(&body)?;
-    Ok(Json(c.set_cluster_policy(p)?))
+    Ok(Json(c.hosts().set_cluster_policy(p)?))
 }
 
 async fn plan(State(c): State<Controller>) -> ApiResult<Json<RebalanceView>> {
-    Ok(Json(c.rebalance(false)?))
+    Ok(Json(c.hosts().rebalance(false)?))
 }
 
 async fn rebalance(State(c): State<Controller>) -> ApiResult<Json<RebalanceView>> {
-    Ok(Json(c.rebalance(true)?))
+    Ok(Json(c.hosts().rebalance(true)?))
 }
 
 async fn hosts(State(c): State<Controller>) -> ApiResult<Json<Vec<HostView>>> {
-    Ok(Json(c.cluster_hosts().await?))
+    Ok(Json(c.hosts().cluster_hosts().await?))
 }
 
 async fn leave(State(c): State<Controller>, Path(host): Path<String>) -> ApiResult<StatusCode> {
     oxvirt_model::validate_name("host", &host).map_err(|_| ApiError::not_found(format!("host {host:?} not found")))?;
-    c.leave_cluster(&host)?;
+    c.hosts().leave_cluster(&host)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -63,5 +63,5 @@ async fn maintenance(
 ) -> ApiResult<Json<Vec<oxvirt_model::Task>>> {
     oxvirt_model::validate_name("host", &host).map_err(|_| ApiError::not_found(format!("host {host:?} not found")))?;
     let m: Maintenance = crate::body::parse(&body)?;
-    Ok(Json(c.set_maintenance(&host, m.on)?))
+    Ok(Json(c.hosts().set_maintenance(&host, m.on)?))
 }

@@ -18,7 +18,7 @@ pub async fn console(
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     validate_name("name", &name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))?;
-    let vm = c.get_vm(&name)?;
+    let vm = c.vms().get_vm(&name)?;
     if !vm.status.state.has_process() {
         return Err(oxvirt_controller::ControlError::Conflict(format!(
             "VM {name} is {}: its console exists only while it runs",
@@ -26,7 +26,7 @@ pub async fn console(
         ))
         .into());
     }
-    let path = c.console_socket(&name)?;
+    let path = c.vms().console_socket(&name)?;
     let serial = UnixStream::connect(&path).await.map_err(|e| {
         ApiError::from(oxvirt_controller::ControlError::Conflict(format!("console of VM {name} is not reachable: {e}")))
     })?;

@@ -19,20 +19,20 @@ pub async fn root() -> Json<Value> {
 }
 
 async fn show(State(c): State<Controller>) -> ApiResult<Json<HostInfo>> {
-    Ok(Json(c.host_info()?))
+    Ok(Json(c.resources().host_info()?))
 }
 
 async fn alerts(State(c): State<Controller>) -> Json<Vec<oxvirt_model::Alert>> {
-    Json(c.alerts())
+    Json(c.monitoring().alerts())
 }
 
-async fn host_history(State(c): State<Controller>) -> Json<Vec<oxvirt_controller::history::HostSample>> {
-    Json(c.host_history())
+async fn host_history(State(c): State<Controller>) -> Json<Vec<oxvirt_controller::monitoring::history::HostSample>> {
+    Json(c.monitoring().host_history())
 }
 
 /// The latest figures of the host and of every VM, as `oxvirt host top` shows them.
 async fn top(State(c): State<Controller>) -> Json<serde_json::Value> {
     let vms: Vec<serde_json::Value> =
-        c.vm_latest().into_iter().map(|(name, s)| json!({ "vm": name, "sample": s })).collect();
-    Json(json!({ "host": c.host_history().last(), "vms": vms }))
+        c.monitoring().vm_latest().into_iter().map(|(name, s)| json!({ "vm": name, "sample": s })).collect();
+    Json(json!({ "host": c.monitoring().host_history().last(), "vms": vms }))
 }

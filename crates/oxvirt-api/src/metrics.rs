@@ -93,8 +93,8 @@ const STATES: &[&str] = &["stopped", "starting", "running", "paused", "stopping"
 
 /// The whole exposition, in OpenMetrics text.
 pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
-    let s = c.stats().await;
-    let host = c.host_info().ok();
+    let s = c.monitoring().stats().await;
+    let host = c.resources().host_info().ok();
     let mut reg = Registry::default();
     if let Some(h) = &host {
         single(&mut reg, "oxvirt_host_cpus", "Host CPUs", h.cpus as f64);
@@ -176,9 +176,9 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         "Resident memory of the VM's QEMU",
         vms.iter().filter_map(|v| Some((l(&[("vm", &v.vm.name)]), v.rss_bytes? as f64))),
     );
-    let disks: Vec<(&str, &oxvirt_controller::stats::DiskStats)> =
+    let disks: Vec<(&str, &oxvirt_controller::monitoring::stats::DiskStats)> =
         vms.iter().flat_map(|v| v.disks.iter().map(move |d| (v.vm.name.as_str(), d))).collect();
-    let dl = |vm: &str, d: &oxvirt_controller::stats::DiskStats| l(&[("vm", vm), ("disk", &d.id)]);
+    let dl = |vm: &str, d: &oxvirt_controller::monitoring::stats::DiskStats| l(&[("vm", vm), ("disk", &d.id)]);
     counter(
         &mut reg,
         "oxvirt_vm_disk_read_bytes",

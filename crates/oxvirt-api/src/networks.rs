@@ -29,42 +29,42 @@ fn check(kind: &str, name: &str) -> ApiResult<()> {
 }
 
 async fn list_networks(State(c): State<Controller>) -> ApiResult<Json<Vec<NetworkView>>> {
-    Ok(Json(c.list_networks()?))
+    Ok(Json(c.networks().list_networks()?))
 }
 
 async fn create_network(State(c): State<Controller>, p: Caller, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: NetworkSpec = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(c.create_network(&user_of(&p), spec).await?)))
+    Ok((StatusCode::CREATED, Json(c.networks().create_network(&user_of(&p), spec).await?)))
 }
 
 async fn show_network(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<NetworkView>> {
     check("network", &name)?;
-    Ok(Json(c.show_network(&name)?))
+    Ok(Json(c.networks().show_network(&name)?))
 }
 
 async fn delete_network(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     check("network", &name)?;
-    c.delete_network(&name).await?;
+    c.networks().delete_network(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn leases(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<Vec<LeaseView>>> {
     check("network", &name)?;
-    Ok(Json(c.network_leases(&name)?))
+    Ok(Json(c.networks().network_leases(&name)?))
 }
 
 async fn list_groups(State(c): State<Controller>) -> ApiResult<Json<Vec<SecurityGroup>>> {
-    Ok(Json(c.list_security_groups()?))
+    Ok(Json(c.security_groups().list_security_groups()?))
 }
 
 async fn create_group(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: SecurityGroupSpec = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(c.create_security_group(spec)?)))
+    Ok((StatusCode::CREATED, Json(c.security_groups().create_security_group(spec)?)))
 }
 
 async fn show_group(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<SecurityGroup>> {
     check("security group", &name)?;
-    Ok(Json(c.get_security_group(&name)?))
+    Ok(Json(c.security_groups().get_security_group(&name)?))
 }
 
 async fn replace_group(
@@ -74,12 +74,12 @@ async fn replace_group(
 ) -> ApiResult<Json<SecurityGroup>> {
     check("security group", &name)?;
     let spec: SecurityGroupSpec = parse(&body)?;
-    Ok(Json(c.replace_security_group(&name, spec).await?))
+    Ok(Json(c.security_groups().replace_security_group(&name, spec).await?))
 }
 
 async fn delete_group(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     check("security group", &name)?;
-    c.delete_security_group(&name)?;
+    c.security_groups().delete_security_group(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -91,7 +91,7 @@ async fn attach_nic(
 ) -> ApiResult<Json<Vm>> {
     check("VM", &name)?;
     let nic: NicSpec = parse(&body)?;
-    Ok(Json(c.attach_nic(&user_of(&p), &name, nic).await?))
+    Ok(Json(c.networks().attach_nic(&user_of(&p), &name, nic).await?))
 }
 
 async fn update_nic(
@@ -103,11 +103,11 @@ async fn update_nic(
     check("VM", &name)?;
     check("NIC", &nic)?;
     let u: NicUpdate = parse(&body)?;
-    Ok(Json(c.update_nic(&user_of(&p), &name, &nic, u).await?))
+    Ok(Json(c.networks().update_nic(&user_of(&p), &name, &nic, u).await?))
 }
 
 async fn detach_nic(State(c): State<Controller>, Path((name, nic)): Path<(String, String)>) -> ApiResult<Json<Vm>> {
     check("VM", &name)?;
     check("NIC", &nic)?;
-    Ok(Json(c.detach_nic(&name, &nic).await?))
+    Ok(Json(c.networks().detach_nic(&name, &nic).await?))
 }

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use oxvirt_controller::projects::ProjectView;
+use oxvirt_controller::access::projects::ProjectView;
 use oxvirt_controller::Controller;
 use oxvirt_model::{validate_name, ProjectSpec};
 
@@ -23,27 +23,27 @@ fn check(name: &str) -> ApiResult<()> {
 }
 
 async fn list(State(c): State<Controller>) -> ApiResult<Json<Vec<ProjectView>>> {
-    Ok(Json(c.list_projects()?))
+    Ok(Json(c.projects().list_projects()?))
 }
 
 async fn create(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: ProjectSpec = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(c.create_project(spec)?)))
+    Ok((StatusCode::CREATED, Json(c.projects().create_project(spec)?)))
 }
 
 async fn show(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<ProjectView>> {
     check(&name)?;
-    Ok(Json(c.get_project(&name)?))
+    Ok(Json(c.projects().get_project(&name)?))
 }
 
 async fn replace(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<ProjectView>> {
     check(&name)?;
     let spec: ProjectSpec = parse(&body)?;
-    Ok(Json(c.set_project(&name, spec)?))
+    Ok(Json(c.projects().set_project(&name, spec)?))
 }
 
 async fn delete(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     check(&name)?;
-    c.delete_project(&name)?;
+    c.projects().delete_project(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -26,7 +26,7 @@ fn check(name: &str) -> ApiResult<()> {
 async fn set_resources(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
     check(&name)?;
     let r: Resources = parse(&body)?;
-    Ok(Json(c.set_resources(&name, r).await?))
+    Ok(Json(c.resources().set_resources(&name, r).await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -37,7 +37,7 @@ struct BalloonTarget {
 
 async fn balloon(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<BalloonView>> {
     check(&name)?;
-    Ok(Json(c.balloon(&name).await?))
+    Ok(Json(c.resources().balloon(&name).await?))
 }
 
 async fn set_balloon(
@@ -47,18 +47,18 @@ async fn set_balloon(
 ) -> ApiResult<Json<BalloonView>> {
     check(&name)?;
     let t: BalloonTarget = parse(&body)?;
-    Ok(Json(c.set_balloon(&name, t.target).await?))
+    Ok(Json(c.resources().set_balloon(&name, t.target).await?))
 }
 
 async fn policy(State(c): State<Controller>) -> ApiResult<Json<HostPolicy>> {
-    Ok(Json(c.host_policy()?))
+    Ok(Json(c.resources().host_policy()?))
 }
 
 async fn set_policy(State(c): State<Controller>, body: Bytes) -> ApiResult<Json<HostPolicy>> {
     let p: HostPolicy = parse(&body)?;
-    Ok(Json(c.set_host_policy(p)?))
+    Ok(Json(c.resources().set_host_policy(p)?))
 }
 
 async fn host_resources(State(c): State<Controller>) -> ApiResult<Json<HostResources>> {
-    Ok(Json(c.host_resources()?))
+    Ok(Json(c.resources().host_resources()?))
 }

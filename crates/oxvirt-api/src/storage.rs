@@ -44,7 +44,7 @@ async fn snapshot_volume(
     check("pool", &pool)?;
     check("volume", &name)?;
     let s: NewSnapshot = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(c.snapshot_volume(&pool, &name, &s.name).await?)))
+    Ok((StatusCode::CREATED, Json(c.snapshots().snapshot_volume(&pool, &name, &s.name).await?)))
 }
 
 async fn revert_volume(
@@ -54,7 +54,7 @@ async fn revert_volume(
     check("pool", &pool)?;
     check("volume", &name)?;
     check("snapshot", &snap)?;
-    Ok(Json(c.revert_volume(&pool, &name, &snap).await?))
+    Ok(Json(c.snapshots().revert_volume(&pool, &name, &snap).await?))
 }
 
 async fn delete_volume_snapshot(
@@ -64,13 +64,13 @@ async fn delete_volume_snapshot(
     check("pool", &pool)?;
     check("volume", &name)?;
     check("snapshot", &snap)?;
-    Ok(Json(c.delete_volume_snapshot(&pool, &name, &snap).await?))
+    Ok(Json(c.snapshots().delete_volume_snapshot(&pool, &name, &snap).await?))
 }
 
 async fn snapshot_vm(State(c): State<Controller>, Path(vm): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
     check("VM", &vm)?;
     let s: NewSnapshot = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(c.snapshot_vm(&vm, &s.name).await?)))
+    Ok((StatusCode::CREATED, Json(c.snapshots().snapshot_vm(&vm, &s.name).await?)))
 }
 
 async fn revert_vm(
@@ -79,7 +79,7 @@ async fn revert_vm(
 ) -> ApiResult<Json<Vec<Volume>>> {
     check("VM", &vm)?;
     check("snapshot", &snap)?;
-    Ok(Json(c.revert_vm(&vm, &snap).await?))
+    Ok(Json(c.snapshots().revert_vm(&vm, &snap).await?))
 }
 
 async fn delete_vm_snapshot(
@@ -88,7 +88,7 @@ async fn delete_vm_snapshot(
 ) -> ApiResult<Json<Vec<Volume>>> {
     check("VM", &vm)?;
     check("snapshot", &snap)?;
-    Ok(Json(c.delete_vm_snapshot(&vm, &snap).await?))
+    Ok(Json(c.snapshots().delete_vm_snapshot(&vm, &snap).await?))
 }
 
 fn check(kind: &str, name: &str) -> ApiResult<()> {
@@ -96,29 +96,29 @@ fn check(kind: &str, name: &str) -> ApiResult<()> {
 }
 
 async fn list_pools(State(c): State<Controller>) -> ApiResult<Json<Vec<PoolView>>> {
-    Ok(Json(c.list_pools()?))
+    Ok(Json(c.storage().list_pools()?))
 }
 
 async fn create_pool(State(c): State<Controller>, p: Caller, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: PoolSpec = parse(&body)?;
-    let pool = c.create_pool(&user_of(&p), spec).await?;
-    Ok((StatusCode::CREATED, Json(c.get_pool(&pool.spec.name)?)))
+    let pool = c.storage().create_pool(&user_of(&p), spec).await?;
+    Ok((StatusCode::CREATED, Json(c.storage().get_pool(&pool.spec.name)?)))
 }
 
 async fn show_pool(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<Json<PoolView>> {
     check("pool", &pool)?;
-    Ok(Json(c.get_pool(&pool)?))
+    Ok(Json(c.storage().get_pool(&pool)?))
 }
 
 async fn delete_pool(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<StatusCode> {
     check("pool", &pool)?;
-    c.delete_pool(&pool).await?;
+    c.storage().delete_pool(&pool).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_volumes(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<Json<Vec<Volume>>> {
     check("pool", &pool)?;
-    Ok(Json(c.list_volumes(&pool)?))
+    Ok(Json(c.storage().list_volumes(&pool)?))
 }
 
 async fn create_volume(
@@ -128,7 +128,7 @@ async fn create_volume(
 ) -> ApiResult<impl IntoResponse> {
     check("pool", &pool)?;
     let spec: VolumeSpec = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(c.create_volume(&pool, spec).await?)))
+    Ok((StatusCode::CREATED, Json(c.storage().create_volume(&pool, spec).await?)))
 }
 
 async fn show_volume(
@@ -137,7 +137,7 @@ async fn show_volume(
 ) -> ApiResult<Json<Volume>> {
     check("pool", &pool)?;
     check("volume", &name)?;
-    Ok(Json(c.get_volume(&pool, &name)?))
+    Ok(Json(c.storage().get_volume(&pool, &name)?))
 }
 
 #[derive(serde::Deserialize)]
@@ -154,7 +154,7 @@ async fn resize_volume(
     check("pool", &pool)?;
     check("volume", &name)?;
     let r: Resize = parse(&body)?;
-    Ok(Json(c.resize_volume(&pool, &name, r.size).await?))
+    Ok(Json(c.storage().resize_volume(&pool, &name, r.size).await?))
 }
 
 async fn delete_volume(
@@ -163,7 +163,7 @@ async fn delete_volume(
 ) -> ApiResult<StatusCode> {
     check("pool", &pool)?;
     check("volume", &name)?;
-    c.delete_volume(&pool, &name).await?;
+    c.storage().delete_volume(&pool, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -176,7 +176,7 @@ async fn clone_volume(
     check("pool", &pool)?;
     check("volume", &name)?;
     let req: CloneRequest = parse(&body)?;
-    match c.clone_volume(&user_of(&p), &pool, &name, req).await? {
+    match c.storage().clone_volume(&user_of(&p), &pool, &name, req).await? {
         (Some(v), _) => Ok((StatusCode::CREATED, Json(v)).into_response()),
         (None, Some(t)) => Ok((StatusCode::ACCEPTED, Json(t)).into_response()),
         (None, None) => Err(ApiError::not_found("nothing was cloned")),
@@ -192,7 +192,7 @@ async fn export_volume(
     check("pool", &pool)?;
     check("volume", &name)?;
     let req: ExportRequest = parse(&body)?;
-    Ok((StatusCode::ACCEPTED, Json(c.export_volume(&user_of(&p), &pool, &name, req).await?)))
+    Ok((StatusCode::ACCEPTED, Json(c.storage().export_volume(&user_of(&p), &pool, &name, req).await?)))
 }
 
 async fn import(
@@ -203,5 +203,5 @@ async fn import(
 ) -> ApiResult<impl IntoResponse> {
     check("pool", &pool)?;
     let req: ImportRequest = parse(&body)?;
-    Ok((StatusCode::ACCEPTED, Json(c.import_volume(&user_of(&p), &pool, req).await?)))
+    Ok((StatusCode::ACCEPTED, Json(c.storage().import_volume(&user_of(&p), &pool, req).await?)))
 }

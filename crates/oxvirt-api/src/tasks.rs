@@ -32,7 +32,7 @@ fn resource_of(t: &Task) -> String {
 fn task_for(c: &Controller, p: &Option<Extension<Principal>>, id: &str, privilege: Privilege) -> ApiResult<Task> {
     check_id(id)?;
     let t = c.tasks().get(id)?;
-    c.authorize(&crate::auth::user_of(p), privilege, &resource_of(&t))?;
+    c.access().authorize(&crate::auth::user_of(p), privilege, &resource_of(&t))?;
     Ok(t)
 }
 
@@ -43,7 +43,7 @@ async fn list(State(c): State<Controller>, p: Option<Extension<Principal>>) -> A
         c.tasks()
             .list()?
             .into_iter()
-            .filter(|t| c.authorize(&user, Privilege::Read, &resource_of(t)).is_ok())
+            .filter(|t| c.access().authorize(&user, Privilege::Read, &resource_of(t)).is_ok())
             .collect(),
     ))
 }

@@ -52,7 +52,7 @@ async fn login(
     let from = peer.map(|Extension(p)| p.address()).unwrap_or_else(|| "socket".into());
     let c2 = c.clone();
     // Password hashing is slow on purpose: off the async threads.
-    let r = tokio::task::spawn_blocking(move || c2.login(&l.user, &l.password, &from))
+    let r = tokio::task::spawn_blocking(move || c2.access().login(&l.user, &l.password, &from))
         .await
         .map_err(|e| ApiError::from(ControlError::Host(e.to_string())))?;
     match r {
@@ -86,20 +86,20 @@ async fn create_token(
     let r: NewTokenRequest = parse(&body)?;
     let user = r.user.unwrap_or_else(|| me.user.clone());
     if user != me.user {
-        c.authorize(&me.user, Privilege::Admin, "/")?;
-        if user != ROOT && !c.list_users()?.iter().any(|u| u.name == user) {
+        c.access().authorize(&me.user, Privilege::Admin, "/")?;
+        if user != ROOT && !c.access().list_users()?.iter().any(|u| u.name == user) {
             return Err(ControlError::invalid("user", format!("there is no user named {user}")).into());
         }
     }
-    let t: NewToken = c.create_token(&user, &r.name, r.expires_in_secs.map(|s| s.saturating_mul(1000)))?;
+    let t: NewToken = c.access().create_token(&user, &r.name, r.expires_in_secs.map(|s| s.saturating_mul(1000)))?;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
 /// A user's own tokens; an administrator's view has everyone's.
 async fn list_tokens(State(c): State<Controller>, p: Option<Extension<Principal>>) -> ApiResult<Json<Vec<ApiToken>>> {
     let me = who(p);
-    let all = c.authorize(&me.user, Privilege::Admin, "/").is_ok();
-    Ok(Json(c.list_tokens(if all { None } else { Some(&me.user) })?))
+    let all = c.access().authorize(&me.user, Privilege::Admin, "/").is_ok();
+    Ok(Json(c.access().list_tokens(if all { None } else { Some(&me.user) })?))
 }
 
 async fn revoke_token(
@@ -111,22 +111,22 @@ async fn revoke_token(
     if id.len() > 64 || !id.chars().all(|ch| ch.is_ascii_alphanumeric()) {
         return Err(ApiError::not_found(format!("token {id:?} not found")));
     }
-    let t = c.get_token(&id)?;
+    let t = c.access().get_token(&id)?;
     if t.user != me.user {
-        c.authorize(&me.user, Privilege::Admin, "/")?;
+        c.access().authorize(&me.user, Privilege::Admin, "/")?;
     }
-    c.revoke_token(&id)?;
+    c.access().revoke_token(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_users(State(c): State<Controller>) -> ApiResult<Json<Vec<UserView>>> {
-    Ok(Json(c.list_users()?))
+    Ok(Json(c.access().list_users()?))
 }
 
 async fn create_user(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let spec: UserSpec = parse(&body)?;
     let c2 = c.clone();
-    let u = tokio::task::spawn_blocking(move || c2.create_user(spec))
+    let u = tokio::task::spawn_blocking(move || c2.access().create_user(spec))
         .await
         .map_err(|e| ApiError::from(ControlError::Host(e.to_string())))??;
     Ok((StatusCode::CREATED, Json(u)))
@@ -134,17 +134,17 @@ async fn create_user(State(c): State<Controller>, body: Bytes) -> ApiResult<impl
 
 async fn delete_user(State(c): State<Controller>, Path(user): Path<String>) -> ApiResult<StatusCode> {
     validate_name("user", &user).map_err(|_| ApiError::not_found(format!("user {user:?} not found")))?;
-    c.delete_user(&user)?;
+    c.access().delete_user(&user)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn acl(State(c): State<Controller>) -> ApiResult<Json<Vec<AclEntry>>> {
-    Ok(Json(c.acl()?))
+    Ok(Json(c.access().acl()?))
 }
 
 async fn set_acl(State(c): State<Controller>, body: Bytes) -> ApiResult<Json<Vec<AclEntry>>> {
     let acl: Vec<AclEntry> = parse(&body)?;
-    Ok(Json(c.set_acl(acl)?))
+    Ok(Json(c.access().set_acl(acl)?))
 }
 
 #[derive(serde::Deserialize)]
@@ -159,5 +159,5 @@ fn hundred() -> usize {
 }
 
 async fn audit(State(c): State<Controller>, Query(q): Query<AuditQuery>) -> ApiResult<Json<Vec<AuditRecord>>> {
-    Ok(Json(c.audit_tail(q.limit.min(10_000))?))
+    Ok(Json(c.access().audit_tail(q.limit.min(10_000))?))
 }

@@ -52,13 +52,15 @@ async fn list(
     p: Option<axum::Extension<oxvirt_model::Principal>>,
 ) -> ApiResult<Json<Vec<Vm>>> {
     let user = crate::auth::user_of(&p);
-    let vms = c.list_vms()?;
-    if c.authorize(&user, oxvirt_model::Privilege::Read, "/vms").is_ok() {
+    let vms = c.vms().list_vms()?;
+    if c.access().authorize(&user, oxvirt_model::Privilege::Read, "/vms").is_ok() {
         return Ok(Json(vms));
     }
     Ok(Json(
         vms.into_iter()
-            .filter(|v| c.authorize(&user, oxvirt_model::Privilege::Read, &format!("/vms/{}", v.spec.name)).is_ok())
+            .filter(|v| {
+                c.access().authorize(&user, oxvirt_model::Privilege::Read, &format!("/vms/{}", v.spec.name)).is_ok()
+            })
             .collect(),
     ))
 }
@@ -78,29 +80,29 @@ async fn create(
         .filter(|p| oxvirt_model::validate_name("project", p).is_ok());
     let resource = project.map(|p| format!("/projects/{p}")).unwrap_or_else(|| "/vms".into());
     let caller = user_of(&p);
-    c.authorize(&caller, oxvirt_model::Privilege::Modify, &resource)?;
+    c.access().authorize(&caller, oxvirt_model::Privilege::Modify, &resource)?;
     let spec: VmSpec = parse(&body)?;
     // Everything else the spec names (volumes, networks, host paths...) is checked by the controller.
-    let vm = c.create_vm(&caller, spec)?;
+    let vm = c.vms().create_vm(&caller, spec)?;
     // In a cluster the VM may belong to another host: that host starts it.
-    let task = if q.start { c.start_where_it_belongs(&vm.spec.name)? } else { None };
+    let task = if q.start { c.hosts().start_where_it_belongs(&vm.spec.name)? } else { None };
     Ok((StatusCode::CREATED, Json(Created { vm, task })))
 }
 
 async fn show(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
     check_name(&name)?;
-    Ok(Json(c.get_vm(&name)?))
+    Ok(Json(c.vms().get_vm(&name)?))
 }
 
 async fn update(State(c): State<Controller>, p: Caller, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
     check_name(&name)?;
     let update: VmUpdate = parse(&body)?;
-    Ok(Json(c.update_vm(&user_of(&p), &name, &update)?))
+    Ok(Json(c.vms().update_vm(&user_of(&p), &name, &update)?))
 }
 
 async fn delete(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     check_name(&name)?;
-    c.delete_vm(&name)?;
+    c.vms().delete_vm(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -112,7 +114,7 @@ async fn action(
     let Some(action) = VmAction::parse(&action) else {
         return Err(ApiError::invalid("action", format!("must be one of {}", VM_ACTIONS.join(", "))));
     };
-    Ok((StatusCode::ACCEPTED, Json(c.vm_action_waiting(&name, action).await?)))
+    Ok((StatusCode::ACCEPTED, Json(c.vms().vm_action_waiting(&name, action).await?)))
 }
 
 #[derive(Deserialize)]
@@ -133,7 +135,7 @@ async fn console_log(
     if max > 16 * 1024 * 1024 {
         return Err(ApiError::invalid("bytes", "must be at most 16777216"));
     }
-    let log = c.console_log(&name, max)?;
+    let log = c.vms().console_log(&name, max)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log))
 }
 
@@ -145,7 +147,7 @@ async fn set_qos(
     check_name(&name)?;
     validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
     let qos: oxvirt_model::DiskQos = parse(&body)?;
-    Ok(Json(c.set_disk_qos(&name, &disk, qos).await?))
+    Ok(Json(c.snapshots().set_disk_qos(&name, &disk, qos).await?))
 }
 
 async fn attach_disk(
@@ -156,25 +158,25 @@ async fn attach_disk(
 ) -> ApiResult<Json<Vm>> {
     check_name(&name)?;
     let disk: oxvirt_model::DiskSpec = parse(&body)?;
-    Ok(Json(c.attach_disk(&user_of(&p), &name, disk).await?))
+    Ok(Json(c.vms().attach_disk(&user_of(&p), &name, disk).await?))
 }
 
 async fn detach_disk(State(c): State<Controller>, Path((name, disk)): Path<(String, String)>) -> ApiResult<Json<Vm>> {
     check_name(&name)?;
     validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
-    Ok(Json(c.detach_disk(&name, &disk).await?))
+    Ok(Json(c.vms().detach_disk(&name, &disk).await?))
 }
 
 async fn migrate(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
     check_name(&name)?;
     let req: oxvirt_model::MigrateRequest = parse(&body)?;
-    Ok((StatusCode::ACCEPTED, Json(c.migrate_vm(&name, req)?)))
+    Ok((StatusCode::ACCEPTED, Json(c.migrations().migrate_vm(&name, req)?)))
 }
 
 async fn history(
     State(c): State<Controller>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<oxvirt_controller::history::VmSample>>> {
+) -> ApiResult<Json<Vec<oxvirt_controller::monitoring::history::VmSample>>> {
     check_name(&name)?;
-    Ok(Json(c.vm_history(&name)?))
+    Ok(Json(c.monitoring().vm_history(&name)?))
 }

@@ -1,6 +1,6 @@
 //! What this host has, for admission checks and `GET /host`.
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_model::{HostInfo, Vm, VmState};
 use oxvirt_store::StoreExt;
 
@@ -35,14 +35,14 @@ fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-impl Controller {
+impl crate::ResourceControl {
     pub fn host_info(&self) -> Result<HostInfo, ControlError> {
-        let vms = self.inner.store.list_records::<Vm>()?;
-        let hv = &self.inner.hv;
+        let vms = self.ctl.inner.store.list_records::<Vm>()?;
+        let hv = &self.ctl.inner.hv;
         Ok(HostInfo {
             hostname: read_trim("/proc/sys/kernel/hostname"),
-            cpus: self.inner.host.cpus,
-            memory_bytes: self.inner.host.memory_bytes,
+            cpus: self.ctl.inner.host.cpus,
+            memory_bytes: self.ctl.inner.host.memory_bytes,
             memory_available_bytes: meminfo("MemAvailable:").unwrap_or(0),
             kernel: read_trim("/proc/sys/kernel/osrelease"),
             accelerator: hv.accel().accel.to_string(),

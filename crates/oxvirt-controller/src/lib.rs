@@ -5,35 +5,64 @@
 //! after a daemon restart and notices guests that stopped on their own. Every change of state is
 //! written to the store first and announced on the event bus.
 
-pub mod alerts;
-pub mod audit;
+/// Declares a service of the controller: the operations of one concern, over the shared core
+/// (store, hypervisor, tasks, VM slots) and the concern's own state. A service is a handle: it
+/// holds a clone of the controller (one `Arc`), so it may be moved into a task.
+macro_rules! service {
+    ($(#[$doc:meta])* $name:ident, $accessor:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name {
+            pub(crate) ctl: $crate::Controller,
+        }
+
+        impl $crate::Controller {
+            $(#[$doc])*
+            pub fn $accessor(&self) -> $name {
+                $name { ctl: self.clone() }
+            }
+        }
+    };
+    ($(#[$doc:meta])* $name:ident, $accessor:ident, state = $field:ident) => {
+        $crate::service!($(#[$doc])* $name, $accessor);
+
+        impl $name {
+            /// This service's own state (the module's `State`).
+            pub(crate) fn state(&self) -> &State {
+                &self.ctl.inner.$field
+            }
+        }
+    };
+}
+pub(crate) use service;
+
+pub mod access;
 pub mod cluster;
-mod confine;
-mod console;
-mod disks;
 mod error;
-pub mod history;
 mod host;
-mod lifecycle;
-pub mod login_guard;
 mod migrate;
-mod nbd;
+pub mod monitoring;
 pub mod network;
-pub mod placement;
-pub mod projects;
-mod reconcile;
-mod references;
 pub mod resources;
-mod snapshots;
-pub mod stats;
 pub mod storage;
 mod tasks;
-pub mod tokens;
-pub mod users;
 mod vms;
 
+pub use access::Access;
+pub use access::Projects;
+pub use cluster::Hosts;
 pub use error::ControlError;
+pub use migrate::Migrations;
+pub use monitoring::Monitoring;
+pub use network::Ipam;
+pub use network::Networks;
+pub use network::SecurityGroups;
+pub use resources::ResourceControl;
+pub use storage::Nbd;
+pub use storage::Snapshots;
+pub use storage::Storage;
 pub use tasks::TaskRegistry;
+pub use vms::Vms;
 
 use oxvirt_hypervisor::{Hypervisor, Instance, RuntimePaths};
 use oxvirt_model::Event;
@@ -99,30 +128,15 @@ pub(crate) struct Inner {
     pub tasks: TaskRegistry,
     pub slots: Mutex<HashMap<String, Arc<VmSlot>>>,
     pub host: host::HostLimits,
-    /// Volumes a task is working on (`pool/name`).
-    pub busy_volumes: Mutex<std::collections::HashSet<String>>,
-    pub alerts: Mutex<alerts::AlertBook>,
-    pub history: Mutex<history::History>,
-    /// The last figures gathered for monitoring, and when.
-    pub stats_cache: Mutex<Option<(std::time::Instant, stats::Stats)>>,
-    /// The export daemons of `nbd` pools, by pool.
-    pub export_daemons: tokio::sync::Mutex<HashMap<String, Arc<oxvirt_storage::nbd::ExportDaemon>>>,
-    /// QEMUs waiting for a VM migrating to this host, by VM.
-    pub incoming: Mutex<HashMap<String, migrate::Incoming>>,
-    /// Held while migration records are served (by the reconciler or the store watch).
-    pub serving_migrations: tokio::sync::Mutex<()>,
-    /// When the leader last rebalanced.
-    pub last_rebalance: Mutex<Option<std::time::Instant>>,
-    /// This daemon's cluster membership (etcd store only).
-    pub membership: Mutex<Option<Arc<cluster::Membership>>>,
-    /// Serialises appends to the audit log.
-    pub audit_lock: Mutex<()>,
-    /// Failed logins per user and per address (`login_guard.rs`).
-    pub login_guard: Mutex<login_guard::LoginGuard>,
-    /// VMs automatic ballooning shrank, with the target it set.
-    pub auto_ballooned: Mutex<HashMap<String, u64>>,
-    /// Serialises changes of networks and of oxvirt's nftables tables.
-    pub net_lock: tokio::sync::Mutex<()>,
+    // Each service's own state.
+    pub storage: storage::State,
+    pub nbd: storage::nbd::State,
+    pub migrations: migrate::State,
+    pub hosts: cluster::State,
+    pub access: access::State,
+    pub resources: resources::State,
+    pub monitoring: monitoring::State,
+    pub networks: network::State,
 }
 
 /// Cheap to clone: every clone is the same controller.
@@ -145,19 +159,14 @@ impl Controller {
             tasks,
             slots: Mutex::default(),
             host: host::HostLimits::detect(),
-            busy_volumes: Mutex::default(),
-            export_daemons: Default::default(),
-            net_lock: Default::default(),
-            auto_ballooned: Mutex::default(),
-            audit_lock: Mutex::default(),
-            login_guard: Mutex::default(),
-            membership: Mutex::default(),
-            incoming: Mutex::default(),
-            last_rebalance: Mutex::default(),
-            serving_migrations: tokio::sync::Mutex::default(),
-            stats_cache: Mutex::default(),
-            alerts: Mutex::default(),
-            history: Mutex::default(),
+            storage: Default::default(),
+            nbd: Default::default(),
+            migrations: Default::default(),
+            hosts: Default::default(),
+            access: Default::default(),
+            resources: Default::default(),
+            monitoring: Default::default(),
+            networks: Default::default(),
         };
         Ok(Controller { inner: Arc::new(inner) })
     }
@@ -179,25 +188,25 @@ impl Controller {
         if let Err(e) = self.inner.tasks.interrupt_leftovers() {
             tracing::error!("tasks: {e}");
         }
-        self.claim_all_macs();
-        self.ensure_networks().await;
-        self.recover_migrations(false).await;
-        self.reconcile_all().await;
-        self.recover_migrations(true).await;
-        self.remove_orphans().await;
-        if let Ok(p) = self.host_policy() {
+        self.ipam().claim_all_macs();
+        self.networks().ensure_networks().await;
+        self.migrations().recover_migrations(false).await;
+        self.vms().reconcile_all().await;
+        self.migrations().recover_migrations(true).await;
+        self.networks().remove_orphans().await;
+        if let Ok(p) = self.resources().host_policy() {
             if let Err(e) = resources::apply_ksm(p.ksm) {
                 tracing::warn!("{e}");
             }
         }
-        self.watch_migrations();
-        self.start_auto_balloon(Duration::from_secs(2));
-        self.start_history();
+        self.migrations().watch_migrations();
+        self.resources().start_auto_balloon(Duration::from_secs(2));
+        self.monitoring().start_history();
         let me = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(me.inner.config.reconcile_interval).await;
-                me.reconcile(false).await;
+                me.vms().reconcile(false).await;
             }
         });
     }

@@ -27,7 +27,7 @@ fn creates(c: &Controller, kernel: &std::path::Path, from: usize, n: usize, nic:
         .map(|i| {
             let s = spec(kernel, &format!("vm{i}"), nic);
             let t = Instant::now();
-            c.create_vm(ROOT, s).unwrap();
+            c.vms().create_vm(ROOT, s).unwrap();
             t.elapsed()
         })
         .collect();
@@ -50,11 +50,11 @@ async fn a_create_costs_the_same_with_5000_vms_as_with_500() {
     for nic in [false, true] {
         let base = if nic { 10_000 } else { 0 };
         for i in 0..450 {
-            c.create_vm(ROOT, spec(&kernel, &format!("vm{}", base + i), nic)).unwrap();
+            c.vms().create_vm(ROOT, spec(&kernel, &format!("vm{}", base + i), nic)).unwrap();
         }
         let at_500 = creates(&c, &kernel, base + 450, 100, nic);
         for i in 550..4_900 {
-            c.create_vm(ROOT, spec(&kernel, &format!("vm{}", base + i), nic)).unwrap();
+            c.vms().create_vm(ROOT, spec(&kernel, &format!("vm{}", base + i), nic)).unwrap();
         }
         let at_5000 = creates(&c, &kernel, base + 4_900, 100, nic);
         let ratio = at_5000.as_secs_f64() / at_500.as_secs_f64();

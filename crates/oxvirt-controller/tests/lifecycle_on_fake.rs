@@ -55,7 +55,7 @@ async fn act(c: &Controller, vm: &str, action: VmAction) -> (TaskState, Option<S
     // The watcher of a guest that just exited holds the VM for a moment: busy is said, not waited.
     let start = Instant::now();
     let t = loop {
-        match c.vm_action(vm, action) {
+        match c.vms().vm_action(vm, action) {
             Err(e) if e.to_string().contains("another operation is in progress") => {
                 assert!(start.elapsed() < Duration::from_secs(5), "{e}");
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -71,7 +71,7 @@ async fn act(c: &Controller, vm: &str, action: VmAction) -> (TaskState, Option<S
 async fn wait_restarted(c: &Controller, before: &Vm, what: &str) -> Vm {
     let start = Instant::now();
     loop {
-        let v = c.get_vm(&before.spec.name).unwrap();
+        let v = c.vms().get_vm(&before.spec.name).unwrap();
         if v.status.state == VmState::Running && v.status.pid != before.status.pid {
             return v;
         }
@@ -93,7 +93,7 @@ async fn settle(c: &Controller) {
 async fn wait_state(c: &Controller, vm: &str, state: VmState, what: &str) -> Vm {
     let start = Instant::now();
     loop {
-        let v = c.get_vm(vm).unwrap();
+        let v = c.vms().get_vm(vm).unwrap();
         if v.status.state == state {
             return v;
         }
@@ -106,9 +106,9 @@ async fn wait_state(c: &Controller, vm: &str, state: VmState, what: &str) -> Vm 
 async fn start_pause_resume_stop_and_kill() {
     let h = Host::new();
     let c = h.controller(Duration::from_secs(5));
-    c.create_vm(ROOT, h.spec("web", "never")).unwrap();
+    c.vms().create_vm(ROOT, h.spec("web", "never")).unwrap();
     assert_eq!(act(&c, "web", VmAction::Start).await, (TaskState::Succeeded, None));
-    let vm = c.get_vm("web").unwrap();
+    let vm = c.vms().get_vm("web").unwrap();
     assert_eq!((vm.status.state, vm.desired), (VmState::Running, DesiredState::Running));
     assert_eq!(vm.status.pid, Some(h.guest(&vm).pid()));
     // Confined: the start ran as a uid of the VM's own, given once and kept.
@@ -117,19 +117,19 @@ async fn start_pause_resume_stop_and_kill() {
     assert_eq!(h.hv.starts()[0].launch.incoming, None);
 
     // An action the state does not allow is refused at once, naming the state.
-    let err = c.vm_action("web", VmAction::Start).unwrap_err().to_string();
+    let err = c.vms().vm_action("web", VmAction::Start).unwrap_err().to_string();
     assert!(err.contains("running"), "{err}");
 
     assert_eq!(act(&c, "web", VmAction::Pause).await, (TaskState::Succeeded, None));
-    assert_eq!(c.get_vm("web").unwrap().status.state, VmState::Paused);
-    assert_eq!(c.get_vm("web").unwrap().desired, DesiredState::Paused);
+    assert_eq!(c.vms().get_vm("web").unwrap().status.state, VmState::Paused);
+    assert_eq!(c.vms().get_vm("web").unwrap().desired, DesiredState::Paused);
     assert_eq!(act(&c, "web", VmAction::Resume).await, (TaskState::Succeeded, None));
-    assert_eq!(c.get_vm("web").unwrap().status.state, VmState::Running);
+    assert_eq!(c.vms().get_vm("web").unwrap().status.state, VmState::Running);
 
     // Stop: the guest obeys its power button.
     let mut events = c.subscribe();
     assert_eq!(act(&c, "web", VmAction::Stop).await, (TaskState::Succeeded, None));
-    let vm = c.get_vm("web").unwrap();
+    let vm = c.vms().get_vm("web").unwrap();
     assert_eq!((vm.status.state, vm.desired, vm.status.pid), (VmState::Stopped, DesiredState::Stopped, None));
     let mut seen = Vec::new();
     while let Ok(e) = events.try_recv() {
@@ -143,11 +143,11 @@ async fn start_pause_resume_stop_and_kill() {
     act(&c, "web", VmAction::Start).await;
     assert_eq!(h.hv.starts()[1].launch.run_as.map(|r| r.0), Some(uid));
     act(&c, "web", VmAction::Kill).await;
-    let vm = c.get_vm("web").unwrap();
+    let vm = c.vms().get_vm("web").unwrap();
     assert_eq!((vm.status.state, vm.status.reason.as_str()), (VmState::Stopped, "killed by request"));
 
     // A second VM gets another uid.
-    c.create_vm(ROOT, h.spec("db", "never")).unwrap();
+    c.vms().create_vm(ROOT, h.spec("db", "never")).unwrap();
     act(&c, "db", VmAction::Start).await;
     assert_ne!(h.hv.starts()[2].launch.run_as.map(|r| r.0), Some(uid));
 }
@@ -156,11 +156,11 @@ async fn start_pause_resume_stop_and_kill() {
 async fn a_guest_that_ignores_the_power_button_is_forced_off() {
     let h = Host::new();
     let c = h.controller(Duration::from_millis(200));
-    c.create_vm(ROOT, h.spec("deaf", "always")).unwrap();
+    c.vms().create_vm(ROOT, h.spec("deaf", "always")).unwrap();
     act(&c, "deaf", VmAction::Start).await;
-    h.guest(&c.get_vm("deaf").unwrap()).behaviour.lock().unwrap().obeys_power_button = false;
+    h.guest(&c.vms().get_vm("deaf").unwrap()).behaviour.lock().unwrap().obeys_power_button = false;
     assert_eq!(act(&c, "deaf", VmAction::Stop).await, (TaskState::Succeeded, None));
-    let vm = c.get_vm("deaf").unwrap();
+    let vm = c.vms().get_vm("deaf").unwrap();
     assert_eq!(vm.status.state, VmState::Stopped);
     assert_eq!(vm.status.reason, "forced off after the stop timeout");
     // Stopped by request: even `always` does not start it again.
@@ -172,9 +172,9 @@ async fn a_guest_that_ignores_the_power_button_is_forced_off() {
 async fn restart_policies_tell_a_crash_from_a_poweroff() {
     let h = Host::new();
     let c = h.controller(Duration::from_secs(5));
-    c.create_vm(ROOT, h.spec("flaky", "on-failure")).unwrap();
+    c.vms().create_vm(ROOT, h.spec("flaky", "on-failure")).unwrap();
     act(&c, "flaky", VmAction::Start).await;
-    let first = c.get_vm("flaky").unwrap();
+    let first = c.vms().get_vm("flaky").unwrap();
 
     // The process dies: on-failure starts it again, another process.
     h.guest(&first).crash();
@@ -191,9 +191,9 @@ async fn restart_policies_tell_a_crash_from_a_poweroff() {
     assert_eq!(h.hv.starts().len(), 2, "a clean poweroff was restarted");
 
     // Never: a crash leaves it stopped, and says so.
-    c.create_vm(ROOT, h.spec("once", "never")).unwrap();
+    c.vms().create_vm(ROOT, h.spec("once", "never")).unwrap();
     act(&c, "once", VmAction::Start).await;
-    h.guest(&c.get_vm("once").unwrap()).crash();
+    h.guest(&c.vms().get_vm("once").unwrap()).crash();
     let vm = wait_state(&c, "once", VmState::Stopped, "after the crash").await;
     assert_eq!((vm.status.reason.as_str(), vm.desired), ("QEMU exited unexpectedly", DesiredState::Stopped));
 }
@@ -202,9 +202,9 @@ async fn restart_policies_tell_a_crash_from_a_poweroff() {
 async fn a_panicked_guest_is_recorded_and_restarted_by_policy() {
     let h = Host::new();
     let c = h.controller(Duration::from_secs(5));
-    c.create_vm(ROOT, h.spec("oops", "on-failure")).unwrap();
+    c.vms().create_vm(ROOT, h.spec("oops", "on-failure")).unwrap();
     act(&c, "oops", VmAction::Start).await;
-    let first = c.get_vm("oops").unwrap();
+    let first = c.vms().get_vm("oops").unwrap();
     let mut events = c.subscribe();
     h.guest(&first).guest_panic();
     wait_restarted(&c, &first, "after the panic").await;
@@ -228,17 +228,17 @@ async fn a_panicked_guest_is_recorded_and_restarted_by_policy() {
 async fn a_failed_start_leaves_the_vm_stopped_and_says_why() {
     let h = Host::new();
     let c = h.controller(Duration::from_secs(5));
-    c.create_vm(ROOT, h.spec("bad", "always")).unwrap();
+    c.vms().create_vm(ROOT, h.spec("bad", "always")).unwrap();
     h.hv.fail_next_start("the fake refuses this command line");
     let (state, error) = act(&c, "bad", VmAction::Start).await;
     assert_eq!(state, TaskState::Failed);
     assert!(error.unwrap_or_default().contains("the fake refuses"));
-    let vm = c.get_vm("bad").unwrap();
+    let vm = c.vms().get_vm("bad").unwrap();
     assert_eq!((vm.status.state, vm.desired, vm.status.pid), (VmState::Stopped, DesiredState::Stopped, None));
     assert!(vm.status.reason.starts_with("start failed:"), "{}", vm.status.reason);
     // Nothing retries it behind the user's back, even with `always`.
-    c.reconcile_all().await;
-    assert_eq!(c.get_vm("bad").unwrap().status.state, VmState::Stopped);
+    c.vms().reconcile_all().await;
+    assert_eq!(c.vms().get_vm("bad").unwrap().status.state, VmState::Stopped);
     assert_eq!(h.hv.starts().len(), 1);
 }
 
@@ -252,7 +252,7 @@ fn a_restarted_daemon_readopts_running_guests_and_restarts_those_that_died() {
     first.block_on(async {
         let c = h.controller(Duration::from_secs(5));
         for (name, policy) in [("stays", "never"), ("dies", "on-failure"), ("gone", "never")] {
-            c.create_vm(ROOT, h.spec(name, policy)).unwrap();
+            c.vms().create_vm(ROOT, h.spec(name, policy)).unwrap();
             assert_eq!(act(&c, name, VmAction::Start).await.0, TaskState::Succeeded);
         }
     });
@@ -260,21 +260,21 @@ fn a_restarted_daemon_readopts_running_guests_and_restarts_those_that_died() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let c = h.controller(Duration::from_secs(5));
-        let before = |n: &str| c.get_vm(n).unwrap();
+        let before = |n: &str| c.vms().get_vm(n).unwrap();
         let (stays, dies, gone) = (before("stays"), before("dies"), before("gone"));
         // While no daemon watched: two guests' processes died.
         h.guest(&dies).crash();
         h.guest(&gone).crash();
-        c.reconcile_all().await;
+        c.vms().reconcile_all().await;
         // The one still running is this daemon's again, the same process, and followed: its
         // guest's poweroff is seen.
-        let vm = c.get_vm("stays").unwrap();
+        let vm = c.vms().get_vm("stays").unwrap();
         assert_eq!((vm.status.state, vm.status.pid), (VmState::Running, stays.status.pid));
         // The one with a policy runs again (a new process); the other is stopped, and why.
         let restarted = wait_state(&c, "dies", VmState::Running, "restart after the daemon was away").await;
         settle(&c).await;
         assert_ne!(restarted.status.pid, dies.status.pid);
-        let vm = c.get_vm("gone").unwrap();
+        let vm = c.vms().get_vm("gone").unwrap();
         assert_eq!((vm.status.state, vm.desired), (VmState::Stopped, DesiredState::Stopped));
         assert!(vm.status.reason.contains("while oxvirtd was away"), "{}", vm.status.reason);
         assert_eq!(h.hv.starts().len(), 4);
@@ -293,33 +293,33 @@ async fn a_mac_address_is_one_nics_until_its_vm_goes() {
         s.nics = serde_json::from_value(serde_json::json!([{ "mode": "user", "mac": mac }])).unwrap();
         s
     };
-    c.create_vm(ROOT, with_mac("a", "52:54:00:AA:BB:CC")).unwrap();
+    c.vms().create_vm(ROOT, with_mac("a", "52:54:00:AA:BB:CC")).unwrap();
     // Another VM: refused, naming the field and the holder (in any case), and nothing made.
-    let err = c.create_vm(ROOT, with_mac("b", "52:54:00:aa:bb:cc")).unwrap_err().to_string();
+    let err = c.vms().create_vm(ROOT, with_mac("b", "52:54:00:aa:bb:cc")).unwrap_err().to_string();
     assert!(err.contains("nics[0].mac") && err.contains("used by VM a"), "{err}");
-    assert!(c.get_vm("b").is_err());
+    assert!(c.vms().get_vm("b").is_err());
     // MACs given by oxvirt differ from each other and from the one asked for.
     let mut generated = h.spec("g", "never");
     generated.nics = serde_json::from_value(serde_json::json!([{ "mode": "user" }, { "mode": "user" }])).unwrap();
-    let g = c.create_vm(ROOT, generated).unwrap();
+    let g = c.vms().create_vm(ROOT, generated).unwrap();
     let macs: Vec<String> = g.spec.nics.iter().map(|n| n.mac.clone().unwrap()).collect();
     assert!(macs[0] != macs[1] && !macs.contains(&"52:54:00:aa:bb:cc".to_string()), "{macs:?}");
     // Once `a` is gone its MAC is free.
-    c.delete_vm("a").unwrap();
-    c.create_vm(ROOT, with_mac("b", "52:54:00:aa:bb:cc")).unwrap();
+    c.vms().delete_vm("a").unwrap();
+    c.vms().create_vm(ROOT, with_mac("b", "52:54:00:aa:bb:cc")).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_holds_the_over_commit_ratio_and_starts_nothing_past_it() {
     let h = Host::new();
     let c = h.controller(Duration::from_secs(5));
-    let cpus = c.host_info().unwrap().cpus as usize;
-    let mut policy = c.host_policy().unwrap();
+    let cpus = c.resources().host_info().unwrap().cpus as usize;
+    let mut policy = c.resources().host_policy().unwrap();
     policy.cpu_overcommit = 1.0;
-    c.set_host_policy(policy).unwrap();
+    c.resources().set_host_policy(policy).unwrap();
     // One vCPU each: as many as the host has CPUs start, the next is refused.
     for i in 0..=cpus {
-        c.create_vm(ROOT, h.spec(&format!("vm{i}"), "never")).unwrap();
+        c.vms().create_vm(ROOT, h.spec(&format!("vm{i}"), "never")).unwrap();
     }
     for i in 0..cpus {
         assert_eq!(act(&c, &format!("vm{i}"), VmAction::Start).await, (TaskState::Succeeded, None));
@@ -329,7 +329,7 @@ async fn admission_holds_the_over_commit_ratio_and_starts_nothing_past_it() {
     let error = error.unwrap_or_default();
     assert_eq!(state, TaskState::Failed);
     assert!(error.contains("cpus") && error.contains("over-commit ratio 1"), "{error}");
-    let vm = c.get_vm(&last).unwrap();
+    let vm = c.vms().get_vm(&last).unwrap();
     assert_eq!((vm.status.state, vm.desired, vm.status.pid), (VmState::Stopped, DesiredState::Stopped, None));
     assert_eq!(h.hv.starts().len(), cpus, "a refused start reached the hypervisor");
     // Room again once one stops.

@@ -1,6 +1,6 @@
 //! The cluster's transport settings (`[store]`): TLS with client certificates to etcd, and TLS
-//! for live migration. Checked twice: their shape with the rest of the config, their files at
-//! start (each error names the setting).
+//! for live migration. Their shape is checked with the rest of the config (`config.rs`), their
+//! files here at start (each error names the setting).
 
 use crate::config::StoreConfig;
 use oxvirt_store::EtcdTls;
@@ -16,42 +16,6 @@ pub enum TlsSettingError {
     Read { field: &'static str, path: PathBuf, source: std::io::Error },
     #[error("store.{field}: {path} is not a PEM file (no \"-----BEGIN\" line)")]
     NotPem { field: &'static str, path: PathBuf },
-}
-
-/// The shape of the settings: the etcd TLS files all three or none, with `https://` endpoints
-/// only (and those only with them). On a single host (SQLite) they are kept for `--join` and
-/// unused.
-pub fn check(s: &StoreConfig) -> Result<(), String> {
-    let files = [("etcd_ca", &s.etcd_ca), ("etcd_cert", &s.etcd_cert), ("etcd_key", &s.etcd_key)];
-    let set: Vec<&str> = files.iter().filter(|(_, v)| v.is_some()).map(|(n, _)| *n).collect();
-    if !set.is_empty() && set.len() < files.len() {
-        let missing: Vec<&str> = files.iter().filter(|(_, v)| v.is_none()).map(|(n, _)| *n).collect();
-        return Err(format!(
-            "store.{}: etcd_ca, etcd_cert and etcd_key go together (missing: {})",
-            missing[0],
-            missing.join(", ")
-        ));
-    }
-    let tls = !set.is_empty();
-    // With the SQLite backend they wait, unused, for `--join`.
-    if s.backend != "etcd" {
-        return Ok(());
-    }
-    if let Some(e) = s.etcd_endpoints.iter().find(|e| e.starts_with("https://")) {
-        if !tls {
-            return Err(format!(
-                "store.etcd_endpoints: {e:?} is https://: set store.etcd_ca, store.etcd_cert and store.etcd_key"
-            ));
-        }
-    }
-    if let Some(e) = s.etcd_endpoints.iter().find(|e| e.starts_with("http://")) {
-        if tls {
-            return Err(format!(
-                "store.etcd_ca: TLS to etcd needs https:// endpoints, and store.etcd_endpoints has {e:?}"
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn read_pem(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsSettingError> {

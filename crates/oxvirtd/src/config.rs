@@ -67,6 +67,42 @@ pub struct StoreConfig {
     pub migration_tls_dir: Option<PathBuf>,
 }
 
+/// The shape of the settings: the etcd TLS files all three or none, with `https://` endpoints
+/// only (and those only with them). On a single host (SQLite) they are kept for `--join` and
+/// unused.
+fn check_tls_shape(s: &StoreConfig) -> Result<(), String> {
+    let files = [("etcd_ca", &s.etcd_ca), ("etcd_cert", &s.etcd_cert), ("etcd_key", &s.etcd_key)];
+    let set: Vec<&str> = files.iter().filter(|(_, v)| v.is_some()).map(|(n, _)| *n).collect();
+    if !set.is_empty() && set.len() < files.len() {
+        let missing: Vec<&str> = files.iter().filter(|(_, v)| v.is_none()).map(|(n, _)| *n).collect();
+        return Err(format!(
+            "store.{}: etcd_ca, etcd_cert and etcd_key go together (missing: {})",
+            missing[0],
+            missing.join(", ")
+        ));
+    }
+    let tls = !set.is_empty();
+    // With the SQLite backend they wait, unused, for `--join`.
+    if s.backend != "etcd" {
+        return Ok(());
+    }
+    if let Some(e) = s.etcd_endpoints.iter().find(|e| e.starts_with("https://")) {
+        if !tls {
+            return Err(format!(
+                "store.etcd_endpoints: {e:?} is https://: set store.etcd_ca, store.etcd_cert and store.etcd_key"
+            ));
+        }
+    }
+    if let Some(e) = s.etcd_endpoints.iter().find(|e| e.starts_with("http://")) {
+        if tls {
+            return Err(format!(
+                "store.etcd_ca: TLS to etcd needs https:// endpoints, and store.etcd_endpoints has {e:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
@@ -175,7 +211,7 @@ impl Config {
             }
             (other, _) => return Err(format!("store.backend: must be sqlite or etcd, not {other:?}")),
         }
-        crate::cluster_tls::check(&c.store)?;
+        check_tls_shape(&c.store)?;
         if let Some(n) = &c.store.host_name {
             oxvirt_model::validate_name("store.host_name", n).map_err(|e| e.to_string())?;
         }

@@ -189,19 +189,19 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
         });
         let address = config.store.address.clone().unwrap_or_else(|| config.https_listen.clone());
         let session = etcd.join(&name, config.store.member_ttl_secs as i64);
-        ctrl.join_cluster(&name, &address, session).map_err(|e| format!("cluster: {e}"))?;
+        ctrl.hosts().join_cluster(&name, &address, session).map_err(|e| format!("cluster: {e}"))?;
         tracing::info!(host = %name, "joined the cluster");
     }
     ctrl.start_background().await;
-    ctrl.start_alerting(oxvirt_controller::alerts::AlertConfig {
+    ctrl.monitoring().start_alerting(oxvirt_controller::monitoring::alerts::AlertConfig {
         interval: Duration::from_secs(config.alerts.interval_secs),
         rules: config.alerts.rules.clone(),
         webhook: config.alerts.webhook.clone(),
     });
 
     let api_metrics = std::sync::Arc::new(oxvirt_api::metrics::ApiMetrics::default());
-    let made = ctrl.ensure_admin_token(&args.data_dir.join("admin.token")).map_err(|e| e.to_string())?;
-    if made == oxvirt_controller::tokens::AdminToken::Made {
+    let made = ctrl.access().ensure_admin_token(&args.data_dir.join("admin.token")).map_err(|e| e.to_string())?;
+    if made == oxvirt_controller::access::tokens::AdminToken::Made {
         tracing::info!(file = %args.data_dir.join("admin.token").display(), "made the administrator API token");
     }
     if !config.https_listen.is_empty() {

@@ -25,7 +25,7 @@ fn split_address(addr: &str) -> Result<(&str, &str), ControlError> {
     addr.rsplit_once(':').ok_or_else(|| ControlError::Failed(format!("a bad NBD address {addr:?}")))
 }
 
-impl Controller {
+impl crate::Migrations {
     /// The VM's disks that live in a local pool (they must be copied), refusing those that
     /// cannot be (a linked clone's base is not copied along).
     pub(crate) fn local_disks(&self, spec: &VmSpec) -> Result<Vec<LocalDisk>, ControlError> {
@@ -34,11 +34,11 @@ impl Controller {
             let Some(r) = &d.volume else { continue };
             let field = format!("disks[{i}]");
             let (pool, name) = parse_volume_ref(&field, r)?;
-            let p = self.pool_rec(&pool)?;
+            let p = self.ctl.storage().pool_rec(&pool)?;
             if p.spec.kind.is_shared() {
                 continue;
             }
-            let (vol, _) = self.volume_rec(&pool, &name)?;
+            let (vol, _) = self.ctl.storage().volume_rec(&pool, &name)?;
             if let Some(base) = &vol.backing {
                 return Err(ControlError::invalid(
                     field,
@@ -61,7 +61,7 @@ impl Controller {
     /// This host's file of a local disk (`volume_file` makes the pool's directory here if it
     /// is not here yet).
     pub(crate) fn local_disk_file(&self, d: &LocalDisk) -> Result<PathBuf, ControlError> {
-        self.volume_file(&self.pool_rec(&d.pool)?, &d.volume, d.format)
+        self.ctl.storage().volume_file(&self.ctl.storage().pool_rec(&d.pool)?, &d.volume, d.format)
     }
 }
 
@@ -69,7 +69,7 @@ impl Controller {
 pub(crate) async fn make_copies(c: &Controller, disks: &[LocalDisk]) -> Result<Vec<PathBuf>, ControlError> {
     let mut made = Vec::new();
     for d in disks {
-        let file = c.local_disk_file(d)?;
+        let file = c.migrations().local_disk_file(d)?;
         if let Err(e) = oxvirt_storage::qemu_img::create(&file, d.format, Some(d.size), None).await {
             remove_copies(&made);
             return Err(e.into());

@@ -17,13 +17,27 @@ pub(crate) use target::Incoming;
 
 use crate::tasks::TaskHandle;
 use crate::vms::busy;
-use crate::{lock, now_millis, ControlError, Controller};
+use crate::{lock, now_millis, ControlError};
 use oxvirt_hypervisor::ops::{MigrationInfo, MigrationStatus, SendOptions, StreamEnd};
 use oxvirt_hypervisor::Instance;
 use oxvirt_model::{MigrateRequest, Migration, MigrationState, Task, Vm, VmState};
 use oxvirt_store::{encode, Expect, Op, Record, StoreExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+crate::service! {
+    /// Live migration through the store: the source side, the target side, local disks mirrored over NBD.
+    Migrations, migrations, state = migrations
+}
+
+/// What this service keeps between requests (held by the controller, reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// QEMUs waiting for a VM migrating to this host, by VM.
+    pub incoming: std::sync::Mutex<std::collections::HashMap<String, Incoming>>,
+    /// Held while migration records are served (by the reconciler or the store watch).
+    pub serving_migrations: tokio::sync::Mutex<()>,
+}
 
 /// How long the target may take to get ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,7 +62,12 @@ struct Sent {
     throttled: u64,
 }
 
-impl Controller {
+impl Migrations {
+    /// A QEMU waits here for this VM to arrive (this host is a migration's target).
+    pub(crate) fn is_arriving(&self, vm: &str) -> bool {
+        lock(&self.state().incoming).contains_key(vm)
+    }
+
     /// Starts a migration task; checks first what can be checked here.
     pub fn migrate_vm(&self, name: &str, req: MigrateRequest) -> Result<Task, ControlError> {
         self.begin_migration(name, req, Expect::Absent)
@@ -66,19 +85,19 @@ impl Controller {
         };
         if let Err(e) = self.begin_migration(&m.vm, req, Expect::Revision(rev)) {
             tracing::warn!(vm = %m.vm, to = %m.target, "rebalancing asked for a migration that cannot start: {e}");
-            let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Revision(rev));
+            let _ = self.ctl.inner.store.delete_record::<Migration>(&m.vm, Expect::Revision(rev));
         }
     }
 
     fn begin_migration(&self, name: &str, req: MigrateRequest, expect: Expect) -> Result<Task, ControlError> {
         req.validate()?;
-        let Some(me) = self.host_name() else {
+        let Some(me) = self.ctl.hosts().host_name() else {
             return Err(ControlError::Conflict("this host is not in a cluster: there is nowhere to migrate to".into()));
         };
-        let slot = self.inner.slot(name);
+        let slot = self.ctl.inner.slot(name);
         let guard = slot.op.clone().try_lock_owned().map_err(|_| busy(name))?;
-        let vm = self.get_vm(name)?;
-        self.check_local(&vm)?;
+        let vm = self.ctl.vms().get_vm(name)?;
+        self.ctl.hosts().check_local(&vm)?;
         if vm.status.state != VmState::Running {
             return Err(ControlError::Conflict(format!(
                 "VM {name} is {}: only a running VM migrates",
@@ -88,7 +107,7 @@ impl Controller {
         if req.to == me {
             return Err(ControlError::invalid("to", format!("VM {name} runs on {me} already")));
         }
-        let target = self.usable_host("to", &req.to)?;
+        let target = self.ctl.hosts().usable_host("to", &req.to)?;
         self.check_peer_tls("to", &target)?;
         let local = self.local_disks(&vm.spec)?;
         if req.postcopy && !local.is_empty() {
@@ -101,8 +120,8 @@ impl Controller {
             postcopy: req.postcopy,
             ..Migration::new(name, &me, &target.name, MigrationState::Requested, now_millis())
         };
-        self.inner.store.put_record(name, &m, expect).map_err(|_| busy(name))?;
-        let task = self.inner.tasks.create("vm.migrate", &format!("vms/{name}"))?;
+        self.ctl.inner.store.put_record(name, &m, expect).map_err(|_| busy(name))?;
+        let task = self.ctl.inner.tasks.create("vm.migrate", &format!("vms/{name}"))?;
         let snapshot = task.snapshot();
         let me = self.clone();
         let name = name.to_string();
@@ -122,7 +141,7 @@ impl Controller {
 
     fn end_migration(&self, name: &str, state: MigrationState, error: Option<String>) {
         // A record already gone (the source removed a refused one) stays gone.
-        let r = self.inner.store.update_record::<Migration>(name, |m| {
+        let r = self.ctl.inner.store.update_record::<Migration>(name, |m| {
             m.state = state;
             m.error = error.clone();
         });
@@ -135,11 +154,11 @@ impl Controller {
         task.progress(5, &format!("waiting for {} to get ready", req.to));
         let start = Instant::now();
         let ready = loop {
-            let m = self.inner.store.get_record::<Migration>(name)?.map(|(m, _)| m);
+            let m = self.ctl.inner.store.get_record::<Migration>(name)?.map(|(m, _)| m);
             match m {
                 Some(m @ Migration { state: MigrationState::Ready, uri: Some(_), .. }) => break m,
                 Some(Migration { state: MigrationState::Refused | MigrationState::Failed, error, .. }) => {
-                    let _ = self.inner.store.delete_record::<Migration>(name, Expect::Any);
+                    let _ = self.ctl.inner.store.delete_record::<Migration>(name, Expect::Any);
                     return Err(ControlError::Failed(format!("the target refused: {}", error.unwrap_or_default())));
                 }
                 None => return Err(ControlError::Failed("the migration's record went away".into())),
@@ -154,9 +173,9 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
         tracing::info!(vm = name, to = %req.to, ms = start.elapsed().as_millis() as u64, "migration: the target is ready");
-        let vm = self.get_vm(name)?;
+        let vm = self.ctl.vms().get_vm(name)?;
         let local = self.local_disks(&vm.spec)?;
-        let instance = self.instance(name)?;
+        let instance = self.ctl.vms().instance(name)?;
         let mut postcopy_started = false;
         let sent = match self.send(&*instance, req, &ready, &local, task, &mut postcopy_started).await {
             Ok(sent) => sent,
@@ -189,7 +208,8 @@ impl Controller {
         let name = vm.spec.name.as_str();
         let my_files: Vec<_> = local.iter().map(|d| self.local_disk_file(d)).collect::<Result<_, _>>()?;
         let (total, downtime) = (sent.info.total_time_ms, sent.info.downtime_ms);
-        let console = self.console_log(name, CONSOLE_HANDOVER).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
+        let console =
+            self.ctl.vms().console_log(name, CONSOLE_HANDOVER).ok().map(|b| String::from_utf8_lossy(&b).into_owned());
         let mut tries = 0;
         let mut how = format!("{total} ms in all, paused {downtime} ms");
         if !local.is_empty() {
@@ -213,14 +233,14 @@ impl Controller {
         // Our QEMU is done (paused after the switch-over, its disks flushed and let go): it goes
         // (its exit is not the VM's, which is the target's now), then the local disks' old
         // copies and the NICs' TAP devices here — after the task, which is done: the VM runs there.
-        *lock(&self.inner.slot(name).instance) = None;
+        *lock(&self.ctl.inner.slot(name).instance) = None;
         let (me, instance, vm) = (self.clone(), instance.clone(), vm.clone());
         tokio::spawn(async move {
             let _ = instance.discard().await;
             // Killed, QEMU left its pidfile: it names no QEMU of this VM any more.
-            let _ = std::fs::remove_file(me.inner.paths(&vm.id).pidfile());
+            let _ = std::fs::remove_file(me.ctl.inner.paths(&vm.id).pidfile());
             disks::remove_copies(&my_files);
-            me.release_network(&vm.id, &vm.spec);
+            me.ctl.networks().release_network(&vm.id, &vm.spec);
         });
         Ok(format!("on {to} now: {how}"))
     }
@@ -301,11 +321,11 @@ impl Controller {
     /// QEMU and copies go). `as_source`: the migrations from here (once guests are re-adopted); else those to here
     /// (before anything else, so that a half-made target is not made again).
     pub(crate) async fn recover_migrations(&self, as_source: bool) {
-        let Some(me) = self.host_name() else { return };
-        let Ok(all) = self.inner.store.list_records::<Migration>() else { return };
+        let Some(me) = self.ctl.hosts().host_name() else { return };
+        let Ok(all) = self.ctl.inner.store.list_records::<Migration>() else { return };
         for (m, _) in all {
             if as_source && m.source == me && m.state == MigrationState::Refused {
-                let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
+                let _ = self.ctl.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 continue;
             }
             if !matches!(m.state, MigrationState::Requested | MigrationState::Ready) {
@@ -313,16 +333,16 @@ impl Controller {
             }
             if as_source && m.source == me {
                 self.recover_as_source(&m).await;
-            } else if !as_source && m.target == me && !lock(&self.inner.incoming).contains_key(&m.vm) {
+            } else if !as_source && m.target == me && !lock(&self.state().incoming).contains_key(&m.vm) {
                 self.recover_as_target(&m).await;
             }
         }
     }
 
     async fn recover_as_source(&self, m: &Migration) {
-        let slot = self.inner.slot(&m.vm);
+        let slot = self.ctl.inner.slot(&m.vm);
         let _op = slot.op.lock().await;
-        let (Ok(vm), Ok(instance)) = (self.get_vm(&m.vm), self.instance(&m.vm)) else {
+        let (Ok(vm), Ok(instance)) = (self.ctl.vms().get_vm(&m.vm), self.ctl.vms().instance(&m.vm)) else {
             self.end_migration(
                 &m.vm,
                 MigrationState::Failed,
@@ -358,15 +378,16 @@ impl Controller {
         how: &str,
         console: Option<String>,
     ) -> Result<(), ControlError> {
-        let (mut vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        let (mut vm, rev) =
+            self.ctl.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
         vm.host = Some(to.to_string());
         // The switch-over paused the guest here; it runs there.
         vm.desired = oxvirt_model::DesiredState::Running;
         // This host's process is not the VM's any more: the target records its own on taking over.
         vm.status.pid = None;
-        vm.host_reason = Some(format!("migrated from {}: {how}", self.host_name().unwrap_or_default()));
+        vm.host_reason = Some(format!("migrated from {}: {how}", self.ctl.hosts().host_name().unwrap_or_default()));
         let (mut m, mrev) =
-            self.inner.store.get_record::<Migration>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+            self.ctl.inner.store.get_record::<Migration>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
         m.state = MigrationState::Completed;
         m.console = console;
         let mut ops = vec![
@@ -376,7 +397,7 @@ impl Controller {
         // Its local volumes are on the target now.
         for d in local {
             let key = crate::storage::volume_key(&d.pool, &d.volume);
-            if let Some((mut vol, vrev)) = self.inner.store.get_record::<oxvirt_model::Volume>(&key)? {
+            if let Some((mut vol, vrev)) = self.ctl.inner.store.get_record::<oxvirt_model::Volume>(&key)? {
                 vol.host = Some(to.to_string());
                 ops.push(Op::Put {
                     key: oxvirt_model::Volume::key_of(&key),
@@ -385,7 +406,7 @@ impl Controller {
                 });
             }
         }
-        self.inner.store.txn(ops)?;
+        self.ctl.inner.store.txn(ops)?;
         Ok(())
     }
 }

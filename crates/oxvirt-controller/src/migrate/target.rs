@@ -4,7 +4,7 @@
 
 use super::disks::{self, LocalDisk};
 use super::tls::set_stream_tls;
-use crate::{lock, ControlError, Controller};
+use crate::{lock, ControlError};
 use oxvirt_hypervisor::ops::StreamEnd;
 use oxvirt_hypervisor::{Instance, RunState};
 use oxvirt_model::HostRecord;
@@ -19,13 +19,13 @@ pub(crate) struct Incoming {
     copies: Vec<PathBuf>,
 }
 
-impl Controller {
+impl crate::Migrations {
     /// The target's side, each reconcile round: get ready for migrations to this host, take over
     /// VMs that arrived, remove what failed ones left.
     pub(crate) async fn serve_migrations(&self) {
-        let Some(me) = self.host_name() else { return };
-        let _one_at_a_time = self.inner.serving_migrations.lock().await;
-        let Ok(all) = self.inner.store.list_records::<Migration>() else { return };
+        let Some(me) = self.ctl.hosts().host_name() else { return };
+        let _one_at_a_time = self.state().serving_migrations.lock().await;
+        let Ok(all) = self.ctl.inner.store.list_records::<Migration>() else { return };
         for (m, rev) in all {
             if m.source == me && m.state == MigrationState::Asked {
                 self.start_asked(&m, rev);
@@ -42,7 +42,7 @@ impl Controller {
                     }
                 }
                 MigrationState::Completed => {
-                    let taken = lock(&self.inner.incoming).remove(&m.vm);
+                    let taken = lock(&self.state().incoming).remove(&m.vm);
                     if let Some(i) = taken {
                         tracing::info!(vm = %m.vm, from = %m.source, "migrated in");
                         let held = !i.copies.is_empty();
@@ -50,26 +50,26 @@ impl Controller {
                             disks::stop_serving(&*i.instance).await;
                         }
                         if let Some(text) = &m.console {
-                            self.carry_console_over(&m.vm, text.as_bytes());
+                            self.ctl.vms().carry_console_over(&m.vm, text.as_bytes());
                         }
-                        self.attach(&m.vm, i.instance.clone());
+                        self.ctl.vms().attach(&m.vm, i.instance.clone());
                         self.settle_arrival(&m.vm, &*i.instance, held).await;
                     } else if let Some(instance) = self.waiting_qemu(&m.vm).await {
                         // This daemon restarted after the guest arrived: its QEMU waits (or
                         // runs) without us; it is taken over and settled the same way.
                         tracing::info!(vm = %m.vm, from = %m.source, "migrated in while oxvirtd restarted");
                         disks::stop_serving(&*instance).await;
-                        self.attach(&m.vm, instance.clone());
+                        self.ctl.vms().attach(&m.vm, instance.clone());
                         self.settle_arrival(&m.vm, &*instance, true).await;
                     }
-                    let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
+                    let _ = self.ctl.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 }
                 MigrationState::Failed => {
-                    let taken = lock(&self.inner.incoming).remove(&m.vm);
-                    if let (Some(i), Ok(vm)) = (taken, self.get_vm(&m.vm)) {
+                    let taken = lock(&self.state().incoming).remove(&m.vm);
+                    if let (Some(i), Ok(vm)) = (taken, self.ctl.vms().get_vm(&m.vm)) {
                         self.drop_incoming(&vm, Some(&*i.instance), &i.copies).await;
                     }
-                    let _ = self.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
+                    let _ = self.ctl.inner.store.delete_record::<Migration>(&m.vm, Expect::Any);
                 }
                 MigrationState::Ready | MigrationState::Asked | MigrationState::Refused => {}
             }
@@ -79,10 +79,10 @@ impl Controller {
     /// In a cluster: migration records are served as soon as they change (not only each
     /// reconcile round), so neither end waits for the other's round.
     pub(crate) fn watch_migrations(&self) {
-        if self.host_name().is_none() {
+        if self.ctl.hosts().host_name().is_none() {
             return;
         }
-        let mut events = self.inner.store.watch();
+        let mut events = self.ctl.inner.store.watch();
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -102,13 +102,18 @@ impl Controller {
     /// Starts a QEMU that waits for the VM's memory (and serves copies of its local disks), and
     /// says where.
     async fn receive(&self, m: &Migration) -> Result<(), ControlError> {
-        if lock(&self.inner.incoming).contains_key(&m.vm) {
+        if lock(&self.state().incoming).contains_key(&m.vm) {
             return Ok(());
         }
-        let vm = self.get_vm(&m.vm)?;
-        let me: HostRecord =
-            self.host_record(&m.target)?.ok_or_else(|| ControlError::Failed("this host has no record".into()))?;
+        let vm = self.ctl.vms().get_vm(&m.vm)?;
+        let me: HostRecord = self
+            .ctl
+            .hosts()
+            .host_record(&m.target)?
+            .ok_or_else(|| ControlError::Failed("this host has no record".into()))?;
         let source = self
+            .ctl
+            .hosts()
             .host_record(&m.source)?
             .ok_or_else(|| ControlError::Failed(format!("the source host {} has no record", m.source)))?;
         self.check_peer_tls("source", &source)?;
@@ -117,7 +122,7 @@ impl Controller {
             ip => ip,
         }
         .to_string();
-        if m.postcopy && self.run_as(&m.vm)?.is_some() && !unprivileged_userfaultfd() {
+        if m.postcopy && self.ctl.vms().run_as(&m.vm)?.is_some() && !unprivileged_userfaultfd() {
             return Err(ControlError::invalid(
                 "postcopy",
                 format!(
@@ -127,7 +132,7 @@ impl Controller {
             ));
         }
         let local: Vec<LocalDisk> = self.local_disks(&vm.spec)?;
-        let copies = disks::make_copies(self, &local).await?;
+        let copies = disks::make_copies(&self.ctl, &local).await?;
         // With local disks the guest waits, paused, until their copies are served no more:
         // QEMU takes the disks over on the resume (an export still holding them would stop it).
         let hold_disks = !local.is_empty();
@@ -168,8 +173,8 @@ impl Controller {
                 return Err(e);
             }
         };
-        lock(&self.inner.incoming).insert(m.vm.clone(), Incoming { instance, copies });
-        self.inner.store.update_record::<Migration>(&m.vm, |r| {
+        lock(&self.state().incoming).insert(m.vm.clone(), Incoming { instance, copies });
+        self.ctl.inner.store.update_record::<Migration>(&m.vm, |r| {
             r.state = MigrationState::Ready;
             r.uri = Some(uri.clone());
             r.nbd = nbd.clone();
@@ -180,8 +185,8 @@ impl Controller {
     /// At start: a migration to this host that this daemon's restart interrupted (its waiting
     /// QEMU is no longer ours) is ended: that QEMU, the disk copies and TAP devices made for it go.
     pub(crate) async fn recover_as_target(&self, m: &Migration) {
-        let Ok(vm) = self.get_vm(&m.vm) else { return };
-        let waiting = self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await.ok().flatten();
+        let Ok(vm) = self.ctl.vms().get_vm(&m.vm) else { return };
+        let waiting = self.ctl.inner.hv.adopt(&vm.id, &self.ctl.inner.paths(&vm.id)).await.ok().flatten();
         // The VM is not this host's (the migration did not complete): a file of one of its
         // local volumes here is a copy made for the migration.
         let copies: Vec<PathBuf> = self
@@ -209,8 +214,8 @@ impl Controller {
         if self.migration_tls() {
             super::tls::drop_stream_tls(instance, StreamEnd::Target).await;
         }
-        if let Ok(vm) = self.get_vm(name) {
-            for (id, q) in crate::lifecycle::disk_limits(&vm.spec).filter(|(_, q)| !q.is_unlimited()) {
+        if let Ok(vm) = self.ctl.vms().get_vm(name) {
+            for (id, q) in crate::vms::lifecycle::disk_limits(&vm.spec).filter(|(_, q)| !q.is_unlimited()) {
                 if let Err(e) = instance.set_disk_qos(&id, q).await {
                     tracing::warn!(vm = name, disk = %id, "I/O limits after the migration: {e}");
                 }
@@ -225,23 +230,24 @@ impl Controller {
         if held {
             tracing::debug!(vm = name, "resuming the guest that arrived");
         } else {
-            let log = self.qemu_log_tail(name);
+            let log = self.ctl.vms().qemu_log_tail(name);
             tracing::warn!(vm = name, "the guest did not start after the migration; resuming it: {log}");
         }
         if let Err(e) = instance.resume().await {
-            let why = format!("arrived by migration but could not run here: {e} ({})", self.qemu_log_tail(name));
+            let why =
+                format!("arrived by migration but could not run here: {e} ({})", self.ctl.vms().qemu_log_tail(name));
             tracing::warn!(vm = name, "{why}");
-            self.set_state(name, VmState::Paused, &why);
+            self.ctl.vms().set_state(name, VmState::Paused, &why);
         }
     }
 
     /// The QEMU of VM `name` on this host that no one controls yet (found by the hypervisor).
     async fn waiting_qemu(&self, name: &str) -> Option<Arc<dyn Instance>> {
-        let vm = self.get_vm(name).ok()?;
-        if lock(&self.inner.slot(name).instance).is_some() {
+        let vm = self.ctl.vms().get_vm(name).ok()?;
+        if lock(&self.ctl.inner.slot(name).instance).is_some() {
             return None;
         }
-        self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await.ok().flatten()
+        self.ctl.inner.hv.adopt(&vm.id, &self.ctl.inner.paths(&vm.id)).await.ok().flatten()
     }
 
     /// Removes what this host made for a migration that will not come: the waiting QEMU (its
@@ -251,22 +257,22 @@ impl Controller {
             let _ = i.kill().await;
         }
         disks::remove_copies(copies);
-        self.release_network(&vm.id, &vm.spec);
+        self.ctl.networks().release_network(&vm.id, &vm.spec);
     }
 
     async fn start_incoming(&self, vm: &oxvirt_model::Vm, paused: bool) -> Result<Arc<dyn Instance>, ControlError> {
-        let with_mtu = self.prepare_network(&vm.id, &vm.spec, vm.uid).await?;
-        self.prepare_storage(&vm.id, &vm.spec).await?;
-        let mut spec = self.resolve_disks(&vm.id, &with_mtu)?;
-        self.ksm_for_launch(&mut spec)?;
+        let with_mtu = self.ctl.networks().prepare_network(&vm.id, &vm.spec, vm.uid).await?;
+        self.ctl.nbd().prepare_storage(&vm.id, &vm.spec).await?;
+        let mut spec = self.ctl.storage().resolve_disks(&vm.id, &with_mtu)?;
+        self.ctl.resources().ksm_for_launch(&mut spec)?;
         spec.resources.placement = None;
         let launch = oxvirt_hypervisor::Launch {
-            run_as: self.run_as(&vm.spec.name)?,
+            run_as: self.ctl.vms().run_as(&vm.spec.name)?,
             // It listens once told where (`receive`): after the stream's credentials, if any.
             incoming: Some("defer".to_string()),
             paused,
         };
-        Ok(self.inner.hv.start(&vm.id, &spec, &launch, &self.inner.paths(&vm.id)).await?)
+        Ok(self.ctl.inner.hv.start(&vm.id, &spec, &launch, &self.ctl.inner.paths(&vm.id)).await?)
     }
 }
 

@@ -6,15 +6,15 @@
 //! lets them go again. Hosts with and without it do not migrate to each other: that would be in
 //! plaintext.
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_hypervisor::ops::StreamEnd;
 use oxvirt_hypervisor::Instance;
 use oxvirt_model::HostRecord;
 
-impl Controller {
+impl crate::Migrations {
     /// Whether this host's migrations go over TLS.
     pub(crate) fn migration_tls(&self) -> bool {
-        self.inner.config.migration_tls
+        self.ctl.inner.config.migration_tls
     }
 
     /// Refuses a migration with `peer` unless both or neither use TLS (`field` names the

@@ -2,12 +2,17 @@
 //! lease (`ipam/<network>/<ip>`) in the same store transaction as the VM, so no two NICs ever
 //! hold one address. MAC addresses are kept unique across VMs the same way (`macs/<mac>`).
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_hypervisor::qemu::cmdline::default_mac;
 use oxvirt_model::{Lease, MacClaim, Network, NicMode, SecurityGroup, VmSpec};
 use oxvirt_store::{encode, Expect, Op, Record, StoreExt};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+
+crate::service! {
+    /// Addresses and MACs: leases claimed in the same store transaction as their VM.
+    Ipam, ipam
+}
 
 fn lease_key(network: &str, ip: Ipv4Addr) -> String {
     format!("{network}/{ip}")
@@ -32,9 +37,16 @@ fn leases_in(vm: &str, spec: Option<&VmSpec>) -> Vec<Lease> {
     .unwrap_or_default()
 }
 
-impl Controller {
+impl Ipam {
     pub(crate) fn leases_of(&self, network: &str) -> Result<Vec<Lease>, ControlError> {
-        Ok(self.inner.store.list_records_under::<Lease>(&format!("{network}/"))?.into_iter().map(|(l, _)| l).collect())
+        Ok(self
+            .ctl
+            .inner
+            .store
+            .list_records_under::<Lease>(&format!("{network}/"))?
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect())
     }
 
     /// Fills in what a VM's NICs leave out and checks what they name: modes, ids, unique MACs,
@@ -65,7 +77,9 @@ impl Controller {
         // Only a spec that gives a bridged NIC an address reads the other VMs for them.
         let bridged_ips = spec.nics.iter().any(|n| n.mode == NicMode::Bridged && n.ip.is_some());
         let on_bridges: Vec<(String, Ipv4Addr, String)> = if bridged_ips {
-            self.list_vms()?
+            self.ctl
+                .vms()
+                .list_vms()?
                 .into_iter()
                 .filter(|v| v.spec.name != vm_name)
                 .flat_map(|v| {
@@ -77,7 +91,7 @@ impl Controller {
             Vec::new()
         };
         let groups: HashSet<String> =
-            self.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g.spec.name).collect();
+            self.ctl.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g.spec.name).collect();
         for i in 0..spec.nics.len() {
             let field = format!("nics[{i}]");
             let slot = spec.nics[i].slot();
@@ -147,9 +161,10 @@ impl Controller {
                 continue;
             }
             let net_name = spec.nics[i].network.clone().unwrap_or_default();
-            let net: Network = self.inner.store.get_record::<Network>(&net_name)?.map(|(n, _)| n).ok_or_else(|| {
-                ControlError::invalid(format!("{field}.network"), format!("there is no network named {net_name}"))
-            })?;
+            let net: Network =
+                self.ctl.inner.store.get_record::<Network>(&net_name)?.map(|(n, _)| n).ok_or_else(|| {
+                    ControlError::invalid(format!("{field}.network"), format!("there is no network named {net_name}"))
+                })?;
             self.assign_address(&field, vm_name, &net, spec, i, old)?;
         }
         Ok(())
@@ -254,7 +269,7 @@ impl Controller {
 
     /// The VM other than `me` whose NIC holds `mac`, if any.
     fn mac_holder(&self, mac: &str, me: &str) -> Result<Option<String>, ControlError> {
-        let claim = self.inner.store.get_record::<MacClaim>(mac)?;
+        let claim = self.ctl.inner.store.get_record::<MacClaim>(mac)?;
         Ok(claim.map(|(c, _)| c.vm).filter(|vm| vm != me))
     }
 
@@ -288,18 +303,18 @@ impl Controller {
     /// At start: every VM's MACs are claimed (stores written before claims existed, or a claim
     /// lost), so that the check at creation reads one key.
     pub(crate) fn claim_all_macs(&self) {
-        let Ok(vms) = self.list_vms() else { return };
+        let Ok(vms) = self.ctl.vms().list_vms() else { return };
         for vm in vms {
             for n in &vm.spec.nics {
                 let Some(mac) = n.mac.as_ref().map(|m| m.to_ascii_lowercase()) else { continue };
                 let claim = MacClaim { vm: vm.spec.name.clone(), nic: n.id.clone() };
-                match self.inner.store.get_record::<MacClaim>(&mac) {
+                match self.ctl.inner.store.get_record::<MacClaim>(&mac) {
                     Ok(Some((c, _))) if c == claim => {}
                     Ok(Some((c, _))) => {
                         tracing::warn!(vm = %vm.spec.name, mac, other = %c.vm, "two VMs have one MAC address")
                     }
                     Ok(None) => {
-                        let _ = self.inner.store.put_record(&mac, &claim, Expect::Absent);
+                        let _ = self.ctl.inner.store.put_record(&mac, &claim, Expect::Absent);
                     }
                     Err(e) => tracing::warn!("MAC claims: {e}"),
                 }

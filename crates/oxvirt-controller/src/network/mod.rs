@@ -12,6 +12,8 @@ mod ipam;
 pub(crate) mod links;
 mod nics;
 mod secgroups;
+pub use ipam::Ipam;
+pub use secgroups::SecurityGroups;
 pub mod shaping;
 mod taps;
 
@@ -20,10 +22,22 @@ pub use links::HostCmdError;
 pub use nics::NicUpdate;
 pub use taps::NicStats;
 
-use crate::{lock, now_millis, ControlError, Controller};
+use crate::{lock, now_millis, ControlError};
 use oxvirt_model::{LeaseView, Network, NetworkKind, NetworkSpec, NetworkView, SecurityGroup, Vm};
 use oxvirt_store::{Expect, Record, StoreExt};
 use std::path::PathBuf;
+
+crate::service! {
+    /// Networks on this host: records, bridges, VXLAN, DHCP, TAPs, NICs and oxvirt's firewall tables.
+    Networks, networks, state = networks
+}
+
+/// What this service keeps between requests (held by the controller, reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// Serialises changes of networks and of oxvirt's nftables tables.
+    pub net_lock: tokio::sync::Mutex<()>,
+}
 
 impl Record for HostObject {
     const PREFIX: &'static str = "hostobjs/";
@@ -78,9 +92,9 @@ impl From<links::HostCmdError> for ControlError {
     }
 }
 
-impl Controller {
+impl Networks {
     pub(crate) fn network_dir(&self, name: &str) -> PathBuf {
-        self.inner.config.data_dir.join("networks").join(name)
+        self.ctl.inner.config.data_dir.join("networks").join(name)
     }
 
     fn dnsmasq_files(&self, name: &str) -> dnsmasq::DnsmasqFiles {
@@ -88,7 +102,8 @@ impl Controller {
     }
 
     pub fn get_network(&self, name: &str) -> Result<Network, ControlError> {
-        self.inner
+        self.ctl
+            .inner
             .store
             .get_record::<Network>(name)?
             .map(|(n, _)| n)
@@ -96,13 +111,19 @@ impl Controller {
     }
 
     pub fn list_networks(&self) -> Result<Vec<NetworkView>, ControlError> {
-        let vms = self.list_vms()?;
-        self.inner.store.list_records::<Network>()?.into_iter().map(|(n, _)| Ok(self.network_view(n, &vms))).collect()
+        let vms = self.ctl.vms().list_vms()?;
+        self.ctl
+            .inner
+            .store
+            .list_records::<Network>()?
+            .into_iter()
+            .map(|(n, _)| Ok(self.network_view(n, &vms)))
+            .collect()
     }
 
     pub fn show_network(&self, name: &str) -> Result<NetworkView, ControlError> {
         let n = self.get_network(name)?;
-        Ok(self.network_view(n, &self.list_vms()?))
+        Ok(self.network_view(n, &self.ctl.vms().list_vms()?))
     }
 
     fn network_view(&self, n: Network, vms: &[Vm]) -> NetworkView {
@@ -130,7 +151,7 @@ impl Controller {
             (spec.vxlan.is_some(), "vxlan"),
         ];
         if let Some((_, field)) = host_side.iter().find(|(named, _)| *named) {
-            self.admin_only(
+            self.ctl.access().admin_only(
                 caller,
                 format!("{field}: only an administrator may tie a network to the host's own networking"),
             )?;
@@ -138,8 +159,8 @@ impl Controller {
         if spec.bridge.as_deref().is_some_and(|b| b.starts_with("oxb")) {
             return Err(ControlError::invalid("bridge", "oxb* bridges are oxvirt's own networks'"));
         }
-        let _net = self.inner.net_lock.lock().await;
-        let others = self.inner.store.list_records::<Network>()?;
+        let _net = self.state().net_lock.lock().await;
+        let others = self.ctl.inner.store.list_records::<Network>()?;
         if others.iter().any(|(n, _)| n.spec.name == spec.name) {
             return Err(ControlError::Exists(oxvirt_model::ValidationError::new(
                 "name",
@@ -186,25 +207,28 @@ impl Controller {
             }
         }
         let net = Network { id: uuid::Uuid::new_v4().to_string(), spec, created_at: now_millis() };
-        self.inner.store.put_record(&net.spec.name, &net, Expect::Absent)?;
+        self.ctl.inner.store.put_record(&net.spec.name, &net, Expect::Absent)?;
         if let Err(e) = self.ensure_network(&net).and_then(|_| self.refresh_firewall_locked()) {
             self.remove_network_from_host(&net);
-            let _ = self.inner.store.delete_record::<Network>(&net.spec.name, Expect::Any);
+            let _ = self.ctl.inner.store.delete_record::<Network>(&net.spec.name, Expect::Any);
             let _ = self.refresh_firewall_locked();
             return Err(e);
         }
-        Ok(self.network_view(net, &self.list_vms()?))
+        Ok(self.network_view(net, &self.ctl.vms().list_vms()?))
     }
 
     /// Deletes a network no NIC uses, and everything oxvirt made on the host for it.
     pub async fn delete_network(&self, name: &str) -> Result<(), ControlError> {
-        let _net = self.inner.net_lock.lock().await;
+        let _net = self.state().net_lock.lock().await;
         let (net, rev) = self
+            .ctl
             .inner
             .store
             .get_record::<Network>(name)?
             .ok_or_else(|| ControlError::NotFound { kind: "network", name: name.into() })?;
         let users: Vec<String> = self
+            .ctl
+            .vms()
             .list_vms()?
             .into_iter()
             .filter(|v| v.spec.nics.iter().any(|n| n.network.as_deref() == Some(name)))
@@ -216,7 +240,7 @@ impl Controller {
                 users.join(", ")
             )));
         }
-        self.inner.store.delete_record::<Network>(name, Expect::Revision(rev))?;
+        self.ctl.inner.store.delete_record::<Network>(name, Expect::Revision(rev))?;
         self.remove_network_from_host(&net);
         self.refresh_firewall_locked()?;
         Ok(())
@@ -224,12 +248,13 @@ impl Controller {
 
     fn record_object(&self, name: &str, kind: &str, owner: &str) -> Result<(), ControlError> {
         let obj = HostObject { kind: kind.into(), owner: owner.into(), count: 0 };
-        self.inner.store.put_record(&self.local_key(name), &obj, Expect::Any)?;
+        self.ctl.inner.store.put_record(&self.ctl.hosts().local_key(name), &obj, Expect::Any)?;
         Ok(())
     }
 
     fn forget_object(&self, name: &str) {
-        if let Err(e) = self.inner.store.delete_record::<HostObject>(&self.local_key(name), Expect::Any) {
+        if let Err(e) = self.ctl.inner.store.delete_record::<HostObject>(&self.ctl.hosts().local_key(name), Expect::Any)
+        {
             tracing::debug!(name, "forget host object: {e}");
         }
     }
@@ -279,11 +304,11 @@ impl Controller {
     /// address (`[store] address`) is its end and every other host's is a peer (with those
     /// written), so one network record serves every host and a host that joins is a peer.
     fn vxlan_ends(&self, vx: &oxvirt_model::VxlanSpec) -> (std::net::Ipv4Addr, Vec<std::net::Ipv4Addr>) {
-        let Some(me) = self.host_name() else { return (vx.local, vx.peers.clone()) };
+        let Some(me) = self.ctl.hosts().host_name() else { return (vx.local, vx.peers.clone()) };
         let ip_of = |r: &oxvirt_model::HostRecord| {
             r.address_host().parse::<std::net::Ipv4Addr>().ok().filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
         };
-        let records = self.host_records().unwrap_or_default();
+        let records = self.ctl.hosts().host_records().unwrap_or_default();
         let local = records.iter().find(|r| r.name == me).and_then(ip_of).unwrap_or(vx.local);
         let mut peers: Vec<std::net::Ipv4Addr> = vx.peers.clone();
         peers.extend(records.iter().filter(|r| r.name != me).filter_map(ip_of));
@@ -296,11 +321,11 @@ impl Controller {
     /// In a cluster, each reconcile round: VXLAN networks made here follow the hosts that come
     /// and go (their peers).
     pub(crate) async fn refresh_vxlan_peers(&self) {
-        if self.host_name().is_none() {
+        if self.ctl.hosts().host_name().is_none() {
             return;
         }
-        let _net = self.inner.net_lock.lock().await;
-        for (n, _) in self.inner.store.list_records::<Network>().unwrap_or_default() {
+        let _net = self.state().net_lock.lock().await;
+        for (n, _) in self.ctl.inner.store.list_records::<Network>().unwrap_or_default() {
             if n.spec.vxlan.is_some() && links::is_bridge(&bridge_of(&n)) {
                 if let Err(e) = self.ensure_vxlan_of(&n) {
                     tracing::warn!(network = %n.spec.name, "VXLAN peers: {e}");
@@ -342,7 +367,7 @@ impl Controller {
 
     fn write_dhcp_hosts(&self, network: &str) -> Result<(), ControlError> {
         let hosts: Vec<(String, std::net::Ipv4Addr, String)> =
-            self.leases_of(network)?.into_iter().map(|l| (l.mac, l.ip, l.vm)).collect();
+            self.ctl.ipam().leases_of(network)?.into_iter().map(|l| (l.mac, l.ip, l.vm)).collect();
         dnsmasq::write_hosts(&self.dnsmasq_files(network), &hosts)
             .map_err(|e| ControlError::Host(format!("write DHCP hosts of {network}: {e}")))
     }
@@ -352,6 +377,8 @@ impl Controller {
         self.get_network(name)?;
         let active = dnsmasq::read_leases(&self.dnsmasq_files(name).leasefile());
         Ok(self
+            .ctl
+            .ipam()
             .leases_of(name)?
             .into_iter()
             .map(|l| {
@@ -363,14 +390,14 @@ impl Controller {
 
     /// Makes oxvirt's nftables tables match the store (networks, and the NICs whose TAP exists).
     pub(crate) async fn refresh_firewall(&self) -> Result<(), ControlError> {
-        let _net = self.inner.net_lock.lock().await;
+        let _net = self.state().net_lock.lock().await;
         self.refresh_firewall_locked()
     }
 
     fn refresh_firewall_locked(&self) -> Result<(), ControlError> {
-        let nets: Vec<Network> = self.inner.store.list_records::<Network>()?.into_iter().map(|(n, _)| n).collect();
+        let nets: Vec<Network> = self.ctl.inner.store.list_records::<Network>()?.into_iter().map(|(n, _)| n).collect();
         let groups: Vec<SecurityGroup> =
-            self.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g).collect();
+            self.ctl.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g).collect();
         let net_rules: Vec<firewall::NetRules> = nets
             .iter()
             .map(|n| firewall::NetRules {
@@ -381,7 +408,7 @@ impl Controller {
             })
             .collect();
         let mut nic_rules = Vec::new();
-        for vm in self.list_vms()? {
+        for vm in self.ctl.vms().list_vms()? {
             for nic in &vm.spec.nics {
                 let tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&vm.id, nic.slot());
                 if !nic.has_tap() || !links::exists(&tap) {
@@ -410,8 +437,8 @@ impl Controller {
     /// At daemon start, before guests are adopted or started: every network made again where it
     /// drifted (a host reboot, a device someone deleted).
     pub(crate) async fn ensure_networks(&self) {
-        let _net = self.inner.net_lock.lock().await;
-        for (n, _) in self.inner.store.list_records::<Network>().unwrap_or_default() {
+        let _net = self.state().net_lock.lock().await;
+        for (n, _) in self.ctl.inner.store.list_records::<Network>().unwrap_or_default() {
             if let Err(e) = self.ensure_network(&n) {
                 tracing::error!(network = %n.spec.name, "cannot make the network on this host: {e}");
             }
@@ -421,12 +448,12 @@ impl Controller {
     /// After guests are adopted: what oxvirt recorded making whose owner is gone is removed, and
     /// the firewall rewritten.
     pub(crate) async fn remove_orphans(&self) {
-        let _net = self.inner.net_lock.lock().await;
-        let nets = self.inner.store.list_records::<Network>().unwrap_or_default();
-        let vms = self.list_vms().unwrap_or_default();
-        let objects = self.inner.store.list_records::<HostObject>().unwrap_or_default();
-        let keys = self.inner.store.list(HostObject::PREFIX).unwrap_or_default();
-        let mine = self.local_key("");
+        let _net = self.state().net_lock.lock().await;
+        let nets = self.ctl.inner.store.list_records::<Network>().unwrap_or_default();
+        let vms = self.ctl.vms().list_vms().unwrap_or_default();
+        let objects = self.ctl.inner.store.list_records::<HostObject>().unwrap_or_default();
+        let keys = self.ctl.inner.store.list(HostObject::PREFIX).unwrap_or_default();
+        let mine = self.ctl.hosts().local_key("");
         for ((obj, _), entry) in objects.iter().zip(keys.iter()) {
             // In a cluster each host's things are under its name; another host's are not ours.
             let Some(name) = entry.key.trim_start_matches(HostObject::PREFIX).strip_prefix(&mine) else { continue };
@@ -439,7 +466,7 @@ impl Controller {
             }
             let alive = match obj.kind.as_str() {
                 "tap" | "ifb" => {
-                    vms.iter().any(|v| v.id == obj.owner && lock(&self.inner.slot(&v.spec.name).instance).is_some())
+                    vms.iter().any(|v| v.id == obj.owner && lock(&self.ctl.inner.slot(&v.spec.name).instance).is_some())
                 }
                 _ => nets.iter().any(|(n, _)| n.spec.name == obj.owner),
             };
@@ -455,7 +482,7 @@ impl Controller {
             }
             self.forget_object(name);
         }
-        for vm in vms.iter().filter(|v| lock(&self.inner.slot(&v.spec.name).instance).is_some()) {
+        for vm in vms.iter().filter(|v| lock(&self.ctl.inner.slot(&v.spec.name).instance).is_some()) {
             self.rejoin_taps(vm);
         }
         if let Err(e) = self.refresh_firewall_locked() {

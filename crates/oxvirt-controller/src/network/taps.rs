@@ -2,7 +2,7 @@
 //! its bridge (an oxvirt network's or the operator's), shapes, and removes when the VM stops.
 
 use super::{bridge_of, links, shaping};
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_hypervisor::qemu::cmdline::{nic_queues, tap_name};
 use oxvirt_model::{Network, NicMode, NicSpec, VmSpec};
 use oxvirt_store::StoreExt;
@@ -32,7 +32,7 @@ struct Attachment {
     mtu: u32,
 }
 
-impl Controller {
+impl crate::Networks {
     fn attachment(&self, field: &str, nic: &NicSpec) -> Result<Attachment, ControlError> {
         let (bridge, mtu) = match nic.mode {
             NicMode::Bridged => {
@@ -42,9 +42,10 @@ impl Controller {
             }
             NicMode::Network => {
                 let name = nic.network.as_deref().unwrap_or_default();
-                let net: Network = self.inner.store.get_record::<Network>(name)?.map(|(n, _)| n).ok_or_else(|| {
-                    ControlError::invalid(format!("{field}.network"), format!("there is no network named {name}"))
-                })?;
+                let net: Network =
+                    self.ctl.inner.store.get_record::<Network>(name)?.map(|(n, _)| n).ok_or_else(|| {
+                        ControlError::invalid(format!("{field}.network"), format!("there is no network named {name}"))
+                    })?;
                 (bridge_of(&net), net.spec.mtu())
             }
             NicMode::User => return Err(ControlError::invalid(field, "a user-mode NIC has no TAP device")),
@@ -115,9 +116,9 @@ impl Controller {
         // VM migrating here) is made now: networks follow their VMs.
         for nic in spec.nics.iter().filter(|n| n.mode == NicMode::Network) {
             let Some(name) = nic.network.as_deref() else { continue };
-            let Some((net, _)) = self.inner.store.get_record::<Network>(name)? else { continue };
+            let Some((net, _)) = self.ctl.inner.store.get_record::<Network>(name)? else { continue };
             if !links::is_bridge(&bridge_of(&net)) {
-                let _net = self.inner.net_lock.lock().await;
+                let _net = self.state().net_lock.lock().await;
                 tracing::info!(network = name, "making the network on this host for a VM");
                 self.ensure_network(&net)?;
             }

@@ -2,7 +2,7 @@
 //! whether a VM about to run may merge (across projects only where the policy allows it).
 
 use crate::host::read_u64;
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_model::KsmPolicy;
 
 const KSM: &str = "/sys/kernel/mm/ksm";
@@ -31,7 +31,7 @@ pub fn ksm_merging_bytes(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/ksm_merging_pages")).ok()?.trim().parse::<u64>().ok().map(|p| p * 4096)
 }
 
-impl Controller {
+impl crate::ResourceControl {
     /// KSM for a VM about to run: a VM of a project merges only where the host policy lets
     /// projects share pages (`ksm_across_projects`).
     pub(crate) fn ksm_for_launch(&self, spec: &mut oxvirt_model::VmSpec) -> Result<(), ControlError> {

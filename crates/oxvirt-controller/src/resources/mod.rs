@@ -12,7 +12,7 @@ pub use ksm::{ksm_merging_bytes, ksm_view, KsmView};
 use crate::host::{meminfo, meminfo_field, read_u64};
 use crate::network::HostObject;
 use crate::vms::busy;
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_cgroup::numa::{Committed, Topology};
 use oxvirt_hypervisor::{limits_of, Instance};
 use oxvirt_model::{
@@ -21,6 +21,18 @@ use oxvirt_model::{
 };
 use oxvirt_store::{Expect, StoreExt};
 use std::sync::Arc;
+
+crate::service! {
+    /// Host resources: admission by over-commit policy, NUMA, pinning, huge pages, live limits, the balloon, KSM.
+    ResourceControl, resources, state = resources
+}
+
+/// What this service keeps between requests (held by the controller, reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// VMs automatic ballooning shrank, with the target it set.
+    pub auto_ballooned: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
@@ -49,30 +61,37 @@ pub struct NumaNodeView {
     pub memory_free: u64,
 }
 
-impl Controller {
+impl ResourceControl {
     fn topology(&self) -> Topology {
-        let h = &self.inner.host;
+        let h = &self.ctl.inner.host;
         Topology::host(h.cpus, (h.memory_bytes, meminfo("MemAvailable:").unwrap_or(0)))
     }
 
     pub fn host_policy(&self) -> Result<HostPolicy, ControlError> {
-        Ok(self.inner.store.get_record::<HostPolicy>(&self.local_key("host"))?.map(|(p, _)| p).unwrap_or_default())
+        Ok(self
+            .ctl
+            .inner
+            .store
+            .get_record::<HostPolicy>(&self.ctl.hosts().local_key("host"))?
+            .map(|(p, _)| p)
+            .unwrap_or_default())
     }
 
     /// Replaces the host policy; KSM follows at once, ballooning at its next round.
     pub fn set_host_policy(&self, p: HostPolicy) -> Result<HostPolicy, ControlError> {
         p.validate()?;
-        self.inner.store.put_record(&self.local_key("host"), &p, Expect::Any)?;
+        self.ctl.inner.store.put_record(&self.ctl.hosts().local_key("host"), &p, Expect::Any)?;
         apply_ksm(p.ksm)?;
         Ok(p)
     }
 
     pub fn host_resources(&self) -> Result<HostResources, ControlError> {
-        let running: Vec<Vm> = self.list_vms()?.into_iter().filter(|v| v.status.state.has_process()).collect();
+        let running: Vec<Vm> =
+            self.ctl.vms().list_vms()?.into_iter().filter(|v| v.status.state.has_process()).collect();
         Ok(HostResources {
             policy: self.host_policy()?,
-            cpus: self.inner.host.cpus,
-            memory_bytes: self.inner.host.memory_bytes,
+            cpus: self.ctl.inner.host.cpus,
+            memory_bytes: self.ctl.inner.host.memory_bytes,
             memory_available_bytes: meminfo("MemAvailable:").unwrap_or(0),
             committed_vcpus: running.iter().map(|v| v.spec.cpus).sum(),
             committed_memory: running.iter().map(|v| v.spec.memory.0).sum(),
@@ -99,11 +118,13 @@ impl Controller {
         self.check_memory_encryption(vm)?;
         let policy = self.host_policy()?;
         let others: Vec<Vm> = self
+            .ctl
+            .vms()
             .list_vms()?
             .into_iter()
             .filter(|v| v.spec.name != vm.spec.name && v.status.state.has_process())
             .collect();
-        let host = &self.inner.host;
+        let host = &self.ctl.inner.host;
         let vcpus: u32 = others.iter().map(|v| v.spec.cpus).sum::<u32>() + vm.spec.cpus;
         let cpu_room = (f64::from(host.cpus) * policy.cpu_overcommit).floor() as u32;
         if vcpus > cpu_room {
@@ -140,7 +161,7 @@ impl Controller {
             oxvirt_model::MemoryEncryption::Sev => ("SEV", "sev"),
             oxvirt_model::MemoryEncryption::SevSnp => ("SEV-SNP", "sev_snp"),
         };
-        let accel = oxvirt_hypervisor::accel::resolve(vm.spec.accel, self.inner.hv.accel());
+        let accel = oxvirt_hypervisor::accel::resolve(vm.spec.accel, self.ctl.inner.hv.accel());
         let reason = if accel != oxvirt_hypervisor::Accel::Kvm {
             Some(
                 "guests here run under TCG (software emulation), and only KVM on an AMD CPU encrypts memory"
@@ -163,7 +184,7 @@ impl Controller {
     /// Where the VM's threads and memory go: pinned CPUs, or a NUMA node chosen for it.
     pub(crate) fn place(&self, vm: &Vm) -> Result<Option<Placement>, ControlError> {
         let r = &vm.spec.resources;
-        let host_cpus = self.inner.host.cpus;
+        let host_cpus = self.ctl.inner.host.cpus;
         for (i, c) in r.vcpu_pins.iter().enumerate() {
             if *c >= host_cpus {
                 return Err(ControlError::invalid(
@@ -198,6 +219,8 @@ impl Controller {
             return Ok(None);
         }
         let committed: Vec<Committed> = self
+            .ctl
+            .vms()
             .list_vms()?
             .into_iter()
             .filter(|v| v.spec.name != vm.spec.name && v.status.state.has_process())
@@ -254,8 +277,8 @@ impl Controller {
         }
         let total = read_u64(NR_HUGEPAGES);
         let want = total + (need - free);
-        let key = self.local_key(&format!("hugepages-{}", vm.id));
-        self.inner.store.put_record(
+        let key = self.ctl.hosts().local_key(&format!("hugepages-{}", vm.id));
+        self.ctl.inner.store.put_record(
             &key,
             &HostObject { kind: "hugepages".into(), owner: vm.id.clone(), count: need - free },
             Expect::Any,
@@ -276,11 +299,11 @@ impl Controller {
 
     /// Gives back the huge pages reserved for a VM that stopped.
     pub(crate) fn release_hugepages(&self, vm_id: &str) {
-        let key = self.local_key(&format!("hugepages-{vm_id}"));
-        let Ok(Some((obj, _))) = self.inner.store.get_record::<HostObject>(&key) else { return };
+        let key = self.ctl.hosts().local_key(&format!("hugepages-{vm_id}"));
+        let Ok(Some((obj, _))) = self.ctl.inner.store.get_record::<HostObject>(&key) else { return };
         let total = read_u64(NR_HUGEPAGES);
         let _ = std::fs::write(NR_HUGEPAGES, total.saturating_sub(obj.count).to_string());
-        let _ = self.inner.store.delete_record::<HostObject>(&key, Expect::Any);
+        let _ = self.ctl.inner.store.delete_record::<HostObject>(&key, Expect::Any);
     }
 
     /// Pins vCPU threads (one host CPU each) and QEMU's other threads, as the spec says.
@@ -303,7 +326,7 @@ impl Controller {
                 // Every thread may run on every CPU its placement (or the host) allows again.
                 let all: Vec<u32> = match r.placement.as_ref().and_then(|p| p.cpus.as_deref()) {
                     Some(c) => parse_cpulist(c).unwrap_or_default(),
-                    None => (0..self.inner.host.cpus).collect(),
+                    None => (0..self.ctl.inner.host.cpus).collect(),
                 };
                 for t in std::fs::read_dir(format!("/proc/{}/task", instance.pid())).into_iter().flatten().flatten() {
                     if let Ok(tid) = t.file_name().to_string_lossy().parse::<u32>() {
@@ -335,8 +358,8 @@ impl Controller {
     /// Changes a VM's resources; a running VM gets the new CPU weight, cap, memory limit and
     /// pinning at once (NUMA placement and huge pages take effect at its next start).
     pub async fn set_resources(&self, name: &str, resources: Resources) -> Result<Vm, ControlError> {
-        let _guard = self.inner.slot(name).op.clone().try_lock_owned().map_err(|_| busy(name))?;
-        let (vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        let _guard = self.ctl.inner.slot(name).op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        let (vm, rev) = self.ctl.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
         let mut spec = vm.spec.clone();
         let running = vm.status.state.has_process();
         if running && (resources.hugepages != spec.resources.hugepages || resources.numa != spec.resources.numa) {
@@ -358,13 +381,13 @@ impl Controller {
             new.status.placement = placement.clone();
             let mut live = new.spec.clone();
             live.resources.placement = placement;
-            let missing = self.inner.hv.set_limits(&vm.id, &limits_of(&live))?;
+            let missing = self.ctl.inner.hv.set_limits(&vm.id, &limits_of(&live))?;
             if !missing.is_empty() {
                 tracing::warn!(vm = name, ?missing, "this host cannot enforce these limits");
             }
-            self.pin_threads(&vm.id, &live, &self.instance(name)?, true).await?;
+            self.pin_threads(&vm.id, &live, &self.ctl.vms().instance(name)?, true).await?;
         }
-        self.inner.store.put_record(name, &new, Expect::Revision(rev)).map_err(|_| busy(name))?;
+        self.ctl.inner.store.put_record(name, &new, Expect::Revision(rev)).map_err(|_| busy(name))?;
         Ok(new)
     }
 }

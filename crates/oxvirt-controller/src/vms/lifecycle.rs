@@ -2,7 +2,7 @@
 
 use crate::tasks::TaskHandle;
 use crate::vms::busy;
-use crate::{lock, now_millis, ControlError, Controller};
+use crate::{lock, now_millis, ControlError};
 use oxvirt_hypervisor::{Instance, InstanceEvent, RunState};
 use oxvirt_model::{DesiredState, Event, RestartPolicy, Task, Vm, VmAction, VmState};
 use oxvirt_store::StoreExt;
@@ -13,11 +13,11 @@ use tokio::sync::broadcast::error::RecvError;
 /// How long a request waits for a VM another operation holds before it is told the VM is busy.
 pub const BUSY_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-impl Controller {
+impl crate::Vms {
     /// Starts an action on a VM as a task. Refused at once (409) when the VM's state does not
     /// allow it or another operation on the VM is in progress.
     pub fn vm_action(&self, name: &str, action: VmAction) -> Result<Task, ControlError> {
-        let guard = self.inner.slot(name).op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        let guard = self.ctl.inner.slot(name).op.clone().try_lock_owned().map_err(|_| busy(name))?;
         self.vm_action_holding(guard, name, action)
     }
 
@@ -25,7 +25,7 @@ impl Controller {
     /// recording a pause or a guest's exit) is waited for, up to [`BUSY_GRACE`], before the
     /// request is told it is busy.
     pub async fn vm_action_waiting(&self, name: &str, action: VmAction) -> Result<Task, ControlError> {
-        let op = self.inner.slot(name).op.clone();
+        let op = self.ctl.inner.slot(name).op.clone();
         let guard = tokio::time::timeout(BUSY_GRACE, op.lock_owned()).await.map_err(|_| busy(name))?;
         self.vm_action_holding(guard, name, action)
     }
@@ -37,9 +37,9 @@ impl Controller {
         action: VmAction,
     ) -> Result<Task, ControlError> {
         let vm = self.get_vm(name)?;
-        self.check_local(&vm)?;
+        self.ctl.hosts().check_local(&vm)?;
         action.check_from(vm.status.state).map_err(ControlError::Conflict)?;
-        let task = self.inner.tasks.create(&format!("vm.{}", action.as_str()), &format!("vms/{name}"))?;
+        let task = self.ctl.inner.tasks.create(&format!("vm.{}", action.as_str()), &format!("vms/{name}"))?;
         let snapshot = task.snapshot();
         let me = self.clone();
         let name = name.to_string();
@@ -84,7 +84,7 @@ impl Controller {
     }
 
     pub(crate) fn instance(&self, name: &str) -> Result<Arc<dyn Instance>, ControlError> {
-        lock(&self.inner.slot(name).instance)
+        lock(&self.ctl.inner.slot(name).instance)
             .clone()
             .filter(|i| !i.has_exited())
             .ok_or_else(|| ControlError::Conflict(format!("VM {name} has no running QEMU")))
@@ -97,34 +97,39 @@ impl Controller {
         }
         task.progress(10, "starting QEMU");
         self.set_state(name, VmState::Starting, "starting");
-        let paths = self.inner.paths(&vm.id);
+        let paths = self.ctl.inner.paths(&vm.id);
         // The host's policy first: nothing is made for a VM that does not fit.
-        let placement =
-            match self.admit(&vm).and_then(|_| self.place(&vm)).and_then(|p| self.reserve_hugepages(&vm).map(|_| p)) {
-                Ok(p) => p,
-                Err(e) => return Err(self.start_failed(name, e)),
-            };
+        let placement = match self
+            .ctl
+            .resources()
+            .admit(&vm)
+            .and_then(|_| self.ctl.resources().place(&vm))
+            .and_then(|p| self.ctl.resources().reserve_hugepages(&vm).map(|_| p))
+        {
+            Ok(p) => p,
+            Err(e) => return Err(self.start_failed(name, e)),
+        };
         let run_as = match self.run_as(name) {
             Ok(r) => r,
             Err(e) => return Err(self.start_failed(name, e)),
         };
-        let prepared = match self.prepare_network(&vm.id, &vm.spec, run_as.map(|r| r.0)).await {
-            Ok(with_mtu) => self.prepare_storage(&vm.id, &vm.spec).await.map(|_| with_mtu),
+        let prepared = match self.ctl.networks().prepare_network(&vm.id, &vm.spec, run_as.map(|r| r.0)).await {
+            Ok(with_mtu) => self.ctl.nbd().prepare_storage(&vm.id, &vm.spec).await.map(|_| with_mtu),
             Err(e) => Err(e),
         };
-        let mut spec = match prepared.and_then(|with_mtu| self.resolve_disks(&vm.id, &with_mtu)) {
+        let mut spec = match prepared.and_then(|with_mtu| self.ctl.storage().resolve_disks(&vm.id, &with_mtu)) {
             Ok(s) => s,
             Err(e) => return Err(self.start_failed(name, e)),
         };
         spec.resources.placement = placement.clone();
         let launch = oxvirt_hypervisor::Launch { run_as, ..Default::default() };
-        if let Err(e) = self.ksm_for_launch(&mut spec) {
+        if let Err(e) = self.ctl.resources().ksm_for_launch(&mut spec) {
             return Err(self.start_failed(name, e));
         }
         self.update_vm_record(name, |v| v.status.placement = placement.clone());
-        match self.inner.hv.start(&vm.id, &spec, &launch, &paths).await {
+        match self.ctl.inner.hv.start(&vm.id, &spec, &launch, &paths).await {
             Ok(instance) => {
-                let setup = match self.pin_threads(&vm.id, &spec, &instance, false).await {
+                let setup = match self.ctl.resources().pin_threads(&vm.id, &spec, &instance, false).await {
                     Ok(()) => apply_setup(&spec, &instance).await.map_err(ControlError::from),
                     Err(e) => Err(e),
                 };
@@ -161,13 +166,13 @@ impl Controller {
                 // Not tracked: a QEMU may still run (e.g. re-adoption failed). Find it before
                 // saying the VM is stopped, or say why it cannot be stopped.
                 let vm = self.get_vm(name)?;
-                match self.inner.hv.adopt(&vm.id, &self.inner.paths(&vm.id)).await? {
+                match self.ctl.inner.hv.adopt(&vm.id, &self.ctl.inner.paths(&vm.id)).await? {
                     Some(i) => {
                         self.attach(name, i.clone());
                         i
                     }
                     None => {
-                        self.inner.hv.cleanup(&vm.id);
+                        self.ctl.inner.hv.cleanup(&vm.id);
                         self.mark_stopped(name, "stopped");
                         return Ok(());
                     }
@@ -181,7 +186,7 @@ impl Controller {
             if let Err(e) = instance.power_button().await {
                 tracing::info!(vm = %name, "power button: {e}");
             }
-            let timeout = self.inner.config.stop_timeout;
+            let timeout = self.ctl.inner.config.stop_timeout;
             if instance.wait_exit(timeout).await {
                 self.mark_stopped(name, "shut down by request");
                 return Ok(());
@@ -196,7 +201,7 @@ impl Controller {
     /// Takes charge of a running guest: remembers it and follows its events.
     pub(crate) fn attach(&self, name: &str, instance: Arc<dyn Instance>) {
         let mut events = instance.subscribe();
-        *lock(&self.inner.slot(name).instance) = Some(instance.clone());
+        *lock(&self.ctl.inner.slot(name).instance) = Some(instance.clone());
         self.set_state_with(name, VmState::Running, "running", |vm| {
             vm.status.pid = Some(instance.pid());
             vm.status.accel = Some(instance.accel().to_string());
@@ -251,14 +256,14 @@ impl Controller {
     /// outside, and what QEMU says now is recorded, the event being only the cue (it may be
     /// older than an operation that ended since).
     async fn observe(&self, name: &str, instance: &Arc<dyn Instance>) {
-        let Ok(_op) = self.inner.slot(name).op.clone().try_lock_owned() else { return };
+        let Ok(_op) = self.ctl.inner.slot(name).op.clone().try_lock_owned() else { return };
         let (state, reason) = match instance.run_state().await {
             Ok(RunState::Running) => (VmState::Running, "running"),
             Ok(RunState::Paused) => (VmState::Paused, "paused"),
             _ => return,
         };
         let Ok(vm) = self.get_vm(name) else { return };
-        if self.check_local(&vm).is_err() {
+        if self.ctl.hosts().check_local(&vm).is_err() {
             return;
         }
         if matches!(vm.status.state, VmState::Running | VmState::Paused) && vm.status.state != state {
@@ -271,9 +276,9 @@ impl Controller {
     /// A guest's panic, from the VM's QEMU here: one from a QEMU that is not the VM's any more
     /// (the source's, once the guest migrated away; an older one of a restarted VM) is not its.
     async fn on_panic(&self, name: &str, instance: &Arc<dyn Instance>) {
-        let current = lock(&self.inner.slot(name).instance).as_ref().is_some_and(|c| Arc::ptr_eq(c, instance));
+        let current = lock(&self.ctl.inner.slot(name).instance).as_ref().is_some_and(|c| Arc::ptr_eq(c, instance));
         let Ok(vm) = self.get_vm(name) else { return };
-        if !current || self.check_local(&vm).is_err() {
+        if !current || self.ctl.hosts().check_local(&vm).is_err() {
             tracing::info!(vm = name, pid = instance.pid(), "a panic reported by a QEMU that is not the VM's any more");
             return;
         }
@@ -287,7 +292,7 @@ impl Controller {
 
     async fn on_exit(&self, name: &str, instance: &Arc<dyn Instance>, shutdown: Option<(bool, String)>) {
         {
-            let slot = self.inner.slot(name);
+            let slot = self.ctl.inner.slot(name);
             let mut current = lock(&slot.instance);
             if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, instance)) {
                 // An older QEMU of this VM (e.g. before a reboot): the VM has moved on.
@@ -298,12 +303,12 @@ impl Controller {
         // An operation in progress records its own outcome (a stop knows whether it had to
         // force); anything it leaves is the reconciler's to settle. Held from here, so that an
         // operation ending meanwhile is seen in the record read next.
-        let Ok(_op) = self.inner.slot(name).op.clone().try_lock_owned() else { return };
+        let Ok(_op) = self.ctl.inner.slot(name).op.clone().try_lock_owned() else { return };
         let Ok(vm) = self.get_vm(name) else { return };
         let crashed = vm.status.state == VmState::Crashed;
         let by_user = vm.desired == DesiredState::Stopped;
         // A VM that migrated away is its new host's: this QEMU's end is not the VM's.
-        if self.check_local(&vm).is_err() || vm.status.state == VmState::Stopped {
+        if self.ctl.hosts().check_local(&vm).is_err() || vm.status.state == VmState::Stopped {
             return;
         }
         let reason = match (&shutdown, by_user, crashed) {
@@ -341,7 +346,7 @@ impl Controller {
         let why = why.to_string();
         tokio::spawn(async move {
             // Give an operation that is ending a moment, then take the VM's lock.
-            let slot = me.inner.slot(&name);
+            let slot = me.ctl.inner.slot(&name);
             let Ok(_guard) = tokio::time::timeout(Duration::from_secs(30), slot.op.clone().lock_owned()).await else {
                 return;
             };
@@ -349,7 +354,7 @@ impl Controller {
             if vm.status.state != VmState::Stopped || vm.desired != DesiredState::Running {
                 return;
             }
-            let Ok(task) = me.inner.tasks.create("vm.restart", &format!("vms/{name}")) else { return };
+            let Ok(task) = me.ctl.inner.tasks.create("vm.restart", &format!("vms/{name}")) else { return };
             task.progress(5, &format!("restarting by policy: {why}"));
             let r = me.do_start(&name, &task).await.map_err(|e| e.to_string());
             task.finish(r);
@@ -358,9 +363,9 @@ impl Controller {
 
     pub(crate) fn mark_stopped(&self, name: &str, reason: &str) {
         if let Ok(vm) = self.get_vm(name) {
-            self.stop_mpaths(&vm.id);
-            self.release_network(&vm.id, &vm.spec);
-            self.release_hugepages(&vm.id);
+            self.ctl.nbd().stop_mpaths(&vm.id);
+            self.ctl.networks().release_network(&vm.id, &vm.spec);
+            self.ctl.resources().release_hugepages(&vm.id);
         }
         // One write: no reader ever sees a VM "running" without a process.
         self.set_state_with(name, VmState::Stopped, reason, |vm| {
@@ -372,7 +377,7 @@ impl Controller {
     }
 
     pub(crate) fn set_desired(&self, name: &str, desired: DesiredState) -> Result<(), ControlError> {
-        let found = self.inner.store.update_record::<Vm>(name, |vm| vm.desired = desired)?;
+        let found = self.ctl.inner.store.update_record::<Vm>(name, |vm| vm.desired = desired)?;
         found.map(|_| ()).ok_or_else(|| ControlError::vm_not_found(name))
     }
 
@@ -395,7 +400,7 @@ impl Controller {
         });
         if changed {
             tracing::info!(vm = %name, state = state.as_str(), "{reason}");
-            self.inner.emit(Event::VmState {
+            self.ctl.inner.emit(Event::VmState {
                 vm: name.to_string(),
                 state,
                 reason: reason.to_string(),
@@ -405,13 +410,13 @@ impl Controller {
     }
 
     fn update_vm_record(&self, name: &str, f: impl FnMut(&mut Vm)) {
-        if let Err(e) = self.inner.store.update_record::<Vm>(name, f) {
+        if let Err(e) = self.ctl.inner.store.update_record::<Vm>(name, f) {
             tracing::error!(vm = %name, "could not record VM status: {e}");
         }
     }
 
     fn emit_guest(&self, name: &str, what: &str) {
-        self.inner.emit(Event::VmGuest { vm: name.to_string(), what: what.to_string(), time: now_millis() });
+        self.ctl.inner.emit(Event::VmGuest { vm: name.to_string(), what: what.to_string(), time: now_millis() });
     }
 }
 

@@ -1,7 +1,7 @@
 //! `nbd` pools: their export daemons (one per path), supervised, and the multipath proxies that
 //! connect a VM's disk to a pool with several paths.
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_model::{Pool, PoolKind, Volume};
 use oxvirt_storage::nbd::{nbd_user, ExportDaemon};
 use oxvirt_store::StoreExt;
@@ -10,13 +10,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+crate::service! {
+    /// `nbd` pools' export daemons and the multipath proxies between them and a VM's QEMU.
+    Nbd, nbd, state = nbd
+}
+
+/// What this service keeps between requests (held by the controller, reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// The export daemons of `nbd` pools, by pool.
+    pub export_daemons:
+        tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<oxvirt_storage::nbd::ExportDaemon>>>,
+}
+
 fn daemon_key(pool: &str, path: u8) -> String {
     format!("{pool}#{path}")
 }
 
-impl Controller {
+impl Nbd {
     fn export_dir(&self, pool: &str, path: u8) -> PathBuf {
-        self.inner.config.data_dir.join("nbd").join(pool).join(format!("path{path}"))
+        self.ctl.inner.config.data_dir.join("nbd").join(pool).join(format!("path{path}"))
     }
 
     /// The running export daemons of an `nbd` pool, one per path: started (or found again) when
@@ -24,7 +37,7 @@ impl Controller {
     pub(crate) async fn export_daemons(&self, pool: &Pool) -> Result<Vec<Arc<ExportDaemon>>, ControlError> {
         let mut out = Vec::new();
         let shared = pool.spec.paths > 1;
-        let mut daemons = self.inner.export_daemons.lock().await;
+        let mut daemons = self.state().export_daemons.lock().await;
         for path in 0..pool.spec.paths {
             let key = daemon_key(&pool.spec.name, path);
             if let Some(d) = daemons.get(&key).filter(|d| d.is_alive()) {
@@ -37,9 +50,9 @@ impl Controller {
             let d = Arc::new(
                 ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name, path), Some(nbd_user()?)).await?,
             );
-            self.share_socket(&d.nbd_socket());
-            for (v, _) in self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
-                let served = match self.volume_file(pool, &v.name, v.format) {
+            self.ctl.vms().share_socket(&d.nbd_socket());
+            for (v, _) in self.ctl.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
+                let served = match self.ctl.storage().volume_file(pool, &v.name, v.format) {
                     Ok(file) => d.export(&v.name, &file, v.format, shared).await.map_err(ControlError::from),
                     Err(e) => Err(e),
                 };
@@ -67,7 +80,7 @@ impl Controller {
     }
 
     pub(crate) async fn stop_export_daemons(&self, pool: &str) {
-        let mut daemons = self.inner.export_daemons.lock().await;
+        let mut daemons = self.state().export_daemons.lock().await;
         let keys: Vec<String> = daemons.keys().filter(|k| k.split('#').next() == Some(pool)).cloned().collect();
         for k in keys {
             if let Some(d) = daemons.remove(&k) {
@@ -78,7 +91,7 @@ impl Controller {
 
     /// Keeps the export daemons of `nbd` pools running (called by the reconciler).
     pub(crate) async fn supervise_export_daemons(&self) {
-        let Ok(pools) = self.inner.store.list_records::<Pool>() else { return };
+        let Ok(pools) = self.ctl.inner.store.list_records::<Pool>() else { return };
         for (p, _) in pools.iter().filter(|(p, _)| p.spec.kind == PoolKind::Nbd) {
             if let Err(e) = self.export_daemons(p).await {
                 tracing::error!(pool = %p.spec.name, "export daemon: {e}");
@@ -99,7 +112,7 @@ impl Controller {
     /// A multipath proxy's socket: in a directory of the VM's own inside its (root's) run
     /// directory, the one place there the proxy, running as the VM's user, may write.
     fn mpath_socket(&self, vm_id: &str, disk_id: &str) -> PathBuf {
-        self.inner.paths(vm_id).dir().join("mpath").join(format!("{disk_id}.sock"))
+        self.ctl.inner.paths(vm_id).dir().join("mpath").join(format!("{disk_id}.sock"))
     }
 
     /// Makes sure what a VM's disks need is being served: export daemons, and multipath proxies.
@@ -107,13 +120,13 @@ impl Controller {
         for (i, d) in spec.disks.iter().enumerate() {
             let Some(r) = &d.volume else { continue };
             let (pool, name) = oxvirt_model::parse_volume_ref(&format!("disks[{i}].volume"), r)?;
-            let p = self.pool_rec(&pool)?;
+            let p = self.ctl.storage().pool_rec(&pool)?;
             if p.spec.kind != PoolKind::Nbd {
                 continue;
             }
-            let (vol, _) = self.volume_rec(&pool, &name)?;
-            self.ensure_not_busy(&vol.reference())?;
-            let file = self.volume_file(&p, &name, vol.format)?;
+            let (vol, _) = self.ctl.storage().volume_rec(&pool, &name)?;
+            self.ctl.storage().ensure_not_busy(&vol.reference())?;
+            let file = self.ctl.storage().volume_file(&p, &name, vol.format)?;
             let daemons = self.export_daemons(&p).await?;
             for daemon in &daemons {
                 daemon.export(&name, &file, vol.format, p.spec.paths > 1).await?;
@@ -121,7 +134,7 @@ impl Controller {
             if p.spec.paths > 1 {
                 let disk_id = oxvirt_hypervisor::qemu::cmdline::disk_id(d, i);
                 let upstream: Vec<PathBuf> = daemons.iter().map(|d| d.nbd_socket()).collect();
-                let run_as = self.run_as(&spec.name)?;
+                let run_as = self.ctl.vms().run_as(&spec.name)?;
                 self.ensure_mpath(vm_id, &disk_id, &upstream, run_as).await?;
             }
         }
@@ -138,7 +151,7 @@ impl Controller {
         upstream: &[PathBuf],
         run_as: Option<(u32, u32)>,
     ) -> Result<(), ControlError> {
-        let dir = self.inner.paths(vm_id).dir().to_path_buf();
+        let dir = self.ctl.inner.paths(vm_id).dir().to_path_buf();
         let listen = self.mpath_socket(vm_id, disk_id);
         let sock_dir = listen.parent().unwrap_or(&dir).to_path_buf();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&sock_dir).map_err(|e| io(&sock_dir, e))?;
@@ -177,7 +190,7 @@ impl Controller {
         });
         for _ in 0..100 {
             if listen.exists() {
-                self.share_socket(&listen);
+                self.ctl.vms().share_socket(&listen);
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -195,7 +208,7 @@ impl Controller {
         work: impl std::future::Future<Output = Result<T, ControlError>>,
     ) -> Result<T, ControlError> {
         if let Some(vm) = &vol.attached_to {
-            if self.get_vm(vm)?.status.state.has_process() {
+            if self.ctl.vms().get_vm(vm)?.status.state.has_process() {
                 return Err(ControlError::Conflict(format!(
                     "{what} of volume {} needs VM {vm} stopped: it reaches the volume over NBD",
                     vol.reference()
@@ -203,7 +216,7 @@ impl Controller {
             }
         }
         let daemons = self.export_daemons(pool).await?;
-        let file = self.volume_file(pool, &vol.name, vol.format)?;
+        let file = self.ctl.storage().volume_file(pool, &vol.name, vol.format)?;
         let shared = pool.spec.paths > 1;
         let mut unexported: Vec<Arc<ExportDaemon>> = Vec::new();
         for d in &daemons {
@@ -228,7 +241,7 @@ impl Controller {
 
     /// Ends the multipath proxies of a VM whose QEMU is gone.
     pub(crate) fn stop_mpaths(&self, vm_id: &str) {
-        let dir = self.inner.paths(vm_id).dir().to_path_buf();
+        let dir = self.ctl.inner.paths(vm_id).dir().to_path_buf();
         let Ok(entries) = std::fs::read_dir(&dir) else { return };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -2,12 +2,28 @@
 //! (`alive/<name>`, held by an etcd lease while the daemon lives) and its turn at leading; the
 //! hosts as the API shows them; leaving, refused while the host still has VMs.
 
-use crate::{now_millis, ControlError, Controller};
+pub mod placement;
+
+use crate::{now_millis, ControlError};
 use oxvirt_model::Vm;
 use oxvirt_store::{Expect, Session, StoreExt};
 use std::sync::Arc;
 
 pub use oxvirt_model::HostRecord;
+
+crate::service! {
+    /// Cluster identity: membership, host records, maintenance, placement and rebalancing.
+    Hosts, hosts, state = hosts
+}
+
+/// What this service keeps between requests (held by the controller, reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// This daemon's cluster membership (etcd store only).
+    pub membership: std::sync::Mutex<Option<std::sync::Arc<Membership>>>,
+    /// When the leader last rebalanced.
+    pub last_rebalance: std::sync::Mutex<Option<std::time::Instant>>,
+}
 
 /// A host as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -26,39 +42,40 @@ pub struct Membership {
     pub session: Session,
 }
 
-impl Controller {
+impl Hosts {
     /// Joins the cluster: the host's record is written (or refreshed) and its presence held.
     pub fn join_cluster(&self, name: &str, address: &str, session: Session) -> Result<(), ControlError> {
         oxvirt_model::validate_name("cluster.host_name", name)?;
         let rec = HostRecord {
             name: name.into(),
             address: address.into(),
-            cpus: self.inner.host.cpus,
-            memory: self.inner.host.memory_bytes,
+            cpus: self.ctl.inner.host.cpus,
+            memory: self.ctl.inner.host.memory_bytes,
             joined_at: now_millis(),
             maintenance: false,
             pools: vec![],
             networks: vec![],
             cpu_pressure: 0.0,
-            migration_tls: self.inner.config.migration_tls,
+            migration_tls: self.ctl.inner.config.migration_tls,
         };
         let key = format!("hosts/{name}");
-        let joined = self.inner.store.get(&key)?.and_then(|e| serde_json::from_slice::<HostRecord>(&e.value).ok());
+        let joined = self.ctl.inner.store.get(&key)?.and_then(|e| serde_json::from_slice::<HostRecord>(&e.value).ok());
         let rec = HostRecord {
             joined_at: joined.as_ref().map(|j| j.joined_at).unwrap_or(rec.joined_at),
             maintenance: joined.is_some_and(|j| j.maintenance),
             ..rec
         };
         let rec = self.with_reach(rec);
-        self.inner.store.put(&key, oxvirt_store::encode(&rec), Expect::Any)?;
-        *crate::lock(&self.inner.membership) = Some(Arc::new(Membership { name: name.into(), session }));
-        self.inner.tasks.set_host(name);
+        self.ctl.inner.store.put(&key, oxvirt_store::encode(&rec), Expect::Any)?;
+        *crate::lock(&self.state().membership) = Some(Arc::new(Membership { name: name.into(), session }));
+        self.ctl.inner.tasks.set_host(name);
         Ok(())
     }
 
     /// The hosts whose daemons hold their lease now.
     pub(crate) fn alive_hosts(&self) -> Result<Vec<String>, ControlError> {
         Ok(self
+            .ctl
             .inner
             .store
             .list("alive/")?
@@ -68,11 +85,18 @@ impl Controller {
     }
 
     pub(crate) fn host_records(&self) -> Result<Vec<HostRecord>, ControlError> {
-        Ok(self.inner.store.list("hosts/")?.into_iter().filter_map(|e| serde_json::from_slice(&e.value).ok()).collect())
+        Ok(self
+            .ctl
+            .inner
+            .store
+            .list("hosts/")?
+            .into_iter()
+            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+            .collect())
     }
 
     pub(crate) fn host_record(&self, name: &str) -> Result<Option<HostRecord>, ControlError> {
-        Ok(self.inner.store.get(&format!("hosts/{name}"))?.and_then(|e| serde_json::from_slice(&e.value).ok()))
+        Ok(self.ctl.inner.store.get(&format!("hosts/{name}"))?.and_then(|e| serde_json::from_slice(&e.value).ok()))
     }
 
     /// A host a VM may be sent to (named in `field`): known, online, not in maintenance.
@@ -80,7 +104,7 @@ impl Controller {
         let rec = self
             .host_record(name)?
             .ok_or_else(|| ControlError::invalid(field, format!("there is no host named {name} in the cluster")))?;
-        if self.inner.store.get(&format!("alive/{name}"))?.is_none() {
+        if self.ctl.inner.store.get(&format!("alive/{name}"))?.is_none() {
             return Err(ControlError::invalid(field, format!("host {name} is offline")));
         }
         if rec.maintenance {
@@ -100,18 +124,18 @@ impl Controller {
 
     /// This host's name in the cluster (None on a single host).
     pub fn host_name(&self) -> Option<String> {
-        crate::lock(&self.inner.membership).as_ref().map(|m| m.name.clone())
+        crate::lock(&self.state().membership).as_ref().map(|m| m.name.clone())
     }
 
     pub async fn cluster_hosts(&self) -> Result<Vec<HostView>, ControlError> {
-        let Some(m) = crate::lock(&self.inner.membership).clone() else {
+        let Some(m) = crate::lock(&self.state().membership).clone() else {
             return Err(ControlError::Conflict(
                 "this host is not in a cluster (the store is SQLite): see [store] in oxvirtd.toml".into(),
             ));
         };
         let leader = m.session.leader().await;
         let alive = self.alive_hosts()?;
-        let vms = self.list_vms()?;
+        let vms = self.ctl.vms().list_vms()?;
         Ok(self
             .host_records()?
             .into_iter()
@@ -127,11 +151,11 @@ impl Controller {
     /// Starts a VM where it belongs: here as a task, or (another host's VM) by asking for it in the
     /// store, where its host's reconciler picks it up.
     pub fn start_where_it_belongs(&self, name: &str) -> Result<Option<oxvirt_model::Task>, ControlError> {
-        let vm = self.get_vm(name)?;
+        let vm = self.ctl.vms().get_vm(name)?;
         if self.check_local(&vm).is_ok() {
-            return self.vm_action(name, oxvirt_model::VmAction::Start).map(Some);
+            return self.ctl.vms().vm_action(name, oxvirt_model::VmAction::Start).map(Some);
         }
-        self.set_desired(name, oxvirt_model::DesiredState::Running)?;
+        self.ctl.vms().set_desired(name, oxvirt_model::DesiredState::Running)?;
         Ok(None)
     }
 
@@ -149,6 +173,7 @@ impl Controller {
     /// This host's record with what it reaches now.
     fn with_reach(&self, rec: HostRecord) -> HostRecord {
         let pools = self
+            .ctl
             .inner
             .store
             .list_records::<oxvirt_model::Pool>()
@@ -163,6 +188,7 @@ impl Controller {
             .map(|(p, _)| p.spec.name)
             .collect();
         let mut networks: Vec<String> = self
+            .ctl
             .inner
             .store
             .list_records::<oxvirt_model::Network>()
@@ -195,7 +221,8 @@ impl Controller {
             || fresh.networks != rec.networks
             || (fresh.cpu_pressure - rec.cpu_pressure).abs() > 0.05;
         if changed {
-            if let Err(e) = self.inner.store.put(&format!("hosts/{me}"), oxvirt_store::encode(&fresh), Expect::Any) {
+            if let Err(e) = self.ctl.inner.store.put(&format!("hosts/{me}"), oxvirt_store::encode(&fresh), Expect::Any)
+            {
                 tracing::warn!("cannot refresh this host's record: {e}");
             }
         }
@@ -211,12 +238,12 @@ impl Controller {
             return Err(ControlError::Conflict(format!("drain host {name} through its own API (it migrates its VMs)")));
         }
         rec.maintenance = on;
-        self.inner.store.put(&format!("hosts/{name}"), oxvirt_store::encode(&rec), Expect::Any)?;
+        self.ctl.inner.store.put(&format!("hosts/{name}"), oxvirt_store::encode(&rec), Expect::Any)?;
         if !on {
             return Ok(vec![]);
         }
         let mut tasks = Vec::new();
-        for vm in self.list_vms()?.into_iter().filter(|v| v.host.as_deref() == Some(name)) {
+        for vm in self.ctl.vms().list_vms()?.into_iter().filter(|v| v.host.as_deref() == Some(name)) {
             if vm.status.state != oxvirt_model::VmState::Running {
                 continue;
             }
@@ -229,15 +256,21 @@ impl Controller {
                 auto_converge: true,
                 postcopy: false,
             };
-            tasks.push(self.migrate_vm(&vm.spec.name, req)?);
+            tasks.push(self.ctl.migrations().migrate_vm(&vm.spec.name, req)?);
         }
         Ok(tasks)
     }
 
     /// Takes a host out of the cluster's records; refused while VMs are on it.
     pub fn leave_cluster(&self, name: &str) -> Result<(), ControlError> {
-        let on: Vec<String> =
-            self.list_vms()?.into_iter().filter(|v| v.host.as_deref() == Some(name)).map(|v| v.spec.name).collect();
+        let on: Vec<String> = self
+            .ctl
+            .vms()
+            .list_vms()?
+            .into_iter()
+            .filter(|v| v.host.as_deref() == Some(name))
+            .map(|v| v.spec.name)
+            .collect();
         if !on.is_empty() {
             return Err(ControlError::InUse(format!(
                 "host {name} still has VM(s) {}: move or delete them first",
@@ -245,10 +278,10 @@ impl Controller {
             )));
         }
         let key = format!("hosts/{name}");
-        if self.inner.store.get(&key)?.is_none() {
+        if self.ctl.inner.store.get(&key)?.is_none() {
             return Err(ControlError::NotFound { kind: "host", name: name.into() });
         }
-        self.inner.store.delete(&key, Expect::Any)?;
+        self.ctl.inner.store.delete(&key, Expect::Any)?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Attaching and detaching a VM's disks, hot-plugged when it runs.
 
 use crate::vms::{assign_disk_ids, busy};
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_model::{DiskSpec, MachineType, Vm};
 use oxvirt_store::{Expect, StoreExt};
 use std::time::Duration;
@@ -9,11 +9,12 @@ use std::time::Duration;
 /// How long the guest gets to release an unplugged disk.
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl Controller {
+impl crate::Vms {
     /// Adds a disk to a VM; a running VM gets it at once (hot-plug).
     pub async fn attach_disk(&self, caller: &str, vm: &str, disk: DiskSpec) -> Result<Vm, ControlError> {
-        let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
-        let (current, rev) = self.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
+        let _guard = self.ctl.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
+        let (current, rev) =
+            self.ctl.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
         let running = current.status.state.has_process();
         if running && current.spec.machine == MachineType::Microvm {
             return Err(ControlError::Conflict("a running microvm VM cannot hot-plug disks: stop it first".into()));
@@ -22,16 +23,16 @@ impl Controller {
         spec.disks.push(disk);
         assign_disk_ids(&mut spec);
         spec.validate()?;
-        self.check_references(caller, Some(&current.spec), &mut spec)?;
-        self.local_volumes_host(&spec, current.host.as_deref())?;
-        self.check_quota(&spec)?;
+        self.ctl.access().check_references(caller, Some(&current.spec), &mut spec)?;
+        self.ctl.storage().local_volumes_host(&spec, current.host.as_deref())?;
+        self.ctl.projects().check_quota(&spec)?;
         let index = spec.disks.len() - 1;
         let new = Vm { spec, ..current.clone() };
-        self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
+        self.ctl.storage().write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
         if running {
             let plugged = async {
-                self.prepare_storage(&new.id, &new.spec).await?;
-                let resolved = self.resolve_disks(&new.id, &new.spec)?;
+                self.ctl.nbd().prepare_storage(&new.id, &new.spec).await?;
+                let resolved = self.ctl.storage().resolve_disks(&new.id, &new.spec)?;
                 self.instance(vm)?.hotplug_disk(&resolved.disks[index]).await?;
                 Ok::<(), ControlError>(())
             }
@@ -39,9 +40,9 @@ impl Controller {
             if let Err(e) = plugged {
                 // Undo the definition (only it: the status may have moved meanwhile); the volume
                 // is let go in the same transaction.
-                if let Some((now, rev2)) = self.inner.store.get_record::<Vm>(vm)? {
+                if let Some((now, rev2)) = self.ctl.inner.store.get_record::<Vm>(vm)? {
                     let undone = Vm { spec: current.spec.clone(), ..now.clone() };
-                    self.write_vm_with_claims(&undone, Expect::Revision(rev2), Some(&now.spec))?;
+                    self.ctl.storage().write_vm_with_claims(&undone, Expect::Revision(rev2), Some(&now.spec))?;
                 }
                 return Err(e);
             }
@@ -51,7 +52,7 @@ impl Controller {
 
     /// Removes a disk from a VM; a running VM's guest is asked to release it first.
     pub async fn detach_disk(&self, vm: &str, disk_id: &str) -> Result<Vm, ControlError> {
-        let _guard = self.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
+        let _guard = self.ctl.inner.slot(vm).op.clone().try_lock_owned().map_err(|_| busy(vm))?;
         let current = self.get_vm(vm)?;
         let index = disk_index(&current, disk_id)?;
         if current.status.state.has_process() {
@@ -60,11 +61,11 @@ impl Controller {
             }
             self.instance(vm)?.unplug_disk(disk_id, UNPLUG_TIMEOUT).await?;
         }
-        let (now, rev) = self.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
+        let (now, rev) = self.ctl.inner.store.get_record::<Vm>(vm)?.ok_or_else(|| ControlError::vm_not_found(vm))?;
         let mut spec = now.spec.clone();
         spec.disks.remove(index);
         let new = Vm { spec, ..now.clone() };
-        self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&now.spec))?;
+        self.ctl.storage().write_vm_with_claims(&new, Expect::Revision(rev), Some(&now.spec))?;
         Ok(new)
     }
 }

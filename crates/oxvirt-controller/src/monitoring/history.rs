@@ -1,7 +1,7 @@
 //! A short history of the main figures of the host and each VM (the last hour at 5 s steps), for
 //! `oxvirt vm top`, `oxvirt host top` and the web console.
 
-use crate::{lock, now_millis, Controller};
+use crate::{lock, now_millis};
 use oxvirt_model::Millis;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ pub(crate) fn host_jiffies() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-impl Controller {
+impl crate::Monitoring {
     /// Samples every [`STEP`] for the daemon's life.
     pub fn start_history(&self) {
         let me = self.clone();
@@ -76,7 +76,7 @@ impl Controller {
         let stats = self.stats_max_age(STEP).await;
         let now = Instant::now();
         let time = now_millis();
-        let mut h = lock(&self.inner.history);
+        let mut h = lock(&self.state().history);
         let names: std::collections::HashSet<String> = stats.vms.iter().map(|v| v.vm.name.clone()).collect();
         h.vms.retain(|k, _| names.contains(k));
         h.last_vm.retain(|k, _| names.contains(k));
@@ -129,13 +129,13 @@ impl Controller {
 
     /// A VM's samples, oldest first (empty for a VM not yet sampled).
     pub fn vm_history(&self, name: &str) -> Result<Vec<VmSample>, crate::ControlError> {
-        self.get_vm(name)?;
-        Ok(lock(&self.inner.history).vms.get(name).map(|q| q.iter().cloned().collect()).unwrap_or_default())
+        self.ctl.vms().get_vm(name)?;
+        Ok(lock(&self.state().history).vms.get(name).map(|q| q.iter().cloned().collect()).unwrap_or_default())
     }
 
     /// The latest sample of every VM.
     pub fn vm_latest(&self) -> Vec<(String, VmSample)> {
-        let h = lock(&self.inner.history);
+        let h = lock(&self.state().history);
         let mut v: Vec<(String, VmSample)> =
             h.vms.iter().filter_map(|(k, q)| Some((k.clone(), q.back()?.clone()))).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -143,7 +143,7 @@ impl Controller {
     }
 
     pub fn host_history(&self) -> Vec<HostSample> {
-        lock(&self.inner.history).host.iter().cloned().collect()
+        lock(&self.state().history).host.iter().cloned().collect()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Local users (argon2id password hashes), their grants (the ACL) and the checks every request
 //! goes through; logging in gives a token that expires.
 
-use crate::{now_millis, ControlError, Controller};
+use crate::{now_millis, ControlError};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use oxvirt_model::{role_on, AclEntry, AclList, NewToken, Privilege, User, UserSpec, UserView, ValidationError, ROOT};
@@ -23,9 +23,9 @@ fn view(u: User) -> UserView {
     UserView { name: u.name, created_at: u.created_at }
 }
 
-impl Controller {
+impl super::Access {
     pub fn list_users(&self) -> Result<Vec<UserView>, ControlError> {
-        Ok(self.inner.store.list_records::<User>()?.into_iter().map(|(u, _)| view(u)).collect())
+        Ok(self.ctl.inner.store.list_records::<User>()?.into_iter().map(|(u, _)| view(u)).collect())
     }
 
     pub fn create_user(&self, spec: UserSpec) -> Result<UserView, ControlError> {
@@ -36,7 +36,7 @@ impl Controller {
             .map_err(|e| ControlError::Host(format!("hash password: {e}")))?
             .to_string();
         let u = User { name: spec.name.clone(), password_hash: hash, created_at: now_millis() };
-        match self.inner.store.put_record(&u.name, &u, Expect::Absent) {
+        match self.ctl.inner.store.put_record(&u.name, &u, Expect::Absent) {
             Ok(_) => Ok(view(u)),
             Err(oxvirt_store::StoreError::Conflict { .. }) => Err(ControlError::Exists(ValidationError::new(
                 "name",
@@ -49,13 +49,14 @@ impl Controller {
     /// Deletes a user, their grants and their tokens.
     pub fn delete_user(&self, name: &str) -> Result<(), ControlError> {
         let (_, rev) = self
+            .ctl
             .inner
             .store
             .get_record::<User>(name)?
             .ok_or_else(|| ControlError::NotFound { kind: "user", name: name.into() })?;
-        self.inner.store.delete_record::<User>(name, Expect::Revision(rev))?;
+        self.ctl.inner.store.delete_record::<User>(name, Expect::Revision(rev))?;
         let acl: Vec<AclEntry> = self.acl()?.into_iter().filter(|e| e.user != name).collect();
-        self.inner.store.put_record("all", &AclList(acl), Expect::Any)?;
+        self.ctl.inner.store.put_record("all", &AclList(acl), Expect::Any)?;
         for t in self.list_tokens(Some(name))? {
             let _ = self.revoke_token(&t.id);
         }
@@ -64,7 +65,7 @@ impl Controller {
 
     /// Checks a password; any failure looks the same to the caller.
     pub fn verify_password(&self, user: &str, password: &str) -> bool {
-        let Ok(Some((u, _))) = self.inner.store.get_record::<User>(user) else {
+        let Ok(Some((u, _))) = self.ctl.inner.store.get_record::<User>(user) else {
             // Same work as a real check, so timing does not tell which users exist.
             if let Ok(salt) = new_salt() {
                 let _ = Argon2::default().hash_password(password.as_bytes(), &salt);
@@ -81,8 +82,8 @@ impl Controller {
     pub fn login(&self, user: &str, password: &str, from: &str) -> Result<NewToken, ControlError> {
         let now = std::time::Instant::now();
         // The guard keeps names no longer than a user's can be.
-        let user = &crate::audit::cut(user, 64);
-        if let Err(b) = crate::lock(&self.inner.login_guard).begin(user, from, now) {
+        let user = &crate::access::audit::cut(user, 64);
+        if let Err(b) = crate::lock(&self.state().login_guard).begin(user, from, now) {
             let secs = b.retry_after.as_secs().max(1);
             tracing::warn!(user, from, "login refused: {} is backing off for {secs} s after failed logins", b.key);
             return Err(ControlError::TooManyRequests {
@@ -92,27 +93,27 @@ impl Controller {
         }
         if !self.verify_password(user, password) {
             // The wait runs from the refusal (the hash took its time).
-            crate::lock(&self.inner.login_guard).failed(user, from, std::time::Instant::now());
+            crate::lock(&self.state().login_guard).failed(user, from, std::time::Instant::now());
             tracing::warn!(user, from, "failed login");
             return Err(ControlError::Unauthorized("wrong user name or password".into()));
         }
-        crate::lock(&self.inner.login_guard).succeeded(user, from);
+        crate::lock(&self.state().login_guard).succeeded(user, from);
         self.create_token(user, "login", Some(LOGIN_TTL_MS))
     }
 
     pub fn acl(&self) -> Result<Vec<AclEntry>, ControlError> {
-        Ok(self.inner.store.get_record::<AclList>("all")?.map(|(a, _)| a.0).unwrap_or_default())
+        Ok(self.ctl.inner.store.get_record::<AclList>("all")?.map(|(a, _)| a.0).unwrap_or_default())
     }
 
     /// Replaces all grants at once.
     pub fn set_acl(&self, acl: Vec<AclEntry>) -> Result<Vec<AclEntry>, ControlError> {
         for (i, e) in acl.iter().enumerate() {
             e.validate(&format!("[{i}]"))?;
-            if e.user != ROOT && self.inner.store.get_record::<User>(&e.user)?.is_none() {
+            if e.user != ROOT && self.ctl.inner.store.get_record::<User>(&e.user)?.is_none() {
                 return Err(ControlError::invalid(format!("[{i}].user"), format!("there is no user named {}", e.user)));
             }
         }
-        self.inner.store.put_record("all", &AclList(acl.clone()), Expect::Any)?;
+        self.ctl.inner.store.put_record("all", &AclList(acl.clone()), Expect::Any)?;
         Ok(acl)
     }
 
@@ -126,7 +127,7 @@ impl Controller {
         // A VM in a project: a grant on the project counts, unless the VM has one of its own.
         if let Some(vm) = resource.strip_prefix("/vms/") {
             let own = acl.iter().any(|e| e.user == user && e.path == resource);
-            let project = self.get_vm(vm).ok().and_then(|v| v.spec.project);
+            let project = self.ctl.vms().get_vm(vm).ok().and_then(|v| v.spec.project);
             if let (false, Some(p)) = (own, project) {
                 let path = format!("/projects/{p}");
                 if let Some(e) = acl.iter().find(|e| e.user == user && e.path == path) {

@@ -1,6 +1,6 @@
 //! API tokens: HTTPS requests carry one. The store keeps only their SHA-256.
 
-use crate::{now_millis, ControlError, Controller};
+use crate::{now_millis, ControlError};
 use oxvirt_model::{ApiToken, NewToken, ROOT};
 use oxvirt_store::{Expect, StoreExt};
 use sha2::{Digest, Sha256};
@@ -40,7 +40,7 @@ pub enum AdminToken {
     Kept,
 }
 
-impl Controller {
+impl crate::Access {
     /// The administrator token, kept in `path` (root's, 0600): made at first start (no token
     /// recorded yet); like every token it expires ([`DEFAULT_TOKEN_TTL_MS`]), and it is made
     /// again with a new secret within [`ADMIN_RENEW_BEFORE_MS`] of its expiry (checked at start
@@ -48,9 +48,9 @@ impl Controller {
     /// before tokens expired gets an expiry, its secret unchanged.
     pub fn ensure_admin_token(&self, path: &Path) -> Result<AdminToken, ControlError> {
         let now = now_millis();
-        let renew = match self.inner.store.get_record::<ApiToken>("admin")? {
+        let renew = match self.ctl.inner.store.get_record::<ApiToken>("admin")? {
             Some((t, rev)) if t.expires_at.is_none() => {
-                self.inner.store.put_record(
+                self.ctl.inner.store.put_record(
                     "admin",
                     &ApiToken { expires_at: Some(now + DEFAULT_TOKEN_TTL_MS), ..t },
                     Expect::Revision(rev),
@@ -61,7 +61,7 @@ impl Controller {
                 return Ok(AdminToken::Kept)
             }
             Some((_, rev)) => Expect::Revision(rev),
-            None if self.inner.store.list_records::<ApiToken>()?.is_empty() => Expect::Absent,
+            None if self.ctl.inner.store.list_records::<ApiToken>()?.is_empty() => Expect::Absent,
             None => return Ok(AdminToken::Kept),
         };
         let io = |e: std::io::Error| ControlError::Host(format!("admin token file {}: {e}", path.display()));
@@ -89,7 +89,7 @@ impl Controller {
         writeln!(f, "{secret}").map_err(io)?;
         f.sync_all().map_err(io)?;
         let made = matches!(renew, Expect::Absent);
-        if let Err(e) = self.inner.store.put_record(&token.id, &token, renew) {
+        if let Err(e) = self.ctl.inner.store.put_record(&token.id, &token, renew) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
         }
@@ -103,12 +103,12 @@ impl Controller {
     /// The token a bearer presented, if it is valid now: known, not expired, its user there.
     pub fn check_token(&self, presented: &str) -> Option<ApiToken> {
         let hash = sha256_hex(presented.trim());
-        let tokens = self.inner.store.list_records::<ApiToken>().ok()?;
+        let tokens = self.ctl.inner.store.list_records::<ApiToken>().ok()?;
         let t = tokens.into_iter().map(|(t, _)| t).find(|t| constant_time_eq(t.sha256.as_bytes(), hash.as_bytes()))?;
         if t.expires_at.is_some_and(|e| e <= now_millis()) {
             return None;
         }
-        if t.user != ROOT && self.inner.store.get_record::<oxvirt_model::User>(&t.user).ok()?.is_none() {
+        if t.user != ROOT && self.ctl.inner.store.get_record::<oxvirt_model::User>(&t.user).ok()?.is_none() {
             return None;
         }
         Some(t)
@@ -139,13 +139,14 @@ impl Controller {
             expires_at: ttl_ms.map(|t| now + t),
             created_at: now,
         };
-        self.inner.store.put_record(&token.id, &token, Expect::Absent)?;
+        self.ctl.inner.store.put_record(&token.id, &token, Expect::Absent)?;
         Ok(NewToken { token: ApiToken { sha256: String::new(), ..token }, secret })
     }
 
     /// Tokens (without their hashes): of one user, or all.
     pub fn list_tokens(&self, user: Option<&str>) -> Result<Vec<ApiToken>, ControlError> {
         Ok(self
+            .ctl
             .inner
             .store
             .list_records::<ApiToken>()?
@@ -156,7 +157,8 @@ impl Controller {
     }
 
     pub fn get_token(&self, id: &str) -> Result<ApiToken, ControlError> {
-        self.inner
+        self.ctl
+            .inner
             .store
             .get_record::<ApiToken>(id)?
             .map(|(t, _)| ApiToken { sha256: String::new(), ..t })
@@ -166,7 +168,7 @@ impl Controller {
     /// Revokes a token: the next request with it is refused.
     pub fn revoke_token(&self, id: &str) -> Result<(), ControlError> {
         self.get_token(id)?;
-        self.inner.store.delete_record::<ApiToken>(id, Expect::Any)?;
+        self.ctl.inner.store.delete_record::<ApiToken>(id, Expect::Any)?;
         Ok(())
     }
 }
@@ -174,6 +176,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Controller;
 
     fn controller(dir: &Path) -> Controller {
         let store = std::sync::Arc::new(oxvirt_store::SqliteStore::open(&dir.join("store.db")).unwrap());
@@ -186,31 +189,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c, file) = (controller(dir.path()), dir.path().join("admin.token"));
         let read = || std::fs::read_to_string(&file).unwrap().trim().to_string();
-        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Made);
+        assert_eq!(c.access().ensure_admin_token(&file).unwrap(), AdminToken::Made);
         let first = read();
-        let t = c.check_token(&first).expect("valid");
+        let t = c.access().check_token(&first).expect("valid");
         assert!(t.expires_at.unwrap() >= now_millis() + DEFAULT_TOKEN_TTL_MS - 60_000);
-        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Kept);
+        assert_eq!(c.access().ensure_admin_token(&file).unwrap(), AdminToken::Kept);
         assert_eq!(read(), first);
         // Six days from its expiry: a new secret in the file, the old one refused.
         c.inner
             .store
             .update_record::<ApiToken>("admin", |t| t.expires_at = Some(now_millis() + 6 * 24 * 3600 * 1000))
             .unwrap();
-        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Renewed);
+        assert_eq!(c.access().ensure_admin_token(&file).unwrap(), AdminToken::Renewed);
         let second = read();
         assert_ne!(second, first);
-        assert!(c.check_token(&first).is_none());
-        assert!(c.check_token(&second).is_some());
+        assert!(c.access().check_token(&first).is_none());
+        assert!(c.access().check_token(&second).is_some());
         // Recorded without an expiry (an older oxvirtd): it gets one, its secret unchanged.
         c.inner.store.update_record::<ApiToken>("admin", |t| t.expires_at = None).unwrap();
-        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Kept);
-        assert!(c.check_token(&second).unwrap().expires_at.is_some());
+        assert_eq!(c.access().ensure_admin_token(&file).unwrap(), AdminToken::Kept);
+        assert!(c.access().check_token(&second).unwrap().expires_at.is_some());
         // Revoked on purpose (other tokens exist): not made again.
-        c.create_token(ROOT, "ops", None).unwrap();
-        c.revoke_token("admin").unwrap();
-        assert_eq!(c.ensure_admin_token(&file).unwrap(), AdminToken::Kept);
-        assert!(c.check_token(&second).is_none());
+        c.access().create_token(ROOT, "ops", None).unwrap();
+        c.access().revoke_token("admin").unwrap();
+        assert_eq!(c.access().ensure_admin_token(&file).unwrap(), AdminToken::Kept);
+        assert!(c.access().check_token(&second).is_none());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! never more than the policy's `max_migrations` at once). The leader rebalances on its own
 //! when the policy says `auto`.
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_model::{ClusterPolicy, Migration, MigrationState, PlacementStrategy, RebalanceMode, Vm, VmSpec};
 use oxvirt_scheduler::{Cluster, Host, Move, Placed, Policy, Request, Strategy};
 use oxvirt_store::{Expect, Op, StoreExt};
@@ -47,14 +47,14 @@ fn request_of(spec: &VmSpec) -> Request {
     }
 }
 
-impl Controller {
+impl crate::Hosts {
     /// In a cluster: the write that takes the next placement turn, expecting the counter as it
     /// is now.
     pub(crate) fn placement_counter(&self) -> Result<Option<Op>, ControlError> {
         if self.host_name().is_none() {
             return Ok(None);
         }
-        let now = self.inner.store.get(PLACEMENT_COUNTER)?;
+        let now = self.ctl.inner.store.get(PLACEMENT_COUNTER)?;
         let (n, expect) = match &now {
             Some(e) => (String::from_utf8_lossy(&e.value).parse::<u64>().unwrap_or(0), Expect::Revision(e.revision)),
             None => (0, Expect::Absent),
@@ -63,13 +63,13 @@ impl Controller {
     }
 
     pub fn cluster_policy(&self) -> Result<ClusterPolicy, ControlError> {
-        Ok(self.inner.store.get_record::<ClusterPolicy>("policy")?.map(|(p, _)| p).unwrap_or_default())
+        Ok(self.ctl.inner.store.get_record::<ClusterPolicy>("policy")?.map(|(p, _)| p).unwrap_or_default())
     }
 
     pub fn set_cluster_policy(&self, p: ClusterPolicy) -> Result<ClusterPolicy, ControlError> {
         p.validate()?;
         self.in_cluster()?;
-        self.inner.store.put_record("policy", &p, Expect::Any)?;
+        self.ctl.inner.store.put_record("policy", &p, Expect::Any)?;
         Ok(p)
     }
 
@@ -85,7 +85,7 @@ impl Controller {
     /// policy.
     fn scheduler_view(&self, vms: &[Vm]) -> Result<(Vec<Host>, Vec<Placed>, Policy), ControlError> {
         let alive = self.alive_hosts()?;
-        let host_policy = self.host_policy()?;
+        let host_policy = self.ctl.resources().host_policy()?;
         let policy = Policy {
             strategy: match self.cluster_policy()?.strategy {
                 PlacementStrategy::Spread => Strategy::Spread,
@@ -132,14 +132,14 @@ impl Controller {
         };
         if let Some(h) = &spec.host {
             self.usable_host("host", h)?;
-            self.local_volumes_host(spec, Some(h))?;
+            self.ctl.storage().local_volumes_host(spec, Some(h))?;
             return Ok(Some((h.clone(), "asked for".into())));
         }
-        if let Some(h) = self.local_volumes_host(spec, None)? {
+        if let Some(h) = self.ctl.storage().local_volumes_host(spec, None)? {
             self.usable_host("disks", &h)?;
             return Ok(Some((h, "where its local disks are".into())));
         }
-        let (hosts, placed, policy) = self.scheduler_view(&self.list_vms()?)?;
+        let (hosts, placed, policy) = self.scheduler_view(&self.ctl.vms().list_vms()?)?;
         let mut cluster = Cluster::new(hosts, policy);
         for p in placed.iter().filter(|p| p.request.name != spec.name) {
             cluster.note_groups(&p.host, p.request.affinity.as_deref(), p.request.anti_affinity.as_deref());
@@ -155,10 +155,10 @@ impl Controller {
     pub fn rebalance(&self, start: bool) -> Result<RebalanceView, ControlError> {
         self.in_cluster()?;
         let policy = self.cluster_policy()?;
-        let vms = self.list_vms()?;
+        let vms = self.ctl.vms().list_vms()?;
         let (hosts, placed, sched) = self.scheduler_view(&vms)?;
         let running: Vec<Migration> =
-            self.inner.store.list_records::<Migration>()?.into_iter().map(|(m, _)| m).collect();
+            self.ctl.inner.store.list_records::<Migration>()?.into_iter().map(|(m, _)| m).collect();
         // Only running VMs move; those migrating already stay out of the plan.
         let movable: std::collections::HashSet<&str> = vms
             .iter()
@@ -174,7 +174,7 @@ impl Controller {
             let room = (policy.max_migrations as usize).saturating_sub(running.len());
             for m in moves.iter().take(room) {
                 let asked = Migration::new(&m.vm, &m.from, &m.to, MigrationState::Asked, crate::now_millis());
-                if self.inner.store.put_record(&m.vm, &asked, Expect::Absent).is_ok() {
+                if self.ctl.inner.store.put_record(&m.vm, &asked, Expect::Absent).is_ok() {
                     tracing::info!(vm = %m.vm, from = %m.from, to = %m.to, "rebalancing: {}", m.reason);
                     started.push(m.vm.clone());
                 }
@@ -186,13 +186,13 @@ impl Controller {
     /// The leader, each reconcile round: rebalances when the policy says `auto` and its interval
     /// has passed.
     pub(crate) async fn rebalance_round(&self) {
-        let Some(m) = crate::lock(&self.inner.membership).clone() else { return };
+        let Some(m) = crate::lock(&self.state().membership).clone() else { return };
         let Ok(policy) = self.cluster_policy() else { return };
         if policy.rebalance != RebalanceMode::Auto {
             return;
         }
         {
-            let last = crate::lock(&self.inner.last_rebalance);
+            let last = crate::lock(&self.state().last_rebalance);
             if last.is_some_and(|t| t.elapsed().as_secs() < policy.interval_secs) {
                 return;
             }
@@ -200,7 +200,7 @@ impl Controller {
         if m.session.leader().await.as_deref() != Some(m.name.as_str()) {
             return;
         }
-        *crate::lock(&self.inner.last_rebalance) = Some(std::time::Instant::now());
+        *crate::lock(&self.state().last_rebalance) = Some(std::time::Instant::now());
         match self.rebalance(true) {
             Ok(v) if !v.started.is_empty() => tracing::info!("rebalancing: migrating {}", v.started.join(", ")),
             Ok(_) => {}

@@ -2,8 +2,8 @@
 //! once its condition held for the rule's `for_secs`, and resolves when it no longer holds. Both
 //! go to the event stream and, when configured, to a webhook (an HTTP POST of the alert as JSON).
 
-use crate::stats::Stats;
-use crate::{lock, now_millis, Controller};
+use crate::monitoring::stats::Stats;
+use crate::{lock, now_millis};
 use oxvirt_model::{Alert, AlertKind, AlertRule, AlertState, Event, VmState};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -83,10 +83,10 @@ fn values(kind: AlertKind, s: &Stats, st: &mut AlertBook, now: Instant) -> Vec<(
     out
 }
 
-impl Controller {
+impl crate::Monitoring {
     /// The alerts firing now.
     pub fn alerts(&self) -> Vec<Alert> {
-        let st = lock(&self.inner.alerts);
+        let st = lock(&self.state().alerts);
         let mut v: Vec<Alert> = st.firing.values().cloned().collect();
         v.sort_by(|a, b| (&a.rule, &a.target).cmp(&(&b.rule, &b.target)));
         v
@@ -100,7 +100,7 @@ impl Controller {
                 tokio::time::sleep(cfg.interval).await;
                 let stats = me.stats_max_age(cfg.interval).await;
                 for alert in me.evaluate(&cfg.rules, &stats) {
-                    me.inner.emit(Event::Alert { alert: alert.clone(), time: now_millis() });
+                    me.ctl.inner.emit(Event::Alert { alert: alert.clone(), time: now_millis() });
                     if let Some(url) = &cfg.webhook {
                         let url = url.clone();
                         tokio::spawn(async move {
@@ -116,7 +116,7 @@ impl Controller {
 
     /// One round: the alerts that changed state.
     fn evaluate(&self, rules: &[AlertRule], stats: &Stats) -> Vec<Alert> {
-        let mut st = lock(&self.inner.alerts);
+        let mut st = lock(&self.state().alerts);
         let now = Instant::now();
         let now_ms = now_millis();
         let mut changed = Vec::new();

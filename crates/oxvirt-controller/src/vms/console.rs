@@ -2,7 +2,7 @@
 //! nothing is lost while the daemon is away; the daemon caps it by copy-and-truncate rotation
 //! (QEMU opened it with O_APPEND, so it keeps writing at the new end).
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_model::Vm;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -31,11 +31,11 @@ fn tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-impl Controller {
+impl crate::Vms {
     /// The end of a VM's console output (older rotated output first), at most `max` bytes.
     pub fn console_log(&self, name: &str, max: u64) -> Result<Vec<u8>, ControlError> {
         let vm = self.get_vm(name)?;
-        let path = self.inner.paths(&vm.id).console_log();
+        let path = self.ctl.inner.paths(&vm.id).console_log();
         let io = |e: std::io::Error| {
             ControlError::Hypervisor(oxvirt_hypervisor::HvError::io(format!("read {}", path.display()), e))
         };
@@ -51,7 +51,7 @@ impl Controller {
     /// The last lines QEMU wrote of a VM (its errors), for a message.
     pub(crate) fn qemu_log_tail(&self, name: &str) -> String {
         let Ok(vm) = self.get_vm(name) else { return String::new() };
-        let text = tail(&self.inner.paths(&vm.id).qemu_log(), 512).unwrap_or_default();
+        let text = tail(&self.ctl.inner.paths(&vm.id).qemu_log(), 512).unwrap_or_default();
         let text = String::from_utf8_lossy(&text);
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         match lines.len() {
@@ -63,22 +63,22 @@ impl Controller {
     /// The path of the serial console's socket, for an interactive console.
     pub fn console_socket(&self, name: &str) -> Result<PathBuf, ControlError> {
         let vm = self.get_vm(name)?;
-        Ok(self.inner.paths(&vm.id).console_socket())
+        Ok(self.ctl.inner.paths(&vm.id).console_socket())
     }
 
     /// A VM that migrated here: the console output it had on its former host becomes the older
     /// part of its log here, so that the log reads on where it was.
     pub(crate) fn carry_console_over(&self, name: &str, text: &[u8]) {
         let Ok(vm) = self.get_vm(name) else { return };
-        let path = rotated(&self.inner.paths(&vm.id).console_log());
+        let path = rotated(&self.ctl.inner.paths(&vm.id).console_log());
         if let Err(e) = std::fs::write(&path, text) {
             tracing::warn!(vm = name, "cannot keep the console output it had: {e}");
         }
     }
 
     pub(crate) fn rotate_console_log(&self, vm: &Vm) {
-        let paths = self.inner.paths(&vm.id);
-        let max = self.inner.config.console_log_max;
+        let paths = self.ctl.inner.paths(&vm.id);
+        let max = self.ctl.inner.config.console_log_max;
         // QEMU's own messages too: a guest can make QEMU report errors without end.
         for path in [paths.console_log(), paths.qemu_log()] {
             if let Err(e) = rotate_if_larger(&path, max) {

@@ -3,7 +3,7 @@
 //! The log is rotated by size (`audit.log.1` ... `audit.log.N`, oldest dropped) and read from its
 //! end, so neither writing nor reading it grows with its history.
 
-use crate::{lock, ControlError, Controller};
+use crate::{lock, ControlError};
 use oxvirt_model::AuditRecord;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,9 +16,9 @@ pub const AUDIT_KEEP: usize = 4;
 /// A record's request path is cut to this many bytes (a refused request's path is the caller's).
 pub const AUDIT_PATH_MAX: usize = 512;
 
-impl Controller {
+impl crate::Access {
     fn audit_path(&self) -> PathBuf {
-        self.inner.config.data_dir.join("audit.log")
+        self.ctl.inner.config.data_dir.join("audit.log")
     }
 
     /// Appends a record; a failure to write is logged, never hides the request's own result.
@@ -30,7 +30,7 @@ impl Controller {
             Ok(l) => l,
             Err(e) => return tracing::error!("audit record: {e}"),
         };
-        let _guard = lock(&self.inner.audit_lock);
+        let _guard = lock(&self.state().audit_lock);
         let path = self.audit_path();
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= AUDIT_MAX_BYTES) {
             if let Err(e) = rotate(&path, AUDIT_KEEP) {
@@ -52,7 +52,7 @@ impl Controller {
     /// files while more are wanted).
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, ControlError> {
         // No rotation while the files are read.
-        let _guard = lock(&self.inner.audit_lock);
+        let _guard = lock(&self.state().audit_lock);
         let path = self.audit_path();
         let mut files = vec![path.clone()];
         files.extend((1..=AUDIT_KEEP).map(|n| rotated(&path, n)));

@@ -2,7 +2,7 @@
 //! counter in the store, so no two VMs ever share one); what QEMU must still reach after giving up
 //! root (NBD and multipath sockets) is shared with the QEMU group.
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_hypervisor::qemu::confine::{share_with_qemus, QEMU_GID, UID_BASE};
 use oxvirt_model::Vm;
 use oxvirt_store::{Expect, Op, StoreExt};
@@ -10,11 +10,11 @@ use std::path::Path;
 
 const COUNTER: &str = "counters/qemu-uid";
 
-impl Controller {
+impl crate::Vms {
     /// The uid and gid a VM's QEMU runs as, given now if it has none; `None` when QEMU is not
     /// confined (config `confine_qemu = false`).
     pub(crate) fn run_as(&self, name: &str) -> Result<Option<(u32, u32)>, ControlError> {
-        if !self.inner.config.confine_qemu {
+        if !self.ctl.inner.config.confine_qemu {
             return Ok(None);
         }
         let vm = self.get_vm(name)?;
@@ -22,12 +22,12 @@ impl Controller {
             return Ok(Some((uid, QEMU_GID)));
         }
         for _ in 0..20 {
-            let cur = self.inner.store.get(COUNTER)?;
+            let cur = self.ctl.inner.store.get(COUNTER)?;
             let next: u32 =
                 cur.as_ref().and_then(|e| std::str::from_utf8(&e.value).ok()?.parse().ok()).unwrap_or(UID_BASE);
             let expect = cur.as_ref().map(|e| Expect::Revision(e.revision)).unwrap_or(Expect::Absent);
             let (vm_now, rev) =
-                self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+                self.ctl.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
             if let Some(uid) = vm_now.uid {
                 return Ok(Some((uid, QEMU_GID)));
             }
@@ -40,7 +40,7 @@ impl Controller {
                     expect: Expect::Revision(rev),
                 },
             ];
-            match self.inner.store.txn(ops) {
+            match self.ctl.inner.store.txn(ops) {
                 Ok(_) => return Ok(Some((next, QEMU_GID))),
                 Err(oxvirt_store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -51,7 +51,7 @@ impl Controller {
 
     /// A socket every confined QEMU may connect to (NBD exports, multipath proxies).
     pub(crate) fn share_socket(&self, path: &Path) {
-        if self.inner.config.confine_qemu {
+        if self.ctl.inner.config.confine_qemu {
             if let Err(e) = share_with_qemus(path) {
                 tracing::warn!(socket = %path.display(), "cannot share with the QEMU group: {e}");
             }

@@ -1,16 +1,27 @@
 //! VM records: create, change, delete, read. Validation against the host happens here; the
 //! rules a spec follows on its own are in the model.
 
-use crate::placement::PLACEMENT_COUNTER;
-use crate::{now_millis, ControlError, Controller};
+pub(crate) mod confine;
+mod console;
+pub(crate) mod disks;
+pub(crate) mod lifecycle;
+mod reconcile;
+
+use crate::cluster::placement::PLACEMENT_COUNTER;
+use crate::{now_millis, ControlError};
 use oxvirt_model::{ByteSize, DesiredState, Event, ValidationError, Vm, VmSpec, VmState, VmStatus, VmUpdate};
 use oxvirt_store::{Expect, StoreError, StoreExt};
 use std::path::Path;
 
-impl Controller {
+crate::service! {
+    /// VM records and their lifecycle: create, change, delete, start/stop actions and the per-guest event watcher, re-adoption after a restart, consoles, disk attach and detach.
+    Vms, vms
+}
+
+impl Vms {
     /// The host's rules: files exist, the VM fits the host.
     fn check_against_host(&self, spec: &VmSpec) -> Result<(), ControlError> {
-        let host = &self.inner.host;
+        let host = &self.ctl.inner.host;
         if spec.cpus > host.cpus {
             return Err(ControlError::invalid("cpus", format!("must be at most the host's {} CPUs", host.cpus)));
         }
@@ -47,22 +58,22 @@ impl Controller {
     pub fn create_vm(&self, caller: &str, mut spec: VmSpec) -> Result<Vm, ControlError> {
         spec.normalize();
         spec.validate()?;
-        self.check_references(caller, None, &mut spec)?;
+        self.ctl.access().check_references(caller, None, &mut spec)?;
         self.check_against_host(&spec)?;
         let id = uuid::Uuid::new_v4().to_string();
-        if self.inner.store.get_record::<Vm>(&spec.name)?.is_some() {
+        if self.ctl.inner.store.get_record::<Vm>(&spec.name)?.is_some() {
             return Err(exists(&spec.name));
         }
-        self.prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
+        self.ctl.ipam().prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
-        self.check_quota(&spec)?;
+        self.ctl.projects().check_quota(&spec)?;
         // In a cluster, placements are serialized: each one's transaction expects the placement
         // counter it read, so two hosts placing at once never both spend the same room (the
         // loser places again, seeing the winner's VM).
         let mut tries = 0;
         let vm = loop {
-            let counter = self.placement_counter()?;
-            let placed = self.place_vm(&spec)?;
+            let counter = self.ctl.hosts().placement_counter()?;
+            let placed = self.ctl.hosts().place_vm(&spec)?;
             let now = now_millis();
             let vm = Vm {
                 id: id.clone(),
@@ -79,10 +90,10 @@ impl Controller {
                 },
                 created_at: now,
             };
-            if self.inner.store.get_record::<Vm>(&vm.spec.name)?.is_some() {
+            if self.ctl.inner.store.get_record::<Vm>(&vm.spec.name)?.is_some() {
                 return Err(exists(&vm.spec.name));
             }
-            match self.write_vm_with(&vm, Expect::Absent, None, counter.into_iter().collect()) {
+            match self.ctl.storage().write_vm_with(&vm, Expect::Absent, None, counter.into_iter().collect()) {
                 Ok(()) => break vm,
                 Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
                     return Err(exists(&vm.spec.name))
@@ -99,23 +110,23 @@ impl Controller {
             }
         };
         let now = vm.created_at;
-        self.inner.emit(Event::VmLifecycle { vm: vm.spec.name.clone(), action: "created".into(), time: now });
+        self.ctl.inner.emit(Event::VmLifecycle { vm: vm.spec.name.clone(), action: "created".into(), time: now });
         Ok(vm)
     }
 
     pub fn get_vm(&self, name: &str) -> Result<Vm, ControlError> {
-        self.inner.store.get_record::<Vm>(name)?.map(|(v, _)| v).ok_or_else(|| ControlError::vm_not_found(name))
+        self.ctl.inner.store.get_record::<Vm>(name)?.map(|(v, _)| v).ok_or_else(|| ControlError::vm_not_found(name))
     }
 
     pub fn list_vms(&self) -> Result<Vec<Vm>, ControlError> {
-        Ok(self.inner.store.list_records::<Vm>()?.into_iter().map(|(v, _)| v).collect())
+        Ok(self.ctl.inner.store.list_records::<Vm>()?.into_iter().map(|(v, _)| v).collect())
     }
 
     /// Changes a stopped VM's definition.
     pub fn update_vm(&self, caller: &str, name: &str, update: &VmUpdate) -> Result<Vm, ControlError> {
-        let slot = self.inner.slot(name);
+        let slot = self.ctl.inner.slot(name);
         let _op = slot.op.try_lock().map_err(|_| busy(name))?;
-        let (vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        let (vm, rev) = self.ctl.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
         if vm.status.state != VmState::Stopped {
             return Err(ControlError::Conflict(format!(
                 "VM {name} is {}: stop it before changing its definition",
@@ -125,15 +136,15 @@ impl Controller {
         let mut spec = update.apply(&vm.spec);
         spec.normalize();
         spec.validate()?;
-        self.check_references(caller, Some(&vm.spec), &mut spec)?;
+        self.ctl.access().check_references(caller, Some(&vm.spec), &mut spec)?;
         self.check_against_host(&spec)?;
-        self.prepare_nics(&vm.id, name, &mut spec, Some(&vm.spec))?;
+        self.ctl.ipam().prepare_nics(&vm.id, name, &mut spec, Some(&vm.spec))?;
         assign_disk_ids(&mut spec);
-        self.local_volumes_host(&spec, vm.host.as_deref())?;
-        self.check_quota(&spec)?;
+        self.ctl.storage().local_volumes_host(&spec, vm.host.as_deref())?;
+        self.ctl.projects().check_quota(&spec)?;
         let old = vm.spec.clone();
         let new = Vm { spec, ..vm };
-        self.write_vm_with_claims(&new, Expect::Revision(rev), Some(&old)).map_err(|e| match e {
+        self.ctl.storage().write_vm_with_claims(&new, Expect::Revision(rev), Some(&old)).map_err(|e| match e {
             ControlError::Store(StoreError::Conflict { .. }) => busy(name),
             e => e,
         })?;
@@ -142,9 +153,9 @@ impl Controller {
 
     /// Deletes a stopped VM: its record and its runtime files. Its disks are the user's and stay.
     pub fn delete_vm(&self, name: &str) -> Result<(), ControlError> {
-        let slot = self.inner.slot(name);
+        let slot = self.ctl.inner.slot(name);
         let _op = slot.op.try_lock().map_err(|_| busy(name))?;
-        let (vm, rev) = self.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
+        let (vm, rev) = self.ctl.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
         if vm.status.state != VmState::Stopped {
             return Err(ControlError::Conflict(format!(
                 "VM {name} is {}: stop it before deleting it",
@@ -152,23 +163,23 @@ impl Controller {
             )));
         }
         // The VM's volumes are let go in the same transaction; they stay, with their data.
-        let mut ops = self.volume_claims(name, Some(&vm.spec), None)?;
-        ops.extend(self.lease_ops(name, Some(&vm.spec), None));
-        ops.extend(self.mac_ops(name, Some(&vm.spec), None));
+        let mut ops = self.ctl.storage().volume_claims(name, Some(&vm.spec), None)?;
+        ops.extend(self.ctl.ipam().lease_ops(name, Some(&vm.spec), None));
+        ops.extend(self.ctl.ipam().mac_ops(name, Some(&vm.spec), None));
         ops.push(oxvirt_store::Op::Delete {
             key: <Vm as oxvirt_store::Record>::key_of(name),
             expect: Expect::Revision(rev),
         });
-        self.inner.store.txn(ops).map_err(|e| match e {
+        self.ctl.inner.store.txn(ops).map_err(|e| match e {
             StoreError::Conflict { .. } => busy(name),
             e => e.into(),
         })?;
-        for n in Controller::networks_touched(Some(&vm.spec), None) {
-            self.sync_dhcp(&n);
+        for n in crate::Ipam::networks_touched(Some(&vm.spec), None) {
+            self.ctl.networks().sync_dhcp(&n);
         }
-        let _ = std::fs::remove_dir_all(self.inner.paths(&vm.id).dir());
+        let _ = std::fs::remove_dir_all(self.ctl.inner.paths(&vm.id).dir());
         // The slot (its lock) stays: a task still waiting on it must not race a new VM of this name.
-        self.inner.emit(Event::VmLifecycle { vm: name.to_string(), action: "deleted".into(), time: now_millis() });
+        self.ctl.inner.emit(Event::VmLifecycle { vm: name.to_string(), action: "deleted".into(), time: now_millis() });
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! must not set off a storm of QMP calls).
 
 use crate::host::{meminfo, meminfo_field, read_u64};
-use crate::{lock, Controller};
+use crate::lock;
 use oxvirt_model::{Pool, PoolUsage, Task, TaskState};
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,7 @@ fn thread_wait_ns(pid: u32, tid: u64) -> Option<u64> {
 }
 
 /// vCPU thread ids from QMP `query-cpus-fast`.
-impl Controller {
+impl super::Monitoring {
     /// The figures, from a cache no older than [`MAX_AGE`].
     pub async fn stats(&self) -> Stats {
         self.stats_max_age(MAX_AGE).await
@@ -99,19 +99,19 @@ impl Controller {
 
     /// The figures, from a cache no older than `max_age`.
     pub async fn stats_max_age(&self, max_age: Duration) -> Stats {
-        if let Some((at, s)) = lock(&self.inner.stats_cache).as_ref() {
+        if let Some((at, s)) = lock(&self.state().stats_cache).as_ref() {
             if at.elapsed() < max_age {
                 return s.clone();
             }
         }
         let s = self.gather_stats().await;
-        *lock(&self.inner.stats_cache) = Some((Instant::now(), s.clone()));
+        *lock(&self.state().stats_cache) = Some((Instant::now(), s.clone()));
         s
     }
 
     async fn gather_stats(&self) -> Stats {
         let mut out = Stats {
-            host_cpu_busy_seconds: crate::history::host_jiffies()
+            host_cpu_busy_seconds: crate::monitoring::history::host_jiffies()
                 .map(|(busy, _)| busy as f64 / clk_tck())
                 .unwrap_or(0.0),
             host_memory_total: meminfo("MemTotal:").unwrap_or(0),
@@ -121,12 +121,12 @@ impl Controller {
             hugepages_free: meminfo_field("HugePages_Free:").unwrap_or(0),
             ..Default::default()
         };
-        for vm in self.list_vms().unwrap_or_default() {
+        for vm in self.ctl.vms().list_vms().unwrap_or_default() {
             let (mut cpu, mut rss, mut disks, mut ready, mut balloon, mut guest_free) =
                 (None, None, Vec::new(), None, None, None);
             if let Some(pid) = vm.status.pid {
                 (cpu, rss) = proc_figures(pid);
-                let instance = lock(&self.inner.slot(&vm.spec.name).instance).clone();
+                let instance = lock(&self.ctl.inner.slot(&vm.spec.name).instance).clone();
                 if let Some(i) = instance {
                     if let Ok(d) = i.disks().disk_stats().await {
                         disks = d;
@@ -144,7 +144,7 @@ impl Controller {
                     }
                 }
             }
-            let nics = if vm.status.pid.is_some() { Controller::nic_stats(&vm.id, &vm.spec) } else { Vec::new() };
+            let nics = if vm.status.pid.is_some() { crate::Networks::nic_stats(&vm.id, &vm.spec) } else { Vec::new() };
             let ksm = vm.status.pid.and_then(crate::resources::ksm_merging_bytes);
             let vm = VmBrief {
                 name: vm.spec.name,
@@ -166,10 +166,10 @@ impl Controller {
                 disks,
             });
         }
-        for pv in self.list_pools().unwrap_or_default() {
+        for pv in self.ctl.storage().list_pools().unwrap_or_default() {
             out.pools.push((pv.pool, pv.usage));
         }
-        let tasks: Vec<Task> = self.tasks().list().unwrap_or_default();
+        let tasks: Vec<Task> = self.ctl.tasks().list().unwrap_or_default();
         out.tasks_running = tasks.iter().filter(|t| t.state == TaskState::Running).count();
         out.tasks_failed = tasks.iter().filter(|t| t.state == TaskState::Failed).count();
         out

@@ -1,9 +1,14 @@
 //! Projects (tenants) and their quotas: a VM in a project may be created or grown only while the
 //! project's VMs together stay within its quotas.
 
-use crate::{now_millis, ControlError, Controller};
+use crate::{now_millis, ControlError};
 use oxvirt_model::{parse_volume_ref, Project, ProjectSpec, Usage, ValidationError, Vm, VmSpec, Volume};
 use oxvirt_store::{Expect, StoreExt};
+
+crate::service! {
+    /// Projects and their quotas.
+    Projects, projects
+}
 
 /// A project as the API shows it: with what its VMs hold.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -13,14 +18,14 @@ pub struct ProjectView {
     pub usage: Usage,
 }
 
-impl Controller {
+impl Projects {
     fn storage_of(&self, spec: &VmSpec) -> u64 {
         spec.disks
             .iter()
             .filter_map(|d| d.volume.as_deref())
             .filter_map(|r| {
                 let (p, n) = parse_volume_ref("volume", r).ok()?;
-                Some(self.inner.store.get_record::<Volume>(&format!("{p}/{n}")).ok()??.0.size.0)
+                Some(self.ctl.inner.store.get_record::<Volume>(&format!("{p}/{n}")).ok()??.0.size.0)
             })
             .sum()
     }
@@ -34,7 +39,7 @@ impl Controller {
             u.memory += s.memory.0;
             u.storage += self.storage_of(s);
         };
-        for vm in self.list_vms()? {
+        for vm in self.ctl.vms().list_vms()? {
             if replacing.is_some_and(|(n, _)| n == vm.spec.name) {
                 continue;
             }
@@ -54,6 +59,7 @@ impl Controller {
     pub(crate) fn check_quota(&self, spec: &VmSpec) -> Result<(), ControlError> {
         let Some(name) = &spec.project else { return Ok(()) };
         let (p, _) = self
+            .ctl
             .inner
             .store
             .get_record::<Project>(name)?
@@ -68,7 +74,7 @@ impl Controller {
     pub fn create_project(&self, spec: ProjectSpec) -> Result<ProjectView, ControlError> {
         spec.validate()?;
         let p = Project { spec, created_at: now_millis() };
-        match self.inner.store.put_record(&p.spec.name, &p, Expect::Absent) {
+        match self.ctl.inner.store.put_record(&p.spec.name, &p, Expect::Absent) {
             Ok(_) => self.project_view(p),
             Err(oxvirt_store::StoreError::Conflict { .. }) => Err(ControlError::Exists(ValidationError::new(
                 "name",
@@ -84,11 +90,12 @@ impl Controller {
     }
 
     pub fn list_projects(&self) -> Result<Vec<ProjectView>, ControlError> {
-        self.inner.store.list_records::<Project>()?.into_iter().map(|(p, _)| self.project_view(p)).collect()
+        self.ctl.inner.store.list_records::<Project>()?.into_iter().map(|(p, _)| self.project_view(p)).collect()
     }
 
     pub fn get_project(&self, name: &str) -> Result<ProjectView, ControlError> {
         let (p, _) = self
+            .ctl
             .inner
             .store
             .get_record::<Project>(name)?
@@ -103,6 +110,7 @@ impl Controller {
             return Err(ControlError::invalid("name", format!("must be the project's name, {name}")));
         }
         let (old, rev) = self
+            .ctl
             .inner
             .store
             .get_record::<Project>(name)?
@@ -111,12 +119,14 @@ impl Controller {
             return Err(ControlError::invalid(format!("quotas.{field}"), format!("its VMs hold more: {msg}")));
         }
         let p = Project { spec, created_at: old.created_at };
-        self.inner.store.put_record(name, &p, Expect::Revision(rev))?;
+        self.ctl.inner.store.put_record(name, &p, Expect::Revision(rev))?;
         self.project_view(p)
     }
 
     pub fn delete_project(&self, name: &str) -> Result<(), ControlError> {
         let users: Vec<String> = self
+            .ctl
+            .vms()
             .list_vms()?
             .into_iter()
             .filter(|v: &Vm| v.spec.project.as_deref() == Some(name))
@@ -126,11 +136,12 @@ impl Controller {
             return Err(ControlError::InUse(format!("project {name} still has VM(s) {}", users.join(", "))));
         }
         let (_, rev) = self
+            .ctl
             .inner
             .store
             .get_record::<Project>(name)?
             .ok_or_else(|| ControlError::NotFound { kind: "project", name: name.into() })?;
-        self.inner.store.delete_record::<Project>(name, Expect::Revision(rev))?;
+        self.ctl.inner.store.delete_record::<Project>(name, Expect::Revision(rev))?;
         Ok(())
     }
 }

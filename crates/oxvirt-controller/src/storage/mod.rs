@@ -4,7 +4,13 @@
 //! record is removed only after its file: no operation loses a volume, and a failure leaves at
 //! worst an unreferenced file, never a record without its data.
 
-use crate::{lock, now_millis, ControlError, Controller};
+pub(crate) mod nbd;
+pub(crate) mod snapshots;
+
+pub use nbd::Nbd;
+pub use snapshots::Snapshots;
+
+use crate::{lock, now_millis, ControlError};
 use oxvirt_model::{
     parse_volume_ref, ByteSize, DiskFormat, NbdSource, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Task,
     ValidationError, Vm, Volume, VolumeSpec,
@@ -14,6 +20,18 @@ use oxvirt_storage::{paths, qemu_img, usage};
 use oxvirt_store::{encode, Expect, Op, StoreError, StoreExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+crate::service! {
+    /// Pools and volumes: records in the store, files through `oxvirt-storage`.
+    Storage, storage, state = storage
+}
+
+/// What this service keeps between requests (held by the controller, reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// Volumes a task is working on (`pool/name`).
+    pub busy_volumes: std::sync::Mutex<std::collections::HashSet<String>>,
+}
 
 /// Body of `POST /pools/{pool}/volumes/{name}/clone`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -63,14 +81,14 @@ pub(crate) fn volume_key(pool: &str, name: &str) -> String {
     format!("{pool}/{name}")
 }
 
-impl Controller {
+impl Storage {
     // ---- pools ----
 
     /// A pool's directory is a host path: only an administrator names one (see `references.rs`).
     pub async fn create_pool(&self, caller: &str, mut spec: PoolSpec) -> Result<Pool, ControlError> {
         spec.validate()?;
-        let me = self.host_name();
-        let resolved = self.host_path_string(caller, "path", spec.path_on(me.as_deref()), Want::Dir)?;
+        let me = self.ctl.hosts().host_name();
+        let resolved = self.ctl.access().host_path_string(caller, "path", spec.path_on(me.as_deref()), Want::Dir)?;
         match me.as_deref().and_then(|h| spec.host_paths.get_mut(h)) {
             Some(p) => *p = resolved,
             None => spec.path = resolved,
@@ -82,11 +100,17 @@ impl Controller {
             }
         }
         let dir = Path::new(spec.path_on(me.as_deref()));
-        if self.inner.store.list_records::<Pool>()?.iter().any(|(p, _)| Path::new(p.spec.path_on(me.as_deref())) == dir)
+        if self
+            .ctl
+            .inner
+            .store
+            .list_records::<Pool>()?
+            .iter()
+            .any(|(p, _)| Path::new(p.spec.path_on(me.as_deref())) == dir)
         {
             return Err(ControlError::invalid("path", format!("{} is already a pool's directory", dir.display())));
         }
-        if dir.starts_with(self.inner.config.data_dir.join("run")) {
+        if dir.starts_with(self.ctl.inner.config.data_dir.join("run")) {
             return Err(ControlError::invalid("path", "must not be inside oxvirt's runtime directory"));
         }
         match std::fs::symlink_metadata(dir) {
@@ -98,7 +122,7 @@ impl Controller {
                 .map_err(|e| ControlError::invalid("path", format!("cannot create {}: {e}", dir.display())))?,
         }
         let pool = Pool { spec, created_at: now_millis() };
-        self.inner.store.put_record(&pool.spec.name, &pool, Expect::Absent).map_err(|e| match e {
+        self.ctl.inner.store.put_record(&pool.spec.name, &pool, Expect::Absent).map_err(|e| match e {
             StoreError::Conflict { .. } => ControlError::Exists(ValidationError::new(
                 "name",
                 format!("a pool named {:?} already exists", pool.spec.name),
@@ -106,8 +130,8 @@ impl Controller {
             e => e.into(),
         })?;
         if pool.spec.kind == PoolKind::Nbd {
-            if let Err(e) = self.export_daemons(&pool).await {
-                let _ = self.inner.store.delete_record::<Pool>(&pool.spec.name, Expect::Any);
+            if let Err(e) = self.ctl.nbd().export_daemons(&pool).await {
+                let _ = self.ctl.inner.store.delete_record::<Pool>(&pool.spec.name, Expect::Any);
                 return Err(e);
             }
         }
@@ -119,7 +143,8 @@ impl Controller {
     }
 
     fn pool(&self, name: &str) -> Result<Pool, ControlError> {
-        self.inner
+        self.ctl
+            .inner
             .store
             .get_record::<Pool>(name)?
             .map(|(p, _)| p)
@@ -130,7 +155,7 @@ impl Controller {
         // A local pool of a cluster has its directory on a host once a volume of its is there.
         let dir = self.pool_dir(pool);
         let (size, used, free) = if dir.exists() { usage::filesystem(&dir)? } else { (0, 0, 0) };
-        let vols = self.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))?;
+        let vols = self.ctl.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))?;
         let mut u = PoolUsage { size, used, free, volumes: vols.len(), ..Default::default() };
         for (v, _) in &vols {
             u.provisioned += v.size.0;
@@ -148,7 +173,8 @@ impl Controller {
     }
 
     pub fn list_pools(&self) -> Result<Vec<PoolView>, ControlError> {
-        self.inner
+        self.ctl
+            .inner
             .store
             .list_records::<Pool>()?
             .into_iter()
@@ -159,16 +185,17 @@ impl Controller {
     /// Deletes an empty pool's record; its directory stays.
     pub async fn delete_pool(&self, name: &str) -> Result<(), ControlError> {
         let (_, rev) = self
+            .ctl
             .inner
             .store
             .get_record::<Pool>(name)?
             .ok_or_else(|| ControlError::NotFound { kind: "pool", name: name.into() })?;
-        let n = self.inner.store.list_records_under::<Volume>(&format!("{name}/"))?.len();
+        let n = self.ctl.inner.store.list_records_under::<Volume>(&format!("{name}/"))?.len();
         if n > 0 {
             return Err(ControlError::InUse(format!("pool {name} still has {n} volume(s): delete them first")));
         }
-        self.inner.store.delete_record::<Pool>(name, Expect::Revision(rev))?;
-        self.stop_export_daemons(name).await;
+        self.ctl.inner.store.delete_record::<Pool>(name, Expect::Revision(rev))?;
+        self.ctl.nbd().stop_export_daemons(name).await;
         Ok(())
     }
 
@@ -176,13 +203,17 @@ impl Controller {
 
     /// The pool's directory on this host.
     pub(crate) fn pool_dir(&self, pool: &Pool) -> PathBuf {
-        PathBuf::from(pool.spec.path_on(self.host_name().as_deref()))
+        PathBuf::from(pool.spec.path_on(self.ctl.hosts().host_name().as_deref()))
     }
 
     pub(crate) fn volume_file(&self, pool: &Pool, name: &str, format: DiskFormat) -> Result<PathBuf, ControlError> {
         let dir = self.pool_dir(pool);
         // Checked on the host that uses it (a pool made elsewhere, or before these rules, too).
-        self.inner.host_paths.check(&format!("pools/{}.path", pool.spec.name), &dir.to_string_lossy(), Want::Dir)?;
+        self.ctl.inner.host_paths.check(
+            &format!("pools/{}.path", pool.spec.name),
+            &dir.to_string_lossy(),
+            Want::Dir,
+        )?;
         // A local pool of a cluster gets its directory on a host with its first volume there
         // (a shared one must be mounted: its directory is never made here).
         if pool.spec.kind == PoolKind::Dir && !dir.exists() {
@@ -194,7 +225,7 @@ impl Controller {
 
     /// Where a new volume of `pool` lives: in a cluster, a local pool's volumes are on this host.
     fn volume_host(&self, pool: &Pool) -> Option<String> {
-        self.host_name().filter(|_| !pool.spec.kind.is_shared())
+        self.ctl.hosts().host_name().filter(|_| !pool.spec.kind.is_shared())
     }
 
     /// In a cluster: the host that holds `spec`'s volumes in local pools (a VM runs where its
@@ -209,7 +240,9 @@ impl Controller {
             let Some(r) = &d.volume else { continue };
             let field = format!("disks[{i}].volume");
             let (pool, name) = parse_volume_ref(&field, r)?;
-            let Some((vol, _)) = self.inner.store.get_record::<Volume>(&volume_key(&pool, &name))? else { continue };
+            let Some((vol, _)) = self.ctl.inner.store.get_record::<Volume>(&volume_key(&pool, &name))? else {
+                continue;
+            };
             let Some(at) = vol.host else { continue };
             match &found {
                 Some(h) if *h != at => {
@@ -221,12 +254,12 @@ impl Controller {
                 _ => found = Some(at),
             }
         }
-        Ok(found.filter(|_| self.host_name().is_some()))
+        Ok(found.filter(|_| self.ctl.hosts().host_name().is_some()))
     }
 
     /// Refuses to change a volume that lives on another host of the cluster.
     pub(crate) fn volume_here(&self, vol: &Volume) -> Result<(), ControlError> {
-        match (&vol.host, self.host_name()) {
+        match (&vol.host, self.ctl.hosts().host_name()) {
             (Some(h), Some(me)) if *h != me => Err(ControlError::Conflict(format!(
                 "volume {} is on host {h} (a local pool): ask that host",
                 vol.reference()
@@ -240,7 +273,8 @@ impl Controller {
     }
 
     pub(crate) fn volume_rec(&self, pool: &str, name: &str) -> Result<(Volume, u64), ControlError> {
-        self.inner
+        self.ctl
+            .inner
             .store
             .get_record::<Volume>(&volume_key(pool, name))?
             .ok_or_else(|| ControlError::NotFound { kind: "volume", name: volume_key(pool, name) })
@@ -248,7 +282,14 @@ impl Controller {
 
     pub fn list_volumes(&self, pool: &str) -> Result<Vec<Volume>, ControlError> {
         self.pool(pool)?;
-        Ok(self.inner.store.list_records_under::<Volume>(&format!("{pool}/"))?.into_iter().map(|(v, _)| v).collect())
+        Ok(self
+            .ctl
+            .inner
+            .store
+            .list_records_under::<Volume>(&format!("{pool}/"))?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect())
     }
 
     /// Refuses a new volume of `size` that would take the pool past its over-commit ratio.
@@ -275,7 +316,7 @@ impl Controller {
     /// Records a volume whose file is already made; removes the file when the record cannot be
     /// written (e.g. a volume of that name appeared meanwhile).
     fn record_new_volume(&self, vol: Volume, file: &Path) -> Result<Volume, ControlError> {
-        match self.inner.store.put_record(&vol.reference(), &vol, Expect::Absent) {
+        match self.ctl.inner.store.put_record(&vol.reference(), &vol, Expect::Absent) {
             Ok(_) => Ok(vol),
             Err(e) => {
                 let _ = std::fs::remove_file(file);
@@ -293,7 +334,7 @@ impl Controller {
     fn check_new_volume_name(&self, pool: &str, name: &str) -> Result<(), ControlError> {
         oxvirt_model::validate_name("name", name)?;
         self.ensure_not_busy(&volume_key(pool, name))?;
-        if self.inner.store.get_record::<Volume>(&volume_key(pool, name))?.is_some() {
+        if self.ctl.inner.store.get_record::<Volume>(&volume_key(pool, name))?.is_some() {
             return Err(ControlError::Exists(ValidationError::new(
                 "name",
                 format!("a volume named {name:?} already exists in pool {pool}"),
@@ -334,9 +375,9 @@ impl Controller {
         if pool.spec.kind != PoolKind::Nbd {
             return Ok(());
         }
-        let served = self.export_volume_everywhere(pool, vol, file).await;
+        let served = self.ctl.nbd().export_volume_everywhere(pool, vol, file).await;
         if let Err(e) = served {
-            let _ = self.inner.store.delete_record::<Volume>(&vol.reference(), Expect::Any);
+            let _ = self.ctl.inner.store.delete_record::<Volume>(&vol.reference(), Expect::Any);
             let _ = std::fs::remove_file(file);
             return Err(e);
         }
@@ -355,6 +396,7 @@ impl Controller {
         }
         let me = vol.reference();
         if let Some((clone, _)) = self
+            .ctl
             .inner
             .store
             .list_records::<Volume>()?
@@ -371,12 +413,12 @@ impl Controller {
         let file = self.volume_file(&p, name, vol.format)?;
         // The record goes first, compare-and-swap: a VM that claimed the volume meanwhile makes
         // this fail with nothing changed. After it, at worst an unreferenced file is left.
-        self.inner.store.delete_record::<Volume>(&me, Expect::Revision(rev)).map_err(|e| match e {
+        self.ctl.inner.store.delete_record::<Volume>(&me, Expect::Revision(rev)).map_err(|e| match e {
             StoreError::Conflict { .. } => ControlError::Busy(format!("volume {me} changed meanwhile; try again")),
             e => e.into(),
         })?;
         if p.spec.kind == PoolKind::Nbd {
-            match self.export_daemons(&p).await {
+            match self.ctl.nbd().export_daemons(&p).await {
                 Ok(daemons) => {
                     for d in daemons {
                         if let Err(e) = d.unexport(name).await {
@@ -413,7 +455,7 @@ impl Controller {
         let file = self.volume_file(&p, name, vol.format)?;
         if p.spec.kind == PoolKind::Nbd {
             let grow = async { Ok(qemu_img::resize(&file, vol.format, size.0).await?) };
-            self.with_unexported(&p, &vol, "resizing", grow).await?;
+            self.ctl.nbd().with_unexported(&p, &vol, "resizing", grow).await?;
         } else {
             match self.running_disk(&vol)? {
                 Some((instance, disk_id)) => {
@@ -422,14 +464,14 @@ impl Controller {
                 None => qemu_img::resize(&file, vol.format, size.0).await?,
             }
         }
-        let updated = self.inner.store.update_record::<Volume>(&vol.reference(), |v| v.size = size)?;
+        let updated = self.ctl.inner.store.update_record::<Volume>(&vol.reference(), |v| v.size = size)?;
         updated.ok_or_else(|| ControlError::NotFound { kind: "volume", name: vol.reference() })
     }
 
     /// The running guest that has this volume attached, and the disk's id in it.
     pub(crate) fn running_disk(&self, vol: &Volume) -> Result<Option<RunningDisk>, ControlError> {
         let Some(vm_name) = &vol.attached_to else { return Ok(None) };
-        let vm = self.get_vm(vm_name)?;
+        let vm = self.ctl.vms().get_vm(vm_name)?;
         if !vm.status.state.has_process() {
             return Ok(None);
         }
@@ -441,12 +483,12 @@ impl Controller {
             .enumerate()
             .find(|(_, d)| d.volume.as_deref() == Some(me.as_str()))
             .ok_or_else(|| ControlError::Conflict(format!("VM {vm_name} does not list volume {me}")))?;
-        let instance = self.instance(vm_name)?;
+        let instance = self.ctl.vms().instance(vm_name)?;
         Ok(Some((instance, oxvirt_hypervisor::qemu::cmdline::disk_id(d, i))))
     }
 
     pub(crate) fn ensure_not_busy(&self, volume: &str) -> Result<(), ControlError> {
-        if lock(&self.inner.busy_volumes).contains(volume) {
+        if lock(&self.state().busy_volumes).contains(volume) {
             return Err(ControlError::Busy(format!("volume {volume} is busy with a task; try again when it ends")));
         }
         Ok(())
@@ -454,12 +496,12 @@ impl Controller {
 
     /// Marks volumes busy for a task's life.
     fn hold(&self, volumes: &[String]) -> Result<VolumeHold, ControlError> {
-        let mut busy = lock(&self.inner.busy_volumes);
+        let mut busy = lock(&self.state().busy_volumes);
         if let Some(v) = volumes.iter().find(|v| busy.contains(*v)) {
             return Err(ControlError::Busy(format!("volume {v} is busy with a task; try again when it ends")));
         }
         busy.extend(volumes.iter().cloned());
-        Ok(VolumeHold { ctrl: self.clone(), volumes: volumes.to_vec() })
+        Ok(VolumeHold { storage: self.clone(), volumes: volumes.to_vec() })
     }
 
     /// A linked clone (instant) or a full clone (a task).
@@ -475,8 +517,10 @@ impl Controller {
         self.volume_here(&src)?;
         let src_pool = self.pool(pool)?;
         if let Some(dst) = req.pool.as_deref().filter(|d| *d != pool) {
-            self.authorize(caller, oxvirt_model::Privilege::Modify, &format!("/pools/{dst}"))
-                .map_err(|e| crate::references::named("pool", e))?;
+            self.ctl
+                .access()
+                .authorize(caller, oxvirt_model::Privilege::Modify, &format!("/pools/{dst}"))
+                .map_err(|e| crate::access::references::named("pool", e))?;
         }
         let dst_pool = self.pool(req.pool.as_deref().unwrap_or(pool))?;
         if req.linked && (src_pool.spec.kind == PoolKind::Nbd || dst_pool.spec.kind == PoolKind::Nbd) {
@@ -516,7 +560,7 @@ impl Controller {
             return Ok((Some(self.record_new_volume(new, &dst_file)?), None));
         }
         let hold = self.hold(&[src.reference(), new.reference()])?;
-        let task = self.inner.tasks.create("volume.clone", &format!("volumes/{}", new.reference()))?;
+        let task = self.ctl.inner.tasks.create("volume.clone", &format!("volumes/{}", new.reference()))?;
         let snap = task.snapshot();
         let me = self.clone();
         let src_format = src.format.as_str().to_string();
@@ -525,7 +569,7 @@ impl Controller {
             let copy = me.copy_image(&task, &src_file, Some(&src_format), &dst_file, dst_format);
             // A source in an nbd pool is let go by its export daemons while it is read.
             let r = if src_pool.spec.kind == PoolKind::Nbd {
-                me.with_unexported(&src_pool, &src, "cloning", copy).await
+                me.ctl.nbd().with_unexported(&src_pool, &src, "cloning", copy).await
             } else {
                 copy.await
             };
@@ -544,7 +588,7 @@ impl Controller {
         let pool = self.pool(pool)?;
         self.check_new_volume_name(&pool.spec.name, &req.name)?;
         oxvirt_model::validate_host_path("source", &req.source)?;
-        let source = self.host_path(caller, "source", &req.source, Want::File)?;
+        let source = self.ctl.access().host_path(caller, "source", &req.source, Want::File)?;
         if let Some(f) = &req.source_format {
             if !["qcow2", "raw", "vmdk"].contains(&f.as_str()) {
                 return Err(ControlError::invalid("source_format", "must be qcow2, raw or vmdk"));
@@ -581,7 +625,7 @@ impl Controller {
             host: self.volume_host(&pool),
         };
         let hold = self.hold(&[new.reference()])?;
-        let task = self.inner.tasks.create("volume.import", &format!("volumes/{}", new.reference()))?;
+        let task = self.ctl.inner.tasks.create("volume.import", &format!("volumes/{}", new.reference()))?;
         let snap = task.snapshot();
         let me = self.clone();
         tokio::spawn(async move {
@@ -608,7 +652,7 @@ impl Controller {
         let (vol, _) = self.volume_rec(pool, name)?;
         self.volume_here(&vol)?;
         oxvirt_model::validate_host_path("destination", &req.destination)?;
-        let dest = self.host_path(caller, "destination", &req.destination, Want::NewFile)?;
+        let dest = self.ctl.access().host_path(caller, "destination", &req.destination, Want::NewFile)?;
         if self.running_disk(&vol)?.is_some() {
             return Err(ControlError::Conflict(format!(
                 "volume {} is in use by a running VM: stop it or snapshot first",
@@ -618,7 +662,7 @@ impl Controller {
         let p = self.pool(pool)?;
         let src = self.volume_file(&p, name, vol.format)?;
         let hold = self.hold(&[vol.reference()])?;
-        let task = self.inner.tasks.create("volume.export", &format!("volumes/{}", vol.reference()))?;
+        let task = self.ctl.inner.tasks.create("volume.export", &format!("volumes/{}", vol.reference()))?;
         let snap = task.snapshot();
         let me = self.clone();
         tokio::spawn(async move {
@@ -626,7 +670,7 @@ impl Controller {
             let copy = me.copy_image(&task, &src, Some(vol.format.as_str()), &dest, req.format);
             // An nbd pool's export daemons let go of the image while it is read.
             let r = if p.spec.kind == PoolKind::Nbd {
-                me.with_unexported(&p, &vol, "exporting", copy).await
+                me.ctl.nbd().with_unexported(&p, &vol, "exporting", copy).await
             } else {
                 copy.await
             };
@@ -668,7 +712,7 @@ impl Controller {
         let mut s = spec.clone();
         // Host paths are checked again each time QEMU gets them: a record made before a root was
         // taken out of the configuration (or before these rules) cannot reach the host.
-        let hp = &self.inner.host_paths;
+        let hp = &self.ctl.inner.host_paths;
         if let Some(k) = &s.kernel {
             hp.check("kernel.kernel", &k.kernel, Want::File)?;
             if let Some(i) = &k.initrd {
@@ -682,7 +726,7 @@ impl Controller {
             if d.is_host_path() {
                 let resolved = hp.check(&format!("disks[{i}].path"), &d.path, Want::File)?;
                 d.path = resolved.to_string_lossy().into_owned();
-                self.check_image_chain(&format!("disks[{i}].path"), d)?;
+                self.ctl.access().check_image_chain(&format!("disks[{i}].path"), d)?;
             }
             if let Some(r) = &d.volume {
                 let (pool, name) = parse_volume_ref(&format!("disks[{i}].volume"), r)?;
@@ -691,7 +735,7 @@ impl Controller {
                 d.path = self.volume_file(&p, &name, vol.format)?.to_string_lossy().into_owned();
                 d.format = vol.format;
                 if p.spec.kind == PoolKind::Nbd {
-                    let socket = self.nbd_socket_for(&p, vm_id, &d.id).to_string_lossy().into_owned();
+                    let socket = self.ctl.nbd().nbd_socket_for(&p, vm_id, &d.id).to_string_lossy().into_owned();
                     d.nbd = Some(NbdSource { socket, export: name });
                 }
             }
@@ -722,6 +766,7 @@ impl Controller {
             let field = format!("disks[{i}].volume");
             let (pool, name) = parse_volume_ref(&field, r)?;
             let (mut vol, rev) = self
+                .ctl
                 .inner
                 .store
                 .get_record::<Volume>(&volume_key(&pool, &name))?
@@ -740,7 +785,7 @@ impl Controller {
             });
         }
         for r in before.iter().filter(|r| !after.contains(r)) {
-            if let Some((mut vol, rev)) = self.inner.store.get_record::<Volume>(r)? {
+            if let Some((mut vol, rev)) = self.ctl.inner.store.get_record::<Volume>(r)? {
                 if vol.attached_to.as_deref() == Some(vm) {
                     vol.attached_to = None;
                     ops.push(Op::Put {
@@ -774,12 +819,12 @@ impl Controller {
     ) -> Result<(), ControlError> {
         let mut ops = extra;
         ops.extend(self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?);
-        ops.extend(self.lease_ops(&vm.spec.name, old, Some(&vm.spec)));
-        ops.extend(self.mac_ops(&vm.spec.name, old, Some(&vm.spec)));
+        ops.extend(self.ctl.ipam().lease_ops(&vm.spec.name, old, Some(&vm.spec)));
+        ops.extend(self.ctl.ipam().mac_ops(&vm.spec.name, old, Some(&vm.spec)));
         ops.push(Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect });
-        self.inner.store.txn(ops)?;
-        for n in Controller::networks_touched(old, Some(&vm.spec)) {
-            self.sync_dhcp(&n);
+        self.ctl.inner.store.txn(ops)?;
+        for n in crate::Ipam::networks_touched(old, Some(&vm.spec)) {
+            self.ctl.networks().sync_dhcp(&n);
         }
         Ok(())
     }
@@ -800,13 +845,13 @@ fn check_multipath_format(pool: &Pool, format: DiskFormat) -> Result<(), Control
 
 /// Volumes held busy by a task; released when dropped.
 pub(crate) struct VolumeHold {
-    ctrl: Controller,
+    storage: Storage,
     volumes: Vec<String>,
 }
 
 impl Drop for VolumeHold {
     fn drop(&mut self) {
-        let mut busy = lock(&self.ctrl.inner.busy_volumes);
+        let mut busy = lock(&self.storage.state().busy_volumes);
         for v in &self.volumes {
             busy.remove(v);
         }

@@ -4,11 +4,11 @@
 //! guest whose QEMU died while the daemon was away is marked stopped and restarted where its
 //! policy says so. Afterwards it runs every few seconds to catch anything missed.
 
-use crate::{lock, Controller};
+use crate::lock;
 use oxvirt_hypervisor::RunState;
 use oxvirt_model::{DesiredState, RestartPolicy, Vm, VmState};
 
-impl Controller {
+impl crate::Vms {
     /// Looks at every VM. After the first round, VMs that are off and meant to be off are skipped.
     pub async fn reconcile_all(&self) {
         self.reconcile(true).await
@@ -24,9 +24,9 @@ impl Controller {
         };
         // Migrations first: a VM that just arrived is taken over from its waiting QEMU (which
         // holds the QMP connection), not re-adopted as a stranger.
-        self.serve_migrations().await;
+        self.ctl.migrations().serve_migrations().await;
         // In a cluster each host looks after its own VMs only.
-        let me = self.host_name();
+        let me = self.ctl.hosts().host_name();
         for vm in vms.into_iter().filter(|v| me.is_none() || v.host == me) {
             let settled = vm.status.state == VmState::Stopped && vm.desired == DesiredState::Stopped;
             if full || !settled {
@@ -34,27 +34,27 @@ impl Controller {
             }
             self.rotate_console_log(&vm);
         }
-        self.inner.tasks.prune();
+        self.ctl.inner.tasks.prune();
         // The administrator token's file always holds one that works (renewed before it expires).
-        if let Err(e) = self.ensure_admin_token(&self.inner.config.data_dir.join("admin.token")) {
+        if let Err(e) = self.ctl.access().ensure_admin_token(&self.ctl.inner.config.data_dir.join("admin.token")) {
             tracing::warn!("administrator token: {e}");
         }
-        self.refresh_host_record();
-        self.refresh_vxlan_peers().await;
-        self.rebalance_round().await;
-        self.supervise_export_daemons().await;
+        self.ctl.hosts().refresh_host_record();
+        self.ctl.networks().refresh_vxlan_peers().await;
+        self.ctl.hosts().rebalance_round().await;
+        self.ctl.nbd().supervise_export_daemons().await;
     }
 
     async fn reconcile_vm(&self, vm: &Vm) {
         let name = vm.spec.name.as_str();
-        let slot = self.inner.slot(name);
+        let slot = self.ctl.inner.slot(name);
         // An operation in progress owns the VM; look again next round.
         let Ok(_guard) = slot.op.clone().try_lock_owned() else { return };
-        if lock(&slot.instance).is_some() || lock(&self.inner.incoming).contains_key(name) {
+        if lock(&slot.instance).is_some() || self.ctl.migrations().is_arriving(name) {
             return;
         }
-        let paths = self.inner.paths(&vm.id);
-        match self.inner.hv.adopt(&vm.id, &paths).await {
+        let paths = self.ctl.inner.paths(&vm.id);
+        match self.ctl.inner.hv.adopt(&vm.id, &paths).await {
             Ok(Some(instance)) => {
                 let state = instance.run_state().await;
                 tracing::info!(vm = %name, pid = instance.pid(), "re-adopted running guest");

@@ -4,12 +4,12 @@
 //! the URL; this covers everything else a body references, so a tenant cannot reach another
 //! tenant's objects or the host through a VM spec.
 
-use crate::{ControlError, Controller};
+use crate::ControlError;
 use oxvirt_model::{DiskSpec, NicSpec, Privilege, VmSpec};
 use oxvirt_storage::host_paths::Want;
 use std::path::PathBuf;
 
-impl Controller {
+impl crate::Access {
     /// `path` from request field `field`: only an administrator may name a host path, and only
     /// one the host-path policy allows. Returns it with its links resolved.
     pub fn host_path(&self, caller: &str, field: &str, path: &str, want: Want) -> Result<PathBuf, ControlError> {
@@ -17,7 +17,7 @@ impl Controller {
             caller,
             format!("{field}: only an administrator may name a host path; use a volume of a pool you are granted"),
         )?;
-        Ok(self.inner.host_paths.check(field, path, want)?)
+        Ok(self.ctl.inner.host_paths.check(field, path, want)?)
     }
 
     /// [`Controller::host_path`] as the text a spec keeps.
@@ -139,7 +139,7 @@ impl Controller {
             return Ok(());
         }
         let allowed = |p: &std::path::Path| {
-            self.inner.host_paths.check(field, &p.to_string_lossy(), Want::File).map(drop).map_err(|e| e.rule)
+            self.ctl.inner.host_paths.check(field, &p.to_string_lossy(), Want::File).map(drop).map_err(|e| e.rule)
         };
         handoff::walk_chain(std::path::Path::new(&d.path), allowed).map(drop).map_err(|e| bad(e.to_string()))
     }
