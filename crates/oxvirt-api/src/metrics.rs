@@ -288,6 +288,33 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         [(l(&[("state", "running")]), s.tasks_running as f64), (l(&[("state", "failed")]), s.tasks_failed as f64)],
     );
 
+    let jobs = c.job_figures();
+    let jl = |j: &oxvirt_controller::Job| l(&[("job", j.name())]);
+    counter(
+        &mut reg,
+        "oxvirt_job_runs",
+        "Runs of the daemon's background jobs",
+        jobs.iter().map(|(j, f)| (jl(j), f.runs as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_job_seconds",
+        "Time the daemon's background jobs ran",
+        jobs.iter().map(|(j, f)| (jl(j), f.seconds)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_job_last_duration_seconds",
+        "How long a background job's last run took",
+        jobs.iter().map(|(j, f)| (jl(j), f.last_seconds)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_job_last_run_timestamp_seconds",
+        "When a background job's last run ended (0: never ran)",
+        jobs.iter().map(|(j, f)| (jl(j), f.last_run_ms as f64 / 1000.0)),
+    );
+
     reg.register("oxvirt_api_requests", "API requests by method, route and status", api.requests.clone());
     reg.register("oxvirt_api_request_duration_seconds", "API request latency", api.latency.clone());
     let mut out = String::new();

@@ -40,6 +40,7 @@ pub mod access;
 pub mod cluster;
 mod error;
 mod host;
+pub mod jobs;
 mod migrate;
 pub mod monitoring;
 pub mod network;
@@ -52,6 +53,7 @@ pub use access::Access;
 pub use access::Projects;
 pub use cluster::Hosts;
 pub use error::ControlError;
+pub use jobs::{Job, JobFigures};
 pub use migrate::Migrations;
 pub use monitoring::Monitoring;
 pub use network::Ipam;
@@ -128,6 +130,8 @@ pub(crate) struct Inner {
     pub tasks: TaskRegistry,
     pub slots: Mutex<HashMap<String, Arc<VmSlot>>>,
     pub host: host::HostLimits,
+    /// What each background job did (`jobs.rs`).
+    pub jobs: jobs::JobBook,
     // Each service's own state.
     pub storage: storage::State,
     pub nbd: storage::nbd::State,
@@ -159,6 +163,7 @@ impl Controller {
             tasks,
             slots: Mutex::default(),
             host: host::HostLimits::detect(),
+            jobs: Default::default(),
             storage: Default::default(),
             nbd: Default::default(),
             migrations: Default::default(),
@@ -191,7 +196,7 @@ impl Controller {
         self.ipam().claim_all_macs();
         self.networks().ensure_networks().await;
         self.migrations().recover_migrations(false).await;
-        self.vms().reconcile_all().await;
+        self.reconcile_round(true).await;
         self.migrations().recover_migrations(true).await;
         self.networks().remove_orphans().await;
         if let Ok(p) = self.resources().host_policy() {
@@ -200,13 +205,22 @@ impl Controller {
             }
         }
         self.migrations().watch_migrations();
-        self.resources().start_auto_balloon(Duration::from_secs(2));
-        self.monitoring().start_history();
+        let balloon = self.resources();
+        let every = Duration::from_secs(2);
+        self.spawn_job(Job::AutoBalloon, every, every, move || {
+            let b = balloon.clone();
+            async move { b.auto_balloon_round().await }
+        });
+        let monitoring = self.monitoring();
+        self.spawn_job(Job::History, monitoring::history::STEP, Duration::ZERO, move || {
+            let m = monitoring.clone();
+            async move { m.sample().await }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(me.inner.config.reconcile_interval).await;
-                me.vms().reconcile(false).await;
+                me.reconcile_round(false).await;
             }
         });
     }

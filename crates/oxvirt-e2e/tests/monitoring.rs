@@ -101,6 +101,14 @@ async fn prometheus_scrapes_per_vm_series() {
     let read: f64 = read_line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(read >= 1048576.0, "{read_line}");
     assert!(text.contains("oxvirt_api_requests_total{"), "API requests are counted");
+    // The daemon's background jobs are counted: the reconcile round's (the first ran at start,
+    // the guest booted over several more) and those of their own loops.
+    let runs = |job: &str| -> f64 {
+        let key = format!("oxvirt_job_runs_total{{job=\"{job}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(key.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    assert!(runs("vms") >= 2.0 && runs("migrations") >= 2.0 && runs("history") >= 1.0, "{text}");
+    assert!(text.contains("oxvirt_job_last_run_timestamp_seconds{job=\"admin_token\"}"), "{text}");
     assert!(text.contains("oxvirt_vm_cpu_ready_seconds_total{vm=\"watched\"}"), "{text}");
     let balloon =
         text.lines().find(|l| l.starts_with("oxvirt_vm_balloon_bytes{vm=\"watched\"}")).expect("balloon series");

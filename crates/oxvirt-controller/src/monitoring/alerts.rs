@@ -92,26 +92,30 @@ impl crate::Monitoring {
         v
     }
 
-    /// Evaluates the rules every `interval`, for the daemon's life.
+    /// Evaluates the rules every `interval`, for the daemon's life (the `alerts` job).
     pub fn start_alerting(&self, cfg: AlertConfig) {
         let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(cfg.interval).await;
-                let stats = me.stats_max_age(cfg.interval).await;
-                for alert in me.evaluate(&cfg.rules, &stats) {
-                    me.ctl.inner.emit(Event::Alert { alert: alert.clone(), time: now_millis() });
-                    if let Some(url) = &cfg.webhook {
-                        let url = url.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = post_json(&url, &serde_json::json!({ "alert": alert })).await {
-                                tracing::warn!(webhook = %url, "alert webhook: {e}");
-                            }
-                        });
-                    }
-                }
-            }
+        let cfg = std::sync::Arc::new(cfg);
+        let every = cfg.interval;
+        self.ctl.spawn_job(crate::Job::Alerts, every, every, move || {
+            let (me, cfg) = (me.clone(), cfg.clone());
+            async move { me.alert_round(&cfg).await }
         });
+    }
+
+    async fn alert_round(&self, cfg: &AlertConfig) {
+        let stats = self.stats_max_age(cfg.interval).await;
+        for alert in self.evaluate(&cfg.rules, &stats) {
+            self.ctl.inner.emit(Event::Alert { alert: alert.clone(), time: now_millis() });
+            if let Some(url) = &cfg.webhook {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = post_json(&url, &serde_json::json!({ "alert": alert })).await {
+                        tracing::warn!(webhook = %url, "alert webhook: {e}");
+                    }
+                });
+            }
+        }
     }
 
     /// One round: the alerts that changed state.

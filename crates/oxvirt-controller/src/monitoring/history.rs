@@ -61,17 +61,7 @@ pub(crate) fn host_jiffies() -> Option<(u64, u64)> {
 }
 
 impl crate::Monitoring {
-    /// Samples every [`STEP`] for the daemon's life.
-    pub fn start_history(&self) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                me.sample().await;
-                tokio::time::sleep(STEP).await;
-            }
-        });
-    }
-
+    /// One sample (the `history` job, every [`STEP`]).
     pub(crate) async fn sample(&self) {
         let stats = self.stats_max_age(STEP).await;
         let now = Instant::now();

@@ -5,7 +5,6 @@
 use crate::host::meminfo;
 use crate::{lock, ControlError};
 use oxvirt_model::{ByteSize, Vm, VmState, MIB};
-use std::time::Duration;
 
 /// The balloon as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -118,15 +117,5 @@ impl crate::ResourceControl {
                 }
             }
         }
-    }
-
-    pub(crate) fn start_auto_balloon(&self, every: Duration) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                me.auto_balloon_round().await;
-            }
-        });
     }
 }

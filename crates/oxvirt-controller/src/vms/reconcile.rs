@@ -2,7 +2,8 @@
 //!
 //! At daemon start it finds every guest it owns and re-attaches to it through its QMP socket; a
 //! guest whose QEMU died while the daemon was away is marked stopped and restarted where its
-//! policy says so. Afterwards it runs every few seconds to catch anything missed.
+//! policy says so. Afterwards it runs every few seconds to catch anything missed (the `vms` job
+//! of the reconcile round, `jobs.rs`).
 
 use crate::lock;
 use oxvirt_hypervisor::RunState;
@@ -22,9 +23,6 @@ impl crate::Vms {
                 return;
             }
         };
-        // Migrations first: a VM that just arrived is taken over from its waiting QEMU (which
-        // holds the QMP connection), not re-adopted as a stranger.
-        self.ctl.migrations().serve_migrations().await;
         // In a cluster each host looks after its own VMs only.
         let me = self.ctl.hosts().host_name();
         for vm in vms.into_iter().filter(|v| me.is_none() || v.host == me) {
@@ -34,15 +32,6 @@ impl crate::Vms {
             }
             self.rotate_console_log(&vm);
         }
-        self.ctl.inner.tasks.prune();
-        // The administrator token's file always holds one that works (renewed before it expires).
-        if let Err(e) = self.ctl.access().ensure_admin_token(&self.ctl.inner.config.data_dir.join("admin.token")) {
-            tracing::warn!("administrator token: {e}");
-        }
-        self.ctl.hosts().refresh_host_record();
-        self.ctl.networks().refresh_vxlan_peers().await;
-        self.ctl.hosts().rebalance_round().await;
-        self.ctl.nbd().supervise_export_daemons().await;
     }
 
     async fn reconcile_vm(&self, vm: &Vm) {
