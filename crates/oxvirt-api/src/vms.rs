@@ -50,19 +50,24 @@ fn check_name(name: &str) -> ApiResult<()> {
 async fn list(
     State(c): State<Controller>,
     p: Option<axum::Extension<oxvirt_model::Principal>>,
-) -> ApiResult<Json<Vec<Vm>>> {
+) -> ApiResult<axum::response::Response> {
     let user = crate::auth::user_of(&p);
-    let vms = c.vms().list_vms()?;
     if c.access().authorize(&user, oxvirt_model::Privilege::Read, "/vms").is_ok() {
-        return Ok(Json(vms));
+        // Sent as stored when the records are in this oxvirtd's form: the same bytes, unparsed.
+        if let Some(body) = c.vms().list_vms_json()? {
+            return Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        return Ok(Json(c.vms().list_vms()?).into_response());
     }
-    Ok(Json(
-        vms.into_iter()
-            .filter(|v| {
-                c.access().authorize(&user, oxvirt_model::Privilege::Read, &format!("/vms/{}", v.spec.name)).is_ok()
-            })
-            .collect(),
-    ))
+    let vms: Vec<Vm> = c
+        .vms()
+        .list_vms()?
+        .into_iter()
+        .filter(|v| {
+            c.access().authorize(&user, oxvirt_model::Privilege::Read, &format!("/vms/{}", v.spec.name)).is_ok()
+        })
+        .collect();
+    Ok(Json(vms).into_response())
 }
 
 async fn create(
@@ -74,9 +79,13 @@ async fn create(
     let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     // A VM of a project may be made by whoever may change that project's VMs. Checked before
     // the body is: a caller without the right learns nothing from its validation.
-    let project = serde_json::from_slice::<serde_json::Value>(&body)
+    #[derive(serde::Deserialize)]
+    struct ProjectOnly {
+        project: Option<String>,
+    }
+    let project = serde_json::from_slice::<ProjectOnly>(&body)
         .ok()
-        .and_then(|v| v.get("project").and_then(|p| p.as_str()).map(str::to_string))
+        .and_then(|v| v.project)
         .filter(|p| oxvirt_model::validate_name("project", p).is_ok());
     let resource = project.map(|p| format!("/projects/{p}")).unwrap_or_else(|| "/vms".into());
     let caller = user_of(&p);

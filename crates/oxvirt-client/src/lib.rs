@@ -2,12 +2,14 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use oxvirt_model::{HostInfo, Task, Vm};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod transport;
@@ -47,16 +49,47 @@ pub type Console = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 #[derive(Debug, Clone)]
 pub struct Client {
     transport: Transport,
+    /// Connections to the daemon's Unix socket that answered and may carry another request
+    /// (HTTP/1.1 keep-alive), shared by the client's clones.
+    idle: Arc<IdleConnections>,
+}
+
+/// At most this many idle connections are kept.
+const MAX_IDLE: usize = 16;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+#[derive(Default)]
+struct IdleConnections(std::sync::Mutex<Vec<Sender>>);
+
+impl std::fmt::Debug for IdleConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} idle connections", self.0.lock().map(|v| v.len()).unwrap_or(0))
+    }
+}
+
+impl IdleConnections {
+    fn take(&self) -> Option<Sender> {
+        self.0.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, s: Sender) {
+        if let Ok(mut v) = self.0.lock() {
+            if !s.is_closed() && v.len() < MAX_IDLE {
+                v.push(s);
+            }
+        }
+    }
 }
 
 impl Client {
     /// A client of the daemon's Unix socket.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Client { transport: Transport::Unix(socket.into()) }
+        Client::with_transport(Transport::Unix(socket.into()))
     }
 
     pub fn with_transport(transport: Transport) -> Self {
-        Client { transport }
+        Client { transport, idle: Arc::default() }
     }
 
     pub fn transport(&self) -> &Transport {
@@ -65,13 +98,6 @@ impl Client {
 
     /// One request; returns the status and the body. API errors come back as `Ok` here.
     pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), ClientError> {
-        let stream = self.transport.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let mut req = Request::builder().method(method).uri(path).header("host", "oxvirtd");
         if body.is_some() {
             req = req.header("content-type", "application/json");
@@ -81,10 +107,42 @@ impl Client {
         }
         let req =
             req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let (resp, sender) = self.send(req).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+        // Over the Unix socket the connection carries the next request too. Over HTTPS each
+        // request has its own: the daemon caps connections per address and closes idle ones.
+        if matches!(self.transport, Transport::Unix(_)) {
+            self.idle.give_back(sender);
+        }
         Ok((status, bytes))
+    }
+
+    /// Sends one request on an idle connection, or on a new one. A connection the daemon closed
+    /// (it restarted) gives the request back unsent, and the next one is tried: a request is
+    /// never sent twice.
+    async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<(hyper::Response<Incoming>, Sender), ClientError> {
+        while let Some(mut sender) = self.idle.take() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(ClientError::Http(e.into_error().to_string())),
+                },
+            }
+        }
+        let stream = self.transport.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok((resp, sender))
     }
 
     /// A request whose success body is JSON of type `T`; API errors become [`ClientError::Api`].

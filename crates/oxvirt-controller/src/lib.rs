@@ -133,6 +133,7 @@ pub(crate) struct Inner {
     /// What each background job did (`jobs.rs`).
     pub jobs: jobs::JobBook,
     // Each service's own state.
+    pub vms: vms::State,
     pub storage: storage::State,
     pub nbd: storage::nbd::State,
     pub migrations: migrate::State,
@@ -164,6 +165,7 @@ impl Controller {
             slots: Mutex::default(),
             host: host::HostLimits::detect(),
             jobs: Default::default(),
+            vms: Default::default(),
             storage: Default::default(),
             nbd: Default::default(),
             migrations: Default::default(),
@@ -197,6 +199,7 @@ impl Controller {
         self.networks().ensure_networks().await;
         self.migrations().recover_migrations(false).await;
         self.reconcile_round(true).await;
+        self.vms().canonicalize_records();
         self.migrations().recover_migrations(true).await;
         self.networks().remove_orphans().await;
         if let Ok(p) = self.resources().host_policy() {

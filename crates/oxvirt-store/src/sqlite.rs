@@ -1,4 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode.
+//!
+//! One connection writes; two others read, so reads never wait for a write (a point read uses
+//! the writer when it is free: its cache is never dropped). Commits are not
+//! synced (`synchronous = NORMAL`: a power cut may lose the last ones, never consistency);
+//! checkpoints, which sync, are made by a thread of their own twice a second instead of by the
+//! transaction that fills the WAL, so no request waits for a disk flush.
 
 use crate::{Entry, Expect, Op, Store, StoreError, WatchEvent};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -21,9 +27,61 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub struct SqliteStore {
+    /// The one connection that writes (and reads, in memory).
     conn: Mutex<Connection>,
+    /// Connections that only read: WAL lets them read while the writer writes, so a request
+    /// that reads never waits for another's transaction. None for a store in memory.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     events: broadcast::Sender<WatchEvent>,
+    /// Dropped with the store: the checkpointer makes a last checkpoint and ends.
+    checkpointer: Option<Checkpointer>,
 }
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        // A checkpoint copies pages from the WAL: it needs no cache of its own.
+        conn.pragma_update(None, "cache_size", 16).map_err(backend)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || loop {
+                let last =
+                    !matches!(stopped.recv_timeout(CHECKPOINT_EVERY), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+                // PASSIVE: copies what no reader still needs, never blocks the writer.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("store checkpoint: {e}");
+                }
+                if last {
+                    break;
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("checkpoint thread: {e}")))?;
+        Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reading connections of a store on disk (the daemon's runtime has two workers).
+const READERS: usize = 2;
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -32,8 +90,20 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl SqliteStore {
     /// Opens (or creates) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
-        Self::with_connection(conn)
+        let open_err = |e: rusqlite::Error| StoreError::Backend(format!("open {}: {e}", path.display()));
+        let mut store = Self::with_connection(Connection::open(path).map_err(open_err)?)?;
+        // Checkpoints are the checkpointer's, not the writing transaction's.
+        store.lock()?.pragma_update(None, "wal_autocheckpoint", 0).map_err(backend)?;
+        store.checkpointer = Some(Checkpointer::start(path)?);
+        for _ in 0..READERS {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let reader = Connection::open_with_flags(path, flags).map_err(open_err)?;
+            reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+            // Its cache is dropped whenever the writer commits: keep it small (1 MiB).
+            reader.pragma_update(None, "cache_size", -1024).map_err(backend)?;
+            store.readers.push(Mutex::new(reader));
+        }
+        Ok(store)
     }
 
     /// A store in memory, for tests.
@@ -48,7 +118,13 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
         migrate(&mut conn)?;
         let (events, _) = broadcast::channel(4096);
-        Ok(SqliteStore { conn: Mutex::new(conn), events })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: Default::default(),
+            events,
+            checkpointer: None,
+        })
     }
 
     pub fn schema_version(&self) -> Result<u32, StoreError> {
@@ -58,6 +134,22 @@ impl SqliteStore {
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))
+    }
+
+    /// A connection to read with: a free reader, else the next one in turn (the writer when
+    /// there are none). A read sees every transaction committed before it began.
+    fn read(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        if self.readers.is_empty() {
+            return self.lock();
+        }
+        let start = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.readers.len();
+        for i in 0..n {
+            if let Ok(c) = self.readers[(start + i) % n].try_lock() {
+                return Ok(c);
+            }
+        }
+        self.readers[start % n].lock().map_err(|_| StoreError::Backend("store lock poisoned".into()))
     }
 }
 
@@ -93,7 +185,12 @@ fn prefix_end(prefix: &str) -> Option<String> {
 
 impl Store for SqliteStore {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let conn = self.lock()?;
+        // The writer's cache stays warm (a reader's is dropped at every commit): a point read
+        // takes it when it is free, a reader when a transaction holds it.
+        let conn = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(_) => self.read()?,
+        };
         conn.prepare_cached("SELECT value, mod_revision FROM kv WHERE key = ?1")
             .and_then(|mut st| {
                 st.query_row(params![key], |r| {
@@ -105,7 +202,7 @@ impl Store for SqliteStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let map = |r: &rusqlite::Row| -> rusqlite::Result<Entry> {
             Ok(Entry { key: r.get(0)?, value: r.get(1)?, revision: r.get::<_, i64>(2)? as u64 })
         };
@@ -131,8 +228,10 @@ impl Store for SqliteStore {
     fn txn(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
         let mut conn = self.lock()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let revision: i64 =
-            tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0)).map_err(backend)?;
+        let revision: i64 = tx
+            .prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(backend)?;
         let revision = revision + 1;
         let mut changes = Vec::with_capacity(ops.len());
         for op in ops {
@@ -171,7 +270,9 @@ impl Store for SqliteStore {
                 }
             }
         }
-        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", params![revision]).map_err(backend)?;
+        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")
+            .and_then(|mut st| st.execute(params![revision]))
+            .map_err(backend)?;
         tx.commit().map_err(backend)?;
         drop(conn);
         for c in changes {
@@ -182,8 +283,9 @@ impl Store for SqliteStore {
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
-        let conn = self.lock()?;
-        conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get::<_, i64>(0))
+        let conn = self.read()?;
+        conn.prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
             .map(|v| v as u64)
             .map_err(backend)
     }

@@ -16,6 +16,12 @@ pub const AUDIT_KEEP: usize = 4;
 /// A record's request path is cut to this many bytes (a refused request's path is the caller's).
 pub const AUDIT_PATH_MAX: usize = 512;
 
+/// The audit log kept open between records, and which file it is (device, inode).
+pub(crate) struct AuditFile {
+    file: std::fs::File,
+    id: (u64, u64),
+}
+
 impl crate::Access {
     fn audit_path(&self) -> PathBuf {
         self.ctl.inner.config.data_dir.join("audit.log")
@@ -30,21 +36,34 @@ impl crate::Access {
             Ok(l) => l,
             Err(e) => return tracing::error!("audit record: {e}"),
         };
-        let _guard = lock(&self.state().audit_lock);
+        let mut open = lock(&self.state().audit_log);
         let path = self.audit_path();
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= AUDIT_MAX_BYTES) {
+        let now = std::fs::metadata(&path).ok();
+        if now.as_ref().is_some_and(|m| m.len() >= AUDIT_MAX_BYTES) {
+            *open = None;
             if let Err(e) = rotate(&path, AUDIT_KEEP) {
                 tracing::error!("audit log rotation: {e}");
             }
         }
-        let r = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = r {
-            tracing::error!("audit log: {e}");
+        // The file kept open is written only while it is still the one at the log's path (a
+        // rotation, or an operator's move or removal, makes the next record open it anew).
+        use std::os::unix::fs::MetadataExt;
+        let at_path = now.filter(|m| m.len() < AUDIT_MAX_BYTES).map(|m| (m.dev(), m.ino()));
+        if open.as_ref().is_none_or(|held| Some(held.id) != at_path) {
+            *open = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|file| Ok(AuditFile { id: file.metadata().map(|m| (m.dev(), m.ino()))?, file }))
+                .map_err(|e| tracing::error!("audit log: {e}"))
+                .ok();
+        }
+        if let Some(held) = open.as_mut() {
+            if let Err(e) = writeln!(held.file, "{line}") {
+                tracing::error!("audit log: {e}");
+                *open = None;
+            }
         }
     }
 
@@ -52,7 +71,7 @@ impl crate::Access {
     /// files while more are wanted).
     pub fn audit_tail(&self, limit: usize) -> Result<Vec<AuditRecord>, ControlError> {
         // No rotation while the files are read.
-        let _guard = lock(&self.state().audit_lock);
+        let _guard = lock(&self.state().audit_log);
         let path = self.audit_path();
         let mut files = vec![path.clone()];
         files.extend((1..=AUDIT_KEEP).map(|n| rotated(&path, n)));

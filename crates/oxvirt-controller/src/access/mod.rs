@@ -20,8 +20,8 @@ crate::service! {
 /// What this service keeps between requests (held by the controller, reached through `state()`).
 #[derive(Default)]
 pub(crate) struct State {
-    /// Serialises appends to the audit log.
-    pub audit_lock: std::sync::Mutex<()>,
+    /// The audit log's file while it is open; its lock serialises appends and rotations.
+    pub audit_log: std::sync::Mutex<Option<audit::AuditFile>>,
     /// Failed logins per user and per address (`login_guard.rs`).
     pub login_guard: std::sync::Mutex<login_guard::LoginGuard>,
 }

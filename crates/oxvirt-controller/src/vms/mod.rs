@@ -10,12 +10,20 @@ mod reconcile;
 use crate::cluster::placement::PLACEMENT_COUNTER;
 use crate::{now_millis, ControlError};
 use oxvirt_model::{ByteSize, DesiredState, Event, ValidationError, Vm, VmSpec, VmState, VmStatus, VmUpdate};
-use oxvirt_store::{Expect, StoreError, StoreExt};
+use oxvirt_store::{Expect, Record, StoreError, StoreExt};
 use std::path::Path;
 
 crate::service! {
     /// VM records and their lifecycle: create, change, delete, start/stop actions and the per-guest event watcher, re-adoption after a restart, consoles, disk attach and detach.
-    Vms, vms
+    Vms, vms, state = vms
+}
+
+/// What this service keeps between requests (held by the controller, reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// Every VM record is in this oxvirtd's JSON form, so a list may send records as stored
+    /// (set at start once older records are rewritten; on a store this daemon alone writes).
+    pub records_canonical: std::sync::atomic::AtomicBool,
 }
 
 impl Vms {
@@ -90,9 +98,7 @@ impl Vms {
                 },
                 created_at: now,
             };
-            if self.ctl.inner.store.get_record::<Vm>(&vm.spec.name)?.is_some() {
-                return Err(exists(&vm.spec.name));
-            }
+            // (A VM of that name made meanwhile fails the write: its key must be absent.)
             match self.ctl.storage().write_vm_with(&vm, Expect::Absent, None, counter.into_iter().collect()) {
                 Ok(()) => break vm,
                 Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
@@ -112,6 +118,51 @@ impl Vms {
         let now = vm.created_at;
         self.ctl.inner.emit(Event::VmLifecycle { vm: vm.spec.name.clone(), action: "created".into(), time: now });
         Ok(vm)
+    }
+
+    /// Rewrites VM records an older oxvirtd wrote (fields it did not know are added with their
+    /// defaults) in this one's form, then lets lists send records as stored. Only on a store no
+    /// other daemon writes (SQLite: one daemon per data dir); in a cluster, hosts of another
+    /// version may write at any time, and lists decode every record.
+    pub fn canonicalize_records(&self) {
+        if self.ctl.hosts().host_name().is_some() {
+            return;
+        }
+        let entries = match self.ctl.inner.store.list(Vm::PREFIX) {
+            Ok(e) => e,
+            Err(e) => return tracing::warn!("VM records: {e}"),
+        };
+        for e in entries {
+            let canonical = match serde_json::from_slice::<Vm>(&e.value) {
+                Ok(vm) => oxvirt_store::encode(&vm),
+                Err(err) => return tracing::warn!("VM record {}: {err}", e.key),
+            };
+            if canonical != e.value {
+                if let Err(err) = self.ctl.inner.store.put(&e.key, canonical, Expect::Revision(e.revision)) {
+                    return tracing::warn!("VM record {}: {err}", e.key);
+                }
+            }
+        }
+        self.state().records_canonical.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Every VM as a JSON array, the records as stored (no decoding, no encoding), when they
+    /// are known to be in this oxvirtd's form; `None` when they must be decoded.
+    pub fn list_vms_json(&self) -> Result<Option<Vec<u8>>, ControlError> {
+        if !self.state().records_canonical.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
+        }
+        let entries = self.ctl.inner.store.list(Vm::PREFIX)?;
+        let mut out = Vec::with_capacity(entries.iter().map(|e| e.value.len() + 1).sum::<usize>() + 2);
+        out.push(b'[');
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&e.value);
+        }
+        out.push(b']');
+        Ok(Some(out))
     }
 
     pub fn get_vm(&self, name: &str) -> Result<Vm, ControlError> {
