@@ -83,8 +83,11 @@ pub const DNSMASQ_USER: &str = "oxvirt-dnsmasq";
 
 /// dnsmasq's user, made as a system user (no home, no shell) when the host has none yet.
 pub fn ensure_user() -> Result<(u32, u32), HostCmdError> {
-    oxvirt_hypervisor::qemu::identity::system_user(DNSMASQ_USER, "oxvirt network DHCP/DNS")
-        .map_err(|e| HostCmdError { cmd: "useradd".into(), reason: e.to_string() })
+    oxvirt_hypervisor::qemu::identity::system_user(DNSMASQ_USER, "oxvirt network DHCP/DNS").map_err(|e| HostCmdError {
+        cmd: "useradd".into(),
+        errno: e.raw_os_error(),
+        reason: e.to_string(),
+    })
 }
 
 /// The network's directory and files as dnsmasq's user needs them: the directory and the static
@@ -107,7 +110,7 @@ fn share_files(files: &DnsmasqFiles, uid: u32, gid: u32) -> std::io::Result<()> 
 
 /// Starts dnsmasq on `bridge` unless it runs; a running one re-reads its static leases.
 pub fn ensure(files: &DnsmasqFiles, spec: &NetworkSpec, bridge: &str) -> Result<(), HostCmdError> {
-    let err = |reason: String| HostCmdError { cmd: "dnsmasq".into(), reason };
+    let err = |reason: String| HostCmdError { cmd: "dnsmasq".into(), reason, errno: None };
     if let Some(pid) = running_pid(files) {
         // SIGHUP: re-read the hosts file.
         unsafe { libc::kill(pid, libc::SIGHUP) };

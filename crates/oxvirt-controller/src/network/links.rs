@@ -1,67 +1,101 @@
-//! Host network devices, made and removed with iproute2 (`ip`, `bridge`, `tc`): argv only, no
-//! shell. Every name passed here was made by oxvirt or checked as an interface name.
+//! Host network devices: bridges, VXLAN devices, TAP and IFB devices and their settings, made
+//! through netlink (`netlink.rs`: no `ip` or `bridge` process) and read from sysfs; `tc` and `nft`
+//! still run as processes (`run`), argv only, no shell. Every name passed here was made by oxvirt
+//! or checked as an interface name.
 
+use super::netlink::{self, NetlinkError};
+use rtnetlink::packet_route::link::{BridgeStpState, InfoKind};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 
-/// A host command that failed, with what it said.
+/// A host command or netlink request that failed: what it was, why, and the kernel's errno when
+/// the kernel said it.
 #[derive(Debug, thiserror::Error)]
 #[error("{cmd}: {reason}")]
 pub struct HostCmdError {
     pub cmd: String,
     pub reason: String,
+    pub errno: Option<i32>,
+}
+
+impl From<NetlinkError> for HostCmdError {
+    fn from(e: NetlinkError) -> Self {
+        HostCmdError { errno: e.errno(), reason: e.source.to_string(), cmd: e.what }
+    }
 }
 
 pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String, HostCmdError> {
     run_stdin(prog, args, None)
 }
 
+/// Runs a program to its end. On the daemon's runtime its worker is handed over while it waits
+/// (`block_in_place`): a running `nft` or `tc` never stalls the requests queued behind it.
 pub(crate) fn run_stdin(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, HostCmdError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| run_blocking(prog, args, stdin))
+        }
+        _ => run_blocking(prog, args, stdin),
+    }
+}
+
+fn run_blocking(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, HostCmdError> {
     use std::io::Write;
     let cmd = format!("{prog} {}", args.join(" "));
+    let failed = |e: std::io::Error| HostCmdError { cmd: cmd.clone(), errno: e.raw_os_error(), reason: e.to_string() };
     let mut c = Command::new(prog);
     c.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     if stdin.is_some() {
         c.stdin(std::process::Stdio::piped());
     }
-    let mut child = c.spawn().map_err(|e| HostCmdError { cmd: cmd.clone(), reason: e.to_string() })?;
+    let mut child = c.spawn().map_err(failed)?;
     if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
-        w.write_all(text.as_bytes()).map_err(|e| HostCmdError { cmd: cmd.clone(), reason: e.to_string() })?;
+        w.write_all(text.as_bytes()).map_err(failed)?;
     }
-    let out = child.wait_with_output().map_err(|e| HostCmdError { cmd: cmd.clone(), reason: e.to_string() })?;
+    let out = child.wait_with_output().map_err(failed)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         let reason = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(HostCmdError { cmd, reason })
+        Err(HostCmdError { cmd, reason, errno: None })
     }
 }
 
-/// The host's own IPv4 addresses with their prefix, per device (`ip -j -4 addr`), oxvirt's
-/// bridges left out (their addresses are networks' gateways).
+/// The host's own IPv4 addresses with their prefix, per device, oxvirt's bridges left out
+/// (their addresses are networks' gateways).
 pub(crate) fn host_addresses() -> Result<Vec<(String, oxvirt_model::Ipv4Net)>, HostCmdError> {
-    let out = run("ip", &["-j", "-4", "addr", "show"])?;
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .map_err(|e| HostCmdError { cmd: "ip -j -4 addr show".into(), reason: e.to_string() })?;
-    let mut addrs = Vec::new();
-    for dev in v.as_array().into_iter().flatten() {
-        let name = dev["ifname"].as_str().unwrap_or_default();
-        if name.starts_with("oxb") {
-            continue;
-        }
-        for a in dev["addr_info"].as_array().into_iter().flatten() {
-            let (Some(local), Some(prefix)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else { continue };
-            if let Ok(addr) = local.parse() {
-                addrs.push((name.to_string(), oxvirt_model::Ipv4Net { addr, prefix: prefix.min(32) as u8 }));
-            }
-        }
-    }
-    Ok(addrs)
+    Ok(netlink::ipv4_addresses()?
+        .into_iter()
+        .filter(|(dev, _, _)| !dev.starts_with("oxb"))
+        .map(|(dev, addr, prefix)| (dev, oxvirt_model::Ipv4Net { addr, prefix: prefix.min(32) }))
+        .collect())
 }
 
-pub(crate) fn ip(args: &[&str]) -> Result<(), HostCmdError> {
-    run("ip", args).map(|_| ())
+fn index(dev: &str) -> Result<u32, HostCmdError> {
+    Ok(netlink::index_of(dev)?)
+}
+
+/// Sets what is given of a link's MTU, controller (the bridge it is a port of) and state up.
+fn set(dev: &str, mtu: Option<u32>, controller: Option<&str>, up: bool) -> Result<(), HostCmdError> {
+    let mut m = LinkUnspec::new_with_index(index(dev)?);
+    if let Some(mtu) = mtu {
+        m = m.mtu(mtu);
+    }
+    if let Some(b) = controller {
+        m = m.controller(index(b)?);
+    }
+    if up {
+        m = m.up();
+    }
+    Ok(netlink::set_link(&format!("set {dev}"), m.build())?)
+}
+
+fn parse_mac(mac: &str) -> Option<[u8; 6]> {
+    let b: Vec<u8> = mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    b.try_into().ok()
 }
 
 pub(crate) fn exists(dev: &str) -> bool {
@@ -83,10 +117,20 @@ pub(crate) fn master_of(dev: &str) -> Option<String> {
 }
 
 pub(crate) fn delete(dev: &str) -> Result<(), HostCmdError> {
-    if exists(dev) {
-        ip(&["link", "del", dev])?;
+    match netlink::index_of(dev) {
+        Ok(i) => match netlink::delete_link(&format!("delete {dev}"), i) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            r => Ok(r?),
+        },
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
+}
+
+/// Joins a device to a bridge (when it is not a port of it already) and sets it up.
+pub(crate) fn join(dev: &str, bridge: &str) -> Result<(), HostCmdError> {
+    let to = (master_of(dev).as_deref() != Some(bridge)).then_some(bridge);
+    set(dev, None, to, true)
 }
 
 /// A bridge with an MTU and, when given, an address; up. Made only if missing, fixed if it drifted.
@@ -97,27 +141,30 @@ pub(crate) fn ensure_bridge(
     mac: Option<&str>,
 ) -> Result<(), HostCmdError> {
     if !exists(name) {
-        ip(&["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+        let m = LinkBridge::new(name).stp_state(BridgeStpState::Disabled).forward_delay(0).build();
+        netlink::add_link(&format!("add bridge {name}"), m)?;
     }
     if let Some(mac) = mac {
         let now = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap_or_default();
         if now.trim() != mac {
-            ip(&["link", "set", name, "address", mac])?;
+            let bytes = parse_mac(mac).ok_or_else(|| HostCmdError {
+                cmd: format!("set {name} address"),
+                reason: format!("{mac} is not a MAC address"),
+                errno: Some(libc::EINVAL),
+            })?;
+            let m = LinkUnspec::new_with_index(index(name)?).address(bytes.to_vec()).build();
+            netlink::set_link(&format!("set {name} address {mac}"), m)?;
         }
     }
-    let mtu_s = mtu.to_string();
-    if mtu_of(name) != Some(mtu) {
-        // A bridge without ports keeps the MTU it is given; with ports it takes the smallest.
-        ip(&["link", "set", name, "mtu", &mtu_s])?;
-    }
+    // A bridge without ports keeps the MTU it is given; with ports it takes the smallest.
+    let mtu = (mtu_of(name) != Some(mtu)).then_some(mtu);
     if let Some((a, p)) = addr {
-        let cidr = format!("{a}/{p}");
-        let shown = run("ip", &["-o", "-4", "addr", "show", "dev", name])?;
-        if !shown.split_whitespace().any(|w| w == cidr) {
-            ip(&["addr", "replace", &cidr, "dev", name])?;
+        let has = netlink::ipv4_addresses()?.iter().any(|(d, x, q)| d == name && *x == a && *q == p);
+        if !has {
+            netlink::replace_ipv4(&format!("address {a}/{p} on {name}"), index(name)?, a, p)?;
         }
     }
-    ip(&["link", "set", name, "up"])
+    set(name, mtu, None, true)
 }
 
 /// A VXLAN device on a bridge, sending broadcast and unknown frames to every peer.
@@ -130,31 +177,22 @@ pub(crate) fn ensure_vxlan(
     mtu: u32,
     peers: &[Ipv4Addr],
 ) -> Result<(), HostCmdError> {
-    let (vni_s, local_s, port_s, mtu_s) = (vni.to_string(), local.to_string(), port.to_string(), mtu.to_string());
     if !exists(name) {
-        ip(&["link", "add", name, "type", "vxlan", "id", &vni_s, "local", &local_s, "dstport", &port_s])?;
+        let m = LinkVxlan::new(name, vni).local(local).port(port).build();
+        netlink::add_link(&format!("add vxlan {name}"), m)?;
     }
-    ip(&["link", "set", name, "mtu", &mtu_s])?;
-    if master_of(name).as_deref() != Some(bridge) {
-        ip(&["link", "set", name, "master", bridge])?;
-    }
+    set(name, Some(mtu), (master_of(name).as_deref() != Some(bridge)).then_some(bridge), false)?;
     // Head-end replication: the all-zero entry per peer floods to each; the bridge learns MACs.
-    let fdb = run("bridge", &["fdb", "show", "dev", name])?;
-    let have: Vec<String> = fdb
-        .lines()
-        .filter(|l| l.starts_with("00:00:00:00:00:00"))
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "dst").nth(1).map(str::to_string))
-        .collect();
-    for p in peers {
-        let p_s = p.to_string();
-        if !have.contains(&p_s) {
-            run("bridge", &["fdb", "append", "00:00:00:00:00:00", "dev", name, "dst", &p_s])?;
-        }
+    const ALL: [u8; 6] = [0; 6];
+    let i = index(name)?;
+    let have = netlink::fdb_destinations(i, ALL)?;
+    for p in peers.iter().filter(|p| !have.contains(p)) {
+        netlink::fdb_append(&format!("forward {name} to {p}"), i, ALL, *p)?;
     }
-    for h in have.iter().filter(|h| !peers.iter().any(|p| p.to_string() == **h)) {
-        run("bridge", &["fdb", "del", "00:00:00:00:00:00", "dev", name, "dst", h])?;
+    for h in have.iter().filter(|h| !peers.contains(h)) {
+        netlink::fdb_delete(&format!("stop forwarding {name} to {h}"), i, ALL, *h)?;
     }
-    ip(&["link", "set", name, "up"])
+    set(name, None, None, true)
 }
 
 /// A TAP device (multi-queue when `queues` > 1) with an MTU, joined to `bridge`, up; `owner` may
@@ -168,24 +206,70 @@ pub(crate) fn make_tap(
 ) -> Result<(), HostCmdError> {
     if exists(name) {
         // Ours from an earlier run of this VM (same id): made afresh.
-        ip(&["link", "del", name])?;
+        delete(name)?;
     }
-    let mut add = vec!["tuntap", "add", "dev", name, "mode", "tap"];
-    if queues > 1 {
-        add.push("multi_queue");
-    }
-    let owner_s = owner.map(|u| u.to_string());
-    if let Some(u) = &owner_s {
-        add.extend(["user", u]);
-    }
-    ip(&add)?;
-    let mtu_s = mtu.to_string();
-    let joined = ip(&["link", "set", name, "mtu", &mtu_s])
-        .and_then(|_| ip(&["link", "set", name, "master", bridge]))
-        .and_then(|_| ip(&["link", "set", name, "up"]));
-    if let Err(e) = joined {
-        let _ = ip(&["link", "del", name]);
+    add_tap(name, queues > 1, owner)?;
+    if let Err(e) = set(name, Some(mtu), Some(bridge), true) {
+        let _ = delete(name);
         return Err(e);
     }
     Ok(())
+}
+
+/// A persistent TAP device (as `ip tuntap add`): made through `/dev/net/tun`, kept once its
+/// descriptor is closed, owned by `owner` when given.
+fn add_tap(name: &str, multi_queue: bool, owner: Option<u32>) -> Result<(), HostCmdError> {
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let failed = |what: &str, e: std::io::Error| HostCmdError {
+        cmd: format!("{what} {name}"),
+        errno: e.raw_os_error(),
+        reason: e.to_string(),
+    };
+    if name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
+        return Err(failed("add tap", std::io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| failed("open /dev/net/tun for", e))?;
+    let mut req =
+        IfReq { name: [0; libc::IFNAMSIZ], flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short, _pad: [0; 22] };
+    if multi_queue {
+        req.flags |= libc::IFF_MULTI_QUEUE as libc::c_short;
+    }
+    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    let fd = tun.as_raw_fd();
+    // SAFETY: `req` is an ifreq-shaped struct that outlives the call; the fd is open.
+    if unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut req as *mut IfReq) } < 0 {
+        return Err(failed("add tap", std::io::Error::last_os_error()));
+    }
+    if let Some(uid) = owner {
+        // SAFETY: TUNSETOWNER takes the uid by value.
+        if unsafe { libc::ioctl(fd, libc::TUNSETOWNER, uid as libc::c_ulong) } < 0 {
+            return Err(failed("set owner of", std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: TUNSETPERSIST takes a flag by value.
+    if unsafe { libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        return Err(failed("keep", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// An IFB device with an MTU, up (made when missing).
+pub(crate) fn ensure_ifb(name: &str, mtu: u32) -> Result<(), HostCmdError> {
+    if !exists(name) {
+        let m = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb).name(name.to_string()).build();
+        netlink::add_link(&format!("add ifb {name}"), m)?;
+    }
+    set(name, Some(mtu), None, true)
 }

@@ -10,6 +10,7 @@ pub mod dnsmasq;
 pub mod firewall;
 mod ipam;
 pub(crate) mod links;
+mod netlink;
 mod nics;
 mod secgroups;
 pub use ipam::Ipam;

@@ -2,7 +2,7 @@
 //! TAP device; traffic from the VM (which the TAP receives) is redirected to an IFB device of
 //! oxvirt's and shaped there, since this kernel has no policer.
 
-use super::links::{delete, exists, ip, run, HostCmdError};
+use super::links::{delete, ensure_ifb, run, HostCmdError};
 use oxvirt_model::NicQos;
 
 /// The IFB device that shapes what a TAP device receives: `oxq...` for `oxv...`.
@@ -44,11 +44,7 @@ pub fn apply(tap: &str, qos: &NicQos, mtu: u32) -> Result<(), HostCmdError> {
     let has_ingress =
         run("tc", &["qdisc", "show", "dev", tap, "ingress"]).map(|o| o.contains("ingress")).unwrap_or(false);
     if qos.egress > 0 {
-        if !exists(&ifb) {
-            ip(&["link", "add", &ifb, "type", "ifb"])?;
-        }
-        ip(&["link", "set", &ifb, "mtu", &mtu.to_string()])?;
-        ip(&["link", "set", &ifb, "up"])?;
+        ensure_ifb(&ifb, mtu)?;
         tbf(&ifb, qos.egress, mtu)?;
         if !has_ingress {
             tc(&["qdisc", "add", "dev", tap, "handle", "ffff:", "ingress"])?;

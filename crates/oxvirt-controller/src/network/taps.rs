@@ -166,8 +166,7 @@ impl crate::Networks {
             let fixed = (|| {
                 if links::master_of(&tap).as_deref() != Some(at.bridge.as_str()) {
                     tracing::info!(vm = %vm.spec.name, tap, bridge = %at.bridge, "TAP device joined to its bridge again");
-                    links::ip(&["link", "set", &tap, "master", &at.bridge])?;
-                    links::ip(&["link", "set", &tap, "up"])?;
+                    links::join(&tap, &at.bridge)?;
                 }
                 shaping::apply(&tap, &nic.qos, at.mtu)
             })();
