@@ -1,8 +1,9 @@
 //! `/api/v1/cluster/...`: the hosts of the cluster (etcd store), online or not, and the leader;
 //! maintenance; the placement and rebalancing policy; rebalancing.
 
-use crate::error::{ApiError, ApiResult};
-use axum::extract::{Path, State};
+use crate::error::ApiResult;
+use crate::names::Names;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -43,8 +44,7 @@ async fn hosts(State(c): State<Controller>) -> ApiResult<Json<Vec<HostView>>> {
     Ok(Json(c.hosts().cluster_hosts().await?))
 }
 
-async fn leave(State(c): State<Controller>, Path(host): Path<String>) -> ApiResult<StatusCode> {
-    oxvirt_model::validate_name("host", &host).map_err(|_| ApiError::not_found(format!("host {host:?} not found")))?;
+async fn leave(State(c): State<Controller>, Names(host): Names<String>) -> ApiResult<StatusCode> {
     c.hosts().leave_cluster(&host)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -58,10 +58,9 @@ struct Maintenance {
 /// In maintenance: no new VMs; its running VMs are migrated away (the tasks are returned).
 async fn maintenance(
     State(c): State<Controller>,
-    Path(host): Path<String>,
+    Names(host): Names<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Vec<oxvirt_model::Task>>> {
-    oxvirt_model::validate_name("host", &host).map_err(|_| ApiError::not_found(format!("host {host:?} not found")))?;
     let m: Maintenance = crate::body::parse(&body)?;
     Ok(Json(c.hosts().set_maintenance(&host, m.on)?))
 }

@@ -3,21 +3,20 @@
 //! guest prints comes back as binary messages.
 
 use crate::error::{ApiError, ApiResult};
+use crate::names::Names;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use oxvirt_controller::Controller;
-use oxvirt_model::validate_name;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 pub async fn console(
     State(c): State<Controller>,
-    Path(name): Path<String>,
+    Names(name): Names<String>,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    validate_name("name", &name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))?;
     let vm = c.vms().get_vm(&name)?;
     if !vm.status.state.has_process() {
         return Err(oxvirt_controller::ControlError::Conflict(format!(

@@ -13,6 +13,7 @@ pub mod error;
 mod events;
 mod host;
 pub mod metrics;
+pub mod names;
 mod networks;
 pub mod openapi;
 mod projects;

@@ -2,16 +2,17 @@
 
 use crate::auth::{user_of, Caller};
 use crate::body::parse;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use crate::names::Names;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::network::NicUpdate;
 use oxvirt_controller::Controller;
-use oxvirt_model::{validate_name, LeaseView, NetworkSpec, NetworkView, NicSpec, SecurityGroup, SecurityGroupSpec, Vm};
+use oxvirt_model::{LeaseView, NetworkSpec, NetworkView, NicSpec, SecurityGroup, SecurityGroupSpec, Vm};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
@@ -24,10 +25,6 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/vms/{name}/nics/{nic}", axum::routing::patch(update_nic).delete(detach_nic))
 }
 
-fn check(kind: &str, name: &str) -> ApiResult<()> {
-    validate_name("name", name).map_err(|_| ApiError::not_found(format!("{kind} {name:?} not found")))
-}
-
 async fn list_networks(State(c): State<Controller>) -> ApiResult<Json<Vec<NetworkView>>> {
     Ok(Json(c.networks().list_networks()?))
 }
@@ -37,19 +34,16 @@ async fn create_network(State(c): State<Controller>, p: Caller, body: Bytes) -> 
     Ok((StatusCode::CREATED, Json(c.networks().create_network(&user_of(&p), spec).await?)))
 }
 
-async fn show_network(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<NetworkView>> {
-    check("network", &name)?;
+async fn show_network(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<NetworkView>> {
     Ok(Json(c.networks().show_network(&name)?))
 }
 
-async fn delete_network(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    check("network", &name)?;
+async fn delete_network(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<StatusCode> {
     c.networks().delete_network(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn leases(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<Vec<LeaseView>>> {
-    check("network", &name)?;
+async fn leases(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<Vec<LeaseView>>> {
     Ok(Json(c.networks().network_leases(&name)?))
 }
 
@@ -62,23 +56,20 @@ async fn create_group(State(c): State<Controller>, body: Bytes) -> ApiResult<imp
     Ok((StatusCode::CREATED, Json(c.security_groups().create_security_group(spec)?)))
 }
 
-async fn show_group(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<SecurityGroup>> {
-    check("security group", &name)?;
+async fn show_group(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<SecurityGroup>> {
     Ok(Json(c.security_groups().get_security_group(&name)?))
 }
 
 async fn replace_group(
     State(c): State<Controller>,
-    Path(name): Path<String>,
+    Names(name): Names<String>,
     body: Bytes,
 ) -> ApiResult<Json<SecurityGroup>> {
-    check("security group", &name)?;
     let spec: SecurityGroupSpec = parse(&body)?;
     Ok(Json(c.security_groups().replace_security_group(&name, spec).await?))
 }
 
-async fn delete_group(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    check("security group", &name)?;
+async fn delete_group(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<StatusCode> {
     c.security_groups().delete_security_group(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -86,10 +77,9 @@ async fn delete_group(State(c): State<Controller>, Path(name): Path<String>) -> 
 async fn attach_nic(
     State(c): State<Controller>,
     p: Caller,
-    Path(name): Path<String>,
+    Names(name): Names<String>,
     body: Bytes,
 ) -> ApiResult<Json<Vm>> {
-    check("VM", &name)?;
     let nic: NicSpec = parse(&body)?;
     Ok(Json(c.networks().attach_nic(&user_of(&p), &name, nic).await?))
 }
@@ -97,17 +87,13 @@ async fn attach_nic(
 async fn update_nic(
     State(c): State<Controller>,
     p: Caller,
-    Path((name, nic)): Path<(String, String)>,
+    Names((name, nic)): Names<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Vm>> {
-    check("VM", &name)?;
-    check("NIC", &nic)?;
     let u: NicUpdate = parse(&body)?;
     Ok(Json(c.networks().update_nic(&user_of(&p), &name, &nic, u).await?))
 }
 
-async fn detach_nic(State(c): State<Controller>, Path((name, nic)): Path<(String, String)>) -> ApiResult<Json<Vm>> {
-    check("VM", &name)?;
-    check("NIC", &nic)?;
+async fn detach_nic(State(c): State<Controller>, Names((name, nic)): Names<(String, String)>) -> ApiResult<Json<Vm>> {
     Ok(Json(c.networks().detach_nic(&name, &nic).await?))
 }

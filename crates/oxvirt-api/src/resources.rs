@@ -2,14 +2,15 @@
 //! and resources (`/api/v1/host/policy`, `/api/v1/host/resources`).
 
 use crate::body::parse;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use crate::names::Names;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use oxvirt_controller::resources::{BalloonView, HostResources};
 use oxvirt_controller::Controller;
-use oxvirt_model::{validate_name, ByteSize, HostPolicy, Resources, Vm};
+use oxvirt_model::{ByteSize, HostPolicy, Resources, Vm};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
@@ -19,12 +20,7 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/host/resources", get(host_resources))
 }
 
-fn check(name: &str) -> ApiResult<()> {
-    validate_name("name", name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))
-}
-
-async fn set_resources(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
-    check(&name)?;
+async fn set_resources(State(c): State<Controller>, Names(name): Names<String>, body: Bytes) -> ApiResult<Json<Vm>> {
     let r: Resources = parse(&body)?;
     Ok(Json(c.resources().set_resources(&name, r).await?))
 }
@@ -35,17 +31,15 @@ struct BalloonTarget {
     target: ByteSize,
 }
 
-async fn balloon(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<BalloonView>> {
-    check(&name)?;
+async fn balloon(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<BalloonView>> {
     Ok(Json(c.resources().balloon(&name).await?))
 }
 
 async fn set_balloon(
     State(c): State<Controller>,
-    Path(name): Path<String>,
+    Names(name): Names<String>,
     body: Bytes,
 ) -> ApiResult<Json<BalloonView>> {
-    check(&name)?;
     let t: BalloonTarget = parse(&body)?;
     Ok(Json(c.resources().set_balloon(&name, t.target).await?))
 }

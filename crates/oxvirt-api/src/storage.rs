@@ -3,15 +3,16 @@
 use crate::auth::{user_of, Caller};
 use crate::body::parse;
 use crate::error::{ApiError, ApiResult};
+use crate::names::Names;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::storage::{CloneRequest, ExportRequest, ImportRequest};
 use oxvirt_controller::Controller;
-use oxvirt_model::{validate_name, ByteSize, PoolSpec, PoolView, Volume, VolumeSpec};
+use oxvirt_model::{ByteSize, PoolSpec, PoolView, Volume, VolumeSpec};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
@@ -38,61 +39,48 @@ struct NewSnapshot {
 
 async fn snapshot_volume(
     State(c): State<Controller>,
-    Path((pool, name)): Path<(String, String)>,
+    Names((pool, name)): Names<(String, String)>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
     let s: NewSnapshot = parse(&body)?;
     Ok((StatusCode::CREATED, Json(c.snapshots().snapshot_volume(&pool, &name, &s.name).await?)))
 }
 
 async fn revert_volume(
     State(c): State<Controller>,
-    Path((pool, name, snap)): Path<(String, String, String)>,
+    Names((pool, name, snap)): Names<(String, String, String)>,
 ) -> ApiResult<Json<Volume>> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
-    check("snapshot", &snap)?;
     Ok(Json(c.snapshots().revert_volume(&pool, &name, &snap).await?))
 }
 
 async fn delete_volume_snapshot(
     State(c): State<Controller>,
-    Path((pool, name, snap)): Path<(String, String, String)>,
+    Names((pool, name, snap)): Names<(String, String, String)>,
 ) -> ApiResult<Json<Volume>> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
-    check("snapshot", &snap)?;
     Ok(Json(c.snapshots().delete_volume_snapshot(&pool, &name, &snap).await?))
 }
 
-async fn snapshot_vm(State(c): State<Controller>, Path(vm): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
-    check("VM", &vm)?;
+async fn snapshot_vm(
+    State(c): State<Controller>,
+    Names(vm): Names<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let s: NewSnapshot = parse(&body)?;
     Ok((StatusCode::CREATED, Json(c.snapshots().snapshot_vm(&vm, &s.name).await?)))
 }
 
 async fn revert_vm(
     State(c): State<Controller>,
-    Path((vm, snap)): Path<(String, String)>,
+    Names((vm, snap)): Names<(String, String)>,
 ) -> ApiResult<Json<Vec<Volume>>> {
-    check("VM", &vm)?;
-    check("snapshot", &snap)?;
     Ok(Json(c.snapshots().revert_vm(&vm, &snap).await?))
 }
 
 async fn delete_vm_snapshot(
     State(c): State<Controller>,
-    Path((vm, snap)): Path<(String, String)>,
+    Names((vm, snap)): Names<(String, String)>,
 ) -> ApiResult<Json<Vec<Volume>>> {
-    check("VM", &vm)?;
-    check("snapshot", &snap)?;
     Ok(Json(c.snapshots().delete_vm_snapshot(&vm, &snap).await?))
-}
-
-fn check(kind: &str, name: &str) -> ApiResult<()> {
-    validate_name("name", name).map_err(|_| ApiError::not_found(format!("{kind} {name:?} not found")))
 }
 
 async fn list_pools(State(c): State<Controller>) -> ApiResult<Json<Vec<PoolView>>> {
@@ -105,38 +93,32 @@ async fn create_pool(State(c): State<Controller>, p: Caller, body: Bytes) -> Api
     Ok((StatusCode::CREATED, Json(c.storage().get_pool(&pool.spec.name)?)))
 }
 
-async fn show_pool(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<Json<PoolView>> {
-    check("pool", &pool)?;
+async fn show_pool(State(c): State<Controller>, Names(pool): Names<String>) -> ApiResult<Json<PoolView>> {
     Ok(Json(c.storage().get_pool(&pool)?))
 }
 
-async fn delete_pool(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<StatusCode> {
-    check("pool", &pool)?;
+async fn delete_pool(State(c): State<Controller>, Names(pool): Names<String>) -> ApiResult<StatusCode> {
     c.storage().delete_pool(&pool).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_volumes(State(c): State<Controller>, Path(pool): Path<String>) -> ApiResult<Json<Vec<Volume>>> {
-    check("pool", &pool)?;
+async fn list_volumes(State(c): State<Controller>, Names(pool): Names<String>) -> ApiResult<Json<Vec<Volume>>> {
     Ok(Json(c.storage().list_volumes(&pool)?))
 }
 
 async fn create_volume(
     State(c): State<Controller>,
-    Path(pool): Path<String>,
+    Names(pool): Names<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    check("pool", &pool)?;
     let spec: VolumeSpec = parse(&body)?;
     Ok((StatusCode::CREATED, Json(c.storage().create_volume(&pool, spec).await?)))
 }
 
 async fn show_volume(
     State(c): State<Controller>,
-    Path((pool, name)): Path<(String, String)>,
+    Names((pool, name)): Names<(String, String)>,
 ) -> ApiResult<Json<Volume>> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
     Ok(Json(c.storage().get_volume(&pool, &name)?))
 }
 
@@ -148,21 +130,17 @@ struct Resize {
 
 async fn resize_volume(
     State(c): State<Controller>,
-    Path((pool, name)): Path<(String, String)>,
+    Names((pool, name)): Names<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Volume>> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
     let r: Resize = parse(&body)?;
     Ok(Json(c.storage().resize_volume(&pool, &name, r.size).await?))
 }
 
 async fn delete_volume(
     State(c): State<Controller>,
-    Path((pool, name)): Path<(String, String)>,
+    Names((pool, name)): Names<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
     c.storage().delete_volume(&pool, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -170,11 +148,9 @@ async fn delete_volume(
 async fn clone_volume(
     State(c): State<Controller>,
     p: Caller,
-    Path((pool, name)): Path<(String, String)>,
+    Names((pool, name)): Names<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
     let req: CloneRequest = parse(&body)?;
     match c.storage().clone_volume(&user_of(&p), &pool, &name, req).await? {
         (Some(v), _) => Ok((StatusCode::CREATED, Json(v)).into_response()),
@@ -186,11 +162,9 @@ async fn clone_volume(
 async fn export_volume(
     State(c): State<Controller>,
     p: Caller,
-    Path((pool, name)): Path<(String, String)>,
+    Names((pool, name)): Names<(String, String)>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    check("pool", &pool)?;
-    check("volume", &name)?;
     let req: ExportRequest = parse(&body)?;
     Ok((StatusCode::ACCEPTED, Json(c.storage().export_volume(&user_of(&p), &pool, &name, req).await?)))
 }
@@ -198,10 +172,9 @@ async fn export_volume(
 async fn import(
     State(c): State<Controller>,
     p: Caller,
-    Path(pool): Path<String>,
+    Names(pool): Names<String>,
     body: Bytes,
 ) -> ApiResult<impl IntoResponse> {
-    check("pool", &pool)?;
     let req: ImportRequest = parse(&body)?;
     Ok((StatusCode::ACCEPTED, Json(c.storage().import_volume(&user_of(&p), &pool, req).await?)))
 }

@@ -2,16 +2,15 @@
 
 use crate::body::parse;
 use crate::error::{ApiError, ApiResult};
+use crate::names::Names;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use oxvirt_controller::{ControlError, Controller};
-use oxvirt_model::{
-    validate_name, AclEntry, ApiToken, AuditRecord, NewToken, Principal, Privilege, UserSpec, UserView, ROOT,
-};
+use oxvirt_model::{AclEntry, ApiToken, AuditRecord, NewToken, Principal, Privilege, UserSpec, UserView, ROOT};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
@@ -105,7 +104,7 @@ async fn list_tokens(State(c): State<Controller>, p: Option<Extension<Principal>
 async fn revoke_token(
     State(c): State<Controller>,
     p: Option<Extension<Principal>>,
-    Path(id): Path<String>,
+    Names(id): Names<String>,
 ) -> ApiResult<StatusCode> {
     let me = who(p);
     if id.len() > 64 || !id.chars().all(|ch| ch.is_ascii_alphanumeric()) {
@@ -132,8 +131,7 @@ async fn create_user(State(c): State<Controller>, body: Bytes) -> ApiResult<impl
     Ok((StatusCode::CREATED, Json(u)))
 }
 
-async fn delete_user(State(c): State<Controller>, Path(user): Path<String>) -> ApiResult<StatusCode> {
-    validate_name("user", &user).map_err(|_| ApiError::not_found(format!("user {user:?} not found")))?;
+async fn delete_user(State(c): State<Controller>, Names(user): Names<String>) -> ApiResult<StatusCode> {
     c.access().delete_user(&user)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,14 +3,15 @@
 use crate::auth::{user_of, Caller};
 use crate::body::parse;
 use crate::error::{ApiError, ApiResult};
+use crate::names::Names;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::Controller;
-use oxvirt_model::{validate_name, Task, Vm, VmAction, VmSpec, VmUpdate, VM_ACTIONS};
+use oxvirt_model::{Task, Vm, VmAction, VmSpec, VmUpdate, VM_ACTIONS};
 use serde::Deserialize;
 
 pub fn routes() -> Router<Controller> {
@@ -38,11 +39,6 @@ struct CreateQuery {
 struct Created {
     vm: Vm,
     task: Option<Task>,
-}
-
-fn check_name(name: &str) -> ApiResult<()> {
-    // A name that could never exist is simply not found (and is never used in a path).
-    validate_name("name", name).map_err(|_| ApiError::not_found(format!("VM {name:?} not found")))
 }
 
 /// The VMs the caller may see (all of them with a grant on `/vms` or `/`; else those granted
@@ -98,28 +94,29 @@ async fn create(
     Ok((StatusCode::CREATED, Json(Created { vm, task })))
 }
 
-async fn show(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
-    check_name(&name)?;
+async fn show(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<Vm>> {
     Ok(Json(c.vms().get_vm(&name)?))
 }
 
-async fn update(State(c): State<Controller>, p: Caller, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Vm>> {
-    check_name(&name)?;
+async fn update(
+    State(c): State<Controller>,
+    p: Caller,
+    Names(name): Names<String>,
+    body: Bytes,
+) -> ApiResult<Json<Vm>> {
     let update: VmUpdate = parse(&body)?;
     Ok(Json(c.vms().update_vm(&user_of(&p), &name, &update)?))
 }
 
-async fn delete(State(c): State<Controller>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    check_name(&name)?;
+async fn delete(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<StatusCode> {
     c.vms().delete_vm(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn action(
     State(c): State<Controller>,
-    Path((name, action)): Path<(String, String)>,
+    Names((name, action)): Names<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    check_name(&name)?;
     let Some(action) = VmAction::parse(&action) else {
         return Err(ApiError::invalid("action", format!("must be one of {}", VM_ACTIONS.join(", "))));
     };
@@ -135,10 +132,9 @@ struct LogQuery {
 
 async fn console_log(
     State(c): State<Controller>,
-    Path(name): Path<String>,
+    Names(name): Names<String>,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    check_name(&name)?;
     let Query(q) = q.map_err(|e| ApiError::invalid("bytes", e.body_text()))?;
     let max = q.bytes.unwrap_or(64 * 1024);
     if max > 16 * 1024 * 1024 {
@@ -150,11 +146,9 @@ async fn console_log(
 
 async fn set_qos(
     State(c): State<Controller>,
-    Path((name, disk)): Path<(String, String)>,
+    Names((name, disk)): Names<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Vm>> {
-    check_name(&name)?;
-    validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
     let qos: oxvirt_model::DiskQos = parse(&body)?;
     Ok(Json(c.snapshots().set_disk_qos(&name, &disk, qos).await?))
 }
@@ -162,30 +156,25 @@ async fn set_qos(
 async fn attach_disk(
     State(c): State<Controller>,
     p: Caller,
-    Path(name): Path<String>,
+    Names(name): Names<String>,
     body: Bytes,
 ) -> ApiResult<Json<Vm>> {
-    check_name(&name)?;
     let disk: oxvirt_model::DiskSpec = parse(&body)?;
     Ok(Json(c.vms().attach_disk(&user_of(&p), &name, disk).await?))
 }
 
-async fn detach_disk(State(c): State<Controller>, Path((name, disk)): Path<(String, String)>) -> ApiResult<Json<Vm>> {
-    check_name(&name)?;
-    validate_name("disk", &disk).map_err(|_| ApiError::not_found(format!("disk {disk:?} not found")))?;
+async fn detach_disk(State(c): State<Controller>, Names((name, disk)): Names<(String, String)>) -> ApiResult<Json<Vm>> {
     Ok(Json(c.vms().detach_disk(&name, &disk).await?))
 }
 
-async fn migrate(State(c): State<Controller>, Path(name): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
-    check_name(&name)?;
+async fn migrate(State(c): State<Controller>, Names(name): Names<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let req: oxvirt_model::MigrateRequest = parse(&body)?;
     Ok((StatusCode::ACCEPTED, Json(c.migrations().migrate_vm(&name, req)?)))
 }
 
 async fn history(
     State(c): State<Controller>,
-    Path(name): Path<String>,
+    Names(name): Names<String>,
 ) -> ApiResult<Json<Vec<oxvirt_controller::monitoring::history::VmSample>>> {
-    check_name(&name)?;
     Ok(Json(c.monitoring().vm_history(&name)?))
 }
