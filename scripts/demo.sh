@@ -4,6 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 data=$root/demo-data
+# oxvirt's unprivileged processes (QEMU, dnsmasq) pass through the data directory's parents, and
+# oxvirt changes no directory it did not make: a checkout they cannot pass (under /root, say)
+# keeps the demo's data in /var/lib instead.
+if ! setpriv --reuid=65534 --regid=65534 --clear-groups test -x "$root" 2>/dev/null; then
+  data=/var/lib/oxvirt-demo
+fi
 bin=$root/target/release
 guest=$root/build/guest
 export OXVIRT_SOCKET=$data/oxvirtd.sock
@@ -24,7 +30,7 @@ cleanup() {
   oxvirt vm stop demo --timeout 40 >/dev/null 2>&1 || oxvirt vm kill demo >/dev/null 2>&1 || true
   kill "$daemon" 2>/dev/null || true
   wait "$daemon" 2>/dev/null || true
-  echo "== stopped. The demo's data stays in $data (remove it with: rm -rf demo-data)"
+  echo "== stopped. The demo's data stays in $data (remove it with: rm -rf $data)"
 }
 trap cleanup INT TERM EXIT
 

@@ -135,7 +135,7 @@ impl Daemon {
 
     pub fn start_with_config(config: &str) -> Daemon {
         // Short path: Unix socket paths are limited to 107 bytes.
-        let data_dir = tempfile::Builder::new().prefix("oxv").tempdir_in("/tmp").expect("tempdir");
+        let data_dir = operator_dir("oxv");
         let config = Self::full_config(config);
         std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
         let client = Client::new(data_dir.path().join("oxvirtd.sock"));
@@ -146,7 +146,7 @@ impl Daemon {
 
     /// A daemon started with these arguments too (e.g. `--join`).
     pub fn start_with_args(config: &str, args: &[&str]) -> Daemon {
-        let data_dir = tempfile::Builder::new().prefix("oxv").tempdir_in("/tmp").expect("tempdir");
+        let data_dir = operator_dir("oxv");
         let config = Self::full_config(config);
         std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
         let client = Client::new(data_dir.path().join("oxvirtd.sock"));
@@ -159,7 +159,7 @@ impl Daemon {
     /// A daemon inside a network namespace of the test's: its devices, firewall and DHCP stay
     /// there. Its socket and files are on the shared file system as usual.
     pub fn start_in_netns(ns: &Netns, config: &str) -> Daemon {
-        let data_dir = tempfile::Builder::new().prefix("oxv").tempdir_in("/tmp").expect("tempdir");
+        let data_dir = operator_dir("oxv");
         let config = Self::full_config(config);
         std::fs::write(data_dir.path().join("oxvirtd.toml"), &config).expect("config");
         let client = Client::new(data_dir.path().join("oxvirtd.sock"));
@@ -197,7 +197,8 @@ impl Daemon {
             .expect("spawn oxvirtd");
         self.child = Some(child);
         let start = Instant::now();
-        while !sock.exists() {
+        // Ready once it accepts a connection: the socket's file exists a moment before it listens.
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             if start.elapsed() > Duration::from_secs(30) {
                 panic!("oxvirtd did not start:\n{}", self.log());
             }
@@ -788,4 +789,14 @@ pub async fn guest_number(client: &oxvirt_client::Client, vm: &str, source: &str
 /// Waits until the guest's `eth0` has `ip` (its DHCP client is done).
 pub async fn wait_guest_address(client: &oxvirt_client::Client, vm: &str, ip: &str) {
     run_in_guest(client, vm, &guest_check(&format!("ip -4 addr show dev eth0 | grep -q 'inet {ip}/'")), GUEST_OK).await;
+}
+
+/// A directory of the test's (in /tmp, short: socket paths are limited) as an operator would
+/// make a data directory: others may pass through it (0711), as oxvirt's unprivileged
+/// processes (QEMU, dnsmasq, export daemons) must, and oxvirt changes no mode of it.
+pub fn operator_dir(prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    dir
 }

@@ -373,3 +373,35 @@ async fn projects_keep_their_vms_within_quotas() {
     }
     c.delete("/api/v1/projects/team").await.unwrap();
 }
+
+/// oxvirt changes no mode of a directory it did not make: a pool in an operator's directory that
+/// QEMU's user cannot pass is refused at start with the directory named and left as it was;
+/// once the operator opens it (o+x), the VM starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_oxvirt_did_not_make_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start();
+    let c = &d.client;
+    let op = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(op.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mode = || std::fs::metadata(op.path()).unwrap().permissions().mode() & 0o7777;
+    let _: Value = c.post("/api/v1/pools", &json!({ "name": "op", "path": op.path() })).await.unwrap();
+    let _: Value = c.post("/api/v1/pools/op/volumes", &json!({ "name": "d", "size": "16MiB" })).await.unwrap();
+    let mut spec = kernel_spec("opvm", "");
+    spec["disks"] = json!([{ "volume": "op/d" }]);
+    c.create_vm(&spec, false).await.unwrap();
+    let task = c.vm_action("opvm", "start").await.unwrap();
+    let done = c.wait_task(&task.id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(done.state, oxvirt_model::TaskState::Failed, "{done:?}");
+    let err = done.error.unwrap_or_default();
+    let named = format!("{} (mode 700)", op.path().display());
+    assert!(err.contains(&named) && err.contains("o+x"), "{err}");
+    assert_eq!(mode(), 0o700, "the operator's directory is left as it was");
+    assert_eq!(c.get_vm("opvm").await.unwrap().status.state, oxvirt_model::VmState::Stopped);
+
+    std::fs::set_permissions(op.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    c.vm_action_wait("opvm", "start", Duration::from_secs(60)).await.unwrap();
+    wait_console(c, "opvm", READY, 1, BOOT_TIMEOUT).await;
+    assert_eq!(mode(), 0o711);
+    c.vm_action_wait("opvm", "kill", Duration::from_secs(30)).await.unwrap();
+}

@@ -68,13 +68,17 @@ impl ExportDaemon {
     }
 
     /// Finds the daemon of `dir` if it runs, or starts it, as `run_as` (its runtime directory
-    /// becomes that user's).
-    pub async fn start_or_adopt(dir: &Path, run_as: Option<(u32, u32)>) -> Result<ExportDaemon, StorageError> {
+    /// becomes that user's). `dir` is oxvirt's below `base` (its data directory).
+    pub async fn start_or_adopt(
+        dir: &Path,
+        base: &Path,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<ExportDaemon, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
         if let Some((uid, gid)) = run_as {
             let io = |e| StorageError::io(format!("give {} to the export daemon", dir.display()), e);
             oxvirt_qemu::identity::own(dir, uid, gid, 0o700).map_err(io)?;
-            oxvirt_qemu::identity::reachable(dir).map_err(io)?;
+            oxvirt_qemu::identity::reachable(dir, base).map_err(io)?;
         }
         let pidfile = Self::pidfile(dir);
         let running = process::read_pidfile(&pidfile)
@@ -139,7 +143,7 @@ impl ExportDaemon {
             // A volume's image (oxvirt made it) is the export daemon's to open.
             let io = |e| StorageError::io(format!("give {} to the export daemon", file.display()), e);
             oxvirt_qemu::identity::own(file, uid, gid, 0o600).map_err(io)?;
-            oxvirt_qemu::identity::reachable(file).map_err(io)?;
+            oxvirt_qemu::identity::reachable(file, file.parent().unwrap_or(file)).map_err(io)?;
         }
         let q = &self.qmp;
         let mut node = json!({ "driver": "file", "filename": file, "node-name": file_node(name) });
@@ -202,11 +206,14 @@ mod tests {
     #[tokio::test]
     async fn serves_a_volume_and_is_found_again() {
         let dir = tempfile::Builder::new().prefix("oxq").tempdir_in("/tmp").unwrap();
+        // As an operator's data directory: passable by the export daemon's user.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let img = dir.path().join("v1.qcow2");
         crate::qemu_img::create(&img, DiskFormat::Qcow2, Some(16 << 20), None).await.unwrap();
         let run = dir.path().join("run");
         let user = nbd_user().unwrap();
-        let d = ExportDaemon::start_or_adopt(&run, Some(user)).await.unwrap();
+        let d = ExportDaemon::start_or_adopt(&run, dir.path(), Some(user)).await.unwrap();
         d.export("v1", &img, DiskFormat::Qcow2, false).await.unwrap();
         // Not root: the daemon runs as its own user, which the exported image now belongs to.
         let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
@@ -223,7 +230,7 @@ mod tests {
         // Found again by a new handle (as after an oxvirtd restart, whose QMP connection is gone).
         let pid = d.pid();
         drop(d);
-        let again = ExportDaemon::start_or_adopt(&run, Some(user)).await.unwrap();
+        let again = ExportDaemon::start_or_adopt(&run, dir.path(), Some(user)).await.unwrap();
         assert_eq!(again.pid(), pid);
         again.unexport("v1").await.unwrap();
         assert!(again.exports().await.unwrap().is_empty());

@@ -104,8 +104,10 @@ fn share_files(files: &DnsmasqFiles, uid: u32, gid: u32) -> std::io::Result<()> 
         std::fs::write(files.leasefile(), "")?;
     }
     set(&files.leasefile(), uid, 0o640)?;
-    // The data directory above is passed through (the search bit only), as for QEMU's run dirs.
-    oxvirt_hypervisor::qemu::confine::reachable(&files.hostsfile())
+    // `<data dir>/networks/<name>`: the directories below the data directory are oxvirt's and
+    // passed through (the search bit only); the data directory must be passable already.
+    let data_dir = files.dir.parent().and_then(std::path::Path::parent).unwrap_or(&files.dir);
+    oxvirt_hypervisor::qemu::confine::reachable(&files.hostsfile(), data_dir)
 }
 
 /// Starts dnsmasq on `bridge` unless it runs; a running one re-reads its static leases.

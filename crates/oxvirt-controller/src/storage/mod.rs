@@ -118,7 +118,7 @@ impl Storage {
             Ok(_) => {
                 return Err(ControlError::invalid("path", format!("{} exists and is not a directory", dir.display())))
             }
-            Err(_) => std::fs::create_dir_all(dir)
+            Err(_) => oxvirt_hypervisor::qemu::confine::make_passable_dirs(dir)
                 .map_err(|e| ControlError::invalid("path", format!("cannot create {}: {e}", dir.display())))?,
         }
         let pool = Pool { spec, created_at: now_millis() };
@@ -217,7 +217,7 @@ impl Storage {
         // A local pool of a cluster gets its directory on a host with its first volume there
         // (a shared one must be mounted: its directory is never made here).
         if pool.spec.kind == PoolKind::Dir && !dir.exists() {
-            std::fs::create_dir_all(&dir)
+            oxvirt_hypervisor::qemu::confine::make_passable_dirs(&dir)
                 .map_err(|e| ControlError::Host(format!("cannot create {}: {e}", dir.display())))?;
         }
         Ok(paths::volume_file(&dir, name, format)?)

@@ -48,7 +48,12 @@ impl Nbd {
                 tracing::warn!(pool = %pool.spec.name, path, "export daemon died: starting it again");
             }
             let d = Arc::new(
-                ExportDaemon::start_or_adopt(&self.export_dir(&pool.spec.name, path), Some(nbd_user()?)).await?,
+                ExportDaemon::start_or_adopt(
+                    &self.export_dir(&pool.spec.name, path),
+                    &self.ctl.inner.config.data_dir,
+                    Some(nbd_user()?),
+                )
+                .await?,
             );
             self.ctl.vms().share_socket(&d.nbd_socket());
             for (v, _) in self.ctl.inner.store.list_records_under::<Volume>(&format!("{}/", pool.spec.name))? {
@@ -159,7 +164,8 @@ impl Nbd {
             // The proxy makes its socket in a directory of the VM's own; the run directory
             // (its log and pid file) stays root's.
             oxvirt_hypervisor::qemu::confine::own(&sock_dir, uid, gid, 0o700).map_err(|e| io(&sock_dir, e))?;
-            oxvirt_hypervisor::qemu::confine::reachable(&sock_dir).map_err(|e| io(&sock_dir, e))?;
+            oxvirt_hypervisor::qemu::confine::reachable(&sock_dir, &self.ctl.inner.config.data_dir)
+                .map_err(|e| io(&sock_dir, e))?;
         }
         let pidfile = dir.join(format!("mpath-{disk_id}.pid"));
         if let Some(pid) = running_proxy(&pidfile, &listen) {

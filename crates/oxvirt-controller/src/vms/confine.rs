@@ -52,7 +52,7 @@ impl crate::Vms {
     /// A socket every confined QEMU may connect to (NBD exports, multipath proxies).
     pub(crate) fn share_socket(&self, path: &Path) {
         if self.ctl.inner.config.confine_qemu {
-            if let Err(e) = share_with_qemus(path) {
+            if let Err(e) = share_with_qemus(path, &self.ctl.inner.config.data_dir) {
                 tracing::warn!(socket = %path.display(), "cannot share with the QEMU group: {e}");
             }
         }

@@ -13,12 +13,12 @@ pub const QEMU_GID: u32 = 1_100_000;
 /// VM uids are `UID_BASE + n`.
 pub const UID_BASE: u32 = 1_100_001;
 
-pub use oxvirt_qemu::identity::{own, reachable};
+pub use oxvirt_qemu::identity::{make_passable_dirs, own, reachable};
 
-/// Lets every VM's QEMU use a socket (root's, group QEMU_GID, 0660).
-pub fn share_with_qemus(path: &Path) -> io::Result<()> {
+/// Lets every VM's QEMU use a socket oxvirt made below `data_dir` (root's, group QEMU_GID, 0660).
+pub fn share_with_qemus(path: &Path, data_dir: &Path) -> io::Result<()> {
     own(path, 0, QEMU_GID, 0o660)?;
-    reachable(path)
+    reachable(path, data_dir)
 }
 
 /// The uid and gid a running process has (for guests re-adopted after a daemon restart).
@@ -67,7 +67,8 @@ pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File
 pub fn prepare(spec: &oxvirt_model::VmSpec, run_as: Option<(u32, u32)>, run_dir: &Path) -> io::Result<()> {
     let Some((uid, gid)) = run_as else { return Ok(()) };
     own(run_dir, 0, gid, 0o710)?;
-    reachable(run_dir)?;
+    // `<data dir>/run/<id>`: the directories below the data directory are oxvirt's.
+    reachable(run_dir, run_dir.parent().and_then(Path::parent).unwrap_or(run_dir))?;
     for d in spec.disks.iter().filter(|d| gives_file(d)) {
         give_disk(Path::new(&d.path), uid, gid)?;
     }
@@ -193,10 +194,10 @@ pub fn qcow2_backing_format(f: &std::fs::File) -> io::Result<Option<String>> {
     Ok(None)
 }
 
-/// A writable disk file becomes the VM's (0600) and reachable for it.
+/// A writable disk file becomes the VM's (0600); its directory (a pool's) must be passable.
 pub fn give_disk(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     own(path, uid, gid, 0o600)
-        .and_then(|_| reachable(path))
+        .and_then(|_| reachable(path, path.parent().unwrap_or(path)))
         .map_err(|e| io::Error::new(e.kind(), format!("disk {}: {e}", path.display())))
 }
 
