@@ -82,14 +82,14 @@ impl From<ControlError> for ApiError {
                 ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "failed", field: None, rule: None, message }
             }
             // Another writer won: the same request may succeed now.
-            ControlError::Store(oxvirt_store::StoreError::Conflict { .. }) => ApiError {
+            e if e.is_lost_race() => ApiError {
                 status: StatusCode::CONFLICT,
                 code: "busy",
                 field: None,
                 rule: None,
                 message: format!("{message}; try again"),
             },
-            ControlError::Storage(oxvirt_storage::StorageError::Unsafe(_)) => {
+            e if e.is_unsafe_request() => {
                 ApiError { status: StatusCode::BAD_REQUEST, code: "invalid", field: None, rule: None, message }
             }
             ControlError::Store(_) | ControlError::Hypervisor(_) | ControlError::Storage(_) | ControlError::Host(_) => {

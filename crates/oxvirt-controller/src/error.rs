@@ -62,4 +62,15 @@ impl ControlError {
     pub fn vm_not_found(name: &str) -> Self {
         ControlError::NotFound { kind: "VM", name: name.to_string() }
     }
+
+    /// Another writer changed what the request read: the same request may succeed now.
+    pub fn is_lost_race(&self) -> bool {
+        matches!(self, ControlError::Store(oxvirt_store::StoreError::Conflict { .. }))
+    }
+
+    /// The storage layer refused what the request named as unsafe (a path, an image): the
+    /// request's fault, not the host's.
+    pub fn is_unsafe_request(&self) -> bool {
+        matches!(self, ControlError::Storage(oxvirt_storage::StorageError::Unsafe(_)))
+    }
 }

@@ -636,7 +636,7 @@ async fn migration() {
     let mut spec_json = kernel_spec("mig", "");
     spec_json["memory"] = json!("1GiB");
     let spec: oxvirt_model::VmSpec = serde_json::from_value(spec_json.clone()).expect("spec");
-    let dir = tempfile::Builder::new().prefix("oxm").tempdir_in("/tmp").expect("tmp");
+    let dir = oxvirt_e2e::operator_dir("oxm");
     let mut raw = Vec::new();
     for round in 0..5 {
         let id = format!("{:08x}-0000-0000-0000-00000000000{round}", std::process::id());
@@ -908,7 +908,7 @@ async fn local_disk_migration() {
     use serde_json::json;
     println!("== live migration with a local disk: idle 512 MiB guest, 1 GiB qcow2 with 256 MiB written, 3 rounds each (median wall time)");
     let driver = tcg_driver();
-    let dir = tempfile::Builder::new().prefix("oxl").tempdir_in("/tmp").expect("tmp");
+    let dir = oxvirt_e2e::operator_dir("oxl");
     let mut raw = Vec::new();
     for round in 0..3 {
         let (s_disk, d_disk) = (dir.path().join(format!("s{round}.qcow2")), dir.path().join(format!("d{round}.qcow2")));
