@@ -39,21 +39,6 @@ pub enum Job {
 }
 
 impl Job {
-    /// Every job, in the order figures are shown.
-    pub const ALL: [Job; 11] = [
-        Job::Migrations,
-        Job::Vms,
-        Job::Tasks,
-        Job::AdminToken,
-        Job::HostRecord,
-        Job::VxlanPeers,
-        Job::Rebalance,
-        Job::ExportDaemons,
-        Job::AutoBalloon,
-        Job::History,
-        Job::Alerts,
-    ];
-
     /// The reconcile round's jobs, in the order they run.
     pub const ROUND: [Job; 8] = [
         Job::Migrations,
@@ -65,6 +50,24 @@ impl Job {
         Job::Rebalance,
         Job::ExportDaemons,
     ];
+
+    /// The jobs of loops of their own.
+    pub const OWN_LOOPS: [Job; 3] = [Job::AutoBalloon, Job::History, Job::Alerts];
+
+    /// Every job: the round's, then those of their own loops (the order figures are shown in).
+    pub const ALL: [Job; 11] = {
+        let mut all = [Job::Migrations; 11];
+        let mut i = 0;
+        while i < Job::ROUND.len() {
+            all[i] = Job::ROUND[i];
+            i += 1;
+        }
+        while i < all.len() {
+            all[i] = Job::OWN_LOOPS[i - Job::ROUND.len()];
+            i += 1;
+        }
+        all
+    };
 
     pub fn name(self) -> &'static str {
         match self {

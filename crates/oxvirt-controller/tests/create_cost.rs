@@ -2,12 +2,10 @@
 //! write path. Measured as a ratio within one run (creates with 500 VMs defined against creates
 //! with 5,000), never against a clock, so a slow or busy machine does not make it fail.
 
-use oxvirt_controller::{Controller, ControllerConfig};
-use oxvirt_hypervisor::fake::FakeHypervisor;
-use oxvirt_hypervisor::Hypervisor;
+mod common;
+
+use oxvirt_controller::Controller;
 use oxvirt_model::{VmSpec, ROOT};
-use oxvirt_store::SqliteStore;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn spec(kernel: &std::path::Path, name: &str, nic: bool) -> VmSpec {
@@ -37,26 +35,18 @@ fn creates(c: &Controller, kernel: &std::path::Path, from: usize, n: usize, nic:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_costs_the_same_with_5000_vms_as_with_500() {
-    let dir = tempfile::tempdir().unwrap();
-    let boot = dir.path().join("boot");
-    std::fs::create_dir(&boot).unwrap();
-    let kernel = boot.join("vmlinuz");
-    std::fs::write(&kernel, b"").unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
-    let mut config = ControllerConfig::new(dir.path());
-    config.host_path_roots = vec![boot];
-    let hv: Arc<dyn Hypervisor> = FakeHypervisor::new();
-    let c = Controller::new(store, hv, config).unwrap();
+    let host = common::FakeHost::new();
+    let (c, kernel) = (&host.controller, host.kernel.clone());
     for nic in [false, true] {
         let base = if nic { 10_000 } else { 0 };
         for i in 0..450 {
             c.vms().create_vm(ROOT, spec(&kernel, &format!("vm{}", base + i), nic)).unwrap();
         }
-        let at_500 = creates(&c, &kernel, base + 450, 100, nic);
+        let at_500 = creates(c, &kernel, base + 450, 100, nic);
         for i in 550..4_900 {
             c.vms().create_vm(ROOT, spec(&kernel, &format!("vm{}", base + i), nic)).unwrap();
         }
-        let at_5000 = creates(&c, &kernel, base + 4_900, 100, nic);
+        let at_5000 = creates(c, &kernel, base + 4_900, 100, nic);
         let ratio = at_5000.as_secs_f64() / at_500.as_secs_f64();
         eprintln!("with NICs {nic}: a create takes {at_500:?} with 500 VMs, {at_5000:?} with 5,000: {ratio:.2}");
         assert!(ratio < 2.0, "with NICs {nic}: a create costs {ratio:.2} times more with 5,000 VMs than with 500");

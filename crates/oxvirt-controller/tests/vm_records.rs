@@ -1,25 +1,15 @@
 //! VM records as stored and as listed: a list may send the stored bytes only once every record
 //! is in this oxvirtd's form, and then sends exactly what decoding and encoding would.
 
-use oxvirt_controller::{Controller, ControllerConfig};
-use oxvirt_hypervisor::fake::FakeHypervisor;
-use oxvirt_hypervisor::Hypervisor;
+mod common;
+
 use oxvirt_model::{Vm, VmSpec, ROOT};
-use oxvirt_store::{Expect, Record, SqliteStore, Store};
-use std::sync::Arc;
+use oxvirt_store::{Expect, Record, Store};
 
 #[tokio::test]
 async fn records_of_an_older_oxvirtd_are_rewritten_before_lists_send_records_as_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let boot = dir.path().join("boot");
-    std::fs::create_dir(&boot).unwrap();
-    let kernel = boot.join("vmlinuz");
-    std::fs::write(&kernel, b"").unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
-    let mut config = ControllerConfig::new(dir.path());
-    config.host_path_roots = vec![boot];
-    let hv: Arc<dyn Hypervisor> = FakeHypervisor::new();
-    let c = Controller::new(store.clone(), hv, config).unwrap();
+    let host = common::FakeHost::new();
+    let (c, store, kernel) = (&host.controller, host.store.clone(), host.kernel.clone());
     for name in ["a", "b", "c"] {
         let spec: VmSpec = serde_json::from_value(serde_json::json!({
             "name": name, "cpus": 1, "memory": "64MiB", "kernel": { "kernel": kernel },

@@ -1,0 +1,35 @@
+//! What the controller's integration tests share: a host of their own on a fake hypervisor.
+//! (Each test crate uses a part of it.)
+#![allow(dead_code)]
+
+use oxvirt_controller::{Controller, ControllerConfig};
+use oxvirt_hypervisor::fake::FakeHypervisor;
+use oxvirt_hypervisor::Hypervisor;
+use oxvirt_store::SqliteStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A controller on a SQLite store in a directory of its own, with a kernel file its VMs may
+/// name (a host path under the allowed roots; the fake reads nothing of it).
+pub struct FakeHost {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<SqliteStore>,
+    pub controller: Controller,
+    pub kernel: PathBuf,
+}
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot");
+        std::fs::create_dir(&boot).unwrap();
+        let kernel = boot.join("vmlinuz");
+        std::fs::write(&kernel, b"").unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        let mut config = ControllerConfig::new(dir.path());
+        config.host_path_roots = vec![boot];
+        let hv: Arc<dyn Hypervisor> = FakeHypervisor::new();
+        let controller = Controller::new(store.clone(), hv, config).unwrap();
+        FakeHost { dir, store, controller, kernel }
+    }
+}
