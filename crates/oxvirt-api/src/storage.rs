@@ -10,9 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use oxvirt_controller::storage::{CloneRequest, ExportRequest, ImportRequest};
 use oxvirt_controller::Controller;
-use oxvirt_model::{ByteSize, PoolSpec, PoolView, Volume, VolumeSpec};
+use oxvirt_model::{
+    CloneRequest, ExportRequest, ImportRequest, NewSnapshot, PoolSpec, PoolView, Volume, VolumeResize, VolumeSpec,
+};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
@@ -29,12 +30,6 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/vms/{name}/snapshots", post(snapshot_vm))
         .route("/api/v1/vms/{name}/snapshots/{snap}", axum::routing::delete(delete_vm_snapshot))
         .route("/api/v1/vms/{name}/snapshots/{snap}/revert", post(revert_vm))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewSnapshot {
-    name: String,
 }
 
 async fn snapshot_volume(
@@ -122,18 +117,12 @@ async fn show_volume(
     Ok(Json(c.storage().get_volume(&pool, &name)?))
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Resize {
-    size: ByteSize,
-}
-
 async fn resize_volume(
     State(c): State<Controller>,
     Names((pool, name)): Names<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Volume>> {
-    let r: Resize = parse(&body)?;
+    let r: VolumeResize = parse(&body)?;
     Ok(Json(c.storage().resize_volume(&pool, &name, r.size).await?))
 }
 

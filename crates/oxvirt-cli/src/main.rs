@@ -438,7 +438,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             let size = |field: &str, v: &str| -> Result<u64, ClientError> {
                 v.parse::<oxvirt_model::ByteSize>()
                     .map(|b| b.0)
-                    .map_err(|e| ClientError::Http(format!("--{field}: {e}")))
+                    .map_err(|e| ClientError::Usage(format!("--{field}: {e}")))
             };
             let body = json!({
                 "bps_total": size("bps-total", &bps_total)?, "bps_read": size("bps-read", &bps_read)?,

@@ -2,9 +2,9 @@
 
 use crate::output::{print_json, table, Output};
 use clap::Subcommand;
-use oxvirt_client::{encode, Client, ClientError};
-use oxvirt_model::{ByteSize, PoolView, Task, Volume};
-use serde_json::{json, Value};
+use oxvirt_client::{Client, ClientError, Cloned};
+use oxvirt_model::{ByteSize, CloneRequest, ExportRequest, ImportRequest, PoolSpec, PoolView, Volume, VolumeSpec};
+use serde_json::Value;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -96,9 +96,7 @@ pub enum VolumeCmd {
 }
 
 fn split(volume: &str) -> Result<(String, String), ClientError> {
-    oxvirt_model::parse_volume_ref("volume", volume)
-        .map(|(p, n)| (encode(&p), encode(&n)))
-        .map_err(|e| ClientError::Http(e.to_string()))
+    oxvirt_model::parse_volume_ref("volume", volume).map_err(|e| ClientError::Http(e.to_string()))
 }
 
 fn print_pools(pools: &[PoolView], out: Output) {
@@ -148,27 +146,41 @@ fn abs(p: &std::path::Path) -> Result<String, ClientError> {
     crate::absolute(p)
 }
 
+/// A value of the model's own spelling (`dir`, `qcow2`...), named by its flag when it is not one.
+fn word<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T, ClientError> {
+    serde_json::from_value(Value::String(v.to_string())).map_err(|e| {
+        ClientError::Http(format!("{flag} {v:?}: {}", e.to_string().split(" at line").next().unwrap_or("")))
+    })
+}
+
+fn size(flag: &str, v: &str) -> Result<ByteSize, ClientError> {
+    v.parse().map_err(|e| ClientError::Usage(format!("{flag} {v:?}: {e}")))
+}
+
 pub async fn pool(client: &Client, out: Output, cmd: PoolCmd) -> Result<(), ClientError> {
     match cmd {
         PoolCmd::Create { name, path, kind, overcommit, paths, host_paths } => {
-            let mut per_host = serde_json::Map::new();
+            let mut per_host = std::collections::BTreeMap::new();
             for hp in &host_paths {
                 let (host, p) = hp
                     .split_once('=')
-                    .ok_or_else(|| ClientError::Http(format!("--host-path {hp:?}: must be HOST=PATH")))?;
-                per_host.insert(host.to_string(), json!(abs(std::path::Path::new(p))?));
+                    .ok_or_else(|| ClientError::Usage(format!("--host-path {hp:?}: must be HOST=PATH")))?;
+                per_host.insert(host.to_string(), abs(std::path::Path::new(p))?);
             }
-            let body = json!({
-                "name": name, "path": abs(&path)?, "kind": kind, "overcommit": overcommit, "paths": paths,
-                "host_paths": per_host,
-            });
-            let p: PoolView = client.post("/api/v1/pools", &body).await?;
-            print_pools(&[p], out);
+            let spec = PoolSpec {
+                name,
+                kind: word("--kind", &kind)?,
+                path: abs(&path)?,
+                overcommit,
+                paths,
+                host_paths: per_host,
+            };
+            print_pools(&[client.create_pool(&spec).await?], out);
         }
-        PoolCmd::List => print_pools(&client.get::<Vec<PoolView>>("/api/v1/pools").await?, out),
-        PoolCmd::Show { name } => print_pools(&[client.get(&format!("/api/v1/pools/{}", encode(&name))).await?], out),
+        PoolCmd::List => print_pools(&client.list_pools().await?, out),
+        PoolCmd::Show { name } => print_pools(&[client.get_pool(&name).await?], out),
         PoolCmd::Delete { name } => {
-            client.delete(&format!("/api/v1/pools/{}", encode(&name))).await?;
+            client.delete_pool(&name).await?;
             println!("pool {name} deleted");
         }
     }
@@ -176,64 +188,55 @@ pub async fn pool(client: &Client, out: Output, cmd: PoolCmd) -> Result<(), Clie
 }
 
 pub async fn volume(client: &Client, out: Output, cmd: VolumeCmd) -> Result<(), ClientError> {
+    const A_DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
     match cmd {
-        VolumeCmd::Create { volume, size, format } => {
+        VolumeCmd::Create { volume, size: s, format } => {
             let (p, n) = split(&volume)?;
-            let v: Volume = client
-                .post(&format!("/api/v1/pools/{p}/volumes"), &json!({ "name": n, "size": size, "format": format }))
-                .await?;
-            print_volumes(&[v], out);
+            let spec = VolumeSpec { name: n, size: Some(size("--size", &s)?), format: word("--format", &format)? };
+            print_volumes(&[client.create_volume(&p, &spec).await?], out);
         }
-        VolumeCmd::List { pool } => {
-            print_volumes(&client.get::<Vec<Volume>>(&format!("/api/v1/pools/{}/volumes", encode(&pool))).await?, out)
-        }
+        VolumeCmd::List { pool } => print_volumes(&client.list_volumes(&pool).await?, out),
         VolumeCmd::Show { volume } => {
             let (p, n) = split(&volume)?;
-            print_volumes(&[client.get(&format!("/api/v1/pools/{p}/volumes/{n}")).await?], out);
+            print_volumes(&[client.get_volume(&p, &n).await?], out);
         }
         VolumeCmd::Delete { volume } => {
             let (p, n) = split(&volume)?;
-            client.delete(&format!("/api/v1/pools/{p}/volumes/{n}")).await?;
+            client.delete_volume(&p, &n).await?;
             println!("volume {volume} deleted");
         }
-        VolumeCmd::Resize { volume, size } => {
+        VolumeCmd::Resize { volume, size: s } => {
             let (p, n) = split(&volume)?;
-            let v: Volume = client.patch(&format!("/api/v1/pools/{p}/volumes/{n}"), &json!({ "size": size })).await?;
-            print_volumes(&[v], out);
+            print_volumes(&[client.resize_volume(&p, &n, size("--size", &s)?).await?], out);
         }
         VolumeCmd::Clone { volume, new_name, pool, full } => {
             let (p, n) = split(&volume)?;
-            let body = json!({ "name": new_name, "pool": pool, "linked": !full });
-            let v: Value = client.post(&format!("/api/v1/pools/{p}/volumes/{n}/clone"), &body).await?;
-            if full {
-                let t: Task = serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))?;
-                crate::follow_task(client, &t, std::time::Duration::from_secs(24 * 3600), out).await?;
-                let target = pool.unwrap_or_else(|| volume.split('/').next().unwrap_or_default().to_string());
-                print_volumes(
-                    &[client.get(&format!("/api/v1/pools/{}/volumes/{}", encode(&target), encode(&new_name))).await?],
-                    out,
-                );
-            } else {
-                let v: Volume = serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))?;
-                print_volumes(&[v], out);
+            let req = CloneRequest { name: new_name.clone(), pool: pool.clone(), linked: !full };
+            match client.clone_volume(&p, &n, &req).await? {
+                Cloned::Volume(v) => print_volumes(&[v], out),
+                Cloned::Copying(t) => {
+                    crate::follow_task(client, &t, A_DAY, out).await?;
+                    print_volumes(&[client.get_volume(pool.as_deref().unwrap_or(&p), &new_name).await?], out);
+                }
             }
         }
         VolumeCmd::Import { volume, source, source_format, format } => {
             let (p, n) = split(&volume)?;
-            let body = json!({ "name": n, "source": abs(&source)?, "source_format": source_format, "format": format });
-            let t: Task = client.post(&format!("/api/v1/pools/{p}/import"), &body).await?;
-            crate::follow_task(client, &t, std::time::Duration::from_secs(24 * 3600), out).await?;
-            print_volumes(&[client.get(&format!("/api/v1/pools/{p}/volumes/{n}")).await?], out);
+            let req = ImportRequest {
+                name: n.clone(),
+                source: abs(&source)?,
+                source_format,
+                format: word("--format", &format)?,
+            };
+            let t = client.import_volume(&p, &req).await?;
+            crate::follow_task(client, &t, A_DAY, out).await?;
+            print_volumes(&[client.get_volume(&p, &n).await?], out);
         }
         VolumeCmd::Export { volume, to, format } => {
             let (p, n) = split(&volume)?;
-            let t: Task = client
-                .post(
-                    &format!("/api/v1/pools/{p}/volumes/{n}/export"),
-                    &json!({ "destination": abs(&to)?, "format": format }),
-                )
-                .await?;
-            let t = crate::follow_task(client, &t, std::time::Duration::from_secs(24 * 3600), out).await?;
+            let req = ExportRequest { destination: abs(&to)?, format: word("--format", &format)? };
+            let t = client.export_volume(&p, &n, &req).await?;
+            let t = crate::follow_task(client, &t, A_DAY, out).await?;
             if out == Output::Json {
                 print_json(&t);
             } else {

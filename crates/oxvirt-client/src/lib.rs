@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod storage;
 mod transport;
+pub use storage::Cloned;
 pub use transport::{normalize_fingerprint, Io, Transport};
 
 /// The error body the API returns with every 4xx and 5xx.
@@ -35,6 +37,9 @@ pub enum ClientError {
     Api(ApiErrorBody),
     #[error("unexpected answer from oxvirtd: {0}")]
     Decode(String),
+    /// A command's argument refused before anything was sent: the flag and the rule.
+    #[error("{0}")]
+    Usage(String),
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

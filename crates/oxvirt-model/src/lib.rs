@@ -19,6 +19,7 @@ mod secgroup;
 mod security;
 mod size;
 mod storage;
+mod storage_requests;
 mod task;
 mod token;
 mod vm;
@@ -49,6 +50,7 @@ pub use size::{ByteSize, SizeError, GIB, KIB, MIB};
 pub use storage::{
     parse_volume_ref, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Volume, VolumeSnapshot, VolumeSpec,
 };
+pub use storage_requests::{CloneRequest, ExportRequest, ImportRequest, NewSnapshot, VolumeResize};
 pub use task::{Task, TaskState};
 pub use token::{ApiToken, NewToken};
 pub use vm::{

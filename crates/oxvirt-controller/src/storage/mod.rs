@@ -12,8 +12,8 @@ pub use snapshots::Snapshots;
 
 use crate::{lock, now_millis, ControlError};
 use oxvirt_model::{
-    parse_volume_ref, ByteSize, DiskFormat, NbdSource, Pool, PoolKind, PoolSpec, PoolUsage, PoolView, Task,
-    ValidationError, Vm, Volume, VolumeSpec,
+    parse_volume_ref, ByteSize, CloneRequest, DiskFormat, ExportRequest, ImportRequest, NbdSource, Pool, PoolKind,
+    PoolSpec, PoolUsage, PoolView, Task, ValidationError, Vm, Volume, VolumeSpec,
 };
 use oxvirt_storage::host_paths::Want;
 use oxvirt_storage::{paths, qemu_img, usage};
@@ -31,47 +31,6 @@ crate::service! {
 pub(crate) struct State {
     /// Volumes a task is working on (`pool/name`).
     pub busy_volumes: std::sync::Mutex<std::collections::HashSet<String>>,
-}
-
-/// Body of `POST /pools/{pool}/volumes/{name}/clone`.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CloneRequest {
-    pub name: String,
-    /// Target pool (default: the source's).
-    #[serde(default)]
-    pub pool: Option<String>,
-    /// Linked (a thin qcow2 on top of the source, instant) or full (a copy, as a task).
-    #[serde(default = "yes")]
-    pub linked: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Body of `POST /pools/{pool}/import`.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportRequest {
-    pub name: String,
-    /// An image file on the host: qcow2, raw or vmdk.
-    pub source: String,
-    /// `qcow2`, `raw` or `vmdk`; found out when left out.
-    #[serde(default)]
-    pub source_format: Option<String>,
-    #[serde(default)]
-    pub format: DiskFormat,
-}
-
-/// Body of `POST /pools/{pool}/volumes/{name}/export`.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportRequest {
-    /// A new file on the host.
-    pub destination: String,
-    #[serde(default)]
-    pub format: DiskFormat,
 }
 
 /// A running guest and the id of one of its disks.
