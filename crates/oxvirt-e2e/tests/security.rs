@@ -405,3 +405,47 @@ async fn a_directory_oxvirt_did_not_make_keeps_its_mode() {
     assert_eq!(mode(), 0o711);
     c.vm_action_wait("opvm", "kill", Duration::from_secs(30)).await.unwrap();
 }
+
+/// A data directory oxvirtd makes itself (a fresh install) is one QEMU's user may pass: a VM
+/// boots, though the daemon's umask is 077.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_the_daemon_makes_lets_its_vms_boot() {
+    use std::os::unix::fs::PermissionsExt;
+    let op = operator_dir("oxf");
+    let data = op.path().join("fresh").join("data");
+    let config = op.path().join("oxvirtd.toml");
+    let guest_dir = workspace_root().join("build");
+    std::fs::write(&config, format!("host_path_roots = [{guest_dir:?}]\n")).unwrap();
+    let log = std::fs::File::create(op.path().join("oxvirtd.log")).unwrap();
+    let mut daemon = std::process::Command::new(bin("oxvirtd"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock = data.join("oxvirtd.sock");
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            std::fs::read_to_string(op.path().join("oxvirtd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for d in [data.parent().unwrap(), &data] {
+        assert_eq!(std::fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o711, "{}", d.display());
+    }
+    let c = oxvirt_client::Client::new(&sock);
+    let created = c.create_vm(&kernel_spec("fresh", ""), true).await.unwrap();
+    let t = c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}");
+    wait_console(&c, "fresh", READY, 1, BOOT_TIMEOUT).await;
+    c.vm_action_wait("fresh", "kill", Duration::from_secs(30)).await.unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

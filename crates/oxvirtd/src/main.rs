@@ -70,7 +70,10 @@ fn run(args: Args) -> Result<(), String> {
     let etcd_tls = cluster_tls::load_etcd(&config.store).map_err(|e| e.to_string())?;
     let migration_tls = cluster_tls::check_migration_dir(&config.store).map_err(|e| e.to_string())?;
     init_logging(&config.log_format);
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("create {}: {e}", args.data_dir.display()))?;
+    // Made here when missing (and so oxvirt's): passable by QEMU's users (0711), whatever the
+    // umask; an operator's existing directory is left as it is.
+    oxvirt_hypervisor::qemu::confine::make_passable_dirs(&args.data_dir)
+        .map_err(|e| format!("create {}: {e}", args.data_dir.display()))?;
     let _lock = lock_data_dir(&args.data_dir)?;
 
     let decision = match config.accelerator.as_str() {
