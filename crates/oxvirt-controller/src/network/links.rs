@@ -219,39 +219,15 @@ pub(crate) fn make_tap(
 /// A persistent TAP device (as `ip tuntap add`): made through `/dev/net/tun`, kept once its
 /// descriptor is closed, owned by `owner` when given.
 fn add_tap(name: &str, multi_queue: bool, owner: Option<u32>) -> Result<(), HostCmdError> {
-    #[repr(C)]
-    struct IfReq {
-        name: [libc::c_char; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
     let failed = |what: &str, e: std::io::Error| HostCmdError {
         cmd: format!("{what} {name}"),
         errno: e.raw_os_error(),
         reason: e.to_string(),
     };
-    if name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
-        return Err(failed("add tap", std::io::Error::from_raw_os_error(libc::EINVAL)));
-    }
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(|e| failed("open /dev/net/tun for", e))?;
-    let mut req =
-        IfReq { name: [0; libc::IFNAMSIZ], flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short, _pad: [0; 22] };
-    if multi_queue {
-        req.flags |= libc::IFF_MULTI_QUEUE as libc::c_short;
-    }
-    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
+    let tun =
+        oxvirt_hypervisor::qemu::confine::attach_tap(name, false, multi_queue).map_err(|e| failed("add tap", e))?;
     use std::os::fd::AsRawFd;
     let fd = tun.as_raw_fd();
-    // SAFETY: `req` is an ifreq-shaped struct that outlives the call; the fd is open.
-    if unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut req as *mut IfReq) } < 0 {
-        return Err(failed("add tap", std::io::Error::last_os_error()));
-    }
     if let Some(uid) = owner {
         // SAFETY: TUNSETOWNER takes the uid by value.
         if unsafe { libc::ioctl(fd, libc::TUNSETOWNER, uid as libc::c_ulong) } < 0 {

@@ -29,15 +29,15 @@ pub fn ids_of(pid: u32) -> Option<(u32, u32)> {
     Some((field("Uid:")?, field("Gid:")?))
 }
 
-/// Opens queue `n` of an existing TAP device (as QEMU would with `ifname=`), for a QEMU that
-/// cannot open `/dev/net/tun` itself any more.
-pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File> {
+/// Attaches a descriptor of `/dev/net/tun` to the TAP device `name` (`TUNSETIFF`), making it when
+/// it does not exist; `vnet_hdr` as QEMU's queues have it, `multi_queue` for a device of several.
+pub fn attach_tap(name: &str, vnet_hdr: bool, multi_queue: bool) -> io::Result<std::fs::File> {
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
     const IFF_TAP: libc::c_short = 0x0002;
     const IFF_NO_PI: libc::c_short = 0x1000;
     const IFF_VNET_HDR: libc::c_short = 0x4000;
     const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
-    if name.is_empty() || name.len() > 15 {
+    if name.is_empty() || name.len() > 15 || name.as_bytes().contains(&0) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
     }
     let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
@@ -47,7 +47,10 @@ pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File
         flags: libc::c_short,
         _pad: [u8; 22],
     }
-    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+    let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    if vnet_hdr {
+        req.flags |= IFF_VNET_HDR;
+    }
     if multi_queue {
         req.flags |= IFF_MULTI_QUEUE;
     }
@@ -58,6 +61,12 @@ pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File
         return Err(io::Error::last_os_error());
     }
     Ok(f)
+}
+
+/// Opens a queue of an existing TAP device (as QEMU would with `ifname=`), for a QEMU that
+/// cannot open `/dev/net/tun` itself any more.
+pub fn open_tap_queue(name: &str, multi_queue: bool) -> io::Result<std::fs::File> {
+    attach_tap(name, true, multi_queue)
 }
 
 /// Before QEMU starts: its volumes' writable files become the VM's own. Its run directory stays
