@@ -49,9 +49,9 @@ async fn leave(State(c): State<Controller>, Names(host): Names<String>) -> ApiRe
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Maintenance {
+pub(crate) struct Maintenance {
     on: bool,
 }
 

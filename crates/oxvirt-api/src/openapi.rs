@@ -1,7 +1,21 @@
 //! The OpenAPI 3 document of `/api/v1`, served at `/api/v1/openapi.json`.
+//!
+//! The operations are listed here (a test checks the list against the router, both ways); every
+//! body's schema is derived from the Rust type the handler parses or answers (`schemars`, which
+//! reads the same serde attributes the handlers use), so the document cannot drift from the code.
 
 use axum::Json;
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Value};
+
+/// How the schema of a body is made: [`of`] for its Rust type.
+pub type BodySchema = fn(&mut SchemaGenerator) -> Schema;
+
+/// The schema of `T`: a reference into `components/schemas` for a named type.
+pub fn of<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
 
 /// One documented operation.
 pub struct Operation {
@@ -9,12 +23,12 @@ pub struct Operation {
     pub path: &'static str,
     pub id: &'static str,
     pub summary: &'static str,
-    /// Schema of the JSON request body, if any.
-    pub request: Option<&'static str>,
+    /// The type of the JSON request body, if any.
+    pub request: Option<BodySchema>,
     /// The status of success.
     pub status: u16,
-    /// Schema of the JSON success body, if any.
-    pub response: Option<&'static str>,
+    /// The type of the JSON success body, if any.
+    pub response: Option<BodySchema>,
 }
 
 const fn op(
@@ -22,52 +36,52 @@ const fn op(
     path: &'static str,
     id: &'static str,
     summary: &'static str,
-    request: Option<&'static str>,
+    request: Option<BodySchema>,
     status: u16,
-    response: Option<&'static str>,
+    response: Option<BodySchema>,
 ) -> Operation {
     Operation { method, path, id, summary, request, status, response }
 }
 
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
-    op("get", "/api/v1/cluster/policy", "clusterPolicy", "The cluster's placement and rebalancing policy", None, 200, Some("ClusterPolicy")),
-    op("put", "/api/v1/cluster/policy", "clusterPolicySet", "Replace the cluster's placement and rebalancing policy", Some("ClusterPolicy"), 200, Some("ClusterPolicy")),
-    op("get", "/api/v1/cluster/rebalance", "clusterRebalancePlan", "The rebalancing plan now: the migrations that would even out (spread) or consolidate (pack) load", None, 200, Some("Rebalance")),
-    op("post", "/api/v1/cluster/rebalance", "clusterRebalance", "Rebalance now: the plan's first migrations start, at most max_migrations at once", None, 200, Some("Rebalance")),
-    op("put", "/api/v1/cluster/hosts/{host}/maintenance", "clusterMaintenance", "Put a host in maintenance (no new VMs; its VMs migrate away: the tasks) or take it out", Some("Maintenance"), 200, Some("TaskList")),
-    op("post", "/api/v1/vms/{name}/migrate", "vmMigrate", "Live-migrate a running VM to another host (memory; disks in local pools copied over NBD while it runs): a task", Some("MigrateRequest"), 202, Some("Task")),
-    op("get", "/api/v1/cluster/hosts", "clusterHosts", "The cluster's hosts: online or not, the leader, their VMs (etcd store only)", None, 200, Some("HostList")),
+    op("get", "/api/v1/cluster/policy", "clusterPolicy", "The cluster's placement and rebalancing policy", None, 200, Some(of::<oxvirt_model::ClusterPolicy>)),
+    op("put", "/api/v1/cluster/policy", "clusterPolicySet", "Replace the cluster's placement and rebalancing policy", Some(of::<oxvirt_model::ClusterPolicy>), 200, Some(of::<oxvirt_model::ClusterPolicy>)),
+    op("get", "/api/v1/cluster/rebalance", "clusterRebalancePlan", "The rebalancing plan now: the migrations that would even out (spread) or consolidate (pack) load", None, 200, Some(of::<oxvirt_controller::cluster::placement::RebalanceView>)),
+    op("post", "/api/v1/cluster/rebalance", "clusterRebalance", "Rebalance now: the plan's first migrations start, at most max_migrations at once", None, 200, Some(of::<oxvirt_controller::cluster::placement::RebalanceView>)),
+    op("put", "/api/v1/cluster/hosts/{host}/maintenance", "clusterMaintenance", "Put a host in maintenance (no new VMs; its VMs migrate away: the tasks) or take it out", Some(of::<crate::cluster::Maintenance>), 200, Some(of::<Vec<oxvirt_model::Task>>)),
+    op("post", "/api/v1/vms/{name}/migrate", "vmMigrate", "Live-migrate a running VM to another host (memory; disks in local pools copied over NBD while it runs): a task", Some(of::<oxvirt_model::MigrateRequest>), 202, Some(of::<oxvirt_model::Task>)),
+    op("get", "/api/v1/cluster/hosts", "clusterHosts", "The cluster's hosts: online or not, the leader, their VMs (etcd store only)", None, 200, Some(of::<Vec<oxvirt_controller::cluster::HostView>>)),
     op("delete", "/api/v1/cluster/hosts/{host}", "clusterLeave", "Take a host out of the cluster (refused while it has VMs)", None, 204, None),
-    op("get", "/api/v1/audit", "auditLog", "The audit log's latest records (?limit=N)", None, 200, Some("AuditList")),
-    op("put", "/api/v1/vms/{name}/resources", "vmResources", "Set a VM's CPU weight, cap, pinning, memory limit, NUMA, huge pages, balloon floor, KSM (live where it can be)", Some("Resources"), 200, Some("Vm")),
-    op("get", "/api/v1/vms/{name}/balloon", "vmBalloon", "A running VM's balloon: memory now and the guest's figures", None, 200, Some("Balloon")),
-    op("put", "/api/v1/vms/{name}/balloon", "vmBalloonSet", "Set a running VM's balloon target", Some("BalloonTarget"), 200, Some("Balloon")),
-    op("get", "/api/v1/host/policy", "hostPolicy", "The host's resource policy: over-commit, auto-ballooning, KSM", None, 200, Some("HostPolicy")),
-    op("put", "/api/v1/host/policy", "hostPolicySet", "Replace the host's resource policy", Some("HostPolicy"), 200, Some("HostPolicy")),
-    op("get", "/api/v1/host/resources", "hostResources", "Committed vCPUs and memory, NUMA nodes, KSM, huge pages", None, 200, None),
-    op("post", "/api/v1/auth/login", "login", "Log in with a user's password: a token valid for 8 hours (no token needed)", Some("Login"), 201, Some("NewToken")),
-    op("get", "/api/v1/tokens", "tokenList", "Your API tokens (an administrator sees all)", None, 200, Some("TokenList")),
-    op("post", "/api/v1/tokens", "tokenCreate", "A new API token acting as you (the secret is shown once)", Some("TokenRequest"), 201, Some("NewToken")),
+    op("get", "/api/v1/audit", "auditLog", "The audit log's latest records (?limit=N)", None, 200, Some(of::<Vec<oxvirt_model::AuditRecord>>)),
+    op("put", "/api/v1/vms/{name}/resources", "vmResources", "Set a VM's CPU weight, cap, pinning, memory limit, NUMA, huge pages, balloon floor, KSM (live where it can be)", Some(of::<oxvirt_model::Resources>), 200, Some(of::<oxvirt_model::Vm>)),
+    op("get", "/api/v1/vms/{name}/balloon", "vmBalloon", "A running VM's balloon: memory now and the guest's figures", None, 200, Some(of::<oxvirt_controller::resources::BalloonView>)),
+    op("put", "/api/v1/vms/{name}/balloon", "vmBalloonSet", "Set a running VM's balloon target", Some(of::<crate::resources::BalloonTarget>), 200, Some(of::<oxvirt_controller::resources::BalloonView>)),
+    op("get", "/api/v1/host/policy", "hostPolicy", "The host's resource policy: over-commit, auto-ballooning, KSM", None, 200, Some(of::<oxvirt_model::HostPolicy>)),
+    op("put", "/api/v1/host/policy", "hostPolicySet", "Replace the host's resource policy", Some(of::<oxvirt_model::HostPolicy>), 200, Some(of::<oxvirt_model::HostPolicy>)),
+    op("get", "/api/v1/host/resources", "hostResources", "Committed vCPUs and memory, NUMA nodes, KSM, huge pages", None, 200, Some(of::<oxvirt_controller::resources::HostResources>)),
+    op("post", "/api/v1/auth/login", "login", "Log in with a user's password: a token valid for 8 hours (no token needed)", Some(of::<crate::users::Login>), 201, Some(of::<oxvirt_model::NewToken>)),
+    op("get", "/api/v1/tokens", "tokenList", "Your API tokens (an administrator sees all)", None, 200, Some(of::<Vec<oxvirt_model::ApiToken>>)),
+    op("post", "/api/v1/tokens", "tokenCreate", "A new API token acting as you (the secret is shown once)", Some(of::<crate::users::NewTokenRequest>), 201, Some(of::<oxvirt_model::NewToken>)),
     op("delete", "/api/v1/tokens/{id}", "tokenRevoke", "Revoke a token: refused from the next request on", None, 204, None),
-    op("get", "/api/v1/users", "userList", "Local users", None, 200, Some("UserList")),
-    op("post", "/api/v1/users", "userCreate", "Create a local user (password kept as an argon2id hash)", Some("UserSpec"), 201, Some("User")),
+    op("get", "/api/v1/users", "userList", "Local users", None, 200, Some(of::<Vec<oxvirt_model::UserView>>)),
+    op("post", "/api/v1/users", "userCreate", "Create a local user (password kept as an argon2id hash)", Some(of::<oxvirt_model::UserSpec>), 201, Some(of::<oxvirt_model::UserView>)),
     op("delete", "/api/v1/users/{user}", "userDelete", "Delete a user, their grants and tokens", None, 204, None),
-    op("get", "/api/v1/acl", "aclShow", "All grants: a role for a user on a path", None, 200, Some("Acl")),
-    op("put", "/api/v1/acl", "aclSet", "Replace all grants", Some("Acl"), 200, Some("Acl")),
-    op("get", "/api/v1/projects", "projectList", "Projects (tenants) with their quotas and what their VMs hold", None, 200, Some("ProjectList")),
-    op("post", "/api/v1/projects", "projectCreate", "Create a project with quotas on VMs, vCPUs, memory and storage", Some("ProjectSpec"), 201, Some("Project")),
-    op("get", "/api/v1/projects/{project}", "projectShow", "One project", None, 200, Some("Project")),
-    op("put", "/api/v1/projects/{project}", "projectReplace", "Change a project's quotas (not below what its VMs hold)", Some("ProjectSpec"), 200, Some("Project")),
+    op("get", "/api/v1/acl", "aclShow", "All grants: a role for a user on a path", None, 200, Some(of::<Vec<oxvirt_model::AclEntry>>)),
+    op("put", "/api/v1/acl", "aclSet", "Replace all grants", Some(of::<Vec<oxvirt_model::AclEntry>>), 200, Some(of::<Vec<oxvirt_model::AclEntry>>)),
+    op("get", "/api/v1/projects", "projectList", "Projects (tenants) with their quotas and what their VMs hold", None, 200, Some(of::<Vec<oxvirt_controller::access::projects::ProjectView>>)),
+    op("post", "/api/v1/projects", "projectCreate", "Create a project with quotas on VMs, vCPUs, memory and storage", Some(of::<oxvirt_model::ProjectSpec>), 201, Some(of::<oxvirt_controller::access::projects::ProjectView>)),
+    op("get", "/api/v1/projects/{project}", "projectShow", "One project", None, 200, Some(of::<oxvirt_controller::access::projects::ProjectView>)),
+    op("put", "/api/v1/projects/{project}", "projectReplace", "Change a project's quotas (not below what its VMs hold)", Some(of::<oxvirt_model::ProjectSpec>), 200, Some(of::<oxvirt_controller::access::projects::ProjectView>)),
     op("delete", "/api/v1/projects/{project}", "projectDelete", "Delete a project without VMs", None, 204, None),
     op(
         "post",
         "/api/v1/vms/{name}/disks",
         "diskAttach",
         "Add a disk (hot-plugged into a running q35 VM)",
-        Some("DiskSpec"),
+        Some(of::<oxvirt_model::DiskSpec>),
         200,
-        Some("Vm"),
+        Some(of::<oxvirt_model::Vm>),
     ),
     op(
         "delete",
@@ -76,12 +90,12 @@ pub const OPERATIONS: &[Operation] = &[
         "Remove a disk (hot-unplugged from a running VM)",
         None,
         200,
-        Some("Vm"),
+        Some(of::<oxvirt_model::Vm>),
     ),
     op("get", "/api/v1", "apiInfo", "API version", None, 200, None),
     op("get", "/metrics", "metrics", "Prometheus metrics (OpenMetrics text)", None, 200, None),
     op("get", "/api/v1/openapi.json", "openapi", "This document", None, 200, None),
-    op("get", "/api/v1/host", "hostShow", "The host: CPUs, memory, accelerator and why", None, 200, Some("HostInfo")),
+    op("get", "/api/v1/host", "hostShow", "The host: CPUs, memory, accelerator and why", None, 200, Some(of::<oxvirt_model::HostInfo>)),
     op(
         "get",
         "/api/v1/host/history",
@@ -89,7 +103,7 @@ pub const OPERATIONS: &[Operation] = &[
         "The host's figures over the last hour (5 s steps)",
         None,
         200,
-        None,
+        Some(of::<Vec<oxvirt_controller::monitoring::history::HostSample>>),
     ),
     op("get", "/api/v1/top", "top", "Latest figures of the host and every VM", None, 200, None),
     op(
@@ -99,21 +113,21 @@ pub const OPERATIONS: &[Operation] = &[
         "A VM's figures over the last hour (5 s steps)",
         None,
         200,
-        None,
+        Some(of::<Vec<oxvirt_controller::monitoring::history::VmSample>>),
     ),
-    op("get", "/api/v1/alerts", "alertList", "Built-in alerts firing now", None, 200, Some("AlertList")),
-    op("get", "/api/v1/vms", "vmList", "All VMs", None, 200, Some("VmList")),
+    op("get", "/api/v1/alerts", "alertList", "Built-in alerts firing now", None, 200, Some(of::<Vec<oxvirt_model::Alert>>)),
+    op("get", "/api/v1/vms", "vmList", "All VMs", None, 200, Some(of::<Vec<oxvirt_model::Vm>>)),
     op(
         "post",
         "/api/v1/vms",
         "vmCreate",
         "Create a VM (and start it with ?start=true)",
-        Some("VmSpec"),
+        Some(of::<oxvirt_model::VmSpec>),
         201,
-        Some("VmCreated"),
+        Some(of::<crate::vms::Created>),
     ),
-    op("get", "/api/v1/vms/{name}", "vmShow", "One VM: spec, desired state, observed status", None, 200, Some("Vm")),
-    op("patch", "/api/v1/vms/{name}", "vmUpdate", "Change a stopped VM", Some("VmUpdate"), 200, Some("Vm")),
+    op("get", "/api/v1/vms/{name}", "vmShow", "One VM: spec, desired state, observed status", None, 200, Some(of::<oxvirt_model::Vm>)),
+    op("patch", "/api/v1/vms/{name}", "vmUpdate", "Change a stopped VM", Some(of::<oxvirt_model::VmUpdate>), 200, Some(of::<oxvirt_model::Vm>)),
     op("delete", "/api/v1/vms/{name}", "vmDelete", "Delete a stopped VM", None, 204, None),
     op(
         "post",
@@ -122,7 +136,7 @@ pub const OPERATIONS: &[Operation] = &[
         "start, stop, reboot, reset, pause, resume or kill: returns a task",
         None,
         202,
-        Some("Task"),
+        Some(of::<oxvirt_model::Task>),
     ),
     op(
         "get",
@@ -149,18 +163,18 @@ pub const OPERATIONS: &[Operation] = &[
         "All networks, with what runs on the host for each",
         None,
         200,
-        Some("NetworkList"),
+        Some(of::<Vec<oxvirt_model::NetworkView>>),
     ),
     op(
         "post",
         "/api/v1/networks",
         "networkCreate",
         "Create a network (nat, isolated, vxlan, bridged) and make it on the host",
-        Some("NetworkSpec"),
+        Some(of::<oxvirt_model::NetworkSpec>),
         201,
-        Some("NetworkView"),
+        Some(of::<oxvirt_model::NetworkView>),
     ),
-    op("get", "/api/v1/networks/{network}", "networkShow", "One network", None, 200, Some("NetworkView")),
+    op("get", "/api/v1/networks/{network}", "networkShow", "One network", None, 200, Some(of::<oxvirt_model::NetworkView>)),
     op(
         "delete",
         "/api/v1/networks/{network}",
@@ -177,7 +191,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Addresses given to NICs, and whether the guest took them",
         None,
         200,
-        Some("LeaseList"),
+        Some(of::<Vec<oxvirt_model::LeaseView>>),
     ),
     op(
         "get",
@@ -186,16 +200,16 @@ pub const OPERATIONS: &[Operation] = &[
         "All security groups",
         None,
         200,
-        Some("SecurityGroupList"),
+        Some(of::<Vec<oxvirt_model::SecurityGroup>>),
     ),
     op(
         "post",
         "/api/v1/security-groups",
         "securityGroupCreate",
         "Create a security group",
-        Some("SecurityGroupSpec"),
+        Some(of::<oxvirt_model::SecurityGroupSpec>),
         201,
-        Some("SecurityGroup"),
+        Some(of::<oxvirt_model::SecurityGroup>),
     ),
     op(
         "get",
@@ -204,16 +218,16 @@ pub const OPERATIONS: &[Operation] = &[
         "One security group",
         None,
         200,
-        Some("SecurityGroup"),
+        Some(of::<oxvirt_model::SecurityGroup>),
     ),
     op(
         "put",
         "/api/v1/security-groups/{group}",
         "securityGroupReplace",
         "Replace a group's rules (live on every NIC using it)",
-        Some("SecurityGroupSpec"),
+        Some(of::<oxvirt_model::SecurityGroupSpec>),
         200,
-        Some("SecurityGroup"),
+        Some(of::<oxvirt_model::SecurityGroup>),
     ),
     op(
         "delete",
@@ -229,18 +243,18 @@ pub const OPERATIONS: &[Operation] = &[
         "/api/v1/vms/{name}/nics",
         "nicAttach",
         "Add a NIC (hot-plugged into a running q35 VM)",
-        Some("NicSpec"),
+        Some(of::<oxvirt_model::NicSpec>),
         200,
-        Some("Vm"),
+        Some(of::<oxvirt_model::Vm>),
     ),
     op(
         "patch",
         "/api/v1/vms/{name}/nics/{nic}",
         "nicUpdate",
         "Change a NIC's security groups or bandwidth limits (live)",
-        Some("NicUpdate"),
+        Some(of::<oxvirt_controller::network::NicUpdate>),
         200,
-        Some("Vm"),
+        Some(of::<oxvirt_model::Vm>),
     ),
     op(
         "delete",
@@ -249,40 +263,40 @@ pub const OPERATIONS: &[Operation] = &[
         "Remove a NIC (hot-unplugged from a running VM)",
         None,
         200,
-        Some("Vm"),
+        Some(of::<oxvirt_model::Vm>),
     ),
-    op("get", "/api/v1/pools", "poolList", "All storage pools with their capacity", None, 200, Some("PoolList")),
-    op("post", "/api/v1/pools", "poolCreate", "Create a storage pool", Some("PoolSpec"), 201, Some("PoolView")),
-    op("get", "/api/v1/pools/{pool}", "poolShow", "One pool and its capacity", None, 200, Some("PoolView")),
+    op("get", "/api/v1/pools", "poolList", "All storage pools with their capacity", None, 200, Some(of::<Vec<oxvirt_model::PoolView>>)),
+    op("post", "/api/v1/pools", "poolCreate", "Create a storage pool", Some(of::<oxvirt_model::PoolSpec>), 201, Some(of::<oxvirt_model::PoolView>)),
+    op("get", "/api/v1/pools/{pool}", "poolShow", "One pool and its capacity", None, 200, Some(of::<oxvirt_model::PoolView>)),
     op("delete", "/api/v1/pools/{pool}", "poolDelete", "Delete an empty pool (its directory stays)", None, 204, None),
     op(
         "post",
         "/api/v1/pools/{pool}/import",
         "volumeImport",
         "Import a qcow2/raw/vmdk file as a volume: a task",
-        Some("ImportRequest"),
+        Some(of::<oxvirt_model::ImportRequest>),
         202,
-        Some("Task"),
+        Some(of::<oxvirt_model::Task>),
     ),
-    op("get", "/api/v1/pools/{pool}/volumes", "volumeList", "A pool's volumes", None, 200, Some("VolumeList")),
+    op("get", "/api/v1/pools/{pool}/volumes", "volumeList", "A pool's volumes", None, 200, Some(of::<Vec<oxvirt_model::Volume>>)),
     op(
         "post",
         "/api/v1/pools/{pool}/volumes",
         "volumeCreate",
         "Create a thin volume",
-        Some("VolumeSpec"),
+        Some(of::<oxvirt_model::VolumeSpec>),
         201,
-        Some("Volume"),
+        Some(of::<oxvirt_model::Volume>),
     ),
-    op("get", "/api/v1/pools/{pool}/volumes/{name}", "volumeShow", "One volume", None, 200, Some("Volume")),
+    op("get", "/api/v1/pools/{pool}/volumes/{name}", "volumeShow", "One volume", None, 200, Some(of::<oxvirt_model::Volume>)),
     op(
         "patch",
         "/api/v1/pools/{pool}/volumes/{name}",
         "volumeResize",
         "Grow a volume (live when a running VM uses it)",
-        Some("Resize"),
+        Some(of::<oxvirt_model::VolumeResize>),
         200,
-        Some("Volume"),
+        Some(of::<oxvirt_model::Volume>),
     ),
     op("delete", "/api/v1/pools/{pool}/volumes/{name}", "volumeDelete", "Delete a volume no VM uses", None, 204, None),
     op(
@@ -290,27 +304,27 @@ pub const OPERATIONS: &[Operation] = &[
         "/api/v1/pools/{pool}/volumes/{name}/clone",
         "volumeClone",
         "Linked clone (201, instant) or full clone (202, a task)",
-        Some("CloneRequest"),
+        Some(of::<oxvirt_model::CloneRequest>),
         201,
-        Some("Volume"),
+        Some(of::<oxvirt_model::Volume>),
     ),
     op(
         "post",
         "/api/v1/pools/{pool}/volumes/{name}/export",
         "volumeExport",
         "Export to a new file on the host: a task",
-        Some("ExportRequest"),
+        Some(of::<oxvirt_model::ExportRequest>),
         202,
-        Some("Task"),
+        Some(of::<oxvirt_model::Task>),
     ),
     op(
         "post",
         "/api/v1/pools/{pool}/volumes/{name}/snapshots",
         "volumeSnapshot",
         "Snapshot a qcow2 volume (live when in use)",
-        Some("NewSnapshot"),
+        Some(of::<oxvirt_model::NewSnapshot>),
         201,
-        Some("Volume"),
+        Some(of::<oxvirt_model::Volume>),
     ),
     op(
         "delete",
@@ -319,7 +333,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Delete a volume snapshot",
         None,
         200,
-        Some("Volume"),
+        Some(of::<oxvirt_model::Volume>),
     ),
     op(
         "post",
@@ -328,16 +342,16 @@ pub const OPERATIONS: &[Operation] = &[
         "Revert a volume no running VM uses",
         None,
         200,
-        Some("Volume"),
+        Some(of::<oxvirt_model::Volume>),
     ),
     op(
         "post",
         "/api/v1/vms/{name}/snapshots",
         "vmSnapshot",
         "Snapshot all of a VM's volumes at one instant (live)",
-        Some("NewSnapshot"),
+        Some(of::<oxvirt_model::NewSnapshot>),
         201,
-        Some("VolumeList"),
+        Some(of::<Vec<oxvirt_model::Volume>>),
     ),
     op(
         "delete",
@@ -346,7 +360,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Delete a VM snapshot",
         None,
         200,
-        Some("VolumeList"),
+        Some(of::<Vec<oxvirt_model::Volume>>),
     ),
     op(
         "post",
@@ -355,20 +369,20 @@ pub const OPERATIONS: &[Operation] = &[
         "Revert a stopped VM's volumes",
         None,
         200,
-        Some("VolumeList"),
+        Some(of::<Vec<oxvirt_model::Volume>>),
     ),
     op(
         "put",
         "/api/v1/vms/{name}/disks/{disk}/qos",
         "vmDiskQos",
         "Set a disk's I/O limits (live while the VM runs)",
-        Some("DiskQos"),
+        Some(of::<oxvirt_model::DiskQos>),
         200,
-        Some("Vm"),
+        Some(of::<oxvirt_model::Vm>),
     ),
-    op("get", "/api/v1/tasks", "taskList", "All tasks, newest first", None, 200, Some("TaskList")),
-    op("get", "/api/v1/tasks/{id}", "taskShow", "One task", None, 200, Some("Task")),
-    op("delete", "/api/v1/tasks/{id}", "taskCancel", "Ask a running task to stop", None, 200, Some("Task")),
+    op("get", "/api/v1/tasks", "taskList", "All tasks, newest first", None, 200, Some(of::<Vec<oxvirt_model::Task>>)),
+    op("get", "/api/v1/tasks/{id}", "taskShow", "One task", None, 200, Some(of::<oxvirt_model::Task>)),
+    op("delete", "/api/v1/tasks/{id}", "taskCancel", "Ask a running task to stop", None, 200, Some(of::<oxvirt_model::Task>)),
     op(
         "get",
         "/api/v1/tasks/{id}/wait",
@@ -376,7 +390,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Wait until a task ends (or ?timeout=seconds passes)",
         None,
         200,
-        Some("Task"),
+        Some(of::<oxvirt_model::Task>),
     ),
     op(
         "get",
@@ -388,10 +402,6 @@ pub const OPERATIONS: &[Operation] = &[
         None,
     ),
 ];
-
-fn schema_ref(name: &str) -> Value {
-    json!({ "$ref": format!("#/components/schemas/{name}") })
-}
 
 fn parameters(path: &str, op: &str) -> Vec<Value> {
     let mut p = Vec::new();
@@ -417,259 +427,26 @@ fn parameters(path: &str, op: &str) -> Vec<Value> {
     p
 }
 
-fn error_responses() -> Value {
-    let e = json!({ "description": "refused: the body names the field and the rule", "content": { "application/json": { "schema": schema_ref("Error") } } });
+fn error_responses(g: &mut SchemaGenerator) -> Value {
+    let e = json!({ "description": "refused: the body names the field and the rule",
+                    "content": { "application/json": { "schema": of::<crate::error::ErrorBody>(g) } } });
     json!({ "400": e, "401": e, "403": e, "404": e, "409": e, "413": e, "429": e, "500": e })
-}
-
-fn schemas() -> Value {
-    let size = json!({ "oneOf": [ { "type": "integer", "minimum": 0 }, { "type": "string", "pattern": "^[0-9.]+ ?(B|K|KiB|M|MiB|G|GiB|T|TiB|kB|KB|MB|GB|TB)?$" } ] });
-    let kernel = json!({ "type": "object", "additionalProperties": false, "required": ["kernel"], "properties": {
-        "kernel": { "type": "string" }, "initrd": { "type": "string" }, "cmdline": { "type": "string" } } });
-    let mut qos_props = serde_json::Map::new();
-    for f in [
-        "bps_total",
-        "bps_read",
-        "bps_write",
-        "iops_total",
-        "iops_read",
-        "iops_write",
-        "bps_total_max",
-        "bps_read_max",
-        "bps_write_max",
-        "iops_total_max",
-        "iops_read_max",
-        "iops_write_max",
-        "burst_seconds",
-    ] {
-        qos_props.insert(f.into(), json!({ "type": "integer", "minimum": 0 }));
-    }
-    qos_props.insert("group".into(), json!({ "type": "string" }));
-    let qos = json!({ "type": "object", "additionalProperties": false, "properties": qos_props });
-    let disk = json!({ "type": "object", "additionalProperties": false, "properties": {
-        "qos": qos,
-        "id": { "type": "string" }, "volume": { "type": "string", "pattern": "^[^/]+/[^/]+$" },
-        "path": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] },
-        "bus": { "type": "string", "enum": ["virtio-blk", "virtio-scsi"] }, "readonly": { "type": "boolean" } } });
-    let name_s = json!({ "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" });
-    let ipv4 = json!({ "type": "string", "format": "ipv4" });
-    let cidr = json!({ "type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$" });
-    let rate = json!({ "oneOf": [ { "type": "integer", "minimum": 0 }, { "type": "string", "pattern": "^[0-9]+ ?(bit|kbit|mbit|gbit|k|m|g)?$" } ] });
-    let nic_qos =
-        json!({ "type": "object", "additionalProperties": false, "properties": { "ingress": rate, "egress": rate } });
-    let groups = json!({ "type": "array", "items": name_s, "maxItems": 16 });
-    let nic = json!({ "type": "object", "additionalProperties": false, "properties": {
-        "id": { "type": "string", "pattern": "^nic([0-9]|1[0-5])$" },
-        "mode": { "type": "string", "enum": ["user", "isolated", "bridged", "network"] }, "mac": { "type": "string" },
-        "queues": { "type": "integer", "minimum": 0, "maximum": 16 }, "bridge": { "type": "string", "maxLength": 15 },
-        "network": name_s, "ip": ipv4, "security_groups": groups, "qos": nic_qos } });
-    let rule = json!({ "type": "object", "additionalProperties": false, "properties": {
-        "direction": { "type": "string", "enum": ["ingress", "egress"] },
-        "protocol": { "type": "string", "enum": ["any", "tcp", "udp", "icmp"] },
-        "ports": { "type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$" }, "cidr": cidr } });
-    let sg_spec = json!({ "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-        "name": name_s, "description": { "type": "string", "maxLength": 1024 }, "rules": { "type": "array", "items": rule, "maxItems": 256 } } });
-    let net_spec = json!({ "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-        "name": name_s, "kind": { "type": "string", "enum": ["nat", "isolated", "vxlan", "bridged"] },
-        "subnet": cidr, "gateway": ipv4, "range": { "type": "string" },
-        "mtu": { "type": "integer", "minimum": 576, "maximum": 9000 }, "dhcp": { "type": "boolean" },
-        "uplink": { "type": "string", "maxLength": 15 }, "bridge": { "type": "string", "maxLength": 15 },
-        "vxlan": { "type": "object", "additionalProperties": false, "required": ["vni", "local"], "properties": {
-            "vni": { "type": "integer", "minimum": 1, "maximum": 16777215 }, "local": ipv4,
-            "peers": { "type": "array", "items": ipv4, "maxItems": 256 }, "port": { "type": "integer", "minimum": 1, "maximum": 65535 } } } } });
-    let policy = json!({ "type": "string", "enum": ["never", "on-failure", "always"] });
-    let accel = json!({ "type": "string", "enum": ["auto", "kvm", "tcg"] });
-    let state =
-        json!({ "type": "string", "enum": ["stopped", "starting", "running", "paused", "stopping", "crashed"] });
-    let mut all = json!({
-        "VmSpec": { "type": "object", "additionalProperties": false, "required": ["name", "cpus", "memory"], "properties": {
-            "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
-            "cpus": { "type": "integer", "minimum": 1, "maximum": oxvirt_model::MAX_CPUS },
-            "memory": size, "machine": { "type": "string", "enum": ["q35", "microvm"] },
-            "project": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
-            "affinity": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
-            "anti_affinity": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
-            "memory_encryption": { "type": "string", "enum": ["sev", "sev-snp"] },
-            "kernel": kernel, "disks": { "type": "array", "items": disk, "maxItems": 16 },
-            "nics": { "type": "array", "items": nic, "maxItems": 8 },
-            "restart_policy": policy, "accel": accel, "rng": { "type": "boolean" }, "balloon": { "type": "boolean" },
-            "resources": { "$ref": "#/components/schemas/Resources" } } },
-        "VmUpdate": { "type": "object", "additionalProperties": false, "properties": {
-            "cpus": { "type": "integer", "minimum": 1 }, "memory": size, "kernel": kernel,
-            "disks": { "type": "array", "items": disk }, "nics": { "type": "array", "items": nic },
-            "restart_policy": policy, "accel": accel, "resources": { "$ref": "#/components/schemas/Resources" } } },
-        "VmStatus": { "type": "object", "properties": {
-            "state": state, "pid": { "type": "integer" }, "accel": { "type": "string" }, "started_at": { "type": "integer" },
-            "reason": { "type": "string" }, "changed_at": { "type": "integer" } } },
-        "Vm": { "type": "object", "properties": {
-            "id": { "type": "string" }, "spec": schema_ref("VmSpec"), "desired": { "type": "string", "enum": ["stopped", "running", "paused"] },
-            "status": schema_ref("VmStatus"), "created_at": { "type": "integer" } } },
-        "VmList": { "type": "array", "items": schema_ref("Vm") },
-        "VmCreated": { "type": "object", "properties": { "vm": schema_ref("Vm"), "task": { "oneOf": [schema_ref("Task"), { "type": "null" }] } } },
-        "Task": { "type": "object", "properties": {
-            "id": { "type": "string" }, "kind": { "type": "string" }, "target": { "type": "string" },
-            "state": { "type": "string", "enum": ["running", "succeeded", "failed", "cancelled"] },
-            "progress": { "type": "integer", "minimum": 0, "maximum": 100 }, "message": { "type": "string" },
-            "error": { "type": ["string", "null"] }, "created_at": { "type": "integer" }, "finished_at": { "type": ["integer", "null"] } } },
-        "TaskList": { "type": "array", "items": schema_ref("Task") },
-        "PoolSpec": { "type": "object", "additionalProperties": false, "required": ["name", "path"], "properties": {
-            "name": { "type": "string" }, "kind": { "type": "string", "enum": ["dir", "shared-dir", "nbd"] },
-            "path": { "type": "string" }, "overcommit": { "type": "number", "minimum": 1, "maximum": 100 },
-            "paths": { "type": "integer", "minimum": 1, "maximum": 4 },
-            "host_paths": { "type": "object", "additionalProperties": { "type": "string" } } } },
-        "PoolView": { "type": "object", "properties": {
-            "spec": schema_ref("PoolSpec"), "created_at": { "type": "integer" },
-            "usage": { "type": "object", "properties": {
-                "size": { "type": "integer" }, "used": { "type": "integer" }, "free": { "type": "integer" },
-                "provisioned": { "type": "integer" }, "allocated": { "type": "integer" }, "volumes": { "type": "integer" } } } } },
-        "PoolList": { "type": "array", "items": schema_ref("PoolView") },
-        "VolumeSpec": { "type": "object", "additionalProperties": false, "required": ["name", "size"], "properties": {
-            "name": { "type": "string" }, "size": size, "format": { "type": "string", "enum": ["qcow2", "raw"] } } },
-        "Volume": { "type": "object", "properties": {
-            "pool": { "type": "string" }, "name": { "type": "string" }, "format": { "type": "string" }, "size": { "type": "integer" },
-            "backing": { "type": "string" }, "attached_to": { "type": "string" },
-            "snapshots": { "type": "array", "items": { "type": "object", "properties": { "name": { "type": "string" }, "created_at": { "type": "integer" } } } },
-            "created_at": { "type": "integer" } } },
-        "VolumeList": { "type": "array", "items": schema_ref("Volume") },
-        "DiskQos": qos.clone(),
-        "DiskSpec": disk.clone(),
-        "AlertList": { "type": "array", "items": { "type": "object", "properties": {
-            "rule": { "type": "string" }, "kind": { "type": "string" }, "target": { "type": "string" },
-            "state": { "type": "string", "enum": ["firing", "resolved"] }, "value": { "type": "number" },
-            "threshold": { "type": "number" }, "since": { "type": "integer" } } } },
-        "NewSnapshot": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": { "name": { "type": "string" } } },
-        "Resize": { "type": "object", "additionalProperties": false, "required": ["size"], "properties": { "size": size } },
-        "CloneRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-            "name": { "type": "string" }, "pool": { "type": "string" }, "linked": { "type": "boolean" } } },
-        "ImportRequest": { "type": "object", "additionalProperties": false, "required": ["name", "source"], "properties": {
-            "name": { "type": "string" }, "source": { "type": "string" }, "source_format": { "type": "string", "enum": ["qcow2", "raw", "vmdk"] },
-            "format": { "type": "string", "enum": ["qcow2", "raw"] } } },
-        "ExportRequest": { "type": "object", "additionalProperties": false, "required": ["destination"], "properties": {
-            "destination": { "type": "string" }, "format": { "type": "string", "enum": ["qcow2", "raw"] } } },
-        "HostInfo": { "type": "object", "properties": {
-            "hostname": { "type": "string" }, "cpus": { "type": "integer" }, "memory_bytes": { "type": "integer" },
-            "memory_available_bytes": { "type": "integer" }, "kernel": { "type": "string" },
-            "accelerator": { "type": "string", "enum": ["kvm", "tcg"] }, "accelerator_reason": { "type": "string" },
-            "hypervisor": { "type": "string" }, "hypervisor_version": { "type": "string" }, "oxvirt_version": { "type": "string" },
-            "vms_total": { "type": "integer" }, "vms_running": { "type": "integer" } } },
-        "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "properties": {
-            "status": { "type": "integer" }, "code": { "type": "string", "enum": ["invalid", "not-found", "exists", "conflict", "busy", "in-use", "exhausted", "unauthorized", "forbidden", "rate-limited", "failed", "internal"] },
-            "message": { "type": "string" }, "field": { "type": "string" }, "rule": { "type": "string" } } } } }
-    });
-    let resources = json!({ "type": "object", "additionalProperties": false, "properties": {
-        "cpu_weight": { "type": "integer", "minimum": 1, "maximum": 10000 },
-        "cpu_limit": { "type": "number", "minimum": 0.01 },
-        "memory_limit": size.clone(),
-        "vcpu_pins": { "type": "array", "items": { "type": "integer", "minimum": 0, "maximum": 4095 } },
-        "emulator_cpus": { "type": "string", "pattern": "^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$" },
-        "numa": { "type": "string", "enum": ["auto", "off"] }, "hugepages": { "type": "boolean" },
-        "balloon_min": size.clone(), "ksm": { "type": "boolean" } } });
-    let extra = json!({
-        "Resources": resources,
-        "BalloonTarget": { "type": "object", "additionalProperties": false, "required": ["target"], "properties": { "target": size.clone() } },
-        "Balloon": { "type": "object", "properties": {
-            "actual": { "type": "integer" }, "memory": { "type": "integer" }, "guest_free": { "type": "integer" },
-            "guest_total": { "type": "integer" }, "auto": { "type": "boolean" } } },
-        "ProjectSpec": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-            "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
-            "quotas": { "type": "object", "additionalProperties": false, "properties": {
-                "vms": { "type": "integer", "minimum": 0 }, "vcpus": { "type": "integer", "minimum": 0 },
-                "memory": size.clone(), "storage": size.clone() } } } },
-        "Project": { "type": "object", "properties": {
-            "spec": { "$ref": "#/components/schemas/ProjectSpec" }, "created_at": { "type": "integer" },
-            "usage": { "type": "object", "properties": { "vms": { "type": "integer" }, "vcpus": { "type": "integer" },
-                "memory": { "type": "integer" }, "storage": { "type": "integer" } } } } },
-        "ProjectList": { "type": "array", "items": { "$ref": "#/components/schemas/Project" } },
-        "MigrateRequest": { "type": "object", "additionalProperties": false, "required": ["to"], "properties": {
-            "to": { "type": "string" }, "downtime_ms": { "type": "integer", "minimum": 1, "maximum": 60000 },
-            "bandwidth_mibs": { "type": "integer", "minimum": 0, "maximum": 100000 },
-            "auto_converge": { "type": "boolean" }, "postcopy": { "type": "boolean" } } },
-        "ClusterPolicy": { "type": "object", "additionalProperties": false, "properties": {
-            "strategy": { "type": "string", "enum": ["spread", "pack"] }, "rebalance": { "type": "string", "enum": ["off", "auto"] },
-            "max_migrations": { "type": "integer", "minimum": 1, "maximum": 16 },
-            "threshold_percent": { "type": "integer", "minimum": 1, "maximum": 100 },
-            "interval_secs": { "type": "integer", "minimum": 1, "maximum": 86400 } } },
-        "Rebalance": { "type": "object", "properties": {
-            "policy": schema_ref("ClusterPolicy"),
-            "moves": { "type": "array", "items": { "type": "object", "properties": {
-                "vm": { "type": "string" }, "from": { "type": "string" }, "to": { "type": "string" }, "reason": { "type": "string" } } } },
-            "started": { "type": "array", "items": { "type": "string" } }, "running": { "type": "integer" } } },
-        "Maintenance": { "type": "object", "additionalProperties": false, "required": ["on"], "properties": { "on": { "type": "boolean" } } },
-        "HostList": { "type": "array", "items": { "type": "object", "properties": {
-            "name": { "type": "string" }, "address": { "type": "string" }, "cpus": { "type": "integer" },
-            "memory": { "type": "integer" }, "joined_at": { "type": "integer" }, "online": { "type": "boolean" },
-            "maintenance": { "type": "boolean" }, "pools": { "type": "array", "items": { "type": "string" } },
-            "networks": { "type": "array", "items": { "type": "string" } }, "cpu_pressure": { "type": "number" },
-            "migration_tls": { "type": "boolean" },
-            "leader": { "type": "boolean" }, "vms": { "type": "integer" } } } },
-        "Login": { "type": "object", "additionalProperties": false, "required": ["user", "password"], "properties": {
-            "user": { "type": "string" }, "password": { "type": "string" } } },
-        "TokenRequest": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-            "name": { "type": "string", "minLength": 1, "maxLength": 200 },
-            "expires_in_secs": { "type": "integer", "minimum": 1, "maximum": 31622400 }, "user": { "type": "string" } } },
-        "Token": { "type": "object", "properties": {
-            "id": { "type": "string" }, "name": { "type": "string" }, "user": { "type": "string" },
-            "expires_at": { "type": "integer" }, "created_at": { "type": "integer" } } },
-        "TokenList": { "type": "array", "items": { "$ref": "#/components/schemas/Token" } },
-        "NewToken": { "type": "object", "properties": {
-            "id": { "type": "string" }, "name": { "type": "string" }, "user": { "type": "string" },
-            "expires_at": { "type": "integer" }, "created_at": { "type": "integer" }, "secret": { "type": "string" } } },
-        "UserSpec": { "type": "object", "additionalProperties": false, "required": ["name", "password"], "properties": {
-            "name": { "type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" },
-            "password": { "type": "string", "minLength": 10, "maxLength": 1024 } } },
-        "User": { "type": "object", "properties": { "name": { "type": "string" }, "created_at": { "type": "integer" } } },
-        "UserList": { "type": "array", "items": { "$ref": "#/components/schemas/User" } },
-        "Acl": { "type": "array", "items": { "type": "object", "additionalProperties": false, "required": ["path", "user", "role"], "properties": {
-            "path": { "type": "string" }, "user": { "type": "string" },
-            "role": { "type": "string", "enum": ["administrator", "operator", "auditor", "none"] } } } },
-        "AuditList": { "type": "array", "items": { "type": "object", "properties": {
-            "time": { "type": "integer" }, "user": { "type": "string" }, "token": { "type": "string" }, "from": { "type": "string" },
-            "method": { "type": "string" }, "path": { "type": "string" }, "resource": { "type": "string" }, "status": { "type": "integer" } } } },
-        "HostPolicy": { "type": "object", "additionalProperties": false, "properties": {
-            "cpu_overcommit": { "type": "number", "minimum": 0.1, "maximum": 64 },
-            "memory_overcommit": { "type": "number", "minimum": 0.1, "maximum": 16 },
-            "auto_balloon": { "type": "boolean" },
-            "memory_target_use": { "type": "number", "minimum": 0.01, "maximum": 0.99 },
-            "ksm": { "type": "string", "enum": ["auto", "on", "off"] },
-            "ksm_across_projects": { "type": "boolean" } } },
-    });
-    let network = json!({
-        "NicSpec": nic.clone(),
-        "NicUpdate": { "type": "object", "additionalProperties": false, "properties": { "security_groups": groups, "qos": nic_qos } },
-        "NetworkSpec": net_spec.clone(),
-        "NetworkView": { "type": "object", "properties": {
-            "id": { "type": "string" }, "spec": net_spec, "created_at": { "type": "integer" }, "bridge": { "type": "string" },
-            "mtu": { "type": "integer" }, "gateway": ipv4, "bridge_up": { "type": "boolean" }, "dhcp_pid": { "type": "integer" },
-            "nics": { "type": "integer" } } },
-        "NetworkList": { "type": "array", "items": schema_ref("NetworkView") },
-        "LeaseList": { "type": "array", "items": { "type": "object", "properties": {
-            "network": { "type": "string" }, "ip": ipv4, "vm": { "type": "string" }, "nic": { "type": "string" },
-            "mac": { "type": "string" }, "active": { "type": "boolean" }, "expires": { "type": "integer" } } } },
-        "SecurityGroupSpec": sg_spec.clone(),
-        "SecurityGroup": { "type": "object", "properties": { "spec": sg_spec, "created_at": { "type": "integer" } } },
-        "SecurityGroupList": { "type": "array", "items": schema_ref("SecurityGroup") },
-    });
-    for more in [network, extra] {
-        if let (Some(a), Some(b)) = (all.as_object_mut(), more.as_object()) {
-            a.extend(b.clone());
-        }
-    }
-    all
 }
 
 /// The whole document.
 pub fn document() -> Value {
+    let mut g = SchemaSettings::openapi3().into_generator();
     let mut paths = serde_json::Map::new();
     for Operation { method, path, id, summary, request, status, response } in OPERATIONS {
         let mut op = json!({ "operationId": id, "summary": summary, "parameters": parameters(path, id) });
         if let Some(req) = request {
             op["requestBody"] =
-                json!({ "required": true, "content": { "application/json": { "schema": schema_ref(req) } } });
+                json!({ "required": true, "content": { "application/json": { "schema": req(&mut g) } } });
         }
-        let mut responses = error_responses();
+        let mut responses = error_responses(&mut g);
         let ok = match (response, *id) {
             (Some(r), _) => {
-                json!({ "description": "success", "content": { "application/json": { "schema": schema_ref(r) } } })
+                json!({ "description": "success", "content": { "application/json": { "schema": r(&mut g) } } })
             }
             (None, "vmConsoleLog") => {
                 json!({ "description": "console output", "content": { "text/plain": { "schema": { "type": "string" } } } })
@@ -696,6 +473,7 @@ pub fn document() -> Value {
             }
         }
     }
+    let schemas: serde_json::Map<String, Value> = g.take_definitions(true).into_iter().collect();
     json!({
         "openapi": "3.0.3",
         "info": { "title": "oxvirt API", "version": env!("CARGO_PKG_VERSION"),
@@ -704,7 +482,7 @@ pub fn document() -> Value {
         "security": [ { "token": [] } ],
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": schemas,
             "securitySchemes": { "token": { "type": "http", "scheme": "bearer",
                 "description": "An API token; needed over HTTPS, not on the local Unix socket" } }
         }
@@ -770,5 +548,47 @@ mod tests {
         }
         let ids: std::collections::HashSet<&str> = OPERATIONS.iter().map(|o| o.id).collect();
         assert_eq!(ids.len(), OPERATIONS.len(), "operation ids are unique");
+    }
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(r)) = o.get("$ref") {
+                    out.push(r.clone());
+                }
+                o.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Every reference in the derived document names a schema it holds, and the schemas keep
+    /// what the handlers enforce: unknown fields refused, required fields required.
+    #[test]
+    fn derived_schemas_resolve_and_keep_the_rules() {
+        let doc = document();
+        if let Ok(path) = std::env::var("OXVIRT_OPENAPI_DUMP") {
+            std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        }
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 50, "{found:?}");
+        for r in &found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}: not a component"));
+            assert!(schemas.contains_key(name), "{r} is referenced but not defined");
+        }
+        let spec = &schemas["VmSpec"];
+        assert_eq!(spec["additionalProperties"], json!(false), "{spec}");
+        let required: Vec<&str> = spec["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        for f in ["name", "cpus", "memory"] {
+            assert!(required.contains(&f), "VmSpec requires {f}: {required:?}");
+        }
+        assert_eq!(schemas["Error"]["properties"]["error"]["$ref"], json!("#/components/schemas/ErrorDetail"));
+        let codes = &schemas["ErrorDetail"]["properties"]["code"]["enum"];
+        assert_eq!(codes.as_array().unwrap().len(), crate::error::CODES.len());
+        // A size is a number of bytes or a string with a unit, as the handlers parse it.
+        assert!(schemas["ByteSize"]["oneOf"].is_array(), "{}", schemas["ByteSize"]);
     }
 }

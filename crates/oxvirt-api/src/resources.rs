@@ -25,9 +25,9 @@ async fn set_resources(State(c): State<Controller>, Names(name): Names<String>, 
     Ok(Json(c.resources().set_resources(&name, r).await?))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct BalloonTarget {
+pub(crate) struct BalloonTarget {
     target: ByteSize,
 }
 

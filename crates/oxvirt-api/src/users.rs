@@ -27,9 +27,9 @@ fn who(p: Option<Extension<Principal>>) -> Principal {
     crate::auth::principal(&p)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
+pub(crate) struct Login {
     user: String,
     password: String,
 }
@@ -65,11 +65,13 @@ async fn login(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NewTokenRequest {
+pub(crate) struct NewTokenRequest {
+    #[schemars(length(min = 1, max = 200))]
     name: String,
     #[serde(default)]
+    #[schemars(range(min = 1, max = 31_622_400))]
     expires_in_secs: Option<u64>,
     /// Only an administrator makes tokens for another user.
     #[serde(default)]

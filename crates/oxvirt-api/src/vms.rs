@@ -35,8 +35,9 @@ struct CreateQuery {
     start: bool,
 }
 
-#[derive(serde::Serialize)]
-struct Created {
+#[derive(serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "VmCreated")]
+pub(crate) struct Created {
     vm: Vm,
     task: Option<Task>,
 }

@@ -3,7 +3,7 @@
 
 use crate::{validate_name, Millis, ValidationError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AlertKind {
     /// A guest kernel panicked (value 1).
@@ -20,7 +20,7 @@ pub enum AlertKind {
     HostMemoryHigh,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRule {
     pub name: String,
@@ -58,7 +58,7 @@ impl AlertRule {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Firing,
@@ -66,7 +66,7 @@ pub enum AlertState {
 }
 
 /// An alert of one rule on one target (`vms/NAME`, `vms/NAME/disks/ID`, `pools/NAME`, `host`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Alert {
     pub rule: String,
     pub kind: AlertKind,

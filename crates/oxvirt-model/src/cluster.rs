@@ -4,7 +4,7 @@
 use crate::ValidationError;
 
 /// How new VMs are placed and how rebalancing moves them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PlacementStrategy {
     /// Even out load: the host with most room.
@@ -15,7 +15,7 @@ pub enum PlacementStrategy {
 }
 
 /// Whether the leader rebalances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RebalanceMode {
     /// Never (a plan is still shown on request).
@@ -35,7 +35,7 @@ fn default_interval() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterPolicy {
     #[serde(default)]
@@ -44,13 +44,16 @@ pub struct ClusterPolicy {
     pub rebalance: RebalanceMode,
     /// Most migrations running at once in the cluster (rebalancing starts no more).
     #[serde(default = "default_max_migrations")]
+    #[schemars(range(min = 1, max = 16))]
     pub max_migrations: u32,
     /// Spread: rebalance when the most and least loaded hosts differ by more than this many
     /// percent of a host.
     #[serde(default = "default_threshold")]
+    #[schemars(range(min = 1, max = 100))]
     pub threshold_percent: u32,
     /// How often the leader looks, in seconds.
     #[serde(default = "default_interval")]
+    #[schemars(range(min = 1, max = 86_400))]
     pub interval_secs: u64,
 }
 
@@ -82,7 +85,7 @@ impl ClusterPolicy {
 }
 
 /// A host of the cluster, as stored.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostRecord {
     pub name: String,
     /// Where its API answers (HTTPS).

@@ -1,7 +1,7 @@
 use std::fmt;
 
 /// A request that breaks a rule: names the field (a JSON path such as `disks[0].path`) and the rule.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct ValidationError {
     pub field: String,
     pub rule: String,

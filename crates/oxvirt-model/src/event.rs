@@ -1,7 +1,7 @@
 use crate::{Alert, Millis, Task, VmState};
 
 /// Something that happened, as the event stream (`GET /api/v1/events`) reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Event {
     /// A VM's observed state changed.

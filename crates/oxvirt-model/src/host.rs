@@ -1,5 +1,5 @@
 /// What the host offers and how it runs guests, as `GET /api/v1/host` reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostInfo {
     pub hostname: String,
     pub cpus: u32,

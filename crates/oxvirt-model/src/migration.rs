@@ -8,16 +8,18 @@ fn default_downtime() -> u64 {
 }
 
 /// What `POST /api/v1/vms/{name}/migrate` takes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
     /// The target host.
     pub to: String,
     /// Longest pause of the guest at the switch-over, in ms (Proxmox's default: 100).
     #[serde(default = "default_downtime")]
+    #[schemars(range(min = 1, max = 60_000))]
     pub downtime_ms: u64,
     /// Most bandwidth the migration may use, MiB/s (0: no limit).
     #[serde(default)]
+    #[schemars(range(max = 100_000))]
     pub bandwidth_mibs: u64,
     /// Slow the guest's vCPUs down if its memory changes faster than it can be sent.
     #[serde(default)]
@@ -40,7 +42,7 @@ impl MigrateRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationState {
     /// Asked for by the cluster's rebalancing (the leader): the source host is to start it.
@@ -60,7 +62,7 @@ pub enum MigrationState {
 }
 
 /// A migration in progress, as both hosts see it in the store (`migrations/<vm>`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Migration {
     pub vm: String,
     pub source: String,

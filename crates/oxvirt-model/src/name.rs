@@ -3,6 +3,9 @@ use crate::ValidationError;
 /// Longest resource name: one DNS label, so a VM name can also be its guest host name.
 pub const MAX_NAME_LEN: usize = 63;
 
+/// The rule of [`validate_name`] as a regular expression, for the API's document.
+pub const NAME_PATTERN: &str = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
+
 /// Checks a resource name: 1 to 63 characters, ASCII letters, digits and `-`, starting with a
 /// letter and not ending with `-` (a DNS label, as Incus requires). Such a name is safe in a path,
 /// a QEMU option, a nftables rule or a shell word without any quoting.

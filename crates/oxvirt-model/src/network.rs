@@ -64,6 +64,16 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// `a.b.c.d/len` (or a bare address: /32).
+impl schemars::JsonSchema for Ipv4Net {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Ipv4Net".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$" })
+    }
+}
+
 impl serde::Serialize for Ipv4Net {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -77,7 +87,7 @@ impl<'de> serde::Deserialize<'de> for Ipv4Net {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkKind {
     /// A bridge with an address, DHCP and DNS, masqueraded to the host's uplink (libvirt's default).
@@ -103,19 +113,22 @@ impl NetworkKind {
 }
 
 /// The overlay settings of a `vxlan` network.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VxlanSpec {
     /// The segment's id, 1..16,777,215.
+    #[schemars(range(min = 1, max = 16_777_215))]
     pub vni: u32,
     /// This host's underlay address, which the peers send to.
     pub local: Ipv4Addr,
     /// The other hosts' underlay addresses: broadcast and unknown frames go to each (head-end
     /// replication).
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub peers: Vec<Ipv4Addr>,
     /// UDP port (IANA's 4789 unless given).
     #[serde(default = "vxlan_port")]
+    #[schemars(range(min = 1))]
     pub port: u16,
 }
 
@@ -124,9 +137,10 @@ fn vxlan_port() -> u16 {
 }
 
 /// What a network should be: the part the user writes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
     pub kind: NetworkKind,
@@ -143,15 +157,18 @@ pub struct NetworkSpec {
     pub range: Option<String>,
     /// Frame payload size; up to 9000 (jumbo frames). Default 1500, or 1450 on vxlan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_MTU, max = MAX_MTU))]
     pub mtu: Option<u32>,
     /// Serve DHCP (and, on nat, DNS) to the VMs. Default on when there is a subnet.
     #[serde(default = "yes")]
     pub dhcp: bool,
     /// For `nat`: the interface traffic leaves by (default: any but the network's bridge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
     pub uplink: Option<String>,
     /// For `bridged`: the existing host bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
     pub bridge: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<VxlanSpec>,
@@ -162,7 +179,7 @@ fn yes() -> bool {
 }
 
 /// A network as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Network {
     pub id: String,
     pub spec: NetworkSpec,
@@ -170,7 +187,7 @@ pub struct Network {
 }
 
 /// A network as the API shows it: the record and what runs on the host for it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct NetworkView {
     #[serde(flatten)]
     pub network: Network,
@@ -187,7 +204,7 @@ pub struct NetworkView {
 }
 
 /// An address given to a VM's NIC by oxvirt's IPAM (a static DHCP lease).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Lease {
     pub network: String,
     pub ip: Ipv4Addr,
@@ -198,14 +215,14 @@ pub struct Lease {
 
 /// A MAC address held by a VM's NIC (`macs/<mac>`, written with the VM): no two NICs of the
 /// cluster ever hold one, checked by one key, not by reading every VM.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct MacClaim {
     pub vm: String,
     pub nic: String,
 }
 
 /// A lease as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct LeaseView {
     #[serde(flatten)]
     pub lease: Lease,

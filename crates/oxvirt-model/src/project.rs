@@ -4,7 +4,7 @@
 use crate::{validate_name, ByteSize, Millis, ValidationError};
 
 /// Limits of a project; a limit left out is no limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -18,9 +18,10 @@ pub struct Quotas {
     pub storage: Option<ByteSize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
     pub quotas: Quotas,
@@ -32,14 +33,14 @@ impl ProjectSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Project {
     pub spec: ProjectSpec,
     pub created_at: Millis,
 }
 
 /// What a project's VMs hold, against its quotas.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Usage {
     pub vms: u32,
     pub vcpus: u32,

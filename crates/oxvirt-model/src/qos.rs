@@ -3,7 +3,7 @@
 
 use crate::{validate_name, ValidationError};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiskQos {
     /// Bytes per second, reads and writes together (0 = no limit).

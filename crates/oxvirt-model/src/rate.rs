@@ -36,6 +36,13 @@ pub fn format(bits: u64) -> String {
     format!("{bits}bit")
 }
 
+/// A rate as the API takes it (bits per second, or a string with a unit) and answers it (a string).
+pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "oneOf": [
+        { "type": "integer", "minimum": 0 },
+        { "type": "string", "pattern": "^[0-9]+ ?(bit|kbit|mbit|gbit|k|m|g)?$" } ] })
+}
+
 pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*v))
 }

@@ -24,7 +24,7 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NumaMode {
     /// vCPUs and memory on one host node when the VM fits one (the node with most free memory),
@@ -35,23 +35,27 @@ pub enum NumaMode {
     Off,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPU priority relative to other VMs: 1..10000, 100 = normal (cgroup cpu.weight / shares).
     #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
+    #[schemars(range(min = 1, max = 10_000))]
     pub cpu_weight: u32,
     /// Most host CPU time the VM gets, in CPUs (e.g. 1.5), over 100 ms periods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01))]
     pub cpu_limit: Option<f64>,
     /// Most memory QEMU may use in all (guest memory and QEMU's own); at least memory + 64MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<ByteSize>,
     /// The host CPU of each vCPU (as many as the VM has vCPUs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(max = 4095)))]
     pub vcpu_pins: Vec<u32>,
     /// The host CPUs of QEMU's other threads (I/O, emulation), a CPU list like `0-1,4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"))]
     pub emulator_cpus: Option<String>,
     #[serde(default)]
     pub numa: NumaMode,
@@ -88,7 +92,7 @@ impl Default for Resources {
 }
 
 /// Where a VM runs on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Placement {
     /// Host CPUs the VM's threads may run on (a CPU list), if restricted.
     pub cpus: Option<String>,
@@ -100,7 +104,7 @@ pub struct Placement {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct GuestNode {
     pub first_vcpu: u32,
     pub vcpus: u32,
@@ -196,7 +200,7 @@ impl Resources {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KsmPolicy {
     /// Left as the host has it.
@@ -209,17 +213,20 @@ pub enum KsmPolicy {
 }
 
 /// The host's resource policy (`GET/PUT /api/v1/host/policy`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostPolicy {
     /// How many vCPUs running VMs may have per host CPU.
+    #[schemars(range(min = 0.1, max = 64.0))]
     pub cpu_overcommit: f64,
     /// How far running VMs' memory may exceed the host's (1.0 = none; ballooning and KSM make
     /// more possible).
+    #[schemars(range(min = 0.1, max = 16.0))]
     pub memory_overcommit: f64,
     /// Shrink VMs that have `balloon_min` when host memory use passes `memory_target_use`.
     pub auto_balloon: bool,
     /// Share of host memory in use above which auto-ballooning reclaims (Proxmox: 80 %).
+    #[schemars(range(min = 0.01, max = 0.99))]
     pub memory_target_use: f64,
     pub ksm: KsmPolicy,
     /// Whether KSM may merge the memory of VMs of different projects (tenants). Off by default:

@@ -5,7 +5,7 @@
 use crate::network::Ipv4Net;
 use crate::{validate_name, Millis, ValidationError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Traffic to the VM.
@@ -15,7 +15,7 @@ pub enum Direction {
     Egress,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -37,7 +37,7 @@ impl Protocol {
 }
 
 /// One allow rule.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityRule {
     #[serde(default)]
@@ -46,6 +46,7 @@ pub struct SecurityRule {
     pub protocol: Protocol,
     /// A port or range (`22`, `8000-8080`) for tcp and udp; all ports when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9]{1,5}(-[0-9]{1,5})?$"))]
     pub ports: Option<String>,
     /// The peer's addresses (the source of ingress traffic, the destination of egress traffic);
     /// anywhere (0.0.0.0/0) when left out.
@@ -90,13 +91,16 @@ pub fn parse_ports(p: &str) -> Result<(u16, u16), String> {
 }
 
 /// A security group as the user writes it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
     pub description: String,
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub rules: Vec<SecurityRule>,
 }
 
@@ -116,7 +120,7 @@ impl SecurityGroupSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct SecurityGroup {
     pub spec: SecurityGroupSpec,
     pub created_at: Millis,

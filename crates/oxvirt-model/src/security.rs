@@ -5,7 +5,9 @@
 use crate::{validate_name, Millis, ValidationError};
 
 /// What a request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Privilege {
     /// Look.
@@ -18,7 +20,7 @@ pub enum Privilege {
     Admin,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.
@@ -46,7 +48,7 @@ impl Role {
 pub const ROOT: &str = "root";
 
 /// A local user as stored: the password only as an argon2id hash (PHC string).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct User {
     pub name: String,
     pub password_hash: String,
@@ -54,16 +56,18 @@ pub struct User {
 }
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct UserView {
     pub name: String,
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub name: String,
+    #[schemars(length(min = 10, max = 1024))]
     pub password: String,
 }
 
@@ -85,7 +89,7 @@ pub fn validate_password(p: &str) -> Result<(), ValidationError> {
 }
 
 /// One grant.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AclEntry {
     pub path: String,
@@ -94,7 +98,7 @@ pub struct AclEntry {
 }
 
 /// All grants, stored as one record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct AclList(pub Vec<AclEntry>);
 
@@ -138,7 +142,7 @@ pub fn role_on(acl: &[AclEntry], user: &str, resource: &str) -> Option<Role> {
 }
 
 /// Who made a request, as the audit log and the checks see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Principal {
     pub user: String,
     /// The token it came with (none on the Unix socket).
@@ -147,7 +151,7 @@ pub struct Principal {
 }
 
 /// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct AuditRecord {
     pub time: Millis,
     pub user: String,

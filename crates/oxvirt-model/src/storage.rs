@@ -3,7 +3,7 @@
 use crate::vm::validate_host_path;
 use crate::{validate_name, ByteSize, DiskFormat, Millis, ValidationError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PoolKind {
     /// A local directory.
@@ -28,9 +28,10 @@ fn default_overcommit() -> f64 {
 }
 
 /// What a pool should be: the part the user writes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
     pub kind: PoolKind,
@@ -39,11 +40,13 @@ pub struct PoolSpec {
     /// How far the volumes' virtual sizes may exceed the pool's size (thin provisioning), e.g.
     /// 2.0 = twice. New volumes beyond it are refused.
     #[serde(default = "default_overcommit")]
+    #[schemars(range(min = 1.0, max = 100.0))]
     pub overcommit: f64,
     /// For `nbd` pools: how many paths (export daemons) serve the volumes. With more than one,
     /// each VM disk reaches its volume through a multipath proxy and survives a path failing;
     /// such a pool holds raw volumes, the one format two servers may share.
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 4))]
     pub paths: u8,
     /// In a cluster, the pool's directory on named hosts where it is not `path` (as Incus keeps a
     /// pool's `source` per member): each host of a local pool has its own directory.
@@ -92,14 +95,14 @@ impl PoolSpec {
 }
 
 /// A pool as the store keeps it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Pool {
     pub spec: PoolSpec,
     pub created_at: Millis,
 }
 
 /// A pool's capacity, measured when asked.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct PoolUsage {
     /// Size of the file system under the pool.
     pub size: u64,
@@ -115,7 +118,7 @@ pub struct PoolUsage {
 }
 
 /// A pool with its usage, as the API shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct PoolView {
     #[serde(flatten)]
     pub pool: Pool,
@@ -123,9 +126,10 @@ pub struct PoolView {
 }
 
 /// A request for a new volume.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub name: String,
     /// Virtual size. Optional for clones and imports (taken from the source).
     #[serde(default)]
@@ -150,14 +154,14 @@ impl VolumeSpec {
 }
 
 /// A point-in-time copy inside a qcow2 volume.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VolumeSnapshot {
     pub name: String,
     pub created_at: Millis,
 }
 
 /// A volume as the store keeps it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Volume {
     pub pool: String,
     pub name: String,

@@ -4,7 +4,7 @@
 use crate::{ByteSize, DiskFormat};
 
 /// Body of `POST /pools/{pool}/volumes/{name}/clone`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     pub name: String,
@@ -21,7 +21,7 @@ fn yes() -> bool {
 }
 
 /// Body of `POST /pools/{pool}/import`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     pub name: String,
@@ -35,7 +35,7 @@ pub struct ImportRequest {
 }
 
 /// Body of `POST /pools/{pool}/volumes/{name}/export`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportRequest {
     /// A new file on the host.
@@ -45,14 +45,14 @@ pub struct ExportRequest {
 }
 
 /// Body of `PATCH /pools/{pool}/volumes/{name}`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeResize {
     pub size: ByteSize,
 }
 
 /// Body of `POST .../snapshots` (a volume's or a VM's).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSnapshot {
     pub name: String,

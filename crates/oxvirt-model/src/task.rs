@@ -1,7 +1,7 @@
 use crate::Millis;
 
 /// A long operation: returned at once by the API, then followed until it ends.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Task {
     pub id: String,
     /// What it does, e.g. `vm.start`.
@@ -21,7 +21,7 @@ pub struct Task {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     Running,

@@ -1,7 +1,7 @@
 use crate::Millis;
 
 /// An API token as the store keeps it: only the SHA-256 of the secret, never the secret.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct ApiToken {
     pub id: String,
     pub name: String,
@@ -25,7 +25,7 @@ fn root() -> String {
 }
 
 /// A new token as its creator sees it, once: with the secret.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct NewToken {
     #[serde(flatten)]
     pub token: ApiToken,

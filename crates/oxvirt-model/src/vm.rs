@@ -7,22 +7,27 @@ pub const MAX_CPUS: u32 = 288;
 pub const MIN_MEMORY: u64 = 32 * MIB;
 
 /// What a VM should be: the part of a VM that the user writes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub name: String,
     /// In a cluster: the host to run on; the scheduler picks one when it is left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// In a cluster: VMs of one affinity group run on one host (the first one's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub affinity: Option<String>,
     /// In a cluster: VMs of one anti-affinity group run on different hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub anti_affinity: Option<String>,
     /// The project (tenant) the VM belongs to, whose quotas it counts against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub project: Option<String>,
+    #[schemars(range(min = 1, max = crate::MAX_CPUS))]
     pub cpus: u32,
     pub memory: ByteSize,
     #[serde(default)]
@@ -31,8 +36,10 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelBoot>,
     #[serde(default)]
+    #[schemars(length(max = 16))]
     pub disks: Vec<DiskSpec>,
     #[serde(default)]
+    #[schemars(length(max = 8))]
     pub nics: Vec<NicSpec>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
@@ -56,14 +63,14 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemoryEncryption {
     Sev,
     SevSnp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MachineType {
     /// A modern PC (PCIe, SeaBIOS firmware): boots from disks or a kernel.
@@ -82,7 +89,7 @@ impl MachineType {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KernelBoot {
     pub kernel: String,
@@ -92,7 +99,7 @@ pub struct KernelBoot {
     pub cmdline: String,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     /// The disk's device id in the VM (`disk0`, `disk1`...): given by oxvirt when left out, and
@@ -101,6 +108,7 @@ pub struct DiskSpec {
     pub id: String,
     /// A volume of a storage pool, as `pool/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[^/]+/[^/]+$"))]
     pub volume: Option<String>,
     /// Or an image file on the host, outside any pool.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -147,7 +155,7 @@ pub struct NbdSource {
     pub export: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskFormat {
     #[default]
@@ -164,7 +172,7 @@ impl DiskFormat {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DiskBus {
     #[default]
@@ -172,12 +180,13 @@ pub enum DiskBus {
     VirtioScsi,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicSpec {
     /// The NIC's name within the VM (`nic0`, `nic1`...): given at creation when left out, kept
     /// when other NICs come and go.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(regex(pattern = "^(nic([0-9]|1[0-5]))?$"))]
     pub id: String,
     /// `network` when `network` is given, `bridged` when `bridge` is, else `user`.
     #[serde(default)]
@@ -187,12 +196,15 @@ pub struct NicSpec {
     pub mac: Option<String>,
     /// Number of queue pairs (multi-queue virtio-net); 0 means one per vCPU.
     #[serde(default)]
+    #[schemars(range(max = 16))]
     pub queues: u32,
     /// For `bridged`: the host bridge the NIC's TAP device joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
     pub bridge: Option<String>,
     /// For `network`: the oxvirt network the NIC joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
     pub network: Option<String>,
     /// The NIC's IPv4 address. On an oxvirt network: asked for (a static lease) or given by
     /// oxvirt's IPAM at creation. On a host bridge: the address the guest is set up with on that
@@ -202,6 +214,7 @@ pub struct NicSpec {
     pub ip: Option<std::net::Ipv4Addr>,
     /// Security groups whose rules filter the NIC's traffic (none: no filtering).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(regex(pattern = crate::name::NAME_PATTERN)))]
     pub security_groups: Vec<String>,
     /// Bandwidth limits.
     #[serde(default, skip_serializing_if = "NicQos::is_unlimited")]
@@ -209,6 +222,7 @@ pub struct NicSpec {
     /// The MTU of the NIC's network, filled in by the controller when it starts the VM (the
     /// guest learns it from the device). Not stored.
     #[serde(skip)]
+    #[schemars(range(min = crate::network::MIN_MTU, max = crate::MAX_MTU))]
     pub mtu: Option<u32>,
 }
 
@@ -304,7 +318,7 @@ impl NicSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NicMode {
     /// QEMU's user-mode network, restricted: the guest gets an address by DHCP and reaches
@@ -320,12 +334,14 @@ pub enum NicMode {
 
 /// Bandwidth limits of a NIC, in bits per second (0 = none): `ingress` is traffic to the VM,
 /// `egress` traffic from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NicQos {
     #[serde(with = "crate::rate")]
+    #[schemars(schema_with = "crate::rate::schema")]
     pub ingress: u64,
     #[serde(with = "crate::rate")]
+    #[schemars(schema_with = "crate::rate::schema")]
     pub egress: u64,
 }
 
@@ -335,7 +351,7 @@ impl NicQos {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// A VM that stops by itself stays stopped.
@@ -347,7 +363,7 @@ pub enum RestartPolicy {
     Always,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM where the host really runs guests natively, TCG otherwise.
@@ -358,9 +374,10 @@ pub enum AccelChoice {
 }
 
 /// The fields of a VM that `PATCH /api/v1/vms/{name}` may change (only while it is stopped).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmUpdate {
+    #[schemars(range(min = 1, max = crate::MAX_CPUS))]
     pub cpus: Option<u32>,
     pub memory: Option<ByteSize>,
     pub kernel: Option<KernelBoot>,
@@ -571,7 +588,7 @@ pub fn validate_mac(field: &str, mac: &str) -> Result<(), ValidationError> {
 }
 
 /// The state oxvirt observed a VM in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     #[default]
@@ -603,7 +620,7 @@ impl VmState {
 }
 
 /// What a user asks a VM to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VmAction {
     Start,
@@ -674,7 +691,7 @@ impl VmAction {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
     #[default]
@@ -684,7 +701,7 @@ pub enum DesiredState {
 }
 
 /// What oxvirt observed of a VM on its host.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VmStatus {
     pub state: VmState,
     /// The QEMU process, while there is one.
@@ -705,7 +722,7 @@ pub struct VmStatus {
 }
 
 /// A VM as the store keeps it: what the user asked for and what oxvirt observed.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Vm {
     pub id: String,
     /// The cluster host the VM belongs to (none on a single host), and why that one.

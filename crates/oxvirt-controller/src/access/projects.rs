@@ -11,7 +11,7 @@ crate::service! {
 }
 
 /// A project as the API shows it: with what its VMs hold.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct ProjectView {
     #[serde(flatten)]
     pub project: Project,

@@ -26,7 +26,7 @@ pub(crate) struct State {
 }
 
 /// A host as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostView {
     #[serde(flatten)]
     pub host: HostRecord,

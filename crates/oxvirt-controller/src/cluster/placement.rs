@@ -12,7 +12,7 @@ use oxvirt_store::{Expect, Op, StoreExt};
 pub(crate) const PLACEMENT_COUNTER: &str = "cluster/placements";
 
 /// A rebalancing plan and what was done with it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct RebalanceView {
     pub policy: ClusterPolicy,
     /// The migrations the plan holds, first to last.

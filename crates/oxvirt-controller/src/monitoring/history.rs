@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub const KEEP: usize = 720;
 pub const STEP: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VmSample {
     pub time: Millis,
     pub state: oxvirt_model::VmState,
@@ -25,7 +25,7 @@ pub struct VmSample {
     pub cpu_ready: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostSample {
     pub time: Millis,
     /// CPU use of the whole host, 0..1.

@@ -13,7 +13,7 @@ use std::time::Duration;
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What may change on a NIC while its VM runs.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]

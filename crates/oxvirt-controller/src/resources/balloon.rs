@@ -7,7 +7,7 @@ use crate::{lock, ControlError};
 use oxvirt_model::{ByteSize, Vm, VmState, MIB};
 
 /// The balloon as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct BalloonView {
     /// Memory the guest has now.
     pub actual: u64,

@@ -7,7 +7,7 @@ use oxvirt_model::KsmPolicy;
 
 const KSM: &str = "/sys/kernel/mm/ksm";
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct KsmView {
     pub run: bool,
     pub pages_shared: u64,

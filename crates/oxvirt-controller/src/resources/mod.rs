@@ -37,7 +37,7 @@ pub(crate) struct State {
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 /// The host's resources as the API shows them.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostResources {
     pub policy: HostPolicy,
     pub cpus: u32,
@@ -53,7 +53,7 @@ pub struct HostResources {
     pub hugepage_size: u64,
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct NumaNodeView {
     pub id: u32,
     pub cpus: String,
