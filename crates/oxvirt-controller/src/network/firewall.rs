@@ -159,23 +159,38 @@ pub fn render_nic_chains(n: &NicRules) -> String {
     s
 }
 
-/// The names of the per-NIC chains and sets now in the `bridge oxvirt` table.
+/// The objects of `nft -j list ...`: what nft answers as JSON, one kind per entry.
+fn nft_objects(args: &[&str]) -> Result<Vec<serde_json::Value>, HostCmdError> {
+    let out = run("nft", &[&["-j"], args].concat())?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HostCmdError {
+        cmd: format!("nft -j {}", args.join(" ")),
+        reason: format!("unreadable answer: {e}"),
+        errno: None,
+    })?;
+    Ok(v["nftables"].as_array().cloned().unwrap_or_default())
+}
+
+/// oxvirt's tables present now, as (family, name).
+fn our_tables() -> Result<Vec<String>, HostCmdError> {
+    Ok(nft_objects(&["list", "tables"])?
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .filter(|t| t["name"] == TABLE)
+        .filter_map(|t| t["family"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// The names of the per-NIC chains and sets now in the `bridge oxvirt` table (none when the
+/// table is not there: asked first, so no error text is ever read).
 fn existing_bridge_objects() -> Result<(Vec<String>, Vec<String>), HostCmdError> {
-    let listed = match run("nft", &["list", "table", "bridge", TABLE]) {
-        Ok(t) => t,
-        Err(e) if e.reason.contains("No such file") => return Ok((vec![], vec![])),
-        Err(e) => return Err(e),
-    };
-    let mut chains = Vec::new();
-    let mut sets = Vec::new();
-    for l in listed.lines().map(str::trim) {
-        if let Some(rest) = l.strip_prefix("chain ") {
-            chains.push(rest.trim_end_matches(" {").trim().to_string());
-        } else if let Some(rest) = l.strip_prefix("set ") {
-            sets.push(rest.trim_end_matches(" {").trim().to_string());
-        }
+    if !our_tables()?.iter().any(|f| f == "bridge") {
+        return Ok((vec![], vec![]));
     }
-    Ok((chains, sets))
+    let objects = nft_objects(&["list", "table", "bridge", TABLE])?;
+    let names = |kind: &str| -> Vec<String> {
+        objects.iter().filter_map(|o| o.get(kind)?["name"].as_str().map(str::to_string)).collect()
+    };
+    Ok((names("chain"), names("set")))
 }
 
 /// The whole `nft -f` script that makes oxvirt's tables match `nets` and `nics`.
@@ -233,11 +248,7 @@ pub fn render_script(nets: &[NetRules], nics: &[NicRules], chains: &[String], se
 
 /// Whether either of oxvirt's tables is there.
 pub fn tables_exist() -> bool {
-    run("nft", &["list", "tables"])
-        .map(|t| {
-            t.lines().any(|l| l.trim() == format!("table inet {TABLE}") || l.trim() == format!("table bridge {TABLE}"))
-        })
-        .unwrap_or(false)
+    our_tables().map(|t| !t.is_empty()).unwrap_or(false)
 }
 
 /// Makes oxvirt's tables match: one atomic `nft -f` transaction.
@@ -352,5 +363,30 @@ mod tests {
         if let Err(e) = run_stdin("nft", &["-c", "-f", "-"], Some(&body)) {
             panic!("{e}\n{body}");
         }
+    }
+
+    /// The tables and their chains and sets are read from nft's JSON, in a network namespace of
+    /// the test's own (the host's ruleset is never touched); a missing table is asked about, not
+    /// inferred from an error's text.
+    #[test]
+    fn bridge_objects_are_read_from_nft_json() {
+        if run("nft", &["--version"]).is_err() || unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs nft and root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare on this thread only: its children (nft) inherit the new namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
+            assert!(!tables_exist());
+            assert_eq!(existing_bridge_objects().unwrap(), (vec![], vec![]));
+            let script = format!(
+                "add table bridge {TABLE}\nadd chain bridge {TABLE} from-oxt1\nadd set bridge {TABLE} out-oxt1 {{ type ipv4_addr; }}\n"
+            );
+            run_stdin("nft", &["-f", "-"], Some(&script)).unwrap();
+            assert!(tables_exist());
+            assert_eq!(existing_bridge_objects().unwrap(), (vec!["from-oxt1".to_string()], vec!["out-oxt1".to_string()]));
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! Host network devices: bridges, VXLAN devices, TAP and IFB devices and their settings, made
 //! through netlink (`netlink.rs`: no `ip` or `bridge` process) and read from sysfs; `tc` and `nft`
-//! still run as processes (`run`), argv only, no shell. Every name passed here was made by oxvirt
+//! still run as processes (`run`), argv only, no shell, read through their JSON output (`-j`, never
+//! an error's text); the worker is handed over while they run. Every name passed here was made by oxvirt
 //! or checked as an interface name.
 
 use super::netlink::{self, NetlinkError};

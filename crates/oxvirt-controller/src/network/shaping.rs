@@ -14,6 +14,14 @@ fn tc(args: &[&str]) -> Result<(), HostCmdError> {
     run("tc", args).map(|_| ())
 }
 
+/// Whether `dev` has a qdisc of `kind` at `parent` (`root`, `ingress`), from `tc -j`'s answer.
+fn has_qdisc(dev: &str, parent: &str, kind: &str) -> bool {
+    run("tc", &["-j", "qdisc", "show", "dev", dev, parent])
+        .ok()
+        .and_then(|out| serde_json::from_str::<Vec<serde_json::Value>>(&out).ok())
+        .is_some_and(|qdiscs| qdiscs.iter().any(|q| q["kind"] == kind))
+}
+
 /// A token bucket: `rate` bits/s, a burst of 20 ms of traffic (at least two full frames).
 fn tbf(dev: &str, rate: u64, mtu: u32) -> Result<(), HostCmdError> {
     let burst = (rate / 8 / 50).max(2 * (u64::from(mtu) + 14));
@@ -37,12 +45,11 @@ fn tbf(dev: &str, rate: u64, mtu: u32) -> Result<(), HostCmdError> {
 pub fn apply(tap: &str, qos: &NicQos, mtu: u32) -> Result<(), HostCmdError> {
     if qos.ingress > 0 {
         tbf(tap, qos.ingress, mtu)?;
-    } else if run("tc", &["qdisc", "show", "dev", tap, "root"]).map(|o| o.contains("tbf")).unwrap_or(false) {
+    } else if has_qdisc(tap, "root", "tbf") {
         tc(&["qdisc", "del", "dev", tap, "root"])?;
     }
     let ifb = ifb_name(tap);
-    let has_ingress =
-        run("tc", &["qdisc", "show", "dev", tap, "ingress"]).map(|o| o.contains("ingress")).unwrap_or(false);
+    let has_ingress = has_qdisc(tap, "ingress", "ingress");
     if qos.egress > 0 {
         ensure_ifb(&ifb, mtu)?;
         tbf(&ifb, qos.egress, mtu)?;
