@@ -3,7 +3,7 @@
 //! keeps working when one member stops.
 
 use oxvirt_e2e::*;
-use oxvirt_store::{EtcdStore, Expect, Op, Store, StoreError, WatchEvent};
+use oxvirt_store::{ClusterSession, EtcdStore, Expect, Op, Store, StoreError, WatchEvent};
 use serde_json::json;
 use std::time::Duration;
 

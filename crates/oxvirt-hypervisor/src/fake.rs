@@ -4,9 +4,15 @@
 //! ([`FakeInstance::guest_poweroff`], [`FakeInstance::crash`]...). Instances outlive the
 //! controller that started them, as QEMU outlives oxvirtd: a second controller given the same
 //! [`FakeHypervisor`] re-adopts those still running.
+//!
+//! Instances migrate to one another (memory only; no local disks, no post-copy): a target
+//! listens on a URI, a source's `send` to that URI hands the guest over at once (the target runs
+//! it, the source is left paused as QEMU leaves it), unless the test said the next send fails
+//! ([`FakeInstance::fail_next_migration`]).
 
 use crate::ops::{
-    DiskOps, DiskStats, GuestMemory, MemoryOps, MigrationInfo, MigrationOps, MirrorJob, SendOptions, StreamEnd,
+    DiskOps, DiskStats, GuestMemory, MemoryOps, MigrationInfo, MigrationOps, MigrationStatus, MirrorJob, SendOptions,
+    StreamEnd,
 };
 use crate::{Accel, AccelDecision, HvError, Hypervisor, Instance, InstanceEvent, Launch, RunState, RuntimePaths};
 use oxvirt_model::VmSpec;
@@ -15,6 +21,21 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+
+/// The URIs fake targets listen on, across every fake hypervisor of the process (two hosts of
+/// a test are two hypervisors).
+static LISTENING: Mutex<Option<HashMap<String, std::sync::Weak<FakeInstance>>>> = Mutex::new(None);
+
+/// A fake instance's side of migrations.
+#[derive(Default)]
+struct Migrating {
+    /// What `query-migrate` says on this source.
+    status: Option<MigrationStatus>,
+    /// The next send fails with this.
+    fail_next: Option<String>,
+    /// Sent so far (fake: one count per send).
+    sends: u32,
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -136,13 +157,17 @@ pub struct FakeInstance {
     state: Mutex<RunState>,
     balloon: AtomicU64,
     pub behaviour: Mutex<Behaviour>,
+    migrating: Mutex<Migrating>,
+    me: std::sync::Weak<FakeInstance>,
 }
 
 impl FakeInstance {
     fn new(pid: u32, memory: u64, paused: bool) -> Arc<FakeInstance> {
         let (events, _) = broadcast::channel(64);
         let (exit_tx, _) = watch::channel(false);
-        Arc::new(FakeInstance {
+        Arc::new_cyclic(|me| FakeInstance {
+            me: me.clone(),
+            migrating: Mutex::default(),
             pid,
             events,
             exited: AtomicBool::new(false),
@@ -189,6 +214,17 @@ impl FakeInstance {
 
     pub fn state(&self) -> RunState {
         *lock(&self.state)
+    }
+
+    /// The next migration sent from this instance fails with `why` (the stream broke): the
+    /// target got nothing and this guest is where it was.
+    pub fn fail_next_migration(&self, why: &str) {
+        lock(&self.migrating).fail_next = Some(why.to_string());
+    }
+
+    /// How many migrations were sent from this instance.
+    pub fn migrations_sent(&self) -> u32 {
+        lock(&self.migrating).sends
     }
 }
 
@@ -342,27 +378,34 @@ impl MemoryOps for FakeInstance {
     }
 }
 
-/// Migration is the end-to-end tests' (it needs two QEMUs and a stream between them).
+/// What the fake does not migrate: local disks (NBD mirrors) and post-copy.
 fn no_migration() -> HvError {
-    HvError::Unsupported("the fake hypervisor does not migrate".into())
+    HvError::Unsupported("the fake hypervisor migrates memory only".into())
 }
 
 #[async_trait::async_trait]
 impl MigrationOps for FakeInstance {
     async fn use_tls(&self, _end: StreamEnd) -> Result<(), HvError> {
-        Err(no_migration())
+        Ok(())
     }
 
     async fn drop_tls(&self, _end: StreamEnd) -> Result<(), HvError> {
-        Err(no_migration())
+        Ok(())
     }
 
-    async fn listen(&self, _uri: &str) -> Result<(), HvError> {
-        Err(no_migration())
+    async fn listen(&self, uri: &str) -> Result<(), HvError> {
+        if self.has_exited() {
+            return Err(HvError::Unsupported("the fake guest has exited".into()));
+        }
+        lock(&LISTENING).get_or_insert_with(HashMap::new).insert(uri.to_string(), self.me.clone());
+        Ok(())
     }
 
-    async fn prepare_to_receive(&self, _postcopy: bool, _hold_disks: bool) -> Result<(), HvError> {
-        Err(no_migration())
+    async fn prepare_to_receive(&self, postcopy: bool, hold_disks: bool) -> Result<(), HvError> {
+        if postcopy || hold_disks {
+            return Err(no_migration());
+        }
+        Ok(())
     }
 
     async fn serve_disks(
@@ -394,12 +437,41 @@ impl MigrationOps for FakeInstance {
         Ok(())
     }
 
-    async fn send(&self, _uri: &str, _options: &SendOptions) -> Result<(), HvError> {
-        Err(no_migration())
+    async fn send(&self, uri: &str, options: &SendOptions) -> Result<(), HvError> {
+        if options.postcopy || options.pause_before_switchover {
+            return Err(no_migration());
+        }
+        let target = lock(&LISTENING).as_mut().and_then(|l| l.remove(uri)).and_then(|t| t.upgrade());
+        let Some(target) = target.filter(|t| !t.has_exited()) else {
+            return Err(HvError::Unsupported(format!("{uri}: connection refused")));
+        };
+        let mut m = lock(&self.migrating);
+        m.sends += 1;
+        if let Some(why) = m.fail_next.take() {
+            m.status = Some(MigrationStatus::Failed(why));
+            return Ok(());
+        }
+        // The switch-over: this guest stops here (QEMU's `postmigrate`) and runs there.
+        *lock(&self.state) = RunState::Other;
+        self.send(InstanceEvent::Paused);
+        *lock(&target.state) = RunState::Running;
+        target.send(InstanceEvent::Resumed);
+        m.status = Some(MigrationStatus::Completed);
+        Ok(())
     }
 
     async fn migration_info(&self) -> Result<MigrationInfo, HvError> {
-        Err(no_migration())
+        let status = lock(&self.migrating).status.clone().unwrap_or(MigrationStatus::None);
+        let memory = self.balloon.load(Ordering::SeqCst);
+        let done = status == MigrationStatus::Completed;
+        Ok(MigrationInfo {
+            status,
+            ram_transferred: if done { memory } else { 0 },
+            ram_total: memory,
+            total_time_ms: u64::from(done),
+            downtime_ms: 0,
+            cpu_throttle_percentage: 0,
+        })
     }
 
     async fn continue_switchover(&self) -> Result<(), HvError> {
@@ -411,6 +483,10 @@ impl MigrationOps for FakeInstance {
     }
 
     async fn cancel(&self) -> Result<(), HvError> {
+        let mut m = lock(&self.migrating);
+        if matches!(m.status, Some(MigrationStatus::Active(_))) {
+            m.status = Some(MigrationStatus::Failed("cancelled".into()));
+        }
         Ok(())
     }
 }

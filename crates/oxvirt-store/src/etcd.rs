@@ -348,14 +348,13 @@ async fn renew(client: &Client, lease: i64, ttl: i64) -> Result<(), etcd_client:
     }
 }
 
-impl Session {
-    /// Whether this member leads now.
-    pub fn is_leader(&self) -> bool {
+#[async_trait::async_trait]
+impl crate::ClusterSession for Session {
+    fn is_leader(&self) -> bool {
         self.leader.load(Ordering::SeqCst)
     }
 
-    /// The leading member's name, asked of etcd.
-    pub async fn leader(&self) -> Option<String> {
+    async fn leader(&self) -> Option<String> {
         let _ = self.store.upgrade()?;
         let mut el = self.client.election_client();
         let r = tokio::time::timeout(CALL_TIMEOUT, el.leader(self.election.clone())).await.ok()?.ok()?;

@@ -6,7 +6,7 @@ pub mod placement;
 
 use crate::{now_millis, ControlError};
 use oxvirt_model::Vm;
-use oxvirt_store::{Expect, Session, StoreExt};
+use oxvirt_store::{ClusterSession, Expect, StoreExt};
 use std::sync::Arc;
 
 pub use oxvirt_model::HostRecord;
@@ -39,12 +39,17 @@ pub struct HostView {
 /// This daemon's membership.
 pub struct Membership {
     pub name: String,
-    pub session: Session,
+    pub session: Box<dyn ClusterSession>,
 }
 
 impl Hosts {
     /// Joins the cluster: the host's record is written (or refreshed) and its presence held.
-    pub fn join_cluster(&self, name: &str, address: &str, session: Session) -> Result<(), ControlError> {
+    pub fn join_cluster(
+        &self,
+        name: &str,
+        address: &str,
+        session: impl ClusterSession + 'static,
+    ) -> Result<(), ControlError> {
         oxvirt_model::validate_name("cluster.host_name", name)?;
         let rec = HostRecord {
             name: name.into(),
@@ -67,7 +72,8 @@ impl Hosts {
         };
         let rec = self.with_reach(rec);
         self.ctl.inner.store.put(&key, oxvirt_store::encode(&rec), Expect::Any)?;
-        *crate::lock(&self.state().membership) = Some(Arc::new(Membership { name: name.into(), session }));
+        *crate::lock(&self.state().membership) =
+            Some(Arc::new(Membership { name: name.into(), session: Box::new(session) }));
         self.ctl.inner.tasks.set_host(name);
         Ok(())
     }

@@ -1,0 +1,228 @@
+//! Live migration's record transitions, on two hosts of one cluster: two controllers, each on a
+//! fake hypervisor of its own, sharing one store (as hosts share etcd), their membership held by
+//! hand. What the end-to-end tests show with two QEMUs and etcd, here in milliseconds and with the
+//! stream's fate chosen by the test: the record goes Requested -> Ready -> Completed and the VM
+//! with it; a stream that breaks, or a target that cannot start, leaves the VM running where it was.
+
+use oxvirt_controller::{Controller, ControllerConfig};
+use oxvirt_hypervisor::fake::{FakeHypervisor, FakeInstance};
+use oxvirt_hypervisor::{Hypervisor, Instance, RunState};
+use oxvirt_model::{MigrateRequest, Migration, MigrationState, TaskState, Vm, VmAction, VmSpec, VmState, ROOT};
+use oxvirt_store::{ClusterSession, Expect, Record, SqliteStore, Store, WatchEvent};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Membership held by hand: `host-a` leads.
+struct Member;
+
+#[async_trait::async_trait]
+impl ClusterSession for Member {
+    fn is_leader(&self) -> bool {
+        false
+    }
+
+    async fn leader(&self) -> Option<String> {
+        Some("host-a".into())
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    kernel: std::path::PathBuf,
+    a: Controller,
+    b: Controller,
+    hv_a: Arc<FakeHypervisor>,
+    hv_b: Arc<FakeHypervisor>,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot");
+        std::fs::create_dir(&boot).unwrap();
+        let kernel = boot.join("vmlinuz");
+        std::fs::write(&kernel, b"").unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        let host = |name: &str, hv: Arc<FakeHypervisor>| {
+            let mut config = ControllerConfig::new(dir.path().join(name));
+            config.host_path_roots = vec![boot.clone()];
+            config.reconcile_interval = Duration::from_millis(200);
+            let hv: Arc<dyn Hypervisor> = hv;
+            let c = Controller::new(store.clone(), hv, config).unwrap();
+            c.hosts().join_cluster(name, "127.0.0.1:8443", Member).unwrap();
+            // What a host's lease keeps in etcd: it is online.
+            store.put(&format!("alive/{name}"), name.as_bytes().to_vec(), Expect::Any).unwrap();
+            c
+        };
+        let (hv_a, hv_b) = (FakeHypervisor::new(), FakeHypervisor::new());
+        let (a, b) = (host("host-a", hv_a.clone()), host("host-b", hv_b.clone()));
+        a.start_background().await;
+        b.start_background().await;
+        Cluster { _dir: dir, store, kernel, a, b, hv_a, hv_b }
+    }
+
+    fn spec(&self, name: &str) -> VmSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "cpus": 1, "memory": "64MiB", "host": "host-a",
+            "kernel": { "kernel": self.kernel },
+        }))
+        .unwrap()
+    }
+
+    /// A VM running on host-a.
+    async fn running_on_a(&self, name: &str) -> (Vm, Arc<FakeInstance>) {
+        self.a.vms().create_vm(ROOT, self.spec(name)).unwrap();
+        let t = self.a.vms().vm_action(name, VmAction::Start).unwrap();
+        let t = self.a.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+        let vm = self.a.vms().get_vm(name).unwrap();
+        assert_eq!((vm.host.as_deref(), vm.status.state), (Some("host-a"), VmState::Running));
+        let guest = self.hv_a.instance(&vm.id).expect("a guest on host-a");
+        (vm, guest)
+    }
+
+    /// Migrates `name` to host-b; the task's end and the migration record's states on the way
+    /// (`None` for its removal), as the store saw them.
+    async fn migrate(&self, name: &str) -> (oxvirt_model::Task, Vec<Option<MigrationState>>) {
+        let mut watch = self.store.watch();
+        let req = MigrateRequest {
+            to: "host-b".into(),
+            downtime_ms: 100,
+            bandwidth_mibs: 0,
+            auto_converge: false,
+            postcopy: false,
+        };
+        let t = self.a.migrations().migrate_vm(name, req).unwrap();
+        let t = self.a.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
+        // Every end removes the record: wait for that, then read what changed on the way.
+        let key = Migration::key_of(name);
+        let start = Instant::now();
+        while self.store.get(&key).unwrap().is_some() {
+            assert!(start.elapsed() < Duration::from_secs(10), "the migration record stays");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut states = Vec::new();
+        while let Ok(e) = watch.try_recv() {
+            match e {
+                WatchEvent::Put(e) if e.key == key => {
+                    let m: Migration = serde_json::from_slice(&e.value).unwrap();
+                    if states.last() != Some(&Some(m.state)) {
+                        states.push(Some(m.state));
+                    }
+                }
+                WatchEvent::Delete { key: k, .. } if k == key => states.push(None),
+                _ => {}
+            }
+        }
+        (t, states)
+    }
+}
+
+/// Waits until `what` holds of the VM's record (read through `c`).
+async fn wait_vm(c: &Controller, name: &str, what: &str, ok: impl Fn(&Vm) -> bool) -> Vm {
+    let start = Instant::now();
+    loop {
+        let vm = c.vms().get_vm(name).unwrap();
+        if ok(&vm) {
+            return vm;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: {vm:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_moves_the_record_and_the_guest_in_order() {
+    let c = Cluster::new().await;
+    let (vm, source) = c.running_on_a("web").await;
+    let (task, states) = c.migrate("web").await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    use MigrationState::*;
+    assert_eq!(states, [Some(Requested), Some(Ready), Some(Completed), None]);
+    // The VM is host-b's, run by host-b's guest, which was started waiting for the stream.
+    let target = c.hv_b.instance(&vm.id).expect("a guest on host-b");
+    assert_eq!(c.hv_b.starts()[0].launch.incoming.as_deref(), Some("defer"));
+    let moved = wait_vm(&c.b, "web", "taken over by host-b", |v| v.status.pid == Some(target.pid())).await;
+    assert_eq!((moved.host.as_deref(), moved.status.state), (Some("host-b"), VmState::Running));
+    let how = moved.host_reason.unwrap_or_default();
+    assert!(how.contains("migrated from host-a") && how.contains("ms in all"), "{how}");
+    assert_eq!(target.state(), RunState::Running);
+    // Host-a's QEMU sent it once and is gone; host-a leaves the VM alone from now on.
+    assert_eq!(source.migrations_sent(), 1);
+    let start = Instant::now();
+    while !source.has_exited() {
+        assert!(start.elapsed() < Duration::from_secs(10), "host-a's QEMU stays");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // two reconcile rounds of each host
+    let after = c.b.vms().get_vm("web").unwrap();
+    assert_eq!(
+        (after.host.as_deref(), after.status.state, after.status.pid),
+        (Some("host-b"), VmState::Running, Some(target.pid()))
+    );
+    assert_eq!(c.hv_a.starts().len(), 1, "host-a never starts it again");
+    assert!(!target.has_exited());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_leaves_the_vm_running_where_it_was() {
+    let c = Cluster::new().await;
+    let (vm, source) = c.running_on_a("web").await;
+    source.fail_next_migration("connection reset by peer");
+    let (task, states) = c.migrate("web").await;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    assert!(task.error.as_deref().unwrap_or_default().contains("connection reset by peer"), "{task:?}");
+    use MigrationState::*;
+    assert_eq!(states, [Some(Requested), Some(Ready), Some(Failed), None]);
+    // The source's guest runs on (resumed), the VM is host-a's; host-b's waiting guest is gone.
+    assert_eq!(source.state(), RunState::Running);
+    let target = c.hv_b.instance(&vm.id);
+    assert!(target.is_none_or(|t| t.has_exited()), "host-b's waiting QEMU stays");
+    let after = wait_vm(&c.a, "web", "running on host-a", |v| v.status.state == VmState::Running).await;
+    assert_eq!((after.host.as_deref(), after.status.pid), (Some("host-a"), Some(source.pid())));
+    // It can go again, and does.
+    let (task, _) = c.migrate("web").await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_cannot_start_refuses_and_nothing_moves() {
+    let c = Cluster::new().await;
+    let (_, source) = c.running_on_a("web").await;
+    c.hv_b.fail_next_start("not enough memory on host-b");
+    let (task, states) = c.migrate("web").await;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    let error = task.error.unwrap_or_default();
+    assert!(error.contains("the target refused") && error.contains("not enough memory on host-b"), "{error}");
+    use MigrationState::*;
+    assert_eq!(states, [Some(Requested), Some(Refused), None]);
+    assert_eq!(source.migrations_sent(), 0, "nothing was sent");
+    assert_eq!(source.state(), RunState::Running);
+    let after = c.a.vms().get_vm("web").unwrap();
+    assert_eq!((after.host.as_deref(), after.status.state), (Some("host-a"), VmState::Running));
+}
+
+/// Refused before any record is written: a VM that does not run, a host that is offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_migrate_is_refused_before_a_record_is_written() {
+    let c = Cluster::new().await;
+    c.a.vms().create_vm(ROOT, c.spec("idle")).unwrap();
+    let req = |to: &str| MigrateRequest {
+        to: to.into(),
+        downtime_ms: 100,
+        bandwidth_mibs: 0,
+        auto_converge: false,
+        postcopy: false,
+    };
+    let e = c.a.migrations().migrate_vm("idle", req("host-b")).unwrap_err().to_string();
+    assert!(e.contains("only a running VM migrates"), "{e}");
+    c.running_on_a("web").await;
+    c.store.delete("alive/host-b", Expect::Any).unwrap();
+    let e = c.a.migrations().migrate_vm("web", req("host-b")).unwrap_err().to_string();
+    assert!(e.contains("host host-b is offline"), "{e}");
+    let e = c.a.migrations().migrate_vm("web", req("host-a")).unwrap_err().to_string();
+    assert!(e.contains("runs on host-a already"), "{e}");
+    assert!(c.store.get(&Migration::key_of("web")).unwrap().is_none());
+    assert!(c.store.get(&Migration::key_of("idle")).unwrap().is_none());
+}
