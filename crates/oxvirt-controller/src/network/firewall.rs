@@ -160,8 +160,8 @@ pub fn render_nic_chains(n: &NicRules) -> String {
 }
 
 /// The objects of `nft -j list ...`: what nft answers as JSON, one kind per entry.
-fn nft_objects(args: &[&str]) -> Result<Vec<serde_json::Value>, HostCmdError> {
-    let out = run("nft", &[&["-j"], args].concat())?;
+async fn nft_objects(args: &[&str]) -> Result<Vec<serde_json::Value>, HostCmdError> {
+    let out = run("nft", &[&["-j"], args].concat()).await?;
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| HostCmdError {
         cmd: format!("nft -j {}", args.join(" ")),
         reason: format!("unreadable answer: {e}"),
@@ -171,8 +171,9 @@ fn nft_objects(args: &[&str]) -> Result<Vec<serde_json::Value>, HostCmdError> {
 }
 
 /// oxvirt's tables present now, as (family, name).
-fn our_tables() -> Result<Vec<String>, HostCmdError> {
-    Ok(nft_objects(&["list", "tables"])?
+async fn our_tables() -> Result<Vec<String>, HostCmdError> {
+    Ok(nft_objects(&["list", "tables"])
+        .await?
         .iter()
         .filter_map(|o| o.get("table"))
         .filter(|t| t["name"] == TABLE)
@@ -182,11 +183,11 @@ fn our_tables() -> Result<Vec<String>, HostCmdError> {
 
 /// The names of the per-NIC chains and sets now in the `bridge oxvirt` table (none when the
 /// table is not there: asked first, so no error text is ever read).
-fn existing_bridge_objects() -> Result<(Vec<String>, Vec<String>), HostCmdError> {
-    if !our_tables()?.iter().any(|f| f == "bridge") {
+async fn existing_bridge_objects() -> Result<(Vec<String>, Vec<String>), HostCmdError> {
+    if !our_tables().await?.iter().any(|f| f == "bridge") {
         return Ok((vec![], vec![]));
     }
-    let objects = nft_objects(&["list", "table", "bridge", TABLE])?;
+    let objects = nft_objects(&["list", "table", "bridge", TABLE]).await?;
     let names = |kind: &str| -> Vec<String> {
         objects.iter().filter_map(|o| o.get(kind)?["name"].as_str().map(str::to_string)).collect()
     };
@@ -247,22 +248,26 @@ pub fn render_script(nets: &[NetRules], nics: &[NicRules], chains: &[String], se
 }
 
 /// Whether either of oxvirt's tables is there.
-pub fn tables_exist() -> bool {
-    our_tables().map(|t| !t.is_empty()).unwrap_or(false)
+pub async fn tables_exist() -> bool {
+    our_tables().await.map(|t| !t.is_empty()).unwrap_or(false)
 }
 
 /// Makes oxvirt's tables match: one atomic `nft -f` transaction.
-pub fn apply(nets: &[NetRules], nics: &[NicRules]) -> Result<(), HostCmdError> {
-    let (chains, sets) = existing_bridge_objects()?;
+pub async fn apply(nets: &[NetRules], nics: &[NicRules]) -> Result<(), HostCmdError> {
+    let (chains, sets) = existing_bridge_objects().await?;
     if nets.iter().all(|n| n.kind == NetworkKind::Bridged) && nics.is_empty() {
         // Nothing to filter: oxvirt's tables go (if they are there).
         let script = format!(
             "table inet {TABLE}\ndelete table inet {TABLE}\ntable bridge {TABLE}\ndelete table bridge {TABLE}\n"
         );
-        return if tables_exist() { run_stdin("nft", &["-f", "-"], Some(&script)).map(|_| ()) } else { Ok(()) };
+        return if tables_exist().await {
+            run_stdin("nft", &["-f", "-"], Some(&script)).await.map(|_| ())
+        } else {
+            Ok(())
+        };
     }
     let script = render_script(nets, nics, &chains, &sets);
-    run_stdin("nft", &["-f", "-"], Some(&script)).map(|_| ())
+    run_stdin("nft", &["-f", "-"], Some(&script)).await.map(|_| ())
 }
 
 #[cfg(test)]
@@ -334,9 +339,9 @@ mod tests {
     }
 
     /// The rendered script is valid nftables (checked by `nft -c`, which changes nothing).
-    #[test]
-    fn nft_accepts_the_script() {
-        if run("nft", &["--version"]).is_err() {
+    #[tokio::test]
+    async fn nft_accepts_the_script() {
+        if run("nft", &["--version"]).await.is_err() {
             eprintln!("nft missing: skipped");
             return;
         }
@@ -360,7 +365,7 @@ mod tests {
         let script = render_script(&nets, &nics, &[], &[]);
         // `nft -c` wants the tables the script deletes to exist: check the body only.
         let body = script.replace("table inet oxvirt\ndelete table inet oxvirt\n", "");
-        if let Err(e) = run_stdin("nft", &["-c", "-f", "-"], Some(&body)) {
+        if let Err(e) = run_stdin("nft", &["-c", "-f", "-"], Some(&body)).await {
             panic!("{e}\n{body}");
         }
     }
@@ -368,23 +373,27 @@ mod tests {
     /// The tables and their chains and sets are read from nft's JSON, in a network namespace of
     /// the test's own (the host's ruleset is never touched); a missing table is asked about, not
     /// inferred from an error's text.
-    #[test]
-    fn bridge_objects_are_read_from_nft_json() {
-        if run("nft", &["--version"]).is_err() || unsafe { libc::geteuid() } != 0 {
+    #[tokio::test]
+    async fn bridge_objects_are_read_from_nft_json() {
+        if run("nft", &["--version"]).await.is_err() || unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs nft and root");
             return;
         }
         std::thread::spawn(|| {
             // SAFETY: unshare on this thread only: its children (nft) inherit the new namespace.
             assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
-            assert!(!tables_exist());
-            assert_eq!(existing_bridge_objects().unwrap(), (vec![], vec![]));
+            // A runtime of this thread's: the programs it starts are in the namespace too.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+            assert!(!tables_exist().await);
+            assert_eq!(existing_bridge_objects().await.unwrap(), (vec![], vec![]));
             let script = format!(
                 "add table bridge {TABLE}\nadd chain bridge {TABLE} from-oxt1\nadd set bridge {TABLE} out-oxt1 {{ type ipv4_addr; }}\n"
             );
-            run_stdin("nft", &["-f", "-"], Some(&script)).unwrap();
-            assert!(tables_exist());
-            assert_eq!(existing_bridge_objects().unwrap(), (vec!["from-oxt1".to_string()], vec!["out-oxt1".to_string()]));
+            run_stdin("nft", &["-f", "-"], Some(&script)).await.unwrap();
+            assert!(tables_exist().await);
+            assert_eq!(existing_bridge_objects().await.unwrap(), (vec!["from-oxt1".to_string()], vec!["out-oxt1".to_string()]));
+            });
         })
         .join()
         .unwrap();

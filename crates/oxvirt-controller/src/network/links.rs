@@ -1,7 +1,7 @@
 //! Host network devices: bridges, VXLAN devices, TAP and IFB devices and their settings, made
 //! through netlink (`netlink.rs`: no `ip` or `bridge` process) and read from sysfs; `tc` and `nft`
-//! still run as processes (`run`), argv only, no shell, read through their JSON output (`-j`, never
-//! an error's text); the worker is handed over while they run. Every name passed here was made by oxvirt
+//! run as processes (`run`: `tokio::process`, argv only, no shell), read through their JSON output
+//! (`-j`, never an error's text). Every name passed here was made by oxvirt
 //! or checked as an interface name.
 
 use super::netlink::{self, NetlinkError};
@@ -9,7 +9,6 @@ use rtnetlink::packet_route::link::{BridgeStpState, InfoKind};
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
 
 /// A host command or netlink request that failed: what it was, why, and the kernel's errno when
 /// the kernel said it.
@@ -27,36 +26,25 @@ impl From<NetlinkError> for HostCmdError {
     }
 }
 
-pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String, HostCmdError> {
-    run_stdin(prog, args, None)
+pub(crate) async fn run(prog: &str, args: &[&str]) -> Result<String, HostCmdError> {
+    run_stdin(prog, args, None).await
 }
 
-/// Runs a program to its end. On the daemon's runtime its worker is handed over while it waits
-/// (`block_in_place`): a running `nft` or `tc` never stalls the requests queued behind it.
-pub(crate) fn run_stdin(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, HostCmdError> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| run_blocking(prog, args, stdin))
-        }
-        _ => run_blocking(prog, args, stdin),
-    }
-}
-
-fn run_blocking(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, HostCmdError> {
-    use std::io::Write;
+/// Runs a program to its end (`tokio::process`: no worker waits on it), `stdin` written to it.
+pub(crate) async fn run_stdin(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, HostCmdError> {
+    use tokio::io::AsyncWriteExt;
     let cmd = format!("{prog} {}", args.join(" "));
     let failed = |e: std::io::Error| HostCmdError { cmd: cmd.clone(), errno: e.raw_os_error(), reason: e.to_string() };
-    let mut c = Command::new(prog);
+    let mut c = tokio::process::Command::new(prog);
     c.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    if stdin.is_some() {
-        c.stdin(std::process::Stdio::piped());
-    }
+    c.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
     let mut child = c.spawn().map_err(failed)?;
     if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
-        w.write_all(text.as_bytes()).map_err(failed)?;
+        w.write_all(text.as_bytes()).await.map_err(failed)?;
+        // Closed here: the program reads to its end.
+        drop(w);
     }
-    let out = child.wait_with_output().map_err(failed)?;
+    let out = child.wait_with_output().await.map_err(failed)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

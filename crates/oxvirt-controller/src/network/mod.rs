@@ -209,10 +209,14 @@ impl Networks {
         }
         let net = Network { id: uuid::Uuid::new_v4().to_string(), spec, created_at: now_millis() };
         self.ctl.inner.store.put_record(&net.spec.name, &net, Expect::Absent)?;
-        if let Err(e) = self.ensure_network(&net).and_then(|_| self.refresh_firewall_locked()) {
+        let made = match self.ensure_network(&net) {
+            Ok(()) => self.refresh_firewall_locked().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = made {
             self.remove_network_from_host(&net);
             let _ = self.ctl.inner.store.delete_record::<Network>(&net.spec.name, Expect::Any);
-            let _ = self.refresh_firewall_locked();
+            let _ = self.refresh_firewall_locked().await;
             return Err(e);
         }
         Ok(self.network_view(net, &self.ctl.vms().list_vms()?))
@@ -243,7 +247,7 @@ impl Networks {
         }
         self.ctl.inner.store.delete_record::<Network>(name, Expect::Revision(rev))?;
         self.remove_network_from_host(&net);
-        self.refresh_firewall_locked()?;
+        self.refresh_firewall_locked().await?;
         Ok(())
     }
 
@@ -392,10 +396,10 @@ impl Networks {
     /// Makes oxvirt's nftables tables match the store (networks, and the NICs whose TAP exists).
     pub(crate) async fn refresh_firewall(&self) -> Result<(), ControlError> {
         let _net = self.state().net_lock.lock().await;
-        self.refresh_firewall_locked()
+        self.refresh_firewall_locked().await
     }
 
-    fn refresh_firewall_locked(&self) -> Result<(), ControlError> {
+    async fn refresh_firewall_locked(&self) -> Result<(), ControlError> {
         let nets: Vec<Network> = self.ctl.inner.store.list_records::<Network>()?.into_iter().map(|(n, _)| n).collect();
         let groups: Vec<SecurityGroup> =
             self.ctl.inner.store.list_records::<SecurityGroup>()?.into_iter().map(|(g, _)| g).collect();
@@ -429,8 +433,8 @@ impl Networks {
             }
         }
         let wanted = !nic_rules.is_empty() || net_rules.iter().any(|n| n.kind != NetworkKind::Bridged);
-        if wanted || firewall::tables_exist() {
-            firewall::apply(&net_rules, &nic_rules)?;
+        if wanted || firewall::tables_exist().await {
+            firewall::apply(&net_rules, &nic_rules).await?;
         }
         Ok(())
     }
@@ -484,9 +488,9 @@ impl Networks {
             self.forget_object(name);
         }
         for vm in vms.iter().filter(|v| lock(&self.ctl.inner.slot(&v.spec.name).instance).is_some()) {
-            self.rejoin_taps(vm);
+            self.rejoin_taps(vm).await;
         }
-        if let Err(e) = self.refresh_firewall_locked() {
+        if let Err(e) = self.refresh_firewall_locked().await {
             tracing::error!("firewall: {e}");
         }
     }

@@ -49,7 +49,7 @@ impl crate::Networks {
         self.ctl.storage().write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
         if running && new.spec.nics[index].has_tap() {
             let plugged = async {
-                let mtu = self.make_nic_tap(&new.id, &new.spec, index, new.uid)?;
+                let mtu = self.make_nic_tap(&new.id, &new.spec, index, new.uid).await?;
                 let mut with_mtu = new.spec.clone();
                 with_mtu.nics[index].mtu = Some(mtu);
                 self.refresh_firewall().await?;
@@ -136,7 +136,7 @@ impl crate::Networks {
             if !nic.qos.is_unlimited() {
                 self.record_ifb(&tap, &new.id)?;
             }
-            shaping::apply(&tap, &nic.qos, mtu)?;
+            shaping::apply(&tap, &nic.qos, mtu).await?;
             self.refresh_firewall().await?;
         }
         Ok(new)

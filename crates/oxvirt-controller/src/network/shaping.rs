@@ -10,20 +10,21 @@ pub fn ifb_name(tap: &str) -> String {
     format!("oxq{}", tap.strip_prefix("oxv").unwrap_or(tap))
 }
 
-fn tc(args: &[&str]) -> Result<(), HostCmdError> {
-    run("tc", args).map(|_| ())
+async fn tc(args: &[&str]) -> Result<(), HostCmdError> {
+    run("tc", args).await.map(|_| ())
 }
 
 /// Whether `dev` has a qdisc of `kind` at `parent` (`root`, `ingress`), from `tc -j`'s answer.
-fn has_qdisc(dev: &str, parent: &str, kind: &str) -> bool {
+async fn has_qdisc(dev: &str, parent: &str, kind: &str) -> bool {
     run("tc", &["-j", "qdisc", "show", "dev", dev, parent])
+        .await
         .ok()
         .and_then(|out| serde_json::from_str::<Vec<serde_json::Value>>(&out).ok())
         .is_some_and(|qdiscs| qdiscs.iter().any(|q| q["kind"] == kind))
 }
 
 /// A token bucket: `rate` bits/s, a burst of 20 ms of traffic (at least two full frames).
-fn tbf(dev: &str, rate: u64, mtu: u32) -> Result<(), HostCmdError> {
+async fn tbf(dev: &str, rate: u64, mtu: u32) -> Result<(), HostCmdError> {
     let burst = (rate / 8 / 50).max(2 * (u64::from(mtu) + 14));
     tc(&[
         "qdisc",
@@ -39,30 +40,32 @@ fn tbf(dev: &str, rate: u64, mtu: u32) -> Result<(), HostCmdError> {
         "latency",
         "50ms",
     ])
+    .await
 }
 
 /// Sets a TAP device's limits (none: removes them and the IFB device).
-pub fn apply(tap: &str, qos: &NicQos, mtu: u32) -> Result<(), HostCmdError> {
+pub async fn apply(tap: &str, qos: &NicQos, mtu: u32) -> Result<(), HostCmdError> {
     if qos.ingress > 0 {
-        tbf(tap, qos.ingress, mtu)?;
-    } else if has_qdisc(tap, "root", "tbf") {
-        tc(&["qdisc", "del", "dev", tap, "root"])?;
+        tbf(tap, qos.ingress, mtu).await?;
+    } else if has_qdisc(tap, "root", "tbf").await {
+        tc(&["qdisc", "del", "dev", tap, "root"]).await?;
     }
     let ifb = ifb_name(tap);
-    let has_ingress = has_qdisc(tap, "ingress", "ingress");
+    let has_ingress = has_qdisc(tap, "ingress", "ingress").await;
     if qos.egress > 0 {
         ensure_ifb(&ifb, mtu)?;
-        tbf(&ifb, qos.egress, mtu)?;
+        tbf(&ifb, qos.egress, mtu).await?;
         if !has_ingress {
-            tc(&["qdisc", "add", "dev", tap, "handle", "ffff:", "ingress"])?;
+            tc(&["qdisc", "add", "dev", tap, "handle", "ffff:", "ingress"]).await?;
             tc(&[
                 "filter", "add", "dev", tap, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0",
                 "action", "mirred", "egress", "redirect", "dev", &ifb,
-            ])?;
+            ])
+            .await?;
         }
     } else {
         if has_ingress {
-            tc(&["qdisc", "del", "dev", tap, "ingress"])?;
+            tc(&["qdisc", "del", "dev", tap, "ingress"]).await?;
         }
         delete(&ifb)?;
     }

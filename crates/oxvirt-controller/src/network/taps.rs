@@ -60,7 +60,7 @@ impl crate::Networks {
     /// Makes one NIC's TAP device (recorded first), joined, shaped. Returns its MTU.
     /// `owner`: the uid of the VM's confined QEMU, which may then attach the TAP device itself
     /// (a NIC hot-plugged into it).
-    pub(crate) fn make_nic_tap(
+    pub(crate) async fn make_nic_tap(
         &self,
         vm_id: &str,
         spec: &VmSpec,
@@ -75,7 +75,7 @@ impl crate::Networks {
         links::make_tap(&tap, nic_queues(spec, nic), at.mtu, &at.bridge, owner)?;
         if !nic.qos.is_unlimited() {
             self.record_ifb(&tap, vm_id)?;
-            if let Err(e) = shaping::apply(&tap, &nic.qos, at.mtu) {
+            if let Err(e) = shaping::apply(&tap, &nic.qos, at.mtu).await {
                 self.remove_nic_tap(vm_id, nic);
                 return Err(e.into());
             }
@@ -130,7 +130,7 @@ impl crate::Networks {
             if !spec.nics[i].has_tap() {
                 continue;
             }
-            match self.make_nic_tap(vm_id, spec, i, owner) {
+            match self.make_nic_tap(vm_id, spec, i, owner).await {
                 Ok(mtu) => {
                     out.nics[i].mtu = Some(mtu);
                     made.push(i);
@@ -155,7 +155,7 @@ impl crate::Networks {
 
     /// For a re-adopted VM: each TAP device back on its bridge (which may have been made anew)
     /// with its limits, as the store says.
-    pub(crate) fn rejoin_taps(&self, vm: &oxvirt_model::Vm) {
+    pub(crate) async fn rejoin_taps(&self, vm: &oxvirt_model::Vm) {
         for (i, nic) in vm.spec.nics.iter().enumerate().filter(|(_, n)| n.has_tap()) {
             let tap = tap_name(&vm.id, nic.slot());
             let Ok(at) = self.attachment(&format!("nics[{i}]"), nic) else { continue };
@@ -163,13 +163,14 @@ impl crate::Networks {
                 tracing::warn!(vm = %vm.spec.name, tap, "TAP device missing: the NIC has no link until the VM restarts");
                 continue;
             }
-            let fixed = (|| {
+            let fixed = async {
                 if links::master_of(&tap).as_deref() != Some(at.bridge.as_str()) {
                     tracing::info!(vm = %vm.spec.name, tap, bridge = %at.bridge, "TAP device joined to its bridge again");
                     links::join(&tap, &at.bridge)?;
                 }
-                shaping::apply(&tap, &nic.qos, at.mtu)
-            })();
+                shaping::apply(&tap, &nic.qos, at.mtu).await
+            }
+            .await;
             if let Err(e) = fixed {
                 tracing::warn!(vm = %vm.spec.name, tap, "{e}");
             }
