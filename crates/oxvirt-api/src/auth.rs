@@ -241,19 +241,10 @@ pub async fn authorize(
             return refusal(StatusCode::NOT_FOUND, "not-found", "no such resource (a path parameter is not UTF-8)")
         }
     };
-    // A resource name that can never exist is not found, before any check names it.
-    let m: Vec<&str> = matched.as_str().trim_start_matches("/api/v1").split('/').filter(|s| !s.is_empty()).collect();
-    if let (Some(c), Some(t)) = (m.first(), m.get(1)) {
-        let key = t.trim_start_matches('{').trim_end_matches('}');
-        if let Some((_, v)) = params.iter().find(|(k, _)| t.starts_with('{') && *k == key) {
-            if oxvirt_model::ACL_COLLECTIONS.contains(c) && oxvirt_model::validate_name("name", v).is_err() {
-                return refusal(
-                    StatusCode::NOT_FOUND,
-                    "not-found",
-                    &format!("{c}: {:?} is not a valid name", audit_path(v)),
-                );
-            }
-        }
+    // A resource name that can never exist is not found, before any check names it (the same
+    // check and words as the handlers' `Names`: `VM "a b" not found`).
+    if let Err(e) = crate::names::check_names(matched.as_str(), params.iter().copied()) {
+        return refusal(StatusCode::NOT_FOUND, "not-found", &e.message);
     }
     let need = requirement(&method, matched.as_str(), &params);
     let resource = need.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
