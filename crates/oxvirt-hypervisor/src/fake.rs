@@ -457,6 +457,7 @@ impl MigrationOps for FakeInstance {
         *lock(&target.state) = RunState::Running;
         target.send(InstanceEvent::Resumed);
         m.status = Some(MigrationStatus::Completed);
+        self.send(InstanceEvent::Migration { status: "completed".into() });
         Ok(())
     }
 

@@ -282,11 +282,25 @@ impl Migrations {
             max_bandwidth: req.bandwidth_mibs << 20,
         };
         task.progress(mem_from, &format!("sending memory to {} ({uri})", req.to));
+        // QEMU says each change of the migration's status (`MIGRATION` events): a wait ends on
+        // one at once; the poll between them only moves the progress on.
+        let mut events = instance.subscribe();
         instance.migration().send(&uri, &options).await?;
         let begun = Instant::now();
         let mut throttled = 0;
+        let poll = Duration::from_millis(if local.is_empty() { 200 } else { 20 });
         loop {
-            tokio::time::sleep(Duration::from_millis(if local.is_empty() { 200 } else { 20 })).await;
+            let _ = tokio::time::timeout(poll, async {
+                loop {
+                    match events.recv().await {
+                        Ok(oxvirt_hypervisor::InstanceEvent::Migration { .. }) => return,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        // No more events (QEMU gone): the query says what happened.
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+            .await;
             let info = instance.migration().migration_info().await?;
             match &info.status {
                 MigrationStatus::Completed => return Ok(Sent { info, postcopy: *postcopy_started, throttled }),

@@ -126,6 +126,7 @@ impl MigrationOps for QemuInstance {
             (AutoConverge, o.auto_converge),
             (PostcopyRam, o.postcopy),
             (PauseBeforeSwitchover, o.pause_before_switchover),
+            (Events, true),
         ];
         migration::migrate_set_capabilities(&self.qmp, &caps).await?;
         // Every parameter is set each time: QEMU keeps those of an earlier migration (a slow one

@@ -20,6 +20,8 @@ pub enum Capability {
     /// The target takes its disks over only when the guest is resumed (`cont`), not as soon as
     /// the stream is in: what still uses them (an NBD export of their copies) can go first.
     LateBlockActivate,
+    /// `MIGRATION` events at each change of status: waits end on them, not on a poll.
+    Events,
 }
 
 impl Capability {
@@ -29,6 +31,7 @@ impl Capability {
             Capability::PostcopyRam => "postcopy-ram",
             Capability::PauseBeforeSwitchover => "pause-before-switchover",
             Capability::LateBlockActivate => "late-block-activate",
+            Capability::Events => "events",
         }
     }
 }
