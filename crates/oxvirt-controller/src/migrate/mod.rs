@@ -53,6 +53,22 @@ async fn undo_on_source(instance: &dyn Instance, local: &[disks::LocalDisk]) {
     let _ = instance.resume().await;
 }
 
+/// A completed migration's figures: QEMU says `completed` (and sends the event) a moment before
+/// it has written its total and pause times, so a query right on the event may read zeros.
+async fn completed_figures(instance: &dyn Instance, mut info: MigrationInfo) -> MigrationInfo {
+    for _ in 0..50 {
+        if info.total_time_ms > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        match instance.migration().migration_info().await {
+            Ok(again) if again.status == MigrationStatus::Completed => info = again,
+            _ => break,
+        }
+    }
+    info
+}
+
 /// How a migration went, as the source saw it.
 struct Sent {
     info: MigrationInfo,
@@ -303,7 +319,10 @@ impl Migrations {
             .await;
             let info = instance.migration().migration_info().await?;
             match &info.status {
-                MigrationStatus::Completed => return Ok(Sent { info, postcopy: *postcopy_started, throttled }),
+                MigrationStatus::Completed => {
+                    let info = completed_figures(instance, info).await;
+                    return Ok(Sent { info, postcopy: *postcopy_started, throttled });
+                }
                 MigrationStatus::Failed(why) => {
                     return Err(ControlError::Failed(format!("migration failed: {why}")));
                 }
