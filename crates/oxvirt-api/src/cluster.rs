@@ -49,18 +49,12 @@ async fn leave(State(c): State<Controller>, Names(host): Names<String>) -> ApiRe
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Maintenance {
-    on: bool,
-}
-
 /// In maintenance: no new VMs; its running VMs are migrated away (the tasks are returned).
 async fn maintenance(
     State(c): State<Controller>,
     Names(host): Names<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Vec<oxvirt_model::Task>>> {
-    let m: Maintenance = crate::body::parse(&body)?;
+    let m: oxvirt_model::Maintenance = crate::body::parse(&body)?;
     Ok(Json(c.hosts().set_maintenance(&host, m.on)?))
 }

@@ -10,9 +10,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use oxvirt_controller::network::NicUpdate;
 use oxvirt_controller::Controller;
-use oxvirt_model::{LeaseView, NetworkSpec, NetworkView, NicSpec, SecurityGroup, SecurityGroupSpec, Vm};
+use oxvirt_model::{LeaseView, NetworkSpec, NetworkView, NicSpec, NicUpdate, SecurityGroup, SecurityGroupSpec, Vm};
 
 pub fn routes() -> Router<Controller> {
     Router::new()

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use oxvirt_controller::resources::{BalloonView, HostResources};
 use oxvirt_controller::Controller;
-use oxvirt_model::{ByteSize, HostPolicy, Resources, Vm};
+use oxvirt_model::{BalloonTarget, HostPolicy, Resources, Vm};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
@@ -23,12 +23,6 @@ pub fn routes() -> Router<Controller> {
 async fn set_resources(State(c): State<Controller>, Names(name): Names<String>, body: Bytes) -> ApiResult<Json<Vm>> {
     let r: Resources = parse(&body)?;
     Ok(Json(c.resources().set_resources(&name, r).await?))
-}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BalloonTarget {
-    target: ByteSize,
 }
 
 async fn balloon(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<BalloonView>> {

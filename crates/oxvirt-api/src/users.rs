@@ -10,7 +10,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use oxvirt_controller::{ControlError, Controller};
-use oxvirt_model::{AclEntry, ApiToken, AuditRecord, NewToken, Principal, Privilege, UserSpec, UserView, ROOT};
+use oxvirt_model::{
+    AclEntry, ApiToken, AuditRecord, LoginRequest, NewToken, NewTokenRequest, Principal, Privilege, UserSpec, UserView,
+    ROOT,
+};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
@@ -27,13 +30,6 @@ fn who(p: Option<Extension<Principal>>) -> Principal {
     crate::auth::principal(&p)
 }
 
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Login {
-    user: String,
-    password: String,
-}
-
 /// How long the one route open to anyone waits for its body.
 const LOGIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -47,7 +43,7 @@ async fn login(
         .await
         .map_err(|_| ApiError::invalid("body", "not received in time"))?
         .map_err(|e| ApiError::invalid("body", format!("unreadable: {e}")))?;
-    let l: Login = parse(&body)?;
+    let l: LoginRequest = parse(&body)?;
     let from = peer.map(|Extension(p)| p.address()).unwrap_or_else(|| "socket".into());
     let c2 = c.clone();
     // Password hashing is slow on purpose: off the async threads.
@@ -63,19 +59,6 @@ async fn login(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewTokenRequest {
-    #[schemars(length(min = 1, max = 200))]
-    name: String,
-    #[serde(default)]
-    #[schemars(range(min = 1, max = 31_622_400))]
-    expires_in_secs: Option<u64>,
-    /// Only an administrator makes tokens for another user.
-    #[serde(default)]
-    user: Option<String>,
 }
 
 async fn create_token(

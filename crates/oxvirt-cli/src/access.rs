@@ -1,10 +1,10 @@
-//! `oxvirt user`, `oxvirt token`, `oxvirt acl`, `oxvirt login`, `oxvirt audit`.
+//! `oxvirt user`, `token`, `acl`, `login`, `audit`, `project` and `cluster`.
 
+use crate::args::{size, word};
 use crate::output::{print_json, table, Output};
 use clap::Subcommand;
-use oxvirt_client::{encode, Client, ClientError};
-use oxvirt_model::{AclEntry, ApiToken, AuditRecord, NewToken, UserView};
-use serde_json::json;
+use oxvirt_client::{Client, ClientError};
+use oxvirt_model::{AclEntry, ApiToken, ClusterPolicy, LoginRequest, NewTokenRequest, ProjectSpec, Quotas, UserSpec};
 
 #[derive(Subcommand)]
 pub enum UserCmd {
@@ -60,14 +60,16 @@ pub enum ProjectCmd {
 pub async fn project(client: &Client, out: Output, cmd: ProjectCmd) -> Result<(), ClientError> {
     match cmd {
         ProjectCmd::Create { name, vms, vcpus, memory, storage } => {
-            let q = json!({ "vms": vms, "vcpus": vcpus, "memory": memory, "storage": storage });
-            let q: serde_json::Map<String, serde_json::Value> =
-                q.as_object().cloned().unwrap_or_default().into_iter().filter(|(_, v)| !v.is_null()).collect();
-            let p: serde_json::Value = client.post("/api/v1/projects", &json!({ "name": name, "quotas": q })).await?;
-            print_json(&p);
+            let quotas = Quotas {
+                vms,
+                vcpus,
+                memory: memory.map(|m| size("--memory", &m)).transpose()?,
+                storage: storage.map(|s| size("--storage", &s)).transpose()?,
+            };
+            print_json(&client.create_project(&ProjectSpec { name, quotas }).await?);
         }
         ProjectCmd::List => {
-            let ps: Vec<serde_json::Value> = client.get("/api/v1/projects").await?;
+            let ps = client.list_projects().await?;
             if out == Output::Json {
                 print_json(&ps);
             } else {
@@ -92,7 +94,7 @@ pub async fn project(client: &Client, out: Output, cmd: ProjectCmd) -> Result<()
             }
         }
         ProjectCmd::Delete { name } => {
-            client.delete(&format!("/api/v1/projects/{}", encode(&name))).await?;
+            client.delete_project(&name).await?;
             println!("project {name} deleted");
         }
     }
@@ -140,7 +142,7 @@ pub struct ClusterPolicyArgs {
 pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<(), ClientError> {
     match cmd {
         ClusterCmd::Hosts => {
-            let hosts: Vec<serde_json::Value> = client.get("/api/v1/cluster/hosts").await?;
+            let hosts = client.cluster_hosts().await?;
             if out == Output::Json {
                 print_json(&hosts);
             } else {
@@ -168,53 +170,39 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
             }
         }
         ClusterCmd::Drain { host } => {
-            let tasks: Vec<oxvirt_model::Task> = client
-                .put(&format!("/api/v1/cluster/hosts/{}/maintenance", encode(&host)), &json!({ "on": true }))
-                .await?;
+            let tasks = client.set_maintenance(&host, true).await?;
             for t in &tasks {
                 crate::follow_task(client, t, std::time::Duration::from_secs(3600), out).await?;
             }
             println!("host {host} is in maintenance; {} VM(s) moved away", tasks.len());
         }
         ClusterCmd::Undrain { host } => {
-            let _: Vec<oxvirt_model::Task> = client
-                .put(&format!("/api/v1/cluster/hosts/{}/maintenance", encode(&host)), &json!({ "on": false }))
-                .await?;
+            client.set_maintenance(&host, false).await?;
             println!("host {host} takes VMs again");
         }
         ClusterCmd::Policy(a) => {
-            let mut p: serde_json::Value = client.get("/api/v1/cluster/policy").await?;
-            let changes = [
-                ("strategy", a.strategy.map(|v| json!(v))),
-                ("rebalance", a.rebalance.map(|v| json!(v))),
-                ("max_migrations", a.max_migrations.map(|v| json!(v))),
-                ("threshold_percent", a.threshold.map(|v| json!(v))),
-                ("interval_secs", a.interval.map(|v| json!(v))),
-            ];
-            let mut changed = false;
-            for (k, v) in changes {
-                if let Some(v) = v {
-                    p[k] = v;
-                    changed = true;
-                }
-            }
+            let strategy = a.strategy.as_deref().map(|v| word("--strategy", v)).transpose()?;
+            let rebalance = a.rebalance.as_deref().map(|v| word("--rebalance", v)).transpose()?;
+            let changed = strategy.is_some()
+                || rebalance.is_some()
+                || a.max_migrations.is_some()
+                || a.threshold.is_some()
+                || a.interval.is_some();
+            let mut p = client.cluster_policy().await?;
             if changed {
-                p = client.put("/api/v1/cluster/policy", &p).await?;
+                let new = ClusterPolicy {
+                    strategy: strategy.unwrap_or(p.strategy),
+                    rebalance: rebalance.unwrap_or(p.rebalance),
+                    max_migrations: a.max_migrations.unwrap_or(p.max_migrations),
+                    threshold_percent: a.threshold.unwrap_or(p.threshold_percent),
+                    interval_secs: a.interval.unwrap_or(p.interval_secs),
+                };
+                p = client.set_cluster_policy(&new).await?;
             }
-            if out == Output::Json {
-                print_json(&p);
-            } else {
-                for k in ["strategy", "rebalance", "max_migrations", "threshold_percent", "interval_secs"] {
-                    println!("{k:<18} {}", p[k].as_str().map(str::to_string).unwrap_or_else(|| p[k].to_string()));
-                }
-            }
+            print_cluster_policy(&p, out)?;
         }
         ClusterCmd::Rebalance { apply } => {
-            let v: serde_json::Value = if apply {
-                client.post("/api/v1/cluster/rebalance", &json!({})).await?
-            } else {
-                client.get("/api/v1/cluster/rebalance").await?
-            };
+            let v = if apply { client.rebalance().await? } else { client.rebalance_plan().await? };
             if out == Output::Json {
                 print_json(&v);
             } else {
@@ -243,8 +231,22 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
             }
         }
         ClusterCmd::Leave { host } => {
-            client.delete(&format!("/api/v1/cluster/hosts/{}", encode(&host))).await?;
+            client.leave_cluster(&host).await?;
             println!("host {host} left the cluster");
+        }
+    }
+    Ok(())
+}
+
+/// The policy as the API sent it, printed as it always was: JSON with its keys sorted (through
+/// `serde_json::Value`), or a line a field.
+fn print_cluster_policy(p: &ClusterPolicy, out: Output) -> Result<(), ClientError> {
+    let p = serde_json::to_value(p).map_err(|e| ClientError::Decode(e.to_string()))?;
+    if out == Output::Json {
+        print_json(&p);
+    } else {
+        for k in ["strategy", "rebalance", "max_migrations", "threshold_percent", "interval_secs"] {
+            println!("{k:<18} {}", p[k].as_str().map(str::to_string).unwrap_or_else(|| p[k].to_string()));
         }
     }
     Ok(())
@@ -294,11 +296,11 @@ pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> Result<(), Clie
     match cmd {
         UserCmd::Create { name } => {
             let password = read_password()?;
-            let u: UserView = client.post("/api/v1/users", &json!({ "name": name, "password": password })).await?;
+            let u = client.create_user(&UserSpec { name, password }).await?;
             println!("user {} created", u.name);
         }
         UserCmd::List => {
-            let users: Vec<UserView> = client.get("/api/v1/users").await?;
+            let users = client.list_users().await?;
             if out == Output::Json {
                 print_json(&users);
             } else {
@@ -309,7 +311,7 @@ pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> Result<(), Clie
             }
         }
         UserCmd::Delete { name } => {
-            client.delete(&format!("/api/v1/users/{}", encode(&name))).await?;
+            client.delete_user(&name).await?;
             println!("user {name} deleted");
         }
     }
@@ -319,18 +321,16 @@ pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> Result<(), Clie
 pub async fn token(client: &Client, out: Output, cmd: TokenCmd) -> Result<(), ClientError> {
     match cmd {
         TokenCmd::Create { name, expires_in, user } => {
-            let t: NewToken = client
-                .post("/api/v1/tokens", &json!({ "name": name, "expires_in_secs": expires_in, "user": user }))
-                .await?;
+            let t = client.create_token(&NewTokenRequest { name, expires_in_secs: expires_in, user }).await?;
             if out == Output::Json {
                 print_json(&t);
             } else {
                 println!("token {} for {}: {}", t.token.id, t.token.user, t.secret);
             }
         }
-        TokenCmd::List => print_tokens(&client.get::<Vec<ApiToken>>("/api/v1/tokens").await?, out),
+        TokenCmd::List => print_tokens(&client.list_tokens().await?, out),
         TokenCmd::Revoke { id } => {
-            client.delete(&format!("/api/v1/tokens/{}", encode(&id))).await?;
+            client.revoke_token(&id).await?;
             println!("token {id} revoked");
         }
     }
@@ -338,21 +338,21 @@ pub async fn token(client: &Client, out: Output, cmd: TokenCmd) -> Result<(), Cl
 }
 
 pub async fn acl(client: &Client, out: Output, cmd: AclCmd) -> Result<(), ClientError> {
-    let mut acl: Vec<AclEntry> = client.get("/api/v1/acl").await?;
-    match cmd {
-        AclCmd::Show => {}
+    let acl = match cmd {
+        AclCmd::Show => client.acl().await?,
         AclCmd::Grant { path, user, role } => {
-            acl.retain(|e| !(e.path == path && e.user == user));
-            let e: AclEntry = serde_json::from_value(json!({ "path": path, "user": user, "role": role }))
-                .map_err(|e| ClientError::Decode(format!("role: {e}")))?;
-            acl.push(e);
-            acl = client.put("/api/v1/acl", &json!(acl)).await?;
+            let grant = AclEntry { path, user, role: word("role", &role)? };
+            let mut acl = client.acl().await?;
+            acl.retain(|e| !(e.path == grant.path && e.user == grant.user));
+            acl.push(grant);
+            client.set_acl(&acl).await?
         }
         AclCmd::Revoke { path, user } => {
+            let mut acl = client.acl().await?;
             acl.retain(|e| !(e.path == path && e.user == user));
-            acl = client.put("/api/v1/acl", &json!(acl)).await?;
+            client.set_acl(&acl).await?
         }
-    }
+    };
     if out == Output::Json {
         print_json(&acl);
     } else {
@@ -366,13 +366,13 @@ pub async fn acl(client: &Client, out: Output, cmd: AclCmd) -> Result<(), Client
 /// Logs in over HTTPS (no token needed) and prints a token valid for 8 hours.
 pub async fn login(client: &Client, user: &str) -> Result<(), ClientError> {
     let password = read_password()?;
-    let t: NewToken = client.post("/api/v1/auth/login", &json!({ "user": user, "password": password })).await?;
+    let t = client.login(&LoginRequest { user: user.to_string(), password }).await?;
     println!("{}", t.secret);
     Ok(())
 }
 
 pub async fn audit(client: &Client, out: Output, limit: usize) -> Result<(), ClientError> {
-    let recs: Vec<AuditRecord> = client.get(&format!("/api/v1/audit?limit={limit}")).await?;
+    let recs = client.audit(limit).await?;
     if out == Output::Json {
         print_json(&recs);
         return Ok(());

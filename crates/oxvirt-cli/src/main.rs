@@ -1,17 +1,19 @@
 //! `oxvirt`: the command-line client of oxvirtd.
 
 mod access;
+mod args;
 mod console;
 mod network;
 mod output;
 mod resources;
 mod storage;
+mod vm_requests;
 
 use clap::{Args, Parser, Subcommand};
 use output::{print_host, print_task, print_tasks, print_vm, print_vms, Output};
 use oxvirt_client::{Client, ClientError};
-use oxvirt_model::{Task, TaskState};
-use serde_json::{json, Value};
+use oxvirt_model::{MigrateRequest, Task, TaskState};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -162,25 +164,7 @@ enum VmCmd {
     /// Revert a stopped VM's volumes to a snapshot.
     Revert { name: String, snapshot: String },
     /// Set a disk's I/O limits, live: e.g. --bps-read 10MiB --iops-total 500.
-    Qos {
-        name: String,
-        disk: String,
-        #[arg(long, default_value = "0")]
-        bps_total: String,
-        #[arg(long, default_value = "0")]
-        bps_read: String,
-        #[arg(long, default_value = "0")]
-        bps_write: String,
-        #[arg(long, default_value_t = 0)]
-        iops_total: u64,
-        #[arg(long, default_value_t = 0)]
-        iops_read: u64,
-        #[arg(long, default_value_t = 0)]
-        iops_write: u64,
-        /// Disks with the same group share the limits.
-        #[arg(long)]
-        group: Option<String>,
-    },
+    Qos(QosArgs),
     /// Attach to the VM's serial console (Ctrl-] leaves).
     Console { name: String },
     /// Print the VM's serial console output.
@@ -193,6 +177,27 @@ enum VmCmd {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Args)]
+struct QosArgs {
+    name: String,
+    disk: String,
+    #[arg(long, default_value = "0")]
+    bps_total: String,
+    #[arg(long, default_value = "0")]
+    bps_read: String,
+    #[arg(long, default_value = "0")]
+    bps_write: String,
+    #[arg(long, default_value_t = 0)]
+    iops_total: u64,
+    #[arg(long, default_value_t = 0)]
+    iops_read: u64,
+    #[arg(long, default_value_t = 0)]
+    iops_write: u64,
+    /// Disks with the same group share the limits.
+    #[arg(long)]
+    group: Option<String>,
 }
 
 #[derive(Args)]
@@ -324,61 +329,23 @@ pub(crate) fn absolute(p: &Path) -> Result<String, ClientError> {
     Ok(abs.to_string_lossy().into_owned())
 }
 
-fn create_spec(a: &CreateArgs) -> Result<Value, ClientError> {
-    let mut spec = json!({
-        "name": a.name, "cpus": a.cpus, "memory": a.memory, "machine": a.machine,
-        "restart_policy": a.restart_policy, "accel": a.accel,
-    });
-    if let Some(k) = &a.kernel {
-        let mut kernel = json!({ "kernel": absolute(k)?, "cmdline": a.cmdline });
-        if let Some(i) = &a.initrd {
-            kernel["initrd"] = json!(absolute(i)?);
-        }
-        spec["kernel"] = kernel;
-    }
-    let mut disks = Vec::new();
-    for d in &a.disks {
-        let (path, format) = match d.rsplit_once(':') {
-            Some((p, f)) if ["qcow2", "raw"].contains(&f) => (p, f),
-            _ => (d.as_str(), if d.ends_with(".qcow2") { "qcow2" } else { "raw" }),
-        };
-        disks.push(json!({ "path": absolute(Path::new(path))?, "format": format }));
-    }
-    for v in &a.volumes {
-        disks.push(json!({ "volume": v }));
-    }
-    spec["disks"] = json!(disks);
-    let mut nics: Vec<Value> = (0..a.nics).map(|_| json!({})).collect();
-    nics.extend(a.bridges.iter().map(|b| json!({ "mode": "bridged", "bridge": b })));
-    nics.extend(a.networks.iter().map(|n| json!({ "network": n })));
-    spec["nics"] = json!(nics);
-    for (key, v) in [("host", &a.host), ("affinity", &a.affinity), ("anti_affinity", &a.anti_affinity)] {
-        if let Some(v) = v {
-            spec[key] = json!(v);
-        }
-    }
-    Ok(spec)
-}
-
 async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientError> {
     match cmd {
         Command::Vm(VmCmd::Create(a)) => {
-            let created = client.create_vm(&create_spec(&a)?, a.start).await?;
+            let created = client.create_vm(&vm_requests::create_spec(&a)?, a.start).await?;
             if let Some(task) = created.task {
                 follow_task(client, &task, Duration::from_secs(300), out).await?;
             }
             print_vm(&client.get_vm(&created.vm.spec.name).await?, out);
         }
         Command::Vm(VmCmd::Migrate { name, to, downtime_ms, bandwidth_mibs, auto_converge, postcopy }) => {
-            let body = json!({ "to": to, "downtime_ms": downtime_ms, "bandwidth_mibs": bandwidth_mibs,
-                               "auto_converge": auto_converge, "postcopy": postcopy });
-            let t: oxvirt_model::Task =
-                client.post(&format!("/api/v1/vms/{}/migrate", oxvirt_client::encode(&name)), &body).await?;
-            follow_task(client, &t, std::time::Duration::from_secs(24 * 3600), out).await?;
+            let req = MigrateRequest { to, downtime_ms, bandwidth_mibs, auto_converge, postcopy };
+            let t = client.migrate_vm_with(&name, &req).await?;
+            follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
         }
         Command::Vm(VmCmd::Resources(a)) => print_vm(&resources::resources(client, a).await?, out),
         Command::Vm(VmCmd::Balloon { name, target }) => resources::balloon(client, out, &name, target).await?,
-        Command::Vm(VmCmd::Nic(cmd)) => print_vm(&network::nic(client, out, cmd).await?, out),
+        Command::Vm(VmCmd::Nic(cmd)) => print_vm(&network::nic(client, cmd).await?, out),
         Command::Vm(VmCmd::List) => print_vms(&client.list_vms().await?, out),
         Command::Vm(VmCmd::Show { name }) => print_vm(&client.get_vm(&name).await?, out),
         Command::Vm(VmCmd::Delete { name }) => {
@@ -392,63 +359,19 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Vm(VmCmd::Console { name }) => console::run(client, &name).await?,
         Command::Vm(VmCmd::Top { once }) => output::top(client, out, false, once).await?,
         Command::Vm(VmCmd::Attach { name, volume, path, bus, readonly }) => {
-            let mut disk = json!({ "bus": bus, "readonly": readonly });
-            match (volume, path) {
-                (Some(v), _) => disk["volume"] = json!(v),
-                (None, Some(p)) => {
-                    disk["format"] = json!(if p.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" });
-                    disk["path"] = json!(absolute(&p)?);
-                }
-                (None, None) => return Err(ClientError::Http("give --volume POOL/NAME or --path FILE".into())),
-            }
-            let vm: oxvirt_model::Vm =
-                client.post(&format!("/api/v1/vms/{}/disks", oxvirt_client::encode(&name)), &disk).await?;
-            print_vm(&vm, out);
+            let disk = vm_requests::attached_disk(volume, path.as_deref(), &bus, readonly)?;
+            print_vm(&client.attach_disk(&name, &disk).await?, out);
         }
-        Command::Vm(VmCmd::Detach { name, disk }) => {
-            let path = format!("/api/v1/vms/{}/disks/{}", oxvirt_client::encode(&name), oxvirt_client::encode(&disk));
-            print_vm(&client.delete_json(&path).await?, out);
-        }
+        Command::Vm(VmCmd::Detach { name, disk }) => print_vm(&client.detach_disk(&name, &disk).await?, out),
         Command::Vm(VmCmd::Snapshot { name, snapshot }) => {
-            let vols: Vec<oxvirt_model::Volume> = client
-                .post(&format!("/api/v1/vms/{}/snapshots", oxvirt_client::encode(&name)), &json!({ "name": snapshot }))
-                .await?;
-            storage::print_volumes(&vols, out);
+            storage::print_volumes(&client.snapshot_vm(&name, &snapshot).await?, out)
         }
         Command::Vm(VmCmd::Revert { name, snapshot }) => {
-            let path = format!(
-                "/api/v1/vms/{}/snapshots/{}/revert",
-                oxvirt_client::encode(&name),
-                oxvirt_client::encode(&snapshot)
-            );
-            let vols: Vec<oxvirt_model::Volume> = client.post(&path, &json!(null)).await?;
-            storage::print_volumes(&vols, out);
+            storage::print_volumes(&client.revert_vm(&name, &snapshot).await?, out)
         }
-        Command::Vm(VmCmd::Qos {
-            name,
-            disk,
-            bps_total,
-            bps_read,
-            bps_write,
-            iops_total,
-            iops_read,
-            iops_write,
-            group,
-        }) => {
-            let size = |field: &str, v: &str| -> Result<u64, ClientError> {
-                v.parse::<oxvirt_model::ByteSize>()
-                    .map(|b| b.0)
-                    .map_err(|e| ClientError::Usage(format!("--{field}: {e}")))
-            };
-            let body = json!({
-                "bps_total": size("bps-total", &bps_total)?, "bps_read": size("bps-read", &bps_read)?,
-                "bps_write": size("bps-write", &bps_write)?, "iops_total": iops_total, "iops_read": iops_read,
-                "iops_write": iops_write, "group": group,
-            });
-            let path =
-                format!("/api/v1/vms/{}/disks/{}/qos", oxvirt_client::encode(&name), oxvirt_client::encode(&disk));
-            let vm: oxvirt_model::Vm = client.call(hyper::Method::PUT, &path, Some(&body)).await?;
-            print_vm(&vm, out);
+        Command::Vm(VmCmd::Qos(a)) => {
+            let qos = vm_requests::disk_qos(&a)?;
+            print_vm(&client.set_disk_qos(&a.name, &a.disk, &qos).await?, out);
         }
         Command::Vm(VmCmd::ConsoleLog { name, bytes, follow }) => console_log(client, &name, bytes, follow).await?,
         Command::Vm(action) => {
@@ -478,7 +401,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
             let t = follow_task(client, &t, Duration::from_secs(timeout), out).await?;
             print_task(&t, out);
         }
-        Command::Host(HostCmd::Policy(a)) => resources::policy(client, out, a).await?,
+        Command::Host(HostCmd::Policy(a)) => resources::policy(client, a).await?,
         Command::Host(HostCmd::Resources) => resources::host_resources(client, out).await?,
         Command::Host(HostCmd::Show) => print_host(&client.host().await?, out),
         Command::Host(HostCmd::Top { once }) => output::top(client, out, true, once).await?,

@@ -1,10 +1,12 @@
 //! `oxvirt network ...`, `oxvirt security-group ...` and `oxvirt vm nic ...`.
 
+use crate::args::{parsed, rate, word};
 use crate::output::{print_json, table, Output};
 use clap::Subcommand;
-use oxvirt_client::{encode, Client, ClientError};
-use oxvirt_model::{LeaseView, NetworkView, SecurityGroup, SecurityRule, Vm};
-use serde_json::{json, Value};
+use oxvirt_client::{Client, ClientError};
+use oxvirt_model::{
+    NetworkSpec, NetworkView, NicQos, NicSpec, NicUpdate, SecurityGroup, SecurityGroupSpec, SecurityRule, Vm, VxlanSpec,
+};
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
@@ -194,44 +196,53 @@ fn print_groups(groups: &[SecurityGroup], out: Output) {
     }
 }
 
-fn qos(ingress: Option<String>, egress: Option<String>) -> Option<Value> {
-    (ingress.is_some() || egress.is_some()).then(
-        || json!({ "ingress": ingress.unwrap_or_else(|| "0".into()), "egress": egress.unwrap_or_else(|| "0".into()) }),
-    )
+/// `--ingress` / `--egress`: the limits when either is given (the other is then none).
+fn nic_qos(ingress: Option<&str>, egress: Option<&str>) -> Result<Option<NicQos>, ClientError> {
+    if ingress.is_none() && egress.is_none() {
+        return Ok(None);
+    }
+    let limit = |flag: &str, v: Option<&str>| v.map_or(Ok(0), |v| rate(flag, v));
+    Ok(Some(NicQos { ingress: limit("--ingress", ingress)?, egress: limit("--egress", egress)? }))
+}
+
+fn network_spec(a: NetworkCreate) -> Result<NetworkSpec, ClientError> {
+    let NetworkCreate { name, kind, subnet, gateway, range, mtu, uplink, bridge, vni, local, peers, no_dhcp } = a;
+    let vxlan = match (vni, local) {
+        (None, None) => None,
+        (Some(vni), Some(local)) => Some(VxlanSpec {
+            vni,
+            local: parsed("--local", &local)?,
+            peers: peers.iter().map(|p| parsed("--peer", p)).collect::<Result<_, _>>()?,
+            port: VxlanSpec::DEFAULT_PORT,
+        }),
+        (Some(_), None) => return Err(ClientError::Usage("--local: is required with --vni".into())),
+        (None, Some(_)) => return Err(ClientError::Usage("--vni: is required with --local".into())),
+    };
+    Ok(NetworkSpec {
+        name,
+        kind: word("--kind", &kind)?,
+        subnet: subnet.map(|s| parsed("--subnet", &s)).transpose()?,
+        gateway: gateway.map(|g| parsed("--gateway", &g)).transpose()?,
+        range,
+        mtu,
+        dhcp: !no_dhcp,
+        uplink,
+        bridge,
+        vxlan,
+    })
 }
 
 pub async fn network(client: &Client, out: Output, cmd: NetworkCmd) -> Result<(), ClientError> {
     match cmd {
-        NetworkCmd::Create(a) => {
-            let NetworkCreate { name, kind, subnet, gateway, range, mtu, uplink, bridge, vni, local, peers, no_dhcp } =
-                *a;
-            let mut body = json!({ "name": name, "kind": kind, "dhcp": !no_dhcp });
-            for (k, v) in
-                [("subnet", subnet), ("gateway", gateway), ("range", range), ("uplink", uplink), ("bridge", bridge)]
-            {
-                if let Some(v) = v {
-                    body[k] = json!(v);
-                }
-            }
-            if let Some(m) = mtu {
-                body["mtu"] = json!(m);
-            }
-            if vni.is_some() || local.is_some() {
-                body["vxlan"] = json!({ "vni": vni.unwrap_or(0), "local": local.unwrap_or_default(), "peers": peers });
-            }
-            let n: NetworkView = client.post("/api/v1/networks", &body).await?;
-            print_networks(&[n], out);
-        }
-        NetworkCmd::List => print_networks(&client.get::<Vec<NetworkView>>("/api/v1/networks").await?, out),
-        NetworkCmd::Show { name } => {
-            print_networks(&[client.get(&format!("/api/v1/networks/{}", encode(&name))).await?], out)
-        }
+        NetworkCmd::Create(a) => print_networks(&[client.create_network(&network_spec(*a)?).await?], out),
+        NetworkCmd::List => print_networks(&client.list_networks().await?, out),
+        NetworkCmd::Show { name } => print_networks(&[client.get_network(&name).await?], out),
         NetworkCmd::Delete { name } => {
-            client.delete(&format!("/api/v1/networks/{}", encode(&name))).await?;
+            client.delete_network(&name).await?;
             println!("network {name} deleted");
         }
         NetworkCmd::Leases { name } => {
-            let leases: Vec<LeaseView> = client.get(&format!("/api/v1/networks/{}/leases", encode(&name))).await?;
+            let leases = client.network_leases(&name).await?;
             if out == Output::Json {
                 print_json(&leases);
                 return Ok(());
@@ -254,73 +265,144 @@ pub async fn network(client: &Client, out: Output, cmd: NetworkCmd) -> Result<()
     Ok(())
 }
 
+/// `rule-add`: an allow rule from its flags.
+fn rule(
+    direction: &str,
+    protocol: &str,
+    ports: Option<String>,
+    cidr: Option<String>,
+) -> Result<SecurityRule, ClientError> {
+    Ok(SecurityRule {
+        direction: word("--direction", direction)?,
+        protocol: word("--protocol", protocol)?,
+        ports,
+        cidr: cidr.map(|c| parsed("--cidr", &c)).transpose()?,
+    })
+}
+
 pub async fn security_group(client: &Client, out: Output, cmd: SecurityGroupCmd) -> Result<(), ClientError> {
-    let path = |n: &str| format!("/api/v1/security-groups/{}", encode(n));
     match cmd {
         SecurityGroupCmd::Create { name, description } => {
-            let g: SecurityGroup =
-                client.post("/api/v1/security-groups", &json!({ "name": name, "description": description })).await?;
-            print_groups(&[g], out);
+            let spec = SecurityGroupSpec { name, description, rules: vec![] };
+            print_groups(&[client.create_security_group(&spec).await?], out);
         }
-        SecurityGroupCmd::List => {
-            print_groups(&client.get::<Vec<SecurityGroup>>("/api/v1/security-groups").await?, out)
-        }
-        SecurityGroupCmd::Show { name } => print_groups(&[client.get(&path(&name)).await?], out),
+        SecurityGroupCmd::List => print_groups(&client.list_security_groups().await?, out),
+        SecurityGroupCmd::Show { name } => print_groups(&[client.get_security_group(&name).await?], out),
         SecurityGroupCmd::Delete { name } => {
-            client.delete(&path(&name)).await?;
+            client.delete_security_group(&name).await?;
             println!("security group {name} deleted");
         }
         SecurityGroupCmd::RuleAdd { group, direction, protocol, ports, cidr } => {
-            let mut g: SecurityGroup = client.get(&path(&group)).await?;
-            let rule: SecurityRule = serde_json::from_value(
-                json!({ "direction": direction, "protocol": protocol, "ports": ports, "cidr": cidr }),
-            )
-            .map_err(|e| ClientError::Decode(format!("rule: {e}")))?;
+            let rule = rule(&direction, &protocol, ports, cidr)?;
+            let mut g = client.get_security_group(&group).await?;
             g.spec.rules.push(rule);
-            let g: SecurityGroup = client.put(&path(&group), &json!(g.spec)).await?;
-            print_groups(&[g], out);
+            print_groups(&[client.replace_security_group(&group, &g.spec).await?], out);
         }
         SecurityGroupCmd::RuleDel { group, index } => {
-            let mut g: SecurityGroup = client.get(&path(&group)).await?;
+            let mut g = client.get_security_group(&group).await?;
             if index >= g.spec.rules.len() {
-                return Err(ClientError::Decode(format!("index: group {group} has {} rule(s)", g.spec.rules.len())));
+                return Err(ClientError::Usage(format!(
+                    "index {index}: group {group} has {} rule(s)",
+                    g.spec.rules.len()
+                )));
             }
             g.spec.rules.remove(index);
-            let g: SecurityGroup = client.put(&path(&group), &json!(g.spec)).await?;
-            print_groups(&[g], out);
+            print_groups(&[client.replace_security_group(&group, &g.spec).await?], out);
         }
     }
     Ok(())
 }
 
-pub async fn nic(client: &Client, out: Output, cmd: NicCmd) -> Result<Vm, ClientError> {
-    let vm = match cmd {
+pub async fn nic(client: &Client, cmd: NicCmd) -> Result<Vm, ClientError> {
+    match cmd {
         NicCmd::Add { vm, network, bridge, ip, mac, security_groups, ingress, egress } => {
-            let mut body = json!({ "security_groups": security_groups });
-            for (k, v) in [("network", network), ("bridge", bridge), ("ip", ip), ("mac", mac)] {
-                if let Some(v) = v {
-                    body[k] = json!(v);
-                }
-            }
-            if let Some(q) = qos(ingress, egress) {
-                body["qos"] = q;
-            }
-            client.post(&format!("/api/v1/vms/{}/nics", encode(&vm)), &body).await?
+            let mut nic = NicSpec {
+                network,
+                bridge,
+                ip: ip.map(|ip| parsed("--ip", &ip)).transpose()?,
+                mac,
+                security_groups,
+                qos: nic_qos(ingress.as_deref(), egress.as_deref())?.unwrap_or_default(),
+                ..NicSpec::user()
+            };
+            nic.normalize(); // network or bridged, as the daemon reads it
+            client.attach_nic(&vm, &nic).await
         }
         NicCmd::Set { vm, nic, security_groups, ingress, egress } => {
-            let mut body = json!({});
-            if let Some(g) = security_groups {
-                body["security_groups"] = json!(g.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
-            }
-            if let Some(q) = qos(ingress, egress) {
-                body["qos"] = q;
-            }
-            client.patch(&format!("/api/v1/vms/{}/nics/{}", encode(&vm), encode(&nic)), &body).await?
+            let update = NicUpdate {
+                security_groups: security_groups.map(|g| g.into_iter().filter(|s| !s.is_empty()).collect()),
+                qos: nic_qos(ingress.as_deref(), egress.as_deref())?,
+            };
+            client.update_nic(&vm, &nic, &update).await
         }
-        NicCmd::Del { vm, nic } => {
-            client.delete_json(&format!("/api/v1/vms/{}/nics/{}", encode(&vm), encode(&nic))).await?
+        NicCmd::Del { vm, nic } => client.detach_nic(&vm, &nic).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::net::Ipv4Addr;
+
+    fn spec(args: &[&str]) -> Result<NetworkSpec, ClientError> {
+        let cli = crate::Cli::try_parse_from([&["oxvirt", "network", "create"], args].concat()).unwrap();
+        let crate::Command::Network(NetworkCmd::Create(a)) = cli.command else { unreachable!("network create") };
+        network_spec(*a)
+    }
+
+    fn usage<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
+        match r {
+            Err(ClientError::Usage(m)) => m,
+            other => panic!("not a usage error: {other:?}"),
         }
-    };
-    let _ = out;
-    Ok(vm)
+    }
+
+    #[test]
+    fn a_network_is_the_spec_its_flags_say() {
+        let s = spec(&["lan", "--kind", "isolated", "--subnet", "10.20.0.0/24", "--gateway", "10.20.0.1"]).unwrap();
+        assert_eq!(s.kind, oxvirt_model::NetworkKind::Isolated);
+        assert_eq!(s.subnet.map(|n| n.to_string()).as_deref(), Some("10.20.0.0/24"));
+        assert_eq!(s.gateway, Some(Ipv4Addr::new(10, 20, 0, 1)));
+        assert!(s.dhcp && s.vxlan.is_none());
+        let s = spec(&["o", "--kind", "vxlan", "--vni", "7", "--local", "10.0.0.1", "--peer", "10.0.0.2"]).unwrap();
+        let v = s.vxlan.unwrap();
+        assert_eq!(
+            (v.vni, v.local, v.peers, v.port),
+            (7, Ipv4Addr::new(10, 0, 0, 1), vec![Ipv4Addr::new(10, 0, 0, 2)], 4789)
+        );
+        assert!(!spec(&["n", "--no-dhcp"]).unwrap().dhcp);
+    }
+
+    #[test]
+    fn a_network_refuses_what_does_not_parse_by_its_flag() {
+        assert!(usage(spec(&["n", "--kind", "mesh"])).starts_with("--kind \"mesh\": unknown variant"));
+        assert!(usage(spec(&["n", "--subnet", "10.0.0/24"])).starts_with("--subnet \"10.0.0/24\": "));
+        assert!(usage(spec(&["n", "--gateway", "gw"])).starts_with("--gateway \"gw\": "));
+        assert!(usage(spec(&["n", "--vni", "5"])).starts_with("--local: "));
+        assert!(usage(spec(&["n", "--local", "10.0.0.1"])).starts_with("--vni: "));
+        assert!(usage(spec(&["n", "--vni", "5", "--local", "h"])).starts_with("--local \"h\": "));
+        assert!(usage(spec(&["n", "--vni", "5", "--local", "10.0.0.1", "--peer", "x"])).starts_with("--peer \"x\": "));
+    }
+
+    #[test]
+    fn nic_limits_are_set_together() {
+        assert_eq!(nic_qos(None, None).ok(), Some(None));
+        assert_eq!(nic_qos(Some("20mbit"), None).ok(), Some(Some(NicQos { ingress: 20_000_000, egress: 0 })));
+        assert_eq!(nic_qos(None, Some("1gbit")).ok(), Some(Some(NicQos { ingress: 0, egress: 1_000_000_000 })));
+        assert!(usage(nic_qos(Some("20mbps"), None)).starts_with("--ingress \"20mbps\": "));
+    }
+
+    #[test]
+    fn a_rule_is_parsed_from_its_flags() {
+        let r = rule("egress", "udp", Some("53".into()), Some("10.0.0.0/8".into())).unwrap();
+        assert_eq!(
+            (r.direction, r.protocol, r.ports.as_deref()),
+            (oxvirt_model::Direction::Egress, oxvirt_model::Protocol::Udp, Some("53"))
+        );
+        assert_eq!(r.cidr.map(|c| c.to_string()).as_deref(), Some("10.0.0.0/8"));
+        assert!(usage(rule("in", "tcp", None, None)).starts_with("--direction \"in\": "));
+        assert!(usage(rule("ingress", "sctp", None, None)).starts_with("--protocol \"sctp\": "));
+        assert!(usage(rule("ingress", "tcp", None, Some("10/8".into()))).starts_with("--cidr \"10/8\": "));
+    }
 }

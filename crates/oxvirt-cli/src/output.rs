@@ -180,7 +180,7 @@ pub async fn top(
     use std::io::IsTerminal;
     let live = !once && out == Output::Table && std::io::stdout().is_terminal();
     loop {
-        let t: serde_json::Value = client.get("/api/v1/top").await?;
+        let t = client.top().await?;
         if out == Output::Json {
             print_json(&t);
             return Ok(());

@@ -1,10 +1,11 @@
 //! `oxvirt vm resources`, `oxvirt vm balloon`, `oxvirt host policy`, `oxvirt host resources`.
 
+use crate::args::{size, size_or_none, word};
 use crate::output::{print_json, Output};
 use clap::Args;
-use oxvirt_client::{encode, Client, ClientError};
-use oxvirt_model::{ByteSize, HostPolicy, Vm};
-use serde_json::{json, Value};
+use oxvirt_client::{Client, ClientError};
+use oxvirt_model::{ByteSize, Vm};
+use serde_json::Value;
 
 /// Changes only what is given; the rest stays as it is.
 #[derive(Args)]
@@ -56,47 +57,56 @@ pub struct PolicyArgs {
     pub ksm_across_projects: Option<bool>,
 }
 
-fn set(v: &mut Value, key: &str, new: Option<Value>) {
-    if let Some(n) = new {
-        if n.is_null() {
-            if let Some(o) = v.as_object_mut() {
-                o.remove(key);
-            }
-        } else {
-            v[key] = n;
-        }
-    }
+/// `--pin`: the host CPU of each vCPU, comma-separated; empty unpins.
+fn vcpu_pins(p: &str) -> Result<Vec<u32>, ClientError> {
+    p.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| ClientError::Usage(format!("--pin {p:?}: not a list of host CPU numbers")))
 }
 
-fn zero_is_none(s: Option<String>) -> Option<Value> {
-    s.map(|s| if s.trim() == "0" { Value::Null } else { json!(s) })
-}
-
+/// Changes what the flags name and keeps the rest; every flag is parsed before anything is sent.
 pub async fn resources(client: &Client, a: ResourcesArgs) -> Result<Vm, ClientError> {
-    let vm = client.get_vm(&a.name).await?;
-    let mut r = serde_json::to_value(&vm.spec.resources).map_err(|e| ClientError::Decode(e.to_string()))?;
-    set(&mut r, "cpu_weight", a.cpu_weight.map(|w| json!(w)));
-    set(&mut r, "cpu_limit", a.cpu_limit.map(|l| if l == 0.0 { Value::Null } else { json!(l) }));
-    set(&mut r, "memory_limit", zero_is_none(a.memory_limit));
-    set(&mut r, "balloon_min", zero_is_none(a.balloon_min));
-    set(&mut r, "emulator_cpus", a.emulator_cpus.map(|e| if e.is_empty() { Value::Null } else { json!(e) }));
-    if let Some(p) = a.pin {
-        let pins: Result<Vec<u32>, _> =
-            p.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().parse::<u32>()).collect();
-        let pins = pins.map_err(|_| ClientError::Decode(format!("pin: {p:?} is not a list of host CPU numbers")))?;
-        r["vcpu_pins"] = json!(pins);
+    let memory_limit = a.memory_limit.as_deref().map(|m| size_or_none("--memory-limit", m)).transpose()?;
+    let balloon_min = a.balloon_min.as_deref().map(|b| size_or_none("--balloon-min", b)).transpose()?;
+    let vcpu_pins = a.pin.as_deref().map(vcpu_pins).transpose()?;
+    let numa = a.numa.as_deref().map(|n| word("--numa", n)).transpose()?;
+    let mut r = client.get_vm(&a.name).await?.spec.resources;
+    if let Some(w) = a.cpu_weight {
+        r.cpu_weight = w;
     }
-    set(&mut r, "hugepages", a.hugepages.map(|h| json!(h)));
-    set(&mut r, "numa", a.numa.map(|n| json!(n)));
-    set(&mut r, "ksm", a.ksm.map(|k| json!(k)));
-    client.put(&format!("/api/v1/vms/{}/resources", encode(&a.name)), &r).await
+    if let Some(l) = a.cpu_limit {
+        r.cpu_limit = (l != 0.0).then_some(l);
+    }
+    if let Some(m) = memory_limit {
+        r.memory_limit = m;
+    }
+    if let Some(b) = balloon_min {
+        r.balloon_min = b;
+    }
+    if let Some(e) = a.emulator_cpus {
+        r.emulator_cpus = (!e.is_empty()).then_some(e);
+    }
+    if let Some(p) = vcpu_pins {
+        r.vcpu_pins = p;
+    }
+    if let Some(h) = a.hugepages {
+        r.hugepages = h;
+    }
+    if let Some(n) = numa {
+        r.numa = n;
+    }
+    if let Some(k) = a.ksm {
+        r.ksm = k;
+    }
+    client.set_vm_resources(&a.name, &r).await
 }
 
 pub async fn balloon(client: &Client, out: Output, name: &str, target: Option<String>) -> Result<(), ClientError> {
-    let path = format!("/api/v1/vms/{}/balloon", encode(name));
-    let b: Value = match target {
-        Some(t) => client.put(&path, &json!({ "target": t })).await?,
-        None => client.get(&path).await?,
+    let b = match target {
+        Some(t) => client.set_vm_balloon(name, size("target", &t)?).await?,
+        None => client.vm_balloon(name).await?,
     };
     if out == Output::Json {
         print_json(&b);
@@ -113,31 +123,44 @@ pub async fn balloon(client: &Client, out: Output, name: &str, target: Option<St
     Ok(())
 }
 
-pub async fn policy(client: &Client, out: Output, a: PolicyArgs) -> Result<(), ClientError> {
-    let mut p: HostPolicy = client.get("/api/v1/host/policy").await?;
+/// Shows the host policy, or changes what the flags name (parsed before anything is sent) and
+/// shows the result.
+pub async fn policy(client: &Client, a: PolicyArgs) -> Result<(), ClientError> {
+    let ksm = a.ksm.as_deref().map(|k| word("--ksm", k)).transpose()?;
     let changed = a.cpu_overcommit.is_some()
         || a.memory_overcommit.is_some()
         || a.auto_balloon.is_some()
         || a.memory_target_use.is_some()
-        || a.ksm.is_some()
+        || ksm.is_some()
         || a.ksm_across_projects.is_some();
+    let mut p = client.host_policy().await?;
+    if let Some(x) = a.cpu_overcommit {
+        p.cpu_overcommit = x;
+    }
+    if let Some(x) = a.memory_overcommit {
+        p.memory_overcommit = x;
+    }
+    if let Some(x) = a.auto_balloon {
+        p.auto_balloon = x;
+    }
+    if let Some(x) = a.memory_target_use {
+        p.memory_target_use = x;
+    }
+    if let Some(x) = ksm {
+        p.ksm = x;
+    }
+    if let Some(x) = a.ksm_across_projects {
+        p.ksm_across_projects = x;
+    }
     if changed {
-        let mut v = serde_json::to_value(&p).map_err(|e| ClientError::Decode(e.to_string()))?;
-        set(&mut v, "cpu_overcommit", a.cpu_overcommit.map(|x| json!(x)));
-        set(&mut v, "memory_overcommit", a.memory_overcommit.map(|x| json!(x)));
-        set(&mut v, "auto_balloon", a.auto_balloon.map(|x| json!(x)));
-        set(&mut v, "memory_target_use", a.memory_target_use.map(|x| json!(x)));
-        set(&mut v, "ksm", a.ksm.map(|x| json!(x)));
-        set(&mut v, "ksm_across_projects", a.ksm_across_projects.map(|x| json!(x)));
-        p = client.put("/api/v1/host/policy", &v).await?;
+        p = client.set_host_policy(&p).await?;
     }
     print_json(&p);
-    let _ = out;
     Ok(())
 }
 
 pub async fn host_resources(client: &Client, out: Output) -> Result<(), ClientError> {
-    let r: Value = client.get("/api/v1/host/resources").await?;
+    let r = client.host_resources().await?;
     if out == Output::Json {
         print_json(&r);
         return Ok(());
@@ -170,4 +193,19 @@ pub async fn host_resources(client: &Client, out: Output) -> Result<(), ClientEr
     );
     println!("huge pages:  {} free of {}", r["hugepages_free"], r["hugepages_total"]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_host_cpu_numbers_and_empty_unpins() {
+        assert_eq!(vcpu_pins("2, 3,").ok(), Some(vec![2, 3]));
+        assert_eq!(vcpu_pins("").ok(), Some(vec![]));
+        match vcpu_pins("0-3") {
+            Err(ClientError::Usage(m)) => assert_eq!(m, "--pin \"0-3\": not a list of host CPU numbers"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

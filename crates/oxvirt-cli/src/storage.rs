@@ -1,10 +1,10 @@
 //! `oxvirt pool ...` and `oxvirt volume ...`.
 
+use crate::args::{size, word};
 use crate::output::{print_json, table, Output};
 use clap::Subcommand;
 use oxvirt_client::{Client, ClientError, Cloned};
 use oxvirt_model::{ByteSize, CloneRequest, ExportRequest, ImportRequest, PoolSpec, PoolView, Volume, VolumeSpec};
-use serde_json::Value;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -96,7 +96,7 @@ pub enum VolumeCmd {
 }
 
 fn split(volume: &str) -> Result<(String, String), ClientError> {
-    oxvirt_model::parse_volume_ref("volume", volume).map_err(|e| ClientError::Http(e.to_string()))
+    oxvirt_model::parse_volume_ref("volume", volume).map_err(|e| ClientError::Usage(e.to_string()))
 }
 
 fn print_pools(pools: &[PoolView], out: Output) {
@@ -144,17 +144,6 @@ pub fn print_volumes(vols: &[Volume], out: Output) {
 
 fn abs(p: &std::path::Path) -> Result<String, ClientError> {
     crate::absolute(p)
-}
-
-/// A value of the model's own spelling (`dir`, `qcow2`...), named by its flag when it is not one.
-fn word<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result<T, ClientError> {
-    serde_json::from_value(Value::String(v.to_string())).map_err(|e| {
-        ClientError::Http(format!("{flag} {v:?}: {}", e.to_string().split(" at line").next().unwrap_or("")))
-    })
-}
-
-fn size(flag: &str, v: &str) -> Result<ByteSize, ClientError> {
-    v.parse().map_err(|e| ClientError::Usage(format!("{flag} {v:?}: {e}")))
 }
 
 pub async fn pool(client: &Client, out: Output, cmd: PoolCmd) -> Result<(), ClientError> {

@@ -7,7 +7,6 @@ use oxvirt_model::{
     ByteSize, CloneRequest, ExportRequest, ImportRequest, NewSnapshot, PoolSpec, PoolView, Task, Volume, VolumeResize,
     VolumeSpec,
 };
-use serde::Serialize;
 
 /// What a clone gave: the volume at once (linked) or the task that copies it (full).
 #[derive(Debug, Clone, PartialEq)]
@@ -24,14 +23,9 @@ fn volume_path(pool: &str, name: &str) -> String {
     format!("{}/volumes/{}", pool_path(pool), encode(name))
 }
 
-fn body<T: Serialize>(v: &T) -> serde_json::Value {
-    // The model's types serialise to JSON objects: no map with non-string keys, no failure.
-    serde_json::to_value(v).unwrap_or_default()
-}
-
 impl Client {
     pub async fn create_pool(&self, spec: &PoolSpec) -> Result<PoolView, ClientError> {
-        self.post("/api/v1/pools", &body(spec)).await
+        self.call_with(Method::POST, "/api/v1/pools", spec).await
     }
 
     pub async fn list_pools(&self) -> Result<Vec<PoolView>, ClientError> {
@@ -47,7 +41,7 @@ impl Client {
     }
 
     pub async fn create_volume(&self, pool: &str, spec: &VolumeSpec) -> Result<Volume, ClientError> {
-        self.post(&format!("{}/volumes", pool_path(pool)), &body(spec)).await
+        self.call_with(Method::POST, &format!("{}/volumes", pool_path(pool)), spec).await
     }
 
     pub async fn list_volumes(&self, pool: &str) -> Result<Vec<Volume>, ClientError> {
@@ -63,11 +57,12 @@ impl Client {
     }
 
     pub async fn resize_volume(&self, pool: &str, name: &str, size: ByteSize) -> Result<Volume, ClientError> {
-        self.patch(&volume_path(pool, name), &body(&VolumeResize { size })).await
+        self.call_with(Method::PATCH, &volume_path(pool, name), &VolumeResize { size }).await
     }
 
     pub async fn clone_volume(&self, pool: &str, name: &str, req: &CloneRequest) -> Result<Cloned, ClientError> {
-        let v: serde_json::Value = self.post(&format!("{}/clone", volume_path(pool, name)), &body(req)).await?;
+        let v: serde_json::Value =
+            self.call_with(Method::POST, &format!("{}/clone", volume_path(pool, name)), req).await?;
         // A task has a kind and a state; a volume has neither.
         let decode = |e: serde_json::Error| ClientError::Decode(format!("{e}: {v}"));
         if v.get("kind").is_some() && v.get("state").is_some() {
@@ -78,16 +73,16 @@ impl Client {
     }
 
     pub async fn import_volume(&self, pool: &str, req: &ImportRequest) -> Result<Task, ClientError> {
-        self.post(&format!("{}/import", pool_path(pool)), &body(req)).await
+        self.call_with(Method::POST, &format!("{}/import", pool_path(pool)), req).await
     }
 
     pub async fn export_volume(&self, pool: &str, name: &str, req: &ExportRequest) -> Result<Task, ClientError> {
-        self.post(&format!("{}/export", volume_path(pool, name)), &body(req)).await
+        self.call_with(Method::POST, &format!("{}/export", volume_path(pool, name)), req).await
     }
 
     pub async fn snapshot_volume(&self, pool: &str, name: &str, snapshot: &str) -> Result<Volume, ClientError> {
         let req = NewSnapshot { name: snapshot.to_string() };
-        self.post(&format!("{}/snapshots", volume_path(pool, name)), &body(&req)).await
+        self.call_with(Method::POST, &format!("{}/snapshots", volume_path(pool, name)), &req).await
     }
 
     pub async fn revert_volume(&self, pool: &str, name: &str, snapshot: &str) -> Result<Volume, ClientError> {
@@ -108,6 +103,10 @@ mod tests {
     fn names_are_encoded_into_their_paths() {
         assert_eq!(volume_path("p", "a b/c"), "/api/v1/pools/p/volumes/a%20b%2Fc");
         assert_eq!(pool_path("../x"), "/api/v1/pools/..%2Fx");
+    }
+
+    fn body<T: serde::Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).unwrap()
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl ClusterPolicy {
     }
 }
 
+/// Body of `PUT /cluster/hosts/{host}/maintenance`: in maintenance a host takes no new VMs and
+/// its running VMs are migrated away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    pub on: bool,
+}
+
 /// A host of the cluster, as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostRecord {

@@ -3,6 +3,7 @@
 //! Everything here is plain data: no I/O, no clocks, no processes. The API parses requests into
 //! these types, the store keeps them as JSON, and the controller acts on them.
 
+mod access_requests;
 mod alert;
 mod cluster;
 mod error;
@@ -23,9 +24,11 @@ mod storage_requests;
 mod task;
 mod token;
 mod vm;
+mod vm_requests;
 
+pub use access_requests::{LoginRequest, NewTokenRequest};
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
-pub use cluster::{ClusterPolicy, HostRecord, PlacementStrategy, RebalanceMode};
+pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
 pub use error::ValidationError;
 pub use event::Event;
 pub use host::HostInfo;
@@ -58,6 +61,7 @@ pub use vm::{
     KernelBoot, MachineType, MemoryEncryption, NbdSource, NicMode, NicQos, NicSpec, PassedFd, RestartPolicy, Vm,
     VmAction, VmSpec, VmState, VmStatus, VmUpdate, MAX_CPUS, MIN_MEMORY, VM_ACTIONS,
 };
+pub use vm_requests::{BalloonTarget, NicUpdate};
 
 /// Milliseconds since the Unix epoch: the one time format of records and events.
 pub type Millis = u64;

@@ -30,6 +30,18 @@ pub struct MigrateRequest {
 }
 
 impl MigrateRequest {
+    /// A migration to `to` with the defaults: 100 ms downtime at most, no bandwidth limit,
+    /// pre-copy only.
+    pub fn new(to: impl Into<String>) -> Self {
+        MigrateRequest {
+            to: to.into(),
+            downtime_ms: default_downtime(),
+            bandwidth_mibs: 0,
+            auto_converge: false,
+            postcopy: false,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("to", &self.to)?;
         if !(1..=60_000).contains(&self.downtime_ms) {
@@ -101,5 +113,16 @@ impl Migration {
             console: None,
             created_at: now,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_request_has_the_defaults_json_reads() {
+        let parsed: MigrateRequest = serde_json::from_str(r#"{"to":"host-b"}"#).unwrap();
+        assert_eq!(MigrateRequest::new("host-b"), parsed);
     }
 }

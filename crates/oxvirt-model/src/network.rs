@@ -132,8 +132,13 @@ pub struct VxlanSpec {
     pub port: u16,
 }
 
+impl VxlanSpec {
+    /// IANA's VXLAN port, used unless a spec names another.
+    pub const DEFAULT_PORT: u16 = 4789;
+}
+
 fn vxlan_port() -> u16 {
-    4789
+    VxlanSpec::DEFAULT_PORT
 }
 
 /// What a network should be: the part the user writes.

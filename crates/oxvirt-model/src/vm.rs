@@ -99,7 +99,9 @@ pub struct KernelBoot {
     pub cmdline: String,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+/// `Default` is the disk `{}` reads as: a qcow2 on virtio-blk, read-write, no limits (a volume
+/// or a path still to be named).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     /// The disk's device id in the VM (`disk0`, `disk1`...): given by oxvirt when left out, and
@@ -421,6 +423,31 @@ impl VmUpdate {
 }
 
 impl VmSpec {
+    /// A VM of `cpus` and `memory` with everything else as a spec that leaves it out reads:
+    /// q35, no kernel, disks or NICs, never restarted, KVM where it can, rng and balloon devices,
+    /// default resources.
+    pub fn new(name: impl Into<String>, cpus: u32, memory: ByteSize) -> Self {
+        VmSpec {
+            name: name.into(),
+            host: None,
+            affinity: None,
+            anti_affinity: None,
+            project: None,
+            cpus,
+            memory,
+            machine: MachineType::default(),
+            kernel: None,
+            disks: vec![],
+            nics: vec![],
+            restart_policy: RestartPolicy::default(),
+            accel: AccelChoice::default(),
+            memory_encryption: None,
+            rng: yes(),
+            balloon: yes(),
+            resources: crate::Resources::default(),
+        }
+    }
+
     /// Fills in what the spec implies (each NIC's mode from its other fields).
     pub fn normalize(&mut self) {
         for n in self.nics.iter_mut() {
@@ -754,6 +781,13 @@ mod tests {
         assert!(s.rng && s.balloon);
         assert_eq!(s.restart_policy, RestartPolicy::Never);
         assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn constructed_defaults_are_the_ones_json_reads() {
+        let parsed: VmSpec = serde_json::from_str(r#"{"name":"a","cpus":2,"memory":"1GiB"}"#).unwrap();
+        assert_eq!(VmSpec::new("a", 2, ByteSize(1 << 30)), parsed);
+        assert_eq!(DiskSpec::default(), serde_json::from_str::<DiskSpec>("{}").unwrap());
     }
 
     #[test]

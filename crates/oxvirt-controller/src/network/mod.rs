@@ -20,7 +20,6 @@ mod taps;
 
 pub use dnsmasq::ActiveLease;
 pub use links::HostCmdError;
-pub use nics::NicUpdate;
 pub use taps::NicStats;
 
 use crate::{lock, now_millis, ControlError};

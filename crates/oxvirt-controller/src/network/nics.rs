@@ -5,22 +5,12 @@ use super::{links, shaping};
 use crate::vms::busy;
 use crate::ControlError;
 use oxvirt_hypervisor::qemu::cmdline::tap_name;
-use oxvirt_model::{MachineType, NicQos, NicSpec, Vm};
+use oxvirt_model::{MachineType, NicSpec, NicUpdate, Vm};
 use oxvirt_store::{Expect, StoreExt};
 use std::time::Duration;
 
 /// How long the guest gets to release an unplugged NIC.
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What may change on a NIC while its VM runs.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NicUpdate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_groups: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qos: Option<NicQos>,
-}
 
 pub(crate) fn nic_index(vm: &Vm, nic_id: &str) -> Result<usize, ControlError> {
     vm.spec

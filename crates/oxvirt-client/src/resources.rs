@@ -1,0 +1,39 @@
+//! A VM's share of the host and its balloon; the host's resource policy and resources.
+
+use crate::vms::vm_path;
+use crate::{Client, ClientError};
+use hyper::Method;
+use oxvirt_model::{BalloonTarget, ByteSize, HostPolicy, Resources, Vm};
+use serde_json::Value;
+
+impl Client {
+    /// Replaces a VM's resources (CPU weight, cap, pinning, memory limit...), live where it can be.
+    pub async fn set_vm_resources(&self, name: &str, resources: &Resources) -> Result<Vm, ClientError> {
+        self.call_with(Method::PUT, &format!("{}/resources", vm_path(name)), resources).await
+    }
+
+    /// A running VM's balloon: memory now and the guest's figures (JSON: the view is the
+    /// controller's type, not the model's).
+    pub async fn vm_balloon(&self, name: &str) -> Result<Value, ClientError> {
+        self.get(&format!("{}/balloon", vm_path(name))).await
+    }
+
+    /// Sets a running VM's balloon target; the balloon as [`Client::vm_balloon`] shows it.
+    pub async fn set_vm_balloon(&self, name: &str, target: ByteSize) -> Result<Value, ClientError> {
+        self.call_with(Method::PUT, &format!("{}/balloon", vm_path(name)), &BalloonTarget { target }).await
+    }
+
+    pub async fn host_policy(&self) -> Result<HostPolicy, ClientError> {
+        self.get("/api/v1/host/policy").await
+    }
+
+    pub async fn set_host_policy(&self, policy: &HostPolicy) -> Result<HostPolicy, ClientError> {
+        self.call_with(Method::PUT, "/api/v1/host/policy", policy).await
+    }
+
+    /// Committed vCPUs and memory, NUMA nodes, KSM, huge pages (JSON: the view is the
+    /// controller's type, not the model's).
+    pub async fn host_resources(&self) -> Result<Value, ClientError> {
+        self.get("/api/v1/host/resources").await
+    }
+}
