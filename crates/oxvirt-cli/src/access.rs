@@ -76,17 +76,16 @@ pub async fn project(client: &Client, out: Output, cmd: ProjectCmd) -> Result<()
                 let rows = ps
                     .iter()
                     .map(|p| {
-                        let q = &p["spec"]["quotas"];
-                        let u = &p["usage"];
-                        let of = |k: &str| {
-                            format!("{}/{}", u[k], if q[k].is_null() { "-".to_string() } else { q[k].to_string() })
+                        let (q, u) = (&p.project.spec.quotas, &p.usage);
+                        let of = |used: u64, quota: Option<u64>| {
+                            format!("{used}/{}", quota.map_or_else(|| "-".to_string(), |q| q.to_string()))
                         };
                         vec![
-                            p["spec"]["name"].as_str().unwrap_or("").to_string(),
-                            of("vms"),
-                            of("vcpus"),
-                            of("memory"),
-                            of("storage"),
+                            p.project.spec.name.clone(),
+                            of(u.vms.into(), q.vms.map(u64::from)),
+                            of(u.vcpus.into(), q.vcpus.map(u64::from)),
+                            of(u.memory, q.memory.map(|m| m.0)),
+                            of(u.storage, q.storage.map(|m| m.0)),
                         ]
                     })
                     .collect();
@@ -150,19 +149,19 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                     .iter()
                     .map(|h| {
                         vec![
-                            h["name"].as_str().unwrap_or("").to_string(),
-                            h["address"].as_str().unwrap_or("").to_string(),
-                            match (h["online"] == true, h["maintenance"] == true) {
+                            h.host.name.clone(),
+                            h.host.address.clone(),
+                            match (h.online, h.host.maintenance) {
                                 (false, _) => "offline",
                                 (true, true) => "maintenance",
                                 (true, false) => "online",
                             }
                             .to_string(),
-                            if h["leader"] == true { "leader" } else { "" }.to_string(),
-                            h["cpus"].to_string(),
-                            format!("{} GiB", h["memory"].as_u64().unwrap_or(0) >> 30),
-                            format!("{:.0}%", h["cpu_pressure"].as_f64().unwrap_or(0.0) * 100.0),
-                            h["vms"].to_string(),
+                            if h.leader { "leader" } else { "" }.to_string(),
+                            h.host.cpus.to_string(),
+                            format!("{} GiB", h.host.memory >> 30),
+                            format!("{:.0}%", h.host.cpu_pressure * 100.0),
+                            h.vms.to_string(),
                         ]
                     })
                     .collect();
@@ -206,25 +205,21 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
             if out == Output::Json {
                 print_json(&v);
             } else {
-                let started: Vec<&str> =
-                    v["started"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
-                let rows = v["moves"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows = v
+                    .moves
+                    .iter()
                     .map(|m| {
-                        let vm = m["vm"].as_str().unwrap_or("");
                         vec![
-                            vm.to_string(),
-                            m["from"].as_str().unwrap_or("").to_string(),
-                            m["to"].as_str().unwrap_or("").to_string(),
-                            if started.contains(&vm) { "started" } else { "planned" }.to_string(),
-                            m["reason"].as_str().unwrap_or("").to_string(),
+                            m.vm.clone(),
+                            m.from.clone(),
+                            m.to.clone(),
+                            if v.started.contains(&m.vm) { "started" } else { "planned" }.to_string(),
+                            m.reason.clone(),
                         ]
                     })
                     .collect::<Vec<_>>();
                 if rows.is_empty() {
-                    println!("balanced: nothing to move ({} strategy)", v["policy"]["strategy"].as_str().unwrap_or(""));
+                    println!("balanced: nothing to move ({} strategy)", strategy_word(v.policy.strategy));
                 } else {
                     table(&["VM", "FROM", "TO", "STATE", "WHY"], rows);
                 }
@@ -392,4 +387,9 @@ pub async fn audit(client: &Client, out: Output, limit: usize) -> Result<(), Cli
         .collect();
     table(&["TIME (ms)", "USER", "FROM", "METHOD", "PATH", "STATUS"], rows);
     Ok(())
+}
+
+/// A placement strategy as the API spells it.
+fn strategy_word(s: oxvirt_model::PlacementStrategy) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }

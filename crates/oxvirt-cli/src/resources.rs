@@ -112,14 +112,10 @@ pub async fn balloon(client: &Client, out: Output, name: &str, target: Option<St
         print_json(&b);
         return Ok(());
     }
-    let size = |k: &str| b[k].as_u64().map(|v| ByteSize(v).to_string()).unwrap_or_else(|| "-".into());
-    println!("memory:      {}", size("memory"));
-    println!(
-        "actual:      {}{}",
-        size("actual"),
-        if b["auto"].as_bool() == Some(true) { " (auto-ballooned)" } else { "" }
-    );
-    println!("guest free:  {}", size("guest_free"));
+    let size = |v: Option<u64>| v.map(|v| ByteSize(v).to_string()).unwrap_or_else(|| "-".into());
+    println!("memory:      {}", size(Some(b.memory)));
+    println!("actual:      {}{}", size(Some(b.actual)), if b.auto { " (auto-ballooned)" } else { "" });
+    println!("guest free:  {}", size(b.guest_free));
     Ok(())
 }
 
@@ -165,33 +161,30 @@ pub async fn host_resources(client: &Client, out: Output) -> Result<(), ClientEr
         print_json(&r);
         return Ok(());
     }
-    let size = |v: &Value| v.as_u64().map(|b| ByteSize(b).to_string()).unwrap_or_default();
+    let size = |b: u64| ByteSize(b).to_string();
     println!(
         "vCPUs:       {} committed on {} CPUs (over-commit {})",
-        r["committed_vcpus"], r["cpus"], r["policy"]["cpu_overcommit"]
+        r.committed_vcpus,
+        r.cpus,
+        // As JSON writes it (4.0, not 4).
+        Value::from(r.policy.cpu_overcommit)
     );
     println!(
         "memory:      {} committed of {} ({} available)",
-        size(&r["committed_memory"]),
-        size(&r["memory_bytes"]),
-        size(&r["memory_available_bytes"])
+        size(r.committed_memory),
+        size(r.memory_bytes),
+        size(r.memory_available_bytes)
     );
-    for n in r["numa_nodes"].as_array().into_iter().flatten() {
-        println!(
-            "numa node {}: CPUs {}, {} free of {}",
-            n["id"],
-            n["cpus"].as_str().unwrap_or(""),
-            size(&n["memory_free"]),
-            size(&n["memory_total"])
-        );
+    for n in &r.numa_nodes {
+        println!("numa node {}: CPUs {}, {} free of {}", n.id, n.cpus, size(n.memory_free), size(n.memory_total));
     }
     println!(
         "KSM:         {} ({} pages sharing, {} saved)",
-        if r["ksm"]["run"] == true { "on" } else { "off" },
-        r["ksm"]["pages_sharing"],
-        size(&r["ksm"]["saved_bytes"])
+        if r.ksm.run { "on" } else { "off" },
+        r.ksm.pages_sharing,
+        size(r.ksm.saved_bytes)
     );
-    println!("huge pages:  {} free of {}", r["hugepages_free"], r["hugepages_total"]);
+    println!("huge pages:  {} free of {}", r.hugepages_free, r.hugepages_total);
     Ok(())
 }
 

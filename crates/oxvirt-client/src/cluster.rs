@@ -1,11 +1,9 @@
 //! The cluster (etcd store): its hosts, maintenance, leaving, the placement and rebalancing
-//! policy, and rebalancing. Hosts and plans come back as JSON: their views are the
-//! controller's types, not the model's.
+//! policy, and rebalancing.
 
 use crate::{encode, Client, ClientError};
 use hyper::Method;
-use oxvirt_model::{ClusterPolicy, Maintenance, Task};
-use serde_json::Value;
+use oxvirt_model::{ClusterPolicy, HostView, Maintenance, RebalanceView, Task};
 
 fn host_path(host: &str) -> String {
     format!("/api/v1/cluster/hosts/{}", encode(host))
@@ -13,7 +11,7 @@ fn host_path(host: &str) -> String {
 
 impl Client {
     /// The cluster's hosts: online or not, the leader, their VMs.
-    pub async fn cluster_hosts(&self) -> Result<Vec<Value>, ClientError> {
+    pub async fn cluster_hosts(&self) -> Result<Vec<HostView>, ClientError> {
         self.get("/api/v1/cluster/hosts").await
     }
 
@@ -36,12 +34,12 @@ impl Client {
     }
 
     /// The rebalancing plan now.
-    pub async fn rebalance_plan(&self) -> Result<Value, ClientError> {
+    pub async fn rebalance_plan(&self) -> Result<RebalanceView, ClientError> {
         self.get("/api/v1/cluster/rebalance").await
     }
 
     /// Rebalances now: the plan's first migrations start (the plan and what started).
-    pub async fn rebalance(&self) -> Result<Value, ClientError> {
+    pub async fn rebalance(&self) -> Result<RebalanceView, ClientError> {
         self.call(Method::POST, "/api/v1/cluster/rebalance", None).await
     }
 }

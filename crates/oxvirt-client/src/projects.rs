@@ -1,17 +1,15 @@
-//! Projects (tenants) and their quotas. A project comes back as JSON: its view (the project
-//! with what its VMs hold) is the controller's type, not the model's.
+//! Projects (tenants) and their quotas; a project comes back with what its VMs hold.
 
 use crate::{encode, Client, ClientError};
 use hyper::Method;
-use oxvirt_model::ProjectSpec;
-use serde_json::Value;
+use oxvirt_model::{ProjectSpec, ProjectView};
 
 impl Client {
-    pub async fn create_project(&self, spec: &ProjectSpec) -> Result<Value, ClientError> {
+    pub async fn create_project(&self, spec: &ProjectSpec) -> Result<ProjectView, ClientError> {
         self.call_with(Method::POST, "/api/v1/projects", spec).await
     }
 
-    pub async fn list_projects(&self) -> Result<Vec<Value>, ClientError> {
+    pub async fn list_projects(&self) -> Result<Vec<ProjectView>, ClientError> {
         self.get("/api/v1/projects").await
     }
 

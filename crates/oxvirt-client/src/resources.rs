@@ -3,8 +3,7 @@
 use crate::vms::vm_path;
 use crate::{Client, ClientError};
 use hyper::Method;
-use oxvirt_model::{BalloonTarget, ByteSize, HostPolicy, Resources, Vm};
-use serde_json::Value;
+use oxvirt_model::{BalloonTarget, BalloonView, ByteSize, HostPolicy, HostResources, Resources, Vm};
 
 impl Client {
     /// Replaces a VM's resources (CPU weight, cap, pinning, memory limit...), live where it can be.
@@ -12,14 +11,13 @@ impl Client {
         self.call_with(Method::PUT, &format!("{}/resources", vm_path(name)), resources).await
     }
 
-    /// A running VM's balloon: memory now and the guest's figures (JSON: the view is the
-    /// controller's type, not the model's).
-    pub async fn vm_balloon(&self, name: &str) -> Result<Value, ClientError> {
+    /// A running VM's balloon: memory now and the guest's figures.
+    pub async fn vm_balloon(&self, name: &str) -> Result<BalloonView, ClientError> {
         self.get(&format!("{}/balloon", vm_path(name))).await
     }
 
     /// Sets a running VM's balloon target; the balloon as [`Client::vm_balloon`] shows it.
-    pub async fn set_vm_balloon(&self, name: &str, target: ByteSize) -> Result<Value, ClientError> {
+    pub async fn set_vm_balloon(&self, name: &str, target: ByteSize) -> Result<BalloonView, ClientError> {
         self.call_with(Method::PUT, &format!("{}/balloon", vm_path(name)), &BalloonTarget { target }).await
     }
 
@@ -31,9 +29,8 @@ impl Client {
         self.call_with(Method::PUT, "/api/v1/host/policy", policy).await
     }
 
-    /// Committed vCPUs and memory, NUMA nodes, KSM, huge pages (JSON: the view is the
-    /// controller's type, not the model's).
-    pub async fn host_resources(&self) -> Result<Value, ClientError> {
+    /// Committed vCPUs and memory, NUMA nodes, KSM, huge pages.
+    pub async fn host_resources(&self) -> Result<HostResources, ClientError> {
         self.get("/api/v1/host/resources").await
     }
 }

@@ -23,6 +23,7 @@ mod storage;
 mod storage_requests;
 mod task;
 mod token;
+mod views;
 mod vm;
 mod vm_requests;
 
@@ -56,6 +57,10 @@ pub use storage::{
 pub use storage_requests::{CloneRequest, ExportRequest, ImportRequest, NewSnapshot, VolumeResize};
 pub use task::{Task, TaskState};
 pub use token::{ApiToken, NewToken};
+pub use views::{
+    BalloonView, HostResources, HostSample, HostView, KsmView, NumaNodeView, PlannedMove, ProjectView, RebalanceView,
+    VmSample,
+};
 pub use vm::{
     validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,
     KernelBoot, MachineType, MemoryEncryption, NbdSource, NicMode, NicQos, NicSpec, PassedFd, RestartPolicy, Vm,

@@ -16,7 +16,7 @@ pub struct Placed {
 }
 
 /// One migration of a plan.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Move {
     pub vm: String,
     pub from: String,

@@ -5,17 +5,11 @@ use crate::{now_millis, ControlError};
 use oxvirt_model::{parse_volume_ref, Project, ProjectSpec, Usage, ValidationError, Vm, VmSpec, Volume};
 use oxvirt_store::{Expect, StoreExt};
 
+pub use oxvirt_model::ProjectView;
+
 crate::service! {
     /// Projects and their quotas.
     Projects, projects
-}
-
-/// A project as the API shows it: with what its VMs hold.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct ProjectView {
-    #[serde(flatten)]
-    pub project: Project,
-    pub usage: Usage,
 }
 
 impl Projects {

@@ -9,7 +9,7 @@ use oxvirt_model::Vm;
 use oxvirt_store::{ClusterSession, Expect, StoreExt};
 use std::sync::Arc;
 
-pub use oxvirt_model::HostRecord;
+pub use oxvirt_model::{HostRecord, HostView};
 
 crate::service! {
     /// Cluster identity: membership, host records, maintenance, placement and rebalancing.
@@ -23,17 +23,6 @@ pub(crate) struct State {
     pub membership: std::sync::Mutex<Option<std::sync::Arc<Membership>>>,
     /// When the leader last rebalanced.
     pub last_rebalance: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-/// A host as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct HostView {
-    #[serde(flatten)]
-    pub host: HostRecord,
-    /// Its daemon holds its lease now.
-    pub online: bool,
-    pub leader: bool,
-    pub vms: usize,
 }
 
 /// This daemon's membership.

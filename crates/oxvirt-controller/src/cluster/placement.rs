@@ -4,24 +4,13 @@
 //! when the policy says `auto`.
 
 use crate::ControlError;
+pub use oxvirt_model::RebalanceView;
 use oxvirt_model::{ClusterPolicy, Migration, MigrationState, PlacementStrategy, RebalanceMode, Vm, VmSpec};
-use oxvirt_scheduler::{Cluster, Host, Move, Placed, Policy, Request, Strategy};
+use oxvirt_scheduler::{Cluster, Host, Placed, Policy, Request, Strategy};
 use oxvirt_store::{Expect, Op, StoreExt};
 
 /// Counts placements; each one's transaction expects the count it read (see `create_vm`).
 pub(crate) const PLACEMENT_COUNTER: &str = "cluster/placements";
-
-/// A rebalancing plan and what was done with it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct RebalanceView {
-    pub policy: ClusterPolicy,
-    /// The migrations the plan holds, first to last.
-    pub moves: Vec<Move>,
-    /// Those asked for now (each VM's host starts its migration).
-    pub started: Vec<String>,
-    /// Migrations running in the cluster before this.
-    pub running: usize,
-}
 
 /// What a VM needs of a host, for the scheduler.
 fn request_of(spec: &VmSpec) -> Request {
@@ -180,6 +169,10 @@ impl crate::Hosts {
                 }
             }
         }
+        let moves = moves
+            .into_iter()
+            .map(|m| oxvirt_model::PlannedMove { vm: m.vm, from: m.from, to: m.to, reason: m.reason })
+            .collect();
         Ok(RebalanceView { policy, moves, started, running: running.len() })
     }
 

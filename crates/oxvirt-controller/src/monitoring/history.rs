@@ -2,7 +2,6 @@
 //! `oxvirt vm top`, `oxvirt host top` and the web console.
 
 use crate::{lock, now_millis};
-use oxvirt_model::Millis;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -10,30 +9,7 @@ use std::time::{Duration, Instant};
 pub const KEEP: usize = 720;
 pub const STEP: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct VmSample {
-    pub time: Millis,
-    pub state: oxvirt_model::VmState,
-    /// CPU use as a share of one host CPU (1.0 = one CPU busy).
-    pub cpu: f64,
-    pub rss_bytes: u64,
-    pub disk_read_bps: f64,
-    pub disk_write_bps: f64,
-    /// CPU ready: seconds per second the vCPUs waited runnable but not running (the seed's key
-    /// figure of CPU contention; 0.5 = half a vCPU's worth of waiting).
-    #[serde(default)]
-    pub cpu_ready: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct HostSample {
-    pub time: Millis,
-    /// CPU use of the whole host, 0..1.
-    pub cpu: f64,
-    pub memory_used_bytes: u64,
-    pub memory_total_bytes: u64,
-    pub vms_running: usize,
-}
+pub use oxvirt_model::{HostSample, VmSample};
 
 #[derive(Default)]
 pub(crate) struct History {

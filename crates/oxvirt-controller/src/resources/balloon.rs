@@ -4,22 +4,8 @@
 
 use crate::host::meminfo;
 use crate::{lock, ControlError};
+pub use oxvirt_model::BalloonView;
 use oxvirt_model::{ByteSize, Vm, VmState, MIB};
-
-/// The balloon as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct BalloonView {
-    /// Memory the guest has now.
-    pub actual: u64,
-    /// Memory it was configured with.
-    pub memory: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_free: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_total: Option<u64>,
-    /// Set by automatic ballooning (host memory pressure).
-    pub auto: bool,
-}
 
 impl crate::ResourceControl {
     pub async fn balloon(&self, name: &str) -> Result<BalloonView, ControlError> {

@@ -4,17 +4,9 @@
 use crate::host::read_u64;
 use crate::ControlError;
 use oxvirt_model::KsmPolicy;
+pub use oxvirt_model::KsmView;
 
 const KSM: &str = "/sys/kernel/mm/ksm";
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct KsmView {
-    pub run: bool,
-    pub pages_shared: u64,
-    pub pages_sharing: u64,
-    /// Memory KSM saves: pages mapped from a shared page instead of their own.
-    pub saved_bytes: u64,
-}
 
 pub fn ksm_view() -> KsmView {
     let page = 4096;

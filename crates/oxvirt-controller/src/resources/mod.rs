@@ -19,6 +19,7 @@ use oxvirt_model::{
     format_cpulist, parse_cpulist, ByteSize, GuestNode, HostPolicy, NumaMode, Placement, Resources, Vm, VmSpec,
     HUGEPAGE,
 };
+pub use oxvirt_model::{HostResources, NumaNodeView};
 use oxvirt_store::{Expect, StoreExt};
 use std::sync::Arc;
 
@@ -35,31 +36,6 @@ pub(crate) struct State {
 }
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-
-/// The host's resources as the API shows them.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct HostResources {
-    pub policy: HostPolicy,
-    pub cpus: u32,
-    pub memory_bytes: u64,
-    pub memory_available_bytes: u64,
-    /// vCPUs and memory of the VMs that run.
-    pub committed_vcpus: u32,
-    pub committed_memory: u64,
-    pub numa_nodes: Vec<NumaNodeView>,
-    pub ksm: KsmView,
-    pub hugepages_total: u64,
-    pub hugepages_free: u64,
-    pub hugepage_size: u64,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct NumaNodeView {
-    pub id: u32,
-    pub cpus: String,
-    pub memory_total: u64,
-    pub memory_free: u64,
-}
 
 impl ResourceControl {
     fn topology(&self) -> Topology {
