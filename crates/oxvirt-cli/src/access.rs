@@ -66,10 +66,10 @@ pub async fn project(client: &Client, out: Output, cmd: ProjectCmd) -> Result<()
                 memory: memory.map(|m| size("--memory", &m)).transpose()?,
                 storage: storage.map(|s| size("--storage", &s)).transpose()?,
             };
-            print_json(&client.create_project(&ProjectSpec { name, quotas }).await?);
+            print_json(&client.projects().create_project(&ProjectSpec { name, quotas }).await?);
         }
         ProjectCmd::List => {
-            let ps = client.list_projects().await?;
+            let ps = client.projects().list_projects().await?;
             if out == Output::Json {
                 print_json(&ps);
             } else {
@@ -93,7 +93,7 @@ pub async fn project(client: &Client, out: Output, cmd: ProjectCmd) -> Result<()
             }
         }
         ProjectCmd::Delete { name } => {
-            client.delete_project(&name).await?;
+            client.projects().delete_project(&name).await?;
             println!("project {name} deleted");
         }
     }
@@ -141,7 +141,7 @@ pub struct ClusterPolicyArgs {
 pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<(), ClientError> {
     match cmd {
         ClusterCmd::Hosts => {
-            let hosts = client.cluster_hosts().await?;
+            let hosts = client.cluster().cluster_hosts().await?;
             if out == Output::Json {
                 print_json(&hosts);
             } else {
@@ -169,14 +169,14 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
             }
         }
         ClusterCmd::Drain { host } => {
-            let tasks = client.set_maintenance(&host, true).await?;
+            let tasks = client.cluster().set_maintenance(&host, true).await?;
             for t in &tasks {
                 crate::follow_task(client, t, std::time::Duration::from_secs(3600), out).await?;
             }
             println!("host {host} is in maintenance; {} VM(s) moved away", tasks.len());
         }
         ClusterCmd::Undrain { host } => {
-            client.set_maintenance(&host, false).await?;
+            client.cluster().set_maintenance(&host, false).await?;
             println!("host {host} takes VMs again");
         }
         ClusterCmd::Policy(a) => {
@@ -187,7 +187,7 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                 || a.max_migrations.is_some()
                 || a.threshold.is_some()
                 || a.interval.is_some();
-            let mut p = client.cluster_policy().await?;
+            let mut p = client.cluster().cluster_policy().await?;
             if changed {
                 let new = ClusterPolicy {
                     strategy: strategy.unwrap_or(p.strategy),
@@ -196,12 +196,12 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                     threshold_percent: a.threshold.unwrap_or(p.threshold_percent),
                     interval_secs: a.interval.unwrap_or(p.interval_secs),
                 };
-                p = client.set_cluster_policy(&new).await?;
+                p = client.cluster().set_cluster_policy(&new).await?;
             }
             print_cluster_policy(&p, out)?;
         }
         ClusterCmd::Rebalance { apply } => {
-            let v = if apply { client.rebalance().await? } else { client.rebalance_plan().await? };
+            let v = if apply { client.cluster().rebalance().await? } else { client.cluster().rebalance_plan().await? };
             if out == Output::Json {
                 print_json(&v);
             } else {
@@ -226,7 +226,7 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
             }
         }
         ClusterCmd::Leave { host } => {
-            client.leave_cluster(&host).await?;
+            client.cluster().leave_cluster(&host).await?;
             println!("host {host} left the cluster");
         }
     }
@@ -291,11 +291,11 @@ pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> Result<(), Clie
     match cmd {
         UserCmd::Create { name } => {
             let password = read_password()?;
-            let u = client.create_user(&UserSpec { name, password }).await?;
+            let u = client.access().create_user(&UserSpec { name, password }).await?;
             println!("user {} created", u.name);
         }
         UserCmd::List => {
-            let users = client.list_users().await?;
+            let users = client.access().list_users().await?;
             if out == Output::Json {
                 print_json(&users);
             } else {
@@ -306,7 +306,7 @@ pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> Result<(), Clie
             }
         }
         UserCmd::Delete { name } => {
-            client.delete_user(&name).await?;
+            client.access().delete_user(&name).await?;
             println!("user {name} deleted");
         }
     }
@@ -316,16 +316,16 @@ pub async fn user(client: &Client, out: Output, cmd: UserCmd) -> Result<(), Clie
 pub async fn token(client: &Client, out: Output, cmd: TokenCmd) -> Result<(), ClientError> {
     match cmd {
         TokenCmd::Create { name, expires_in, user } => {
-            let t = client.create_token(&NewTokenRequest { name, expires_in_secs: expires_in, user }).await?;
+            let t = client.access().create_token(&NewTokenRequest { name, expires_in_secs: expires_in, user }).await?;
             if out == Output::Json {
                 print_json(&t);
             } else {
                 println!("token {} for {}: {}", t.token.id, t.token.user, t.secret);
             }
         }
-        TokenCmd::List => print_tokens(&client.list_tokens().await?, out),
+        TokenCmd::List => print_tokens(&client.access().list_tokens().await?, out),
         TokenCmd::Revoke { id } => {
-            client.revoke_token(&id).await?;
+            client.access().revoke_token(&id).await?;
             println!("token {id} revoked");
         }
     }
@@ -334,18 +334,18 @@ pub async fn token(client: &Client, out: Output, cmd: TokenCmd) -> Result<(), Cl
 
 pub async fn acl(client: &Client, out: Output, cmd: AclCmd) -> Result<(), ClientError> {
     let acl = match cmd {
-        AclCmd::Show => client.acl().await?,
+        AclCmd::Show => client.access().acl().await?,
         AclCmd::Grant { path, user, role } => {
             let grant = AclEntry { path, user, role: word("role", &role)? };
-            let mut acl = client.acl().await?;
+            let mut acl = client.access().acl().await?;
             acl.retain(|e| !(e.path == grant.path && e.user == grant.user));
             acl.push(grant);
-            client.set_acl(&acl).await?
+            client.access().set_acl(&acl).await?
         }
         AclCmd::Revoke { path, user } => {
-            let mut acl = client.acl().await?;
+            let mut acl = client.access().acl().await?;
             acl.retain(|e| !(e.path == path && e.user == user));
-            client.set_acl(&acl).await?
+            client.access().set_acl(&acl).await?
         }
     };
     if out == Output::Json {
@@ -361,13 +361,13 @@ pub async fn acl(client: &Client, out: Output, cmd: AclCmd) -> Result<(), Client
 /// Logs in over HTTPS (no token needed) and prints a token valid for 8 hours.
 pub async fn login(client: &Client, user: &str) -> Result<(), ClientError> {
     let password = read_password()?;
-    let t = client.login(&LoginRequest { user: user.to_string(), password }).await?;
+    let t = client.access().login(&LoginRequest { user: user.to_string(), password }).await?;
     println!("{}", t.secret);
     Ok(())
 }
 
 pub async fn audit(client: &Client, out: Output, limit: usize) -> Result<(), ClientError> {
-    let recs = client.audit(limit).await?;
+    let recs = client.access().audit(limit).await?;
     if out == Output::Json {
         print_json(&recs);
         return Ok(());

@@ -234,15 +234,15 @@ fn network_spec(a: NetworkCreate) -> Result<NetworkSpec, ClientError> {
 
 pub async fn network(client: &Client, out: Output, cmd: NetworkCmd) -> Result<(), ClientError> {
     match cmd {
-        NetworkCmd::Create(a) => print_networks(&[client.create_network(&network_spec(*a)?).await?], out),
-        NetworkCmd::List => print_networks(&client.list_networks().await?, out),
-        NetworkCmd::Show { name } => print_networks(&[client.get_network(&name).await?], out),
+        NetworkCmd::Create(a) => print_networks(&[client.networks().create_network(&network_spec(*a)?).await?], out),
+        NetworkCmd::List => print_networks(&client.networks().list_networks().await?, out),
+        NetworkCmd::Show { name } => print_networks(&[client.networks().get_network(&name).await?], out),
         NetworkCmd::Delete { name } => {
-            client.delete_network(&name).await?;
+            client.networks().delete_network(&name).await?;
             println!("network {name} deleted");
         }
         NetworkCmd::Leases { name } => {
-            let leases = client.network_leases(&name).await?;
+            let leases = client.networks().network_leases(&name).await?;
             if out == Output::Json {
                 print_json(&leases);
                 return Ok(());
@@ -284,22 +284,22 @@ pub async fn security_group(client: &Client, out: Output, cmd: SecurityGroupCmd)
     match cmd {
         SecurityGroupCmd::Create { name, description } => {
             let spec = SecurityGroupSpec { name, description, rules: vec![] };
-            print_groups(&[client.create_security_group(&spec).await?], out);
+            print_groups(&[client.networks().create_security_group(&spec).await?], out);
         }
-        SecurityGroupCmd::List => print_groups(&client.list_security_groups().await?, out),
-        SecurityGroupCmd::Show { name } => print_groups(&[client.get_security_group(&name).await?], out),
+        SecurityGroupCmd::List => print_groups(&client.networks().list_security_groups().await?, out),
+        SecurityGroupCmd::Show { name } => print_groups(&[client.networks().get_security_group(&name).await?], out),
         SecurityGroupCmd::Delete { name } => {
-            client.delete_security_group(&name).await?;
+            client.networks().delete_security_group(&name).await?;
             println!("security group {name} deleted");
         }
         SecurityGroupCmd::RuleAdd { group, direction, protocol, ports, cidr } => {
             let rule = rule(&direction, &protocol, ports, cidr)?;
-            let mut g = client.get_security_group(&group).await?;
+            let mut g = client.networks().get_security_group(&group).await?;
             g.spec.rules.push(rule);
-            print_groups(&[client.replace_security_group(&group, &g.spec).await?], out);
+            print_groups(&[client.networks().replace_security_group(&group, &g.spec).await?], out);
         }
         SecurityGroupCmd::RuleDel { group, index } => {
-            let mut g = client.get_security_group(&group).await?;
+            let mut g = client.networks().get_security_group(&group).await?;
             if index >= g.spec.rules.len() {
                 return Err(ClientError::Usage(format!(
                     "index {index}: group {group} has {} rule(s)",
@@ -307,7 +307,7 @@ pub async fn security_group(client: &Client, out: Output, cmd: SecurityGroupCmd)
                 )));
             }
             g.spec.rules.remove(index);
-            print_groups(&[client.replace_security_group(&group, &g.spec).await?], out);
+            print_groups(&[client.networks().replace_security_group(&group, &g.spec).await?], out);
         }
     }
     Ok(())
@@ -326,16 +326,16 @@ pub async fn nic(client: &Client, cmd: NicCmd) -> Result<Vm, ClientError> {
                 ..NicSpec::user()
             };
             nic.normalize(); // network or bridged, as the daemon reads it
-            client.attach_nic(&vm, &nic).await
+            client.networks().attach_nic(&vm, &nic).await
         }
         NicCmd::Set { vm, nic, security_groups, ingress, egress } => {
             let update = NicUpdate {
                 security_groups: security_groups.map(|g| g.into_iter().filter(|s| !s.is_empty()).collect()),
                 qos: nic_qos(ingress.as_deref(), egress.as_deref())?,
             };
-            client.update_nic(&vm, &nic, &update).await
+            client.networks().update_nic(&vm, &nic, &update).await
         }
-        NicCmd::Del { vm, nic } => client.detach_nic(&vm, &nic).await,
+        NicCmd::Del { vm, nic } => client.networks().detach_nic(&vm, &nic).await,
     }
 }
 

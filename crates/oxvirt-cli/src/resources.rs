@@ -100,13 +100,13 @@ pub async fn resources(client: &Client, a: ResourcesArgs) -> Result<Vm, ClientEr
     if let Some(k) = a.ksm {
         r.ksm = k;
     }
-    client.set_vm_resources(&a.name, &r).await
+    client.resources().set_vm_resources(&a.name, &r).await
 }
 
 pub async fn balloon(client: &Client, out: Output, name: &str, target: Option<String>) -> Result<(), ClientError> {
     let b = match target {
-        Some(t) => client.set_vm_balloon(name, size("target", &t)?).await?,
-        None => client.vm_balloon(name).await?,
+        Some(t) => client.resources().set_vm_balloon(name, size("target", &t)?).await?,
+        None => client.resources().vm_balloon(name).await?,
     };
     if out == Output::Json {
         print_json(&b);
@@ -129,7 +129,7 @@ pub async fn policy(client: &Client, a: PolicyArgs) -> Result<(), ClientError> {
         || a.memory_target_use.is_some()
         || ksm.is_some()
         || a.ksm_across_projects.is_some();
-    let mut p = client.host_policy().await?;
+    let mut p = client.resources().host_policy().await?;
     if let Some(x) = a.cpu_overcommit {
         p.cpu_overcommit = x;
     }
@@ -149,14 +149,14 @@ pub async fn policy(client: &Client, a: PolicyArgs) -> Result<(), ClientError> {
         p.ksm_across_projects = x;
     }
     if changed {
-        p = client.set_host_policy(&p).await?;
+        p = client.resources().set_host_policy(&p).await?;
     }
     print_json(&p);
     Ok(())
 }
 
 pub async fn host_resources(client: &Client, out: Output) -> Result<(), ClientError> {
-    let r = client.host_resources().await?;
+    let r = client.resources().host_resources().await?;
     if out == Output::Json {
         print_json(&r);
         return Ok(());

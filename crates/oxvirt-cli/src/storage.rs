@@ -164,12 +164,12 @@ pub async fn pool(client: &Client, out: Output, cmd: PoolCmd) -> Result<(), Clie
                 paths,
                 host_paths: per_host,
             };
-            print_pools(&[client.create_pool(&spec).await?], out);
+            print_pools(&[client.storage().create_pool(&spec).await?], out);
         }
-        PoolCmd::List => print_pools(&client.list_pools().await?, out),
-        PoolCmd::Show { name } => print_pools(&[client.get_pool(&name).await?], out),
+        PoolCmd::List => print_pools(&client.storage().list_pools().await?, out),
+        PoolCmd::Show { name } => print_pools(&[client.storage().get_pool(&name).await?], out),
         PoolCmd::Delete { name } => {
-            client.delete_pool(&name).await?;
+            client.storage().delete_pool(&name).await?;
             println!("pool {name} deleted");
         }
     }
@@ -182,30 +182,30 @@ pub async fn volume(client: &Client, out: Output, cmd: VolumeCmd) -> Result<(), 
         VolumeCmd::Create { volume, size: s, format } => {
             let (p, n) = split(&volume)?;
             let spec = VolumeSpec { name: n, size: Some(size("--size", &s)?), format: word("--format", &format)? };
-            print_volumes(&[client.create_volume(&p, &spec).await?], out);
+            print_volumes(&[client.storage().create_volume(&p, &spec).await?], out);
         }
-        VolumeCmd::List { pool } => print_volumes(&client.list_volumes(&pool).await?, out),
+        VolumeCmd::List { pool } => print_volumes(&client.storage().list_volumes(&pool).await?, out),
         VolumeCmd::Show { volume } => {
             let (p, n) = split(&volume)?;
-            print_volumes(&[client.get_volume(&p, &n).await?], out);
+            print_volumes(&[client.storage().get_volume(&p, &n).await?], out);
         }
         VolumeCmd::Delete { volume } => {
             let (p, n) = split(&volume)?;
-            client.delete_volume(&p, &n).await?;
+            client.storage().delete_volume(&p, &n).await?;
             println!("volume {volume} deleted");
         }
         VolumeCmd::Resize { volume, size: s } => {
             let (p, n) = split(&volume)?;
-            print_volumes(&[client.resize_volume(&p, &n, size("--size", &s)?).await?], out);
+            print_volumes(&[client.storage().resize_volume(&p, &n, size("--size", &s)?).await?], out);
         }
         VolumeCmd::Clone { volume, new_name, pool, full } => {
             let (p, n) = split(&volume)?;
             let req = CloneRequest { name: new_name.clone(), pool: pool.clone(), linked: !full };
-            match client.clone_volume(&p, &n, &req).await? {
+            match client.storage().clone_volume(&p, &n, &req).await? {
                 Cloned::Volume(v) => print_volumes(&[v], out),
                 Cloned::Copying(t) => {
                     crate::follow_task(client, &t, A_DAY, out).await?;
-                    print_volumes(&[client.get_volume(pool.as_deref().unwrap_or(&p), &new_name).await?], out);
+                    print_volumes(&[client.storage().get_volume(pool.as_deref().unwrap_or(&p), &new_name).await?], out);
                 }
             }
         }
@@ -217,14 +217,14 @@ pub async fn volume(client: &Client, out: Output, cmd: VolumeCmd) -> Result<(), 
                 source_format,
                 format: word("--format", &format)?,
             };
-            let t = client.import_volume(&p, &req).await?;
+            let t = client.storage().import_volume(&p, &req).await?;
             crate::follow_task(client, &t, A_DAY, out).await?;
-            print_volumes(&[client.get_volume(&p, &n).await?], out);
+            print_volumes(&[client.storage().get_volume(&p, &n).await?], out);
         }
         VolumeCmd::Export { volume, to, format } => {
             let (p, n) = split(&volume)?;
             let req = ExportRequest { destination: abs(&to)?, format: word("--format", &format)? };
-            let t = client.export_volume(&p, &n, &req).await?;
+            let t = client.storage().export_volume(&p, &n, &req).await?;
             let t = crate::follow_task(client, &t, A_DAY, out).await?;
             if out == Output::Json {
                 print_json(&t);

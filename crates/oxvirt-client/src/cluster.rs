@@ -9,37 +9,50 @@ fn host_path(host: &str) -> String {
     format!("/api/v1/cluster/hosts/{}", encode(host))
 }
 
+/// The cluster: hosts, maintenance, leaving, the placement policy, rebalancing: `client.cluster()`.
+#[derive(Clone, Copy)]
+pub struct Cluster<'a> {
+    client: &'a Client,
+}
+
 impl Client {
+    /// The cluster: hosts, maintenance, leaving, the placement policy, rebalancing.
+    pub fn cluster(&self) -> Cluster<'_> {
+        Cluster { client: self }
+    }
+}
+
+impl Cluster<'_> {
     /// The cluster's hosts: online or not, the leader, their VMs.
     pub async fn cluster_hosts(&self) -> Result<Vec<HostView>, ClientError> {
-        self.get("/api/v1/cluster/hosts").await
+        self.client.get("/api/v1/cluster/hosts").await
     }
 
     /// Takes a host out of the cluster (refused while it has VMs).
     pub async fn leave_cluster(&self, host: &str) -> Result<(), ClientError> {
-        self.delete(&host_path(host)).await
+        self.client.delete(&host_path(host)).await
     }
 
     /// Puts a host in maintenance (`on`: its running VMs migrate away, the tasks) or out of it.
     pub async fn set_maintenance(&self, host: &str, on: bool) -> Result<Vec<Task>, ClientError> {
-        self.call_with(Method::PUT, &format!("{}/maintenance", host_path(host)), &Maintenance { on }).await
+        self.client.call_with(Method::PUT, &format!("{}/maintenance", host_path(host)), &Maintenance { on }).await
     }
 
     pub async fn cluster_policy(&self) -> Result<ClusterPolicy, ClientError> {
-        self.get("/api/v1/cluster/policy").await
+        self.client.get("/api/v1/cluster/policy").await
     }
 
     pub async fn set_cluster_policy(&self, policy: &ClusterPolicy) -> Result<ClusterPolicy, ClientError> {
-        self.call_with(Method::PUT, "/api/v1/cluster/policy", policy).await
+        self.client.call_with(Method::PUT, "/api/v1/cluster/policy", policy).await
     }
 
     /// The rebalancing plan now.
     pub async fn rebalance_plan(&self) -> Result<RebalanceView, ClientError> {
-        self.get("/api/v1/cluster/rebalance").await
+        self.client.get("/api/v1/cluster/rebalance").await
     }
 
     /// Rebalances now: the plan's first migrations start (the plan and what started).
     pub async fn rebalance(&self) -> Result<RebalanceView, ClientError> {
-        self.call(Method::POST, "/api/v1/cluster/rebalance", None).await
+        self.client.call(Method::POST, "/api/v1/cluster/rebalance", None).await
     }
 }

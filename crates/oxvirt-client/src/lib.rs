@@ -24,7 +24,12 @@ mod storage;
 mod tasks;
 mod transport;
 mod vms;
-pub use storage::Cloned;
+pub use access::Access;
+pub use cluster::Cluster;
+pub use network::Networks;
+pub use projects::Projects;
+pub use resources::ResourceControl;
+pub use storage::{Cloned, Storage};
 pub use transport::{normalize_fingerprint, Io, Transport};
 pub use vms::{Console, Created};
 

@@ -17,38 +17,51 @@ fn nic_path(vm: &str, nic: &str) -> String {
     format!("{}/nics/{}", vm_path(vm), encode(nic))
 }
 
+/// Networks, their leases, security groups and VMs' NICs: `client.networks()`.
+#[derive(Clone, Copy)]
+pub struct Networks<'a> {
+    client: &'a Client,
+}
+
 impl Client {
+    /// Networks, their leases, security groups and VMs' NICs.
+    pub fn networks(&self) -> Networks<'_> {
+        Networks { client: self }
+    }
+}
+
+impl Networks<'_> {
     pub async fn create_network(&self, spec: &NetworkSpec) -> Result<NetworkView, ClientError> {
-        self.call_with(Method::POST, "/api/v1/networks", spec).await
+        self.client.call_with(Method::POST, "/api/v1/networks", spec).await
     }
 
     pub async fn list_networks(&self) -> Result<Vec<NetworkView>, ClientError> {
-        self.get("/api/v1/networks").await
+        self.client.get("/api/v1/networks").await
     }
 
     pub async fn get_network(&self, name: &str) -> Result<NetworkView, ClientError> {
-        self.get(&network_path(name)).await
+        self.client.get(&network_path(name)).await
     }
 
     pub async fn delete_network(&self, name: &str) -> Result<(), ClientError> {
-        self.delete(&network_path(name)).await
+        self.client.delete(&network_path(name)).await
     }
 
     /// Addresses given to NICs on the network, and whether the guests took them.
     pub async fn network_leases(&self, name: &str) -> Result<Vec<LeaseView>, ClientError> {
-        self.get(&format!("{}/leases", network_path(name))).await
+        self.client.get(&format!("{}/leases", network_path(name))).await
     }
 
     pub async fn create_security_group(&self, spec: &SecurityGroupSpec) -> Result<SecurityGroup, ClientError> {
-        self.call_with(Method::POST, "/api/v1/security-groups", spec).await
+        self.client.call_with(Method::POST, "/api/v1/security-groups", spec).await
     }
 
     pub async fn list_security_groups(&self) -> Result<Vec<SecurityGroup>, ClientError> {
-        self.get("/api/v1/security-groups").await
+        self.client.get("/api/v1/security-groups").await
     }
 
     pub async fn get_security_group(&self, name: &str) -> Result<SecurityGroup, ClientError> {
-        self.get(&group_path(name)).await
+        self.client.get(&group_path(name)).await
     }
 
     /// Replaces a group's description and rules (live on every NIC using it).
@@ -57,26 +70,26 @@ impl Client {
         name: &str,
         spec: &SecurityGroupSpec,
     ) -> Result<SecurityGroup, ClientError> {
-        self.call_with(Method::PUT, &group_path(name), spec).await
+        self.client.call_with(Method::PUT, &group_path(name), spec).await
     }
 
     pub async fn delete_security_group(&self, name: &str) -> Result<(), ClientError> {
-        self.delete(&group_path(name)).await
+        self.client.delete(&group_path(name)).await
     }
 
     /// Adds a NIC to a VM (hot-plugged when it runs).
     pub async fn attach_nic(&self, vm: &str, nic: &NicSpec) -> Result<Vm, ClientError> {
-        self.call_with(Method::POST, &format!("{}/nics", vm_path(vm)), nic).await
+        self.client.call_with(Method::POST, &format!("{}/nics", vm_path(vm)), nic).await
     }
 
     /// Changes a NIC's security groups or limits (live).
     pub async fn update_nic(&self, vm: &str, nic: &str, update: &NicUpdate) -> Result<Vm, ClientError> {
-        self.call_with(Method::PATCH, &nic_path(vm, nic), update).await
+        self.client.call_with(Method::PATCH, &nic_path(vm, nic), update).await
     }
 
     /// Removes a NIC (hot-unplugged from a running VM).
     pub async fn detach_nic(&self, vm: &str, nic: &str) -> Result<Vm, ClientError> {
-        self.delete_json(&nic_path(vm, nic)).await
+        self.client.delete_json(&nic_path(vm, nic)).await
     }
 }
 

@@ -4,16 +4,29 @@ use crate::{encode, Client, ClientError};
 use hyper::Method;
 use oxvirt_model::{ProjectSpec, ProjectView};
 
+/// Projects (tenants) and their quotas: `client.projects()`.
+#[derive(Clone, Copy)]
+pub struct Projects<'a> {
+    client: &'a Client,
+}
+
 impl Client {
+    /// Projects (tenants) and their quotas.
+    pub fn projects(&self) -> Projects<'_> {
+        Projects { client: self }
+    }
+}
+
+impl Projects<'_> {
     pub async fn create_project(&self, spec: &ProjectSpec) -> Result<ProjectView, ClientError> {
-        self.call_with(Method::POST, "/api/v1/projects", spec).await
+        self.client.call_with(Method::POST, "/api/v1/projects", spec).await
     }
 
     pub async fn list_projects(&self) -> Result<Vec<ProjectView>, ClientError> {
-        self.get("/api/v1/projects").await
+        self.client.get("/api/v1/projects").await
     }
 
     pub async fn delete_project(&self, name: &str) -> Result<(), ClientError> {
-        self.delete(&format!("/api/v1/projects/{}", encode(name))).await
+        self.client.delete(&format!("/api/v1/projects/{}", encode(name))).await
     }
 }

@@ -23,46 +23,59 @@ fn volume_path(pool: &str, name: &str) -> String {
     format!("{}/volumes/{}", pool_path(pool), encode(name))
 }
 
+/// Pools, volumes, clones, imports, exports and volume snapshots: `client.storage()`.
+#[derive(Clone, Copy)]
+pub struct Storage<'a> {
+    client: &'a Client,
+}
+
 impl Client {
+    /// Pools, volumes, clones, imports, exports and volume snapshots.
+    pub fn storage(&self) -> Storage<'_> {
+        Storage { client: self }
+    }
+}
+
+impl Storage<'_> {
     pub async fn create_pool(&self, spec: &PoolSpec) -> Result<PoolView, ClientError> {
-        self.call_with(Method::POST, "/api/v1/pools", spec).await
+        self.client.call_with(Method::POST, "/api/v1/pools", spec).await
     }
 
     pub async fn list_pools(&self) -> Result<Vec<PoolView>, ClientError> {
-        self.get("/api/v1/pools").await
+        self.client.get("/api/v1/pools").await
     }
 
     pub async fn get_pool(&self, pool: &str) -> Result<PoolView, ClientError> {
-        self.get(&pool_path(pool)).await
+        self.client.get(&pool_path(pool)).await
     }
 
     pub async fn delete_pool(&self, pool: &str) -> Result<(), ClientError> {
-        self.delete(&pool_path(pool)).await
+        self.client.delete(&pool_path(pool)).await
     }
 
     pub async fn create_volume(&self, pool: &str, spec: &VolumeSpec) -> Result<Volume, ClientError> {
-        self.call_with(Method::POST, &format!("{}/volumes", pool_path(pool)), spec).await
+        self.client.call_with(Method::POST, &format!("{}/volumes", pool_path(pool)), spec).await
     }
 
     pub async fn list_volumes(&self, pool: &str) -> Result<Vec<Volume>, ClientError> {
-        self.get(&format!("{}/volumes", pool_path(pool))).await
+        self.client.get(&format!("{}/volumes", pool_path(pool))).await
     }
 
     pub async fn get_volume(&self, pool: &str, name: &str) -> Result<Volume, ClientError> {
-        self.get(&volume_path(pool, name)).await
+        self.client.get(&volume_path(pool, name)).await
     }
 
     pub async fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ClientError> {
-        self.delete(&volume_path(pool, name)).await
+        self.client.delete(&volume_path(pool, name)).await
     }
 
     pub async fn resize_volume(&self, pool: &str, name: &str, size: ByteSize) -> Result<Volume, ClientError> {
-        self.call_with(Method::PATCH, &volume_path(pool, name), &VolumeResize { size }).await
+        self.client.call_with(Method::PATCH, &volume_path(pool, name), &VolumeResize { size }).await
     }
 
     pub async fn clone_volume(&self, pool: &str, name: &str, req: &CloneRequest) -> Result<Cloned, ClientError> {
         let v: serde_json::Value =
-            self.call_with(Method::POST, &format!("{}/clone", volume_path(pool, name)), req).await?;
+            self.client.call_with(Method::POST, &format!("{}/clone", volume_path(pool, name)), req).await?;
         // A task has a kind and a state; a volume has neither.
         let decode = |e: serde_json::Error| ClientError::Decode(format!("{e}: {v}"));
         if v.get("kind").is_some() && v.get("state").is_some() {
@@ -73,25 +86,25 @@ impl Client {
     }
 
     pub async fn import_volume(&self, pool: &str, req: &ImportRequest) -> Result<Task, ClientError> {
-        self.call_with(Method::POST, &format!("{}/import", pool_path(pool)), req).await
+        self.client.call_with(Method::POST, &format!("{}/import", pool_path(pool)), req).await
     }
 
     pub async fn export_volume(&self, pool: &str, name: &str, req: &ExportRequest) -> Result<Task, ClientError> {
-        self.call_with(Method::POST, &format!("{}/export", volume_path(pool, name)), req).await
+        self.client.call_with(Method::POST, &format!("{}/export", volume_path(pool, name)), req).await
     }
 
     pub async fn snapshot_volume(&self, pool: &str, name: &str, snapshot: &str) -> Result<Volume, ClientError> {
         let req = NewSnapshot { name: snapshot.to_string() };
-        self.call_with(Method::POST, &format!("{}/snapshots", volume_path(pool, name)), &req).await
+        self.client.call_with(Method::POST, &format!("{}/snapshots", volume_path(pool, name)), &req).await
     }
 
     pub async fn revert_volume(&self, pool: &str, name: &str, snapshot: &str) -> Result<Volume, ClientError> {
         let path = format!("{}/snapshots/{}/revert", volume_path(pool, name), encode(snapshot));
-        self.call(Method::POST, &path, None).await
+        self.client.call(Method::POST, &path, None).await
     }
 
     pub async fn delete_volume_snapshot(&self, pool: &str, name: &str, snapshot: &str) -> Result<Volume, ClientError> {
-        self.delete_json(&format!("{}/snapshots/{}", volume_path(pool, name), encode(snapshot))).await
+        self.client.delete_json(&format!("{}/snapshots/{}", volume_path(pool, name), encode(snapshot))).await
     }
 }
 
