@@ -341,7 +341,12 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Vm(VmCmd::Migrate { name, to, downtime_ms, bandwidth_mibs, auto_converge, postcopy }) => {
             let req = MigrateRequest { to, downtime_ms, bandwidth_mibs, auto_converge, postcopy };
             let t = client.migrate_vm_with(&name, &req).await?;
-            follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+            let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+            // How it went, phase by phase: where the time went is the user's to see.
+            match out {
+                Output::Json => print_task(&done, out),
+                Output::Table => println!("VM {name} {}", done.message),
+            }
         }
         Command::Vm(VmCmd::Resources(a)) => print_vm(&resources::resources(client, a).await?, out),
         Command::Vm(VmCmd::Balloon { name, target }) => resources::balloon(client, out, &name, target).await?,
@@ -439,7 +444,10 @@ pub(crate) async fn follow_task(
     while !t.state.is_final() && tokio::time::Instant::now() < deadline {
         bar.set_position(t.progress as u64);
         bar.set_message(t.message.clone());
-        let wait = client.wait_task(&t.id, Duration::from_millis(500)).await;
+        // The daemon answers as soon as the task ends, or after a second with how far it got
+        // (the bar moves on each second): no poll between, so the end is seen at once.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wait = client.wait_task(&t.id, left.min(Duration::from_secs(1))).await;
         t = match wait {
             Ok(t) => t,
             Err(e) => {
@@ -447,10 +455,6 @@ pub(crate) async fn follow_task(
                 return Err(e);
             }
         };
-        if !t.state.is_final() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            t = client.get_task(&t.id).await?;
-        }
     }
     bar.set_position(t.progress as u64);
     bar.finish_with_message(format!("{:?}", t.state).to_lowercase());

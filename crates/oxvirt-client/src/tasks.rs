@@ -26,9 +26,11 @@ impl Client {
     pub async fn wait_task(&self, id: &str, timeout: Duration) -> Result<Task, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs().min(60);
-            let t: Task = self.get(&format!("{}/wait?timeout={left}", task_path(id))).await?;
-            if t.state.is_final() || left == 0 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Whole seconds, rounded up: a wait shorter than a second is not an immediate answer.
+            let secs = left.as_millis().div_ceil(1000).min(60);
+            let t: Task = self.get(&format!("{}/wait?timeout={secs}", task_path(id))).await?;
+            if t.state.is_final() || tokio::time::Instant::now() >= deadline {
                 return Ok(t);
             }
         }

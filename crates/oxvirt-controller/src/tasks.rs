@@ -177,14 +177,19 @@ impl TaskHandle {
 
     /// Ends the task: succeeded, failed with the error, or cancelled if it was asked to be.
     pub fn finish(self, result: Result<(), String>) -> Task {
+        self.finish_with(result.map(|()| "done".to_string()))
+    }
+
+    /// [`TaskHandle::finish`], a success saying what was done (its final message).
+    pub fn finish_with(self, result: Result<String, String>) -> Task {
         let cancelled = self.is_cancelled();
         self.update(|t| {
             t.finished_at = Some(now_millis());
             match &result {
-                Ok(()) => {
+                Ok(done) => {
                     t.state = TaskState::Succeeded;
                     t.progress = 100;
-                    t.message = "done".into();
+                    t.message = done.clone();
                 }
                 Err(e) if cancelled => {
                     t.state = TaskState::Cancelled;

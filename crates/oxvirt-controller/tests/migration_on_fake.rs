@@ -138,6 +138,12 @@ async fn a_migration_moves_the_record_and_the_guest_in_order() {
     let (vm, source) = c.running_on_a("web").await;
     let (task, states) = c.migrate("web").await;
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    // The task's last word says how it went, phase by phase, with their durations.
+    let said = &task.message;
+    assert!(said.starts_with("on host-b now: "), "{said}");
+    for phase in ["ms in all", "paused", "target ready", "memory sent", "handed over"] {
+        assert!(said.contains(phase), "{phase}: {said}");
+    }
     use MigrationState::*;
     assert_eq!(states, [Some(Requested), Some(Ready), Some(Completed), None]);
     // The VM is host-b's, run by host-b's guest, which was started waiting for the stream.
@@ -146,7 +152,7 @@ async fn a_migration_moves_the_record_and_the_guest_in_order() {
     let moved = wait_vm(&c.b, "web", "taken over by host-b", |v| v.status.pid == Some(target.pid())).await;
     assert_eq!((moved.host.as_deref(), moved.status.state), (Some("host-b"), VmState::Running));
     let how = moved.host_reason.unwrap_or_default();
-    assert!(how.contains("migrated from host-a") && how.contains("ms in all"), "{how}");
+    assert!(how.contains("migrated from host-a") && how.contains("ms in all") && how.contains("memory sent"), "{how}");
     assert_eq!(target.state(), RunState::Running);
     // Host-a's QEMU sent it once and is gone; host-a leaves the VM alone from now on.
     assert_eq!(source.migrations_sent(), 1);

@@ -72,6 +72,7 @@ async fn wait_gone(p: &Path) {
 async fn migrate(d: &Daemon, vm: &str, to: &str) {
     let (code, out, err) = d.cli(&["vm", "migrate", vm, "--to", to]);
     assert_eq!(code, 0, "{out}{err}\n{}", d.log());
+    assert!(out.contains(&format!("on {to} now")) && out.contains("memory sent"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,6 +352,10 @@ async fn a_migrating_vm_takes_its_network_along() {
 
     let (code, out, err) = a.cli(&["vm", "migrate", "roamer", "--to", "host-b"]);
     assert_eq!(code, 0, "{out}{err}\n{}\n{}", a.log(), b.log());
+    // The user is told where the time went, phase by phase.
+    for phase in ["on host-b now", "ms in all", "paused", "target ready", "memory sent", "handed over"] {
+        assert!(out.contains(phase), "{phase}: {out}");
+    }
     wait_state(&b.client, "roamer", "running", Duration::from_secs(30)).await;
     assert_eq!(bridge(&hb).as_deref(), Some(br.as_str()), "host-b made the network");
     let mac = |ns: &Netns| ns.run(&["cat", &format!("/sys/class/net/{br}/address")]);

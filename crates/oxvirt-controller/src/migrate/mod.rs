@@ -72,6 +72,8 @@ async fn completed_figures(instance: &dyn Instance, mut info: MigrationInfo) -> 
 /// How a migration went, as the source saw it.
 struct Sent {
     info: MigrationInfo,
+    /// How long each phase took, in ms, in order (`target ready`, `disks copied`, `memory sent`).
+    phases: Vec<(&'static str, u64)>,
     /// It switched to post-copy.
     postcopy: bool,
     /// The most auto-converge slowed the vCPUs down, in percent.
@@ -147,10 +149,7 @@ impl Migrations {
                 me.end_migration(&name, MigrationState::Failed, Some(e.to_string()));
             }
             drop(guard);
-            if let Ok(done) = &r {
-                task.progress(100, done);
-            }
-            task.finish(r.map(|_| ()).map_err(|e| e.to_string()));
+            task.finish_with(r.map_err(|e| e.to_string()));
         });
         Ok(snapshot)
     }
@@ -188,13 +187,17 @@ impl Migrations {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
-        tracing::info!(vm = name, to = %req.to, ms = start.elapsed().as_millis() as u64, "migration: the target is ready");
+        let ready_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(vm = name, to = %req.to, ms = ready_ms, "migration: the target is ready");
         let vm = self.ctl.vms().get_vm(name)?;
         let local = self.local_disks(&vm.spec)?;
         let instance = self.ctl.vms().instance(name)?;
         let mut postcopy_started = false;
         let sent = match self.send(&*instance, req, &ready, &local, task, &mut postcopy_started).await {
-            Ok(sent) => sent,
+            Ok(mut sent) => {
+                sent.phases.insert(0, ("target ready", ready_ms));
+                sent
+            }
             Err(e) if postcopy_started => {
                 // Past the switch to post-copy the guest's newest memory is on the target: the
                 // source's is stale and must never run again.
@@ -237,6 +240,11 @@ impl Migrations {
         if sent.throttled > 0 {
             how += &format!(", vCPUs slowed by up to {}% (auto-converge)", sent.throttled);
         }
+        if !sent.phases.is_empty() {
+            let phases: Vec<String> = sent.phases.iter().map(|(what, ms)| format!("{what} {ms} ms")).collect();
+            how += &format!("; {}", phases.join(", "));
+        }
+        let handing = Instant::now();
         while let Err(e) = self.hand_over(name, to, local, &how, console.clone()) {
             // The guest runs on the target already: the record must follow, never the guest go back.
             tries += 1;
@@ -258,7 +266,7 @@ impl Migrations {
             disks::remove_copies(&my_files);
             me.ctl.networks().release_network(&vm.id, &vm.spec);
         });
-        Ok(format!("on {to} now: {how}"))
+        Ok(format!("on {to} now: {how}, handed over {} ms", handing.elapsed().as_millis()))
     }
 
     /// Sends the guest (and its local disks) to the target; says how it went.
@@ -276,6 +284,8 @@ impl Migrations {
             // First: a QEMU without the credentials fails here, before any disk is mirrored.
             tls::set_stream_tls(instance, StreamEnd::Source).await?;
         }
+        let mut phases = Vec::new();
+        let copying = Instant::now();
         let mem_from = if local.is_empty() {
             10
         } else {
@@ -288,6 +298,7 @@ impl Migrations {
             })
             .await?;
             tracing::info!(to = %req.to, ms = ready.created_at.abs_diff(crate::now_millis()), "migration: the disks are in sync");
+            phases.push(("disks copied", copying.elapsed().as_millis() as u64));
             40
         };
         let options = SendOptions {
@@ -321,7 +332,8 @@ impl Migrations {
             match &info.status {
                 MigrationStatus::Completed => {
                     let info = completed_figures(instance, info).await;
-                    return Ok(Sent { info, postcopy: *postcopy_started, throttled });
+                    phases.push(("memory sent", begun.elapsed().as_millis() as u64));
+                    return Ok(Sent { info, phases, postcopy: *postcopy_started, throttled });
                 }
                 MigrationStatus::Failed(why) => {
                     return Err(ControlError::Failed(format!("migration failed: {why}")));
@@ -386,7 +398,7 @@ impl Migrations {
         let local = self.local_disks(&vm.spec).unwrap_or_default();
         let info = instance.migration().migration_info().await.ok();
         if let Some(info) = info.filter(|i| i.status == MigrationStatus::Completed) {
-            let sent = Sent { info, postcopy: false, throttled: 0 };
+            let sent = Sent { info, phases: Vec::new(), postcopy: false, throttled: 0 };
             match self.finish_on_source(&vm, &m.target, &instance, &local, &sent).await {
                 Ok(done) => tracing::info!(vm = %m.vm, "a migration finished while oxvirtd was away: {done}"),
                 Err(e) => tracing::error!(vm = %m.vm, "a migration that finished while oxvirtd was away: {e}"),
