@@ -168,6 +168,10 @@ impl Migrations {
     async fn run_migration(&self, name: &str, req: &MigrateRequest, task: &TaskHandle) -> Result<String, ControlError> {
         task.progress(5, &format!("waiting for {} to get ready", req.to));
         let start = Instant::now();
+        // The target's answer is a change of the record: waited for on the store's watch (a poll
+        // every 100 ms only in case a change was missed).
+        let mut changes = self.ctl.inner.store.watch();
+        let key = Migration::key_of(name);
         let ready = loop {
             let m = self.ctl.inner.store.get_record::<Migration>(name)?.map(|(m, _)| m);
             match m {
@@ -185,7 +189,17 @@ impl Migrations {
                     req.to
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), async {
+                loop {
+                    match changes.recv().await {
+                        Ok(oxvirt_store::WatchEvent::Put(e)) if e.key == key => return,
+                        Ok(oxvirt_store::WatchEvent::Delete { key: k, .. }) if k == key => return,
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            })
+            .await;
         };
         let ready_ms = start.elapsed().as_millis() as u64;
         tracing::info!(vm = name, to = %req.to, ms = ready_ms, "migration: the target is ready");
