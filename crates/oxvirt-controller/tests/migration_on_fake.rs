@@ -27,7 +27,7 @@ impl ClusterSession for Member {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: Arc<SqliteStore>,
     kernel: std::path::PathBuf,
     a: Controller,
@@ -59,7 +59,7 @@ impl Cluster {
         let (a, b) = (host("host-a", hv_a.clone()), host("host-b", hv_b.clone()));
         a.start_background().await;
         b.start_background().await;
-        Cluster { _dir: dir, store, kernel, a, b, hv_a, hv_b }
+        Cluster { dir, store, kernel, a, b, hv_a, hv_b }
     }
 
     fn spec(&self, name: &str) -> VmSpec {
@@ -85,16 +85,26 @@ impl Cluster {
     /// Migrates `name` to host-b; the task's end and the migration record's states on the way
     /// (`None` for its removal), as the store saw them.
     async fn migrate(&self, name: &str) -> (oxvirt_model::Task, Vec<Option<MigrationState>>) {
+        self.migrate_from(&self.a, name, "host-b").await
+    }
+
+    /// Migrates `name` from the host `from` to `to`, as [`Cluster::migrate`].
+    async fn migrate_from(
+        &self,
+        from: &Controller,
+        name: &str,
+        to: &str,
+    ) -> (oxvirt_model::Task, Vec<Option<MigrationState>>) {
         let mut watch = self.store.watch();
         let req = MigrateRequest {
-            to: "host-b".into(),
+            to: to.into(),
             downtime_ms: 100,
             bandwidth_mibs: 0,
             auto_converge: false,
             postcopy: false,
         };
-        let t = self.a.migrations().migrate_vm(name, req).unwrap();
-        let t = self.a.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
+        let t = from.migrations().migrate_vm(name, req).unwrap();
+        let t = from.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
         // Every end removes the record: wait for that, then read what changed on the way.
         let key = Migration::key_of(name);
         let start = Instant::now();
@@ -231,4 +241,36 @@ async fn what_cannot_migrate_is_refused_before_a_record_is_written() {
     assert!(e.contains("runs on host-a already"), "{e}");
     assert!(c.store.get(&Migration::key_of("web")).unwrap().is_none());
     assert!(c.store.get(&Migration::key_of("idle")).unwrap().is_none());
+}
+
+/// Appends `text` to a file, as a guest's serial output reaches its console log.
+fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
+}
+
+/// The console's output follows the VM exactly once: back on a host it left, its log there is
+/// what it carried (the old stay's output included), not that plus the old stay again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_log_follows_the_vm_once() {
+    let c = Cluster::new().await;
+    let (vm, _) = c.running_on_a("web").await;
+    let log = |host: &str| {
+        oxvirt_hypervisor::RuntimePaths::new(c.dir.path().join(host).join("run").join(&vm.id[..13])).console_log()
+    };
+    // The run directories QEMU's driver makes at a start (the fake makes none).
+    std::fs::create_dir_all(log("host-b").parent().unwrap()).unwrap();
+    append(&log("host-a"), "boot\n");
+    assert_eq!(c.migrate("web").await.0.state, TaskState::Succeeded);
+    wait_vm(&c.b, "web", "on host-b", |v| v.host.as_deref() == Some("host-b") && v.status.pid.is_some()).await;
+    append(&log("host-b"), "tick 1\n");
+    let (task, _) = c.migrate_from(&c.b, "web", "host-a").await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    wait_vm(&c.a, "web", "back on host-a", |v| v.host.as_deref() == Some("host-a") && v.status.pid.is_some()).await;
+    append(&log("host-a"), "tick 2\n");
+    let text = String::from_utf8(c.a.vms().console_log("web", 1 << 20).unwrap()).unwrap();
+    assert_eq!(text, "boot\ntick 1\ntick 2\n");
+    // Host-b kept nothing of it.
+    assert!(!log("host-b").exists());
 }

@@ -382,7 +382,14 @@ async fn a_migrating_vm_takes_its_network_along() {
     run_in_guest(&b.client, "roamer", &guest_check(&format!("ping -c 1 -W 2 {anchor}")), GUEST_OK).await;
     let leases: Vec<oxvirt_model::LeaseView> = b.client.get("/api/v1/networks/seg/leases").await.unwrap();
     assert!(leases.iter().any(|l| l.lease.ip.to_string() == ip), "{leases:?}");
-    b.client.vm_action_wait("roamer", "kill", Duration::from_secs(30)).await.unwrap();
+    // Back to host-a, where it was before: its console log reads on once, without the output of
+    // its first stay there twice.
+    let (code, out, err) = b.cli(&["vm", "migrate", "roamer", "--to", "host-a"]);
+    assert_eq!(code, 0, "{out}{err}\n{}\n{}", a.log(), b.log());
+    wait_state(&a.client, "roamer", "running", Duration::from_secs(30)).await;
+    let log = String::from_utf8_lossy(&a.client.console_log("roamer", 1 << 20).await.unwrap()).into_owned();
+    assert_eq!(log.matches("Linux version").count(), 1, "the boot banner once:\n{log}");
+    a.client.vm_action_wait("roamer", "kill", Duration::from_secs(30)).await.unwrap();
     a.client.vm_action_wait("anchor", "kill", Duration::from_secs(30)).await.unwrap();
     drop(b);
     drop(a);

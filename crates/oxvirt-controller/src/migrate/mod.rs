@@ -279,6 +279,8 @@ impl Migrations {
             let _ = std::fs::remove_file(me.ctl.inner.paths(&vm.id).pidfile());
             disks::remove_copies(&my_files);
             me.ctl.networks().release_network(&vm.id, &vm.spec);
+            // The console's output went with the VM (its new host keeps it).
+            me.ctl.vms().forget_console_log(&vm);
         });
         Ok(format!("on {to} now: {how}, handed over {} ms", handing.elapsed().as_millis()))
     }

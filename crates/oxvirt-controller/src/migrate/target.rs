@@ -261,6 +261,9 @@ impl crate::Migrations {
     }
 
     async fn start_incoming(&self, vm: &oxvirt_model::Vm, paused: bool) -> Result<Arc<dyn Instance>, ControlError> {
+        // What this host kept of the VM's console from an earlier stay comes back with the VM
+        // (carried over, with what it printed since): the waiting QEMU starts a log of its own.
+        self.ctl.vms().forget_console_log(vm);
         let with_mtu = self.ctl.networks().prepare_network(&vm.id, &vm.spec, vm.uid).await?;
         self.ctl.nbd().prepare_storage(&vm.id, &vm.spec).await?;
         let mut spec = self.ctl.storage().resolve_disks(&vm.id, &with_mtu)?;

@@ -76,6 +76,19 @@ impl crate::Vms {
         }
     }
 
+    /// Removes a VM's console log here (and its older part): output from an earlier stay on this
+    /// host, which a VM migrating in carries over with the rest, or a VM gone from here.
+    pub(crate) fn forget_console_log(&self, vm: &Vm) {
+        let path = self.ctl.inner.paths(&vm.id).console_log();
+        for p in [rotated(&path), path] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(vm = %vm.spec.name, "{}: {e}", p.display()),
+            }
+        }
+    }
+
     pub(crate) fn rotate_console_log(&self, vm: &Vm) {
         let paths = self.ctl.inner.paths(&vm.id);
         let max = self.ctl.inner.config.console_log_max;
