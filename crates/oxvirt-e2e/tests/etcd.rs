@@ -362,3 +362,42 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     assert_eq!(code, 0, "{err}");
     a.client.vm_action_wait("mover", "kill", Duration::from_secs(30)).await.unwrap();
 }
+
+/// Hosts started at the same instant on an empty etcd all start and join (#17 point 6: one used
+/// to exit with a lost compare-and-swap on the administrator token), 20 times over, each round on
+/// a keyspace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_started_at_once_on_an_empty_etcd_all_join() {
+    let cluster = EtcdCluster::start(1);
+    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+    for round in 0..20 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let starting: Vec<_> = ["host-a", "host-b", "host-c"]
+            .into_iter()
+            .map(|host| {
+                let config = format!(
+                    "stop_timeout_secs = 2\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"once{round}/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
+                    eps.join(", ")
+                );
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Daemon::start_with_config(&config)
+                })
+            })
+            .collect();
+        let daemons: Vec<Daemon> = starting
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| panic!("round {round}: a host did not start")))
+            .collect();
+        let start = std::time::Instant::now();
+        loop {
+            let hosts = daemons[0].client.cluster().cluster_hosts().await.unwrap();
+            if hosts.iter().filter(|h| h.online).count() == 3 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "round {round}: {hosts:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

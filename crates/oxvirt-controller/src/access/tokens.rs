@@ -91,7 +91,14 @@ impl crate::Access {
         let made = matches!(renew, Expect::Absent);
         if let Err(e) = self.ctl.inner.store.put_record(&token.id, &token, renew) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
+            let e = ControlError::from(e);
+            // Another host of the cluster made or renewed it meanwhile (hosts started at one
+            // moment on a fresh store): theirs stands, nothing is wrong.
+            if e.is_lost_race() {
+                tracing::info!("another host made or renewed the administrator API token first");
+                return Ok(AdminToken::Kept);
+            }
+            return Err(e);
         }
         std::fs::rename(&tmp, path).map_err(io)?;
         if !made {
@@ -182,6 +189,31 @@ mod tests {
         let store = std::sync::Arc::new(oxvirt_store::SqliteStore::open(&dir.join("store.db")).unwrap());
         let hv: std::sync::Arc<dyn oxvirt_hypervisor::Hypervisor> = oxvirt_hypervisor::fake::FakeHypervisor::new();
         Controller::new(store, hv, crate::ControllerConfig::new(dir)).unwrap()
+    }
+
+    /// Hosts that start at one moment on a fresh store all start: one makes the administrator
+    /// token, the others find it made (a lost compare-and-swap is not an error).
+    #[test]
+    fn hosts_starting_at_once_make_one_admin_token_and_all_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(oxvirt_store::SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let hosts: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let host = dir.path().join(format!("host-{i}"));
+                std::fs::create_dir_all(&host).unwrap();
+                std::thread::spawn(move || {
+                    let hv: std::sync::Arc<dyn oxvirt_hypervisor::Hypervisor> =
+                        oxvirt_hypervisor::fake::FakeHypervisor::new();
+                    let c = Controller::new(store, hv, crate::ControllerConfig::new(&host)).unwrap();
+                    barrier.wait();
+                    c.access().ensure_admin_token(&host.join("admin.token"))
+                })
+            })
+            .collect();
+        let made: Vec<AdminToken> = hosts.into_iter().map(|h| h.join().unwrap().expect("every host starts")).collect();
+        assert_eq!(made.iter().filter(|m| **m == AdminToken::Made).count(), 1, "{made:?}");
     }
 
     #[test]
