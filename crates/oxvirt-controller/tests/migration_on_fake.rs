@@ -12,6 +12,8 @@ use oxvirt_store::{ClusterSession, Expect, Record, SqliteStore, Store, WatchEven
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// Membership held by hand: `host-a` leads.
 struct Member;
 
@@ -38,12 +40,7 @@ struct Cluster {
 
 impl Cluster {
     async fn new() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let boot = dir.path().join("boot");
-        std::fs::create_dir(&boot).unwrap();
-        let kernel = boot.join("vmlinuz");
-        std::fs::write(&kernel, b"").unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        let common::TestRoot { dir, boot, kernel, store } = common::TestRoot::new();
         let host = |name: &str, hv: Arc<FakeHypervisor>| {
             let mut config = ControllerConfig::new(dir.path().join(name));
             config.host_path_roots = vec![boot.clone()];

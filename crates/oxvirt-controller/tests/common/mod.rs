@@ -18,14 +18,30 @@ pub struct FakeHost {
     pub kernel: PathBuf,
 }
 
-impl FakeHost {
-    pub fn new() -> FakeHost {
+/// A directory of a test's own with a store in it and a kernel file VMs may name (under
+/// `boot/`, the host path root the test's controllers allow).
+pub struct TestRoot {
+    pub dir: tempfile::TempDir,
+    pub boot: PathBuf,
+    pub kernel: PathBuf,
+    pub store: Arc<SqliteStore>,
+}
+
+impl TestRoot {
+    pub fn new() -> TestRoot {
         let dir = tempfile::tempdir().unwrap();
         let boot = dir.path().join("boot");
         std::fs::create_dir(&boot).unwrap();
         let kernel = boot.join("vmlinuz");
         std::fs::write(&kernel, b"").unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+        TestRoot { dir, boot, kernel, store }
+    }
+}
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        let TestRoot { dir, boot, kernel, store } = TestRoot::new();
         let mut config = ControllerConfig::new(dir.path());
         config.host_path_roots = vec![boot];
         let hv: Arc<dyn Hypervisor> = FakeHypervisor::new();
