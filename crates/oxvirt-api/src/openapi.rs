@@ -124,7 +124,7 @@ pub const OPERATIONS: &[Operation] = &[
         "Create a VM (and start it with ?start=true)",
         Some(of::<oxvirt_model::VmSpec>),
         201,
-        Some(of::<crate::vms::Created>),
+        Some(of::<oxvirt_model::VmCreated>),
     ),
     op("get", "/api/v1/vms/{name}", "vmShow", "One VM: spec, desired state, observed status", None, 200, Some(of::<oxvirt_model::Vm>)),
     op("patch", "/api/v1/vms/{name}", "vmUpdate", "Change a stopped VM", Some(of::<oxvirt_model::VmUpdate>), 200, Some(of::<oxvirt_model::Vm>)),

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::Controller;
-use oxvirt_model::{Task, Vm, VmAction, VmSpec, VmUpdate, VM_ACTIONS};
+use oxvirt_model::{Vm, VmAction, VmSpec, VmUpdate, VM_ACTIONS};
 use serde::Deserialize;
 
 pub fn routes() -> Router<Controller> {
@@ -33,13 +33,6 @@ pub fn routes() -> Router<Controller> {
 struct CreateQuery {
     #[serde(default)]
     start: bool,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-#[schemars(rename = "VmCreated")]
-pub(crate) struct Created {
-    vm: Vm,
-    task: Option<Task>,
 }
 
 /// The VMs the caller may see (all of them with a grant on `/vms` or `/`; else those granted
@@ -92,7 +85,7 @@ async fn create(
     let vm = c.vms().create_vm(&caller, spec)?;
     // In a cluster the VM may belong to another host: that host starts it.
     let task = if q.start { c.hosts().start_where_it_belongs(&vm.spec.name)? } else { None };
-    Ok((StatusCode::CREATED, Json(Created { vm, task })))
+    Ok((StatusCode::CREATED, Json(oxvirt_model::VmCreated { vm, task })))
 }
 
 async fn show(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<Vm>> {

@@ -8,11 +8,7 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// What defining a VM gave: the VM, and the task that starts it when it was asked to start.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Created {
-    pub vm: Vm,
-    pub task: Option<Task>,
-}
+pub type Created = oxvirt_model::VmCreated;
 
 /// An open serial console: send bytes as binary messages, receive what the guest prints.
 pub type Console = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;

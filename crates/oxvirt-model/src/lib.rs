@@ -59,7 +59,7 @@ pub use task::{Task, TaskState};
 pub use token::{ApiToken, NewToken};
 pub use views::{
     BalloonView, HostResources, HostSample, HostView, KsmView, NumaNodeView, PlannedMove, ProjectView, RebalanceView,
-    VmSample,
+    VmCreated, VmSample,
 };
 pub use vm::{
     validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,

@@ -2,7 +2,7 @@
 //! host's resources, a project with its usage, a cluster host with its presence, a rebalancing
 //! plan. The controller fills them; the client reads them as these types.
 
-use crate::{ClusterPolicy, HostPolicy, HostRecord, Millis, Project, Usage};
+use crate::{ClusterPolicy, HostPolicy, HostRecord, Millis, Project, Task, Usage, Vm};
 
 /// The balloon as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -120,4 +120,11 @@ pub struct HostSample {
     pub memory_used_bytes: u64,
     pub memory_total_bytes: u64,
     pub vms_running: usize,
+}
+
+/// What defining a VM gave: the VM, and the task that starts it when it was asked to start.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct VmCreated {
+    pub vm: Vm,
+    pub task: Option<Task>,
 }
