@@ -170,7 +170,7 @@ async fn nft_objects(args: &[&str]) -> Result<Vec<serde_json::Value>, HostCmdErr
     Ok(v["nftables"].as_array().cloned().unwrap_or_default())
 }
 
-/// oxvirt's tables present now, as (family, name).
+/// The families (`inet`, `bridge`) of oxvirt's tables present now.
 async fn our_tables() -> Result<Vec<String>, HostCmdError> {
     Ok(nft_objects(&["list", "tables"])
         .await?
@@ -181,10 +181,10 @@ async fn our_tables() -> Result<Vec<String>, HostCmdError> {
         .collect())
 }
 
-/// The names of the per-NIC chains and sets now in the `bridge oxvirt` table (none when the
-/// table is not there: asked first, so no error text is ever read).
-async fn existing_bridge_objects() -> Result<(Vec<String>, Vec<String>), HostCmdError> {
-    if !our_tables().await?.iter().any(|f| f == "bridge") {
+/// The names of the per-NIC chains and sets now in the `bridge oxvirt` table, given the families
+/// of oxvirt's tables now (none when it is not there: asked first, so no error text is read).
+async fn existing_bridge_objects(tables: &[String]) -> Result<(Vec<String>, Vec<String>), HostCmdError> {
+    if !tables.iter().any(|f| f == "bridge") {
         return Ok((vec![], vec![]));
     }
     let objects = nft_objects(&["list", "table", "bridge", TABLE]).await?;
@@ -247,25 +247,22 @@ pub fn render_script(nets: &[NetRules], nics: &[NicRules], chains: &[String], se
     s
 }
 
-/// Whether either of oxvirt's tables is there.
-pub async fn tables_exist() -> bool {
-    our_tables().await.map(|t| !t.is_empty()).unwrap_or(false)
-}
-
-/// Makes oxvirt's tables match: one atomic `nft -f` transaction.
+/// Makes oxvirt's tables match: one atomic `nft -f` transaction (none when there is nothing to
+/// filter and no table of oxvirt's is there). The tables there now are asked once.
 pub async fn apply(nets: &[NetRules], nics: &[NicRules]) -> Result<(), HostCmdError> {
-    let (chains, sets) = existing_bridge_objects().await?;
     if nets.iter().all(|n| n.kind == NetworkKind::Bridged) && nics.is_empty() {
-        // Nothing to filter: oxvirt's tables go (if they are there).
+        // Nothing to filter: oxvirt's tables go (if they are there; nft not answering, none are).
+        let tables = our_tables().await.unwrap_or_default();
         let script = format!(
             "table inet {TABLE}\ndelete table inet {TABLE}\ntable bridge {TABLE}\ndelete table bridge {TABLE}\n"
         );
-        return if tables_exist().await {
+        return if !tables.is_empty() {
             run_stdin("nft", &["-f", "-"], Some(&script)).await.map(|_| ())
         } else {
             Ok(())
         };
     }
+    let (chains, sets) = existing_bridge_objects(&our_tables().await?).await?;
     let script = render_script(nets, nics, &chains, &sets);
     run_stdin("nft", &["-f", "-"], Some(&script)).await.map(|_| ())
 }
@@ -385,14 +382,16 @@ mod tests {
             // A runtime of this thread's: the programs it starts are in the namespace too.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-            assert!(!tables_exist().await);
-            assert_eq!(existing_bridge_objects().await.unwrap(), (vec![], vec![]));
+            let none = our_tables().await.unwrap();
+            assert_eq!(none, Vec::<String>::new());
+            assert_eq!(existing_bridge_objects(&none).await.unwrap(), (vec![], vec![]));
             let script = format!(
                 "add table bridge {TABLE}\nadd chain bridge {TABLE} from-oxt1\nadd set bridge {TABLE} out-oxt1 {{ type ipv4_addr; }}\n"
             );
             run_stdin("nft", &["-f", "-"], Some(&script)).await.unwrap();
-            assert!(tables_exist().await);
-            assert_eq!(existing_bridge_objects().await.unwrap(), (vec!["from-oxt1".to_string()], vec!["out-oxt1".to_string()]));
+            let bridge = our_tables().await.unwrap();
+            assert_eq!(bridge, ["bridge"]);
+            assert_eq!(existing_bridge_objects(&bridge).await.unwrap(), (vec!["from-oxt1".to_string()], vec!["out-oxt1".to_string()]));
             });
         })
         .join()

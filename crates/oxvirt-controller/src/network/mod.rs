@@ -431,10 +431,8 @@ impl Networks {
                 nic_rules.push(firewall::NicRules { tap, mac: nic.mac.clone().unwrap_or_default(), ip: nic.ip, rules });
             }
         }
-        let wanted = !nic_rules.is_empty() || net_rules.iter().any(|n| n.kind != NetworkKind::Bridged);
-        if wanted || firewall::tables_exist().await {
-            firewall::apply(&net_rules, &nic_rules).await?;
-        }
+        // Nothing to filter and no table there: `apply` does nothing.
+        firewall::apply(&net_rules, &nic_rules).await?;
         Ok(())
     }
 
