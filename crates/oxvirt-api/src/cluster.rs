@@ -7,9 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use oxvirt_controller::cluster::placement::RebalanceView;
-use oxvirt_controller::cluster::HostView;
 use oxvirt_controller::Controller;
+use oxvirt_model::{HostView, RebalanceView};
 
 pub fn routes() -> Router<Controller> {
     Router::new()

@@ -26,7 +26,7 @@ async fn alerts(State(c): State<Controller>) -> Json<Vec<oxvirt_model::Alert>> {
     Json(c.monitoring().alerts())
 }
 
-async fn host_history(State(c): State<Controller>) -> Json<Vec<oxvirt_controller::monitoring::history::HostSample>> {
+async fn host_history(State(c): State<Controller>) -> Json<Vec<oxvirt_model::HostSample>> {
     Json(c.monitoring().host_history())
 }
 

@@ -9,9 +9,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use oxvirt_controller::access::projects::ProjectView;
 use oxvirt_controller::Controller;
-use oxvirt_model::ProjectSpec;
+use oxvirt_model::{ProjectSpec, ProjectView};
 
 pub fn routes() -> Router<Controller> {
     Router::new()

@@ -8,9 +8,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use oxvirt_controller::resources::{BalloonView, HostResources};
 use oxvirt_controller::Controller;
-use oxvirt_model::{BalloonTarget, HostPolicy, Resources, Vm};
+use oxvirt_model::{BalloonTarget, BalloonView, HostPolicy, HostResources, Resources, Vm};
 
 pub fn routes() -> Router<Controller> {
     Router::new()

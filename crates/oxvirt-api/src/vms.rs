@@ -169,6 +169,6 @@ async fn migrate(State(c): State<Controller>, Names(name): Names<String>, body: 
 async fn history(
     State(c): State<Controller>,
     Names(name): Names<String>,
-) -> ApiResult<Json<Vec<oxvirt_controller::monitoring::history::VmSample>>> {
+) -> ApiResult<Json<Vec<oxvirt_model::VmSample>>> {
     Ok(Json(c.monitoring().vm_history(&name)?))
 }

@@ -2,10 +2,8 @@
 //! project's VMs together stay within its quotas.
 
 use crate::{now_millis, ControlError};
-use oxvirt_model::{parse_volume_ref, Project, ProjectSpec, Usage, ValidationError, Vm, VmSpec, Volume};
+use oxvirt_model::{parse_volume_ref, Project, ProjectSpec, ProjectView, Usage, ValidationError, Vm, VmSpec, Volume};
 use oxvirt_store::{Expect, StoreExt};
-
-pub use oxvirt_model::ProjectView;
 
 crate::service! {
     /// Projects and their quotas.

@@ -5,11 +5,11 @@
 pub mod placement;
 
 use crate::{now_millis, ControlError};
-use oxvirt_model::Vm;
+use oxvirt_model::{HostView, Vm};
 use oxvirt_store::{ClusterSession, Expect, StoreExt};
 use std::sync::Arc;
 
-pub use oxvirt_model::{HostRecord, HostView};
+pub use oxvirt_model::HostRecord;
 
 crate::service! {
     /// Cluster identity: membership, host records, maintenance, placement and rebalancing.

@@ -4,8 +4,9 @@
 //! when the policy says `auto`.
 
 use crate::ControlError;
-pub use oxvirt_model::RebalanceView;
-use oxvirt_model::{ClusterPolicy, Migration, MigrationState, PlacementStrategy, RebalanceMode, Vm, VmSpec};
+use oxvirt_model::{
+    ClusterPolicy, Migration, MigrationState, PlacementStrategy, RebalanceMode, RebalanceView, Vm, VmSpec,
+};
 use oxvirt_scheduler::{Cluster, Host, Placed, Policy, Request, Strategy};
 use oxvirt_store::{Expect, Op, StoreExt};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 pub const KEEP: usize = 720;
 pub const STEP: Duration = Duration::from_secs(5);
 
-pub use oxvirt_model::{HostSample, VmSample};
+use oxvirt_model::{HostSample, VmSample};
 
 #[derive(Default)]
 pub(crate) struct History {

@@ -4,8 +4,7 @@
 
 use crate::host::meminfo;
 use crate::{lock, ControlError};
-pub use oxvirt_model::BalloonView;
-use oxvirt_model::{ByteSize, Vm, VmState, MIB};
+use oxvirt_model::{BalloonView, ByteSize, Vm, VmState, MIB};
 
 impl crate::ResourceControl {
     pub async fn balloon(&self, name: &str) -> Result<BalloonView, ControlError> {

@@ -3,8 +3,7 @@
 
 use crate::host::read_u64;
 use crate::ControlError;
-use oxvirt_model::KsmPolicy;
-pub use oxvirt_model::KsmView;
+use oxvirt_model::{KsmPolicy, KsmView};
 
 const KSM: &str = "/sys/kernel/mm/ksm";
 

@@ -5,9 +5,8 @@
 mod balloon;
 mod ksm;
 
-pub use balloon::BalloonView;
 pub(crate) use ksm::apply_ksm;
-pub use ksm::{ksm_merging_bytes, ksm_view, KsmView};
+pub use ksm::{ksm_merging_bytes, ksm_view};
 
 use crate::host::{meminfo, meminfo_field, read_u64};
 use crate::network::HostObject;
@@ -16,10 +15,9 @@ use crate::ControlError;
 use oxvirt_cgroup::numa::{Committed, Topology};
 use oxvirt_hypervisor::{limits_of, Instance};
 use oxvirt_model::{
-    format_cpulist, parse_cpulist, ByteSize, GuestNode, HostPolicy, NumaMode, Placement, Resources, Vm, VmSpec,
-    HUGEPAGE,
+    format_cpulist, parse_cpulist, ByteSize, GuestNode, HostPolicy, HostResources, NumaMode, NumaNodeView, Placement,
+    Resources, Vm, VmSpec, HUGEPAGE,
 };
-pub use oxvirt_model::{HostResources, NumaNodeView};
 use oxvirt_store::{Expect, StoreExt};
 use std::sync::Arc;
 
