@@ -40,18 +40,20 @@ where
     v.parse().map_err(|e| ClientError::Usage(format!("{flag} {v:?}: {e}")))
 }
 
+/// In tests: the message of a refusal before sending ([`ClientError::Usage`]); anything else fails.
+#[cfg(test)]
+pub fn usage<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
+    match r {
+        Err(ClientError::Usage(m)) => m,
+        other => panic!("not a usage error: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use oxvirt_model::{Ipv4Net, PlacementStrategy};
     use std::net::Ipv4Addr;
-
-    fn usage<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
-        match r {
-            Err(ClientError::Usage(m)) => m,
-            other => panic!("not a usage error: {other:?}"),
-        }
-    }
 
     #[test]
     fn words_are_the_models_spelling() {

@@ -342,6 +342,7 @@ pub async fn nic(client: &Client, cmd: NicCmd) -> Result<Vm, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::usage;
     use clap::Parser;
     use std::net::Ipv4Addr;
 
@@ -349,13 +350,6 @@ mod tests {
         let cli = crate::Cli::try_parse_from([&["oxvirt", "network", "create"], args].concat()).unwrap();
         let crate::Command::Network(NetworkCmd::Create(a)) = cli.command else { unreachable!("network create") };
         network_spec(*a)
-    }
-
-    fn usage<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
-        match r {
-            Err(ClientError::Usage(m)) => m,
-            other => panic!("not a usage error: {other:?}"),
-        }
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub fn disk_qos(a: &QosArgs) -> Result<DiskQos, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::usage;
     use clap::Parser;
 
     fn vm(args: &[&str]) -> Result<VmSpec, ClientError> {
@@ -89,13 +90,6 @@ mod tests {
         match cli.command {
             crate::Command::Vm(crate::VmCmd::Create(a)) => create_spec(&a),
             _ => unreachable!("vm create"),
-        }
-    }
-
-    fn usage<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
-        match r {
-            Err(ClientError::Usage(m)) => m,
-            other => panic!("not a usage error: {other:?}"),
         }
     }
 
