@@ -19,10 +19,6 @@ struct Member;
 
 #[async_trait::async_trait]
 impl ClusterSession for Member {
-    fn is_leader(&self) -> bool {
-        false
-    }
-
     async fn leader(&self) -> Option<String> {
         Some("host-a".into())
     }

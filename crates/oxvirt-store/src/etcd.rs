@@ -348,12 +348,15 @@ async fn renew(client: &Client, lease: i64, ttl: i64) -> Result<(), etcd_client:
     }
 }
 
-#[async_trait::async_trait]
-impl crate::ClusterSession for Session {
-    fn is_leader(&self) -> bool {
+impl Session {
+    /// Whether this member leads now (as last known here, without asking etcd).
+    pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::SeqCst)
     }
+}
 
+#[async_trait::async_trait]
+impl crate::ClusterSession for Session {
     async fn leader(&self) -> Option<String> {
         let _ = self.store.upgrade()?;
         let mut el = self.client.election_client();

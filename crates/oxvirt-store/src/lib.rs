@@ -16,12 +16,10 @@ pub use sqlite::SqliteStore;
 
 use tokio::sync::broadcast;
 
-/// A host's membership of a cluster, as the control plane sees it: whether it leads, and who
-/// does. [`Session`] holds it on etcd (a lease and an election); tests hold it by hand.
+/// A host's membership of a cluster, as the control plane sees it: who leads. [`Session`] holds
+/// it on etcd (a lease and an election); tests hold it by hand.
 #[async_trait::async_trait]
 pub trait ClusterSession: Send + Sync {
-    /// Whether this member leads now (as last known here, without asking).
-    fn is_leader(&self) -> bool;
     /// The leading member's name, asked of the cluster.
     async fn leader(&self) -> Option<String>;
 }
