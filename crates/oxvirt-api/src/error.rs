@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use oxvirt_controller::ControlError;
+use oxvirt_model::{ApiErrorBody, ErrorReply, ERROR_CODES};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -105,60 +106,17 @@ impl From<ControlError> for ApiError {
     }
 }
 
-/// Every `code` an error may carry, stable words for programs.
-pub const CODES: &[&str] = &[
-    "invalid",
-    "not-found",
-    "exists",
-    "conflict",
-    "busy",
-    "in-use",
-    "exhausted",
-    "unauthorized",
-    "forbidden",
-    "rate-limited",
-    "failed",
-    "internal",
-];
-
-/// The body of every refusal: `{"error": {...}}`.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-#[schemars(rename = "Error")]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// What was refused and why.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub struct ErrorDetail {
-    /// The HTTP status again.
-    pub status: u16,
-    #[schemars(schema_with = "code_schema")]
-    pub code: &'static str,
-    pub message: String,
-    /// The field of the request that was refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// The rule it broke.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-}
-
-fn code_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({ "type": "string", "enum": CODES })
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        debug_assert!(CODES.contains(&self.code), "{} is not in CODES", self.code);
-        let error = ErrorDetail {
+        debug_assert!(ERROR_CODES.contains(&self.code), "{} is not in ERROR_CODES", self.code);
+        let error = ApiErrorBody {
             status: self.status.as_u16(),
-            code: self.code,
+            code: self.code.to_string(),
             message: self.message,
             field: self.field,
             rule: self.rule,
         };
-        (self.status, Json(ErrorBody { error })).into_response()
+        (self.status, Json(ErrorReply { error })).into_response()
     }
 }
 

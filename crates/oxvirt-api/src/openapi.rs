@@ -429,7 +429,7 @@ fn parameters(path: &str, op: &str) -> Vec<Value> {
 
 fn error_responses(g: &mut SchemaGenerator) -> Value {
     let e = json!({ "description": "refused: the body names the field and the rule",
-                    "content": { "application/json": { "schema": of::<crate::error::ErrorBody>(g) } } });
+                    "content": { "application/json": { "schema": of::<oxvirt_model::ErrorReply>(g) } } });
     json!({ "400": e, "401": e, "403": e, "404": e, "409": e, "413": e, "429": e, "500": e })
 }
 
@@ -587,7 +587,7 @@ mod tests {
         }
         assert_eq!(schemas["Error"]["properties"]["error"]["$ref"], json!("#/components/schemas/ErrorDetail"));
         let codes = &schemas["ErrorDetail"]["properties"]["code"]["enum"];
-        assert_eq!(codes.as_array().unwrap().len(), crate::error::CODES.len());
+        assert_eq!(codes.as_array().unwrap().len(), oxvirt_model::ERROR_CODES.len());
         // A size is a number of bytes or a string with a unit, as the handlers parse it.
         assert!(schemas["ByteSize"]["oneOf"].is_array(), "{}", schemas["ByteSize"]);
     }

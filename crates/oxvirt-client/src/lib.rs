@@ -33,15 +33,8 @@ pub use storage::{Cloned, Storage};
 pub use transport::{normalize_fingerprint, Io, Transport};
 pub use vms::{Console, Created};
 
-/// The error body the API returns with every 4xx and 5xx.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct ApiErrorBody {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-    pub field: Option<String>,
-    pub rule: Option<String>,
-}
+/// The error body the API returns with every 4xx and 5xx (the model's wire type).
+pub use oxvirt_model::ApiErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -218,11 +211,7 @@ fn check(status: u16, body: &[u8]) -> Result<(), ClientError> {
     if status < 400 {
         return Ok(());
     }
-    #[derive(serde::Deserialize)]
-    struct Wrapper {
-        error: ApiErrorBody,
-    }
-    match serde_json::from_slice::<Wrapper>(body) {
+    match serde_json::from_slice::<oxvirt_model::ErrorReply>(body) {
         Ok(w) => Err(ClientError::Api(w.error)),
         Err(_) => Err(ClientError::Http(format!("status {status}: {}", String::from_utf8_lossy(body)))),
     }

@@ -30,7 +30,7 @@ mod vm_requests;
 pub use access_requests::{LoginRequest, NewTokenRequest};
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
 pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
-pub use error::ValidationError;
+pub use error::{ApiErrorBody, ErrorReply, ValidationError, ERROR_CODES};
 pub use event::Event;
 pub use host::HostInfo;
 pub use migration::{MigrateRequest, Migration, MigrationState};
