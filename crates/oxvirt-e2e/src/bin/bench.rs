@@ -640,6 +640,13 @@ async fn raw_migration(src: &oxvirt_qemu::qmp::Qmp, dst: &oxvirt_qemu::qmp::Qmp,
     }
 }
 
+/// The middle of some milliseconds (the upper one of an even count).
+fn median_ms(v: impl IntoIterator<Item = u64>) -> u64 {
+    let mut x: Vec<u64> = v.into_iter().collect();
+    x.sort();
+    x.get(x.len() / 2).copied().unwrap_or(0)
+}
+
 /// The value below which 90 % of `v` fall (of 5 rounds: the largest but none).
 fn p90(v: &[u64]) -> u64 {
     let mut x = v.to_vec();
@@ -672,14 +679,9 @@ async fn migration() {
         kill_pidfile(&dst.pidfile());
     }
     // Through oxvirt: two hosts on one etcd, the VM moved back and forth.
-    let (mut ours, our_walls) = oxvirt_rounds(&spec_json, None, 5).await;
-    let med = |v: &mut Vec<(u64, u64)>, i: usize| {
-        let mut x: Vec<u64> = v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect();
-        x.sort();
-        x[x.len() / 2]
-    };
-    let (rt, rd) = (med(&mut raw, 0), med(&mut raw, 1));
-    let (ot, od) = (med(&mut ours, 0), med(&mut ours, 1));
+    let (ours, our_walls) = oxvirt_rounds(&spec_json, None, 5).await;
+    let (rt, rd) = (median_ms(raw.iter().map(|p| p.0)), median_ms(raw.iter().map(|p| p.1)));
+    let (ot, od) = (median_ms(ours.iter().map(|p| p.0)), median_ms(ours.iter().map(|p| p.1)));
     println!("   rounds raw {raw:?}, oxvirt {ours:?} (total, paused ms)");
     println!("   raw QEMU (baseline): {rt} ms in all, {rd} ms paused");
     println!("   through oxvirt:      {ot} ms in all, {od} ms paused (target <= 100 ms)");
@@ -690,12 +692,7 @@ async fn migration() {
         p90(&pauses(&raw)),
         p90(&pauses(&ours))
     );
-    let mid = |v: &[u64]| {
-        let mut x = v.to_vec();
-        x.sort();
-        x[x.len() / 2]
-    };
-    let (rw, ow) = (mid(&raw_walls), mid(&our_walls));
+    let (rw, ow) = (median_ms(raw_walls.iter().copied()), median_ms(our_walls.iter().copied()));
     println!("   request to running on the target: raw {raw_walls:?} ms, oxvirt (the API's migrate until its task ends) {our_walls:?} ms");
     println!(
         "   median raw {rw} ms, oxvirt {ow} ms: ratio oxvirt/raw {:.2} (target <= 1.2)",
@@ -710,7 +707,7 @@ async fn migration() {
         fastest(&ours),
         fastest(&ours) as f64 / fastest(&raw).max(1) as f64
     );
-    tls_against_plain(&spec_json, &mut ours).await;
+    tls_against_plain(&spec_json, &ours).await;
 }
 
 /// The same guest moved `rounds` times between two fresh hosts (with `pki`: etcd and migration
@@ -755,16 +752,11 @@ async fn oxvirt_rounds(
 
 /// The TLS variant (etcd with client certificates, the migration stream over TLS) against the
 /// plaintext `plain` rounds of the same run.
-async fn tls_against_plain(spec_json: &serde_json::Value, plain: &mut [(u64, u64)]) {
+async fn tls_against_plain(spec_json: &serde_json::Value, plain: &[(u64, u64)]) {
     let pki = pki::TestPki::new("bench");
-    let (mut tls, _) = oxvirt_rounds(spec_json, Some(&pki), plain.len()).await;
-    let med = |v: &mut [(u64, u64)], i: usize| {
-        let mut x: Vec<u64> = v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect();
-        x.sort();
-        x[x.len() / 2]
-    };
-    let (pt, pd) = (med(plain, 0), med(plain, 1));
-    let (tt, td) = (med(&mut tls, 0), med(&mut tls, 1));
+    let (tls, _) = oxvirt_rounds(spec_json, Some(&pki), plain.len()).await;
+    let (pt, pd) = (median_ms(plain.iter().map(|p| p.0)), median_ms(plain.iter().map(|p| p.1)));
+    let (tt, td) = (median_ms(tls.iter().map(|p| p.0)), median_ms(tls.iter().map(|p| p.1)));
     println!("   rounds plaintext {plain:?}, over TLS (etcd and migration) {tls:?} (total, paused ms)");
     println!("   over TLS: {tt} ms in all, {td} ms paused; plaintext: {pt} ms in all, {pd} ms paused");
     println!("   total ratio TLS/plaintext: {:.2}", tt as f64 / pt.max(1) as f64);
@@ -776,8 +768,8 @@ async fn migration_tls() {
     println!("== live migration over TLS: idle 1 GiB guest, 5 rounds each (median), against plaintext");
     let mut spec_json = kernel_spec("mig", "");
     spec_json["memory"] = serde_json::json!("1GiB");
-    let (mut plain, _) = oxvirt_rounds(&spec_json, None, 5).await;
-    tls_against_plain(&spec_json, &mut plain).await;
+    let (plain, _) = oxvirt_rounds(&spec_json, None, 5).await;
+    tls_against_plain(&spec_json, &plain).await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
