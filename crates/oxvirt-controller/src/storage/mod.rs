@@ -776,11 +776,13 @@ impl Storage {
         old: Option<&oxvirt_model::VmSpec>,
         extra: Vec<Op>,
     ) -> Result<(), ControlError> {
-        let mut ops = extra;
+        // The VM's own key first: a conflict on it is the one reported (a VM of that name exists,
+        // or it changed meanwhile), whatever else the transaction would have found.
+        let mut ops = vec![Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect }];
+        ops.extend(extra);
         ops.extend(self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?);
         ops.extend(self.ctl.ipam().lease_ops(&vm.spec.name, old, Some(&vm.spec)));
         ops.extend(self.ctl.ipam().mac_ops(&vm.spec.name, old, Some(&vm.spec)));
-        ops.push(Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect });
         self.ctl.inner.store.txn(ops)?;
         for n in crate::Ipam::networks_touched(old, Some(&vm.spec)) {
             self.ctl.networks().sync_dhcp(&n);

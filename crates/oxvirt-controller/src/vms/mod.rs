@@ -68,10 +68,9 @@ impl Vms {
         spec.validate()?;
         self.ctl.access().check_references(caller, None, &mut spec)?;
         self.check_against_host(&spec)?;
+        // (A VM of that name is found by the write, whose first expectation is that its key is
+        // absent: one read of the store fewer per create.)
         let id = uuid::Uuid::new_v4().to_string();
-        if self.ctl.inner.store.get_record::<Vm>(&spec.name)?.is_some() {
-            return Err(exists(&spec.name));
-        }
         self.ctl.ipam().prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
         self.ctl.projects().check_quota(&spec)?;
@@ -98,7 +97,7 @@ impl Vms {
                 },
                 created_at: now,
             };
-            // (A VM of that name made meanwhile fails the write: its key must be absent.)
+            // (A VM of that name fails the write: its key must be absent.)
             match self.ctl.storage().write_vm_with(&vm, Expect::Absent, None, counter.into_iter().collect()) {
                 Ok(()) => break vm,
                 Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
