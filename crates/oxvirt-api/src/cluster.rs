@@ -48,7 +48,7 @@ async fn leave(State(c): State<Controller>, Names(host): Names<String>) -> ApiRe
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// In maintenance: no new VMs; its running VMs are migrated away (the tasks are returned).
+/// In maintenance: no new VMs; its running VMs are migrated away (the drain's task is returned).
 async fn maintenance(
     State(c): State<Controller>,
     Names(host): Names<String>,

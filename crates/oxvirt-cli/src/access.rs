@@ -169,11 +169,13 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
             }
         }
         ClusterCmd::Drain { host } => {
+            // One task drains the host (older daemons answer a task per VM).
             let tasks = client.cluster().set_maintenance(&host, true).await?;
+            let mut said = Vec::new();
             for t in &tasks {
-                crate::follow_task(client, t, std::time::Duration::from_secs(3600), out).await?;
+                said.push(crate::follow_task(client, t, std::time::Duration::from_secs(3600), out).await?.message);
             }
-            println!("host {host} is in maintenance; {} VM(s) moved away", tasks.len());
+            println!("host {host} is in maintenance; {}", said.join("; "));
         }
         ClusterCmd::Undrain { host } => {
             client.cluster().set_maintenance(&host, false).await?;

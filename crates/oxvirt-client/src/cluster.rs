@@ -33,7 +33,7 @@ impl Cluster<'_> {
         self.client.delete(&host_path(host)).await
     }
 
-    /// Puts a host in maintenance (`on`: its running VMs migrate away, the tasks) or out of it.
+    /// Puts a host in maintenance (`on`: its running VMs migrate away, in the drain's task) or out of it.
     pub async fn set_maintenance(&self, host: &str, on: bool) -> Result<Vec<Task>, ClientError> {
         self.client.call_with(Method::PUT, &format!("{}/maintenance", host_path(host)), &Maintenance { on }).await
     }

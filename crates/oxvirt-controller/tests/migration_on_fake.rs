@@ -271,3 +271,74 @@ async fn the_console_log_follows_the_vm_once() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Most migration records alive at once while `run` runs, as the store's watch saw them.
+async fn most_at_once<T>(store: &SqliteStore, run: impl std::future::Future<Output = T>) -> (T, usize) {
+    let mut watch = store.watch();
+    let out = run.await;
+    let (mut alive, mut most) = (std::collections::HashSet::new(), 0);
+    while let Ok(e) = watch.try_recv() {
+        match e {
+            WatchEvent::Put(e) if e.key.starts_with(Migration::PREFIX) => {
+                alive.insert(e.key);
+            }
+            WatchEvent::Delete { key, .. } if key.starts_with(Migration::PREFIX) => {
+                alive.remove(&key);
+            }
+            _ => {}
+        }
+        most = most.max(alive.len());
+    }
+    (out, most)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_every_vm_no_more_at_once_than_the_policy_allows() {
+    let c = Cluster::new().await;
+    for limit in [1u32, 2] {
+        let names: Vec<String> = (0..4).map(|i| format!("vm{limit}-{i}")).collect();
+        for n in &names {
+            c.running_on_a(n).await;
+        }
+        let policy = oxvirt_model::ClusterPolicy { max_migrations: limit, ..Default::default() };
+        c.a.hosts().set_cluster_policy(policy).unwrap();
+        let (task, most) = most_at_once(&c.store, async {
+            let tasks = c.a.hosts().set_maintenance("host-a", true).unwrap();
+            assert_eq!(tasks.len(), 1, "one task drains the host: {tasks:?}");
+            assert_eq!(tasks[0].kind, "host.drain");
+            c.a.tasks().wait(&tasks[0].id, Duration::from_secs(20)).await.unwrap()
+        })
+        .await;
+        assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+        assert!(task.message.starts_with("moved 4 VM(s) away: "), "{}", task.message);
+        assert!((1..=limit as usize).contains(&most), "limit {limit}: {most} migrations at once");
+        for n in &names {
+            let vm = wait_vm(&c.b, n, "running on host-b", |v| v.status.state == VmState::Running).await;
+            assert_eq!(vm.host.as_deref(), Some("host-b"), "{n}");
+        }
+        // In maintenance, host-a takes no new VM; out of it, it does again.
+        let err = c.a.vms().create_vm(ROOT, c.spec("late")).unwrap_err().to_string();
+        assert!(err.contains("maintenance"), "{err}");
+        assert!(c.a.hosts().set_maintenance("host-a", false).unwrap().is_empty());
+        for n in &names {
+            c.b.vms().vm_action(n, VmAction::Kill).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_no_host_can_take_is_refused_and_changes_nothing() {
+    let c = Cluster::new().await;
+    c.running_on_a("big").await;
+    // host-b has no room for it: its record says it has a few MiB.
+    let record = |name: &str| -> oxvirt_model::HostRecord {
+        serde_json::from_slice(&c.store.get(&format!("hosts/{name}")).unwrap().unwrap().value).unwrap()
+    };
+    let mut b = record("host-b");
+    b.memory = 1 << 20;
+    c.store.put("hosts/host-b", oxvirt_store::encode(&b), Expect::Any).unwrap();
+    let err = c.a.hosts().set_maintenance("host-a", true).unwrap_err().to_string();
+    assert!(err.contains("cannot be drained") && err.contains("big"), "{err}");
+    assert!(!record("host-a").maintenance, "a refused drain leaves the host as it was");
+    assert_eq!(c.a.vms().get_vm("big").unwrap().host.as_deref(), Some("host-a"));
+}

@@ -348,7 +348,7 @@ async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     }
     let (code, out, err) = b.cli(&["cluster", "drain", "host-b"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("1 VM(s) moved away"), "{out}");
+    assert!(out.contains("moved 1 VM(s) away: mover to host-a"), "{out}");
     let vm = wait_state(&a.client, "mover", "running", Duration::from_secs(30)).await;
     assert_eq!(vm.host.as_deref(), Some("host-a"));
     assert!(guest_number(&a.client, "mover", "cat /tmp/c").await >= later);

@@ -2,6 +2,7 @@
 //! (`alive/<name>`, held by an etcd lease while the daemon lives) and its turn at leading; the
 //! hosts as the API shows them; leaving, refused while the host still has VMs.
 
+mod drain;
 pub mod placement;
 
 use crate::{now_millis, ControlError};
@@ -221,39 +222,6 @@ impl Hosts {
                 tracing::warn!("cannot refresh this host's record: {e}");
             }
         }
-    }
-
-    /// Puts a host in maintenance (or takes it out): in maintenance it gets no new VMs, and its
-    /// running VMs are migrated away, each to the scheduler's pick among the others (a task per
-    /// VM on this host, which must be the host drained). Returns the tasks.
-    pub fn set_maintenance(&self, name: &str, on: bool) -> Result<Vec<oxvirt_model::Task>, ControlError> {
-        let mut rec =
-            self.host_record(name)?.ok_or_else(|| ControlError::NotFound { kind: "host", name: name.into() })?;
-        if on && self.host_name().as_deref() != Some(name) {
-            return Err(ControlError::Conflict(format!("drain host {name} through its own API (it migrates its VMs)")));
-        }
-        rec.maintenance = on;
-        self.ctl.inner.store.put(&format!("hosts/{name}"), oxvirt_store::encode(&rec), Expect::Any)?;
-        if !on {
-            return Ok(vec![]);
-        }
-        let mut tasks = Vec::new();
-        for vm in self.ctl.vms().list_vms()?.into_iter().filter(|v| v.host.as_deref() == Some(name)) {
-            if vm.status.state != oxvirt_model::VmState::Running {
-                continue;
-            }
-            let spec = oxvirt_model::VmSpec { host: None, ..vm.spec.clone() };
-            let (to, _) = self.place_vm(&spec)?.ok_or_else(|| ControlError::Conflict("not in a cluster".into()))?;
-            let req = oxvirt_model::MigrateRequest {
-                to,
-                downtime_ms: 100,
-                bandwidth_mibs: 0,
-                auto_converge: true,
-                postcopy: false,
-            };
-            tasks.push(self.ctl.migrations().migrate_vm(&vm.spec.name, req)?);
-        }
-        Ok(tasks)
     }
 
     /// Takes a host out of the cluster's records; refused while VMs are on it.

@@ -14,7 +14,7 @@ use oxvirt_store::{Expect, Op, StoreExt};
 pub(crate) const PLACEMENT_COUNTER: &str = "cluster/placements";
 
 /// What a VM needs of a host, for the scheduler.
-fn request_of(spec: &VmSpec) -> Request {
+pub(super) fn request_of(spec: &VmSpec) -> Request {
     let pools = spec
         .disks
         .iter()
@@ -73,7 +73,7 @@ impl crate::Hosts {
 
     /// The hosts and VMs (`vms`, all of them) as the scheduler sees them, under the cluster's
     /// policy.
-    fn scheduler_view(&self, vms: &[Vm]) -> Result<(Vec<Host>, Vec<Placed>, Policy), ControlError> {
+    pub(super) fn scheduler_view(&self, vms: &[Vm]) -> Result<(Vec<Host>, Vec<Placed>, Policy), ControlError> {
         let alive = self.alive_hosts()?;
         let host_policy = self.ctl.resources().host_policy()?;
         let policy = Policy {
