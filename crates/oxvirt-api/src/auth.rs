@@ -203,7 +203,8 @@ pub fn requirement(method: &Method, matched: &str, params: &[(&str, &str)]) -> O
         _ => "/".to_string(),
     };
     let admin = matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
-        || ((matched == "/api/v1/host/policy" || matches!(m.first(), Some(&"projects") | Some(&"cluster")))
+        || ((matched == "/api/v1/host/policy"
+            || matches!(m.first(), Some(&"projects") | Some(&"cluster") | Some(&"ha")))
             && method != Method::GET);
     let operate = (m.first() == Some(&"vms")
         && matches!(m.get(2), Some(&"actions") | Some(&"console") | Some(&"balloon") | Some(&"migrate")))
@@ -318,6 +319,16 @@ mod tests {
         assert_eq!(r(Method::PUT, "/api/v1/host/policy", "/api/v1/host/policy"), Some((Privilege::Admin, "/".into())));
         assert_eq!(r(Method::GET, "/api/v1/host/policy", "/api/v1/host/policy"), Some((Privilege::Read, "/".into())));
         assert_eq!(r(Method::GET, "/api/v1/users", "/api/v1/users"), Some((Privilege::Admin, "/".into())));
+        // HA is the cluster's: changed by administrators only, whichever VM it names.
+        assert_eq!(
+            r(Method::POST, "/api/v1/ha/resources", "/api/v1/ha/resources"),
+            Some((Privilege::Admin, "/".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/api/v1/ha/resources/{vm}", "/api/v1/ha/resources/web"),
+            Some((Privilege::Admin, "/".into()))
+        );
+        assert_eq!(r(Method::GET, "/api/v1/ha/groups", "/api/v1/ha/groups"), Some((Privilege::Read, "/".into())));
         assert_eq!(r(Method::GET, "/api/v1/tasks", "/api/v1/tasks"), None);
         assert_eq!(r(Method::POST, "/api/v1/tokens", "/api/v1/tokens"), None);
     }

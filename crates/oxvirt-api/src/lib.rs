@@ -11,6 +11,7 @@ mod cluster;
 mod console;
 pub mod error;
 mod events;
+mod ha;
 mod host;
 pub mod metrics;
 pub mod names;
@@ -51,6 +52,7 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(events::routes())
         .merge(users::routes())
         .merge(projects::routes())
+        .merge(ha::routes())
         .merge(cluster::routes())
         .route_layer(axum::middleware::from_fn_with_state(ctrl.clone(), auth::authorize))
         .fallback(error::not_found)

@@ -25,6 +25,8 @@ fn noun_of(collection: &str) -> &str {
         "projects" => "project",
         "users" => "user",
         "hosts" => "host",
+        "resources" => "HA resource",
+        "groups" => "HA group",
         other => other,
     }
 }

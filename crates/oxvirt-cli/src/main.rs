@@ -3,6 +3,7 @@
 mod access;
 mod args;
 mod console;
+mod ha;
 mod network;
 mod output;
 mod resources;
@@ -71,6 +72,9 @@ enum Command {
     /// The cluster (when the store is etcd): hosts, leaving.
     #[command(subcommand)]
     Cluster(access::ClusterCmd),
+    /// High availability: VMs kept started (restarted, moved) or stopped, and host groups.
+    #[command(subcommand)]
+    Ha(ha::HaCmd),
     /// Projects (tenants) and their quotas.
     #[command(subcommand)]
     Project(access::ProjectCmd),
@@ -352,7 +356,15 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Vm(VmCmd::Balloon { name, target }) => resources::balloon(client, out, &name, target).await?,
         Command::Vm(VmCmd::Nic(cmd)) => print_vm(&network::nic(client, cmd).await?, out),
         Command::Vm(VmCmd::List) => print_vms(&client.list_vms().await?, out),
-        Command::Vm(VmCmd::Show { name }) => print_vm(&client.get_vm(&name).await?, out),
+        Command::Vm(VmCmd::Show { name }) => {
+            print_vm(&client.get_vm(&name).await?, out);
+            // (Not an HA resource, or HA not readable by this caller: no line.)
+            if out == Output::Table {
+                if let Ok(r) = client.ha().get_resource(&name).await {
+                    println!("ha:          {}", ha::summary(&r));
+                }
+            }
+        }
         Command::Vm(VmCmd::Delete { name }) => {
             client.delete_vm(&name).await?;
             if out == Output::Json {
@@ -414,6 +426,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::User(cmd) => access::user(client, out, cmd).await?,
         Command::Token(cmd) => access::token(client, out, cmd).await?,
         Command::Acl(cmd) => access::acl(client, out, cmd).await?,
+        Command::Ha(cmd) => ha::run(client, out, cmd).await?,
         Command::Project(cmd) => access::project(client, out, cmd).await?,
         Command::Cluster(cmd) => access::cluster(client, out, cmd).await?,
         Command::Login { user } => access::login(client, &user).await?,

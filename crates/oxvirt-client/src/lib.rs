@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 mod access;
 mod cluster;
+mod ha;
 mod host;
 mod network;
 mod projects;
@@ -26,6 +27,7 @@ mod transport;
 mod vms;
 pub use access::Access;
 pub use cluster::Cluster;
+pub use ha::Ha;
 pub use network::Networks;
 pub use projects::Projects;
 pub use resources::ResourceControl;

@@ -18,6 +18,8 @@ pub enum Job {
     Migrations,
     /// Each VM of this host: re-adoption, restart policies, console log rotation.
     Vms,
+    /// Each HA resource of this host kept at its state (also run when an HA VM's QEMU exits).
+    Ha,
     /// Finished tasks beyond the number kept are removed.
     Tasks,
     /// The administrator token's file holds one that works (renewed before it expires).
@@ -40,9 +42,10 @@ pub enum Job {
 
 impl Job {
     /// The reconcile round's jobs, in the order they run.
-    pub const ROUND: [Job; 8] = [
+    pub const ROUND: [Job; 9] = [
         Job::Migrations,
         Job::Vms,
+        Job::Ha,
         Job::Tasks,
         Job::AdminToken,
         Job::HostRecord,
@@ -55,8 +58,8 @@ impl Job {
     pub const OWN_LOOPS: [Job; 3] = [Job::AutoBalloon, Job::History, Job::Alerts];
 
     /// Every job: the round's, then those of their own loops (the order figures are shown in).
-    pub const ALL: [Job; 11] = {
-        let mut all = [Job::Migrations; 11];
+    pub const ALL: [Job; 12] = {
+        let mut all = [Job::Migrations; 12];
         let mut i = 0;
         while i < Job::ROUND.len() {
             all[i] = Job::ROUND[i];
@@ -73,6 +76,7 @@ impl Job {
         match self {
             Job::Migrations => "migrations",
             Job::Vms => "vms",
+            Job::Ha => "ha",
             Job::Tasks => "tasks",
             Job::AdminToken => "admin_token",
             Job::HostRecord => "host_record",
@@ -167,6 +171,7 @@ impl Controller {
             match job {
                 Job::Migrations => book.run(job, self.migrations().serve_migrations()).await,
                 Job::Vms => book.run(job, self.vms().reconcile(full)).await,
+                Job::Ha => book.run(job, self.ha().keep_round()).await,
                 Job::Tasks => book.run(job, async { self.inner.tasks.prune() }).await,
                 Job::AdminToken => {
                     book.run(job, async {

@@ -39,6 +39,7 @@ pub(crate) use service;
 pub mod access;
 pub mod cluster;
 mod error;
+pub mod ha;
 mod host;
 pub mod jobs;
 mod migrate;
@@ -138,6 +139,7 @@ pub(crate) struct Inner {
     pub nbd: storage::nbd::State,
     pub migrations: migrate::State,
     pub hosts: cluster::State,
+    pub ha: ha::State,
     pub access: access::State,
     pub resources: resources::State,
     pub monitoring: monitoring::State,
@@ -170,6 +172,7 @@ impl Controller {
             nbd: Default::default(),
             migrations: Default::default(),
             hosts: Default::default(),
+            ha: Default::default(),
             access: Default::default(),
             resources: Default::default(),
             monitoring: Default::default(),

@@ -8,6 +8,7 @@ mod alert;
 mod cluster;
 mod error;
 mod event;
+mod ha;
 mod host;
 mod migration;
 mod name;
@@ -32,6 +33,10 @@ pub use alert::{Alert, AlertKind, AlertRule, AlertState};
 pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
 pub use error::{ApiErrorBody, ErrorReply, ValidationError, ERROR_CODES};
 pub use event::Event;
+pub use ha::{
+    HaGroup, HaGroupHost, HaGroupSpec, HaRecovery, HaResource, HaResourceSpec, HaState, HaStatus, HA_GROUP_MAX_HOSTS,
+    HA_MAX_PRIORITY, HA_MAX_TRIES,
+};
 pub use host::HostInfo;
 pub use migration::{MigrateRequest, Migration, MigrationState};
 pub use name::validate_name;

@@ -69,6 +69,15 @@ impl Record for oxvirt_model::ClusterPolicy {
     const PREFIX: &'static str = "cluster/";
 }
 
+/// Keyed by the VM's name.
+impl Record for oxvirt_model::HaResource {
+    const PREFIX: &'static str = "ha/resources/";
+}
+
+impl Record for oxvirt_model::HaGroup {
+    const PREFIX: &'static str = "ha/groups/";
+}
+
 impl Record for oxvirt_model::Migration {
     const PREFIX: &'static str = "migrations/";
 }

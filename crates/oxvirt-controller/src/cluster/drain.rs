@@ -66,7 +66,10 @@ impl crate::Hosts {
         let mut plan = Vec::new();
         for vm in leaving {
             let d = cluster.place(&request_of(&vm.spec)).map_err(|e| {
-                ControlError::Conflict(format!("host {name} cannot be drained: no other host can take VM {}: {e}", vm.spec.name))
+                ControlError::Conflict(format!(
+                    "host {name} cannot be drained: no other host can take VM {}: {e}",
+                    vm.spec.name
+                ))
             })?;
             plan.push(Move { vm: vm.spec.name.clone(), to: d.host });
         }

@@ -140,6 +140,56 @@ impl crate::Hosts {
         }
     }
 
+    /// Where VM `vm`, off, may run instead of on host `from` (lost, or where it keeps failing):
+    /// the scheduler's pick among the other hosts, those of its HA group first, by the group's
+    /// priorities (a restricted group's only).
+    pub(crate) fn pick_other_host(&self, vm: &Vm, from: &str) -> Result<String, ControlError> {
+        let group = self
+            .ctl
+            .inner
+            .store
+            .get_record::<oxvirt_model::HaResource>(&vm.spec.name)?
+            .and_then(|(r, _)| r.spec.group)
+            .and_then(|g| self.ctl.inner.store.get_record::<oxvirt_model::HaGroup>(&g).ok().flatten())
+            .map(|(g, _)| g.spec);
+        let vms = self.ctl.vms().list_vms()?;
+        let (hosts, placed, policy) = self.scheduler_view(&vms)?;
+        let request = request_of(&oxvirt_model::VmSpec { host: None, ..vm.spec.clone() });
+        // Tiers of hosts to try in turn: the group's by priority, then (unless restricted) any.
+        let mut tiers: Vec<Vec<String>> = Vec::new();
+        if let Some(g) = &group {
+            let mut prios: Vec<u32> = g.hosts.iter().map(|h| h.priority).collect();
+            prios.sort_unstable_by(|a, b| b.cmp(a));
+            prios.dedup();
+            for p in prios {
+                tiers.push(g.hosts.iter().filter(|h| h.priority == p).map(|h| h.host.clone()).collect());
+            }
+        }
+        if !group.as_ref().is_some_and(|g| g.restricted) {
+            tiers.push(hosts.iter().map(|h| h.name.clone()).collect());
+        }
+        let mut last = String::from("no host to try");
+        for tier in tiers {
+            let view: Vec<Host> = hosts
+                .iter()
+                .cloned()
+                .map(|mut h| {
+                    h.maintenance |= h.name == from || !tier.contains(&h.name);
+                    h
+                })
+                .collect();
+            let mut cluster = Cluster::new(view, policy.clone());
+            for p in placed.iter().filter(|p| p.request.name != vm.spec.name) {
+                cluster.note_groups(&p.host, p.request.affinity.as_deref(), p.request.anti_affinity.as_deref());
+            }
+            match cluster.choose(&request) {
+                Ok(d) => return Ok(d.host),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(ControlError::Conflict(last))
+    }
+
     /// The rebalancing plan now; with `start`, the first moves are asked for, as many as the
     /// policy lets run at once.
     pub fn rebalance(&self, start: bool) -> Result<RebalanceView, ControlError> {

@@ -778,7 +778,8 @@ impl Storage {
     ) -> Result<(), ControlError> {
         // The VM's own key first: a conflict on it is the one reported (a VM of that name exists,
         // or it changed meanwhile), whatever else the transaction would have found.
-        let mut ops = vec![Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect }];
+        let mut ops =
+            vec![Op::Put { key: <Vm as oxvirt_store::Record>::key_of(&vm.spec.name), value: encode(vm), expect }];
         ops.extend(extra);
         ops.extend(self.volume_claims(&vm.spec.name, old, Some(&vm.spec))?);
         ops.extend(self.ctl.ipam().lease_ops(&vm.spec.name, old, Some(&vm.spec)));

@@ -39,6 +39,7 @@ impl crate::Vms {
         let vm = self.get_vm(name)?;
         self.ctl.hosts().check_local(&vm)?;
         action.check_from(vm.status.state).map_err(ControlError::Conflict)?;
+        self.ctl.ha().follow_user_action(name, action)?;
         let task = self.ctl.inner.tasks.create(&format!("vm.{}", action.as_str()), &format!("vms/{name}"))?;
         let snapshot = task.snapshot();
         let me = self.clone();
@@ -321,6 +322,13 @@ impl crate::Vms {
         tracing::info!(vm = name, pid = instance.pid(), "QEMU exited: {reason}");
         if by_user {
             self.mark_stopped(name, &reason);
+            return;
+        }
+        // An HA VM kept started is the HA keeper's: it stays desired running (a failure, which
+        // the keeper counts against its restarts) and the keeper looks at once.
+        if self.ctl.ha().keeps_started(name) {
+            self.mark_stopped(name, &reason);
+            self.ctl.ha().kick();
             return;
         }
         let clean = matches!(shutdown, Some((true, _))) && !crashed;

@@ -213,7 +213,15 @@ impl Vms {
             )));
         }
         // The VM's volumes are let go in the same transaction; they stay, with their data.
+        if self.ctl.inner.store.get_record::<oxvirt_model::HaResource>(name)?.is_some() {
+            return Err(ha_resource(name));
+        }
         let mut ops = self.ctl.storage().volume_claims(name, Some(&vm.spec), None)?;
+        // (And none made meanwhile: the delete expects its HA record absent.)
+        ops.push(oxvirt_store::Op::Delete {
+            key: <oxvirt_model::HaResource as oxvirt_store::Record>::key_of(name),
+            expect: Expect::Absent,
+        });
         ops.extend(self.ctl.ipam().lease_ops(name, Some(&vm.spec), None));
         ops.extend(self.ctl.ipam().mac_ops(name, Some(&vm.spec), None));
         ops.push(oxvirt_store::Op::Delete {
@@ -221,6 +229,11 @@ impl Vms {
             expect: Expect::Revision(rev),
         });
         self.ctl.inner.store.txn(ops).map_err(|e| match e {
+            StoreError::Conflict { key, .. }
+                if key.starts_with(<oxvirt_model::HaResource as oxvirt_store::Record>::PREFIX) =>
+            {
+                ha_resource(name)
+            }
             StoreError::Conflict { .. } => busy(name),
             e => e.into(),
         })?;
@@ -232,6 +245,10 @@ impl Vms {
         self.ctl.inner.emit(Event::VmLifecycle { vm: name.to_string(), action: "deleted".into(), time: now_millis() });
         Ok(())
     }
+}
+
+fn ha_resource(name: &str) -> ControlError {
+    ControlError::InUse(format!("VM {name} is an HA resource: `oxvirt ha remove {name}` first"))
 }
 
 fn exists(name: &str) -> ControlError {

@@ -54,6 +54,13 @@ impl crate::Vms {
                     _ => {}
                 }
             }
+            // An HA VM kept started: starting it again (or not) is the HA keeper's, which counts
+            // its restarts.
+            Ok(None) if self.ctl.ha().keeps_started(name) => {
+                if vm.status.state.has_process() {
+                    self.mark_stopped(name, "QEMU was gone when oxvirtd looked (it exited while oxvirtd was away)");
+                }
+            }
             Ok(None) if !vm.status.state.has_process() => {
                 // Desired running but nothing runs and nobody is starting it (e.g. the daemon
                 // died in the middle of a start): make the host match the store.

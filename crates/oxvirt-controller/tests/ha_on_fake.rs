@@ -1,0 +1,193 @@
+//! High availability's keeper on a fake hypervisor: an HA VM kept started is started, restarted
+//! when its QEMU dies (up to its `max_restarts`), then left with the reason on one host or moved
+//! to another in a cluster; a user's stop makes it `stopped`; an HA VM cannot be deleted.
+
+use oxvirt_controller::{Controller, ControllerConfig};
+use oxvirt_hypervisor::fake::FakeHypervisor;
+use oxvirt_hypervisor::Hypervisor;
+use oxvirt_model::{HaResourceSpec, HaState, TaskState, Vm, VmAction, VmSpec, VmState, ROOT};
+use oxvirt_store::{ClusterSession, Expect, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+fn spec(kernel: &std::path::Path, name: &str, host: Option<&str>) -> VmSpec {
+    let mut j = serde_json::json!({ "name": name, "cpus": 1, "memory": "64MiB", "kernel": { "kernel": kernel } });
+    if let Some(h) = host {
+        j["host"] = serde_json::json!(h);
+    }
+    serde_json::from_value(j).unwrap()
+}
+
+fn ha(vm: &str, json: serde_json::Value) -> HaResourceSpec {
+    let mut j = json;
+    j["vm"] = serde_json::json!(vm);
+    serde_json::from_value(j).unwrap()
+}
+
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn running_pid(c: &Controller, name: &str) -> Option<u32> {
+    let v = c.vms().get_vm(name).ok()?;
+    (v.status.state == VmState::Running).then_some(v.status.pid).flatten()
+}
+
+async fn one_host() -> (common::TestRoot, Controller, Arc<FakeHypervisor>) {
+    let root = common::TestRoot::new();
+    let mut config = ControllerConfig::new(root.dir.path().join("host"));
+    config.host_path_roots = vec![root.boot.clone()];
+    config.reconcile_interval = Duration::from_millis(100);
+    let fake = FakeHypervisor::new();
+    let hv: Arc<dyn Hypervisor> = fake.clone();
+    let c = Controller::new(root.store.clone(), hv, config).unwrap();
+    c.start_background().await;
+    (root, c, fake)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_vm_is_restarted_up_to_its_tries_then_left_with_the_reason() {
+    let (root, c, fake) = one_host().await;
+    c.vms().create_vm(ROOT, spec(&root.kernel, "web", None)).unwrap();
+    let r = c.ha().add_resource(ha("web", serde_json::json!({}))).unwrap();
+    assert_eq!((r.spec.state, r.spec.max_restarts), (HaState::Started, 1));
+    // Added while off: the keeper starts it (no failure, nothing counted).
+    let first = until("started by HA", || running_pid(&c, "web")).await;
+    assert_eq!(c.ha().get_resource("web").unwrap().status.restarts, 0);
+    // Its QEMU dies: restarted, one restart counted.
+    let vm: Vm = c.vms().get_vm("web").unwrap();
+    fake.instance(&vm.id).unwrap().crash();
+    let second = until("restarted by HA", || running_pid(&c, "web").filter(|p| *p != first)).await;
+    assert_eq!(c.ha().get_resource("web").unwrap().status.restarts, 1);
+    // Dies again: its one restart is used up and a single host has nowhere to move it.
+    fake.instance(&vm.id).unwrap().crash();
+    let problem = until("given up", || {
+        let r = c.ha().get_resource("web").ok()?;
+        (!r.status.problem.is_empty()).then_some(r.status.problem)
+    })
+    .await;
+    assert!(problem.contains("1 restart(s) and 0 relocation(s)"), "{problem}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.vms().get_vm("web").unwrap().status.state, VmState::Stopped, "not started a third time");
+    assert_ne!(running_pid(&c, "web"), Some(second));
+    // An HA VM is not deleted behind HA's back.
+    let err = c.vms().delete_vm("web").unwrap_err().to_string();
+    assert!(err.contains("HA resource") && err.contains("ha remove web"), "{err}");
+    c.ha().remove_resource("web").unwrap();
+    c.vms().delete_vm("web").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_stop_and_start_change_the_ha_state() {
+    let (root, c, _fake) = one_host().await;
+    c.vms().create_vm(ROOT, spec(&root.kernel, "db", None)).unwrap();
+    c.ha().add_resource(ha("db", serde_json::json!({}))).unwrap();
+    until("started by HA", || running_pid(&c, "db")).await;
+    let t = c.vms().vm_action("db", VmAction::Stop).unwrap();
+    assert_eq!(c.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap().state, TaskState::Succeeded);
+    assert_eq!(c.ha().get_resource("db").unwrap().spec.state, HaState::Stopped);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(c.vms().get_vm("db").unwrap().status.state, VmState::Stopped, "HA keeps it stopped now");
+    let t = c.vms().vm_action("db", VmAction::Start).unwrap();
+    assert_eq!(c.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap().state, TaskState::Succeeded);
+    assert_eq!(c.ha().get_resource("db").unwrap().spec.state, HaState::Started);
+    // Set `stopped` through HA: the keeper stops it; `disabled`: it is left alone.
+    let mut s = c.ha().get_resource("db").unwrap().spec;
+    s.state = HaState::Stopped;
+    c.ha().set_resource("db", s.clone()).unwrap();
+    until("stopped by HA", || (c.vms().get_vm("db").ok()?.status.state == VmState::Stopped).then_some(())).await;
+    s.state = HaState::Disabled;
+    c.ha().set_resource("db", s).unwrap();
+    let t = c.vms().vm_action("db", VmAction::Start).unwrap();
+    c.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(c.ha().get_resource("db").unwrap().spec.state, HaState::Disabled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ha_requests_name_the_field_and_change_nothing() {
+    let (root, c, _fake) = one_host().await;
+    c.vms().create_vm(ROOT, spec(&root.kernel, "web", None)).unwrap();
+    let err = c.ha().add_resource(ha("nope", serde_json::json!({}))).unwrap_err().to_string();
+    assert!(err.contains("vm") && err.contains("no VM named nope"), "{err}");
+    let err = c.ha().add_resource(ha("web", serde_json::json!({ "group": "g" }))).unwrap_err().to_string();
+    assert!(err.contains("group") && err.contains("no HA group named g"), "{err}");
+    assert!(c.ha().list_resources().unwrap().is_empty());
+    c.ha().add_resource(ha("web", serde_json::json!({ "state": "disabled" }))).unwrap();
+    let err = c.ha().add_resource(ha("web", serde_json::json!({}))).unwrap_err().to_string();
+    assert!(err.contains("already"), "{err}");
+    let err = c.ha().set_resource("web", ha("other", serde_json::json!({}))).unwrap_err().to_string();
+    assert!(err.contains("vm") && err.contains("in the path"), "{err}");
+    let g: oxvirt_model::HaGroupSpec =
+        serde_json::from_value(serde_json::json!({ "name": "g", "hosts": [{ "host": "h1" }] })).unwrap();
+    c.ha().add_group(g).unwrap();
+    c.ha().set_resource("web", ha("web", serde_json::json!({ "group": "g", "state": "disabled" }))).unwrap();
+    let err = c.ha().remove_group("g").unwrap_err().to_string();
+    assert!(err.contains("web"), "{err}");
+}
+
+/// Membership held by hand: `host-a` leads.
+struct Member;
+
+#[async_trait::async_trait]
+impl ClusterSession for Member {
+    async fn leader(&self) -> Option<String> {
+        Some("host-a".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_restarts_a_vm_moves_to_the_groups_preferred_host() {
+    let root = common::TestRoot::new();
+    let host = |name: &str| {
+        let mut config = ControllerConfig::new(root.dir.path().join(name));
+        config.host_path_roots = vec![root.boot.clone()];
+        config.reconcile_interval = Duration::from_millis(100);
+        let fake = FakeHypervisor::new();
+        let hv: Arc<dyn Hypervisor> = fake.clone();
+        let c = Controller::new(root.store.clone(), hv, config).unwrap();
+        c.hosts().join_cluster(name, "127.0.0.1:8443", Member).unwrap();
+        root.store.put(&format!("alive/{name}"), name.as_bytes().to_vec(), Expect::Any).unwrap();
+        (c, fake)
+    };
+    let (a, fake_a) = host("host-a");
+    let (b, fake_b) = host("host-b");
+    let (c, fake_c) = host("host-c");
+    for h in [&a, &b, &c] {
+        h.start_background().await;
+    }
+    // host-c is preferred over host-b.
+    let g: oxvirt_model::HaGroupSpec = serde_json::from_value(serde_json::json!({
+        "name": "g", "hosts": [{ "host": "host-b", "priority": 1 }, { "host": "host-c", "priority": 2 }]
+    }))
+    .unwrap();
+    a.ha().add_group(g).unwrap();
+    a.vms().create_vm(ROOT, spec(&root.kernel, "web", Some("host-a"))).unwrap();
+    a.ha().add_resource(ha("web", serde_json::json!({ "group": "g", "max_restarts": 0 }))).unwrap();
+    until("started on host-a", || running_pid(&a, "web")).await;
+    let vm = a.vms().get_vm("web").unwrap();
+    fake_a.instance(&vm.id).unwrap().crash();
+    let moved = until("running on host-c", || {
+        let v = c.vms().get_vm("web").ok()?;
+        (v.host.as_deref() == Some("host-c") && v.status.state == VmState::Running && fake_c.starts().len() == 1)
+            .then_some(v)
+    })
+    .await;
+    assert!(moved.host_reason.unwrap_or_default().contains("recovered by HA from host-a"));
+    let r = a.ha().get_resource("web").unwrap();
+    let rec = r.status.last_recovery.expect("a recovery recorded");
+    assert_eq!((rec.from.as_str(), rec.to.as_str(), r.status.relocations), ("host-a", "host-c", 1));
+    // host-a does not start it again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake_a.starts().len(), 1, "host-a started it once");
+    assert_eq!(fake_c.starts().len(), 1, "host-c started it once");
+    assert!(fake_b.starts().is_empty(), "host-b, less preferred, never");
+}
