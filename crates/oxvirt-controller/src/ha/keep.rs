@@ -30,7 +30,8 @@ pub(crate) enum Step {
 
 /// The keeper's decision for a resource and its VM (pure: the fake tests it alone).
 pub(crate) fn step(r: &HaResource, vm: &Vm, now: u64, in_cluster: bool) -> Step {
-    let off = matches!(vm.status.state, VmState::Stopped | VmState::Crashed);
+    // (A crashed guest's QEMU is killed when HA keeps it started: its exit makes it stopped.)
+    let off = vm.status.state == VmState::Stopped;
     match r.spec.state {
         HaState::Disabled => Step::Nothing,
         HaState::Stopped if !off => Step::Stop,
@@ -38,7 +39,7 @@ pub(crate) fn step(r: &HaResource, vm: &Vm, now: u64, in_cluster: bool) -> Step 
         HaState::Started if off => {
             // Off against its desired state (QEMU died, the guest crashed, a start failed): a
             // failure. Off as desired (it was added or set `started` while off): just started.
-            let failed = vm.desired == DesiredState::Running || vm.status.state == VmState::Crashed;
+            let failed = vm.desired == DesiredState::Running;
             if !failed {
                 return Step::Start { failed: false };
             }
@@ -238,11 +239,11 @@ mod tests {
         let off_as_asked = vm(VmState::Stopped, Stopped, 0);
         let failed = vm(VmState::Stopped, Running, 0);
         let crashed = vm(VmState::Crashed, Running, 0);
+        assert_eq!(step(&resource(HaState::Started, 0, 0), &crashed, 0, true), Step::Nothing, "killed first");
         assert_eq!(step(&resource(HaState::Started, 0, 0), &off_as_asked, 0, true), Step::Start { failed: false });
         // Even past its restarts: being started is no failure.
         assert_eq!(step(&resource(HaState::Started, 1, 1), &off_as_asked, 0, true), Step::Start { failed: false });
         assert_eq!(step(&resource(HaState::Started, 0, 0), &failed, 0, true), Step::Start { failed: true });
-        assert_eq!(step(&resource(HaState::Started, 0, 0), &crashed, 0, true), Step::Start { failed: true });
         assert_eq!(step(&resource(HaState::Started, 1, 0), &failed, 0, true), Step::Relocate);
         // A single host has nowhere to relocate to.
         assert!(matches!(step(&resource(HaState::Started, 1, 0), &failed, 0, false), Step::GiveUp(_)));

@@ -285,8 +285,9 @@ impl crate::Vms {
         }
         self.emit_guest(name, "guest kernel panicked");
         self.set_state(name, VmState::Crashed, "guest kernel panicked");
-        if vm.spec.restart_policy != RestartPolicy::Never && vm.desired == DesiredState::Running {
-            // The exit that follows restarts it (see on_exit).
+        let restarted = vm.spec.restart_policy != RestartPolicy::Never || self.ctl.ha().keeps_started(name);
+        if restarted && vm.desired == DesiredState::Running {
+            // The exit that follows restarts it (see on_exit; HA's keeper for an HA VM).
             let _ = instance.kill().await;
         }
     }
