@@ -22,6 +22,7 @@ async fn stream(State(c): State<Controller>) -> Sse<impl Stream<Item = Result<Ss
             oxvirt_model::Event::VmGuest { .. } => "vm-guest",
             oxvirt_model::Event::Task { .. } => "task",
             oxvirt_model::Event::Alert { .. } => "alert",
+            oxvirt_model::Event::Ha { .. } => "ha",
         };
         let data = serde_json::to_string(&e).ok()?;
         Some(Ok(SseEvent::default().event(kind).data(data)))

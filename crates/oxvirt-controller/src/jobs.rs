@@ -18,7 +18,8 @@ pub enum Job {
     Migrations,
     /// Each VM of this host: re-adoption, restart policies, console log rotation.
     Vms,
-    /// Each HA resource of this host kept at its state (also run when an HA VM's QEMU exits).
+    /// Each HA resource of this host kept at its state (also run when an HA VM's QEMU exits);
+    /// on the leader, lost hosts' HA VMs recovered on others.
     Ha,
     /// Finished tasks beyond the number kept are removed.
     Tasks,
@@ -171,7 +172,13 @@ impl Controller {
             match job {
                 Job::Migrations => book.run(job, self.migrations().serve_migrations()).await,
                 Job::Vms => book.run(job, self.vms().reconcile(full)).await,
-                Job::Ha => book.run(job, self.ha().keep_round()).await,
+                Job::Ha => {
+                    book.run(job, async {
+                        self.ha().keep_round().await;
+                        self.ha().recover_round().await;
+                    })
+                    .await
+                }
                 Job::Tasks => book.run(job, async { self.inner.tasks.prune() }).await,
                 Job::AdminToken => {
                     book.run(job, async {

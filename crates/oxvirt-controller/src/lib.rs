@@ -97,6 +97,28 @@ pub struct ControllerConfig {
     /// Live migrations go over TLS (the QEMU driver gives every QEMU the credentials): only to
     /// and from hosts that say the same in their host record.
     pub migration_tls: bool,
+    /// High availability's timing (a cluster's hosts must agree on it: see `ha/`).
+    pub ha: HaTiming,
+}
+
+/// When a host fences itself and when the leader may recover a lost host's VMs. Safe when
+/// `fence_after` (from the last lease renewal) plus the time a kill takes is below the lease's
+/// TTL plus `recover_after` (from the lease's end): oxvirtd checks it at start.
+#[derive(Debug, Clone)]
+pub struct HaTiming {
+    /// A host that has not renewed its lease for this long kills its HA VMs (itself, and its
+    /// watchdog if oxvirtd cannot).
+    pub fence_after: Duration,
+    /// The leader recovers a lost host's HA VMs this long after the host's lease ended.
+    pub recover_after: Duration,
+    /// The watchdog's socket (oxvirtd starts it); none: no watchdog.
+    pub watchdog_socket: Option<PathBuf>,
+}
+
+impl Default for HaTiming {
+    fn default() -> Self {
+        HaTiming { fence_after: Duration::from_secs(9), recover_after: Duration::from_secs(1), watchdog_socket: None }
+    }
 }
 
 impl ControllerConfig {
@@ -110,6 +132,7 @@ impl ControllerConfig {
             host_path_roots: Vec::new(),
             host_path_secrets: Vec::new(),
             migration_tls: false,
+            ha: HaTiming::default(),
         }
     }
 }
@@ -211,6 +234,7 @@ impl Controller {
             }
         }
         self.migrations().watch_migrations();
+        self.ha().start_fencing();
         let balloon = self.resources();
         let every = Duration::from_secs(2);
         self.spawn_job(Job::AutoBalloon, every, every, move || {

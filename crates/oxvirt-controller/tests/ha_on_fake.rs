@@ -142,6 +142,10 @@ impl ClusterSession for Member {
     async fn leader(&self) -> Option<String> {
         Some("host-a".into())
     }
+
+    fn lease_renewed(&self) -> Option<std::time::Instant> {
+        Some(std::time::Instant::now())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

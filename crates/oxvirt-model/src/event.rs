@@ -14,4 +14,6 @@ pub enum Event {
     Task { task: Task, time: Millis },
     /// A built-in alert started firing or resolved.
     Alert { alert: Alert, time: Millis },
+    /// High availability: a host lost or back, a VM recovered, fenced or not recoverable.
+    Ha { what: String, host: String, vm: Option<String>, message: String, time: Millis },
 }

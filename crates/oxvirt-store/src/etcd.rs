@@ -244,6 +244,8 @@ impl EtcdStore {
 /// This process's presence in a cluster: a key that exists while it lives, and its turn at leading.
 pub struct Session {
     leader: Arc<AtomicBool>,
+    /// When the lease was last renewed (see [`crate::ClusterSession::lease_renewed`]).
+    renewed: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     client: Client,
     election: String,
     store: std::sync::Weak<()>,
@@ -251,17 +253,19 @@ pub struct Session {
 
 impl EtcdStore {
     /// Joins the cluster as `member`: `alive/<member>` exists while this process keeps its etcd
-    /// lease (`ttl` seconds, renewed every third of it; put again after an interruption), and the
-    /// member campaigns in the `leader` election, leading while it holds it.
+    /// lease (`ttl` seconds, renewed several times a second; put again after an interruption),
+    /// and the member campaigns in the `leader` election, leading while it holds it.
     pub fn join(&self, member: &str, ttl: i64) -> Session {
         let leader = Arc::new(AtomicBool::new(false));
+        let renewed: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Default::default();
+        let renewed_here = renewed.clone();
         let (client, key, election, name) =
             (self.client.clone(), self.full(&format!("alive/{member}")), self.full("leader"), member.to_string());
         let flag = leader.clone();
         let alive = Arc::downgrade(&self.alive);
         self.rt().spawn(async move {
             loop {
-                if let Err(e) = hold(&client, &key, &election, &name, ttl, &flag).await {
+                if let Err(e) = hold(&client, &key, &election, &name, ttl, &flag, &renewed_here).await {
                     tracing::warn!("cluster membership: {e}; trying again");
                 }
                 flag.store(false, Ordering::SeqCst);
@@ -273,6 +277,7 @@ impl EtcdStore {
         });
         Session {
             leader,
+            renewed,
             client: self.client.clone(),
             election: self.full("leader"),
             store: Arc::downgrade(&self.alive),
@@ -288,8 +293,11 @@ async fn hold(
     name: &str,
     ttl: i64,
     leader: &Arc<AtomicBool>,
+    renewed: &std::sync::Mutex<Option<std::time::Instant>>,
 ) -> Result<(), etcd_client::Error> {
+    let asked = std::time::Instant::now();
     let lease = client.lease_client().grant(ttl, None).await?.id();
+    set_renewed(renewed, asked);
     client.kv_client().put(key, name, Some(PutOptions::new().with_lease(lease))).await?;
     let mut el = client.election_client();
     let (election, name, flag) = (election.to_string(), name.to_string(), leader.clone());
@@ -306,22 +314,43 @@ async fn hold(
             }
         }
     });
-    let result = renew(client, lease, ttl).await;
+    let result = renew(client, lease, ttl, renewed).await;
     campaign.abort();
     leader.store(false, Ordering::SeqCst);
     result
 }
 
-/// Keeps `lease` alive, renewing it every third of its `ttl`, until it lapses (Ok) or cannot be
+/// How often a lease is renewed: a tenth of its TTL, from 100 to 500 ms, so that a host knows
+/// within a fraction of a second that it can no longer renew (high availability's fencing
+/// counts from the last renewal).
+fn renew_every(ttl: i64) -> Duration {
+    Duration::from_millis((ttl.max(1) as u64 * 100).clamp(100, 500))
+}
+
+fn set_renewed(renewed: &std::sync::Mutex<Option<std::time::Instant>>, at: std::time::Instant) {
+    let mut r = renewed.lock().unwrap_or_else(|p| p.into_inner());
+    if r.is_none_or(|old| at > old) {
+        *r = Some(at);
+    }
+}
+
+/// Keeps `lease` alive, renewing it every [`renew_every`], until it lapses (Ok) or cannot be
 /// renewed before it would (Err). A broken renewal stream (the etcd member it went to stopped)
 /// is opened again at once on the same lease: the member's key stays while the lease runs,
-/// instead of vanishing until a new lease is granted.
-async fn renew(client: &Client, lease: i64, ttl: i64) -> Result<(), etcd_client::Error> {
-    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+/// instead of vanishing until a new lease is granted. Each renewal etcd answers is recorded, as
+/// the moment it was sent.
+async fn renew(
+    client: &Client,
+    lease: i64,
+    ttl: i64,
+    renewed: &std::sync::Mutex<Option<std::time::Instant>>,
+) -> Result<(), etcd_client::Error> {
+    let every = renew_every(ttl);
     let mut lapses = tokio::time::Instant::now() + Duration::from_secs(ttl as u64);
     loop {
         let broken = match client.lease_client().keep_alive(lease).await {
             Ok((mut keeper, mut stream)) => loop {
+                let sent = std::time::Instant::now();
                 if let Err(e) = keeper.keep_alive().await {
                     break e;
                 }
@@ -331,6 +360,7 @@ async fn renew(client: &Client, lease: i64, ttl: i64) -> Result<(), etcd_client:
                 });
                 match answer {
                     Ok(Some(r)) if r.ttl() > 0 => {
+                        set_renewed(renewed, sent);
                         lapses = tokio::time::Instant::now() + Duration::from_secs(r.ttl() as u64);
                         tokio::time::sleep(every).await;
                     }
@@ -362,6 +392,10 @@ impl crate::ClusterSession for Session {
         let mut el = self.client.election_client();
         let r = tokio::time::timeout(CALL_TIMEOUT, el.leader(self.election.clone())).await.ok()?.ok()?;
         r.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    }
+
+    fn lease_renewed(&self) -> Option<std::time::Instant> {
+        *self.renewed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -22,6 +22,11 @@ use tokio::sync::broadcast;
 pub trait ClusterSession: Send + Sync {
     /// The leading member's name, asked of the cluster.
     async fn leader(&self) -> Option<String>;
+
+    /// When this member's lease was last renewed: the moment the renewal that etcd answered
+    /// was sent (the lease lives at least its TTL from then). `None` before the first.
+    /// High availability fences this host when it grows too old.
+    fn lease_renewed(&self) -> Option<std::time::Instant>;
 }
 
 /// One key and its value, with the store revision that last changed it.

@@ -36,6 +36,43 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Where state lives: the embedded SQLite store (one host), or etcd (a cluster).
     pub store: StoreConfig,
+    /// High availability's timing, in a cluster (see `HaConfig`).
+    pub ha: HaConfig,
+}
+
+/// High availability's timing budget. A host that has not renewed its cluster lease for
+/// `fence_after_ms` kills its HA VMs (itself, and its watchdog when oxvirtd cannot); the leader
+/// recovers a lost host's HA VMs `recover_after_ms` after the host's lease ended, which is at
+/// least `store.member_ttl_secs` after its last renewal. So no VM runs twice when
+/// `fence_after_ms + 500` (the time a kill may take) is at most
+/// `member_ttl_secs * 1000 + recover_after_ms`: a configuration that breaks it is refused.
+/// A lost host's VMs run again elsewhere about `member_ttl_secs + recover_after_ms` (plus a
+/// reconcile round and the guest's boot) after the failure.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// Default: the lease's TTL less one second.
+    pub fence_after_ms: Option<u64>,
+    pub recover_after_ms: u64,
+    /// The watchdog process (`oxvirt-watchdog`, next to oxvirtd) that fences when oxvirtd
+    /// cannot; off only where something else fences.
+    pub watchdog: bool,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig { fence_after_ms: None, recover_after_ms: 1000, watchdog: true }
+    }
+}
+
+/// The most a kill of the fenced QEMUs may take.
+pub const KILL_MARGIN_MS: u64 = 500;
+
+impl Config {
+    /// `ha.fence_after_ms`, or its default.
+    pub fn fence_after_ms(&self) -> u64 {
+        self.ha.fence_after_ms.unwrap_or((self.store.member_ttl_secs * 1000).saturating_sub(1000))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +191,7 @@ impl Default for Config {
             https_max_connections_per_address: 64,
             alerts: AlertsConfig::default(),
             store: StoreConfig::default(),
+            ha: HaConfig::default(),
         }
     }
 }
@@ -218,6 +256,22 @@ impl Config {
         if c.store.member_ttl_secs < 2 || c.store.member_ttl_secs > 300 {
             return Err("store.member_ttl_secs: must be 2..300".into());
         }
+        if !(100..=600_000).contains(&c.ha.recover_after_ms) {
+            return Err("ha.recover_after_ms: must be 100..600000".into());
+        }
+        let (fence, ttl_ms) = (c.fence_after_ms(), c.store.member_ttl_secs * 1000);
+        // Renewals come every 100..500 ms: a shorter time would fence a healthy host.
+        if fence < 1000 {
+            return Err(format!("ha.fence_after_ms: must be at least 1000 (it is {fence})"));
+        }
+        if fence + KILL_MARGIN_MS > ttl_ms + c.ha.recover_after_ms {
+            return Err(format!(
+                "ha.fence_after_ms: {fence} ms plus {KILL_MARGIN_MS} ms to kill is more than the lease's {ttl_ms} ms \
+                 (store.member_ttl_secs) plus ha.recover_after_ms {}: a lost host's VMs could be started \
+                 elsewhere before it fenced them, and run twice",
+                c.ha.recover_after_ms
+            ));
+        }
         if !["text", "json"].contains(&c.log_format.as_str()) {
             return Err(format!("log_format: must be text or json, not {:?}", c.log_format));
         }
@@ -264,6 +318,23 @@ mod tests {
         assert_eq!(c.accelerator, "auto");
         let c = Config::parse("accelerator = \"tcg\"\nstop_timeout_secs = 5").unwrap();
         assert_eq!((c.accelerator.as_str(), c.stop_timeout_secs), ("tcg", 5));
+    }
+
+    #[test]
+    fn the_ha_timing_that_could_run_a_vm_twice_is_refused() {
+        // Defaults: fence one second before the lease's TTL, recover one second after it.
+        let c = Config::parse("[store]\nmember_ttl_secs = 3\n").unwrap();
+        assert_eq!((c.fence_after_ms(), c.ha.recover_after_ms), (2000, 1000));
+        // Fencing up to 500 ms before the leader may recover is allowed...
+        Config::parse("[store]\nmember_ttl_secs = 3\n[ha]\nfence_after_ms = 3500\n").unwrap();
+        // ...not later.
+        let e = Config::parse("[store]\nmember_ttl_secs = 3\n[ha]\nfence_after_ms = 3600\n").unwrap_err();
+        assert!(e.starts_with("ha.fence_after_ms") && e.contains("run twice"), "{e}");
+        let e = Config::parse("[store]\nmember_ttl_secs = 3\n[ha]\nrecover_after_ms = 0\n").unwrap_err();
+        assert!(e.starts_with("ha.recover_after_ms"), "{e}");
+        let e = Config::parse("[ha]\nfence_after_ms = 200\n").unwrap_err();
+        assert!(e.starts_with("ha.fence_after_ms") && e.contains("at least 1000"), "{e}");
+        assert!(Config::parse("[ha]\nwatchdog = \"yes\"\n").unwrap_err().contains("watchdog"));
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod cluster_tls;
 mod config;
 mod https;
 mod tls;
+mod watchdog;
 
 use clap::Parser;
 use config::Config;
@@ -177,6 +178,18 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
     cc.console_log_max = config.console_log_max_bytes;
     cc.confine_qemu = config.confine_qemu;
     cc.host_path_roots = config.host_path_roots.clone();
+    cc.ha = oxvirt_controller::HaTiming {
+        fence_after: Duration::from_millis(config.fence_after_ms()),
+        recover_after: Duration::from_millis(config.ha.recover_after_ms),
+        watchdog_socket: None,
+    };
+    if etcd.is_some() {
+        if config.ha.watchdog {
+            cc.ha.watchdog_socket = Some(watchdog::ensure(&args.data_dir)?);
+        } else {
+            tracing::warn!("ha.watchdog = false: a hung oxvirtd does not fence its HA VMs (something else must)");
+        }
+    }
     cc.host_path_secrets =
         [&config.store.etcd_ca, &config.store.etcd_cert, &config.store.etcd_key, &config.store.migration_tls_dir]
             .into_iter()

@@ -67,17 +67,16 @@ pub(crate) fn step(r: &HaResource, vm: &Vm, now: u64, in_cluster: bool) -> Step 
     }
 }
 
-/// What the keeper keeps between rounds.
-#[derive(Default)]
-pub(crate) struct State {
-    /// One round at a time (the reconcile round's and one an exit asked for).
-    pub round: tokio::sync::Mutex<()>,
-}
-
 impl Ha {
     /// Brings every HA resource whose VM is this host's to its state.
     pub(crate) async fn keep_round(&self) {
         let _one = self.state().round.lock().await;
+        self.refresh_guarded();
+        // A host that fenced itself, or whose lease renewals lag (past half its fencing time),
+        // starts nothing: its VMs may be the leader's to recover.
+        if self.fenced() || self.time_left().is_some_and(|l| l < self.ctl.inner.config.ha.fence_after / 2) {
+            return;
+        }
         let me = self.ctl.hosts().host_name();
         let Ok(resources) = self.ctl.inner.store.list_records::<HaResource>() else { return };
         for (r, rev) in resources {
@@ -115,6 +114,8 @@ impl Ha {
         let name = vm.spec.name.as_str();
         match s {
             Step::Nothing => {}
+            // A QEMU of it runs here (its record says otherwise): never a second one.
+            Step::Start { .. } if lock(&self.ctl.inner.slot(name).instance).is_some() => {}
             Step::Start { failed } => {
                 if failed {
                     r.status.restarts += 1;

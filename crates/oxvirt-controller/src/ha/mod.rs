@@ -2,12 +2,23 @@
 //! and the host groups they prefer (`ha/groups/<name>`).
 //!
 //! Records here (`mod.rs`); keeping each resource at its state on its own host, restarts
-//! counted against `max_restarts` (`keep.rs`). Every host keeps its own VMs: a resource is acted
-//! on by the host its VM belongs to, as every other VM is.
+//! counted against `max_restarts` (`keep.rs`); fencing a host cut from the cluster, with the
+//! watchdog (`fence.rs`); the leader recovering a lost host's VMs on others (`recover.rs`).
+//! Every host keeps its own VMs: a resource is acted on by the host its
+//! VM belongs to, as every other VM is.
 
+mod fence;
 mod keep;
+mod recover;
 
-pub(crate) use keep::State;
+/// What HA keeps between rounds (reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// One keeper round at a time (the reconcile round's and one an exit asked for).
+    pub round: tokio::sync::Mutex<()>,
+    pub fence: fence::FenceState,
+    pub recover: recover::RecoverState,
+}
 
 use crate::{now_millis, ControlError};
 use oxvirt_model::{HaGroup, HaGroupSpec, HaResource, HaResourceSpec, HaState, HaStatus, ValidationError, VmAction};

@@ -1,0 +1,139 @@
+//! Recovery: the leader gives the HA VMs of a lost host to the others. A host is lost when its
+//! lease ended (`alive/<host>` is gone); `recover_after` past the moment the leader saw that —
+//! by then the host has fenced itself, `fence.rs` — each of its HA VMs kept started goes to the
+//! scheduler's pick (its group's hosts first), highest priority first, in one transaction that
+//! expects the host still gone: a host that came back keeps its VMs. VMs on a lost host's local
+//! disks are reported as not recoverable.
+
+use super::Ha;
+use crate::lock;
+use oxvirt_model::{DesiredState, Event, HaRecovery, HaResource, HaState, Vm, VmState};
+use oxvirt_store::{Expect, Op, Record, StoreError, StoreExt};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What recovery keeps between rounds.
+#[derive(Default)]
+pub(crate) struct RecoverState {
+    /// Hosts seen without their lease, since when (as the leader saw it).
+    pub lost: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl Ha {
+    /// The leader, each round: notes lost hosts and recovers their HA VMs once it may.
+    pub(crate) async fn recover_round(&self) {
+        let Some(m) = lock(&self.ctl.hosts().state().membership).clone() else { return };
+        if m.session.leader().await.as_deref() != Some(m.name.as_str()) {
+            lock(&self.state().recover.lost).clear();
+            return;
+        }
+        let (Ok(alive), Ok(hosts)) = (self.ctl.hosts().alive_hosts(), self.ctl.hosts().host_records()) else { return };
+        let due: Vec<(String, f64)> = {
+            let mut lost = lock(&self.state().recover.lost);
+            lost.retain(|h, _| !alive.contains(h));
+            for h in hosts.iter().filter(|h| !alive.contains(&h.name)) {
+                lost.entry(h.name.clone()).or_insert_with(|| {
+                    tracing::warn!(host = %h.name, "HA: host lost (its cluster lease ended)");
+                    self.ctl.inner.emit(Event::Ha {
+                        what: "host-lost".into(),
+                        host: h.name.clone(),
+                        vm: None,
+                        message: format!("host {} lost: its cluster lease ended", h.name),
+                        time: crate::now_millis(),
+                    });
+                    Instant::now()
+                });
+            }
+            lost.iter()
+                .filter(|(_, since)| since.elapsed() >= self.ctl.inner.config.ha.recover_after)
+                .map(|(h, since)| (h.clone(), since.elapsed().as_secs_f64()))
+                .collect()
+        };
+        for (host, secs) in due {
+            self.recover_host(&host, secs);
+        }
+    }
+
+    /// Gives every HA VM kept started on `host` to another host, highest priority first.
+    fn recover_host(&self, host: &str, lost_for: f64) {
+        let Ok(resources) = self.ctl.inner.store.list_records::<HaResource>() else { return };
+        let mut theirs: Vec<(HaResource, u64, Vm)> = resources
+            .into_iter()
+            .filter(|(r, _)| r.spec.state == HaState::Started)
+            .filter_map(|(r, rev)| {
+                let vm = self.ctl.vms().get_vm(&r.spec.vm).ok()?;
+                (vm.host.as_deref() == Some(host)).then_some((r, rev, vm))
+            })
+            .collect();
+        theirs.sort_by(|a, b| b.0.spec.priority.cmp(&a.0.spec.priority).then(a.0.spec.vm.cmp(&b.0.spec.vm)));
+        for (mut r, rev, vm) in theirs {
+            let why = format!("host {host} lost (its cluster lease ended {lost_for:.1} s ago)");
+            match self.recover_vm(&vm, host, &why) {
+                Ok(rec) => {
+                    let message = format!("VM {} recovered: {} -> {} ({why})", vm.spec.name, rec.from, rec.to);
+                    tracing::warn!(vm = %vm.spec.name, "HA: {message}");
+                    self.ctl.inner.emit(Event::Ha {
+                        what: "vm-recovered".into(),
+                        host: host.into(),
+                        vm: Some(vm.spec.name.clone()),
+                        message,
+                        time: crate::now_millis(),
+                    });
+                    r.status.last_recovery = Some(rec);
+                    r.status.problem.clear();
+                    let _ = self.ctl.inner.store.put_record(&r.spec.vm, &r, Expect::Revision(rev));
+                }
+                Err(why) if r.status.problem != why => {
+                    tracing::warn!(vm = %vm.spec.name, "HA: not recovered: {why}");
+                    r.status.problem = why;
+                    let _ = self.ctl.inner.store.put_record(&r.spec.vm, &r, Expect::Revision(rev));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Gives VM `vm` of lost host `from` to another, in one transaction that expects `from`
+    /// still without its lease and the VM unchanged.
+    fn recover_vm(&self, vm: &Vm, from: &str, why: &str) -> Result<HaRecovery, String> {
+        if let Some(p) = self.not_recoverable(&vm.spec.name) {
+            return Err(p);
+        }
+        let (current, rev) = match self.ctl.inner.store.get_record::<Vm>(&vm.spec.name) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err("the VM is gone".into()),
+            Err(e) => return Err(format!("the store: {e}")),
+        };
+        let to = self
+            .ctl
+            .hosts()
+            .pick_other_host(&current, from)
+            .map_err(|e| format!("not recoverable now: no other host can take it: {e}"))?;
+        let now = crate::now_millis();
+        let mut moved = current;
+        moved.host = Some(to.clone());
+        moved.host_reason = Some(format!("recovered by HA from {from}: {why}"));
+        // Off as asked on its new host: that host's keeper starts it.
+        moved.desired = DesiredState::Stopped;
+        moved.status.state = VmState::Stopped;
+        moved.status.pid = None;
+        moved.status.reason = format!("recovered by HA from {from}: {why}");
+        moved.status.changed_at = now;
+        let ops = vec![
+            Op::Put {
+                key: Vm::key_of(&vm.spec.name),
+                value: oxvirt_store::encode(&moved),
+                expect: Expect::Revision(rev),
+            },
+            // (A delete that expects the key absent: the host has not come back meanwhile.)
+            Op::Delete { key: format!("alive/{from}"), expect: Expect::Absent },
+        ];
+        match self.ctl.inner.store.txn(ops) {
+            Ok(_) => Ok(HaRecovery { from: from.into(), to, at: now, reason: why.into() }),
+            Err(StoreError::Conflict { key, .. }) if key.starts_with("alive/") => {
+                Err(format!("host {from} came back: it keeps the VM"))
+            }
+            Err(e) => Err(format!("the store: {e}")),
+        }
+    }
+}

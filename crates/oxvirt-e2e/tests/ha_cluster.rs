@@ -1,0 +1,134 @@
+//! High availability across three hosts on etcd, with a real guest on a disk all hosts reach:
+//! a host that crashes (oxvirtd and its QEMUs killed) has its HA VM run again on another, the
+//! counter on the disk going on from where it was; a host whose oxvirtd freezes (SIGSTOP) is
+//! fenced by its watchdog before the VM is started elsewhere, and does not start its copy again
+//! when it thaws.
+
+use oxvirt_e2e::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn config(endpoint: &str, host: &str) -> String {
+    format!(
+        "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{endpoint}\"]\netcd_prefix = \"ha/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n"
+    )
+}
+
+/// Waits until VM `vm` runs on a host other than `not_on`, seen through `d`; (host, when seen).
+async fn wait_elsewhere(d: &Daemon, vm: &str, not_on: &str) -> (String, Instant) {
+    let start = Instant::now();
+    loop {
+        if let Ok(v) = d.client.get_vm(vm).await {
+            if v.status.state.as_str() == "running" && v.host.as_deref().is_some_and(|h| h != not_on) {
+                return (v.host.unwrap_or_default(), Instant::now());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{vm} not running elsewhere: {:?} {:?}\n{}",
+                v.host,
+                v.status,
+                d.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The counter the guest writes to its disk's first sector.
+async fn disk_counter(d: &Daemon, vm: &str) -> u64 {
+    guest_number(&d.client, vm, "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | tr -dc 0-9").await
+}
+
+fn alive(pid: u32) -> bool {
+    process_alive(pid) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
+    let etcd = EtcdCluster::start(1);
+    let ep = etcd.endpoints()[0].clone();
+    let mut hosts: Vec<Daemon> =
+        ["host-a", "host-b", "host-c"].iter().map(|h| Daemon::start_with_config(&config(&ep, h))).collect();
+    let by_name = |hosts: &[Daemon], h: &str| {
+        ["host-a", "host-b", "host-c"].iter().position(|n| *n == h).map(|i| i.min(hosts.len() - 1)).unwrap()
+    };
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let disk = dir.path().join("shared.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut spec = kernel_spec("guarded", "");
+    spec["host"] = json!("host-b");
+    spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
+    let b = &hosts[1];
+    let qemu_b = start_counting_guest(&b.client, &spec).await;
+    let (code, out, err) = b.cli(&["ha", "add", "guarded"]);
+    assert_eq!(code, 0, "{out}{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = disk_counter(b, "guarded").await;
+    assert!(before > 0);
+
+    // host-b crashes: its oxvirtd and its QEMU are killed at once.
+    let lost_at = Instant::now();
+    hosts[1].kill9();
+    unsafe { libc::kill(qemu_b as i32, libc::SIGKILL) };
+    let a = &hosts[0];
+    let (now_on, seen) = wait_elsewhere(a, "guarded", "host-b").await;
+    let d = &hosts[by_name(&hosts, &now_on)];
+    wait_console(&d.client, "guarded", READY, 1, BOOT_TIMEOUT).await;
+    eprintln!(
+        "host-b lost -> running on {now_on} after {:?}, guest ready after {:?}",
+        seen - lost_at,
+        lost_at.elapsed()
+    );
+    // The disk kept what the guest wrote on host-b: the counter goes on from there.
+    let after = disk_counter(d, "guarded").await;
+    assert!(after >= before, "the disk went back: {before} -> {after}");
+    let r = a.client.ha().get_resource("guarded").await.unwrap();
+    let rec = r.status.last_recovery.expect("the recovery recorded");
+    assert_eq!((rec.from.as_str(), rec.to.as_str()), ("host-b", now_on.as_str()));
+    assert!(rec.reason.contains("host host-b lost"), "{}", rec.reason);
+    let (_, show, _) = d.cli(&["vm", "show", "guarded"]);
+    assert!(show.contains("last recovery: host-b -> "), "{show}");
+
+    // Its oxvirtd freezes: the watchdog kills its QEMU (the lease cannot be renewed), then the
+    // leader starts the VM on the third host — never both at once.
+    let frozen = by_name(&hosts, &now_on);
+    let qemu = d.client.get_vm("guarded").await.unwrap().status.pid.unwrap();
+    let daemon_pid = hosts[frozen].child.as_ref().unwrap().id();
+    let frozen_at = Instant::now();
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGSTOP) };
+    let third = if frozen == 0 { 2 } else { 0 };
+    let mut qemu_gone = None;
+    let start = Instant::now();
+    let (moved_to, started) = loop {
+        if qemu_gone.is_none() && !alive(qemu) {
+            qemu_gone = Some(Instant::now());
+        }
+        if let Ok(v) = hosts[third].client.get_vm("guarded").await {
+            if v.status.state.as_str() == "running" && v.host.as_deref() != Some(now_on.as_str()) {
+                break (v.host.unwrap_or_default(), Instant::now());
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "not recovered from the frozen host");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let gone = qemu_gone.expect("the frozen host's QEMU was fenced before the VM ran elsewhere");
+    assert!(gone < started, "fenced after the start elsewhere");
+    eprintln!(
+        "{now_on} frozen -> its QEMU fenced after {:?}, running on {moved_to} after {:?}",
+        gone - frozen_at,
+        started - frozen_at
+    );
+    let wlog = std::fs::read_to_string(hosts[frozen].path().join("watchdog.log")).unwrap_or_default();
+    assert!(wlog.contains(&format!("QEMU {qemu} killed")), "the watchdog fenced it: {wlog}");
+    // Thawed, it finds the VM elsewhere and starts nothing of it.
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGCONT) };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let v = hosts[third].client.get_vm("guarded").await.unwrap();
+    assert_eq!((v.host.as_deref(), v.status.state.as_str()), (Some(moved_to.as_str()), "running"));
+    let vm_id = v.id.clone();
+    let stale = std::fs::read_to_string(hosts[frozen].path().join("run").join(&vm_id[..13]).join("qemu.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .filter(|p| alive(*p) && *p != v.status.pid.unwrap_or(0));
+    assert_eq!(stale, None, "the thawed host started its copy again");
+}
