@@ -325,7 +325,7 @@ mod tests {
             Some((Privilege::Admin, "/".into()))
         );
         assert_eq!(
-            r(Method::DELETE, "/api/v1/ha/resources/{vm}", "/api/v1/ha/resources/web"),
+            r(Method::DELETE, "/api/v1/ha/resources/{name}", "/api/v1/ha/resources/web"),
             Some((Privilege::Admin, "/".into()))
         );
         assert_eq!(r(Method::GET, "/api/v1/ha/groups", "/api/v1/ha/groups"), Some((Privilege::Read, "/".into())));

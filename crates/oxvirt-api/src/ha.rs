@@ -16,7 +16,7 @@ use oxvirt_model::{HaGroup, HaGroupSpec, HaResource, HaResourceSpec};
 pub fn routes() -> Router<Controller> {
     Router::new()
         .route("/api/v1/ha/resources", get(list_resources).post(add_resource))
-        .route("/api/v1/ha/resources/{vm}", get(show_resource).put(set_resource).delete(remove_resource))
+        .route("/api/v1/ha/resources/{name}", get(show_resource).put(set_resource).delete(remove_resource))
         .route("/api/v1/ha/groups", get(list_groups).post(add_group))
         .route("/api/v1/ha/groups/{group}", get(show_group).delete(remove_group))
 }

@@ -16,6 +16,8 @@
 //!    and downtime, against a raw QEMU-to-QEMU migration of the same guest in the same run; and
 //!    the same over TLS (etcd with client certificates, TLS migration stream) against plaintext
 //!    (`oxvirt-bench migration-tls` runs only that comparison).
+//! 10. High availability: a host of three killed with an HA VM on it, 10 rounds: the time until the
+//!    guest is ready elsewhere against the lease's TTL plus a cold start by hand (`oxvirt-bench ha`).
 //! 9. Draining a host of 8 guests (2 migrations at a time by the cluster policy), against the
 //!    same 8 moves by hand with QEMU, one after another and 2 at a time (`oxvirt-bench drain`).
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
@@ -885,6 +887,118 @@ async fn drain() {
     );
 }
 
+/// High availability: a host of three killed (oxvirtd and its QEMUs) with an HA VM on it, 10
+/// rounds; the time until the guest is ready on another host, against the floor of the same run
+/// (the lease's TTL plus a cold start of the same guest by hand), with where the time went.
+async fn ha_recovery() {
+    use oxvirt_store::Store;
+    use serde_json::json;
+    const ROUNDS_HA: usize = 10;
+    const TTL_S: u64 = 2;
+    println!("== HA: a host killed with an HA VM on it, {ROUNDS_HA} rounds (lease TTL {TTL_S} s, default budget)");
+    // The floor's cold start: the same guest by hand, start to READY (median of 3).
+    let driver = tcg_driver();
+    let spec_json = kernel_spec("guarded", "");
+    let spec: oxvirt_model::VmSpec = serde_json::from_value(spec_json.clone()).expect("spec");
+    let dir = oxvirt_e2e::operator_dir("oxh");
+    let mut cold = Vec::new();
+    for i in 0..3 {
+        let paths = RuntimePaths::new(dir.path().join(format!("cold{i}")));
+        std::fs::create_dir_all(paths.dir()).expect("dir");
+        let id = format!("{:08x}-0000-0000-0000-0000000000c{i}", std::process::id());
+        let t0 = Instant::now();
+        raw_qemu(&driver, &id, &spec, None, &paths);
+        wait_file_marker(&paths.console_log(), BOOT_TIMEOUT);
+        cold.push(t0.elapsed());
+        kill_pidfile(&paths.pidfile());
+    }
+    let cold = median(cold);
+    let floor = Duration::from_secs(TTL_S) + cold;
+
+    let etcd = EtcdCluster::start(1);
+    let ep = etcd.endpoints()[0].clone();
+    let names = ["host-a", "host-b", "host-c"];
+    let config = |h: &str| {
+        format!("stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{ep}\"]\netcd_prefix = \"ha/\"\nhost_name = \"{h}\"\nmember_ttl_secs = {TTL_S}\n")
+    };
+    let mut hosts: Vec<Daemon> = names.iter().map(|h| Daemon::start_with_config(&config(h))).collect();
+    let raw = oxvirt_store::EtcdStore::connect(&etcd.endpoints(), "ha/").expect("etcd");
+    let disk = dir.path().join("shared.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
+    let mut s = spec_json.clone();
+    s["host"] = json!("host-a");
+    s["disks"] = json!([{ "path": disk, "format": "raw" }]);
+    let created = hosts[0].client.create_vm(&s, true).await.expect("create");
+    hosts[0].client.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("start");
+    wait_console(&hosts[0].client, "guarded", READY, 1, BOOT_TIMEOUT).await;
+    let (code, out, err) = hosts[0].cli(&["ha", "add", "guarded", "--max-relocations", "10"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut on = 0usize;
+    let (mut totals, mut parts) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS_HA {
+        let watcher = (on + 1) % 3;
+        let qemu = hosts[on].client.get_vm("guarded").await.expect("vm").status.pid.expect("pid");
+        let t0 = Instant::now();
+        hosts[on].kill9();
+        unsafe { libc::kill(qemu as i32, libc::SIGKILL) };
+        let alive_key = format!("alive/{}", names[on]);
+        let (mut gone, mut placed, mut running) = (None, None, None);
+        let ready = loop {
+            let now = t0.elapsed();
+            if gone.is_none() && raw.get(&alive_key).ok().flatten().is_none() {
+                gone = Some(now);
+            }
+            if let Ok(v) = hosts[watcher].client.get_vm("guarded").await {
+                let elsewhere = v.host.as_deref().is_some_and(|h| h != names[on]);
+                if placed.is_none() && elsewhere {
+                    placed = Some(now);
+                }
+                if running.is_none() && elsewhere && v.status.state.as_str() == "running" {
+                    running = Some(now);
+                }
+                if running.is_some() {
+                    let to = names.iter().position(|n| Some(*n) == v.host.as_deref()).unwrap_or(watcher);
+                    let log = hosts[to].client.console_log("guarded", 1 << 20).await.unwrap_or_default();
+                    if log.windows(READY.len()).any(|w| w == READY.as_bytes()) {
+                        on = to;
+                        break t0.elapsed();
+                    }
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "round {round}: not recovered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let ms = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64() * 1000.0;
+        parts.push([ms(gone), ms(placed), ms(running), ready.as_secs_f64() * 1000.0]);
+        totals.push(ready);
+        // The lost host comes back (its copy was killed with it) for the next rounds.
+        for h in hosts.iter_mut() {
+            if h.child.is_none() {
+                h.respawn_after_kill9();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let secs: Vec<f64> = totals.iter().map(|d| d.as_secs_f64()).collect();
+    let worst = secs.iter().copied().fold(0.0, f64::max);
+    let med = |i: usize| median_f(&parts.iter().map(|p| p[i]).collect::<Vec<f64>>());
+    println!("   floor (baseline): lease TTL {TTL_S} s + cold start by hand {cold:?} = {floor:?}");
+    println!(
+        "   host loss -> guest ready elsewhere: median {:.2} s, worst {worst:.2} s ({}; goal <= 15 s); ratio to the floor {:.2}",
+        median_f(&secs),
+        spread(&secs, " s", 2),
+        median_f(&secs) / floor.as_secs_f64()
+    );
+    println!(
+        "   where the time went (median ms from the kill): lease ended {:.0}, VM given to another host {:.0} (fence wait and placement), running there {:.0}, guest ready {:.0}",
+        med(0),
+        med(1),
+        med(2),
+        med(3)
+    );
+    drop(hosts);
+}
+
 /// The same guest moved `rounds` times between two fresh hosts (with `pki`: etcd and migration
 /// over TLS): (total, paused) ms of each move, from the VM's host reason.
 async fn oxvirt_rounds(
@@ -977,6 +1091,9 @@ async fn main() {
     if only.is_empty() || only == "migration" {
         migration().await;
         local_disk_migration().await;
+    }
+    if only.is_empty() || only == "ha" {
+        ha_recovery().await;
     }
     if only.is_empty() || only == "drain" {
         drain().await;
