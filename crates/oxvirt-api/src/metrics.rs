@@ -288,6 +288,38 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         [(l(&[("state", "running")]), s.tasks_running as f64), (l(&[("state", "failed")]), s.tasks_failed as f64)],
     );
 
+    let ha = c.ha().figures();
+    gauge(
+        &mut reg,
+        "oxvirt_ha_resources",
+        "HA resources by the state HA keeps them at (the cluster's)",
+        ha.resources.iter().map(|(state, n)| (l(&[("state", state)]), *n as f64)),
+    );
+    single(
+        &mut reg,
+        "oxvirt_ha_resources_with_problems",
+        "HA resources left off or not recoverable",
+        ha.with_problems as f64,
+    );
+    single(
+        &mut reg,
+        "oxvirt_ha_fenced",
+        "1 while this host has fenced its HA VMs (it cannot renew its cluster lease)",
+        if ha.fenced { 1.0 } else { 0.0 },
+    );
+    single(
+        &mut reg,
+        "oxvirt_ha_hosts_lost",
+        "Hosts whose cluster lease ended, as the leader sees them (0 on other hosts)",
+        ha.hosts_lost as f64,
+    );
+    counter(
+        &mut reg,
+        "oxvirt_ha_recoveries",
+        "HA VMs this host recovered from lost hosts, as leader",
+        [(vec![], ha.recoveries as f64)],
+    );
+
     let jobs = c.job_figures();
     let jl = |j: &oxvirt_controller::Job| l(&[("job", j.name())]);
     counter(

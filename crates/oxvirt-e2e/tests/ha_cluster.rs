@@ -86,6 +86,19 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     let rec = r.status.last_recovery.expect("the recovery recorded");
     assert_eq!((rec.from.as_str(), rec.to.as_str()), ("host-b", now_on.as_str()));
     assert!(rec.reason.contains("host host-b lost"), "{}", rec.reason);
+    // The leader counted it on /metrics (the leader is one of the two left).
+    let mut recovered = 0.0;
+    for h in [&hosts[0], &hosts[2]] {
+        let (_, body) = h.client.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert!(text.contains("oxvirt_ha_resources{state=\"started\"} 1"), "{text}");
+        recovered += text
+            .lines()
+            .find(|l| l.starts_with("oxvirt_ha_recoveries_total"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert_eq!(recovered, 1.0);
     let (_, show, _) = d.cli(&["vm", "show", "guarded"]);
     assert!(show.contains("last recovery: host-b -> "), "{show}");
 

@@ -187,3 +187,32 @@ impl Ha {
         }
     }
 }
+
+/// What `/metrics` shows of HA on this host.
+#[derive(Debug, Clone, Default)]
+pub struct HaFigures {
+    /// HA resources by their state (`started`, `stopped`, `disabled`), cluster-wide.
+    pub resources: Vec<(&'static str, u64)>,
+    /// HA resources with a problem (left off, not recoverable).
+    pub with_problems: u64,
+    /// This host fenced itself and is still cut from the cluster.
+    pub fenced: bool,
+    /// Hosts the leader counts as lost now (0 on other hosts).
+    pub hosts_lost: u64,
+    /// VMs this host recovered from lost hosts as leader, since it started.
+    pub recoveries: u64,
+}
+
+impl Ha {
+    pub fn figures(&self) -> HaFigures {
+        let all = self.list_resources().unwrap_or_default();
+        let count = |s: HaState| all.iter().filter(|r| r.spec.state == s).count() as u64;
+        HaFigures {
+            resources: [HaState::Started, HaState::Stopped, HaState::Disabled].map(|s| (s.as_str(), count(s))).to_vec(),
+            with_problems: all.iter().filter(|r| !r.status.problem.is_empty()).count() as u64,
+            fenced: self.fenced(),
+            hosts_lost: crate::lock(&self.state().recover.lost).len() as u64,
+            recoveries: self.state().recover.recoveries.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}

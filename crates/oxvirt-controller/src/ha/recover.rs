@@ -17,6 +17,8 @@ use std::time::Instant;
 pub(crate) struct RecoverState {
     /// Hosts seen without their lease, since when (as the leader saw it).
     pub lost: std::sync::Mutex<HashMap<String, Instant>>,
+    /// VMs recovered by this host as leader.
+    pub recoveries: std::sync::atomic::AtomicU64,
 }
 
 impl Ha {
@@ -79,6 +81,7 @@ impl Ha {
                         message,
                         time: crate::now_millis(),
                     });
+                    self.state().recover.recoveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     r.status.last_recovery = Some(rec);
                     r.status.problem.clear();
                     let _ = self.ctl.inner.store.put_record(&r.spec.vm, &r, Expect::Revision(rev));
