@@ -17,7 +17,7 @@
 //!    the same over TLS (etcd with client certificates, TLS migration stream) against plaintext
 //!    (`oxvirt-bench migration-tls` runs only that comparison).
 //! 10. High availability: a host of three killed with an HA VM on it, 10 rounds: the time until the
-//!    guest is ready elsewhere against the lease's TTL plus a cold start by hand (`oxvirt-bench ha`).
+//!     guest is ready elsewhere against the lease's TTL plus a cold start by hand (`oxvirt-bench ha`).
 //! 9. Draining a host of 8 guests (2 migrations at a time by the cluster policy), against the
 //!    same 8 moves by hand with QEMU, one after another and 2 at a time (`oxvirt-bench drain`).
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
