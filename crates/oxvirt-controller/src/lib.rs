@@ -235,6 +235,7 @@ impl Controller {
         }
         self.migrations().watch_migrations();
         self.ha().start_fencing();
+        self.ha().watch_cluster();
         let balloon = self.resources();
         let every = Duration::from_secs(2);
         self.spawn_job(Job::AutoBalloon, every, every, move || {

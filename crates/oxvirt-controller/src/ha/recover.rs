@@ -19,12 +19,50 @@ pub(crate) struct RecoverState {
     pub lost: std::sync::Mutex<HashMap<String, Instant>>,
     /// VMs recovered by this host as leader.
     pub recoveries: std::sync::atomic::AtomicU64,
+    /// One recovery round at a time (the reconcile round's and those a lease's end wakes).
+    pub round: tokio::sync::Mutex<()>,
 }
 
 impl Ha {
+    /// In a cluster: the store's changes wake HA at once instead of at the next round — a
+    /// host's lease ending (the leader notes it, and looks again when `recover_after` has
+    /// passed), a VM record given to this host (its keeper starts it).
+    pub(crate) fn watch_cluster(&self) {
+        if self.ctl.hosts().host_name().is_none() {
+            return;
+        }
+        let mut changes = self.ctl.inner.store.watch();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(oxvirt_store::WatchEvent::Delete { key, .. }) if key.starts_with("alive/") => {
+                        let me = me.clone();
+                        tokio::spawn(async move {
+                            me.recover_round().await;
+                            tokio::time::sleep(me.ctl.inner.config.ha.recover_after).await;
+                            me.recover_round().await;
+                        });
+                    }
+                    Ok(oxvirt_store::WatchEvent::Put(e)) if e.key.starts_with(Vm::PREFIX) => {
+                        let mine = serde_json::from_slice::<Vm>(&e.value)
+                            .is_ok_and(|v| v.host == me.ctl.hosts().host_name() && v.status.state == VmState::Stopped);
+                        if mine && me.keeps_started(&e.key[Vm::PREFIX.len()..]) {
+                            me.kick();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// The leader, each round: notes lost hosts and recovers their HA VMs once it may.
     pub(crate) async fn recover_round(&self) {
         let Some(m) = lock(&self.ctl.hosts().state().membership).clone() else { return };
+        let _one = self.state().recover.round.lock().await;
         if m.session.leader().await.as_deref() != Some(m.name.as_str()) {
             lock(&self.state().recover.lost).clear();
             return;
