@@ -6,11 +6,12 @@ use oxvirt_controller::{Controller, ControllerConfig};
 use oxvirt_hypervisor::fake::FakeHypervisor;
 use oxvirt_hypervisor::Hypervisor;
 use oxvirt_model::{HaResourceSpec, HaState, TaskState, Vm, VmAction, VmSpec, VmState, ROOT};
-use oxvirt_store::{ClusterSession, Expect, Store};
+use oxvirt_store::{Expect, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::Member;
 
 fn spec(kernel: &std::path::Path, name: &str, host: Option<&str>) -> VmSpec {
     let mut j = serde_json::json!({ "name": name, "cpus": 1, "memory": "64MiB", "kernel": { "kernel": kernel } });
@@ -132,20 +133,6 @@ async fn bad_ha_requests_name_the_field_and_change_nothing() {
     c.ha().set_resource("web", ha("web", serde_json::json!({ "group": "g", "state": "disabled" }))).unwrap();
     let err = c.ha().remove_group("g").unwrap_err().to_string();
     assert!(err.contains("web"), "{err}");
-}
-
-/// Membership held by hand: `host-a` leads.
-struct Member;
-
-#[async_trait::async_trait]
-impl ClusterSession for Member {
-    async fn leader(&self) -> Option<String> {
-        Some("host-a".into())
-    }
-
-    fn lease_renewed(&self) -> Option<std::time::Instant> {
-        Some(std::time::Instant::now())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,25 +8,12 @@ use oxvirt_controller::{Controller, ControllerConfig};
 use oxvirt_hypervisor::fake::{FakeHypervisor, FakeInstance};
 use oxvirt_hypervisor::{Hypervisor, Instance, RunState};
 use oxvirt_model::{MigrateRequest, Migration, MigrationState, TaskState, Vm, VmAction, VmSpec, VmState, ROOT};
-use oxvirt_store::{ClusterSession, Expect, Record, SqliteStore, Store, WatchEvent};
+use oxvirt_store::{Expect, Record, SqliteStore, Store, WatchEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-
-/// Membership held by hand: `host-a` leads.
-struct Member;
-
-#[async_trait::async_trait]
-impl ClusterSession for Member {
-    async fn leader(&self) -> Option<String> {
-        Some("host-a".into())
-    }
-
-    fn lease_renewed(&self) -> Option<std::time::Instant> {
-        Some(std::time::Instant::now())
-    }
-}
+use common::Member;
 
 struct Cluster {
     dir: tempfile::TempDir,

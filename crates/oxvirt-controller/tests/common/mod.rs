@@ -5,7 +5,7 @@
 use oxvirt_controller::{Controller, ControllerConfig};
 use oxvirt_hypervisor::fake::FakeHypervisor;
 use oxvirt_hypervisor::Hypervisor;
-use oxvirt_store::SqliteStore;
+use oxvirt_store::{ClusterSession, SqliteStore};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -47,5 +47,20 @@ impl FakeHost {
         let hv: Arc<dyn Hypervisor> = FakeHypervisor::new();
         let controller = Controller::new(store.clone(), hv, config).unwrap();
         FakeHost { dir, store, controller, kernel }
+    }
+}
+
+/// Membership held by hand, for hosts of one cluster on one store: `host-a` leads, and every
+/// host's lease is always just renewed.
+pub struct Member;
+
+#[async_trait::async_trait]
+impl ClusterSession for Member {
+    async fn leader(&self) -> Option<String> {
+        Some("host-a".into())
+    }
+
+    fn lease_renewed(&self) -> Option<std::time::Instant> {
+        Some(std::time::Instant::now())
     }
 }
