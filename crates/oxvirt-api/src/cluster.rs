@@ -15,6 +15,7 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/cluster/hosts", get(hosts))
         .route("/api/v1/cluster/hosts/{host}", axum::routing::delete(leave))
         .route("/api/v1/cluster/hosts/{host}/maintenance", axum::routing::put(maintenance))
+        .route("/api/v1/cluster/hosts/{host}/fence", axum::routing::post(fence).delete(unfence))
         .route("/api/v1/cluster/policy", get(policy).put(set_policy))
         .route("/api/v1/cluster/rebalance", get(plan).post(rebalance))
 }
@@ -41,6 +42,21 @@ async fn rebalance(State(c): State<Controller>) -> ApiResult<Json<RebalanceView>
 
 async fn hosts(State(c): State<Controller>) -> ApiResult<Json<Vec<HostView>>> {
     Ok(Json(c.hosts().cluster_hosts().await?))
+}
+
+/// HA: the host kills its HA VMs and runs none until unfenced; they are recovered elsewhere.
+async fn fence(
+    State(c): State<Controller>,
+    p: Option<axum::Extension<oxvirt_model::Principal>>,
+    Names(host): Names<String>,
+) -> ApiResult<Json<oxvirt_model::Fenced>> {
+    let caller = p.map(|p| p.0.user).unwrap_or_else(|| oxvirt_model::ROOT.to_string());
+    Ok(Json(oxvirt_model::Fenced { message: c.ha().fence_host(&caller, &host)? }))
+}
+
+async fn unfence(State(c): State<Controller>, Names(host): Names<String>) -> ApiResult<StatusCode> {
+    c.ha().unfence_host(&host)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn leave(State(c): State<Controller>, Names(host): Names<String>) -> ApiResult<StatusCode> {

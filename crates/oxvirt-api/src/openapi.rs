@@ -45,6 +45,8 @@ const fn op(
 
 /// Every operation. An end-to-end test checks that each of these is routed.
 pub const OPERATIONS: &[Operation] = &[
+    op("post", "/api/v1/cluster/hosts/{host}/fence", "clusterFence", "Fence a host by hand: it kills its HA VMs and runs none until unfenced; they are recovered on other hosts", None, 200, Some(of::<oxvirt_model::Fenced>)),
+    op("delete", "/api/v1/cluster/hosts/{host}/fence", "clusterUnfence", "End a host's fence: it may run HA VMs again", None, 204, None),
     op("get", "/api/v1/cluster/policy", "clusterPolicy", "The cluster's placement and rebalancing policy", None, 200, Some(of::<oxvirt_model::ClusterPolicy>)),
     op("put", "/api/v1/cluster/policy", "clusterPolicySet", "Replace the cluster's placement and rebalancing policy", Some(of::<oxvirt_model::ClusterPolicy>), 200, Some(of::<oxvirt_model::ClusterPolicy>)),
     op("get", "/api/v1/cluster/rebalance", "clusterRebalancePlan", "The rebalancing plan now: the migrations that would even out (spread) or consolidate (pack) load", None, 200, Some(of::<oxvirt_model::RebalanceView>)),

@@ -163,7 +163,7 @@ async fn detach_disk(State(c): State<Controller>, Names((name, disk)): Names<(St
 
 async fn migrate(State(c): State<Controller>, Names(name): Names<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let req: oxvirt_model::MigrateRequest = parse(&body)?;
-    Ok((StatusCode::ACCEPTED, Json(c.migrations().migrate_vm(&name, req)?)))
+    Ok((StatusCode::ACCEPTED, Json(c.migrations().migrate_vm_waiting(&name, req).await?)))
 }
 
 async fn history(

@@ -110,6 +110,10 @@ pub enum ClusterCmd {
     Drain { host: String },
     /// End maintenance.
     Undrain { host: String },
+    /// HA: HOST kills its HA VMs and runs none until unfenced; they are recovered elsewhere.
+    Fence { host: String },
+    /// End HOST's fence.
+    Unfence { host: String },
     /// Show or change the placement and rebalancing policy.
     Policy(ClusterPolicyArgs),
     /// The rebalancing plan; with --apply its first migrations start (at most the policy's
@@ -151,10 +155,11 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                         vec![
                             h.host.name.clone(),
                             h.host.address.clone(),
-                            match (h.online, h.host.maintenance) {
-                                (false, _) => "offline",
-                                (true, true) => "maintenance",
-                                (true, false) => "online",
+                            match (h.online, h.fenced, h.host.maintenance) {
+                                (false, _, _) => "offline",
+                                (true, true, _) => "fenced",
+                                (true, false, true) => "maintenance",
+                                (true, false, false) => "online",
                             }
                             .to_string(),
                             if h.leader { "leader" } else { "" }.to_string(),
@@ -176,6 +181,11 @@ pub async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> Result<()
                 said.push(crate::follow_task(client, t, std::time::Duration::from_secs(3600), out).await?.message);
             }
             println!("host {host} is in maintenance; {}", said.join("; "));
+        }
+        ClusterCmd::Fence { host } => println!("{}", client.cluster().fence_host(&host).await?.message),
+        ClusterCmd::Unfence { host } => {
+            client.cluster().unfence_host(&host).await?;
+            println!("host {host} may run HA VMs again");
         }
         ClusterCmd::Undrain { host } => {
             client.cluster().set_maintenance(&host, false).await?;

@@ -38,6 +38,16 @@ impl Cluster<'_> {
         self.client.call_with(Method::PUT, &format!("{}/maintenance", host_path(host)), &Maintenance { on }).await
     }
 
+    /// HA: fences a host by hand (it kills its HA VMs, which are recovered on other hosts).
+    pub async fn fence_host(&self, host: &str) -> Result<oxvirt_model::Fenced, ClientError> {
+        self.client.call(Method::POST, &format!("{}/fence", host_path(host)), None).await
+    }
+
+    /// Ends a host's fence.
+    pub async fn unfence_host(&self, host: &str) -> Result<(), ClientError> {
+        self.client.delete(&format!("{}/fence", host_path(host))).await
+    }
+
     pub async fn cluster_policy(&self) -> Result<ClusterPolicy, ClientError> {
         self.client.get("/api/v1/cluster/policy").await
     }

@@ -2,6 +2,7 @@
 //! helpers to wait for what a guest prints. Nothing is mocked.
 
 pub mod pki;
+pub mod proxy;
 
 use oxvirt_client::Client;
 use serde_json::{json, Value};

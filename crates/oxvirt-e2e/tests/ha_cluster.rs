@@ -39,6 +39,15 @@ async fn disk_counter(d: &Daemon, vm: &str) -> u64 {
     guest_number(&d.client, vm, "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | tr -dc 0-9").await
 }
 
+/// The host (of a, b, c) that is neither b (killed first) nor `frozen`.
+fn third_of(frozen: usize) -> usize {
+    if frozen == 0 {
+        2
+    } else {
+        0
+    }
+}
+
 fn alive(pid: u32) -> bool {
     process_alive(pid) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
 }
@@ -107,9 +116,18 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     let frozen = by_name(&hosts, &now_on);
     let qemu = d.client.get_vm("guarded").await.unwrap().status.pid.unwrap();
     let daemon_pid = hosts[frozen].child.as_ref().unwrap().id();
+    // Back within its lease (frozen for 0.4 s): nothing is fenced, nothing moves.
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGCONT) };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(alive(qemu), "a short freeze fenced the guest");
+    let v = hosts[third_of(frozen)].client.get_vm("guarded").await.unwrap();
+    assert_eq!((v.host.as_deref(), v.status.pid), (Some(now_on.as_str()), Some(qemu)), "a short freeze moved it");
+
     let frozen_at = Instant::now();
     unsafe { libc::kill(daemon_pid as i32, libc::SIGSTOP) };
-    let third = if frozen == 0 { 2 } else { 0 };
+    let third = third_of(frozen);
     let mut qemu_gone = None;
     let start = Instant::now();
     let (moved_to, started) = loop {
@@ -144,4 +162,117 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
         .and_then(|p| p.trim().parse::<u32>().ok())
         .filter(|p| alive(*p) && *p != v.status.pid.unwrap_or(0));
     assert_eq!(stale, None, "the thawed host started its copy again");
+}
+
+/// A host's link to etcd is cut while it and its guest live on: oxvirtd itself kills the HA
+/// QEMU (its lease cannot be renewed) before the VM runs on another host; mended, the host
+/// rejoins and starts nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_from_etcd_fences_itself_before_its_vm_runs_elsewhere() {
+    let etcd = EtcdCluster::start(1);
+    let ep = etcd.endpoints()[0].clone();
+    let link = oxvirt_e2e::proxy::CuttableLink::to(ep.trim_start_matches("http://"));
+    let a = Daemon::start_with_config(&config(&ep, "host-a"));
+    let b = Daemon::start_with_config(&config(&link.url, "host-b"));
+    let c = Daemon::start_with_config(&config(&ep, "host-c"));
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let disk = dir.path().join("shared.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut spec = kernel_spec("isolated", "");
+    spec["host"] = json!("host-b");
+    spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
+    let qemu = start_counting_guest(&b.client, &spec).await;
+    let (code, out, err) = b.cli(&["ha", "add", "isolated"]);
+    assert_eq!(code, 0, "{out}{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let cut_at = Instant::now();
+    link.cut();
+    let (mut qemu_gone, start) = (None, Instant::now());
+    let (moved_to, started) = loop {
+        if qemu_gone.is_none() && !alive(qemu) {
+            qemu_gone = Some(Instant::now());
+        }
+        if let Ok(v) = a.client.get_vm("isolated").await {
+            if v.status.state.as_str() == "running" && v.host.as_deref() != Some("host-b") {
+                break (v.host.unwrap_or_default(), Instant::now());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let tail = |d: &Daemon| {
+                d.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            panic!(
+                "not recovered from the cut host: {:?}; host-b's QEMU {qemu} alive: {}\n== a\n{}\n== c\n{}\n== b (HA)\n{}\n== b watchdog\n{}",
+                a.client.get_vm("isolated").await.map(|v| (v.host, v.status)),
+                alive(qemu),
+                tail(&a),
+                tail(&c),
+                b.log().lines().filter(|l| l.contains("HA") || l.contains("ha::")).collect::<Vec<_>>().join("\n"),
+                std::fs::read_to_string(b.path().join("watchdog.log")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let gone = qemu_gone.expect("host-b's QEMU was fenced before the VM ran elsewhere");
+    assert!(gone < started, "fenced after the start elsewhere");
+    eprintln!(
+        "host-b cut -> its QEMU fenced after {:?}, running on {moved_to} after {:?}",
+        gone - cut_at,
+        started - cut_at
+    );
+    assert!(b.log().contains("HA fenced"), "oxvirtd fenced it itself:\n{}", b.log());
+    let disk_now = c.client.get_vm("isolated").await.unwrap();
+    assert_eq!(disk_now.host.as_deref(), Some(moved_to.as_str()));
+
+    // Mended: host-b is back in the cluster and runs nothing of the VM.
+    link.mend();
+    let start = Instant::now();
+    loop {
+        let (_, out, _) = a.cli(&["--output", "json", "cluster", "hosts"]);
+        let hosts: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let online = hosts.as_array().into_iter().flatten().any(|h| h["name"] == "host-b" && h["online"] == true);
+        if online {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "host-b did not rejoin: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(b.qemu_pids().is_empty(), "host-b runs a copy again: {:?}", b.qemu_pids());
+    let v = a.client.get_vm("isolated").await.unwrap();
+    assert_eq!((v.host.as_deref(), v.status.state.as_str()), (Some(moved_to.as_str()), "running"));
+
+    // Fenced by hand (its storage is failing, say): the host kills the QEMU, then the VM runs
+    // elsewhere; the host runs no HA VM until unfenced.
+    let qemu = v.status.pid.unwrap();
+    let (code, out, err) = a.cli(&["cluster", "fence", &moved_to]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("host {moved_to} is fenced")), "{out}");
+    let (mut qemu_gone, start) = (None, Instant::now());
+    let (refuge, started) = loop {
+        if qemu_gone.is_none() && !alive(qemu) {
+            qemu_gone = Some(Instant::now());
+        }
+        if let Ok(v) = a.client.get_vm("isolated").await {
+            if v.status.state.as_str() == "running" && v.host.as_deref() != Some(moved_to.as_str()) {
+                break (v.host.unwrap_or_default(), Instant::now());
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "not recovered from the fenced host");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(qemu_gone.is_some_and(|g| g < started), "the fenced host's QEMU outlived the start on {refuge}");
+    let (_, out, _) = a.cli(&["cluster", "hosts"]);
+    assert!(out.lines().any(|l| l.starts_with(moved_to.as_str()) && l.contains("fenced")), "{out}");
+    let r = a.client.ha().get_resource("isolated").await.unwrap();
+    assert!(r.status.last_recovery.is_some_and(|rec| rec.reason.contains("fenced by an operator")));
+    let (code, out, err) = a.cli(&["cluster", "unfence", &moved_to]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = a.cli(&["cluster", "hosts"]);
+    assert!(out.lines().any(|l| l.starts_with(moved_to.as_str()) && l.contains("online")), "{out}");
+    // Not a host of the cluster: named and refused.
+    let (code, _, err) = a.cli(&["cluster", "fence", "host-z"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("host-z"), "{err}");
 }

@@ -110,6 +110,10 @@ pub struct HaStatus {
     /// Why it is not where its state says (empty when it is).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub problem: String,
+    /// The host that said it guards the VM (fences it when cut from the cluster): the leader
+    /// recovers a lost host's VM only when that host said so, never one it may still run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarded_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

@@ -63,8 +63,8 @@ pub use storage_requests::{CloneRequest, ExportRequest, ImportRequest, NewSnapsh
 pub use task::{Task, TaskState};
 pub use token::{ApiToken, NewToken};
 pub use views::{
-    BalloonView, HostResources, HostSample, HostView, KsmView, NumaNodeView, PlannedMove, ProjectView, RebalanceView,
-    VmCreated, VmSample,
+    BalloonView, Fenced, HostResources, HostSample, HostView, KsmView, NumaNodeView, PlannedMove, ProjectView,
+    RebalanceView, VmCreated, VmSample,
 };
 pub use vm::{
     validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,

@@ -63,6 +63,12 @@ pub struct ProjectView {
     pub usage: Usage,
 }
 
+/// What fencing a host by hand answers.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Fenced {
+    pub message: String,
+}
+
 /// A host as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostView {
@@ -72,6 +78,9 @@ pub struct HostView {
     pub online: bool,
     pub leader: bool,
     pub vms: usize,
+    /// An operator fenced it (`oxvirt cluster fence`): it runs no HA VM until unfenced.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// A rebalancing plan and what was done with it.

@@ -106,7 +106,7 @@ impl crate::Hosts {
                     auto_converge: true,
                     postcopy: false,
                 };
-                match self.ctl.migrations().migrate_vm(&m.vm, req) {
+                match self.ctl.migrations().migrate_vm_waiting(&m.vm, req).await {
                     Ok(t) => {
                         room -= 1;
                         let (me, m) = (self.clone(), m.clone());

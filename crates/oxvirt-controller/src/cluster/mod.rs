@@ -132,10 +132,19 @@ impl Hosts {
         let leader = m.session.leader().await;
         let alive = self.alive_hosts()?;
         let vms = self.ctl.vms().list_vms()?;
+        let fenced: Vec<String> = self
+            .ctl
+            .inner
+            .store
+            .list("ha/fence/")?
+            .into_iter()
+            .map(|e| e.key.trim_start_matches("ha/fence/").to_string())
+            .collect();
         Ok(self
             .host_records()?
             .into_iter()
             .map(|h| HostView {
+                fenced: fenced.contains(&h.name),
                 online: alive.contains(&h.name),
                 leader: leader.as_deref() == Some(h.name.as_str()),
                 vms: vms.iter().filter(|v: &&Vm| v.host.as_deref() == Some(h.name.as_str())).count(),

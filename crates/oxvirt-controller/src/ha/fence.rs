@@ -8,12 +8,23 @@
 
 use super::Ha;
 use crate::lock;
+use crate::ControlError;
 use oxvirt_model::{HaResource, HaState, VmState};
-use oxvirt_store::StoreExt;
+use oxvirt_store::{Expect, Op, StoreExt};
 use oxvirt_watchdog::{Feed, Guarded};
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// An operator's fence of a host, asked.
+pub(crate) fn fence_key(host: &str) -> String {
+    format!("ha/fence/{host}")
+}
+
+/// A host's word that its operator's fence is carried out: none of its HA QEMUs runs.
+pub(crate) fn fenced_key(host: &str) -> String {
+    format!("ha/fenced/{host}")
+}
 
 /// How often the watchdog is fed and the deadline looked at.
 pub(crate) const FEED_EVERY: Duration = Duration::from_millis(200);
@@ -23,15 +34,72 @@ pub(crate) const FEED_EVERY: Duration = Duration::from_millis(200);
 pub(crate) struct FenceState {
     /// This host fenced its HA VMs and has not renewed its lease since: nothing is restarted.
     pub fenced: std::sync::atomic::AtomicBool,
+    /// An operator fenced this host (`oxvirt cluster fence`): it runs no HA VM until unfenced.
+    pub by_request: std::sync::atomic::AtomicBool,
     /// This host's HA VMs (those HA keeps: not disabled ones), as last read from the store
     /// (each keeper round); their QEMUs are looked up at every tick, without the store.
     pub names: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ha {
-    /// Whether this host fenced itself and is still cut from the cluster.
+    /// Whether this host fenced itself and is still cut from the cluster, or was fenced by an
+    /// operator.
     pub(crate) fn fenced(&self) -> bool {
-        self.state().fence.fenced.load(Ordering::Acquire)
+        self.state().fence.fenced.load(Ordering::Acquire) || self.state().fence.by_request.load(Ordering::Acquire)
+    }
+
+    /// `oxvirt cluster fence HOST`: HOST kills its HA VMs' QEMUs and runs none until unfenced;
+    /// once it says it has (`ha/fenced/<host>`), the leader recovers them on other hosts. For a
+    /// host that still holds its lease but must not run them (failing storage or network).
+    pub fn fence_host(&self, caller: &str, host: &str) -> Result<String, ControlError> {
+        self.ctl
+            .hosts()
+            .host_record(host)?
+            .ok_or_else(|| ControlError::NotFound { kind: "host", name: host.into() })?;
+        let asked = format!("by {caller} at {}", crate::now_millis());
+        self.ctl.inner.store.put(&fence_key(host), asked.into_bytes(), Expect::Any)?;
+        Ok(format!(
+            "host {host} is fenced: it kills its HA VMs and runs none until `oxvirt cluster unfence {host}`; they are recovered on other hosts once it has"
+        ))
+    }
+
+    /// Ends an operator's fence: the host may run HA VMs again (those still its own).
+    pub fn unfence_host(&self, host: &str) -> Result<(), ControlError> {
+        self.ctl
+            .hosts()
+            .host_record(host)?
+            .ok_or_else(|| ControlError::NotFound { kind: "host", name: host.into() })?;
+        self.ctl.inner.store.txn(vec![
+            Op::Delete { key: fence_key(host), expect: Expect::Any },
+            Op::Delete { key: fenced_key(host), expect: Expect::Any },
+        ])?;
+        Ok(())
+    }
+
+    /// Each keeper round, on the host: an operator's fence is carried out (and said done), or
+    /// ended. False while it holds: the keeper starts nothing.
+    pub(crate) fn follow_fence_request(&self, me: &str) -> bool {
+        let asked = match self.ctl.inner.store.get(&fence_key(me)) {
+            Ok(a) => a.is_some(),
+            Err(_) => return false,
+        };
+        let was = self.state().fence.by_request.swap(asked, Ordering::AcqRel);
+        if !asked {
+            if was {
+                tracing::warn!("HA: the operator's fence of this host ended");
+            }
+            return true;
+        }
+        let guarded = self.guarded();
+        if !guarded.is_empty() {
+            self.fence_here(&guarded, &tokio::runtime::Handle::current());
+        }
+        // Said once none of its HA QEMUs runs: the leader may recover them then.
+        if self.guarded().is_empty() {
+            let _ =
+                self.ctl.inner.store.put(&fenced_key(me), crate::now_millis().to_string().into_bytes(), Expect::Any);
+        }
+        false
     }
 
     /// How long this host may still run its HA VMs (`None` outside a cluster, or before the
@@ -78,18 +146,25 @@ impl Ha {
         }
     }
 
-    /// Reads which VMs to guard: this host's HA VMs that HA keeps (not disabled ones).
+    /// Reads which VMs to guard: this host's HA VMs that HA keeps (not disabled ones); then
+    /// says so in each one's record (`guarded_by`), once it is in the list the fencing thread
+    /// reads: the leader recovers only VMs their host said it guards.
     pub(crate) fn refresh_guarded(&self) {
         let Some(me) = self.ctl.hosts().host_name() else { return };
         // While the store does not answer (cut from etcd), the last list stays.
         let Ok(resources) = self.ctl.inner.store.list_records::<HaResource>() else { return };
-        let names: Vec<String> = resources
+        let mine: Vec<(HaResource, u64)> = resources
             .into_iter()
             .filter(|(r, _)| r.spec.state != HaState::Disabled)
-            .map(|(r, _)| r.spec.vm)
-            .filter(|n| self.ctl.vms().get_vm(n).is_ok_and(|v| v.host.as_deref() == Some(me.as_str())))
+            .filter(|(r, _)| self.ctl.vms().get_vm(&r.spec.vm).is_ok_and(|v| v.host.as_deref() == Some(me.as_str())))
             .collect();
-        *lock(&self.state().fence.names) = names;
+        *lock(&self.state().fence.names) = mine.iter().map(|(r, _)| r.spec.vm.clone()).collect();
+        for (mut r, rev) in mine {
+            if r.status.guarded_by.as_deref() != Some(me.as_str()) {
+                r.status.guarded_by = Some(me.clone());
+                let _ = self.ctl.inner.store.put_record(&r.spec.vm, &r, Expect::Revision(rev));
+            }
+        }
     }
 
     /// The QEMUs of the guarded VMs running here now (read from memory and `/proc` only).
@@ -107,11 +182,15 @@ impl Ha {
 
     /// Kills the guarded QEMUs now (SIGKILL, by pid and start time).
     fn fence_here(&self, guarded: &[(String, Guarded)], rt: &tokio::runtime::Handle) {
-        self.state().fence.fenced.store(true, Ordering::Release);
-        let why = format!(
-            "this host has not renewed its cluster lease for {:?}: its HA VMs may be started elsewhere",
-            self.ctl.inner.config.ha.fence_after
-        );
+        let why = if self.state().fence.by_request.load(Ordering::Acquire) {
+            "an operator fenced this host (`oxvirt cluster fence`)".to_string()
+        } else {
+            self.state().fence.fenced.store(true, Ordering::Release);
+            format!(
+                "this host has not renewed its cluster lease for {:?}: its HA VMs may be started elsewhere",
+                self.ctl.inner.config.ha.fence_after
+            )
+        };
         for (vm, g) in guarded {
             let killed = oxvirt_watchdog::kill(*g);
             tracing::error!(vm = %vm, pid = g.pid, killed, "HA fenced: {why}");

@@ -72,12 +72,27 @@ impl Ha {
     pub(crate) async fn keep_round(&self) {
         let _one = self.state().round.lock().await;
         self.refresh_guarded();
+        let me = self.ctl.hosts().host_name();
+        // An operator's fence of this host is carried out first; while it holds, nothing starts.
+        if let Some(name) = &me {
+            if !self.follow_fence_request(name) {
+                return;
+            }
+        }
         // A host that fenced itself, or whose lease renewals lag (past half its fencing time),
         // starts nothing: its VMs may be the leader's to recover.
         if self.fenced() || self.time_left().is_some_and(|l| l < self.ctl.inner.config.ha.fence_after / 2) {
             return;
         }
-        let me = self.ctl.hosts().host_name();
+        // In a cluster, only while this host's presence is in the store: the leader recovers
+        // a host's VMs only in a transaction that finds it absent (or the host fenced by an
+        // operator, which starts nothing meanwhile), so once it is read here (and the VMs after
+        // it), no VM read as this host's can have been given to another.
+        if let Some(name) = &me {
+            if !matches!(self.ctl.inner.store.get(&format!("alive/{name}")), Ok(Some(_))) {
+                return;
+            }
+        }
         let Ok(resources) = self.ctl.inner.store.list_records::<HaResource>() else { return };
         for (r, rev) in resources {
             let Ok(vm) = self.ctl.vms().get_vm(&r.spec.vm) else { continue };
@@ -136,6 +151,7 @@ impl Ha {
             Step::Relocate => {
                 match self.relocate(vm, &format!("its restarts on this host are used up ({})", vm.status.reason)) {
                     Ok(rec) => {
+                        r.status.guarded_by = None;
                         r.status.relocations += 1;
                         r.status.restarts = 0;
                         r.status.last_recovery = Some(rec);

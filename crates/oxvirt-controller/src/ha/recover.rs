@@ -12,6 +12,15 @@ use oxvirt_store::{Expect, Op, Record, StoreError, StoreExt};
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// What a recovery's transaction expects of the host it takes a VM from.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    /// Its lease ended, and it has not come back.
+    LeaseEnded,
+    /// An operator fenced it and it said it is done (`ha/fenced/<host>` at this revision).
+    Fenced { revision: u64 },
+}
+
 /// What recovery keeps between rounds.
 #[derive(Default)]
 pub(crate) struct RecoverState {
@@ -43,6 +52,14 @@ impl Ha {
                             tokio::time::sleep(me.ctl.inner.config.ha.recover_after).await;
                             me.recover_round().await;
                         });
+                    }
+                    // An HA resource added or changed: guarded at once, not at the next round.
+                    Ok(oxvirt_store::WatchEvent::Put(e)) if e.key.starts_with(HaResource::PREFIX) => {
+                        let already = serde_json::from_slice::<HaResource>(&e.value)
+                            .is_ok_and(|r| r.status.guarded_by == me.ctl.hosts().host_name());
+                        if !already {
+                            me.refresh_guarded();
+                        }
                     }
                     Ok(oxvirt_store::WatchEvent::Put(e)) if e.key.starts_with(Vm::PREFIX) => {
                         let mine = serde_json::from_slice::<Vm>(&e.value)
@@ -90,12 +107,20 @@ impl Ha {
                 .collect()
         };
         for (host, secs) in due {
-            self.recover_host(&host, secs);
+            self.recover_host(&host, secs, Guard::LeaseEnded);
+        }
+        // Hosts an operator fenced, once they said it is done.
+        let Ok(fenced) = self.ctl.inner.store.list("ha/fenced/") else { return };
+        for e in fenced {
+            let host = e.key.trim_start_matches("ha/fenced/").to_string();
+            if alive.contains(&host) {
+                self.recover_host(&host, 0.0, Guard::Fenced { revision: e.revision });
+            }
         }
     }
 
     /// Gives every HA VM kept started on `host` to another host, highest priority first.
-    fn recover_host(&self, host: &str, lost_for: f64) {
+    fn recover_host(&self, host: &str, lost_for: f64, guard: Guard) {
         let Ok(resources) = self.ctl.inner.store.list_records::<HaResource>() else { return };
         let mut theirs: Vec<(HaResource, u64, Vm)> = resources
             .into_iter()
@@ -107,8 +132,23 @@ impl Ha {
             .collect();
         theirs.sort_by(|a, b| b.0.spec.priority.cmp(&a.0.spec.priority).then(a.0.spec.vm.cmp(&b.0.spec.vm)));
         for (mut r, rev, vm) in theirs {
-            let why = format!("host {host} lost (its cluster lease ended {lost_for:.1} s ago)");
-            match self.recover_vm(&vm, host, &why) {
+            // A VM its host never said it guards may still run there: it stays, reported.
+            if r.status.guarded_by.as_deref() != Some(host) {
+                let why = format!(
+                    "not recovered: host {host} had not said it guards it (it may still run it); when that host is known to be off, start the VM elsewhere by hand"
+                );
+                if r.status.problem != why {
+                    tracing::warn!(vm = %vm.spec.name, "HA: {why}");
+                    r.status.problem = why;
+                    let _ = self.ctl.inner.store.put_record(&r.spec.vm, &r, Expect::Revision(rev));
+                }
+                continue;
+            }
+            let why = match guard {
+                Guard::LeaseEnded => format!("host {host} lost (its cluster lease ended {lost_for:.1} s ago)"),
+                Guard::Fenced { .. } => format!("host {host} fenced by an operator"),
+            };
+            match self.recover_vm(&vm, host, &why, guard) {
                 Ok(rec) => {
                     let message = format!("VM {} recovered: {} -> {} ({why})", vm.spec.name, rec.from, rec.to);
                     tracing::warn!(vm = %vm.spec.name, "HA: {message}");
@@ -122,6 +162,7 @@ impl Ha {
                     self.state().recover.recoveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     r.status.last_recovery = Some(rec);
                     r.status.problem.clear();
+                    r.status.guarded_by = None;
                     let _ = self.ctl.inner.store.put_record(&r.spec.vm, &r, Expect::Revision(rev));
                 }
                 Err(why) if r.status.problem != why => {
@@ -136,7 +177,7 @@ impl Ha {
 
     /// Gives VM `vm` of lost host `from` to another, in one transaction that expects `from`
     /// still without its lease and the VM unchanged.
-    fn recover_vm(&self, vm: &Vm, from: &str, why: &str) -> Result<HaRecovery, String> {
+    fn recover_vm(&self, vm: &Vm, from: &str, why: &str, guard: Guard) -> Result<HaRecovery, String> {
         if let Some(p) = self.not_recoverable(&vm.spec.name) {
             return Err(p);
         }
@@ -160,19 +201,31 @@ impl Ha {
         moved.status.pid = None;
         moved.status.reason = format!("recovered by HA from {from}: {why}");
         moved.status.changed_at = now;
-        let ops = vec![
-            Op::Put {
-                key: Vm::key_of(&vm.spec.name),
-                value: oxvirt_store::encode(&moved),
-                expect: Expect::Revision(rev),
-            },
+        let vm_op = Op::Put {
+            key: Vm::key_of(&vm.spec.name),
+            value: oxvirt_store::encode(&moved),
+            expect: Expect::Revision(rev),
+        };
+        let ops = match guard {
             // (A delete that expects the key absent: the host has not come back meanwhile.)
-            Op::Delete { key: format!("alive/{from}"), expect: Expect::Absent },
-        ];
+            Guard::LeaseEnded => vec![vm_op, Op::Delete { key: format!("alive/{from}"), expect: Expect::Absent }],
+            // (The host's word rewritten as read: it has not been unfenced meanwhile.)
+            Guard::Fenced { revision } => vec![
+                vm_op,
+                Op::Put {
+                    key: format!("ha/fenced/{from}"),
+                    value: now.to_string().into_bytes(),
+                    expect: Expect::Revision(revision),
+                },
+            ],
+        };
         match self.ctl.inner.store.txn(ops) {
             Ok(_) => Ok(HaRecovery { from: from.into(), to, at: now, reason: why.into() }),
             Err(StoreError::Conflict { key, .. }) if key.starts_with("alive/") => {
                 Err(format!("host {from} came back: it keeps the VM"))
+            }
+            Err(StoreError::Conflict { key, .. }) if key.starts_with("ha/fenced/") => {
+                Err(format!("host {from} was unfenced: it keeps the VM"))
             }
             Err(e) => Err(format!("the store: {e}")),
         }

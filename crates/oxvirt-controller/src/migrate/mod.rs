@@ -88,7 +88,18 @@ impl Migrations {
 
     /// Starts a migration task; checks first what can be checked here.
     pub fn migrate_vm(&self, name: &str, req: MigrateRequest) -> Result<Task, ControlError> {
-        self.begin_migration(name, req, Expect::Absent)
+        let guard = self.ctl.inner.slot(name).op.clone().try_lock_owned().map_err(|_| busy(name))?;
+        self.begin_migration(name, req, Expect::Absent, guard)
+    }
+
+    /// [`Migrations::migrate_vm`] for a request: a VM held for a moment (its event watcher
+    /// recording a resume after it arrived, say) is waited for, up to `BUSY_GRACE`, before the
+    /// request is told it is busy.
+    pub async fn migrate_vm_waiting(&self, name: &str, req: MigrateRequest) -> Result<Task, ControlError> {
+        let op = self.ctl.inner.slot(name).op.clone();
+        let guard =
+            tokio::time::timeout(crate::vms::lifecycle::BUSY_GRACE, op.lock_owned()).await.map_err(|_| busy(name))?;
+        self.begin_migration(name, req, Expect::Absent, guard)
     }
 
     /// A migration the cluster's rebalancing asked for (record `rev`), started by this host, the
@@ -101,19 +112,28 @@ impl Migrations {
             auto_converge: true,
             postcopy: false,
         };
-        if let Err(e) = self.begin_migration(&m.vm, req, Expect::Revision(rev)) {
+        let started = match self.ctl.inner.slot(&m.vm).op.clone().try_lock_owned() {
+            Ok(guard) => self.begin_migration(&m.vm, req, Expect::Revision(rev), guard),
+            Err(_) => Err(busy(&m.vm)),
+        };
+        if let Err(e) = started {
             tracing::warn!(vm = %m.vm, to = %m.target, "rebalancing asked for a migration that cannot start: {e}");
             let _ = self.ctl.inner.store.delete_record::<Migration>(&m.vm, Expect::Revision(rev));
         }
     }
 
-    fn begin_migration(&self, name: &str, req: MigrateRequest, expect: Expect) -> Result<Task, ControlError> {
+    /// Starts a migration of VM `name`, whose operation lock `guard` is.
+    fn begin_migration(
+        &self,
+        name: &str,
+        req: MigrateRequest,
+        expect: Expect,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Task, ControlError> {
         req.validate()?;
         let Some(me) = self.ctl.hosts().host_name() else {
             return Err(ControlError::Conflict("this host is not in a cluster: there is nowhere to migrate to".into()));
         };
-        let slot = self.ctl.inner.slot(name);
-        let guard = slot.op.clone().try_lock_owned().map_err(|_| busy(name))?;
         let vm = self.ctl.vms().get_vm(name)?;
         self.ctl.hosts().check_local(&vm)?;
         if vm.status.state != VmState::Running {
