@@ -1,4 +1,4 @@
-//! High availability across three hosts on etcd, with a real guest on a disk all hosts reach:
+//! High availability across three hosts on etcd (three members), with a real guest on a disk all hosts reach:
 //! a host that crashes (oxvirtd and its QEMUs killed) has its HA VM run again on another, the
 //! counter on the disk going on from where it was; a host whose oxvirtd freezes (SIGSTOP) is
 //! fenced by its watchdog before the VM is started elsewhere, and does not start its copy again
@@ -8,35 +8,43 @@ use oxvirt_e2e::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-fn config(endpoint: &str, host: &str) -> String {
+/// A host's config on etcd at `endpoints` (comma-separated quoted URLs are made of them).
+fn config(endpoints: &str, host: &str) -> String {
+    let eps: Vec<String> = endpoints.split(',').map(|e| format!("\"{e}\"")).collect();
     format!(
-        "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{endpoint}\"]\netcd_prefix = \"ha/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n"
+        "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"ha/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
+        eps.join(", ")
     )
-}
-
-/// Waits until VM `vm` runs on a host other than `not_on`, seen through `d`; (host, when seen).
-async fn wait_elsewhere(d: &Daemon, vm: &str, not_on: &str) -> (String, Instant) {
-    let start = Instant::now();
-    loop {
-        if let Ok(v) = d.client.get_vm(vm).await {
-            if v.status.state.as_str() == "running" && v.host.as_deref().is_some_and(|h| h != not_on) {
-                return (v.host.unwrap_or_default(), Instant::now());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(90),
-                "{vm} not running elsewhere: {:?} {:?}\n{}",
-                v.host,
-                v.status,
-                d.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The counter the guest writes to its disk's first sector.
 async fn disk_counter(d: &Daemon, vm: &str) -> u64 {
     guest_number(&d.client, vm, "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | tr -dc 0-9").await
+}
+
+/// Waits (through `watcher`) until VM `vm` runs on a host other than `not_on`, watching QEMU
+/// `qemu` of `not_on` meanwhile: (the other host, when the QEMU was seen gone, when the VM was
+/// seen running). Panics with `explain()` after 90 s.
+async fn fenced_then_elsewhere(
+    watcher: &Daemon,
+    vm: &str,
+    not_on: &str,
+    qemu: u32,
+    explain: impl Fn() -> String,
+) -> (String, Option<Instant>, Instant) {
+    let (mut qemu_gone, start) = (None, Instant::now());
+    loop {
+        if qemu_gone.is_none() && !alive(qemu) {
+            qemu_gone = Some(Instant::now());
+        }
+        if let Ok(v) = watcher.client.get_vm(vm).await {
+            if v.status.state.as_str() == "running" && v.host.as_deref() != Some(not_on) {
+                return (v.host.unwrap_or_default(), qemu_gone, Instant::now());
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "{vm} not recovered from {not_on}: {}", explain());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The host (of a, b, c) that is neither b (killed first) nor `frozen`.
@@ -54,8 +62,9 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
-    let etcd = EtcdCluster::start(1);
-    let ep = etcd.endpoints()[0].clone();
+    // A three-member etcd, as a cluster runs it.
+    let etcd = EtcdCluster::start(3);
+    let ep = etcd.endpoints().join(",");
     let mut hosts: Vec<Daemon> =
         ["host-a", "host-b", "host-c"].iter().map(|h| Daemon::start_with_config(&config(&ep, h))).collect();
     let by_name = |hosts: &[Daemon], h: &str| {
@@ -80,7 +89,7 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     hosts[1].kill9();
     unsafe { libc::kill(qemu_b as i32, libc::SIGKILL) };
     let a = &hosts[0];
-    let (now_on, seen) = wait_elsewhere(a, "guarded", "host-b").await;
+    let (now_on, _, seen) = fenced_then_elsewhere(a, "guarded", "host-b", qemu_b, || a.log()).await;
     let d = &hosts[by_name(&hosts, &now_on)];
     wait_console(&d.client, "guarded", READY, 1, BOOT_TIMEOUT).await;
     eprintln!(
@@ -128,20 +137,8 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     let frozen_at = Instant::now();
     unsafe { libc::kill(daemon_pid as i32, libc::SIGSTOP) };
     let third = third_of(frozen);
-    let mut qemu_gone = None;
-    let start = Instant::now();
-    let (moved_to, started) = loop {
-        if qemu_gone.is_none() && !alive(qemu) {
-            qemu_gone = Some(Instant::now());
-        }
-        if let Ok(v) = hosts[third].client.get_vm("guarded").await {
-            if v.status.state.as_str() == "running" && v.host.as_deref() != Some(now_on.as_str()) {
-                break (v.host.unwrap_or_default(), Instant::now());
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(90), "not recovered from the frozen host");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (moved_to, qemu_gone, started) =
+        fenced_then_elsewhere(&hosts[third], "guarded", &now_on, qemu, || hosts[third].log()).await;
     let gone = qemu_gone.expect("the frozen host's QEMU was fenced before the VM ran elsewhere");
     assert!(gone < started, "fenced after the start elsewhere");
     eprintln!(
@@ -188,32 +185,20 @@ async fn a_host_cut_from_etcd_fences_itself_before_its_vm_runs_elsewhere() {
 
     let cut_at = Instant::now();
     link.cut();
-    let (mut qemu_gone, start) = (None, Instant::now());
-    let (moved_to, started) = loop {
-        if qemu_gone.is_none() && !alive(qemu) {
-            qemu_gone = Some(Instant::now());
-        }
-        if let Ok(v) = a.client.get_vm("isolated").await {
-            if v.status.state.as_str() == "running" && v.host.as_deref() != Some("host-b") {
-                break (v.host.unwrap_or_default(), Instant::now());
-            }
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            let tail = |d: &Daemon| {
-                d.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-            };
-            panic!(
-                "not recovered from the cut host: {:?}; host-b's QEMU {qemu} alive: {}\n== a\n{}\n== c\n{}\n== b (HA)\n{}\n== b watchdog\n{}",
-                a.client.get_vm("isolated").await.map(|v| (v.host, v.status)),
-                alive(qemu),
-                tail(&a),
-                tail(&c),
-                b.log().lines().filter(|l| l.contains("HA") || l.contains("ha::")).collect::<Vec<_>>().join("\n"),
-                std::fs::read_to_string(b.path().join("watchdog.log")).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let explain = || {
+        let tail = |d: &Daemon| {
+            d.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        format!(
+            "host-b's QEMU {qemu} alive: {}\n== a\n{}\n== c\n{}\n== b (HA)\n{}\n== b watchdog\n{}",
+            alive(qemu),
+            tail(&a),
+            tail(&c),
+            b.log().lines().filter(|l| l.contains("HA") || l.contains("ha::")).collect::<Vec<_>>().join("\n"),
+            std::fs::read_to_string(b.path().join("watchdog.log")).unwrap_or_default()
+        )
     };
+    let (moved_to, qemu_gone, started) = fenced_then_elsewhere(&a, "isolated", "host-b", qemu, explain).await;
     let gone = qemu_gone.expect("host-b's QEMU was fenced before the VM ran elsewhere");
     assert!(gone < started, "fenced after the start elsewhere");
     eprintln!(
@@ -249,19 +234,7 @@ async fn a_host_cut_from_etcd_fences_itself_before_its_vm_runs_elsewhere() {
     let (code, out, err) = a.cli(&["cluster", "fence", &moved_to]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("host {moved_to} is fenced")), "{out}");
-    let (mut qemu_gone, start) = (None, Instant::now());
-    let (refuge, started) = loop {
-        if qemu_gone.is_none() && !alive(qemu) {
-            qemu_gone = Some(Instant::now());
-        }
-        if let Ok(v) = a.client.get_vm("isolated").await {
-            if v.status.state.as_str() == "running" && v.host.as_deref() != Some(moved_to.as_str()) {
-                break (v.host.unwrap_or_default(), Instant::now());
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "not recovered from the fenced host");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (refuge, qemu_gone, started) = fenced_then_elsewhere(&a, "isolated", &moved_to, qemu, || a.log()).await;
     assert!(qemu_gone.is_some_and(|g| g < started), "the fenced host's QEMU outlived the start on {refuge}");
     let (_, out, _) = a.cli(&["cluster", "hosts"]);
     assert!(out.lines().any(|l| l.starts_with(moved_to.as_str()) && l.contains("fenced")), "{out}");

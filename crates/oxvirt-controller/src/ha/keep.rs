@@ -149,19 +149,12 @@ impl Ha {
                 }
             }
             Step::Relocate => {
-                match self.relocate(vm, &format!("its restarts on this host are used up ({})", vm.status.reason)) {
-                    Ok(rec) => {
-                        r.status.guarded_by = None;
-                        r.status.relocations += 1;
-                        r.status.restarts = 0;
-                        r.status.last_recovery = Some(rec);
-                        r.status.problem.clear();
-                        self.save(&r, rev);
-                    }
-                    Err(why) => {
-                        r.status.problem = why;
-                        self.save(&r, rev);
-                    }
+                // (The move records itself in the HA record, in one transaction.)
+                if let Err(why) =
+                    self.relocate(vm, &format!("its restarts on this host are used up ({})", vm.status.reason))
+                {
+                    r.status.problem = why;
+                    self.save(&r, rev);
                 }
             }
             Step::GiveUp(why) => {
@@ -193,23 +186,10 @@ impl Ha {
             return Err(p);
         }
         let to = self.ctl.hosts().pick_other_host(vm, &from).map_err(|e| format!("no other host can take it: {e}"))?;
-        let rec = HaRecovery { from: from.clone(), to: to.clone(), at: crate::now_millis(), reason: why.to_string() };
-        let moved = self
-            .ctl
-            .inner
-            .store
-            .update_record::<Vm>(name, |v| {
-                v.host = Some(to.clone());
-                v.host_reason = Some(format!("recovered by HA from {from}: {why}"));
-                // Off as asked there: its new host's keeper starts it, counting no failure.
-                v.desired = DesiredState::Stopped;
-            })
-            .map_err(|e| format!("the VM's record: {e}"))?;
-        if moved.is_none() {
-            return Err("the VM is gone".into());
-        }
-        // This host's slot forgets it: its new host runs it.
-        *lock(&self.ctl.inner.slot(name).instance) = None;
+        let m = super::moves::Move { vm: name, from: &from, to: &to, why, relocation: true, guard: vec![] };
+        let rec = self.move_vm(m).map_err(|e| match e {
+            super::moves::MoveError::Guard(k) | super::moves::MoveError::Other(k) => k,
+        })?;
         tracing::info!(vm = name, from = %from, to = %to, "HA relocated: {why}");
         Ok(rec)
     }

@@ -9,6 +9,7 @@
 
 mod fence;
 mod keep;
+mod moves;
 mod recover;
 
 /// What HA keeps between rounds (reached through `state()`).

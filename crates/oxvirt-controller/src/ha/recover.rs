@@ -5,10 +5,11 @@
 //! expects the host still gone: a host that came back keeps its VMs. VMs on a lost host's local
 //! disks are reported as not recoverable.
 
+use super::moves::{Move, MoveError};
 use super::Ha;
 use crate::lock;
-use oxvirt_model::{DesiredState, Event, HaRecovery, HaResource, HaState, Vm, VmState};
-use oxvirt_store::{Expect, Op, Record, StoreError, StoreExt};
+use oxvirt_model::{Event, HaRecovery, HaResource, HaState, Vm, VmState};
+use oxvirt_store::{Expect, Op, Record, StoreExt};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -160,10 +161,6 @@ impl Ha {
                         time: crate::now_millis(),
                     });
                     self.state().recover.recoveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    r.status.last_recovery = Some(rec);
-                    r.status.problem.clear();
-                    r.status.guarded_by = None;
-                    let _ = self.ctl.inner.store.put_record(&r.spec.vm, &r, Expect::Revision(rev));
                 }
                 Err(why) if r.status.problem != why => {
                     tracing::warn!(vm = %vm.spec.name, "HA: not recovered: {why}");
@@ -181,53 +178,29 @@ impl Ha {
         if let Some(p) = self.not_recoverable(&vm.spec.name) {
             return Err(p);
         }
-        let (current, rev) = match self.ctl.inner.store.get_record::<Vm>(&vm.spec.name) {
-            Ok(Some(v)) => v,
-            Ok(None) => return Err("the VM is gone".into()),
-            Err(e) => return Err(format!("the store: {e}")),
-        };
         let to = self
             .ctl
             .hosts()
-            .pick_other_host(&current, from)
+            .pick_other_host(vm, from)
             .map_err(|e| format!("not recoverable now: no other host can take it: {e}"))?;
-        let now = crate::now_millis();
-        let mut moved = current;
-        moved.host = Some(to.clone());
-        moved.host_reason = Some(format!("recovered by HA from {from}: {why}"));
-        // Off as asked on its new host: that host's keeper starts it.
-        moved.desired = DesiredState::Stopped;
-        moved.status.state = VmState::Stopped;
-        moved.status.pid = None;
-        moved.status.reason = format!("recovered by HA from {from}: {why}");
-        moved.status.changed_at = now;
-        let vm_op = Op::Put {
-            key: Vm::key_of(&vm.spec.name),
-            value: oxvirt_store::encode(&moved),
-            expect: Expect::Revision(rev),
-        };
-        let ops = match guard {
+        let guard_op = match guard {
             // (A delete that expects the key absent: the host has not come back meanwhile.)
-            Guard::LeaseEnded => vec![vm_op, Op::Delete { key: format!("alive/{from}"), expect: Expect::Absent }],
+            Guard::LeaseEnded => Op::Delete { key: format!("alive/{from}"), expect: Expect::Absent },
             // (The host's word rewritten as read: it has not been unfenced meanwhile.)
-            Guard::Fenced { revision } => vec![
-                vm_op,
-                Op::Put {
-                    key: format!("ha/fenced/{from}"),
-                    value: now.to_string().into_bytes(),
-                    expect: Expect::Revision(revision),
-                },
-            ],
+            Guard::Fenced { revision } => Op::Put {
+                key: format!("ha/fenced/{from}"),
+                value: crate::now_millis().to_string().into_bytes(),
+                expect: Expect::Revision(revision),
+            },
         };
-        match self.ctl.inner.store.txn(ops) {
-            Ok(_) => Ok(HaRecovery { from: from.into(), to, at: now, reason: why.into() }),
-            Err(StoreError::Conflict { key, .. }) if key.starts_with("alive/") => {
+        let m = Move { vm: &vm.spec.name, from, to: &to, why, relocation: false, guard: vec![guard_op] };
+        match self.move_vm(m) {
+            Ok(rec) => Ok(rec),
+            Err(MoveError::Guard(key)) if key.starts_with("alive/") => {
                 Err(format!("host {from} came back: it keeps the VM"))
             }
-            Err(StoreError::Conflict { key, .. }) if key.starts_with("ha/fenced/") => {
-                Err(format!("host {from} was unfenced: it keeps the VM"))
-            }
-            Err(e) => Err(format!("the store: {e}")),
+            Err(MoveError::Guard(_)) => Err(format!("host {from} was unfenced: it keeps the VM")),
+            Err(MoveError::Other(e)) => Err(e),
         }
     }
 }
