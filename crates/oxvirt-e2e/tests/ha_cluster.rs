@@ -17,6 +17,16 @@ fn config(endpoints: &str, host: &str) -> String {
     )
 }
 
+/// A VM `name` for `host` whose disk is a file in `dir`, which every host reaches.
+fn on_a_shared_disk(dir: &tempfile::TempDir, name: &str, host: &str) -> serde_json::Value {
+    let disk = dir.path().join("shared.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut spec = kernel_spec(name, "");
+    spec["host"] = json!(host);
+    spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
+    spec
+}
+
 /// The counter the guest writes to its disk's first sector.
 async fn disk_counter(d: &Daemon, vm: &str) -> u64 {
     guest_number(&d.client, vm, "dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n1 | tr -dc 0-9").await
@@ -71,11 +81,7 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
         ["host-a", "host-b", "host-c"].iter().position(|n| *n == h).map(|i| i.min(hosts.len() - 1)).unwrap()
     };
     let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let disk = dir.path().join("shared.raw");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut spec = kernel_spec("guarded", "");
-    spec["host"] = json!("host-b");
-    spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
+    let spec = on_a_shared_disk(&dir, "guarded", "host-b");
     let b = &hosts[1];
     let qemu_b = start_counting_guest(&b.client, &spec).await;
     let (code, out, err) = b.cli(&["ha", "add", "guarded"]);
@@ -174,11 +180,7 @@ async fn a_host_cut_from_etcd_fences_itself_before_its_vm_runs_elsewhere() {
     let b = Daemon::start_with_config(&config(&link.url, "host-b"));
     let c = Daemon::start_with_config(&config(&ep, "host-c"));
     let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let disk = dir.path().join("shared.raw");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut spec = kernel_spec("isolated", "");
-    spec["host"] = json!("host-b");
-    spec["disks"] = json!([{ "path": disk, "format": "raw" }]);
+    let spec = on_a_shared_disk(&dir, "isolated", "host-b");
     let qemu = start_counting_guest(&b.client, &spec).await;
     let (code, out, err) = b.cli(&["ha", "add", "isolated"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -132,14 +132,7 @@ impl Hosts {
         let leader = m.session.leader().await;
         let alive = self.alive_hosts()?;
         let vms = self.ctl.vms().list_vms()?;
-        let fenced: Vec<String> = self
-            .ctl
-            .inner
-            .store
-            .list("ha/fence/")?
-            .into_iter()
-            .map(|e| e.key.trim_start_matches("ha/fence/").to_string())
-            .collect();
+        let fenced = self.ctl.ha().fenced_hosts()?;
         Ok(self
             .host_records()?
             .into_iter()

@@ -16,14 +16,18 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// An operator's fence of a host, asked.
+/// Operators' fences of hosts, asked: `ha/fence/<host>`.
+const FENCE_PREFIX: &str = "ha/fence/";
+/// Hosts' word that their operator's fence is carried out (none of their HA QEMUs runs):
+/// `ha/fenced/<host>`.
+pub(crate) const FENCED_PREFIX: &str = "ha/fenced/";
+
 pub(crate) fn fence_key(host: &str) -> String {
-    format!("ha/fence/{host}")
+    format!("{FENCE_PREFIX}{host}")
 }
 
-/// A host's word that its operator's fence is carried out: none of its HA QEMUs runs.
 pub(crate) fn fenced_key(host: &str) -> String {
-    format!("ha/fenced/{host}")
+    format!("{FENCED_PREFIX}{host}")
 }
 
 /// How often the watchdog is fed and the deadline looked at.
@@ -61,6 +65,18 @@ impl Ha {
         Ok(format!(
             "host {host} is fenced: it kills its HA VMs and runs none until `oxvirt cluster unfence {host}`; they are recovered on other hosts once it has"
         ))
+    }
+
+    /// The hosts an operator fenced (and has not unfenced).
+    pub fn fenced_hosts(&self) -> Result<Vec<String>, ControlError> {
+        Ok(self
+            .ctl
+            .inner
+            .store
+            .list(FENCE_PREFIX)?
+            .into_iter()
+            .map(|e| e.key[FENCE_PREFIX.len()..].to_string())
+            .collect())
     }
 
     /// Ends an operator's fence: the host may run HA VMs again (those still its own).

@@ -5,6 +5,7 @@
 //! expects the host still gone: a host that came back keeps its VMs. VMs on a lost host's local
 //! disks are reported as not recoverable.
 
+use super::fence::{fenced_key, FENCED_PREFIX};
 use super::moves::{Move, MoveError};
 use super::Ha;
 use crate::lock;
@@ -111,9 +112,9 @@ impl Ha {
             self.recover_host(&host, secs, Guard::LeaseEnded);
         }
         // Hosts an operator fenced, once they said it is done.
-        let Ok(fenced) = self.ctl.inner.store.list("ha/fenced/") else { return };
+        let Ok(fenced) = self.ctl.inner.store.list(FENCED_PREFIX) else { return };
         for e in fenced {
-            let host = e.key.trim_start_matches("ha/fenced/").to_string();
+            let host = e.key[FENCED_PREFIX.len()..].to_string();
             if alive.contains(&host) {
                 self.recover_host(&host, 0.0, Guard::Fenced { revision: e.revision });
             }
@@ -188,7 +189,7 @@ impl Ha {
             Guard::LeaseEnded => Op::Delete { key: format!("alive/{from}"), expect: Expect::Absent },
             // (The host's word rewritten as read: it has not been unfenced meanwhile.)
             Guard::Fenced { revision } => Op::Put {
-                key: format!("ha/fenced/{from}"),
+                key: fenced_key(from),
                 value: crate::now_millis().to_string().into_bytes(),
                 expect: Expect::Revision(revision),
             },
