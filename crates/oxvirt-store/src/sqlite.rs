@@ -315,13 +315,15 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(backend)?;
         self.revision.store(revision as u64, std::sync::atomic::Ordering::Release);
-        drop(conn);
-        if let Some(c) = &self.checkpointer {
-            c.written(pages);
-        }
+        // Sent while the writer's lock is held: watchers see changes in revision order (sent
+        // after it, a later commit's events could overtake these, as etcd's never do).
         for c in changes {
             // No watcher is not an error.
             let _ = self.events.send(c);
+        }
+        drop(conn);
+        if let Some(c) = &self.checkpointer {
+            c.written(pages);
         }
         Ok(revision as u64)
     }
@@ -389,6 +391,40 @@ mod tests {
         s.delete("a", Expect::Any).unwrap();
         assert!(matches!(w.try_recv().unwrap(), WatchEvent::Put(e) if e.key == "a"));
         assert!(matches!(w.try_recv().unwrap(), WatchEvent::Delete { key, .. } if key == "a"));
+    }
+
+    #[test]
+    fn watchers_see_concurrent_writers_in_revision_order() {
+        let s = std::sync::Arc::new(SqliteStore::in_memory().unwrap());
+        let mut w = s.watch();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let key = format!("k{t}/{}", i % 3);
+                        s.put(&key, b"v".to_vec(), Expect::Any).unwrap();
+                        if i % 2 == 0 {
+                            s.delete(&key, Expect::Any).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in writers {
+            t.join().unwrap();
+        }
+        let mut last = 0;
+        let mut seen = 0;
+        while let Ok(e) = w.try_recv() {
+            let rev = match e {
+                WatchEvent::Put(e) => e.revision,
+                WatchEvent::Delete { revision, .. } => revision,
+            };
+            assert!(rev > last, "revision {rev} after {last}");
+            (last, seen) = (rev, seen + 1);
+        }
+        assert_eq!(seen, 4 * 300, "every change is seen once");
     }
 
     #[test]
