@@ -1,0 +1,15 @@
+//! Backups of VMs: the repository format (`repo.rs`: chunks by SHA-256, zstd, written whole or
+//! not at all), a backup's index (`index.rs`), the NBD client that reads QEMU's exports of a
+//! running VM's disks with their dirty bitmaps and writes restored images (`nbd.rs`), and the
+//! copying between the two, several connections at once (`copy.rs`). QEMU and the store are
+//! the controller's; this crate knows neither.
+
+pub mod copy;
+pub mod index;
+pub mod nbd;
+pub mod repo;
+
+pub use copy::{back_up_disk, restore_disk, CopyError, DiskOutcome, Progress};
+pub use index::{new_id, valid_id, BackupIndex, DiskIndex};
+pub use nbd::{NbdClient, NbdError};
+pub use repo::{Repo, RepoError, Stored, CHUNK_SIZE, FORMAT};

@@ -1,0 +1,314 @@
+//! A backup repository on a directory: chunks named by their SHA-256, zstd-compressed, kept
+//! once however many disks, VMs or backups hold them; one index per backup. Every write goes to
+//! `tmp/` first and is renamed into place, so a crash leaves only whole files: a chunk no index
+//! names is garbage for a later collection, never a broken backup.
+//!
+//! Format 1 (`oxvirt-backup.json` says which):
+//! ```text
+//! <root>/oxvirt-backup.json       {"format":1,"chunk_size":4194304,"hash":"sha256","compression":"zstd"}
+//! <root>/chunks/<2 hex>/<64 hex>  one chunk: a zstd frame of chunk_size bytes (a disk's last may be shorter)
+//! <root>/backups/<id>.json        one backup's index (BackupIndex): the VM's definition, its disks' chunks
+//! <root>/tmp/                     files being written
+//! ```
+
+use crate::index::BackupIndex;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The repository format this code reads and writes.
+pub const FORMAT: u32 = 1;
+/// The size of every chunk but a disk's last: the dirty bitmaps' granularity too, so a changed
+/// bit is a changed chunk.
+pub const CHUNK_SIZE: u64 = 4 << 20;
+const HEADER: &str = "oxvirt-backup.json";
+const ZSTD_LEVEL: i32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("backup repository {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("backup repository {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("chunk {digest} is damaged: {reason}")]
+    Damaged { digest: String, reason: String },
+    #[error("chunk {digest} is missing")]
+    Missing { digest: String },
+    #[error("backup {id} not found")]
+    NoBackup { id: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io { path: path.display().to_string(), source }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Header {
+    format: u32,
+    chunk_size: u64,
+    hash: String,
+    compression: String,
+}
+
+/// What storing one chunk did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub digest: String,
+    /// Bytes written to the repository: 0 when the chunk was there already.
+    pub new_bytes: u64,
+}
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+impl Repo {
+    /// Makes a repository at `root` (made if absent), or opens the one there: several hosts may
+    /// name one shared directory. A directory with other files in it is refused.
+    pub fn create(root: &Path) -> Result<Repo, RepoError> {
+        if root.join(HEADER).exists() {
+            return Repo::open(root);
+        }
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let stray = std::fs::read_dir(root).map_err(io(root))?.flatten().any(|e| {
+            let n = e.file_name();
+            !matches!(n.to_str(), Some("chunks" | "backups" | "tmp"))
+        });
+        if stray {
+            return Err(RepoError::Invalid {
+                path: root.display().to_string(),
+                reason: "the directory holds other files: a repository needs one of its own".into(),
+            });
+        }
+        for d in ["chunks", "backups", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(io(root))?;
+        }
+        let repo = Repo { root: root.to_path_buf() };
+        let header = Header { format: FORMAT, chunk_size: CHUNK_SIZE, hash: "sha256".into(), compression: "zstd".into() };
+        let body = serde_json::to_vec_pretty(&header).unwrap_or_default();
+        repo.write_atomic(&root.join(HEADER), &body)?;
+        Ok(repo)
+    }
+
+    /// Opens the repository at `root`, refusing a format or chunk size this code does not read.
+    pub fn open(root: &Path) -> Result<Repo, RepoError> {
+        let path = root.join(HEADER);
+        let body = std::fs::read(&path).map_err(io(&path))?;
+        let h: Header = serde_json::from_slice(&body).map_err(|e| RepoError::Invalid {
+            path: root.display().to_string(),
+            reason: format!("{HEADER}: {e}"),
+        })?;
+        if h.format != FORMAT || h.chunk_size != CHUNK_SIZE || h.hash != "sha256" || h.compression != "zstd" {
+            return Err(RepoError::Invalid {
+                path: root.display().to_string(),
+                reason: format!(
+                    "format {} with {} B chunks ({}, {}): this oxvirt reads format {FORMAT} with {CHUNK_SIZE} B chunks",
+                    h.format, h.chunk_size, h.hash, h.compression
+                ),
+            });
+        }
+        Ok(Repo { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn chunk_path(&self, digest: &str) -> PathBuf {
+        self.root.join("chunks").join(&digest[..2]).join(digest)
+    }
+
+    /// Whether a chunk of this digest is stored.
+    pub fn has_chunk(&self, digest: &str) -> bool {
+        valid_digest(digest) && self.chunk_path(digest).exists()
+    }
+
+    /// Stores `data` as a chunk (unless one of its digest is there already).
+    pub fn put_chunk(&self, data: &[u8]) -> Result<Stored, RepoError> {
+        let digest = digest_of(data);
+        if self.has_chunk(&digest) {
+            return Ok(Stored { digest, new_bytes: 0 });
+        }
+        let packed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(io(&self.root))?;
+        let path = self.chunk_path(&digest);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        self.write_atomic(&path, &packed)?;
+        Ok(Stored { digest, new_bytes: packed.len() as u64 })
+    }
+
+    /// A chunk's bytes, checked against its name.
+    pub fn read_chunk(&self, digest: &str) -> Result<Vec<u8>, RepoError> {
+        if !valid_digest(digest) {
+            return Err(RepoError::Damaged { digest: digest.into(), reason: "not a SHA-256 name".into() });
+        }
+        let path = self.chunk_path(digest);
+        let packed = match std::fs::read(&path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RepoError::Missing { digest: digest.into() })
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let data = zstd::bulk::decompress(&packed, CHUNK_SIZE as usize)
+            .map_err(|e| RepoError::Damaged { digest: digest.into(), reason: format!("zstd: {e}") })?;
+        let got = digest_of(&data);
+        if got != digest {
+            return Err(RepoError::Damaged { digest: digest.into(), reason: format!("its data hashes to {got}") });
+        }
+        Ok(data)
+    }
+
+    /// Every chunk's digest and stored size.
+    pub fn chunks(&self) -> Result<Vec<(String, u64)>, RepoError> {
+        let mut out = Vec::new();
+        let dir = self.root.join("chunks");
+        for sub in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            for f in std::fs::read_dir(sub.path()).map_err(io(&dir))?.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if valid_digest(&name) {
+                    out.push((name, f.metadata().map(|m| m.len()).unwrap_or(0)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a chunk (garbage collection's; nothing else deletes one).
+    pub fn remove_chunk(&self, digest: &str) -> Result<(), RepoError> {
+        if !valid_digest(digest) {
+            return Ok(());
+        }
+        let path = self.chunk_path(digest);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a finished backup: its index appears whole or not at all.
+    pub fn write_index(&self, index: &BackupIndex) -> Result<(), RepoError> {
+        let body = serde_json::to_vec(index).unwrap_or_default();
+        self.write_atomic(&self.index_path(&index.id)?, &body)
+    }
+
+    fn index_path(&self, id: &str) -> Result<PathBuf, RepoError> {
+        if !crate::index::valid_id(id) {
+            return Err(RepoError::NoBackup { id: id.into() });
+        }
+        Ok(self.root.join("backups").join(format!("{id}.json")))
+    }
+
+    /// One backup's index.
+    pub fn index(&self, id: &str) -> Result<BackupIndex, RepoError> {
+        let path = self.index_path(id)?;
+        let body = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RepoError::NoBackup { id: id.into() }),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        serde_json::from_slice(&body)
+            .map_err(|e| RepoError::Invalid { path: path.display().to_string(), reason: e.to_string() })
+    }
+
+    /// Every backup's index (of VM `vm` only, if named), oldest first.
+    pub fn indexes(&self, vm: Option<&str>) -> Result<Vec<BackupIndex>, RepoError> {
+        let dir = self.root.join("backups");
+        let mut out = Vec::new();
+        for f in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".json") else { continue };
+            let Ok(i) = self.index(id) else { continue };
+            if vm.is_none_or(|v| v == i.vm) {
+                out.push(i);
+            }
+        }
+        out.sort_by(|a, b| (a.taken_at, &a.id).cmp(&(b.taken_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Forgets a backup (its chunks stay until garbage collection finds none needs them).
+    pub fn remove_index(&self, id: &str) -> Result<(), RepoError> {
+        let path = self.index_path(id)?;
+        std::fs::remove_file(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RepoError::NoBackup { id: id.into() },
+            _ => io(&path)(e),
+        })
+    }
+
+    fn write_atomic(&self, path: &Path, body: &[u8]) -> Result<(), RepoError> {
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}.{:?}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(body).map_err(io(&tmp))?;
+        f.sync_data().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+}
+
+/// The SHA-256 of `data`, in lowercase hex.
+pub fn digest_of(data: &[u8]) -> String {
+    let d = Sha256::digest(data);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn valid_digest(d: &str) -> bool {
+    d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_stored_once_and_read_back_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::create(&dir.path().join("r")).unwrap();
+        let data = vec![7u8; CHUNK_SIZE as usize];
+        let a = repo.put_chunk(&data).unwrap();
+        assert!(a.new_bytes > 0 && a.new_bytes < 10_000, "zstd packs a repeated byte: {}", a.new_bytes);
+        let b = repo.put_chunk(&data).unwrap();
+        assert_eq!((b.digest.as_str(), b.new_bytes), (a.digest.as_str(), 0), "the second copy is not stored");
+        assert_eq!(repo.read_chunk(&a.digest).unwrap(), data);
+        assert_eq!(repo.chunks().unwrap().len(), 1);
+        // A chunk whose bytes changed on disk is named damaged.
+        let path = repo.chunk_path(&a.digest);
+        let other = zstd::bulk::compress(&[8u8; 100], 1).unwrap();
+        std::fs::write(&path, other).unwrap();
+        assert!(matches!(repo.read_chunk(&a.digest), Err(RepoError::Damaged { .. })));
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(matches!(repo.read_chunk(&a.digest), Err(RepoError::Damaged { .. })));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(repo.read_chunk(&a.digest), Err(RepoError::Missing { .. })));
+    }
+
+    #[test]
+    fn a_repository_is_opened_again_and_a_foreign_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        Repo::create(&root).unwrap();
+        Repo::create(&root).unwrap();
+        Repo::open(&root).unwrap();
+        std::fs::write(root.join(HEADER), br#"{"format":2,"chunk_size":4194304,"hash":"sha256","compression":"zstd"}"#)
+            .unwrap();
+        let err = Repo::open(&root).unwrap_err().to_string();
+        assert!(err.contains("format 2"), "{err}");
+        let busy = dir.path().join("busy");
+        std::fs::create_dir_all(&busy).unwrap();
+        std::fs::write(busy.join("notes.txt"), b"x").unwrap();
+        assert!(Repo::create(&busy).unwrap_err().to_string().contains("other files"));
+        assert!(Repo::open(&dir.path().join("none")).is_err());
+    }
+}
