@@ -202,7 +202,10 @@ pub fn requirement(method: &Method, matched: &str, params: &[(&str, &str)]) -> O
         (Some(c), _) if oxvirt_model::ACL_COLLECTIONS.contains(c) => format!("/{c}"),
         _ => "/".to_string(),
     };
-    let admin = matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
+    // A repository is a host directory: only administrators make or forget one.
+    let repo_itself = m.first() == Some(&"backup-repos") && m.len() <= 2 && method != Method::GET;
+    let admin = repo_itself
+        || matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
         || ((matched == "/api/v1/host/policy"
             || matches!(m.first(), Some(&"projects") | Some(&"cluster") | Some(&"ha")))
             && method != Method::GET);

@@ -6,6 +6,7 @@
 //! [`openapi`] is the OpenAPI 3 document; a test checks that it and the router list the same routes.
 
 pub mod auth;
+mod backups;
 mod body;
 mod cluster;
 mod console;
@@ -53,6 +54,7 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(users::routes())
         .merge(projects::routes())
         .merge(ha::routes())
+        .merge(backups::routes())
         .merge(cluster::routes())
         .route_layer(axum::middleware::from_fn_with_state(ctrl.clone(), auth::authorize))
         .fallback(error::not_found)

@@ -27,6 +27,7 @@ fn noun_of(collection: &str) -> &str {
         "hosts" => "host",
         "resources" => "HA resource",
         "groups" => "HA group",
+        "backup-repos" => "backup repository",
         other => other,
     }
 }

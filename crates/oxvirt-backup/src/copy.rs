@@ -33,20 +33,27 @@ pub struct Progress {
     pub done: AtomicU64,
 }
 
-/// Backs up disk `id` (`size` bytes): reads the chunks `read` marks from the connections
-/// `connect` opens (`workers` of them), stores each that is not zeros, and takes the digest of
-/// every other chunk from `previous` (which must then hold it), or, with none, records it as
-/// zeros (a full backup reads every chunk the export does not call zeros).
+/// What to read of one disk: `read` marks the chunks to read (all of a `size`-byte disk's);
+/// every other chunk keeps its digest in `previous` (which must then hold it), or, with none,
+/// is recorded as zeros (a full backup reads every chunk the export does not call zeros).
+#[derive(Debug, Clone, Copy)]
+pub struct DiskRead<'a> {
+    pub id: &'a str,
+    pub size: u64,
+    pub read: &'a [bool],
+    pub previous: Option<&'a DiskIndex>,
+}
+
+/// Backs up one disk as `plan` says, through `workers` connections `connect` opens, storing
+/// each chunk read that is not zeros.
 pub fn back_up_disk(
     connect: &(dyn Fn() -> Result<NbdClient, NbdError> + Sync),
     repo: &Repo,
-    id: &str,
-    size: u64,
-    read: &[bool],
-    previous: Option<&DiskIndex>,
+    plan: DiskRead<'_>,
     workers: usize,
     progress: &Progress,
 ) -> Result<DiskOutcome, CopyError> {
+    let DiskRead { id, size, read, previous } = plan;
     let chunks = size.div_ceil(CHUNK_SIZE) as usize;
     if read.len() != chunks {
         return Err(CopyError::Plan { disk: id.into(), reason: format!("{} chunks planned of {chunks}", read.len()) });
@@ -55,7 +62,10 @@ pub fn back_up_disk(
     for (i, r) in read.iter().enumerate() {
         if let (false, Some(previous)) = (r, previous) {
             let Some(prev) = previous.chunks.get(i) else {
-                return Err(CopyError::Plan { disk: id.into(), reason: format!("chunk {i} neither read nor in the last backup") });
+                return Err(CopyError::Plan {
+                    disk: id.into(),
+                    reason: format!("chunk {i} neither read nor in the last backup"),
+                });
             };
             digests[i] = prev.clone();
         }
@@ -113,7 +123,10 @@ pub fn back_up_disk(
     }
     let results = results.into_inner().unwrap_or_default();
     if results.len() != todo.len() {
-        return Err(CopyError::Plan { disk: id.into(), reason: format!("{} of {} chunks read", results.len(), todo.len()) });
+        return Err(CopyError::Plan {
+            disk: id.into(),
+            reason: format!("{} of {} chunks read", results.len(), todo.len()),
+        });
     }
     for (i, d) in results {
         digests[i] = d;
@@ -162,7 +175,11 @@ pub fn restore_disk(
                         if data.len() != expected {
                             return Err(CopyError::Repo(RepoError::Damaged {
                                 digest: digest.into(),
-                                reason: format!("{} B where chunk {i} of disk {} has {expected} B", data.len(), disk.id),
+                                reason: format!(
+                                    "{} B where chunk {i} of disk {} has {expected} B",
+                                    data.len(),
+                                    disk.id
+                                ),
                             }));
                         }
                         nbd.write(at, &data)?;

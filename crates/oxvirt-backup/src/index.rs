@@ -63,13 +63,7 @@ pub fn new_id(vm: &str, millis: u64) -> String {
     let secs = millis / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{vm}-{y:04}{m:02}{d:02}{:02}{:02}{:02}{:03}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        millis % 1000
-    )
+    format!("{vm}-{y:04}{m:02}{d:02}{:02}{:02}{:02}{:03}", rem / 3600, rem / 60 % 60, rem % 60, millis % 1000)
 }
 
 /// Days since 1970-01-01 to (year, month, day): Howard Hinnant's civil calendar algorithm.

@@ -9,7 +9,7 @@ pub mod index;
 pub mod nbd;
 pub mod repo;
 
-pub use copy::{back_up_disk, restore_disk, CopyError, DiskOutcome, Progress};
+pub use copy::{back_up_disk, restore_disk, CopyError, DiskOutcome, DiskRead, Progress};
 pub use index::{new_id, valid_id, BackupIndex, DiskIndex};
 pub use nbd::{NbdClient, NbdError};
 pub use repo::{Repo, RepoError, Stored, CHUNK_SIZE, FORMAT};

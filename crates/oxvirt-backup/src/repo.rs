@@ -86,7 +86,8 @@ impl Repo {
             std::fs::create_dir_all(root.join(d)).map_err(io(root))?;
         }
         let repo = Repo { root: root.to_path_buf() };
-        let header = Header { format: FORMAT, chunk_size: CHUNK_SIZE, hash: "sha256".into(), compression: "zstd".into() };
+        let header =
+            Header { format: FORMAT, chunk_size: CHUNK_SIZE, hash: "sha256".into(), compression: "zstd".into() };
         let body = serde_json::to_vec_pretty(&header).unwrap_or_default();
         repo.write_atomic(&root.join(HEADER), &body)?;
         Ok(repo)
@@ -96,10 +97,8 @@ impl Repo {
     pub fn open(root: &Path) -> Result<Repo, RepoError> {
         let path = root.join(HEADER);
         let body = std::fs::read(&path).map_err(io(&path))?;
-        let h: Header = serde_json::from_slice(&body).map_err(|e| RepoError::Invalid {
-            path: root.display().to_string(),
-            reason: format!("{HEADER}: {e}"),
-        })?;
+        let h: Header = serde_json::from_slice(&body)
+            .map_err(|e| RepoError::Invalid { path: root.display().to_string(), reason: format!("{HEADER}: {e}") })?;
         if h.format != FORMAT || h.chunk_size != CHUNK_SIZE || h.hash != "sha256" || h.compression != "zstd" {
             return Err(RepoError::Invalid {
                 path: root.display().to_string(),

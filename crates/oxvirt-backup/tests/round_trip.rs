@@ -3,7 +3,7 @@
 //! `qemu-img compare`.
 
 use oxvirt_backup::nbd::{self, NbdClient};
-use oxvirt_backup::{back_up_disk, restore_disk, Progress, Repo, CHUNK_SIZE};
+use oxvirt_backup::{back_up_disk, restore_disk, DiskRead, Progress, Repo, CHUNK_SIZE};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,7 +72,14 @@ fn full_then_incremental_backup_restore_block_for_block() {
         // 2 chunks of 0xab, 1 of 0xcd, 1 written with zeros (allocated: read, found zeros).
         assert_eq!(read.iter().filter(|r| **r).count(), 4, "{read:?}");
         let connect = || NbdClient::connect(&export.socket, "disk0", &[]);
-        back_up_disk(&connect, &repo, "disk0", 64 << 20, &read, None, 2, &Progress::default()).unwrap()
+        back_up_disk(
+            &connect,
+            &repo,
+            DiskRead { id: "disk0", size: 64 << 20, read: &read, previous: None },
+            2,
+            &Progress::default(),
+        )
+        .unwrap()
     };
     assert_eq!(first.read_bytes, 16 << 20);
     assert_eq!(first.new_chunks, 2, "the two 0xab chunks are one");
@@ -92,7 +99,14 @@ fn full_then_incremental_backup_restore_block_for_block() {
         let dirty: Vec<usize> = read.iter().enumerate().filter(|(_, r)| **r).map(|(i, _)| i).collect();
         assert_eq!(dirty, [1, 10], "the changed chunks, and only those");
         let connect = || NbdClient::connect(&export.socket, "disk0", &[]);
-        back_up_disk(&connect, &repo, "disk0", 64 << 20, &read, Some(&first.index), 2, &Progress::default()).unwrap()
+        back_up_disk(
+            &connect,
+            &repo,
+            DiskRead { id: "disk0", size: 64 << 20, read: &read, previous: Some(&first.index) },
+            2,
+            &Progress::default(),
+        )
+        .unwrap()
     };
     assert_eq!(second.read_bytes, 8 << 20);
     assert_eq!(second.new_chunks, 1);

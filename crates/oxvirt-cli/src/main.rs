@@ -2,6 +2,7 @@
 
 mod access;
 mod args;
+mod backup;
 mod console;
 mod ha;
 mod network;
@@ -75,6 +76,12 @@ enum Command {
     /// High availability: VMs kept started (restarted, moved) or stopped, and host groups.
     #[command(subcommand)]
     Ha(ha::HaCmd),
+    /// Backup repositories: directories of deduplicated chunks every host may share.
+    #[command(subcommand, name = "backup-repo")]
+    BackupRepo(backup::RepoCmd),
+    /// Backups: list, show, remove, restore as a new VM.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
     /// Projects (tenants) and their quotas.
     #[command(subcommand)]
     Project(access::ProjectCmd),
@@ -112,6 +119,13 @@ enum VmCmd {
         /// vm.unprivileged_userfaultfd = 1).
         #[arg(long)]
         postcopy: bool,
+    },
+    /// Back a VM up into a repository, running or stopped (a task): all its disks at one
+    /// instant, only the chunks changed since its last backup there when that is known.
+    Backup {
+        name: String,
+        #[arg(long)]
+        repo: String,
     },
     /// Change a VM's CPU weight, cap, pinning, memory limit... (live where it can be).
     Resources(resources::ResourcesArgs),
@@ -352,6 +366,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
                 Output::Table => println!("VM {name} {}", done.message),
             }
         }
+        Command::Vm(VmCmd::Backup { name, repo }) => backup::vm_backup(client, out, &name, &repo).await?,
         Command::Vm(VmCmd::Resources(a)) => print_vm(&resources::resources(client, a).await?, out),
         Command::Vm(VmCmd::Balloon { name, target }) => resources::balloon(client, out, &name, target).await?,
         Command::Vm(VmCmd::Nic(cmd)) => print_vm(&network::nic(client, cmd).await?, out),
@@ -427,6 +442,8 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Token(cmd) => access::token(client, out, cmd).await?,
         Command::Acl(cmd) => access::acl(client, out, cmd).await?,
         Command::Ha(cmd) => ha::run(client, out, cmd).await?,
+        Command::BackupRepo(cmd) => backup::repo(client, out, cmd).await?,
+        Command::Backup(cmd) => backup::backup(client, out, cmd).await?,
         Command::Project(cmd) => access::project(client, out, cmd).await?,
         Command::Cluster(cmd) => access::cluster(client, out, cmd).await?,
         Command::Login { user } => access::login(client, &user).await?,

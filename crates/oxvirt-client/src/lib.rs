@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 mod access;
+mod backups;
 mod cluster;
 mod ha;
 mod host;

@@ -37,6 +37,7 @@ macro_rules! service {
 pub(crate) use service;
 
 pub mod access;
+pub mod backup;
 pub mod cluster;
 mod error;
 pub mod ha;
@@ -52,6 +53,7 @@ mod vms;
 
 pub use access::Access;
 pub use access::Projects;
+pub use backup::Backups;
 pub use cluster::Hosts;
 pub use error::ControlError;
 pub use jobs::{Job, JobFigures};

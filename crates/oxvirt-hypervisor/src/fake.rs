@@ -332,6 +332,34 @@ impl Instance for FakeInstance {
     fn migration(&self) -> &dyn MigrationOps {
         self
     }
+
+    fn backup(&self) -> &dyn crate::BackupOps {
+        self
+    }
+}
+
+/// The fake keeps no disks: it tracks nothing and cannot serve a backup.
+#[async_trait::async_trait]
+impl crate::BackupOps for FakeInstance {
+    async fn tracking(&self, _disk_ids: &[String]) -> Result<Vec<crate::ops::DiskTracking>, HvError> {
+        Ok(Vec::new())
+    }
+
+    async fn begin_backup(
+        &self,
+        _disks: &[crate::ops::BackupDisk],
+        _listener: std::os::unix::net::UnixListener,
+    ) -> Result<(), HvError> {
+        Err(HvError::Unsupported("the fake hypervisor has no disks to back up".into()))
+    }
+
+    async fn end_backup(&self, _disks: &[crate::ops::BackupDisk]) -> Result<(), HvError> {
+        Ok(())
+    }
+
+    async fn remove_bitmap(&self, _disk_id: &str, _name: &str) -> Result<(), HvError> {
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use accel::{Accel, AccelDecision};
-pub use ops::{DiskOps, MemoryOps, MigrationOps};
+pub use ops::{BackupOps, DiskOps, MemoryOps, MigrationOps};
 
 /// How one start of a guest goes, beside what the guest is (its `VmSpec`): set by the control
 /// plane for that start, never stored.
@@ -123,6 +123,9 @@ pub enum HvError {
     Timeout(Duration, String),
     #[error("{0}")]
     Unsupported(String),
+    /// QEMU or one of its tools said no (their words).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl HvError {
@@ -212,4 +215,6 @@ pub trait Instance: Send + Sync {
     fn memory(&self) -> &dyn MemoryOps;
     /// Its live migration, either end.
     fn migration(&self) -> &dyn MigrationOps;
+    /// Its disks' backups.
+    fn backup(&self) -> &dyn BackupOps;
 }

@@ -5,6 +5,7 @@
 
 mod access_requests;
 mod alert;
+mod backup;
 mod cluster;
 mod error;
 mod event;
@@ -30,6 +31,7 @@ mod vm_requests;
 
 pub use access_requests::{LoginRequest, NewTokenRequest};
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
+pub use backup::{Backup, BackupDiskInfo, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, RestoreRequest};
 pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
 pub use error::{ApiErrorBody, ErrorReply, ValidationError, ERROR_CODES};
 pub use event::Event;

@@ -5,6 +5,7 @@
 //! through `qemu-img` ([`qemu_img`]); capacity is measured in [`usage`].
 
 pub mod host_paths;
+pub mod image_export;
 pub mod nbd;
 pub mod paths;
 pub mod qemu_img;

@@ -125,6 +125,72 @@ pub async fn info(path: &Path, format: Option<DiskFormat>) -> Result<ImageInfo, 
         .map_err(|e| StorageError::QemuImg { op: "info".into(), message: format!("unreadable output: {e}") })
 }
 
+/// A qcow2 image's persistent dirty bitmap, as `qemu-img info` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBitmap {
+    pub name: String,
+    /// Recording writes when the image is opened (`auto`).
+    pub enabled: bool,
+    /// Marked in use by a program that never closed the image (a crash): not to be trusted.
+    pub in_use: bool,
+}
+
+impl ImageInfo {
+    /// The image's persistent dirty bitmaps (a qcow2's; none for other formats).
+    pub fn bitmaps(&self) -> Vec<ImageBitmap> {
+        let list = self.format_specific.as_ref().and_then(|f| f["data"]["bitmaps"].as_array().cloned());
+        list.unwrap_or_default()
+            .iter()
+            .map(|b| {
+                let flags: Vec<&str> = b["flags"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+                ImageBitmap {
+                    name: b["name"].as_str().unwrap_or_default().to_string(),
+                    enabled: flags.contains(&"auto"),
+                    in_use: flags.contains(&"in-use"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A change to a qcow2 image's bitmap `name` (no program may have the image open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BitmapOp<'a> {
+    /// A new bitmap, recording (or not) from the next open, one bit per `granularity` bytes.
+    Add {
+        granularity: u64,
+        disabled: bool,
+    },
+    /// The bitmap takes the bits of bitmaps `sources` of the same image too.
+    Merge {
+        sources: &'a [String],
+    },
+    Remove,
+}
+
+/// Applies `op` to bitmap `name` of the qcow2 image `path`.
+pub async fn bitmap(path: &Path, name: &str, op: BitmapOp<'_>) -> Result<(), StorageError> {
+    let g;
+    let mut args = vec![os("bitmap"), os("-f"), os("qcow2")];
+    match &op {
+        BitmapOp::Add { granularity, disabled } => {
+            g = granularity.to_string();
+            args.extend([os("--add"), os("-g"), os(&g)]);
+            if *disabled {
+                args.push(os("--disable"));
+            }
+        }
+        BitmapOp::Merge { sources } => {
+            for s in sources.iter() {
+                args.extend([os("--merge"), os(s)]);
+            }
+        }
+        BitmapOp::Remove => args.push(os("--remove")),
+    }
+    args.extend([path.as_os_str(), os(name)]);
+    run("bitmap", &args).await.map(|_| ())
+}
+
 /// Grows an image (the VM must not have it open; a running VM is resized through QMP).
 pub async fn resize(path: &Path, format: DiskFormat, size: u64) -> Result<(), StorageError> {
     let s = size.to_string();

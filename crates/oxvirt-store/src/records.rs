@@ -78,6 +78,10 @@ impl Record for oxvirt_model::HaGroup {
     const PREFIX: &'static str = "ha/groups/";
 }
 
+impl Record for oxvirt_model::BackupRepo {
+    const PREFIX: &'static str = "backup-repos/";
+}
+
 impl Record for oxvirt_model::Migration {
     const PREFIX: &'static str = "migrations/";
 }

@@ -1067,7 +1067,9 @@ async fn tls_against_plain(spec_json: &serde_json::Value, plain: &[(u64, u64)]) 
 /// Only the TLS comparison (`oxvirt-bench migration-tls`): plaintext and TLS rounds through
 /// oxvirt, 5 each.
 async fn migration_tls() {
-    println!("== live migration over TLS: idle 1 GiB guest, {MIGRATION_ROUNDS} rounds each (median), against plaintext");
+    println!(
+        "== live migration over TLS: idle 1 GiB guest, {MIGRATION_ROUNDS} rounds each (median), against plaintext"
+    );
     let mut spec_json = kernel_spec("mig", "");
     spec_json["memory"] = serde_json::json!("1GiB");
     let (plain, _) = oxvirt_rounds(&spec_json, None, MIGRATION_ROUNDS).await;

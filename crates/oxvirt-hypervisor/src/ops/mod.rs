@@ -1,12 +1,14 @@
 //! What the control plane asks of a running guest beyond its lifecycle, one narrow trait per
 //! concern, each reached from [`Instance`](crate::Instance): its disks ([`DiskOps`]), its
-//! memory ([`MemoryOps`]), its migration ([`MigrationOps`]). Backend-neutral: a disk is named by
+//! memory ([`MemoryOps`]), its migration ([`MigrationOps`]), its backups ([`BackupOps`]). Backend-neutral: a disk is named by
 //! its id in the VM, never by a QEMU node; the QEMU driver implements them in `qemu/`.
 
+mod backup;
 mod disks;
 mod memory;
 mod migration;
 
+pub use backup::{BackupDisk, BackupOps, Bitmap, DiskTracking, CHANGES_BITMAP};
 pub use disks::{DiskOps, DiskStats};
 pub use memory::{GuestMemory, MemoryOps};
 pub use migration::{MigrationInfo, MigrationOps, MigrationStatus, MirrorJob, SendOptions, StreamEnd};

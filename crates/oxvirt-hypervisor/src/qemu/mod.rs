@@ -1,5 +1,6 @@
 //! The QEMU driver: QEMU processes controlled over QMP.
 
+mod backup;
 pub mod cmdline;
 pub mod confine;
 mod disks;
@@ -674,6 +675,10 @@ impl Instance for QemuInstance {
     }
 
     fn migration(&self) -> &dyn crate::MigrationOps {
+        self
+    }
+
+    fn backup(&self) -> &dyn crate::BackupOps {
         self
     }
 }

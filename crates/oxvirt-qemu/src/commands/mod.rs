@@ -5,10 +5,12 @@
 //! QEMU by hand.
 //!
 //! Each module is one concern: the guest's run state ([`run`]), devices and their back-ends
-//! ([`devices`]), block nodes, jobs and snapshots ([`block`]), NBD exports ([`nbd`]), memory
+//! ([`devices`]), block nodes, jobs and snapshots ([`block`]), backups' bitmaps and
+//! copy-before-write ([`backup`]), NBD exports ([`nbd`]), memory
 //! ([`memory`]) and migration ([`migration`]). Replies are read into types; a member QEMU
 //! leaves out reads as its default, never as a panic.
 
+pub mod backup;
 pub mod block;
 pub mod devices;
 pub mod memory;

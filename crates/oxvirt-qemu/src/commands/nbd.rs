@@ -37,6 +37,22 @@ pub async fn block_export_add(q: &Qmp, id: &str, node_name: &str, name: &str, wr
     unit(q, "block-export-add", args).await
 }
 
+/// Serves node `node_name` read-only as export `name` (id `id`) with its dirty bitmap `bitmap`
+/// (found on the node or below it) as the meta context `qemu:dirty-bitmap:<bitmap>`.
+pub async fn block_export_add_with_bitmap(
+    q: &Qmp,
+    id: &str,
+    node_name: &str,
+    name: &str,
+    bitmap: Option<&str>,
+) -> Result<(), QmpError> {
+    let mut args = json!({ "type": "nbd", "id": id, "node-name": node_name, "name": name, "writable": false });
+    if let Some(b) = bitmap {
+        args["bitmaps"] = json!([b]);
+    }
+    unit(q, "block-export-add", args).await
+}
+
 /// Ends export `id` at once (its clients are cut off) and waits up to `wait` until QEMU says
 /// it is gone (`BLOCK_EXPORT_DELETED`), so that its node can go next.
 pub async fn block_export_del(q: &Qmp, id: &str, wait: Duration) -> Result<(), QmpError> {

@@ -1,0 +1,102 @@
+//! `/api/v1/backup-repos`: backup repositories (made and forgotten by administrators: each is
+//! a host directory), the backups in them, restoring one as a new VM; and
+//! `POST /api/v1/vms/{name}/backup`, which takes one. Taking and restoring are tasks.
+
+use crate::auth::{user_of, Caller};
+use crate::body::parse;
+use crate::error::{ApiError, ApiResult};
+use crate::names::Names;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use oxvirt_controller::Controller;
+use oxvirt_model::{Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, Privilege, RestoreRequest};
+
+pub fn routes() -> Router<Controller> {
+    Router::new()
+        .route("/api/v1/backup-repos", get(list_repos).post(create_repo))
+        .route("/api/v1/backup-repos/{repo}", get(show_repo).delete(remove_repo))
+        .route("/api/v1/backup-repos/{repo}/backups", get(list_backups))
+        .route("/api/v1/backup-repos/{repo}/backups/{id}", get(show_backup).delete(remove_backup))
+        .route("/api/v1/backup-repos/{repo}/backups/{id}/restore", post(restore))
+        .route("/api/v1/vms/{name}/backup", post(backup_vm))
+}
+
+async fn list_repos(State(c): State<Controller>) -> ApiResult<Json<Vec<BackupRepoView>>> {
+    Ok(Json(c.backups().list_repos().await?))
+}
+
+async fn create_repo(State(c): State<Controller>, p: Caller, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: BackupRepoSpec = parse(&body)?;
+    let repo: BackupRepo = c.backups().create_repo(&user_of(&p), spec).await?;
+    Ok((StatusCode::CREATED, Json(repo)))
+}
+
+async fn show_repo(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<Json<BackupRepoView>> {
+    Ok(Json(c.backups().get_repo(&repo).await?))
+}
+
+async fn remove_repo(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<StatusCode> {
+    c.backups().remove_repo(&repo)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupsQuery {
+    vm: Option<String>,
+}
+
+async fn list_backups(
+    State(c): State<Controller>,
+    Names(repo): Names<String>,
+    q: Result<Query<BackupsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<Backup>>> {
+    let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if let Some(vm) = &q.vm {
+        oxvirt_model::validate_name("vm", vm).map_err(|e| ApiError::invalid("vm", e.rule))?;
+    }
+    Ok(Json(c.backups().list_backups(&repo, q.vm).await?))
+}
+
+async fn show_backup(
+    State(c): State<Controller>,
+    Names((repo, id)): Names<(String, String)>,
+) -> ApiResult<Json<Backup>> {
+    Ok(Json(c.backups().get_backup(&repo, &id).await?))
+}
+
+async fn remove_backup(
+    State(c): State<Controller>,
+    Names((repo, id)): Names<(String, String)>,
+) -> ApiResult<StatusCode> {
+    c.backups().remove_backup(&repo, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restore(
+    State(c): State<Controller>,
+    p: Caller,
+    Names((repo, id)): Names<(String, String)>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: RestoreRequest = parse(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(c.backups().restore(&user_of(&p), &repo, &id, req).await?)))
+}
+
+async fn backup_vm(
+    State(c): State<Controller>,
+    p: Caller,
+    Names(name): Names<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: BackupRequest = parse(&body)?;
+    // The route's check covers the VM; the repository it writes into is checked here.
+    if oxvirt_model::validate_name("repo", &req.repo).is_ok() {
+        c.access().authorize(&user_of(&p), Privilege::Modify, &format!("/backup-repos/{}", req.repo))?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(c.backups().backup_vm(&name, req).await?)))
+}

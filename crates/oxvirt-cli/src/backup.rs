@@ -1,0 +1,151 @@
+//! `oxvirt backup-repo` (repositories), `oxvirt backup` (the backups in them: list, show,
+//! remove, restore) and `oxvirt vm backup`.
+
+use crate::follow_task;
+use crate::output::{print_json, print_task, table, Output};
+use clap::Subcommand;
+use oxvirt_client::{Client, ClientError};
+use oxvirt_model::{Backup, BackupRepoSpec};
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum RepoCmd {
+    /// Make a repository in a host directory (made if absent; it must hold nothing else), or
+    /// join the one another host made there (a shared directory). Administrators only.
+    Create {
+        name: String,
+        #[arg(long)]
+        path: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Forget a repository: its directory and backups stay.
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// The backups in a repository, oldest first.
+    List {
+        #[arg(long)]
+        repo: String,
+        /// Only this VM's.
+        #[arg(long)]
+        vm: Option<String>,
+    },
+    /// One backup: REPO/ID.
+    Show { backup: String },
+    /// Forget a backup (REPO/ID); its chunks stay while another backup needs them.
+    Remove { backup: String },
+    /// Restore a backup (REPO/ID) as a new VM, its disks new volumes of a pool (a task).
+    Restore {
+        backup: String,
+        /// The new VM's name.
+        #[arg(long = "as")]
+        name: String,
+        #[arg(long)]
+        pool: String,
+    },
+}
+
+/// `REPO/ID`.
+fn split(backup: &str) -> Result<(&str, &str), ClientError> {
+    backup
+        .split_once('/')
+        .filter(|(r, i)| !r.is_empty() && !i.is_empty())
+        .ok_or_else(|| ClientError::Usage(format!("{backup:?}: a backup is named REPO/ID (see `oxvirt backup list`)")))
+}
+
+pub async fn repo(client: &Client, out: Output, cmd: RepoCmd) -> Result<(), ClientError> {
+    let b = client.backups();
+    match cmd {
+        RepoCmd::Create { name, path } => print_json(&b.create_repo(&BackupRepoSpec { name, path }).await?),
+        RepoCmd::List => {
+            let all = b.list_repos().await?;
+            if out == Output::Json {
+                print_json(&all);
+                return Ok(());
+            }
+            let rows = all
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.repo.spec.name.clone(),
+                        r.repo.spec.path.clone(),
+                        r.backups.to_string(),
+                        r.chunks.to_string(),
+                        format!("{} MiB", r.stored_bytes >> 20),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "PATH", "BACKUPS", "CHUNKS", "STORED"], rows);
+        }
+        RepoCmd::Show { name } => print_json(&b.get_repo(&name).await?),
+        RepoCmd::Remove { name } => {
+            b.remove_repo(&name).await?;
+            println!("backup repository {name} forgotten (its directory stays)");
+        }
+    }
+    Ok(())
+}
+
+pub async fn backup(client: &Client, out: Output, cmd: BackupCmd) -> Result<(), ClientError> {
+    let b = client.backups();
+    match cmd {
+        BackupCmd::List { repo, vm } => {
+            let all = b.list(&repo, vm.as_deref()).await?;
+            if out == Output::Json {
+                print_json(&all);
+                return Ok(());
+            }
+            table(&["ID", "VM", "KIND", "DISKS", "READ", "NEW", "TOOK"], all.iter().map(row).collect());
+        }
+        BackupCmd::Show { backup } => {
+            let (repo, id) = split(&backup)?;
+            print_json(&b.get(repo, id).await?);
+        }
+        BackupCmd::Remove { backup } => {
+            let (repo, id) = split(&backup)?;
+            b.remove(repo, id).await?;
+            println!("backup {backup} forgotten");
+        }
+        BackupCmd::Restore { backup, name, pool } => {
+            let (repo, id) = split(&backup)?;
+            let t = b.restore(repo, id, &name, &pool).await?;
+            let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+            match out {
+                Output::Json => print_task(&done, out),
+                Output::Table => println!("{}", done.message),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `oxvirt vm backup VM --repo R`.
+pub async fn vm_backup(client: &Client, out: Output, vm: &str, repo: &str) -> Result<(), ClientError> {
+    let t = client.backups().back_up(vm, repo).await?;
+    let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+    match out {
+        Output::Json => print_task(&done, out),
+        Output::Table => println!("VM {vm}: {}", done.message),
+    }
+    Ok(())
+}
+
+fn row(b: &Backup) -> Vec<String> {
+    let kind = if b.full { "full".to_string() } else { format!("since {}", b.parent.clone().unwrap_or_default()) };
+    vec![
+        b.id.clone(),
+        b.vm.clone(),
+        kind,
+        b.disks.len().to_string(),
+        format!("{} MiB", b.read_bytes >> 20),
+        format!("{} KiB", b.new_bytes >> 10),
+        format!("{:.1} s", b.duration_ms as f64 / 1000.0),
+    ]
+}

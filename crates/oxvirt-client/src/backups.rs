@@ -1,0 +1,63 @@
+//! Backups: repositories, the backups in them, taking one of a VM and restoring one.
+
+use crate::{encode, Client, ClientError};
+use hyper::Method;
+use oxvirt_model::{Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, RestoreRequest, Task};
+
+/// Backups: `client.backups()`.
+#[derive(Clone, Copy)]
+pub struct Backups<'a> {
+    client: &'a Client,
+}
+
+impl Client {
+    /// Backup repositories and backups.
+    pub fn backups(&self) -> Backups<'_> {
+        Backups { client: self }
+    }
+}
+
+impl Backups<'_> {
+    pub async fn create_repo(&self, spec: &BackupRepoSpec) -> Result<BackupRepo, ClientError> {
+        self.client.call_with(Method::POST, "/api/v1/backup-repos", spec).await
+    }
+
+    pub async fn list_repos(&self) -> Result<Vec<BackupRepoView>, ClientError> {
+        self.client.get("/api/v1/backup-repos").await
+    }
+
+    pub async fn get_repo(&self, repo: &str) -> Result<BackupRepoView, ClientError> {
+        self.client.get(&format!("/api/v1/backup-repos/{}", encode(repo))).await
+    }
+
+    pub async fn remove_repo(&self, repo: &str) -> Result<(), ClientError> {
+        self.client.delete(&format!("/api/v1/backup-repos/{}", encode(repo))).await
+    }
+
+    /// The backups of `repo` (of VM `vm` only, if named), oldest first.
+    pub async fn list(&self, repo: &str, vm: Option<&str>) -> Result<Vec<Backup>, ClientError> {
+        let q = vm.map(|v| format!("?vm={}", encode(v))).unwrap_or_default();
+        self.client.get(&format!("/api/v1/backup-repos/{}/backups{q}", encode(repo))).await
+    }
+
+    pub async fn get(&self, repo: &str, id: &str) -> Result<Backup, ClientError> {
+        self.client.get(&format!("/api/v1/backup-repos/{}/backups/{}", encode(repo), encode(id))).await
+    }
+
+    pub async fn remove(&self, repo: &str, id: &str) -> Result<(), ClientError> {
+        self.client.delete(&format!("/api/v1/backup-repos/{}/backups/{}", encode(repo), encode(id))).await
+    }
+
+    /// Backs VM `vm` up into `repo`: the task doing it.
+    pub async fn back_up(&self, vm: &str, repo: &str) -> Result<Task, ClientError> {
+        let req = BackupRequest { repo: repo.to_string() };
+        self.client.call_with(Method::POST, &format!("/api/v1/vms/{}/backup", encode(vm)), &req).await
+    }
+
+    /// Restores backup `id` of `repo` as the new VM `name` with its disks in `pool`: the task.
+    pub async fn restore(&self, repo: &str, id: &str, name: &str, pool: &str) -> Result<Task, ClientError> {
+        let req = RestoreRequest { name: name.to_string(), pool: pool.to_string() };
+        let path = format!("/api/v1/backup-repos/{}/backups/{}/restore", encode(repo), encode(id));
+        self.client.call_with(Method::POST, &path, &req).await
+    }
+}

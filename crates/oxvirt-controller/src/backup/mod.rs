@@ -1,0 +1,160 @@
+//! Backups: repositories (records `backup-repos/<name>`; what they hold lives in their own
+//! directory, in the format of the `oxvirt-backup` crate, so every host naming one shares it),
+//! listing and forgetting backups (`mod.rs`), taking a VM's backup, running or stopped, full or
+//! only its changes since the last one (`take.rs`), and restoring one as a new VM (`restore.rs`).
+
+mod restore;
+mod take;
+
+use crate::{now_millis, ControlError};
+use oxvirt_backup::{BackupIndex, Repo, RepoError};
+use oxvirt_model::{Backup, BackupDiskInfo, BackupRepo, BackupRepoSpec, BackupRepoView, ValidationError};
+use oxvirt_storage::host_paths::Want;
+use oxvirt_store::{Expect, StoreError, StoreExt};
+
+crate::service! {
+    /// Backup repositories, the backups in them, taking and restoring them.
+    Backups, backups
+}
+
+impl From<RepoError> for ControlError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::NoBackup { id } => ControlError::NotFound { kind: "backup", name: id },
+            e => ControlError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Runs blocking repository work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ControlError::Failed(format!("a backup worker ended: {e}")))?
+}
+
+impl Backups {
+    /// Makes (or joins: a shared directory another host made) a repository at a host path;
+    /// only an administrator may name one.
+    pub async fn create_repo(&self, caller: &str, spec: BackupRepoSpec) -> Result<BackupRepo, ControlError> {
+        spec.validate()?;
+        let path = self.ctl.access().host_path(caller, "path", &spec.path, Want::Dir)?;
+        if self.ctl.inner.store.get_record::<BackupRepo>(&spec.name)?.is_some() {
+            return Err(exists(&spec.name));
+        }
+        for (other, _) in self.ctl.inner.store.list_records::<BackupRepo>()? {
+            if std::path::Path::new(&other.spec.path) == path {
+                return Err(ControlError::Exists(ValidationError::new(
+                    "path",
+                    format!("repository {} is at {} already", other.spec.name, path.display()),
+                )));
+            }
+        }
+        let at = path.clone();
+        blocking(move || Repo::create(&at).map_err(|e| ControlError::invalid("path", e.to_string()))).await?;
+        let spec = BackupRepoSpec { path: path.to_string_lossy().into_owned(), ..spec };
+        let repo = BackupRepo { spec, created_at: now_millis() };
+        match self.ctl.inner.store.put_record(&repo.spec.name, &repo, Expect::Absent) {
+            Ok(_) => Ok(repo),
+            Err(StoreError::Conflict { .. }) => Err(exists(&repo.spec.name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn repo_record(&self, name: &str) -> Result<BackupRepo, ControlError> {
+        self.ctl
+            .inner
+            .store
+            .get_record::<BackupRepo>(name)?
+            .map(|(r, _)| r)
+            .ok_or_else(|| ControlError::NotFound { kind: "backup repository", name: name.into() })
+    }
+
+    /// The repository `name`, opened.
+    pub(crate) fn open(&self, name: &str) -> Result<(BackupRepo, Repo), ControlError> {
+        let rec = self.repo_record(name)?;
+        let repo = Repo::open(std::path::Path::new(&rec.spec.path))?;
+        Ok((rec, repo))
+    }
+
+    pub async fn get_repo(&self, name: &str) -> Result<BackupRepoView, ControlError> {
+        let (rec, repo) = self.open(name)?;
+        blocking(move || {
+            let backups = repo.indexes(None)?.len();
+            let chunks = repo.chunks()?;
+            Ok(BackupRepoView {
+                repo: rec,
+                backups,
+                chunks: chunks.len(),
+                stored_bytes: chunks.iter().map(|(_, n)| n).sum(),
+            })
+        })
+        .await
+    }
+
+    pub async fn list_repos(&self) -> Result<Vec<BackupRepoView>, ControlError> {
+        let mut out = Vec::new();
+        for (r, _) in self.ctl.inner.store.list_records::<BackupRepo>()? {
+            out.push(self.get_repo(&r.spec.name).await?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a repository: its directory and what it holds stay (another host, or a later
+    /// `create` of the same path, finds them again).
+    pub fn remove_repo(&self, name: &str) -> Result<(), ControlError> {
+        self.repo_record(name)?;
+        self.ctl.inner.store.delete_record::<BackupRepo>(name, Expect::Any)?;
+        Ok(())
+    }
+
+    /// The backups in repository `repo` (of VM `vm` only, if named), oldest first.
+    pub async fn list_backups(&self, repo: &str, vm: Option<String>) -> Result<Vec<Backup>, ControlError> {
+        let (rec, r) = self.open(repo)?;
+        blocking(move || Ok(r.indexes(vm.as_deref())?.iter().map(|i| view(&rec.spec.name, i)).collect())).await
+    }
+
+    pub async fn get_backup(&self, repo: &str, id: &str) -> Result<Backup, ControlError> {
+        let (rec, r) = self.open(repo)?;
+        let id = id.to_string();
+        blocking(move || Ok(view(&rec.spec.name, &r.index(&id)?))).await
+    }
+
+    /// Forgets a backup: its index goes, its chunks stay until no backup needs them.
+    pub async fn remove_backup(&self, repo: &str, id: &str) -> Result<(), ControlError> {
+        let (_, r) = self.open(repo)?;
+        let id = id.to_string();
+        blocking(move || Ok(r.remove_index(&id)?)).await
+    }
+}
+
+fn exists(name: &str) -> ControlError {
+    ControlError::Exists(ValidationError::new("name", format!("a backup repository named {name:?} already exists")))
+}
+
+/// A backup's index as the API shows it.
+pub(crate) fn view(repo: &str, i: &BackupIndex) -> Backup {
+    Backup {
+        id: i.id.clone(),
+        repo: repo.to_string(),
+        vm: i.vm.clone(),
+        taken_at: i.taken_at,
+        full: i.full,
+        full_reason: i.full_reason.clone(),
+        parent: i.parent.clone(),
+        disks: i
+            .disks
+            .iter()
+            .map(|d| BackupDiskInfo {
+                id: d.id.clone(),
+                size: d.size,
+                chunks: d.chunks.len(),
+                data_chunks: d.chunks.iter().flatten().count(),
+            })
+            .collect(),
+        read_bytes: i.read_bytes,
+        new_chunks: i.new_chunks,
+        new_bytes: i.new_bytes,
+        duration_ms: i.duration_ms,
+    }
+}

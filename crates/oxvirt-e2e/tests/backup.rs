@@ -1,0 +1,138 @@
+//! Backups with real guests: a running VM's full backup, then only its changes (also across a
+//! stop and start of its QEMU), a stopped VM's, a crash that makes the next one full with the
+//! reason said, and restores that match the disks block for block.
+
+use oxvirt_client::Client;
+use oxvirt_e2e::*;
+use oxvirt_model::{Backup, BackupRepoSpec, Task, TaskState};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+
+async fn backup(c: &Client, vm: &str, repo: &str) -> (Task, Backup) {
+    let t = c.backups().back_up(vm, repo).await.unwrap();
+    let t = c.wait_task(&t.id, T).await.unwrap();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let newest = c.backups().list(repo, Some(vm)).await.unwrap().pop().unwrap();
+    (t, newest)
+}
+
+/// Writes `mib` MiB (a multiple of 4) at `at_mib` on the guest's /dev/vda: 4 MiB chunks each
+/// unlike any other (a line naming `tag` and the chunk, then `x`s).
+fn write_cmd(tag: u64, mib: u64, at_mib: u64) -> String {
+    format!(
+        "i=0; while [ $i -lt {n} ]; do {{ echo T{tag}-$i; dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\\000' x; }} | head -c 4194304 | dd of=/dev/vda bs=1M seek=$(({at_mib}+i*4)) 2>/dev/null; i=$((i+1)); done; sync; echo W-$(({mib}+1))",
+        n = mib / 4
+    )
+}
+
+fn compare(a: &Path, b: &Path) {
+    let out =
+        Command::new("qemu-img").args(["compare", "-f", "qcow2", "-F", "qcow2", "-U"]).arg(a).arg(b).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} and {} differ: {}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn restore(c: &Client, repo: &str, id: &str, name: &str, pool_dir: &Path) -> PathBuf {
+    let t = c.backups().restore(repo, id, name, "bk").await.unwrap();
+    let t = c.wait_task(&t.id, T).await.unwrap();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let vm = c.get_vm(name).await.unwrap();
+    assert_eq!(vm.spec.disks[0].volume.as_deref(), Some(format!("bk/{name}-disk0").as_str()));
+    pool_dir.join(format!("{name}-disk0.qcow2"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_then_changes_only_across_stops_and_a_crash_and_restores_match_block_for_block() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let pool_dir = d.path().join("pool-bk");
+    let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
+    let _: serde_json::Value =
+        c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "256MiB" })).await.unwrap();
+    let repo_dir = d.path().join("repo");
+    c.backups()
+        .create_repo(&BackupRepoSpec { name: "main".into(), path: repo_dir.to_string_lossy().into() })
+        .await
+        .unwrap();
+    let volume = pool_dir.join("data.qcow2");
+    let mut spec = kernel_spec("bvm", "");
+    spec["disks"] = json!([{ "volume": "bk/data" }]);
+    c.create_vm(&spec, true).await.unwrap();
+    wait_console(c, "bvm", READY, 1, BOOT_TIMEOUT).await;
+
+    // A known state: 32 MiB written, the VM stopped, the image copied.
+    run_in_guest(c, "bvm", &write_cmd(1, 32, 0), "W-33").await;
+    c.vm_action_wait("bvm", "stop", T).await.unwrap();
+    let expected1 = d.path().join("expected1.qcow2");
+    std::fs::copy(&volume, &expected1).unwrap();
+    c.vm_action_wait("bvm", "start", T).await.unwrap();
+    wait_console(c, "bvm", READY, 2, BOOT_TIMEOUT).await;
+
+    // 1: the first backup reads what is allocated, all of it.
+    let (_, b1) = backup(c, "bvm", "main").await;
+    assert!(b1.full, "{b1:?}");
+    assert!(b1.full_reason.as_deref().unwrap_or_default().contains("first backup"), "{b1:?}");
+    assert_eq!(b1.read_bytes, 32 * MIB, "{b1:?}");
+    assert_eq!(b1.disks[0].data_chunks, 8);
+
+    // 2: 64 MiB change; only those are read, and only new chunks stored.
+    run_in_guest(c, "bvm", &write_cmd(2, 64, 64), "W-65").await;
+    let (t2, b2) = backup(c, "bvm", "main").await;
+    assert!(!b2.full, "{b2:?}");
+    assert_eq!(b2.parent.as_deref(), Some(b1.id.as_str()));
+    assert_eq!(b2.read_bytes, 64 * MIB, "{b2:?} ({})", t2.message);
+    assert_eq!(b2.new_chunks, 16, "{b2:?}");
+    assert_eq!(b2.disks[0].data_chunks, 24);
+
+    // 3: stopped (QEMU saved the change map on its way out): still only the changes, none.
+    c.vm_action_wait("bvm", "stop", T).await.unwrap();
+    let (code, stdout, stderr) = d.cli(&["vm", "backup", "bvm", "--repo", "main"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("changes since"), "{stdout}");
+    let b3 = c.backups().list("main", Some("bvm")).await.unwrap().pop().unwrap();
+    assert!(!b3.full && b3.read_bytes == 0, "{b3:?}");
+
+    // 4: started again, 8 MiB changed: the map kept recording across the stop and start.
+    c.vm_action_wait("bvm", "start", T).await.unwrap();
+    wait_console(c, "bvm", READY, 3, BOOT_TIMEOUT).await;
+    run_in_guest(c, "bvm", &write_cmd(3, 8, 200), "W-9").await;
+    let (_, b4) = backup(c, "bvm", "main").await;
+    assert!(!b4.full && b4.read_bytes == 8 * MIB, "{b4:?}");
+    c.vm_action_wait("bvm", "stop", T).await.unwrap();
+
+    // Both ends restore block for block.
+    let r1 = restore(c, "main", &b1.id, "r1", &pool_dir).await;
+    compare(&expected1, &r1);
+    let r4 = restore(c, "main", &b4.id, "r4", &pool_dir).await;
+    compare(&volume, &r4);
+    // A restored VM boots from what it got.
+    c.vm_action_wait("r4", "start", T).await.unwrap();
+    wait_console(c, "r4", READY, 1, BOOT_TIMEOUT).await;
+    c.vm_action_wait("r4", "kill", T).await.unwrap();
+
+    // A crash (QEMU killed with SIGKILL) leaves the change map unsaved: the next backup reads everything
+    // and says why.
+    c.vm_action_wait("bvm", "start", T).await.unwrap();
+    wait_console(c, "bvm", READY, 4, BOOT_TIMEOUT).await;
+    let pid = c.get_vm("bvm").await.unwrap().status.pid.unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_state(c, "bvm", "stopped", T).await;
+    let (_, b5) = backup(c, "bvm", "main").await;
+    assert!(b5.full, "{b5:?}");
+    assert!(b5.full_reason.as_deref().unwrap_or_default().contains("not saved"), "{b5:?}");
+    assert_eq!(b5.new_chunks, 0, "nothing new: every chunk is in the repository already");
+    // The repository counts each chunk once.
+    let view = c.backups().get_repo("main").await.unwrap();
+    assert_eq!((view.backups, view.chunks), (5, 26), "{view:?}");
+}

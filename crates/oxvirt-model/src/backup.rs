@@ -1,0 +1,128 @@
+//! Backups: repositories (a directory of chunks and indexes, shared by every host and VM that
+//! names it), the backups in them, and the requests that take and restore one.
+
+use crate::{validate_name, Millis, ValidationError};
+
+/// A backup repository as an administrator defines it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRepoSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub name: String,
+    /// A directory on the host (local, or a shared file system every host mounts at this path),
+    /// made if absent; it must hold nothing else.
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: String,
+}
+
+impl BackupRepoSpec {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        if !self.path.starts_with('/') || self.path.len() > 4096 {
+            return Err(ValidationError::new("path", "must be an absolute path of at most 4096 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// A backup repository, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BackupRepo {
+    pub spec: BackupRepoSpec,
+    pub created_at: Millis,
+}
+
+/// A repository with what it holds, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BackupRepoView {
+    #[serde(flatten)]
+    pub repo: BackupRepo,
+    pub backups: usize,
+    /// Chunks stored, and their bytes on disk (compressed).
+    pub chunks: usize,
+    pub stored_bytes: u64,
+}
+
+/// `POST /vms/{name}/backup`: back the VM up into a repository.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub repo: String,
+}
+
+impl BackupRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("repo", &self.repo)
+    }
+}
+
+/// `POST /backup-repos/{repo}/backups/{id}/restore`: a new VM from a backup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The new VM's name.
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub name: String,
+    /// The pool its disks become volumes of.
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub pool: String,
+}
+
+impl RestoreRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        validate_name("pool", &self.pool)
+    }
+}
+
+/// One disk of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BackupDiskInfo {
+    pub id: String,
+    pub size: u64,
+    /// Its chunks, and those of them that are not zeros.
+    pub chunks: usize,
+    pub data_chunks: usize,
+}
+
+/// A backup in a repository.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Backup {
+    pub id: String,
+    pub repo: String,
+    pub vm: String,
+    /// When its disks were frozen.
+    pub taken_at: Millis,
+    /// Every chunk read, or only the changes since `parent`.
+    pub full: bool,
+    /// Why it read everything when it could have read the changes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub disks: Vec<BackupDiskInfo>,
+    /// Bytes read from the VM's disks.
+    pub read_bytes: u64,
+    /// Chunks it added to the repository and their stored bytes.
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    pub duration_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_name_the_field_they_break() {
+        let ok = BackupRepoSpec { name: "main".into(), path: "/srv/backup".into() };
+        ok.validate().unwrap();
+        let e = BackupRepoSpec { path: "rel/dir".into(), ..ok.clone() }.validate().unwrap_err();
+        assert_eq!(e.field, "path");
+        let e = BackupRepoSpec { name: "Bad Name".into(), ..ok }.validate().unwrap_err();
+        assert_eq!(e.field, "name");
+        assert_eq!(BackupRequest { repo: "../x".into() }.validate().unwrap_err().field, "repo");
+        assert_eq!(RestoreRequest { name: "n".into(), pool: "".into() }.validate().unwrap_err().field, "pool");
+    }
+}
