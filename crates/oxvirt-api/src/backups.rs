@@ -13,13 +13,19 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::Controller;
-use oxvirt_model::{Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, Privilege, RestoreRequest};
+use oxvirt_model::{
+    Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, Privilege, PruneRequest, PruneResult,
+    RestoreRequest,
+};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
         .route("/api/v1/backup-repos", get(list_repos).post(create_repo))
         .route("/api/v1/backup-repos/{repo}", get(show_repo).delete(remove_repo))
         .route("/api/v1/backup-repos/{repo}/backups", get(list_backups))
+        .route("/api/v1/backup-repos/{repo}/prune", post(prune))
+        .route("/api/v1/backup-repos/{repo}/gc", post(gc))
+        .route("/api/v1/backup-repos/{repo}/verify", post(verify))
         .route("/api/v1/backup-repos/{repo}/backups/{id}", get(show_backup).delete(remove_backup))
         .route("/api/v1/backup-repos/{repo}/backups/{id}/restore", post(restore))
         .route("/api/v1/vms/{name}/backup", post(backup_vm))
@@ -99,4 +105,17 @@ async fn backup_vm(
         c.access().authorize(&user_of(&p), Privilege::Modify, &format!("/backup-repos/{}", req.repo))?;
     }
     Ok((StatusCode::ACCEPTED, Json(c.backups().backup_vm(&name, req).await?)))
+}
+
+async fn prune(State(c): State<Controller>, Names(repo): Names<String>, body: Bytes) -> ApiResult<Json<PruneResult>> {
+    let req: PruneRequest = parse(&body)?;
+    Ok(Json(c.backups().prune(&repo, req).await?))
+}
+
+async fn gc(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::ACCEPTED, Json(c.backups().collect_garbage(&repo)?)))
+}
+
+async fn verify(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::ACCEPTED, Json(c.backups().verify(&repo)?)))
 }

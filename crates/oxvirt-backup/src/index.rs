@@ -67,7 +67,7 @@ pub fn new_id(vm: &str, millis: u64) -> String {
 }
 
 /// Days since 1970-01-01 to (year, month, day): Howard Hinnant's civil calendar algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -6,10 +6,14 @@
 
 pub mod copy;
 pub mod index;
+pub mod maintenance;
 pub mod nbd;
+pub mod prune;
 pub mod repo;
 
 pub use copy::{back_up_disk, restore_disk, CopyError, DiskOutcome, DiskRead, Progress};
 pub use index::{new_id, valid_id, BackupIndex, DiskIndex};
+pub use maintenance::{collect_garbage, verify, GcReport, VerifyReport};
 pub use nbd::{NbdClient, NbdError};
-pub use repo::{Repo, RepoError, Stored, CHUNK_SIZE, FORMAT};
+pub use prune::{Candidate, KeepPolicy};
+pub use repo::{Repo, RepoError, Stored, WriteLease, CHUNK_SIZE, FORMAT};

@@ -9,6 +9,7 @@
 //! <root>/chunks/<2 hex>/<64 hex>  one chunk: a zstd frame of chunk_size bytes (a disk's last may be shorter)
 //! <root>/backups/<id>.json        one backup's index (BackupIndex): the VM's definition, its disks' chunks
 //! <root>/tmp/                     files being written
+//! <root>/writers/<id>.<pid>       a backup being written (garbage collection keeps what it touched)
 //! ```
 
 use crate::index::BackupIndex;
@@ -74,7 +75,7 @@ impl Repo {
         std::fs::create_dir_all(root).map_err(io(root))?;
         let stray = std::fs::read_dir(root).map_err(io(root))?.flatten().any(|e| {
             let n = e.file_name();
-            !matches!(n.to_str(), Some("chunks" | "backups" | "tmp"))
+            !matches!(n.to_str(), Some("chunks" | "backups" | "tmp" | "writers"))
         });
         if stray {
             return Err(RepoError::Invalid {
@@ -82,7 +83,7 @@ impl Repo {
                 reason: "the directory holds other files: a repository needs one of its own".into(),
             });
         }
-        for d in ["chunks", "backups", "tmp"] {
+        for d in ["chunks", "backups", "tmp", "writers"] {
             std::fs::create_dir_all(root.join(d)).map_err(io(root))?;
         }
         let repo = Repo { root: root.to_path_buf() };
@@ -124,10 +125,90 @@ impl Repo {
         valid_digest(digest) && self.chunk_path(digest).exists()
     }
 
+    /// Marks a stored chunk as in use now (its mtime); false if there is none.
+    fn touch_chunk(&self, digest: &str) -> bool {
+        let path = self.chunk_path(digest);
+        match std::fs::OpenOptions::new().append(true).open(&path) {
+            Ok(f) => f.set_modified(std::time::SystemTime::now()).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Declares a backup being written (until the lease is dropped): garbage collection keeps
+    /// every chunk touched since the oldest lease began.
+    pub fn begin_writing(&self, id: &str) -> Result<WriteLease, RepoError> {
+        let dir = self.root.join("writers");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{id}.{}", std::process::id()));
+        std::fs::write(&path, b"").map_err(io(&path))?;
+        Ok(WriteLease { path })
+    }
+
+    /// Removes the leases of backups of VM `vm` whose writer (a process of this host) is gone.
+    pub fn drop_dead_leases(&self, vm: &str) -> usize {
+        let dir = self.root.join("writers");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((id, pid)) = name.rsplit_once('.') else { continue };
+            let ours = id.rsplit_once('-').is_some_and(|(v, _)| v == vm);
+            let dead = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+            if ours && dead && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// When the oldest backup still being written began (its lease's mtime); leases older than
+    /// a day are taken for those of a writer that died and are ignored.
+    pub fn oldest_writer(&self) -> Option<std::time::SystemTime> {
+        let dir = self.root.join("writers");
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .filter(|t| *t > day_ago)
+            .min()
+    }
+
+    /// Every chunk's digest, stored size and last use (mtime).
+    pub fn chunk_times(&self) -> Result<Vec<(String, u64, std::time::SystemTime)>, RepoError> {
+        let mut out = Vec::new();
+        let dir = self.root.join("chunks");
+        for sub in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            for f in std::fs::read_dir(sub.path()).map_err(io(&dir))?.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if let (true, Ok(m)) = (valid_digest(&name), f.metadata()) {
+                    out.push((name, m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Files in `tmp/` older than `age` (left by a writer that died mid-write) are removed.
+    pub fn clear_tmp(&self, age: std::time::Duration) -> usize {
+        let dir = self.root.join("tmp");
+        let before = std::time::SystemTime::now() - age;
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < before)
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Stores `data` as a chunk (unless one of its digest is there already).
     pub fn put_chunk(&self, data: &[u8]) -> Result<Stored, RepoError> {
         let digest = digest_of(data);
-        if self.has_chunk(&digest) {
+        // There already: touched, so that a garbage collection running now keeps it (it
+        // removes only chunks untouched since it began); gone meanwhile: written again.
+        if self.touch_chunk(&digest) {
             return Ok(Stored { digest, new_bytes: 0 });
         }
         let packed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(io(&self.root))?;
@@ -250,6 +331,18 @@ impl Repo {
         f.sync_data().map_err(io(&tmp))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(io(path))
+    }
+}
+
+/// A backup being written, declared to garbage collection until dropped.
+#[derive(Debug)]
+pub struct WriteLease {
+    path: PathBuf,
+}
+
+impl Drop for WriteLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

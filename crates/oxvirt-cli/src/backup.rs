@@ -5,7 +5,7 @@ use crate::follow_task;
 use crate::output::{print_json, print_task, table, Output};
 use clap::Subcommand;
 use oxvirt_client::{Client, ClientError};
-use oxvirt_model::{Backup, BackupRepoSpec};
+use oxvirt_model::{Backup, BackupRepoSpec, PruneRequest, Retention, Task};
 use std::time::Duration;
 
 #[derive(Subcommand)]
@@ -23,6 +23,31 @@ pub enum RepoCmd {
     },
     /// Forget a repository: its directory and backups stay.
     Remove {
+        name: String,
+    },
+    /// Forget the backups a retention does not keep (each VM's apart).
+    Prune {
+        name: String,
+        #[arg(long)]
+        vm: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// Say what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove the chunks no backup needs (a task).
+    Gc {
+        name: String,
+    },
+    /// Read back every chunk a backup needs; fails naming the damaged backups (a task).
+    Verify {
         name: String,
     },
 }
@@ -60,6 +85,14 @@ fn split(backup: &str) -> Result<(&str, &str), ClientError> {
         .ok_or_else(|| ClientError::Usage(format!("{backup:?}: a backup is named REPO/ID (see `oxvirt backup list`)")))
 }
 
+/// A finished task: its message, or the whole task as JSON.
+fn finished(t: &Task, out: Output) {
+    match out {
+        Output::Json => print_task(t, out),
+        Output::Table => println!("{}", t.message),
+    }
+}
+
 pub async fn repo(client: &Client, out: Output, cmd: RepoCmd) -> Result<(), ClientError> {
     let b = client.backups();
     match cmd {
@@ -88,6 +121,27 @@ pub async fn repo(client: &Client, out: Output, cmd: RepoCmd) -> Result<(), Clie
         RepoCmd::Remove { name } => {
             b.remove_repo(&name).await?;
             println!("backup repository {name} forgotten (its directory stays)");
+        }
+        RepoCmd::Prune { name, vm, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run } => {
+            let keep = Retention { keep_last, keep_daily, keep_weekly, keep_monthly };
+            let r = b.prune(&name, &PruneRequest { keep, vm, dry_run }).await?;
+            if out == Output::Json {
+                print_json(&r);
+            } else {
+                let verb = if r.dry_run { "would remove" } else { "removed" };
+                println!("kept {}: {}", r.kept.len(), r.kept.join(", "));
+                println!("{verb} {}: {}", r.removed.len(), r.removed.join(", "));
+            }
+        }
+        RepoCmd::Gc { name } => {
+            let t = b.collect_garbage(&name).await?;
+            let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+            finished(&done, out);
+        }
+        RepoCmd::Verify { name } => {
+            let t = b.verify(&name).await?;
+            let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+            finished(&done, out);
         }
     }
     Ok(())

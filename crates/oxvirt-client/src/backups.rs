@@ -2,7 +2,9 @@
 
 use crate::{encode, Client, ClientError};
 use hyper::Method;
-use oxvirt_model::{Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, RestoreRequest, Task};
+use oxvirt_model::{
+    Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, PruneRequest, PruneResult, RestoreRequest, Task,
+};
 
 /// Backups: `client.backups()`.
 #[derive(Clone, Copy)]
@@ -59,5 +61,19 @@ impl Backups<'_> {
         let req = RestoreRequest { name: name.to_string(), pool: pool.to_string() };
         let path = format!("/api/v1/backup-repos/{}/backups/{}/restore", encode(repo), encode(id));
         self.client.call_with(Method::POST, &path, &req).await
+    }
+
+    pub async fn prune(&self, repo: &str, req: &PruneRequest) -> Result<PruneResult, ClientError> {
+        self.client.call_with(Method::POST, &format!("/api/v1/backup-repos/{}/prune", encode(repo)), req).await
+    }
+
+    /// Starts a garbage collection of `repo`: the task.
+    pub async fn collect_garbage(&self, repo: &str) -> Result<Task, ClientError> {
+        self.client.call_with(Method::POST, &format!("/api/v1/backup-repos/{}/gc", encode(repo)), &()).await
+    }
+
+    /// Starts a verification of `repo`: the task.
+    pub async fn verify(&self, repo: &str) -> Result<Task, ClientError> {
+        self.client.call_with(Method::POST, &format!("/api/v1/backup-repos/{}/verify", encode(repo)), &()).await
     }
 }

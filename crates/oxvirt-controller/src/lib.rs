@@ -229,6 +229,7 @@ impl Controller {
         self.reconcile_round(true).await;
         self.vms().canonicalize_records();
         self.migrations().recover_migrations(true).await;
+        self.backups().recover_interrupted().await;
         self.networks().remove_orphans().await;
         if let Ok(p) = self.resources().host_policy() {
             if let Err(e) = resources::apply_ksm(p.ksm) {

@@ -136,3 +136,110 @@ async fn full_then_changes_only_across_stops_and_a_crash_and_restores_match_bloc
     let view = c.backups().get_repo("main").await.unwrap();
     assert_eq!((view.backups, view.chunks), (5, 26), "{view:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_and_gc_during_a_backup_lose_nothing_verify_names_damage_and_a_killed_daemon_leaves_all_sound() {
+    let mut d = Daemon::start();
+    let pool_dir = d.path().join("pool-bk");
+    let repo_dir = d.path().join("repo");
+    let volume = pool_dir.join("data.qcow2");
+    let vm_id;
+    {
+        let c = &d.client;
+        let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
+        let _: serde_json::Value =
+            c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "512MiB" })).await.unwrap();
+        c.backups()
+            .create_repo(&BackupRepoSpec { name: "main".into(), path: repo_dir.to_string_lossy().into() })
+            .await
+            .unwrap();
+        let mut spec = kernel_spec("gvm", "");
+        spec["disks"] = json!([{ "volume": "bk/data" }]);
+        vm_id = c.create_vm(&spec, true).await.unwrap().vm.id;
+        wait_console(c, "gvm", READY, 1, BOOT_TIMEOUT).await;
+        run_in_guest(c, "gvm", &write_cmd(1, 256, 0), "W-257").await;
+        let (_, a) = backup(c, "gvm", "main").await;
+        assert!(a.full && a.read_bytes == 256 * MIB, "{a:?}");
+
+        // B reads 128 MiB while prunes keeping 1 and garbage collections run, again and again.
+        run_in_guest(c, "gvm", &write_cmd(2, 128, 0), "W-129").await;
+        let started = c.backups().back_up("gvm", "main").await.unwrap();
+        let (mut during, mut rounds) = (0, 0);
+        loop {
+            let before = c.get_task(&started.id).await.unwrap().state;
+            let keep = oxvirt_model::Retention { keep_last: 1, ..Default::default() };
+            c.backups().prune("main", &oxvirt_model::PruneRequest { keep, vm: None, dry_run: false }).await.unwrap();
+            let gc = c.backups().collect_garbage("main").await.unwrap();
+            let gc = c.wait_task(&gc.id, T).await.unwrap();
+            assert_eq!(gc.state, TaskState::Succeeded, "{gc:?}");
+            let after = c.get_task(&started.id).await.unwrap().state;
+            rounds += 1;
+            if before == TaskState::Running && after == TaskState::Running {
+                during += 1;
+            }
+            if after.is_final() {
+                break;
+            }
+        }
+        let b = c.wait_task(&started.id, T).await.unwrap();
+        assert_eq!(b.state, TaskState::Succeeded, "{b:?}");
+        assert!(during >= 1, "no collection ran while the backup did ({rounds} rounds)");
+        let all = c.backups().list("main", Some("gvm")).await.unwrap();
+        let b = all.last().unwrap().clone();
+        assert!(!b.full && b.read_bytes == 128 * MIB, "{b:?}");
+        // The last prune kept B alone; a collection now removes A's overwritten chunks.
+        let keep = oxvirt_model::Retention { keep_last: 1, ..Default::default() };
+        let p =
+            c.backups().prune("main", &oxvirt_model::PruneRequest { keep, vm: None, dry_run: false }).await.unwrap();
+        assert_eq!(p.kept, [b.id.clone()], "{p:?}");
+        let gc = c.wait_task(&c.backups().collect_garbage("main").await.unwrap().id, T).await.unwrap();
+        assert!(gc.message.starts_with("removed "), "{gc:?}");
+        let v = c.wait_task(&c.backups().verify("main").await.unwrap().id, T).await.unwrap();
+        assert_eq!(v.state, TaskState::Succeeded, "everything B needs is there: {v:?}");
+
+        // Stopped, the disk is what B holds.
+        c.vm_action_wait("gvm", "stop", T).await.unwrap();
+        let rb = restore(c, "main", &b.id, "rb", &pool_dir).await;
+        compare(&volume, &rb);
+
+        // C is interrupted: oxvirtd is killed while the guest's disk is frozen for it.
+        c.vm_action_wait("gvm", "start", T).await.unwrap();
+        wait_console(c, "gvm", READY, 2, BOOT_TIMEOUT).await;
+        run_in_guest(c, "gvm", &write_cmd(3, 64, 256), "W-65").await;
+        c.backups().back_up("gvm", "main").await.unwrap();
+    }
+    let scratch = d.path().join("backup-work").join(&vm_id).join("scratch-disk0.qcow2");
+    let begun = std::time::Instant::now();
+    while !scratch.exists() {
+        assert!(begun.elapsed() < T, "the backup never froze the disk");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    d.respawn_after_kill9();
+    let c = &d.client;
+    wait_state(c, "gvm", "running", T).await;
+    assert!(!scratch.exists(), "the interrupted backup's scratch image is gone");
+    let backups = c.backups().list("main", Some("gvm")).await.unwrap();
+    assert_eq!(backups.len(), 1, "B alone (A pruned), no index of the interrupted backup: {backups:?}");
+    let tasks = c.list_tasks().await.unwrap();
+    let c_task = tasks.iter().filter(|t| t.kind == "vm.backup").max_by_key(|t| t.created_at).unwrap();
+    assert_ne!(c_task.state, TaskState::Succeeded, "{c_task:?}");
+    assert!(std::fs::read_dir(repo_dir.join("writers")).unwrap().next().is_none(), "no lease left");
+    // D builds on B: the maps of B and of the interrupted C together hold every change since.
+    let (_, dd) = backup(c, "gvm", "main").await;
+    assert!(!dd.full, "{dd:?}");
+    assert_eq!(dd.read_bytes, 64 * MIB, "{dd:?}");
+    let v = c.wait_task(&c.backups().verify("main").await.unwrap().id, T).await.unwrap();
+    assert_eq!(v.state, TaskState::Succeeded, "{v:?}");
+
+    // A damaged chunk: verify fails and names every backup that needs it.
+    let b_id = backups.last().unwrap().id.clone();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo_dir.join("backups").join(format!("{b_id}.json"))).unwrap()).unwrap();
+    let digest = index["disks"][0]["chunks"][40].as_str().unwrap().to_string();
+    std::fs::write(repo_dir.join("chunks").join(&digest[..2]).join(&digest), b"not zstd").unwrap();
+    let v = c.wait_task(&c.backups().verify("main").await.unwrap().id, T).await.unwrap();
+    assert_eq!(v.state, TaskState::Failed, "{v:?}");
+    let why = v.error.unwrap_or_default();
+    assert!(why.contains(&digest) && why.contains(&b_id) && why.contains(&dd.id), "{why}");
+    c.vm_action_wait("gvm", "kill", T).await.unwrap();
+}

@@ -110,6 +110,71 @@ pub struct Backup {
     pub duration_ms: u64,
 }
 
+/// How many of each period's newest backups a prune keeps (of each VM apart): the newest
+/// `keep_last`, then the newest of each of the last `keep_daily` days, `keep_weekly` ISO
+/// weeks and `keep_monthly` months that have one. At least one must be above 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    #[schemars(range(max = 10000))]
+    pub keep_last: u32,
+    #[serde(default)]
+    #[schemars(range(max = 10000))]
+    pub keep_daily: u32,
+    #[serde(default)]
+    #[schemars(range(max = 10000))]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    #[schemars(range(max = 10000))]
+    pub keep_monthly: u32,
+}
+
+impl Retention {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        for (f, v) in [
+            ("keep_last", self.keep_last),
+            ("keep_daily", self.keep_daily),
+            ("keep_weekly", self.keep_weekly),
+            ("keep_monthly", self.keep_monthly),
+        ] {
+            if v > 10_000 {
+                return Err(ValidationError::new(f, "must be at most 10000"));
+            }
+        }
+        if self.keep_last + self.keep_daily + self.keep_weekly + self.keep_monthly == 0 {
+            return Err(ValidationError::new(
+                "keep_last",
+                "a retention must keep something: set one of keep_* above 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /backup-repos/{repo}/prune`: forget the backups a retention does not keep.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    #[serde(flatten)]
+    pub keep: Retention,
+    /// Only this VM's backups (else every VM's, each apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub vm: Option<String>,
+    /// Say what would go, remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a prune kept and removed (or would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct PruneResult {
+    pub kept: Vec<String>,
+    pub removed: Vec<String>,
+    pub dry_run: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,10 @@ mod vm_requests;
 
 pub use access_requests::{LoginRequest, NewTokenRequest};
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
-pub use backup::{Backup, BackupDiskInfo, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, RestoreRequest};
+pub use backup::{
+    Backup, BackupDiskInfo, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, PruneRequest, PruneResult,
+    RestoreRequest, Retention,
+};
 pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
 pub use error::{ApiErrorBody, ErrorReply, ValidationError, ERROR_CODES};
 pub use event::Event;

@@ -1,10 +1,14 @@
 //! Backups: repositories (records `backup-repos/<name>`; what they hold lives in their own
 //! directory, in the format of the `oxvirt-backup` crate, so every host naming one shares it),
 //! listing and forgetting backups (`mod.rs`), taking a VM's backup, running or stopped, full or
-//! only its changes since the last one (`take.rs`), and restoring one as a new VM (`restore.rs`).
+//! only its changes since the last one (`take.rs`), restoring one as a new VM (`restore.rs`), and
+//! a repository's upkeep: prune, garbage collection, verification (`upkeep.rs`); at start, what an
+//! interrupted backup left on the host undone (`recover.rs`).
 
+mod recover;
 mod restore;
 mod take;
+mod upkeep;
 
 use crate::{now_millis, ControlError};
 use oxvirt_backup::{BackupIndex, Repo, RepoError};

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// Connections each disk is written through at once.
 const WRITERS: usize = 4;
+/// A restore's work directory is `backup-work/<RESTORE_PREFIX><new VM>`; it lists the volumes
+/// made so far in `MADE_FILE` (`pool/volume` lines), for a daemon that restarts to remove.
+pub(crate) const RESTORE_PREFIX: &str = "restore-";
+pub(crate) const MADE_FILE: &str = "made";
 
 impl Backups {
     /// Restores backup `id` of repository `repo` as the new VM `req.name`, its disks volumes of
@@ -70,28 +74,30 @@ impl Backups {
             Ok(bytes) => self.ctl.vms().create_vm(caller, spec).map(|_| bytes),
             Err(e) => Err(e),
         };
-        match r {
-            Ok(bytes) => {
-                let secs = begun.elapsed().as_secs_f64().max(0.001);
-                Ok(format!(
-                    "VM {} restored from {} ({} disk(s), {} MiB written in {:.1} s, {:.0} MiB/s)",
-                    req.name,
-                    index.id,
-                    index.disks.len(),
-                    bytes >> 20,
-                    secs,
-                    (bytes >> 20) as f64 / secs
-                ))
-            }
-            Err(e) => {
-                for v in &made {
-                    if let Err(e) = self.ctl.storage().delete_volume(&req.pool, v).await {
-                        tracing::warn!(pool = %req.pool, volume = %v, "undoing a failed restore: {e}");
-                    }
+        if r.is_err() {
+            for v in &made {
+                if let Err(e) = self.ctl.storage().delete_volume(&req.pool, v).await {
+                    tracing::warn!(pool = %req.pool, volume = %v, "undoing a failed restore: {e}");
                 }
-                Err(e)
             }
         }
+        // Made whole, or undone: nothing for a restarting daemon to undo.
+        let _ = std::fs::remove_dir_all(self.restore_dir(&req.name));
+        let bytes = r?;
+        let secs = begun.elapsed().as_secs_f64().max(0.001);
+        Ok(format!(
+            "VM {} restored from {} ({} disk(s), {} MiB written in {:.1} s, {:.0} MiB/s)",
+            req.name,
+            index.id,
+            index.disks.len(),
+            bytes >> 20,
+            secs,
+            (bytes >> 20) as f64 / secs
+        ))
+    }
+
+    fn restore_dir(&self, vm: &str) -> std::path::PathBuf {
+        self.ctl.inner.config.data_dir.join("backup-work").join(format!("{RESTORE_PREFIX}{vm}"))
     }
 
     /// Makes and writes one volume per disk; `made` names those made so far.
@@ -104,7 +110,7 @@ impl Backups {
         made: &mut Vec<String>,
     ) -> Result<u64, ControlError> {
         let pool = self.ctl.storage().pool_rec(&req.pool)?;
-        let work = self.ctl.inner.config.data_dir.join("backup-work").join(format!("restore-{}", req.name));
+        let work = self.restore_dir(&req.name);
         std::fs::create_dir_all(&work).map_err(|e| ControlError::Failed(format!("make {}: {e}", work.display())))?;
         let total: u64 = index.disks.iter().map(|d| d.chunks.iter().flatten().count() as u64).sum::<u64>()
             * oxvirt_backup::CHUNK_SIZE;
@@ -120,6 +126,8 @@ impl Backups {
                 )
                 .await?;
             made.push(name.clone());
+            let list: String = made.iter().map(|v| format!("{}/{v}\n", req.pool)).collect();
+            std::fs::write(work.join(MADE_FILE), list).map_err(|e| ControlError::Failed(format!("restore: {e}")))?;
             let file = self.ctl.storage().volume_file(&pool, &name, DiskFormat::Qcow2)?;
             let (r, disk, sock, pr) = (repo.clone(), d.clone(), work.join(format!("{}.sock", d.id)), progress.clone());
             let mut writing = tokio::task::spawn_blocking(move || -> Result<(), ControlError> {
@@ -143,7 +151,6 @@ impl Backups {
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(&work);
         Ok(progress.done.load(Ordering::Relaxed))
     }
 }

@@ -171,6 +171,8 @@ impl Backups {
             sources = s;
         }
 
+        // Declared to garbage collection until the index is written.
+        let lease = repo.begin_writing(&id)?;
         let read = self.read_all(&repo, &plans, &sources, task).await;
 
         // The disks are let go of whatever happened; the change maps stay.
@@ -204,6 +206,7 @@ impl Backups {
             let (r, i) = (repo.clone(), index.clone());
             blocking(move || Ok(r.write_index(&i)?)).await?;
         }
+        drop(lease);
         // Recorded: the older change maps are no longer needed.
         for p in plans.iter().filter(|p| p.tracked) {
             for b in p.bitmaps.iter().filter(|b| b.name.starts_with(BITMAP_PREFIX) && b.name != new_bitmap) {

@@ -47,7 +47,9 @@ pub trait BackupOps: Send + Sync {
     /// export named by its disk id on `listener` (bound by the caller). On an error nothing
     /// stays: no export, no scratch image, no new bitmap.
     async fn begin_backup(&self, disks: &[BackupDisk], listener: UnixListener) -> Result<(), HvError>;
-    /// Ends the exports and the copying before writes; the scratch images go. The bitmaps stay.
+    /// Ends the exports and the copying before writes; the scratch images and the changes'
+    /// bitmap go, the change maps stay. Whatever of it is there: also after a daemon that died
+    /// mid-backup.
     async fn end_backup(&self, disks: &[BackupDisk]) -> Result<(), HvError>;
     /// Removes bitmap `name` of disk `disk_id` (from its image too).
     async fn remove_bitmap(&self, disk_id: &str, name: &str) -> Result<(), HvError>;

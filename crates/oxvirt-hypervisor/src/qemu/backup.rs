@@ -187,9 +187,8 @@ impl BackupOps for QemuInstance {
             }
             let _ = block::blockdev_del(&self.qmp, &scratch_node(&d.disk_id)).await;
             self.drop_scratch_fdsets(&d.disk_id).await;
-            if !d.since.is_empty() {
-                let _ = backup::bitmap_remove(&self.qmp, &format_node(&d.disk_id), CHANGES_BITMAP).await;
-            }
+            // (Absent when the backup read everything: the error is ignored.)
+            let _ = backup::bitmap_remove(&self.qmp, &format_node(&d.disk_id), CHANGES_BITMAP).await;
             let _ = std::fs::remove_file(&d.scratch);
         }
         Ok(())
