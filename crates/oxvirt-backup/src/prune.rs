@@ -6,6 +6,9 @@
 use crate::index::civil_from_days;
 use std::collections::{HashMap, HashSet};
 
+/// A period's key of a backup (backups with the same key fall in the same period).
+type PeriodOf = Box<dyn Fn(&Candidate) -> i64>;
+
 /// How many of each period's newest backups to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeepPolicy {
@@ -44,7 +47,7 @@ pub fn keep(backups: &[Candidate], policy: &KeepPolicy) -> HashSet<String> {
     for list in by_vm.values_mut() {
         list.sort_by(|a, b| (b.taken_at, &b.id).cmp(&(a.taken_at, &a.id)));
         let day = |b: &Candidate| (b.taken_at / 86_400_000) as i64;
-        let periods: [(u32, Box<dyn Fn(&Candidate) -> i64>); 4] = [
+        let periods: [(u32, PeriodOf); 4] = [
             (policy.keep_last, Box::new(|b: &Candidate| -(b.taken_at as i64) - 1)),
             (policy.keep_daily, Box::new(day)),
             // ISO weeks start on Monday; 1970-01-01 was a Thursday.

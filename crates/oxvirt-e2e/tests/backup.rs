@@ -191,7 +191,7 @@ async fn prune_and_gc_during_a_backup_lose_nothing_verify_names_damage_and_a_kil
         let keep = oxvirt_model::Retention { keep_last: 1, ..Default::default() };
         let p =
             c.backups().prune("main", &oxvirt_model::PruneRequest { keep, vm: None, dry_run: false }).await.unwrap();
-        assert_eq!(p.kept, [b.id.clone()], "{p:?}");
+        assert_eq!(p.kept, std::slice::from_ref(&b.id), "{p:?}");
         let gc = c.wait_task(&c.backups().collect_garbage("main").await.unwrap().id, T).await.unwrap();
         assert!(gc.message.starts_with("removed "), "{gc:?}");
         let v = c.wait_task(&c.backups().verify("main").await.unwrap().id, T).await.unwrap();
