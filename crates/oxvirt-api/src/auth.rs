@@ -203,7 +203,9 @@ pub fn requirement(method: &Method, matched: &str, params: &[(&str, &str)]) -> O
         _ => "/".to_string(),
     };
     // A repository is a host directory: only administrators make or forget one.
-    let repo_itself = m.first() == Some(&"backup-repos") && m.len() <= 2 && method != Method::GET;
+    // So is a backup job: it backs up VMs it names, whoever asks.
+    let repo_itself = (m.first() == Some(&"backup-repos") && m.len() <= 2 && method != Method::GET)
+        || (m.first() == Some(&"backup-jobs") && method != Method::GET);
     let admin = repo_itself
         || matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
         || ((matched == "/api/v1/host/policy"

@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::Controller;
 use oxvirt_model::{
-    Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, Privilege, PruneRequest, PruneResult,
-    RestoreRequest,
+    Backup, BackupJob, BackupJobSpec, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, Privilege,
+    PruneRequest, PruneResult, RestoreRequest,
 };
 
 pub fn routes() -> Router<Controller> {
@@ -29,6 +29,9 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/backup-repos/{repo}/backups/{id}", get(show_backup).delete(remove_backup))
         .route("/api/v1/backup-repos/{repo}/backups/{id}/restore", post(restore))
         .route("/api/v1/vms/{name}/backup", post(backup_vm))
+        .route("/api/v1/backup-jobs", get(list_jobs).post(create_job))
+        .route("/api/v1/backup-jobs/{job}", get(show_job).put(set_job).delete(remove_job))
+        .route("/api/v1/backup-jobs/{job}/run", post(run_job))
 }
 
 async fn list_repos(State(c): State<Controller>) -> ApiResult<Json<Vec<BackupRepoView>>> {
@@ -118,4 +121,31 @@ async fn gc(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResul
 
 async fn verify(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<impl IntoResponse> {
     Ok((StatusCode::ACCEPTED, Json(c.backups().verify(&repo)?)))
+}
+
+async fn list_jobs(State(c): State<Controller>) -> ApiResult<Json<Vec<BackupJob>>> {
+    Ok(Json(c.backups().list_jobs()?))
+}
+
+async fn create_job(State(c): State<Controller>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: BackupJobSpec = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(c.backups().create_job(spec)?)))
+}
+
+async fn show_job(State(c): State<Controller>, Names(job): Names<String>) -> ApiResult<Json<BackupJob>> {
+    Ok(Json(c.backups().get_job(&job)?))
+}
+
+async fn set_job(State(c): State<Controller>, Names(job): Names<String>, body: Bytes) -> ApiResult<Json<BackupJob>> {
+    let spec: BackupJobSpec = parse(&body)?;
+    Ok(Json(c.backups().set_job(&job, spec)?))
+}
+
+async fn remove_job(State(c): State<Controller>, Names(job): Names<String>) -> ApiResult<StatusCode> {
+    c.backups().remove_job(&job)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn run_job(State(c): State<Controller>, Names(job): Names<String>) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::ACCEPTED, Json(c.backups().run_job_now(&job)?)))
 }

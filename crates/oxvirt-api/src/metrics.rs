@@ -320,6 +320,33 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         [(vec![], ha.recoveries as f64)],
     );
 
+    let bj = c.backups().job_figures();
+    let bl = |n: &str| l(&[("job", n)]);
+    gauge(
+        &mut reg,
+        "oxvirt_backup_job_last_run_ok",
+        "1 when the backup job's last run backed up every VM (or it never ran), else 0",
+        bj.iter().map(|(n, ok, ..)| (bl(n), if *ok { 1.0 } else { 0.0 })),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_backup_job_last_success_timestamp_seconds",
+        "When the backup job last backed up every VM (0: never)",
+        bj.iter().map(|(n, _, at, ..)| (bl(n), *at)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_backup_job_next_run_timestamp_seconds",
+        "When the backup job runs next",
+        bj.iter().map(|(n, _, _, next, _)| (bl(n), *next)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_backup_job_interval_seconds",
+        "The time between two runs of the backup job's schedule",
+        bj.iter().map(|(n, .., every)| (bl(n), *every)),
+    );
+
     let jobs = c.job_figures();
     let jl = |j: &oxvirt_controller::Job| l(&[("job", j.name())]);
     counter(

@@ -28,6 +28,7 @@ fn noun_of(collection: &str) -> &str {
         "resources" => "HA resource",
         "groups" => "HA group",
         "backup-repos" => "backup repository",
+        "backup-jobs" => "backup job",
         other => other,
     }
 }

@@ -5,7 +5,7 @@ use crate::follow_task;
 use crate::output::{print_json, print_task, table, Output};
 use clap::Subcommand;
 use oxvirt_client::{Client, ClientError};
-use oxvirt_model::{Backup, BackupRepoSpec, PruneRequest, Retention, Task};
+use oxvirt_model::{Backup, BackupJobSpec, BackupRepoSpec, PruneRequest, Retention, Task};
 use std::time::Duration;
 
 #[derive(Subcommand)]
@@ -74,6 +74,45 @@ pub enum BackupCmd {
         name: String,
         #[arg(long)]
         pool: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// Back VMs up into a repository on a cron schedule (UTC), pruning to a retention after
+    /// each run. Administrators only.
+    Create {
+        name: String,
+        /// The VMs, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        vms: Vec<String>,
+        #[arg(long)]
+        repo: String,
+        /// minute hour day-of-month month day-of-week, e.g. "*/15 * * * *" or "0 3 * * *".
+        #[arg(long)]
+        schedule: String,
+        #[arg(long, default_value_t = 0)]
+        keep_last: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_daily: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: u32,
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: u32,
+        /// Made disabled: it runs only when asked.
+        #[arg(long)]
+        disabled: bool,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Run a job now (a task).
+    Run {
+        name: String,
+    },
+    Remove {
+        name: String,
     },
 }
 
@@ -147,6 +186,56 @@ pub async fn repo(client: &Client, out: Output, cmd: RepoCmd) -> Result<(), Clie
     Ok(())
 }
 
+pub async fn job(client: &Client, out: Output, cmd: JobCmd) -> Result<(), ClientError> {
+    let b = client.backups();
+    match cmd {
+        JobCmd::Create { name, vms, repo, schedule, keep_last, keep_daily, keep_weekly, keep_monthly, disabled } => {
+            let keep = Retention { keep_last, keep_daily, keep_weekly, keep_monthly };
+            let retention = (keep != Retention::default()).then_some(keep);
+            let spec = BackupJobSpec { name, vms, repo, schedule, retention, enabled: !disabled };
+            print_json(&b.create_job(&spec).await?);
+        }
+        JobCmd::List => {
+            let all = b.list_jobs().await?;
+            if out == Output::Json {
+                print_json(&all);
+                return Ok(());
+            }
+            let rows = all
+                .iter()
+                .map(|j| {
+                    let last = match (j.status.runs, j.status.last_ok) {
+                        (0, _) => "never ran".to_string(),
+                        (_, true) => "ok".to_string(),
+                        (_, false) => "failed".to_string(),
+                    };
+                    vec![
+                        j.spec.name.clone(),
+                        j.spec.schedule.clone(),
+                        j.spec.repo.clone(),
+                        j.spec.vms.join(","),
+                        if j.spec.enabled { "yes".into() } else { "no".into() },
+                        last,
+                        j.status.runs.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "SCHEDULE", "REPO", "VMS", "ENABLED", "LAST", "RUNS"], rows);
+        }
+        JobCmd::Show { name } => print_json(&b.get_job(&name).await?),
+        JobCmd::Run { name } => {
+            let t = b.run_job(&name).await?;
+            let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+            finished(&done, out);
+        }
+        JobCmd::Remove { name } => {
+            b.remove_job(&name).await?;
+            println!("backup job {name} deleted");
+        }
+    }
+    Ok(())
+}
+
 pub async fn backup(client: &Client, out: Output, cmd: BackupCmd) -> Result<(), ClientError> {
     let b = client.backups();
     match cmd {
@@ -171,10 +260,7 @@ pub async fn backup(client: &Client, out: Output, cmd: BackupCmd) -> Result<(), 
             let (repo, id) = split(&backup)?;
             let t = b.restore(repo, id, &name, &pool).await?;
             let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
-            match out {
-                Output::Json => print_task(&done, out),
-                Output::Table => println!("{}", done.message),
-            }
+            finished(&done, out);
         }
     }
     Ok(())

@@ -82,6 +82,9 @@ enum Command {
     /// Backups: list, show, remove, restore as a new VM.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
+    /// Backup jobs: VMs backed up on a schedule, pruned after.
+    #[command(subcommand, name = "backup-job")]
+    BackupJob(backup::JobCmd),
     /// Projects (tenants) and their quotas.
     #[command(subcommand)]
     Project(access::ProjectCmd),
@@ -444,6 +447,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Ha(cmd) => ha::run(client, out, cmd).await?,
         Command::BackupRepo(cmd) => backup::repo(client, out, cmd).await?,
         Command::Backup(cmd) => backup::backup(client, out, cmd).await?,
+        Command::BackupJob(cmd) => backup::job(client, out, cmd).await?,
         Command::Project(cmd) => access::project(client, out, cmd).await?,
         Command::Cluster(cmd) => access::cluster(client, out, cmd).await?,
         Command::Login { user } => access::login(client, &user).await?,

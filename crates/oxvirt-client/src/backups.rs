@@ -3,7 +3,8 @@
 use crate::{encode, Client, ClientError};
 use hyper::Method;
 use oxvirt_model::{
-    Backup, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, PruneRequest, PruneResult, RestoreRequest, Task,
+    Backup, BackupJob, BackupJobSpec, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, PruneRequest,
+    PruneResult, RestoreRequest, Task,
 };
 
 /// Backups: `client.backups()`.
@@ -75,5 +76,30 @@ impl Backups<'_> {
     /// Starts a verification of `repo`: the task.
     pub async fn verify(&self, repo: &str) -> Result<Task, ClientError> {
         self.client.call_with(Method::POST, &format!("/api/v1/backup-repos/{}/verify", encode(repo)), &()).await
+    }
+
+    pub async fn create_job(&self, spec: &BackupJobSpec) -> Result<BackupJob, ClientError> {
+        self.client.call_with(Method::POST, "/api/v1/backup-jobs", spec).await
+    }
+
+    pub async fn set_job(&self, spec: &BackupJobSpec) -> Result<BackupJob, ClientError> {
+        self.client.call_with(Method::PUT, &format!("/api/v1/backup-jobs/{}", encode(&spec.name)), spec).await
+    }
+
+    pub async fn list_jobs(&self) -> Result<Vec<BackupJob>, ClientError> {
+        self.client.get("/api/v1/backup-jobs").await
+    }
+
+    pub async fn get_job(&self, name: &str) -> Result<BackupJob, ClientError> {
+        self.client.get(&format!("/api/v1/backup-jobs/{}", encode(name))).await
+    }
+
+    pub async fn remove_job(&self, name: &str) -> Result<(), ClientError> {
+        self.client.delete(&format!("/api/v1/backup-jobs/{}", encode(name))).await
+    }
+
+    /// Runs a job now: the run's task.
+    pub async fn run_job(&self, name: &str) -> Result<Task, ClientError> {
+        self.client.call_with(Method::POST, &format!("/api/v1/backup-jobs/{}/run", encode(name)), &()).await
     }
 }

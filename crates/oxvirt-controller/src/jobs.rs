@@ -33,6 +33,8 @@ pub enum Job {
     Rebalance,
     /// `nbd` pools' export daemons are restarted when they die.
     ExportDaemons,
+    /// Backup jobs whose scheduled time came are claimed and started.
+    BackupJobs,
     /// Automatic ballooning under memory pressure.
     AutoBalloon,
     /// An hour of figures per VM and for the host.
@@ -43,7 +45,7 @@ pub enum Job {
 
 impl Job {
     /// The reconcile round's jobs, in the order they run.
-    pub const ROUND: [Job; 9] = [
+    pub const ROUND: [Job; 10] = [
         Job::Migrations,
         Job::Vms,
         Job::Ha,
@@ -53,14 +55,15 @@ impl Job {
         Job::VxlanPeers,
         Job::Rebalance,
         Job::ExportDaemons,
+        Job::BackupJobs,
     ];
 
     /// The jobs of loops of their own.
     pub const OWN_LOOPS: [Job; 3] = [Job::AutoBalloon, Job::History, Job::Alerts];
 
     /// Every job: the round's, then those of their own loops (the order figures are shown in).
-    pub const ALL: [Job; 12] = {
-        let mut all = [Job::Migrations; 12];
+    pub const ALL: [Job; 13] = {
+        let mut all = [Job::Migrations; 13];
         let mut i = 0;
         while i < Job::ROUND.len() {
             all[i] = Job::ROUND[i];
@@ -84,6 +87,7 @@ impl Job {
             Job::VxlanPeers => "vxlan_peers",
             Job::Rebalance => "rebalance",
             Job::ExportDaemons => "export_daemons",
+            Job::BackupJobs => "backup_jobs",
             Job::AutoBalloon => "auto_balloon",
             Job::History => "history",
             Job::Alerts => "alerts",
@@ -193,6 +197,7 @@ impl Controller {
                 Job::VxlanPeers => book.run(job, self.networks().refresh_vxlan_peers()).await,
                 Job::Rebalance => book.run(job, self.hosts().rebalance_round()).await,
                 Job::ExportDaemons => book.run(job, self.nbd().supervise_export_daemons()).await,
+                Job::BackupJobs => book.run(job, self.backups().jobs_round()).await,
                 Job::AutoBalloon | Job::History | Job::Alerts => {}
             }
         }

@@ -243,3 +243,99 @@ async fn prune_and_gc_during_a_backup_lose_nothing_verify_names_damage_and_a_kil
     assert!(why.contains(&digest) && why.contains(&b_id) && why.contains(&dd.id), "{why}");
     c.vm_action_wait("gvm", "kill", T).await.unwrap();
 }
+
+async fn metric(c: &Client, line_start: &str) -> Option<f64> {
+    let (_, body) = c.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_its_schedule_prunes_after_and_its_failures_show_on_metrics() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let pool_dir = d.path().join("pool-bk");
+    let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
+    for v in ["a", "b"] {
+        let _: serde_json::Value =
+            c.post("/api/v1/pools/bk/volumes", &json!({ "name": v, "size": "64MiB" })).await.unwrap();
+        let mut spec = kernel_spec(&format!("job-{v}"), "");
+        spec["disks"] = json!([{ "volume": format!("bk/{v}") }]);
+        c.create_vm(&spec, false).await.unwrap();
+    }
+    let qemu_io = |cmd: &str| {
+        let ok =
+            Command::new("qemu-io").args(["-f", "qcow2", "-c", cmd]).arg(pool_dir.join("a.qcow2")).output().unwrap();
+        assert!(ok.status.success());
+    };
+    qemu_io("write -P 0x61 0 8M");
+    c.backups()
+        .create_repo(&BackupRepoSpec { name: "main".into(), path: d.path().join("repo").to_string_lossy().into() })
+        .await
+        .unwrap();
+    let spec = |name: &str, vms: &[&str], schedule: &str| oxvirt_model::BackupJobSpec {
+        name: name.into(),
+        vms: vms.iter().map(|v| v.to_string()).collect(),
+        repo: "main".into(),
+        schedule: schedule.into(),
+        retention: Some(oxvirt_model::Retention { keep_last: 2, ..Default::default() }),
+        enabled: true,
+    };
+    // Bad definitions are refused, naming the field.
+    for (bad, field) in [
+        (spec("x", &["ghost"], "* * * * *"), "vms[0]"),
+        (spec("x", &["job-a"], "61 * * * *"), "schedule"),
+        (oxvirt_model::BackupJobSpec { repo: "none".into(), ..spec("x", &["job-a"], "* * * * *") }, "repo"),
+    ] {
+        match c.backups().create_job(&bad).await {
+            Err(oxvirt_client::ClientError::Api(e)) => {
+                assert_eq!((e.status, e.field.as_deref()), (400, Some(field)), "{e:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Every minute: the first run comes within one.
+    let job = c.backups().create_job(&spec("minutely", &["job-a", "job-b"], "* * * * *")).await.unwrap();
+    assert!(job.status.next_run_at > 0);
+    let begun = std::time::Instant::now();
+    let ran = loop {
+        let j = c.backups().get_job("minutely").await.unwrap();
+        if j.status.runs > 0 {
+            break j;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(90), "the job never ran: {j:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(ran.status.last_ok, "{ran:?}");
+    assert_eq!(ran.status.last_run_at, job.status.next_run_at, "the scheduled slot ran");
+    assert!(ran.status.next_run_at >= job.status.next_run_at + 60_000);
+    assert_eq!(c.backups().list("main", Some("job-a")).await.unwrap().len(), 1);
+    assert_eq!(metric(c, "oxvirt_backup_job_last_run_ok{job=\"minutely\"}").await, Some(1.0));
+    // Disabled, it runs only when asked.
+    let off = oxvirt_model::BackupJobSpec { enabled: false, ..spec("minutely", &["job-a", "job-b"], "* * * * *") };
+    assert!(!c.backups().set_job(&off).await.unwrap().spec.enabled);
+    // Asked to run twice more: its retention keeps 2 of each VM's 3.
+    for _ in 0..2 {
+        qemu_io("write -P 0x62 0 4M");
+        let t = c.backups().run_job("minutely").await.unwrap();
+        let t = c.wait_task(&t.id, T).await.unwrap();
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+        assert!(t.message.contains("backed up 2 of 2"), "{}", t.message);
+    }
+    for vm in ["job-a", "job-b"] {
+        assert_eq!(c.backups().list("main", Some(vm)).await.unwrap().len(), 2, "{vm}");
+    }
+    // A VM that cannot be backed up (started elsewhere... here: deleted) fails the run, and the
+    // metrics say so.
+    c.delete_vm("job-b").await.unwrap();
+    let t = c.backups().run_job("minutely").await.unwrap();
+    let t = c.wait_task(&t.id, T).await.unwrap();
+    assert_eq!(t.state, TaskState::Failed, "{t:?}");
+    assert!(t.error.as_deref().unwrap_or_default().contains("job-b"), "{t:?}");
+    assert_eq!(metric(c, "oxvirt_backup_job_last_run_ok{job=\"minutely\"}").await, Some(0.0));
+    let j = c.backups().get_job("minutely").await.unwrap();
+    assert_eq!((j.status.runs, j.status.failures), (4, 1), "{j:?}");
+    let (code, out, err) = d.cli(&["backup-job", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("minutely") && out.contains("failed"), "{out}");
+}

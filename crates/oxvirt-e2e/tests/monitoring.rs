@@ -17,7 +17,7 @@ fn alert_rules_pass_promtool() {
         .output()
         .expect("promtool (make test installs prometheus)");
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 12 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 14 rules found"));
 }
 
 /// GET on a local HTTP server; the body.
@@ -157,7 +157,7 @@ async fn prometheus_scrapes_per_vm_series() {
     assert!(v >= 1048576.0, "{series}");
     // The rules loaded: Prometheus knows them.
     let rules: Value = serde_json::from_str(&http_get(port, "/api/v1/rules").unwrap()).unwrap();
-    assert_eq!(rules["data"]["groups"][0]["rules"].as_array().unwrap().len(), 12);
+    assert_eq!(rules["data"]["groups"][0]["rules"].as_array().unwrap().len(), 14);
     c.vm_action_wait("watched", "kill", Duration::from_secs(30)).await.unwrap();
 }
 

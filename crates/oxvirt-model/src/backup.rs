@@ -175,6 +175,75 @@ pub struct PruneResult {
     pub dry_run: bool,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// A backup job: the VMs it backs up into a repository on a schedule, and the retention its
+/// repository is pruned to after each run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupJobSpec {
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 1000))]
+    pub vms: Vec<String>,
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub repo: String,
+    /// Cron: `minute hour day-of-month month day-of-week`, UTC (e.g. `*/15 * * * *`).
+    #[schemars(length(min = 9, max = 200))]
+    pub schedule: String,
+    /// After each run, the job's VMs' backups are pruned to this (none kept fewer: no prune).
+    #[serde(default)]
+    pub retention: Option<Retention>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl BackupJobSpec {
+    pub fn validate(&self) -> Result<crate::Schedule, ValidationError> {
+        validate_name("name", &self.name)?;
+        validate_name("repo", &self.repo)?;
+        if self.vms.is_empty() || self.vms.len() > 1000 {
+            return Err(ValidationError::new("vms", "name 1 to 1000 VMs"));
+        }
+        for (i, v) in self.vms.iter().enumerate() {
+            validate_name(&format!("vms[{i}]"), v)?;
+        }
+        if let Some(r) = &self.retention {
+            r.validate()?;
+        }
+        crate::Schedule::parse(&self.schedule)
+    }
+}
+
+/// How a job's last run went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BackupJobStatus {
+    /// The scheduled time of the last run started (ms; 0: never).
+    pub last_run_at: Millis,
+    /// When the last run ended, and whether every VM was backed up.
+    pub last_end_at: Millis,
+    pub last_ok: bool,
+    /// When a run last backed up every VM.
+    pub last_success_at: Millis,
+    /// What the last run said (its backups, or what failed).
+    pub last_message: String,
+    /// The next scheduled time (ms; 0: none).
+    pub next_run_at: Millis,
+    pub runs: u64,
+    pub failures: u64,
+}
+
+/// A backup job, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BackupJob {
+    pub spec: BackupJobSpec,
+    pub created_at: Millis,
+    #[serde(default)]
+    pub status: BackupJobStatus,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ mod project;
 mod qos;
 pub mod rate;
 mod resources;
+mod schedule;
 mod secgroup;
 mod security;
 mod size;
@@ -32,8 +33,8 @@ mod vm_requests;
 pub use access_requests::{LoginRequest, NewTokenRequest};
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
 pub use backup::{
-    Backup, BackupDiskInfo, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, PruneRequest, PruneResult,
-    RestoreRequest, Retention,
+    Backup, BackupDiskInfo, BackupJob, BackupJobSpec, BackupJobStatus, BackupRepo, BackupRepoSpec, BackupRepoView,
+    BackupRequest, PruneRequest, PruneResult, RestoreRequest, Retention,
 };
 pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
 pub use error::{ApiErrorBody, ErrorReply, ValidationError, ERROR_CODES};
@@ -55,6 +56,7 @@ pub use resources::{
     format_cpulist, parse_cpulist, GuestNode, HostPolicy, KsmPolicy, NumaMode, Placement, Resources, DEFAULT_WEIGHT,
     HUGEPAGE, QEMU_OVERHEAD,
 };
+pub use schedule::Schedule;
 pub use secgroup::{parse_ports, Direction, Protocol, SecurityGroup, SecurityGroupSpec, SecurityRule};
 pub use security::{
     covers, role_on, validate_password, AclEntry, AclList, AuditRecord, Principal, Privilege, Role, User, UserSpec,

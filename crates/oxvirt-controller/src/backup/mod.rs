@@ -2,9 +2,11 @@
 //! directory, in the format of the `oxvirt-backup` crate, so every host naming one shares it),
 //! listing and forgetting backups (`mod.rs`), taking a VM's backup, running or stopped, full or
 //! only its changes since the last one (`take.rs`), restoring one as a new VM (`restore.rs`), and
-//! a repository's upkeep: prune, garbage collection, verification (`upkeep.rs`); at start, what an
+//! a repository's upkeep: prune, garbage collection, verification (`upkeep.rs`); jobs that back VMs
+//! up on a schedule and prune after (`jobs.rs`); at start, what an
 //! interrupted backup left on the host undone (`recover.rs`).
 
+mod jobs;
 mod recover;
 mod restore;
 mod take;
@@ -16,9 +18,16 @@ use oxvirt_model::{Backup, BackupDiskInfo, BackupRepo, BackupRepoSpec, BackupRep
 use oxvirt_storage::host_paths::Want;
 use oxvirt_store::{Expect, StoreError, StoreExt};
 
+/// What the backup service keeps between calls (reached through `state()`).
+#[derive(Default)]
+pub(crate) struct State {
+    /// The backup jobs running on this host now.
+    pub running_jobs: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
 crate::service! {
-    /// Backup repositories, the backups in them, taking and restoring them.
-    Backups, backups
+    /// Backup repositories, the backups in them, taking and restoring them, backup jobs.
+    Backups, backups, state = backups
 }
 
 impl From<RepoError> for ControlError {

@@ -66,6 +66,13 @@ impl Backups {
         let (_, repo) = self.open(&req.repo)?;
         let vm = self.ctl.vms().get_vm(name)?;
         check_state(&vm)?;
+        if let (Some(h), Some(me)) = (&vm.host, self.ctl.hosts().host_name()) {
+            if *h != me {
+                return Err(ControlError::Conflict(format!(
+                    "VM {name} belongs to host {h}: its backups are taken there (ask that host's API)"
+                )));
+            }
+        }
         let op = self.ctl.inner.slot(name).op.clone();
         let guard = tokio::time::timeout(crate::vms::lifecycle::BUSY_GRACE, op.lock_owned())
             .await
