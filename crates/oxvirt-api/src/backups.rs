@@ -28,6 +28,7 @@ pub fn routes() -> Router<Controller> {
         .route("/api/v1/backup-repos/{repo}/verify", post(verify))
         .route("/api/v1/backup-repos/{repo}/backups/{id}", get(show_backup).delete(remove_backup))
         .route("/api/v1/backup-repos/{repo}/backups/{id}/restore", post(restore))
+        .route("/api/v1/backup-repos/{repo}/backups/{id}/export", post(export))
         .route("/api/v1/vms/{name}/backup", post(backup_vm))
         .route("/api/v1/backup-jobs", get(list_jobs).post(create_job))
         .route("/api/v1/backup-jobs/{job}", get(show_job).put(set_job).delete(remove_job))
@@ -148,4 +149,14 @@ async fn remove_job(State(c): State<Controller>, Names(job): Names<String>) -> A
 
 async fn run_job(State(c): State<Controller>, Names(job): Names<String>) -> ApiResult<impl IntoResponse> {
     Ok((StatusCode::ACCEPTED, Json(c.backups().run_job_now(&job)?)))
+}
+
+async fn export(
+    State(c): State<Controller>,
+    p: Caller,
+    Names((repo, id)): Names<(String, String)>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: oxvirt_model::BackupExportRequest = parse(&body)?;
+    Ok((StatusCode::ACCEPTED, Json(c.backups().export(&user_of(&p), &repo, &id, req).await?)))
 }

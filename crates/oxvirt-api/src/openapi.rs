@@ -91,6 +91,7 @@ pub const OPERATIONS: &[Operation] = &[
     op("get", "/api/v1/backup-repos/{repo}/backups/{id}", "backupShow", "One backup", None, 200, Some(of::<oxvirt_model::Backup>)),
     op("delete", "/api/v1/backup-repos/{repo}/backups/{id}", "backupRemove", "Forget a backup (its chunks stay until no backup needs them)", None, 204, None),
     op("post", "/api/v1/backup-repos/{repo}/backups/{id}/restore", "backupRestore", "Restore a backup as a new VM whose disks are volumes of a pool: a task", Some(of::<oxvirt_model::RestoreRequest>), 202, Some(of::<oxvirt_model::Task>)),
+    op("post", "/api/v1/backup-repos/{repo}/backups/{id}/export", "backupExport", "Write one disk of a backup to a new qcow2 file on the host (administrators): a task", Some(of::<oxvirt_model::BackupExportRequest>), 202, Some(of::<oxvirt_model::Task>)),
     op("post", "/api/v1/vms/{name}/backup", "vmBackup", "Back a VM up into a repository, running or stopped (only its changes since its last backup there when they are known): a task", Some(of::<oxvirt_model::BackupRequest>), 202, Some(of::<oxvirt_model::Task>)),
     op("get", "/api/v1/backup-jobs", "backupJobList", "Backup jobs with how their last run went and when the next comes", None, 200, Some(of::<Vec<oxvirt_model::BackupJob>>)),
     op("post", "/api/v1/backup-jobs", "backupJobCreate", "Back VMs up into a repository on a cron schedule (UTC), pruning to a retention after each run (administrators)", Some(of::<oxvirt_model::BackupJobSpec>), 201, Some(of::<oxvirt_model::BackupJob>)),

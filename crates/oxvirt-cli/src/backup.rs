@@ -66,6 +66,16 @@ pub enum BackupCmd {
     Show { backup: String },
     /// Forget a backup (REPO/ID); its chunks stay while another backup needs them.
     Remove { backup: String },
+    /// Write one disk of a backup (REPO/ID) to a new qcow2 file on the host (a task;
+    /// administrators).
+    Export {
+        backup: String,
+        /// The disk's id (disk0 when left out).
+        #[arg(long)]
+        disk: Option<String>,
+        #[arg(long)]
+        to: String,
+    },
     /// Restore a backup (REPO/ID) as a new VM, its disks new volumes of a pool (a task).
     Restore {
         backup: String,
@@ -255,6 +265,12 @@ pub async fn backup(client: &Client, out: Output, cmd: BackupCmd) -> Result<(), 
             let (repo, id) = split(&backup)?;
             b.remove(repo, id).await?;
             println!("backup {backup} forgotten");
+        }
+        BackupCmd::Export { backup, disk, to } => {
+            let (repo, id) = split(&backup)?;
+            let t = b.export(repo, id, disk.as_deref(), &to).await?;
+            let done = follow_task(client, &t, Duration::from_secs(24 * 3600), out).await?;
+            finished(&done, out);
         }
         BackupCmd::Restore { backup, name, pool } => {
             let (repo, id) = split(&backup)?;

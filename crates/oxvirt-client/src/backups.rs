@@ -102,4 +102,18 @@ impl Backups<'_> {
     pub async fn run_job(&self, name: &str) -> Result<Task, ClientError> {
         self.client.call_with(Method::POST, &format!("/api/v1/backup-jobs/{}/run", encode(name)), &()).await
     }
+
+    /// Writes disk `disk` of backup `id` to the new host file `destination`: the task.
+    pub async fn export(
+        &self,
+        repo: &str,
+        id: &str,
+        disk: Option<&str>,
+        destination: &str,
+    ) -> Result<Task, ClientError> {
+        let req =
+            oxvirt_model::BackupExportRequest { disk: disk.map(String::from), destination: destination.to_string() };
+        let path = format!("/api/v1/backup-repos/{}/backups/{}/export", encode(repo), encode(id));
+        self.client.call_with(Method::POST, &path, &req).await
+    }
 }

@@ -116,6 +116,11 @@ async fn full_then_changes_only_across_stops_and_a_crash_and_restores_match_bloc
     compare(&expected1, &r1);
     let r4 = restore(c, "main", &b4.id, "r4", &pool_dir).await;
     compare(&volume, &r4);
+    // Exported as a qcow2 file, too.
+    let file = d.path().join("b4.qcow2");
+    let (code, out, err) = d.cli(&["backup", "export", &format!("main/{}", b4.id), "--to", &file.to_string_lossy()]);
+    assert_eq!(code, 0, "{out}{err}");
+    compare(&volume, &file);
     // A restored VM boots from what it got.
     c.vm_action_wait("r4", "start", T).await.unwrap();
     wait_console(c, "r4", READY, 1, BOOT_TIMEOUT).await;

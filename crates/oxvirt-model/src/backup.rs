@@ -76,6 +76,20 @@ impl RestoreRequest {
     }
 }
 
+/// `POST /backup-repos/{repo}/backups/{id}/export`: one disk of a backup as a qcow2 file on
+/// the host (administrators: it names a host path).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupExportRequest {
+    /// The disk's id in the VM (`disk0` when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub disk: Option<String>,
+    /// A new file on the host.
+    #[schemars(length(min = 1, max = 4096))]
+    pub destination: String,
+}
+
 /// One disk of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct BackupDiskInfo {

@@ -1,14 +1,16 @@
 //! Restoring a backup as a new VM: each disk becomes a new qcow2 volume of a directory pool,
 //! written chunk by chunk (each checked against its digest) through `qemu-nbd`, several
 //! connections at once; then the VM is created from the backed-up definition, stopped. A
-//! restore that fails removes what it made.
+//! restore that fails removes what it made. A backup's disk can also be exported as a qcow2 file.
 
 use super::{blocking, Backups};
 use crate::tasks::TaskHandle;
 use crate::ControlError;
 use oxvirt_backup::{restore_disk, BackupIndex, NbdClient, Progress, Repo};
 use oxvirt_model::{ByteSize, DiskFormat, PoolKind, Privilege, RestoreRequest, Task, VmSpec, VolumeSpec};
+use oxvirt_storage::host_paths::Want;
 use oxvirt_storage::image_export::{ExportOptions, ImageExport};
+use oxvirt_storage::qemu_img;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,6 +154,79 @@ impl Backups {
             }
         }
         Ok(progress.done.load(Ordering::Relaxed))
+    }
+}
+
+impl Backups {
+    /// Writes one disk of backup `id` to a new qcow2 file on the host (only an administrator
+    /// may name one): a task (`backup.export`). The file appears whole or not at all.
+    pub async fn export(
+        &self,
+        caller: &str,
+        repo: &str,
+        id: &str,
+        req: oxvirt_model::BackupExportRequest,
+    ) -> Result<Task, ControlError> {
+        let dest = self.ctl.access().host_path(caller, "destination", &req.destination, Want::NewFile)?;
+        let (_, r) = self.open(repo)?;
+        let index = {
+            let (r, id) = (r.clone(), id.to_string());
+            blocking(move || Ok(r.index(&id)?)).await?
+        };
+        let disk_id = req.disk.unwrap_or_else(|| "disk0".into());
+        let Some(disk) = index.disks.iter().find(|d| d.id == disk_id).cloned() else {
+            return Err(ControlError::invalid("disk", format!("backup {id} has no disk {disk_id}")));
+        };
+        let task = self.ctl.inner.tasks.create("backup.export", &format!("backup-repos/{repo}"))?;
+        let snapshot = task.snapshot();
+        let work = self.ctl.inner.config.data_dir.join("backup-work").join(format!("export-{}", index.id));
+        tokio::spawn(async move {
+            let partial = oxvirt_storage::paths::partial_file(&dest);
+            let _ = std::fs::remove_file(&partial);
+            let made = qemu_img::create(&partial, DiskFormat::Qcow2, Some(disk.size.div_ceil(512) * 512), None).await;
+            let progress = Arc::new(Progress::default());
+            let r = match made {
+                Err(e) => Err(ControlError::from(e)),
+                Ok(()) => {
+                    let (file, pr, w) = (partial.clone(), progress.clone(), work.clone());
+                    blocking(move || {
+                        std::fs::create_dir_all(&w).map_err(|e| ControlError::Failed(format!("export: {e}")))?;
+                        let o = ExportOptions {
+                            format: "qcow2",
+                            writable: true,
+                            bitmap: None,
+                            connections: WRITERS as u32,
+                        };
+                        let export = ImageExport::start(&file, &w.join("export.sock"), "disk", &o)?;
+                        let connect = || NbdClient::connect(export.socket(), export.name(), &[]);
+                        restore_disk(&connect, &r, &disk, WRITERS, &pr)
+                            .map_err(|e| ControlError::Failed(format!("export: {e}")))
+                    })
+                    .await
+                }
+            };
+            let _ = std::fs::remove_dir_all(&work);
+            let r = r.and_then(|()| {
+                oxvirt_storage::paths::rename_no_replace(&partial, &dest)
+                    .map_err(|e| ControlError::Failed(format!("export: {} appeared meanwhile: {e}", dest.display())))
+            });
+            if r.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            let bytes = progress.done.load(Ordering::Relaxed);
+            task.finish_with(
+                r.map(|()| {
+                    format!(
+                        "disk {disk_id} of {} written to {} ({} MiB of data)",
+                        index.id,
+                        dest.display(),
+                        bytes >> 20
+                    )
+                })
+                .map_err(|e| e.to_string()),
+            );
+        });
+        Ok(snapshot)
     }
 }
 
