@@ -90,7 +90,7 @@ impl Repo {
         let header =
             Header { format: FORMAT, chunk_size: CHUNK_SIZE, hash: "sha256".into(), compression: "zstd".into() };
         let body = serde_json::to_vec_pretty(&header).unwrap_or_default();
-        repo.write_atomic(&root.join(HEADER), &body)?;
+        repo.write_atomic(&root.join(HEADER), &body, true)?;
         Ok(repo)
     }
 
@@ -216,7 +216,8 @@ impl Repo {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
-        self.write_atomic(&path, &packed)?;
+        // Not flushed one by one: `write_index` flushes the whole file system first.
+        self.write_atomic(&path, &packed, false)?;
         Ok(Stored { digest, new_bytes: packed.len() as u64 })
     }
 
@@ -269,10 +270,23 @@ impl Repo {
         }
     }
 
-    /// Records a finished backup: its index appears whole or not at all.
+    /// Records a finished backup: its index appears whole or not at all, and only once every
+    /// chunk written before it is on disk (the repository's file system is flushed first).
     pub fn write_index(&self, index: &BackupIndex) -> Result<(), RepoError> {
+        self.flush()?;
         let body = serde_json::to_vec(index).unwrap_or_default();
-        self.write_atomic(&self.index_path(&index.id)?, &body)
+        self.write_atomic(&self.index_path(&index.id)?, &body, true)
+    }
+
+    /// Writes everything written to the repository's file system so far to disk (`syncfs`).
+    fn flush(&self) -> Result<(), RepoError> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(&self.root).map_err(io(&self.root))?;
+        // SAFETY: a valid descriptor for the call's length.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io(&self.root)(std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     fn index_path(&self, id: &str) -> Result<PathBuf, RepoError> {
@@ -319,7 +333,7 @@ impl Repo {
         })
     }
 
-    fn write_atomic(&self, path: &Path, body: &[u8]) -> Result<(), RepoError> {
+    fn write_atomic(&self, path: &Path, body: &[u8], durable: bool) -> Result<(), RepoError> {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{}.{:?}",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
@@ -328,7 +342,9 @@ impl Repo {
         ));
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(body).map_err(io(&tmp))?;
-        f.sync_data().map_err(io(&tmp))?;
+        if durable {
+            f.sync_data().map_err(io(&tmp))?;
+        }
         drop(f);
         std::fs::rename(&tmp, path).map_err(io(path))
     }

@@ -33,6 +33,8 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
             .unwrap();
     }
     let _: Value = root.post("/api/v1/security-groups", &json!({ "name": "db-only" })).await.unwrap();
+    let _: Value =
+        root.post("/api/v1/backup-repos", &json!({ "name": "main", "path": tmp.path().join("repo") })).await.unwrap();
     root.create_vm(&kernel_spec("web", ""), false).await.unwrap();
     root.create_vm(&kernel_spec("db", ""), false).await.unwrap();
     // The administrator shares an image with a VM, read-only.
@@ -152,6 +154,31 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
             "destination: only an administrator",
         ),
         ("POST", "/api/v1/pools".into(), json!({ "name": "evil", "path": "/etc/evil" }), 403, "may not change /pools"),
+        // Backups: a repository is a host directory; a job backs up whatever it names; a VM
+        // she operates goes only into a repository she is granted; exports name host paths.
+        ("POST", "/api/v1/backup-repos".into(), json!({ "name": "evil", "path": "/etc/evil" }), 403, "/backup-repos"),
+        (
+            "POST",
+            "/api/v1/backup-jobs".into(),
+            json!({ "name": "j", "vms": ["db"], "repo": "main", "schedule": "* * * * *" }),
+            403,
+            "ann may not",
+        ),
+        ("POST", "/api/v1/vms/web/backup".into(), json!({ "repo": "main" }), 403, "/backup-repos/main"),
+        (
+            "POST",
+            "/api/v1/backup-repos/main/backups/db-20261207000000000/export".into(),
+            json!({ "destination": "/root/db.qcow2" }),
+            403,
+            "/backup-repos/main",
+        ),
+        (
+            "POST",
+            "/api/v1/backup-repos/main/backups/db-20261207000000000/restore".into(),
+            json!({ "name": "stolen", "pool": "mine" }),
+            403,
+            "/backup-repos/main",
+        ),
         (
             "PUT",
             "/api/v1/security-groups/db-only".into(),

@@ -28,6 +28,9 @@ use oxvirt_hypervisor::qemu::QemuDriver;
 use oxvirt_hypervisor::{AccelDecision, RuntimePaths};
 use std::time::{Duration, Instant};
 
+#[path = "bench/backup.rs"]
+mod backup;
+
 const ROUNDS: usize = 5;
 
 /// Rounds of a live migration: cheap (half a second each), and a pause's p90 needs more than
@@ -1112,6 +1115,9 @@ async fn main() {
     }
     if only.is_empty() || only == "drain" {
         drain().await;
+    }
+    if only.is_empty() || only == "backup" {
+        backup::backup().await;
     }
     if only == "migration-tls" {
         migration_tls().await;
