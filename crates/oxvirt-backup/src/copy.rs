@@ -72,55 +72,38 @@ pub fn back_up_disk(
     }
     let todo: Vec<usize> = (0..chunks).filter(|&i| read[i]).collect();
     let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     let (read_bytes, new_chunks, new_bytes) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let results = Mutex::new(Vec::with_capacity(todo.len()));
-    let first_error: Mutex<Option<CopyError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..workers.clamp(1, 8).min(todo.len().max(1)) {
-            s.spawn(|| {
-                let run = || -> Result<(), CopyError> {
-                    let mut nbd = connect()?;
-                    let mut buf = vec![0u8; CHUNK_SIZE as usize];
-                    loop {
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                        let at = i as u64 * CHUNK_SIZE;
-                        let len = CHUNK_SIZE.min(size - at) as usize;
-                        nbd.read(at, &mut buf[..len])?;
-                        read_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                        let digest = if buf[..len].iter().all(|b| *b == 0) {
-                            None
-                        } else {
-                            let stored = repo.put_chunk(&buf[..len])?;
-                            if stored.new_bytes > 0 {
-                                new_chunks.fetch_add(1, Ordering::Relaxed);
-                                new_bytes.fetch_add(stored.new_bytes, Ordering::Relaxed);
-                            }
-                            Some(stored.digest)
-                        };
-                        if let Ok(mut r) = results.lock() {
-                            r.push((i, digest));
-                        }
-                        progress.done.fetch_add(len as u64, Ordering::Relaxed);
-                    }
-                    nbd.disconnect();
-                    Ok(())
-                };
-                if let Err(e) = run() {
-                    failed.store(true, Ordering::Relaxed);
-                    if let Ok(mut f) = first_error.lock() {
-                        f.get_or_insert(e);
-                    }
+    in_parallel(workers.min(todo.len().max(1)), &|failed| {
+        let mut nbd = connect()?;
+        let mut buf = vec![0u8; CHUNK_SIZE as usize];
+        loop {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+            let at = i as u64 * CHUNK_SIZE;
+            let len = CHUNK_SIZE.min(size - at) as usize;
+            nbd.read(at, &mut buf[..len])?;
+            read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            let digest = if buf[..len].iter().all(|b| *b == 0) {
+                None
+            } else {
+                let stored = repo.put_chunk(&buf[..len])?;
+                if stored.new_bytes > 0 {
+                    new_chunks.fetch_add(1, Ordering::Relaxed);
+                    new_bytes.fetch_add(stored.new_bytes, Ordering::Relaxed);
                 }
-            });
+                Some(stored.digest)
+            };
+            if let Ok(mut r) = results.lock() {
+                r.push((i, digest));
+            }
+            progress.done.fetch_add(len as u64, Ordering::Relaxed);
         }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
+        nbd.disconnect();
+        Ok(())
+    })?;
     let results = results.into_inner().unwrap_or_default();
     if results.len() != todo.len() {
         return Err(CopyError::Plan {
@@ -151,45 +134,46 @@ pub fn restore_disk(
     let todo: Vec<(usize, &str)> =
         disk.chunks.iter().enumerate().filter_map(|(i, d)| d.as_deref().map(|d| (i, d))).collect();
     let next = AtomicUsize::new(0);
+    in_parallel(workers, &|failed| {
+        let mut nbd = connect()?;
+        if nbd.size() < disk.size {
+            return Err(CopyError::Plan {
+                disk: disk.id.clone(),
+                reason: format!("the new image has {} B, the backup {} B", nbd.size(), disk.size),
+            });
+        }
+        loop {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let Some(&(i, digest)) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+            let data = repo.read_chunk(digest)?;
+            let at = i as u64 * CHUNK_SIZE;
+            let expected = CHUNK_SIZE.min(disk.size - at.min(disk.size)) as usize;
+            if data.len() != expected {
+                return Err(CopyError::Repo(RepoError::Damaged {
+                    digest: digest.into(),
+                    reason: format!("{} B where chunk {i} of disk {} has {expected} B", data.len(), disk.id),
+                }));
+            }
+            nbd.write(at, &data)?;
+            progress.done.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        nbd.flush()?;
+        nbd.disconnect();
+        Ok(())
+    })
+}
+
+/// Runs `work` on `workers` threads (1 to 8) until each returns; the first error, if any. A
+/// worker that sees `failed` set (another one failed) should stop early.
+fn in_parallel(workers: usize, work: &(dyn Fn(&AtomicBool) -> Result<(), CopyError> + Sync)) -> Result<(), CopyError> {
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<CopyError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers.clamp(1, 8) {
             s.spawn(|| {
-                let run = || -> Result<(), CopyError> {
-                    let mut nbd = connect()?;
-                    if nbd.size() < disk.size {
-                        return Err(CopyError::Plan {
-                            disk: disk.id.clone(),
-                            reason: format!("the new image has {} B, the backup {} B", nbd.size(), disk.size),
-                        });
-                    }
-                    loop {
-                        if failed.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let Some(&(i, digest)) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                        let data = repo.read_chunk(digest)?;
-                        let at = i as u64 * CHUNK_SIZE;
-                        let expected = CHUNK_SIZE.min(disk.size - at.min(disk.size)) as usize;
-                        if data.len() != expected {
-                            return Err(CopyError::Repo(RepoError::Damaged {
-                                digest: digest.into(),
-                                reason: format!(
-                                    "{} B where chunk {i} of disk {} has {expected} B",
-                                    data.len(),
-                                    disk.id
-                                ),
-                            }));
-                        }
-                        nbd.write(at, &data)?;
-                        progress.done.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                    nbd.flush()?;
-                    nbd.disconnect();
-                    Ok(())
-                };
-                if let Err(e) = run() {
+                if let Err(e) = work(&failed) {
                     failed.store(true, Ordering::Relaxed);
                     if let Ok(mut f) = first_error.lock() {
                         f.get_or_insert(e);

@@ -42,6 +42,25 @@ pub struct DiskIndex {
 }
 
 impl BackupIndex {
+    /// A full backup of no disks yet, of no VM definition: what a backup fills in.
+    pub fn new(id: &str, vm: &str, taken_at: u64) -> BackupIndex {
+        BackupIndex {
+            format: crate::FORMAT,
+            id: id.into(),
+            vm: vm.into(),
+            taken_at,
+            full: true,
+            full_reason: None,
+            parent: None,
+            vm_spec: serde_json::Value::Null,
+            disks: Vec::new(),
+            read_bytes: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            duration_ms: 0,
+        }
+    }
+
     /// The digests this backup needs.
     pub fn digests(&self) -> impl Iterator<Item = &str> {
         self.disks.iter().flat_map(|d| d.chunks.iter().flatten().map(|s| s.as_str()))

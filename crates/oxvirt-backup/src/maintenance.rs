@@ -94,19 +94,8 @@ mod tests {
     fn index(repo: &Repo, id: &str, chunks: &[&[u8]]) -> BackupIndex {
         let digests = chunks.iter().map(|c| Some(repo.put_chunk(c).unwrap().digest)).collect();
         let i = BackupIndex {
-            format: crate::FORMAT,
-            id: id.into(),
-            vm: "web".into(),
-            taken_at: 1,
-            full: true,
-            full_reason: None,
-            parent: None,
-            vm_spec: serde_json::Value::Null,
             disks: vec![DiskIndex { id: "disk0".into(), size: 4 << 20, chunks: digests }],
-            read_bytes: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            duration_ms: 0,
+            ..BackupIndex::new(id, "web", 1)
         };
         repo.write_index(&i).unwrap();
         i

@@ -3,10 +3,34 @@
 
 use crate::follow_task;
 use crate::output::{print_json, print_task, table, Output};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use oxvirt_client::{Client, ClientError};
 use oxvirt_model::{Backup, BackupJobSpec, BackupRepoSpec, PruneRequest, Retention, Task};
 use std::time::Duration;
+
+/// How many of each period's newest backups to keep (each VM's apart).
+#[derive(Args)]
+pub struct RetentionArgs {
+    #[arg(long, default_value_t = 0)]
+    keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    keep_monthly: u32,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> Retention {
+        Retention {
+            keep_last: self.keep_last,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+        }
+    }
+}
 
 #[derive(Subcommand)]
 pub enum RepoCmd {
@@ -30,14 +54,8 @@ pub enum RepoCmd {
         name: String,
         #[arg(long)]
         vm: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        keep_last: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_daily: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_weekly: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: u32,
+        #[command(flatten)]
+        keep: RetentionArgs,
         /// Say what would go, remove nothing.
         #[arg(long)]
         dry_run: bool,
@@ -101,14 +119,9 @@ pub enum JobCmd {
         /// minute hour day-of-month month day-of-week, e.g. "*/15 * * * *" or "0 3 * * *".
         #[arg(long)]
         schedule: String,
-        #[arg(long, default_value_t = 0)]
-        keep_last: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_daily: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_weekly: u32,
-        #[arg(long, default_value_t = 0)]
-        keep_monthly: u32,
+        /// Pruned to this after each run (none: no prune).
+        #[command(flatten)]
+        keep: RetentionArgs,
         /// Made disabled: it runs only when asked.
         #[arg(long)]
         disabled: bool,
@@ -171,9 +184,8 @@ pub async fn repo(client: &Client, out: Output, cmd: RepoCmd) -> Result<(), Clie
             b.remove_repo(&name).await?;
             println!("backup repository {name} forgotten (its directory stays)");
         }
-        RepoCmd::Prune { name, vm, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run } => {
-            let keep = Retention { keep_last, keep_daily, keep_weekly, keep_monthly };
-            let r = b.prune(&name, &PruneRequest { keep, vm, dry_run }).await?;
+        RepoCmd::Prune { name, vm, keep, dry_run } => {
+            let r = b.prune(&name, &PruneRequest { keep: keep.retention(), vm, dry_run }).await?;
             if out == Output::Json {
                 print_json(&r);
             } else {
@@ -199,8 +211,8 @@ pub async fn repo(client: &Client, out: Output, cmd: RepoCmd) -> Result<(), Clie
 pub async fn job(client: &Client, out: Output, cmd: JobCmd) -> Result<(), ClientError> {
     let b = client.backups();
     match cmd {
-        JobCmd::Create { name, vms, repo, schedule, keep_last, keep_daily, keep_weekly, keep_monthly, disabled } => {
-            let keep = Retention { keep_last, keep_daily, keep_weekly, keep_monthly };
+        JobCmd::Create { name, vms, repo, schedule, keep, disabled } => {
+            let keep = keep.retention();
             let retention = (keep != Retention::default()).then_some(keep);
             let spec = BackupJobSpec { name, vms, repo, schedule, retention, enabled: !disabled };
             print_json(&b.create_job(&spec).await?);

@@ -455,6 +455,8 @@ pub fn concrete_path(path: &str, vm: &str) -> String {
         .replace("{snap}", "nosnap")
         .replace("{disk}", "nodisk")
         .replace("{nic}", "nic0")
+        .replace("{repo}", "norepo")
+        .replace("{job}", "nojob")
         .replace("{action}", "start")
         .replace("{id}", "0")
 }

@@ -14,7 +14,7 @@ use super::{blocking, Backups};
 use crate::tasks::TaskHandle;
 use crate::{now_millis, ControlError};
 use oxvirt_backup::nbd::{self, NbdClient};
-use oxvirt_backup::{back_up_disk, BackupIndex, DiskIndex, DiskOutcome, DiskRead, Progress, Repo, CHUNK_SIZE, FORMAT};
+use oxvirt_backup::{back_up_disk, BackupIndex, DiskIndex, DiskOutcome, DiskRead, Progress, Repo, CHUNK_SIZE};
 use oxvirt_hypervisor::ops::{BackupDisk, CHANGES_BITMAP};
 use oxvirt_hypervisor::Instance;
 use oxvirt_model::{BackupRequest, DiskFormat, DiskSpec, Task, Vm, VmState};
@@ -195,10 +195,6 @@ impl Backups {
         let full = plans.iter().any(|p| p.since.is_empty());
         let reasons: Vec<String> = plans.iter().filter_map(|p| p.full_reason.clone()).collect();
         let index = BackupIndex {
-            format: FORMAT,
-            id: id.clone(),
-            vm: name.to_string(),
-            taken_at,
             full,
             full_reason: (full && !reasons.is_empty()).then(|| reasons.join("; ")),
             parent: last.as_ref().filter(|_| plans.iter().any(|p| !p.since.is_empty())).map(|l| l.id.clone()),
@@ -208,6 +204,7 @@ impl Backups {
             new_bytes: outcomes.iter().map(|o| o.new_bytes).sum(),
             disks: outcomes.into_iter().map(|o| o.index).collect(),
             duration_ms: begun.elapsed().as_millis() as u64,
+            ..BackupIndex::new(&id, name, taken_at)
         };
         {
             let (r, i) = (repo.clone(), index.clone());
@@ -413,21 +410,8 @@ mod tests {
     use super::*;
 
     fn index(id: &str, disks: &[(&str, u64)]) -> BackupIndex {
-        BackupIndex {
-            format: FORMAT,
-            id: id.into(),
-            vm: "web".into(),
-            taken_at: 1,
-            full: true,
-            full_reason: None,
-            parent: None,
-            vm_spec: serde_json::Value::Null,
-            disks: disks.iter().map(|(d, s)| DiskIndex { id: (*d).into(), size: *s, chunks: vec![] }).collect(),
-            read_bytes: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            duration_ms: 0,
-        }
+        let disks = disks.iter().map(|(d, s)| DiskIndex { id: (*d).into(), size: *s, chunks: vec![] }).collect();
+        BackupIndex { disks, ..BackupIndex::new(id, "web", 1) }
     }
 
     fn volume(id: &str, format: DiskFormat) -> DiskSpec {
