@@ -245,17 +245,7 @@ impl Repo {
 
     /// Every chunk's digest and stored size.
     pub fn chunks(&self) -> Result<Vec<(String, u64)>, RepoError> {
-        let mut out = Vec::new();
-        let dir = self.root.join("chunks");
-        for sub in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
-            for f in std::fs::read_dir(sub.path()).map_err(io(&dir))?.flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                if valid_digest(&name) {
-                    out.push((name, f.metadata().map(|m| m.len()).unwrap_or(0)));
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.chunk_times()?.into_iter().map(|(d, n, _)| (d, n)).collect())
     }
 
     /// Removes a chunk (garbage collection's; nothing else deletes one).

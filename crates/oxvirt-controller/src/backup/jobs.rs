@@ -82,7 +82,7 @@ impl Backups {
     /// Runs a job now, outside its schedule: the run's task (`backup.job`).
     pub fn run_job_now(&self, name: &str) -> Result<Task, ControlError> {
         let job = self.get_job(name)?;
-        self.start_run(job, None)
+        self.start_run(job, false)
     }
 
     /// The reconcile round's part: every enabled job whose next run is due is claimed and run.
@@ -104,14 +104,14 @@ impl Backups {
             if self.ctl.inner.store.put_record(&job.spec.name, &claimed, Expect::Revision(rev)).is_err() {
                 continue; // Another round or host claimed it first.
             }
-            if let Err(e) = self.start_run(claimed, Some(s.next_run_at)) {
+            if let Err(e) = self.start_run(claimed, true) {
                 tracing::warn!(job = %job.spec.name, "backup job: {e}");
             }
         }
     }
 
-    /// Starts one run of `job` (for its scheduled time `slot`, if any) as a task.
-    fn start_run(&self, job: BackupJob, slot: Option<u64>) -> Result<Task, ControlError> {
+    /// Starts one run of `job` as a task (`scheduled`: for the slot its record was claimed for).
+    fn start_run(&self, job: BackupJob, scheduled: bool) -> Result<Task, ControlError> {
         let name = job.spec.name.clone();
         if !lock(&self.state().running_jobs).insert(name.clone()) {
             return Err(ControlError::Busy(format!("backup job {name} is running")));
@@ -129,10 +129,10 @@ impl Backups {
             let (ok, message) = me.run_job(&job.spec, &task).await;
             let end = now_millis();
             let _ = me.ctl.inner.store.update_record::<BackupJob>(&name, |j| {
-                if let Some(slot) = slot {
-                    j.status.last_run_at = slot;
-                } else {
-                    j.status.last_run_at = j.status.last_run_at.max(snapshot_time(&task));
+                // A scheduled run's slot was recorded when it was claimed; one asked for counts
+                // from when it was asked.
+                if !scheduled {
+                    j.status.last_run_at = j.status.last_run_at.max(task.snapshot().created_at);
                 }
                 j.status.last_end_at = end;
                 j.status.last_ok = ok;
@@ -215,9 +215,4 @@ impl Backups {
             })
             .collect()
     }
-}
-
-/// When a task was made (a run outside the schedule counts from then).
-fn snapshot_time(task: &crate::tasks::TaskHandle) -> u64 {
-    task.snapshot().created_at
 }

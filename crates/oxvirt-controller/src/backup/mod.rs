@@ -46,6 +46,22 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| ControlError::Failed(format!("a backup worker ended: {e}")))?
 }
 
+/// [`blocking`], calling `report` every half second until it is done (a task's progress).
+pub(crate) async fn blocking_reporting<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+    report: impl Fn(),
+) -> Result<T, ControlError> {
+    let mut work = tokio::task::spawn_blocking(f);
+    loop {
+        tokio::select! {
+            r = &mut work => {
+                return r.map_err(|e| ControlError::Failed(format!("a backup worker ended: {e}")))?;
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => report(),
+        }
+    }
+}
+
 impl Backups {
     /// Makes (or joins: a shared directory another host made) a repository at a host path;
     /// only an administrator may name one.

@@ -13,7 +13,7 @@ use oxvirt_storage::image_export::{ExportOptions, ImageExport};
 use oxvirt_storage::qemu_img;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Connections each disk is written through at once.
 const WRITERS: usize = 4;
@@ -132,26 +132,15 @@ impl Backups {
             std::fs::write(work.join(MADE_FILE), list).map_err(|e| ControlError::Failed(format!("restore: {e}")))?;
             let file = self.ctl.storage().volume_file(&pool, &name, DiskFormat::Qcow2)?;
             let (r, disk, sock, pr) = (repo.clone(), d.clone(), work.join(format!("{}.sock", d.id)), progress.clone());
-            let mut writing = tokio::task::spawn_blocking(move || -> Result<(), ControlError> {
-                let o = ExportOptions { format: "qcow2", writable: true, bitmap: None, connections: WRITERS as u32 };
-                let export = ImageExport::start(&file, &sock, "disk", &o)?;
-                let connect = || NbdClient::connect(export.socket(), export.name(), &[]);
-                restore_disk(&connect, &r, &disk, WRITERS, &pr)
-                    .map_err(|e| ControlError::Failed(format!("restore: {e}")))
-            });
-            loop {
-                tokio::select! {
-                    r = &mut writing => {
-                        r.map_err(|e| ControlError::Failed(format!("the restore's writer ended: {e}")))??;
-                        break;
-                    }
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                        let done = progress.done.load(Ordering::Relaxed);
-                        let pct = (done.min(total) * 95 / total.max(1)) as u8;
-                        task.progress(pct, &format!("wrote {} of {} MiB", done >> 20, total >> 20));
-                    }
-                }
-            }
+            super::blocking_reporting(
+                move || write_image(&file, &sock, &r, &disk, &pr),
+                || {
+                    let done = progress.done.load(Ordering::Relaxed);
+                    let pct = (done.min(total) * 95 / total.max(1)) as u8;
+                    task.progress(pct, &format!("wrote {} of {} MiB", done >> 20, total >> 20));
+                },
+            )
+            .await?;
         }
         Ok(progress.done.load(Ordering::Relaxed))
     }
@@ -191,16 +180,7 @@ impl Backups {
                     let (file, pr, w) = (partial.clone(), progress.clone(), work.clone());
                     blocking(move || {
                         std::fs::create_dir_all(&w).map_err(|e| ControlError::Failed(format!("export: {e}")))?;
-                        let o = ExportOptions {
-                            format: "qcow2",
-                            writable: true,
-                            bitmap: None,
-                            connections: WRITERS as u32,
-                        };
-                        let export = ImageExport::start(&file, &w.join("export.sock"), "disk", &o)?;
-                        let connect = || NbdClient::connect(export.socket(), export.name(), &[]);
-                        restore_disk(&connect, &r, &disk, WRITERS, &pr)
-                            .map_err(|e| ControlError::Failed(format!("export: {e}")))
+                        write_image(&file, &w.join("export.sock"), &r, &disk, &pr)
                     })
                     .await
                 }
@@ -228,6 +208,22 @@ impl Backups {
         });
         Ok(snapshot)
     }
+}
+
+/// Writes backed-up `disk` into the fresh qcow2 image `file` (served by `qemu-nbd` on
+/// `socket` meanwhile), `WRITERS` connections at once.
+fn write_image(
+    file: &std::path::Path,
+    socket: &std::path::Path,
+    repo: &Repo,
+    disk: &oxvirt_backup::DiskIndex,
+    progress: &Progress,
+) -> Result<(), ControlError> {
+    let o = ExportOptions { format: "qcow2", writable: true, bitmap: None, connections: WRITERS as u32 };
+    let export = ImageExport::start(file, socket, "disk", &o)?;
+    let connect = || NbdClient::connect(export.socket(), export.name(), &[]);
+    restore_disk(&connect, repo, disk, WRITERS, progress)
+        .map_err(|e| ControlError::Failed(format!("writing disk {}: {e}", disk.id)))
 }
 
 fn volume_name(vm: &str, disk: &str) -> String {

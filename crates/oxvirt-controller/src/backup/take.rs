@@ -23,7 +23,7 @@ use oxvirt_storage::qemu_img::{self, BitmapOp};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The prefix of the change maps oxvirt keeps in a disk's qcow2.
 pub(crate) const BITMAP_PREFIX: &str = "oxvirt-backup-";
@@ -170,7 +170,7 @@ impl Backups {
                     }
                     Err(e) => {
                         drop(exports);
-                        self.after_stopped(&plans, None).await;
+                        self.after_stopped(&plans).await;
                         return Err(e);
                     }
                 }
@@ -188,7 +188,7 @@ impl Backups {
         }
         drop(exports);
         if instance.is_none() {
-            self.after_stopped(&plans, None).await;
+            self.after_stopped(&plans).await;
         }
         let outcomes = read?;
 
@@ -273,9 +273,9 @@ impl Backups {
         Ok((served, Source { socket, export: p.disk.id.clone(), changes }))
     }
 
-    /// After a stopped VM's disks were served: the changes' bitmap goes; with `failed`, so
-    /// does nothing else (the change maps stay for the next try).
-    async fn after_stopped(&self, plans: &[DiskPlan], _failed: Option<()>) {
+    /// After a stopped VM's disks were served, whatever happened: the changes' bitmap goes
+    /// (the change maps stay).
+    async fn after_stopped(&self, plans: &[DiskPlan]) {
         for p in plans.iter().filter(|p| !p.since.is_empty()) {
             let _ = qemu_img::bitmap(Path::new(&p.disk.path), CHANGES_BITMAP, BitmapOp::Remove).await;
         }
@@ -309,7 +309,7 @@ impl Backups {
             })
             .collect();
         let (r, pr, tot) = (repo.clone(), progress.clone(), total.clone());
-        let mut work = tokio::task::spawn_blocking(move || -> Result<Vec<DiskOutcome>, ControlError> {
+        let work = move || -> Result<Vec<DiskOutcome>, ControlError> {
             // First what each disk needs read, so the progress has a total.
             let mut marks = Vec::new();
             for (_, _, previous, s) in &jobs {
@@ -332,19 +332,13 @@ impl Backups {
                 out.push(back_up_disk(&connect, &r, plan, READERS, &pr).map_err(failed)?);
             }
             Ok(out)
-        });
-        loop {
-            tokio::select! {
-                r = &mut work => {
-                    return r.map_err(|e| ControlError::Failed(format!("the backup's reader ended: {e}")))?;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    let (done, all) = (progress.done.load(Ordering::Relaxed), total.load(Ordering::Relaxed).max(1));
-                    let pct = (5 + done.min(all) * 90 / all) as u8;
-                    task.progress(pct, &format!("read {} of {} MiB", done >> 20, all >> 20));
-                }
-            }
-        }
+        };
+        super::blocking_reporting(work, || {
+            let (done, all) = (progress.done.load(Ordering::Relaxed), total.load(Ordering::Relaxed).max(1));
+            let pct = (5 + done.min(all) * 90 / all) as u8;
+            task.progress(pct, &format!("read {} of {} MiB", done >> 20, all >> 20));
+        })
+        .await
     }
 }
 
