@@ -728,14 +728,46 @@ fn escapes_are_stripped_and_the_prompt_shows() {
     assert_eq!(strip_escapes("plain"), "plain");
 }
 
+/// The line typed to run `command` at most once however often the line is typed: it first makes
+/// a directory named by `token` in the guest's /tmp, and runs `command` only if that was new. A
+/// line typed again because its echo was late (a busy host) is then a no-op in the guest.
+fn guarded_line(command: &str, token: &str) -> String {
+    let command = command.trim_end().trim_end_matches(';');
+    let end = if command.ends_with('&') { " }" } else { "; }" };
+    format!("mkdir /tmp/.g{token} 2>/dev/null && {{ {command}{end}")
+}
+
+#[test]
+fn a_guarded_line_runs_its_command_once() {
+    let run = |line: &str| {
+        let out = Command::new("sh").args(["-c", line]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let token = format!("test{}", std::process::id());
+    let dir = format!("/tmp/.g{token}");
+    let _ = std::fs::remove_dir(&dir);
+    let twice = format!("{}\n{}", guarded_line("echo ran;", &token), guarded_line("echo ran;", &token));
+    assert_eq!(run(&twice), "ran\n");
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(run(&guarded_line("sleep 0 &", &token)), "");
+    assert!(Path::new(&dir).is_dir());
+    std::fs::remove_dir(&dir).unwrap();
+}
+
 /// Types a command into the guest's console until `want` shows up in what comes back.
 pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &str, want: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TYPED: AtomicU32 = AtomicU32::new(0);
     let mut ws = client.console(vm).await.unwrap();
     let start = Instant::now();
     let mut seen = Vec::new();
-    // Typed again when the shell has not echoed it (it may be starting), or when it has finished
-    // without printing `want` (a condition not met yet: e.g. a hot-plugged disk still coming).
-    let echo = command.chars().take(12).collect::<String>();
+    // Typed again when the shell has not echoed it (it may be starting, or a character was lost:
+    // the same guard, so a late echo's command does not run twice), or when it has finished
+    // without printing `want` (a condition not met yet, e.g. a hot-plugged disk still coming: a
+    // new guard, so it runs again).
+    let new_token = || format!("{:x}x{:x}", std::process::id(), TYPED.fetch_add(1, Ordering::Relaxed));
+    let mut token = new_token();
+    let mut echo = format!("mkdir /tmp/.g{token}");
     let mut typed: Option<(Instant, usize)> = None;
     while !String::from_utf8_lossy(&seen).contains(want) {
         if start.elapsed() > Duration::from_secs(120) {
@@ -753,11 +785,17 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
                 if stuck && at.elapsed() > Duration::from_secs(3) {
                     let _ = futures_util::SinkExt::send(&mut ws, Message::Binary(b"\x03\n".to_vec().into())).await;
                 }
-                at.elapsed() > Duration::from_secs(3) && (finished || stuck || !since.contains(&echo))
+                let again = at.elapsed() > Duration::from_secs(3) && (finished || stuck || !since.contains(&echo));
+                if again && finished {
+                    token = new_token();
+                    echo = format!("mkdir /tmp/.g{token}");
+                }
+                again
             }
         };
         if retype {
-            futures_util::SinkExt::send(&mut ws, Message::Binary(format!("{command}\n").into_bytes().into()))
+            let line = guarded_line(command, &token);
+            futures_util::SinkExt::send(&mut ws, Message::Binary(format!("{line}\n").into_bytes().into()))
                 .await
                 .unwrap();
             typed = Some((Instant::now(), seen.len()));
