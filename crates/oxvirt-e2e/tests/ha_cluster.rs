@@ -5,6 +5,7 @@
 //! when it thaws.
 
 use oxvirt_e2e::*;
+use oxvirt_watchdog::kernel::StandIn as WatchdogStandIn;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,24 @@ fn config(endpoints: &str, host: &str) -> String {
         "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"ha/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
         eps.join(", ")
     )
+}
+
+/// The same with a kernel watchdog device (a stand-in) kept by the host's watchdog.
+fn config_with_device(endpoints: &str, host: &str, device: &WatchdogStandIn) -> String {
+    format!("{}[ha]\nkernel_watchdog = \"{}\"\n", config(endpoints, host), device.path.display())
+}
+
+/// Waits until `device` has an open session with pets in it (armed, not disarmed).
+async fn armed(device: &WatchdogStandIn, what: &str) {
+    let begun = Instant::now();
+    loop {
+        let s = device.sessions();
+        if s.last().is_some_and(|l| l.len() >= 2 && !l.ends_with(b"V")) {
+            return;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(30), "{what}: not armed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A VM `name` for `host` whose disk is a file in `dir`, which every host reaches.
@@ -75,8 +94,15 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     // A three-member etcd, as a cluster runs it.
     let etcd = EtcdCluster::start(3);
     let ep = etcd.endpoints().join(",");
-    let mut hosts: Vec<Daemon> =
-        ["host-a", "host-b", "host-c"].iter().map(|h| Daemon::start_with_config(&config(&ep, h))).collect();
+    // Each host's watchdog keeps a kernel watchdog device (stand-ins: FIFOs read by the test).
+    let devices_dir = tempfile::tempdir_in("/tmp").unwrap();
+    let devices: Vec<WatchdogStandIn> =
+        ["a", "b", "c"].iter().map(|h| WatchdogStandIn::new(&devices_dir.path().join(h)).unwrap()).collect();
+    let mut hosts: Vec<Daemon> = ["host-a", "host-b", "host-c"]
+        .iter()
+        .zip(&devices)
+        .map(|(h, dev)| Daemon::start_with_config(&config_with_device(&ep, h, dev)))
+        .collect();
     let by_name = |hosts: &[Daemon], h: &str| {
         ["host-a", "host-b", "host-c"].iter().position(|n| *n == h).map(|i| i.min(hosts.len() - 1)).unwrap()
     };
@@ -84,8 +110,10 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     let spec = on_a_shared_disk(&dir, "guarded", "host-b");
     let b = &hosts[1];
     let qemu_b = start_counting_guest(&b.client, &spec).await;
+    assert!(devices.iter().all(|d| d.sessions().is_empty()), "armed with nothing guarded");
     let (code, out, err) = b.cli(&["ha", "add", "guarded"]);
     assert_eq!(code, 0, "{out}{err}");
+    armed(&devices[1], "host-b guards an HA QEMU").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = disk_counter(b, "guarded").await;
     assert!(before > 0);
@@ -154,6 +182,11 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     );
     let wlog = std::fs::read_to_string(hosts[frozen].path().join("watchdog.log")).unwrap_or_default();
     assert!(wlog.contains(&format!("QEMU {qemu} killed")), "the watchdog fenced it: {wlog}");
+    // Its QEMU dead, the frozen host's device was disarmed (closed with the magic 'V'): no
+    // reset; the new host's is armed.
+    let s = devices[frozen].sessions();
+    assert!(s.last().is_some_and(|l| l.ends_with(b"V") && l.len() > 2), "{s:?}\n{wlog}");
+    armed(&devices[third], "the host the VM moved to").await;
     // Thawed, it finds the VM elsewhere and starts nothing of it.
     unsafe { libc::kill(daemon_pid as i32, libc::SIGCONT) };
     tokio::time::sleep(Duration::from_secs(6)).await;

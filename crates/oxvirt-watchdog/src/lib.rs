@@ -10,6 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod kernel;
+
 /// One process to kill when fencing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Guarded {

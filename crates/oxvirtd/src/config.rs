@@ -57,11 +57,23 @@ pub struct HaConfig {
     /// The watchdog process (`oxvirt-watchdog`, next to oxvirtd) that fences when oxvirtd
     /// cannot; off only where something else fences.
     pub watchdog: bool,
+    /// The kernel's watchdog device (`/dev/watchdog`) the watchdog process keeps armed while the
+    /// host guards HA QEMUs: if the process dies or hangs, or a fenced QEMU does not die, the
+    /// kernel resets the host. Off by default (a reset takes every VM of the host down).
+    pub kernel_watchdog: Option<PathBuf>,
+    /// The device's timeout. Default: the most the timing budget allows (`Config::kernel_watchdog_timeout_secs`).
+    pub kernel_watchdog_timeout_secs: Option<u32>,
 }
 
 impl Default for HaConfig {
     fn default() -> Self {
-        HaConfig { fence_after_ms: None, recover_after_ms: 1000, watchdog: true }
+        HaConfig {
+            fence_after_ms: None,
+            recover_after_ms: 1000,
+            watchdog: true,
+            kernel_watchdog: None,
+            kernel_watchdog_timeout_secs: None,
+        }
     }
 }
 
@@ -69,6 +81,15 @@ impl Default for HaConfig {
 pub const KILL_MARGIN_MS: u64 = 500;
 
 impl Config {
+    /// `ha.kernel_watchdog_timeout_secs`, or the most the budget allows: a device last petted at
+    /// the fencing deadline resets the host before the leader may recover its VMs.
+    pub fn kernel_watchdog_timeout_secs(&self) -> u32 {
+        self.ha.kernel_watchdog_timeout_secs.unwrap_or_else(|| {
+            let slack = (self.store.member_ttl_secs * 1000 + self.ha.recover_after_ms).saturating_sub(self.fence_after_ms());
+            (slack / 1000) as u32
+        })
+    }
+
     /// `ha.fence_after_ms`, or its default.
     pub fn fence_after_ms(&self) -> u64 {
         self.ha.fence_after_ms.unwrap_or((self.store.member_ttl_secs * 1000).saturating_sub(1000))
@@ -272,6 +293,29 @@ impl Config {
                 c.ha.recover_after_ms
             ));
         }
+        if let Some(dev) = &c.ha.kernel_watchdog {
+            if !c.ha.watchdog {
+                return Err("ha.kernel_watchdog: needs ha.watchdog = true (the watchdog process keeps the device)".into());
+            }
+            use std::os::unix::fs::FileTypeExt;
+            let kind = std::fs::metadata(dev).map(|m| m.file_type());
+            if !kind.as_ref().is_ok_and(|k| k.is_char_device() || k.is_fifo()) {
+                return Err(format!(
+                    "ha.kernel_watchdog: {} is not a watchdog device (a character device such as /dev/watchdog; load softdog for one)",
+                    dev.display()
+                ));
+            }
+            let t = c.kernel_watchdog_timeout_secs();
+            if t == 0 || fence + u64::from(t) * 1000 > ttl_ms + c.ha.recover_after_ms {
+                return Err(format!(
+                    "ha.kernel_watchdog_timeout_secs: {t} s after the fencing deadline ({fence} ms) is past the lease's \
+                     {ttl_ms} ms plus ha.recover_after_ms {}: the host could be reset after its VMs were started \
+                     elsewhere, and run twice (it must be 1 or more and at most {} s)",
+                    c.ha.recover_after_ms,
+                    (ttl_ms + c.ha.recover_after_ms).saturating_sub(fence) / 1000
+                ));
+            }
+        }
         if !["text", "json"].contains(&c.log_format.as_str()) {
             return Err(format!("log_format: must be text or json, not {:?}", c.log_format));
         }
@@ -335,6 +379,37 @@ mod tests {
         let e = Config::parse("[ha]\nfence_after_ms = 200\n").unwrap_err();
         assert!(e.starts_with("ha.fence_after_ms") && e.contains("at least 1000"), "{e}");
         assert!(Config::parse("[ha]\nwatchdog = \"yes\"\n").unwrap_err().contains("watchdog"));
+    }
+
+    #[test]
+    fn the_kernel_watchdog_needs_a_device_and_a_timeout_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("file");
+        std::fs::write(&plain, "").unwrap();
+        let with = |extra: &str, dev: &Path| {
+            Config::parse(&format!(
+                "[store]\nmember_ttl_secs = 3\n[ha]\nkernel_watchdog = \"{}\"\n{extra}",
+                dev.display()
+            ))
+        };
+        let null = Path::new("/dev/null");
+        // Lease 3 s, fence at 2 s, recover 1 s after the lease: 2 s of room.
+        assert_eq!(with("", null).unwrap().kernel_watchdog_timeout_secs(), 2);
+        with("kernel_watchdog_timeout_secs = 2\n", null).unwrap();
+        let e = with("kernel_watchdog_timeout_secs = 3\n", null).unwrap_err();
+        assert!(e.starts_with("ha.kernel_watchdog_timeout_secs") && e.contains("run twice"), "{e}");
+        let e = with("kernel_watchdog_timeout_secs = 0\n", null).unwrap_err();
+        assert!(e.starts_with("ha.kernel_watchdog_timeout_secs"), "{e}");
+        let e = with("", &plain).unwrap_err();
+        assert!(e.starts_with("ha.kernel_watchdog") && e.contains("not a watchdog device"), "{e}");
+        let e = with("", &dir.path().join("none")).unwrap_err();
+        assert!(e.contains("not a watchdog device"), "{e}");
+        let e = with("watchdog = false\n", null).unwrap_err();
+        assert!(e.contains("needs ha.watchdog = true"), "{e}");
+        // A fence late in the budget leaves no whole second: refused, not a zero timeout.
+        let e = with("fence_after_ms = 3500\n", null).unwrap_err();
+        assert!(e.starts_with("ha.kernel_watchdog_timeout_secs"), "{e}");
+        assert_eq!(Config::parse("").unwrap().ha.kernel_watchdog, None, "off by default");
     }
 
     #[test]

@@ -185,7 +185,8 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
     };
     if etcd.is_some() {
         if config.ha.watchdog {
-            cc.ha.watchdog_socket = Some(watchdog::ensure(&args.data_dir)?);
+            let kernel = config.ha.kernel_watchdog.as_deref().map(|d| (d, config.kernel_watchdog_timeout_secs()));
+            cc.ha.watchdog_socket = Some(watchdog::ensure(&args.data_dir, kernel)?);
         } else {
             tracing::warn!("ha.watchdog = false: a hung oxvirtd does not fence its HA VMs (something else must)");
         }

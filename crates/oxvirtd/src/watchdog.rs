@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The watchdog's socket under `data_dir`, the watchdog started first when none answers there.
-pub fn ensure(data_dir: &Path) -> Result<PathBuf, String> {
+/// With `kernel`, the watchdog keeps that device (with that timeout) armed while it guards QEMUs.
+pub fn ensure(data_dir: &Path, kernel: Option<(&Path, u32)>) -> Result<PathBuf, String> {
     let socket = data_dir.join("watchdog.sock");
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        tracing::info!(socket = %socket.display(), "HA watchdog running already");
+        tracing::info!(socket = %socket.display(), "HA watchdog running already (with the settings it was started with)");
         return Ok(socket);
     }
     let exe = std::env::current_exe().map_err(|e| format!("ha.watchdog: where oxvirtd is: {e}"))?;
@@ -26,9 +27,12 @@ pub fn ensure(data_dir: &Path) -> Result<PathBuf, String> {
         .append(true)
         .open(data_dir.join("watchdog.log"))
         .map_err(|e| format!("ha.watchdog: its log: {e}"))?;
-    std::process::Command::new(&bin)
-        .arg("--socket")
-        .arg(&socket)
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("--socket").arg(&socket);
+    if let Some((device, timeout)) = kernel {
+        cmd.arg("--kernel-watchdog").arg(device).arg("--kernel-timeout").arg(timeout.to_string());
+    }
+    cmd
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
