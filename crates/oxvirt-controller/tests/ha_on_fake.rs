@@ -135,23 +135,25 @@ async fn bad_ha_requests_name_the_field_and_change_nothing() {
     assert!(err.contains("web"), "{err}");
 }
 
+/// Host `name` of a cluster on `root`'s store, holding its lease (`alive/<name>`).
+fn cluster_host(root: &common::TestRoot, name: &str) -> (Controller, Arc<FakeHypervisor>) {
+    let mut config = ControllerConfig::new(root.dir.path().join(name));
+    config.host_path_roots = vec![root.boot.clone(), root.dir.path().to_path_buf()];
+    config.reconcile_interval = Duration::from_millis(100);
+    let fake = FakeHypervisor::new();
+    let hv: Arc<dyn Hypervisor> = fake.clone();
+    let c = Controller::new(root.store.clone(), hv, config).unwrap();
+    c.hosts().join_cluster(name, "127.0.0.1:8443", Member).unwrap();
+    root.store.put(&format!("alive/{name}"), name.as_bytes().to_vec(), Expect::Any).unwrap();
+    (c, fake)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_restarts_a_vm_moves_to_the_groups_preferred_host() {
     let root = common::TestRoot::new();
-    let host = |name: &str| {
-        let mut config = ControllerConfig::new(root.dir.path().join(name));
-        config.host_path_roots = vec![root.boot.clone()];
-        config.reconcile_interval = Duration::from_millis(100);
-        let fake = FakeHypervisor::new();
-        let hv: Arc<dyn Hypervisor> = fake.clone();
-        let c = Controller::new(root.store.clone(), hv, config).unwrap();
-        c.hosts().join_cluster(name, "127.0.0.1:8443", Member).unwrap();
-        root.store.put(&format!("alive/{name}"), name.as_bytes().to_vec(), Expect::Any).unwrap();
-        (c, fake)
-    };
-    let (a, fake_a) = host("host-a");
-    let (b, fake_b) = host("host-b");
-    let (c, fake_c) = host("host-c");
+    let (a, fake_a) = cluster_host(&root, "host-a");
+    let (b, fake_b) = cluster_host(&root, "host-b");
+    let (c, fake_c) = cluster_host(&root, "host-c");
     for h in [&a, &b, &c] {
         h.start_background().await;
     }
@@ -181,4 +183,49 @@ async fn past_its_restarts_a_vm_moves_to_the_groups_preferred_host() {
     assert_eq!(fake_a.starts().len(), 1, "host-a started it once");
     assert_eq!(fake_c.starts().len(), 1, "host-c started it once");
     assert!(fake_b.starts().is_empty(), "host-b, less preferred, never");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_hosts_vm_on_its_local_disk_is_reported_not_recoverable_and_started_nowhere_else() {
+    let root = common::TestRoot::new();
+    let (a, fake_a) = cluster_host(&root, "host-a");
+    let (b, fake_b) = cluster_host(&root, "host-b");
+    for h in [&a, &b] {
+        h.start_background().await;
+    }
+    let at = |h: &str| {
+        let d = root.dir.path().join(h);
+        std::fs::create_dir_all(&d).unwrap();
+        d.to_string_lossy().into_owned()
+    };
+    let pool: oxvirt_model::PoolSpec = serde_json::from_value(serde_json::json!({
+        "name": "local", "path": at("pa"), "host_paths": { "host-b": at("pb") }
+    }))
+    .unwrap();
+    a.storage().create_pool(ROOT, pool).await.unwrap();
+    let vol: oxvirt_model::VolumeSpec =
+        serde_json::from_value(serde_json::json!({ "name": "data", "size": "16MiB" })).unwrap();
+    // The volume is made on host-b, in its directory of the local pool.
+    b.storage().create_volume("local", vol).await.unwrap();
+    let mut s = spec(&root.kernel, "db", Some("host-b"));
+    s.disks = serde_json::from_value(serde_json::json!([{ "volume": "local/data" }])).unwrap();
+    b.vms().create_vm(ROOT, s).unwrap();
+    b.ha().add_resource(ha("db", serde_json::json!({}))).unwrap();
+    until("started on host-b", || running_pid(&b, "db")).await;
+    // Said from the start, and still once the keeper started it.
+    let why = "not recoverable on another host: its disks are on host host-b's local storage";
+    let r = a.ha().get_resource("db").unwrap();
+    assert!(r.status.problem.contains(why), "{:?}", r.status);
+
+    // host-b's lease ends (it crashed): the leader, host-a, notes the loss and, once it may
+    // recover, starts nothing.
+    root.store.delete("alive/host-b", Expect::Any).unwrap();
+    until("host-b seen lost", || (a.ha().figures().hosts_lost >= 1).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let r = a.ha().get_resource("db").unwrap();
+    assert!(r.status.problem.contains(why) && r.status.last_recovery.is_none(), "{:?}", r.status);
+    let v = a.vms().get_vm("db").unwrap();
+    assert_eq!(v.host.as_deref(), Some("host-b"), "the VM stays with its disk");
+    assert!(fake_a.starts().is_empty(), "host-a never started it");
+    assert_eq!(fake_b.starts().len(), 1);
 }

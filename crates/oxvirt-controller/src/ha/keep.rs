@@ -135,7 +135,8 @@ impl Ha {
                 if failed {
                     r.status.restarts += 1;
                 }
-                r.status.problem.clear();
+                // (What stands whatever it does, a disk on this host only, is still said.)
+                r.status.problem = self.not_recoverable(name).unwrap_or_default();
                 // Counted before the start: a start that fails is seen as a failure next round.
                 if self.save(&r, rev) {
                     if let Err(e) = self.ctl.vms().vm_action(name, VmAction::Start) {
@@ -166,7 +167,7 @@ impl Ha {
             Step::ClearCounts => {
                 r.status.restarts = 0;
                 r.status.relocations = 0;
-                r.status.problem.clear();
+                r.status.problem = self.not_recoverable(name).unwrap_or_default();
                 self.save(&r, rev);
             }
         }
