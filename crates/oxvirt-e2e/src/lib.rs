@@ -649,6 +649,95 @@ pub async fn try_wait_state(
     }
 }
 
+/// A host-side log of the QEMUs that hold a disk image open (its writers), kept by a thread that
+/// looks at every QEMU's open files every few milliseconds: each QEMU with the span it was seen
+/// holding the file. Sampled, so two writers overlapping for less than a period could be missed.
+pub struct DiskWriters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Writer>>>,
+}
+
+/// One QEMU seen holding the disk: its pid, first and last seen.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer {
+    pub pid: u32,
+    pub first: Instant,
+    pub last: Instant,
+}
+
+impl DiskWriters {
+    pub const PERIOD: Duration = Duration::from_millis(10);
+
+    pub fn watch(image: &Path) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (image, halt) = (image.canonicalize().unwrap_or_else(|_| image.to_path_buf()), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut seen: Vec<Writer> = Vec::new();
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = Instant::now();
+                let pids: Vec<u32> = std::fs::read_dir("/proc")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect();
+                for pid in pids {
+                    // (Asked every time: a process forked to become QEMU has another name first.)
+                    let is_qemu =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("qemu-system"));
+                    if !is_qemu {
+                        continue;
+                    }
+                    let holds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == image));
+                    if holds {
+                        match seen.iter_mut().rev().find(|w| w.pid == pid) {
+                            Some(w) => w.last = now,
+                            None => seen.push(Writer { pid, first: now, last: now }),
+                        }
+                    }
+                }
+                std::thread::sleep(Self::PERIOD);
+            }
+            seen
+        });
+        DiskWriters { stop, thread: Some(thread) }
+    }
+
+    /// Stops looking: every writer seen, in the order first seen.
+    pub fn stop(mut self) -> Vec<Writer> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = self.thread.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
+        all.sort_by_key(|w| w.first);
+        all
+    }
+}
+
+/// Panics when two of `writers` were seen holding the disk at once.
+pub fn assert_one_writer_at_a_time(writers: &[Writer]) {
+    for pair in writers.windows(2) {
+        assert!(
+            pair[1].first > pair[0].last,
+            "QEMU {} began holding the disk while QEMU {} still did: {writers:?}",
+            pair[1].pid,
+            pair[0].pid
+        );
+    }
+}
+
+#[test]
+fn writers_one_after_another_pass_and_overlapping_ones_do_not() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let one_then_other = [Writer { pid: 1, first: at(0), last: at(100) }, Writer { pid: 2, first: at(110), last: at(200) }];
+    assert_one_writer_at_a_time(&one_then_other);
+    let both = [Writer { pid: 1, first: at(0), last: at(100) }, Writer { pid: 2, first: at(100), last: at(200) }];
+    assert!(std::panic::catch_unwind(|| assert_one_writer_at_a_time(&both)).is_err());
+}
+
 /// The run state QEMU itself reports, asked over a second QMP connection is impossible while the
 /// daemon holds the socket, so this reads `/proc/PID/stat` instead: whether the process lives.
 pub fn process_alive(pid: u32) -> bool {

@@ -108,6 +108,7 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     };
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let spec = on_a_shared_disk(&dir, "guarded", "host-b");
+    let writers = DiskWriters::watch(&dir.path().join("shared.raw"));
     let b = &hosts[1];
     let qemu_b = start_counting_guest(&b.client, &spec).await;
     assert!(devices.iter().all(|d| d.sessions().is_empty()), "armed with nothing guarded");
@@ -198,6 +199,11 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
         .and_then(|p| p.trim().parse::<u32>().ok())
         .filter(|p| alive(*p) && *p != v.status.pid.unwrap_or(0));
     assert_eq!(stale, None, "the thawed host started its copy again");
+    // The disk's writers, as the host saw them: host-b's QEMU, the first recovery's, the
+    // third host's, one after another.
+    let writers = writers.stop();
+    assert_eq!(writers.len(), 3, "{writers:?}");
+    assert_one_writer_at_a_time(&writers);
 }
 
 /// A host's link to etcd is cut while it and its guest live on: the host kills the HA QEMU
@@ -214,6 +220,7 @@ async fn a_host_cut_from_etcd_fences_itself_before_its_vm_runs_elsewhere() {
     let c = Daemon::start_with_config(&config(&ep, "host-c"));
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let spec = on_a_shared_disk(&dir, "isolated", "host-b");
+    let writers = DiskWriters::watch(&dir.path().join("shared.raw"));
     let qemu = start_counting_guest(&b.client, &spec).await;
     let (code, out, err) = b.cli(&["ha", "add", "isolated"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -290,4 +297,9 @@ async fn a_host_cut_from_etcd_fences_itself_before_its_vm_runs_elsewhere() {
     let (code, _, err) = a.cli(&["cluster", "fence", "host-z"]);
     assert_ne!(code, 0);
     assert!(err.contains("host-z"), "{err}");
+    // The disk's writers, as the host saw them: host-b's QEMU, the one after the cut, the one
+    // after the fence by hand, one after another.
+    let writers = writers.stop();
+    assert_eq!(writers.len(), 3, "{writers:?}");
+    assert_one_writer_at_a_time(&writers);
 }
