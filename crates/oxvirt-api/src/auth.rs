@@ -204,7 +204,9 @@ pub fn requirement(method: &Method, matched: &str, params: &[(&str, &str)]) -> O
     };
     // A repository is a host directory: only administrators make or forget one.
     // So is a backup job: it backs up VMs it names, whoever asks.
+    // An encrypted repository's key reads every backup in it.
     let repo_itself = (m.first() == Some(&"backup-repos") && m.len() <= 2 && method != Method::GET)
+        || (m.first() == Some(&"backup-repos") && m.get(2) == Some(&"key"))
         || (m.first() == Some(&"backup-jobs") && method != Method::GET);
     let admin = repo_itself
         || matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))

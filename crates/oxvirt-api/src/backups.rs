@@ -14,14 +14,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::Controller;
 use oxvirt_model::{
-    Backup, BackupJob, BackupJobSpec, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, Privilege,
-    PruneRequest, PruneResult, RestoreRequest,
+    Backup, BackupJob, BackupJobSpec, BackupRepo, BackupRepoKey, BackupRepoSpec, BackupRepoView, BackupRequest,
+    Privilege, PruneRequest, PruneResult, RestoreRequest,
 };
 
 pub fn routes() -> Router<Controller> {
     Router::new()
         .route("/api/v1/backup-repos", get(list_repos).post(create_repo))
         .route("/api/v1/backup-repos/{repo}", get(show_repo).delete(remove_repo))
+        .route("/api/v1/backup-repos/{repo}/key", get(repo_key))
         .route("/api/v1/backup-repos/{repo}/backups", get(list_backups))
         .route("/api/v1/backup-repos/{repo}/prune", post(prune))
         .route("/api/v1/backup-repos/{repo}/gc", post(gc))
@@ -47,6 +48,10 @@ async fn create_repo(State(c): State<Controller>, p: Caller, body: Bytes) -> Api
 
 async fn show_repo(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<Json<BackupRepoView>> {
     Ok(Json(c.backups().get_repo(&repo).await?))
+}
+
+async fn repo_key(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<Json<BackupRepoKey>> {
+    Ok(Json(c.backups().repo_key(&repo)?))
 }
 
 async fn remove_repo(State(c): State<Controller>, Names(repo): Names<String>) -> ApiResult<StatusCode> {

@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn gc_removes_only_what_no_backup_and_no_writer_needs() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repo::create(dir.path()).unwrap();
+        let repo = Repo::create(dir.path(), None).unwrap();
         let kept = index(&repo, "web-10000000000000001", &[b"a", b"b"]);
         let gone = index(&repo, "web-10000000000000002", &[b"b", b"c"]);
         repo.remove_index(&gone.id).unwrap();
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn verify_names_the_backups_a_bad_chunk_breaks() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repo::create(dir.path()).unwrap();
+        let repo = Repo::create(dir.path(), None).unwrap();
         index(&repo, "web-10000000000000001", &[b"a", b"b"]);
         let second = index(&repo, "web-10000000000000002", &[b"b", b"c"]);
         index(&repo, "db-10000000000000003", &[b"a"]);

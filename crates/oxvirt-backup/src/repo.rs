@@ -11,14 +11,22 @@
 //! <root>/tmp/                     files being written
 //! <root>/writers/<id>.<pid>       a backup being written (garbage collection keeps what it touched)
 //! ```
+//!
+//! Format 2 is format 1 encrypted on the client (`crypt.rs`): the header adds
+//! `"encryption":{"cipher":"aes-256-gcm","names":"hmac-sha256","fingerprint":"<16 hex>"}`; a
+//! chunk is named by the HMAC-SHA256 of its plaintext and stored as nonce, AES-256-GCM of its
+//! zstd frame, tag; an index's `vm_spec` is `{"sealed":"<hex of the same sealing of its JSON>"}`.
 
+use crate::crypt::RepoKey;
 use crate::index::BackupIndex;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// The repository format this code reads and writes.
+/// The repository format this code writes (and reads): 1 plain, 2 encrypted.
 pub const FORMAT: u32 = 1;
+pub const FORMAT_ENCRYPTED: u32 = 2;
 /// The size of every chunk but a disk's last: the dirty bitmaps' granularity too, so a changed
 /// bit is a changed chunk.
 pub const CHUNK_SIZE: u64 = 4 << 20;
@@ -49,6 +57,21 @@ struct Header {
     chunk_size: u64,
     hash: String,
     compression: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encryption: Option<Encryption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Encryption {
+    cipher: String,
+    names: String,
+    fingerprint: String,
+}
+
+impl Encryption {
+    fn of(key: &RepoKey) -> Encryption {
+        Encryption { cipher: "aes-256-gcm".into(), names: "hmac-sha256".into(), fingerprint: key.fingerprint() }
+    }
 }
 
 /// What storing one chunk did.
@@ -63,14 +86,17 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct Repo {
     root: PathBuf,
+    /// Its key, when it is encrypted.
+    key: Option<Arc<RepoKey>>,
 }
 
 impl Repo {
-    /// Makes a repository at `root` (made if absent), or opens the one there: several hosts may
-    /// name one shared directory. A directory with other files in it is refused.
-    pub fn create(root: &Path) -> Result<Repo, RepoError> {
+    /// Makes a repository at `root` (made if absent), encrypted with `key` if given, or opens
+    /// the one there (with `key`, which must be its own): several hosts may name one shared
+    /// directory. A directory with other files in it is refused.
+    pub fn create(root: &Path, key: Option<Arc<RepoKey>>) -> Result<Repo, RepoError> {
         if root.join(HEADER).exists() {
-            return Repo::open(root);
+            return Repo::open(root, key);
         }
         std::fs::create_dir_all(root).map_err(io(root))?;
         let stray = std::fs::read_dir(root).map_err(io(root))?.flatten().any(|e| {
@@ -86,30 +112,63 @@ impl Repo {
         for d in ["chunks", "backups", "tmp", "writers"] {
             std::fs::create_dir_all(root.join(d)).map_err(io(root))?;
         }
-        let repo = Repo { root: root.to_path_buf() };
-        let header =
-            Header { format: FORMAT, chunk_size: CHUNK_SIZE, hash: "sha256".into(), compression: "zstd".into() };
+        let header = Header {
+            format: if key.is_some() { FORMAT_ENCRYPTED } else { FORMAT },
+            chunk_size: CHUNK_SIZE,
+            hash: "sha256".into(),
+            compression: "zstd".into(),
+            encryption: key.as_deref().map(Encryption::of),
+        };
+        let repo = Repo { root: root.to_path_buf(), key };
         let body = serde_json::to_vec_pretty(&header).unwrap_or_default();
         repo.write_atomic(&root.join(HEADER), &body, true)?;
         Ok(repo)
     }
 
-    /// Opens the repository at `root`, refusing a format or chunk size this code does not read.
-    pub fn open(root: &Path) -> Result<Repo, RepoError> {
+    /// Opens the repository at `root`, refusing a format or chunk size this code does not read,
+    /// and an encrypted one without its key (or with another), or a plain one with a key.
+    pub fn open(root: &Path, key: Option<Arc<RepoKey>>) -> Result<Repo, RepoError> {
         let path = root.join(HEADER);
         let body = std::fs::read(&path).map_err(io(&path))?;
-        let h: Header = serde_json::from_slice(&body)
-            .map_err(|e| RepoError::Invalid { path: root.display().to_string(), reason: format!("{HEADER}: {e}") })?;
-        if h.format != FORMAT || h.chunk_size != CHUNK_SIZE || h.hash != "sha256" || h.compression != "zstd" {
-            return Err(RepoError::Invalid {
-                path: root.display().to_string(),
-                reason: format!(
-                    "format {} with {} B chunks ({}, {}): this oxvirt reads format {FORMAT} with {CHUNK_SIZE} B chunks",
-                    h.format, h.chunk_size, h.hash, h.compression
-                ),
-            });
+        let invalid = |reason: String| RepoError::Invalid { path: root.display().to_string(), reason };
+        let h: Header = serde_json::from_slice(&body).map_err(|e| invalid(format!("{HEADER}: {e}")))?;
+        let expected = if h.encryption.is_some() { FORMAT_ENCRYPTED } else { FORMAT };
+        if h.format != expected || h.chunk_size != CHUNK_SIZE || h.hash != "sha256" || h.compression != "zstd" {
+            return Err(invalid(format!(
+                "format {} with {} B chunks ({}, {}): this oxvirt reads formats {FORMAT} and {FORMAT_ENCRYPTED} with {CHUNK_SIZE} B chunks",
+                h.format, h.chunk_size, h.hash, h.compression
+            )));
         }
-        Ok(Repo { root: root.to_path_buf() })
+        match (&h.encryption, key.as_deref()) {
+            (None, None) => {}
+            (None, Some(_)) => return Err(invalid("it is not encrypted: it takes no key".into())),
+            (Some(e), None) => {
+                return Err(invalid(format!("it is encrypted (key {}): its key is needed", e.fingerprint)))
+            }
+            (Some(e), Some(k)) if *e != Encryption::of(k) => {
+                return Err(invalid(format!(
+                    "it is encrypted with key {} ({}), not with this key ({})",
+                    e.fingerprint,
+                    e.cipher,
+                    k.fingerprint()
+                )))
+            }
+            (Some(_), Some(_)) => {}
+        }
+        Ok(Repo { root: root.to_path_buf(), key })
+    }
+
+    /// Whether its chunks and definitions are encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The name of a chunk of `data`: its SHA-256, or with a key its HMAC.
+    fn name_of(&self, data: &[u8]) -> String {
+        match &self.key {
+            Some(k) => k.name(data),
+            None => digest_of(data),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -205,13 +264,18 @@ impl Repo {
 
     /// Stores `data` as a chunk (unless one of its digest is there already).
     pub fn put_chunk(&self, data: &[u8]) -> Result<Stored, RepoError> {
-        let digest = digest_of(data);
+        let digest = self.name_of(data);
         // There already: touched, so that a garbage collection running now keeps it (it
         // removes only chunks untouched since it began); gone meanwhile: written again.
         if self.touch_chunk(&digest) {
             return Ok(Stored { digest, new_bytes: 0 });
         }
-        let packed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(io(&self.root))?;
+        let mut packed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(io(&self.root))?;
+        if let Some(k) = &self.key {
+            packed = k
+                .seal(&packed)
+                .map_err(|e| RepoError::Invalid { path: self.root.display().to_string(), reason: e.to_string() })?;
+        }
         let path = self.chunk_path(&digest);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -234,9 +298,15 @@ impl Repo {
             }
             Err(e) => return Err(io(&path)(e)),
         };
+        let packed = match &self.key {
+            Some(k) => {
+                k.open(&packed).map_err(|e| RepoError::Damaged { digest: digest.into(), reason: e.to_string() })?
+            }
+            None => packed,
+        };
         let data = zstd::bulk::decompress(&packed, CHUNK_SIZE as usize)
             .map_err(|e| RepoError::Damaged { digest: digest.into(), reason: format!("zstd: {e}") })?;
-        let got = digest_of(&data);
+        let got = self.name_of(&data);
         if got != digest {
             return Err(RepoError::Damaged { digest: digest.into(), reason: format!("its data hashes to {got}") });
         }
@@ -264,7 +334,19 @@ impl Repo {
     /// chunk written before it is on disk (the repository's file system is flushed first).
     pub fn write_index(&self, index: &BackupIndex) -> Result<(), RepoError> {
         self.flush()?;
-        let body = serde_json::to_vec(index).unwrap_or_default();
+        let body = match &self.key {
+            // The VM's definition may hold secrets (cloud-init data): sealed too.
+            Some(k) => {
+                let spec = serde_json::to_vec(&index.vm_spec).unwrap_or_default();
+                let sealed = k
+                    .seal(&spec)
+                    .map_err(|e| RepoError::Invalid { path: self.root.display().to_string(), reason: e.to_string() })?;
+                let mut sealed_index = index.clone();
+                sealed_index.vm_spec = serde_json::json!({ "sealed": crate::crypt::hex(&sealed) });
+                serde_json::to_vec(&sealed_index).unwrap_or_default()
+            }
+            None => serde_json::to_vec(index).unwrap_or_default(),
+        };
         self.write_atomic(&self.index_path(&index.id)?, &body, true)
     }
 
@@ -294,8 +376,16 @@ impl Repo {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RepoError::NoBackup { id: id.into() }),
             Err(e) => return Err(io(&path)(e)),
         };
-        serde_json::from_slice(&body)
-            .map_err(|e| RepoError::Invalid { path: path.display().to_string(), reason: e.to_string() })
+        let invalid = |reason: String| RepoError::Invalid { path: path.display().to_string(), reason };
+        let mut index: BackupIndex = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+        if let Some(k) = &self.key {
+            let sealed = index.vm_spec.get("sealed").and_then(|v| v.as_str()).and_then(crate::crypt::unhex);
+            let spec = sealed
+                .and_then(|s| k.open(&s).ok())
+                .ok_or_else(|| invalid("its VM definition does not decrypt with the repository's key".into()))?;
+            index.vm_spec = serde_json::from_slice(&spec).map_err(|e| invalid(e.to_string()))?;
+        }
+        Ok(index)
     }
 
     /// Every backup's index (of VM `vm` only, if named), oldest first.
@@ -373,7 +463,7 @@ mod tests {
     #[test]
     fn a_chunk_is_stored_once_and_read_back_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repo::create(&dir.path().join("r")).unwrap();
+        let repo = Repo::create(&dir.path().join("r"), None).unwrap();
         let data = vec![7u8; CHUNK_SIZE as usize];
         let a = repo.put_chunk(&data).unwrap();
         assert!(a.new_bytes > 0 && a.new_bytes < 10_000, "zstd packs a repeated byte: {}", a.new_bytes);
@@ -393,20 +483,74 @@ mod tests {
     }
 
     #[test]
+    fn an_encrypted_repository_stores_no_plaintext_and_opens_only_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let key = Arc::new(RepoKey::generate().unwrap());
+        let repo = Repo::create(&root, Some(key.clone())).unwrap();
+        assert!(repo.encrypted());
+        let mut data = b"PLAINTEXT-MARK ".repeat(1000);
+        data.resize(CHUNK_SIZE as usize, 0);
+        let a = repo.put_chunk(&data).unwrap();
+        assert_ne!(a.digest, digest_of(&data), "named by its HMAC, not its SHA-256");
+        assert_eq!(repo.put_chunk(&data).unwrap().new_bytes, 0, "deduplicated still");
+        assert_eq!(repo.read_chunk(&a.digest).unwrap(), data);
+        let mut index = BackupIndex::new("vm-20261207000000000", "vm", 0);
+        index.vm_spec = serde_json::json!({ "user_data": "PLAINTEXT-MARK password" });
+        repo.write_index(&index).unwrap();
+        assert_eq!(repo.index(&index.id).unwrap().vm_spec, index.vm_spec);
+        // Nothing on disk says what was stored.
+        for e in walk(&root) {
+            let body = std::fs::read(&e).unwrap();
+            assert!(!body.windows(14).any(|w| w == b"PLAINTEXT-MARK"), "plaintext in {}", e.display());
+        }
+        // The same key (as hex) opens it; none, another, or a key for a plain one, no.
+        Repo::open(&root, Some(Arc::new(RepoKey::from_hex(&key.to_hex()).unwrap()))).unwrap();
+        let e = Repo::open(&root, None).unwrap_err().to_string();
+        assert!(e.contains("its key is needed") && e.contains(&key.fingerprint()), "{e}");
+        let other = Arc::new(RepoKey::generate().unwrap());
+        let e = Repo::open(&root, Some(other.clone())).unwrap_err().to_string();
+        assert!(e.contains("not with this key"), "{e}");
+        let plain = dir.path().join("plain");
+        Repo::create(&plain, None).unwrap();
+        assert!(Repo::open(&plain, Some(other)).unwrap_err().to_string().contains("takes no key"));
+        // A sealed chunk changed on disk fails its tag.
+        let path = repo.chunk_path(&a.digest);
+        let mut sealed = std::fs::read(&path).unwrap();
+        sealed[30] ^= 0x40;
+        std::fs::write(&path, sealed).unwrap();
+        let e = repo.read_chunk(&a.digest).unwrap_err();
+        assert!(matches!(e, RepoError::Damaged { .. }) && e.to_string().contains("does not decrypt"), "{e}");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
     fn a_repository_is_opened_again_and_a_foreign_one_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("r");
-        Repo::create(&root).unwrap();
-        Repo::create(&root).unwrap();
-        Repo::open(&root).unwrap();
+        Repo::create(&root, None).unwrap();
+        Repo::create(&root, None).unwrap();
+        Repo::open(&root, None).unwrap();
         std::fs::write(root.join(HEADER), br#"{"format":2,"chunk_size":4194304,"hash":"sha256","compression":"zstd"}"#)
             .unwrap();
-        let err = Repo::open(&root).unwrap_err().to_string();
+        let err = Repo::open(&root, None).unwrap_err().to_string();
         assert!(err.contains("format 2"), "{err}");
         let busy = dir.path().join("busy");
         std::fs::create_dir_all(&busy).unwrap();
         std::fs::write(busy.join("notes.txt"), b"x").unwrap();
-        assert!(Repo::create(&busy).unwrap_err().to_string().contains("other files"));
-        assert!(Repo::open(&dir.path().join("none")).is_err());
+        assert!(Repo::create(&busy, None).unwrap_err().to_string().contains("other files"));
+        assert!(Repo::open(&dir.path().join("none"), None).is_err());
     }
 }

@@ -59,7 +59,7 @@ fn full_then_incremental_backup_restore_block_for_block() {
     qemu_io(&disk, "write -P 0xcd 20M 4M");
     qemu_io(&disk, "write -P 0x00 32M 4M");
     run(Command::new("qemu-img").args(["bitmap", "--add", "--granularity", "4M"]).arg(&disk).arg("b0"));
-    let repo = Repo::create(&dir.path().join("repo")).unwrap();
+    let repo = Repo::create(&dir.path().join("repo"), None).unwrap();
     let sock = dir.path().join("nbd.sock");
 
     // Backup 1: every chunk that is not zeros is read.

@@ -40,8 +40,18 @@ pub enum RepoCmd {
         name: String,
         #[arg(long)]
         path: String,
+        /// Encrypt chunks and VM definitions on the hosts, with a key oxvirt makes (see `key`).
+        #[arg(long)]
+        encrypt: bool,
+        /// Join a repository encrypted before, with its key (a file of 64 hex digits, read here).
+        #[arg(long, requires = "encrypt")]
+        key_file: Option<std::path::PathBuf>,
     },
     List,
+    /// Print an encrypted repository's key, to keep apart: without it its backups are lost.
+    Key {
+        name: String,
+    },
     Show {
         name: String,
     },
@@ -158,7 +168,34 @@ fn finished(t: &Task, out: Output) {
 pub async fn repo(client: &Client, out: Output, cmd: RepoCmd) -> Result<(), ClientError> {
     let b = client.backups();
     match cmd {
-        RepoCmd::Create { name, path } => print_json(&b.create_repo(&BackupRepoSpec { name, path }).await?),
+        RepoCmd::Create { name, path, encrypt, key_file } => {
+            let key = match key_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| ClientError::Usage(format!("--key-file {}: {e}", f.display())))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let repo = b.create_repo(&BackupRepoSpec { name, path, encrypt, key }).await?;
+            if repo.spec.encrypt && out != Output::Json {
+                eprintln!(
+                    "backup repository {0} is encrypted: keep its key apart (`oxvirt backup-repo key {0}`), without it its backups cannot be read",
+                    repo.spec.name
+                );
+            }
+            print_json(&repo)
+        }
+        RepoCmd::Key { name } => {
+            let k = b.repo_key(&name).await?;
+            if out == Output::Json {
+                print_json(&k);
+            } else {
+                println!("{}", k.key);
+                eprintln!("(fingerprint {})", k.fingerprint);
+            }
+        }
         RepoCmd::List => {
             let all = b.list_repos().await?;
             if out == Output::Json {

@@ -3,8 +3,8 @@
 use crate::{encode, Client, ClientError};
 use hyper::Method;
 use oxvirt_model::{
-    Backup, BackupJob, BackupJobSpec, BackupRepo, BackupRepoSpec, BackupRepoView, BackupRequest, PruneRequest,
-    PruneResult, RestoreRequest, Task,
+    Backup, BackupJob, BackupJobSpec, BackupRepo, BackupRepoKey, BackupRepoSpec, BackupRepoView, BackupRequest,
+    PruneRequest, PruneResult, RestoreRequest, Task,
 };
 
 /// Backups: `client.backups()`.
@@ -31,6 +31,11 @@ impl Backups<'_> {
 
     pub async fn get_repo(&self, repo: &str) -> Result<BackupRepoView, ClientError> {
         self.client.get(&format!("/api/v1/backup-repos/{}", encode(repo))).await
+    }
+
+    /// An encrypted repository's key (administrators).
+    pub async fn repo_key(&self, repo: &str) -> Result<BackupRepoKey, ClientError> {
+        self.client.get(&format!("/api/v1/backup-repos/{}/key", encode(repo))).await
     }
 
     pub async fn remove_repo(&self, repo: &str) -> Result<(), ClientError> {

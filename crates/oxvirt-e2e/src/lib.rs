@@ -683,8 +683,8 @@ impl DiskWriters {
                     .collect();
                 for pid in pids {
                     // (Asked every time: a process forked to become QEMU has another name first.)
-                    let is_qemu =
-                        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("qemu-system"));
+                    let is_qemu = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.starts_with("qemu-system"));
                     if !is_qemu {
                         continue;
                     }
@@ -732,7 +732,8 @@ pub fn assert_one_writer_at_a_time(writers: &[Writer]) {
 fn writers_one_after_another_pass_and_overlapping_ones_do_not() {
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
-    let one_then_other = [Writer { pid: 1, first: at(0), last: at(100) }, Writer { pid: 2, first: at(110), last: at(200) }];
+    let one_then_other =
+        [Writer { pid: 1, first: at(0), last: at(100) }, Writer { pid: 2, first: at(110), last: at(200) }];
     assert_one_writer_at_a_time(&one_then_other);
     let both = [Writer { pid: 1, first: at(0), last: at(100) }, Writer { pid: 2, first: at(100), last: at(200) }];
     assert!(std::panic::catch_unwind(|| assert_one_writer_at_a_time(&both)).is_err());

@@ -62,7 +62,11 @@ async fn full_then_changes_only_across_stops_and_a_crash_and_restores_match_bloc
         c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "256MiB" })).await.unwrap();
     let repo_dir = d.path().join("repo");
     c.backups()
-        .create_repo(&BackupRepoSpec { name: "main".into(), path: repo_dir.to_string_lossy().into() })
+        .create_repo(&BackupRepoSpec {
+            name: "main".into(),
+            path: repo_dir.to_string_lossy().into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let volume = pool_dir.join("data.qcow2");
@@ -155,7 +159,11 @@ async fn prune_and_gc_during_a_backup_lose_nothing_verify_names_damage_and_a_kil
         let _: serde_json::Value =
             c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "512MiB" })).await.unwrap();
         c.backups()
-            .create_repo(&BackupRepoSpec { name: "main".into(), path: repo_dir.to_string_lossy().into() })
+            .create_repo(&BackupRepoSpec {
+                name: "main".into(),
+                path: repo_dir.to_string_lossy().into(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         let mut spec = kernel_spec("gvm", "");
@@ -275,7 +283,11 @@ async fn a_job_runs_on_its_schedule_prunes_after_and_its_failures_show_on_metric
     };
     qemu_io("write -P 0x61 0 8M");
     c.backups()
-        .create_repo(&BackupRepoSpec { name: "main".into(), path: d.path().join("repo").to_string_lossy().into() })
+        .create_repo(&BackupRepoSpec {
+            name: "main".into(),
+            path: d.path().join("repo").to_string_lossy().into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let spec = |name: &str, vms: &[&str], schedule: &str| oxvirt_model::BackupJobSpec {
@@ -343,4 +355,104 @@ async fn a_job_runs_on_its_schedule_prunes_after_and_its_failures_show_on_metric
     let (code, out, err) = d.cli(&["backup-job", "list"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("minutely") && out.contains("failed"), "{out}");
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_repository_holds_no_plaintext_and_is_joined_again_only_with_its_key() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let pool_dir = d.path().join("pool-bk");
+    let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
+    let _: serde_json::Value =
+        c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "64MiB" })).await.unwrap();
+    let repo_dir = d.path().join("repo");
+    let repo_path = repo_dir.to_string_lossy().into_owned();
+    let (code, out, err) = d.cli(&["backup-repo", "create", "main", "--path", &repo_path, "--encrypt"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("keep its key apart"), "{err}");
+    // The VM's definition carries a "secret" (its kernel command line here; cloud-init data for real).
+    let mut spec = kernel_spec("evm", "oxsecret=SPEC-SECRET-MARK");
+    spec["disks"] = json!([{ "volume": "bk/data" }]);
+    c.create_vm(&spec, true).await.unwrap();
+    wait_console(c, "evm", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(c, "evm", &write_cmd(7, 16, 0), "W-17").await;
+    let (_, b) = backup(c, "evm", "main").await;
+    assert!(b.full && b.read_bytes == 16 * MIB, "{b:?}");
+    // The backed-up VM's definition reads back whole through oxvirt...
+    let (code, out, _) = d.cli(&["--output", "json", "backup", "show", &format!("main/{}", b.id)]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("SPEC-SECRET"), "the API's view of a backup has no definition in it: {out}");
+    // ...and nothing in the repository's files says what the guest wrote or what the VM is.
+    let files = files_under(&repo_dir);
+    assert!(files.len() > 4, "{files:?}");
+    for f in &files {
+        let body = std::fs::read(f).unwrap();
+        for mark in [&b"T7-1"[..], b"SPEC-SECRET-MARK", b"xxxxxxxxxxxxxxxx"] {
+            assert!(!body.windows(mark.len()).any(|w| w == mark), "{} holds {:?}", f.display(), mark);
+        }
+    }
+
+    // The key, for an administrator to keep; the repository forgotten, then joined again.
+    let (code, key, err) = d.cli(&["backup-repo", "key", "main"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(key.trim().len(), 64, "{key}");
+    let (code, _, err) = d.cli(&["backup-repo", "remove", "main"]);
+    assert_eq!(code, 0, "{err}");
+    // Without the key (a new one would be made) or with another, the directory is refused.
+    let (code, _, err) = d.cli(&["backup-repo", "create", "main", "--path", &repo_path, "--encrypt"]);
+    assert!(code != 0 && err.contains("not with this key"), "{err}");
+    let wrong = d.path().join("wrong.key");
+    std::fs::write(&wrong, "ab".repeat(32)).unwrap();
+    let (code, _, err) = d.cli(&[
+        "backup-repo",
+        "create",
+        "main",
+        "--path",
+        &repo_path,
+        "--encrypt",
+        "--key-file",
+        &wrong.to_string_lossy(),
+    ]);
+    assert!(code != 0 && err.contains("not with this key"), "{err}");
+    let (code, _, err) = d.cli(&["backup-repo", "create", "main", "--path", &repo_path]);
+    assert!(code != 0 && err.contains("its key is needed"), "{err}");
+    let right = d.path().join("main.key");
+    std::fs::write(&right, &key).unwrap();
+    let (code, out, err) = d.cli(&[
+        "backup-repo",
+        "create",
+        "main",
+        "--path",
+        &repo_path,
+        "--encrypt",
+        "--key-file",
+        &right.to_string_lossy(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains(key.trim()), "the key is never shown back: {out}");
+    let listed = c.backups().list("main", Some("evm")).await.unwrap();
+    assert_eq!(listed.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![b.id.clone()]);
+
+    // Restored from it, block for block, and the definition came back.
+    c.vm_action_wait("evm", "stop", T).await.unwrap();
+    let restored = restore(c, "main", &b.id, "erestored", &pool_dir).await;
+    compare(&pool_dir.join("data.qcow2"), &restored);
+    let vm = c.get_vm("erestored").await.unwrap();
+    assert!(serde_json::to_string(&vm.spec).unwrap().contains("SPEC-SECRET-MARK"), "{:?}", vm.spec);
+    let v = c.wait_task(&c.backups().verify("main").await.unwrap().id, T).await.unwrap();
+    assert_eq!(v.state, TaskState::Succeeded, "{v:?}");
 }

@@ -33,8 +33,10 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
             .unwrap();
     }
     let _: Value = root.post("/api/v1/security-groups", &json!({ "name": "db-only" })).await.unwrap();
-    let _: Value =
-        root.post("/api/v1/backup-repos", &json!({ "name": "main", "path": tmp.path().join("repo") })).await.unwrap();
+    let _: Value = root
+        .post("/api/v1/backup-repos", &json!({ "name": "main", "path": tmp.path().join("repo"), "encrypt": true }))
+        .await
+        .unwrap();
     root.create_vm(&kernel_spec("web", ""), false).await.unwrap();
     root.create_vm(&kernel_spec("db", ""), false).await.unwrap();
     // The administrator shares an image with a VM, read-only.
@@ -55,6 +57,7 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
                 { "path": "/pools/mine", "user": "ann", "role": "operator" },
                 { "path": "/networks/corp", "user": "ann", "role": "operator" },
                 { "path": "/vms/web", "user": "otto", "role": "operator" },
+                { "path": "/backup-repos/main", "user": "otto", "role": "operator" },
                 { "path": "/networks", "user": "nora", "role": "operator" },
             ]),
         )
@@ -224,6 +227,15 @@ async fn an_operator_reaches_neither_the_host_nor_another_tenant() {
         assert_eq!(status, *want, "{method} {path} {body}: {resp}");
         assert!(resp.contains(needle), "{method} {path}: {needle:?} not in {resp}");
     }
+    // An encrypted repository's key reads every backup in it: an administrator's, even for
+    // one who may back up into the repository.
+    let (status, body) = otto.raw(hyper::Method::GET, "/api/v1/backup-repos/main", None).await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let key: Value = root.get("/api/v1/backup-repos/main/key").await.unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    assert!(!String::from_utf8_lossy(&body).contains(&key), "the repository's view shows no key");
+    let (status, body) = otto.raw(hyper::Method::GET, "/api/v1/backup-repos/main/key", None).await.unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
     // Networks that reach the host's own networking are an administrator's, even for an
     // operator of every network.
     for (body, needle) in [

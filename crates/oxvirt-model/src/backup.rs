@@ -4,7 +4,7 @@
 use crate::{validate_name, Millis, ValidationError};
 
 /// A backup repository as an administrator defines it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupRepoSpec {
     #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
@@ -13,6 +13,16 @@ pub struct BackupRepoSpec {
     /// made if absent; it must hold nothing else.
     #[schemars(length(min = 1, max = 4096))]
     pub path: String,
+    /// Chunks and VM definitions encrypted on the hosts (AES-256-GCM, chunks named by an HMAC):
+    /// the repository's storage sees no data. oxvirt makes the key and keeps it in its store;
+    /// `GET .../key` (administrators) shows it, to keep apart: without it the backups are lost.
+    #[serde(default)]
+    pub encrypt: bool,
+    /// With `encrypt`, to join a repository encrypted before (another cluster's, or one
+    /// forgotten): its key, 64 hex digits. Only read: never stored in the record nor shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub key: Option<String>,
 }
 
 impl BackupRepoSpec {
@@ -21,8 +31,27 @@ impl BackupRepoSpec {
         if !self.path.starts_with('/') || self.path.len() > 4096 {
             return Err(ValidationError::new("path", "must be an absolute path of at most 4096 bytes"));
         }
+        match &self.key {
+            Some(_) if !self.encrypt => {
+                return Err(ValidationError::new("key", "is for an encrypted repository: set encrypt too"))
+            }
+            Some(k) if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                return Err(ValidationError::new("key", "must be 64 hex digits (a 256-bit key)"))
+            }
+            _ => {}
+        }
         Ok(())
     }
+}
+
+/// An encrypted repository's key, as an administrator asks for it to keep it safe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BackupRepoKey {
+    pub repo: String,
+    /// 64 hex digits.
+    pub key: String,
+    /// What names the key without revealing it (the repository's header holds it too).
+    pub fingerprint: String,
 }
 
 /// A backup repository, as stored.
@@ -264,8 +293,14 @@ mod tests {
 
     #[test]
     fn specs_name_the_field_they_break() {
-        let ok = BackupRepoSpec { name: "main".into(), path: "/srv/backup".into() };
+        let ok = BackupRepoSpec { name: "main".into(), path: "/srv/backup".into(), ..Default::default() };
         ok.validate().unwrap();
+        let key = Some("ab".repeat(32));
+        BackupRepoSpec { encrypt: true, key: key.clone(), ..ok.clone() }.validate().unwrap();
+        let e = BackupRepoSpec { key: key.clone(), ..ok.clone() }.validate().unwrap_err();
+        assert!(e.field == "key" && e.to_string().contains("set encrypt"), "{e}");
+        let e = BackupRepoSpec { encrypt: true, key: Some("xy".repeat(32)), ..ok.clone() }.validate().unwrap_err();
+        assert!(e.field == "key" && e.to_string().contains("64 hex"), "{e}");
         let e = BackupRepoSpec { path: "rel/dir".into(), ..ok.clone() }.validate().unwrap_err();
         assert_eq!(e.field, "path");
         let e = BackupRepoSpec { name: "Bad Name".into(), ..ok }.validate().unwrap_err();

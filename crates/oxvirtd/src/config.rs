@@ -85,7 +85,8 @@ impl Config {
     /// the fencing deadline resets the host before the leader may recover its VMs.
     pub fn kernel_watchdog_timeout_secs(&self) -> u32 {
         self.ha.kernel_watchdog_timeout_secs.unwrap_or_else(|| {
-            let slack = (self.store.member_ttl_secs * 1000 + self.ha.recover_after_ms).saturating_sub(self.fence_after_ms());
+            let slack =
+                (self.store.member_ttl_secs * 1000 + self.ha.recover_after_ms).saturating_sub(self.fence_after_ms());
             (slack / 1000) as u32
         })
     }
@@ -295,7 +296,9 @@ impl Config {
         }
         if let Some(dev) = &c.ha.kernel_watchdog {
             if !c.ha.watchdog {
-                return Err("ha.kernel_watchdog: needs ha.watchdog = true (the watchdog process keeps the device)".into());
+                return Err(
+                    "ha.kernel_watchdog: needs ha.watchdog = true (the watchdog process keeps the device)".into()
+                );
             }
             use std::os::unix::fs::FileTypeExt;
             let kind = std::fs::metadata(dev).map(|m| m.file_type());

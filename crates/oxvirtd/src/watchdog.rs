@@ -32,8 +32,7 @@ pub fn ensure(data_dir: &Path, kernel: Option<(&Path, u32)>) -> Result<PathBuf, 
     if let Some((device, timeout)) = kernel {
         cmd.arg("--kernel-watchdog").arg(device).arg("--kernel-timeout").arg(timeout.to_string());
     }
-    cmd
-        .stdin(std::process::Stdio::null())
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .process_group(0)

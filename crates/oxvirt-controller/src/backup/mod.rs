@@ -4,7 +4,9 @@
 //! only its changes since the last one (`take.rs`), restoring one as a new VM (`restore.rs`), and
 //! a repository's upkeep: prune, garbage collection, verification (`upkeep.rs`); jobs that back VMs
 //! up on a schedule and prune after (`jobs.rs`); at start, what an
-//! interrupted backup left on the host undone (`recover.rs`).
+//! interrupted backup left on the host undone (`recover.rs`). An encrypted repository's key is
+//! kept in the store apart from its record (`backup-keys/<name>`), never in what the API shows
+//! but to an administrator who asks for it.
 
 mod jobs;
 mod recover;
@@ -13,10 +15,18 @@ mod take;
 mod upkeep;
 
 use crate::{now_millis, ControlError};
-use oxvirt_backup::{BackupIndex, Repo, RepoError};
-use oxvirt_model::{Backup, BackupDiskInfo, BackupRepo, BackupRepoSpec, BackupRepoView, ValidationError};
+use oxvirt_backup::{BackupIndex, Repo, RepoError, RepoKey};
+use oxvirt_model::{
+    Backup, BackupDiskInfo, BackupRepo, BackupRepoKey, BackupRepoSpec, BackupRepoView, ValidationError,
+};
+use std::sync::Arc;
+
+/// Where an encrypted repository's key is kept in the store.
+fn key_path(repo: &str) -> String {
+    format!("backup-keys/{repo}")
+}
 use oxvirt_storage::host_paths::Want;
-use oxvirt_store::{Expect, StoreError, StoreExt};
+use oxvirt_store::{Expect, Record, StoreError, StoreExt};
 
 /// What the backup service keeps between calls (reached through `state()`).
 #[derive(Default)]
@@ -79,15 +89,56 @@ impl Backups {
                 )));
             }
         }
-        let at = path.clone();
-        blocking(move || Repo::create(&at).map_err(|e| ControlError::invalid("path", e.to_string()))).await?;
-        let spec = BackupRepoSpec { path: path.to_string_lossy().into_owned(), ..spec };
+        let key = match (&spec.key, spec.encrypt) {
+            (Some(hex), _) => Some(RepoKey::from_hex(hex).map_err(|e| ControlError::invalid("key", e.to_string()))?),
+            (None, true) => Some(RepoKey::generate().map_err(|e| ControlError::Failed(e.to_string()))?),
+            (None, false) => None,
+        }
+        .map(Arc::new);
+        let (at, k) = (path.clone(), key.clone());
+        blocking(move || Repo::create(&at, k).map_err(|e| ControlError::invalid("path", e.to_string()))).await?;
+        let spec = BackupRepoSpec { path: path.to_string_lossy().into_owned(), key: None, ..spec };
         let repo = BackupRepo { spec, created_at: now_millis() };
-        match self.ctl.inner.store.put_record(&repo.spec.name, &repo, Expect::Absent) {
+        let mut ops = vec![oxvirt_store::Op::Put {
+            key: format!("{}{}", BackupRepo::PREFIX, repo.spec.name),
+            value: serde_json::to_vec(&repo).unwrap_or_default(),
+            expect: Expect::Absent,
+        }];
+        if let Some(k) = &key {
+            ops.push(oxvirt_store::Op::Put {
+                key: key_path(&repo.spec.name),
+                value: k.to_hex().into_bytes(),
+                expect: Expect::Any,
+            });
+        }
+        // The record and its key together, or neither.
+        match self.ctl.inner.store.txn(ops) {
             Ok(_) => Ok(repo),
             Err(StoreError::Conflict { .. }) => Err(exists(&repo.spec.name)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// An encrypted repository's key (for an administrator to keep apart).
+    pub fn repo_key(&self, name: &str) -> Result<BackupRepoKey, ControlError> {
+        let rec = self.repo_record(name)?;
+        let key = self.key_of(&rec)?.ok_or_else(|| {
+            ControlError::Conflict(format!("backup repository {name} is not encrypted: it has no key"))
+        })?;
+        Ok(BackupRepoKey { repo: rec.spec.name, key: key.to_hex(), fingerprint: key.fingerprint() })
+    }
+
+    /// The key of `rec`, if it is encrypted.
+    fn key_of(&self, rec: &BackupRepo) -> Result<Option<Arc<RepoKey>>, ControlError> {
+        if !rec.spec.encrypt {
+            return Ok(None);
+        }
+        let e = self.ctl.inner.store.get(&key_path(&rec.spec.name))?.ok_or_else(|| {
+            ControlError::Failed(format!("backup repository {}: its key is missing from the store", rec.spec.name))
+        })?;
+        let key = RepoKey::from_hex(&String::from_utf8_lossy(&e.value))
+            .map_err(|e| ControlError::Failed(format!("backup repository {}: its stored key: {e}", rec.spec.name)))?;
+        Ok(Some(Arc::new(key)))
     }
 
     pub fn repo_record(&self, name: &str) -> Result<BackupRepo, ControlError> {
@@ -102,8 +153,13 @@ impl Backups {
     /// The repository `name`, opened.
     pub(crate) fn open(&self, name: &str) -> Result<(BackupRepo, Repo), ControlError> {
         let rec = self.repo_record(name)?;
-        let repo = Repo::open(std::path::Path::new(&rec.spec.path))?;
+        let repo = self.open_record(&rec)?;
         Ok((rec, repo))
+    }
+
+    /// The repository of record `rec`, opened with its key.
+    pub(crate) fn open_record(&self, rec: &BackupRepo) -> Result<Repo, ControlError> {
+        Ok(Repo::open(std::path::Path::new(&rec.spec.path), self.key_of(rec)?)?)
     }
 
     pub async fn get_repo(&self, name: &str) -> Result<BackupRepoView, ControlError> {
@@ -133,7 +189,11 @@ impl Backups {
     /// `create` of the same path, finds them again).
     pub fn remove_repo(&self, name: &str) -> Result<(), ControlError> {
         self.repo_record(name)?;
-        self.ctl.inner.store.delete_record::<BackupRepo>(name, Expect::Any)?;
+        // (An encrypted one's key goes with it: joining it again takes the key kept apart.)
+        self.ctl.inner.store.txn(vec![
+            oxvirt_store::Op::Delete { key: format!("{}{name}", BackupRepo::PREFIX), expect: Expect::Any },
+            oxvirt_store::Op::Delete { key: key_path(name), expect: Expect::Any },
+        ])?;
         Ok(())
     }
 

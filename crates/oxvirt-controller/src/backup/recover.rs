@@ -27,7 +27,7 @@ impl Backups {
             if let Some(vm) = vms.iter().find(|v| v.id == name) {
                 tracing::warn!(vm = %vm.spec.name, "a backup was interrupted (oxvirtd stopped): undoing it on the VM's side");
                 for (r, _) in self.ctl.inner.store.list_records::<oxvirt_model::BackupRepo>().unwrap_or_default() {
-                    if let Ok(repo) = oxvirt_backup::Repo::open(Path::new(&r.spec.path)) {
+                    if let Ok(repo) = self.open_record(&r) {
                         repo.drop_dead_leases(&vm.spec.name);
                     }
                 }

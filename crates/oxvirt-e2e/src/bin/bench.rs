@@ -1321,12 +1321,7 @@ async fn raw_local_round(
 
 /// The "disks copied" phase (ms) of a migration task's message.
 fn copied_ms(message: &str) -> u64 {
-    message
-        .split("disks copied ")
-        .nth(1)
-        .and_then(|t| t.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    message.split("disks copied ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 async fn local_disk_migration() {

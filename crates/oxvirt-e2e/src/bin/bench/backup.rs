@@ -38,7 +38,7 @@ async fn task_ok(c: &Client, t: oxvirt_model::Task) -> oxvirt_model::Task {
 
 async fn repo(c: &Client, d: &Daemon, name: &str) {
     let path = d.path().join(name).to_string_lossy().into_owned();
-    c.backups().create_repo(&BackupRepoSpec { name: name.into(), path }).await.expect("repo");
+    c.backups().create_repo(&BackupRepoSpec { name: name.into(), path, ..Default::default() }).await.expect("repo");
 }
 
 pub async fn backup() {
