@@ -194,6 +194,9 @@ pub fn summary(r: &HaResource) -> String {
     if let Some(g) = &r.spec.group {
         s += &format!(", group {g}");
     }
+    if let Some(h) = &r.status.run_lease {
+        s += &format!(", run lease held by {h}");
+    }
     match &r.status.last_recovery {
         Some(rec) => s += &format!("; last recovery: {} -> {} ({})", rec.from, rec.to, rec.reason),
         None => s += "; never recovered",

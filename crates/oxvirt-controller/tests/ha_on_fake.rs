@@ -229,3 +229,64 @@ async fn a_lost_hosts_vm_on_its_local_disk_is_reported_not_recoverable_and_start
     assert!(fake_a.starts().is_empty(), "host-a never started it");
     assert_eq!(fake_b.starts().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_hosts_vm_is_recovered_only_once_its_run_lease_is_gone() {
+    let root = common::TestRoot::new();
+    let (a, fake_a) = cluster_host(&root, "host-a");
+    let (b, _fake_b) = cluster_host(&root, "host-b");
+    for h in [&a, &b] {
+        h.start_background().await;
+    }
+    b.vms().create_vm(ROOT, spec(&root.kernel, "web", Some("host-b"))).unwrap();
+    b.ha().add_resource(ha("web", serde_json::json!({}))).unwrap();
+    until("started on host-b", || running_pid(&b, "web")).await;
+    // host-b holds the run lease of the VM it runs (shown, never stored in the record).
+    until("host-b holds the run lease", || {
+        (a.ha().get_resource("web").ok()?.status.run_lease.as_deref() == Some("host-b")).then_some(())
+    })
+    .await;
+    let key = <oxvirt_model::HaResource as oxvirt_store::Record>::key_of("web");
+    let stored = root.store.get(&key).unwrap().map(|e| String::from_utf8_lossy(&e.value).into_owned());
+    assert!(stored.is_some_and(|s| !s.contains("run_lease")), "the holder is read, not stored");
+
+    // host-b's presence ends; its run lease, on a store without leases, stays: the leader
+    // (host-a) waits, and says why.
+    root.store.delete("alive/host-b", Expect::Any).unwrap();
+    let why = until("the wait said", || {
+        let p = a.ha().get_resource("web").ok()?.status.problem;
+        p.contains("run lease is still held by host-b").then_some(p)
+    })
+    .await;
+    assert!(fake_a.starts().is_empty(), "{why}");
+    assert_eq!(a.vms().get_vm("web").unwrap().host.as_deref(), Some("host-b"));
+    // The lease lapses (as etcd ends it with host-b's own): recovered on host-a, which takes it.
+    root.store.delete("ha/run/web", Expect::Any).unwrap();
+    until("running on host-a", || (fake_a.starts().len() == 1).then_some(())).await;
+    let r = a.ha().get_resource("web").unwrap();
+    assert_eq!(r.status.last_recovery.map(|x| x.to), Some("host-a".to_string()));
+    until("host-a holds the run lease", || (a.ha().run_lease_holder("web").as_deref() == Some("host-a")).then_some(()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_starts_no_ha_vm_whose_run_lease_another_holds() {
+    let root = common::TestRoot::new();
+    let (a, fake_a) = cluster_host(&root, "host-a");
+    a.start_background().await;
+    a.vms().create_vm(ROOT, spec(&root.kernel, "db", Some("host-a"))).unwrap();
+    // Another host's lease on it (a stale record, say): host-a does not start it, and says why.
+    root.store.put("ha/run/db", b"host-z".to_vec(), Expect::Absent).unwrap();
+    a.ha().add_resource(ha("db", serde_json::json!({}))).unwrap();
+    until("the refusal said", || {
+        a.ha().get_resource("db").ok()?.status.problem.contains("run lease is held by host host-z").then_some(())
+    })
+    .await;
+    assert!(fake_a.starts().is_empty());
+    root.store.delete("ha/run/db", Expect::Any).unwrap();
+    until("started once the lease is free", || running_pid(&a, "db")).await;
+    assert_eq!(a.ha().run_lease_holder("db").as_deref(), Some("host-a"));
+    // Out of HA, its run lease goes.
+    a.ha().remove_resource("db").unwrap();
+    assert_eq!(a.ha().run_lease_holder("db"), None);
+}

@@ -115,6 +115,9 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     let (code, out, err) = b.cli(&["ha", "add", "guarded"]);
     assert_eq!(code, 0, "{out}{err}");
     armed(&devices[1], "host-b guards an HA QEMU").await;
+    // host-b holds the VM's run lease in etcd.
+    let r = b.client.ha().get_resource("guarded").await.unwrap();
+    assert_eq!(r.status.run_lease.as_deref(), Some("host-b"), "{:?}", r.status);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = disk_counter(b, "guarded").await;
     assert!(before > 0);
@@ -136,6 +139,12 @@ async fn a_lost_hosts_ha_vm_runs_again_elsewhere_and_never_twice() {
     let after = disk_counter(d, "guarded").await;
     assert!(after >= before, "the disk went back: {before} -> {after}");
     let r = a.client.ha().get_resource("guarded").await.unwrap();
+    assert_eq!(
+        r.status.run_lease.as_deref(),
+        Some(now_on.as_str()),
+        "the new host holds the run lease: {:?}",
+        r.status
+    );
     let rec = r.status.last_recovery.expect("the recovery recorded");
     assert_eq!((rec.from.as_str(), rec.to.as_str()), ("host-b", now_on.as_str()));
     assert!(rec.reason.contains("host host-b lost"), "{}", rec.reason);
@@ -293,13 +302,34 @@ async fn a_host_cut_from_etcd_fences_itself_before_its_vm_runs_elsewhere() {
     assert_eq!(code, 0, "{out}{err}");
     let (_, out, _) = a.cli(&["cluster", "hosts"]);
     assert!(out.lines().any(|l| l.starts_with(moved_to.as_str()) && l.contains("online")), "{out}");
-    // Not a host of the cluster: named and refused.
-    let (code, _, err) = a.cli(&["cluster", "fence", "host-z"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("host-z"), "{err}");
     // The disk's writers, as the host saw them: host-b's QEMU, the one after the cut, the one
     // after the fence by hand, one after another.
     let writers = writers.stop();
     assert_eq!(writers.len(), 3, "{writers:?}");
     assert_one_writer_at_a_time(&writers);
+    // Moved live to another host (both QEMUs hold the disk a moment then: the target's waits,
+    // unlocked, until the switch-over), the VM's run lease follows it: the old host gives it up,
+    // the new one takes it.
+    let to = if refuge == "host-a" { "host-c" } else { "host-a" };
+    let owner = match refuge.as_str() {
+        "host-a" => &a,
+        "host-b" => &b,
+        _ => &c,
+    };
+    let t = owner.client.migrate_vm("isolated", to).await.unwrap();
+    let t = owner.client.wait_task(&t.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}");
+    let begun = Instant::now();
+    loop {
+        let r = a.client.ha().get_resource("isolated").await.unwrap();
+        if r.status.run_lease.as_deref() == Some(to) {
+            break;
+        }
+        assert!(begun.elapsed() < Duration::from_secs(20), "the run lease did not follow to {to}: {:?}", r.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not a host of the cluster: named and refused.
+    let (code, _, err) = a.cli(&["cluster", "fence", "host-z"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("host-z"), "{err}");
 }

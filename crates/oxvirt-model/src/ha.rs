@@ -114,6 +114,10 @@ pub struct HaStatus {
     /// recovers a lost host's VM only when that host said so, never one it may still run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guarded_by: Option<String>,
+    /// The host holding the VM's run lease in the cluster (the only one allowed to run it; the
+    /// lease lapses with that host's own). Shown, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_lease: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

@@ -38,6 +38,8 @@ pub struct EtcdStore {
     events: broadcast::Sender<WatchEvent>,
     /// Dropped with the store: background loops see it gone and stop.
     alive: Arc<()>,
+    /// The lease this member's cluster session holds now (0: none yet), for `Op::PutLeased`.
+    member_lease: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -100,7 +102,14 @@ impl EtcdStore {
             Err(_) => return Err(backend("the store's runtime stopped")),
         };
         let (events, _) = broadcast::channel(4096);
-        let store = EtcdStore { rt: Some(rt), client, prefix: prefix.to_string(), events, alive: Arc::new(()) };
+        let store = EtcdStore {
+            rt: Some(rt),
+            client,
+            prefix: prefix.to_string(),
+            events,
+            alive: Arc::new(()),
+            member_lease: Arc::default(),
+        };
         // Fail now, not at the first request, when no member answers.
         store.revision()?;
         store.follow();
@@ -212,7 +221,9 @@ impl EtcdStore {
     /// Whether the store holds what `ops` write (after a try whose outcome was unknown).
     fn applied(&self, ops: &[Op]) -> bool {
         ops.iter().all(|op| match op {
-            Op::Put { key, value, .. } => self.get(key).ok().flatten().is_some_and(|e| &e.value == value),
+            Op::Put { key, value, .. } | Op::PutLeased { key, value, .. } => {
+                self.get(key).ok().flatten().is_some_and(|e| &e.value == value)
+            }
             Op::Delete { key, .. } => self.get(key).ok().flatten().is_none(),
         })
     }
@@ -221,7 +232,9 @@ impl EtcdStore {
     fn failed_key(&self, ops: &[Op]) -> (String, Expect) {
         for op in ops {
             let (key, expect) = match op {
-                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key, *expect),
+                Op::Put { key, expect, .. } | Op::PutLeased { key, expect, .. } | Op::Delete { key, expect } => {
+                    (key, *expect)
+                }
             };
             let now = self.get(key).ok().flatten().map(|e| e.revision);
             let holds = match expect {
@@ -235,7 +248,9 @@ impl EtcdStore {
         }
         ops.first()
             .map(|op| match op {
-                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key.clone(), *expect),
+                Op::Put { key, expect, .. } | Op::PutLeased { key, expect, .. } | Op::Delete { key, expect } => {
+                    (key.clone(), *expect)
+                }
             })
             .unwrap_or_default()
     }
@@ -263,9 +278,11 @@ impl EtcdStore {
             (self.client.clone(), self.full(&format!("alive/{member}")), self.full("leader"), member.to_string());
         let flag = leader.clone();
         let alive = Arc::downgrade(&self.alive);
+        let lease_now = self.member_lease.clone();
         self.rt().spawn(async move {
             loop {
-                if let Err(e) = hold(&client, &key, &election, &name, ttl, &flag, &renewed_here).await {
+                let held = Held { leader: &flag, renewed: &renewed_here, lease: &lease_now };
+                if let Err(e) = hold(&client, &key, &election, &name, ttl, held).await {
                     tracing::warn!("cluster membership: {e}; trying again");
                 }
                 flag.store(false, Ordering::SeqCst);
@@ -285,6 +302,14 @@ impl EtcdStore {
     }
 }
 
+/// What a member's session shares with its lease's keeper.
+struct Held<'a> {
+    leader: &'a Arc<AtomicBool>,
+    renewed: &'a std::sync::Mutex<Option<std::time::Instant>>,
+    /// The lease now (0 between leases), for keys put with it.
+    lease: &'a std::sync::atomic::AtomicI64,
+}
+
 /// One lease's life: the member's key put with it, a campaign on it, renewals until it lapses.
 async fn hold(
     client: &Client,
@@ -292,11 +317,12 @@ async fn hold(
     election: &str,
     name: &str,
     ttl: i64,
-    leader: &Arc<AtomicBool>,
-    renewed: &std::sync::Mutex<Option<std::time::Instant>>,
+    held: Held<'_>,
 ) -> Result<(), etcd_client::Error> {
+    let Held { leader, renewed, lease: lease_now } = held;
     let asked = std::time::Instant::now();
     let lease = client.lease_client().grant(ttl, None).await?.id();
+    lease_now.store(lease, Ordering::SeqCst);
     set_renewed(renewed, asked);
     client.kv_client().put(key, name, Some(PutOptions::new().with_lease(lease))).await?;
     let mut el = client.election_client();
@@ -315,6 +341,7 @@ async fn hold(
         }
     });
     let result = renew(client, lease, ttl, renewed).await;
+    lease_now.store(0, Ordering::SeqCst);
     campaign.abort();
     leader.store(false, Ordering::SeqCst);
     result
@@ -432,7 +459,9 @@ impl Store for EtcdStore {
         let mut actions = Vec::new();
         for op in &ops {
             let (key, expect) = match op {
-                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (self.full(key), *expect),
+                Op::Put { key, expect, .. } | Op::PutLeased { key, expect, .. } | Op::Delete { key, expect } => {
+                    (self.full(key), *expect)
+                }
             };
             match expect {
                 Expect::Any => {}
@@ -441,6 +470,13 @@ impl Store for EtcdStore {
             }
             actions.push(match op {
                 Op::Put { value, .. } => TxnOp::put(key, value.clone(), None),
+                Op::PutLeased { value, .. } => {
+                    let lease = self.member_lease.load(Ordering::SeqCst);
+                    if lease == 0 {
+                        return Err(backend(format!("{key}: this member holds no cluster lease yet")));
+                    }
+                    TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(lease)))
+                }
                 Op::Delete { .. } => TxnOp::delete(key, None),
             });
         }

@@ -51,8 +51,23 @@ pub enum Expect {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, expect: Expect },
-    Delete { key: String, expect: Expect },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        expect: Expect,
+    },
+    /// A put tied to this member's cluster lease (etcd): the key goes by itself when the lease
+    /// lapses (the member crashed, hung, or was cut off). Where there are no leases (SQLite, one
+    /// host) a plain put. Refused before the member's first lease.
+    PutLeased {
+        key: String,
+        value: Vec<u8>,
+        expect: Expect,
+    },
+    Delete {
+        key: String,
+        expect: Expect,
+    },
 }
 
 /// A change, as watchers see it, in revision order.

@@ -273,7 +273,9 @@ impl Store for SqliteStore {
         let mut changes = Vec::with_capacity(ops.len());
         for op in ops {
             let (key, expect) = match &op {
-                Op::Put { key, expect, .. } | Op::Delete { key, expect } => (key.clone(), *expect),
+                Op::Put { key, expect, .. } | Op::PutLeased { key, expect, .. } | Op::Delete { key, expect } => {
+                    (key.clone(), *expect)
+                }
             };
             let current: Option<i64> = tx
                 .prepare_cached("SELECT mod_revision FROM kv WHERE key = ?1")
@@ -288,7 +290,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::Conflict { key, expected: expect });
             }
             match op {
-                Op::Put { key, value, .. } => {
+                Op::Put { key, value, .. } | Op::PutLeased { key, value, .. } => {
                     tx.prepare_cached(
                         "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?1, ?2, ?3, ?3)
                          ON CONFLICT(key) DO UPDATE SET value = excluded.value, mod_revision = excluded.mod_revision",

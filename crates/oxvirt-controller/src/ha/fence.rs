@@ -110,8 +110,10 @@ impl Ha {
         if !guarded.is_empty() {
             self.fence_here(&guarded, &tokio::runtime::Handle::current());
         }
-        // Said once none of its HA QEMUs runs: the leader may recover them then.
+        // Said once none of its HA QEMUs runs, their run leases given up: the leader may
+        // recover them then.
         if self.guarded().is_empty() {
+            self.release_run_leases(me, &[]);
             let _ =
                 self.ctl.inner.store.put(&fenced_key(me), crate::now_millis().to_string().into_bytes(), Expect::Any);
         }
@@ -174,7 +176,20 @@ impl Ha {
             .filter(|(r, _)| r.spec.state != HaState::Disabled)
             .filter(|(r, _)| self.ctl.vms().get_vm(&r.spec.vm).is_ok_and(|v| v.host.as_deref() == Some(me.as_str())))
             .collect();
-        *lock(&self.state().fence.names) = mine.iter().map(|(r, _)| r.spec.vm.clone()).collect();
+        let names: Vec<String> = mine.iter().map(|(r, _)| r.spec.vm.clone()).collect();
+        *lock(&self.state().fence.names) = names.clone();
+        // Run leases: taken for the VMs guarded here (not while fenced, nor while this host's
+        // presence is not in the store: the leader may be moving them), given up for those
+        // that are not this host's any more.
+        let present = matches!(self.ctl.inner.store.get(&format!("alive/{me}")), Ok(Some(_)));
+        if present && !self.fenced() && !self.state().fence.by_request.load(Ordering::Acquire) {
+            for vm in &names {
+                if let Err(holder) = self.hold_run_lease(vm, &me) {
+                    tracing::debug!(vm = %vm, "HA: run lease not taken: held by {holder}");
+                }
+            }
+        }
+        self.release_run_leases(&me, &names);
         for (mut r, rev) in mine {
             if r.status.guarded_by.as_deref() != Some(me.as_str()) {
                 r.status.guarded_by = Some(me.clone());

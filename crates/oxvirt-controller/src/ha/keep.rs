@@ -137,6 +137,18 @@ impl Ha {
                 }
                 // (What stands whatever it does, a disk on this host only, is still said.)
                 r.status.problem = self.not_recoverable(name).unwrap_or_default();
+                // In a cluster, only the holder of its run lease runs it.
+                if let Some(me) = self.ctl.hosts().host_name() {
+                    if let Err(holder) = self.hold_run_lease(name, &me) {
+                        let why = format!("not started here: its run lease is held by {holder}");
+                        if r.status.problem != why {
+                            tracing::warn!(vm = name, "HA: {why}");
+                            r.status.problem = why;
+                            self.save(&r, rev);
+                        }
+                        return;
+                    }
+                }
                 // Counted before the start: a start that fails is seen as a failure next round.
                 if self.save(&r, rev) {
                     if let Err(e) = self.ctl.vms().vm_action(name, VmAction::Start) {
@@ -187,7 +199,9 @@ impl Ha {
             return Err(p);
         }
         let to = self.ctl.hosts().pick_other_host(vm, &from).map_err(|e| format!("no other host can take it: {e}"))?;
-        let m = super::moves::Move { vm: name, from: &from, to: &to, why, relocation: true, guard: vec![] };
+        // (Its run lease, this host's, is given up in the same transaction.)
+        let guard = vec![super::run_lease::give_up(name)];
+        let m = super::moves::Move { vm: name, from: &from, to: &to, why, relocation: true, guard };
         let rec = self.move_vm(m).map_err(|e| match e {
             super::moves::MoveError::Guard(k) | super::moves::MoveError::Other(k) => k,
         })?;

@@ -11,6 +11,7 @@ mod fence;
 mod keep;
 mod moves;
 mod recover;
+mod run_lease;
 
 /// What HA keeps between rounds (reached through `state()`).
 #[derive(Default)]
@@ -66,17 +67,37 @@ impl Ha {
     }
 
     pub fn get_resource(&self, vm: &str) -> Result<HaResource, ControlError> {
-        Ok(self.resource_record(vm)?.0)
+        Ok(self.with_run_lease(self.resource_record(vm)?.0))
     }
 
     pub fn list_resources(&self) -> Result<Vec<HaResource>, ControlError> {
-        Ok(self.ctl.inner.store.list_records::<HaResource>()?.into_iter().map(|(r, _)| r).collect())
+        Ok(self
+            .ctl
+            .inner
+            .store
+            .list_records::<HaResource>()?
+            .into_iter()
+            .map(|(r, _)| self.with_run_lease(r))
+            .collect())
+    }
+
+    /// A resource as shown: with the host holding its run lease (read, never stored).
+    fn with_run_lease(&self, mut r: HaResource) -> HaResource {
+        r.status.run_lease = self.run_lease_holder(&r.spec.vm);
+        r
     }
 
     /// Takes a VM out of HA; the VM itself stays as it is.
     pub fn remove_resource(&self, vm: &str) -> Result<(), ControlError> {
         let (_, rev) = self.resource_record(vm)?;
-        self.ctl.inner.store.delete_record::<HaResource>(vm, Expect::Revision(rev)).map_err(|e| match e {
+        let ops = vec![
+            oxvirt_store::Op::Delete {
+                key: <HaResource as oxvirt_store::Record>::key_of(vm),
+                expect: Expect::Revision(rev),
+            },
+            run_lease::give_up(vm),
+        ];
+        self.ctl.inner.store.txn(ops).map_err(|e| match e {
             StoreError::Conflict { .. } => ControlError::Busy(format!("HA resource {vm} changed meanwhile; try again")),
             e => e.into(),
         })?;

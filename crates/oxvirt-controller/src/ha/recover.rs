@@ -194,9 +194,15 @@ impl Ha {
                 expect: Expect::Revision(revision),
             },
         };
-        let m = Move { vm: &vm.spec.name, from, to: &to, why, relocation: false, guard: vec![guard_op] };
+        // ...and its run lease gone with the host's own lease (or given up by a fenced host).
+        let guard = vec![guard_op, super::run_lease::lease_gone(&vm.spec.name)];
+        let m = Move { vm: &vm.spec.name, from, to: &to, why, relocation: false, guard };
         match self.move_vm(m) {
             Ok(rec) => Ok(rec),
+            Err(MoveError::Guard(key)) if key == super::run_lease::run_key(&vm.spec.name) => Err(format!(
+                "not yet: its run lease is still held by {}",
+                self.run_lease_holder(&vm.spec.name).unwrap_or_else(|| "its host".into())
+            )),
             Err(MoveError::Guard(key)) if key.starts_with("alive/") => {
                 Err(format!("host {from} came back: it keeps the VM"))
             }
