@@ -844,6 +844,23 @@ fn a_guarded_line_runs_its_command_once() {
     std::fs::remove_dir(&dir).unwrap();
 }
 
+/// Whether the console output `since` shows the shell taking the line that begins `echo` (its
+/// prompt, then the line: the terminal's own echo of a line typed while the shell was starting
+/// or busy comes before any prompt and does not count) and then a prompt again (it finished).
+fn ran_and_finished(since: &str, echo: &str) -> bool {
+    since.find(&format!("# {echo}")).is_some_and(|i| since[i + 2 + echo.len()..].contains("oxvirt-guest:"))
+}
+
+#[test]
+fn a_line_finished_only_once_the_shell_took_it_and_prompted_again() {
+    let echo = "mkdir /tmp/.g1x0";
+    // Typed while the shell started: the terminal echoes it, the shell prompts, then takes it.
+    let starting = "mkdir /tmp/.g1x0 2>/dev/null && { long; }\r\n\r\nBusyBox v1.35.0\r\noxvirt-guest:/# mkdir /tmp/.g1x0 2>/dev/null && { lo\r\r\nng; }\r\n";
+    assert!(!ran_and_finished(starting, echo), "still running");
+    assert!(ran_and_finished(&format!("{starting}T1-0\r\nW-17\r\noxvirt-guest:/# "), echo));
+    assert!(!ran_and_finished("oxvirt-guest:/# ", echo), "not taken yet");
+}
+
 /// Types a command into the guest's console until `want` shows up in what comes back.
 pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &str, want: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -868,7 +885,7 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
             None => true,
             Some((at, mark)) => {
                 let since = strip_escapes(&String::from_utf8_lossy(&seen[mark..]));
-                let finished = since.find(&echo).is_some_and(|i| since[i..].contains("oxvirt-guest:"));
+                let finished = ran_and_finished(&since, &echo);
                 // A character lost on the way (a busy host) can leave the shell waiting for the
                 // rest of a quote (its `> ` prompt): cancel that line, then type it again.
                 let stuck = since.trim_end_matches(' ').ends_with("\n>") || since.ends_with("\r\n> ");
