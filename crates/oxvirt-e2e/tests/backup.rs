@@ -456,3 +456,102 @@ async fn an_encrypted_repository_holds_no_plaintext_and_is_joined_again_only_wit
     let v = c.wait_task(&c.backups().verify("main").await.unwrap().id, T).await.unwrap();
     assert_eq!(v.state, TaskState::Succeeded, "{v:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_backs_up_the_vms_of_every_host_of_a_cluster_each_on_its_own_host() {
+    let cluster = EtcdCluster::start(1);
+    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+    let config = |host: &str| {
+        format!(
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"bk/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
+            eps.join(", ")
+        )
+    };
+    let a = Daemon::start_with_config(&config("host-a"));
+    let mut b = Daemon::start_with_config(&config("host-b"));
+    let shared = tempfile::tempdir_in("/tmp").unwrap();
+    let disk = |name: &str, byte: u8| {
+        let f = shared.path().join(format!("{name}.raw"));
+        std::fs::write(&f, vec![0u8; 16 << 20]).unwrap();
+        let ok = Command::new("qemu-io")
+            .args(["-f", "raw", "-c", &format!("write -P {byte} 0 8M")])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(ok.status.success());
+        f
+    };
+    let (da, db) = (disk("va", 0x5a), disk("vb", 0x6b));
+    a.client
+        .backups()
+        .create_repo(&BackupRepoSpec {
+            name: "main".into(),
+            path: shared.path().join("repo").to_string_lossy().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // va stays stopped on host-a; vb runs on host-b.
+    let mut va = kernel_spec("va", "");
+    va["host"] = json!("host-a");
+    va["disks"] = json!([{ "path": da, "format": "raw" }]);
+    a.client.create_vm(&va, false).await.unwrap();
+    let mut vb = kernel_spec("vb", "");
+    vb["host"] = json!("host-b");
+    vb["disks"] = json!([{ "path": db, "format": "raw" }]);
+    b.client.create_vm(&vb, true).await.unwrap();
+    wait_console(&b.client, "vb", READY, 1, BOOT_TIMEOUT).await;
+
+    // A job made and run on host-a backs up both: vb on host-b, asked through the store.
+    let job = oxvirt_model::BackupJobSpec {
+        name: "nightly".into(),
+        vms: vec!["va".into(), "vb".into()],
+        repo: "main".into(),
+        schedule: "0 3 * * *".into(),
+        retention: Some(oxvirt_model::Retention { keep_last: 1, ..Default::default() }),
+        enabled: true,
+    };
+    a.client.backups().create_job(&job).await.unwrap();
+    let t = a.client.backups().run_job("nightly").await.unwrap();
+    let t = a.client.wait_task(&t.id, T).await.unwrap();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}\n{}", a.log(), b.log());
+    assert!(t.message.contains("backed up 2 of 2"), "{}", t.message);
+    for vm in ["va", "vb"] {
+        let got = a.client.backups().list("main", Some(vm)).await.unwrap();
+        assert_eq!(got.len(), 1, "{vm}: {got:?}");
+        assert_eq!(got[0].disks[0].data_chunks, 2, "{vm}: 8 MiB of data in 4 MiB chunks: {:?}", got[0]);
+    }
+    // vb's backup was a task of host-b's (its QEMU froze its disk there), and exports as it was.
+    let tasks = a.client.list_tasks().await.unwrap();
+    for (vm, host) in [("va", "host-a"), ("vb", "host-b")] {
+        let t = tasks.iter().find(|t| t.kind == "vm.backup" && t.target == format!("vms/{vm}")).unwrap();
+        assert_eq!((t.state, t.host.as_deref()), (TaskState::Succeeded, Some(host)), "{t:?}");
+    }
+    let vb_backup = a.client.backups().list("main", Some("vb")).await.unwrap().remove(0);
+    let exported = shared.path().join("vb.qcow2");
+    let t = a.client.backups().export("main", &vb_backup.id, None, &exported.to_string_lossy()).await.unwrap();
+    let t = a.client.wait_task(&t.id, T).await.unwrap();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    let out = Command::new("qemu-img")
+        .args(["compare", "-U", "-f", "raw", "-F", "qcow2"])
+        .arg(&db)
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // host-b gone (its daemon killed): the next run fails vb, naming the host, and still backs va up.
+    let qemu_b = b.qemu_pids();
+    b.kill9();
+    let t = a.client.backups().run_job("nightly").await.unwrap();
+    let t = a.client.wait_task(&t.id, T).await.unwrap();
+    assert_eq!(t.state, TaskState::Failed, "{t:?}");
+    let said = t.error.clone().unwrap_or_default();
+    assert!(
+        said.contains("backed up 1 of 2") && said.contains("vb: on host-b") && said.contains("left the cluster"),
+        "{said}"
+    );
+    for p in qemu_b {
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
+}

@@ -287,6 +287,38 @@ pub struct BackupJob {
     pub status: BackupJobStatus,
 }
 
+/// Where a backup job's run asked another host to back up a VM of its own, and how it went
+/// (records `backup-orders/<job>.<vm>`; the run deletes its orders when it ends).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BackupOrder {
+    pub job: String,
+    pub vm: String,
+    pub repo: String,
+    /// The host that runs the VM, which takes the backup.
+    pub host: String,
+    pub asked_at: Millis,
+    pub state: OrderState,
+    /// The backup task's last message, or why it failed.
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderState {
+    Asked,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl BackupOrder {
+    /// The record name of job `job`'s order for VM `vm`.
+    pub fn name_of(job: &str, vm: &str) -> String {
+        format!("{job}.{vm}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

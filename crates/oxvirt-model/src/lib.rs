@@ -33,8 +33,9 @@ mod vm_requests;
 pub use access_requests::{LoginRequest, NewTokenRequest};
 pub use alert::{Alert, AlertKind, AlertRule, AlertState};
 pub use backup::{
-    Backup, BackupDiskInfo, BackupExportRequest, BackupJob, BackupJobSpec, BackupJobStatus, BackupRepo, BackupRepoKey,
-    BackupRepoSpec, BackupRepoView, BackupRequest, PruneRequest, PruneResult, RestoreRequest, Retention,
+    Backup, BackupDiskInfo, BackupExportRequest, BackupJob, BackupJobSpec, BackupJobStatus, BackupOrder, BackupRepo,
+    BackupRepoKey, BackupRepoSpec, BackupRepoView, BackupRequest, OrderState, PruneRequest, PruneResult,
+    RestoreRequest, Retention,
 };
 pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
 pub use error::{ApiErrorBody, ErrorReply, ValidationError, ERROR_CODES};

@@ -86,6 +86,10 @@ impl Record for oxvirt_model::BackupJob {
     const PREFIX: &'static str = "backup-jobs/";
 }
 
+impl Record for oxvirt_model::BackupOrder {
+    const PREFIX: &'static str = "backup-orders/";
+}
+
 impl Record for oxvirt_model::Migration {
     const PREFIX: &'static str = "migrations/";
 }

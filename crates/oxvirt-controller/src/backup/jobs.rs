@@ -11,7 +11,7 @@ use oxvirt_store::{Expect, StoreError, StoreExt};
 use std::time::Duration;
 
 /// How long one VM's backup in a job may take.
-const BACKUP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub(super) const BACKUP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl Backups {
     pub fn create_job(&self, spec: BackupJobSpec) -> Result<BackupJob, ControlError> {
@@ -87,6 +87,7 @@ impl Backups {
 
     /// The reconcile round's part: every enabled job whose next run is due is claimed and run.
     pub(crate) async fn jobs_round(&self) {
+        self.orders_round().await;
         let now = now_millis();
         let Ok(jobs) = self.ctl.inner.store.list_records::<BackupJob>() else { return };
         for (job, rev) in jobs {
@@ -156,6 +157,18 @@ impl Backups {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         for (i, vm) in spec.vms.iter().enumerate() {
+            // A VM another host of the cluster runs is backed up there, asked through the store.
+            let me = self.ctl.hosts().host_name();
+            let elsewhere =
+                self.ctl.vms().get_vm(vm).ok().and_then(|v| v.host).filter(|h| me.is_some() && me.as_ref() != Some(h));
+            if let Some(host) = elsewhere {
+                task.progress((i * 90 / spec.vms.len()) as u8, &format!("backing up {vm} (on {host})"));
+                match self.back_up_on(&spec.name, vm, &spec.repo, &host).await {
+                    Ok(_) => done.push(vm.clone()),
+                    Err(e) => failed.push(format!("{vm}: {e}")),
+                }
+                continue;
+            }
             task.progress((i * 90 / spec.vms.len()) as u8, &format!("backing up {vm}"));
             let r = match self.backup_vm(vm, oxvirt_model::BackupRequest { repo: spec.repo.clone() }).await {
                 Ok(t) => self.ctl.inner.tasks.wait(&t.id, BACKUP_TIMEOUT).await,

@@ -3,12 +3,14 @@
 //! listing and forgetting backups (`mod.rs`), taking a VM's backup, running or stopped, full or
 //! only its changes since the last one (`take.rs`), restoring one as a new VM (`restore.rs`), and
 //! a repository's upkeep: prune, garbage collection, verification (`upkeep.rs`); jobs that back VMs
-//! up on a schedule and prune after (`jobs.rs`); at start, what an
+//! up on a schedule and prune after (`jobs.rs`), asking other hosts of a cluster for the backups
+//! of their VMs (`orders.rs`); at start, what an
 //! interrupted backup left on the host undone (`recover.rs`). An encrypted repository's key is
 //! kept in the store apart from its record (`backup-keys/<name>`), never in what the API shows
 //! but to an administrator who asks for it.
 
 mod jobs;
+mod orders;
 mod recover;
 mod restore;
 mod take;
@@ -33,6 +35,8 @@ use oxvirt_store::{Expect, Record, StoreError, StoreExt};
 pub(crate) struct State {
     /// The backup jobs running on this host now.
     pub running_jobs: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Other hosts' orders this host is carrying out now (`orders.rs`).
+    pub running_orders: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 crate::service! {
