@@ -304,6 +304,16 @@ pub fn free_port() -> u16 {
 }
 
 impl EtcdCluster {
+    /// The `oxvirtd.toml` of host `host` of a cluster on these members, its keys under
+    /// `prefix`, with a lease TTL of 2 s.
+    pub fn host_config(&self, prefix: &str, host: &str) -> String {
+        let eps: Vec<String> = self.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+        format!(
+            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"{prefix}\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
+            eps.join(", ")
+        )
+    }
+
     /// `n` members, plaintext (`http://`), no authentication.
     pub fn start(n: usize) -> EtcdCluster {
         Self::start_with(n, None)

@@ -52,23 +52,29 @@ async fn restore(c: &Client, repo: &str, id: &str, name: &str, pool_dir: &Path) 
     pool_dir.join(format!("{name}-disk0.qcow2"))
 }
 
+/// Pool `bk` in the daemon's `pool-bk` with volume `data` of `size`: the pool's directory.
+async fn pool_with_data(d: &Daemon, size: &str) -> PathBuf {
+    let pool_dir = d.path().join("pool-bk");
+    let _: serde_json::Value =
+        d.client.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
+    let _: serde_json::Value =
+        d.client.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": size })).await.unwrap();
+    pool_dir
+}
+
+/// Repository `main`, not encrypted, at `path`.
+async fn plain_repo(c: &Client, path: &Path) {
+    let spec = BackupRepoSpec { name: "main".into(), path: path.to_string_lossy().into(), ..Default::default() };
+    c.backups().create_repo(&spec).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_then_changes_only_across_stops_and_a_crash_and_restores_match_block_for_block() {
     let d = Daemon::start();
     let c = &d.client;
-    let pool_dir = d.path().join("pool-bk");
-    let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
-    let _: serde_json::Value =
-        c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "256MiB" })).await.unwrap();
+    let pool_dir = pool_with_data(&d, "256MiB").await;
     let repo_dir = d.path().join("repo");
-    c.backups()
-        .create_repo(&BackupRepoSpec {
-            name: "main".into(),
-            path: repo_dir.to_string_lossy().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    plain_repo(c, &repo_dir).await;
     let volume = pool_dir.join("data.qcow2");
     let mut spec = kernel_spec("bvm", "");
     spec["disks"] = json!([{ "volume": "bk/data" }]);
@@ -149,23 +155,13 @@ async fn full_then_changes_only_across_stops_and_a_crash_and_restores_match_bloc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_and_gc_during_a_backup_lose_nothing_verify_names_damage_and_a_killed_daemon_leaves_all_sound() {
     let mut d = Daemon::start();
-    let pool_dir = d.path().join("pool-bk");
+    let pool_dir = pool_with_data(&d, "512MiB").await;
     let repo_dir = d.path().join("repo");
     let volume = pool_dir.join("data.qcow2");
     let vm_id;
     {
         let c = &d.client;
-        let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
-        let _: serde_json::Value =
-            c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "512MiB" })).await.unwrap();
-        c.backups()
-            .create_repo(&BackupRepoSpec {
-                name: "main".into(),
-                path: repo_dir.to_string_lossy().into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        plain_repo(c, &repo_dir).await;
         let mut spec = kernel_spec("gvm", "");
         spec["disks"] = json!([{ "volume": "bk/data" }]);
         vm_id = c.create_vm(&spec, true).await.unwrap().vm.id;
@@ -282,14 +278,7 @@ async fn a_job_runs_on_its_schedule_prunes_after_and_its_failures_show_on_metric
         assert!(ok.status.success());
     };
     qemu_io("write -P 0x61 0 8M");
-    c.backups()
-        .create_repo(&BackupRepoSpec {
-            name: "main".into(),
-            path: d.path().join("repo").to_string_lossy().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    plain_repo(c, &d.path().join("repo")).await;
     let spec = |name: &str, vms: &[&str], schedule: &str| oxvirt_model::BackupJobSpec {
         name: name.into(),
         vms: vms.iter().map(|v| v.to_string()).collect(),
@@ -375,10 +364,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 async fn an_encrypted_repository_holds_no_plaintext_and_is_joined_again_only_with_its_key() {
     let d = Daemon::start();
     let c = &d.client;
-    let pool_dir = d.path().join("pool-bk");
-    let _: serde_json::Value = c.post("/api/v1/pools", &json!({ "name": "bk", "path": pool_dir })).await.unwrap();
-    let _: serde_json::Value =
-        c.post("/api/v1/pools/bk/volumes", &json!({ "name": "data", "size": "64MiB" })).await.unwrap();
+    let pool_dir = pool_with_data(&d, "64MiB").await;
     let repo_dir = d.path().join("repo");
     let repo_path = repo_dir.to_string_lossy().into_owned();
     let (code, out, err) = d.cli(&["backup-repo", "create", "main", "--path", &repo_path, "--encrypt"]);
@@ -417,31 +403,25 @@ async fn an_encrypted_repository_holds_no_plaintext_and_is_joined_again_only_wit
     assert!(code != 0 && err.contains("not with this key"), "{err}");
     let wrong = d.path().join("wrong.key");
     std::fs::write(&wrong, "ab".repeat(32)).unwrap();
-    let (code, _, err) = d.cli(&[
-        "backup-repo",
-        "create",
-        "main",
-        "--path",
-        &repo_path,
-        "--encrypt",
-        "--key-file",
-        &wrong.to_string_lossy(),
-    ]);
+    let join_with = |key_file: &Path| {
+        d.cli(&[
+            "backup-repo",
+            "create",
+            "main",
+            "--path",
+            &repo_path,
+            "--encrypt",
+            "--key-file",
+            &key_file.to_string_lossy(),
+        ])
+    };
+    let (code, _, err) = join_with(&wrong);
     assert!(code != 0 && err.contains("not with this key"), "{err}");
     let (code, _, err) = d.cli(&["backup-repo", "create", "main", "--path", &repo_path]);
     assert!(code != 0 && err.contains("its key is needed"), "{err}");
     let right = d.path().join("main.key");
     std::fs::write(&right, &key).unwrap();
-    let (code, out, err) = d.cli(&[
-        "backup-repo",
-        "create",
-        "main",
-        "--path",
-        &repo_path,
-        "--encrypt",
-        "--key-file",
-        &right.to_string_lossy(),
-    ]);
+    let (code, out, err) = join_with(&right);
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains(key.trim()), "the key is never shown back: {out}");
     let listed = c.backups().list("main", Some("evm")).await.unwrap();
@@ -460,13 +440,7 @@ async fn an_encrypted_repository_holds_no_plaintext_and_is_joined_again_only_wit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_backs_up_the_vms_of_every_host_of_a_cluster_each_on_its_own_host() {
     let cluster = EtcdCluster::start(1);
-    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
-    let config = |host: &str| {
-        format!(
-            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"bk/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
-            eps.join(", ")
-        )
-    };
+    let config = |host: &str| cluster.host_config("bk/", host);
     let a = Daemon::start_with_config(&config("host-a"));
     let mut b = Daemon::start_with_config(&config("host-b"));
     let shared = tempfile::tempdir_in("/tmp").unwrap();
@@ -482,15 +456,7 @@ async fn a_job_backs_up_the_vms_of_every_host_of_a_cluster_each_on_its_own_host(
         f
     };
     let (da, db) = (disk("va", 0x5a), disk("vb", 0x6b));
-    a.client
-        .backups()
-        .create_repo(&BackupRepoSpec {
-            name: "main".into(),
-            path: shared.path().join("repo").to_string_lossy().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    plain_repo(&a.client, &shared.path().join("repo")).await;
     // va stays stopped on host-a; vb runs on host-b.
     let mut va = kernel_spec("va", "");
     va["host"] = json!("host-a");

@@ -152,13 +152,7 @@ fn members_are_alive_while_they_live_and_one_leads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_are_two_hosts_of_one_cluster() {
     let cluster = EtcdCluster::start(3);
-    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
-    let config = |host: &str| {
-        format!(
-            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"c2/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
-            eps.join(", ")
-        )
-    };
+    let config = |host: &str| cluster.host_config("c2/", host);
     let mut a = Daemon::start_with_config(&config("host-a"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let b = Daemon::start_with_config(&config("host-b"));
@@ -264,13 +258,7 @@ async fn a_host_joins_with_one_flag_and_only_when_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_migration_moves_a_running_guest_and_a_failed_one_leaves_it() {
     let cluster = EtcdCluster::start(3);
-    let eps: Vec<String> = cluster.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
-    let config = |host: &str| {
-        format!(
-            "stop_timeout_secs = 5\n[store]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_prefix = \"mig/\"\nhost_name = \"{host}\"\nmember_ttl_secs = 2\n",
-            eps.join(", ")
-        )
-    };
+    let config = |host: &str| cluster.host_config("mig/", host);
     let a = Daemon::start_with_config(&config("host-a"));
     let b = Daemon::start_with_config(&config("host-b"));
     let dir = tempfile::tempdir_in("/tmp").unwrap();
