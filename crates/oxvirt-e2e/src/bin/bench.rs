@@ -752,15 +752,17 @@ fn p90(v: &[u64]) -> u64 {
 
 async fn migration() {
     use serde_json::json;
-    println!("== live migration: idle 1 GiB guest, {MIGRATION_ROUNDS} rounds each (median)");
+    println!("== live migration: idle 1 GiB guest, {MIGRATION_ROUNDS} rounds each, raw and oxvirt interleaved (median)");
     // Baseline: the same guest, QEMU to QEMU by hand.
     let driver = tcg_driver();
     let mut spec_json = kernel_spec("mig", "");
     spec_json["memory"] = json!("1GiB");
     let spec: oxvirt_model::VmSpec = serde_json::from_value(spec_json.clone()).expect("spec");
     let dir = oxvirt_e2e::operator_dir("oxm");
-    let mut raw = Vec::new();
-    let mut raw_walls = Vec::new();
+    // Through oxvirt: two hosts on one etcd, the VM moved back and forth; each of its rounds
+    // right after one by hand, so that both meet the same moment of the machine.
+    let mut mover = Mover::new(&spec_json, None).await;
+    let (mut raw, mut raw_walls, mut ours, mut our_walls) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..MIGRATION_ROUNDS {
         let id = format!("{:08x}-0000-0000-0000-{round:012x}", std::process::id());
         let (src, dst) = raw_source(&driver, dir.path(), &id, round, &spec);
@@ -773,9 +775,12 @@ async fn migration() {
         raw_walls.push(wall);
         kill_pidfile(&src.pidfile());
         kill_pidfile(&dst.pidfile());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (times, wall) = mover.round().await;
+        ours.push(times);
+        our_walls.push(wall);
     }
-    // Through oxvirt: two hosts on one etcd, the VM moved back and forth.
-    let (ours, our_walls) = oxvirt_rounds(&spec_json, None, MIGRATION_ROUNDS).await;
+    mover.end().await;
     let (rt, rd) = (median_ms(raw.iter().map(|p| p.0)), median_ms(raw.iter().map(|p| p.1)));
     let (ot, od) = (median_ms(ours.iter().map(|p| p.0)), median_ms(ours.iter().map(|p| p.1)));
     println!("   rounds raw {raw:?}, oxvirt {ours:?} (total, paused ms)");
@@ -1017,27 +1022,35 @@ async fn ha_recovery() {
 
 /// The same guest moved `rounds` times between two fresh hosts (with `pki`: etcd and migration
 /// over TLS): (total, paused) ms of each move, from the VM's host reason.
-async fn oxvirt_rounds(
-    spec_json: &serde_json::Value,
-    pki: Option<&pki::TestPki>,
-    rounds: usize,
-) -> (Vec<(u64, u64)>, Vec<u64>) {
-    let prefix = if pki.is_some() { "bench-tls/" } else { "bench/" };
-    let (_cluster, a, b) = two_hosts_with(prefix, pki);
-    let mut spec_json = spec_json.clone();
-    spec_json["host"] = serde_json::json!("host-a");
-    let created = a.client.create_vm(&spec_json, true).await.expect("create");
-    a.client.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("start");
-    wait_console(&a.client, "mig", READY, 1, BOOT_TIMEOUT).await;
-    let mut ours = Vec::new();
-    let mut walls = Vec::new();
-    for round in 0..rounds {
-        let (from, to) = if round % 2 == 0 { (&a, "host-b") } else { (&b, "host-a") };
+/// A guest moved back and forth through oxvirt between two hosts on one etcd (with `pki`,
+/// etcd and the migration stream over TLS), a round at a time.
+struct Mover {
+    _cluster: EtcdCluster,
+    a: Daemon,
+    b: Daemon,
+    done: usize,
+}
+
+impl Mover {
+    async fn new(spec_json: &serde_json::Value, pki: Option<&pki::TestPki>) -> Mover {
+        let prefix = if pki.is_some() { "bench-tls/" } else { "bench/" };
+        let (_cluster, a, b) = two_hosts_with(prefix, pki);
+        let mut spec_json = spec_json.clone();
+        spec_json["host"] = serde_json::json!("host-a");
+        let created = a.client.create_vm(&spec_json, true).await.expect("create");
+        a.client.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("start");
+        wait_console(&a.client, "mig", READY, 1, BOOT_TIMEOUT).await;
+        Mover { _cluster, a, b, done: 0 }
+    }
+
+    /// One move: ((total, paused) ms as oxvirt recorded them, request to task end ms).
+    async fn round(&mut self) -> ((u64, u64), u64) {
+        let (from, to) = if self.done % 2 == 0 { (&self.a, "host-b") } else { (&self.b, "host-a") };
         let begun = Instant::now();
         let t = from.client.migrate_vm("mig", to).await.expect("migrate");
         let t = from.client.wait_task(&t.id, Duration::from_secs(300)).await.expect("wait");
-        walls.push(begun.elapsed().as_millis() as u64);
-        if round == 0 {
+        let wall = begun.elapsed().as_millis() as u64;
+        if self.done == 0 {
             println!("   a round through oxvirt, in its words: {}", t.message);
         }
         assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}");
@@ -1047,11 +1060,30 @@ async fn oxvirt_rounds(
             .filter(|s| !s.is_empty())
             .filter_map(|s| s.parse().ok())
             .collect();
-        ours.push((nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0)));
+        self.done += 1;
         tokio::time::sleep(Duration::from_secs(3)).await;
+        ((nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0)), wall)
     }
-    let _ = a.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
-    let _ = b.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+
+    async fn end(self) {
+        let _ = self.a.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+        let _ = self.b.client.vm_action_wait("mig", "kill", Duration::from_secs(30)).await;
+    }
+}
+
+async fn oxvirt_rounds(
+    spec_json: &serde_json::Value,
+    pki: Option<&pki::TestPki>,
+    rounds: usize,
+) -> (Vec<(u64, u64)>, Vec<u64>) {
+    let mut mover = Mover::new(spec_json, pki).await;
+    let (mut ours, mut walls) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (times, wall) = mover.round().await;
+        ours.push(times);
+        walls.push(wall);
+    }
+    mover.end().await;
     (ours, walls)
 }
 
