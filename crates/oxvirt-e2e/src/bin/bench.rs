@@ -752,20 +752,28 @@ fn p90(v: &[u64]) -> u64 {
 
 async fn migration() {
     use serde_json::json;
-    println!("== live migration: idle 1 GiB guest, {MIGRATION_ROUNDS} rounds each, raw and oxvirt interleaved (median)");
+    println!("== live migration: idle 1 GiB guest, {MIGRATION_ROUNDS} rounds each, oxvirt and raw interleaved, each alone (median)");
     // Baseline: the same guest, QEMU to QEMU by hand.
     let driver = tcg_driver();
     let mut spec_json = kernel_spec("mig", "");
     spec_json["memory"] = json!("1GiB");
     let spec: oxvirt_model::VmSpec = serde_json::from_value(spec_json.clone()).expect("spec");
     let dir = oxvirt_e2e::operator_dir("oxm");
-    // Through oxvirt: two hosts on one etcd, the VM moved back and forth; each of its rounds
-    // right after one by hand, so that both meet the same moment of the machine.
+    // Through oxvirt: two hosts on one etcd, the VM moved back and forth. Each round moves
+    // oxvirt's guest, then the same guest by hand, so that both meet the same moment of the
+    // machine; each alone (oxvirt's guest paused while the raw pair boots and moves).
     let mut mover = Mover::new(&spec_json, None).await;
     let (mut raw, mut raw_walls, mut ours, mut our_walls) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..MIGRATION_ROUNDS {
+        let (times, wall) = mover.round().await;
+        ours.push(times);
+        our_walls.push(wall);
+        mover.action("pause").await;
         let id = format!("{:08x}-0000-0000-0000-{round:012x}", std::process::id());
         let (src, dst) = raw_source(&driver, dir.path(), &id, round, &spec);
+        // Idle, as oxvirt's guest is (it rests 3 s after each move): not moved while it still
+        // settles after its boot.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let port = free_port();
         raw_qemu(&driver, &id, &spec, Some(format!("tcp:127.0.0.1:{port}")), &dst);
         let qmp = oxvirt_qemu::qmp::Qmp::connect(&src.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
@@ -775,10 +783,8 @@ async fn migration() {
         raw_walls.push(wall);
         kill_pidfile(&src.pidfile());
         kill_pidfile(&dst.pidfile());
+        mover.action("resume").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (times, wall) = mover.round().await;
-        ours.push(times);
-        our_walls.push(wall);
     }
     mover.end().await;
     let (rt, rd) = (median_ms(raw.iter().map(|p| p.0)), median_ms(raw.iter().map(|p| p.1)));
@@ -1063,6 +1069,13 @@ impl Mover {
         self.done += 1;
         tokio::time::sleep(Duration::from_secs(3)).await;
         ((nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0)), wall)
+    }
+
+    /// A lifecycle action on the guest, asked of the host it is on.
+    async fn action(&self, action: &str) {
+        let here = if self.done % 2 == 0 { &self.a } else { &self.b };
+        let t = here.client.vm_action_wait("mig", action, Duration::from_secs(30)).await.expect(action);
+        assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{action}: {t:?}");
     }
 
     async fn end(self) {
