@@ -51,7 +51,9 @@ impl ImageExport {
             .map_err(|e| StorageError::io("run qemu-nbd", e))?;
         let begun = Instant::now();
         loop {
-            if socket.exists() {
+            // Listening, not only bound: the file appears at bind(), before listen(), and a
+            // client connecting then is refused.
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 return Ok(ImageExport { child, socket: socket.to_path_buf(), name: name.to_string() });
             }
             if let Ok(Some(_)) = child.try_wait() {

@@ -1051,7 +1051,7 @@ impl Mover {
 
     /// One move: ((total, paused) ms as oxvirt recorded them, request to task end ms).
     async fn round(&mut self) -> ((u64, u64), u64) {
-        let (from, to) = if self.done % 2 == 0 { (&self.a, "host-b") } else { (&self.b, "host-a") };
+        let (from, to) = if self.done.is_multiple_of(2) { (&self.a, "host-b") } else { (&self.b, "host-a") };
         let begun = Instant::now();
         let t = from.client.migrate_vm("mig", to).await.expect("migrate");
         let t = from.client.wait_task(&t.id, Duration::from_secs(300)).await.expect("wait");
@@ -1073,7 +1073,7 @@ impl Mover {
 
     /// A lifecycle action on the guest, asked of the host it is on.
     async fn action(&self, action: &str) {
-        let here = if self.done % 2 == 0 { &self.a } else { &self.b };
+        let here = if self.done.is_multiple_of(2) { &self.a } else { &self.b };
         let t = here.client.vm_action_wait("mig", action, Duration::from_secs(30)).await.expect(action);
         assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{action}: {t:?}");
     }
