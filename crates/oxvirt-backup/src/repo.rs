@@ -280,9 +280,10 @@ impl Repo {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
-        // Not flushed one by one: `write_index` flushes the whole file system first.
-        self.write_atomic(&path, &packed, false)?;
-        Ok(Stored { digest, new_bytes: packed.len() as u64 })
+        // Not flushed one by one: `write_index` flushes the whole file system first. Another
+        // writer may store the same chunk at the same moment: only one of them stores it.
+        let new_bytes = if self.write_new(&path, &packed)? { packed.len() as u64 } else { 0 };
+        Ok(Stored { digest, new_bytes })
     }
 
     /// A chunk's bytes, checked against its name.
@@ -414,6 +415,26 @@ impl Repo {
     }
 
     fn write_atomic(&self, path: &Path, body: &[u8], durable: bool) -> Result<(), RepoError> {
+        let tmp = self.write_tmp(path, body, durable)?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    /// Writes `path` whole unless it exists (then it is left as it is): whether it was written.
+    fn write_new(&self, path: &Path, body: &[u8]) -> Result<bool, RepoError> {
+        let tmp = self.write_tmp(path, body, false)?;
+        // A link fails where the name exists already, atomically, on local and network file
+        // systems alike.
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    /// `body` in a new file of `tmp/`, named after `path` and the writing thread.
+    fn write_tmp(&self, path: &Path, body: &[u8], durable: bool) -> Result<PathBuf, RepoError> {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{}.{:?}",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
@@ -425,8 +446,7 @@ impl Repo {
         if durable {
             f.sync_data().map_err(io(&tmp))?;
         }
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io(path))
+        Ok(tmp)
     }
 }
 

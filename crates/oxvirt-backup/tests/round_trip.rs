@@ -35,7 +35,8 @@ impl Export {
             .spawn()
             .expect("qemu-nbd");
         let begun = Instant::now();
-        while !socket.exists() {
+        // Listening, not only bound (the file appears before listen()).
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
             assert!(begun.elapsed() < Duration::from_secs(10), "qemu-nbd did not listen");
             std::thread::sleep(Duration::from_millis(10));
         }
