@@ -82,11 +82,10 @@ impl KernelWatchdog {
 /// Whether process `pid` (started at `start_time`) is gone or a zombie: it runs no more code
 /// and writes to no disk.
 pub fn dead(pid: u32, start_time: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
-    let Some(close) = stat.rfind(')') else { return true };
-    let rest = &stat[close + 2..];
-    let state = rest.split_whitespace().next().unwrap_or("");
-    crate::start_time(pid) != Some(start_time) || state == "Z" || state == "X"
+    match crate::state_and_start(pid) {
+        Some((state, start)) => start != start_time || state == 'Z' || state == 'X',
+        None => true,
+    }
 }
 
 /// A FIFO standing in for a watchdog device, for tests on hosts without one: a thread reads

@@ -60,10 +60,17 @@ impl Watch {
 
 /// A process's start time (clock ticks after boot), `None` when there is no such process.
 pub fn start_time(pid: u32) -> Option<u64> {
+    state_and_start(pid).map(|(_, start)| start)
+}
+
+/// A process's state letter (`R`, `S`, `Z`...) and start time, from one read of its
+/// `/proc/<pid>/stat`; `None` when there is no such process.
+pub(crate) fn state_and_start(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
 /// Kills `g` (SIGKILL) when it is still the process fed; says whether it did.

@@ -84,11 +84,15 @@ impl Config {
     /// `ha.kernel_watchdog_timeout_secs`, or the most the budget allows: a device last petted at
     /// the fencing deadline resets the host before the leader may recover its VMs.
     pub fn kernel_watchdog_timeout_secs(&self) -> u32 {
-        self.ha.kernel_watchdog_timeout_secs.unwrap_or_else(|| {
-            let slack =
-                (self.store.member_ttl_secs * 1000 + self.ha.recover_after_ms).saturating_sub(self.fence_after_ms());
-            (slack / 1000) as u32
-        })
+        self.ha.kernel_watchdog_timeout_secs.unwrap_or_else(|| self.kernel_watchdog_max_secs())
+    }
+
+    /// The longest kernel watchdog timeout the budget allows, in whole seconds: lease TTL plus
+    /// `recover_after_ms` less `fence_after_ms`.
+    fn kernel_watchdog_max_secs(&self) -> u32 {
+        let slack =
+            (self.store.member_ttl_secs * 1000 + self.ha.recover_after_ms).saturating_sub(self.fence_after_ms());
+        (slack / 1000) as u32
     }
 
     /// `ha.fence_after_ms`, or its default.
@@ -315,7 +319,7 @@ impl Config {
                      {ttl_ms} ms plus ha.recover_after_ms {}: the host could be reset after its VMs were started \
                      elsewhere, and run twice (it must be 1 or more and at most {} s)",
                     c.ha.recover_after_ms,
-                    (ttl_ms + c.ha.recover_after_ms).saturating_sub(fence) / 1000
+                    c.kernel_watchdog_max_secs()
                 ));
             }
         }

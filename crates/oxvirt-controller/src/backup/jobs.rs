@@ -156,9 +156,9 @@ impl Backups {
     async fn run_job(&self, spec: &BackupJobSpec, task: &crate::tasks::TaskHandle) -> (bool, String) {
         let mut done = Vec::new();
         let mut failed = Vec::new();
+        let me = self.ctl.hosts().host_name();
         for (i, vm) in spec.vms.iter().enumerate() {
             // A VM another host of the cluster runs is backed up there, asked through the store.
-            let me = self.ctl.hosts().host_name();
             let elsewhere =
                 self.ctl.vms().get_vm(vm).ok().and_then(|v| v.host).filter(|h| me.is_some() && me.as_ref() != Some(h));
             if let Some(host) = elsewhere {
