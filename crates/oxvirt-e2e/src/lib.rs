@@ -869,6 +869,9 @@ fn a_line_finished_only_once_the_shell_took_it_and_prompted_again() {
     assert!(!ran_and_finished(starting, echo), "still running");
     assert!(ran_and_finished(&format!("{starting}T1-0\r\nW-17\r\noxvirt-guest:/# "), echo));
     assert!(!ran_and_finished("oxvirt-guest:/# ", echo), "not taken yet");
+    // Joined at an idle prompt (not shown again): the empty line typed first prompts again.
+    let idle = "\r\noxvirt-guest:/# mkdir /tmp/.g1x0 2>/dev/null && { echo HP $(cat /sys/block/vd\r\r\na/size 2>/dev/null); }\r\nHP\r\noxvirt-guest:/# ";
+    assert!(ran_and_finished(idle, echo), "finished without the output wanted: typed again");
 }
 
 /// Types a command into the guest's console until `want` shows up in what comes back.
@@ -911,8 +914,11 @@ pub async fn run_in_guest(client: &oxvirt_client::Client, vm: &str, command: &st
             }
         };
         if retype {
+            // An empty line first: the shell then prompts right before taking the line, so its
+            // echo follows "# " even when the console was joined at an idle prompt (which it
+            // does not show again), and `ran_and_finished` can tell the shell took it.
             let line = guarded_line(command, &token);
-            futures_util::SinkExt::send(&mut ws, Message::Binary(format!("{line}\n").into_bytes().into()))
+            futures_util::SinkExt::send(&mut ws, Message::Binary(format!("\n{line}\n").into_bytes().into()))
                 .await
                 .unwrap();
             typed = Some((Instant::now(), seen.len()));
