@@ -22,6 +22,7 @@ mod projects;
 mod resources;
 mod storage;
 mod tasks;
+mod templates;
 mod users;
 mod vms;
 
@@ -55,6 +56,7 @@ pub fn router_with_metrics(ctrl: Controller, api: std::sync::Arc<metrics::ApiMet
         .merge(projects::routes())
         .merge(ha::routes())
         .merge(backups::routes())
+        .merge(templates::routes())
         .merge(cluster::routes())
         .route_layer(axum::middleware::from_fn_with_state(ctrl.clone(), auth::authorize))
         .fallback(error::not_found)

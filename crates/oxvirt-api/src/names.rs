@@ -29,6 +29,7 @@ fn noun_of(collection: &str) -> &str {
         "groups" => "HA group",
         "backup-repos" => "backup repository",
         "backup-jobs" => "backup job",
+        "templates" => "template",
         other => other,
     }
 }

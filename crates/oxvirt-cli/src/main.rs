@@ -9,6 +9,7 @@ mod network;
 mod output;
 mod resources;
 mod storage;
+mod templates;
 mod vm_requests;
 
 use clap::{Args, Parser, Subcommand};
@@ -85,6 +86,9 @@ enum Command {
     /// Backup jobs: VMs backed up on a schedule, pruned after.
     #[command(subcommand, name = "backup-job")]
     BackupJob(backup::JobCmd),
+    /// Templates: quiet microvms saved once, restored instead of booted (`vm create --template`).
+    #[command(subcommand)]
+    Template(templates::TemplateCmd),
     /// Projects (tenants) and their quotas.
     #[command(subcommand)]
     Project(access::ProjectCmd),
@@ -280,6 +284,10 @@ struct CreateArgs {
     /// In a cluster: VMs of this anti-affinity group run on different hosts.
     #[arg(long)]
     anti_affinity: Option<String>,
+    /// Restore this template's guest at each start instead of booting: the VM has the
+    /// template's machine, CPUs, memory and kernel.
+    #[arg(long, conflicts_with_all = ["kernel", "disks", "volumes", "nics", "bridges", "networks"])]
+    template: Option<String>,
     /// Start it at once (and wait until QEMU runs).
     #[arg(long)]
     start: bool,
@@ -448,6 +456,7 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::BackupRepo(cmd) => backup::repo(client, out, cmd).await?,
         Command::Backup(cmd) => backup::backup(client, out, cmd).await?,
         Command::BackupJob(cmd) => backup::job(client, out, cmd).await?,
+        Command::Template(cmd) => templates::template(client, out, cmd).await?,
         Command::Project(cmd) => access::project(client, out, cmd).await?,
         Command::Cluster(cmd) => access::cluster(client, out, cmd).await?,
         Command::Login { user } => access::login(client, &user).await?,

@@ -43,6 +43,8 @@ pub fn create_spec(a: &CreateArgs) -> Result<VmSpec, ClientError> {
     spec.host = a.host.clone();
     spec.affinity = a.affinity.clone();
     spec.anti_affinity = a.anti_affinity.clone();
+    // The template's shape replaces the rest, on the server.
+    spec.template = a.template.clone();
     Ok(spec)
 }
 

@@ -24,6 +24,7 @@ mod projects;
 mod resources;
 mod storage;
 mod tasks;
+mod templates;
 mod transport;
 mod vms;
 pub use access::Access;

@@ -49,6 +49,7 @@ pub mod network;
 pub mod resources;
 pub mod storage;
 mod tasks;
+pub mod templates;
 mod vms;
 
 pub use access::Access;
@@ -67,6 +68,7 @@ pub use storage::Nbd;
 pub use storage::Snapshots;
 pub use storage::Storage;
 pub use tasks::TaskRegistry;
+pub use templates::Templates;
 pub use vms::Vms;
 
 use oxvirt_hypervisor::{Hypervisor, Instance, RuntimePaths};
@@ -101,6 +103,8 @@ pub struct ControllerConfig {
     pub migration_tls: bool,
     /// High availability's timing (a cluster's hosts must agree on it: see `ha/`).
     pub ha: HaTiming,
+    /// The name of oxvirt's two nftables tables (`inet` and `bridge`), the only ones it touches.
+    pub nft_table: String,
 }
 
 /// When a host fences itself and when the leader may recover a lost host's VMs. Safe when
@@ -135,6 +139,7 @@ impl ControllerConfig {
             host_path_secrets: Vec::new(),
             migration_tls: false,
             ha: HaTiming::default(),
+            nft_table: network::firewall::DEFAULT_TABLE.to_string(),
         }
     }
 }
@@ -166,6 +171,7 @@ pub(crate) struct Inner {
     pub hosts: cluster::State,
     pub ha: ha::State,
     pub backups: backup::State,
+    pub templates: templates::State,
     pub access: access::State,
     pub resources: resources::State,
     pub monitoring: monitoring::State,
@@ -200,6 +206,7 @@ impl Controller {
             hosts: Default::default(),
             ha: Default::default(),
             backups: Default::default(),
+            templates: Default::default(),
             access: Default::default(),
             resources: Default::default(),
             monitoring: Default::default(),
@@ -232,6 +239,7 @@ impl Controller {
         self.vms().canonicalize_records();
         self.migrations().recover_migrations(true).await;
         self.backups().recover_interrupted().await;
+        self.templates().remove_leftovers();
         self.networks().remove_orphans().await;
         if let Ok(p) = self.resources().host_policy() {
             if let Err(e) = resources::apply_ksm(p.ksm) {

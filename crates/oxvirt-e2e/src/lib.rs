@@ -129,9 +129,29 @@ impl Daemon {
 
     /// HTTPS on a port the kernel picks (tests run in parallel), host paths under the reference
     /// guest's directory and /tmp (where tests make their files), and `extra` settings.
+    /// Each daemon's nftables tables are its own (`nft_table`): a daemon that starts or changes
+    /// its rules then never removes another's (they all share the host's rules).
     fn full_config(extra: &str) -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static DAEMONS: AtomicU32 = AtomicU32::new(0);
         let guest = workspace_root().join("build");
-        format!("https_listen = \"127.0.0.1:0\"\nhost_path_roots = [{guest:?}, \"/tmp\"]\n{extra}")
+        let table = if extra.contains("nft_table") {
+            String::new()
+        } else {
+            let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
+            format!("nft_table = \"oxv{}_{n}\"\n", std::process::id())
+        };
+        format!("https_listen = \"127.0.0.1:0\"\nhost_path_roots = [{guest:?}, \"/tmp\"]\n{table}{extra}")
+    }
+
+    /// The name of this daemon's nftables tables (`inet` and `bridge`).
+    pub fn nft_table(&self) -> String {
+        self.config
+            .lines()
+            .find_map(|l| l.strip_prefix("nft_table = \""))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or("oxvirt")
+            .to_string()
     }
 
     pub fn start_with_config(config: &str) -> Daemon {
@@ -467,6 +487,7 @@ pub fn concrete_path(path: &str, vm: &str) -> String {
         .replace("{nic}", "nic0")
         .replace("{repo}", "norepo")
         .replace("{job}", "nojob")
+        .replace("{template}", "notemplate")
         .replace("{action}", "start")
         .replace("{id}", "0")
 }

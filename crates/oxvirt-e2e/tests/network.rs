@@ -77,7 +77,7 @@ async fn bridged_nic_gets_a_tap_on_the_bridge_with_queues_and_counters() {
     // On the host's bridge the NIC keeps to its own MAC.
     let mac = vm.spec.nics[0].mac.clone().unwrap();
     let chain = std::process::Command::new("nft")
-        .args(["list", "chain", "bridge", "oxvirt", &format!("from-{tap}")])
+        .args(["list", "chain", "bridge", &d.nft_table(), &format!("from-{tap}")])
         .output()
         .unwrap();
     let chain = String::from_utf8_lossy(&chain.stdout);
@@ -493,11 +493,11 @@ async fn security_groups_jumbo_frames_and_bandwidth_limits() {
     let _: oxvirt_model::SecurityGroup = c.put("/api/v1/security-groups/web", &dns_only).await.unwrap();
     let b_out = format!("out-{}", oxvirt_hypervisor::qemu::cmdline::tap_name(&b.id, 0));
     run_in_guest(c, "b", &check(&format!("echo out | timeout 2 nc {a_ip} 7000")), NO).await;
-    let flows = host.run(&["nft", "list", "set", "bridge", "oxvirt", &b_out]);
+    let flows = host.run(&["nft", "list", "set", "bridge", &d.nft_table(), &b_out]);
     assert!(!flows.contains(&format!("{a_ip} . tcp . 7000 ")), "a dropped connection was recorded as a flow:\n{flows}");
     // What a rule lets out is recorded: DNS to the gateway.
     run_in_guest(c, "b", "nslookup x 10.50.0.1 >/dev/null 2>&1; echo R-$((6*7))-Q", "R-42-Q").await;
-    let flows = host.run(&["nft", "list", "set", "bridge", "oxvirt", &b_out]);
+    let flows = host.run(&["nft", "list", "set", "bridge", &d.nft_table(), &b_out]);
     assert!(flows.contains("10.50.0.1 . udp . 53"), "the allowed flow is recorded:\n{flows}");
     let _: oxvirt_model::SecurityGroup = c.put("/api/v1/security-groups/web", &json!({ "name": "web" })).await.unwrap();
     // A group in use stays.
@@ -535,20 +535,22 @@ async fn security_groups_jumbo_frames_and_bandwidth_limits() {
 
     // b dies while the daemon is away: at restart its TAP device and its rules go.
     let b_tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&b.id, 0);
-    assert!(host.run(&["nft", "list", "table", "bridge", "oxvirt"]).contains(&format!("to-{b_tap}")));
+    assert!(host.run(&["nft", "list", "table", "bridge", &d.nft_table()]).contains(&format!("to-{b_tap}")));
     d.kill9();
     unsafe { libc::kill(b.status.pid.unwrap() as i32, libc::SIGKILL) };
     d.respawn_after_kill9();
     let c = &d.client;
     let start = Instant::now();
-    while host.links().contains(&b_tap) || host.run(&["nft", "list", "table", "bridge", "oxvirt"]).contains(&b_tap) {
+    while host.links().contains(&b_tap)
+        || host.run(&["nft", "list", "table", "bridge", &d.nft_table()]).contains(&b_tap)
+    {
         assert!(start.elapsed() < Duration::from_secs(30), "b's TAP or rules left behind:\n{}", d.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(c.get_vm("b").await.unwrap().status.state, oxvirt_model::VmState::Stopped);
     // a, still running, keeps its rules.
     assert!(host
-        .run(&["nft", "list", "table", "bridge", "oxvirt"])
+        .run(&["nft", "list", "table", "bridge", &d.nft_table()])
         .contains(&oxvirt_hypervisor::qemu::cmdline::tap_name(&a.id, 0)));
     c.vm_action_wait("a", "kill", Duration::from_secs(30)).await.unwrap();
     assert_eq!(oxvirt_links(&host).into_iter().filter(|l| !l.starts_with("oxb")).count(), 0);

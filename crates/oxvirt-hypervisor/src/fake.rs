@@ -336,6 +336,10 @@ impl Instance for FakeInstance {
     fn backup(&self) -> &dyn crate::BackupOps {
         self
     }
+
+    fn state(&self) -> &dyn crate::StateOps {
+        self
+    }
 }
 
 /// The fake keeps no disks: it tracks nothing and cannot serve a backup.
@@ -358,6 +362,27 @@ impl crate::BackupOps for FakeInstance {
     }
 
     async fn remove_bitmap(&self, _disk_id: &str, _name: &str) -> Result<(), HvError> {
+        Ok(())
+    }
+}
+
+/// A fake guest's state is a line naming its pid and memory; loading it runs the guest.
+#[async_trait::async_trait]
+impl crate::StateOps for FakeInstance {
+    async fn save_state(&self, mut file: std::fs::File, _memory_apart: bool) -> Result<u64, HvError> {
+        use std::io::Write;
+        *lock(&self.state) = RunState::Paused;
+        let line = format!("fake guest {} balloon {}\n", self.pid, self.balloon.load(Ordering::SeqCst));
+        file.write_all(line.as_bytes()).map_err(|e| HvError::io("the state file", e))?;
+        Ok(line.len() as u64)
+    }
+
+    async fn load_state(&self, file: std::fs::File, _memory_apart: bool) -> Result<(), HvError> {
+        let bytes = file.metadata().map_err(|e| HvError::io("the state file", e))?.len();
+        if bytes == 0 {
+            return Err(HvError::Refused("loading the guest's state: the file is empty".into()));
+        }
+        *lock(&self.state) = RunState::Paused;
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use accel::{Accel, AccelDecision};
-pub use ops::{BackupOps, DiskOps, MemoryOps, MigrationOps};
+pub use ops::{BackupOps, DiskOps, MemoryOps, MigrationOps, StateOps};
 
 /// How one start of a guest goes, beside what the guest is (its `VmSpec`): set by the control
 /// plane for that start, never stored.
@@ -30,6 +30,18 @@ pub struct Launch {
     pub incoming: Option<String>,
     /// The guest waits for a resume before it runs (also once it has arrived by migration).
     pub paused: bool,
+    /// The guest's memory mapped from a file instead of anonymous memory (templates).
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// Guest memory backed by a file the caller opened: the process inherits descriptor `fd` and
+/// maps it through `/proc/self/fd/<fd>` (it never opens a path of its own), `shared` (its writes
+/// reach the file: a template's memory being made) or private (copy-on-write: a VM restored from
+/// a template, whose writes stay its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryFile {
+    pub fd: i32,
+    pub shared: bool,
 }
 
 /// Where one VM's runtime files live: sockets, pidfile, console log. One directory per VM.
@@ -217,4 +229,6 @@ pub trait Instance: Send + Sync {
     fn migration(&self) -> &dyn MigrationOps;
     /// Its disks' backups.
     fn backup(&self) -> &dyn BackupOps;
+    /// Its whole state, saved and loaded (templates).
+    fn state(&self) -> &dyn StateOps;
 }

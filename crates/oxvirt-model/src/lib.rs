@@ -25,6 +25,7 @@ mod size;
 mod storage;
 mod storage_requests;
 mod task;
+mod template;
 mod token;
 mod views;
 mod vm;
@@ -69,6 +70,7 @@ pub use storage::{
 };
 pub use storage_requests::{CloneRequest, ExportRequest, ImportRequest, NewSnapshot, VolumeResize};
 pub use task::{Task, TaskState};
+pub use template::{Template, TemplateRequest};
 pub use token::{ApiToken, NewToken};
 pub use views::{
     BalloonView, Fenced, HostResources, HostSample, HostView, KsmView, NumaNodeView, PlannedMove, ProjectView,

@@ -103,7 +103,8 @@ pub struct AclEntry {
 pub struct AclList(pub Vec<AclEntry>);
 
 /// Collections a grant may name, alone or with one of their resources.
-pub const ACL_COLLECTIONS: &[&str] = &["vms", "pools", "networks", "security-groups", "projects", "backup-repos"];
+pub const ACL_COLLECTIONS: &[&str] =
+    &["vms", "pools", "networks", "security-groups", "projects", "backup-repos", "templates"];
 
 impl AclEntry {
     pub fn validate(&self, field: &str) -> Result<(), ValidationError> {

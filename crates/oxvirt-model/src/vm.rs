@@ -57,6 +57,11 @@ pub struct VmSpec {
     /// The VM's share of the host: CPU weight, cap, pinning, memory limit, NUMA, huge pages...
     #[serde(default)]
     pub resources: crate::Resources,
+    /// Made from this template: each start restores the template's saved guest instead of
+    /// booting (the template's shape: machine, CPUs, memory, kernel, devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::name::NAME_PATTERN))]
+    pub template: Option<String>,
 }
 
 fn yes() -> bool {
@@ -445,6 +450,7 @@ impl VmSpec {
             rng: yes(),
             balloon: yes(),
             resources: crate::Resources::default(),
+            template: None,
         }
     }
 
@@ -459,6 +465,9 @@ impl VmSpec {
     /// that exist) are checked by the controller.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("name", &self.name)?;
+        if let Some(t) = &self.template {
+            validate_name("template", t)?;
+        }
         if self.cpus == 0 {
             return Err(ValidationError::new("cpus", "must be at least 1"));
         }

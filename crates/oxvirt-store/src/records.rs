@@ -82,6 +82,10 @@ impl Record for oxvirt_model::BackupRepo {
     const PREFIX: &'static str = "backup-repos/";
 }
 
+impl Record for oxvirt_model::Template {
+    const PREFIX: &'static str = "templates/";
+}
+
 impl Record for oxvirt_model::BackupJob {
     const PREFIX: &'static str = "backup-jobs/";
 }

@@ -32,6 +32,9 @@ pub struct Config {
     /// (the default) turns host paths off; system trees (/etc, /dev, /proc, /sys...) and the data
     /// directory's secrets are refused whatever is listed. Non-administrators never name a path.
     pub host_path_roots: Vec<PathBuf>,
+    /// The name of oxvirt's nftables tables (`inet` and `bridge`); oxvirt touches no other. One
+    /// daemon per host keeps `oxvirt`; daemons sharing a kernel (tests) each need their own.
+    pub nft_table: String,
     /// Built-in alerting.
     pub alerts: AlertsConfig,
     /// Where state lives: the embedded SQLite store (one host), or etcd (a cluster).
@@ -213,6 +216,7 @@ impl Default for Config {
             api_rate_per_token: 50.0,
             api_burst_per_token: 200.0,
             host_path_roots: Vec::new(),
+            nft_table: "oxvirt".into(),
             https_max_connections: 1024,
             https_max_connections_per_address: 64,
             alerts: AlertsConfig::default(),
@@ -276,6 +280,15 @@ impl Config {
             (other, _) => return Err(format!("store.backend: must be sqlite or etcd, not {other:?}")),
         }
         check_tls_shape(&c.store)?;
+        // A name nft takes as it is: a letter, then letters, digits or `_`; kept short.
+        let t = &c.nft_table;
+        if t.is_empty()
+            || t.len() > 32
+            || !t.starts_with(|ch: char| ch.is_ascii_alphabetic())
+            || !t.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        {
+            return Err(format!("nft_table: {t:?} must be 1..32 letters, digits or `_`, starting with a letter"));
+        }
         if let Some(n) = &c.store.host_name {
             oxvirt_model::validate_name("store.host_name", n).map_err(|e| e.to_string())?;
         }
@@ -422,6 +435,10 @@ mod tests {
     #[test]
     fn refuses_bad_settings_naming_them() {
         assert!(Config::parse("accelerator = \"xen\"").unwrap_err().starts_with("accelerator"));
+        assert!(Config::parse("nft_table = \"ox virt\"").unwrap_err().starts_with("nft_table"));
+        assert!(Config::parse("nft_table = \"\"").unwrap_err().starts_with("nft_table"));
+        assert_eq!(Config::parse("nft_table = \"oxv_1\"").unwrap().nft_table, "oxv_1");
+        assert_eq!(Config::parse("").unwrap().nft_table, "oxvirt");
         assert!(Config::parse("colour = 1").unwrap_err().contains("colour"));
         assert!(Config::parse("stop_timeout_secs = 0").unwrap_err().starts_with("stop_timeout_secs"));
         assert!(Config::parse("https_listen = \"localhost\"").unwrap_err().starts_with("https_listen"));

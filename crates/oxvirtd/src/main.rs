@@ -178,6 +178,7 @@ async fn serve(args: Args, config: Config, decision: AccelDecision, transport: T
     cc.console_log_max = config.console_log_max_bytes;
     cc.confine_qemu = config.confine_qemu;
     cc.host_path_roots = config.host_path_roots.clone();
+    cc.nft_table = config.nft_table.clone();
     cc.ha = oxvirt_controller::HaTiming {
         fence_after: Duration::from_millis(config.fence_after_ms()),
         recover_after: Duration::from_millis(config.ha.recover_after_ms),

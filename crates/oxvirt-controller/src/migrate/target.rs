@@ -274,6 +274,8 @@ impl crate::Migrations {
             // It listens once told where (`receive`): after the stream's credentials, if any.
             incoming: Some("defer".to_string()),
             paused,
+            // (A VM made from a template arrives with all its memory: the stream carries it.)
+            memory_file: None,
         };
         Ok(self.ctl.inner.hv.start(&vm.id, &spec, &launch, &self.ctl.inner.paths(&vm.id)).await?)
     }

@@ -1,7 +1,9 @@
 //! oxvirt's nftables rules, rendered from the store and applied in one transaction.
 //!
 //! oxvirt owns exactly two tables, `inet oxvirt` (forwarding and masquerade of its networks) and
-//! `bridge oxvirt` (per-NIC anti-spoofing and security groups), and never touches any other.
+//! `bridge oxvirt` (per-NIC anti-spoofing and security groups), and never touches any other. The
+//! name is the daemon's `nft_table` setting (`oxvirt` unless set): daemons sharing one kernel's
+//! rules (tests) each keep to their own tables.
 //!
 //! Security groups are stateful without bridge conntrack (this kernel has none): each filtered NIC
 //! has two dynamic sets of flows, those the VM opened and those a rule let in; a packet of a known
@@ -13,7 +15,8 @@ use oxvirt_model::{Direction, Ipv4Net, NetworkKind, Protocol, SecurityRule};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-pub const TABLE: &str = "oxvirt";
+/// The tables' name unless the daemon is told another.
+pub const DEFAULT_TABLE: &str = "oxvirt";
 
 /// What the `inet` table needs to know of a network with a bridge of oxvirt's.
 #[derive(Debug, Clone)]
@@ -53,9 +56,9 @@ fn proto_match(rule: &SecurityRule) -> String {
 }
 
 /// The `inet oxvirt` table: masquerade for nat networks; no forwarding for isolated ones.
-pub fn render_inet(nets: &[NetRules]) -> String {
+pub fn render_inet(table: &str, nets: &[NetRules]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "table inet {TABLE} {{");
+    let _ = writeln!(s, "table inet {table} {{");
     let _ = writeln!(s, "  chain forward {{ type filter hook forward priority 0; policy accept;");
     for n in nets {
         let br = &n.bridge;
@@ -99,7 +102,7 @@ fn set_names(tap: &str) -> (String, String) {
 }
 
 /// The rules of the `bridge oxvirt` table's per-NIC chains (sets and base chains apart).
-pub fn render_nic_chains(n: &NicRules) -> String {
+pub fn render_nic_chains(table: &str, n: &NicRules) -> String {
     let tap = &n.tap;
     let (out_set, in_set) = set_names(tap);
     let mut from = Vec::<String>::new();
@@ -150,10 +153,10 @@ pub fn render_nic_chains(n: &NicRules) -> String {
     }
     let mut s = String::new();
     for (chain, rules) in [(format!("from-{tap}"), from), (format!("to-{tap}"), to)] {
-        let _ = writeln!(s, "add chain bridge {TABLE} {chain}");
-        let _ = writeln!(s, "flush chain bridge {TABLE} {chain}");
+        let _ = writeln!(s, "add chain bridge {table} {chain}");
+        let _ = writeln!(s, "flush chain bridge {table} {chain}");
         for r in rules {
-            let _ = writeln!(s, "add rule bridge {TABLE} {chain} {}", r.replace("  ", " ").trim());
+            let _ = writeln!(s, "add rule bridge {table} {chain} {}", r.replace("  ", " ").trim());
         }
     }
     s
@@ -171,23 +174,23 @@ async fn nft_objects(args: &[&str]) -> Result<Vec<serde_json::Value>, HostCmdErr
 }
 
 /// The families (`inet`, `bridge`) of oxvirt's tables present now.
-async fn our_tables() -> Result<Vec<String>, HostCmdError> {
+async fn our_tables(table: &str) -> Result<Vec<String>, HostCmdError> {
     Ok(nft_objects(&["list", "tables"])
         .await?
         .iter()
         .filter_map(|o| o.get("table"))
-        .filter(|t| t["name"] == TABLE)
+        .filter(|t| t["name"] == table)
         .filter_map(|t| t["family"].as_str().map(str::to_string))
         .collect())
 }
 
 /// The names of the per-NIC chains and sets now in the `bridge oxvirt` table, given the families
 /// of oxvirt's tables now (none when it is not there: asked first, so no error text is read).
-async fn existing_bridge_objects(tables: &[String]) -> Result<(Vec<String>, Vec<String>), HostCmdError> {
+async fn existing_bridge_objects(table: &str, tables: &[String]) -> Result<(Vec<String>, Vec<String>), HostCmdError> {
     if !tables.iter().any(|f| f == "bridge") {
         return Ok((vec![], vec![]));
     }
-    let objects = nft_objects(&["list", "table", "bridge", TABLE]).await?;
+    let objects = nft_objects(&["list", "table", "bridge", table]).await?;
     let names = |kind: &str| -> Vec<String> {
         objects.iter().filter_map(|o| o.get(kind)?["name"].as_str().map(str::to_string)).collect()
     };
@@ -195,22 +198,22 @@ async fn existing_bridge_objects(tables: &[String]) -> Result<(Vec<String>, Vec<
 }
 
 /// The whole `nft -f` script that makes oxvirt's tables match `nets` and `nics`.
-pub fn render_script(nets: &[NetRules], nics: &[NicRules], chains: &[String], sets: &[String]) -> String {
+pub fn render_script(table: &str, nets: &[NetRules], nics: &[NicRules], chains: &[String], sets: &[String]) -> String {
     let mut s = String::new();
     // The inet table holds no state worth keeping: made afresh.
-    let _ = writeln!(s, "table inet {TABLE}\ndelete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {table}\ndelete table inet {table}");
     if nets.iter().any(|n| n.kind != NetworkKind::Bridged) {
-        s.push_str(&render_inet(nets));
+        s.push_str(&render_inet(table, nets));
     }
-    let _ = writeln!(s, "add table bridge {TABLE}");
+    let _ = writeln!(s, "add table bridge {table}");
     let _ =
-        writeln!(s, "add chain bridge {TABLE} prerouting {{ type filter hook prerouting priority 0; policy accept; }}");
+        writeln!(s, "add chain bridge {table} prerouting {{ type filter hook prerouting priority 0; policy accept; }}");
     let _ = writeln!(
         s,
-        "add chain bridge {TABLE} postrouting {{ type filter hook postrouting priority 0; policy accept; }}"
+        "add chain bridge {table} postrouting {{ type filter hook postrouting priority 0; policy accept; }}"
     );
-    let _ = writeln!(s, "flush chain bridge {TABLE} prerouting");
-    let _ = writeln!(s, "flush chain bridge {TABLE} postrouting");
+    let _ = writeln!(s, "flush chain bridge {table} prerouting");
+    let _ = writeln!(s, "flush chain bridge {table} postrouting");
     let wanted_chains: Vec<String> =
         nics.iter().flat_map(|n| [format!("from-{}", n.tap), format!("to-{}", n.tap)]).collect();
     let wanted_sets: Vec<String> = nics
@@ -222,12 +225,12 @@ pub fn render_script(nets: &[NetRules], nics: &[NicRules], chains: &[String], se
         .collect();
     for c in chains.iter().filter(|c| c.starts_with("from-") || c.starts_with("to-")) {
         if !wanted_chains.contains(c) {
-            let _ = writeln!(s, "delete chain bridge {TABLE} {c}");
+            let _ = writeln!(s, "delete chain bridge {table} {c}");
         }
     }
     for set in sets.iter().filter(|x| x.starts_with("out-") || x.starts_with("in-")) {
         if !wanted_sets.contains(set) {
-            let _ = writeln!(s, "delete set bridge {TABLE} {set}");
+            let _ = writeln!(s, "delete set bridge {table} {set}");
         }
     }
     for n in nics {
@@ -237,24 +240,24 @@ pub fn render_script(nets: &[NetRules], nics: &[NicRules], chains: &[String], se
         } {
             let _ = writeln!(
                 s,
-                "add set bridge {TABLE} {set} {{ type ipv4_addr . inet_proto . inet_service . inet_service; flags dynamic,timeout; timeout 5m; size 65536; }}"
+                "add set bridge {table} {set} {{ type ipv4_addr . inet_proto . inet_service . inet_service; flags dynamic,timeout; timeout 5m; size 65536; }}"
             );
         }
-        s.push_str(&render_nic_chains(n));
-        let _ = writeln!(s, "add rule bridge {TABLE} prerouting iifname \"{}\" jump from-{}", n.tap, n.tap);
-        let _ = writeln!(s, "add rule bridge {TABLE} postrouting oifname \"{}\" jump to-{}", n.tap, n.tap);
+        s.push_str(&render_nic_chains(table, n));
+        let _ = writeln!(s, "add rule bridge {table} prerouting iifname \"{}\" jump from-{}", n.tap, n.tap);
+        let _ = writeln!(s, "add rule bridge {table} postrouting oifname \"{}\" jump to-{}", n.tap, n.tap);
     }
     s
 }
 
 /// Makes oxvirt's tables match: one atomic `nft -f` transaction (none when there is nothing to
 /// filter and no table of oxvirt's is there). The tables there now are asked once.
-pub async fn apply(nets: &[NetRules], nics: &[NicRules]) -> Result<(), HostCmdError> {
+pub async fn apply(table: &str, nets: &[NetRules], nics: &[NicRules]) -> Result<(), HostCmdError> {
     if nets.iter().all(|n| n.kind == NetworkKind::Bridged) && nics.is_empty() {
         // Nothing to filter: oxvirt's tables go (if they are there; nft not answering, none are).
-        let tables = our_tables().await.unwrap_or_default();
+        let tables = our_tables(table).await.unwrap_or_default();
         let script = format!(
-            "table inet {TABLE}\ndelete table inet {TABLE}\ntable bridge {TABLE}\ndelete table bridge {TABLE}\n"
+            "table inet {table}\ndelete table inet {table}\ntable bridge {table}\ndelete table bridge {table}\n"
         );
         return if !tables.is_empty() {
             run_stdin("nft", &["-f", "-"], Some(&script)).await.map(|_| ())
@@ -262,8 +265,8 @@ pub async fn apply(nets: &[NetRules], nics: &[NicRules]) -> Result<(), HostCmdEr
             Ok(())
         };
     }
-    let (chains, sets) = existing_bridge_objects(&our_tables().await?).await?;
-    let script = render_script(nets, nics, &chains, &sets);
+    let (chains, sets) = existing_bridge_objects(table, &our_tables(table).await?).await?;
+    let script = render_script(table, nets, nics, &chains, &sets);
     run_stdin("nft", &["-f", "-"], Some(&script)).await.map(|_| ())
 }
 
@@ -291,7 +294,7 @@ mod tests {
                 uplink: None,
             },
         ];
-        let t = render_inet(&nets);
+        let t = render_inet(DEFAULT_TABLE, &nets);
         assert!(t.contains("ip saddr 10.1.0.0/24 ip daddr != 10.1.0.0/24 oifname \"up0\" masquerade"), "{t}");
         assert!(!t.contains("10.2.0.0/24"), "{t}");
         assert!(t.contains("iifname \"oxb2\" drop"), "{t}");
@@ -305,7 +308,7 @@ mod tests {
             ip: Some("10.1.0.5".parse().unwrap()),
             rules: Some(vec![rule(Direction::Ingress, Protocol::Tcp, Some("8080"), Some("10.1.0.0/24"))]),
         };
-        let c = render_nic_chains(&nic);
+        let c = render_nic_chains(DEFAULT_TABLE, &nic);
         assert!(c.contains("from-oxv1n0 ether saddr != 52:54:00:00:00:01 drop"), "{c}");
         assert!(c.contains("from-oxv1n0 ether type ip ip saddr != 10.1.0.5 drop"), "{c}");
         assert!(c.contains("to-oxv1n0 ether type ip ip saddr 10.1.0.0/24 tcp dport 8080 accept"), "{c}");
@@ -318,18 +321,24 @@ mod tests {
             rules: Some(vec![rule(Direction::Egress, Protocol::Udp, Some("53"), Some("10.1.0.1/32"))]),
             ..nic.clone()
         };
-        let c = render_nic_chains(&strict);
+        let c = render_nic_chains(DEFAULT_TABLE, &strict);
         let lines: Vec<&str> = c.lines().filter(|l| l.contains("from-oxv1n0")).collect();
         let records: Vec<&&str> = lines.iter().filter(|l| l.contains("update @out-oxv1n0")).collect();
         assert_eq!(records.len(), 1, "{c}");
         assert!(records[0].contains("ip daddr 10.1.0.1/32") && records[0].contains("udp dport 53"), "{c}");
         let open = NicRules { rules: None, ..nic };
-        assert!(!render_nic_chains(&open).contains("to-oxv1n0 drop"));
+        assert!(!render_nic_chains(DEFAULT_TABLE, &open).contains("to-oxv1n0 drop"));
     }
 
     #[test]
     fn stale_chains_and_sets_go_and_others_are_kept() {
-        let s = render_script(&[], &[], &["from-oxvdeadn0".into(), "prerouting".into()], &["in-oxvdeadn0".into()]);
+        let s = render_script(
+            DEFAULT_TABLE,
+            &[],
+            &[],
+            &["from-oxvdeadn0".into(), "prerouting".into()],
+            &["in-oxvdeadn0".into()],
+        );
         assert!(s.contains("delete chain bridge oxvirt from-oxvdeadn0"));
         assert!(s.contains("delete set bridge oxvirt in-oxvdeadn0"));
         assert!(!s.contains("delete chain bridge oxvirt prerouting"));
@@ -359,7 +368,7 @@ mod tests {
                 rule(Direction::Egress, Protocol::Any, None, Some("10.1.0.0/24")),
             ]),
         }];
-        let script = render_script(&nets, &nics, &[], &[]);
+        let script = render_script(DEFAULT_TABLE, &nets, &nics, &[], &[]);
         // `nft -c` wants the tables the script deletes to exist: check the body only.
         let body = script.replace("table inet oxvirt\ndelete table inet oxvirt\n", "");
         if let Err(e) = run_stdin("nft", &["-c", "-f", "-"], Some(&body)).await {
@@ -382,16 +391,18 @@ mod tests {
             // A runtime of this thread's: the programs it starts are in the namespace too.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-            let none = our_tables().await.unwrap();
+            let table = DEFAULT_TABLE;
+            let none = our_tables(table).await.unwrap();
             assert_eq!(none, Vec::<String>::new());
-            assert_eq!(existing_bridge_objects(&none).await.unwrap(), (vec![], vec![]));
+            assert_eq!(existing_bridge_objects(table, &none).await.unwrap(), (vec![], vec![]));
             let script = format!(
-                "add table bridge {TABLE}\nadd chain bridge {TABLE} from-oxt1\nadd set bridge {TABLE} out-oxt1 {{ type ipv4_addr; }}\n"
+                "add table bridge {table}\nadd chain bridge {table} from-oxt1\nadd set bridge {table} out-oxt1 {{ type ipv4_addr; }}\n"
             );
             run_stdin("nft", &["-f", "-"], Some(&script)).await.unwrap();
-            let bridge = our_tables().await.unwrap();
+            let bridge = our_tables(table).await.unwrap();
             assert_eq!(bridge, ["bridge"]);
-            assert_eq!(existing_bridge_objects(&bridge).await.unwrap(), (vec!["from-oxt1".to_string()], vec!["out-oxt1".to_string()]));
+            assert!(our_tables("another").await.unwrap().is_empty(), "another daemon's name: not ours");
+            assert_eq!(existing_bridge_objects(table, &bridge).await.unwrap(), (vec!["from-oxt1".to_string()], vec!["out-oxt1".to_string()]));
             });
         })
         .join()

@@ -432,7 +432,7 @@ impl Networks {
             }
         }
         // Nothing to filter and no table there: `apply` does nothing.
-        firewall::apply(&net_rules, &nic_rules).await?;
+        firewall::apply(&self.ctl.inner.config.nft_table, &net_rules, &nic_rules).await?;
         Ok(())
     }
 

@@ -123,13 +123,33 @@ impl crate::Vms {
             Err(e) => return Err(self.start_failed(name, e)),
         };
         spec.resources.placement = placement.clone();
-        let launch = oxvirt_hypervisor::Launch { run_as, ..Default::default() };
+        // A VM made from a template waits for the template's state instead of booting.
+        let restore = match self.ctl.templates().restore_for(&vm.spec) {
+            Ok(s) => s,
+            Err(e) => return Err(self.start_failed(name, e)),
+        };
+        let incoming = restore.as_ref().map(|_| "defer".to_string());
+        let memory_file = restore
+            .as_ref()
+            .map(|r| oxvirt_hypervisor::MemoryFile { fd: std::os::fd::AsRawFd::as_raw_fd(&*r.memory), shared: false });
+        let launch = oxvirt_hypervisor::Launch { run_as, incoming, memory_file, ..Default::default() };
         if let Err(e) = self.ctl.resources().ksm_for_launch(&mut spec) {
             return Err(self.start_failed(name, e));
         }
         self.update_vm_record(name, |v| v.status.placement = placement.clone());
         match self.ctl.inner.hv.start(&vm.id, &spec, &launch, &paths).await {
             Ok(instance) => {
+                if let Some(r) = restore {
+                    task.progress(50, "restoring the template's guest");
+                    let loaded = match instance.state().load_state(r.state, true).await {
+                        Ok(()) => instance.resume().await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = loaded {
+                        let _ = instance.kill().await;
+                        return Err(self.start_failed(name, e));
+                    }
+                }
                 let setup = match self.ctl.resources().pin_threads(&vm.id, &spec, &instance, false).await {
                     Ok(()) => apply_setup(&spec, &instance).await.map_err(ControlError::from),
                     Err(e) => Err(e),

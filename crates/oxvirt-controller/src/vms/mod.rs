@@ -65,8 +65,15 @@ impl Vms {
     /// `caller` needs the right to use everything the spec names (see `references.rs`).
     pub fn create_vm(&self, caller: &str, mut spec: VmSpec) -> Result<Vm, ControlError> {
         spec.normalize();
+        // A VM made from a template has its shape (its kernel is the template's, not a host
+        // path the caller names).
+        let template = self.ctl.templates().claim_for(caller, &mut spec)?;
         spec.validate()?;
+        let kernel = if template.is_some() { spec.kernel.take() } else { None };
         self.ctl.access().check_references(caller, None, &mut spec)?;
+        if template.is_some() {
+            spec.kernel = kernel;
+        }
         self.check_against_host(&spec)?;
         // (A VM of that name is found by the write, whose first expectation is that its key is
         // absent: one read of the store fewer per create.)
@@ -98,7 +105,8 @@ impl Vms {
                 created_at: now,
             };
             // (A VM of that name fails the write: its key must be absent.)
-            match self.ctl.storage().write_vm_with(&vm, Expect::Absent, None, counter.into_iter().collect()) {
+            let extra = counter.into_iter().chain(template.clone()).collect();
+            match self.ctl.storage().write_vm_with(&vm, Expect::Absent, None, extra) {
                 Ok(()) => break vm,
                 Err(ControlError::Store(StoreError::Conflict { key, .. })) if key.starts_with("vms/") => {
                     return Err(exists(&vm.spec.name))

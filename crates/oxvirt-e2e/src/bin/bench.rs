@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 
 #[path = "bench/backup.rs"]
 mod backup;
+#[path = "bench/templates.rs"]
+mod templates;
 
 const ROUNDS: usize = 5;
 
@@ -1166,6 +1168,9 @@ async fn main() {
     if only.is_empty() || only == "backup" {
         backup::backup().await;
     }
+    if only.is_empty() || only == "templates" {
+        templates::templates().await;
+    }
     if only == "migration-tls" {
         migration_tls().await;
     }
@@ -1186,8 +1191,18 @@ fn raw_qemu(
     incoming: Option<String>,
     paths: &RuntimePaths,
 ) {
-    let launch = oxvirt_hypervisor::Launch { incoming, ..Default::default() };
-    let mut args = driver.args(id, spec, &launch, paths);
+    raw_qemu_with(driver, id, spec, &oxvirt_hypervisor::Launch { incoming, ..Default::default() }, paths)
+}
+
+/// The same, with a whole `launch`.
+fn raw_qemu_with(
+    driver: &QemuDriver,
+    id: &str,
+    spec: &oxvirt_model::VmSpec,
+    launch: &oxvirt_hypervisor::Launch,
+    paths: &RuntimePaths,
+) {
+    let mut args = driver.args(id, spec, launch, paths);
     // (-daemonize forks and calls setsid: neither is allowed in oxvirt's sandbox.)
     for a in args.iter_mut().filter(|a| a.contains("spawn=deny")) {
         *a = a.replace(",spawn=deny", "").replace(",elevateprivileges=deny", "");

@@ -236,13 +236,17 @@ pub fn disk_device_extras(d: &oxvirt_model::DiskSpec, dev: &mut serde_json::Valu
 
 /// `-machine` options: the type, whether KSM may merge guest memory, and the memory backend when
 /// the guest has one node with a backend of its own.
-fn machine_opts(base: &str, spec: &VmSpec) -> String {
+fn machine_opts(base: &str, spec: &VmSpec, launch: &Launch) -> String {
     let mut m = base.to_string();
     m.push_str(if spec.resources.ksm { ",mem-merge=on" } else { ",mem-merge=off" });
     if spec.memory_encryption.is_some() {
         m.push_str(",confidential-guest-support=sev0");
     }
-    let backends = memory_backends(spec);
+    if launch.memory_file.is_some() {
+        m.push_str(&format!(",memory-backend={}", default_ram_id(spec)));
+        return m;
+    }
+    let backends = memory_backends(spec, launch);
     if backends.len() == 1 && backends[0].1.is_none() {
         m.push_str(",memory-backend=ram0");
     }
@@ -251,8 +255,23 @@ fn machine_opts(base: &str, spec: &VmSpec) -> String {
 
 /// Explicit memory backends (`-object`) with their guest NUMA nodes (`-numa`): for huge pages,
 /// binding memory to host nodes, or guest NUMA nodes. None when plain `-m` does.
-pub fn memory_backends(spec: &VmSpec) -> Vec<(String, Option<String>)> {
+pub fn memory_backends(spec: &VmSpec, launch: &Launch) -> Vec<(String, Option<String>)> {
     let r = &spec.resources;
+    if let Some(f) = launch.memory_file {
+        let share = if f.shared { "on" } else { "off" };
+        let merge = if r.ksm { "on" } else { "off" };
+        // Named as QEMU names the memory it makes for `-m` alone: a guest saved with that memory
+        // loads into this one (a migration stream names its memory blocks).
+        return vec![(
+            format!(
+                "memory-backend-file,id={},x-use-canonical-path-for-ramblock-id=off,size={},mem-path=/proc/self/fd/{},share={share},merge={merge}",
+                default_ram_id(spec),
+                spec.memory.0,
+                f.fd
+            ),
+            None,
+        )];
+    }
     let placement = r.placement.clone().unwrap_or_default();
     let backend = |id: &str, size: u64, host_nodes: Option<&str>| {
         let mut o = if r.hugepages {
@@ -286,6 +305,14 @@ pub fn memory_backends(spec: &VmSpec) -> Vec<(String, Option<String>)> {
     vec![]
 }
 
+/// The id QEMU gives the memory it makes for `-m` on this machine type (its memory block's name).
+fn default_ram_id(spec: &VmSpec) -> &'static str {
+    match spec.machine {
+        MachineType::Q35 => "pc.ram",
+        MachineType::Microvm => "microvm.ram",
+    }
+}
+
 /// Whether QEMU should start paused (`-S`) so that settings applied over QMP (I/O limits) hold
 /// from the guest's first instruction.
 pub fn needs_setup_before_run(spec: &VmSpec) -> bool {
@@ -310,14 +337,14 @@ pub fn build(
     push(&["-name", &format!("guest={},debug-threads=on", escape_opt(&spec.name))]);
     push(&["-uuid", id]);
     match spec.machine {
-        MachineType::Q35 => push(&["-machine", &machine_opts("q35", spec)]),
-        MachineType::Microvm => push(&["-machine", &machine_opts("microvm,rtc=on", spec)]),
+        MachineType::Q35 => push(&["-machine", &machine_opts("q35", spec, launch)]),
+        MachineType::Microvm => push(&["-machine", &machine_opts("microvm,rtc=on", spec, launch)]),
     }
     push(&["-accel", accel.as_str()]);
     push(&["-cpu", if accel == Accel::Kvm { "host" } else { "max" }]);
     push(&["-smp", &spec.cpus.to_string()]);
     push(&["-m", &format!("{}M", spec.memory.0 / MIB)]);
-    for (object, numa) in memory_backends(spec) {
+    for (object, numa) in memory_backends(spec, launch) {
         push(&["-object", &object]);
         if let Some(n) = numa {
             push(&["-numa", &n]);
@@ -465,6 +492,7 @@ mod tests {
             balloon: true,
             memory_encryption: None,
             resources: Default::default(),
+            template: None,
         }
     }
 

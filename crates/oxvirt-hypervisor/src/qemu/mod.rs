@@ -7,6 +7,7 @@ mod disks;
 pub mod handoff;
 mod memory;
 mod migration;
+mod state;
 use oxvirt_qemu::ProcessError;
 pub use oxvirt_qemu::{identity, process, qmp};
 
@@ -162,6 +163,7 @@ impl Hypervisor for QemuDriver {
         let handoff = handoff::prepare(id, spec, launch, paths)?;
         let mut keep: Vec<i32> = passed.iter().map(|f| f.as_raw_fd()).collect();
         keep.extend(handoff.inherited());
+        keep.extend(launch.memory_file.map(|m| m.fd));
         let args = cmdline::build(id, spec, launch, paths, accel, &self.host, &handoff);
         let cgroup = self.cgroup(id);
         cgroup.create().map_err(|e| HvError::io("VM cgroup", e))?;
@@ -679,6 +681,10 @@ impl Instance for QemuInstance {
     }
 
     fn backup(&self) -> &dyn crate::BackupOps {
+        self
+    }
+
+    fn state(&self) -> &dyn crate::StateOps {
         self
     }
 }

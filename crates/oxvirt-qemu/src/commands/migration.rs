@@ -22,6 +22,8 @@ pub enum Capability {
     LateBlockActivate,
     /// `MIGRATION` events at each change of status: waits end on them, not on a poll.
     Events,
+    /// Memory in shared files is not sent (both ends map the same file): a template's state.
+    IgnoreShared,
 }
 
 impl Capability {
@@ -32,6 +34,7 @@ impl Capability {
             Capability::PauseBeforeSwitchover => "pause-before-switchover",
             Capability::LateBlockActivate => "late-block-activate",
             Capability::Events => "events",
+            Capability::IgnoreShared => "x-ignore-shared",
         }
     }
 }
