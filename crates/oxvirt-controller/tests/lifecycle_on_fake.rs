@@ -2,6 +2,9 @@
 //! a fake hypervisor and a real SQLite store: what the end-to-end tests show with QEMU, here in
 //! milliseconds and with the guest's every move chosen by the test.
 
+mod common;
+
+use common::act;
 use oxvirt_controller::{Controller, ControllerConfig};
 use oxvirt_hypervisor::fake::FakeHypervisor;
 use oxvirt_hypervisor::{Hypervisor, Instance};
@@ -48,23 +51,6 @@ impl Host {
         }))
         .unwrap()
     }
-}
-
-/// Runs an action to its end; the task's final state and error.
-async fn act(c: &Controller, vm: &str, action: VmAction) -> (TaskState, Option<String>) {
-    // The watcher of a guest that just exited holds the VM for a moment: busy is said, not waited.
-    let start = Instant::now();
-    let t = loop {
-        match c.vms().vm_action(vm, action) {
-            Err(e) if e.to_string().contains("another operation is in progress") => {
-                assert!(start.elapsed() < Duration::from_secs(5), "{e}");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            r => break r.unwrap(),
-        }
-    };
-    let t = c.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
-    (t.state, t.error)
 }
 
 /// Waits until the VM runs again in another process than `before`'s.

@@ -1,28 +1,17 @@
 //! Templates on a fake hypervisor and a real SQLite store: taking one, VMs made from it started
 //! by restoring its state, and a removal racing the creation of a VM from it.
 
-use oxvirt_controller::{Controller, ControllerConfig};
-use oxvirt_hypervisor::fake::FakeHypervisor;
-use oxvirt_hypervisor::Hypervisor;
+mod common;
+
+use common::act;
+use oxvirt_controller::Controller;
 use oxvirt_model::{TaskState, TemplateRequest, VmAction, VmSpec, VmState, ROOT};
-use oxvirt_store::SqliteStore;
-use std::sync::Arc;
 use std::time::Duration;
 
-fn controller(dir: &std::path::Path) -> Controller {
-    std::fs::create_dir_all(dir.join("boot")).unwrap();
-    std::fs::write(dir.join("boot/vmlinuz"), b"").unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.join("store.db")).unwrap());
-    let mut config = ControllerConfig::new(dir);
-    config.host_path_roots = vec![dir.join("boot")];
-    let hv: Arc<dyn Hypervisor> = FakeHypervisor::new();
-    Controller::new(store, hv, config).unwrap()
-}
-
-fn micro(dir: &std::path::Path, name: &str) -> VmSpec {
+fn micro(kernel: &std::path::Path, name: &str) -> VmSpec {
     serde_json::from_value(serde_json::json!({
         "name": name, "cpus": 1, "memory": "64MiB", "machine": "microvm",
-        "kernel": { "kernel": dir.join("boot/vmlinuz") },
+        "kernel": { "kernel": kernel },
     }))
     .unwrap()
 }
@@ -30,23 +19,6 @@ fn micro(dir: &std::path::Path, name: &str) -> VmSpec {
 fn from_template(name: &str, template: &str) -> VmSpec {
     serde_json::from_value(serde_json::json!({ "name": name, "cpus": 1, "memory": "32MiB", "template": template }))
         .unwrap()
-}
-
-/// Runs an action to its end; the task's final state and error. (The watcher of a guest that
-/// just exited holds the VM for a moment: busy is said, not waited.)
-async fn act(c: &Controller, vm: &str, action: VmAction) -> (TaskState, Option<String>) {
-    let start = std::time::Instant::now();
-    let t = loop {
-        match c.vms().vm_action(vm, action) {
-            Err(e) if e.to_string().contains("another operation is in progress") => {
-                assert!(start.elapsed() < Duration::from_secs(5), "{e}");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            r => break r.unwrap(),
-        }
-    };
-    let t = c.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
-    (t.state, t.error)
 }
 
 async fn take(c: &Controller, name: &str, from: &str) {
@@ -57,17 +29,17 @@ async fn take(c: &Controller, name: &str, from: &str) {
 }
 
 /// A host whose microvm `src` runs.
-async fn host_running_src() -> (tempfile::TempDir, Controller) {
-    let dir = tempfile::tempdir().unwrap();
-    let c = controller(dir.path());
-    c.vms().create_vm(ROOT, micro(dir.path(), "src")).unwrap();
+async fn host_running_src() -> (common::FakeHost, Controller) {
+    let host = common::FakeHost::new();
+    let c = host.controller.clone();
+    c.vms().create_vm(ROOT, micro(&host.kernel, "src")).unwrap();
     assert_eq!(act(&c, "src", VmAction::Start).await.0, TaskState::Succeeded);
-    (dir, c)
+    (host, c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_from_a_template_has_its_shape_and_starts_by_restoring_it() {
-    let (dir, c) = host_running_src().await;
+    let (host, c) = host_running_src().await;
     take(&c, "t", "src").await;
     // The source runs on after its state was saved.
     assert_eq!(c.vms().get_vm("src").unwrap().status.state, VmState::Running);
@@ -77,7 +49,7 @@ async fn a_vm_from_a_template_has_its_shape_and_starts_by_restoring_it() {
     assert_eq!(act(&c, "c1", VmAction::Start).await.0, TaskState::Succeeded);
     assert_eq!(c.vms().get_vm("c1").unwrap().status.state, VmState::Running);
     // Its state file gone, a start says so and leaves the VM stopped.
-    std::fs::remove_file(dir.path().join("templates/t/state")).unwrap();
+    std::fs::remove_file(host.dir.path().join("templates/t/state")).unwrap();
     act(&c, "c1", VmAction::Kill).await;
     let (state, error) = act(&c, "c1", VmAction::Start).await;
     assert_eq!(state, TaskState::Failed);
@@ -87,7 +59,7 @@ async fn a_vm_from_a_template_has_its_shape_and_starts_by_restoring_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_racing_a_create_never_leaves_a_vm_without_its_template() {
-    let (_dir, c) = host_running_src().await;
+    let (_host, c) = host_running_src().await;
     for round in 0..8 {
         let t = format!("t{round}");
         take(&c, &t, "src").await;

@@ -185,17 +185,7 @@ impl Templates {
     ) -> Result<u64, ControlError> {
         let dir = self.dir(name);
         let (memory_partial, state_partial) = (dir.join("memory.partial"), dir.join("state.partial"));
-        let memory = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&memory_partial)
-                .map_err(host(&memory_partial))?
-        };
+        let memory = create_private(&memory_partial)?;
         memory.set_len(spec.memory.0).map_err(host(&memory_partial))?;
         // QEMU opens it again through its descriptor, as its own uid: the file is that uid's
         // while it is written (oxvirt made it), root's again after.

@@ -71,7 +71,7 @@ impl Vms {
         spec.validate()?;
         let kernel = if template.is_some() { spec.kernel.take() } else { None };
         self.ctl.access().check_references(caller, None, &mut spec)?;
-        if template.is_some() {
+        if kernel.is_some() {
             spec.kernel = kernel;
         }
         self.check_against_host(&spec)?;

@@ -5,9 +5,11 @@
 use oxvirt_controller::{Controller, ControllerConfig};
 use oxvirt_hypervisor::fake::FakeHypervisor;
 use oxvirt_hypervisor::Hypervisor;
+use oxvirt_model::{TaskState, VmAction};
 use oxvirt_store::{ClusterSession, SqliteStore};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A controller on a SQLite store in a directory of its own, with a kernel file its VMs may
 /// name (a host path under the allowed roots; the fake reads nothing of it).
@@ -63,4 +65,21 @@ impl ClusterSession for Member {
     fn lease_renewed(&self) -> Option<std::time::Instant> {
         Some(std::time::Instant::now())
     }
+}
+
+/// Runs an action to its end; the task's final state and error. (The watcher of a guest that
+/// just exited holds the VM for a moment: busy is said, not waited.)
+pub async fn act(c: &Controller, vm: &str, action: VmAction) -> (TaskState, Option<String>) {
+    let start = Instant::now();
+    let t = loop {
+        match c.vms().vm_action(vm, action) {
+            Err(e) if e.to_string().contains("another operation is in progress") => {
+                assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            r => break r.unwrap(),
+        }
+    };
+    let t = c.tasks().wait(&t.id, Duration::from_secs(10)).await.unwrap();
+    (t.state, t.error)
 }

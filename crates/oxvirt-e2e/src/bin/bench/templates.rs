@@ -7,6 +7,9 @@ use oxvirt_client::Client;
 use oxvirt_e2e::*;
 use oxvirt_hypervisor::RuntimePaths;
 use oxvirt_model::TaskState;
+use oxvirt_qemu::commands::migration::{self, Capability, Status};
+use oxvirt_qemu::commands::run;
+use oxvirt_qemu::qmp::Qmp;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -66,7 +69,7 @@ async fn until_answer(c: &Client, spec: &serde_json::Value) -> (Duration, Durati
 
 /// Plain QEMU with the template's own argv maps its memory file copy-on-write, restores its
 /// devices' `state` (handed over by `exec:`) and is typed the same command on its console socket.
-fn plain_restore(
+async fn plain_restore(
     dir: &std::path::Path,
     round: usize,
     spec: &oxvirt_model::VmSpec,
@@ -90,29 +93,13 @@ fn plain_restore(
     super::raw_qemu_with(&driver, &format!("00000000-0000-0000-0000-{round:012}"), &spec, &launch, &paths);
     drop(memory);
     let state = template.join("state");
-    let qmp = std::os::unix::net::UnixStream::connect(paths.qmp_socket()).expect("qmp");
-    let mut q = std::io::BufReader::new(qmp.try_clone().expect("clone"));
-    let mut w = qmp;
-    let mut line = String::new();
-    let mut call = |cmd: &str| -> String {
-        writeln!(w, "{cmd}").expect("qmp write");
-        loop {
-            line.clear();
-            std::io::BufRead::read_line(&mut q, &mut line).expect("qmp read");
-            if !line.contains("\"event\"") {
-                return line.clone();
-            }
-        }
-    };
-    call(r#"{"execute":"qmp_capabilities"}"#);
-    call(
-        r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"x-ignore-shared","state":true}]}}"#,
-    );
-    call(&format!(r#"{{"execute":"migrate-incoming","arguments":{{"uri":"exec:cat {}"}}}}"#, state.display()));
-    while !call(r#"{"execute":"query-migrate"}"#).contains("completed") {
-        std::thread::sleep(Duration::from_millis(5));
+    let q = Qmp::connect(&paths.qmp_socket(), Duration::from_secs(10)).await.expect("qmp");
+    migration::migrate_set_capabilities(&q, &[(Capability::IgnoreShared, true)]).await.expect("capability");
+    migration::migrate_incoming(&q, &format!("exec:cat {}", state.display())).await.expect("incoming");
+    while migration::query_migrate(&q).await.expect("query").status != Status::Completed {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    call(r#"{"execute":"cont"}"#);
+    run::cont(&q).await.expect("cont");
     let mut con = std::os::unix::net::UnixStream::connect(paths.console_socket()).expect("console");
     con.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
     con.write_all(b"\necho A-$((40+2))\n").expect("type");
@@ -125,7 +112,7 @@ fn plain_restore(
         }
     }
     let took = start.elapsed();
-    call(r#"{"execute":"quit"}"#);
+    run::quit(&q, Duration::from_secs(10)).await.expect("quit");
     took
 }
 
@@ -150,7 +137,7 @@ pub async fn templates() {
         let (answered, started) = until_answer(c, &spec).await;
         oxvirt.push(answered);
         running.push(started);
-        plain.push(plain_restore(plain_dir.path(), round, &tpl.spec, &template));
+        plain.push(plain_restore(plain_dir.path(), round, &tpl.spec, &template).await);
         if round < BOOT_ROUNDS {
             cold.push(until_answer(c, &micro(&format!("b{round}"))).await.0);
         }
