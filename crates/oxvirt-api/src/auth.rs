@@ -208,7 +208,11 @@ pub fn requirement(method: &Method, matched: &str, params: &[(&str, &str)]) -> O
     let repo_itself = (m.first() == Some(&"backup-repos") && m.len() <= 2 && method != Method::GET)
         || (m.first() == Some(&"backup-repos") && m.get(2) == Some(&"key"))
         || (m.first() == Some(&"backup-jobs") && method != Method::GET);
+    // A template's warm pool is QEMUs on the host, in no project's quota.
+    let host_capacity = m.first() == Some(&"templates") && m.get(2) == Some(&"pool") && method != Method::GET;
+    let resource = if host_capacity { "/".to_string() } else { resource };
     let admin = repo_itself
+        || host_capacity
         || matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
         || ((matched == "/api/v1/host/policy"
             || matches!(m.first(), Some(&"projects") | Some(&"cluster") | Some(&"ha")))
@@ -324,6 +328,11 @@ mod tests {
             Some((Privilege::Modify, "/pools/p".into()))
         );
         assert_eq!(r(Method::PUT, "/api/v1/host/policy", "/api/v1/host/policy"), Some((Privilege::Admin, "/".into())));
+        assert_eq!(
+            r(Method::PUT, "/api/v1/templates/{template}/pool", "/api/v1/templates/t/pool"),
+            Some((Privilege::Admin, "/".into())),
+            "a warm pool is the host's capacity"
+        );
         assert_eq!(r(Method::GET, "/api/v1/host/policy", "/api/v1/host/policy"), Some((Privilege::Read, "/".into())));
         assert_eq!(r(Method::GET, "/api/v1/users", "/api/v1/users"), Some((Privilege::Admin, "/".into())));
         // HA is the cluster's: changed by administrators only, whichever VM it names.

@@ -82,7 +82,8 @@ async fn create(
     c.access().authorize(&caller, oxvirt_model::Privilege::Modify, &resource)?;
     let spec: VmSpec = parse(&body)?;
     // Everything else the spec names (volumes, networks, host paths...) is checked by the controller.
-    let vm = c.vms().create_vm(&caller, spec)?;
+    // (One started at once may take a VM of its template's warm pool.)
+    let vm = if q.start { c.vms().create_vm_to_start(&caller, spec)? } else { c.vms().create_vm(&caller, spec)? };
     // In a cluster the VM may belong to another host: that host starts it.
     let task = if q.start { c.hosts().start_where_it_belongs(&vm.spec.name)? } else { None };
     Ok((StatusCode::CREATED, Json(oxvirt_model::VmCreated { vm, task })))

@@ -8,6 +8,7 @@ mod ha;
 mod network;
 mod output;
 mod resources;
+mod run;
 mod storage;
 mod templates;
 mod vm_requests;
@@ -89,6 +90,18 @@ enum Command {
     /// Templates: quiet microvms saved once, restored instead of booted (`vm create --template`).
     #[command(subcommand)]
     Template(templates::TemplateCmd),
+    /// Run a command in a fresh VM made from a template (from its warm pool when one waits):
+    /// its output (stdout and stderr, from the serial console) streamed, its exit code this
+    /// command's; the VM is discarded after.
+    Run {
+        #[arg(long)]
+        template: String,
+        /// Seconds until the command must have ended.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Projects (tenants) and their quotas.
     #[command(subcommand)]
     Project(access::ProjectCmd),
@@ -457,6 +470,10 @@ async fn run(client: &Client, out: Output, cmd: Command) -> Result<(), ClientErr
         Command::Backup(cmd) => backup::backup(client, out, cmd).await?,
         Command::BackupJob(cmd) => backup::job(client, out, cmd).await?,
         Command::Template(cmd) => templates::template(client, out, cmd).await?,
+        Command::Run { template, timeout, command } => {
+            let code = run::run(client, &template, &command, Duration::from_secs(timeout)).await?;
+            std::process::exit(code);
+        }
         Command::Project(cmd) => access::project(client, out, cmd).await?,
         Command::Cluster(cmd) => access::cluster(client, out, cmd).await?,
         Command::Login { user } => access::login(client, &user).await?,

@@ -4,7 +4,7 @@ use crate::follow_task;
 use crate::output::{print_json, print_task, table, Output};
 use clap::Subcommand;
 use oxvirt_client::{Client, ClientError};
-use oxvirt_model::Template;
+use oxvirt_model::TemplateView;
 use std::time::Duration;
 
 #[derive(Subcommand)]
@@ -20,7 +20,14 @@ pub enum TemplateCmd {
     Show {
         name: String,
     },
-    /// Forget a template no VM is made from, and its saved state.
+    /// Keep N VMs restored from the template and paused on its host, so that `vm create
+    /// --template T --start` only resumes one (administrators; 0 ends the pool).
+    Pool {
+        name: String,
+        #[arg(long)]
+        size: u32,
+    },
+    /// Forget a template no VM is made from, its saved state and its warm pool.
     Remove {
         name: String,
     },
@@ -43,9 +50,22 @@ pub async fn template(client: &Client, out: Output, cmd: TemplateCmd) -> Result<
                 print_json(&all);
                 return Ok(());
             }
-            table(&["NAME", "FROM", "MACHINE", "CPUS", "MEMORY", "STATE", "HOST"], all.iter().map(row).collect());
+            table(
+                &["NAME", "FROM", "MACHINE", "CPUS", "MEMORY", "STATE", "POOL", "HOST"],
+                all.iter().map(row).collect(),
+            );
         }
         TemplateCmd::Show { name } => print_json(&t.get(&name).await?),
+        TemplateCmd::Pool { name, size } => {
+            let v = t.set_pool(&name, size).await?;
+            match out {
+                Output::Json => print_json(&v),
+                Output::Table => println!(
+                    "template {name}: warm pool of {} ({} ready now; it fills in the background)",
+                    v.template.pool_size, v.pool_ready
+                ),
+            }
+        }
         TemplateCmd::Remove { name } => {
             t.remove(&name).await?;
             if out == Output::Table {
@@ -56,7 +76,8 @@ pub async fn template(client: &Client, out: Output, cmd: TemplateCmd) -> Result<
     Ok(())
 }
 
-fn row(t: &Template) -> Vec<String> {
+fn row(v: &TemplateView) -> Vec<String> {
+    let t = &v.template;
     vec![
         t.name.clone(),
         t.from.clone(),
@@ -64,6 +85,7 @@ fn row(t: &Template) -> Vec<String> {
         t.spec.cpus.to_string(),
         t.spec.memory.to_string(),
         format!("{} KiB", t.state_bytes.div_ceil(1024)),
+        format!("{}/{}", v.pool_ready, t.pool_size),
         t.host.clone().unwrap_or_else(|| "-".into()),
     ]
 }

@@ -3,7 +3,7 @@
 
 use crate::{encode, Client, ClientError};
 use hyper::Method;
-use oxvirt_model::{Task, Template, TemplateRequest};
+use oxvirt_model::{Task, TemplatePool, TemplateRequest, TemplateView};
 
 /// Templates: `client.templates()`.
 #[derive(Clone, Copy)]
@@ -25,12 +25,19 @@ impl Templates<'_> {
         self.client.call_with(Method::POST, "/api/v1/templates", &req).await
     }
 
-    pub async fn list(&self) -> Result<Vec<Template>, ClientError> {
+    pub async fn list(&self) -> Result<Vec<TemplateView>, ClientError> {
         self.client.get("/api/v1/templates").await
     }
 
-    pub async fn get(&self, name: &str) -> Result<Template, ClientError> {
+    pub async fn get(&self, name: &str) -> Result<TemplateView, ClientError> {
         self.client.get(&format!("/api/v1/templates/{}", encode(name))).await
+    }
+
+    /// Keeps `size` VMs restored from template `name` and paused, ready for creates that start
+    /// at once (administrators).
+    pub async fn set_pool(&self, name: &str, size: u32) -> Result<TemplateView, ClientError> {
+        let path = format!("/api/v1/templates/{}/pool", encode(name));
+        self.client.call_with(Method::PUT, &path, &TemplatePool { size }).await
     }
 
     pub async fn remove(&self, name: &str) -> Result<(), ClientError> {

@@ -35,6 +35,8 @@ pub enum Job {
     ExportDaemons,
     /// Backup jobs whose scheduled time came are claimed and started.
     BackupJobs,
+    /// Templates' warm pools kept at their size (also woken when one of theirs is taken).
+    TemplatePools,
     /// Automatic ballooning under memory pressure.
     AutoBalloon,
     /// An hour of figures per VM and for the host.
@@ -45,7 +47,7 @@ pub enum Job {
 
 impl Job {
     /// The reconcile round's jobs, in the order they run.
-    pub const ROUND: [Job; 10] = [
+    pub const ROUND: [Job; 11] = [
         Job::Migrations,
         Job::Vms,
         Job::Ha,
@@ -56,14 +58,15 @@ impl Job {
         Job::Rebalance,
         Job::ExportDaemons,
         Job::BackupJobs,
+        Job::TemplatePools,
     ];
 
     /// The jobs of loops of their own.
     pub const OWN_LOOPS: [Job; 3] = [Job::AutoBalloon, Job::History, Job::Alerts];
 
     /// Every job: the round's, then those of their own loops (the order figures are shown in).
-    pub const ALL: [Job; 13] = {
-        let mut all = [Job::Migrations; 13];
+    pub const ALL: [Job; 14] = {
+        let mut all = [Job::Migrations; 14];
         let mut i = 0;
         while i < Job::ROUND.len() {
             all[i] = Job::ROUND[i];
@@ -88,6 +91,7 @@ impl Job {
             Job::Rebalance => "rebalance",
             Job::ExportDaemons => "export_daemons",
             Job::BackupJobs => "backup_jobs",
+            Job::TemplatePools => "template_pools",
             Job::AutoBalloon => "auto_balloon",
             Job::History => "history",
             Job::Alerts => "alerts",
@@ -198,6 +202,7 @@ impl Controller {
                 Job::Rebalance => book.run(job, self.hosts().rebalance_round()).await,
                 Job::ExportDaemons => book.run(job, self.nbd().supervise_export_daemons()).await,
                 Job::BackupJobs => book.run(job, self.backups().jobs_round()).await,
+                Job::TemplatePools => book.run(job, self.templates().pools_round()).await,
                 Job::AutoBalloon | Job::History | Job::Alerts => {}
             }
         }

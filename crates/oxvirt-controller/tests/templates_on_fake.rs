@@ -5,7 +5,7 @@ mod common;
 
 use common::act;
 use oxvirt_controller::Controller;
-use oxvirt_model::{TaskState, TemplateRequest, VmAction, VmSpec, VmState, ROOT};
+use oxvirt_model::{TaskState, TemplatePool, TemplateRequest, VmAction, VmSpec, VmState, ROOT};
 use std::time::Duration;
 
 fn micro(kernel: &std::path::Path, name: &str) -> VmSpec {
@@ -67,7 +67,7 @@ async fn a_removal_racing_a_create_never_leaves_a_vm_without_its_template() {
         let (t1, t2) = (t.clone(), t.clone());
         let vm = format!("v{round}");
         let create = tokio::task::spawn_blocking(move || a.vms().create_vm(ROOT, from_template(&vm, &t1)).is_ok());
-        let remove = tokio::task::spawn_blocking(move || b.templates().remove(&t2).is_ok());
+        let remove = tokio::spawn(async move { b.templates().remove(&t2).await.is_ok() });
         let (created, removed) = (create.await.unwrap(), remove.await.unwrap());
         assert!(!(created && removed), "round {round}: both a VM from {t} and its removal succeeded");
         let exists = c.templates().get(&t).is_ok();
@@ -75,4 +75,67 @@ async fn a_removal_racing_a_create_never_leaves_a_vm_without_its_template() {
         assert!(users == 0 || exists, "round {round}: a VM names {t}, which is gone");
         assert_eq!(exists, !removed);
     }
+}
+
+/// Waits until template `t`'s warm pool holds `n` VMs.
+async fn pool_holds(c: &Controller, t: &str, n: u32) {
+    let start = std::time::Instant::now();
+    loop {
+        let ready = c.templates().view(c.templates().get(t).unwrap()).pool_ready;
+        if ready == n {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "pool of {t} holds {ready}, not {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_fills_hands_out_its_vms_to_creates_that_start_and_refills() {
+    let (_host, c) = host_running_src().await;
+    take(&c, "t", "src").await;
+    // Bad sizes are refused by name and change nothing.
+    let e = c.templates().set_pool("t", TemplatePool { size: 65 }).unwrap_err();
+    assert!(e.to_string().contains("size") && e.to_string().contains("64"), "{e}");
+    assert!(c.templates().set_pool("nosuch", TemplatePool { size: 1 }).is_err());
+    assert_eq!(c.templates().get("t").unwrap().pool_size, 0);
+
+    let v = c.templates().set_pool("t", TemplatePool { size: 2 }).unwrap();
+    assert_eq!(v.template.pool_size, 2);
+    pool_holds(&c, "t", 2).await;
+    assert_eq!(c.resources().host_resources().unwrap().templates.pool_vms, 2);
+    // A create that does not start leaves the pool alone.
+    c.vms().create_vm(ROOT, from_template("cold", "t")).unwrap();
+    assert_eq!(c.templates().view(c.templates().get("t").unwrap()).pool_ready, 2);
+    // One that starts takes a member: the VM is that QEMU (its id), resumed by its start.
+    let vm = c.vms().create_vm_to_start(ROOT, from_template("w1", "t")).unwrap();
+    assert_eq!(c.templates().view(c.templates().get("t").unwrap()).pool_ready, 1, "taken from the pool");
+    assert_eq!(act(&c, "w1", VmAction::Start).await.0, TaskState::Succeeded);
+    let w1 = c.vms().get_vm("w1").unwrap();
+    assert_eq!((w1.id, w1.status.state), (vm.id, VmState::Running));
+    pool_holds(&c, "t", 2).await;
+    // A create that fails gives its member back.
+    assert!(c.vms().create_vm_to_start(ROOT, from_template("w1", "t")).is_err());
+    pool_holds(&c, "t", 2).await;
+    // Size 0 ends the members; the template then goes with no pool left behind.
+    c.templates().set_pool("t", TemplatePool { size: 0 }).unwrap();
+    pool_holds(&c, "t", 0).await;
+    assert_eq!(c.resources().host_resources().unwrap().templates.pool_vms, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_from_one_template_at_once_all_succeed() {
+    let (_host, c) = host_running_src().await;
+    take(&c, "t", "src").await;
+    let creates: Vec<_> = (0..12)
+        .map(|i| {
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || c.vms().create_vm(ROOT, from_template(&format!("p{i}"), "t")))
+        })
+        .collect();
+    for (i, create) in creates.into_iter().enumerate() {
+        let r = create.await.unwrap();
+        assert!(r.is_ok(), "create {i}: {:?}", r.err());
+    }
+    assert_eq!(c.vms().list_vms().unwrap().len(), 13);
 }

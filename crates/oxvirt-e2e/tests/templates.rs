@@ -43,7 +43,7 @@ async fn vms_restored_from_a_template_answer_apart_and_the_template_stays_while_
     let (code, out, err) = d.cli(&["template", "create", "t1", "--from", "src"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("template t1 taken from src"), "{out}");
-    let tpl = c.templates().get("t1").await.unwrap();
+    let tpl = c.templates().get("t1").await.unwrap().template;
     assert_eq!((tpl.from.as_str(), tpl.spec.machine), ("src", oxvirt_model::MachineType::Microvm));
     assert!(tpl.state_bytes > 0);
     // The source runs on.
@@ -173,4 +173,147 @@ async fn vms_restored_from_a_template_answer_apart_and_the_template_stays_while_
     assert!(!d.path().join("templates/t1").exists());
     assert_eq!(api_error(c.templates().get("t1").await).status, 404);
     c.vm_action_wait("src", "kill", T).await.unwrap();
+}
+
+/// The QEMUs of template `t`'s warm pool under daemon `d` (by their pidfiles and names; a VM
+/// that took one keeps its name: the VMs' QEMUs are left out).
+async fn pool_pids(d: &Daemon, t: &str) -> Vec<u32> {
+    let vms: Vec<u32> = d.client.list_vms().await.unwrap().iter().filter_map(|v| v.status.pid).collect();
+    let name = format!("guest=pool-{t},");
+    let mut pids: Vec<u32> = std::fs::read_dir(d.path().join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("qemu.pid")).ok()?.trim().parse().ok())
+        .filter(|p: &u32| {
+            !vms.contains(p)
+                && std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&name))
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// Waits until template `t`'s pool holds `n` VMs, and returns their QEMUs.
+async fn pool_holds(d: &Daemon, t: &str, n: u32) -> Vec<u32> {
+    let start = std::time::Instant::now();
+    loop {
+        let ready = d.client.templates().get(t).await.unwrap().pool_ready;
+        let pids = pool_pids(d, t).await;
+        if ready == n && pids.len() == n as usize {
+            return pids;
+        }
+        assert!(start.elapsed() < T, "pool of {t}: {ready} ready, QEMUs {pids:?}; wanted {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_hands_out_restored_vms_refills_and_outlives_a_daemon_restart() {
+    let mut d = Daemon::start();
+    let c = d.client.clone();
+    let created = c.create_vm(&micro("src"), true).await.unwrap();
+    c.wait_task(&created.task.unwrap().id, T).await.unwrap();
+    wait_console(&c, "src", READY, 1, BOOT_TIMEOUT).await;
+    run_in_guest(&c, "src", "echo tpl-$((6*7)) > /tmp/mark; echo M-$((1+1))", "M-2").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = c.templates().create("t1", "src").await.unwrap();
+    assert_eq!(c.wait_task(&t.id, T).await.unwrap().state, TaskState::Succeeded);
+    c.vm_action_wait("src", "kill", T).await.unwrap();
+
+    // A pool is the host's capacity: a tenant who may use the template may not size its pool.
+    make_user(&c, "tim").await;
+    let _: serde_json::Value =
+        c.put("/api/v1/acl", &json!([{ "path": "/templates", "user": "tim", "role": "operator" }])).await.unwrap();
+    let tim = https_client(&d, &login(&d, "tim", "tim-long-password").await.unwrap());
+    assert_eq!(api_error(tim.templates().set_pool("t1", 2).await).status, 403);
+    // Bad input, refused by name.
+    let e = api_error(c.templates().set_pool("t1", 65).await);
+    assert_eq!((e.status, e.field.as_deref()), (400, Some("size")), "{e:?}");
+    assert_eq!(api_error(c.templates().set_pool("nosuch", 1).await).status, 404);
+    assert!(pool_pids(&d, "t1").await.is_empty());
+
+    let (code, out, err) = d.cli(&["template", "pool", "t1", "--size", "2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let members = pool_holds(&d, "t1", 2).await;
+    let r = c.resources().host_resources().await.unwrap();
+    assert_eq!((r.templates.pool_vms, r.templates.shared_memory_bytes), (2, 128 << 20), "{:?}", r.templates);
+    assert_eq!(r.committed_memory, 0, "a pool's VMs are no VM's");
+    // Waiting VMs are paused: they use next to no CPU.
+    let cpu_ticks = |p: &u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split_whitespace().skip(11).take(2).map(|f| f.parse::<u64>().unwrap()).sum()
+    };
+    let before: Vec<u64> = members.iter().map(cpu_ticks).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (p, b) in members.iter().zip(before) {
+        assert!(cpu_ticks(p) - b <= 10, "pool QEMU {p} used {} ticks in 1 s", cpu_ticks(p) - b);
+    }
+
+    // A create that starts takes one: the VM is that QEMU, resumed, the template's guest in it.
+    let (code, out, err) = d.cli(&["vm", "create", "w1", "--template", "t1", "--start"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let w1 = c.get_vm("w1").await.unwrap();
+    assert!(members.contains(&w1.status.pid.unwrap()), "w1 runs QEMU {:?}, not one of {members:?}", w1.status.pid);
+    run_in_guest(&c, "w1", "cat /tmp/mark", "tpl-42").await;
+    run_in_guest(&c, "w1", "echo W-$((3+3))", "W-6").await;
+    // The pool refills behind it with a new QEMU.
+    let refilled = pool_holds(&d, "t1", 2).await;
+    assert!(!refilled.contains(&w1.status.pid.unwrap()), "{refilled:?}");
+    // A create that does not start leaves the pool alone; its start restores as usual.
+    c.create_vm(&json!({ "name": "cold", "cpus": 1, "memory": "128MiB", "template": "t1" }), false).await.unwrap();
+    assert_eq!(c.templates().get("t1").await.unwrap().pool_ready, 2);
+
+    // A daemon killed and started again finds its pool's QEMUs and keeps them.
+    d.respawn_after_kill9();
+    let c = d.client.clone();
+    assert_eq!(pool_holds(&d, "t1", 2).await, refilled, "the same QEMUs, re-adopted");
+    run_in_guest(&c, "w1", "echo A-$((4+4))", "A-8").await;
+    // And hands them out as before.
+    let created = c.create_vm(&json!({ "name": "w2", "cpus": 1, "memory": "128MiB", "template": "t1" }), true).await;
+    c.wait_task(&created.unwrap().task.unwrap().id, T).await.unwrap();
+    let w2 = c.get_vm("w2").await.unwrap();
+    assert!(refilled.contains(&w2.status.pid.unwrap()), "{:?} not one of {refilled:?}", w2.status.pid);
+    run_in_guest(&c, "w2", "cat /tmp/mark", "tpl-42").await;
+
+    // `oxvirt run`: a command in a fresh clone, its output and exit code, the clone gone after;
+    // two at once, neither seeing the other's files.
+    let runs: Vec<(i32, String, String)> = std::thread::scope(|s| {
+        let one = "cat /tmp/mark; echo only-$((5*5)) > /tmp/own; exit 3";
+        let two = "test -e /tmp/own && echo leaked; echo it\\'s-$((2*3)) >&2";
+        let a = s.spawn(|| d.cli(&["run", "--template", "t1", "--", "sh", "-c", one]));
+        let b = s.spawn(|| d.cli(&["run", "--template", "t1", "--", "sh", "-c", two]));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    assert_eq!((runs[0].0, runs[0].1.as_str()), (3, "tpl-42\n"), "{runs:?}");
+    assert_eq!((runs[1].0, runs[1].1.as_str()), (0, "it's-6\n"), "{runs:?}");
+    let (code, _, err) = d.cli(&["run", "--template", "nosuch", "--", "true"]);
+    assert!(code != 0 && err.contains("nosuch"), "{err}");
+    let left: Vec<String> = c.list_vms().await.unwrap().into_iter().map(|v| v.spec.name).collect();
+    assert!(!left.iter().any(|n| n.starts_with("run-")), "{left:?}");
+    let refilled = pool_holds(&d, "t1", 2).await;
+
+    // Size 0 ends them; a template with a pool goes with it.
+    c.templates().set_pool("t1", 0).await.unwrap();
+    pool_holds(&d, "t1", 0).await;
+    for p in &refilled {
+        assert!(!process_alive(*p), "QEMU {p} of the pool still runs");
+    }
+    c.templates().set_pool("t1", 1).await.unwrap();
+    let last = pool_holds(&d, "t1", 1).await;
+    for vm in ["w1", "w2"] {
+        c.vm_action_wait(vm, "kill", T).await.unwrap();
+    }
+    for vm in ["w1", "w2", "cold"] {
+        c.delete_vm(vm).await.unwrap();
+    }
+    c.templates().remove("t1").await.unwrap();
+    let start = std::time::Instant::now();
+    while process_alive(last[0]) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the removed template's pool QEMU runs on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!d.path().join("templates/t1").exists());
 }

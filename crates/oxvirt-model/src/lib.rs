@@ -70,11 +70,11 @@ pub use storage::{
 };
 pub use storage_requests::{CloneRequest, ExportRequest, ImportRequest, NewSnapshot, VolumeResize};
 pub use task::{Task, TaskState};
-pub use template::{Template, TemplateRequest};
+pub use template::{Template, TemplatePool, TemplateRequest, TemplateView, MAX_POOL_SIZE};
 pub use token::{ApiToken, NewToken};
 pub use views::{
     BalloonView, Fenced, HostResources, HostSample, HostView, KsmView, NumaNodeView, PlannedMove, ProjectView,
-    RebalanceView, VmCreated, VmSample,
+    RebalanceView, TemplatesMemoryView, VmCreated, VmSample,
 };
 pub use vm::{
     validate_host_path, validate_ifname, validate_mac, AccelChoice, DesiredState, DiskBus, DiskFormat, DiskSpec,

@@ -41,6 +41,40 @@ pub struct Template {
     /// How long the guest was paused to take it, in ms.
     pub pause_ms: u64,
     pub created_at: Millis,
+    /// How many VMs its host keeps restored and paused, ready to be taken by a create that
+    /// starts at once (`PUT /api/v1/templates/{template}/pool`). 0: no warm pool.
+    #[serde(default)]
+    pub pool_size: u32,
+}
+
+/// A template as the API shows it: with what its warm pool holds now.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct TemplateView {
+    #[serde(flatten)]
+    pub template: Template,
+    /// Restored, paused VMs waiting in its warm pool on this host.
+    pub pool_ready: u32,
+}
+
+/// The most VMs one template's warm pool keeps.
+pub const MAX_POOL_SIZE: u32 = 64;
+
+/// `PUT /api/v1/templates/{template}/pool`: how many restored VMs to keep ready.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatePool {
+    /// 0 (no pool) to 64.
+    #[schemars(range(max = 64))]
+    pub size: u32,
+}
+
+impl TemplatePool {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.size > MAX_POOL_SIZE {
+            return Err(ValidationError::new("size", format!("must be at most {MAX_POOL_SIZE} (got {})", self.size)));
+        }
+        Ok(())
+    }
 }
 
 impl Template {

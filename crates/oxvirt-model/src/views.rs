@@ -34,6 +34,22 @@ pub struct HostResources {
     pub hugepages_total: u64,
     pub hugepages_free: u64,
     pub hugepage_size: u64,
+    /// Templates' memory and warm pools on this host.
+    #[serde(default)]
+    pub templates: TemplatesMemoryView,
+}
+
+/// What templates hold of a host's memory: each template's memory once (its VMs map it
+/// copy-on-write: `committed_memory` counts each VM's whole memory, as if it wrote every page),
+/// and the VMs waiting in warm pools (not counted in `committed_*`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct TemplatesMemoryView {
+    /// Templates' memory held by oxvirtd, shared by every VM restored from them.
+    pub shared_memory_bytes: u64,
+    /// VMs restored and paused in warm pools.
+    pub pool_vms: u32,
+    /// Memory those VMs hold of their own (written pages, QEMU's own), measured.
+    pub pool_private_bytes: u64,
 }
 
 /// A NUMA node of the host: its CPUs and memory.

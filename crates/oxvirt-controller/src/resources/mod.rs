@@ -84,6 +84,14 @@ impl ResourceControl {
             hugepages_total: meminfo_field("HugePages_Total:").unwrap_or(0),
             hugepages_free: meminfo_field("HugePages_Free:").unwrap_or(0),
             hugepage_size: HUGEPAGE,
+            templates: {
+                let (pool_vms, pool_private_bytes) = self.ctl.templates().pool_figures();
+                oxvirt_model::TemplatesMemoryView {
+                    shared_memory_bytes: self.ctl.templates().shared_memory_bytes(),
+                    pool_vms,
+                    pool_private_bytes,
+                }
+            },
         })
     }
 

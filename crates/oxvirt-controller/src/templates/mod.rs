@@ -24,10 +24,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The templates' sealed memories, made on a template's first restore since the daemon started.
+mod pool;
+
+/// The templates' sealed memories, made on a template's first restore since the daemon started,
+/// and their warm pools.
 #[derive(Default)]
 pub struct State {
     memories: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    pools: pool::Pools,
 }
 
 /// What a VM made from a template starts from: the devices' state, and the memory it maps.
@@ -164,6 +168,7 @@ impl Templates {
             memory_bytes: vm.spec.memory.0,
             pause_ms,
             created_at: crate::now_millis(),
+            pool_size: 0,
         };
         match self.ctl.inner.store.put_record(&req.name, &template, Expect::Absent) {
             Ok(_) => {}
@@ -250,8 +255,8 @@ impl Templates {
         Ok(())
     }
 
-    /// Forgets a template no VM is made from, and its state file.
-    pub fn remove(&self, name: &str) -> Result<(), ControlError> {
+    /// Forgets a template no VM is made from, its state file and its warm pool.
+    pub async fn remove(&self, name: &str) -> Result<(), ControlError> {
         let Some((_, rev)) = self.ctl.inner.store.get_record::<Template>(name)? else { return Err(not_found(name)) };
         let users: Vec<String> = self
             .ctl
@@ -276,6 +281,7 @@ impl Templates {
             }
             Err(e) => return Err(e.into()),
         }
+        self.drain_pool(name).await;
         crate::lock(&self.state().memories).remove(name);
         let dir = self.dir(name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -319,6 +325,15 @@ impl Templates {
         let state = std::fs::File::open(&path).map_err(host(&path))?;
         let memory = self.sealed_memory(name)?;
         Ok(Some(Restore { state, memory }))
+    }
+
+    /// Bytes of the templates' memories held (each once, however many VMs map it).
+    pub(crate) fn shared_memory_bytes(&self) -> u64 {
+        crate::lock(&self.state().memories)
+            .values()
+            .filter_map(|m| std::fs::File::from(m.try_clone().ok()?).metadata().ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Template `name`'s memory as a sealed memfd, made from its memory file the first time.

@@ -22,10 +22,7 @@ impl crate::Vms {
             return Ok(Some((uid, QEMU_GID)));
         }
         for _ in 0..20 {
-            let cur = self.ctl.inner.store.get(COUNTER)?;
-            let next: u32 =
-                cur.as_ref().and_then(|e| std::str::from_utf8(&e.value).ok()?.parse().ok()).unwrap_or(UID_BASE);
-            let expect = cur.as_ref().map(|e| Expect::Revision(e.revision)).unwrap_or(Expect::Absent);
+            let (next, spend) = self.next_uid()?;
             let (vm_now, rev) =
                 self.ctl.inner.store.get_record::<Vm>(name)?.ok_or_else(|| ControlError::vm_not_found(name))?;
             if let Some(uid) = vm_now.uid {
@@ -33,7 +30,7 @@ impl crate::Vms {
             }
             let with_uid = Vm { uid: Some(next), ..vm_now };
             let ops = vec![
-                Op::Put { key: COUNTER.into(), value: (next + 1).to_string().into_bytes(), expect },
+                spend,
                 Op::Put {
                     key: <Vm as oxvirt_store::Record>::key_of(name),
                     value: oxvirt_store::encode(&with_uid),
@@ -47,6 +44,32 @@ impl crate::Vms {
             }
         }
         Err(ControlError::Busy(format!("could not give VM {name} a uid: the store kept changing")))
+    }
+
+    /// The next uid the counter gives, and the write that spends it (it fails if another took
+    /// that uid meanwhile).
+    fn next_uid(&self) -> Result<(u32, Op), ControlError> {
+        let cur = self.ctl.inner.store.get(COUNTER)?;
+        let next: u32 = cur.as_ref().and_then(|e| std::str::from_utf8(&e.value).ok()?.parse().ok()).unwrap_or(UID_BASE);
+        let expect = cur.as_ref().map(|e| Expect::Revision(e.revision)).unwrap_or(Expect::Absent);
+        Ok((next, Op::Put { key: COUNTER.into(), value: (next + 1).to_string().into_bytes(), expect }))
+    }
+
+    /// A uid no VM has had, for a QEMU started before its VM exists (a template's warm pool's):
+    /// the VM that takes that QEMU keeps it. `None` when QEMU is not confined.
+    pub(crate) fn fresh_uid(&self) -> Result<Option<(u32, u32)>, ControlError> {
+        if !self.ctl.inner.config.confine_qemu {
+            return Ok(None);
+        }
+        for _ in 0..20 {
+            let (next, spend) = self.next_uid()?;
+            match self.ctl.inner.store.txn(vec![spend]) {
+                Ok(_) => return Ok(Some((next, QEMU_GID))),
+                Err(oxvirt_store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ControlError::Busy("could not take a uid: the store kept changing".into()))
     }
 
     /// A socket every confined QEMU may connect to (NBD exports, multipath proxies).

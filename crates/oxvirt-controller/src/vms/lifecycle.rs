@@ -123,9 +123,11 @@ impl crate::Vms {
             Err(e) => return Err(self.start_failed(name, e)),
         };
         spec.resources.placement = placement.clone();
-        // A VM made from a template waits for the template's state instead of booting.
-        let restore = match self.ctl.templates().restore_for(&vm.spec) {
-            Ok(s) => s,
+        // A VM whose record took a warm pool's QEMU resumes it; one made from a template
+        // otherwise waits for the template's state instead of booting.
+        let warm = self.ctl.templates().warm_for(&vm.id);
+        let restore = match warm.is_none().then(|| self.ctl.templates().restore_for(&vm.spec)).transpose() {
+            Ok(r) => r.flatten(),
             Err(e) => return Err(self.start_failed(name, e)),
         };
         let incoming = restore.as_ref().map(|_| "defer".to_string());
@@ -137,7 +139,14 @@ impl crate::Vms {
             return Err(self.start_failed(name, e));
         }
         self.update_vm_record(name, |v| v.status.placement = placement.clone());
-        match self.ctl.inner.hv.start(&vm.id, &spec, &launch, &paths).await {
+        let started = match warm {
+            Some(member) => {
+                task.progress(50, "resuming a VM of the template's warm pool");
+                self.resume_warm(&vm.id, &spec, member.instance).await
+            }
+            None => self.ctl.inner.hv.start(&vm.id, &spec, &launch, &paths).await.map_err(ControlError::from),
+        };
+        match started {
             Ok(instance) => {
                 if let Some(r) = restore {
                     task.progress(50, "restoring the template's guest");
@@ -169,6 +178,26 @@ impl crate::Vms {
                 Ok(())
             }
             Err(e) => Err(self.start_failed(name, e)),
+        }
+    }
+
+    /// A warm pool's paused QEMU made VM `id`'s: its cgroup given the VM's limits, then resumed.
+    async fn resume_warm(
+        &self,
+        id: &str,
+        spec: &oxvirt_model::VmSpec,
+        instance: Arc<dyn Instance>,
+    ) -> Result<Arc<dyn Instance>, ControlError> {
+        let ready = match self.ctl.inner.hv.set_limits(id, &oxvirt_hypervisor::limits_of(spec)) {
+            Ok(_) => instance.resume().await.map_err(ControlError::from),
+            Err(e) => Err(e.into()),
+        };
+        match ready {
+            Ok(()) => Ok(instance),
+            Err(e) => {
+                let _ = instance.kill().await;
+                Err(e)
+            }
         }
     }
 

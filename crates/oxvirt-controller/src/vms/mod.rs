@@ -63,11 +63,21 @@ impl Vms {
 
     /// Creates a VM record (stopped). Nothing is changed when any rule fails.
     /// `caller` needs the right to use everything the spec names (see `references.rs`).
-    pub fn create_vm(&self, caller: &str, mut spec: VmSpec) -> Result<Vm, ControlError> {
+    pub fn create_vm(&self, caller: &str, spec: VmSpec) -> Result<Vm, ControlError> {
+        self.create(caller, spec, false)
+    }
+
+    /// Creates a VM its caller starts at once: one made from a template takes a VM restored
+    /// from it in its warm pool, when one is ready (its start then only resumes it).
+    pub fn create_vm_to_start(&self, caller: &str, spec: VmSpec) -> Result<Vm, ControlError> {
+        self.create(caller, spec, true)
+    }
+
+    fn create(&self, caller: &str, mut spec: VmSpec, to_start: bool) -> Result<Vm, ControlError> {
         spec.normalize();
         // A VM made from a template has its shape (its kernel is the template's, not a host
         // path the caller names).
-        let template = self.ctl.templates().claim_for(caller, &mut spec)?;
+        let mut template = self.ctl.templates().claim_for(caller, &mut spec)?;
         spec.validate()?;
         let kernel = if template.is_some() { spec.kernel.take() } else { None };
         self.ctl.access().check_references(caller, None, &mut spec)?;
@@ -77,7 +87,62 @@ impl Vms {
         self.check_against_host(&spec)?;
         // (A VM of that name is found by the write, whose first expectation is that its key is
         // absent: one read of the store fewer per create.)
-        let id = uuid::Uuid::new_v4().to_string();
+        let warm = match (&spec.template, to_start) {
+            (Some(t), true) => self.ctl.templates().take_warm(t),
+            _ => None,
+        };
+        let id = warm.as_ref().map(|m| m.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let uid = warm.as_ref().and_then(|m| m.uid);
+        // Creates from one template each rewrite its record (see `claim_for`): one that lost to
+        // another claims it again (a removal meanwhile makes that fail).
+        let mut tries = 0;
+        let written = loop {
+            match self.write_new(spec.clone(), id.clone(), uid, template.clone()) {
+                Err(ControlError::Store(StoreError::Conflict { key, .. }))
+                    if key.starts_with(<oxvirt_model::Template as oxvirt_store::Record>::PREFIX) && tries < 20 =>
+                {
+                    tries += 1;
+                    match self.ctl.templates().claim_for(caller, &mut spec) {
+                        Ok(t) => template = t,
+                        Err(e) => break Err(e),
+                    }
+                }
+                Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
+                    break Err(ControlError::Busy(format!("{key} changed meanwhile; try again")))
+                }
+                r => break r,
+            }
+        };
+        match written {
+            Ok(vm) => {
+                if let Some(m) = warm {
+                    self.ctl.templates().hold_for_start(m);
+                }
+                let now = vm.created_at;
+                self.ctl.inner.emit(Event::VmLifecycle {
+                    vm: vm.spec.name.clone(),
+                    action: "created".into(),
+                    time: now,
+                });
+                Ok(vm)
+            }
+            Err(e) => {
+                if let Some(m) = warm {
+                    self.ctl.templates().give_back(m);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a new VM's record (its NICs and disks given their ids, placed, within its quota).
+    fn write_new(
+        &self,
+        mut spec: VmSpec,
+        id: String,
+        uid: Option<u32>,
+        template: Option<oxvirt_store::Op>,
+    ) -> Result<Vm, ControlError> {
         self.ctl.ipam().prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
         self.ctl.projects().check_quota(&spec)?;
@@ -91,7 +156,7 @@ impl Vms {
             let now = now_millis();
             let vm = Vm {
                 id: id.clone(),
-                uid: None,
+                uid,
                 host: placed.as_ref().map(|p| p.0.clone()),
                 host_reason: placed.as_ref().map(|p| p.1.clone()),
                 spec: spec.clone(),
@@ -116,14 +181,9 @@ impl Vms {
                 {
                     tries += 1;
                 }
-                Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
-                    return Err(ControlError::Busy(format!("{key} changed meanwhile; try again")))
-                }
                 Err(e) => return Err(e),
             }
         };
-        let now = vm.created_at;
-        self.ctl.inner.emit(Event::VmLifecycle { vm: vm.spec.name.clone(), action: "created".into(), time: now });
         Ok(vm)
     }
 

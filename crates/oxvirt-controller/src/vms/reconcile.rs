@@ -39,7 +39,11 @@ impl crate::Vms {
         let slot = self.ctl.inner.slot(name);
         // An operation in progress owns the VM; look again next round.
         let Ok(_guard) = slot.op.clone().try_lock_owned() else { return };
-        if lock(&slot.instance).is_some() || self.ctl.migrations().is_arriving(name) {
+        // (A VM whose record took a warm pool's QEMU gets it from its start, not as a stranger.)
+        if lock(&slot.instance).is_some()
+            || self.ctl.migrations().is_arriving(name)
+            || self.ctl.templates().is_held(&vm.id)
+        {
             return;
         }
         let paths = self.ctl.inner.paths(&vm.id);
