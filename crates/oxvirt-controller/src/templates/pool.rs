@@ -98,8 +98,15 @@ impl Templates {
         Some(member)
     }
 
-    /// A member whose VM could not be made goes back to its pool.
+    /// A member whose VM could not be made goes back to its pool (which may be full again by
+    /// now: a refill ends what is beyond its size).
     pub(crate) fn give_back(&self, member: Member) {
+        let template = member.template.clone();
+        self.push_ready(member);
+        self.refill_in_background(&template);
+    }
+
+    fn push_ready(&self, member: Member) {
         lock(&self.pools().ready).entry(member.template.clone()).or_default().push(member);
     }
 
@@ -202,7 +209,10 @@ impl Templates {
                 let mut ready = lock(&self.pools().ready);
                 let members = ready.entry(name.to_string()).or_default();
                 if members.len() == t.pool_size as usize {
-                    break;
+                    // Done, said under the pool's lock: a member given back after this check
+                    // finds no refill running, and starts one that ends it.
+                    lock(&self.pools().refilling).remove(name);
+                    return;
                 }
                 members.len().checked_sub(t.pool_size as usize).map(|n| members.split_off(members.len() - n))
             };
@@ -213,7 +223,7 @@ impl Templates {
                     }
                 }
                 None => match self.start_member(&t).await {
-                    Ok(m) => self.give_back(m),
+                    Ok(m) => self.push_ready(m),
                     Err(e) => {
                         tracing::warn!(template = %name, "warm pool: cannot restore a VM: {e}");
                         break;
@@ -305,7 +315,7 @@ impl Templates {
                 match self.ctl.inner.hv.adopt(&id, &paths).await {
                     Ok(Some(instance)) if matches!(instance.run_state().await, Ok(RunState::Paused)) => {
                         tracing::info!(template = %template, "warm pool: re-adopted member {id}");
-                        self.give_back(Member { id, uid, instance, template: template.clone() });
+                        self.push_ready(Member { id, uid, instance, template: template.clone() });
                     }
                     Ok(Some(instance)) => {
                         let _ = instance.discard().await;
