@@ -347,6 +347,22 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         bj.iter().map(|(n, .., every)| (bl(n), *every)),
     );
 
+    let templates: Vec<_> =
+        c.templates().list().unwrap_or_default().into_iter().map(|t| c.templates().view(t)).collect();
+    let tl = |t: &oxvirt_model::TemplateView| l(&[("template", &t.template.name)]);
+    gauge(
+        &mut reg,
+        "oxvirt_template_pool_size",
+        "VMs the template's warm pool is to keep ready",
+        templates.iter().map(|t| (tl(t), t.template.pool_size as f64)),
+    );
+    gauge(
+        &mut reg,
+        "oxvirt_template_pool_ready",
+        "VMs restored and paused in the template's warm pool on this host",
+        templates.iter().map(|t| (tl(t), t.pool_ready as f64)),
+    );
+
     let jobs = c.job_figures();
     let jl = |j: &oxvirt_controller::Job| l(&[("job", j.name())]);
     counter(

@@ -240,6 +240,12 @@ async fn a_warm_pool_hands_out_restored_vms_refills_and_outlives_a_daemon_restar
     let r = c.resources().host_resources().await.unwrap();
     assert_eq!((r.templates.pool_vms, r.templates.shared_memory_bytes), (2, 128 << 20), "{:?}", r.templates);
     assert_eq!(r.committed_memory, 0, "a pool's VMs are no VM's");
+    let (_, body) = c.raw(hyper::Method::GET, "/metrics", None).await.unwrap();
+    let metrics = String::from_utf8_lossy(&body).into_owned();
+    for series in ["oxvirt_template_pool_ready{template=\"t1\"} ", "oxvirt_template_pool_size{template=\"t1\"} "] {
+        let value = metrics.lines().find_map(|l| l.strip_prefix(series)).unwrap_or_else(|| panic!("no {series}"));
+        assert_eq!(value.parse::<f64>().unwrap(), 2.0, "{series}{value}");
+    }
     // Waiting VMs are paused: they use next to no CPU.
     let cpu_ticks = |p: &u32| -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
@@ -295,6 +301,18 @@ async fn a_warm_pool_hands_out_restored_vms_refills_and_outlives_a_daemon_restar
     assert!(!left.iter().any(|n| n.starts_with("run-")), "{left:?}");
     let refilled = pool_holds(&d, "t1", 2).await;
 
+    // A pool QEMU that dies is replaced.
+    unsafe { libc::kill(refilled[0] as i32, libc::SIGKILL) };
+    let start = std::time::Instant::now();
+    let refilled = loop {
+        let now = pool_holds(&d, "t1", 2).await;
+        if !now.contains(&refilled[0]) {
+            break now;
+        }
+        assert!(start.elapsed() < T, "the dead member was never replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
     // Size 0 ends them; a template with a pool goes with it.
     c.templates().set_pool("t1", 0).await.unwrap();
     pool_holds(&d, "t1", 0).await;
@@ -316,4 +334,49 @@ async fn a_warm_pool_hands_out_restored_vms_refills_and_outlives_a_daemon_restar
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!d.path().join("templates/t1").exists());
+}
+
+/// Memory process `pid` accounts for with shared pages split among their users (kB → bytes).
+fn pss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kib: u64 =
+        s.lines().find_map(|l| l.strip_prefix("Pss:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_clones_of_one_template_run_at_once_sharing_its_memory() {
+    let d = Daemon::start();
+    let c = &d.client;
+    let created = c.create_vm(&micro("src"), true).await.unwrap();
+    c.wait_task(&created.task.unwrap().id, T).await.unwrap();
+    wait_console(c, "src", READY, 1, BOOT_TIMEOUT).await;
+    // Memory the guest holds, written before the template is taken: every clone has it.
+    run_in_guest(c, "src", "dd if=/dev/urandom of=/tmp/fill bs=1M count=48 2>/dev/null; echo F-$((2+2))", "F-4").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = c.templates().create("t1", "src").await.unwrap();
+    assert_eq!(c.wait_task(&t.id, T).await.unwrap().state, TaskState::Succeeded);
+    c.vm_action_wait("src", "kill", T).await.unwrap();
+    // 20 single-vCPU guests on this host's CPUs: over-commit allowed for the test.
+    let mut policy = c.resources().host_policy().await.unwrap();
+    policy.cpu_overcommit = 16.0;
+    c.resources().set_host_policy(&policy).await.unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for n in &names {
+        let created = c.create_vm(&json!({ "name": n, "cpus": 1, "memory": "128MiB", "template": "t1" }), true).await;
+        let t = c.wait_task(&created.unwrap().task.unwrap().id, T).await.unwrap();
+        assert_eq!(t.state, TaskState::Succeeded, "{n}: {t:?}");
+    }
+    for n in &names {
+        run_in_guest(c, n, "md5sum /tmp/fill | cut -c1-8; echo K-$((3+4))", "K-7").await;
+    }
+    // Committed: 20 whole memories. Held: the template's once, and what each wrote of its own.
+    let r = c.resources().host_resources().await.unwrap();
+    assert_eq!(r.committed_memory, 20 * (128 << 20));
+    let pss: u64 = c.list_vms().await.unwrap().iter().filter_map(|v| v.status.pid).map(pss_bytes).sum();
+    eprintln!("20 clones: PSS {} MiB, committed {} MiB", pss >> 20, r.committed_memory >> 20);
+    assert!(pss < r.committed_memory / 2, "20 clones hold {} MiB: their template's memory is not shared", pss >> 20);
+    for n in &names {
+        c.vm_action_wait(n, "kill", T).await.unwrap();
+    }
 }

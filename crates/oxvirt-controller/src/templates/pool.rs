@@ -93,9 +93,24 @@ impl Templates {
     /// caller gives it back ([`Templates::give_back`]) or hands it to its VM's start
     /// ([`Templates::hold_for_start`]).
     pub(crate) fn take_warm(&self, name: &str) -> Option<Member> {
-        let member = lock(&self.pools().ready).get_mut(name).and_then(|m| m.pop())?;
+        let mut dead = Vec::new();
+        let member = {
+            let mut ready = lock(&self.pools().ready);
+            let members = ready.get_mut(name)?;
+            loop {
+                match members.pop() {
+                    // (A QEMU that died while it waited is no one's.)
+                    Some(m) if m.instance.has_exited() => dead.push(m),
+                    other => break other,
+                }
+            }
+        };
+        for m in dead {
+            tracing::warn!(template = %name, "warm pool: member {} had exited", m.id);
+            self.forget_member(&m.template, &m.id);
+        }
         self.refill_in_background(name);
-        Some(member)
+        member
     }
 
     /// A member whose VM could not be made goes back to its pool (which may be full again by
@@ -158,13 +173,26 @@ impl Templates {
             Err(e) => return tracing::warn!("template pools: {e}"),
         };
         let known: HashSet<String> = templates.iter().map(|t| t.name.clone()).collect();
-        let orphans: Vec<Member> = {
+        let (orphans, dead): (Vec<Member>, Vec<Member>) = {
             let mut ready = lock(&self.pools().ready);
             let gone: Vec<String> = ready.keys().filter(|k| !known.contains(*k)).cloned().collect();
-            gone.iter().filter_map(|k| ready.remove(k)).flatten().collect()
+            let orphans = gone.iter().filter_map(|k| ready.remove(k)).flatten().collect();
+            let mut dead = Vec::new();
+            for members in ready.values_mut() {
+                let (gone, alive): (Vec<Member>, Vec<Member>) =
+                    std::mem::take(members).into_iter().partition(|m| m.instance.has_exited());
+                *members = alive;
+                dead.extend(gone);
+            }
+            (orphans, dead)
         };
         for m in orphans {
             self.end_member(m).await;
+        }
+        // Members whose QEMU died while they waited: what they left goes, the refill replaces them.
+        for m in dead {
+            tracing::warn!(template = %m.template, "warm pool: member {} had exited", m.id);
+            self.forget_member(&m.template, &m.id);
         }
         // (In the background: a pool of many members takes seconds to fill, the round goes on.)
         for t in templates.iter().filter(|t| self.is_mine(t)) {
