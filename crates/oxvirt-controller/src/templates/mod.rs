@@ -40,6 +40,19 @@ pub(crate) struct Restore {
     pub memory: Arc<OwnedFd>,
 }
 
+impl Restore {
+    /// A start that waits for this state (`-incoming defer`), the template's memory mapped
+    /// copy-on-write; `paused`: it stays paused once the state is loaded.
+    pub fn launch(&self, run_as: Option<(u32, u32)>, paused: bool) -> oxvirt_hypervisor::Launch {
+        oxvirt_hypervisor::Launch {
+            run_as,
+            incoming: Some("defer".into()),
+            paused,
+            memory_file: Some(oxvirt_hypervisor::MemoryFile { fd: self.memory.as_raw_fd(), shared: false }),
+        }
+    }
+}
+
 crate::service! {
     /// Templates of quiet microvms, and restoring VMs made from them.
     Templates, templates, state = templates

@@ -105,10 +105,7 @@ impl Templates {
                 }
             }
         };
-        for m in dead {
-            tracing::warn!(template = %name, "warm pool: member {} had exited", m.id);
-            self.forget_member(&m.template, &m.id);
-        }
+        dead.into_iter().for_each(|m| self.forget_dead(m));
         self.refill_in_background(name);
         member
     }
@@ -189,11 +186,8 @@ impl Templates {
         for m in orphans {
             self.end_member(m).await;
         }
-        // Members whose QEMU died while they waited: what they left goes, the refill replaces them.
-        for m in dead {
-            tracing::warn!(template = %m.template, "warm pool: member {} had exited", m.id);
-            self.forget_member(&m.template, &m.id);
-        }
+        // Members whose QEMU died while they waited: the refill replaces them.
+        dead.into_iter().for_each(|m| self.forget_dead(m));
         // (In the background: a pool of many members takes seconds to fill, the round goes on.)
         for t in templates.iter().filter(|t| self.is_mine(t)) {
             self.refill_in_background(&t.name);
@@ -276,15 +270,7 @@ impl Templates {
         spec.template = Some(t.name.clone());
         let started = async {
             let restore = self.restore_for(&spec)?.ok_or_else(|| not_found(&t.name))?;
-            let launch = oxvirt_hypervisor::Launch {
-                run_as,
-                incoming: Some("defer".into()),
-                paused: true,
-                memory_file: Some(oxvirt_hypervisor::MemoryFile {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&*restore.memory),
-                    shared: false,
-                }),
-            };
+            let launch = restore.launch(run_as, true);
             let paths = self.ctl.inner.paths(&id);
             let instance = self.ctl.inner.hv.start(&id, &spec, &launch, &paths).await?;
             if let Err(e) = instance.state().load_state(restore.state, true).await {
@@ -305,6 +291,12 @@ impl Templates {
 
     async fn end_member(&self, m: Member) {
         let _ = m.instance.discard().await;
+        self.forget_member(&m.template, &m.id);
+    }
+
+    /// A member whose QEMU died while it waited: what it left goes.
+    fn forget_dead(&self, m: Member) {
+        tracing::warn!(template = %m.template, "warm pool: member {} had exited", m.id);
         self.forget_member(&m.template, &m.id);
     }
 
@@ -340,16 +332,17 @@ impl Templates {
                 }
                 let uid = std::fs::read_to_string(marker.path()).ok().and_then(|s| s.trim().parse().ok());
                 let paths = self.ctl.inner.paths(&id);
-                match self.ctl.inner.hv.adopt(&id, &paths).await {
-                    Ok(Some(instance)) if matches!(instance.run_state().await, Ok(RunState::Paused)) => {
-                        tracing::info!(template = %template, "warm pool: re-adopted member {id}");
-                        self.push_ready(Member { id, uid, instance, template: template.clone() });
-                    }
-                    Ok(Some(instance)) => {
-                        let _ = instance.discard().await;
-                        self.forget_member(&template, &id);
-                    }
-                    _ => self.forget_member(&template, &id),
+                let Ok(Some(instance)) = self.ctl.inner.hv.adopt(&id, &paths).await else {
+                    self.forget_member(&template, &id);
+                    continue;
+                };
+                let paused = matches!(instance.run_state().await, Ok(RunState::Paused));
+                let m = Member { id, uid, instance, template: template.clone() };
+                if paused {
+                    tracing::info!(template = %template, "warm pool: re-adopted member {}", m.id);
+                    self.push_ready(m);
+                } else {
+                    self.end_member(m).await;
                 }
             }
         }

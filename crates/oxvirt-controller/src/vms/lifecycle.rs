@@ -130,11 +130,10 @@ impl crate::Vms {
             Ok(r) => r.flatten(),
             Err(e) => return Err(self.start_failed(name, e)),
         };
-        let incoming = restore.as_ref().map(|_| "defer".to_string());
-        let memory_file = restore
-            .as_ref()
-            .map(|r| oxvirt_hypervisor::MemoryFile { fd: std::os::fd::AsRawFd::as_raw_fd(&*r.memory), shared: false });
-        let launch = oxvirt_hypervisor::Launch { run_as, incoming, memory_file, ..Default::default() };
+        let launch = match &restore {
+            Some(r) => r.launch(run_as, false),
+            None => oxvirt_hypervisor::Launch { run_as, ..Default::default() },
+        };
         if let Err(e) = self.ctl.resources().ksm_for_launch(&mut spec) {
             return Err(self.start_failed(name, e));
         }

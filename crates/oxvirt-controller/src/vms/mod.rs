@@ -77,7 +77,7 @@ impl Vms {
         spec.normalize();
         // A VM made from a template has its shape (its kernel is the template's, not a host
         // path the caller names).
-        let mut template = self.ctl.templates().claim_for(caller, &mut spec)?;
+        let template = self.ctl.templates().claim_for(caller, &mut spec)?;
         spec.validate()?;
         let kernel = if template.is_some() { spec.kernel.take() } else { None };
         self.ctl.access().check_references(caller, None, &mut spec)?;
@@ -93,26 +93,7 @@ impl Vms {
         };
         let id = warm.as_ref().map(|m| m.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let uid = warm.as_ref().and_then(|m| m.uid);
-        // Creates from one template each rewrite its record (see `claim_for`): one that lost to
-        // another claims it again (a removal meanwhile makes that fail).
-        let mut tries = 0;
-        let written = loop {
-            match self.write_new(spec.clone(), id.clone(), uid, template.clone()) {
-                Err(ControlError::Store(StoreError::Conflict { key, .. }))
-                    if key.starts_with(<oxvirt_model::Template as oxvirt_store::Record>::PREFIX) && tries < 20 =>
-                {
-                    tries += 1;
-                    match self.ctl.templates().claim_for(caller, &mut spec) {
-                        Ok(t) => template = t,
-                        Err(e) => break Err(e),
-                    }
-                }
-                Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
-                    break Err(ControlError::Busy(format!("{key} changed meanwhile; try again")))
-                }
-                r => break r,
-            }
-        };
+        let written = self.write_new(caller, spec, id, uid, template);
         match written {
             Ok(vm) => {
                 if let Some(m) = warm {
@@ -136,12 +117,15 @@ impl Vms {
     }
 
     /// Writes a new VM's record (its NICs and disks given their ids, placed, within its quota).
+    /// `template`: the claim on its template's record (see `claim_for`), made again for
+    /// `caller` when another create from that template wrote the record first.
     fn write_new(
         &self,
+        caller: &str,
         mut spec: VmSpec,
         id: String,
         uid: Option<u32>,
-        template: Option<oxvirt_store::Op>,
+        mut template: Option<oxvirt_store::Op>,
     ) -> Result<Vm, ControlError> {
         self.ctl.ipam().prepare_nics(&id, &spec.name.clone(), &mut spec, None)?;
         assign_disk_ids(&mut spec);
@@ -180,6 +164,17 @@ impl Vms {
                     if key.ends_with(PLACEMENT_COUNTER) && tries < 10 =>
                 {
                     tries += 1;
+                }
+                // Creates from one template each rewrite its record: one that lost to another
+                // claims it again (a removal meanwhile makes that fail).
+                Err(ControlError::Store(StoreError::Conflict { key, .. }))
+                    if key.starts_with(<oxvirt_model::Template as oxvirt_store::Record>::PREFIX) && tries < 20 =>
+                {
+                    tries += 1;
+                    template = self.ctl.templates().claim_for(caller, &mut spec)?;
+                }
+                Err(ControlError::Store(StoreError::Conflict { key, .. })) => {
+                    return Err(ControlError::Busy(format!("{key} changed meanwhile; try again")))
                 }
                 Err(e) => return Err(e),
             }
