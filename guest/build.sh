@@ -5,7 +5,8 @@
 #
 # Outputs (each written atomically):
 #   OUTDIR/vmlinuz      Debian's cloud kernel (linux-image-cloud-amd64)
-#   OUTDIR/initrd.img   gzip'd newc initramfs: busybox-static, virtio modules, guest/init
+#   OUTDIR/initrd.img   gzip'd newc initramfs: busybox-static, virtio modules, guest/init,
+#                       the guest agent (AGENT: its static binary, built by `make guest`)
 #   OUTDIR/disk.qcow2   MBR disk (FAT + syslinux) that boots the same kernel+initrd via BIOS
 # Downloaded .debs are cached in OUTDIR/debs. Nothing is rebuilt when the
 # inputs (resolved package versions, files in guest/) are unchanged; FORCE=1
@@ -19,9 +20,11 @@ export PATH="$PATH:/usr/sbin:/sbin" # sfdisk, mkfs.vfat for non-root PATHs
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 if [ $# -ne 1 ] || [ -z "$1" ]; then
-	echo "usage: $0 OUTDIR" >&2
+	echo "usage: AGENT=oxvirt-guest-agent $0 OUTDIR" >&2
 	exit 2
 fi
+AGENT=${AGENT:-}
+[ -n "$AGENT" ] && [ -x "$AGENT" ] || { echo "$0: AGENT must name the guest agent's static binary (make guest builds it)" >&2; exit 2; }
 
 # Modules wanted in the initramfs; dependencies are added from modules.dep,
 # built-in ones are skipped. sd_mod gives disks on virtio-scsi; button and
@@ -136,7 +139,7 @@ prune "$DEBS/kmod_*.deb" "$kmoddeb"
 stamp=$({
 	basename "$kdeb"; basename "$bbdeb"; basename "$kmoddeb"
 	echo "${MODULES[*]}|$KERNEL_META|$DISK_MIB|$APPEND"
-	cat "$HERE/build.sh" "$HERE/init" "$HERE/udhcpc.script"
+	cat "$HERE/build.sh" "$HERE/init" "$HERE/udhcpc.script" "$AGENT"
 } | sha256sum | cut -d' ' -f1)
 if [ "${FORCE:-0}" != 1 ] && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && [ -s "$OUT/disk.qcow2" ] &&
 	[ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$stamp" ]; then
@@ -223,6 +226,7 @@ done < <("$WORK/busybox/bin/busybox" --list-full)
 [ -L "$R/bin/sh" ] || die "busybox provides no sh"
 
 install -m 0755 "$HERE/init" "$R/init"
+install -m 0755 "$AGENT" "$R/sbin/oxvirt-guest-agent"
 install -m 0755 "$HERE/udhcpc.script" "$R/etc/udhcpc.script"
 printf '#!/bin/sh\nsync\nexec poweroff -f\n' >"$R/etc/acpi/PWRF/00000080"
 chmod 0755 "$R/etc/acpi/PWRF/00000080"

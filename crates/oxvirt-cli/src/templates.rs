@@ -51,7 +51,7 @@ pub async fn template(client: &Client, out: Output, cmd: TemplateCmd) -> Result<
                 return Ok(());
             }
             table(
-                &["NAME", "FROM", "MACHINE", "CPUS", "MEMORY", "STATE", "POOL", "HOST"],
+                &["NAME", "FROM", "MACHINE", "CPUS", "MEMORY", "STATE", "POOL", "AGENT", "HOST"],
                 all.iter().map(row).collect(),
             );
         }
@@ -86,6 +86,7 @@ fn row(v: &TemplateView) -> Vec<String> {
         t.spec.memory.to_string(),
         format!("{} KiB", t.state_bytes.div_ceil(1024)),
         format!("{}/{}", v.pool_ready, t.pool_size),
+        if t.agent { "yes" } else { "no" }.to_string(),
         t.host.clone().unwrap_or_else(|| "-".into()),
     ]
 }

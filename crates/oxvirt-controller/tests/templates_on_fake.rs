@@ -48,6 +48,14 @@ async fn a_vm_from_a_template_has_its_shape_and_starts_by_restoring_it() {
     assert_eq!((vm.spec.memory.0, vm.spec.machine), (64 << 20, oxvirt_model::MachineType::Microvm));
     assert_eq!(act(&c, "c1", VmAction::Start).await.0, TaskState::Succeeded);
     assert_eq!(c.vms().get_vm("c1").unwrap().status.state, VmState::Running);
+    // Its guest agent (the source's answered when the template was taken) was told who it is.
+    assert!(c.templates().get("t").unwrap().agent);
+    let told = host.fake.instance(&vm.id).unwrap().told_identity().expect("an identity given");
+    assert_eq!((told.hostname.as_str(), told.machine_id.len(), told.seed.len()), ("c1", 32, 32));
+    assert_eq!(told.machine_id, vm.id.replace('-', ""));
+    // The source, booted, was told nothing.
+    let src = c.vms().get_vm("src").unwrap();
+    assert!(host.fake.instance(&src.id).unwrap().told_identity().is_none());
     // Its state file gone, a start says so and leaves the VM stopped.
     std::fs::remove_file(host.dir.path().join("templates/t/state")).unwrap();
     act(&c, "c1", VmAction::Kill).await;

@@ -961,14 +961,17 @@ pub fn guest_check(cmd: &str) -> String {
 pub const GUEST_OK: &str = "R-42-OK";
 pub const GUEST_NO: &str = "R-42-NO";
 
+/// What a shell command in the guest prints (one word, e.g. `hostname`), trimmed.
+pub async fn guest_text(client: &oxvirt_client::Client, vm: &str, source: &str) -> String {
+    let out = run_in_guest(client, vm, &format!("echo CTR-$({source})-E$((1+1))"), "-E2").await;
+    let tail = out.rsplit("CTR-").next().unwrap_or_default();
+    tail.split("-E2").next().unwrap_or_default().trim().to_string()
+}
+
 /// The number a shell command in the guest prints (e.g. a counter it keeps), 0 if none.
 pub async fn guest_number(client: &oxvirt_client::Client, vm: &str, source: &str) -> u64 {
-    let out = run_in_guest(client, vm, &format!("echo CTR-$({source})-E$((1+1))"), "-E2").await;
-    out.rsplit("CTR-")
-        .next()
-        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    let text = guest_text(client, vm, source).await;
+    text.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Waits until the guest's `eth0` has `ip` (its DHCP client is done).

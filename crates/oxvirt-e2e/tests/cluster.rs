@@ -279,9 +279,23 @@ async fn three_hosts_place_by_policy_move_local_disks_and_outlive_an_etcd_member
     let (code, out, err) = d[1].cli(&["cluster", "policy", "--rebalance", "off"]);
     assert_eq!(code, 0, "{out}{err}");
     for vm in ["mover", "second"] {
-        let owner = d[0].client.get_vm(vm).await.unwrap().host.unwrap();
-        let i = names.iter().position(|h| *h == owner).unwrap();
-        d[i].client.vm_action_wait(vm, "kill", Duration::from_secs(30)).await.unwrap();
+        // A move the rebalancer began before it was turned off ends first (the VM is busy
+        // until then, and may be on another host after).
+        let start = Instant::now();
+        loop {
+            let owner = d[0].client.get_vm(vm).await.unwrap().host.unwrap();
+            let i = names.iter().position(|h| *h == owner).unwrap();
+            match d[i].client.vm_action_wait(vm, "kill", Duration::from_secs(30)).await {
+                Ok(_) => break,
+                Err(oxvirt_client::ClientError::Api(e))
+                    if e.code == "busy" && start.elapsed() < Duration::from_secs(60) =>
+                {
+                    eprintln!("{vm} busy: {}", e.message);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("kill {vm}: {e:?}"),
+            }
+        }
     }
 }
 

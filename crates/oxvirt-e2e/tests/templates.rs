@@ -60,6 +60,19 @@ async fn vms_restored_from_a_template_answer_apart_and_the_template_stays_while_
     for name in ["c1", "c2"] {
         run_in_guest(c, name, "cat /tmp/mark", "tpl-42").await;
     }
+    // Each took its own identity from the agent as it started: hostname, machine id, a
+    // generator reseeded apart (restored as they are, both would draw the same bytes).
+    assert!(tpl.agent, "the source's guest runs the agent: {tpl:?}");
+    let mut random = Vec::new();
+    for name in ["c1", "c2"] {
+        let bytes = guest_text(c, name, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'").await;
+        assert_eq!(bytes.len(), 32, "{bytes:?}");
+        random.push(bytes);
+        assert_eq!(guest_text(c, name, "hostname").await, name);
+        let id = c.get_vm(name).await.unwrap().id.replace('-', "");
+        assert_eq!(guest_text(c, name, "cat /etc/machine-id").await, id);
+    }
+    assert_ne!(random[0], random[1], "two clones drew the same random bytes");
     run_in_guest(c, "c1", "echo only-c1 > /tmp/own; echo W-$((3+3))", "W-6").await;
     run_in_guest(c, "c2", &guest_check("test -e /tmp/own"), GUEST_NO).await;
     // Each runs its own QEMU, never the source's.
@@ -259,12 +272,19 @@ async fn a_warm_pool_hands_out_restored_vms_refills_and_outlives_a_daemon_restar
     }
 
     // A create that starts takes one: the VM is that QEMU, resumed, the template's guest in it.
+    // (The members' guest clocks stopped when the template was taken, seconds ago by now.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let (code, out, err) = d.cli(&["vm", "create", "w1", "--template", "t1", "--start"]);
     assert_eq!(code, 0, "{out}{err}");
     let w1 = c.get_vm("w1").await.unwrap();
     assert!(members.contains(&w1.status.pid.unwrap()), "w1 runs QEMU {:?}, not one of {members:?}", w1.status.pid);
     run_in_guest(&c, "w1", "cat /tmp/mark", "tpl-42").await;
     run_in_guest(&c, "w1", "echo W-$((3+3))", "W-6").await;
+    // Told who it is as it was taken: its own name, and the host's time.
+    assert_eq!(guest_text(&c, "w1", "hostname").await, "w1");
+    let guest_now = guest_number(&c, "w1", "date +%s").await as i64;
+    let host_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((guest_now - host_now).abs() <= 2, "guest clock {guest_now}, host {host_now}");
     // The pool refills behind it with a new QEMU.
     let refilled = pool_holds(&d, "t1", 2).await;
     assert!(!refilled.contains(&w1.status.pid.unwrap()), "{refilled:?}");

@@ -158,16 +158,24 @@ pub struct FakeInstance {
     balloon: AtomicU64,
     pub behaviour: Mutex<Behaviour>,
     migrating: Mutex<Migrating>,
+    /// What its guest agent was told last.
+    identity: Mutex<Option<crate::GuestIdentity>>,
     me: std::sync::Weak<FakeInstance>,
 }
 
 impl FakeInstance {
+    /// What its guest agent was told last (a restored clone's identity).
+    pub fn told_identity(&self) -> Option<crate::GuestIdentity> {
+        lock(&self.identity).clone()
+    }
+
     fn new(pid: u32, memory: u64, paused: bool) -> Arc<FakeInstance> {
         let (events, _) = broadcast::channel(64);
         let (exit_tx, _) = watch::channel(false);
         Arc::new_cyclic(|me| FakeInstance {
             me: me.clone(),
             migrating: Mutex::default(),
+            identity: Mutex::default(),
             pid,
             events,
             exited: AtomicBool::new(false),
@@ -319,6 +327,14 @@ impl Instance for FakeInstance {
 
     async fn vcpu_threads(&self) -> Result<Vec<u32>, HvError> {
         Ok(Vec::new())
+    }
+
+    async fn ask_agent(&self, request: &crate::GuestRequest, _timeout: Duration) -> Result<(), HvError> {
+        if let crate::GuestRequest::Identity(identity) = request {
+            identity.check().map_err(|e| HvError::Refused(format!("the guest agent refused: {e}")))?;
+            *lock(&self.identity) = Some(identity.clone());
+        }
+        Ok(())
     }
 
     fn disks(&self) -> &dyn DiskOps {

@@ -18,6 +18,9 @@ use tokio::sync::broadcast;
 
 pub use accel::{Accel, AccelDecision};
 pub use ops::{BackupOps, DiskOps, MemoryOps, MigrationOps, StateOps};
+pub use oxvirt_guest_agent::protocol::{
+    hostname_from, machine_id_from, Identity as GuestIdentity, Request as GuestRequest,
+};
 
 /// How one start of a guest goes, beside what the guest is (its `VmSpec`): set by the control
 /// plane for that start, never stored.
@@ -59,6 +62,10 @@ impl RuntimePaths {
     }
     pub fn console_socket(&self) -> PathBuf {
         self.dir.join("console.sock")
+    }
+    /// The guest agent's port (microvm VMs).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
     }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
@@ -221,6 +228,10 @@ pub trait Instance: Send + Sync {
     async fn unplug_nic(&self, nic: &oxvirt_model::NicSpec, timeout: Duration) -> Result<(), HvError>;
     /// The host thread ids of the vCPUs, in vCPU order.
     async fn vcpu_threads(&self) -> Result<Vec<u32>, HvError>;
+    /// Asks the guest agent (the reference guest's, on a microvm's `org.oxvirt.agent` port) and
+    /// waits up to `timeout` for it to say done: a guest restored from a template is told who it
+    /// is ([`GuestRequest::Identity`]); until then it is another's copy.
+    async fn ask_agent(&self, request: &GuestRequest, timeout: Duration) -> Result<(), HvError>;
     /// Its disks' snapshots, sizes and figures.
     fn disks(&self) -> &dyn DiskOps;
     /// Its memory, through the balloon.

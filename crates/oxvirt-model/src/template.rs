@@ -45,6 +45,10 @@ pub struct Template {
     /// starts at once (`PUT /api/v1/templates/{template}/pool`). 0: no warm pool.
     #[serde(default)]
     pub pool_size: u32,
+    /// Its guest ran oxvirt's guest agent when it was taken: each VM made from it is told its
+    /// own hostname, machine id, random seed and clock as it starts.
+    #[serde(default)]
+    pub agent: bool,
 }
 
 /// A template as the API shows it: with what its warm pool holds now.

@@ -153,6 +153,13 @@ pub(crate) async fn wait_in_sync(
 /// everything (a mirror in sync that is ended completes its copy and leaves the guest on
 /// its own disk).
 pub(crate) async fn finish_mirrors(instance: &dyn Instance, disks: &[LocalDisk]) -> Result<(), ControlError> {
+    let running = mirror_jobs(instance, disks).await?;
+    if let Some(gone) = disks.iter().find(|d| !running.iter().any(|j| j.disk_id == d.id)) {
+        return Err(ControlError::Failed(format!(
+            "the mirror of disk {} ended before the switch-over (its copy on the target failed?)",
+            gone.id
+        )));
+    }
     for d in disks {
         instance.migration().end_mirror(&d.id, false).await?;
     }

@@ -351,6 +351,9 @@ impl Migrations {
         instance.migration().send(&uri, &options).await?;
         let begun = Instant::now();
         let mut throttled = 0;
+        // QEMU leaves `pre-switchover` a moment after `migrate-continue` returns: a query
+        // meanwhile still says it, and the mirrors are already gone.
+        let mut switch_over_asked = false;
         let poll = Duration::from_millis(if local.is_empty() { 200 } else { 20 });
         loop {
             let _ = tokio::time::timeout(poll, async {
@@ -376,9 +379,11 @@ impl Migrations {
                 }
                 // The guest is paused, its memory almost all there: the disks' last writes go
                 // before the switch-over.
+                MigrationStatus::PreSwitchover if switch_over_asked => {}
                 MigrationStatus::PreSwitchover => {
                     disks::finish_mirrors(instance, local).await?;
                     instance.migration().continue_switchover().await?;
+                    switch_over_asked = true;
                 }
                 MigrationStatus::None | MigrationStatus::Active(_) => {
                     let (sent, total) = (info.ram_transferred, info.ram_total.max(1));

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod identity;
 mod pool;
 
 /// The templates' sealed memories, made on a template's first restore since the daemon started,
@@ -151,9 +152,11 @@ impl Templates {
     async fn take(&self, req: &TemplateRequest, task: &TaskHandle) -> Result<String, ControlError> {
         let vm = self.ctl.vms().get_vm(&req.from)?;
         check_source(&vm)?;
+        let instance = self.ctl.vms().instance(&req.from)?;
+        // Asked first: the agent's answer is over before the guest must be quiet.
+        let agent = self.has_agent(&*instance).await;
         task.progress(5, "checking that the guest is quiet");
         self.check_quiet(&vm).await?;
-        let instance = self.ctl.vms().instance(&req.from)?;
         task.progress(20, "saving the guest's state");
         let dir = self.dir(&req.name);
         let whole = dir.join("whole.partial");
@@ -182,6 +185,7 @@ impl Templates {
             pause_ms,
             created_at: crate::now_millis(),
             pool_size: 0,
+            agent,
         };
         match self.ctl.inner.store.put_record(&req.name, &template, Expect::Absent) {
             Ok(_) => {}

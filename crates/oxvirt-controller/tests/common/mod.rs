@@ -18,6 +18,9 @@ pub struct FakeHost {
     pub store: Arc<SqliteStore>,
     pub controller: Controller,
     pub kernel: PathBuf,
+    /// The hypervisor behind `controller`, to look at its guests.
+    #[allow(dead_code)]
+    pub fake: Arc<FakeHypervisor>,
 }
 
 /// A directory of a test's own with a store in it and a kernel file VMs may name (under
@@ -46,9 +49,10 @@ impl FakeHost {
         let TestRoot { dir, boot, kernel, store } = TestRoot::new();
         let mut config = ControllerConfig::new(dir.path());
         config.host_path_roots = vec![boot];
-        let hv: Arc<dyn Hypervisor> = FakeHypervisor::new();
+        let fake = FakeHypervisor::new();
+        let hv: Arc<dyn Hypervisor> = fake.clone();
         let controller = Controller::new(store.clone(), hv, config).unwrap();
-        FakeHost { dir, store, controller, kernel }
+        FakeHost { dir, store, controller, kernel, fake }
     }
 }
 

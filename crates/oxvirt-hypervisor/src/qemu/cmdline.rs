@@ -451,6 +451,16 @@ pub fn build(
     if spec.balloon {
         push(&["-device", &format!("virtio-balloon-{bus_suffix},id=balloon0")]);
     }
+    if microvm {
+        // The guest agent's port: a clone restored from a template is told who it is there.
+        let agent = socket(h.agent, paths.agent_socket());
+        push(&["-chardev", &format!("socket,id=agent0,{agent},server=on,wait=off")]);
+        push(&["-device", "virtio-serial-device,id=vser0"]);
+        push(&[
+            "-device",
+            &format!("virtserialport,bus=vser0.0,chardev=agent0,name={}", oxvirt_guest_agent::PORT_NAME),
+        ]);
+    }
     if !microvm {
         // Lets the guest report a kernel panic; QEMU then pauses it for inspection.
         push(&["-device", "pvpanic"]);
@@ -539,6 +549,11 @@ mod tests {
         let a = plain("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
         assert_eq!(after(&a, "-append"), ["console=ttyS0 tsc_early_khz=2600000"]);
         assert!(after(&a, "-device").iter().any(|d| d.contains("virtio-blk-device")));
+        // The guest agent's port, on its own socket.
+        assert!(after(&a, "-chardev").contains(&"socket,id=agent0,path=/r/agent.sock,server=on,wait=off"));
+        assert!(after(&a, "-device").contains(&"virtserialport,bus=vser0.0,chardev=agent0,name=org.oxvirt.agent"));
+        let q35 = plain("id", &spec(), &Launch::default(), &RuntimePaths::new("/r"), Accel::Tcg, &host());
+        assert!(!q35.iter().any(|x| x.contains("agent0")), "q35 VMs have no agent port yet");
         assert!(!after(&a, "-device").contains(&"pvpanic"));
         let kvm = plain("id", &s, &Launch::default(), &RuntimePaths::new("/r"), Accel::Kvm, &host());
         assert_eq!(after(&kvm, "-append"), ["console=ttyS0"]);

@@ -39,6 +39,8 @@ pub struct Handoff {
     pub qmp: Option<RawFd>,
     /// Listening serial console socket.
     pub console: Option<RawFd>,
+    /// Listening guest agent socket (microvm).
+    pub agent: Option<RawFd>,
     /// The console log's fd set.
     pub console_log: Option<u32>,
     /// TAP queues by NIC index.
@@ -86,6 +88,9 @@ pub fn prepare(id: &str, spec: &VmSpec, launch: &Launch, paths: &RuntimePaths) -
     let mut h = Handoff::default();
     h.qmp = Some(listen(&mut h, &paths.qmp_socket())?);
     h.console = Some(listen(&mut h, &paths.console_socket())?);
+    if spec.machine == oxvirt_model::MachineType::Microvm {
+        h.agent = Some(listen(&mut h, &paths.agent_socket())?);
+    }
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)

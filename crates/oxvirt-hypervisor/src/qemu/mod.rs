@@ -1,5 +1,6 @@
 //! The QEMU driver: QEMU processes controlled over QMP.
 
+mod agent;
 mod backup;
 pub mod cmdline;
 pub mod confine;
@@ -109,7 +110,7 @@ fn prepare_run_dir(paths: &RuntimePaths) -> Result<(), HvError> {
         .mode(0o700)
         .create(paths.dir())
         .map_err(|e| HvError::io(format!("create {}", paths.dir().display()), e))?;
-    for p in [paths.qmp_socket(), paths.console_socket()] {
+    for p in [paths.qmp_socket(), paths.console_socket(), paths.agent_socket()] {
         let len = p.as_os_str().len();
         if len >= 108 {
             return Err(HvError::Invalid(format!(
@@ -666,6 +667,10 @@ impl Instance for QemuInstance {
 
     async fn vcpu_threads(&self) -> Result<Vec<u32>, HvError> {
         Ok(devices::vcpu_threads(&self.qmp).await?)
+    }
+
+    async fn ask_agent(&self, request: &crate::GuestRequest, timeout: Duration) -> Result<(), HvError> {
+        agent::tell(&self.run_dir.join("agent.sock"), request, timeout).await
     }
 
     fn disks(&self) -> &dyn crate::DiskOps {
