@@ -153,10 +153,10 @@ impl Templates {
         let vm = self.ctl.vms().get_vm(&req.from)?;
         check_source(&vm)?;
         let instance = self.ctl.vms().instance(&req.from)?;
-        // Asked first: the agent's answer is over before the guest must be quiet.
-        let agent = self.has_agent(&*instance).await;
         task.progress(5, "checking that the guest is quiet");
         self.check_quiet(&vm).await?;
+        // After: a guest still booting is refused at once, not after the agent's silence.
+        let agent = self.has_agent(&*instance).await;
         task.progress(20, "saving the guest's state");
         let dir = self.dir(&req.name);
         let whole = dir.join("whole.partial");
