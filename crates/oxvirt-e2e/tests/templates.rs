@@ -73,6 +73,8 @@ async fn vms_restored_from_a_template_answer_apart_and_the_template_stays_while_
         assert_eq!(guest_text(c, name, "cat /etc/machine-id").await, id);
     }
     assert_ne!(random[0], random[1], "two clones drew the same random bytes");
+    // A microvm's agent stays, for its next start's identity.
+    run_in_guest(c, "c1", &guest_check("pidof oxvirt-guest-agent"), GUEST_OK).await;
     run_in_guest(c, "c1", "echo only-c1 > /tmp/own; echo W-$((3+3))", "W-6").await;
     run_in_guest(c, "c2", &guest_check("test -e /tmp/own"), GUEST_NO).await;
     // Each runs its own QEMU, never the source's.

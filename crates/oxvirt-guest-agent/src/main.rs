@@ -24,19 +24,26 @@ fn log(msg: &str) {
     eprintln!("oxvirt-guest-agent: {msg}");
 }
 
-/// The character device of the port named `name`, once the kernel shows it.
-fn find_port(name: &str) -> PathBuf {
-    loop {
+/// How long the port may take to show up. The guest's /init loads the virtio modules before it
+/// starts the agent, so a port there is already probed; a VM without one (q35) has none at all.
+const PORT_WAIT: Duration = Duration::from_secs(10);
+
+/// The character device of the port named `name`, once the kernel shows it; None when it has
+/// not shown up within [`PORT_WAIT`].
+fn find_port(name: &str) -> Option<PathBuf> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < PORT_WAIT {
         if let Ok(dir) = std::fs::read_dir("/sys/class/virtio-ports") {
             for e in dir.flatten() {
                 let named = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
                 if named.trim_end() == name {
-                    return PathBuf::from("/dev").join(e.file_name());
+                    return Some(PathBuf::from("/dev").join(e.file_name()));
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    None
 }
 
 fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
@@ -148,7 +155,10 @@ fn serve(mut port: File, sigio: &libc::sigset_t) -> io::Result<()> {
 }
 
 fn main() {
-    let path = find_port(PORT_NAME);
+    let Some(path) = find_port(PORT_NAME) else {
+        log(&format!("no virtio-serial port {PORT_NAME} (this VM has no agent channel): exiting"));
+        return;
+    };
     loop {
         let served = OpenOptions::new()
             .read(true)
