@@ -158,23 +158,15 @@ impl crate::Vms {
                         return Err(self.start_failed(name, e));
                     }
                 }
-                // A clone of a template is told who it is before anything else runs in it.
-                let identity = match self.ctl.templates().give_identity(&vm, &*instance).await {
-                    Ok(told) => {
-                        if told {
-                            task.progress(60, "the guest took its own identity");
-                        }
-                        Ok(())
+                let setup = async {
+                    // A clone of a template is told who it is before anything else runs in it.
+                    if self.ctl.templates().give_identity(&vm, &*instance).await? {
+                        task.progress(60, "the guest took its own identity");
                     }
-                    Err(e) => Err(e),
-                };
-                let setup = match identity {
-                    Ok(()) => match self.ctl.resources().pin_threads(&vm.id, &spec, &instance, false).await {
-                        Ok(()) => apply_setup(&spec, &instance).await.map_err(ControlError::from),
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
-                };
+                    self.ctl.resources().pin_threads(&vm.id, &spec, &instance, false).await?;
+                    apply_setup(&spec, &instance).await.map_err(ControlError::from)
+                }
+                .await;
                 if let Err(e) = setup {
                     let _ = instance.kill().await;
                     return Err(self.start_failed(name, e));

@@ -670,7 +670,7 @@ impl Instance for QemuInstance {
     }
 
     async fn ask_agent(&self, request: &crate::GuestRequest, timeout: Duration) -> Result<(), HvError> {
-        agent::tell(&self.run_dir.join("agent.sock"), request, timeout).await
+        agent::tell(&RuntimePaths::new(self.run_dir.clone()).agent_socket(), request, timeout).await
     }
 
     fn disks(&self) -> &dyn crate::DiskOps {
