@@ -794,10 +794,13 @@ async fn console_peers(client: &oxvirt_client::Client, vm: &str) -> String {
         ss.unwrap_or_default().lines().filter(|l| !id.is_empty() && l.contains(&id)).map(str::to_string).collect();
     // The QEMU behind it: its threads' states, what it logged, whether the guest still prints.
     let mut qemu = String::new();
-    if let Some(dir) = lines.iter().find_map(|l| {
+    let from_ss = lines.iter().find_map(|l| {
         let p = l.split_whitespace().find(|w| w.ends_with("/console.sock"))?;
         Some(std::path::Path::new(p).parent()?.to_path_buf())
-    }) {
+    });
+    // (A daemon in a network namespace: its sockets are not in this one's `ss`; its QEMU's open
+    // console log is in /proc all the same.)
+    if let Some(dir) = from_ss.or_else(|| qemu_run_dir(&id)) {
         let tail = |f: &str, n: usize| {
             let t = std::fs::read(dir.join(f)).unwrap_or_default();
             String::from_utf8_lossy(&t[t.len().saturating_sub(n)..]).into_owned()
@@ -819,6 +822,25 @@ async fn console_peers(client: &oxvirt_client::Client, vm: &str) -> String {
         }
     }
     format!("VM: {status}\nits sockets:\n{}\n{qemu}", lines.join("\n"))
+}
+
+/// The runtime directory of the QEMU whose open console log is in a directory named `id`.
+fn qemu_run_dir(id: &str) -> Option<std::path::PathBuf> {
+    if id.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
+        if !comm.starts_with("qemu") {
+            return None;
+        }
+        std::fs::read_dir(p.path().join("fd")).ok()?.flatten().find_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let dir = target.parent()?;
+            let named = dir.file_name()? == std::ffi::OsStr::new(id);
+            (named && target.file_name()? == "console.log").then(|| dir.to_path_buf())
+        })
+    })
 }
 
 /// Terminal output without its escape sequences (`ESC [ ... letter`): the guest's line editor

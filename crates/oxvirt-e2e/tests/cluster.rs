@@ -523,3 +523,54 @@ async fn post_copy_finishes_what_pre_copy_cannot() {
     assert_eq!((vm.host.as_deref(), vm.status.state.as_str(), vm.status.pid), (Some("host-b"), "running", pid));
     b.client.vm_action_wait("busy", "kill", Duration::from_secs(30)).await.unwrap();
 }
+
+/// A console client that stopped reading while the guest printed leaves QEMU's serial port
+/// waiting to send a byte at the switch-over; the target, which has no client of its own yet,
+/// would never send it (QEMU retries only on a connected client) and the guest's console stays
+/// silent for good. The target holds its console until the guest runs: the guest prints on,
+/// and answers on host-b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_stalled_at_the_switch_over_talks_on_after_it() {
+    let etcd = EtcdCluster::start(1);
+    let config = |host: &str| config(&etcd.endpoints(), host).replace("three/", "stalled/");
+    let a = Daemon::start_with_config(&config("host-a"));
+    let b = Daemon::start_with_config(&config("host-b"));
+    let mut spec = kernel_spec("talker", "");
+    spec["host"] = json!("host-a");
+    let created = a.client.create_vm(&spec, true).await.unwrap();
+    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(&a.client, "talker", READY, 1, BOOT_TIMEOUT).await;
+    // In 2 s the guest prints 256 KiB; by then a client that reads nothing holds its console.
+    run_in_guest(
+        &a.client,
+        "talker",
+        "(sleep 2; head -c 262144 /dev/zero | tr '\\0' x; echo; echo PRI$((1+1))NTED) & echo ST$((1+1))ART",
+        "ST2ART",
+    )
+    .await;
+    let id = a.client.get_vm("talker").await.unwrap().id;
+    let log = a.path().join("run").join(&id[..13]).join("console.log");
+    let stalled = std::os::unix::net::UnixStream::connect(log.with_file_name("console.sock")).unwrap();
+    let (start, mut last, mut still) = (Instant::now(), 0, Instant::now());
+    loop {
+        let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if len != last {
+            (last, still) = (len, Instant::now());
+        }
+        // (QEMU's log holds what it sent: it stops where the socket's buffer filled, before the
+        // guest's last word.)
+        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+        assert!(!text.contains("PRI2NTED"), "the guest printed all while a client read nothing");
+        if text.contains("xxxxxxxxxxxxxxxx") && still.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the guest's output did not stall: {len} bytes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    migrate(&a, "talker", "host-b").await;
+    drop(stalled);
+    // The guest prints the rest (its log on host-b has it) and answers.
+    wait_console(&b.client, "talker", "PRI2NTED", 1, Duration::from_secs(60)).await;
+    run_in_guest(&b.client, "talker", "echo AL$((1+1))VE", "AL2VE").await;
+    b.client.vm_action_wait("talker", "kill", Duration::from_secs(30)).await.unwrap();
+}

@@ -58,6 +58,7 @@ impl MigrationOps for QemuInstance {
     }
 
     async fn listen(&self, uri: &str) -> Result<(), HvError> {
+        self.hold_console().await?;
         Ok(migration::migrate_incoming(&self.qmp, uri).await?)
     }
 

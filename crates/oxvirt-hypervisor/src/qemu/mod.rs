@@ -4,6 +4,7 @@ mod agent;
 mod backup;
 pub mod cmdline;
 pub mod confine;
+mod console_hold;
 mod disks;
 pub mod handoff;
 mod memory;
@@ -310,6 +311,8 @@ pub struct QemuInstance {
     run_dir: std::path::PathBuf,
     /// The host's migration TLS credentials, given to QEMU only while it migrates.
     migration_tls: Option<std::path::PathBuf>,
+    /// oxvirtd holds the console while a state loads (console_hold.rs).
+    console_held: Arc<AtomicBool>,
 }
 
 /// A `-netdev` option string (`tap,id=net0,ifname=...,queues=2`) as `netdev_add` arguments.
@@ -435,6 +438,7 @@ impl QemuInstance {
             run_as,
             run_dir: paths.dir().to_path_buf(),
             migration_tls,
+            console_held: Arc::default(),
         })
     }
 

@@ -65,6 +65,7 @@ impl StateOps for QemuInstance {
     async fn load_state(&self, file: std::fs::File, memory_apart: bool) -> Result<(), HvError> {
         migration::migrate_set_capabilities(&self.qmp, &[(Capability::IgnoreShared, memory_apart)]).await?;
         devices::getfd(&self.qmp, STATE_FD, file.as_raw_fd()).await?;
+        self.hold_console().await?;
         migration::migrate_incoming(&self.qmp, &format!("fd:{STATE_FD}")).await?;
         self.migration_ended("loading the guest's state").await
     }

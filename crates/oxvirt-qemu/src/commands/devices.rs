@@ -1,6 +1,7 @@
 //! Devices and their back-ends: `device_add`, `device_del`, `netdev_add`, `netdev_del`,
 //! descriptors handed over (`getfd`, `add-fd`, `query-fdsets`, `remove-fd`), QOM properties
-//! (`qom-get`, `qom-set`) and `query-cpus-fast`.
+//! (`qom-get`, `qom-set`), `query-cpus-fast` and whether a character device has a client
+//! (`query-chardev`).
 
 use super::{u64_of, unit};
 use crate::qmp::{Qmp, QmpError};
@@ -55,6 +56,16 @@ pub async fn fdsets_marked(q: &Qmp, opaque: &str) -> Result<Vec<u64>, QmpError> 
 
 pub async fn remove_fd(q: &Qmp, fdset: u64) -> Result<(), QmpError> {
     unit(q, "remove-fd", json!({ "fdset-id": fdset })).await
+}
+
+/// Whether the socket character device `label` has a client connected now (QEMU names a
+/// listening one without a client `disconnected:...`). None: no such device.
+pub async fn chardev_connected(q: &Qmp, label: &str) -> Result<Option<bool>, QmpError> {
+    let all = q.execute("query-chardev", Value::Null).await?;
+    Ok(all.as_array().into_iter().flatten().find(|c| c["label"].as_str() == Some(label)).map(|c| {
+        let filename = c["filename"].as_str().unwrap_or_default();
+        !filename.starts_with("disconnected:")
+    }))
 }
 
 /// A QOM property's value.
