@@ -20,6 +20,8 @@
 //!     guest is ready elsewhere against the lease's TTL plus a cold start by hand (`oxvirt-bench ha`).
 //! 9. Draining a host of 8 guests (2 migrations at a time by the cluster policy), against the
 //!    same 8 moves by hand with QEMU, one after another and 2 at a time (`oxvirt-bench drain`).
+//! 11. Lean defaults: oxvirt's default VM and a microvm kernel boot against a minimal plain-QEMU
+//!     launch of the same guest (`oxvirt-bench defaults`).
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
 //!    a no-op API request rate), time to list all of them, and the daemon's RSS.
 
@@ -30,6 +32,8 @@ use std::time::{Duration, Instant};
 
 #[path = "bench/backup.rs"]
 mod backup;
+#[path = "bench/defaults.rs"]
+mod defaults;
 #[path = "bench/templates.rs"]
 mod templates;
 
@@ -1170,6 +1174,9 @@ async fn main() {
     }
     if only.is_empty() || only == "templates" {
         templates::templates().await;
+    }
+    if only.is_empty() || only == "defaults" {
+        defaults::defaults().await;
     }
     if only == "migration-tls" {
         migration_tls().await;
