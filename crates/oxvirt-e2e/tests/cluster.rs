@@ -69,6 +69,15 @@ async fn wait_gone(p: &Path) {
     }
 }
 
+/// Creates VM `name` (the reference guest) on `host` through `d`, and waits until it has booted.
+async fn booted_on(d: &Daemon, host: &str, name: &str) {
+    let mut spec = kernel_spec(name, "");
+    spec["host"] = json!(host);
+    let created = d.client.create_vm(&spec, true).await.unwrap();
+    d.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    wait_console(&d.client, name, READY, 1, BOOT_TIMEOUT).await;
+}
+
 async fn migrate(d: &Daemon, vm: &str, to: &str) {
     let (code, out, err) = d.cli(&["vm", "migrate", vm, "--to", to]);
     assert_eq!(code, 0, "{out}{err}\n{}", d.log());
@@ -483,11 +492,7 @@ async fn post_copy_finishes_what_pre_copy_cannot() {
     // host-b's QEMU runs as root (so it may use userfaultfd); host-a's is confined as usual.
     let a = Daemon::start_with_config(&config("host-a"));
     let b = Daemon::start_with_config(&format!("confine_qemu = false\n{}", config("host-b")));
-    let mut spec = kernel_spec("busy", "");
-    spec["host"] = json!("host-a");
-    let created = a.client.create_vm(&spec, true).await.unwrap();
-    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
-    wait_console(&a.client, "busy", READY, 1, BOOT_TIMEOUT).await;
+    booted_on(&a, "host-a", "busy").await;
     run_in_guest(
         &a.client,
         "busy",
@@ -535,11 +540,7 @@ async fn a_console_stalled_at_the_switch_over_talks_on_after_it() {
     let config = |host: &str| config(&etcd.endpoints(), host).replace("three/", "stalled/");
     let a = Daemon::start_with_config(&config("host-a"));
     let b = Daemon::start_with_config(&config("host-b"));
-    let mut spec = kernel_spec("talker", "");
-    spec["host"] = json!("host-a");
-    let created = a.client.create_vm(&spec, true).await.unwrap();
-    a.client.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
-    wait_console(&a.client, "talker", READY, 1, BOOT_TIMEOUT).await;
+    booted_on(&a, "host-a", "talker").await;
     // In 2 s the guest prints 256 KiB; by then a client that reads nothing holds its console.
     run_in_guest(
         &a.client,
