@@ -117,11 +117,8 @@ async fn a_warm_pool_fills_hands_out_its_vms_to_creates_that_start_and_refills()
     assert_eq!(c.templates().view(c.templates().get("t").unwrap()).pool_ready, 2);
     // One that starts takes a member: the VM is that QEMU (its id), resumed by its start. (Its
     // id is one of the members' markers before; the count is no proof: the fake refills at once.)
-    let markers = || -> Vec<String> {
-        let dir = std::fs::read_dir(host.dir.path().join("templates/t/pool")).unwrap();
-        dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
-    };
-    let members = markers();
+    let markers = std::fs::read_dir(host.dir.path().join("templates/t/pool")).unwrap();
+    let members: Vec<String> = markers.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(members.len(), 2, "{members:?}");
     let vm = c.vms().create_vm_to_start(ROOT, from_template("w1", "t")).unwrap();
     assert!(members.contains(&vm.id), "{} is no member of {members:?}: not taken from the pool", vm.id);

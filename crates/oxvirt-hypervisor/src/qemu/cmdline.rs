@@ -34,6 +34,9 @@ impl CmdlineHost {
 /// Empty PCIe root ports a q35 VM gets for hot-plugging disks and NICs (`hp0`...).
 pub const HOTPLUG_PORTS: usize = 8;
 
+/// The id of the serial console's character device (a socket oxvirtd binds; see console_hold.rs).
+pub const CONSOLE_CHARDEV: &str = "console0";
+
 /// The id of the TLS credentials a QEMU serves incoming migrations and NBD disk copies with
 /// (peers must show a certificate of the same CA).
 pub const TLS_SERVER_CREDS: &str = "oxv-tls-server";
@@ -383,8 +386,11 @@ pub fn build(
         Some(set) => format!("/dev/fdset/{set}"),
         None => escape_opt(&paths.console_log().to_string_lossy()),
     };
-    push(&["-chardev", &format!("socket,id=console0,{console},server=on,wait=off,logfile={log},logappend=on")]);
-    push(&["-serial", "chardev:console0"]);
+    push(&[
+        "-chardev",
+        &format!("socket,id={CONSOLE_CHARDEV},{console},server=on,wait=off,logfile={log},logappend=on"),
+    ]);
+    push(&["-serial", &format!("chardev:{CONSOLE_CHARDEV}")]);
 
     if let Some(k) = &spec.kernel {
         let copy = |c: &Option<std::path::PathBuf>| c.as_ref().map(|p| p.to_string_lossy().into_owned());

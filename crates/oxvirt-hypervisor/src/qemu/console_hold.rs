@@ -10,15 +10,15 @@
 //! goes, and the guest prints on. What it prints meanwhile is read and dropped here (QEMU writes
 //! it to the console log all the same); once the guest runs the console is let go, for users.
 
+use super::cmdline::CONSOLE_CHARDEV;
 use super::QemuInstance;
 use crate::{HvError, InstanceEvent};
 use oxvirt_qemu::commands::devices;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast::error::RecvError;
 
-/// The console's character device (cmdline.rs).
-const CONSOLE: &str = "console0";
 /// QEMU accepts the connection from its main loop: this long at most.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -27,11 +27,10 @@ impl QemuInstance {
     /// once QEMU has taken the connection: a state loaded after that finds a client. Held
     /// already (a second try to listen): nothing more.
     pub(super) async fn hold_console(&self) -> Result<(), HvError> {
-        use std::sync::atomic::Ordering;
         if self.console_held.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let path = self.run_dir.join("console.sock");
+        let path = self.paths().console_socket();
         let mut events = self.events.subscribe();
         let mut console = match tokio::net::UnixStream::connect(&path).await {
             Ok(c) => c,
@@ -52,12 +51,12 @@ impl QemuInstance {
                     },
                 }
             }
-            held.store(false, std::sync::atomic::Ordering::Release);
+            held.store(false, Ordering::Release);
         });
         // (A user's console connected before would be taken first: then it is the client.)
         let start = tokio::time::Instant::now();
         loop {
-            match devices::chardev_connected(&self.qmp, CONSOLE).await? {
+            match devices::chardev_connected(&self.qmp, CONSOLE_CHARDEV).await? {
                 Some(true) | None => return Ok(()),
                 Some(false) if start.elapsed() > ACCEPT_TIMEOUT => {
                     return Err(HvError::Timeout(ACCEPT_TIMEOUT, "QEMU taking oxvirtd's console connection".into()))

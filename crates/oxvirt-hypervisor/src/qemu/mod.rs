@@ -442,6 +442,11 @@ impl QemuInstance {
         })
     }
 
+    /// The paths of its run directory (its sockets by name).
+    fn paths(&self) -> RuntimePaths {
+        RuntimePaths::new(self.run_dir.clone())
+    }
+
     /// Removes the fd sets of host-path disk `disk_id` (marked with its opaque string).
     async fn drop_fdsets(&self, disk_id: &str) {
         let Ok(sets) = devices::fdsets_marked(&self.qmp, &cmdline::fdset_opaque(disk_id)).await else { return };
@@ -674,7 +679,7 @@ impl Instance for QemuInstance {
     }
 
     async fn ask_agent(&self, request: &crate::GuestRequest, timeout: Duration) -> Result<(), HvError> {
-        agent::tell(&RuntimePaths::new(self.run_dir.clone()).agent_socket(), request, timeout).await
+        agent::tell(&self.paths().agent_socket(), request, timeout).await
     }
 
     fn disks(&self) -> &dyn crate::DiskOps {
