@@ -68,7 +68,7 @@ bench: build guest
 ## the config file),
 ## FUZZ_SECONDS each (default 60), with cargo-fuzz on the stable toolchain (--sanitizer none).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := api_bodies values qmp_line config
+FUZZ_TARGETS := api_bodies values qmp_line config openflow
 fuzz:
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

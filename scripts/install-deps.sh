@@ -4,12 +4,13 @@
 #   qemu-system-x86 brings qemu-system-common, which has qemu-storage-daemon (nbd pools);
 #   prometheus (with promtool) is for the monitoring tests; nftables and dnsmasq-base serve
 #   networks (firewall, DHCP); iputils-ping is for the network tests (ping -M do); etcd-server
-#   is the cluster store (and its tests), protobuf-compiler builds its client.
+#   is the cluster store (and its tests), protobuf-compiler builds its client; openvswitch-switch
+#   (ovsdb-server, ovs-vswitchd with the userspace datapath, ovs-ofctl) is the SDN switch.
 set -euo pipefail
 
 want=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs syslinux syslinux-common
       mtools dosfstools fdisk iproute2 procps prometheus nftables dnsmasq-base iputils-ping
-      etcd-server etcd-client protobuf-compiler libprotobuf-dev)
+      etcd-server etcd-client protobuf-compiler libprotobuf-dev openvswitch-switch)
 
 missing=()
 for p in "${want[@]}"; do

@@ -1,6 +1,7 @@
 //! Test and benchmark harness: a real oxvirtd on a temporary data dir, the reference guest, and
 //! helpers to wait for what a guest prints. Nothing is mocked.
 
+pub mod ovs;
 pub mod pki;
 pub mod proxy;
 

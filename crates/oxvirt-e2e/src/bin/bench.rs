@@ -22,6 +22,8 @@
 //!    same 8 moves by hand with QEMU, one after another and 2 at a time (`oxvirt-bench drain`).
 //! 11. Lean defaults: oxvirt's default VM and a microvm kernel boot against a minimal plain-QEMU
 //!     launch of the same guest (`oxvirt-bench defaults`).
+//! 12. SDN: flows installed in Open vSwitch through oxvirt's OpenFlow connection against
+//!     `ovs-ofctl add-flows` of the same flows (`oxvirt-bench openflow`).
 //! 2. Control plane at scale: 10,000 VM definitions created through the API (create rate against
 //!    a no-op API request rate), time to list all of them, and the daemon's RSS.
 
@@ -34,6 +36,8 @@ use std::time::{Duration, Instant};
 mod backup;
 #[path = "bench/defaults.rs"]
 mod defaults;
+#[path = "bench/openflow.rs"]
+mod openflow;
 #[path = "bench/templates.rs"]
 mod templates;
 
@@ -1177,6 +1181,9 @@ async fn main() {
     }
     if only.is_empty() || only == "defaults" {
         defaults::defaults().await;
+    }
+    if only.is_empty() || only == "openflow" {
+        openflow::openflow().await;
     }
     if only == "migration-tls" {
         migration_tls().await;

@@ -1,0 +1,76 @@
+//! `oxvirt-bench openflow`: flows installed in a real Open vSwitch (userspace datapath) through
+//! oxvirt's OpenFlow 1.3 connection, confirmed by a barrier, against `ovs-ofctl add-flows` of
+//! the very same flows (which also waits for the switch's barrier). Interleaved rounds; the
+//! bridge is emptied between them.
+
+use super::{median, ms, spread};
+use oxvirt_e2e::ovs::Ovs;
+use oxvirt_openflow::{
+    format_actions, format_match, parse_actions, parse_match, Connection, FlowMod, FlowStatsRequest,
+};
+use std::time::{Duration, Instant};
+use tokio::net::UnixListener;
+
+const FLOWS: usize = 10_000;
+const ROUNDS: usize = 5;
+const BRIDGE: &str = "oxb0";
+
+fn flows() -> Vec<FlowMod> {
+    (0..FLOWS)
+        .map(|i| {
+            let m =
+                parse_match(&format!("tcp,nw_src=10.{}.{}.0/24,tp_dst={}", i / 256 % 256, i % 256, 1000 + i % 50_000))
+                    .expect("match");
+            let a = parse_actions(if i % 2 == 0 { "normal" } else { "drop" }, &m).expect("actions");
+            FlowMod { cookie: 0x10_0000 + i as u64, ..FlowMod::add(100, m, a) }
+        })
+        .collect()
+}
+
+pub async fn openflow() {
+    println!("== openflow: {FLOWS} flows into Open vSwitch (userspace datapath), barrier-confirmed, {ROUNDS} rounds");
+    let ovs = Ovs::start();
+    let sock = ovs.path("controller.sock");
+    let listener = UnixListener::bind(&sock).expect("listen");
+    ovs.add_bridge(BRIDGE, &format!("unix:{}", sock.display()));
+    let (stream, _) = listener.accept().await.expect("the switch connects");
+    let mut conn = Connection::handshake(stream, Duration::from_secs(60)).await.expect("handshake");
+
+    let flows = flows();
+    let file = ovs.path("flows.txt");
+    let text: String = flows
+        .iter()
+        .map(|f| {
+            format!(
+                "cookie={:#x},priority={},{} actions={}\n",
+                f.cookie,
+                f.priority,
+                format_match(&f.r#match),
+                format_actions(&f.instructions)
+            )
+        })
+        .collect();
+    std::fs::write(&file, text).expect("flows file");
+    let clear = FlowMod::delete_by_cookie(0, 0);
+
+    let mut ours = Vec::new();
+    let mut ofctl = Vec::new();
+    for _ in 0..ROUNDS {
+        let t0 = Instant::now();
+        ovs.run("ovs-ofctl", &["-O", "OpenFlow13", "add-flows", BRIDGE, file.to_str().unwrap_or_default()]);
+        ofctl.push(t0.elapsed());
+        assert_eq!(conn.flow_stats(FlowStatsRequest::all()).await.expect("stats").len(), FLOWS);
+        conn.flow_mods(std::slice::from_ref(&clear)).await.expect("clear");
+
+        let t0 = Instant::now();
+        conn.flow_mods(&flows).await.expect("flows");
+        ours.push(t0.elapsed());
+        assert_eq!(ovs.dump_flows(BRIDGE).len(), FLOWS);
+        conn.flow_mods(std::slice::from_ref(&clear)).await.expect("clear");
+    }
+    let rate = |d: Duration| FLOWS as f64 / d.as_secs_f64();
+    let (o, b) = (median(ours.clone()), median(ofctl.clone()));
+    println!("   ovs-ofctl add-flows (baseline): {:.0} flows/s ({})", rate(b), spread(&ms(&ofctl), " ms", 0));
+    println!("   through oxvirt-openflow:        {:.0} flows/s ({})", rate(o), spread(&ms(&ours), " ms", 0));
+    println!("   ratio (oxvirt/ovs-ofctl rate): {:.2}", rate(o) / rate(b));
+}
