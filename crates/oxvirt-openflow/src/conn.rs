@@ -30,7 +30,9 @@ pub enum ConnError {
     Closed,
 }
 
-/// A controller's connection to one switch, after the handshake.
+/// A controller's connection to one switch, after the handshake. Any error but
+/// [`ConnError::Refused`] ends it: a read cut by a timeout leaves the stream mid-message, so the
+/// controller drops the connection and the switch connects again.
 pub struct Connection<S> {
     stream: S,
     next_xid: u32,
@@ -53,7 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         c.send(&Message::Hello { versions: vec![VERSION] }).await?;
         let deadline = Instant::now() + timeout;
-        let (version, (_, msg)) = c.read_raw(deadline).await?;
+        let (version, (_, msg)) = c.read_raw(Some(deadline)).await?;
         match msg {
             Message::Hello { versions } => {
                 let speaks = if versions.is_empty() { version >= VERSION } else { versions.contains(&VERSION) };
@@ -213,14 +215,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn read_one(&mut self, deadline: Option<Instant>) -> Result<(u32, Message), ConnError> {
-        let (_, msg) =
-            self.read_raw(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(u32::MAX as u64))).await?;
+        let (_, msg) = self.read_raw(deadline).await?;
         Ok(msg)
     }
 
-    /// One message: (the header's version, (xid, message)).
-    async fn read_raw(&mut self, deadline: Instant) -> Result<(u8, (u32, Message)), ConnError> {
-        let left = deadline.saturating_duration_since(Instant::now());
+    /// One message: (the header's version, (xid, message)); by `deadline` when there is one.
+    async fn read_raw(&mut self, deadline: Option<Instant>) -> Result<(u8, (u32, Message)), ConnError> {
         let read = async {
             let mut header = [0u8; HEADER_LEN];
             match self.stream.read_exact(&mut header).await {
@@ -237,6 +237,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             })?;
             Ok((header[0], decode(&frame)?))
         };
+        let Some(deadline) = deadline else {
+            return read.await;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, read).await {
             Ok(r) => r,
             Err(_) => Err(ConnError::Timeout(self.timeout)),

@@ -66,7 +66,8 @@ fn parse_ipv4_prefix(part: &str, s: &str) -> Result<(Ipv4Addr, u8), TextError> {
     Ok((addr, prefix))
 }
 
-/// A match in ovs-ofctl's words: comma-separated `key=value` fields and the shorthands `ip`,
+/// A match in ovs-ofctl's words: comma-separated `key=value` fields (`dl_vlan=none`: untagged
+/// packets only) and the shorthands `ip`,
 /// `tcp`, `udp`, `icmp`, `arp`. Each field's prerequisites must be given (`nw_src` needs `ip`
 /// or a protocol shorthand, `tp_dst` needs `tcp` or `udp`), and no field twice.
 pub fn parse_match(text: &str) -> Result<Match, TextError> {
@@ -149,6 +150,8 @@ pub fn parse_match(text: &str) -> Result<Match, TextError> {
                     None => Oxm::exact(field, &parse_mac(t, value)?),
                 }
             }
+            // `none`: untagged packets only (OFPVID_NONE).
+            "dl_vlan" | "vlan_vid" if value == "none" => Oxm::exact(OxmField::VlanVid, &[0, 0]),
             "dl_vlan" | "vlan_vid" => Oxm::vlan_vid(parse_num(t, value, 4095)?),
             "dl_vlan_pcp" | "vlan_pcp" => Oxm::exact(OxmField::VlanPcp, &[parse_num(t, value, 7)?]),
             "nw_src" | "ip_src" | "nw_dst" | "ip_dst" => {
@@ -366,6 +369,9 @@ pub fn format_match(m: &Match) -> String {
             OxmField::EthSrc => with_mask(format!("dl_src={}", mac(v))),
             OxmField::EthDst => with_mask(format!("dl_dst={}", mac(v))),
             OxmField::EthType => format!("dl_type={:#06x}", hex_or_dec(v)),
+            OxmField::VlanVid if mask.is_none() && hex_or_dec(v) & VID_PRESENT as u64 == 0 => {
+                "dl_vlan=none".to_string()
+            }
             OxmField::VlanVid => with_mask(format!("dl_vlan={}", hex_or_dec(v) & 0x0fff)),
             OxmField::VlanPcp => format!("dl_vlan_pcp={}", v[0]),
             OxmField::IpProto => format!("nw_proto={}", v[0]),
@@ -477,6 +483,7 @@ mod tests {
             "icmp,nw_src=10.0.0.0/8,icmp_type=8",
             "arp,arp_op=1,arp_tpa=10.1.0.1",
             "dl_vlan=10,dl_vlan_pcp=3",
+            "dl_vlan=none,in_port=2",
             "dl_type=0x86dd",
         ] {
             let m = parse_match(text).expect(text);
