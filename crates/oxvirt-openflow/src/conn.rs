@@ -30,9 +30,10 @@ pub enum ConnError {
     Closed,
 }
 
-/// A controller's connection to one switch, after the handshake. Any error but
-/// [`ConnError::Refused`] ends it: a read cut by a timeout leaves the stream mid-message, so the
-/// controller drops the connection and the switch connects again.
+/// A controller's connection to one switch, after the handshake. [`Connection::recv`] may be
+/// cancelled (in a `select!`) without losing a byte; a request cut by a timeout leaves its
+/// reply to come, so after any error but [`ConnError::Refused`] the controller drops the
+/// connection and the switch connects again.
 pub struct Connection<S> {
     stream: S,
     next_xid: u32,
@@ -40,6 +41,8 @@ pub struct Connection<S> {
     timeout: Duration,
     /// Messages that arrived while a reply was awaited (packet-ins, port changes, …).
     pending: VecDeque<(u32, Message)>,
+    /// Bytes read of a message not yet whole.
+    rbuf: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -52,6 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             features: Features { datapath_id: 0, n_buffers: 0, n_tables: 0, auxiliary_id: 0, capabilities: 0 },
             timeout,
             pending: VecDeque::new(),
+            rbuf: Vec::new(),
         };
         c.send(&Message::Hello { versions: vec![VERSION] }).await?;
         let deadline = Instant::now() + timeout;
@@ -220,22 +224,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// One message: (the header's version, (xid, message)); by `deadline` when there is one.
+    /// Cancel-safe: bytes read stay in `rbuf` until their message is whole.
     async fn read_raw(&mut self, deadline: Option<Instant>) -> Result<(u8, (u32, Message)), ConnError> {
         let read = async {
-            let mut header = [0u8; HEADER_LEN];
-            match self.stream.read_exact(&mut header).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ConnError::Closed),
-                Err(e) => return Err(e.into()),
+            loop {
+                if self.rbuf.len() >= HEADER_LEN {
+                    let mut header = [0u8; HEADER_LEN];
+                    header.copy_from_slice(&self.rbuf[..HEADER_LEN]);
+                    let len = frame_length(&header)?;
+                    if self.rbuf.len() >= len {
+                        let frame: Vec<u8> = self.rbuf.drain(..len).collect();
+                        return Ok((header[0], decode(&frame)?));
+                    }
+                }
+                let mut chunk = [0u8; 16 << 10];
+                let n = self.stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(ConnError::Closed);
+                }
+                self.rbuf.extend_from_slice(&chunk[..n]);
             }
-            let len = frame_length(&header)?;
-            let mut frame = header.to_vec();
-            frame.resize(len, 0);
-            self.stream.read_exact(&mut frame[HEADER_LEN..]).await.map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => ConnError::Closed,
-                _ => e.into(),
-            })?;
-            Ok((header[0], decode(&frame)?))
         };
         let Some(deadline) = deadline else {
             return read.await;

@@ -138,7 +138,7 @@ impl Switch {
             "fail_mode": "secure",
         });
         let mut ops = vec![
-            json!({ "op": "insert", "table": "Controller", "row": { "target": spec.controller }, "uuid-name": "ctl" }),
+            json!({ "op": "insert", "table": "Controller", "row": { "target": spec.controller, "max_backoff": 1000 }, "uuid-name": "ctl" }),
         ];
         match rows(&found[0]).first() {
             Some(row) => {
