@@ -61,6 +61,9 @@ pub struct NetworkCreate {
     /// No DHCP server.
     #[arg(long)]
     no_dhcp: bool,
+    /// vlan: the VLAN id (1..4094) on oxvirt's Open vSwitch.
+    #[arg(long)]
+    vlan: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -157,14 +160,18 @@ fn print_networks(nets: &[NetworkView], out: Output) {
                 n.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
                 n.bridge.clone(),
                 n.mtu.to_string(),
-                s.vxlan.as_ref().map(|v| v.vni.to_string()).unwrap_or_else(|| "-".into()),
+                s.vxlan
+                    .as_ref()
+                    .map(|v| format!("vni {}", v.vni))
+                    .or(s.vlan.map(|v| format!("vlan {v}")))
+                    .unwrap_or_else(|| "-".into()),
                 if n.bridge_up { "up" } else { "missing" }.into(),
                 n.dhcp_pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "-".into()),
                 n.nics.to_string(),
             ]
         })
         .collect();
-    table(&["NAME", "KIND", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "VNI", "STATE", "DHCP", "NICS"], rows);
+    table(&["NAME", "KIND", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "SEGMENT", "STATE", "DHCP", "NICS"], rows);
 }
 
 fn print_groups(groups: &[SecurityGroup], out: Output) {
@@ -206,7 +213,7 @@ fn nic_qos(ingress: Option<&str>, egress: Option<&str>) -> Result<Option<NicQos>
 }
 
 fn network_spec(a: NetworkCreate) -> Result<NetworkSpec, ClientError> {
-    let NetworkCreate { name, kind, subnet, gateway, range, mtu, uplink, bridge, vni, local, peers, no_dhcp } = a;
+    let NetworkCreate { name, kind, subnet, gateway, range, mtu, uplink, bridge, vni, local, peers, no_dhcp, vlan } = a;
     let vxlan = match (vni, local) {
         (None, None) => None,
         (Some(vni), Some(local)) => Some(VxlanSpec {
@@ -229,6 +236,7 @@ fn network_spec(a: NetworkCreate) -> Result<NetworkSpec, ClientError> {
         uplink,
         bridge,
         vxlan,
+        vlan,
     })
 }
 

@@ -29,6 +29,9 @@ pub enum Job {
     HostRecord,
     /// VXLAN networks' peers follow the cluster's hosts.
     VxlanPeers,
+    /// The Open vSwitch of vlan networks: its daemons restarted when dead, its ports and flows
+    /// as the store says.
+    Ovs,
     /// The leader's automatic rebalancing (its policy says when).
     Rebalance,
     /// `nbd` pools' export daemons are restarted when they die.
@@ -47,7 +50,7 @@ pub enum Job {
 
 impl Job {
     /// The reconcile round's jobs, in the order they run.
-    pub const ROUND: [Job; 11] = [
+    pub const ROUND: [Job; 12] = [
         Job::Migrations,
         Job::Vms,
         Job::Ha,
@@ -55,6 +58,7 @@ impl Job {
         Job::AdminToken,
         Job::HostRecord,
         Job::VxlanPeers,
+        Job::Ovs,
         Job::Rebalance,
         Job::ExportDaemons,
         Job::BackupJobs,
@@ -65,8 +69,8 @@ impl Job {
     pub const OWN_LOOPS: [Job; 3] = [Job::AutoBalloon, Job::History, Job::Alerts];
 
     /// Every job: the round's, then those of their own loops (the order figures are shown in).
-    pub const ALL: [Job; 14] = {
-        let mut all = [Job::Migrations; 14];
+    pub const ALL: [Job; 15] = {
+        let mut all = [Job::Migrations; 15];
         let mut i = 0;
         while i < Job::ROUND.len() {
             all[i] = Job::ROUND[i];
@@ -88,6 +92,7 @@ impl Job {
             Job::AdminToken => "admin_token",
             Job::HostRecord => "host_record",
             Job::VxlanPeers => "vxlan_peers",
+            Job::Ovs => "ovs",
             Job::Rebalance => "rebalance",
             Job::ExportDaemons => "export_daemons",
             Job::BackupJobs => "backup_jobs",
@@ -199,6 +204,7 @@ impl Controller {
                 }
                 Job::HostRecord => book.run(job, async { self.hosts().refresh_host_record() }).await,
                 Job::VxlanPeers => book.run(job, self.networks().refresh_vxlan_peers()).await,
+                Job::Ovs => book.run(job, self.networks().ovs_round()).await,
                 Job::Rebalance => book.run(job, self.hosts().rebalance_round()).await,
                 Job::ExportDaemons => book.run(job, self.nbd().supervise_export_daemons()).await,
                 Job::BackupJobs => book.run(job, self.backups().jobs_round()).await,

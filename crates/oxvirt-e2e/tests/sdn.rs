@@ -5,6 +5,7 @@
 //! flows back), after the controller itself restarts (nothing redone).
 
 use oxvirt_e2e::Netns;
+use oxvirt_e2e::{kernel_spec, run_in_guest, wait_console, BOOT_TIMEOUT, READY};
 use oxvirt_openflow::{parse_actions, parse_match, FlowMod};
 use oxvirt_ovsdb::{BridgeSpec, Client, Switch};
 use oxvirt_sdn::{FlowKeeper, KeeperError, OvsDaemons};
@@ -161,4 +162,105 @@ async fn the_keeper_holds_a_bridge_s_flows_across_switch_and_controller_restarts
 
     daemons.stop();
     assert!(daemons.pid("ovs-vswitchd").is_none() && daemons.pid("ovsdb-server").is_none());
+}
+
+/// `vlan` networks through the daemon, with real guests on oxvirt's Open vSwitch (the daemon
+/// and its switch in a network namespace of the test's): VMs of VLAN 10 reach each other, the VM
+/// of VLAN 20 reaches neither; a NIC that changes its MAC is cut off until it takes its own
+/// back; kill -9 of ovs-vswitchd and of oxvirtd leave the guests talking (oxvirt restarts the
+/// switch and puts the flows back); bad input is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vlan_networks_keep_their_guests_apart_on_open_vswitch() {
+    use oxvirt_e2e::{guest_check as check, GUEST_NO as NO, GUEST_OK as OK};
+    use serde_json::json;
+    let host = Netns::new("vlan");
+    let mut d = oxvirt_e2e::Daemon::start_in_netns(&host, "stop_timeout_secs = 5\n");
+    let c = d.client.clone();
+
+    for (body, field) in [
+        (json!({ "name": "v", "kind": "vlan" }), "vlan"),
+        (json!({ "name": "v", "kind": "vlan", "vlan": 4095 }), "vlan"),
+        (json!({ "name": "v", "kind": "vlan", "vlan": 10, "subnet": "10.50.0.0/24" }), "subnet"),
+        (json!({ "name": "v", "kind": "isolated", "subnet": "10.51.0.0/24", "vlan": 10 }), "vlan"),
+    ] {
+        let (status, answer) =
+            c.raw(hyper::Method::POST, "/api/v1/networks", Some(body.to_string().into_bytes())).await.expect("request");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(status == 400 && answer.contains(field), "{body}: {status} {answer}");
+    }
+    assert!(!d.path().join("ovs").exists(), "refused networks start no switch");
+
+    for (name, vlan) in [("v10", 10), ("v20", 20)] {
+        let net: oxvirt_model::NetworkView =
+            c.post("/api/v1/networks", &json!({ "name": name, "kind": "vlan", "vlan": vlan })).await.expect("network");
+        assert_eq!(net.bridge, "oxsdn0");
+        assert!(net.bridge_up, "{net:?}");
+    }
+    let (status, answer) = c
+        .raw(hyper::Method::POST, "/api/v1/networks", Some(br#"{"name":"v10b","kind":"vlan","vlan":10}"#.to_vec()))
+        .await
+        .expect("request");
+    assert!(status == 400 && String::from_utf8_lossy(&answer).contains("uses VLAN 10 already"));
+    let _: serde_json::Value =
+        c.post("/api/v1/security-groups", &json!({ "name": "web", "rules": [] })).await.expect("group");
+    let mut spec = kernel_spec("x", "");
+    spec["nics"] = json!([{ "network": "v10", "security_groups": ["web"] }]);
+    let e = c.create_vm(&spec, false).await.expect_err("refused").to_string();
+    assert!(e.contains("nics[0].security_groups"), "{e}");
+
+    for (name, net, ip) in [("a", "v10", "10.50.0.1"), ("b", "v10", "10.50.0.2"), ("c", "v20", "10.50.0.3")] {
+        let mut spec = kernel_spec(name, &format!("oxvirt.ip={ip}/24"));
+        spec["nics"] = json!([{ "network": net }]);
+        let created = c.create_vm(&spec, true).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+        let t = c.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("task");
+        assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}");
+    }
+    for name in ["a", "b", "c"] {
+        wait_console(&c, name, READY, 1, BOOT_TIMEOUT).await;
+    }
+    let ping = |ip: &str| check(&format!("ping -c 1 -W 2 {ip}"));
+    run_in_guest(&c, "a", &ping("10.50.0.2"), OK).await;
+    run_in_guest(&c, "b", &ping("10.50.0.1"), OK).await;
+    run_in_guest(&c, "c", &ping("10.50.0.1"), NO).await;
+    run_in_guest(&c, "c", &ping("10.50.0.2"), NO).await;
+
+    // The ports are the VMs' TAPs, each tagged with its network's VLAN.
+    let db = format!("--db=unix:{}", d.path().join("ovs/db.sock").display());
+    let vsctl = |args: &[&str]| host.run(&[&["ovs-vsctl", db.as_str()], args].concat());
+    let ports = vsctl(&["list-ports", "oxsdn0"]);
+    assert_eq!(ports.lines().count(), 3, "{ports}");
+    let tags: Vec<String> = ports.lines().map(|p| vsctl(&["get", "port", p, "tag"]).trim().to_string()).collect();
+    assert_eq!(tags.iter().filter(|t| *t == "10").count(), 2, "{tags:?}");
+    assert_eq!(tags.iter().filter(|t| *t == "20").count(), 1, "{tags:?}");
+
+    // b takes another MAC: the switch drops what it sends, until it takes its own back.
+    let own = c.get_vm("b").await.expect("b").spec.nics[0].mac.clone().expect("mac");
+    run_in_guest(&c, "b", &check("ip link set eth0 address 52:54:00:de:ad:01 && ping -c 1 -W 2 10.50.0.1"), NO).await;
+    run_in_guest(&c, "b", &check(&format!("ip link set eth0 address {own} && ping -c 1 -W 2 10.50.0.1")), OK).await;
+
+    // kill -9 of the switch: the next reconcile round starts it again and its flows return.
+    let pidfile = d.path().join("ovs/ovs-vswitchd.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let again =
+        check("for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do ping -c 1 -W 1 10.50.0.2 && break; sleep 1; done");
+    run_in_guest(&c, "a", &again, OK).await;
+    let new_pid: i32 = std::fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    assert_ne!(new_pid, pid, "a new ovs-vswitchd");
+    run_in_guest(&c, "c", &ping("10.50.0.2"), NO).await;
+
+    // kill -9 of oxvirtd: the guests keep talking, the new daemon takes the switch over.
+    d.respawn_after_kill9();
+    let c = d.client.clone();
+    run_in_guest(&c, "a", &ping("10.50.0.2"), OK).await;
+    run_in_guest(&c, "c", &ping("10.50.0.1"), NO).await;
+    assert_eq!(std::fs::read_to_string(&pidfile).expect("pidfile").trim().parse::<i32>().expect("pid"), new_pid);
+
+    // A stopped VM's port leaves the switch.
+    c.vm_action("c", "kill").await.expect("kill c");
+    let t0 = Instant::now();
+    while vsctl(&["list-ports", "oxsdn0"]).lines().count() != 2 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "c's port stays on the switch");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

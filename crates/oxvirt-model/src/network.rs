@@ -99,6 +99,10 @@ pub enum NetworkKind {
     Vxlan,
     /// An existing host bridge oxvirt only plugs VMs into.
     Bridged,
+    /// An 802.1Q VLAN on oxvirt's Open vSwitch bridge (`oxsdn0`, userspace datapath, driven by
+    /// oxvirt's OpenFlow controller): VMs of one VLAN reach each other and no other VLAN's, and
+    /// each NIC may send only from its own MAC. No subnet yet: guests set their addresses.
+    Vlan,
 }
 
 impl NetworkKind {
@@ -108,6 +112,7 @@ impl NetworkKind {
             NetworkKind::Isolated => "isolated",
             NetworkKind::Vxlan => "vxlan",
             NetworkKind::Bridged => "bridged",
+            NetworkKind::Vlan => "vlan",
         }
     }
 }
@@ -177,6 +182,10 @@ pub struct NetworkSpec {
     pub bridge: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<VxlanSpec>,
+    /// For `vlan`: the VLAN id, 1..4094 (one network per id on a host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4094))]
+    pub vlan: Option<u16>,
 }
 
 fn yes() -> bool {
@@ -286,6 +295,22 @@ impl NetworkSpec {
                 }
             }
             NetworkKind::Vxlan => {}
+            NetworkKind::Vlan => {
+                match self.vlan {
+                    Some(v) if (1..=4094).contains(&v) => {}
+                    Some(_) => return Err(ValidationError::new("vlan", "must be 1..4094")),
+                    None => return Err(ValidationError::new("vlan", "a vlan network needs its VLAN id, 1..4094")),
+                }
+                for (f, set) in [
+                    ("subnet", self.subnet.is_some()),
+                    ("gateway", self.gateway.is_some()),
+                    ("range", self.range.is_some()),
+                ] {
+                    if set {
+                        return Err(not_here(f, "addresses yet (its guests set their own)"));
+                    }
+                }
+            }
             NetworkKind::Bridged => {
                 match &self.bridge {
                     Some(b) => validate_ifname("bridge", b)?,
@@ -303,6 +328,9 @@ impl NetworkSpec {
                     }
                 }
             }
+        }
+        if self.kind != NetworkKind::Vlan && self.vlan.is_some() {
+            return Err(not_here("vlan", "VLAN id (only vlan networks have one)"));
         }
         if self.kind != NetworkKind::Bridged && self.bridge.is_some() {
             return Err(not_here("bridge", "host bridge of the operator's (oxvirt makes its own)"));
@@ -410,6 +438,7 @@ mod tests {
             uplink: None,
             bridge: None,
             vxlan: None,
+            vlan: None,
         }
     }
 
@@ -430,6 +459,20 @@ mod tests {
         assert_eq!(s.gateway().unwrap().to_string(), "10.1.2.1");
         assert_eq!(s.dhcp_range().unwrap().0.to_string(), "10.1.2.2");
         assert_eq!(s.mtu(), 1500);
+    }
+
+    #[test]
+    fn a_vlan_network_has_its_id_and_no_addresses() {
+        let vlan =
+            |id: Option<u16>| NetworkSpec { kind: NetworkKind::Vlan, vlan: id, subnet: None, ..nat("10.0.0.0/24") };
+        assert!(vlan(Some(10)).validate().is_ok());
+        assert!(vlan(Some(4094)).validate().is_ok());
+        assert_eq!(field(&vlan(None)), "vlan");
+        assert_eq!(field(&vlan(Some(0))), "vlan");
+        assert_eq!(field(&vlan(Some(4095))), "vlan");
+        assert_eq!(field(&NetworkSpec { subnet: Some("10.0.0.0/24".parse().unwrap()), ..vlan(Some(10)) }), "subnet");
+        assert_eq!(field(&NetworkSpec { vlan: Some(10), ..nat("10.0.0.0/24") }), "vlan");
+        assert_eq!(vlan(Some(10)).mtu(), 1500);
     }
 
     #[test]

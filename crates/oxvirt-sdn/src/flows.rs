@@ -29,7 +29,9 @@ pub struct KeeperStatus {
 }
 
 struct Shared {
-    desired: Mutex<BTreeMap<u64, FlowMod>>,
+    /// None until the first [`FlowKeeper::set_flows`]: a keeper that does not know yet what
+    /// it wants (a restarted oxvirtd) leaves the switch's flows alone.
+    desired: Mutex<Option<BTreeMap<u64, FlowMod>>>,
     status: Mutex<KeeperStatus>,
 }
 
@@ -65,8 +67,7 @@ impl FlowKeeper {
     /// Serves switches connecting to `listener` (a bridge's controller target
     /// `unix:PATH`), syncing at least every `resync`.
     pub fn start(listener: UnixListener, resync: Duration) -> FlowKeeper {
-        let shared =
-            Arc::new(Shared { desired: Mutex::new(BTreeMap::new()), status: Mutex::new(KeeperStatus::default()) });
+        let shared = Arc::new(Shared { desired: Mutex::new(None), status: Mutex::new(KeeperStatus::default()) });
         let (wanted, wanted_rx) = watch::channel(0u64);
         let (synced_tx, synced) = watch::channel(0u64);
         let (stats_tx, stats_rx) = mpsc::channel(8);
@@ -83,7 +84,7 @@ impl FlowKeeper {
             }
             map.insert(f.cookie, FlowMod { command: FlowModCommand::Add, ..f });
         }
-        *self.shared.desired.lock().unwrap_or_else(|e| e.into_inner()) = map;
+        *self.shared.desired.lock().unwrap_or_else(|e| e.into_inner()) = Some(map);
         self.wanted.send_modify(|g| *g += 1);
         Ok(())
     }
@@ -175,7 +176,11 @@ async fn run_switch(
     loop {
         let generation = *wanted.borrow_and_update();
         let desired = shared.desired.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match sync(&mut conn, &desired).await {
+        let synced_now = match &desired {
+            Some(d) => sync(&mut conn, d).await,
+            None => Err(SyncError::NotYet),
+        };
+        match synced_now {
             Ok((added, deleted)) => {
                 let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
                 st.syncs += 1;
@@ -196,6 +201,7 @@ async fn run_switch(
                 shared.status.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(e);
             }
             Err(SyncError::Lost(e)) => return e,
+            Err(SyncError::NotYet) => {}
         }
         tick.reset();
         loop {
@@ -227,6 +233,8 @@ async fn run_switch(
 }
 
 enum SyncError {
+    /// No desired flows given yet.
+    NotYet,
     Refused(String),
     Lost(String),
 }

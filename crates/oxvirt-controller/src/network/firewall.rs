@@ -77,6 +77,12 @@ pub fn render_inet(table: &str, nets: &[NetRules]) -> String {
                 let _ = writeln!(s, "    iifname \"{br}\" drop");
                 let _ = writeln!(s, "    oifname \"{br}\" drop");
             }
+            // oxvirt's Open vSwitch bridge: its own port on the host carries no VM's traffic
+            // anywhere (the switch's flows keep VLANs apart; see `network/ovs.rs`).
+            NetworkKind::Vlan => {
+                let _ = writeln!(s, "    iifname \"{br}\" drop");
+                let _ = writeln!(s, "    oifname \"{br}\" drop");
+            }
             NetworkKind::Bridged => {}
         }
     }

@@ -131,6 +131,17 @@ impl Ipam {
                     spec.nics[i].mac = Some(mac);
                 }
             }
+            if !spec.nics[i].security_groups.is_empty() && spec.nics[i].mode == NicMode::Network {
+                let net = spec.nics[i].network.clone().unwrap_or_default();
+                if let Some((n, _)) = self.ctl.inner.store.get_record::<oxvirt_model::Network>(&net)? {
+                    if n.spec.kind == oxvirt_model::NetworkKind::Vlan {
+                        return Err(ControlError::invalid(
+                            format!("{field}.security_groups"),
+                            "security groups do not apply on vlan networks yet (a NIC there may send only from its own MAC)",
+                        ));
+                    }
+                }
+            }
             for (j, g) in spec.nics[i].security_groups.iter().enumerate() {
                 if !groups.contains(g) {
                     return Err(ControlError::invalid(

@@ -184,13 +184,13 @@ pub(crate) fn ensure_vxlan(
     set(name, None, None, true)
 }
 
-/// A TAP device (multi-queue when `queues` > 1) with an MTU, joined to `bridge`, up; `owner` may
-/// attach to it without privileges.
+/// A TAP device (multi-queue when `queues` > 1) with an MTU, joined to `bridge` (none: a port of
+/// the switch, plugged there after), up; `owner` may attach to it without privileges.
 pub(crate) fn make_tap(
     name: &str,
     queues: u32,
     mtu: u32,
-    bridge: &str,
+    bridge: Option<&str>,
     owner: Option<u32>,
 ) -> Result<(), HostCmdError> {
     if exists(name) {
@@ -198,7 +198,7 @@ pub(crate) fn make_tap(
         delete(name)?;
     }
     add_tap(name, queues > 1, owner)?;
-    if let Err(e) = set(name, Some(mtu), Some(bridge), true) {
+    if let Err(e) = set(name, Some(mtu), bridge, true) {
         let _ = delete(name);
         return Err(e);
     }

@@ -12,8 +12,10 @@ mod ipam;
 pub(crate) mod links;
 mod netlink;
 mod nics;
+mod ovs;
 mod secgroups;
 pub use ipam::Ipam;
+pub use ovs::OVS_BRIDGE;
 pub use secgroups::SecurityGroups;
 pub mod shaping;
 mod taps;
@@ -37,6 +39,8 @@ crate::service! {
 pub(crate) struct State {
     /// Serialises changes of networks and of oxvirt's nftables tables.
     pub net_lock: tokio::sync::Mutex<()>,
+    /// The Open vSwitch of `vlan` networks, once made (`ovs.rs`).
+    pub(crate) ovs: tokio::sync::Mutex<Option<std::sync::Arc<ovs::OvsRuntime>>>,
 }
 
 impl Record for HostObject {
@@ -69,6 +73,7 @@ pub(crate) fn short_id(id: &str) -> String {
 pub fn bridge_of(net: &Network) -> String {
     match (&net.spec.kind, &net.spec.bridge) {
         (NetworkKind::Bridged, Some(b)) => b.clone(),
+        (NetworkKind::Vlan, _) => OVS_BRIDGE.to_string(),
         _ => format!("oxb{}", short_id(&net.id)),
     }
 }
@@ -174,6 +179,14 @@ impl Networks {
                     return Err(ControlError::invalid("subnet", format!("overlaps network {}'s {b}", o.spec.name)));
                 }
             }
+            if let (Some(a), Some(b)) = (spec.vlan, o.spec.vlan) {
+                if a == b {
+                    return Err(ControlError::invalid(
+                        "vlan",
+                        format!("network {} uses VLAN {a} already", o.spec.name),
+                    ));
+                }
+            }
             if let (Some(a), Some(b)) = (&spec.vxlan, &o.spec.vxlan) {
                 if a.vni == b.vni && a.port == b.port {
                     return Err(ControlError::invalid(
@@ -209,6 +222,10 @@ impl Networks {
         let net = Network { id: uuid::Uuid::new_v4().to_string(), spec, created_at: now_millis() };
         self.ctl.inner.store.put_record(&net.spec.name, &net, Expect::Absent)?;
         let made = match self.ensure_network(&net) {
+            Ok(()) if net.spec.kind == NetworkKind::Vlan => match self.ensure_ovs().await {
+                Ok(_) => self.refresh_firewall_locked().await,
+                Err(e) => Err(e),
+            },
             Ok(()) => self.refresh_firewall_locked().await,
             Err(e) => Err(e),
         };
@@ -266,7 +283,8 @@ impl Networks {
     /// Makes the host match one network: bridge, VXLAN device, forwarding, DHCP.
     pub(crate) fn ensure_network(&self, net: &Network) -> Result<(), ControlError> {
         let spec = &net.spec;
-        if spec.kind == NetworkKind::Bridged {
+        // A host bridge is the operator's; a vlan network lives on the switch (`ovs.rs`).
+        if matches!(spec.kind, NetworkKind::Bridged | NetworkKind::Vlan) {
             return Ok(());
         }
         let name = &spec.name;
@@ -344,7 +362,8 @@ impl Networks {
         dnsmasq::stop(&self.dnsmasq_files(name));
         self.forget_object(&format!("dnsmasq-{name}"));
         let _ = std::fs::remove_dir_all(self.network_dir(name));
-        if net.spec.kind == NetworkKind::Bridged {
+        // The operator's bridge, and the switch other vlan networks share, stay.
+        if matches!(net.spec.kind, NetworkKind::Bridged | NetworkKind::Vlan) {
             return;
         }
         for dev in [vxlan_of(net), bridge_of(net)] {
@@ -412,10 +431,15 @@ impl Networks {
             })
             .collect();
         let mut nic_rules = Vec::new();
+        let on_switch = |nic: &oxvirt_model::NicSpec| {
+            nets.iter().any(|n| n.spec.kind == NetworkKind::Vlan && nic.network.as_ref() == Some(&n.spec.name))
+        };
         for vm in self.ctl.vms().list_vms()? {
             for nic in &vm.spec.nics {
                 let tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&vm.id, nic.slot());
-                if !nic.has_tap() || !links::exists(&tap) {
+                // A TAP on the switch is no Linux bridge's port: its MAC is kept by the switch's
+                // flows (`ovs.rs`), not by the `bridge` family's rules.
+                if !nic.has_tap() || !links::exists(&tap) || on_switch(nic) {
                     continue;
                 }
                 // Every NIC with a TAP keeps to its own MAC (a bridged one too: it joins a LAN of
@@ -440,9 +464,15 @@ impl Networks {
     /// drifted (a host reboot, a device someone deleted).
     pub(crate) async fn ensure_networks(&self) {
         let _net = self.state().net_lock.lock().await;
-        for (n, _) in self.ctl.inner.store.list_records::<Network>().unwrap_or_default() {
-            if let Err(e) = self.ensure_network(&n) {
+        let nets = self.ctl.inner.store.list_records::<Network>().unwrap_or_default();
+        for (n, _) in &nets {
+            if let Err(e) = self.ensure_network(n) {
                 tracing::error!(network = %n.spec.name, "cannot make the network on this host: {e}");
+            }
+        }
+        if nets.iter().any(|(n, _)| n.spec.kind == NetworkKind::Vlan) {
+            if let Err(e) = self.ensure_ovs().await {
+                tracing::error!("cannot run the switch of vlan networks: {e}");
             }
         }
     }

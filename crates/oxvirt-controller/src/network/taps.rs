@@ -26,10 +26,12 @@ fn counter(tap: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Where a NIC's TAP device goes: its bridge and MTU.
+/// Where a NIC's TAP device goes: its bridge and MTU, or a VLAN of the switch.
 struct Attachment {
     bridge: String,
     mtu: u32,
+    /// On oxvirt's Open vSwitch (a `vlan` network): the port's tag.
+    vlan: Option<u16>,
 }
 
 impl crate::Networks {
@@ -46,6 +48,9 @@ impl crate::Networks {
                     self.ctl.inner.store.get_record::<Network>(name)?.map(|(n, _)| n).ok_or_else(|| {
                         ControlError::invalid(format!("{field}.network"), format!("there is no network named {name}"))
                     })?;
+                if net.spec.kind == oxvirt_model::NetworkKind::Vlan {
+                    return Ok(Attachment { bridge: bridge_of(&net), mtu: net.spec.mtu(), vlan: net.spec.vlan });
+                }
                 (bridge_of(&net), net.spec.mtu())
             }
             NicMode::User => return Err(ControlError::invalid(field, "a user-mode NIC has no TAP device")),
@@ -54,7 +59,7 @@ impl crate::Networks {
             let f = if nic.mode == NicMode::Bridged { format!("{field}.bridge") } else { format!("{field}.network") };
             return Err(ControlError::invalid(f, format!("there is no bridge named {bridge} on this host")));
         }
-        Ok(Attachment { bridge, mtu })
+        Ok(Attachment { bridge, mtu, vlan: None })
     }
 
     /// Makes one NIC's TAP device (recorded first), joined, shaped. Returns its MTU.
@@ -72,7 +77,16 @@ impl crate::Networks {
         let at = self.attachment(&field, nic)?;
         let tap = tap_name(vm_id, nic.slot());
         self.record_object(&tap, "tap", vm_id)?;
-        links::make_tap(&tap, nic_queues(spec, nic), at.mtu, &at.bridge, owner)?;
+        match at.vlan {
+            Some(vlan) => {
+                links::make_tap(&tap, nic_queues(spec, nic), at.mtu, None, owner)?;
+                if let Err(e) = self.ovs_plug(&tap, vlan).await {
+                    self.remove_nic_tap(vm_id, nic);
+                    return Err(e);
+                }
+            }
+            None => links::make_tap(&tap, nic_queues(spec, nic), at.mtu, Some(&at.bridge), owner)?,
+        }
         if !nic.qos.is_unlimited() {
             self.record_ifb(&tap, vm_id)?;
             if let Err(e) = shaping::apply(&tap, &nic.qos, at.mtu).await {
@@ -163,12 +177,14 @@ impl crate::Networks {
                 tracing::warn!(vm = %vm.spec.name, tap, "TAP device missing: the NIC has no link until the VM restarts");
                 continue;
             }
-            let fixed = async {
-                if links::master_of(&tap).as_deref() != Some(at.bridge.as_str()) {
+            let fixed: Result<(), ControlError> = async {
+                if let Some(vlan) = at.vlan {
+                    self.ovs_plug(&tap, vlan).await?;
+                } else if links::master_of(&tap).as_deref() != Some(at.bridge.as_str()) {
                     tracing::info!(vm = %vm.spec.name, tap, bridge = %at.bridge, "TAP device joined to its bridge again");
                     links::join(&tap, &at.bridge)?;
                 }
-                shaping::apply(&tap, &nic.qos, at.mtu).await
+                Ok(shaping::apply(&tap, &nic.qos, at.mtu).await?)
             }
             .await;
             if let Err(e) = fixed {
@@ -177,7 +193,8 @@ impl crate::Networks {
         }
     }
 
-    /// Removes the TAP devices of a VM whose QEMU is gone, and their firewall rules.
+    /// Removes the TAP devices of a VM whose QEMU is gone, and their firewall rules (and their
+    /// ports on the switch, taken off by the next round of `ovs_round` at the latest).
     pub(crate) fn release_network(&self, vm_id: &str, spec: &VmSpec) {
         let mut any = false;
         for nic in spec.nics.iter().filter(|n| n.has_tap()) {
@@ -190,6 +207,7 @@ impl crate::Networks {
                 if let Err(e) = me.refresh_firewall().await {
                     tracing::warn!("firewall: {e}");
                 }
+                me.ovs_round().await;
             });
         }
     }
