@@ -208,11 +208,14 @@ pub fn requirement(method: &Method, matched: &str, params: &[(&str, &str)]) -> O
     let repo_itself = (m.first() == Some(&"backup-repos") && m.len() <= 2 && method != Method::GET)
         || (m.first() == Some(&"backup-repos") && m.get(2) == Some(&"key"))
         || (m.first() == Some(&"backup-jobs") && method != Method::GET);
+    // A network's flow rules steer every tenant's traffic on it: administrators write them.
+    let flows = m.first() == Some(&"networks") && m.get(2) == Some(&"flows") && method != Method::GET;
     // A template's warm pool is QEMUs on the host, in no project's quota.
     let host_capacity = m.first() == Some(&"templates") && m.get(2) == Some(&"pool") && method != Method::GET;
     let resource = if host_capacity { "/".to_string() } else { resource };
     let admin = repo_itself
         || host_capacity
+        || flows
         || matches!(m.first(), Some(&"users") | Some(&"acl") | Some(&"audit"))
         || ((matched == "/api/v1/host/policy"
             || matches!(m.first(), Some(&"projects") | Some(&"cluster") | Some(&"ha")))
@@ -335,6 +338,15 @@ mod tests {
         );
         assert_eq!(r(Method::GET, "/api/v1/host/policy", "/api/v1/host/policy"), Some((Privilege::Read, "/".into())));
         assert_eq!(r(Method::GET, "/api/v1/users", "/api/v1/users"), Some((Privilege::Admin, "/".into())));
+        // Flow rules: read with the network, written by administrators.
+        assert_eq!(
+            r(Method::POST, "/api/v1/networks/{network}/flows", "/api/v1/networks/v10/flows"),
+            Some((Privilege::Admin, "/networks/v10".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/api/v1/networks/{network}/flows", "/api/v1/networks/v10/flows"),
+            Some((Privilege::Read, "/networks/v10".into()))
+        );
         // HA is the cluster's: changed by administrators only, whichever VM it names.
         assert_eq!(
             r(Method::POST, "/api/v1/ha/resources", "/api/v1/ha/resources"),

@@ -216,6 +216,22 @@ pub async fn render(c: &Controller, api: &ApiMetrics) -> String {
         disks.iter().map(|(vm, d)| (dl(vm, d), d.write_time_ns as f64 / 1e9)),
     );
 
+    // vlan networks' flow rules, as the switch counts them now (nothing when it does not run).
+    let flows = c.networks().all_flow_rules().await;
+    let fl = |f: &oxvirt_model::FlowRuleView| l(&[("network", &f.rule.network), ("rule", &f.rule.id)]);
+    counter(
+        &mut reg,
+        "oxvirt_network_flow_packets",
+        "Packets a vlan network's flow rule matched",
+        flows.iter().map(|f| (fl(f), f.packets as f64)),
+    );
+    counter(
+        &mut reg,
+        "oxvirt_network_flow_bytes",
+        "Bytes a vlan network's flow rule matched",
+        flows.iter().map(|f| (fl(f), f.bytes as f64)),
+    );
+
     let nics: Vec<(&str, &oxvirt_controller::network::NicStats)> =
         vms.iter().flat_map(|v| v.nics.iter().map(move |n| (v.vm.name.as_str(), n))).collect();
     let nl = |vm: &str, n: &oxvirt_controller::network::NicStats| l(&[("vm", vm), ("nic", &n.nic)]);

@@ -1,4 +1,5 @@
-//! `/api/v1/networks`, `/api/v1/security-groups` and a VM's NICs (`/api/v1/vms/{name}/nics`).
+//! `/api/v1/networks` (with a vlan network's flow rules), `/api/v1/security-groups` and a VM's NICs
+//! (`/api/v1/vms/{name}/nics`).
 
 use crate::auth::{user_of, Caller};
 use crate::body::parse;
@@ -11,13 +12,18 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use oxvirt_controller::Controller;
-use oxvirt_model::{LeaseView, NetworkSpec, NetworkView, NicSpec, NicUpdate, SecurityGroup, SecurityGroupSpec, Vm};
+use oxvirt_model::{
+    FlowRuleSpec, FlowRuleView, LeaseView, NetworkSpec, NetworkView, NicSpec, NicUpdate, SecurityGroup,
+    SecurityGroupSpec, Vm,
+};
 
 pub fn routes() -> Router<Controller> {
     Router::new()
         .route("/api/v1/networks", get(list_networks).post(create_network))
         .route("/api/v1/networks/{network}", get(show_network).delete(delete_network))
         .route("/api/v1/networks/{network}/leases", get(leases))
+        .route("/api/v1/networks/{network}/flows", get(list_flows).post(add_flow))
+        .route("/api/v1/networks/{network}/flows/{id}", axum::routing::delete(delete_flow))
         .route("/api/v1/security-groups", get(list_groups).post(create_group))
         .route("/api/v1/security-groups/{group}", get(show_group).put(replace_group).delete(delete_group))
         .route("/api/v1/vms/{name}/nics", post(attach_nic))
@@ -44,6 +50,20 @@ async fn delete_network(State(c): State<Controller>, Names(name): Names<String>)
 
 async fn leases(State(c): State<Controller>, Names(name): Names<String>) -> ApiResult<Json<Vec<LeaseView>>> {
     Ok(Json(c.networks().network_leases(&name)?))
+}
+
+async fn list_flows(State(c): State<Controller>, Names(net): Names<String>) -> ApiResult<Json<Vec<FlowRuleView>>> {
+    Ok(Json(c.networks().list_flow_rules(&net).await?))
+}
+
+async fn add_flow(State(c): State<Controller>, Names(net): Names<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let spec: FlowRuleSpec = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(c.networks().add_flow_rule(&net, spec).await?)))
+}
+
+async fn delete_flow(State(c): State<Controller>, Names((net, id)): Names<(String, String)>) -> ApiResult<StatusCode> {
+    c.networks().delete_flow_rule(&net, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_groups(State(c): State<Controller>) -> ApiResult<Json<Vec<SecurityGroup>>> {

@@ -5,12 +5,13 @@ use crate::output::{print_json, table, Output};
 use clap::Subcommand;
 use oxvirt_client::{Client, ClientError};
 use oxvirt_model::{
-    NetworkSpec, NetworkView, NicQos, NicSpec, NicUpdate, SecurityGroup, SecurityGroupSpec, SecurityRule, Vm, VxlanSpec,
+    FlowRuleSpec, NetworkSpec, NetworkView, NicQos, NicSpec, NicUpdate, SecurityGroup, SecurityGroupSpec, SecurityRule,
+    Vm, VxlanSpec,
 };
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
-    /// Create a network: nat, isolated, vxlan or bridged.
+    /// Create a network: nat, isolated, vxlan, bridged or vlan.
     Create(Box<NetworkCreate>),
     List,
     Show {
@@ -24,6 +25,29 @@ pub enum NetworkCmd {
     Leases {
         name: String,
     },
+    /// A vlan network's flow rules (ovs-ofctl's words), on oxvirt's Open vSwitch.
+    #[command(subcommand)]
+    Flow(FlowCmd),
+}
+
+#[derive(Subcommand)]
+pub enum FlowCmd {
+    /// Add a rule (administrators): e.g. --priority 200 --match "tcp,nw_src=10.0.0.0/24,tp_dst=80"
+    /// --actions drop; actions: drop, normal, output:VM/NIC (with normal: a mirror),
+    /// mod_vlan_vid:N, strip_vlan.
+    Add {
+        network: String,
+        #[arg(long)]
+        priority: u16,
+        #[arg(long = "match")]
+        r#match: String,
+        #[arg(long)]
+        actions: String,
+    },
+    /// The rules with the packets and bytes the switch counted for each.
+    List { network: String },
+    /// Remove a rule.
+    Del { network: String, id: String },
 }
 
 #[derive(clap::Args)]
@@ -268,6 +292,40 @@ pub async fn network(client: &Client, out: Output, cmd: NetworkCmd) -> Result<()
                 })
                 .collect();
             table(&["ADDRESS", "MAC", "NIC", "STATE"], rows);
+        }
+        NetworkCmd::Flow(FlowCmd::Add { network, priority, r#match, actions }) => {
+            let rule = client.networks().add_flow_rule(&network, &FlowRuleSpec { priority, r#match, actions }).await?;
+            if out == Output::Json {
+                print_json(&rule);
+            } else {
+                println!("flow rule {} added to {network}", rule.id);
+            }
+        }
+        NetworkCmd::Flow(FlowCmd::List { network }) => {
+            let rules = client.networks().list_flow_rules(&network).await?;
+            if out == Output::Json {
+                print_json(&rules);
+                return Ok(());
+            }
+            let rows = rules
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.rule.id.clone(),
+                        r.rule.spec.priority.to_string(),
+                        r.rule.spec.r#match.clone(),
+                        r.rule.spec.actions.clone(),
+                        r.flows.to_string(),
+                        r.packets.to_string(),
+                        r.bytes.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "PRIORITY", "MATCH", "ACTIONS", "FLOWS", "PACKETS", "BYTES"], rows);
+        }
+        NetworkCmd::Flow(FlowCmd::Del { network, id }) => {
+            client.networks().delete_flow_rule(&network, &id).await?;
+            println!("flow rule {id} removed from {network}");
         }
     }
     Ok(())

@@ -1,9 +1,12 @@
-//! Networks and their leases, security groups, and a VM's NICs.
+//! Networks with their leases and (vlan networks) flow rules, security groups, and a VM's NICs.
 
 use crate::vms::vm_path;
 use crate::{encode, Client, ClientError};
 use hyper::Method;
-use oxvirt_model::{LeaseView, NetworkSpec, NetworkView, NicSpec, NicUpdate, SecurityGroup, SecurityGroupSpec, Vm};
+use oxvirt_model::{
+    FlowRule, FlowRuleSpec, FlowRuleView, LeaseView, NetworkSpec, NetworkView, NicSpec, NicUpdate, SecurityGroup,
+    SecurityGroupSpec, Vm,
+};
 
 fn network_path(name: &str) -> String {
     format!("/api/v1/networks/{}", encode(name))
@@ -50,6 +53,20 @@ impl Networks<'_> {
     /// Addresses given to NICs on the network, and whether the guests took them.
     pub async fn network_leases(&self, name: &str) -> Result<Vec<LeaseView>, ClientError> {
         self.client.get(&format!("{}/leases", network_path(name))).await
+    }
+
+    /// Adds a flow rule to a vlan network (administrators).
+    pub async fn add_flow_rule(&self, network: &str, spec: &FlowRuleSpec) -> Result<FlowRule, ClientError> {
+        self.client.call_with(Method::POST, &format!("{}/flows", network_path(network)), spec).await
+    }
+
+    /// A vlan network's flow rules with the switch's counters.
+    pub async fn list_flow_rules(&self, network: &str) -> Result<Vec<FlowRuleView>, ClientError> {
+        self.client.get(&format!("{}/flows", network_path(network))).await
+    }
+
+    pub async fn delete_flow_rule(&self, network: &str, id: &str) -> Result<(), ClientError> {
+        self.client.delete(&format!("{}/flows/{}", network_path(network), encode(id))).await
     }
 
     pub async fn create_security_group(&self, spec: &SecurityGroupSpec) -> Result<SecurityGroup, ClientError> {

@@ -264,3 +264,114 @@ async fn vlan_networks_keep_their_guests_apart_on_open_vswitch() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Flow rules of a vlan network through the CLI, with real guests: the kind of rule
+/// (`--match icmp --actions drop`) stops a ping live and its removal lets it through again, with
+/// the switch's counters in `flow list`; a mirror rule copies a NIC's traffic to a third VM
+/// (counted at that VM's TAP); bad rules are refused by field, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_rules_drop_mirror_and_count_on_a_vlan_network() {
+    use oxvirt_e2e::{guest_check as check, GUEST_NO as NO, GUEST_OK as OK};
+    use serde_json::json;
+    let host = Netns::new("flows");
+    let d = oxvirt_e2e::Daemon::start_in_netns(&host, "stop_timeout_secs = 5\n");
+    let c = d.client.clone();
+    let _: oxvirt_model::NetworkView =
+        c.post("/api/v1/networks", &json!({ "name": "v10", "kind": "vlan", "vlan": 10 })).await.expect("network");
+    let _: oxvirt_model::NetworkView = c
+        .post("/api/v1/networks", &json!({ "name": "iso", "kind": "isolated", "subnet": "10.61.0.0/24" }))
+        .await
+        .expect("network");
+    let mut ids = Vec::new();
+    for (name, ip) in [("a", "10.50.0.1"), ("b", "10.50.0.2"), ("m", "10.50.0.3")] {
+        let mut spec = kernel_spec(name, &format!("oxvirt.ip={ip}/24"));
+        spec["nics"] = json!([{ "network": "v10" }]);
+        let created = c.create_vm(&spec, true).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+        let t = c.wait_task(&created.task.expect("task").id, Duration::from_secs(60)).await.expect("task");
+        assert_eq!(t.state, oxvirt_model::TaskState::Succeeded, "{t:?}");
+        ids.push(c.get_vm(name).await.expect("vm"));
+    }
+    for name in ["a", "b", "m"] {
+        wait_console(&c, name, READY, 1, BOOT_TIMEOUT).await;
+    }
+    let ping = check("ping -c 1 -W 2 10.50.0.2");
+    run_in_guest(&c, "a", &ping, OK).await;
+
+    // Refused by field, nothing added.
+    for (args, says) in [
+        (vec!["--priority", "200", "--match", "tcp,tp_dst=99999", "--actions", "drop"], "match"),
+        (vec!["--priority", "200", "--match", "ip,in_port=1", "--actions", "drop"], "in_port"),
+        (
+            vec!["--priority", "200", "--match", "ip", "--actions", "output:nobody/nic0"],
+            "nobody/nic0 is no NIC of network v10",
+        ),
+        (vec!["--priority", "200", "--match", "ip", "--actions", "output:3"], "a rule may"),
+        (vec!["--priority", "0", "--match", "ip", "--actions", "drop"], "priority"),
+    ] {
+        let (code, _, err) = d.cli(&[&["network", "flow", "add", "v10"], args.as_slice()].concat());
+        assert!(code != 0 && err.contains(says), "{args:?}: {code} {err}");
+    }
+    let (code, _, err) =
+        d.cli(&["network", "flow", "add", "iso", "--priority", "9", "--match", "ip", "--actions", "drop"]);
+    assert!(code != 0 && err.contains("flow rules apply to vlan networks"), "{err}");
+    let (code, _, err) = d.cli(&["network", "flow", "del", "v10", "deadbeef"]);
+    assert!(code != 0 && err.contains("not found"), "{err}");
+    let listed = |d: &oxvirt_e2e::Daemon| -> Vec<oxvirt_model::FlowRuleView> {
+        let (code, out, err) = d.cli(&["--output", "json", "network", "flow", "list", "v10"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).expect("json")
+    };
+    assert!(listed(&d).is_empty());
+
+    // A drop rule stops the ping; its counters move; removed, the ping goes through.
+    let (code, out, err) =
+        d.cli(&["network", "flow", "add", "v10", "--priority", "200", "--match", "icmp", "--actions", "drop"]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.split_whitespace().nth(2).expect("id").to_string();
+    run_in_guest(&c, "a", &ping, NO).await;
+    let rules = listed(&d);
+    assert_eq!(rules.len(), 1);
+    assert_eq!((rules[0].rule.id.as_str(), rules[0].flows), (id.as_str(), 3), "one flow per port");
+    assert!(rules[0].packets >= 1, "{:?}", rules[0]);
+    let (code, _, err) = d.cli(&["network", "flow", "del", "v10", &id]);
+    assert_eq!(code, 0, "{err}");
+    run_in_guest(&c, "a", &ping, OK).await;
+
+    // A mirror: what goes to b is also sent to m.
+    let m_tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&ids[2].id, ids[2].spec.nics[0].slot());
+    let sent_to_m = || -> u64 {
+        host.run(&["cat", &format!("/sys/class/net/{m_tap}/statistics/tx_packets")]).trim().parse().expect("counter")
+    };
+    let burst = check("ping -c 10 -i 0.2 -W 2 10.50.0.2");
+    let before = sent_to_m();
+    run_in_guest(&c, "a", &burst, OK).await;
+    let without = sent_to_m() - before;
+    let (code, _, err) = d.cli(&[
+        "network",
+        "flow",
+        "add",
+        "v10",
+        "--priority",
+        "100",
+        "--match",
+        "ip,nw_dst=10.50.0.2",
+        "--actions",
+        "normal,output:m/nic0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let before = sent_to_m();
+    run_in_guest(&c, "a", &burst, OK).await;
+    let with = sent_to_m() - before;
+    assert!(with >= without + 10, "mirrored: {with} packets to m, {without} without the rule");
+    let rules = listed(&d);
+    assert!(rules[0].packets >= 10, "{:?}", rules[0]);
+    // The same counter on /metrics.
+    let (_, body) = c.raw(hyper::Method::GET, "/metrics", None).await.expect("metrics");
+    let body = String::from_utf8_lossy(&body);
+    let line = format!("oxvirt_network_flow_packets_total{{network=\"v10\",rule=\"{}\"}}", rules[0].rule.id);
+    let counted: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&line).map(|v| v.trim().parse().unwrap_or(0.0)))
+        .unwrap_or_else(|| panic!("{line} not in /metrics"));
+    assert!(counted >= 10.0, "{counted}");
+}

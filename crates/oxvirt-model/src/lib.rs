@@ -9,6 +9,7 @@ mod backup;
 mod cluster;
 mod error;
 mod event;
+mod flow_rule;
 mod ha;
 mod host;
 mod migration;
@@ -41,6 +42,7 @@ pub use backup::{
 pub use cluster::{ClusterPolicy, HostRecord, Maintenance, PlacementStrategy, RebalanceMode};
 pub use error::{ApiErrorBody, ErrorReply, ValidationError, ERROR_CODES};
 pub use event::Event;
+pub use flow_rule::{FlowRule, FlowRuleSpec, FlowRuleView, MAX_FLOW_PRIORITY};
 pub use ha::{
     HaGroup, HaGroupHost, HaGroupSpec, HaRecovery, HaResource, HaResourceSpec, HaState, HaStatus, HA_GROUP_MAX_HOSTS,
     HA_MAX_PRIORITY, HA_MAX_TRIES,

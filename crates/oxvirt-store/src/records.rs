@@ -29,6 +29,11 @@ impl Record for oxvirt_model::Volume {
     const PREFIX: &'static str = "volumes/";
 }
 
+/// Keyed `<network>/<id>`.
+impl Record for oxvirt_model::FlowRule {
+    const PREFIX: &'static str = "flowrules/";
+}
+
 impl Record for oxvirt_model::Network {
     const PREFIX: &'static str = "networks/";
 }

@@ -8,6 +8,7 @@
 
 pub mod dnsmasq;
 pub mod firewall;
+mod flow_rules;
 mod ipam;
 pub(crate) mod links;
 mod netlink;
@@ -262,6 +263,7 @@ impl Networks {
             )));
         }
         self.ctl.inner.store.delete_record::<Network>(name, Expect::Revision(rev))?;
+        self.forget_flow_rules(name);
         self.remove_network_from_host(&net);
         self.refresh_firewall_locked().await?;
         Ok(())

@@ -11,6 +11,7 @@
 //! The daemons outlive oxvirtd, as the VMs' traffic must; a restarted oxvirtd finds them, and
 //! its controller changes no flow before it has worked out the flows it wants.
 
+use super::flow_rules::NetPort;
 use super::links;
 use crate::ControlError;
 use oxvirt_model::{Network, NetworkKind, NicMode};
@@ -131,21 +132,25 @@ impl crate::Networks {
         }
     }
 
-    /// Ports whose TAP device is gone are removed; the flows are made from the ports and the
-    /// NICs the store holds, handed to the keeper and waited for.
-    async fn refresh_ovs_flows(&self, rt: &OvsRuntime) -> Result<(), ControlError> {
+    /// Ports whose TAP device is gone are removed; the flows are made from the ports, the NICs
+    /// and the flow rules the store holds, handed to the keeper and waited for.
+    pub(super) async fn refresh_ovs_flows(&self, rt: &OvsRuntime) -> Result<(), ControlError> {
         let vlan_nets: Vec<String> = self.vlan_networks().into_iter().map(|n| n.spec.name).collect();
-        let mut macs: HashMap<String, String> = HashMap::new();
+        // TAP → (network, MAC, VM name, NIC id).
+        let mut nics: HashMap<String, (String, String, String, String)> = HashMap::new();
         for vm in self.ctl.vms().list_vms()? {
             for nic in vm.spec.nics.iter().filter(|n| n.mode == NicMode::Network) {
-                if nic.network.as_ref().is_some_and(|n| vlan_nets.contains(n)) {
+                if let Some(net) = nic.network.as_ref().filter(|n| vlan_nets.contains(n)) {
                     let tap = oxvirt_hypervisor::qemu::cmdline::tap_name(&vm.id, nic.slot());
-                    macs.insert(tap, nic.mac.clone().unwrap_or_default());
+                    let mac = nic.mac.clone().unwrap_or_default();
+                    nics.insert(tap, (net.clone(), mac, vm.spec.name.clone(), nic.id.clone()));
                 }
             }
         }
         let mut switch = rt.switch.lock().await;
         let mut flows = vec![flow(0, DROP_COOKIE, "any", "drop")?];
+        let mut by_net: HashMap<String, Vec<NetPort>> = HashMap::new();
+        let mut by_nic: HashMap<(String, String), u32> = HashMap::new();
         for p in switch.ports(OVS_BRIDGE).await? {
             if p.name == OVS_BRIDGE {
                 continue;
@@ -155,18 +160,28 @@ impl crate::Networks {
                 switch.remove_port(OVS_BRIDGE, &p.name).await?;
                 continue;
             }
-            if let (Some(ofport), Some(mac)) = (p.ofport, macs.get(&p.name).filter(|m| !m.is_empty())) {
-                flows.push(flow(
-                    100,
-                    PORT_COOKIE + ofport as u64,
-                    &format!("in_port={ofport},dl_src={mac}"),
-                    "normal",
-                )?);
+            let (Some(ofport), Some((net, mac, vm, nic))) = (p.ofport, nics.get(&p.name)) else { continue };
+            if mac.is_empty() {
+                continue;
             }
+            flows.push(flow(100, PORT_COOKIE + ofport as u64, &format!("in_port={ofport},dl_src={mac}"), "normal")?);
+            by_net.entry(net.clone()).or_default().push(NetPort { ofport, mac: mac.clone() });
+            by_nic.insert((vm.clone(), nic.clone()), ofport);
         }
         drop(switch);
+        for (rule, _) in self.ctl.inner.store.list_records::<oxvirt_model::FlowRule>()? {
+            let ports = by_net.get(&rule.network).map(Vec::as_slice).unwrap_or_default();
+            let port_of = |vm: &str, nic: &str| by_nic.get(&(vm.to_string(), nic.to_string())).copied();
+            flows.extend(super::flow_rules::compile(&rule, ports, &port_of));
+        }
         rt.keeper.set_flows(flows).map_err(err)?;
         rt.keeper.wait_synced(Duration::from_secs(10)).await.map_err(err)
+    }
+
+    /// The switch's flows with their counters now (none when it does not run).
+    pub(super) async fn ovs_flow_stats(&self) -> Vec<oxvirt_openflow::FlowStats> {
+        let Some(rt) = self.state().ovs.lock().await.clone() else { return vec![] };
+        rt.keeper.flow_stats().await.unwrap_or_default()
     }
 }
 
