@@ -101,7 +101,8 @@ pub enum NetworkKind {
     Bridged,
     /// An 802.1Q VLAN on oxvirt's Open vSwitch bridge (`oxsdn0`, userspace datapath, driven by
     /// oxvirt's OpenFlow controller): VMs of one VLAN reach each other and no other VLAN's, and
-    /// each NIC may send only from its own MAC. No subnet yet: guests set their addresses.
+    /// each NIC may send only from its own MAC. With a subnet, the host serves DHCP on it (an
+    /// access port of the VLAN holds the gateway address) and routes nothing.
     Vlan,
 }
 
@@ -154,7 +155,7 @@ pub struct NetworkSpec {
     pub name: String,
     #[serde(default)]
     pub kind: NetworkKind,
-    /// The subnet VMs get addresses from (nat, isolated; optional for vxlan).
+    /// The subnet VMs get addresses from (nat, isolated; optional for vxlan and vlan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<Ipv4Net>,
     /// The host's address on the network (default: the subnet's first address). On a vxlan
@@ -295,22 +296,11 @@ impl NetworkSpec {
                 }
             }
             NetworkKind::Vxlan => {}
-            NetworkKind::Vlan => {
-                match self.vlan {
-                    Some(v) if (1..=4094).contains(&v) => {}
-                    Some(_) => return Err(ValidationError::new("vlan", "must be 1..4094")),
-                    None => return Err(ValidationError::new("vlan", "a vlan network needs its VLAN id, 1..4094")),
-                }
-                for (f, set) in [
-                    ("subnet", self.subnet.is_some()),
-                    ("gateway", self.gateway.is_some()),
-                    ("range", self.range.is_some()),
-                ] {
-                    if set {
-                        return Err(not_here(f, "addresses yet (its guests set their own)"));
-                    }
-                }
-            }
+            NetworkKind::Vlan => match self.vlan {
+                Some(v) if (1..=4094).contains(&v) => {}
+                Some(_) => return Err(ValidationError::new("vlan", "must be 1..4094")),
+                None => return Err(ValidationError::new("vlan", "a vlan network needs its VLAN id, 1..4094")),
+            },
             NetworkKind::Bridged => {
                 match &self.bridge {
                     Some(b) => validate_ifname("bridge", b)?,
@@ -462,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn a_vlan_network_has_its_id_and_no_addresses() {
+    fn a_vlan_network_has_its_id() {
         let vlan =
             |id: Option<u16>| NetworkSpec { kind: NetworkKind::Vlan, vlan: id, subnet: None, ..nat("10.0.0.0/24") };
         assert!(vlan(Some(10)).validate().is_ok());
@@ -470,7 +460,7 @@ mod tests {
         assert_eq!(field(&vlan(None)), "vlan");
         assert_eq!(field(&vlan(Some(0))), "vlan");
         assert_eq!(field(&vlan(Some(4095))), "vlan");
-        assert_eq!(field(&NetworkSpec { subnet: Some("10.0.0.0/24".parse().unwrap()), ..vlan(Some(10)) }), "subnet");
+        assert!(NetworkSpec { subnet: Some("10.0.0.0/24".parse().unwrap()), ..vlan(Some(10)) }.validate().is_ok());
         assert_eq!(field(&NetworkSpec { vlan: Some(10), ..nat("10.0.0.0/24") }), "vlan");
         assert_eq!(vlan(Some(10)).mtu(), 1500);
     }

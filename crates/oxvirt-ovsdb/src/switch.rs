@@ -235,7 +235,7 @@ impl Switch {
                 DB,
                 vec![
                     select("Bridge", "name", bridge, &["_uuid", "ports"]),
-                    select("Port", "name", &spec.name, &["_uuid"]),
+                    select("Port", "name", &spec.name, &["_uuid", "tag"]),
                 ],
             )
             .await?;
@@ -248,6 +248,10 @@ impl Switch {
                 let uuid = read_uuids(port.get("_uuid")).into_iter().next().unwrap_or_default();
                 if !read_uuids(bridge_row.get("ports")).contains(&uuid) {
                     return Err(invalid("port", &format!("{} is a port of another bridge", spec.name)));
+                }
+                if read_optional_int(port.get("tag")) == spec.tag.map(i64::from) {
+                    // As asked already: nothing to change, and ovs-vswitchd is not woken.
+                    return Ok(());
                 }
                 vec![
                     json!({ "op": "update", "table": "Port", "where": [["name", "==", spec.name]], "row": { "tag": tag } }),

@@ -133,6 +133,17 @@ pub(crate) fn ensure_bridge(
         let m = LinkBridge::new(name).stp_state(BridgeStpState::Disabled).forward_delay(0).build();
         netlink::add_link(&format!("add bridge {name}"), m)?;
     }
+    ensure_addressed(name, mtu, addr, mac)
+}
+
+/// An existing device (a bridge, the switch's internal port of a vlan network's gateway) with
+/// its MAC, MTU and address as given, up; fixed only where it drifted.
+pub(crate) fn ensure_addressed(
+    name: &str,
+    mtu: u32,
+    addr: Option<(Ipv4Addr, u8)>,
+    mac: Option<&str>,
+) -> Result<(), HostCmdError> {
     if let Some(mac) = mac {
         let now = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap_or_default();
         if now.trim() != mac {

@@ -88,6 +88,21 @@ pub fn gateway_mac(net: &Network) -> String {
     format!("02:6f:78:{}:{}:{}", b(0), b(2), b(4))
 }
 
+/// A vlan network's gateway: the switch's internal port (an access port of the VLAN) that holds
+/// the network's address and serves its DHCP.
+pub fn vlan_gateway_of(net: &Network) -> String {
+    format!("oxg{}", short_id(&net.id))
+}
+
+/// Where a network's DHCP server listens (and its address is): its bridge, or a vlan
+/// network's gateway port.
+pub fn dhcp_interface_of(net: &Network) -> String {
+    match net.spec.kind {
+        NetworkKind::Vlan => vlan_gateway_of(net),
+        _ => bridge_of(net),
+    }
+}
+
 pub fn vxlan_of(net: &Network) -> String {
     format!("oxx{}", short_id(&net.id))
 }
@@ -223,8 +238,11 @@ impl Networks {
         let net = Network { id: uuid::Uuid::new_v4().to_string(), spec, created_at: now_millis() };
         self.ctl.inner.store.put_record(&net.spec.name, &net, Expect::Absent)?;
         let made = match self.ensure_network(&net) {
-            Ok(()) if net.spec.kind == NetworkKind::Vlan => match self.ensure_ovs().await {
-                Ok(_) => self.refresh_firewall_locked().await,
+            Ok(()) if net.spec.kind == NetworkKind::Vlan => match self.ensure_vlan_gateway(&net).await {
+                Ok(()) => match self.ensure_ovs().await {
+                    Ok(_) => self.refresh_firewall_locked().await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Ok(()) => self.refresh_firewall_locked().await,
@@ -232,6 +250,7 @@ impl Networks {
         };
         if let Err(e) = made {
             self.remove_network_from_host(&net);
+            self.ovs_unplug(&vlan_gateway_of(&net)).await;
             let _ = self.ctl.inner.store.delete_record::<Network>(&net.spec.name, Expect::Any);
             let _ = self.refresh_firewall_locked().await;
             return Err(e);
@@ -265,6 +284,9 @@ impl Networks {
         self.ctl.inner.store.delete_record::<Network>(name, Expect::Revision(rev))?;
         self.forget_flow_rules(name);
         self.remove_network_from_host(&net);
+        if net.spec.kind == NetworkKind::Vlan {
+            self.ovs_unplug(&vlan_gateway_of(&net)).await;
+        }
         self.refresh_firewall_locked().await?;
         Ok(())
     }
@@ -310,6 +332,26 @@ impl Networks {
             self.record_object(&format!("dnsmasq-{name}"), "dnsmasq", name)?;
             self.write_dhcp_hosts(name)?;
             dnsmasq::ensure(&self.dnsmasq_files(name), spec, &bridge)?;
+        }
+        Ok(())
+    }
+
+    /// A vlan network with a subnet: its gateway port on the switch, addressed, and DHCP on it.
+    pub(crate) async fn ensure_vlan_gateway(&self, net: &Network) -> Result<(), ControlError> {
+        let spec = &net.spec;
+        let (Some(gw), Some(subnet), Some(vlan)) = (spec.gateway(), spec.subnet, spec.vlan) else { return Ok(()) };
+        let port = vlan_gateway_of(net);
+        self.ovs_gateway_port(&port, vlan).await?;
+        links::ensure_addressed(&port, spec.mtu(), Some((gw, subnet.prefix)), Some(&gateway_mac(net)))?;
+        // Started when it does not run (the reconcile round calls this too; a running one is
+        // told of new leases by `sync_dhcp`).
+        if spec.dhcp && dnsmasq::running_pid(&self.dnsmasq_files(&spec.name)).is_none() {
+            let name = &spec.name;
+            let dir = self.network_dir(name);
+            std::fs::create_dir_all(&dir).map_err(|e| ControlError::Host(format!("create {}: {e}", dir.display())))?;
+            self.record_object(&format!("dnsmasq-{name}"), "dnsmasq", name)?;
+            self.write_dhcp_hosts(name)?;
+            dnsmasq::ensure(&self.dnsmasq_files(name), spec, &port)?;
         }
         Ok(())
     }
@@ -383,7 +425,8 @@ impl Networks {
             return;
         }
         let r = self.write_dhcp_hosts(network).and_then(|_| {
-            dnsmasq::ensure(&self.dnsmasq_files(network), &net.spec, &bridge_of(&net)).map_err(ControlError::from)
+            dnsmasq::ensure(&self.dnsmasq_files(network), &net.spec, &dhcp_interface_of(&net))
+                .map_err(ControlError::from)
         });
         if let Err(e) = r {
             tracing::warn!(network, "DHCP hosts: {e}");
@@ -426,7 +469,7 @@ impl Networks {
         let net_rules: Vec<firewall::NetRules> = nets
             .iter()
             .map(|n| firewall::NetRules {
-                bridge: bridge_of(n),
+                bridge: if n.spec.subnet.is_some() { dhcp_interface_of(n) } else { bridge_of(n) },
                 kind: n.spec.kind,
                 subnet: n.spec.subnet,
                 uplink: n.spec.uplink.clone(),
@@ -472,9 +515,13 @@ impl Networks {
                 tracing::error!(network = %n.spec.name, "cannot make the network on this host: {e}");
             }
         }
-        if nets.iter().any(|(n, _)| n.spec.kind == NetworkKind::Vlan) {
-            if let Err(e) = self.ensure_ovs().await {
-                tracing::error!("cannot run the switch of vlan networks: {e}");
+        for (n, _) in nets.iter().filter(|(n, _)| n.spec.kind == NetworkKind::Vlan) {
+            let made = match self.ensure_ovs().await {
+                Ok(_) => self.ensure_vlan_gateway(n).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = made {
+                tracing::error!(network = %n.spec.name, "cannot make the vlan network on this host: {e}");
             }
         }
     }

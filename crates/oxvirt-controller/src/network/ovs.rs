@@ -115,6 +115,25 @@ impl crate::Networks {
         self.refresh_ovs_flows(&rt).await
     }
 
+    /// A vlan network's gateway: an internal port of the switch, an access port of `vlan`.
+    pub(crate) async fn ovs_gateway_port(&self, port: &str, vlan: u16) -> Result<(), ControlError> {
+        let rt = self.ensure_ovs().await?;
+        let spec = PortSpec { name: port.into(), kind: PortKind::Internal, ofport: None, tag: Some(vlan) };
+        rt.switch.lock().await.ensure_port(OVS_BRIDGE, &spec).await?;
+        Ok(())
+    }
+
+    /// Takes a port off the switch (nothing when the switch or the port is not there).
+    pub(crate) async fn ovs_unplug(&self, port: &str) {
+        let Some(rt) = self.state().ovs.lock().await.clone() else { return };
+        if let Err(e) = rt.switch.lock().await.remove_port(OVS_BRIDGE, port).await {
+            tracing::warn!(port, "{e}");
+        }
+        if let Err(e) = self.refresh_ovs_flows(&rt).await {
+            tracing::warn!("{e}");
+        }
+    }
+
     /// The reconcile round's part: while vlan networks exist, the daemons run (restarted when
     /// dead), the bridge is there, ports whose TAP is gone are taken off, the flows are right.
     pub(crate) async fn ovs_round(&self) {
@@ -124,6 +143,11 @@ impl crate::Networks {
         }
         let r = async {
             let rt = self.ensure_ovs().await?;
+            for net in self.vlan_networks() {
+                if let Err(e) = self.ensure_vlan_gateway(&net).await {
+                    tracing::warn!(network = %net.spec.name, "{e}");
+                }
+            }
             self.refresh_ovs_flows(&rt).await
         }
         .await;
@@ -146,6 +170,11 @@ impl crate::Networks {
                     nics.insert(tap, (net.clone(), mac, vm.spec.name.clone(), nic.id.clone()));
                 }
             }
+        }
+        // Gateway ports of vlan networks with a subnet: they send from the gateway's MAC.
+        for net in self.vlan_networks().iter().filter(|n| n.spec.subnet.is_some()) {
+            let gw = super::vlan_gateway_of(net);
+            nics.insert(gw, (net.spec.name.clone(), super::gateway_mac(net), String::new(), String::new()));
         }
         let mut switch = rt.switch.lock().await;
         let mut flows = vec![flow(0, DROP_COOKIE, "any", "drop")?];
