@@ -231,6 +231,10 @@ pub struct NicSpec {
     #[serde(skip)]
     #[schemars(range(min = crate::network::MIN_MTU, max = crate::MAX_MTU))]
     pub mtu: Option<u32>,
+    /// Set by the controller for a NIC on oxvirt's Open vSwitch, whose userspace datapath takes
+    /// no checksum or segmentation offloads: the device offers none to the guest. Not stored.
+    #[serde(skip)]
+    pub no_offloads: bool,
 }
 
 impl NicSpec {
@@ -247,6 +251,7 @@ impl NicSpec {
             security_groups: vec![],
             qos: NicQos::default(),
             mtu: None,
+            no_offloads: false,
         }
     }
 

@@ -39,9 +39,10 @@ impl crate::Networks {
         self.ctl.storage().write_vm_with_claims(&new, Expect::Revision(rev), Some(&current.spec))?;
         if running && new.spec.nics[index].has_tap() {
             let plugged = async {
-                let mtu = self.make_nic_tap(&new.id, &new.spec, index, new.uid).await?;
+                let (mtu, on_switch) = self.make_nic_tap(&new.id, &new.spec, index, new.uid).await?;
                 let mut with_mtu = new.spec.clone();
                 with_mtu.nics[index].mtu = Some(mtu);
+                with_mtu.nics[index].no_offloads = on_switch;
                 self.refresh_firewall().await?;
                 self.ctl.vms().instance(vm)?.hotplug_nic(&new.id, &with_mtu, index).await?;
                 Ok::<(), ControlError>(())

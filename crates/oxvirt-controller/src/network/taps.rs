@@ -62,7 +62,8 @@ impl crate::Networks {
         Ok(Attachment { bridge, mtu, vlan: None })
     }
 
-    /// Makes one NIC's TAP device (recorded first), joined, shaped. Returns its MTU.
+    /// Makes one NIC's TAP device (recorded first), joined, shaped. Returns its MTU, and whether
+    /// it is a port of oxvirt's Open vSwitch (its device then offers no offloads).
     /// `owner`: the uid of the VM's confined QEMU, which may then attach the TAP device itself
     /// (a NIC hot-plugged into it).
     pub(crate) async fn make_nic_tap(
@@ -71,7 +72,7 @@ impl crate::Networks {
         spec: &VmSpec,
         index: usize,
         owner: Option<u32>,
-    ) -> Result<u32, ControlError> {
+    ) -> Result<(u32, bool), ControlError> {
         let nic = &spec.nics[index];
         let field = format!("nics[{index}]");
         let at = self.attachment(&field, nic)?;
@@ -94,7 +95,7 @@ impl crate::Networks {
                 return Err(e.into());
             }
         }
-        Ok(at.mtu)
+        Ok((at.mtu, at.vlan.is_some()))
     }
 
     /// Records (before it is made) the IFB device that shapes what `tap` receives.
@@ -145,8 +146,9 @@ impl crate::Networks {
                 continue;
             }
             match self.make_nic_tap(vm_id, spec, i, owner).await {
-                Ok(mtu) => {
+                Ok((mtu, on_switch)) => {
                     out.nics[i].mtu = Some(mtu);
+                    out.nics[i].no_offloads = on_switch;
                     made.push(i);
                 }
                 Err(e) => {

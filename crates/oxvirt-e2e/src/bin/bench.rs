@@ -7,7 +7,8 @@
 //! 3. Storage: I/O limits against guest-measured rates, linked-clone time, import throughput.
 //! 5. Network: time to create a nat network (against making its bridge by hand with `ip`), to
 //!    hot-plug a NIC (against a no-op API request), and guest-to-guest throughput with and
-//!    without a bandwidth limit (against the limit set). In a network namespace of its own.
+//!    without a bandwidth limit (against the limit set), and on a vlan network (Open vSwitch)
+//!    against the Linux bridge. In a network namespace of its own.
 //! 6. Host resources: CPU weight 2:1 and cap 0.5 accuracy (against the ratio set), balloon
 //!    reclaim speed, KSM saving for 4 identical guests.
 //! 7. Scheduler: 100,000 VMs placed on 10,000 simulated hosts (time), and hosts used when packing
@@ -506,8 +507,42 @@ async fn network() {
             v
         }
     };
-    let free = fetches(3).await;
+    // The same fetch between two guests of a vlan network on oxvirt's Open vSwitch (userspace
+    // datapath), rounds interleaved with the Linux bridge's.
+    let _: serde_json::Value = c
+        .post("/api/v1/networks", &json!({ "name": "bv", "kind": "vlan", "vlan": 40, "subnet": "10.63.0.0/24" }))
+        .await
+        .unwrap();
+    for vm in ["oa", "ob"] {
+        let mut spec = kernel_spec(vm, "");
+        spec["nics"] = json!([{ "network": "bv" }]);
+        let created = c.create_vm(&spec, true).await.unwrap();
+        c.wait_task(&created.task.unwrap().id, Duration::from_secs(60)).await.unwrap();
+    }
+    let ob_ip = c.get_vm("ob").await.unwrap().spec.nics[0].ip.unwrap().to_string();
+    let oa_ip = c.get_vm("oa").await.unwrap().spec.nics[0].ip.unwrap().to_string();
+    for (vm, ip) in [("oa", &oa_ip), ("ob", &ob_ip)] {
+        wait_console(c, vm, READY, 1, BOOT_TIMEOUT).await;
+        wait_guest_address(c, vm, ip).await;
+    }
+    run_in_guest(c, "ob", "mkdir -p /w && dd if=/dev/zero of=/w/big bs=1024 count=4096 2>/dev/null && httpd -p 80 -h /w && echo U$((1+1))P", "U2P").await;
+    let ovs_fetch = format!("wget -q -O /dev/null http://{ob_ip}/big");
+    let mut free = Vec::new();
+    let mut ovs = Vec::new();
+    for round in 0..3u32 {
+        free.extend(fetches(1).await);
+        ovs.push(mbits(guest_seconds(c, "oa", &ovs_fetch, 90 + round).await));
+    }
     println!("   guest to guest, no limit: {:.0} Mbit/s ({})", median_f(&free), spread(&free, " Mbit/s", 0));
+    println!(
+        "   guest to guest on a vlan network (Open vSwitch, userspace): {:.0} Mbit/s ({}), ratio to the Linux bridge {:.2}",
+        median_f(&ovs),
+        spread(&ovs, " Mbit/s", 0),
+        median_f(&ovs) / median_f(&free)
+    );
+    for vm in ["oa", "ob"] {
+        let _ = c.vm_action_wait(vm, "kill", Duration::from_secs(30)).await;
+    }
     for limit in [50u64, 10] {
         let _: serde_json::Value =
             c.patch("/api/v1/vms/nb/nics/nic0", &json!({ "qos": { "egress": format!("{limit}mbit") } })).await.unwrap();

@@ -110,6 +110,24 @@ pub fn nic_args(
         // The guest's driver takes the MTU from the device (VIRTIO_NET_F_MTU).
         dev["host_mtu"] = json!(mtu);
     }
+    if n.no_offloads {
+        // Frames of at most the MTU with their checksums done, both ways.
+        for feature in [
+            "csum",
+            "gso",
+            "host_tso4",
+            "host_tso6",
+            "host_ecn",
+            "host_ufo",
+            "guest_csum",
+            "guest_tso4",
+            "guest_tso6",
+            "guest_ecn",
+            "guest_ufo",
+        ] {
+            dev[feature] = json!(false);
+        }
+    }
     (netdev, dev)
 }
 
