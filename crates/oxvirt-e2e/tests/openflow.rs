@@ -26,9 +26,7 @@ async fn switch() -> (Ovs, Connection<UnixStream>) {
 }
 
 fn flow(priority: u16, cookie: u64, m: &str, actions: &str) -> FlowMod {
-    let r#match = parse_match(m).expect("match");
-    let instructions = parse_actions(actions, &r#match).expect("actions");
-    FlowMod { cookie, ..FlowMod::add(priority, r#match, instructions) }
+    flow_from_words(priority, cookie, m, actions).expect("flow")
 }
 
 fn arp_request() -> Vec<u8> {

@@ -6,7 +6,7 @@
 
 use oxvirt_e2e::Netns;
 use oxvirt_e2e::{kernel_spec, run_in_guest, wait_console, BOOT_TIMEOUT, READY};
-use oxvirt_openflow::{parse_actions, parse_match, FlowMod};
+use oxvirt_openflow::{flow_from_words, FlowMod};
 use oxvirt_ovsdb::{BridgeSpec, Client, Switch};
 use oxvirt_sdn::{FlowKeeper, KeeperError, OvsDaemons};
 use std::process::Command;
@@ -17,9 +17,7 @@ const T: Duration = Duration::from_secs(15);
 const BRIDGE: &str = "oxsdn0";
 
 fn flow(priority: u16, cookie: u64, m: &str, actions: &str) -> FlowMod {
-    let r#match = parse_match(m).expect("match");
-    let instructions = parse_actions(actions, &r#match).expect("actions");
-    FlowMod { cookie, ..FlowMod::add(priority, r#match, instructions) }
+    flow_from_words(priority, cookie, m, actions).expect("flow")
 }
 
 fn ofctl(daemons: &OvsDaemons, args: &[&str]) -> String {

@@ -1,7 +1,7 @@
 //! Actions (OpenFlow 1.3 §7.2.5): what a flow does to a packet it matched.
 
 use crate::oxm::Oxm;
-use crate::wire::{pad8, DecodeError, Reader, Writer};
+use crate::wire::{fixed_len, pad8, read_all, tlv8, DecodeError, Reader, Writer};
 
 /// Port numbers with a meaning of their own (`ofp_port_no`).
 pub mod port {
@@ -93,19 +93,8 @@ impl Action {
     }
 
     pub(crate) fn read(r: &mut Reader) -> Result<Action, DecodeError> {
-        let kind = r.u16("action type")?;
-        let len = r.u16("action length")? as usize;
-        if !len.is_multiple_of(8) {
-            return Err(DecodeError::Length { what: "action", length: len, rule: "a multiple of 8" });
-        }
-        let mut b = r.sub(len, 4, "action body")?;
-        let fixed = |want: usize, what: &'static str| {
-            if len == want {
-                Ok(())
-            } else {
-                Err(DecodeError::Length { what, length: len, rule: "fixed by its type" })
-            }
-        };
+        let (kind, len, mut b) = tlv8(r, "action")?;
+        let fixed = |want: usize, what: &'static str| fixed_len(len, want, what);
         Ok(match kind {
             OUTPUT => {
                 fixed(16, "output action")?;
@@ -147,10 +136,6 @@ pub(crate) fn write_list(actions: &[Action], w: &mut Writer) {
     }
 }
 
-pub(crate) fn read_list(mut r: Reader) -> Result<Vec<Action>, DecodeError> {
-    let mut out = Vec::new();
-    while r.remaining() > 0 {
-        out.push(Action::read(&mut r)?);
-    }
-    Ok(out)
+pub(crate) fn read_list(r: Reader) -> Result<Vec<Action>, DecodeError> {
+    read_all(r, Action::read)
 }

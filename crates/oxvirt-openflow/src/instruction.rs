@@ -2,7 +2,7 @@
 //! set, or a jump to a later table.
 
 use crate::action::{self, Action};
-use crate::wire::{DecodeError, Reader, Writer};
+use crate::wire::{fixed_len, read_all, tlv8, DecodeError, Reader, Writer};
 
 const GOTO_TABLE: u16 = 1;
 const WRITE_METADATA: u16 = 2;
@@ -73,19 +73,8 @@ impl Instruction {
     }
 
     pub(crate) fn read(r: &mut Reader) -> Result<Instruction, DecodeError> {
-        let kind = r.u16("instruction type")?;
-        let len = r.u16("instruction length")? as usize;
-        if !len.is_multiple_of(8) {
-            return Err(DecodeError::Length { what: "instruction", length: len, rule: "a multiple of 8" });
-        }
-        let mut b = r.sub(len, 4, "instruction body")?;
-        let fixed = |want: usize, what: &'static str| {
-            if len == want {
-                Ok(())
-            } else {
-                Err(DecodeError::Length { what, length: len, rule: "fixed by its type" })
-            }
-        };
+        let (kind, len, mut b) = tlv8(r, "instruction")?;
+        let fixed = |want: usize, what: &'static str| fixed_len(len, want, what);
         Ok(match kind {
             GOTO_TABLE => {
                 fixed(8, "goto_table")?;
@@ -124,10 +113,6 @@ pub(crate) fn write_list(list: &[Instruction], w: &mut Writer) {
     }
 }
 
-pub(crate) fn read_list(mut r: Reader) -> Result<Vec<Instruction>, DecodeError> {
-    let mut out = Vec::new();
-    while r.remaining() > 0 {
-        out.push(Instruction::read(&mut r)?);
-    }
-    Ok(out)
+pub(crate) fn read_list(r: Reader) -> Result<Vec<Instruction>, DecodeError> {
+    read_all(r, Instruction::read)
 }

@@ -32,4 +32,4 @@ pub use message::{
 };
 pub use multipart::{FlowStats, FlowStatsRequest, MultipartBody, MultipartReply, MultipartRequest, PortStats};
 pub use oxm::{Match, Oxm, OxmField};
-pub use text::{format_actions, format_match, parse_actions, parse_match, TextError};
+pub use text::{flow_from_words, format_actions, format_match, parse_actions, parse_match, TextError};

@@ -302,6 +302,13 @@ pub fn parse_actions(text: &str, r#match: &Match) -> Result<Vec<Instruction>, Te
     Ok(out)
 }
 
+/// A flow for table 0 in ovs-ofctl's words: its priority, cookie, match and actions.
+pub fn flow_from_words(priority: u16, cookie: u64, r#match: &str, actions: &str) -> Result<crate::FlowMod, TextError> {
+    let r#match = parse_match(r#match)?;
+    let instructions = parse_actions(actions, &r#match)?;
+    Ok(crate::FlowMod { cookie, ..crate::FlowMod::add(priority, r#match, instructions) })
+}
+
 fn output_port(t: &str, n: &str) -> Result<u32, TextError> {
     let p: u32 = parse_num(t, n, port::MAX as u64)?;
     if p == 0 {

@@ -78,6 +78,39 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The head of a type-length-value part padded to 8 bytes (an action, an instruction): its
+/// type, its whole length (checked: a multiple of 8 that holds its 4-byte head and fits) and a
+/// reader of its body.
+pub(crate) fn tlv8<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<(u16, usize, Reader<'a>), DecodeError> {
+    let kind = r.u16(what)?;
+    let len = r.u16(what)? as usize;
+    if !len.is_multiple_of(8) {
+        return Err(DecodeError::Length { what, length: len, rule: "a multiple of 8" });
+    }
+    Ok((kind, len, r.sub(len, 4, what)?))
+}
+
+/// A part whose type fixes its length.
+pub(crate) fn fixed_len(len: usize, want: usize, what: &'static str) -> Result<(), DecodeError> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(DecodeError::Length { what, length: len, rule: "fixed by its type" })
+    }
+}
+
+/// Every item of a list that fills `r`, each read by `item`.
+pub(crate) fn read_all<T>(
+    mut r: Reader,
+    item: impl Fn(&mut Reader) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let mut out = Vec::new();
+    while r.remaining() > 0 {
+        out.push(item(&mut r)?);
+    }
+    Ok(out)
+}
+
 /// Bytes being built; lengths are patched once a part's end is known.
 #[derive(Default)]
 pub(crate) struct Writer {

@@ -15,7 +15,7 @@ use super::flow_rules::NetPort;
 use super::links;
 use crate::ControlError;
 use oxvirt_model::{Network, NetworkKind, NicMode};
-use oxvirt_openflow::{parse_actions, parse_match, FlowMod};
+use oxvirt_openflow::FlowMod;
 use oxvirt_ovsdb::{BridgeSpec, Client, PortKind, PortSpec, Switch};
 use oxvirt_sdn::{FlowKeeper, OvsDaemons};
 use oxvirt_store::StoreExt;
@@ -215,7 +215,5 @@ impl crate::Networks {
 }
 
 fn flow(priority: u16, cookie: u64, m: &str, actions: &str) -> Result<FlowMod, ControlError> {
-    let r#match = parse_match(m).map_err(err)?;
-    let instructions = parse_actions(actions, &r#match).map_err(err)?;
-    Ok(FlowMod { cookie, ..FlowMod::add(priority, r#match, instructions) })
+    oxvirt_openflow::flow_from_words(priority, cookie, m, actions).map_err(err)
 }

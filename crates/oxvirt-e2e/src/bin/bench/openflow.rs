@@ -7,9 +7,7 @@
 
 use super::{median, ms, spread};
 use oxvirt_e2e::ovs::Ovs;
-use oxvirt_openflow::{
-    format_actions, format_match, parse_actions, parse_match, Connection, FlowMod, FlowStatsRequest,
-};
+use oxvirt_openflow::{flow_from_words, format_actions, format_match, Connection, FlowMod, FlowStatsRequest};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
@@ -21,11 +19,8 @@ const BRIDGE: &str = "oxb0";
 fn flows() -> Vec<FlowMod> {
     (0..FLOWS)
         .map(|i| {
-            let m =
-                parse_match(&format!("tcp,nw_src=10.{}.{}.0/24,tp_dst={}", i / 256 % 256, i % 256, 1000 + i % 50_000))
-                    .expect("match");
-            let a = parse_actions(if i % 2 == 0 { "normal" } else { "drop" }, &m).expect("actions");
-            FlowMod { cookie: 0x10_0000 + i as u64, ..FlowMod::add(100, m, a) }
+            let m = format!("tcp,nw_src=10.{}.{}.0/24,tp_dst={}", i / 256 % 256, i % 256, 1000 + i % 50_000);
+            flow_from_words(100, 0x10_0000 + i as u64, &m, if i % 2 == 0 { "normal" } else { "drop" }).expect("flow")
         })
         .collect()
 }
