@@ -625,8 +625,10 @@ impl PortDesc {
         w.zeros(4);
         w.bytes(&self.hw_addr);
         w.zeros(2);
+        // Up to 15 bytes, cut where a character ends (a name read from a switch's bytes that are
+        // not UTF-8 holds replacement characters of 3 bytes each).
         let mut name = [0u8; 16];
-        let n = self.name.len().min(15);
+        let n = (0..=self.name.len().min(15)).rev().find(|i| self.name.is_char_boundary(*i)).unwrap_or(0);
         name[..n].copy_from_slice(&self.name.as_bytes()[..n]);
         w.bytes(&name);
         w.u32(self.config);
@@ -841,6 +843,33 @@ mod tests {
                 .expect("encode");
         bad[55] = 3;
         assert!(matches!(decode(&bad), Err(DecodeError::Length { .. }) | Err(DecodeError::Truncated { .. })));
+    }
+
+    #[test]
+    fn a_port_name_that_is_not_utf8_is_written_back_whole_characters() {
+        let mut bytes = encode(
+            1,
+            &Message::PortStatus {
+                reason: 0,
+                port: PortDesc {
+                    port_no: 1,
+                    hw_addr: [0; 6],
+                    name: String::new(),
+                    config: 0,
+                    state: 0,
+                    features: [0; 6],
+                },
+            },
+        )
+        .expect("encode");
+        // The name's 16 bytes (after header 8, reason and padding 8, port_no and padding 8,
+        // hw_addr and padding 8): a letter, then bytes that are not UTF-8 (each read as a
+        // 3-byte replacement character, so 15 bytes would cut one in two).
+        bytes[32] = b'a';
+        bytes[33..47].copy_from_slice(&[0xff; 14]);
+        let (_, first) = decode(&bytes).expect("decode");
+        let again = encode(1, &first).expect("encode");
+        assert_eq!(encode(1, &decode(&again).expect("decode").1).expect("encode"), again, "stable after one pass");
     }
 
     #[test]
