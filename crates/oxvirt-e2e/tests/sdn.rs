@@ -340,7 +340,7 @@ async fn flow_rules_drop_mirror_and_count_on_a_vlan_network() {
     let sent_to_m = || -> u64 {
         host.run(&["cat", &format!("/sys/class/net/{m_tap}/statistics/tx_packets")]).trim().parse().expect("counter")
     };
-    let burst = check("ping -c 10 -i 0.2 -W 2 10.50.0.2");
+    let burst = check("ping -c 20 -i 0.2 -W 2 10.50.0.2");
     let before = sent_to_m();
     run_in_guest(&c, "a", &burst, OK).await;
     let without = sent_to_m() - before;
@@ -360,18 +360,18 @@ async fn flow_rules_drop_mirror_and_count_on_a_vlan_network() {
     let before = sent_to_m();
     run_in_guest(&c, "a", &burst, OK).await;
     let with = sent_to_m() - before;
-    // Ten echo requests mirrored (broadcasts such as ARP reach m either way).
-    assert!(with >= 10 && with >= without + 8, "mirrored: {with} packets to m, {without} without the rule");
+    // Twenty echo requests mirrored; without the rule m sees only broadcasts (ARP), a few.
+    assert!(with >= 20 && without < 10, "mirrored: {with} packets to m, {without} without the rule");
     // The switch folds its datapath's counts into its flows' every half second or so.
     let t0 = Instant::now();
     let rules = loop {
         let rules = listed(&d);
-        if rules[0].packets >= 10 || t0.elapsed() > Duration::from_secs(10) {
+        if rules[0].packets >= 20 || t0.elapsed() > Duration::from_secs(10) {
             break rules;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(rules[0].packets >= 10, "{:?}", rules[0]);
+    assert!(rules[0].packets >= 20, "{:?}", rules[0]);
     // The same counter on /metrics.
     let (_, body) = c.raw(hyper::Method::GET, "/metrics", None).await.expect("metrics");
     let body = String::from_utf8_lossy(&body);
@@ -380,7 +380,7 @@ async fn flow_rules_drop_mirror_and_count_on_a_vlan_network() {
         .lines()
         .find_map(|l| l.strip_prefix(&line).map(|v| v.trim().parse().unwrap_or(0.0)))
         .unwrap_or_else(|| panic!("{line} not in /metrics"));
-    assert!(counted >= 10.0, "{counted}");
+    assert!(counted >= 20.0, "{counted}");
 }
 
 /// A vlan network with a subnet: the host holds its gateway address on an access port of the
