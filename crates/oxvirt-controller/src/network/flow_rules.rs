@@ -151,9 +151,13 @@ impl crate::Networks {
         Ok(self.with_counters(rules.into_iter().map(|(r, _)| r).collect()).await)
     }
 
-    /// Every rule with its counters (for `/metrics`; none without rules, and the switch is not
-    /// asked then).
+    /// Every rule with its counters, for `/metrics` (none while no switch runs; the switch is
+    /// asked only when there are rules).
     pub async fn all_flow_rules(&self) -> Vec<FlowRuleView> {
+        // No switch runs: nothing counted, and the store is not read (a scrape stays cheap).
+        if self.state().ovs.lock().await.is_none() {
+            return vec![];
+        }
         let rules: Vec<FlowRule> =
             self.ctl.inner.store.list_records::<FlowRule>().unwrap_or_default().into_iter().map(|(r, _)| r).collect();
         if rules.is_empty() {
