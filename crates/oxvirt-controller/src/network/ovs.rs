@@ -39,13 +39,13 @@ pub(crate) struct OvsRuntime {
 
 impl From<oxvirt_ovsdb::OvsdbError> for ControlError {
     fn from(e: oxvirt_ovsdb::OvsdbError) -> Self {
-        ControlError::Host(format!("Open vSwitch: {e}"))
+        err(e)
     }
 }
 
 impl From<oxvirt_sdn::SdnError> for ControlError {
     fn from(e: oxvirt_sdn::SdnError) -> Self {
-        ControlError::Host(format!("Open vSwitch: {e}"))
+        err(e)
     }
 }
 
@@ -107,20 +107,24 @@ impl crate::Networks {
         Ok(rt)
     }
 
+    /// An access port of `vlan` on the bridge (made by the switch when `Internal`).
+    async fn ovs_access_port(&self, name: &str, kind: PortKind, vlan: u16) -> Result<Arc<OvsRuntime>, ControlError> {
+        let rt = self.ensure_ovs().await?;
+        let port = PortSpec { name: name.into(), kind, ofport: None, tag: Some(vlan) };
+        rt.switch.lock().await.ensure_port(OVS_BRIDGE, &port).await?;
+        Ok(rt)
+    }
+
     /// A NIC's TAP device on the bridge, an access port of `vlan`, with its flows.
     pub(crate) async fn ovs_plug(&self, tap: &str, vlan: u16) -> Result<(), ControlError> {
-        let rt = self.ensure_ovs().await?;
-        let port = PortSpec { name: tap.into(), kind: PortKind::System, ofport: None, tag: Some(vlan) };
-        rt.switch.lock().await.ensure_port(OVS_BRIDGE, &port).await?;
+        let rt = self.ovs_access_port(tap, PortKind::System, vlan).await?;
         self.refresh_ovs_flows(&rt).await
     }
 
-    /// A vlan network's gateway: an internal port of the switch, an access port of `vlan`.
+    /// A vlan network's gateway: an internal port of the switch, an access port of `vlan` (its
+    /// flows follow with the next refresh).
     pub(crate) async fn ovs_gateway_port(&self, port: &str, vlan: u16) -> Result<(), ControlError> {
-        let rt = self.ensure_ovs().await?;
-        let spec = PortSpec { name: port.into(), kind: PortKind::Internal, ofport: None, tag: Some(vlan) };
-        rt.switch.lock().await.ensure_port(OVS_BRIDGE, &spec).await?;
-        Ok(())
+        self.ovs_access_port(port, PortKind::Internal, vlan).await.map(|_| ())
     }
 
     /// Takes a port off the switch (nothing when the switch or the port is not there).
